@@ -1,0 +1,529 @@
+//! Pipelines: association rules kept outside the functions (DIFFUSE section 4.1), as JSON.
+//!
+//! ```json
+//! {
+//!   "name": "demo",
+//!   "entry": "a",
+//!   "queue_defaults": {"capacity": 65536, "order": "fifo", "on_full": "block"},
+//!   "steps": {
+//!     "a": {"function": "branch", "args": {"threshold": 32},
+//!           "next": [{"route": "big", "to": ["b"]}, {"to": ["c"]}]},
+//!     "b": {"function": "spin", "args": {"us": 60}, "next": [{"to": ["c"]}]},
+//!     "c": {"function": "echo"}
+//!   }
+//! }
+//! ```
+//!
+//! Each step names its function, optionally its input queue (default `<pipeline>.<step>`) and
+//! queue options, and its continuations: rules tried in order; the first whose `route` equals
+//! the route the function's output chose (a rule without `route` matches any output) sends the
+//! output to every step in `to` (fan-out). No matching rule, or no `next`: the run ends there.
+//! Cycles are refused. Errors name the offending field (`steps.a.next[0].to[1]`).
+
+use crate::queue::{Meta, OnFull, Order, QueueSpec, Request};
+use crate::types::RequestId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{field}: {message}")]
+pub struct PipelineError {
+    /// Path of the offending field, e.g. `steps.a.next[0].to[1]`.
+    pub field: String,
+    pub message: String,
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> PipelineError {
+    PipelineError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueOptions {
+    #[serde(default = "default_capacity")]
+    pub capacity: u32,
+    #[serde(default)]
+    pub order: Order,
+    #[serde(default)]
+    pub on_full: OnFull,
+}
+
+fn default_capacity() -> u32 {
+    65_536
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions {
+            capacity: default_capacity(),
+            order: Order::Fifo,
+            on_full: OnFull::Block,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Matches the route chosen by the function's output; absent: matches any output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    pub to: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepDoc {
+    pub function: String,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub args: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_options: Option<QueueOptions>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next: Vec<Rule>,
+}
+
+/// The JSON document as written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineDoc {
+    pub name: String,
+    pub entry: String,
+    #[serde(default)]
+    pub queue_defaults: QueueOptions,
+    pub steps: BTreeMap<String, StepDoc>,
+}
+
+/// A built-in function, for studies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Builtin {
+    /// Busy work of `us` microseconds; the output is the input.
+    Spin { us: u64 },
+    /// The output is the input.
+    Echo,
+    /// Routes `big` when the input has at least `threshold` bytes, `small` otherwise; the output
+    /// is the input.
+    Branch { threshold: usize },
+}
+
+/// What a function returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    pub payload: Vec<u8>,
+    /// The continuation the output chose (matched against rules' `route`).
+    pub route: Option<String>,
+}
+
+impl Builtin {
+    pub const NAMES: [&'static str; 3] = ["spin", "echo", "branch"];
+
+    fn from_doc(step: &str, doc: &StepDoc) -> Result<Builtin, PipelineError> {
+        let field = |k: &str| format!("steps.{step}.args.{k}");
+        let allowed: &[&str] = match doc.function.as_str() {
+            "spin" => &["us"],
+            "echo" => &[],
+            "branch" => &["threshold"],
+            other => {
+                return Err(err(
+                    format!("steps.{step}.function"),
+                    format!(
+                        "unknown function {other:?}; built-in functions are {}",
+                        Builtin::NAMES.join(", ")
+                    ),
+                ))
+            }
+        };
+        if let Some(k) = doc.args.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(err(
+                field(k),
+                format!("{} takes no argument {k:?}", doc.function),
+            ));
+        }
+        let uint = |k: &str, default: u64| -> Result<u64, PipelineError> {
+            match doc.args.get(k) {
+                None => Ok(default),
+                Some(v) => v
+                    .as_u64()
+                    .ok_or_else(|| err(field(k), "expected a non-negative integer")),
+            }
+        };
+        Ok(match doc.function.as_str() {
+            "spin" => {
+                let us = uint("us", 60)?;
+                if us > 60_000_000 {
+                    return Err(err(field("us"), "at most 60000000 (one minute)"));
+                }
+                Builtin::Spin { us }
+            }
+            "branch" => Builtin::Branch {
+                threshold: uint("threshold", 64)? as usize,
+            },
+            _ => Builtin::Echo,
+        })
+    }
+
+    /// Runs the function on `input`.
+    pub fn run(&self, input: &[u8]) -> Output {
+        match self {
+            Builtin::Spin { us } => {
+                let start = std::time::Instant::now();
+                let d = std::time::Duration::from_micros(*us);
+                while start.elapsed() < d {
+                    std::hint::spin_loop();
+                }
+                Output {
+                    payload: input.to_vec(),
+                    route: None,
+                }
+            }
+            Builtin::Echo => Output {
+                payload: input.to_vec(),
+                route: None,
+            },
+            Builtin::Branch { threshold } => Output {
+                payload: input.to_vec(),
+                route: Some(if input.len() >= *threshold { "big" } else { "small" }.into()),
+            },
+        }
+    }
+}
+
+/// One validated step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub name: String,
+    pub function: Builtin,
+    pub queue: QueueSpec,
+    pub next: Vec<Rule>,
+}
+
+/// A validated pipeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pipeline {
+    pub name: String,
+    pub entry: String,
+    pub steps: BTreeMap<String, Step>,
+    pub doc: PipelineDoc,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Pipeline {
+    /// Parses and validates a JSON document.
+    pub fn from_json(text: &str) -> Result<Pipeline, PipelineError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let doc: PipelineDoc = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "(document)".to_string() } else { path };
+            err(field, e.into_inner().to_string())
+        })?;
+        Pipeline::from_doc(doc)
+    }
+
+    pub fn from_doc(doc: PipelineDoc) -> Result<Pipeline, PipelineError> {
+        if !valid_name(&doc.name) {
+            return Err(err("name", "expected 1 to 64 characters of [A-Za-z0-9._-]"));
+        }
+        if doc.steps.is_empty() {
+            return Err(err("steps", "a pipeline needs at least one step"));
+        }
+        if !doc.steps.contains_key(&doc.entry) {
+            return Err(err("entry", format!("no step named {:?}", doc.entry)));
+        }
+        let mut steps = BTreeMap::new();
+        for (name, s) in &doc.steps {
+            if !valid_name(name) {
+                return Err(err(
+                    format!("steps.{name}"),
+                    "step names are 1 to 64 characters of [A-Za-z0-9._-]",
+                ));
+            }
+            let function = Builtin::from_doc(name, s)?;
+            for (i, rule) in s.next.iter().enumerate() {
+                if rule.to.is_empty() {
+                    return Err(err(
+                        format!("steps.{name}.next[{i}].to"),
+                        "a rule must name at least one step",
+                    ));
+                }
+                for (j, t) in rule.to.iter().enumerate() {
+                    if !doc.steps.contains_key(t) {
+                        return Err(err(
+                            format!("steps.{name}.next[{i}].to[{j}]"),
+                            format!("no step named {t:?}"),
+                        ));
+                    }
+                }
+            }
+            let queue_name = s
+                .queue
+                .clone()
+                .unwrap_or_else(|| format!("{}.{}", doc.name, name));
+            if !valid_name(&queue_name) {
+                return Err(err(
+                    format!("steps.{name}.queue"),
+                    "queue names are 1 to 64 characters of [A-Za-z0-9._-]",
+                ));
+            }
+            let opts = s.queue_options.clone().unwrap_or(doc.queue_defaults.clone());
+            steps.insert(
+                name.clone(),
+                Step {
+                    name: name.clone(),
+                    function,
+                    queue: QueueSpec {
+                        name: queue_name,
+                        capacity: opts.capacity,
+                        order: opts.order,
+                        on_full: opts.on_full,
+                    },
+                    next: s.next.clone(),
+                },
+            );
+        }
+        let p = Pipeline {
+            name: doc.name.clone(),
+            entry: doc.entry.clone(),
+            steps,
+            doc,
+        };
+        p.check_acyclic()?;
+        // Two steps may share a queue only with identical queue settings.
+        let mut seen: BTreeMap<&str, (&str, &QueueSpec)> = BTreeMap::new();
+        for s in p.steps.values() {
+            if let Some((other, spec)) = seen.insert(&s.queue.name, (&s.name, &s.queue)) {
+                if *spec != s.queue {
+                    return Err(err(
+                        format!("steps.{}.queue_options", s.name),
+                        format!("queue {:?} is shared with step {other:?} with other options", s.queue.name),
+                    ));
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    fn check_acyclic(&self) -> Result<(), PipelineError> {
+        // Depth-first search with colours: 0 new, 1 on the stack, 2 done.
+        fn visit<'a>(
+            p: &'a Pipeline,
+            s: &'a str,
+            colour: &mut BTreeMap<&'a str, u8>,
+            path: &mut Vec<&'a str>,
+        ) -> Result<(), PipelineError> {
+            match colour.get(s) {
+                Some(2) => return Ok(()),
+                Some(1) => {
+                    let start = path.iter().position(|x| *x == s).unwrap_or(0);
+                    let mut cycle: Vec<&str> = path[start..].to_vec();
+                    cycle.push(s);
+                    return Err(err(
+                        format!("steps.{}.next", path.last().copied().unwrap_or(s)),
+                        format!("cycle {}", cycle.join(" -> ")),
+                    ));
+                }
+                _ => {}
+            }
+            colour.insert(s, 1);
+            path.push(s);
+            if let Some(step) = p.steps.get(s) {
+                for rule in &step.next {
+                    for t in &rule.to {
+                        visit(p, t, colour, path)?;
+                    }
+                }
+            }
+            path.pop();
+            colour.insert(s, 2);
+            Ok(())
+        }
+        let mut colour = BTreeMap::new();
+        for name in self.steps.keys() {
+            visit(self, name, &mut colour, &mut Vec::new())?;
+        }
+        Ok(())
+    }
+
+    /// A linear chain of `len` spin functions of `us` microseconds each (the benchmarks').
+    pub fn chain(name: &str, len: usize, us: u64) -> Pipeline {
+        let mut steps = BTreeMap::new();
+        for i in 0..len.max(1) {
+            let mut args = serde_json::Map::new();
+            args.insert("us".into(), us.into());
+            let next = if i + 1 < len {
+                vec![Rule {
+                    route: None,
+                    to: vec![format!("f{}", i + 1)],
+                }]
+            } else {
+                Vec::new()
+            };
+            steps.insert(
+                format!("f{i}"),
+                StepDoc {
+                    function: "spin".into(),
+                    args,
+                    queue: None,
+                    queue_options: None,
+                    next,
+                },
+            );
+        }
+        Pipeline::from_doc(PipelineDoc {
+            name: name.into(),
+            entry: "f0".into(),
+            queue_defaults: QueueOptions::default(),
+            steps,
+        })
+        .expect("a generated chain is valid")
+    }
+
+    pub fn queue_specs(&self) -> Vec<QueueSpec> {
+        let mut out: Vec<QueueSpec> = Vec::new();
+        for s in self.steps.values() {
+            if !out.iter().any(|q| q.name == s.queue.name) {
+                out.push(s.queue.clone());
+            }
+        }
+        out
+    }
+
+    /// The first request of a run.
+    pub fn entry_request(&self, id: RequestId, payload: Vec<u8>, meta: Meta) -> Request {
+        let step = &self.steps[&self.entry];
+        Request {
+            id,
+            step: step.name.clone(),
+            queue: step.queue.name.clone(),
+            payload,
+            meta,
+        }
+    }
+
+    /// The requests that continue the run after `step` produced `out`.
+    pub fn continuations(&self, req: &Request, out: &Output, meta: Meta) -> Vec<Request> {
+        let Some(step) = self.steps.get(&req.step) else {
+            return Vec::new();
+        };
+        let rule = step
+            .next
+            .iter()
+            .find(|r| r.route.is_none() || r.route == out.route);
+        let Some(rule) = rule else {
+            return Vec::new();
+        };
+        rule.to
+            .iter()
+            .filter_map(|t| self.steps.get(t))
+            .map(|t| Request {
+                id: req.id,
+                step: t.name.clone(),
+                queue: t.queue.name.clone(),
+                payload: out.payload.clone(),
+                meta,
+            })
+            .collect()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(&self.doc).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::MemberId;
+
+    const BRANCHING: &str = r#"{
+      "name": "demo", "entry": "a",
+      "steps": {
+        "a": {"function": "branch", "args": {"threshold": 4},
+              "next": [{"route": "big", "to": ["b", "c"]}, {"to": ["c"]}]},
+        "b": {"function": "spin", "args": {"us": 1}},
+        "c": {"function": "echo"}
+      }
+    }"#;
+
+    fn req(p: &Pipeline, payload: &[u8]) -> Request {
+        p.entry_request(RequestId::new(MemberId(0), 1), payload.to_vec(), Meta::default())
+    }
+
+    #[test]
+    fn branching_follows_the_output() {
+        let p = Pipeline::from_json(BRANCHING).unwrap();
+        let r = req(&p, b"hello");
+        let out = p.steps["a"].function.run(&r.payload);
+        assert_eq!(out.route.as_deref(), Some("big"));
+        let next: Vec<_> = p.continuations(&r, &out, Meta::default()).into_iter().map(|r| r.step).collect();
+        assert_eq!(next, vec!["b", "c"]);
+
+        let r = req(&p, b"hi");
+        let out = p.steps["a"].function.run(&r.payload);
+        let next: Vec<_> = p.continuations(&r, &out, Meta::default()).into_iter().map(|r| r.step).collect();
+        assert_eq!(next, vec!["c"]);
+
+        let c = Request { step: "c".into(), ..r };
+        assert!(p.continuations(&c, &out, Meta::default()).is_empty());
+        assert_eq!(p.steps["b"].queue.name, "demo.b");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (r#"{"name":"x","entry":"a","steps":{"a":{"function":"echo","next":[{"to":["zz"]}]}}}"#, "steps.a.next[0].to[0]"),
+            (r#"{"name":"x","entry":"b","steps":{"a":{"function":"echo"}}}"#, "entry"),
+            (r#"{"name":"x","entry":"a","steps":{"a":{"function":"nope"}}}"#, "steps.a.function"),
+            (r#"{"name":"x","entry":"a","steps":{"a":{"function":"spin","args":{"us":"x"}}}}"#, "steps.a.args.us"),
+            (r#"{"name":"x","entry":"a","steps":{"a":{"function":"spin","args":{"ms":1}}}}"#, "steps.a.args.ms"),
+            (r#"{"name":"x","entry":"a","steps":{"a":{"function":"echo","nxt":[]}}}"#, "steps.a.nxt"),
+            (r#"{"name":"x","entry":"a","steps":{"a":{"function":"echo","queue_options":{"order":"random"}}}}"#, "steps.a.queue_options.order"),
+            (r#"{"name":"x","entry":"a","steps":{"a":{"function":"echo","next":[{"to":["b"]}]},"b":{"function":"echo","next":[{"to":["a"]}]}}}"#, "steps.b.next"),
+            (r#"{"name":"","entry":"a","steps":{"a":{"function":"echo"}}}"#, "name"),
+            (r#"{"name":"x","entry":"a","steps":{"a":{"function":"echo","next":[{"to":[]}]}}}"#, "steps.a.next[0].to"),
+        ];
+        for (doc, field) in cases {
+            let e = Pipeline::from_json(doc).unwrap_err();
+            assert_eq!(e.field, field, "{doc}: {e}");
+        }
+    }
+
+    #[test]
+    fn chain_is_linear() {
+        let p = Pipeline::chain("bench", 3, 5);
+        assert_eq!(p.queue_specs().len(), 3);
+        let mut r = req(&p, b"x");
+        let mut seen = vec![r.step.clone()];
+        loop {
+            let out = p.steps[&r.step].function.run(&r.payload);
+            let mut next = p.continuations(&r, &out, Meta::default());
+            if next.is_empty() {
+                break;
+            }
+            r = next.remove(0);
+            seen.push(r.step.clone());
+        }
+        assert_eq!(seen, vec!["f0", "f1", "f2"]);
+        // A document round-trips through JSON.
+        assert_eq!(Pipeline::from_json(&p.to_json()).unwrap(), p);
+    }
+
+    #[test]
+    fn spin_takes_its_time() {
+        let t = std::time::Instant::now();
+        Builtin::Spin { us: 2000 }.run(b"");
+        assert!(t.elapsed() >= std::time::Duration::from_micros(2000));
+    }
+}

@@ -1,0 +1,446 @@
+//! The replicated function-request queue: a deterministic state machine applied by every
+//! replica to the totally ordered operations, in delivery order (state machine replication, as
+//! DIFFUSE's DSMQueue). Nothing here reads a clock, a random number or a hash map's iteration
+//! order, so replicas that apply the same operations stay byte-for-byte identical
+//! ([`QueueState::digest`]).
+//!
+//! Assignment without a round of ordering per take: consumers announce readiness (credits) as
+//! ordered operations; whenever a request and a ready consumer meet, every replica assigns the
+//! request to the earliest-ready consumer subscribed to its queue, and the assigned consumer
+//! starts at once. Each request goes to exactly one consumer; consumers that asked first are
+//! served first (DIFFUSE's implicit load balancing). A completion removes the in-flight request
+//! and pushes its continuations in one step; completions are deduplicated by (request, step).
+
+use crate::types::{MemberId, RequestId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    #[default]
+    Fifo,
+    Lifo,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFull {
+    /// The push waits (in order) until there is room.
+    #[default]
+    Block,
+    /// The push fails; the pusher is told.
+    Reject,
+    /// The oldest queued request is dropped to make room (data freshness).
+    OverwriteOldest,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSpec {
+    pub name: String,
+    pub capacity: u32,
+    pub order: Order,
+    pub on_full: OnFull,
+}
+
+/// Timing carried by a request along its pipeline, for measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Meta {
+    /// Intended send time at the trigger, in the trigger's clock (microseconds).
+    pub sent_us: u64,
+    /// Sum of the functions' measured execution times so far (microseconds).
+    pub exec_us: u64,
+    /// Functions run so far.
+    pub hops: u16,
+}
+
+/// A function request: one step of one pipeline run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub id: RequestId,
+    /// The pipeline step this request runs.
+    pub step: String,
+    /// The queue it waits in.
+    pub queue: String,
+    pub payload: Vec<u8>,
+    pub meta: Meta,
+}
+
+/// An operation of the replicated queue, carried as one ordered message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Creates a queue; creating an existing queue with the same spec is a no-op, with another
+    /// spec it is refused.
+    Create(QueueSpec),
+    /// The consumer will take from this queue.
+    Subscribe { consumer: MemberId, queue: String },
+    Push { pusher: MemberId, req: Request },
+    /// Blocking takes: the consumer is ready for `credits` more requests.
+    Ready { consumer: MemberId, credits: u32 },
+    /// Non-blocking take: one request now, or [`Effect::Empty`].
+    TryTake { consumer: MemberId },
+    /// The consumer finished `(id, step)`; `outputs` are pushed atomically; `credits` more
+    /// requests may be assigned to it (saves a separate `Ready`).
+    Complete {
+        consumer: MemberId,
+        id: RequestId,
+        step: String,
+        outputs: Vec<Request>,
+        /// The function's output, reported to the trigger when the step is terminal.
+        result: Option<Vec<u8>>,
+        meta: Meta,
+        credits: u32,
+    },
+    /// The function failed: the run ends with an error reported to its origin.
+    Fail {
+        consumer: MemberId,
+        id: RequestId,
+        step: String,
+        error: String,
+        credits: u32,
+    },
+    /// Every member stops serving.
+    Shutdown { by: MemberId },
+}
+
+impl Op {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+    pub fn decode(bytes: &[u8]) -> Result<Op, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    Full,
+    NoSuchQueue,
+    SpecConflict,
+}
+
+/// What applying an operation did; every replica computes the same effects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    Created { queue: String },
+    Assigned { consumer: MemberId, req: Request },
+    /// A push waits for room (block policy).
+    Blocked { pusher: MemberId, id: RequestId, step: String },
+    /// A blocked push got room.
+    Admitted { pusher: MemberId, id: RequestId, step: String },
+    Rejected { pusher: MemberId, id: RequestId, step: String, queue: String, reason: RejectReason },
+    Overwritten { id: RequestId, step: String, queue: String },
+    Empty { consumer: MemberId },
+    Completed {
+        consumer: MemberId,
+        id: RequestId,
+        step: String,
+        /// No continuation: this branch of the run ends here.
+        terminal: bool,
+        result: Option<Vec<u8>>,
+        meta: Meta,
+    },
+    /// A completion of a request not in flight at that consumer (already completed, or never
+    /// assigned to it): ignored.
+    DuplicateCompletion { consumer: MemberId, id: RequestId, step: String },
+    Failed { consumer: MemberId, id: RequestId, step: String, error: String },
+    Shutdown { by: MemberId },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Queue {
+    spec: QueueSpec,
+    /// Queued requests with their admission stamp (global, increasing).
+    items: VecDeque<(u64, Request)>,
+    /// Pushes waiting for room (block policy), in order.
+    blocked: VecDeque<(MemberId, Request)>,
+}
+
+impl Queue {
+    fn head_stamp(&self) -> Option<u64> {
+        match self.spec.order {
+            Order::Fifo => self.items.front().map(|x| x.0),
+            Order::Lifo => self.items.back().map(|x| x.0),
+        }
+    }
+    fn pop(&mut self) -> Option<Request> {
+        match self.spec.order {
+            Order::Fifo => self.items.pop_front().map(|x| x.1),
+            Order::Lifo => self.items.pop_back().map(|x| x.1),
+        }
+    }
+}
+
+/// Most credits a consumer may hold; bounds the in-flight requests of one consumer.
+pub const MAX_CREDITS: u32 = 1024;
+/// Completions remembered for deduplication after they leave the in-flight set.
+pub const DEDUP_HORIZON: usize = 1 << 16;
+
+/// The replicated state. See the module docs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct QueueState {
+    queues: BTreeMap<String, Queue>,
+    subscriptions: BTreeMap<MemberId, BTreeSet<String>>,
+    /// One entry per credit, in the order consumers became ready.
+    ready: VecDeque<MemberId>,
+    credits: BTreeMap<MemberId, u32>,
+    in_flight: BTreeMap<(RequestId, String), (MemberId, Request)>,
+    done: BTreeSet<(RequestId, String)>,
+    done_order: VecDeque<(RequestId, String)>,
+    stamp: u64,
+    shut_down: bool,
+}
+
+impl QueueState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one operation, appending its effects.
+    pub fn apply(&mut self, op: Op, effects: &mut Vec<Effect>) {
+        match op {
+            Op::Create(spec) => match self.queues.get(&spec.name) {
+                Some(q) if q.spec == spec => {}
+                Some(_) => effects.push(Effect::Rejected {
+                    pusher: MemberId(u16::MAX),
+                    id: RequestId(0),
+                    step: String::new(),
+                    queue: spec.name,
+                    reason: RejectReason::SpecConflict,
+                }),
+                None => {
+                    effects.push(Effect::Created {
+                        queue: spec.name.clone(),
+                    });
+                    self.queues.insert(
+                        spec.name.clone(),
+                        Queue {
+                            spec,
+                            items: VecDeque::new(),
+                            blocked: VecDeque::new(),
+                        },
+                    );
+                }
+            },
+            Op::Subscribe { consumer, queue } => {
+                self.subscriptions.entry(consumer).or_default().insert(queue);
+            }
+            Op::Push { pusher, req } => self.push(pusher, req, effects),
+            Op::Ready { consumer, credits } => self.add_credits(consumer, credits),
+            Op::TryTake { consumer } => {
+                if let Some(req) = self.take_for(consumer, effects) {
+                    self.assign(consumer, req, effects);
+                } else {
+                    effects.push(Effect::Empty { consumer });
+                }
+            }
+            Op::Complete {
+                consumer,
+                id,
+                step,
+                outputs,
+                result,
+                meta,
+                credits,
+            } => {
+                if self.finish(consumer, id, &step) {
+                    let terminal = outputs.is_empty();
+                    for out in outputs {
+                        self.push(consumer, out, effects);
+                    }
+                    effects.push(Effect::Completed {
+                        consumer,
+                        id,
+                        step,
+                        terminal,
+                        result,
+                        meta,
+                    });
+                } else {
+                    effects.push(Effect::DuplicateCompletion { consumer, id, step });
+                }
+                self.add_credits(consumer, credits);
+            }
+            Op::Fail {
+                consumer,
+                id,
+                step,
+                error,
+                credits,
+            } => {
+                if self.finish(consumer, id, &step) {
+                    effects.push(Effect::Failed {
+                        consumer,
+                        id,
+                        step,
+                        error,
+                    });
+                } else {
+                    effects.push(Effect::DuplicateCompletion { consumer, id, step });
+                }
+                self.add_credits(consumer, credits);
+            }
+            Op::Shutdown { by } => {
+                self.shut_down = true;
+                effects.push(Effect::Shutdown { by });
+            }
+        }
+        self.dispatch(effects);
+    }
+
+    fn add_credits(&mut self, consumer: MemberId, credits: u32) {
+        let have = self.credits.entry(consumer).or_insert(0);
+        let add = credits.min(MAX_CREDITS.saturating_sub(*have));
+        *have += add;
+        for _ in 0..add {
+            self.ready.push_back(consumer);
+        }
+    }
+
+    /// Removes `(id, step)` from the in-flight set if it is in flight at `consumer`.
+    fn finish(&mut self, consumer: MemberId, id: RequestId, step: &str) -> bool {
+        let key = (id, step.to_string());
+        match self.in_flight.get(&key) {
+            Some((c, _)) if *c == consumer => {
+                self.in_flight.remove(&key);
+                if self.done_order.len() == DEDUP_HORIZON {
+                    if let Some(old) = self.done_order.pop_front() {
+                        self.done.remove(&old);
+                    }
+                }
+                self.done.insert(key.clone());
+                self.done_order.push_back(key);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn push(&mut self, pusher: MemberId, req: Request, effects: &mut Vec<Effect>) {
+        let Some(q) = self.queues.get_mut(&req.queue) else {
+            effects.push(Effect::Rejected {
+                pusher,
+                id: req.id,
+                step: req.step,
+                queue: req.queue,
+                reason: RejectReason::NoSuchQueue,
+            });
+            return;
+        };
+        if q.items.len() < q.spec.capacity as usize && q.blocked.is_empty() {
+            self.stamp += 1;
+            q.items.push_back((self.stamp, req));
+            return;
+        }
+        match q.spec.on_full {
+            OnFull::Reject => effects.push(Effect::Rejected {
+                pusher,
+                id: req.id,
+                step: req.step,
+                queue: req.queue,
+                reason: RejectReason::Full,
+            }),
+            OnFull::Block => {
+                effects.push(Effect::Blocked {
+                    pusher,
+                    id: req.id,
+                    step: req.step.clone(),
+                });
+                q.blocked.push_back((pusher, req));
+            }
+            OnFull::OverwriteOldest => {
+                // The oldest by admission, whatever the take order.
+                if let Some((_, old)) = q.items.pop_front() {
+                    effects.push(Effect::Overwritten {
+                        id: old.id,
+                        step: old.step,
+                        queue: old.queue,
+                    });
+                }
+                if q.spec.capacity == 0 {
+                    effects.push(Effect::Overwritten {
+                        id: req.id,
+                        step: req.step,
+                        queue: req.queue,
+                    });
+                } else {
+                    self.stamp += 1;
+                    q.items.push_back((self.stamp, req));
+                }
+            }
+        }
+    }
+
+    /// The request `consumer` would take now: among its subscribed queues, the head admitted
+    /// earliest.
+    fn take_for(&mut self, consumer: MemberId, effects: &mut Vec<Effect>) -> Option<Request> {
+        let subs = self.subscriptions.get(&consumer)?;
+        let name = subs
+            .iter()
+            .filter_map(|n| self.queues.get(n).and_then(|q| q.head_stamp().map(|s| (s, n))))
+            .min()
+            .map(|(_, n)| n.clone())?;
+        let q = self.queues.get_mut(&name)?;
+        let req = q.pop()?;
+        if (q.items.len() as u32) < q.spec.capacity {
+            if let Some((pusher, waiting)) = q.blocked.pop_front() {
+                effects.push(Effect::Admitted {
+                    pusher,
+                    id: waiting.id,
+                    step: waiting.step.clone(),
+                });
+                self.stamp += 1;
+                q.items.push_back((self.stamp, waiting));
+            }
+        }
+        Some(req)
+    }
+
+    fn assign(&mut self, consumer: MemberId, req: Request, effects: &mut Vec<Effect>) {
+        self.in_flight
+            .insert((req.id, req.step.clone()), (consumer, req.clone()));
+        effects.push(Effect::Assigned { consumer, req });
+    }
+
+    /// Serves ready consumers in the order they became ready.
+    fn dispatch(&mut self, effects: &mut Vec<Effect>) {
+        let mut i = 0;
+        while i < self.ready.len() {
+            let consumer = self.ready[i];
+            match self.take_for(consumer, effects) {
+                Some(req) => {
+                    self.ready.remove(i);
+                    if let Some(c) = self.credits.get_mut(&consumer) {
+                        *c = c.saturating_sub(1);
+                    }
+                    self.assign(consumer, req, effects);
+                }
+                None => i += 1,
+            }
+        }
+    }
+
+    pub fn queue_depth(&self, name: &str) -> Option<usize> {
+        self.queues.get(name).map(|q| q.items.len())
+    }
+    pub fn blocked_depth(&self, name: &str) -> Option<usize> {
+        self.queues.get(name).map(|q| q.blocked.len())
+    }
+    pub fn queues(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.queues.iter().map(|(n, q)| (n.as_str(), q.items.len()))
+    }
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+    pub fn has_queue(&self, name: &str) -> bool {
+        self.queues.contains_key(name)
+    }
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down
+    }
+    /// A digest of the whole state; equal on replicas that applied the same operations.
+    pub fn digest(&self) -> [u8; 32] {
+        let bytes = postcard::to_allocvec(self).unwrap_or_default();
+        *blake3::hash(&bytes).as_bytes()
+    }
+}

@@ -1,0 +1,260 @@
+//! The replicated queue against a naive sequential model: same operations, same effects.
+
+use conveyor_dataplane::queue::*;
+use conveyor_dataplane::types::{MemberId, RequestId};
+use proptest::prelude::*;
+
+/// A deliberately simple model: flat lists, linear scans, no cleverness.
+#[derive(Default)]
+struct Model {
+    queues: Vec<(QueueSpec, Vec<(u64, Request)>, Vec<(MemberId, Request)>)>,
+    subs: Vec<(MemberId, String)>,
+    ready: Vec<MemberId>,
+    in_flight: Vec<(RequestId, String, MemberId)>,
+    stamp: u64,
+}
+
+impl Model {
+    fn credits(&self, c: MemberId) -> u32 {
+        self.ready.iter().filter(|&&x| x == c).count() as u32
+    }
+    fn q(&mut self, name: &str) -> Option<usize> {
+        self.queues.iter().position(|q| q.0.name == name)
+    }
+    fn push(&mut self, pusher: MemberId, req: Request, fx: &mut Vec<Effect>) {
+        let Some(i) = self.q(&req.queue) else {
+            fx.push(Effect::Rejected { pusher, id: req.id, step: req.step, queue: req.queue, reason: RejectReason::NoSuchQueue });
+            return;
+        };
+        let (spec, items, blocked) = &mut self.queues[i];
+        if items.len() < spec.capacity as usize && blocked.is_empty() {
+            self.stamp += 1;
+            items.push((self.stamp, req));
+            return;
+        }
+        match spec.on_full {
+            OnFull::Reject => fx.push(Effect::Rejected { pusher, id: req.id, step: req.step, queue: req.queue, reason: RejectReason::Full }),
+            OnFull::Block => {
+                fx.push(Effect::Blocked { pusher, id: req.id, step: req.step.clone() });
+                blocked.push((pusher, req));
+            }
+            OnFull::OverwriteOldest => {
+                if !items.is_empty() {
+                    let (_, old) = items.remove(0);
+                    fx.push(Effect::Overwritten { id: old.id, step: old.step, queue: old.queue });
+                }
+                if spec.capacity == 0 {
+                    fx.push(Effect::Overwritten { id: req.id, step: req.step, queue: req.queue });
+                } else {
+                    self.stamp += 1;
+                    items.push((self.stamp, req));
+                }
+            }
+        }
+    }
+    fn take(&mut self, c: MemberId, fx: &mut Vec<Effect>) -> Option<Request> {
+        // Candidate heads of every subscribed queue; the earliest admitted wins.
+        let mut best: Option<(u64, usize, usize)> = None;
+        for (qi, (spec, items, _)) in self.queues.iter().enumerate() {
+            if !self.subs.iter().any(|(x, n)| *x == c && *n == spec.name) || items.is_empty() {
+                continue;
+            }
+            let ii = match spec.order { Order::Fifo => 0, Order::Lifo => items.len() - 1 };
+            let s = items[ii].0;
+            if best.is_none_or(|b| s < b.0) {
+                best = Some((s, qi, ii));
+            }
+        }
+        let (_, qi, ii) = best?;
+        let (spec, items, blocked) = &mut self.queues[qi];
+        let (_, req) = items.remove(ii);
+        if items.len() < spec.capacity as usize && !blocked.is_empty() {
+            let (p, w) = blocked.remove(0);
+            fx.push(Effect::Admitted { pusher: p, id: w.id, step: w.step.clone() });
+            self.stamp += 1;
+            items.push((self.stamp, w));
+        }
+        Some(req)
+    }
+    fn finish(&mut self, c: MemberId, id: RequestId, step: &str) -> bool {
+        match self.in_flight.iter().position(|(i, s, x)| *i == id && s == step && *x == c) {
+            Some(p) => { self.in_flight.remove(p); true }
+            None => false,
+        }
+    }
+    fn add(&mut self, c: MemberId, n: u32) {
+        let n = n.min(MAX_CREDITS - self.credits(c));
+        for _ in 0..n { self.ready.push(c); }
+    }
+    fn apply(&mut self, op: Op) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        match op {
+            Op::Create(spec) => match self.q(&spec.name) {
+                Some(i) if self.queues[i].0 == spec => {}
+                Some(_) => fx.push(Effect::Rejected { pusher: MemberId(u16::MAX), id: RequestId(0), step: String::new(), queue: spec.name, reason: RejectReason::SpecConflict }),
+                None => { fx.push(Effect::Created { queue: spec.name.clone() }); self.queues.push((spec, vec![], vec![])); }
+            },
+            Op::Subscribe { consumer, queue } => {
+                if !self.subs.contains(&(consumer, queue.clone())) { self.subs.push((consumer, queue)); }
+            }
+            Op::Push { pusher, req } => self.push(pusher, req, &mut fx),
+            Op::Ready { consumer, credits } => self.add(consumer, credits),
+            Op::TryTake { consumer } => match self.take(consumer, &mut fx) {
+                Some(r) => { self.in_flight.push((r.id, r.step.clone(), consumer)); fx.push(Effect::Assigned { consumer, req: r }); }
+                None => fx.push(Effect::Empty { consumer }),
+            },
+            Op::Complete { consumer, id, step, outputs, result, meta, credits } => {
+                if self.finish(consumer, id, &step) {
+                    let terminal = outputs.is_empty();
+                    for o in outputs { self.push(consumer, o, &mut fx); }
+                    fx.push(Effect::Completed { consumer, id, step, terminal, result, meta });
+                } else {
+                    fx.push(Effect::DuplicateCompletion { consumer, id, step });
+                }
+                self.add(consumer, credits);
+            }
+            Op::Fail { consumer, id, step, error, credits } => {
+                if self.finish(consumer, id, &step) {
+                    fx.push(Effect::Failed { consumer, id, step, error });
+                } else {
+                    fx.push(Effect::DuplicateCompletion { consumer, id, step });
+                }
+                self.add(consumer, credits);
+            }
+            Op::Shutdown { by } => fx.push(Effect::Shutdown { by }),
+        }
+        // Serve ready consumers in order.
+        let mut i = 0;
+        while i < self.ready.len() {
+            let c = self.ready[i];
+            match self.take(c, &mut fx) {
+                Some(r) => {
+                    self.ready.remove(i);
+                    self.in_flight.push((r.id, r.step.clone(), c));
+                    fx.push(Effect::Assigned { consumer: c, req: r });
+                }
+                None => i += 1,
+            }
+        }
+        fx
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Gen {
+    Create(u8, u32, bool, u8),
+    Subscribe(u16, u8),
+    Push(u8),
+    Ready(u16, u32),
+    TryTake(u16),
+    Complete(u16, usize, Option<u8>, u32),
+    Fail(u16, usize, u32),
+}
+
+fn gen() -> impl Strategy<Value = Gen> {
+    prop_oneof![
+        1 => (0u8..3, 0u32..4, any::<bool>(), 0u8..3).prop_map(|(q, c, l, f)| Gen::Create(q, c, l, f)),
+        1 => (0u16..3, 0u8..3).prop_map(|(c, q)| Gen::Subscribe(c, q)),
+        3 => (0u8..3).prop_map(Gen::Push),
+        2 => (0u16..3, 0u32..3).prop_map(|(c, n)| Gen::Ready(c, n)),
+        1 => (0u16..3).prop_map(Gen::TryTake),
+        3 => (0u16..3, any::<usize>(), proptest::option::of(0u8..3), 0u32..2).prop_map(|(c, i, q, n)| Gen::Complete(c, i, q, n)),
+        1 => (0u16..3, any::<usize>(), 0u32..2).prop_map(|(c, i, n)| Gen::Fail(c, i, n)),
+    ]
+}
+
+fn req(id: u64, q: u8) -> Request {
+    Request { id: RequestId(id), step: format!("s{q}"), queue: format!("q{q}"), payload: vec![id as u8], meta: Meta::default() }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #[test]
+    fn queue_matches_sequential_model(ops in proptest::collection::vec(gen(), 1..80)) {
+        let mut model = Model::default();
+        let mut real = QueueState::new();
+        let mut next_id = 1u64;
+        let mut assigned: std::collections::BTreeSet<(RequestId, String)> = Default::default();
+        for g in ops {
+            let op = match g {
+                Gen::Create(q, cap, lifo, f) => Op::Create(QueueSpec {
+                    name: format!("q{q}"), capacity: cap,
+                    order: if lifo { Order::Lifo } else { Order::Fifo },
+                    on_full: [OnFull::Block, OnFull::Reject, OnFull::OverwriteOldest][f as usize],
+                }),
+                Gen::Subscribe(c, q) => Op::Subscribe { consumer: MemberId(c), queue: format!("q{q}") },
+                Gen::Push(q) => { next_id += 1; Op::Push { pusher: MemberId(9), req: req(next_id, q) } }
+                Gen::Ready(c, n) => Op::Ready { consumer: MemberId(c), credits: n },
+                Gen::TryTake(c) => Op::TryTake { consumer: MemberId(c) },
+                Gen::Complete(c, i, out, n) => {
+                    // Mostly complete something really in flight (at this or another consumer).
+                    let (id, step) = if model.in_flight.is_empty() { (RequestId(i as u64 % 5), "s0".to_string()) }
+                        else { let f = &model.in_flight[i % model.in_flight.len()]; (f.0, f.1.clone()) };
+                    let outputs = out.map(|q| { let mut r = req(id.0, q); r.step = format!("s{q}x"); vec![r] }).unwrap_or_default();
+                    Op::Complete { consumer: MemberId(c), id, step, outputs, result: None, meta: Meta::default(), credits: n }
+                }
+                Gen::Fail(c, i, n) => {
+                    let (id, step) = if model.in_flight.is_empty() { (RequestId(1), "s0".to_string()) }
+                        else { let f = &model.in_flight[i % model.in_flight.len()]; (f.0, f.1.clone()) };
+                    Op::Fail { consumer: MemberId(c), id, step, error: "boom".into(), credits: n }
+                }
+            };
+            // Every operation survives its own encoding.
+            let op = Op::decode(&op.encode()).unwrap();
+            let want = model.apply(op.clone());
+            let mut got = Vec::new();
+            real.apply(op, &mut got);
+            prop_assert_eq!(&got, &want);
+            prop_assert_eq!(real.in_flight(), model.in_flight.len());
+            for e in &got {
+                if let Effect::Assigned { req, .. } = e {
+                    // Exactly one consumer: a (request, step) is never handed out twice at once.
+                    prop_assert!(assigned.insert((req.id, req.step.clone())), "assigned twice: {:?}", req.id);
+                }
+                if let Effect::Completed { id, step, .. } | Effect::Failed { id, step, .. } = e {
+                    assigned.remove(&(*id, step.clone()));
+                }
+            }
+            for (spec, items, _) in &model.queues {
+                prop_assert!(items.len() <= spec.capacity as usize);
+                prop_assert_eq!(real.queue_depth(&spec.name), Some(items.len()));
+            }
+        }
+    }
+
+    #[test]
+    fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = Op::decode(&bytes);
+    }
+}
+
+#[test]
+fn first_ready_consumer_is_served_first_and_fifo_lifo_hold() {
+    let mut s = QueueState::new();
+    let mut fx = Vec::new();
+    for (name, order) in [("f", Order::Fifo), ("l", Order::Lifo)] {
+        s.apply(Op::Create(QueueSpec { name: name.into(), capacity: 10, order, on_full: OnFull::Reject }), &mut fx);
+    }
+    for c in [1, 2] {
+        s.apply(Op::Subscribe { consumer: MemberId(c), queue: "f".into() }, &mut fx);
+        s.apply(Op::Subscribe { consumer: MemberId(c), queue: "l".into() }, &mut fx);
+    }
+    s.apply(Op::Ready { consumer: MemberId(2), credits: 1 }, &mut fx);
+    s.apply(Op::Ready { consumer: MemberId(1), credits: 1 }, &mut fx);
+    fx.clear();
+    let mut r = req(1, 0); r.queue = "f".into();
+    s.apply(Op::Push { pusher: MemberId(0), req: r }, &mut fx);
+    assert!(matches!(&fx[..], [Effect::Assigned { consumer: MemberId(2), .. }]), "{fx:?}");
+    // LIFO: the newest first.
+    for id in [10, 11, 12] {
+        let mut r = req(id, 0); r.queue = "l".into();
+        s.apply(Op::Push { pusher: MemberId(0), req: r }, &mut fx);
+    }
+    fx.clear();
+    s.apply(Op::TryTake { consumer: MemberId(1) }, &mut fx);
+    s.apply(Op::TryTake { consumer: MemberId(1) }, &mut fx);
+    let ids: Vec<u64> = fx.iter().filter_map(|e| match e { Effect::Assigned { req, .. } => Some(req.id.0), _ => None }).collect();
+    // Consumer 1's standing credit took request 10 as soon as it was pushed; then each
+    // non-blocking take gets the newest.
+    assert_eq!(ids, vec![12, 11]);
+}
