@@ -188,7 +188,14 @@ impl Builtin {
             },
             Builtin::Branch { threshold } => Output {
                 payload: input.to_vec(),
-                route: Some(if input.len() >= *threshold { "big" } else { "small" }.into()),
+                route: Some(
+                    if input.len() >= *threshold {
+                        "big"
+                    } else {
+                        "small"
+                    }
+                    .into(),
+                ),
             },
         }
     }
@@ -215,8 +222,7 @@ pub struct Pipeline {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
@@ -226,7 +232,11 @@ impl Pipeline {
         let de = &mut serde_json::Deserializer::from_str(text);
         let doc: PipelineDoc = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." { "(document)".to_string() } else { path };
+            let field = if path == "." {
+                "(document)".to_string()
+            } else {
+                path
+            };
             err(field, e.into_inner().to_string())
         })?;
         Pipeline::from_doc(doc)
@@ -277,7 +287,10 @@ impl Pipeline {
                     "queue names are 1 to 64 characters of [A-Za-z0-9._-]",
                 ));
             }
-            let opts = s.queue_options.clone().unwrap_or(doc.queue_defaults.clone());
+            let opts = s
+                .queue_options
+                .clone()
+                .unwrap_or(doc.queue_defaults.clone());
             steps.insert(
                 name.clone(),
                 Step {
@@ -307,7 +320,10 @@ impl Pipeline {
                 if *spec != s.queue {
                     return Err(err(
                         format!("steps.{}.queue_options", s.name),
-                        format!("queue {:?} is shared with step {other:?} with other options", s.queue.name),
+                        format!(
+                            "queue {:?} is shared with step {other:?} with other options",
+                            s.queue.name
+                        ),
                     ));
                 }
             }
@@ -458,7 +474,11 @@ mod tests {
     }"#;
 
     fn req(p: &Pipeline, payload: &[u8]) -> Request {
-        p.entry_request(RequestId::new(MemberId(0), 1), payload.to_vec(), Meta::default())
+        p.entry_request(
+            RequestId::new(MemberId(0), 1),
+            payload.to_vec(),
+            Meta::default(),
+        )
     }
 
     #[test]
@@ -467,15 +487,26 @@ mod tests {
         let r = req(&p, b"hello");
         let out = p.steps["a"].function.run(&r.payload);
         assert_eq!(out.route.as_deref(), Some("big"));
-        let next: Vec<_> = p.continuations(&r, &out, Meta::default()).into_iter().map(|r| r.step).collect();
+        let next: Vec<_> = p
+            .continuations(&r, &out, Meta::default())
+            .into_iter()
+            .map(|r| r.step)
+            .collect();
         assert_eq!(next, vec!["b", "c"]);
 
         let r = req(&p, b"hi");
         let out = p.steps["a"].function.run(&r.payload);
-        let next: Vec<_> = p.continuations(&r, &out, Meta::default()).into_iter().map(|r| r.step).collect();
+        let next: Vec<_> = p
+            .continuations(&r, &out, Meta::default())
+            .into_iter()
+            .map(|r| r.step)
+            .collect();
         assert_eq!(next, vec!["c"]);
 
-        let c = Request { step: "c".into(), ..r };
+        let c = Request {
+            step: "c".into(),
+            ..r
+        };
         assert!(p.continuations(&c, &out, Meta::default()).is_empty());
         assert_eq!(p.steps["b"].queue.name, "demo.b");
     }
@@ -483,16 +514,46 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (r#"{"name":"x","entry":"a","steps":{"a":{"function":"echo","next":[{"to":["zz"]}]}}}"#, "steps.a.next[0].to[0]"),
-            (r#"{"name":"x","entry":"b","steps":{"a":{"function":"echo"}}}"#, "entry"),
-            (r#"{"name":"x","entry":"a","steps":{"a":{"function":"nope"}}}"#, "steps.a.function"),
-            (r#"{"name":"x","entry":"a","steps":{"a":{"function":"spin","args":{"us":"x"}}}}"#, "steps.a.args.us"),
-            (r#"{"name":"x","entry":"a","steps":{"a":{"function":"spin","args":{"ms":1}}}}"#, "steps.a.args.ms"),
-            (r#"{"name":"x","entry":"a","steps":{"a":{"function":"echo","nxt":[]}}}"#, "steps.a.nxt"),
-            (r#"{"name":"x","entry":"a","steps":{"a":{"function":"echo","queue_options":{"order":"random"}}}}"#, "steps.a.queue_options.order"),
-            (r#"{"name":"x","entry":"a","steps":{"a":{"function":"echo","next":[{"to":["b"]}]},"b":{"function":"echo","next":[{"to":["a"]}]}}}"#, "steps.b.next"),
-            (r#"{"name":"","entry":"a","steps":{"a":{"function":"echo"}}}"#, "name"),
-            (r#"{"name":"x","entry":"a","steps":{"a":{"function":"echo","next":[{"to":[]}]}}}"#, "steps.a.next[0].to"),
+            (
+                r#"{"name":"x","entry":"a","steps":{"a":{"function":"echo","next":[{"to":["zz"]}]}}}"#,
+                "steps.a.next[0].to[0]",
+            ),
+            (
+                r#"{"name":"x","entry":"b","steps":{"a":{"function":"echo"}}}"#,
+                "entry",
+            ),
+            (
+                r#"{"name":"x","entry":"a","steps":{"a":{"function":"nope"}}}"#,
+                "steps.a.function",
+            ),
+            (
+                r#"{"name":"x","entry":"a","steps":{"a":{"function":"spin","args":{"us":"x"}}}}"#,
+                "steps.a.args.us",
+            ),
+            (
+                r#"{"name":"x","entry":"a","steps":{"a":{"function":"spin","args":{"ms":1}}}}"#,
+                "steps.a.args.ms",
+            ),
+            (
+                r#"{"name":"x","entry":"a","steps":{"a":{"function":"echo","nxt":[]}}}"#,
+                "steps.a.nxt",
+            ),
+            (
+                r#"{"name":"x","entry":"a","steps":{"a":{"function":"echo","queue_options":{"order":"random"}}}}"#,
+                "steps.a.queue_options.order",
+            ),
+            (
+                r#"{"name":"x","entry":"a","steps":{"a":{"function":"echo","next":[{"to":["b"]}]},"b":{"function":"echo","next":[{"to":["a"]}]}}}"#,
+                "steps.b.next",
+            ),
+            (
+                r#"{"name":"","entry":"a","steps":{"a":{"function":"echo"}}}"#,
+                "name",
+            ),
+            (
+                r#"{"name":"x","entry":"a","steps":{"a":{"function":"echo","next":[{"to":[]}]}}}"#,
+                "steps.a.next[0].to",
+            ),
         ];
         for (doc, field) in cases {
             let e = Pipeline::from_json(doc).unwrap_err();

@@ -652,7 +652,8 @@ impl Member {
     /// Whether anything is in flight (then status rows are repeated more often).
     fn busy(&self) -> bool {
         self.logs.iter().any(|l| l.highest > l.base)
-            || (0..self.n()).any(|p| p != self.rank && self.rows[p].received[self.rank] < self.unsent)
+            || (0..self.n())
+                .any(|p| p != self.rank && self.rows[p].received[self.rank] < self.unsent)
     }
 
     /// The next instant at which [`Member::handle_timeout`] must be called.

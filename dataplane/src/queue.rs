@@ -73,12 +73,23 @@ pub enum Op {
     /// spec it is refused.
     Create(QueueSpec),
     /// The consumer will take from this queue.
-    Subscribe { consumer: MemberId, queue: String },
-    Push { pusher: MemberId, req: Request },
+    Subscribe {
+        consumer: MemberId,
+        queue: String,
+    },
+    Push {
+        pusher: MemberId,
+        req: Request,
+    },
     /// Blocking takes: the consumer is ready for `credits` more requests.
-    Ready { consumer: MemberId, credits: u32 },
+    Ready {
+        consumer: MemberId,
+        credits: u32,
+    },
     /// Non-blocking take: one request now, or [`Effect::Empty`].
-    TryTake { consumer: MemberId },
+    TryTake {
+        consumer: MemberId,
+    },
     /// The consumer finished `(id, step)`; `outputs` are pushed atomically; `credits` more
     /// requests may be assigned to it (saves a separate `Ready`).
     Complete {
@@ -100,7 +111,9 @@ pub enum Op {
         credits: u32,
     },
     /// Every member stops serving.
-    Shutdown { by: MemberId },
+    Shutdown {
+        by: MemberId,
+    },
 }
 
 impl Op {
@@ -122,15 +135,40 @@ pub enum RejectReason {
 /// What applying an operation did; every replica computes the same effects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
-    Created { queue: String },
-    Assigned { consumer: MemberId, req: Request },
+    Created {
+        queue: String,
+    },
+    Assigned {
+        consumer: MemberId,
+        req: Request,
+    },
     /// A push waits for room (block policy).
-    Blocked { pusher: MemberId, id: RequestId, step: String },
+    Blocked {
+        pusher: MemberId,
+        id: RequestId,
+        step: String,
+    },
     /// A blocked push got room.
-    Admitted { pusher: MemberId, id: RequestId, step: String },
-    Rejected { pusher: MemberId, id: RequestId, step: String, queue: String, reason: RejectReason },
-    Overwritten { id: RequestId, step: String, queue: String },
-    Empty { consumer: MemberId },
+    Admitted {
+        pusher: MemberId,
+        id: RequestId,
+        step: String,
+    },
+    Rejected {
+        pusher: MemberId,
+        id: RequestId,
+        step: String,
+        queue: String,
+        reason: RejectReason,
+    },
+    Overwritten {
+        id: RequestId,
+        step: String,
+        queue: String,
+    },
+    Empty {
+        consumer: MemberId,
+    },
     Completed {
         consumer: MemberId,
         id: RequestId,
@@ -142,9 +180,20 @@ pub enum Effect {
     },
     /// A completion of a request not in flight at that consumer (already completed, or never
     /// assigned to it): ignored.
-    DuplicateCompletion { consumer: MemberId, id: RequestId, step: String },
-    Failed { consumer: MemberId, id: RequestId, step: String, error: String },
-    Shutdown { by: MemberId },
+    DuplicateCompletion {
+        consumer: MemberId,
+        id: RequestId,
+        step: String,
+    },
+    Failed {
+        consumer: MemberId,
+        id: RequestId,
+        step: String,
+        error: String,
+    },
+    Shutdown {
+        by: MemberId,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -223,7 +272,10 @@ impl QueueState {
                 }
             },
             Op::Subscribe { consumer, queue } => {
-                self.subscriptions.entry(consumer).or_default().insert(queue);
+                self.subscriptions
+                    .entry(consumer)
+                    .or_default()
+                    .insert(queue);
             }
             Op::Push { pusher, req } => self.push(pusher, req, effects),
             Op::Ready { consumer, credits } => self.add_credits(consumer, credits),
@@ -377,7 +429,11 @@ impl QueueState {
         let subs = self.subscriptions.get(&consumer)?;
         let name = subs
             .iter()
-            .filter_map(|n| self.queues.get(n).and_then(|q| q.head_stamp().map(|s| (s, n))))
+            .filter_map(|n| {
+                self.queues
+                    .get(n)
+                    .and_then(|q| q.head_stamp().map(|s| (s, n)))
+            })
             .min()
             .map(|(_, n)| n.clone())?;
         let q = self.queues.get_mut(&name)?;

@@ -116,7 +116,10 @@ mod tests {
         let id = RequestId::new(MemberId(7), 123_456);
         assert_eq!(id.origin(), MemberId(7));
         assert_eq!(id.counter(), 123_456);
-        assert_ne!(RequestId::new(MemberId(1), 5), RequestId::new(MemberId(2), 5));
+        assert_ne!(
+            RequestId::new(MemberId(1), 5),
+            RequestId::new(MemberId(2), 5)
+        );
     }
 
     #[test]

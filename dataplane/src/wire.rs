@@ -219,10 +219,7 @@ impl<'a> RowRef<'a> {
     }
     /// Received count at rank `i`; 0 out of range.
     pub fn received(&self, i: usize) -> u64 {
-        self.received
-            .get(i * 8..i * 8 + 8)
-            .map(le_u64)
-            .unwrap_or(0)
+        self.received.get(i * 8..i * 8 + 8).map(le_u64).unwrap_or(0)
     }
     pub fn to_owned(&self) -> Row {
         Row {
@@ -359,10 +356,7 @@ impl<'a> Frame<'a> {
     /// The entries of a `Data` frame (validated by `parse`), in sequence order from
     /// `header.seq`.
     pub fn entries(&self) -> impl Iterator<Item = Entry<'a>> + 'a {
-        EntryIter {
-            rest: self.entries,
-        }
-        .map_while(Result::ok)
+        EntryIter { rest: self.entries }.map_while(Result::ok)
     }
 }
 
@@ -612,7 +606,10 @@ mod tests {
         assert!(n > 0);
         let len = w.finish(&key());
         assert!(len <= 200, "{len}");
-        assert_eq!(max_payload_for(200, 3) + OVERHEAD + Row::encoded_len(3) + 5, 200);
+        assert_eq!(
+            max_payload_for(200, 3) + OVERHEAD + Row::encoded_len(3) + 5,
+            200
+        );
     }
 
     #[test]

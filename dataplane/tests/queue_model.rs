@@ -23,7 +23,13 @@ impl Model {
     }
     fn push(&mut self, pusher: MemberId, req: Request, fx: &mut Vec<Effect>) {
         let Some(i) = self.q(&req.queue) else {
-            fx.push(Effect::Rejected { pusher, id: req.id, step: req.step, queue: req.queue, reason: RejectReason::NoSuchQueue });
+            fx.push(Effect::Rejected {
+                pusher,
+                id: req.id,
+                step: req.step,
+                queue: req.queue,
+                reason: RejectReason::NoSuchQueue,
+            });
             return;
         };
         let (spec, items, blocked) = &mut self.queues[i];
@@ -33,18 +39,36 @@ impl Model {
             return;
         }
         match spec.on_full {
-            OnFull::Reject => fx.push(Effect::Rejected { pusher, id: req.id, step: req.step, queue: req.queue, reason: RejectReason::Full }),
+            OnFull::Reject => fx.push(Effect::Rejected {
+                pusher,
+                id: req.id,
+                step: req.step,
+                queue: req.queue,
+                reason: RejectReason::Full,
+            }),
             OnFull::Block => {
-                fx.push(Effect::Blocked { pusher, id: req.id, step: req.step.clone() });
+                fx.push(Effect::Blocked {
+                    pusher,
+                    id: req.id,
+                    step: req.step.clone(),
+                });
                 blocked.push((pusher, req));
             }
             OnFull::OverwriteOldest => {
                 if !items.is_empty() {
                     let (_, old) = items.remove(0);
-                    fx.push(Effect::Overwritten { id: old.id, step: old.step, queue: old.queue });
+                    fx.push(Effect::Overwritten {
+                        id: old.id,
+                        step: old.step,
+                        queue: old.queue,
+                    });
                 }
                 if spec.capacity == 0 {
-                    fx.push(Effect::Overwritten { id: req.id, step: req.step, queue: req.queue });
+                    fx.push(Effect::Overwritten {
+                        id: req.id,
+                        step: req.step,
+                        queue: req.queue,
+                    });
                 } else {
                     self.stamp += 1;
                     items.push((self.stamp, req));
@@ -59,7 +83,10 @@ impl Model {
             if !self.subs.iter().any(|(x, n)| *x == c && *n == spec.name) || items.is_empty() {
                 continue;
             }
-            let ii = match spec.order { Order::Fifo => 0, Order::Lifo => items.len() - 1 };
+            let ii = match spec.order {
+                Order::Fifo => 0,
+                Order::Lifo => items.len() - 1,
+            };
             let s = items[ii].0;
             if best.is_none_or(|b| s < b.0) {
                 best = Some((s, qi, ii));
@@ -70,52 +97,109 @@ impl Model {
         let (_, req) = items.remove(ii);
         if items.len() < spec.capacity as usize && !blocked.is_empty() {
             let (p, w) = blocked.remove(0);
-            fx.push(Effect::Admitted { pusher: p, id: w.id, step: w.step.clone() });
+            fx.push(Effect::Admitted {
+                pusher: p,
+                id: w.id,
+                step: w.step.clone(),
+            });
             self.stamp += 1;
             items.push((self.stamp, w));
         }
         Some(req)
     }
     fn finish(&mut self, c: MemberId, id: RequestId, step: &str) -> bool {
-        match self.in_flight.iter().position(|(i, s, x)| *i == id && s == step && *x == c) {
-            Some(p) => { self.in_flight.remove(p); true }
+        match self
+            .in_flight
+            .iter()
+            .position(|(i, s, x)| *i == id && s == step && *x == c)
+        {
+            Some(p) => {
+                self.in_flight.remove(p);
+                true
+            }
             None => false,
         }
     }
     fn add(&mut self, c: MemberId, n: u32) {
         let n = n.min(MAX_CREDITS - self.credits(c));
-        for _ in 0..n { self.ready.push(c); }
+        for _ in 0..n {
+            self.ready.push(c);
+        }
     }
     fn apply(&mut self, op: Op) -> Vec<Effect> {
         let mut fx = Vec::new();
         match op {
             Op::Create(spec) => match self.q(&spec.name) {
                 Some(i) if self.queues[i].0 == spec => {}
-                Some(_) => fx.push(Effect::Rejected { pusher: MemberId(u16::MAX), id: RequestId(0), step: String::new(), queue: spec.name, reason: RejectReason::SpecConflict }),
-                None => { fx.push(Effect::Created { queue: spec.name.clone() }); self.queues.push((spec, vec![], vec![])); }
+                Some(_) => fx.push(Effect::Rejected {
+                    pusher: MemberId(u16::MAX),
+                    id: RequestId(0),
+                    step: String::new(),
+                    queue: spec.name,
+                    reason: RejectReason::SpecConflict,
+                }),
+                None => {
+                    fx.push(Effect::Created {
+                        queue: spec.name.clone(),
+                    });
+                    self.queues.push((spec, vec![], vec![]));
+                }
             },
             Op::Subscribe { consumer, queue } => {
-                if !self.subs.contains(&(consumer, queue.clone())) { self.subs.push((consumer, queue)); }
+                if !self.subs.contains(&(consumer, queue.clone())) {
+                    self.subs.push((consumer, queue));
+                }
             }
             Op::Push { pusher, req } => self.push(pusher, req, &mut fx),
             Op::Ready { consumer, credits } => self.add(consumer, credits),
             Op::TryTake { consumer } => match self.take(consumer, &mut fx) {
-                Some(r) => { self.in_flight.push((r.id, r.step.clone(), consumer)); fx.push(Effect::Assigned { consumer, req: r }); }
+                Some(r) => {
+                    self.in_flight.push((r.id, r.step.clone(), consumer));
+                    fx.push(Effect::Assigned { consumer, req: r });
+                }
                 None => fx.push(Effect::Empty { consumer }),
             },
-            Op::Complete { consumer, id, step, outputs, result, meta, credits } => {
+            Op::Complete {
+                consumer,
+                id,
+                step,
+                outputs,
+                result,
+                meta,
+                credits,
+            } => {
                 if self.finish(consumer, id, &step) {
                     let terminal = outputs.is_empty();
-                    for o in outputs { self.push(consumer, o, &mut fx); }
-                    fx.push(Effect::Completed { consumer, id, step, terminal, result, meta });
+                    for o in outputs {
+                        self.push(consumer, o, &mut fx);
+                    }
+                    fx.push(Effect::Completed {
+                        consumer,
+                        id,
+                        step,
+                        terminal,
+                        result,
+                        meta,
+                    });
                 } else {
                     fx.push(Effect::DuplicateCompletion { consumer, id, step });
                 }
                 self.add(consumer, credits);
             }
-            Op::Fail { consumer, id, step, error, credits } => {
+            Op::Fail {
+                consumer,
+                id,
+                step,
+                error,
+                credits,
+            } => {
                 if self.finish(consumer, id, &step) {
-                    fx.push(Effect::Failed { consumer, id, step, error });
+                    fx.push(Effect::Failed {
+                        consumer,
+                        id,
+                        step,
+                        error,
+                    });
                 } else {
                     fx.push(Effect::DuplicateCompletion { consumer, id, step });
                 }
@@ -131,7 +215,10 @@ impl Model {
                 Some(r) => {
                     self.ready.remove(i);
                     self.in_flight.push((r.id, r.step.clone(), c));
-                    fx.push(Effect::Assigned { consumer: c, req: r });
+                    fx.push(Effect::Assigned {
+                        consumer: c,
+                        req: r,
+                    });
                 }
                 None => i += 1,
             }
@@ -164,7 +251,13 @@ fn gen() -> impl Strategy<Value = Gen> {
 }
 
 fn req(id: u64, q: u8) -> Request {
-    Request { id: RequestId(id), step: format!("s{q}"), queue: format!("q{q}"), payload: vec![id as u8], meta: Meta::default() }
+    Request {
+        id: RequestId(id),
+        step: format!("s{q}"),
+        queue: format!("q{q}"),
+        payload: vec![id as u8],
+        meta: Meta::default(),
+    }
 }
 
 proptest! {
@@ -233,27 +326,98 @@ fn first_ready_consumer_is_served_first_and_fifo_lifo_hold() {
     let mut s = QueueState::new();
     let mut fx = Vec::new();
     for (name, order) in [("f", Order::Fifo), ("l", Order::Lifo)] {
-        s.apply(Op::Create(QueueSpec { name: name.into(), capacity: 10, order, on_full: OnFull::Reject }), &mut fx);
+        s.apply(
+            Op::Create(QueueSpec {
+                name: name.into(),
+                capacity: 10,
+                order,
+                on_full: OnFull::Reject,
+            }),
+            &mut fx,
+        );
     }
     for c in [1, 2] {
-        s.apply(Op::Subscribe { consumer: MemberId(c), queue: "f".into() }, &mut fx);
-        s.apply(Op::Subscribe { consumer: MemberId(c), queue: "l".into() }, &mut fx);
+        s.apply(
+            Op::Subscribe {
+                consumer: MemberId(c),
+                queue: "f".into(),
+            },
+            &mut fx,
+        );
+        s.apply(
+            Op::Subscribe {
+                consumer: MemberId(c),
+                queue: "l".into(),
+            },
+            &mut fx,
+        );
     }
-    s.apply(Op::Ready { consumer: MemberId(2), credits: 1 }, &mut fx);
-    s.apply(Op::Ready { consumer: MemberId(1), credits: 1 }, &mut fx);
+    s.apply(
+        Op::Ready {
+            consumer: MemberId(2),
+            credits: 1,
+        },
+        &mut fx,
+    );
+    s.apply(
+        Op::Ready {
+            consumer: MemberId(1),
+            credits: 1,
+        },
+        &mut fx,
+    );
     fx.clear();
-    let mut r = req(1, 0); r.queue = "f".into();
-    s.apply(Op::Push { pusher: MemberId(0), req: r }, &mut fx);
-    assert!(matches!(&fx[..], [Effect::Assigned { consumer: MemberId(2), .. }]), "{fx:?}");
+    let mut r = req(1, 0);
+    r.queue = "f".into();
+    s.apply(
+        Op::Push {
+            pusher: MemberId(0),
+            req: r,
+        },
+        &mut fx,
+    );
+    assert!(
+        matches!(
+            &fx[..],
+            [Effect::Assigned {
+                consumer: MemberId(2),
+                ..
+            }]
+        ),
+        "{fx:?}"
+    );
     // LIFO: the newest first.
     for id in [10, 11, 12] {
-        let mut r = req(id, 0); r.queue = "l".into();
-        s.apply(Op::Push { pusher: MemberId(0), req: r }, &mut fx);
+        let mut r = req(id, 0);
+        r.queue = "l".into();
+        s.apply(
+            Op::Push {
+                pusher: MemberId(0),
+                req: r,
+            },
+            &mut fx,
+        );
     }
     fx.clear();
-    s.apply(Op::TryTake { consumer: MemberId(1) }, &mut fx);
-    s.apply(Op::TryTake { consumer: MemberId(1) }, &mut fx);
-    let ids: Vec<u64> = fx.iter().filter_map(|e| match e { Effect::Assigned { req, .. } => Some(req.id.0), _ => None }).collect();
+    s.apply(
+        Op::TryTake {
+            consumer: MemberId(1),
+        },
+        &mut fx,
+    );
+    s.apply(
+        Op::TryTake {
+            consumer: MemberId(1),
+        },
+        &mut fx,
+    );
+    let ids: Vec<u64> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Assigned { req, .. } => Some(req.id.0),
+            _ => None,
+        })
+        .collect();
     // Consumer 1's standing credit took request 10 as soon as it was pushed; then each
     // non-blocking take gets the newest.
     assert_eq!(ids, vec![12, 11]);

@@ -64,8 +64,16 @@ impl SimConfig {
         let members = rng.gen_range(2..=5);
         let lossy = rng.gen_bool(0.7);
         let loss = if lossy { rng.gen_range(0.0..0.25) } else { 0.0 };
-        let duplicate = if rng.gen_bool(0.5) { rng.gen_range(0.0..0.1) } else { 0.0 };
-        let corrupt = if rng.gen_bool(0.3) { rng.gen_range(0.0..0.05) } else { 0.0 };
+        let duplicate = if rng.gen_bool(0.5) {
+            rng.gen_range(0.0..0.1)
+        } else {
+            0.0
+        };
+        let corrupt = if rng.gen_bool(0.3) {
+            rng.gen_range(0.0..0.05)
+        } else {
+            0.0
+        };
         let dmin = rng.gen_range(5..200);
         let delay_us = (dmin, dmin + rng.gen_range(0..2000));
         let requests = rng.gen_range(5..40);
@@ -84,7 +92,9 @@ impl SimConfig {
             partitions.push((start, end, side));
         }
         let window = *[2u64, 4, 8, 32, 256].get(rng.gen_range(0..5)).unwrap_or(&8);
-        let max_frame = *[300usize, 600, 1500, 8192].get(rng.gen_range(0..4)).unwrap_or(&1500);
+        let max_frame = *[300usize, 600, 1500, 8192]
+            .get(rng.gen_range(0..4))
+            .unwrap_or(&1500);
         let proto = ProtoConfig {
             window,
             max_frame,
@@ -122,7 +132,11 @@ pub struct Violation {
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} violated at t={}us: {}", self.property, self.at_us, self.detail)
+        write!(
+            f,
+            "{} violated at t={}us: {}",
+            self.property, self.at_us, self.detail
+        )
     }
 }
 
@@ -339,14 +353,20 @@ impl Sim {
                 if self.cut(i, to) || self.rng.gen_bool(self.cfg.loss) {
                     continue;
                 }
-                let copies = if self.rng.gen_bool(self.cfg.duplicate) { 2 } else { 1 };
+                let copies = if self.rng.gen_bool(self.cfg.duplicate) {
+                    2
+                } else {
+                    1
+                };
                 for _ in 0..copies {
                     let mut frame = t.frame.clone();
                     if self.rng.gen_bool(self.cfg.corrupt) {
                         let k = self.rng.gen_range(0..frame.len());
                         frame[k] ^= 1 << self.rng.gen_range(0..8);
                     }
-                    let delay = self.rng.gen_range(self.cfg.delay_us.0..=self.cfg.delay_us.1);
+                    let delay = self
+                        .rng
+                        .gen_range(self.cfg.delay_us.0..=self.cfg.delay_us.1);
                     self.schedule(self.now + delay, Event::Arrive { to, frame });
                 }
             }
@@ -385,20 +405,44 @@ impl Sim {
             match self.submitted.get(sender).and_then(|s| s.get(idx)) {
                 Some((seq, payload)) if *seq == d.seq && *payload == d.payload => {}
                 Some((seq, _)) if *seq == d.seq => {
-                    return Err(self.violation("integrity", format!("{me} delivered {}:{} with a payload {} never sent", d.sender, d.seq.0, d.sender)));
+                    return Err(self.violation(
+                        "integrity",
+                        format!(
+                            "{me} delivered {}:{} with a payload {} never sent",
+                            d.sender, d.seq.0, d.sender
+                        ),
+                    ));
                 }
                 Some((seq, _)) => {
-                    return Err(self.violation("per-sender FIFO", format!("{me} delivered {}:{} but {}:{} was next", d.sender, d.seq.0, d.sender, seq.0)));
+                    return Err(self.violation(
+                        "per-sender FIFO",
+                        format!(
+                            "{me} delivered {}:{} but {}:{} was next",
+                            d.sender, d.seq.0, d.sender, seq.0
+                        ),
+                    ));
                 }
                 None => {
-                    return Err(self.violation("integrity", format!("{me} delivered {}:{} which was never submitted (or twice)", d.sender, d.seq.0)));
+                    return Err(self.violation(
+                        "integrity",
+                        format!(
+                            "{me} delivered {}:{} which was never submitted (or twice)",
+                            d.sender, d.seq.0
+                        ),
+                    ));
                 }
             }
             self.nodes[i].next_expected.insert(d.sender, idx + 1);
             // Stability: every member holds it now.
             for (j, other) in self.nodes.iter().enumerate() {
                 if !other.member.has_received(d.sender, d.seq) {
-                    return Err(self.violation("stability before delivery", format!("{me} delivered {}:{} which m{j} does not hold", d.sender, d.seq.0)));
+                    return Err(self.violation(
+                        "stability before delivery",
+                        format!(
+                            "{me} delivered {}:{} which m{j} does not hold",
+                            d.sender, d.seq.0
+                        ),
+                    ));
                 }
             }
             // Total order and agreement.
@@ -413,7 +457,9 @@ impl Sim {
             }
             // The replicated queue.
             let Ok(op) = Op::decode(&d.payload) else {
-                return Err(self.violation("integrity", format!("{me} delivered an undecodable op")));
+                return Err(
+                    self.violation("integrity", format!("{me} delivered an undecodable op"))
+                );
             };
             let mut effects = std::mem::take(&mut self.nodes[i].effects);
             effects.clear();
@@ -423,7 +469,10 @@ impl Sim {
             let first = self.digests.len() == pos;
             match self.digests.get(pos) {
                 Some(dg) if *dg != digest => {
-                    return Err(self.violation("replicas identical", format!("{me}'s queue state differs after {} deliveries", pos + 1)));
+                    return Err(self.violation(
+                        "replicas identical",
+                        format!("{me}'s queue state differs after {} deliveries", pos + 1),
+                    ));
                 }
                 Some(_) => {}
                 None => self.digests.push(digest),
@@ -432,7 +481,10 @@ impl Sim {
                 match e {
                     Effect::Assigned { consumer, req } => {
                         if first && !self.assigned.insert((req.id, req.step.clone())) {
-                            return Err(self.violation("exactly one consumer", format!("{}/{} assigned twice", req.id, req.step)));
+                            return Err(self.violation(
+                                "exactly one consumer",
+                                format!("{}/{} assigned twice", req.id, req.step),
+                            ));
                         }
                         if *consumer == me {
                             let exec = self.rng.gen_range(self.cfg.exec_us.0..=self.cfg.exec_us.1);
@@ -441,7 +493,9 @@ impl Sim {
                             self.schedule(self.now + exec, Event::Finish { at: i, req_idx });
                         }
                     }
-                    Effect::Completed { id, step, terminal, .. } if first => {
+                    Effect::Completed {
+                        id, step, terminal, ..
+                    } if first => {
                         self.assigned.remove(&(*id, step.clone()));
                         if *terminal {
                             *self.finished.entry(*id).or_insert(0) += 1;
@@ -458,7 +512,14 @@ impl Sim {
         // Bounded memory.
         let m = &self.nodes[i].member;
         if m.buffered_slots() > m.buffer_bound() {
-            return Err(self.violation("bounded memory", format!("{me} buffers {} slots, bound {}", m.buffered_slots(), m.buffer_bound())));
+            return Err(self.violation(
+                "bounded memory",
+                format!(
+                    "{me} buffers {} slots, bound {}",
+                    m.buffered_slots(),
+                    m.buffer_bound()
+                ),
+            ));
         }
         Ok(())
     }
@@ -500,9 +561,15 @@ impl Sim {
                 .unwrap_or((u64::MAX, 0));
             let next_event = self.events.peek().map(|Reverse((t, _, _))| *t);
             let take_event = matches!(next_event, Some(t) if t <= next_timer.0);
-            let t = if take_event { next_event.unwrap_or(0) } else { next_timer.0 };
+            let t = if take_event {
+                next_event.unwrap_or(0)
+            } else {
+                next_timer.0
+            };
             self.now = self.now.max(t);
-            let deadline = self.last_heal.max(self.cfg.requests as u64 * self.cfg.push_gap_us.1 + 10_000)
+            let deadline = self
+                .last_heal
+                .max(self.cfg.requests as u64 * self.cfg.push_gap_us.1 + 10_000)
                 + self.cfg.settle_us;
             if self.now > deadline {
                 let stuck: Vec<String> = self
@@ -521,7 +588,9 @@ impl Sim {
                 self.step_member(i)?;
                 continue;
             }
-            let Some(Reverse((_, _, ev))) = self.events.pop() else { break };
+            let Some(Reverse((_, _, ev))) = self.events.pop() else {
+                break;
+            };
             match ev {
                 Event::Arrive { to, frame } => {
                     self.nodes[to].member.handle_frame(now, &frame);
@@ -541,7 +610,9 @@ impl Sim {
                             meta: Meta::default(),
                         };
                         node.outbox.push_back(Op::Push { pusher: me, req });
-                        let gap = self.rng.gen_range(self.cfg.push_gap_us.0..=self.cfg.push_gap_us.1);
+                        let gap = self
+                            .rng
+                            .gen_range(self.cfg.push_gap_us.0..=self.cfg.push_gap_us.1);
                         self.schedule(self.now + gap, Event::Push { at });
                     }
                     self.step_member(at)?;
@@ -576,7 +647,9 @@ impl Sim {
         // Exactly once: every run that was admitted finished once.
         for (id, count) in &self.finished {
             if *count != 1 {
-                return Err(self.violation("exactly once", format!("run {id} finished {count} times")));
+                return Err(
+                    self.violation("exactly once", format!("run {id} finished {count} times"))
+                );
             }
         }
         let mut report = Report {

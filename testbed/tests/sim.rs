@@ -7,7 +7,10 @@ use conveyor_dataplane::proto::Sabotage;
 use conveyor_testbed::sim::{run_seed, Violation};
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[test]
@@ -29,12 +32,25 @@ fn many_seeds_hold_every_property() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {count} seeds failed, first: seed {} {}", failures.len(), failures[0].0, failures[0].1);
+    assert!(
+        failures.is_empty(),
+        "{} of {count} seeds failed, first: seed {} {}",
+        failures.len(),
+        failures[0].0,
+        failures[0].1
+    );
     // The seeds really exercise loss recovery and the MAC.
-    assert!(retransmitted > 0 && dropped > 0, "retransmitted {retransmitted}, dropped {dropped}");
+    assert!(
+        retransmitted > 0 && dropped > 0,
+        "retransmitted {retransmitted}, dropped {dropped}"
+    );
 }
 
-fn first_failure(seeds: std::ops::Range<u64>, sabotage: Sabotage, lossy: bool) -> Option<(u64, Violation)> {
+fn first_failure(
+    seeds: std::ops::Range<u64>,
+    sabotage: Sabotage,
+    lossy: bool,
+) -> Option<(u64, Violation)> {
     seeds.into_iter().find_map(|seed| {
         run_seed(seed, |c| {
             c.proto.sabotage = sabotage;

@@ -1,0 +1,531 @@
+//! `conveyor bench` (the contract is `BENCH.md`) and `conveyor demo`: both start a whole group
+//! as separate processes (`conveyor node`), one trigger and N invokers, run one workload from the
+//! trigger and report.
+
+use crate::config::fresh_key;
+use crate::loadgen::{Percentiles, TriggerReport, WorkloadSpec};
+use anyhow::{bail, Context, Result};
+use conveyor_dataplane::pipeline::Pipeline;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// constant | ramp | burst | balance
+    #[arg(long, default_value = "constant")]
+    pub workload: String,
+    /// Comma list of backends: conveyor (redis and kafka come with the latency-study toolkit).
+    #[arg(long, default_value = "conveyor")]
+    pub backend: String,
+    /// Conveyor's transport.
+    #[arg(long, default_value = "udp")]
+    pub transport: String,
+    /// local (all members on loopback) | netns.
+    #[arg(long, default_value = "local")]
+    pub hosts: String,
+    /// Invoker members (the trigger is one more).
+    #[arg(long, default_value_t = 2)]
+    pub invokers: usize,
+    /// Functions in the linear pipeline.
+    #[arg(long, default_value_t = 3)]
+    pub chain: usize,
+    /// Busy-work time of each function, microseconds.
+    #[arg(long = "fn-us", default_value_t = 60)]
+    pub fn_us: u64,
+    /// Request payload, bytes.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Requests per second (constant).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Seconds (constant).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Requests (burst).
+    #[arg(long, default_value_t = 10_000)]
+    pub requests: u64,
+    /// kill:MEMBER@S or partition:MEMBER@S (repeatable).
+    #[arg(long)]
+    pub fault: Vec<String>,
+    /// tc netem spec for every link (with --hosts netns).
+    #[arg(long)]
+    pub netem: Option<String>,
+    /// Write the JSON report here (- for stdout).
+    #[arg(long)]
+    pub json: Option<String>,
+    /// Directory for HdrHistogram interval logs.
+    #[arg(long)]
+    pub hlog: Option<PathBuf>,
+    /// Write a plot of the run.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Seconds to wait for outstanding requests after the last send before counting them lost.
+    #[arg(long, default_value_t = 5.0)]
+    pub grace: f64,
+    /// Keep the run's directory (configuration and member logs) and print its path.
+    #[arg(long)]
+    pub keep: bool,
+    /// Idle policy of every member: spin, yield, park (see the sample configuration).
+    #[arg(long = "spin-us")]
+    pub spin_us: Option<u64>,
+    #[arg(long = "yield-us")]
+    pub yield_us: Option<u64>,
+}
+
+/// What one run needs.
+pub struct GroupRun {
+    pub invokers: usize,
+    pub pipeline_json: String,
+    pub spec: WorkloadSpec,
+    pub keep: bool,
+    pub idle: Option<(u64, u64)>,
+}
+
+fn free_udp_ports(n: usize) -> Result<Vec<u16>> {
+    let socks: Vec<UdpSocket> = (0..n)
+        .map(|_| UdpSocket::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()
+        .context("finding free UDP ports on 127.0.0.1")?;
+    socks.iter().map(|s| Ok(s.local_addr()?.port())).collect()
+}
+
+fn run_dir() -> Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("conveyor-run-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+struct Members {
+    children: Vec<(String, Child)>,
+}
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts a local group (one trigger, `invokers` invokers, each its own process on loopback),
+/// runs the workload and returns the trigger's report.
+pub fn run_local_group(run: &GroupRun) -> Result<TriggerReport> {
+    let dir = run_dir()?;
+    let names: Vec<String> = std::iter::once("trigger".to_string())
+        .chain((0..run.invokers).map(|i| format!("invoker-{i}")))
+        .collect();
+    let ports = free_udp_ports(names.len())?;
+    let mut toml = format!(
+        "# Written by conveyor for one run.\n[group]\nname = \"bench\"\nkey = \"{}\"\ntransport = \"udp\"\npipelines = [\"pipeline.json\"]\nstartup_timeout_s = 20\n",
+        fresh_key()?
+    );
+    if let Some((spin, yld)) = run.idle {
+        toml.push_str(&format!("\n[idle]\nspin_us = {spin}\nyield_us = {yld}\n"));
+    }
+    for (name, port) in names.iter().zip(&ports) {
+        let role = if name == "trigger" {
+            "trigger"
+        } else {
+            "invoker"
+        };
+        toml.push_str(&format!(
+            "\n[[member]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\nrole = \"{role}\"\n"
+        ));
+    }
+    std::fs::write(dir.join("conveyor.toml"), toml)?;
+    std::fs::write(dir.join("pipeline.json"), &run.pipeline_json)?;
+    std::fs::write(
+        dir.join("workload.json"),
+        serde_json::to_string_pretty(&run.spec)?,
+    )?;
+    let exe = std::env::current_exe().context("locating the conveyor binary")?;
+    let mut members = Members {
+        children: Vec::new(),
+    };
+    // Invokers first, the trigger last: the start-up barrier makes the order irrelevant for
+    // correctness, but it keeps the trigger's clock start close to the real start.
+    for name in names.iter().skip(1).chain(std::iter::once(&names[0])) {
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("node")
+            .arg("--config")
+            .arg(dir.join("conveyor.toml"))
+            .arg("--member")
+            .arg(name)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if name == "trigger" {
+            cmd.arg("--workload")
+                .arg(dir.join("workload.json"))
+                .arg("--report")
+                .arg(dir.join("report.json"));
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting member {name}"))?;
+        members.children.push((name.clone(), child));
+    }
+    let budget = Duration::from_secs_f64(
+        30.0 + run.spec.grace_s
+            + if run.spec.workload == "burst" {
+                run.spec.requests as f64 / 500.0
+            } else {
+                run.spec.duration_s
+            },
+    );
+    let start = Instant::now();
+    let trigger_idx = members.children.len() - 1;
+    let status = loop {
+        if let Some(s) = members.children[trigger_idx].1.try_wait()? {
+            break s;
+        }
+        for (name, c) in &mut members.children {
+            if let Some(s) = c.try_wait()? {
+                if !s.success() {
+                    let t = tail(&dir.join(format!("{name}.log")), 20);
+                    bail!(
+                        "member {name} failed ({s}); its log ({}):\n{t}",
+                        dir.join(format!("{name}.log")).display()
+                    );
+                }
+            }
+        }
+        if start.elapsed() > budget {
+            bail!(
+                "the run did not finish within {}s; logs in {}",
+                budget.as_secs(),
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if !status.success() {
+        let t = tail(&dir.join("trigger.log"), 30);
+        bail!("the trigger failed ({status}); its log:\n{t}");
+    }
+    // Invokers leave after the shutdown the trigger ordered.
+    let wait_from = Instant::now();
+    for (name, c) in &mut members.children {
+        while matches!(c.try_wait(), Ok(None)) && wait_from.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Ok(Some(s)) = c.try_wait() {
+            if !s.success() {
+                tracing::warn!(
+                    "member {name} exited with {s}: {}",
+                    tail(&dir.join(format!("{name}.log")), 5)
+                );
+            }
+        }
+    }
+    drop(members);
+    let report: TriggerReport = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("report.json"))
+            .context("reading the trigger's report")?,
+    )?;
+    if run.keep {
+        eprintln!("run directory kept: {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(report)
+}
+
+#[derive(Serialize)]
+struct Machine {
+    cores: usize,
+    kernel: String,
+    commit: String,
+}
+
+fn machine() -> Machine {
+    Machine {
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        commit: env!("CONVEYOR_COMMIT").to_string(),
+    }
+}
+
+#[derive(Serialize)]
+struct Overhead {
+    p50: u64,
+    p99: u64,
+}
+
+/// One element of the JSON report (`BENCH.md`).
+#[derive(Serialize)]
+struct ReportEntry {
+    schema: &'static str,
+    workload: String,
+    backend: String,
+    transport: String,
+    hosts: String,
+    invokers: usize,
+    chain: usize,
+    fn_us: u64,
+    payload: usize,
+    rate: f64,
+    sent: u64,
+    completed: u64,
+    lost: u64,
+    duplicates: u64,
+    errors: u64,
+    duration_s: f64,
+    throughput_rps: f64,
+    latency_us: Percentiles,
+    overhead_us: Overhead,
+    per_invoker: BTreeMap<String, u64>,
+    drain_s: Option<f64>,
+    drain_floor_s: Option<f64>,
+    critical_rate_rps: Option<f64>,
+    steps: Option<Vec<serde_json::Value>>,
+    failover_ms: Option<f64>,
+    cdf: Vec<(f64, u64)>,
+    retransmitted_slots: u64,
+    max_batch: u64,
+    machine: Machine,
+}
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    for b in args.backend.split(',') {
+        match b.trim() {
+            "conveyor" => {}
+            "redis" | "kafka" => bail!("backend {b:?} is not available in this version (it comes with the latency-study toolkit); use --backend conveyor"),
+            other => bail!("--backend: unknown backend {other:?}; known: conveyor, redis, kafka"),
+        }
+    }
+    match args.workload.as_str() {
+        "constant" | "burst" => {}
+        "ramp" | "balance" => bail!("--workload {}: not available in this version (it comes with the latency-study toolkit); available: constant, burst", args.workload),
+        other => bail!("--workload: unknown workload {other:?}; known: constant, ramp, burst, balance"),
+    }
+    if args.transport != "udp" {
+        bail!(
+            "--transport {}: not available in this build; available: udp",
+            args.transport
+        );
+    }
+    if args.hosts != "local" {
+        bail!("--hosts {}: not available in this version (the network-namespace test bed comes with the membership issue); available: local", args.hosts);
+    }
+    if !args.fault.is_empty() {
+        bail!("--fault: fault injection needs view changes, not available in this version");
+    }
+    if args.netem.is_some() {
+        bail!("--netem needs --hosts netns, not available in this version");
+    }
+    if args.hlog.is_some() || args.plot.is_some() {
+        bail!("--hlog and --plot are not available in this version (they come with the latency-study toolkit)");
+    }
+    if args.invokers == 0 || args.chain == 0 {
+        bail!("--invokers and --chain must be at least 1");
+    }
+    if args.workload == "constant" && (args.rate <= 0.0 || args.duration <= 0.0) {
+        bail!("--rate and --duration must be positive");
+    }
+    let pipeline = Pipeline::chain("bench", args.chain, args.fn_us);
+    let run = GroupRun {
+        invokers: args.invokers,
+        pipeline_json: pipeline.to_json(),
+        spec: WorkloadSpec {
+            workload: args.workload.clone(),
+            pipeline: "bench".into(),
+            rate: args.rate,
+            duration_s: args.duration,
+            requests: args.requests,
+            payload: args.payload,
+            vary_payload: false,
+            grace_s: args.grace,
+        },
+        keep: args.keep,
+        idle: match (args.spin_us, args.yield_us) {
+            (None, None) => None,
+            (s, y) => Some((
+                s.unwrap_or(conveyor_dataplane::engine::IdlePolicy::SHARED.spin_us),
+                y.unwrap_or(conveyor_dataplane::engine::IdlePolicy::SHARED.yield_us),
+            )),
+        },
+    };
+    eprintln!(
+        "conveyor bench: {} workload, backend conveyor, transport udp, hosts local, {} invokers, chain {} x {} us",
+        args.workload, args.invokers, args.chain, args.fn_us
+    );
+    let r = run_local_group(&run)?;
+    let burst = args.workload == "burst";
+    let entry = ReportEntry {
+        schema: "conveyor-bench/1",
+        workload: args.workload.clone(),
+        backend: "conveyor".into(),
+        transport: args.transport.clone(),
+        hosts: args.hosts.clone(),
+        invokers: args.invokers,
+        chain: args.chain,
+        fn_us: args.fn_us,
+        payload: args.payload,
+        rate: args.rate,
+        sent: r.sent,
+        completed: r.completed,
+        lost: r.lost,
+        duplicates: r.duplicates,
+        errors: r.errors,
+        duration_s: r.duration_s,
+        throughput_rps: r.throughput_rps,
+        latency_us: r.latency_us,
+        overhead_us: Overhead {
+            p50: r.overhead_us.p50,
+            p99: r.overhead_us.p99,
+        },
+        per_invoker: r.per_invoker.clone(),
+        drain_s: r.drain_s,
+        drain_floor_s: burst.then(|| {
+            args.requests as f64 * args.chain as f64 * args.fn_us as f64
+                / 1e6
+                / args.invokers as f64
+        }),
+        critical_rate_rps: None,
+        steps: None,
+        failover_ms: None,
+        cdf: r.cdf.clone(),
+        retransmitted_slots: r.retransmitted_slots,
+        max_batch: r.max_batch,
+        machine: machine(),
+    };
+    print_summary(&r, burst);
+    if let Some(floor) = entry.drain_floor_s {
+        eprintln!("drain floor (functions alone): {floor:.3} s");
+    }
+    let json = serde_json::to_string_pretty(&vec![entry])?;
+    match args.json.as_deref() {
+        Some("-") => println!("{json}"),
+        Some(p) => std::fs::write(p, json).with_context(|| format!("writing {p}"))?,
+        None => {}
+    }
+    Ok(())
+}
+
+fn print_summary(r: &TriggerReport, burst: bool) {
+    eprintln!(
+        "sent {}, completed {}, lost {}, duplicates {}, errors {}, throughput {:.1} req/s over {:.2} s",
+        r.sent, r.completed, r.lost, r.duplicates, r.errors, r.throughput_rps, r.duration_s
+    );
+    let l = r.latency_us;
+    eprintln!(
+        "latency us:  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {:.1}",
+        l.p50, l.p90, l.p99, l.p999, l.max, l.mean
+    );
+    eprintln!(
+        "overhead us: p50 {}  p99 {}",
+        r.overhead_us.p50, r.overhead_us.p99
+    );
+    if burst {
+        if let Some(d) = r.drain_s {
+            eprintln!("drain time: {d:.3} s");
+        }
+    }
+    let total: u64 = r.per_invoker.values().sum();
+    let shares: Vec<String> = r
+        .per_invoker
+        .iter()
+        .map(|(n, c)| {
+            format!(
+                "{n} {:.1}% ({c} function runs)",
+                100.0 * *c as f64 / total.max(1) as f64
+            )
+        })
+        .collect();
+    eprintln!("invoker shares: {}", shares.join(", "));
+}
+
+/// The demo's pipeline: three functions per request, the second choosing the third by the
+/// size of its input.
+pub const DEMO_PIPELINE: &str = r#"{
+  "name": "demo",
+  "entry": "parse",
+  "steps": {
+    "parse":    {"function": "spin", "args": {"us": 60},
+                 "next": [{"to": ["classify"]}]},
+    "classify": {"function": "branch", "args": {"threshold": 48},
+                 "next": [{"route": "big", "to": ["resize"]}, {"route": "small", "to": ["store"]}]},
+    "resize":   {"function": "spin", "args": {"us": 60}},
+    "store":    {"function": "echo"}
+  }
+}"#;
+
+pub fn demo() -> Result<()> {
+    println!(
+        "Conveyor demo: a trigger and two invokers, each its own process, on 127.0.0.1 over udp."
+    );
+    println!("Pipeline 'demo': parse (spin 60us) -> classify (branch on size) -> resize (spin 60us) | store (echo)");
+    println!(
+        "Sending 1000 requests/s for 5 s (payloads of 64 and 32 bytes, so both branches run)..."
+    );
+    let run = GroupRun {
+        invokers: 2,
+        pipeline_json: DEMO_PIPELINE.into(),
+        spec: WorkloadSpec {
+            workload: "constant".into(),
+            pipeline: "demo".into(),
+            rate: 1000.0,
+            duration_s: 5.0,
+            requests: 0,
+            payload: 64,
+            vary_payload: true,
+            grace_s: 5.0,
+        },
+        keep: false,
+        idle: None,
+    };
+    let r = run_local_group(&run)?;
+    let l = r.latency_us;
+    println!();
+    println!(
+        "requests      sent {}, completed {}, lost {}, duplicated {}, errors {}",
+        r.sent, r.completed, r.lost, r.duplicates, r.errors
+    );
+    println!("throughput    {:.1} requests/s", r.throughput_rps);
+    println!(
+        "latency (us)  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        l.p50, l.p90, l.p99, l.p999, l.max
+    );
+    println!(
+        "overhead (us) p50 {}  p99 {}   (latency minus the functions' own run time)",
+        r.overhead_us.p50, r.overhead_us.p99
+    );
+    let total: u64 = r.per_invoker.values().sum();
+    for (n, c) in &r.per_invoker {
+        println!(
+            "share         {n}: {c} function runs ({:.1}%)",
+            100.0 * *c as f64 / total.max(1) as f64
+        );
+    }
+    if r.lost > 0 || r.duplicates > 0 {
+        bail!(
+            "the demo lost {} and duplicated {} requests",
+            r.lost,
+            r.duplicates
+        );
+    }
+    Ok(())
+}

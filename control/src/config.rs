@@ -1,0 +1,479 @@
+//! The group configuration: one TOML file describes the whole group; each member picks its own
+//! entry by name. `conveyor.sample.toml` at the repository root comments every key.
+
+use conveyor_dataplane::engine::{EngineConfig, IdlePolicy};
+use conveyor_dataplane::pipeline::Pipeline;
+use conveyor_dataplane::proto::{ProtoConfig, Sabotage};
+use conveyor_dataplane::types::{GroupId, MemberId, View, ViewId};
+use conveyor_dataplane::wire::{self, Key};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration error: the file, the field and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {field}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupFile {
+    pub group: GroupSection,
+    #[serde(default)]
+    pub idle: IdleSection,
+    #[serde(rename = "member")]
+    pub members: Vec<MemberSection>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSection {
+    pub name: String,
+    pub key: String,
+    #[serde(default = "d_transport")]
+    pub transport: String,
+    #[serde(default)]
+    pub pipelines: Vec<PathBuf>,
+    #[serde(default = "d_window")]
+    pub window: u64,
+    #[serde(default = "d_max_frame")]
+    pub max_frame: usize,
+    #[serde(default = "d_max_payload")]
+    pub max_payload: usize,
+    #[serde(default = "d_status_interval_us")]
+    pub status_interval_us: u64,
+    #[serde(default = "d_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    #[serde(default = "d_rto_us")]
+    pub rto_us: u64,
+    #[serde(default = "d_rto_max_ms")]
+    pub rto_max_ms: u64,
+    #[serde(default = "d_startup_timeout_s")]
+    pub startup_timeout_s: u64,
+    #[serde(default = "d_linger_ms")]
+    pub linger_ms: u64,
+}
+
+fn d_transport() -> String {
+    "udp".into()
+}
+fn d_window() -> u64 {
+    256
+}
+fn d_max_frame() -> usize {
+    8192
+}
+fn d_max_payload() -> usize {
+    4096
+}
+fn d_status_interval_us() -> u64 {
+    2000
+}
+fn d_heartbeat_ms() -> u64 {
+    100
+}
+fn d_rto_us() -> u64 {
+    2000
+}
+fn d_rto_max_ms() -> u64 {
+    200
+}
+fn d_startup_timeout_s() -> u64 {
+    30
+}
+fn d_linger_ms() -> u64 {
+    300
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdleSection {
+    #[serde(default = "d_spin")]
+    pub spin_us: u64,
+    #[serde(default = "d_yield")]
+    pub yield_us: u64,
+    #[serde(default = "d_park")]
+    pub park_max_us: u64,
+}
+
+fn d_spin() -> u64 {
+    IdlePolicy::SHARED.spin_us
+}
+fn d_yield() -> u64 {
+    IdlePolicy::SHARED.yield_us
+}
+fn d_park() -> u64 {
+    IdlePolicy::SHARED.park_max_us
+}
+
+impl Default for IdleSection {
+    fn default() -> Self {
+        IdleSection {
+            spin_us: d_spin(),
+            yield_us: d_yield(),
+            park_max_us: d_park(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Trigger,
+    Invoker,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSection {
+    pub name: String,
+    pub address: String,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core: Option<usize>,
+    #[serde(default = "d_credits")]
+    pub credits: u32,
+}
+
+fn d_credits() -> u32 {
+    1
+}
+
+/// A loaded, validated group configuration.
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    pub file: GroupFile,
+    pub path: PathBuf,
+    pub key: Key,
+    pub addresses: Vec<SocketAddr>,
+    pub pipelines: Vec<Pipeline>,
+}
+
+impl GroupConfig {
+    pub fn load(path: &Path) -> Result<GroupConfig, ConfigError> {
+        let file_name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file_name.clone(),
+            field: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<GroupConfig, ConfigError> {
+        let file_name = path.display().to_string();
+        let fail = |field: &str, message: String| ConfigError {
+            file: file_name.clone(),
+            field: field.to_string(),
+            message,
+        };
+        let de = toml::Deserializer::new(text);
+        let file: GroupFile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.message().to_string();
+            let msg = match inner.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    format!("{msg} (line {line})")
+                }
+                None => msg,
+            };
+            fail(if field == "." { "(document)" } else { &field }, msg)
+        })?;
+        let key = Key::from_hex(&file.group.key).map_err(|e| fail("group.key", e.to_string()))?;
+        if file.group.name.is_empty() {
+            return Err(fail("group.name", "must not be empty".into()));
+        }
+        if file.group.transport != "udp" {
+            return Err(fail(
+                "group.transport",
+                format!(
+                    "transport {:?} is not available in this build; available: udp",
+                    file.group.transport
+                ),
+            ));
+        }
+        if file.members.is_empty() {
+            return Err(fail("member", "at least one [[member]] is needed".into()));
+        }
+        if file.members.len() > wire::MAX_MEMBERS {
+            return Err(fail(
+                "member",
+                format!("at most {} members", wire::MAX_MEMBERS),
+            ));
+        }
+        let g = &file.group;
+        if g.window == 0 {
+            return Err(fail("group.window", "must be at least 1".into()));
+        }
+        if !(512..=65_000).contains(&g.max_frame) {
+            return Err(fail(
+                "group.max_frame",
+                "must be between 512 and 65000 bytes".into(),
+            ));
+        }
+        let fits = wire::max_payload_for(g.max_frame, file.members.len());
+        if g.max_payload > fits {
+            return Err(fail(
+                "group.max_payload",
+                format!(
+                    "{} does not fit a frame of {} bytes for {} members; at most {fits}",
+                    g.max_payload,
+                    g.max_frame,
+                    file.members.len()
+                ),
+            ));
+        }
+        for (field, v) in [
+            ("group.status_interval_us", g.status_interval_us),
+            ("group.heartbeat_ms", g.heartbeat_ms),
+            ("group.rto_us", g.rto_us),
+            ("group.rto_max_ms", g.rto_max_ms),
+            ("group.startup_timeout_s", g.startup_timeout_s),
+        ] {
+            if v == 0 {
+                return Err(fail(field, "must be greater than 0".into()));
+            }
+        }
+        let mut addresses = Vec::new();
+        for (i, m) in file.members.iter().enumerate() {
+            if m.name.is_empty() {
+                return Err(fail(
+                    &format!("member[{i}].name"),
+                    "must not be empty".into(),
+                ));
+            }
+            if file.members[..i].iter().any(|o| o.name == m.name) {
+                return Err(fail(
+                    &format!("member[{i}].name"),
+                    format!("{:?} is used twice", m.name),
+                ));
+            }
+            let addr: SocketAddr = m.address.parse().map_err(|e| {
+                fail(
+                    &format!("member[{i}].address"),
+                    format!("{:?} is not IP:PORT: {e}", m.address),
+                )
+            })?;
+            if addresses.contains(&addr) {
+                return Err(fail(
+                    &format!("member[{i}].address"),
+                    format!("{addr} is used twice"),
+                ));
+            }
+            addresses.push(addr);
+            if m.credits == 0 {
+                return Err(fail(
+                    &format!("member[{i}].credits"),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut pipelines = Vec::new();
+        for (i, p) in file.group.pipelines.iter().enumerate() {
+            let pp = if p.is_absolute() {
+                p.clone()
+            } else {
+                base.join(p)
+            };
+            let text = std::fs::read_to_string(&pp).map_err(|e| {
+                fail(
+                    &format!("group.pipelines[{i}]"),
+                    format!("cannot read {}: {e}", pp.display()),
+                )
+            })?;
+            let pipeline = Pipeline::from_json(&text).map_err(|e| ConfigError {
+                file: pp.display().to_string(),
+                field: e.field,
+                message: e.message,
+            })?;
+            pipelines.push(pipeline);
+        }
+        Ok(GroupConfig {
+            file,
+            path: path.to_path_buf(),
+            key,
+            addresses,
+            pipelines,
+        })
+    }
+
+    pub fn member_index(&self, name: &str) -> Result<usize, ConfigError> {
+        self.file
+            .members
+            .iter()
+            .position(|m| m.name == name)
+            .ok_or_else(|| ConfigError {
+                file: self.path.display().to_string(),
+                field: "member".into(),
+                message: format!(
+                    "no member named {name:?}; members are {}",
+                    self.file
+                        .members
+                        .iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+    }
+
+    pub fn group_id(&self) -> GroupId {
+        let h = blake3::hash(self.file.group.name.as_bytes());
+        let b = h.as_bytes();
+        GroupId(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub fn engine_config(&self, me: usize) -> EngineConfig {
+        let g = &self.file.group;
+        EngineConfig {
+            proto: ProtoConfig {
+                window: g.window,
+                max_frame: g.max_frame,
+                max_payload: g.max_payload,
+                status_interval: Duration::from_micros(g.status_interval_us),
+                heartbeat: Duration::from_millis(g.heartbeat_ms),
+                rto: Duration::from_micros(g.rto_us),
+                rto_max: Duration::from_millis(g.rto_max_ms),
+                sabotage: Sabotage::None,
+            },
+            key: self.key.clone(),
+            group: self.group_id(),
+            view: View::new(
+                ViewId(1),
+                (0..self.file.members.len() as u16).map(MemberId).collect(),
+            ),
+            me: MemberId(me as u16),
+            names: self.file.members.iter().map(|m| m.name.clone()).collect(),
+            idle: IdlePolicy {
+                spin_us: self.file.idle.spin_us,
+                yield_us: self.file.idle.yield_us,
+                park_max_us: self.file.idle.park_max_us,
+            },
+            core: self.file.members[me].core,
+            startup_timeout: Duration::from_secs(g.startup_timeout_s),
+            linger: Duration::from_millis(g.linger_ms),
+        }
+    }
+}
+
+/// A fresh random group key, as 64 hexadecimal digits.
+pub fn fresh_key() -> anyhow::Result<String> {
+    let mut k = [0u8; 32];
+    getrandom::getrandom(&mut k).map_err(|e| anyhow::anyhow!("no randomness for a key: {e}"))?;
+    Ok(Key::from_bytes(k).to_hex())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[group]
+name = "g"
+key = "0000000000000000000000000000000000000000000000000000000000000001"
+
+[[member]]
+name = "trigger"
+address = "127.0.0.1:7000"
+role = "trigger"
+
+[[member]]
+name = "invoker-0"
+address = "127.0.0.1:7001"
+role = "invoker"
+"#;
+
+    fn parse(t: &str) -> Result<GroupConfig, ConfigError> {
+        GroupConfig::parse(t, Path::new("/etc/conveyor.toml"))
+    }
+
+    #[test]
+    fn good_config_loads() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.addresses.len(), 2);
+        assert_eq!(c.member_index("invoker-0").unwrap(), 1);
+        assert!(c
+            .member_index("nobody")
+            .unwrap_err()
+            .to_string()
+            .contains("trigger, invoker-0"));
+        let e = c.engine_config(1);
+        assert_eq!(e.view.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let cases = [
+            (GOOD.replace("key = \"00", "key = \"zz"), "group.key"),
+            (
+                GOOD.replace("127.0.0.1:7001", "localhost"),
+                "member[1].address",
+            ),
+            (
+                GOOD.replace("127.0.0.1:7001", "127.0.0.1:7000"),
+                "member[1].address",
+            ),
+            (
+                GOOD.replace("role = \"invoker\"", "role = \"worker\""),
+                "member[1].role",
+            ),
+            (
+                GOOD.replace("name = \"g\"", "name = \"g\"\nwindow = 0"),
+                "group.window",
+            ),
+            (
+                GOOD.replace("name = \"g\"", "name = \"g\"\nwindw = 3"),
+                "group.windw",
+            ),
+            (
+                GOOD.replace(
+                    "name = \"g\"",
+                    "name = \"g\"\ntransport = \"carrier-pigeon\"",
+                ),
+                "group.transport",
+            ),
+            (
+                GOOD.replace("name = \"g\"", "name = \"g\"\nmax_payload = 100000"),
+                "group.max_payload",
+            ),
+            (
+                GOOD.replace(
+                    "name = \"g\"",
+                    "name = \"g\"\npipelines = [\"missing.json\"]",
+                ),
+                "group.pipelines[0]",
+            ),
+            (
+                GOOD.replace("name = \"invoker-0\"", "name = \"trigger\""),
+                "member[1].name",
+            ),
+        ];
+        for (text, field) in cases {
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert_eq!(e.file, "/etc/conveyor.toml");
+        }
+    }
+
+    #[test]
+    fn fresh_keys_differ_and_parse() {
+        let (a, b) = (fresh_key().unwrap(), fresh_key().unwrap());
+        assert_ne!(a, b);
+        Key::from_hex(&a).unwrap();
+    }
+
+    #[test]
+    fn sample_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conveyor.sample.toml");
+        let c = GroupConfig::load(&path).unwrap();
+        assert!(!c.pipelines.is_empty());
+    }
+}

@@ -1,0 +1,285 @@
+//! The trigger's load generator: open loop (each request has an intended send time, and its
+//! latency is measured from that time, so a stalled sender cannot hide queueing: no coordinated
+//! omission), HDR histograms, and what the bench reports.
+
+use anyhow::{bail, Context, Result};
+use conveyor_dataplane::engine::{EngineHandle, Event};
+use conveyor_dataplane::pipeline::Pipeline;
+use conveyor_dataplane::queue::{Effect, Meta, Op};
+use conveyor_dataplane::types::RequestId;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What the trigger runs (written by `bench`/`demo`, read by `node --workload`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    /// `constant` or `burst`.
+    pub workload: String,
+    pub pipeline: String,
+    pub rate: f64,
+    pub duration_s: f64,
+    pub requests: u64,
+    pub payload: usize,
+    /// Alternate payloads of `payload` and `payload / 2` bytes (so branches are taken both ways).
+    pub vary_payload: bool,
+    /// How long to wait for outstanding requests after the last send.
+    pub grace_s: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        Percentiles {
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            mean: (h.mean() * 10.0).round() / 10.0,
+        }
+    }
+}
+
+/// What the trigger measured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TriggerReport {
+    pub sent: u64,
+    pub completed: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub errors: u64,
+    pub duration_s: f64,
+    pub throughput_rps: f64,
+    pub latency_us: Percentiles,
+    pub overhead_us: Percentiles,
+    /// Function executions per invoker.
+    pub per_invoker: BTreeMap<String, u64>,
+    pub drain_s: Option<f64>,
+    /// (percent, latency us) points of the latency CDF.
+    pub cdf: Vec<(f64, u64)>,
+    /// Counters of the trigger's protocol engine.
+    pub retransmitted_slots: u64,
+    pub dropped_frames: u64,
+    pub max_batch: u64,
+}
+
+struct Tally {
+    sent_at: Vec<u64>,
+    finals: Vec<u32>,
+    latency: Histogram<u64>,
+    overhead: Histogram<u64>,
+    per_invoker: BTreeMap<u16, u64>,
+    completed: u64,
+    errors: u64,
+    duplicates: u64,
+    last_done_us: u64,
+}
+
+impl Tally {
+    fn on(&mut self, ev: Event) {
+        let idx = |id: RequestId| id.counter() as usize;
+        match ev.effect {
+            Effect::Completed {
+                consumer,
+                id,
+                terminal,
+                meta,
+                ..
+            } => {
+                *self.per_invoker.entry(consumer.0).or_insert(0) += 1;
+                if !terminal {
+                    return;
+                }
+                let Some(f) = self.finals.get_mut(idx(id)) else {
+                    return;
+                };
+                *f += 1;
+                if *f == 1 {
+                    let lat = ev.at_us.saturating_sub(self.sent_at[idx(id)]);
+                    let _ = self.latency.record(lat.max(1));
+                    let _ = self
+                        .overhead
+                        .record(lat.saturating_sub(meta.exec_us).max(1));
+                    self.completed += 1;
+                    self.last_done_us = self.last_done_us.max(ev.at_us);
+                } else if *f == 2 {
+                    self.duplicates += 1;
+                }
+            }
+            Effect::Failed { id, .. }
+            | Effect::Rejected { id, .. }
+            | Effect::Overwritten { id, .. } => {
+                if let Some(f) = self.finals.get_mut(idx(id)) {
+                    if *f == 0 {
+                        *f = u32::MAX / 2;
+                        self.errors += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    fn outstanding(&self, sent: u64) -> u64 {
+        sent - self.completed - self.errors
+    }
+}
+
+/// Runs `spec` from this trigger member; returns its measurements. Creates the pipeline's
+/// queues first.
+pub fn run_trigger(
+    handle: &EngineHandle,
+    pipeline: &Pipeline,
+    spec: &WorkloadSpec,
+    names: &[String],
+) -> Result<TriggerReport> {
+    let me = handle.me();
+    let clock = handle.clock();
+    conveyor_dataplane::sys::set_timer_slack_ns(1000);
+    for q in pipeline.queue_specs() {
+        handle.submit(&Op::Create(q)).context("creating queues")?;
+    }
+    let n = match spec.workload.as_str() {
+        "constant" => (spec.rate * spec.duration_s).round() as u64,
+        "burst" => spec.requests,
+        other => bail!("unknown workload {other:?}"),
+    };
+    if n == 0 {
+        bail!(
+            "the workload sends no request (rate {} for {}s)",
+            spec.rate,
+            spec.duration_s
+        );
+    }
+    let mut t = Tally {
+        sent_at: vec![0; n as usize],
+        finals: vec![0; n as usize],
+        latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
+        overhead: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
+        per_invoker: BTreeMap::new(),
+        completed: 0,
+        errors: 0,
+        duplicates: 0,
+        last_done_us: 0,
+    };
+    let burst = spec.workload == "burst";
+    let start = clock.now_us() + 2_000;
+    let gap_us = if burst { 0.0 } else { 1e6 / spec.rate };
+    for i in 0..n {
+        let intended = start + (i as f64 * gap_us) as u64;
+        loop {
+            while let Some(ev) = handle.try_event() {
+                t.on(ev);
+            }
+            let now = clock.now_us();
+            if now >= intended {
+                break;
+            }
+            let left = intended - now;
+            if left > 60 {
+                std::thread::sleep(Duration::from_micros(left - 40));
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        let len = if spec.vary_payload && i % 2 == 1 {
+            spec.payload / 2
+        } else {
+            spec.payload
+        };
+        let mut payload = vec![0u8; len];
+        for (j, b) in payload.iter_mut().enumerate() {
+            *b = (i as usize + j) as u8;
+        }
+        let req = pipeline.entry_request(
+            RequestId::new(me, i),
+            payload,
+            Meta {
+                sent_us: intended,
+                exec_us: 0,
+                hops: 0,
+            },
+        );
+        t.sent_at[i as usize] = intended;
+        let op = Op::Push { pusher: me, req };
+        while !handle.try_submit(&op)? {
+            // Backpressure: keep collecting completions while the ring is full.
+            match handle.next_event(Duration::from_micros(200)) {
+                Some(ev) => t.on(ev),
+                None => std::thread::yield_now(),
+            }
+        }
+    }
+    let last_sent = clock.now_us();
+    let deadline = last_sent + (spec.grace_s * 1e6) as u64;
+    while t.outstanding(n) > 0 && clock.now_us() < deadline {
+        if let Some(ev) = handle.next_event(Duration::from_millis(20)) {
+            t.on(ev);
+        } else if handle.is_finished() {
+            bail!("the engine stopped: {}", handle.status());
+        }
+    }
+    while let Some(ev) = handle.try_event() {
+        t.on(ev);
+    }
+    let end = if t.last_done_us > 0 {
+        t.last_done_us
+    } else {
+        clock.now_us()
+    };
+    let duration_s = (end.saturating_sub(start)) as f64 / 1e6;
+    let mut cdf = Vec::new();
+    if !t.latency.is_empty() {
+        for q in (1..=100).map(|p| p as f64).chain([99.9, 99.99]) {
+            cdf.push((q, t.latency.value_at_quantile(q / 100.0)));
+        }
+        cdf.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    Ok(TriggerReport {
+        sent: n,
+        completed: t.completed,
+        lost: n - t.completed - t.errors,
+        duplicates: t.duplicates,
+        errors: t.errors,
+        duration_s: (duration_s * 1000.0).round() / 1000.0,
+        throughput_rps: if duration_s > 0.0 {
+            (t.completed as f64 / duration_s * 10.0).round() / 10.0
+        } else {
+            0.0
+        },
+        latency_us: Percentiles::of(&t.latency),
+        overhead_us: Percentiles::of(&t.overhead),
+        per_invoker: t
+            .per_invoker
+            .iter()
+            .map(|(id, c)| {
+                (
+                    names
+                        .get(*id as usize)
+                        .cloned()
+                        .unwrap_or_else(|| format!("m{id}")),
+                    *c,
+                )
+            })
+            .collect(),
+        drain_s: burst
+            .then_some(((end.saturating_sub(start)) as f64 / 1e6 * 1000.0).round() / 1000.0),
+        cdf,
+        retransmitted_slots: 0,
+        dropped_frames: 0,
+        max_batch: 0,
+    })
+}

@@ -1,0 +1,92 @@
+//! `conveyor`: run a member, the demo, or a benchmark.
+
+mod bench;
+mod config;
+mod loadgen;
+mod node;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "conveyor",
+    version,
+    about = "Kernel-bypass total-order transport and replicated function-request queue for FaaS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a trigger and two invokers as separate processes on loopback, run a 3-function
+    /// pipeline at 1000 requests/s for 5 s, and print what happened.
+    Demo,
+    /// Run one member of a group.
+    Node {
+        /// The group's configuration file (see conveyor.sample.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// This member's name in the file.
+        #[arg(long)]
+        member: String,
+        /// Trigger only: run this workload (JSON) and exit.
+        #[arg(long)]
+        workload: Option<PathBuf>,
+        /// Trigger only: write the workload's report here (default: stdout).
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Run a benchmark (see BENCH.md for the contract).
+    Bench(bench::BenchArgs),
+    /// Check a group configuration file and its pipelines, and print the members.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default = match cli.cmd {
+        Cmd::Node { .. } => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.cmd {
+        Cmd::Demo => bench::demo(),
+        Cmd::Node {
+            config,
+            member,
+            workload,
+            report,
+        } => node::run(&config, &member, workload.as_deref(), report.as_deref()),
+        Cmd::Bench(args) => bench::bench(&args),
+        Cmd::Check { config } => config::GroupConfig::load(&config)
+            .map(|c| {
+                for (m, a) in c.file.members.iter().zip(&c.addresses) {
+                    println!("{} {:?} {a}", m.name, m.role);
+                }
+                for p in &c.pipelines {
+                    println!("pipeline {} ({} steps)", p.name, p.steps.len());
+                }
+            })
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("conveyor: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

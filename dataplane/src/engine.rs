@@ -1,0 +1,680 @@
+//! The polling engine: one thread per member that owns the protocol core, the queue replica and
+//! the transport, pinned to a core when configured, exchanging work with application threads
+//! through lock-free rings (crossbeam's bounded `ArrayQueue`, Vyukov's MPMC array queue).
+//!
+//! Idle policy (configuration): after the last piece of work, spin for `spin_us`, then yield
+//! the core for `yield_us` (lets other runnable threads of a shared machine run while staying
+//! responsive), then park in `ppoll` on the transport's descriptor and an eventfd until the next
+//! protocol timer, at most `park_max_us`. Application threads wake a parked engine through the
+//! eventfd only when it is parked, so a busy engine costs them no system call. The same policy
+//! governs an application thread waiting for events.
+
+use crate::proto::{Dest, Member, ProtoConfig, Stats, SubmitError};
+use crate::queue::{Effect, Op, QueueState};
+use crate::sys::{poll_readable, EventFd};
+use crate::transport::{RecvBatch, Transport, TransportStats};
+use crate::types::{GroupId, Instant, MemberId, View};
+use crate::wire::Key;
+use crossbeam_queue::ArrayQueue;
+use std::collections::VecDeque;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle, Thread};
+use std::time::Duration;
+
+/// How a polling loop waits when there is no work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdlePolicy {
+    pub spin_us: u64,
+    pub yield_us: u64,
+    pub park_max_us: u64,
+}
+
+impl IdlePolicy {
+    /// Suited to a small machine shared by several members and a load generator.
+    pub const SHARED: IdlePolicy = IdlePolicy {
+        spin_us: 5,
+        yield_us: 300,
+        park_max_us: 1000,
+    };
+    /// A core of its own: never park.
+    pub const DEDICATED: IdlePolicy = IdlePolicy {
+        spin_us: u64::MAX / 4,
+        yield_us: 0,
+        park_max_us: 1000,
+    };
+}
+
+impl Default for IdlePolicy {
+    fn default() -> Self {
+        IdlePolicy::SHARED
+    }
+}
+
+/// A process-local monotonic clock, shared by the engine and the application threads.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock(std::time::Instant);
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock(std::time::Instant::now())
+    }
+    pub fn now_us(&self) -> u64 {
+        self.0.elapsed().as_micros() as u64
+    }
+    pub fn now(&self) -> Instant {
+        Instant::from_micros(self.now_us())
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub proto: ProtoConfig,
+    pub key: Key,
+    pub group: GroupId,
+    pub view: View,
+    pub me: MemberId,
+    /// Names of the members by id, for messages.
+    pub names: Vec<String>,
+    pub idle: IdlePolicy,
+    /// Pin the polling thread to this core.
+    pub core: Option<usize>,
+    /// How long to wait for every peer at start.
+    pub startup_timeout: Duration,
+    /// How long to keep serving after a shutdown was delivered, so peers deliver it too.
+    pub linger: Duration,
+}
+
+/// An effect of the replicated queue that concerns this member, stamped with the engine's clock
+/// when it was delivered.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub at_us: u64,
+    pub effect: Effect,
+}
+
+/// What the engine did, returned when it stops.
+#[derive(Clone, Debug, Default)]
+pub struct EngineReport {
+    pub proto: Stats,
+    pub transport: TransportStats,
+    pub malformed_ops: u64,
+    pub delivered_slots: u64,
+    pub digest: [u8; 32],
+    pub queues: Vec<(String, usize)>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    ready: AtomicBool,
+    stop: AtomicBool,
+    finished: AtomicBool,
+    engine_parked: AtomicBool,
+    app_parked: AtomicBool,
+    app_thread: Mutex<Option<Thread>>,
+    status: Mutex<String>,
+    delivered: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Startup(String),
+    #[error("the engine stopped: {0}")]
+    Stopped(String),
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+}
+
+/// The application side of a running engine.
+#[derive(Debug)]
+pub struct EngineHandle {
+    cmds: Arc<ArrayQueue<Vec<u8>>>,
+    events: Arc<ArrayQueue<Event>>,
+    wake: Arc<EventFd>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<EngineReport>>,
+    clock: Clock,
+    idle: IdlePolicy,
+    max_payload: usize,
+    me: MemberId,
+}
+
+const CMD_RING: usize = 4096;
+const EVENT_RING: usize = 1 << 16;
+const RECV_BATCH: usize = 64;
+
+impl EngineHandle {
+    /// Starts the engine thread over `transport` (peer index = member id).
+    pub fn start(
+        cfg: EngineConfig,
+        transport: Box<dyn Transport>,
+        clock: Clock,
+    ) -> Result<EngineHandle, EngineError> {
+        let member = Member::new(
+            cfg.proto.clone(),
+            cfg.key.clone(),
+            cfg.group,
+            cfg.view.clone(),
+            cfg.me,
+            clock.now(),
+        )
+        .map_err(|e| EngineError::Startup(e.to_string()))?;
+        let wake =
+            Arc::new(EventFd::new().map_err(|e| EngineError::Startup(format!("eventfd: {e}")))?);
+        let cmds = Arc::new(ArrayQueue::new(CMD_RING));
+        let events = Arc::new(ArrayQueue::new(EVENT_RING));
+        let shared = Arc::new(Shared::default());
+        let max_payload = cfg.proto.max_payload;
+        let idle = cfg.idle;
+        let me = cfg.me;
+        let mut engine = Engine {
+            member,
+            replica: QueueState::new(),
+            transport,
+            cmds: cmds.clone(),
+            events: events.clone(),
+            wake: wake.clone(),
+            shared: shared.clone(),
+            clock,
+            overflow: VecDeque::new(),
+            effects: Vec::new(),
+            malformed_ops: 0,
+            cfg,
+        };
+        let thread = thread::Builder::new()
+            .name(format!("conveyor-engine-{}", me.0))
+            .spawn(move || engine.run())
+            .map_err(|e| EngineError::Startup(format!("cannot start the engine thread: {e}")))?;
+        Ok(EngineHandle {
+            cmds,
+            events,
+            wake,
+            shared,
+            thread: Some(thread),
+            clock,
+            idle,
+            max_payload,
+            me,
+        })
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+    pub fn me(&self) -> MemberId {
+        self.me
+    }
+
+    /// Waits until every peer was heard from; says whom it is waiting for every second.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), EngineError> {
+        let start = std::time::Instant::now();
+        let mut last_said = std::time::Instant::now();
+        loop {
+            if self.shared.ready.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            if self.shared.finished.load(Ordering::Acquire) {
+                let s = self
+                    .shared
+                    .status
+                    .lock()
+                    .map(|s| s.clone())
+                    .unwrap_or_default();
+                return Err(EngineError::Startup(s));
+            }
+            if start.elapsed() >= timeout {
+                let s = self
+                    .shared
+                    .status
+                    .lock()
+                    .map(|s| s.clone())
+                    .unwrap_or_default();
+                return Err(EngineError::Startup(format!(
+                    "start-up timed out after {}s: {s}",
+                    timeout.as_secs()
+                )));
+            }
+            if last_said.elapsed() >= Duration::from_secs(1) {
+                last_said = std::time::Instant::now();
+                let s = self
+                    .shared
+                    .status
+                    .lock()
+                    .map(|s| s.clone())
+                    .unwrap_or_default();
+                tracing::info!(
+                    "{s} ({}s of {}s)",
+                    start.elapsed().as_secs(),
+                    timeout.as_secs()
+                );
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Offers an operation for ordering. A full ring is backpressure: the operation comes back.
+    pub fn try_submit(&self, op: &Op) -> Result<bool, EngineError> {
+        let bytes = op.encode();
+        if bytes.len() > self.max_payload {
+            return Err(SubmitError::TooLarge {
+                size: bytes.len(),
+                max: self.max_payload,
+            }
+            .into());
+        }
+        if self.shared.finished.load(Ordering::Acquire) {
+            return Err(EngineError::Stopped(self.status()));
+        }
+        if self.cmds.push(bytes).is_err() {
+            return Ok(false);
+        }
+        fence(Ordering::SeqCst);
+        if self.shared.engine_parked.load(Ordering::SeqCst) {
+            self.wake.wake();
+        }
+        Ok(true)
+    }
+
+    /// Offers an operation, waiting while the ring is full.
+    pub fn submit(&self, op: &Op) -> Result<(), EngineError> {
+        let mut spins = 0u32;
+        while !self.try_submit(op)? {
+            spins += 1;
+            if spins < 64 {
+                thread::yield_now();
+            } else {
+                thread::sleep(Duration::from_micros(50));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn try_event(&self) -> Option<Event> {
+        self.events.pop()
+    }
+
+    /// The next event, waiting at most `timeout` by the idle policy.
+    pub fn next_event(&self, timeout: Duration) -> Option<Event> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(e) = self.events.pop() {
+                return Some(e);
+            }
+            let waited = start.elapsed();
+            if waited >= timeout || self.shared.finished.load(Ordering::Acquire) {
+                return self.events.pop();
+            }
+            let us = waited.as_micros() as u64;
+            if us < self.idle.spin_us {
+                std::hint::spin_loop();
+            } else if us < self.idle.spin_us.saturating_add(self.idle.yield_us) {
+                thread::yield_now();
+            } else {
+                if let Ok(mut t) = self.shared.app_thread.lock() {
+                    *t = Some(thread::current());
+                }
+                self.shared.app_parked.store(true, Ordering::SeqCst);
+                fence(Ordering::SeqCst);
+                if self.events.is_empty() {
+                    let left = timeout.saturating_sub(waited);
+                    thread::park_timeout(left.min(Duration::from_micros(self.idle.park_max_us)));
+                }
+                self.shared.app_parked.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Global slots delivered so far.
+    pub fn delivered(&self) -> u64 {
+        self.shared.delivered.load(Ordering::Relaxed)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.shared.finished.load(Ordering::Acquire)
+    }
+
+    pub fn status(&self) -> String {
+        self.shared
+            .status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Stops the engine and returns its report.
+    pub fn stop(mut self) -> EngineReport {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.wake.wake();
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+
+    /// Waits for the engine to finish by itself (after a delivered shutdown) and returns its
+    /// report.
+    pub fn join(mut self) -> EngineReport {
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.shared.stop.store(true, Ordering::SeqCst);
+            self.wake.wake();
+            let _ = t.join();
+        }
+    }
+}
+
+struct Engine {
+    cfg: EngineConfig,
+    member: Member,
+    replica: QueueState,
+    transport: Box<dyn Transport>,
+    cmds: Arc<ArrayQueue<Vec<u8>>>,
+    events: Arc<ArrayQueue<Event>>,
+    wake: Arc<EventFd>,
+    shared: Arc<Shared>,
+    clock: Clock,
+    /// Events that did not fit the event ring.
+    overflow: VecDeque<Event>,
+    effects: Vec<Effect>,
+    malformed_ops: u64,
+}
+
+impl Engine {
+    fn set_status(&self, s: String) {
+        if let Ok(mut st) = self.shared.status.lock() {
+            *st = s;
+        }
+    }
+
+    fn name(&self, m: MemberId) -> String {
+        self.cfg
+            .names
+            .get(m.0 as usize)
+            .cloned()
+            .unwrap_or_else(|| m.to_string())
+    }
+
+    fn run(&mut self) -> EngineReport {
+        if let Some(core) = self.cfg.core {
+            let ok = core_affinity::set_for_current(core_affinity::CoreId { id: core });
+            tracing::info!(core, pinned = ok, "polling thread pinned");
+        }
+        crate::sys::set_timer_slack_ns(1000);
+        let mut rb = RecvBatch::new(RECV_BATCH, self.cfg.proto.max_frame + 64);
+        let mut idle_since: Option<std::time::Instant> = None;
+        let mut shutdown_at: Option<std::time::Instant> = None;
+        let started = std::time::Instant::now();
+        let mut error = None;
+        self.set_status(format!(
+            "waiting for {}",
+            self.member
+                .not_heard_from()
+                .iter()
+                .map(|m| self.name(*m))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        loop {
+            if self.shared.stop.load(Ordering::Acquire) {
+                break;
+            }
+            if let Some(t) = shutdown_at {
+                if t.elapsed() >= self.cfg.linger {
+                    break;
+                }
+            }
+            let mut work = self.take_commands();
+            match self.receive(&mut rb) {
+                Ok(w) => work |= w,
+                Err(e) => {
+                    error = Some(format!("receive failed: {e}"));
+                    break;
+                }
+            }
+            let now = self.clock.now();
+            if now >= self.member.poll_timeout() {
+                self.member.handle_timeout(now);
+            }
+            if self.apply_deliveries() {
+                work = true;
+                if self.replica.is_shut_down() && shutdown_at.is_none() {
+                    shutdown_at = Some(std::time::Instant::now());
+                }
+            }
+            work |= self.take_commands();
+            work |= self.transmit();
+            if !self.shared.ready.load(Ordering::Relaxed) {
+                let missing = self.member.not_heard_from();
+                if missing.is_empty() {
+                    self.set_status("all members heard from".into());
+                    self.shared.ready.store(true, Ordering::Release);
+                } else {
+                    let names: Vec<String> = missing
+                        .iter()
+                        .map(|m| format!("{} ({m})", self.name(*m)))
+                        .collect();
+                    self.set_status(format!("waiting for {}", names.join(", ")));
+                    if started.elapsed() >= self.cfg.startup_timeout {
+                        error = Some(format!(
+                            "no frame from {} after {}s: is it running, with the same key and addresses?",
+                            names.join(", "),
+                            self.cfg.startup_timeout.as_secs()
+                        ));
+                        break;
+                    }
+                }
+            }
+            self.flush_overflow();
+            if work {
+                idle_since = None;
+                continue;
+            }
+            let since = *idle_since.get_or_insert_with(std::time::Instant::now);
+            let idle_us = since.elapsed().as_micros() as u64;
+            let p = self.cfg.idle;
+            if idle_us < p.spin_us {
+                std::hint::spin_loop();
+            } else if idle_us < p.spin_us.saturating_add(p.yield_us) {
+                thread::yield_now();
+            } else {
+                self.park();
+            }
+        }
+        if let Some(e) = &error {
+            self.set_status(e.clone());
+            tracing::error!("{e}");
+        }
+        self.shared.finished.store(true, Ordering::Release);
+        self.wake_app();
+        EngineReport {
+            proto: self.member.stats().clone(),
+            transport: self.transport.stats(),
+            malformed_ops: self.malformed_ops,
+            delivered_slots: self.member.delivered_slots(),
+            digest: self.replica.digest(),
+            queues: self
+                .replica
+                .queues()
+                .map(|(n, d)| (n.to_string(), d))
+                .collect(),
+            error,
+        }
+    }
+
+    fn park(&mut self) {
+        let now = self.clock.now();
+        let until = self.member.poll_timeout();
+        let wait = until
+            .saturating_since(now)
+            .min(Duration::from_micros(self.cfg.idle.park_max_us));
+        if wait.is_zero() {
+            return;
+        }
+        self.shared.engine_parked.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if self.cmds.is_empty() && !self.shared.stop.load(Ordering::SeqCst) {
+            let mut fds = vec![self.wake.raw()];
+            if let Some(fd) = self.transport.poll_fd() {
+                fds.push(fd);
+            }
+            let _ = poll_readable(&fds, wait);
+        }
+        self.shared.engine_parked.store(false, Ordering::SeqCst);
+        self.wake.drain();
+    }
+
+    /// Moves operations from the ring into the protocol, as far as the window allows. While
+    /// the window is full, operations stay in the ring: the application sees backpressure.
+    fn take_commands(&mut self) -> bool {
+        let mut work = false;
+        while self.member.window_room() > 0 {
+            let Some(op) = self.cmds.pop() else {
+                break;
+            };
+            match self.member.submit(op) {
+                Ok(_) => work = true,
+                // The handle checks sizes before the ring; count anything that slips through.
+                Err(_) => self.malformed_ops += 1,
+            }
+        }
+        work
+    }
+
+    fn receive(&mut self, rb: &mut RecvBatch) -> std::io::Result<bool> {
+        let mut work = false;
+        for _ in 0..4 {
+            let n = self.transport.recv(rb)?;
+            if n == 0 {
+                break;
+            }
+            work = true;
+            let now = self.clock.now();
+            for (peer, bytes) in rb.iter() {
+                if peer.is_some() {
+                    self.member.handle_frame(now, bytes);
+                }
+            }
+            if n < RECV_BATCH {
+                break;
+            }
+        }
+        Ok(work)
+    }
+
+    fn apply_deliveries(&mut self) -> bool {
+        let mut any = false;
+        let me = self.cfg.me;
+        while let Some(d) = self.member.poll_delivery() {
+            any = true;
+            let op = match Op::decode(&d.payload) {
+                Ok(op) => op,
+                Err(_) => {
+                    self.malformed_ops += 1;
+                    continue;
+                }
+            };
+            self.effects.clear();
+            self.replica.apply(op, &mut self.effects);
+            let at_us = self.clock.now_us();
+            for e in self.effects.drain(..) {
+                let mine = match &e {
+                    Effect::Assigned { consumer, .. } => *consumer == me,
+                    Effect::Blocked { id, .. }
+                    | Effect::Admitted { id, .. }
+                    | Effect::Rejected { id, .. }
+                    | Effect::Overwritten { id, .. }
+                    | Effect::Completed { id, .. }
+                    | Effect::Failed { id, .. } => id.origin() == me,
+                    Effect::Shutdown { .. } => true,
+                    Effect::Created { .. }
+                    | Effect::Empty { .. }
+                    | Effect::DuplicateCompletion { .. } => false,
+                };
+                if mine {
+                    let ev = Event { at_us, effect: e };
+                    if !self.overflow.is_empty() {
+                        self.overflow.push_back(ev);
+                    } else if let Err(ev) = self.events.push(ev) {
+                        self.overflow.push_back(ev);
+                    }
+                }
+            }
+        }
+        if any {
+            self.shared
+                .delivered
+                .store(self.member.delivered_slots(), Ordering::Relaxed);
+            self.wake_app();
+        }
+        any
+    }
+
+    fn flush_overflow(&mut self) {
+        while let Some(ev) = self.overflow.pop_front() {
+            if let Err(ev) = self.events.push(ev) {
+                self.overflow.push_front(ev);
+                break;
+            }
+        }
+    }
+
+    fn wake_app(&self) {
+        fence(Ordering::SeqCst);
+        if self.shared.app_parked.load(Ordering::SeqCst) {
+            if let Ok(t) = self.shared.app_thread.lock() {
+                if let Some(t) = t.as_ref() {
+                    t.unpark();
+                }
+            }
+        }
+    }
+
+    fn transmit(&mut self) -> bool {
+        let n = self.cfg.view.len();
+        let me = self.cfg.me;
+        let mut frames = Vec::new();
+        while let Some(t) = self.member.poll_transmit() {
+            frames.push(t);
+        }
+        if frames.is_empty() {
+            return false;
+        }
+        let mut batch: Vec<(usize, &[u8])> = Vec::with_capacity(frames.len() * n);
+        for t in &frames {
+            match t.dest {
+                Dest::All => {
+                    for m in &self.cfg.view.members {
+                        if *m != me {
+                            batch.push((m.0 as usize, &t.frame));
+                        }
+                    }
+                }
+                Dest::One(m) => batch.push((m.0 as usize, &t.frame)),
+            }
+        }
+        if let Err(e) = self.transport.send(&batch) {
+            tracing::warn!("send failed: {e}");
+        }
+        drop(batch);
+        for t in frames {
+            self.member.recycle(t.frame);
+        }
+        true
+    }
+}

@@ -1,0 +1,73 @@
+//! Transports: one batch-oriented trait, one implementation per medium, chosen at run time.
+//!
+//! A transport moves whole frames between the members of a group, addressed by peer index (the
+//! member's rank in the configuration). It does not interpret frames: authentication and
+//! ordering are the protocol core's. Frames from addresses that are not peers are reported with
+//! `peer: None` so the engine can count and drop them.
+//!
+//! Implemented here: `udp` (kernel sockets, sendmmsg/recvmmsg). The other media (`shm`,
+//! `afxdp`, `dpdk`, `rdma`) are added by later issues behind this same trait.
+
+pub mod udp;
+mod udp_sys;
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// One received frame in a [`RecvBatch`].
+#[derive(Clone, Copy, Debug)]
+pub struct Received {
+    /// Index of the sending peer, or `None` if the source address is not a peer.
+    pub peer: Option<usize>,
+    pub len: usize,
+}
+
+/// Preallocated receive buffers, filled by [`Transport::recv`].
+#[derive(Debug)]
+pub struct RecvBatch {
+    pub bufs: Vec<Vec<u8>>,
+    pub frames: Vec<Received>,
+}
+
+impl RecvBatch {
+    pub fn new(batch: usize, frame_size: usize) -> Self {
+        RecvBatch {
+            bufs: (0..batch).map(|_| vec![0u8; frame_size]).collect(),
+            frames: Vec::with_capacity(batch),
+        }
+    }
+    /// The received frames with their bytes.
+    pub fn iter(&self) -> impl Iterator<Item = (Option<usize>, &[u8])> {
+        self.frames
+            .iter()
+            .zip(&self.bufs)
+            .map(|(r, b)| (r.peer, &b[..r.len]))
+    }
+}
+
+/// Counters every transport keeps.
+#[derive(Clone, Debug, Default)]
+pub struct TransportStats {
+    pub frames_sent: u64,
+    pub frames_received: u64,
+    pub send_errors: u64,
+    /// Frames from addresses that are not peers.
+    pub unknown_source: u64,
+    /// Frames larger than the receive buffers (truncated, dropped).
+    pub oversized: u64,
+    pub syscalls: u64,
+}
+
+/// A medium that moves frames between peers.
+pub trait Transport: Send {
+    /// Name as configured (`udp`, ...), logged at start.
+    fn name(&self) -> &'static str;
+    /// Sends each `(peer, frame)`; never blocks. Frames the medium refuses are counted and
+    /// dropped (the protocol retransmits).
+    fn send(&mut self, batch: &[(usize, &[u8])]) -> io::Result<()>;
+    /// Receives what is waiting, without blocking, into `batch`; returns how many frames.
+    fn recv(&mut self, batch: &mut RecvBatch) -> io::Result<usize>;
+    /// A file descriptor that becomes readable when frames arrive, for parking.
+    fn poll_fd(&self) -> Option<RawFd>;
+    fn stats(&self) -> TransportStats;
+}
