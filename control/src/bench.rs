@@ -74,6 +74,9 @@ pub struct BenchArgs {
     pub spin_us: Option<u64>,
     #[arg(long = "yield-us")]
     pub yield_us: Option<u64>,
+    /// Requests each invoker may hold at once (the next one is assigned while it runs one).
+    #[arg(long, default_value_t = 2)]
+    pub credits: u32,
 }
 
 /// What one run needs.
@@ -83,6 +86,7 @@ pub struct GroupRun {
     pub spec: WorkloadSpec,
     pub keep: bool,
     pub idle: Option<(u64, u64)>,
+    pub credits: u32,
 }
 
 fn free_udp_ports(n: usize) -> Result<Vec<u16>> {
@@ -148,6 +152,9 @@ pub fn run_local_group(run: &GroupRun) -> Result<TriggerReport> {
         toml.push_str(&format!(
             "\n[[member]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\nrole = \"{role}\"\n"
         ));
+        if role == "invoker" {
+            toml.push_str(&format!("credits = {}\n", run.credits));
+        }
     }
     std::fs::write(dir.join("conveyor.toml"), toml)?;
     std::fs::write(dir.join("pipeline.json"), &run.pipeline_json)?;
@@ -296,6 +303,7 @@ struct ReportEntry {
     throughput_rps: f64,
     latency_us: Percentiles,
     overhead_us: Overhead,
+    breakdown_us: crate::loadgen::Breakdown,
     per_invoker: BTreeMap<String, u64>,
     drain_s: Option<f64>,
     drain_floor_s: Option<f64>,
@@ -360,6 +368,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             grace_s: args.grace,
         },
         keep: args.keep,
+        credits: args.credits,
         idle: match (args.spin_us, args.yield_us) {
             (None, None) => None,
             (s, y) => Some((
@@ -397,6 +406,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             p50: r.overhead_us.p50,
             p99: r.overhead_us.p99,
         },
+        breakdown_us: r.breakdown_us,
         per_invoker: r.per_invoker.clone(),
         drain_s: r.drain_s,
         drain_floor_s: burst.then(|| {
@@ -438,6 +448,11 @@ fn print_summary(r: &TriggerReport, burst: bool) {
     eprintln!(
         "overhead us: p50 {}  p99 {}",
         r.overhead_us.p50, r.overhead_us.p99
+    );
+    let b = r.breakdown_us;
+    eprintln!(
+        "  per request (p50 / p99): ordering {} / {}, hand-off to functions {} / {}, trigger sending late {} / {}",
+        b.ordering.p50, b.ordering.p99, b.handoff.p50, b.handoff.p99, b.send_late.p50, b.send_late.p99
     );
     if burst {
         if let Some(d) = r.drain_s {
@@ -496,6 +511,7 @@ pub fn demo() -> Result<()> {
         },
         keep: false,
         idle: None,
+        credits: 2,
     };
     let r = run_local_group(&run)?;
     let l = r.latency_us;

@@ -138,10 +138,21 @@ pub struct MemberSection {
     pub core: Option<usize>,
     #[serde(default = "d_credits")]
     pub credits: u32,
+    /// Invokers: run functions `inline` in the polling thread, or in a `thread` fed by rings.
+    #[serde(default)]
+    pub executor: Executor,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    #[default]
+    Inline,
+    Thread,
 }
 
 fn d_credits() -> u32 {
-    1
+    2
 }
 
 /// A loaded, validated group configuration.

@@ -54,6 +54,13 @@ impl Percentiles {
     }
 }
 
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Breakdown {
+    pub send_late: Percentiles,
+    pub ordering: Percentiles,
+    pub handoff: Percentiles,
+}
+
 /// What the trigger measured.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TriggerReport {
@@ -66,6 +73,10 @@ pub struct TriggerReport {
     pub throughput_rps: f64,
     pub latency_us: Percentiles,
     pub overhead_us: Percentiles,
+    /// Where the overhead goes, per request, summed over its stages (same-host clocks): the
+    /// trigger sending late, total-order multicast (submission to delivery, every hop), and the
+    /// engine-to-function hand-off in the invokers.
+    pub breakdown_us: Breakdown,
     /// Function executions per invoker.
     pub per_invoker: BTreeMap<String, u64>,
     pub drain_s: Option<f64>,
@@ -79,9 +90,13 @@ pub struct TriggerReport {
 
 struct Tally {
     sent_at: Vec<u64>,
+    submitted_at: Vec<u64>,
     finals: Vec<u32>,
     latency: Histogram<u64>,
     overhead: Histogram<u64>,
+    late: Histogram<u64>,
+    ordering: Histogram<u64>,
+    handoff: Histogram<u64>,
     per_invoker: BTreeMap<u16, u64>,
     completed: u64,
     errors: u64,
@@ -114,6 +129,12 @@ impl Tally {
                     let _ = self
                         .overhead
                         .record(lat.saturating_sub(meta.exec_us).max(1));
+                    let order = meta.order_us + ev.at_us.saturating_sub(meta.submitted_us);
+                    let _ = self.ordering.record(order.max(1));
+                    let _ = self.handoff.record(meta.handoff_us.max(1));
+                    let i = idx(id);
+                    let late = self.submitted_at[i].saturating_sub(self.sent_at[i]);
+                    let _ = self.late.record(late.max(1));
                     self.completed += 1;
                     self.last_done_us = self.last_done_us.max(ev.at_us);
                 } else if *f == 2 {
@@ -166,9 +187,13 @@ pub fn run_trigger(
     }
     let mut t = Tally {
         sent_at: vec![0; n as usize],
+        submitted_at: vec![0; n as usize],
         finals: vec![0; n as usize],
         latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
         overhead: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
+        late: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
+        ordering: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
+        handoff: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
         per_invoker: BTreeMap::new(),
         completed: 0,
         errors: 0,
@@ -204,16 +229,18 @@ pub fn run_trigger(
         for (j, b) in payload.iter_mut().enumerate() {
             *b = (i as usize + j) as u8;
         }
+        let submitted = clock.now_us();
         let req = pipeline.entry_request(
             RequestId::new(me, i),
             payload,
             Meta {
                 sent_us: intended,
-                exec_us: 0,
-                hops: 0,
+                submitted_us: submitted,
+                ..Meta::default()
             },
         );
         t.sent_at[i as usize] = intended;
+        t.submitted_at[i as usize] = submitted;
         let op = Op::Push { pusher: me, req };
         while !handle.try_submit(&op)? {
             // Backpressure: keep collecting completions while the ring is full.
@@ -262,6 +289,11 @@ pub fn run_trigger(
         },
         latency_us: Percentiles::of(&t.latency),
         overhead_us: Percentiles::of(&t.overhead),
+        breakdown_us: Breakdown {
+            send_late: Percentiles::of(&t.late),
+            ordering: Percentiles::of(&t.ordering),
+            handoff: Percentiles::of(&t.handoff),
+        },
         per_invoker: t
             .per_invoker
             .iter()

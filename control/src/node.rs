@@ -1,10 +1,10 @@
 //! `conveyor node`: runs one member of a group from the group's configuration file.
 
-use crate::config::{GroupConfig, Role};
+use crate::config::{Executor, GroupConfig, Role};
 use crate::loadgen::{run_trigger, WorkloadSpec};
 use anyhow::{anyhow, bail, Context, Result};
 use conveyor_dataplane::engine::{Clock, EngineHandle};
-use conveyor_dataplane::invoker::run_invoker;
+use conveyor_dataplane::invoker::{run_invoker, InvokerApp};
 use conveyor_dataplane::queue::{Effect, Op};
 use conveyor_dataplane::transport::udp::UdpTransport;
 use std::path::Path;
@@ -38,7 +38,38 @@ pub fn run(
     );
     let ecfg = cfg.engine_config(idx);
     let startup = ecfg.startup_timeout;
-    let handle = EngineHandle::start(ecfg, Box::new(transport), Clock::new())?;
+    let invoker = (me.role == Role::Invoker).then(|| {
+        InvokerApp::new(
+            ecfg.me,
+            cfg.pipelines.clone(),
+            me.credits,
+            ecfg.proto.max_payload,
+        )
+    });
+    let inline = me.executor == Executor::Inline;
+    let (handle, invoker) = match invoker {
+        Some(app) if inline => {
+            let report = app.report();
+            let h = EngineHandle::start_with(
+                ecfg,
+                Box::new(transport),
+                Clock::new(),
+                Some(Box::new(app)),
+            )?;
+            (h, Some((None, report)))
+        }
+        Some(app) => {
+            let report = app.report();
+            (
+                EngineHandle::start(ecfg, Box::new(transport), Clock::new())?,
+                Some((Some(app), report)),
+            )
+        }
+        None => (
+            EngineHandle::start(ecfg, Box::new(transport), Clock::new())?,
+            None,
+        ),
+    };
     tracing::info!(
         "member {member}: waiting for every member (timeout {}s)",
         startup.as_secs()
@@ -49,13 +80,27 @@ pub fn run(
     tracing::info!("member {member}: all members present");
     match me.role {
         Role::Invoker => {
-            let r = run_invoker(&handle, &cfg.pipelines, me.credits)?;
+            let Some((app, report)) = invoker else {
+                bail!("member {member}: invoker without its application");
+            };
+            tracing::info!(
+                "member {member}: functions run {}",
+                if inline {
+                    "inline in the polling thread"
+                } else {
+                    "in an application thread"
+                }
+            );
+            if let Some(app) = app {
+                run_invoker(&handle, app)?;
+            }
+            let rep = handle.join();
+            let r = report.lock().map(|r| r.clone()).unwrap_or_default();
             tracing::info!(
                 "member {member}: executed {} requests, {} failed",
                 r.executed,
                 r.failed
             );
-            let rep = handle.join();
             if let Some(e) = rep.error {
                 bail!("member {member}: {e}");
             }

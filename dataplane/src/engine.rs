@@ -34,7 +34,7 @@ impl IdlePolicy {
     /// Suited to a small machine shared by several members and a load generator.
     pub const SHARED: IdlePolicy = IdlePolicy {
         spin_us: 5,
-        yield_us: 300,
+        yield_us: 2000,
         park_max_us: 1000,
     };
     /// A core of its own: never park.
@@ -51,25 +51,20 @@ impl Default for IdlePolicy {
     }
 }
 
-/// A process-local monotonic clock, shared by the engine and the application threads.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock(std::time::Instant);
+/// The host's monotonic clock (CLOCK_MONOTONIC), shared by the engine and the application
+/// threads, and comparable between the processes of one host (used for per-hop breakdowns).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Clock;
 
 impl Clock {
     pub fn new() -> Clock {
-        Clock(std::time::Instant::now())
+        Clock
     }
     pub fn now_us(&self) -> u64 {
-        self.0.elapsed().as_micros() as u64
+        crate::sys::monotonic_us()
     }
     pub fn now(&self) -> Instant {
         Instant::from_micros(self.now_us())
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::new()
     }
 }
 
@@ -89,6 +84,17 @@ pub struct EngineConfig {
     pub startup_timeout: Duration,
     /// How long to keep serving after a shutdown was delivered, so peers deliver it too.
     pub linger: Duration,
+}
+
+/// An application that runs inside the polling thread (run-to-completion): it sees this
+/// member's events as they are delivered and returns operations to order, with no ring and no
+/// thread hand-off. For short functions on machines with few cores; anything that blocks
+/// belongs in an application thread behind the rings instead.
+pub trait InlineApp: Send {
+    /// Called once every member is present.
+    fn start(&mut self, out: &mut Vec<Op>);
+    /// Called for each event of this member, in delivery order.
+    fn on_event(&mut self, ev: Event, clock: &Clock, out: &mut Vec<Op>);
 }
 
 /// An effect of the replicated queue that concerns this member, stamped with the engine's clock
@@ -158,6 +164,16 @@ impl EngineHandle {
         transport: Box<dyn Transport>,
         clock: Clock,
     ) -> Result<EngineHandle, EngineError> {
+        Self::start_with(cfg, transport, clock, None)
+    }
+
+    /// Starts the engine with an application running inside the polling thread.
+    pub fn start_with(
+        cfg: EngineConfig,
+        transport: Box<dyn Transport>,
+        clock: Clock,
+        inline: Option<Box<dyn InlineApp>>,
+    ) -> Result<EngineHandle, EngineError> {
         let member = Member::new(
             cfg.proto.clone(),
             cfg.key.clone(),
@@ -187,6 +203,9 @@ impl EngineHandle {
             overflow: VecDeque::new(),
             effects: Vec::new(),
             malformed_ops: 0,
+            inline,
+            inline_started: false,
+            local_ops: VecDeque::new(),
             cfg,
         };
         let thread = thread::Builder::new()
@@ -393,9 +412,28 @@ struct Engine {
     overflow: VecDeque<Event>,
     effects: Vec<Effect>,
     malformed_ops: u64,
+    inline: Option<Box<dyn InlineApp>>,
+    inline_started: bool,
+    /// Encoded operations of the inline application waiting for window room.
+    local_ops: VecDeque<Vec<u8>>,
 }
 
 impl Engine {
+    fn queue_local(&mut self, ops: Vec<Op>) {
+        for op in ops {
+            let bytes = op.encode();
+            if bytes.len() > self.cfg.proto.max_payload {
+                tracing::warn!(
+                    "an operation of {} bytes exceeds max_payload; dropped",
+                    bytes.len()
+                );
+                self.malformed_ops += 1;
+            } else {
+                self.local_ops.push_back(bytes);
+            }
+        }
+    }
+
     fn set_status(&self, s: String) {
         if let Ok(mut st) = self.shared.status.lock() {
             *st = s;
@@ -464,6 +502,12 @@ impl Engine {
                 if missing.is_empty() {
                     self.set_status("all members heard from".into());
                     self.shared.ready.store(true, Ordering::Release);
+                    if let Some(app) = self.inline.as_mut() {
+                        let mut out = Vec::new();
+                        app.start(&mut out);
+                        self.inline_started = true;
+                        self.queue_local(out);
+                    }
                 } else {
                     let names: Vec<String> = missing
                         .iter()
@@ -544,7 +588,7 @@ impl Engine {
     fn take_commands(&mut self) -> bool {
         let mut work = false;
         while self.member.window_room() > 0 {
-            let Some(op) = self.cmds.pop() else {
+            let Some(op) = self.local_ops.pop_front().or_else(|| self.cmds.pop()) else {
                 break;
             };
             match self.member.submit(op) {
@@ -589,10 +633,11 @@ impl Engine {
                     continue;
                 }
             };
-            self.effects.clear();
-            self.replica.apply(op, &mut self.effects);
+            let mut effects = std::mem::take(&mut self.effects);
+            effects.clear();
+            self.replica.apply(op, &mut effects);
             let at_us = self.clock.now_us();
-            for e in self.effects.drain(..) {
+            for e in effects.drain(..) {
                 let mine = match &e {
                     Effect::Assigned { consumer, .. } => *consumer == me,
                     Effect::Blocked { id, .. }
@@ -608,13 +653,18 @@ impl Engine {
                 };
                 if mine {
                     let ev = Event { at_us, effect: e };
-                    if !self.overflow.is_empty() {
+                    if let Some(app) = self.inline.as_mut().filter(|_| self.inline_started) {
+                        let mut out = Vec::new();
+                        app.on_event(ev, &self.clock, &mut out);
+                        self.queue_local(out);
+                    } else if !self.overflow.is_empty() {
                         self.overflow.push_back(ev);
                     } else if let Err(ev) = self.events.push(ev) {
                         self.overflow.push_back(ev);
                     }
                 }
             }
+            self.effects = effects;
         }
         if any {
             self.shared

@@ -19,10 +19,12 @@
 //!
 //! Every frame carries its sender's *status row* (Derecho's SST row): for every rank, how many
 //! messages of that rank it holds contiguously, and how many slots it has delivered. A slot
-//! `(k, r)` is *stable* once every member's row says it holds message `k` of `r`; only stable
-//! slots are delivered (stability before delivery, so a delivery survives any failure of a
-//! minority, which the view-change protocol relies on). Rows are merged monotonically, so a
-//! stale or reordered row is harmless.
+//! `(k, r)` is *stable* once every member's row says it holds message `k` of `r`; a slot that
+//! carries a message is delivered only once stable (stability before delivery, so a delivery
+//! survives any failure of a minority, which the view-change protocol relies on). A null slot
+//! is passed over as soon as it is held locally: it is identical everywhere, carries nothing,
+//! and waiting for its stability would cost one more network hop per message. Rows are merged
+//! monotonically, so a stale or reordered row is harmless.
 //!
 //! Reliability: a receiver keeps out-of-order messages inside its receive window and reports the
 //! contiguous prefix in its row (a cumulative acknowledgement). A sender that sees a peer's row
@@ -210,10 +212,12 @@ enum Slot {
 }
 
 /// The messages of one sender that this member holds: from `base` (the first not yet
-/// delivered) on, with gaps (`None`) where a message was not received yet.
+/// forgotten) on, with gaps (`None`) where a message was not received yet.
 #[derive(Debug, Default)]
 struct SenderLog {
     base: u64,
+    /// Messages of this sender delivered locally (`>= base`).
+    delivered: u64,
     slots: VecDeque<Option<Slot>>,
     /// Messages held contiguously from 0 (`base + index of the first gap`).
     contiguous: u64,
@@ -593,14 +597,23 @@ impl Member {
             let r = (g % n) as usize;
             let k = g / n;
             let log = &mut self.logs[r];
-            if k >= log.contiguous || (check_stable && k >= stable[r]) {
+            if k >= log.contiguous {
                 break;
             }
-            debug_assert_eq!(k, log.base);
-            let slot = log.slots.pop_front().flatten();
-            log.base += 1;
+            let Some(Some(slot)) = log.slots.get_mut((k - log.base) as usize) else {
+                break;
+            };
+            // Only slots that carry a message wait for stability: a null is the same at every
+            // member that holds it, carries nothing that a failure could lose, and every member
+            // gets it (reliability). Waiting for nulls to be stable would add a network hop
+            // whenever an idle member fills a slot before the message that triggered it.
+            if check_stable && matches!(slot, Slot::Data(_)) && k >= stable[r] {
+                break;
+            }
+            let slot = std::mem::replace(slot, Slot::Null);
+            log.delivered = k + 1;
             self.next_slot += 1;
-            if let Some(Slot::Data(payload)) = slot {
+            if let Slot::Data(payload) = slot {
                 self.stats.delivered += 1;
                 self.deliveries.push_back(Delivery {
                     sender: self.view.members[r],
@@ -608,6 +621,19 @@ impl Member {
                     slot: g,
                     payload,
                 });
+            }
+        }
+        // Forget what is delivered; own slots only once stable too, as peers may still need
+        // them retransmitted (own nulls are delivered before they are stable).
+        for (s, log) in self.logs.iter_mut().enumerate() {
+            let keep_from = if s == me {
+                log.delivered.min(stable[me])
+            } else {
+                log.delivered
+            };
+            while log.base < keep_from {
+                log.slots.pop_front();
+                log.base += 1;
             }
         }
     }
@@ -713,7 +739,10 @@ impl Member {
         let mut w = FrameWriter::new(&mut buf, self.cfg.max_frame, &header, row);
         let own = &self.logs[self.rank];
         while seq < to {
-            let Some(Some(slot)) = own.slots.get((seq - own.base) as usize) else {
+            let Some(Some(slot)) = seq
+                .checked_sub(own.base)
+                .and_then(|i| own.slots.get(i as usize))
+            else {
                 break;
             };
             let ok = match slot {

@@ -52,6 +52,14 @@ pub struct Meta {
     pub exec_us: u64,
     /// Functions run so far.
     pub hops: u16,
+    /// When this request was submitted for ordering (host clock, microseconds).
+    pub submitted_us: u64,
+    /// Sum over the stages so far of submission to delivery of the assignment at the invoker:
+    /// the total-order multicast's share of the latency (same-host clocks only).
+    pub order_us: u64,
+    /// Sum over the stages so far of delivery of the assignment to the start of the function:
+    /// the engine-to-application hand-off.
+    pub handoff_us: u64,
 }
 
 /// A function request: one step of one pipeline run.
