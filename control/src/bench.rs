@@ -77,6 +77,9 @@ pub struct BenchArgs {
     /// Requests each invoker may hold at once (the next one is assigned while it runs one).
     #[arg(long, default_value_t = 2)]
     pub credits: u32,
+    /// Where invokers run functions: inline (in the polling thread) or thread (behind rings).
+    #[arg(long, default_value = "inline")]
+    pub executor: String,
 }
 
 /// What one run needs.
@@ -87,6 +90,7 @@ pub struct GroupRun {
     pub keep: bool,
     pub idle: Option<(u64, u64)>,
     pub credits: u32,
+    pub executor: String,
 }
 
 fn free_udp_ports(n: usize) -> Result<Vec<u16>> {
@@ -153,7 +157,10 @@ pub fn run_local_group(run: &GroupRun) -> Result<TriggerReport> {
             "\n[[member]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\nrole = \"{role}\"\n"
         ));
         if role == "invoker" {
-            toml.push_str(&format!("credits = {}\n", run.credits));
+            toml.push_str(&format!(
+                "credits = {}\nexecutor = \"{}\"\n",
+                run.credits, run.executor
+            ));
         }
     }
     std::fs::write(dir.join("conveyor.toml"), toml)?;
@@ -347,6 +354,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if args.hlog.is_some() || args.plot.is_some() {
         bail!("--hlog and --plot are not available in this version (they come with the latency-study toolkit)");
     }
+    if !matches!(args.executor.as_str(), "inline" | "thread") {
+        bail!(
+            "--executor: expected inline or thread, found {:?}",
+            args.executor
+        );
+    }
     if args.invokers == 0 || args.chain == 0 {
         bail!("--invokers and --chain must be at least 1");
     }
@@ -369,6 +382,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         },
         keep: args.keep,
         credits: args.credits,
+        executor: args.executor.clone(),
         idle: match (args.spin_us, args.yield_us) {
             (None, None) => None,
             (s, y) => Some((
@@ -512,6 +526,7 @@ pub fn demo() -> Result<()> {
         keep: false,
         idle: None,
         credits: 2,
+        executor: "inline".into(),
     };
     let r = run_local_group(&run)?;
     let l = r.latency_us;

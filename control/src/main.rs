@@ -41,7 +41,7 @@ enum Cmd {
         report: Option<PathBuf>,
     },
     /// Run a benchmark (see BENCH.md for the contract).
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Check a group configuration file and its pipelines, and print the members.
     Check {
         #[arg(long)]

@@ -506,6 +506,15 @@ impl<'b> FrameWriter<'b> {
     }
 }
 
+/// Appends a valid MAC to arbitrary bytes, for fuzzers and tests that need to reach the parser
+/// behind the MAC check. Never used by the protocol itself.
+#[doc(hidden)]
+pub fn sign_for_tests(key: &Key, signed: &[u8]) -> Vec<u8> {
+    let mut out = signed.to_vec();
+    out.extend_from_slice(&key.mac(signed));
+    out
+}
+
 /// Largest payload one message may carry in a frame of `max_frame` bytes for `n` members.
 pub fn max_payload_for(max_frame: usize, n: usize) -> usize {
     max_frame.saturating_sub(OVERHEAD + Row::encoded_len(n) + DATA_ENTRY_OVERHEAD)
@@ -621,12 +630,8 @@ mod tests {
         assert_eq!(format!("{k:?}"), "Key(<secret>)");
     }
 
-    /// Builds a frame with a valid MAC around arbitrary header/body bytes, to reach the parser
-    /// paths behind the MAC check.
-    fn sign(mut signed: Vec<u8>) -> Vec<u8> {
-        let mac = key().mac(&signed);
-        signed.extend_from_slice(&mac);
-        signed
+    fn sign(signed: Vec<u8>) -> Vec<u8> {
+        sign_for_tests(&key(), &signed)
     }
 
     proptest! {

@@ -4,10 +4,13 @@ use conveyor_dataplane::queue::*;
 use conveyor_dataplane::types::{MemberId, RequestId};
 use proptest::prelude::*;
 
+/// A queue of the model: spec, items with admission stamps, blocked pushes.
+type ModelQueue = (QueueSpec, Vec<(u64, Request)>, Vec<(MemberId, Request)>);
+
 /// A deliberately simple model: flat lists, linear scans, no cleverness.
 #[derive(Default)]
 struct Model {
-    queues: Vec<(QueueSpec, Vec<(u64, Request)>, Vec<(MemberId, Request)>)>,
+    queues: Vec<ModelQueue>,
     subs: Vec<(MemberId, String)>,
     ready: Vec<MemberId>,
     in_flight: Vec<(RequestId, String, MemberId)>,

@@ -1,0 +1,174 @@
+//! The `conveyor` binary end to end: real member processes over loopback UDP.
+
+use serde_json::Value;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn conveyor(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args(args)
+        .output()
+        .expect("run conveyor")
+}
+
+fn report(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "conveyor failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON report on stdout");
+    v.as_array().expect("an array")[0].clone()
+}
+
+#[test]
+fn constant_bench_completes_every_request_once() {
+    let out = conveyor(&[
+        "bench",
+        "--workload",
+        "constant",
+        "--rate",
+        "400",
+        "--duration",
+        "1.5",
+        "--chain",
+        "2",
+        "--fn-us",
+        "50",
+        "--json",
+        "-",
+    ]);
+    let r = report(&out);
+    assert_eq!(r["schema"], "conveyor-bench/1");
+    assert_eq!(r["sent"], 600);
+    assert_eq!(r["completed"], 600);
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["duplicates"], 0);
+    assert_eq!(r["errors"], 0);
+    // Two functions of 50 us each: the end-to-end latency cannot be below 100 us.
+    assert!(r["latency_us"]["p50"].as_u64().unwrap() >= 100, "{r}");
+    assert!(r["overhead_us"]["p50"].as_u64().unwrap() > 0);
+    // Both invokers took work, and every function ran exactly once.
+    let shares = r["per_invoker"].as_object().unwrap();
+    assert_eq!(shares.len(), 2, "{r}");
+    assert!(shares.values().all(|v| v.as_u64().unwrap() > 0), "{r}");
+    assert_eq!(
+        shares.values().map(|v| v.as_u64().unwrap()).sum::<u64>(),
+        1200
+    );
+    assert!(r["machine"]["cores"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn burst_drains_with_thread_executors() {
+    let out = conveyor(&[
+        "bench",
+        "--workload",
+        "burst",
+        "--requests",
+        "1000",
+        "--chain",
+        "3",
+        "--fn-us",
+        "20",
+        "--executor",
+        "thread",
+        "--json",
+        "-",
+    ]);
+    let r = report(&out);
+    assert_eq!(r["completed"], 1000);
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["duplicates"], 0);
+    let drain = r["drain_s"].as_f64().unwrap();
+    let floor = r["drain_floor_s"].as_f64().unwrap();
+    assert!((floor - 0.03).abs() < 1e-9, "{r}");
+    assert!(drain >= floor, "{r}");
+}
+
+#[test]
+fn bad_configuration_names_file_and_field() {
+    let dir = std::env::temp_dir().join(format!("conveyor-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "[group]\nname = \"g\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000001\"\nwindow = \"big\"\n\n[[member]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nrole = \"trigger\"\n",
+    )
+    .unwrap();
+    let out = conveyor(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("group.window"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_member_is_named_and_start_up_times_out() {
+    let dir = std::env::temp_dir().join(format!("conveyor-cli-miss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("group.toml");
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &path,
+        format!("[group]\nname = \"g\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000001\"\nstartup_timeout_s = 1\n\n[[member]]\nname = \"trigger\"\naddress = \"127.0.0.1:{port}\"\nrole = \"trigger\"\n\n[[member]]\nname = \"invoker-0\"\naddress = \"127.0.0.1:9\"\nrole = \"invoker\"\n"),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let out = conveyor(&[
+        "node",
+        "--config",
+        path.to_str().unwrap(),
+        "--member",
+        "trigger",
+    ]);
+    assert!(!out.status.success());
+    assert!(start.elapsed() < Duration::from_secs(15));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invoker-0") && err.contains("waiting for"),
+        "{err}"
+    );
+}
+
+#[test]
+fn options_that_cannot_run_fail_clearly() {
+    for (args, needle) in [
+        (vec!["bench", "--backend", "redis"], "redis"),
+        (vec!["bench", "--transport", "afxdp"], "afxdp"),
+        (vec!["bench", "--hosts", "netns"], "netns"),
+        (vec!["bench", "--workload", "sideways"], "sideways"),
+    ] {
+        let out = conveyor(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn demo_runs_and_reports() {
+    let out = conveyor(&["demo"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("sent 5000, completed 5000, lost 0, duplicated 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("invoker-0") && text.contains("invoker-1"),
+        "{text}"
+    );
+    assert!(text.contains("p99.9"), "{text}");
+}

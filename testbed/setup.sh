@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what building and testing Conveyor needs on a fresh Debian 12 machine (as root, or
+# with sudo). Safe to run again: it installs only what is missing.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+need_apt=()
+for cmd_pkg in "cc:build-essential" "pkg-config:pkg-config" "git:git" "ip:iproute2" "curl:curl"; do
+  cmd="${cmd_pkg%%:*}"; pkg="${cmd_pkg#*:}"
+  command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ! -e /etc/ssl/certs/ca-certificates.crt ]; then need_apt+=(ca-certificates); fi
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "setup: no Rust toolchain found; installing Debian's (rustup's stable toolchain is preferred)"
+    $SUDO apt-get install -y -qq --no-install-recommends cargo rustc
+  fi
+fi
+
+if command -v rustup >/dev/null 2>&1; then
+  for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+  done
+fi
+
+if [ "${CONVEYOR_SETUP_FUZZ:-0}" = "1" ] && ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --version 0.13.2
+fi
+echo "setup: done ($(cargo --version))"

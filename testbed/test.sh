@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The project's whole test suite, from a fresh Debian 12 machine: installs what is missing, then
+# formatting, lints, unit and property tests, the deterministic simulator over many seeds,
+# end-to-end runs of the `conveyor` binary, and a short run of every fuzz target.
+#
+#   SIM_SEEDS   simulator seeds (default 3000)       FUZZ_SECONDS per fuzz target (default 30)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+CONVEYOR_SETUP_FUZZ=1 bash testbed/setup.sh
+
+export SIM_SEEDS="${SIM_SEEDS:-3000}"
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test (simulator: $SIM_SEEDS seeds)"
+cargo test --workspace --locked
+echo "== fuzz targets, ${FUZZ_SECONDS}s each"
+(
+  cd dataplane
+  for target in frame member; do
+    # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable compiler accept them.
+    RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 2>&1 | tail -n 2
+  done
+)
+echo "== all tests passed"
