@@ -828,3 +828,166 @@ impl Member {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(n: u16) -> View {
+        View::new(crate::types::ViewId(1), (0..n).map(MemberId).collect())
+    }
+
+    fn member(n: u16, me: u16, cfg: ProtoConfig) -> Member {
+        Member::new(
+            cfg,
+            Key::from_bytes([1; 32]),
+            GroupId(3),
+            view(n),
+            MemberId(me),
+            Instant(0),
+        )
+        .unwrap()
+    }
+
+    /// Moves every pending frame between members, `rounds` times.
+    fn pump(ms: &mut [Member], now: u64, rounds: usize) {
+        for _ in 0..rounds {
+            let mut frames = Vec::new();
+            for (i, m) in ms.iter_mut().enumerate() {
+                while let Some(t) = m.poll_transmit() {
+                    frames.push((i, t));
+                }
+            }
+            for (from, t) in frames {
+                for (j, m) in ms.iter_mut().enumerate() {
+                    let to_j = match t.dest {
+                        Dest::All => j != from,
+                        Dest::One(x) => x.0 as usize == j,
+                    };
+                    if to_j {
+                        m.handle_frame(Instant(now), &t.frame);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn config_errors() {
+        let v = view(3);
+        let k = Key::from_bytes([1; 32]);
+        let bad = |cfg: ProtoConfig, me: u16| {
+            Member::new(
+                cfg,
+                k.clone(),
+                GroupId(1),
+                v.clone(),
+                MemberId(me),
+                Instant(0),
+            )
+            .unwrap_err()
+        };
+        assert_eq!(
+            bad(ProtoConfig::default(), 9),
+            ConfigError::NotInView(MemberId(9))
+        );
+        assert_eq!(
+            bad(
+                ProtoConfig {
+                    window: 0,
+                    ..ProtoConfig::default()
+                },
+                0
+            ),
+            ConfigError::Window
+        );
+        assert!(matches!(
+            bad(
+                ProtoConfig {
+                    max_payload: 9000,
+                    ..ProtoConfig::default()
+                },
+                0
+            ),
+            ConfigError::Payload { .. }
+        ));
+    }
+
+    #[test]
+    fn oversized_payload_and_full_window_are_refused() {
+        let cfg = ProtoConfig {
+            window: 3,
+            max_payload: 10,
+            ..ProtoConfig::default()
+        };
+        let mut m = member(2, 0, cfg);
+        assert_eq!(
+            m.submit(vec![0; 11]),
+            Err(SubmitError::TooLarge { size: 11, max: 10 })
+        );
+        for i in 0..3 {
+            assert_eq!(m.submit(vec![i]), Ok(Seq(i as u64)));
+        }
+        assert_eq!(m.submit(vec![9]), Err(SubmitError::WindowFull));
+        assert_eq!(m.stats().window_full, 1);
+    }
+
+    #[test]
+    fn a_single_member_delivers_at_once() {
+        let mut m = member(1, 0, ProtoConfig::default());
+        m.submit(b"a".to_vec()).unwrap();
+        m.submit(b"b".to_vec()).unwrap();
+        let got: Vec<Vec<u8>> = std::iter::from_fn(|| m.poll_delivery())
+            .map(|d| d.payload)
+            .collect();
+        assert_eq!(got, vec![b"a".to_vec(), b"b".to_vec()]);
+        assert!(m.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn three_members_agree_and_batch() {
+        let mut ms: Vec<Member> = (0..3)
+            .map(|i| member(3, i, ProtoConfig::default()))
+            .collect();
+        for k in 0..20u8 {
+            ms[(k % 3) as usize].submit(vec![k]).unwrap();
+        }
+        pump(&mut ms, 10, 6);
+        let logs: Vec<Vec<(MemberId, u64)>> = ms
+            .iter_mut()
+            .map(|m| {
+                std::iter::from_fn(|| m.poll_delivery())
+                    .map(|d| (d.sender, d.seq.0))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(logs[0].len(), 20);
+        assert_eq!(logs[0], logs[1]);
+        assert_eq!(logs[1], logs[2]);
+        // Seven messages left member 0 in one frame.
+        assert!(ms[0].stats().max_batch >= 7, "{:?}", ms[0].stats());
+    }
+
+    #[test]
+    fn nothing_is_delivered_before_every_member_holds_it() {
+        let mut ms: Vec<Member> = (0..3)
+            .map(|i| member(3, i, ProtoConfig::default()))
+            .collect();
+        ms[0].submit(b"x".to_vec()).unwrap();
+        let t = ms[0].poll_transmit().unwrap();
+        // Only member 1 receives it: member 1 must not deliver (member 2 lacks it).
+        ms[1].handle_frame(Instant(1), &t.frame);
+        while let Some(t1) = ms[1].poll_transmit() {
+            ms[0].handle_frame(Instant(1), &t1.frame);
+        }
+        assert!(ms[0].poll_delivery().is_none());
+        assert!(ms[1].poll_delivery().is_none());
+        // The lost copy is retransmitted to member 2 after the timeout; then all deliver.
+        ms[0].handle_timeout(Instant(50_000));
+        pump(&mut ms, 50_000, 6);
+        for m in &mut ms {
+            assert_eq!(m.poll_delivery().map(|d| d.payload), Some(b"x".to_vec()));
+        }
+        assert!(ms[0].stats().retransmitted_slots >= 1);
+    }
+}

@@ -29,8 +29,19 @@ fn cfg(me: u16, key: &Key) -> EngineConfig {
 
 fn frame(key: &Key, group: GroupId) -> Vec<u8> {
     let mut buf = Vec::new();
-    let h = Header { kind: Kind::Data, group, view: ViewId(1), sender: MemberId(1), count: 0, seq: Seq(0) };
-    let row = Row { heartbeat: 1, delivered: 0, received: vec![0, 0] };
+    let h = Header {
+        kind: Kind::Data,
+        group,
+        view: ViewId(1),
+        sender: MemberId(1),
+        count: 0,
+        seq: Seq(0),
+    };
+    let row = Row {
+        heartbeat: 1,
+        delivered: 0,
+        received: vec![0, 0],
+    };
     let mut w = FrameWriter::new(&mut buf, 1500, &h, &row);
     w.push_data(b"forged");
     w.finish(key);
@@ -52,10 +63,13 @@ fn requests_flow_and_bad_frames_are_counted_and_dropped() {
     .unwrap();
     // Before the invoker starts, its address sends garbage, a wrong key and another group.
     s1.send_to(b"\x00\x01garbage", addrs[0]).unwrap();
-    s1.send_to(&frame(&Key::from_bytes([6; 32]), GroupId(7)), addrs[0]).unwrap();
+    s1.send_to(&frame(&Key::from_bytes([6; 32]), GroupId(7)), addrs[0])
+        .unwrap();
     s1.send_to(&frame(&key, GroupId(8)), addrs[0]).unwrap();
     let stranger = free();
-    stranger.send_to(&frame(&key, GroupId(7)), addrs[0]).unwrap();
+    stranger
+        .send_to(&frame(&key, GroupId(7)), addrs[0])
+        .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     drop(s1);
     let pipeline = Pipeline::chain("t", 2, 5);
@@ -73,19 +87,39 @@ fn requests_flow_and_bad_frames_are_counted_and_dropped() {
     }
     let n = 200;
     for i in 0..n {
-        let req = pipeline.entry_request(RequestId::new(MemberId(0), i), vec![1; 16], Meta::default());
-        trigger.submit(&Op::Push { pusher: MemberId(0), req }).unwrap();
+        let req =
+            pipeline.entry_request(RequestId::new(MemberId(0), i), vec![1; 16], Meta::default());
+        trigger
+            .submit(&Op::Push {
+                pusher: MemberId(0),
+                req,
+            })
+            .unwrap();
     }
     let mut done = std::collections::BTreeSet::new();
     while done.len() < n as usize {
-        let ev = trigger.next_event(Duration::from_secs(10)).expect("completions keep coming");
-        if let Effect::Completed { id, terminal: true, .. } = ev.effect {
+        let ev = trigger
+            .next_event(Duration::from_secs(10))
+            .expect("completions keep coming");
+        if let Effect::Completed {
+            id, terminal: true, ..
+        } = ev.effect
+        {
             assert!(done.insert(id), "{id} completed twice");
         }
     }
     // An oversized operation is refused to the pusher, not sent.
-    let big = pipeline.entry_request(RequestId::new(MemberId(0), n), vec![0; 10_000], Meta::default());
-    assert!(trigger.submit(&Op::Push { pusher: MemberId(0), req: big }).is_err());
+    let big = pipeline.entry_request(
+        RequestId::new(MemberId(0), n),
+        vec![0; 10_000],
+        Meta::default(),
+    );
+    assert!(trigger
+        .submit(&Op::Push {
+            pusher: MemberId(0),
+            req: big
+        })
+        .is_err());
     trigger.submit(&Op::Shutdown { by: MemberId(0) }).unwrap();
     let ri = invoker.join();
     let rt = trigger.join();
@@ -93,6 +127,11 @@ fn requests_flow_and_bad_frames_are_counted_and_dropped() {
     assert_eq!(ri.digest, rt.digest, "replicas differ");
     assert_eq!(rt.proto.dropped(WireError::TooShort), 1, "{:?}", rt.proto);
     assert_eq!(rt.proto.dropped(WireError::BadMac), 1, "{:?}", rt.proto);
-    assert_eq!(rt.proto.dropped_by(ProtoDrop::WrongGroup), 1, "{:?}", rt.proto);
+    assert_eq!(
+        rt.proto.dropped_by(ProtoDrop::WrongGroup),
+        1,
+        "{:?}",
+        rt.proto
+    );
     assert_eq!(rt.transport.unknown_source, 1, "{:?}", rt.transport);
 }
