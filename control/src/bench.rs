@@ -80,6 +80,10 @@ pub struct BenchArgs {
     /// Where invokers run functions: inline (in the polling thread) or thread (behind rings).
     #[arg(long, default_value = "inline")]
     pub executor: String,
+    /// Core pinning of the members' polling threads: auto (invokers round-robin over the cores,
+    /// the trigger left to the scheduler) or none.
+    #[arg(long, default_value = "auto")]
+    pub pin: String,
 }
 
 /// What one run needs.
@@ -91,6 +95,8 @@ pub struct GroupRun {
     pub idle: Option<(u64, u64)>,
     pub credits: u32,
     pub executor: String,
+    /// Pin invokers round-robin over the machine's cores.
+    pub pin: bool,
 }
 
 fn free_udp_ports(n: usize) -> Result<Vec<u16>> {
@@ -156,6 +162,13 @@ pub fn run_local_group(run: &GroupRun) -> Result<TriggerReport> {
         toml.push_str(&format!(
             "\n[[member]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\nrole = \"{role}\"\n"
         ));
+        if role == "invoker" && run.pin {
+            let cores = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            let i: usize = name.trim_start_matches("invoker-").parse().unwrap_or(0);
+            toml.push_str(&format!("core = {}\n", i % cores));
+        }
         if role == "invoker" {
             toml.push_str(&format!(
                 "credits = {}\nexecutor = \"{}\"\n",
@@ -354,6 +367,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if args.hlog.is_some() || args.plot.is_some() {
         bail!("--hlog and --plot are not available in this version (they come with the latency-study toolkit)");
     }
+    if !matches!(args.pin.as_str(), "auto" | "none") {
+        bail!("--pin: expected auto or none, found {:?}", args.pin);
+    }
     if !matches!(args.executor.as_str(), "inline" | "thread") {
         bail!(
             "--executor: expected inline or thread, found {:?}",
@@ -383,6 +399,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         keep: args.keep,
         credits: args.credits,
         executor: args.executor.clone(),
+        pin: args.pin == "auto",
         idle: match (args.spin_us, args.yield_us) {
             (None, None) => None,
             (s, y) => Some((
@@ -527,6 +544,7 @@ pub fn demo() -> Result<()> {
         idle: None,
         credits: 2,
         executor: "inline".into(),
+        pin: true,
     };
     let r = run_local_group(&run)?;
     let l = r.latency_us;

@@ -243,11 +243,12 @@ pub fn run_trigger(
         t.submitted_at[i as usize] = submitted;
         let op = Op::Push { pusher: me, req };
         while !handle.try_submit(&op)? {
-            // Backpressure: keep collecting completions while the ring is full.
-            match handle.next_event(Duration::from_micros(200)) {
-                Some(ev) => t.on(ev),
-                None => std::thread::yield_now(),
+            // Backpressure: the ring is full. Collect completions, then sleep rather than spin:
+            // on a small machine this thread's spinning would take a core from the members.
+            while let Some(ev) = handle.try_event() {
+                t.on(ev);
             }
+            std::thread::sleep(Duration::from_micros(200));
         }
     }
     let last_sent = clock.now_us();

@@ -205,6 +205,7 @@ impl EngineHandle {
             malformed_ops: 0,
             inline,
             inline_started: false,
+            inline_events: VecDeque::new(),
             local_ops: VecDeque::new(),
             cfg,
         };
@@ -414,6 +415,9 @@ struct Engine {
     malformed_ops: u64,
     inline: Option<Box<dyn InlineApp>>,
     inline_started: bool,
+    /// Events for the inline application, run one per loop iteration so that frames are
+    /// received, acknowledged and sent between two functions.
+    inline_events: VecDeque<Event>,
     /// Encoded operations of the inline application waiting for window room.
     local_ops: VecDeque<Vec<u8>>,
 }
@@ -496,7 +500,18 @@ impl Engine {
                 }
             }
             work |= self.take_commands();
+            // Acknowledgements leave before a function runs, so that peers are not held up.
             work |= self.transmit();
+            if self.run_inline() {
+                work = true;
+                self.take_commands();
+                self.transmit();
+                if self.cfg.idle.yield_us > 0 {
+                    // A function held this core for a while: let other members sharing it poll
+                    // (their acknowledgements are what our next delivery waits for).
+                    thread::yield_now();
+                }
+            }
             if !self.shared.ready.load(Ordering::Relaxed) {
                 let missing = self.member.not_heard_from();
                 if missing.is_empty() {
@@ -653,10 +668,8 @@ impl Engine {
                 };
                 if mine {
                     let ev = Event { at_us, effect: e };
-                    if let Some(app) = self.inline.as_mut().filter(|_| self.inline_started) {
-                        let mut out = Vec::new();
-                        app.on_event(ev, &self.clock, &mut out);
-                        self.queue_local(out);
+                    if self.inline.is_some() && self.inline_started {
+                        self.inline_events.push_back(ev);
                     } else if !self.overflow.is_empty() {
                         self.overflow.push_back(ev);
                     } else if let Err(ev) = self.events.push(ev) {
@@ -673,6 +686,19 @@ impl Engine {
             self.wake_app();
         }
         any
+    }
+
+    /// Runs the inline application on one pending event.
+    fn run_inline(&mut self) -> bool {
+        let Some(ev) = self.inline_events.pop_front() else {
+            return false;
+        };
+        let mut out = Vec::new();
+        if let Some(app) = self.inline.as_mut() {
+            app.on_event(ev, &self.clock, &mut out);
+        }
+        self.queue_local(out);
+        true
     }
 
     fn flush_overflow(&mut self) {
