@@ -95,6 +95,12 @@ pub fn run(
                 run_invoker(&handle, app)?;
             }
             let rep = handle.join();
+            tracing::info!(
+                "member {member}: polling loop stalls over 1 ms: {}, longest {} us; retransmitted {} slots",
+                rep.stalls_over_1ms,
+                rep.longest_stall_us,
+                rep.proto.retransmitted_slots
+            );
             let r = report.lock().map(|r| r.clone()).unwrap_or_default();
             tracing::info!(
                 "member {member}: executed {} requests, {} failed",
@@ -143,6 +149,12 @@ pub fn run(
             let mut rep = run_trigger(&handle, pipeline, &spec, &names)?;
             handle.submit(&Op::Shutdown { by: handle.me() })?;
             let er = handle.join();
+            tracing::info!(
+                "member {member}: polling loop stalls over 1 ms: {}, longest {} us; retransmitted {} slots",
+                er.stalls_over_1ms,
+                er.longest_stall_us,
+                er.proto.retransmitted_slots
+            );
             rep.retransmitted_slots = er.proto.retransmitted_slots;
             rep.dropped_frames = er.proto.dropped_total();
             rep.max_batch = er.proto.max_batch;

@@ -115,6 +115,10 @@ pub struct EngineReport {
     pub digest: [u8; 32],
     pub queues: Vec<(String, usize)>,
     pub error: Option<String>,
+    /// Loop iterations that took more than 1 ms (parking excluded): the polling thread was
+    /// descheduled or an inline function ran long. A sign of oversubscribed cores.
+    pub stalls_over_1ms: u64,
+    pub longest_stall_us: u64,
 }
 
 #[derive(Debug, Default)]
@@ -463,6 +467,8 @@ impl Engine {
         let mut shutdown_at: Option<std::time::Instant> = None;
         let started = std::time::Instant::now();
         let mut error = None;
+        let mut last_iter = std::time::Instant::now();
+        let (mut stalls, mut longest) = (0u64, 0u64);
         self.set_status(format!(
             "waiting for {}",
             self.member
@@ -473,6 +479,12 @@ impl Engine {
                 .join(", ")
         ));
         loop {
+            let gap = last_iter.elapsed().as_micros() as u64;
+            last_iter = std::time::Instant::now();
+            if gap > 1000 {
+                stalls += 1;
+            }
+            longest = longest.max(gap);
             if self.shared.stop.load(Ordering::Acquire) {
                 break;
             }
@@ -553,6 +565,7 @@ impl Engine {
                 thread::yield_now();
             } else {
                 self.park();
+                last_iter = std::time::Instant::now();
             }
         }
         if let Some(e) = &error {
@@ -573,6 +586,8 @@ impl Engine {
                 .map(|(n, d)| (n.to_string(), d))
                 .collect(),
             error,
+            stalls_over_1ms: stalls,
+            longest_stall_us: longest,
         }
     }
 
