@@ -74,6 +74,8 @@ pub struct BenchArgs {
     pub spin_us: Option<u64>,
     #[arg(long = "yield-us")]
     pub yield_us: Option<u64>,
+    #[arg(long = "slice-us")]
+    pub slice_us: Option<u64>,
     /// Requests each invoker may hold at once (the next one is assigned while it runs one).
     #[arg(long, default_value_t = 2)]
     pub credits: u32,
@@ -92,7 +94,7 @@ pub struct GroupRun {
     pub pipeline_json: String,
     pub spec: WorkloadSpec,
     pub keep: bool,
-    pub idle: Option<(u64, u64)>,
+    pub idle: Option<(u64, u64, u64)>,
     pub credits: u32,
     pub executor: String,
     /// Pin invokers round-robin over the machine's cores.
@@ -150,8 +152,10 @@ pub fn run_local_group(run: &GroupRun) -> Result<TriggerReport> {
         "# Written by conveyor for one run.\n[group]\nname = \"bench\"\nkey = \"{}\"\ntransport = \"udp\"\npipelines = [\"pipeline.json\"]\nstartup_timeout_s = 20\n",
         fresh_key()?
     );
-    if let Some((spin, yld)) = run.idle {
-        toml.push_str(&format!("\n[idle]\nspin_us = {spin}\nyield_us = {yld}\n"));
+    if let Some((spin, yld, slice)) = run.idle {
+        toml.push_str(&format!(
+            "\n[idle]\nspin_us = {spin}\nyield_us = {yld}\nslice_us = {slice}\n"
+        ));
     }
     for (name, port) in names.iter().zip(&ports) {
         let role = if name == "trigger" {
@@ -400,12 +404,16 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         credits: args.credits,
         executor: args.executor.clone(),
         pin: args.pin == "auto",
-        idle: match (args.spin_us, args.yield_us) {
-            (None, None) => None,
-            (s, y) => Some((
-                s.unwrap_or(conveyor_dataplane::engine::IdlePolicy::SHARED.spin_us),
-                y.unwrap_or(conveyor_dataplane::engine::IdlePolicy::SHARED.yield_us),
-            )),
+        idle: match (args.spin_us, args.yield_us, args.slice_us) {
+            (None, None, None) => None,
+            (s, y, l) => {
+                let d = conveyor_dataplane::engine::IdlePolicy::SHARED;
+                Some((
+                    s.unwrap_or(d.spin_us),
+                    y.unwrap_or(d.yield_us),
+                    l.unwrap_or(d.slice_us),
+                ))
+            }
         },
     };
     eprintln!(

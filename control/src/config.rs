@@ -99,6 +99,8 @@ pub struct IdleSection {
     pub yield_us: u64,
     #[serde(default = "d_park")]
     pub park_max_us: u64,
+    #[serde(default = "d_slice")]
+    pub slice_us: u64,
 }
 
 fn d_spin() -> u64 {
@@ -110,6 +112,9 @@ fn d_yield() -> u64 {
 fn d_park() -> u64 {
     IdlePolicy::SHARED.park_max_us
 }
+fn d_slice() -> u64 {
+    IdlePolicy::SHARED.slice_us
+}
 
 impl Default for IdleSection {
     fn default() -> Self {
@@ -117,6 +122,7 @@ impl Default for IdleSection {
             spin_us: d_spin(),
             yield_us: d_yield(),
             park_max_us: d_park(),
+            slice_us: d_slice(),
         }
     }
 }
@@ -367,6 +373,7 @@ impl GroupConfig {
                 spin_us: self.file.idle.spin_us,
                 yield_us: self.file.idle.yield_us,
                 park_max_us: self.file.idle.park_max_us,
+                slice_us: self.file.idle.slice_us,
             },
             core: self.file.members[me].core,
             startup_timeout: Duration::from_secs(g.startup_timeout_s),
