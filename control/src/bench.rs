@@ -299,6 +299,48 @@ fn machine() -> Machine {
     }
 }
 
+/// A baseline measured in the same run, so that figures can be compared across runs of a
+/// shared, noisy machine as ratios: a blocking UDP round trip on loopback between two threads
+/// (the kernel path every hop of the udp transport takes), 2000 times.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Baseline {
+    pub udp_rtt_us: Percentiles,
+    /// overhead p50 / baseline round trip p50.
+    pub overhead_p50_per_rtt: f64,
+}
+
+pub fn udp_rtt_baseline() -> Result<Percentiles> {
+    let server = UdpSocket::bind("127.0.0.1:0")?;
+    let client = UdpSocket::bind("127.0.0.1:0")?;
+    let (saddr, caddr) = (server.local_addr()?, client.local_addr()?);
+    server.set_read_timeout(Some(Duration::from_secs(2)))?;
+    client.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let rounds = 2000;
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        for _ in 0..rounds {
+            match server.recv(&mut buf) {
+                Ok(n) => {
+                    let _ = server.send_to(&buf[..n], caddr);
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)?;
+    let mut buf = [0u8; 64];
+    for i in 0..rounds {
+        let t = Instant::now();
+        client.send_to(&(i as u64).to_le_bytes(), saddr)?;
+        client
+            .recv(&mut buf)
+            .context("baseline round trip timed out")?;
+        h.record((t.elapsed().as_micros() as u64).max(1))?;
+    }
+    let _ = echo.join();
+    Ok(Percentiles::of(&h))
+}
+
 #[derive(Serialize)]
 struct Overhead {
     p50: u64,
@@ -337,6 +379,7 @@ struct ReportEntry {
     cdf: Vec<(f64, u64)>,
     retransmitted_slots: u64,
     max_batch: u64,
+    baseline: Baseline,
     machine: Machine,
 }
 
@@ -420,6 +463,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "conveyor bench: {} workload, backend conveyor, transport udp, hosts local, {} invokers, chain {} x {} us",
         args.workload, args.invokers, args.chain, args.fn_us
     );
+    let rtt = udp_rtt_baseline().context("measuring the baseline")?;
     let r = run_local_group(&run)?;
     let burst = args.workload == "burst";
     let entry = ReportEntry {
@@ -459,9 +503,19 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         cdf: r.cdf.clone(),
         retransmitted_slots: r.retransmitted_slots,
         max_batch: r.max_batch,
+        baseline: Baseline {
+            udp_rtt_us: rtt,
+            overhead_p50_per_rtt: ((r.overhead_us.p50 as f64 / rtt.p50.max(1) as f64) * 100.0)
+                .round()
+                / 100.0,
+        },
         machine: machine(),
     };
     print_summary(&r, burst);
+    eprintln!(
+        "baseline (same run): blocking UDP round trip on loopback p50 {} us; overhead p50 = {:.2} round trips",
+        rtt.p50, entry.baseline.overhead_p50_per_rtt
+    );
     if let Some(floor) = entry.drain_floor_s {
         eprintln!("drain floor (functions alone): {floor:.3} s");
     }

@@ -58,6 +58,19 @@ fn constant_bench_completes_every_request_once() {
         1200
     );
     assert!(r["machine"]["cores"].as_u64().unwrap() >= 1);
+    // The same run measured its baseline, and the breakdown accounts for the ordering.
+    assert!(
+        r["baseline"]["udp_rtt_us"]["p50"].as_u64().unwrap() >= 1,
+        "{r}"
+    );
+    assert!(
+        r["baseline"]["overhead_p50_per_rtt"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
+    assert!(
+        r["breakdown_us"]["ordering"]["p50"].as_u64().unwrap() >= 1,
+        "{r}"
+    );
 }
 
 #[test]
