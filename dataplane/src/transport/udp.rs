@@ -19,14 +19,7 @@ pub struct UdpTransport {
     send_scratch: MmsgScratch,
     recv_scratch: MmsgScratch,
     recv_meta: Vec<(Option<SocketAddr>, usize, bool)>,
-    out: Vec<(usize, usize)>,
     stats: TransportStats,
-}
-
-impl std::fmt::Debug for MmsgScratch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MmsgScratch")
-    }
 }
 
 impl UdpTransport {
@@ -57,7 +50,6 @@ impl UdpTransport {
             send_scratch: MmsgScratch::new(BATCH),
             recv_scratch: MmsgScratch::new(BATCH),
             recv_meta: Vec::with_capacity(BATCH),
-            out: Vec::with_capacity(BATCH),
             stats: TransportStats::default(),
         })
     }
@@ -82,7 +74,6 @@ impl Transport for UdpTransport {
         self.stats.frames_sent += sent as u64;
         self.stats.send_errors += failed as u64;
         self.stats.syscalls += calls as u64;
-        self.out.clear();
         Ok(())
     }
 
@@ -125,13 +116,13 @@ mod tests {
 
     #[test]
     fn batches_cross_loopback_and_sources_are_identified() {
-        let a = UdpTransport::bind("127.0.0.1:0".parse().unwrap(), vec![]).unwrap();
-        let b = UdpTransport::bind("127.0.0.1:0".parse().unwrap(), vec![]).unwrap();
-        let (aa, ba) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        // Reserve b's address, then bind a knowing it, then b knowing a.
+        let ba = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let mut a = UdpTransport::bind("127.0.0.1:0".parse().unwrap(), vec![ba]).unwrap();
-        drop(b);
         let mut b = UdpTransport::bind(ba, vec![a.local_addr().unwrap()]).unwrap();
-        let _ = aa;
         let frames: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 10 + i as usize]).collect();
         let batch: Vec<(usize, &[u8])> = frames.iter().map(|f| (0, f.as_slice())).collect();
         a.send(&batch).unwrap();

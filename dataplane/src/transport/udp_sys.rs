@@ -16,6 +16,12 @@ pub(crate) struct MmsgScratch {
 // buffers borrowed for the duration of one call; nothing is shared between threads.
 unsafe impl Send for MmsgScratch {}
 
+impl std::fmt::Debug for MmsgScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MmsgScratch({} slots)", self.hdrs.len())
+    }
+}
+
 impl MmsgScratch {
     pub(crate) fn new(n: usize) -> Self {
         // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C structs for which all-zero
