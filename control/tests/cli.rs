@@ -185,3 +185,70 @@ fn demo_runs_and_reports() {
     );
     assert!(text.contains("p99.9"), "{text}");
 }
+
+#[test]
+fn a_restarted_member_stops_with_a_clear_message() {
+    let dir = std::env::temp_dir().join(format!("conveyor-cli-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ports: Vec<u16> = (0..2)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|s| s.local_addr().unwrap().port())
+        .collect();
+    std::fs::write(
+        dir.join("p.json"),
+        r#"{"name":"p","entry":"a","steps":{"a":{"function":"echo"}}}"#,
+    )
+    .unwrap();
+    let path = dir.join("group.toml");
+    std::fs::write(
+        &path,
+        format!("[group]\nname = \"g\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000002\"\npipelines = [\"p.json\"]\nstartup_timeout_s = 10\n\n[[member]]\nname = \"trigger\"\naddress = \"127.0.0.1:{}\"\nrole = \"trigger\"\n\n[[member]]\nname = \"invoker-0\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\n", ports[0], ports[1]),
+    )
+    .unwrap();
+    let node = |member: &str| {
+        Command::new(env!("CARGO_BIN_EXE_conveyor"))
+            .args([
+                "node",
+                "--config",
+                path.to_str().unwrap(),
+                "--member",
+                member,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut trigger = node("trigger");
+    let mut invoker = node("invoker-0");
+    // Let them meet and order the invoker's subscriptions, then kill the invoker.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        invoker.try_wait().unwrap().is_none(),
+        "the invoker stopped early"
+    );
+    invoker.kill().unwrap();
+    invoker.wait().unwrap();
+    let start = Instant::now();
+    let mut again = node("invoker-0");
+    while again.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let still_running = again.try_wait().unwrap().is_none();
+    let _ = again.kill();
+    let _ = trigger.kill();
+    let _ = trigger.wait();
+    let again = again.wait_with_output().unwrap();
+    assert!(
+        !still_running,
+        "the restarted member did not notice within 10 s"
+    );
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("restarted") && err.contains("trigger"),
+        "{err}"
+    );
+}

@@ -521,6 +521,13 @@ impl Engine {
             if now >= self.member.poll_timeout() {
                 self.member.handle_timeout(now);
             }
+            if let Some(peer) = self.member.restarted_in_view() {
+                error = Some(format!(
+                    "{} holds messages this member sent before it restarted: this process is a new incarnation of a member of a view that outlived it, and membership is static in this version (no rejoin); restart the whole group",
+                    self.name(peer)
+                ));
+                break;
+            }
             if self.apply_deliveries() {
                 work = true;
                 if self.replica.is_shut_down() && shutdown_at.is_none() {

@@ -290,6 +290,7 @@ pub struct Member {
     pool: Vec<Vec<u8>>,
     now: Instant,
     stats: Stats,
+    restarted_by: Option<MemberId>,
 }
 
 impl Member {
@@ -348,6 +349,7 @@ impl Member {
             pool: Vec::new(),
             now,
             stats: Stats::default(),
+            restarted_by: None,
             cfg,
             key,
             group,
@@ -404,6 +406,14 @@ impl Member {
             .map(|r| self.view.members[r])
             .collect()
     }
+    /// Set when a peer's row shows that it holds more of this member's messages than this member
+    /// ever sent: this process restarted inside a view that outlived it, with none of its
+    /// state. It cannot take part again without a view change (it must rejoin as a new member
+    /// with state transfer); the host should stop it. Returns the peer that revealed it.
+    pub fn restarted_in_view(&self) -> Option<MemberId> {
+        self.restarted_by
+    }
+
     /// When each member was last heard from (own entry: `None`).
     pub fn last_heard(&self, m: MemberId) -> Option<Instant> {
         self.view.rank_of(m).and_then(|r| self.last_heard[r])
@@ -486,6 +496,11 @@ impl Member {
 
     fn merge_row(&mut self, r: usize, frame: &Frame<'_>) {
         let me = self.rank;
+        if frame.row.received(me) > self.logs[me].highest && self.restarted_by.is_none() {
+            // A peer holds messages of ours that we never sent: this process is a new
+            // incarnation of a member that already ran in this view.
+            self.restarted_by = Some(self.view.members[r]);
+        }
         let before = self.rows[r].received[me];
         let row = &mut self.rows[r];
         row.heartbeat = row.heartbeat.max(frame.row.heartbeat);
@@ -930,6 +945,24 @@ mod tests {
         }
         assert_eq!(m.submit(vec![9]), Err(SubmitError::WindowFull));
         assert_eq!(m.stats().window_full, 1);
+    }
+
+    #[test]
+    fn a_restarted_member_notices_it() {
+        let mut ms: Vec<Member> = (0..2)
+            .map(|i| member(2, i, ProtoConfig::default()))
+            .collect();
+        for k in 0..3u8 {
+            ms[1].submit(vec![k]).unwrap();
+        }
+        pump(&mut ms, 10, 4);
+        assert_eq!(ms[1].restarted_in_view(), None);
+        // Member 1 restarts with no state; member 0's next row reveals it.
+        ms[1] = member(2, 1, ProtoConfig::default());
+        ms[0].handle_timeout(Instant(1_000_000));
+        pump(&mut ms, 1_000_000, 2);
+        assert_eq!(ms[1].restarted_in_view(), Some(MemberId(0)));
+        assert_eq!(ms[0].restarted_in_view(), None);
     }
 
     #[test]

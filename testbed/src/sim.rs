@@ -17,7 +17,8 @@
 //! - stability before delivery: when a member delivers a message, every member holds it;
 //! - bounded memory: buffered slots stay within the flow-control bound;
 //! - replicas identical: after the same number of deliveries, queue state digests are equal;
-//! - exactly one consumer: a request step is never assigned twice.
+//! - exactly one consumer: a request step is never assigned twice;
+//! - no member wrongly concludes that it restarted inside the view.
 //!
 //! After the last heal the run continues until everything submitted is delivered everywhere
 //! (liveness) and every admitted request finished exactly once; a deadline turns a stall into
@@ -508,6 +509,13 @@ impl Sim {
                 }
             }
             self.nodes[i].effects = effects;
+        }
+        // No member ever believes it restarted (that detection must have no false positive).
+        if let Some(p) = self.nodes[i].member.restarted_in_view() {
+            return Err(self.violation(
+                "no false restart detection",
+                format!("{me} believes it restarted, from {p}'s row"),
+            ));
         }
         // Bounded memory.
         let m = &self.nodes[i].member;
