@@ -88,9 +88,13 @@ pub struct TriggerReport {
     pub max_batch: u64,
 }
 
+/// Marks a request that ended in an error (failed, rejected or overwritten) in `Tally::finals`.
+const ERRORED: u32 = u32::MAX;
+
 struct Tally {
     sent_at: Vec<u64>,
     submitted_at: Vec<u64>,
+    /// Per request: terminal completions seen, or `ERRORED`.
     finals: Vec<u32>,
     latency: Histogram<u64>,
     overhead: Histogram<u64>,
@@ -122,6 +126,9 @@ impl Tally {
                 let Some(f) = self.finals.get_mut(idx(id)) else {
                     return;
                 };
+                if *f == ERRORED {
+                    return;
+                }
                 *f += 1;
                 if *f == 1 {
                     let lat = ev.at_us.saturating_sub(self.sent_at[idx(id)]);
@@ -146,7 +153,7 @@ impl Tally {
             | Effect::Overwritten { id, .. } => {
                 if let Some(f) = self.finals.get_mut(idx(id)) {
                     if *f == 0 {
-                        *f = u32::MAX / 2;
+                        *f = ERRORED;
                         self.errors += 1;
                     }
                 }

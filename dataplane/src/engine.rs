@@ -256,36 +256,20 @@ impl EngineHandle {
                 return Ok(());
             }
             if self.shared.finished.load(Ordering::Acquire) {
-                let s = self
-                    .shared
-                    .status
-                    .lock()
-                    .map(|s| s.clone())
-                    .unwrap_or_default();
-                return Err(EngineError::Startup(s));
+                return Err(EngineError::Startup(self.status()));
             }
             if start.elapsed() >= timeout {
-                let s = self
-                    .shared
-                    .status
-                    .lock()
-                    .map(|s| s.clone())
-                    .unwrap_or_default();
                 return Err(EngineError::Startup(format!(
-                    "start-up timed out after {}s: {s}",
-                    timeout.as_secs()
+                    "start-up timed out after {}s: {}",
+                    timeout.as_secs(),
+                    self.status()
                 )));
             }
             if last_said.elapsed() >= Duration::from_secs(1) {
                 last_said = std::time::Instant::now();
-                let s = self
-                    .shared
-                    .status
-                    .lock()
-                    .map(|s| s.clone())
-                    .unwrap_or_default();
                 tracing::info!(
-                    "{s} ({}s of {}s)",
+                    "{} ({}s of {}s)",
+                    self.status(),
                     start.elapsed().as_secs(),
                     timeout.as_secs()
                 );

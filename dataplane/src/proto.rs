@@ -291,6 +291,9 @@ pub struct Member {
     now: Instant,
     stats: Stats,
     restarted_by: Option<MemberId>,
+    /// Scratch buffers reused on every frame: per-sender stable counts, and our own row.
+    stable: Vec<u64>,
+    row: Row,
 }
 
 impl Member {
@@ -350,6 +353,12 @@ impl Member {
             now,
             stats: Stats::default(),
             restarted_by: None,
+            stable: Vec::with_capacity(n),
+            row: Row {
+                heartbeat: 0,
+                delivered: 0,
+                received: Vec::with_capacity(n),
+            },
             cfg,
             key,
             group,
@@ -591,22 +600,22 @@ impl Member {
         let me = self.rank;
         let check_stable = self.cfg.sabotage != Sabotage::DeliverBeforeStable;
         // stable[s]: messages of s that every member holds.
-        let stable: Vec<u64> = (0..self.logs.len())
-            .map(|s| {
-                self.rows
-                    .iter()
-                    .enumerate()
-                    .map(|(m, row)| {
-                        if m == me {
-                            self.logs[s].contiguous
-                        } else {
-                            row.received[s]
-                        }
-                    })
-                    .min()
-                    .unwrap_or(0)
-            })
-            .collect();
+        let mut stable = std::mem::take(&mut self.stable);
+        stable.clear();
+        stable.extend((0..self.logs.len()).map(|s| {
+            self.rows
+                .iter()
+                .enumerate()
+                .map(|(m, row)| {
+                    if m == me {
+                        self.logs[s].contiguous
+                    } else {
+                        row.received[s]
+                    }
+                })
+                .min()
+                .unwrap_or(0)
+        }));
         loop {
             let g = self.next_slot;
             let r = (g % n) as usize;
@@ -651,6 +660,7 @@ impl Member {
                 log.base += 1;
             }
         }
+        self.stable = stable;
     }
 
     /// Advances timers: retransmissions and periodic status rows.
@@ -726,12 +736,14 @@ impl Member {
         }
     }
 
-    fn own_row(&self) -> Row {
-        Row {
-            heartbeat: self.heartbeat,
-            delivered: self.next_slot,
-            received: self.logs.iter().map(|l| l.contiguous).collect(),
-        }
+    /// Our current row, in the reused buffer (taken; give it back with `self.row = row`).
+    fn own_row(&mut self) -> Row {
+        let mut row = std::mem::take(&mut self.row);
+        row.heartbeat = self.heartbeat;
+        row.delivered = self.next_slot;
+        row.received.clear();
+        row.received.extend(self.logs.iter().map(|l| l.contiguous));
+        row
     }
 
     fn header(&self, kind: Kind, seq: u64) -> Header {
@@ -790,16 +802,19 @@ impl Member {
 
     /// The next frame to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        if let Some(t) = self.transmits.pop_front() {
-            return Some(t);
+        if self.transmits.is_empty() && self.view.len() > 1 {
+            let row = self.own_row();
+            self.produce(row);
         }
-        if self.n() == 1 {
-            return None;
-        }
-        let row = self.own_row();
+        self.transmits.pop_front()
+    }
+
+    /// Queues the next frame(s) to send, in priority order; `row` is our current row, handed
+    /// back to the reused buffer at the end.
+    fn produce(&mut self, mut row: Row) {
         let own_highest = self.logs[self.rank].highest;
-        // 1. New messages, multicast; they carry our row, so no separate status is needed.
         if self.unsent < own_highest {
+            // 1. New messages, multicast; they carry our row, so no separate status is needed.
             while self.unsent < own_highest {
                 self.unsent = self.emit_data(Dest::All, self.unsent, own_highest, &row);
             }
@@ -811,10 +826,8 @@ impl Member {
             }
             self.status_all = false;
             self.heartbeat += 1;
-            return self.transmits.pop_front();
-        }
-        // 2. Retransmissions, unicast to the peer that lags.
-        if let Some((p, from)) = self.retx_queue.pop_front() {
+        } else if let Some((p, from)) = self.retx_queue.pop_front() {
+            // 2. Retransmissions, unicast to the peer that lags (one per call).
             let to = self.unsent;
             let from = from.max(self.logs[self.rank].base);
             if from < to {
@@ -824,23 +837,24 @@ impl Member {
                 self.stats.retransmitted_slots += next - from;
                 self.status_to[p] = false;
             }
-            return self.transmits.pop_front().or_else(|| self.poll_transmit());
-        }
-        // 3. Status rows.
-        if self.status_all {
+        } else if self.status_all {
+            // 3. Status rows, to all (new receipts, timers) ...
             self.status_all = false;
             self.status_to.iter_mut().for_each(|s| *s = false);
             self.heartbeat += 1;
-            let row = self.own_row();
+            row.heartbeat = self.heartbeat;
             self.emit_status(Dest::All, &row);
-            return self.transmits.pop_front();
-        }
-        if let Some(p) = self.status_to.iter().position(|&s| s) {
+        } else if let Some(p) = self.status_to.iter().position(|&s| s) {
+            // ... or to one peer (first contact, or it sent us duplicates).
             self.status_to[p] = false;
             self.emit_status(Dest::One(self.view.members[p]), &row);
-            return self.transmits.pop_front();
         }
-        None
+        self.row = row;
+        // A retransmission that found nothing left to send: look further.
+        if self.transmits.is_empty() && !self.retx_queue.is_empty() {
+            let row = self.own_row();
+            self.produce(row);
+        }
     }
 }
 
