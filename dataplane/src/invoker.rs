@@ -91,6 +91,7 @@ impl InvokerApp {
         let fail = |req: &Request, error: String| Op::Fail {
             consumer: me,
             id: req.id,
+            instance: req.instance,
             step: req.step.clone(),
             error,
             credits: 1,
@@ -123,6 +124,7 @@ impl InvokerApp {
         let op = Op::Complete {
             consumer: me,
             id: req.id,
+            instance: req.instance,
             step: req.step.clone(),
             outputs,
             result,

@@ -421,6 +421,7 @@ impl Pipeline {
         let step = &self.steps[&self.entry];
         Request {
             id,
+            instance: 0,
             step: step.name.clone(),
             queue: step.queue.name.clone(),
             payload,
@@ -445,6 +446,7 @@ impl Pipeline {
             .filter_map(|t| self.steps.get(t))
             .map(|t| Request {
                 id: req.id,
+                instance: 0,
                 step: t.name.clone(),
                 queue: t.queue.name.clone(),
                 payload: out.payload.clone(),

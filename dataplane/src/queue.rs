@@ -9,7 +9,10 @@
 //! request to the earliest-ready consumer subscribed to its queue, and the assigned consumer
 //! starts at once. Each request goes to exactly one consumer; consumers that asked first are
 //! served first (DIFFUSE's implicit load balancing). A completion removes the in-flight request
-//! and pushes its continuations in one step; completions are deduplicated by (request, step).
+//! and pushes its continuations in one step. Every pushed request gets an instance number from
+//! the replicas (deterministic, unique in the group); completions name it and count only for an
+//! instance in flight at the completing consumer, which deduplicates them (by request and step
+//! instance: a step reached twice in one run has two instances).
 
 use crate::types::{MemberId, RequestId};
 use serde::{Deserialize, Serialize};
@@ -66,6 +69,10 @@ pub struct Meta {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub id: RequestId,
+    /// Set by the replicas when they apply the push (pushers leave it 0): unique in the group,
+    /// the same at every replica. Tells apart two instances of one step of one run (fan-out
+    /// that merges again), and is what completions name.
+    pub instance: u64,
     /// The pipeline step this request runs.
     pub step: String,
     /// The queue it waits in.
@@ -103,6 +110,8 @@ pub enum Op {
     Complete {
         consumer: MemberId,
         id: RequestId,
+        /// The instance of the request being completed (from its assignment).
+        instance: u64,
         step: String,
         outputs: Vec<Request>,
         /// The function's output, reported to the trigger when the step is terminal.
@@ -114,6 +123,7 @@ pub enum Op {
     Fail {
         consumer: MemberId,
         id: RequestId,
+        instance: u64,
         step: String,
         error: String,
         credits: u32,
@@ -180,22 +190,25 @@ pub enum Effect {
     Completed {
         consumer: MemberId,
         id: RequestId,
+        instance: u64,
         step: String,
         /// No continuation: this branch of the run ends here.
         terminal: bool,
         result: Option<Vec<u8>>,
         meta: Meta,
     },
-    /// A completion of a request not in flight at that consumer (already completed, or never
-    /// assigned to it): ignored.
+    /// A completion of a request instance not in flight at that consumer (already completed,
+    /// or never assigned to it): ignored. This is how completions are deduplicated.
     DuplicateCompletion {
         consumer: MemberId,
         id: RequestId,
+        instance: u64,
         step: String,
     },
     Failed {
         consumer: MemberId,
         id: RequestId,
+        instance: u64,
         step: String,
         error: String,
     },
@@ -230,8 +243,6 @@ impl Queue {
 
 /// Most credits a consumer may hold; bounds the in-flight requests of one consumer.
 pub const MAX_CREDITS: u32 = 1024;
-/// Completions remembered for deduplication after they leave the in-flight set.
-pub const DEDUP_HORIZON: usize = 1 << 16;
 
 /// The replicated state. See the module docs.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -241,9 +252,10 @@ pub struct QueueState {
     /// One entry per credit, in the order consumers became ready.
     ready: VecDeque<MemberId>,
     credits: BTreeMap<MemberId, u32>,
-    in_flight: BTreeMap<(RequestId, String), (MemberId, Request)>,
-    done: BTreeSet<(RequestId, String)>,
-    done_order: VecDeque<(RequestId, String)>,
+    /// Assigned requests by instance, with their consumer. A completion is applied only if its
+    /// instance is in flight at that consumer; this is the deduplication of completions.
+    in_flight: BTreeMap<u64, (MemberId, Request)>,
+    next_instance: u64,
     stamp: u64,
     shut_down: bool,
 }
@@ -297,13 +309,14 @@ impl QueueState {
             Op::Complete {
                 consumer,
                 id,
+                instance,
                 step,
                 outputs,
                 result,
                 meta,
                 credits,
             } => {
-                if self.finish(consumer, id, &step) {
+                if self.finish(consumer, instance, id, &step) {
                     let terminal = outputs.is_empty();
                     for out in outputs {
                         self.push(consumer, out, effects);
@@ -311,32 +324,45 @@ impl QueueState {
                     effects.push(Effect::Completed {
                         consumer,
                         id,
+                        instance,
                         step,
                         terminal,
                         result,
                         meta,
                     });
                 } else {
-                    effects.push(Effect::DuplicateCompletion { consumer, id, step });
+                    effects.push(Effect::DuplicateCompletion {
+                        consumer,
+                        id,
+                        instance,
+                        step,
+                    });
                 }
                 self.add_credits(consumer, credits);
             }
             Op::Fail {
                 consumer,
                 id,
+                instance,
                 step,
                 error,
                 credits,
             } => {
-                if self.finish(consumer, id, &step) {
+                if self.finish(consumer, instance, id, &step) {
                     effects.push(Effect::Failed {
                         consumer,
                         id,
+                        instance,
                         step,
                         error,
                     });
                 } else {
-                    effects.push(Effect::DuplicateCompletion { consumer, id, step });
+                    effects.push(Effect::DuplicateCompletion {
+                        consumer,
+                        id,
+                        instance,
+                        step,
+                    });
                 }
                 self.add_credits(consumer, credits);
             }
@@ -357,26 +383,21 @@ impl QueueState {
         }
     }
 
-    /// Removes `(id, step)` from the in-flight set if it is in flight at `consumer`.
-    fn finish(&mut self, consumer: MemberId, id: RequestId, step: &str) -> bool {
-        let key = (id, step.to_string());
-        match self.in_flight.get(&key) {
-            Some((c, _)) if *c == consumer => {
-                self.in_flight.remove(&key);
-                if self.done_order.len() == DEDUP_HORIZON {
-                    if let Some(old) = self.done_order.pop_front() {
-                        self.done.remove(&old);
-                    }
-                }
-                self.done.insert(key.clone());
-                self.done_order.push_back(key);
+    /// Removes `instance` from the in-flight set if it is in flight at `consumer` and is the
+    /// request `id` at `step` (anything else is a duplicate or a confused completion: ignored).
+    fn finish(&mut self, consumer: MemberId, instance: u64, id: RequestId, step: &str) -> bool {
+        match self.in_flight.get(&instance) {
+            Some((c, r)) if *c == consumer && r.id == id && r.step == step => {
+                self.in_flight.remove(&instance);
                 true
             }
             _ => false,
         }
     }
 
-    fn push(&mut self, pusher: MemberId, req: Request, effects: &mut Vec<Effect>) {
+    fn push(&mut self, pusher: MemberId, mut req: Request, effects: &mut Vec<Effect>) {
+        self.next_instance += 1;
+        req.instance = self.next_instance;
         let Some(q) = self.queues.get_mut(&req.queue) else {
             effects.push(Effect::Rejected {
                 pusher,
@@ -461,8 +482,7 @@ impl QueueState {
     }
 
     fn assign(&mut self, consumer: MemberId, req: Request, effects: &mut Vec<Effect>) {
-        self.in_flight
-            .insert((req.id, req.step.clone()), (consumer, req.clone()));
+        self.in_flight.insert(req.instance, (consumer, req.clone()));
         effects.push(Effect::Assigned { consumer, req });
     }
 

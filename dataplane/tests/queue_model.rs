@@ -13,7 +13,9 @@ struct Model {
     queues: Vec<ModelQueue>,
     subs: Vec<(MemberId, String)>,
     ready: Vec<MemberId>,
-    in_flight: Vec<(RequestId, String, MemberId)>,
+    /// (instance, request, step, consumer)
+    in_flight: Vec<(u64, RequestId, String, MemberId)>,
+    instances: u64,
     stamp: u64,
 }
 
@@ -24,7 +26,9 @@ impl Model {
     fn q(&mut self, name: &str) -> Option<usize> {
         self.queues.iter().position(|q| q.0.name == name)
     }
-    fn push(&mut self, pusher: MemberId, req: Request, fx: &mut Vec<Effect>) {
+    fn push(&mut self, pusher: MemberId, mut req: Request, fx: &mut Vec<Effect>) {
+        self.instances += 1;
+        req.instance = self.instances;
         let Some(i) = self.q(&req.queue) else {
             fx.push(Effect::Rejected {
                 pusher,
@@ -110,11 +114,11 @@ impl Model {
         }
         Some(req)
     }
-    fn finish(&mut self, c: MemberId, id: RequestId, step: &str) -> bool {
+    fn finish(&mut self, c: MemberId, instance: u64, id: RequestId, step: &str) -> bool {
         match self
             .in_flight
             .iter()
-            .position(|(i, s, x)| *i == id && s == step && *x == c)
+            .position(|(n, i, s, x)| *n == instance && *i == id && s == step && *x == c)
         {
             Some(p) => {
                 self.in_flight.remove(p);
@@ -157,7 +161,8 @@ impl Model {
             Op::Ready { consumer, credits } => self.add(consumer, credits),
             Op::TryTake { consumer } => match self.take(consumer, &mut fx) {
                 Some(r) => {
-                    self.in_flight.push((r.id, r.step.clone(), consumer));
+                    self.in_flight
+                        .push((r.instance, r.id, r.step.clone(), consumer));
                     fx.push(Effect::Assigned { consumer, req: r });
                 }
                 None => fx.push(Effect::Empty { consumer }),
@@ -165,13 +170,14 @@ impl Model {
             Op::Complete {
                 consumer,
                 id,
+                instance,
                 step,
                 outputs,
                 result,
                 meta,
                 credits,
             } => {
-                if self.finish(consumer, id, &step) {
+                if self.finish(consumer, instance, id, &step) {
                     let terminal = outputs.is_empty();
                     for o in outputs {
                         self.push(consumer, o, &mut fx);
@@ -179,32 +185,45 @@ impl Model {
                     fx.push(Effect::Completed {
                         consumer,
                         id,
+                        instance,
                         step,
                         terminal,
                         result,
                         meta,
                     });
                 } else {
-                    fx.push(Effect::DuplicateCompletion { consumer, id, step });
+                    fx.push(Effect::DuplicateCompletion {
+                        consumer,
+                        id,
+                        instance,
+                        step,
+                    });
                 }
                 self.add(consumer, credits);
             }
             Op::Fail {
                 consumer,
                 id,
+                instance,
                 step,
                 error,
                 credits,
             } => {
-                if self.finish(consumer, id, &step) {
+                if self.finish(consumer, instance, id, &step) {
                     fx.push(Effect::Failed {
                         consumer,
                         id,
+                        instance,
                         step,
                         error,
                     });
                 } else {
-                    fx.push(Effect::DuplicateCompletion { consumer, id, step });
+                    fx.push(Effect::DuplicateCompletion {
+                        consumer,
+                        id,
+                        instance,
+                        step,
+                    });
                 }
                 self.add(consumer, credits);
             }
@@ -217,7 +236,7 @@ impl Model {
             match self.take(c, &mut fx) {
                 Some(r) => {
                     self.ready.remove(i);
-                    self.in_flight.push((r.id, r.step.clone(), c));
+                    self.in_flight.push((r.instance, r.id, r.step.clone(), c));
                     fx.push(Effect::Assigned {
                         consumer: c,
                         req: r,
@@ -256,6 +275,7 @@ fn gen() -> impl Strategy<Value = Gen> {
 fn req(id: u64, q: u8) -> Request {
     Request {
         id: RequestId(id),
+        instance: 0,
         step: format!("s{q}"),
         queue: format!("q{q}"),
         payload: vec![id as u8],
@@ -270,7 +290,7 @@ proptest! {
         let mut model = Model::default();
         let mut real = QueueState::new();
         let mut next_id = 1u64;
-        let mut assigned: std::collections::BTreeSet<(RequestId, String)> = Default::default();
+        let mut assigned: std::collections::BTreeSet<u64> = Default::default();
         for g in ops {
             let op = match g {
                 Gen::Create(q, cap, lifo, f) => Op::Create(QueueSpec {
@@ -283,16 +303,18 @@ proptest! {
                 Gen::Ready(c, n) => Op::Ready { consumer: MemberId(c), credits: n },
                 Gen::TryTake(c) => Op::TryTake { consumer: MemberId(c) },
                 Gen::Complete(c, i, out, n) => {
-                    // Mostly complete something really in flight (at this or another consumer).
-                    let (id, step) = if model.in_flight.is_empty() { (RequestId(i as u64 % 5), "s0".to_string()) }
-                        else { let f = &model.in_flight[i % model.in_flight.len()]; (f.0, f.1.clone()) };
-                    let outputs = out.map(|q| { let mut r = req(id.0, q); r.step = format!("s{q}x"); vec![r] }).unwrap_or_default();
-                    Op::Complete { consumer: MemberId(c), id, step, outputs, result: None, meta: Meta::default(), credits: n }
+                    // Mostly complete something really in flight (at this or another consumer),
+                    // sometimes an instance that never existed.
+                    let (instance, id, step) = if model.in_flight.is_empty() { (i as u64 % 7, RequestId(i as u64 % 5), "s0".to_string()) }
+                        else { let f = &model.in_flight[i % model.in_flight.len()]; (f.0, f.1, f.2.clone()) };
+                    // Fan-out to the same step twice (two instances of one step of one run).
+                    let outputs = out.map(|q| { let mut r = req(id.0, q); r.step = format!("s{q}x"); vec![r.clone(), r] }).unwrap_or_default();
+                    Op::Complete { consumer: MemberId(c), id, instance, step, outputs, result: None, meta: Meta::default(), credits: n }
                 }
                 Gen::Fail(c, i, n) => {
-                    let (id, step) = if model.in_flight.is_empty() { (RequestId(1), "s0".to_string()) }
-                        else { let f = &model.in_flight[i % model.in_flight.len()]; (f.0, f.1.clone()) };
-                    Op::Fail { consumer: MemberId(c), id, step, error: "boom".into(), credits: n }
+                    let (instance, id, step) = if model.in_flight.is_empty() { (1, RequestId(1), "s0".to_string()) }
+                        else { let f = &model.in_flight[i % model.in_flight.len()]; (f.0, f.1, f.2.clone()) };
+                    Op::Fail { consumer: MemberId(c), id, instance, step, error: "boom".into(), credits: n }
                 }
             };
             // Every operation survives its own encoding.
@@ -304,11 +326,11 @@ proptest! {
             prop_assert_eq!(real.in_flight(), model.in_flight.len());
             for e in &got {
                 if let Effect::Assigned { req, .. } = e {
-                    // Exactly one consumer: a (request, step) is never handed out twice at once.
-                    prop_assert!(assigned.insert((req.id, req.step.clone())), "assigned twice: {:?}", req.id);
+                    // Exactly one consumer: a request instance is never handed out twice.
+                    prop_assert!(assigned.insert(req.instance), "assigned twice: {:?}", req);
                 }
-                if let Effect::Completed { id, step, .. } | Effect::Failed { id, step, .. } = e {
-                    assigned.remove(&(*id, step.clone()));
+                if let Effect::Completed { instance, .. } | Effect::Failed { instance, .. } = e {
+                    prop_assert!(assigned.remove(instance), "completed but not assigned: {}", instance);
                 }
             }
             for (spec, items, _) in &model.queues {
@@ -424,4 +446,133 @@ fn first_ready_consumer_is_served_first_and_fifo_lifo_hold() {
     // Consumer 1's standing credit took request 10 as soon as it was pushed; then each
     // non-blocking take gets the newest.
     assert_eq!(ids, vec![12, 11]);
+}
+
+#[test]
+fn two_instances_of_one_step_of_one_run_both_complete() {
+    let mut s = QueueState::new();
+    let mut fx = Vec::new();
+    for q in ["a", "d"] {
+        s.apply(
+            Op::Create(QueueSpec {
+                name: q.into(),
+                capacity: 10,
+                order: Order::Fifo,
+                on_full: OnFull::Reject,
+            }),
+            &mut fx,
+        );
+        for c in [1, 2] {
+            s.apply(
+                Op::Subscribe {
+                    consumer: MemberId(c),
+                    queue: q.into(),
+                },
+                &mut fx,
+            );
+        }
+    }
+    let mut first = req(7, 0);
+    first.queue = "a".into();
+    s.apply(
+        Op::Push {
+            pusher: MemberId(0),
+            req: first,
+        },
+        &mut fx,
+    );
+    fx.clear();
+    s.apply(
+        Op::Ready {
+            consumer: MemberId(1),
+            credits: 1,
+        },
+        &mut fx,
+    );
+    let Some(Effect::Assigned { req: a, .. }) = fx.pop() else {
+        panic!("{fx:?}")
+    };
+    // Its completion continues to step d twice (fan-out that merges again).
+    let mut d = req(7, 0);
+    d.queue = "d".into();
+    d.step = "d".into();
+    fx.clear();
+    s.apply(
+        Op::Complete {
+            consumer: MemberId(1),
+            id: a.id,
+            instance: a.instance,
+            step: a.step.clone(),
+            outputs: vec![d.clone(), d],
+            result: None,
+            meta: Meta::default(),
+            credits: 0,
+        },
+        &mut fx,
+    );
+    s.apply(
+        Op::Ready {
+            consumer: MemberId(1),
+            credits: 1,
+        },
+        &mut fx,
+    );
+    s.apply(
+        Op::Ready {
+            consumer: MemberId(2),
+            credits: 1,
+        },
+        &mut fx,
+    );
+    let ds: Vec<(MemberId, Request)> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Assigned { consumer, req } => Some((*consumer, req.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ds.len(), 2);
+    assert_ne!(ds[0].1.instance, ds[1].1.instance);
+    fx.clear();
+    for (c, r) in &ds {
+        s.apply(
+            Op::Complete {
+                consumer: *c,
+                id: r.id,
+                instance: r.instance,
+                step: r.step.clone(),
+                outputs: vec![],
+                result: None,
+                meta: Meta::default(),
+                credits: 0,
+            },
+            &mut fx,
+        );
+    }
+    let done = fx
+        .iter()
+        .filter(|e| matches!(e, Effect::Completed { terminal: true, .. }))
+        .count();
+    assert_eq!(done, 2, "{fx:?}");
+    // A repeated completion is a duplicate.
+    let (c, r) = &ds[0];
+    fx.clear();
+    s.apply(
+        Op::Complete {
+            consumer: *c,
+            id: r.id,
+            instance: r.instance,
+            step: r.step.clone(),
+            outputs: vec![],
+            result: None,
+            meta: Meta::default(),
+            credits: 0,
+        },
+        &mut fx,
+    );
+    assert!(
+        matches!(&fx[..], [Effect::DuplicateCompletion { .. }]),
+        "{fx:?}"
+    );
+    assert_eq!(s.in_flight(), 0);
 }

@@ -191,8 +191,8 @@ pub struct Sim {
     reference: Vec<(MemberId, Seq)>,
     /// Queue digest after each delivery index of the reference.
     digests: Vec<[u8; 32]>,
-    /// Request steps assigned and not yet finished (exactly-one-consumer check).
-    assigned: BTreeSet<(RequestId, String)>,
+    /// Request instances assigned and not yet finished (exactly-one-consumer check).
+    assigned: BTreeSet<u64>,
     /// Requests whose run ended (terminal completion), with count.
     finished: BTreeMap<RequestId, u32>,
     /// Requests pushed at the entry step.
@@ -314,6 +314,7 @@ impl Sim {
                     pusher: MemberId(0),
                     req: Request {
                         id: RequestId(u64::MAX),
+                        instance: 0,
                         step: "s0".into(),
                         queue: "s0".into(),
                         payload: b"forged".to_vec(),
@@ -481,10 +482,13 @@ impl Sim {
             for e in &effects {
                 match e {
                     Effect::Assigned { consumer, req } => {
-                        if first && !self.assigned.insert((req.id, req.step.clone())) {
+                        if first && !self.assigned.insert(req.instance) {
                             return Err(self.violation(
                                 "exactly one consumer",
-                                format!("{}/{} assigned twice", req.id, req.step),
+                                format!(
+                                    "{}/{} (instance {}) assigned twice",
+                                    req.id, req.step, req.instance
+                                ),
                             ));
                         }
                         if *consumer == me {
@@ -495,9 +499,12 @@ impl Sim {
                         }
                     }
                     Effect::Completed {
-                        id, step, terminal, ..
+                        id,
+                        instance,
+                        terminal,
+                        ..
                     } if first => {
-                        self.assigned.remove(&(*id, step.clone()));
+                        self.assigned.remove(instance);
                         if *terminal {
                             *self.finished.entry(*id).or_insert(0) += 1;
                         }
@@ -612,6 +619,7 @@ impl Sim {
                         let counter = (self.cfg.requests - node.pushes_left) as u64;
                         let req = Request {
                             id: RequestId::new(me, counter),
+                            instance: 0,
                             step: "s0".into(),
                             queue: "s0".into(),
                             payload: vec![at as u8; (counter % 50) as usize],
@@ -642,6 +650,7 @@ impl Sim {
                     self.nodes[at].outbox.push_back(Op::Complete {
                         consumer: me,
                         id: req.id,
+                        instance: req.instance,
                         step: req.step,
                         outputs,
                         result: None,
