@@ -29,7 +29,9 @@
 //! Reliability: a receiver keeps out-of-order messages inside its receive window and reports the
 //! contiguous prefix in its row (a cumulative acknowledgement). A sender that sees a peer's row
 //! lag behind what it sent for longer than the retransmission timeout resends the gap to that
-//! peer, with exponential back-off. A receiver that gets a duplicate answers with its row at
+//! peer, with exponential back-off. The timeout adapts to each peer's measured round trip
+//! (RFC 6298: `srtt + 4 rttvar`, one timed message per round trip, none timed across a
+//! retransmission), never below the configured `rto`. A receiver that gets a duplicate answers with its row at
 //! once, which repairs lost acknowledgements. Status rows are repeated every
 //! `status_interval` while anything is in flight, and every `heartbeat` when idle.
 //!
@@ -59,7 +61,7 @@ pub struct ProtoConfig {
     pub status_interval: Duration,
     /// Period of status rows when idle (heartbeat).
     pub heartbeat: Duration,
-    /// Initial retransmission timeout.
+    /// Retransmission timeout before any round trip is measured, and its lower bound after.
     pub rto: Duration,
     /// Upper bound of the retransmission timeout after back-off.
     pub rto_max: Duration,
@@ -259,7 +261,39 @@ impl SenderLog {
 struct Retx {
     /// When to resend if the peer's acknowledgement of our messages has not moved.
     deadline: Option<Instant>,
+    /// Current timeout (doubled on each retransmission, back to `base_rto()` on progress).
     rto: Duration,
+    /// Smoothed round trip and its variation to this peer, microseconds (RFC 6298), once
+    /// measured.
+    srtt_us: Option<u64>,
+    rttvar_us: u64,
+    /// The round trip being timed: acknowledged once the peer holds `seq` messages of ours,
+    /// first sent at the instant given. Cleared by a retransmission (Karn's rule).
+    sample: Option<(u64, Instant)>,
+}
+
+impl Retx {
+    /// The timeout after progress: `srtt + 4 rttvar` once measured, never below `floor`.
+    fn base_rto(&self, floor: Duration, ceiling: Duration) -> Duration {
+        match self.srtt_us {
+            Some(srtt) => Duration::from_micros(srtt + 4 * self.rttvar_us).clamp(floor, ceiling),
+            None => floor,
+        }
+    }
+
+    fn on_rtt_sample(&mut self, rtt_us: u64) {
+        match self.srtt_us {
+            None => {
+                self.srtt_us = Some(rtt_us);
+                self.rttvar_us = rtt_us / 2;
+            }
+            Some(srtt) => {
+                let err = srtt.abs_diff(rtt_us);
+                self.rttvar_us = (3 * self.rttvar_us + err) / 4;
+                self.srtt_us = Some((7 * srtt + rtt_us) / 8);
+            }
+        }
+    }
 }
 
 /// One member of a view running the total-order multicast. See the module docs.
@@ -340,7 +374,10 @@ impl Member {
             retx: vec![
                 Retx {
                     deadline: None,
-                    rto
+                    rto,
+                    srtt_us: None,
+                    rttvar_us: 0,
+                    sample: None,
                 };
                 n
             ],
@@ -527,11 +564,22 @@ impl Member {
             }
         }
         if after > before {
-            let rto = self.cfg.rto;
+            let (floor, ceiling) = (self.cfg.rto, self.cfg.rto_max);
+            let now = self.now;
             let rt = &mut self.retx[r];
-            rt.rto = rto;
+            if let Some((seq, sent)) = rt.sample {
+                if after >= seq {
+                    rt.on_rtt_sample(now.saturating_since(sent).as_micros() as u64);
+                    rt.sample = None;
+                }
+            }
+            // Until a round trip is measured, keep a backed-off timeout (Karn): resetting it to
+            // the floor would time out again before any sample could complete.
+            if rt.srtt_us.is_some() {
+                rt.rto = rt.base_rto(floor, ceiling);
+            }
             rt.deadline = if after < self.unsent {
-                Some(self.now + rto)
+                Some(now + rt.rto)
             } else {
                 None
             };
@@ -689,6 +737,7 @@ impl Member {
                         if !sabotaged {
                             self.retx_queue.push_back((p, acked));
                         }
+                        rt.sample = None;
                         rt.rto = (rt.rto * 2).min(self.cfg.rto_max);
                         rt.deadline = Some(now + rt.rto);
                     } else {
@@ -818,10 +867,22 @@ impl Member {
             while self.unsent < own_highest {
                 self.unsent = self.emit_data(Dest::All, self.unsent, own_highest, &row);
             }
-            let deadline = self.now + self.cfg.rto;
+            let (now, floor, ceiling, sent) =
+                (self.now, self.cfg.rto, self.cfg.rto_max, self.unsent);
             for (p, rt) in self.retx.iter_mut().enumerate() {
-                if p != self.rank && rt.deadline.is_none() {
-                    rt.deadline = Some(deadline);
+                if p == self.rank {
+                    continue;
+                }
+                if rt.deadline.is_none() {
+                    let rto = if rt.srtt_us.is_some() {
+                        rt.base_rto(floor, ceiling)
+                    } else {
+                        rt.rto
+                    };
+                    rt.deadline = Some(now + rto);
+                }
+                if rt.sample.is_none() {
+                    rt.sample = Some((sent, now));
                 }
             }
             self.status_all = false;

@@ -123,3 +123,27 @@ fn foreign_and_corrupted_frames_are_dropped() {
 fn c_members(seed: u64) -> usize {
     conveyor_testbed::sim::SimConfig::from_seed(seed).members
 }
+
+#[test]
+fn the_retransmission_timeout_adapts_to_a_slow_network() {
+    let r = run_seed(5, |c| {
+        c.members = 3;
+        c.loss = 0.0;
+        c.duplicate = 0.0;
+        c.corrupt = 0.0;
+        c.partitions.clear();
+        c.delay_us = (5_000, 6_000);
+        c.requests = 60;
+        c.push_gap_us = (2_000, 4_000);
+        c.proto.rto = std::time::Duration::from_millis(1);
+    })
+    .unwrap();
+    // Round trips of 10-12 ms against a 1 ms floor: without adaptation nearly every message
+    // would be resent; with it, only the first round trips before a measurement exists.
+    assert!(
+        r.retransmitted_slots * 10 < r.delivered,
+        "{} slots retransmitted for {} delivered",
+        r.retransmitted_slots,
+        r.delivered
+    );
+}
