@@ -96,9 +96,10 @@ pub fn run(
             }
             let rep = handle.join();
             tracing::info!(
-                "member {member}: polling loop stalls over 1 ms: {}, longest {} us; retransmitted {} slots",
+                "member {member}: polling loop stalls over 1 ms: {}, longest {} us; contended spells {}; retransmitted {} slots",
                 rep.stalls_over_1ms,
                 rep.longest_stall_us,
+                rep.contended_spells,
                 rep.proto.retransmitted_slots
             );
             let r = report.lock().map(|r| r.clone()).unwrap_or_default();
@@ -150,9 +151,10 @@ pub fn run(
             handle.submit(&Op::Shutdown { by: handle.me() })?;
             let er = handle.join();
             tracing::info!(
-                "member {member}: polling loop stalls over 1 ms: {}, longest {} us; retransmitted {} slots",
+                "member {member}: polling loop stalls over 1 ms: {}, longest {} us; contended spells {}; retransmitted {} slots",
                 er.stalls_over_1ms,
                 er.longest_stall_us,
+                er.contended_spells,
                 er.proto.retransmitted_slots
             );
             rep.retransmitted_slots = er.proto.retransmitted_slots;

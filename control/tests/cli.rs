@@ -2,7 +2,16 @@
 
 use serde_json::Value;
 use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// Tests that start a whole group take turns: several groups at once on a 2-core machine
+/// measure CPU contention, not behaviour (three groups and two other busy processes on 2 cores
+/// cut throughput below the offered 1000 requests/s).
+fn whole_group() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn conveyor(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_conveyor"))
@@ -24,6 +33,7 @@ fn report(out: &Output) -> Value {
 
 #[test]
 fn constant_bench_completes_every_request_once() {
+    let _turn = whole_group();
     let out = conveyor(&[
         "bench",
         "--workload",
@@ -75,6 +85,7 @@ fn constant_bench_completes_every_request_once() {
 
 #[test]
 fn burst_drains_with_thread_executors() {
+    let _turn = whole_group();
     let out = conveyor(&[
         "bench",
         "--workload",
@@ -168,6 +179,7 @@ fn options_that_cannot_run_fail_clearly() {
 
 #[test]
 fn demo_runs_and_reports() {
+    let _turn = whole_group();
     let out = conveyor(&["demo"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -188,6 +200,7 @@ fn demo_runs_and_reports() {
 
 #[test]
 fn a_restarted_member_stops_with_a_clear_message() {
+    let _turn = whole_group();
     let dir = std::env::temp_dir().join(format!("conveyor-cli-restart-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let ports: Vec<u16> = (0..2)

@@ -129,6 +129,8 @@ pub struct EngineReport {
     /// descheduled or an inline function ran long. A sign of oversubscribed cores.
     pub stalls_over_1ms: u64,
     pub longest_stall_us: u64,
+    /// Times the idle policy parked instead of yielding because the core was contended.
+    pub contended_spells: u64,
 }
 
 #[derive(Debug, Default)]
@@ -168,6 +170,10 @@ pub struct EngineHandle {
 }
 
 const CMD_RING: usize = 4096;
+/// A yield that gave the core away this long means a CPU-bound thread shares it.
+const CONTENDED_YIELD: Duration = Duration::from_millis(1);
+/// How long to park instead of yielding after seeing such a yield.
+const CONTENDED_FOR: Duration = Duration::from_millis(20);
 const EVENT_RING: usize = 1 << 16;
 const RECV_BATCH: usize = 64;
 
@@ -219,6 +225,7 @@ impl EngineHandle {
             malformed_ops: 0,
             inline,
             inline_started: false,
+            contended_spells: 0,
             inline_events: VecDeque::new(),
             local_ops: VecDeque::new(),
             cfg,
@@ -413,6 +420,8 @@ struct Engine {
     malformed_ops: u64,
     inline: Option<Box<dyn InlineApp>>,
     inline_started: bool,
+    /// Times a long yield switched the idle policy to parking (see `CONTENDED_YIELD`).
+    contended_spells: u64,
     /// Events for the inline application, run one per loop iteration so that frames are
     /// received, acknowledged and sent between two functions.
     inline_events: VecDeque<Event>,
@@ -469,6 +478,7 @@ impl Engine {
         let mut error = None;
         let mut last_iter = std::time::Instant::now();
         let (mut stalls, mut longest) = (0u64, 0u64);
+        let mut contended_until: Option<std::time::Instant> = None;
         self.set_status(format!(
             "waiting for {}",
             self.member
@@ -566,10 +576,19 @@ impl Engine {
             let since = *idle_since.get_or_insert_with(std::time::Instant::now);
             let idle_us = since.elapsed().as_micros() as u64;
             let p = self.cfg.idle;
+            let contended = contended_until.is_some_and(|t| std::time::Instant::now() < t);
             if idle_us < p.spin_us {
                 std::hint::spin_loop();
-            } else if idle_us < p.spin_us.saturating_add(p.yield_us) {
+            } else if idle_us < p.spin_us.saturating_add(p.yield_us) && !contended {
+                let t = std::time::Instant::now();
                 thread::yield_now();
+                if t.elapsed() >= CONTENDED_YIELD {
+                    // Another thread held this core for a long while (a CPU-bound process):
+                    // a yielding poller waits behind its whole slice at every hop, while a
+                    // parked one is woken by the frame and preempts it. Park for a while.
+                    contended_until = Some(std::time::Instant::now() + CONTENDED_FOR);
+                    self.contended_spells += 1;
+                }
             } else {
                 self.park();
                 last_iter = std::time::Instant::now();
@@ -595,6 +614,7 @@ impl Engine {
             error,
             stalls_over_1ms: stalls,
             longest_stall_us: longest,
+            contended_spells: self.contended_spells,
         }
     }
 
