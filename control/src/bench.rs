@@ -99,6 +99,76 @@ pub struct GroupRun {
     pub executor: String,
     /// Pin invokers round-robin over the machine's cores.
     pub pin: bool,
+    /// Where the members run.
+    pub hosts: Hosts,
+}
+
+/// Where a run's members live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hosts {
+    /// All on 127.0.0.1.
+    Local,
+    /// Each in its own network namespace, joined by veth and a bridge (`testbed/netns.sh`).
+    Netns,
+}
+
+/// The test bed script, embedded so that an installed binary needs no source tree.
+const NETNS_SH: &str = include_str!("../../testbed/netns.sh");
+
+/// Network namespaces made for one run; removed when dropped, whatever happened.
+struct NetnsHosts {
+    prefix: String,
+}
+
+/// Runs the embedded test bed script with `args`.
+fn netns_sh(args: &[&str]) -> std::io::Result<std::process::Output> {
+    Command::new("bash")
+        .args(["-c", NETNS_SH, "netns.sh"])
+        .args(args)
+        .output()
+}
+
+impl NetnsHosts {
+    fn up(n: usize) -> Result<NetnsHosts> {
+        // Namespaces need root (or CAP_SYS_ADMIN).
+        if effective_uid() != 0 {
+            bail!(
+                "--hosts netns needs root: it creates network namespaces, veth pairs and a bridge"
+            );
+        }
+        let prefix = format!("cvb{}", std::process::id() % 100_000);
+        let out = netns_sh(&["up", &n.to_string(), "--prefix", &prefix])
+            .context("running bash for the namespace test bed (is iproute2 installed?)")?;
+        let hosts = NetnsHosts { prefix };
+        if !out.status.success() {
+            bail!(
+                "creating {n} network namespaces failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(hosts)
+    }
+    fn namespace(&self, i: usize) -> String {
+        format!("{}-h{i}", self.prefix)
+    }
+}
+
+impl Drop for NetnsHosts {
+    fn drop(&mut self) {
+        let _ = netns_sh(&["down", "--prefix", &self.prefix]);
+    }
+}
+
+fn effective_uid() -> u32 {
+    // /proc/self/status has "Uid: real effective saved fs".
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(u32::MAX)
 }
 
 fn free_udp_ports(n: usize) -> Result<Vec<u16>> {
@@ -147,7 +217,19 @@ pub fn run_local_group(run: &GroupRun) -> Result<TriggerReport> {
     let names: Vec<String> = std::iter::once("trigger".to_string())
         .chain((0..run.invokers).map(|i| format!("invoker-{i}")))
         .collect();
-    let ports = free_udp_ports(names.len())?;
+    let netns = match run.hosts {
+        Hosts::Local => None,
+        Hosts::Netns => Some(NetnsHosts::up(names.len())?),
+    };
+    let addresses: Vec<String> = match &netns {
+        None => free_udp_ports(names.len())?
+            .into_iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect(),
+        Some(_) => (0..names.len())
+            .map(|i| format!("10.77.0.{}:7400", i + 1))
+            .collect(),
+    };
     let mut toml = format!(
         "# Written by conveyor for one run.\n[group]\nname = \"bench\"\nkey = \"{}\"\ntransport = \"udp\"\npipelines = [\"pipeline.json\"]\nstartup_timeout_s = 20\n",
         fresh_key()?
@@ -157,14 +239,14 @@ pub fn run_local_group(run: &GroupRun) -> Result<TriggerReport> {
             "\n[idle]\nspin_us = {spin}\nyield_us = {yld}\nslice_us = {slice}\n"
         ));
     }
-    for (name, port) in names.iter().zip(&ports) {
+    for (name, address) in names.iter().zip(&addresses) {
         let role = if name == "trigger" {
             "trigger"
         } else {
             "invoker"
         };
         toml.push_str(&format!(
-            "\n[[member]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\nrole = \"{role}\"\n"
+            "\n[[member]]\nname = \"{name}\"\naddress = \"{address}\"\nrole = \"{role}\"\n"
         ));
         if role == "invoker" && run.pin {
             let cores = std::thread::available_parallelism()
@@ -194,7 +276,15 @@ pub fn run_local_group(run: &GroupRun) -> Result<TriggerReport> {
     // correctness, but it keeps the trigger's clock start close to the real start.
     for name in names.iter().skip(1).chain(std::iter::once(&names[0])) {
         let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-        let mut cmd = Command::new(&exe);
+        let mut cmd = match &netns {
+            None => Command::new(&exe),
+            Some(h) => {
+                let i = names.iter().position(|x| x == name).unwrap_or(0);
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &h.namespace(i)]).arg(&exe);
+                c
+            }
+        };
         cmd.arg("node")
             .arg("--config")
             .arg(dir.join("conveyor.toml"))
@@ -402,14 +492,16 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             args.transport
         );
     }
-    if args.hosts != "local" {
-        bail!("--hosts {}: not available in this version (the network-namespace test bed comes with the membership issue); available: local", args.hosts);
-    }
+    let hosts = match args.hosts.as_str() {
+        "local" => Hosts::Local,
+        "netns" => Hosts::Netns,
+        other => bail!("--hosts: expected local or netns, found {other:?}"),
+    };
     if !args.fault.is_empty() {
         bail!("--fault: fault injection needs view changes, not available in this version");
     }
     if args.netem.is_some() {
-        bail!("--netem needs --hosts netns, not available in this version");
+        bail!("--netem: not available in this version (the kernel of the development machines has no netem; loss and delay injection comes with the membership issue)");
     }
     if args.hlog.is_some() || args.plot.is_some() {
         bail!("--hlog and --plot are not available in this version (they come with the latency-study toolkit)");
@@ -447,6 +539,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         credits: args.credits,
         executor: args.executor.clone(),
         pin: args.pin == "auto",
+        hosts,
         idle: match (args.spin_us, args.yield_us, args.slice_us) {
             (None, None, None) => None,
             (s, y, l) => {
@@ -460,8 +553,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         },
     };
     eprintln!(
-        "conveyor bench: {} workload, backend conveyor, transport udp, hosts local, {} invokers, chain {} x {} us",
-        args.workload, args.invokers, args.chain, args.fn_us
+        "conveyor bench: {} workload, backend conveyor, transport udp, hosts {}, {} invokers, chain {} x {} us",
+        args.workload, args.hosts, args.invokers, args.chain, args.fn_us
     );
     let rtt = udp_rtt_baseline().context("measuring the baseline")?;
     let r = run_local_group(&run)?;
@@ -607,6 +700,7 @@ pub fn demo() -> Result<()> {
         credits: 2,
         executor: "inline".into(),
         pin: true,
+        hosts: Hosts::Local,
     };
     let r = run_local_group(&run)?;
     let l = r.latency_us;

@@ -167,7 +167,8 @@ fn options_that_cannot_run_fail_clearly() {
     for (args, needle) in [
         (vec!["bench", "--backend", "redis"], "redis"),
         (vec!["bench", "--transport", "afxdp"], "afxdp"),
-        (vec!["bench", "--hosts", "netns"], "netns"),
+        (vec!["bench", "--hosts", "mars"], "mars"),
+        (vec!["bench", "--netem", "loss 5%"], "netem"),
         (vec!["bench", "--workload", "sideways"], "sideways"),
     ] {
         let out = conveyor(&args);

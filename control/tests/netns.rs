@@ -1,0 +1,161 @@
+//! The network-namespace test bed (`testbed/netns.sh`) and `conveyor bench --hosts netns`.
+//! These need root; without it each test says that it did not run. CI runs as root.
+
+use std::process::Command;
+use std::sync::Mutex;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn script() -> String {
+    format!("{}/../testbed/netns.sh", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn namespaces(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+macro_rules! needs_root {
+    ($name:literal) => {
+        if !is_root() {
+            eprintln!("NOT RUN: {} needs root (network namespaces)", $name);
+            return;
+        }
+    };
+}
+
+#[test]
+fn hosts_come_up_addressed_and_go_away() {
+    needs_root!("hosts_come_up_addressed_and_go_away");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let up = Command::new("bash")
+        .args([&script(), "up", "3", "--prefix", "cvtst"])
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let mut ns = namespaces("cvtst-");
+    ns.sort();
+    assert_eq!(ns, vec!["cvtst-h0", "cvtst-h1", "cvtst-h2", "cvtst-hub"]);
+    for i in 0..3 {
+        let a = Command::new("ip")
+            .args([
+                "-n",
+                &format!("cvtst-h{i}"),
+                "-4",
+                "addr",
+                "show",
+                "dev",
+                "eth0",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&a.stdout);
+        assert!(text.contains(&format!("10.77.0.{}/24", i + 1)), "{text}");
+        assert!(text.contains("UP"), "{text}");
+    }
+    let down = Command::new("bash")
+        .args([&script(), "down", "--prefix", "cvtst"])
+        .output()
+        .unwrap();
+    assert!(down.status.success());
+    assert!(namespaces("cvtst-").is_empty());
+}
+
+#[test]
+fn netem_is_applied_or_its_absence_is_explained() {
+    needs_root!("netem_is_applied_or_its_absence_is_explained");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let up = Command::new("bash")
+        .args([
+            &script(),
+            "up",
+            "2",
+            "--prefix",
+            "cvtne",
+            "--netem",
+            "delay 1ms",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&up.stderr);
+    if up.status.success() {
+        let q = Command::new("ip")
+            .args([
+                "netns", "exec", "cvtne-h0", "tc", "qdisc", "show", "dev", "eth0",
+            ])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&q.stdout).contains("netem"));
+        Command::new("bash")
+            .args([&script(), "down", "--prefix", "cvtne"])
+            .output()
+            .unwrap();
+    } else {
+        assert!(err.contains("netem"), "{err}");
+    }
+    assert!(namespaces("cvtne-").is_empty(), "namespaces left behind");
+}
+
+#[test]
+fn bench_runs_each_member_in_its_own_namespace() {
+    needs_root!("bench_runs_each_member_in_its_own_namespace");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args([
+            "bench",
+            "--hosts",
+            "netns",
+            "--workload",
+            "constant",
+            "--rate",
+            "500",
+            "--duration",
+            "1.5",
+            "--chain",
+            "2",
+            "--fn-us",
+            "30",
+            "--json",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &v[0];
+    assert_eq!(r["hosts"], "netns");
+    assert_eq!(r["completed"], 750);
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["duplicates"], 0);
+    assert!(
+        namespaces("cvb").is_empty(),
+        "the bench left namespaces behind"
+    );
+}
