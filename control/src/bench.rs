@@ -79,6 +79,10 @@ pub struct BenchArgs {
     /// Requests each invoker may hold at once (the next one is assigned while it runs one).
     #[arg(long, default_value_t = 2)]
     pub credits: u32,
+    /// Inject loss, duplication and delay on every member's sends, e.g.
+    /// "loss=5%,dup=1%,delay=100us,jitter=50us" (works where the kernel has no netem).
+    #[arg(long)]
+    pub impair: Option<String>,
     /// Where invokers run functions: inline (in the polling thread) or thread (behind rings).
     #[arg(long, default_value = "inline")]
     pub executor: String,
@@ -101,6 +105,8 @@ pub struct GroupRun {
     pub pin: bool,
     /// Where the members run.
     pub hosts: Hosts,
+    /// `group.impair` for the run.
+    pub impair: Option<String>,
 }
 
 /// Where a run's members live.
@@ -234,6 +240,9 @@ pub fn run_local_group(run: &GroupRun) -> Result<TriggerReport> {
         "# Written by conveyor for one run.\n[group]\nname = \"bench\"\nkey = \"{}\"\ntransport = \"udp\"\npipelines = [\"pipeline.json\"]\nstartup_timeout_s = 20\n",
         fresh_key()?
     );
+    if let Some(spec) = &run.impair {
+        toml.push_str(&format!("impair = \"{spec}\"\n"));
+    }
     if let Some((spin, yld, slice)) = run.idle {
         toml.push_str(&format!(
             "\n[idle]\nspin_us = {spin}\nyield_us = {yld}\nslice_us = {slice}\n"
@@ -501,10 +510,14 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         bail!("--fault: fault injection needs view changes, not available in this version");
     }
     if args.netem.is_some() {
-        bail!("--netem: not available in this version (the kernel of the development machines has no netem; loss and delay injection comes with the membership issue)");
+        bail!("--netem: not available in this version (the kernel of the development machines has no netem); use --impair \"loss=5%,delay=50us\" to inject loss, duplication and delay in Conveyor's transport");
     }
     if args.hlog.is_some() || args.plot.is_some() {
         bail!("--hlog and --plot are not available in this version (they come with the latency-study toolkit)");
+    }
+    if let Some(spec) = &args.impair {
+        spec.parse::<conveyor_dataplane::transport::impair::ImpairSpec>()
+            .map_err(|e| anyhow::anyhow!("--impair: {e}"))?;
     }
     if !matches!(args.pin.as_str(), "auto" | "none") {
         bail!("--pin: expected auto or none, found {:?}", args.pin);
@@ -540,6 +553,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         executor: args.executor.clone(),
         pin: args.pin == "auto",
         hosts,
+        impair: args.impair.clone(),
         idle: match (args.spin_us, args.yield_us, args.slice_us) {
             (None, None, None) => None,
             (s, y, l) => {
@@ -701,6 +715,7 @@ pub fn demo() -> Result<()> {
         executor: "inline".into(),
         pin: true,
         hosts: Hosts::Local,
+        impair: None,
     };
     let r = run_local_group(&run)?;
     let l = r.latency_us;

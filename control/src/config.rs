@@ -4,6 +4,7 @@
 use conveyor_dataplane::engine::{EngineConfig, IdlePolicy};
 use conveyor_dataplane::pipeline::Pipeline;
 use conveyor_dataplane::proto::{ProtoConfig, Sabotage};
+use conveyor_dataplane::transport::impair::ImpairSpec;
 use conveyor_dataplane::types::{GroupId, MemberId, View, ViewId};
 use conveyor_dataplane::wire::{self, Key};
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,10 @@ pub struct GroupSection {
     pub startup_timeout_s: u64,
     #[serde(default = "d_linger_ms")]
     pub linger_ms: u64,
+    /// Inject loss, duplication and delay on every member's sends (testing and studies):
+    /// e.g. "loss=5%,dup=1%,delay=100us,jitter=50us".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impair: Option<String>,
 }
 
 fn d_transport() -> String {
@@ -167,6 +172,7 @@ pub struct GroupConfig {
     pub file: GroupFile,
     pub path: PathBuf,
     pub key: Key,
+    pub impair: Option<ImpairSpec>,
     pub addresses: Vec<SocketAddr>,
     pub pipelines: Vec<Pipeline>,
 }
@@ -292,6 +298,13 @@ impl GroupConfig {
                 ));
             }
         }
+        let impair = match &file.group.impair {
+            None => None,
+            Some(text) => Some(
+                text.parse::<ImpairSpec>()
+                    .map_err(|e| fail("group.impair", e.to_string()))?,
+            ),
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         let mut pipelines = Vec::new();
         for (i, p) in file.group.pipelines.iter().enumerate() {
@@ -317,6 +330,7 @@ impl GroupConfig {
             file,
             path: path.to_path_buf(),
             key,
+            impair,
             addresses,
             pipelines,
         })

@@ -6,7 +6,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use conveyor_dataplane::engine::{Clock, EngineHandle};
 use conveyor_dataplane::invoker::{run_invoker, InvokerApp};
 use conveyor_dataplane::queue::{Effect, Op};
+use conveyor_dataplane::transport::impair::Impaired;
 use conveyor_dataplane::transport::udp::UdpTransport;
+use conveyor_dataplane::transport::Transport;
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,8 +22,23 @@ pub fn run(
     let idx = cfg.member_index(member)?;
     let me = &cfg.file.members[idx];
     let local = cfg.addresses[idx];
-    let transport = UdpTransport::bind(local, cfg.addresses.clone())
+    let udp = UdpTransport::bind(local, cfg.addresses.clone())
         .with_context(|| format!("member {member}: starting the udp transport"))?;
+    let transport: Box<dyn Transport> = match &cfg.impair {
+        None => Box::new(udp),
+        Some(spec) => {
+            let mut spec = spec.clone();
+            spec.seed = spec.seed.wrapping_mul(1000).wrapping_add(idx as u64);
+            tracing::warn!(
+                "member {member}: IMPAIRED transport: loss {:.2}%, duplication {:.2}%, delay {} us + jitter {} us (group.impair)",
+                spec.loss * 100.0,
+                spec.duplicate * 100.0,
+                spec.delay_us,
+                spec.jitter_us
+            );
+            Box::new(Impaired::new(Box::new(udp), spec))
+        }
+    };
     let peers: Vec<String> = cfg
         .file
         .members
@@ -50,25 +67,17 @@ pub fn run(
     let (handle, invoker) = match invoker {
         Some(app) if inline => {
             let report = app.report();
-            let h = EngineHandle::start_with(
-                ecfg,
-                Box::new(transport),
-                Clock::new(),
-                Some(Box::new(app)),
-            )?;
+            let h = EngineHandle::start_with(ecfg, transport, Clock::new(), Some(Box::new(app)))?;
             (h, Some((None, report)))
         }
         Some(app) => {
             let report = app.report();
             (
-                EngineHandle::start(ecfg, Box::new(transport), Clock::new())?,
+                EngineHandle::start(ecfg, transport, Clock::new())?,
                 Some((Some(app), report)),
             )
         }
-        None => (
-            EngineHandle::start(ecfg, Box::new(transport), Clock::new())?,
-            None,
-        ),
+        None => (EngineHandle::start(ecfg, transport, Clock::new())?, None),
     };
     tracing::info!(
         "member {member}: waiting for every member (timeout {}s)",

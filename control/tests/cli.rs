@@ -266,3 +266,37 @@ fn a_restarted_member_stops_with_a_clear_message() {
         "{err}"
     );
 }
+
+#[test]
+fn requests_survive_injected_loss_duplication_and_reordering() {
+    let _turn = whole_group();
+    let out = conveyor(&[
+        "bench",
+        "--workload",
+        "constant",
+        "--rate",
+        "400",
+        "--duration",
+        "1.5",
+        "--chain",
+        "2",
+        "--fn-us",
+        "30",
+        "--impair",
+        "loss=5%,dup=3%,delay=50us,jitter=200us",
+        "--json",
+        "-",
+    ]);
+    let r = report(&out);
+    assert_eq!(r["completed"], 600, "{r}");
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["duplicates"], 0);
+    // Loss really happened and was repaired.
+    assert!(r["retransmitted_slots"].as_u64().unwrap() > 0, "{r}");
+    let shares = r["per_invoker"].as_object().unwrap();
+    assert_eq!(
+        shares.values().map(|v| v.as_u64().unwrap()).sum::<u64>(),
+        1200,
+        "{r}"
+    );
+}

@@ -620,7 +620,10 @@ impl Engine {
 
     fn park(&mut self) {
         let now = self.clock.now();
-        let until = self.member.poll_timeout();
+        let mut until = self.member.poll_timeout();
+        if let Some(t) = self.transport.next_deadline_us() {
+            until = until.min(Instant::from_micros(t));
+        }
         let wait = until
             .saturating_since(now)
             .min(Duration::from_micros(self.cfg.idle.park_max_us));

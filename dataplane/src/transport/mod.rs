@@ -5,9 +5,11 @@
 //! ordering are the protocol core's. Frames from addresses that are not peers are reported with
 //! `peer: None` so the engine can count and drop them.
 //!
-//! Implemented here: `udp` (kernel sockets, sendmmsg/recvmmsg). The other media (`shm`,
+//! Implemented here: `udp` (kernel sockets, sendmmsg/recvmmsg), and `impair`, a wrapper over any
+//! transport that injects loss, duplication and delay. The other media (`shm`,
 //! `afxdp`, `dpdk`, `rdma`) are added by later issues behind this same trait.
 
+pub mod impair;
 pub mod udp;
 mod udp_sys;
 
@@ -56,6 +58,9 @@ pub struct TransportStats {
     /// Frames larger than the receive buffers (truncated, dropped).
     pub oversized: u64,
     pub syscalls: u64,
+    /// Frames dropped or duplicated on purpose by an `impair` wrapper.
+    pub injected_loss: u64,
+    pub injected_duplicates: u64,
 }
 
 /// A medium that moves frames between peers.
@@ -69,5 +74,10 @@ pub trait Transport: Send {
     fn recv(&mut self, batch: &mut RecvBatch) -> io::Result<usize>;
     /// A file descriptor that becomes readable when frames arrive, for parking.
     fn poll_fd(&self) -> Option<RawFd>;
+    /// When the transport needs to be polled again even if nothing arrives (host clock,
+    /// microseconds), e.g. to send frames it holds back.
+    fn next_deadline_us(&self) -> Option<u64> {
+        None
+    }
     fn stats(&self) -> TransportStats;
 }
