@@ -29,7 +29,9 @@
 //! Reliability: a receiver keeps out-of-order messages inside its receive window and reports the
 //! contiguous prefix in its row (a cumulative acknowledgement). A sender that sees a peer's row
 //! lag behind what it sent for longer than the retransmission timeout resends the gap to that
-//! peer, with exponential back-off. The timeout adapts to each peer's measured round trip
+//! peer, with exponential back-off; a receiver that holds messages beyond a gap tells the
+//! sender at once (a status frame flagged `GAP`), which resends from the gap without waiting
+//! (once per acknowledgement value). The timeout adapts to each peer's measured round trip
 //! (RFC 6298: `srtt + 4 rttvar`, one timed message per round trip, none timed across a
 //! retransmission), never below the configured `rto`. A receiver that gets a duplicate answers with its row at
 //! once, which repairs lost acknowledgements. Status rows are repeated every
@@ -161,6 +163,8 @@ pub struct Stats {
     pub nulls_sent: u64,
     pub retransmitted_frames: u64,
     pub retransmitted_slots: u64,
+    /// Resends triggered by a peer reporting a gap (before any timeout).
+    pub fast_retransmits: u64,
     pub duplicate_slots: u64,
     pub beyond_window_slots: u64,
     pub window_full: u64,
@@ -225,6 +229,8 @@ struct SenderLog {
     contiguous: u64,
     /// One past the highest sequence known to exist (received, or announced in a row).
     highest: u64,
+    /// One past the highest sequence actually held (so `held_end > contiguous` means a gap).
+    held_end: u64,
 }
 
 impl SenderLog {
@@ -250,6 +256,7 @@ impl SenderLog {
         }
         self.slots[i] = Some(slot);
         self.highest = self.highest.max(seq + 1);
+        self.held_end = self.held_end.max(seq + 1);
         while let Some(Some(_)) = self.slots.get((self.contiguous - self.base) as usize) {
             self.contiguous += 1;
         }
@@ -325,6 +332,10 @@ pub struct Member {
     now: Instant,
     stats: Stats,
     restarted_by: Option<MemberId>,
+    /// Per sender: the contiguous count at which we last reported a gap to it.
+    gap_reported: Vec<Option<u64>>,
+    /// Per peer: the acknowledgement from which we last resent because it reported a gap.
+    fast_from: Vec<Option<u64>>,
     /// Scratch buffers reused on every frame: per-sender stable counts, and our own row.
     stable: Vec<u64>,
     row: Row,
@@ -390,6 +401,8 @@ impl Member {
             now,
             stats: Stats::default(),
             restarted_by: None,
+            gap_reported: vec![None; n],
+            fast_from: vec![None; n],
             stable: Vec::with_capacity(n),
             row: Row {
                 heartbeat: 0,
@@ -533,6 +546,15 @@ impl Member {
         }
         self.last_heard[r] = Some(now);
         self.merge_row(r, &frame);
+        if h.flags & wire::FLAG_GAP != 0 && self.cfg.sabotage != Sabotage::NoRetransmit {
+            let acked = self.rows[r].received[self.rank];
+            if acked < self.unsent && self.fast_from[r] != Some(acked) {
+                self.fast_from[r] = Some(acked);
+                self.retx_queue.push_back((r, acked));
+                self.retx[r].sample = None;
+                self.stats.fast_retransmits += 1;
+            }
+        }
         if h.kind == Kind::Data {
             self.receive_entries(r, h.seq.0, &frame);
         }
@@ -618,6 +640,12 @@ impl Member {
         }
         if dup {
             // Our acknowledgement was probably lost: repeat it to the sender.
+            self.status_to[r] = true;
+        }
+        let log = &self.logs[r];
+        if log.held_end > log.contiguous && self.gap_reported[r] != Some(log.contiguous) {
+            // A gap: report it to the sender now (FLAG_GAP), once per contiguous count.
+            self.gap_reported[r] = Some(log.contiguous);
             self.status_to[r] = true;
         }
     }
@@ -803,6 +831,7 @@ impl Member {
             sender: self.me,
             count: 0,
             seq: Seq(seq),
+            flags: 0,
         }
     }
 
@@ -841,7 +870,15 @@ impl Member {
 
     fn emit_status(&mut self, dest: Dest, row: &Row) {
         let mut buf = self.pool.pop().unwrap_or_default();
-        let header = self.header(Kind::Status, 0);
+        let mut header = self.header(Kind::Status, 0);
+        if let Dest::One(m) = dest {
+            // Tell a sender when we hold messages of its beyond a gap: it resends at once.
+            if let Some(r) = self.view.rank_of(m) {
+                if self.logs[r].held_end > self.logs[r].contiguous {
+                    header.flags = wire::FLAG_GAP;
+                }
+            }
+        }
         FrameWriter::new(&mut buf, self.cfg.max_frame, &header, row).finish(&self.key);
         self.stats.status_frames += 1;
         self.stats.frames_out += 1;
@@ -1020,6 +1057,36 @@ mod tests {
         }
         assert_eq!(m.submit(vec![9]), Err(SubmitError::WindowFull));
         assert_eq!(m.stats().window_full, 1);
+    }
+
+    #[test]
+    fn a_reported_gap_is_resent_without_waiting_for_a_timeout() {
+        let mut m0 = member(2, 0, ProtoConfig::default());
+        let mut m1 = member(2, 1, ProtoConfig::default());
+        m0.submit(b"first".to_vec()).unwrap();
+        let lost = m0.poll_transmit().unwrap();
+        drop(lost);
+        m0.submit(b"second".to_vec()).unwrap();
+        let second = m0.poll_transmit().unwrap();
+        m1.handle_frame(Instant(10), &second.frame);
+        assert!(!m1.has_received(MemberId(0), Seq(0)));
+        // Member 1 reports the gap at once; member 0 resends; no handle_timeout anywhere.
+        let mut rounds = 0;
+        while !m1.has_received(MemberId(0), Seq(0)) && rounds < 4 {
+            while let Some(t) = m1.poll_transmit() {
+                m0.handle_frame(Instant(20), &t.frame);
+            }
+            while let Some(t) = m0.poll_transmit() {
+                m1.handle_frame(Instant(30), &t.frame);
+            }
+            rounds += 1;
+        }
+        assert!(
+            m1.has_received(MemberId(0), Seq(0)),
+            "the gap was not repaired"
+        );
+        assert_eq!(m0.stats().fast_retransmits, 1);
+        assert!(m0.stats().retransmitted_slots >= 1);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! ```text
 //!  0  magic   u16  0x5643 ("CV")        16 seq     u64  sequence of the first entry
 //!  2  version u8   1                     24 len     u32  body length in bytes
-//!  3  kind    u8   Data=1, Status=2      28 flags   u32  0 (reserved; must be zero)
+//!  3  kind    u8   Data=1, Status=2      28 flags   u32  bit 0: GAP; others must be zero
 //!  4  group   u32  group id
 //!  8  view    u32  view id
 //! 12  sender  u16  sending member
@@ -41,6 +41,10 @@ const NULL_ENTRY_LEN: usize = 5;
 const ROW_FIXED: usize = 20;
 /// Members a status row may describe; bounds every row allocation.
 pub const MAX_MEMBERS: usize = 1024;
+/// Header flag of a status frame sent to one member: "I hold messages of yours beyond the
+/// contiguous count in my row" (a gap: resend from there without waiting for a timeout).
+pub const FLAG_GAP: u32 = 1;
+const KNOWN_FLAGS: u32 = FLAG_GAP;
 
 /// The group's shared secret. `Debug` never prints it.
 #[derive(Clone, PartialEq, Eq)]
@@ -133,7 +137,7 @@ pub enum WireError {
     UnknownKind,
     #[error("length field disagrees with frame size")]
     BadLength,
-    #[error("reserved flags set")]
+    #[error("unknown flags set")]
     BadFlags,
     #[error("malformed status row")]
     BadRow,
@@ -184,6 +188,8 @@ pub struct Header {
     pub sender: MemberId,
     pub count: u16,
     pub seq: Seq,
+    /// [`FLAG_GAP`] or 0.
+    pub flags: u32,
 }
 
 /// A sender's status row, owned (used when emitting and in the protocol state).
@@ -292,7 +298,8 @@ impl<'a> Frame<'a> {
         if len != signed.len() - HEADER_LEN {
             return Err(WireError::BadLength);
         }
-        if le_u32(&signed[28..32]) != 0 {
+        let flags = le_u32(&signed[28..32]);
+        if flags & !KNOWN_FLAGS != 0 {
             return Err(WireError::BadFlags);
         }
         let header = Header {
@@ -302,6 +309,7 @@ impl<'a> Frame<'a> {
             sender: MemberId(le_u16(&signed[12..14])),
             count: le_u16(&signed[14..16]),
             seq: Seq(le_u64(&signed[16..24])),
+            flags,
         };
         let body = &signed[HEADER_LEN..];
         if body.len() < ROW_FIXED {
@@ -424,7 +432,7 @@ impl<'b> FrameWriter<'b> {
         buf.extend_from_slice(&0u16.to_le_bytes()); // count, patched in finish
         buf.extend_from_slice(&header.seq.0.to_le_bytes());
         buf.extend_from_slice(&0u32.to_le_bytes()); // len, patched in finish
-        buf.extend_from_slice(&0u32.to_le_bytes()); // flags
+        buf.extend_from_slice(&header.flags.to_le_bytes());
         buf.extend_from_slice(&(row.received.len() as u16).to_le_bytes());
         buf.extend_from_slice(&0u16.to_le_bytes());
         buf.extend_from_slice(&row.heartbeat.to_le_bytes());
@@ -537,6 +545,7 @@ mod tests {
             sender: MemberId(2),
             count: 0,
             seq: Seq(40),
+            flags: 0,
         }
     }
 

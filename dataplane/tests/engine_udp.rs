@@ -36,6 +36,7 @@ fn frame(key: &Key, group: GroupId) -> Vec<u8> {
         sender: MemberId(1),
         count: 0,
         seq: Seq(0),
+        flags: 0,
     };
     let row = Row {
         heartbeat: 1,

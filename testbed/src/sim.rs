@@ -302,6 +302,7 @@ impl Sim {
                     sender: MemberId(((to + 1) % n) as u16),
                     count: 0,
                     seq: Seq(0),
+                    flags: 0,
                 };
                 let row = Row {
                     heartbeat: 1,
