@@ -226,6 +226,7 @@ impl EngineHandle {
             inline,
             inline_started: false,
             contended_spells: 0,
+            tx_frames: Vec::new(),
             inline_events: VecDeque::new(),
             local_ops: VecDeque::new(),
             cfg,
@@ -425,6 +426,8 @@ struct Engine {
     /// Events for the inline application, run one per loop iteration so that frames are
     /// received, acknowledged and sent between two functions.
     inline_events: VecDeque<Event>,
+    /// Frames taken from the protocol for one send, reused between iterations.
+    tx_frames: Vec<crate::proto::Transmit>,
     /// Encoded operations of the inline application waiting for window room.
     local_ops: VecDeque<Vec<u8>>,
 }
@@ -769,11 +772,12 @@ impl Engine {
     fn transmit(&mut self) -> bool {
         let n = self.cfg.view.len();
         let me = self.cfg.me;
-        let mut frames = Vec::new();
+        let mut frames = std::mem::take(&mut self.tx_frames);
         while let Some(t) = self.member.poll_transmit() {
             frames.push(t);
         }
         if frames.is_empty() {
+            self.tx_frames = frames;
             return false;
         }
         let mut batch: Vec<(usize, &[u8])> = Vec::with_capacity(frames.len() * n);
@@ -793,9 +797,10 @@ impl Engine {
             tracing::warn!("send failed: {e}");
         }
         drop(batch);
-        for t in frames {
+        for t in frames.drain(..) {
             self.member.recycle(t.frame);
         }
+        self.tx_frames = frames;
         true
     }
 }

@@ -65,12 +65,12 @@ impl Transport for UdpTransport {
     }
 
     fn send(&mut self, batch: &[(usize, &[u8])]) -> io::Result<()> {
-        let msgs: Vec<(&SocketAddr, &[u8])> = batch
-            .iter()
-            .filter_map(|(p, f)| self.peers.get(*p).map(|a| (a, *f)))
-            .collect();
-        let (sent, failed, calls) =
-            send_batch(self.socket.as_raw_fd(), &mut self.send_scratch, &msgs);
+        let (sent, failed, calls) = send_batch(
+            self.socket.as_raw_fd(),
+            &mut self.send_scratch,
+            &self.peers,
+            batch,
+        );
         self.stats.frames_sent += sent as u64;
         self.stats.send_errors += failed as u64;
         self.stats.syscalls += calls as u64;

@@ -91,15 +91,24 @@ fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-/// Sends `msgs` with as few `sendmmsg` calls as needed. Returns (sent, failed, calls).
+/// Sends each `(peer, frame)` of `batch` to `peers[peer]` with as few `sendmmsg` calls as
+/// needed. Returns (sent, failed, calls); a frame for an unknown peer counts as failed.
 pub(crate) fn send_batch(
     fd: RawFd,
     scratch: &mut MmsgScratch,
-    msgs: &[(&SocketAddr, &[u8])],
+    peers: &[SocketAddr],
+    batch: &[(usize, &[u8])],
 ) -> (usize, usize, usize) {
     let (mut sent, mut failed, mut calls) = (0, 0, 0);
-    for chunk in msgs.chunks(scratch.hdrs.len()) {
-        for (i, (addr, data)) in chunk.iter().enumerate() {
+    for chunk in batch.chunks(scratch.hdrs.len()) {
+        let mut k = 0;
+        for &(peer, data) in chunk {
+            let Some(addr) = peers.get(peer) else {
+                failed += 1;
+                continue;
+            };
+            let i = k;
+            k += 1;
             let len = to_storage(addr, &mut scratch.addrs[i]);
             scratch.iovs[i] = libc::iovec {
                 iov_base: data.as_ptr() as *mut libc::c_void,
@@ -115,15 +124,15 @@ pub(crate) fn send_batch(
             h.msg_flags = 0;
         }
         let mut off = 0;
-        while off < chunk.len() {
+        while off < k {
             calls += 1;
-            // SAFETY: hdrs[off..chunk.len()] are initialised above and point at addrs, iovs
+            // SAFETY: hdrs[off..k] are initialised above and point at addrs, iovs
             // and the caller's frames, all alive for the duration of the call.
             let r = unsafe {
                 libc::sendmmsg(
                     fd,
                     scratch.hdrs[off..].as_mut_ptr(),
-                    (chunk.len() - off) as libc::c_uint,
+                    (k - off) as libc::c_uint,
                     libc::MSG_DONTWAIT,
                 )
             };
