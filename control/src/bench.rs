@@ -107,6 +107,66 @@ pub struct GroupRun {
     pub hosts: Hosts,
     /// `group.impair` for the run.
     pub impair: Option<String>,
+    /// (member name, seconds after the load starts): SIGKILL.
+    pub kills: Vec<(String, f64)>,
+}
+
+/// What a run measured, with the faults it injected.
+#[derive(Debug)]
+pub struct GroupOutcome {
+    pub report: TriggerReport,
+    /// When each kill was done (CLOCK_MONOTONIC us), by member name.
+    pub killed_at_us: Vec<(String, u64)>,
+}
+
+impl GroupOutcome {
+    /// BENCH.md's `failover_ms`: from the first kill to the first completion of a re-queued
+    /// request, or to the new view, whichever is later.
+    pub fn failover_ms(&self) -> Option<f64> {
+        let kill = self.killed_at_us.iter().map(|k| k.1).min()?;
+        let view = self.report.views.iter().map(|v| v.1).find(|&t| t >= kill)?;
+        let done = self.report.first_requeued_done_us.unwrap_or(view);
+        Some((done.max(view).saturating_sub(kill)) as f64 / 1000.0)
+    }
+}
+
+/// Parses `--fault` specs against the run's member names.
+pub fn parse_faults(specs: &[String], invokers: usize) -> Result<Vec<(String, f64)>> {
+    let mut kills = Vec::new();
+    for spec in specs {
+        let (kind, rest) = spec.split_once(':').ok_or_else(|| {
+            anyhow::anyhow!(
+                "--fault {spec:?}: expected kill:MEMBER@SECONDS or partition:MEMBER@SECONDS"
+            )
+        })?;
+        let (member, at) = rest.split_once('@').ok_or_else(|| {
+            anyhow::anyhow!("--fault {spec:?}: expected MEMBER@SECONDS after {kind}:")
+        })?;
+        let at: f64 = at
+            .parse()
+            .ok()
+            .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| {
+                anyhow::anyhow!("--fault {spec:?}: {at:?} is not a number of seconds")
+            })?;
+        let known = (0..invokers).any(|i| member == format!("invoker-{i}"));
+        if member == "trigger" {
+            bail!("--fault {spec:?}: the trigger measures the run and cannot be the one that fails; name an invoker (invoker-0 .. invoker-{})", invokers.saturating_sub(1));
+        }
+        if !known {
+            bail!("--fault {spec:?}: no member {member:?}; the members are trigger and invoker-0 .. invoker-{}", invokers.saturating_sub(1));
+        }
+        match kind {
+            "kill" => kills.push((member.to_string(), at)),
+            "partition" => bail!("--fault {spec:?}: partition is not available in this version (an isolated member is excluded, but rejoining it automatically comes with the control plane); use kill"),
+            other => bail!("--fault {spec:?}: unknown fault {other:?}; known: kill, partition"),
+        }
+    }
+    let total = invokers + 1;
+    if kills.len() * 2 >= total {
+        bail!("--fault: {} kills leave no majority of the {total} members; the group would stop (by design)", kills.len());
+    }
+    Ok(kills)
 }
 
 /// Where a run's members live.
@@ -219,6 +279,12 @@ impl Drop for Members {
 /// Starts a local group (one trigger, `invokers` invokers, each its own process on loopback),
 /// runs the workload and returns the trigger's report.
 pub fn run_local_group(run: &GroupRun) -> Result<TriggerReport> {
+    Ok(run_group(run)?.report)
+}
+
+/// Starts a local group, runs the workload with the faults of `run`, and returns what it
+/// measured.
+pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
     let dir = run_dir()?;
     let names: Vec<String> = std::iter::once("trigger".to_string())
         .chain((0..run.invokers).map(|i| format!("invoker-{i}")))
@@ -273,9 +339,12 @@ pub fn run_local_group(run: &GroupRun) -> Result<TriggerReport> {
     }
     std::fs::write(dir.join("conveyor.toml"), toml)?;
     std::fs::write(dir.join("pipeline.json"), &run.pipeline_json)?;
+    let start_file = dir.join("started");
+    let mut spec = run.spec.clone();
+    spec.start_file = Some(start_file.display().to_string());
     std::fs::write(
         dir.join("workload.json"),
-        serde_json::to_string_pretty(&run.spec)?,
+        serde_json::to_string_pretty(&spec)?,
     )?;
     let exe = std::env::current_exe().context("locating the conveyor binary")?;
     let mut members = Members {
@@ -323,11 +392,34 @@ pub fn run_local_group(run: &GroupRun) -> Result<TriggerReport> {
     );
     let start = Instant::now();
     let trigger_idx = members.children.len() - 1;
+    let mut killed_at_us: Vec<(String, u64)> = Vec::new();
+    let mut load_start_us: Option<u64> = None;
     let status = loop {
         if let Some(s) = members.children[trigger_idx].1.try_wait()? {
             break s;
         }
+        if load_start_us.is_none() {
+            load_start_us = std::fs::read_to_string(&start_file)
+                .ok()
+                .and_then(|t| t.trim().parse().ok());
+        }
+        if let Some(t0) = load_start_us {
+            let now = conveyor_dataplane::sys::monotonic_us();
+            for (name, at) in &run.kills {
+                if killed_at_us.iter().any(|k| &k.0 == name) || now < t0 + (at * 1e6) as u64 {
+                    continue;
+                }
+                if let Some((_, c)) = members.children.iter_mut().find(|(n, _)| n == name) {
+                    let _ = c.kill();
+                    killed_at_us.push((name.clone(), conveyor_dataplane::sys::monotonic_us()));
+                    tracing::info!("fault: killed {name} (SIGKILL)");
+                }
+            }
+        }
         for (name, c) in &mut members.children {
+            if killed_at_us.iter().any(|k| &k.0 == name) {
+                continue;
+            }
             if let Some(s) = c.try_wait()? {
                 if !s.success() {
                     let t = tail(&dir.join(format!("{name}.log")), 20);
@@ -345,7 +437,11 @@ pub fn run_local_group(run: &GroupRun) -> Result<TriggerReport> {
                 dir.display()
             );
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(if run.kills.is_empty() {
+            20
+        } else {
+            1
+        }));
     };
     if !status.success() {
         let t = tail(&dir.join("trigger.log"), 30);
@@ -354,6 +450,9 @@ pub fn run_local_group(run: &GroupRun) -> Result<TriggerReport> {
     // Invokers leave after the shutdown the trigger ordered.
     let wait_from = Instant::now();
     for (name, c) in &mut members.children {
+        if killed_at_us.iter().any(|k| &k.0 == name) {
+            continue;
+        }
         while matches!(c.try_wait(), Ok(None)) && wait_from.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -376,7 +475,10 @@ pub fn run_local_group(run: &GroupRun) -> Result<TriggerReport> {
     } else {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    Ok(report)
+    Ok(GroupOutcome {
+        report,
+        killed_at_us,
+    })
 }
 
 #[derive(Serialize)]
@@ -506,9 +608,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "netns" => Hosts::Netns,
         other => bail!("--hosts: expected local or netns, found {other:?}"),
     };
-    if !args.fault.is_empty() {
-        bail!("--fault: fault injection needs view changes, not available in this version");
-    }
+    let kills = parse_faults(&args.fault, args.invokers)?;
     if args.netem.is_some() {
         bail!("--netem: not available in this version (the kernel of the development machines has no netem); use --impair \"loss=5%,delay=50us\" to inject loss, duplication and delay in Conveyor's transport");
     }
@@ -547,6 +647,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             payload: args.payload,
             vary_payload: false,
             grace_s: args.grace,
+            start_file: None,
         },
         keep: args.keep,
         credits: args.credits,
@@ -554,6 +655,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         pin: args.pin == "auto",
         hosts,
         impair: args.impair.clone(),
+        kills,
         idle: match (args.spin_us, args.yield_us, args.slice_us) {
             (None, None, None) => None,
             (s, y, l) => {
@@ -571,7 +673,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         args.workload, args.hosts, args.invokers, args.chain, args.fn_us
     );
     let rtt = udp_rtt_baseline().context("measuring the baseline")?;
-    let r = run_local_group(&run)?;
+    let outcome = run_group(&run)?;
+    let failover_ms = outcome.failover_ms();
+    let r = outcome.report;
     let burst = args.workload == "burst";
     let entry = ReportEntry {
         schema: "conveyor-bench/1",
@@ -606,7 +710,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         }),
         critical_rate_rps: None,
         steps: None,
-        failover_ms: None,
+        failover_ms,
         cdf: r.cdf.clone(),
         retransmitted_slots: r.retransmitted_slots,
         max_batch: r.max_batch,
@@ -623,6 +727,17 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "baseline (same run): blocking UDP round trip on loopback p50 {} us; overhead p50 = {:.2} round trips",
         rtt.p50, entry.baseline.overhead_p50_per_rtt
     );
+    for (name, at) in &outcome.killed_at_us {
+        let view = r.views.iter().find(|v| v.1 >= *at);
+        eprintln!(
+            "fault: {name} killed; view {} installed at the trigger {:.2} ms later ({} from suspicion to install); {} requests re-queued; failover {} ms",
+            view.map_or("none".into(), |v| v.0.to_string()),
+            view.map_or(f64::NAN, |v| (v.1.saturating_sub(*at)) as f64 / 1000.0),
+            view.and_then(|v| v.2).map_or("n/a".into(), |us| format!("{us} us")),
+            r.requeued,
+            failover_ms.map_or("n/a".into(), |f| format!("{f:.2}"))
+        );
+    }
     if let Some(floor) = entry.drain_floor_s {
         eprintln!("drain floor (functions alone): {floor:.3} s");
     }
@@ -708,6 +823,7 @@ pub fn demo() -> Result<()> {
             payload: 64,
             vary_payload: true,
             grace_s: 5.0,
+            start_file: None,
         },
         keep: false,
         idle: None,
@@ -716,6 +832,7 @@ pub fn demo() -> Result<()> {
         pin: true,
         hosts: Hosts::Local,
         impair: None,
+        kills: Vec::new(),
     };
     let r = run_local_group(&run)?;
     let l = r.latency_us;

@@ -3,7 +3,7 @@
 
 use conveyor_dataplane::engine::{EngineConfig, IdlePolicy};
 use conveyor_dataplane::pipeline::Pipeline;
-use conveyor_dataplane::proto::{ProtoConfig, Sabotage};
+use conveyor_dataplane::proto::{Admission, ProtoConfig, Sabotage};
 use conveyor_dataplane::transport::impair::ImpairSpec;
 use conveyor_dataplane::types::{GroupId, MemberId, View, ViewId};
 use conveyor_dataplane::wire::{self, Key};
@@ -50,6 +50,8 @@ pub struct GroupSection {
     pub status_interval_us: u64,
     #[serde(default = "d_heartbeat_ms")]
     pub heartbeat_ms: u64,
+    #[serde(default = "d_failure_timeout_ms")]
+    pub failure_timeout_ms: u64,
     #[serde(default = "d_rto_us")]
     pub rto_us: u64,
     #[serde(default = "d_rto_max_ms")]
@@ -80,7 +82,10 @@ fn d_status_interval_us() -> u64 {
     2000
 }
 fn d_heartbeat_ms() -> u64 {
-    100
+    5
+}
+fn d_failure_timeout_ms() -> u64 {
+    30
 }
 fn d_rto_us() -> u64 {
     2000
@@ -256,6 +261,7 @@ impl GroupConfig {
         for (field, v) in [
             ("group.status_interval_us", g.status_interval_us),
             ("group.heartbeat_ms", g.heartbeat_ms),
+            ("group.failure_timeout_ms", g.failure_timeout_ms),
             ("group.rto_us", g.rto_us),
             ("group.rto_max_ms", g.rto_max_ms),
             ("group.startup_timeout_s", g.startup_timeout_s),
@@ -263,6 +269,15 @@ impl GroupConfig {
             if v == 0 {
                 return Err(fail(field, "must be greater than 0".into()));
             }
+        }
+        if g.failure_timeout_ms < 3 * g.heartbeat_ms {
+            return Err(fail(
+                "group.failure_timeout_ms",
+                format!(
+                    "{} ms is less than three heartbeats ({} ms each): members would be suspected while alive",
+                    g.failure_timeout_ms, g.heartbeat_ms
+                ),
+            ));
         }
         let mut addresses = Vec::new();
         for (i, m) in file.members.iter().enumerate() {
@@ -371,6 +386,11 @@ impl GroupConfig {
                 max_payload: g.max_payload,
                 status_interval: Duration::from_micros(g.status_interval_us),
                 heartbeat: Duration::from_millis(g.heartbeat_ms),
+                failure_timeout: Duration::from_millis(g.failure_timeout_ms),
+                // The members of the group file may join (again, after an exclusion); no one else.
+                admission: Admission::Listed(
+                    (0..self.file.members.len() as u16).map(MemberId).collect(),
+                ),
                 rto: Duration::from_micros(g.rto_us),
                 rto_max: Duration::from_millis(g.rto_max_ms),
                 sabotage: Sabotage::None,

@@ -26,6 +26,10 @@ pub struct WorkloadSpec {
     pub vary_payload: bool,
     /// How long to wait for outstanding requests after the last send.
     pub grace_s: f64,
+    /// A file the trigger writes the load's start (CLOCK_MONOTONIC, microseconds) into, so
+    /// that a bench can time faults from it.
+    #[serde(default)]
+    pub start_file: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -86,6 +90,16 @@ pub struct TriggerReport {
     pub retransmitted_slots: u64,
     pub dropped_frames: u64,
     pub max_batch: u64,
+    /// Requests put back in their queue because the member running them was removed.
+    #[serde(default)]
+    pub requeued: u64,
+    /// First completion of a re-queued request (engine clock, microseconds).
+    #[serde(default)]
+    pub first_requeued_done_us: Option<u64>,
+    /// Views installed during the run: (view id, engine clock us, us from this member's
+    /// suspicion of a removed member to the install, if it suspected one).
+    #[serde(default)]
+    pub views: Vec<(u32, u64, Option<u64>)>,
 }
 
 /// Marks a request that ended in an error (failed, rejected or overwritten) in `Tally::finals`.
@@ -106,6 +120,9 @@ struct Tally {
     errors: u64,
     duplicates: u64,
     last_done_us: u64,
+    requeued: std::collections::BTreeSet<u64>,
+    first_requeued_done_us: Option<u64>,
+    views: Vec<(u32, u64, Option<u64>)>,
 }
 
 impl Tally {
@@ -120,6 +137,9 @@ impl Tally {
                 ..
             } => {
                 *self.per_invoker.entry(consumer.0).or_insert(0) += 1;
+                if self.requeued.contains(&id.0) && self.first_requeued_done_us.is_none() {
+                    self.first_requeued_done_us = Some(ev.at_us);
+                }
                 if !terminal {
                     return;
                 }
@@ -147,6 +167,20 @@ impl Tally {
                 } else if *f == 2 {
                     self.duplicates += 1;
                 }
+            }
+            Effect::Requeued { id, .. } => {
+                self.requeued.insert(id.0);
+            }
+            Effect::ViewInstalled {
+                view,
+                suspected_at_us,
+                ..
+            } => {
+                self.views.push((
+                    view,
+                    ev.at_us,
+                    suspected_at_us.map(|s| ev.at_us.saturating_sub(s)),
+                ));
             }
             Effect::Failed { id, .. }
             | Effect::Rejected { id, .. }
@@ -206,10 +240,16 @@ pub fn run_trigger(
         errors: 0,
         duplicates: 0,
         last_done_us: 0,
+        requeued: Default::default(),
+        first_requeued_done_us: None,
+        views: Vec::new(),
     };
     let burst = spec.workload == "burst";
     let start = clock.now_us() + 2_000;
     let gap_us = if burst { 0.0 } else { 1e6 / spec.rate };
+    if let Some(f) = &spec.start_file {
+        std::fs::write(f, start.to_string()).with_context(|| format!("writing {f}"))?;
+    }
     for i in 0..n {
         let intended = start + (i as f64 * gap_us) as u64;
         loop {
@@ -329,5 +369,8 @@ pub fn run_trigger(
         retransmitted_slots: 0,
         dropped_frames: 0,
         max_batch: 0,
+        requeued: t.requeued.len() as u64,
+        first_requeued_done_us: t.first_requeued_done_us,
+        views: t.views,
     })
 }

@@ -9,7 +9,8 @@
 //! eventfd only when it is parked, so a busy engine costs them no system call. The same policy
 //! governs an application thread waiting for events.
 
-use crate::proto::{Dest, Member, ProtoConfig, Stats, SubmitError};
+use crate::membership::Status;
+use crate::proto::{Delivered, Dest, Member, ProtoConfig, Stats, SubmitError};
 use crate::queue::{Effect, Op, QueueState};
 use crate::sys::{poll_readable, EventFd};
 use crate::transport::{RecvBatch, Transport, TransportStats};
@@ -143,6 +144,7 @@ struct Shared {
     app_thread: Mutex<Option<Thread>>,
     status: Mutex<String>,
     delivered: AtomicU64,
+    view: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -358,6 +360,11 @@ impl EngineHandle {
         }
     }
 
+    /// The id of the view installed at this member.
+    pub fn view_id(&self) -> u64 {
+        self.shared.view.load(Ordering::Relaxed)
+    }
+
     /// Global slots delivered so far.
     pub fn delivered(&self) -> u64 {
         self.shared.delivered.load(Ordering::Relaxed)
@@ -482,6 +489,10 @@ impl Engine {
         let mut last_iter = std::time::Instant::now();
         let (mut stalls, mut longest) = (0u64, 0u64);
         let mut contended_until: Option<std::time::Instant> = None;
+        let mut minority_said = false;
+        self.shared
+            .view
+            .store(u64::from(self.member.view().id.0), Ordering::Relaxed);
         self.set_status(format!(
             "waiting for {}",
             self.member
@@ -520,10 +531,35 @@ impl Engine {
             }
             if let Some(peer) = self.member.restarted_in_view() {
                 error = Some(format!(
-                    "{} holds messages this member sent before it restarted: this process is a new incarnation of a member of a view that outlived it, and membership is static in this version (no rejoin); restart the whole group",
+                    "{} holds messages this member sent before it restarted: this process is a new incarnation of a member of a view that outlived it; it cannot take its old place (it would have to rejoin as a new member)",
                     self.name(peer)
                 ));
                 break;
+            }
+            match self.member.status() {
+                Status::Excluded | Status::Left => {
+                    let s = self.member.status();
+                    error = Some(format!(
+                        "this member is {} from the group (view {}): a view change removed it{}; it may come back only as a new member",
+                        s.label(),
+                        self.member.view().id.0,
+                        if s == Status::Left { " at its request" } else { " (it was suspected, partitioned or too slow)" }
+                    ));
+                    break;
+                }
+                Status::Minority if !minority_said => {
+                    minority_said = true;
+                    let msg = format!(
+                        "minority: only {} of the {} members of view {} are reachable (suspected: {}); this member stopped serving and waits for the majority's decision",
+                        self.member.view().len() - self.member.suspects().len(),
+                        self.member.view().len(),
+                        self.member.view().id.0,
+                        self.member.suspects().iter().map(|m| self.name(*m)).collect::<Vec<_>>().join(", ")
+                    );
+                    tracing::warn!("{msg}");
+                    self.set_status(msg);
+                }
+                _ => {}
             }
             if self.apply_deliveries() {
                 work = true;
@@ -686,9 +722,24 @@ impl Engine {
 
     fn apply_deliveries(&mut self) -> bool {
         let mut any = false;
-        let me = self.cfg.me;
         while let Some(d) = self.member.poll_delivery() {
             any = true;
+            let d = match d {
+                Delivered::Message(d) => d,
+                Delivered::View(vc) => {
+                    self.on_view_change(vc);
+                    continue;
+                }
+                Delivered::State(bytes) => {
+                    match QueueState::from_snapshot(&bytes) {
+                        Ok(q) => self.replica = q,
+                        Err(e) => {
+                            tracing::error!("the state received on joining does not decode: {e}")
+                        }
+                    }
+                    continue;
+                }
+            };
             let op = match Op::decode(&d.payload) {
                 Ok(op) => op,
                 Err(_) => {
@@ -699,6 +750,64 @@ impl Engine {
             let mut effects = std::mem::take(&mut self.effects);
             effects.clear();
             self.replica.apply(op, &mut effects);
+            self.route_effects(&mut effects);
+            self.effects = effects;
+        }
+        if any {
+            self.shared
+                .delivered
+                .store(self.member.delivered_slots(), Ordering::Relaxed);
+            self.wake_app();
+        }
+        any
+    }
+
+    /// A view installed: the queue puts back what removed members held, joiners get the
+    /// state, and the application hears of it.
+    fn on_view_change(&mut self, vc: crate::membership::ViewChange) {
+        let names = |ms: &[MemberId]| {
+            ms.iter()
+                .map(|m| self.name(*m))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        tracing::info!(
+            view = vc.view.id.0,
+            removed = %names(&vc.removed),
+            joined = %names(&vc.joined),
+            cut = vc.cut,
+            resubmitted = vc.resubmitted,
+            wedged_us = vc.wedged_for.as_micros() as u64,
+            "view installed"
+        );
+        self.shared
+            .view
+            .store(u64::from(vc.view.id.0), Ordering::Relaxed);
+        let mut effects = std::mem::take(&mut self.effects);
+        effects.clear();
+        effects.push(Effect::ViewInstalled {
+            view: vc.view.id.0,
+            members: vc.view.members.clone(),
+            removed: vc.removed.clone(),
+            joined: vc.joined.clone(),
+            wedged_us: vc.wedged_for.as_micros() as u64,
+            suspected_at_us: vc.suspected_at.map(|t| t.as_micros()),
+        });
+        self.replica.remove_members(&vc.removed, &mut effects);
+        if vc.state_from == Some(self.cfg.me) {
+            let snap = self.replica.snapshot();
+            for j in &vc.joined {
+                self.member.send_state(*j, snap.clone());
+            }
+        }
+        self.route_effects(&mut effects);
+        self.effects = effects;
+    }
+
+    /// Hands this member's effects to the application.
+    fn route_effects(&mut self, effects: &mut Vec<Effect>) {
+        let me = self.cfg.me;
+        {
             let at_us = self.clock.now_us();
             for e in effects.drain(..) {
                 let mine = match &e {
@@ -709,7 +818,8 @@ impl Engine {
                     | Effect::Overwritten { id, .. }
                     | Effect::Completed { id, .. }
                     | Effect::Failed { id, .. } => id.origin() == me,
-                    Effect::Shutdown { .. } => true,
+                    Effect::Requeued { id, .. } => id.origin() == me,
+                    Effect::Shutdown { .. } | Effect::ViewInstalled { .. } => true,
                     Effect::Created { .. }
                     | Effect::Empty { .. }
                     | Effect::DuplicateCompletion { .. } => false,
@@ -725,15 +835,7 @@ impl Engine {
                     }
                 }
             }
-            self.effects = effects;
         }
-        if any {
-            self.shared
-                .delivered
-                .store(self.member.delivered_slots(), Ordering::Relaxed);
-            self.wake_app();
-        }
-        any
     }
 
     /// Runs the inline application on one pending event.
@@ -770,7 +872,7 @@ impl Engine {
     }
 
     fn transmit(&mut self) -> bool {
-        let n = self.cfg.view.len();
+        let n = self.member.view().len();
         let me = self.cfg.me;
         let mut frames = std::mem::take(&mut self.tx_frames);
         while let Some(t) = self.member.poll_transmit() {
@@ -784,7 +886,7 @@ impl Engine {
         for t in &frames {
             match t.dest {
                 Dest::All => {
-                    for m in &self.cfg.view.members {
+                    for m in &self.member.view().members {
                         if *m != me {
                             batch.push((m.0 as usize, &t.frame));
                         }

@@ -19,6 +19,7 @@
 
 pub mod engine;
 pub mod invoker;
+pub mod membership;
 pub mod pipeline;
 pub mod proto;
 pub mod queue;

@@ -44,10 +44,11 @@
 //! Batching: whatever was submitted since the previous `poll_transmit` leaves in as few frames
 //! as `max_frame` allows, with no timer: low load sees no added delay, high load gets batches.
 
-use crate::types::{GroupId, Instant, MemberId, Seq, View};
+use crate::membership::{Ballot, Ctl, Decision, Status, ViewChange};
+use crate::types::{GroupId, Instant, MemberId, Seq, View, ViewId};
 use crate::wire::{self, Entry, Frame, FrameWriter, Header, Key, Kind, Row, WireError};
 use core::time::Duration;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use thiserror::Error;
 
 /// Tunables of the protocol core. See the sample configuration for what each means in practice.
@@ -63,6 +64,11 @@ pub struct ProtoConfig {
     pub status_interval: Duration,
     /// Period of status rows when idle (heartbeat).
     pub heartbeat: Duration,
+    /// A member not heard from for this long is suspected, which starts a view change
+    /// (see [`crate::membership`]). Several heartbeats, plus scheduling noise.
+    pub failure_timeout: Duration,
+    /// Who may join the group.
+    pub admission: Admission,
     /// Retransmission timeout before any round trip is measured, and its lower bound after.
     pub rto: Duration,
     /// Upper bound of the retransmission timeout after back-off.
@@ -80,12 +86,23 @@ impl Default for ProtoConfig {
             max_frame: 8192,
             max_payload: 4096,
             status_interval: Duration::from_millis(2),
-            heartbeat: Duration::from_millis(100),
+            heartbeat: Duration::from_millis(5),
+            failure_timeout: Duration::from_millis(30),
+            admission: Admission::Any,
             rto: Duration::from_millis(2),
             rto_max: Duration::from_millis(200),
             sabotage: Sabotage::None,
         }
     }
+}
+
+/// Which processes may join (they must hold the group key in any case).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Any holder of the group key.
+    Any,
+    /// Only these member ids; other join requests are refused and counted.
+    Listed(BTreeSet<MemberId>),
 }
 
 #[doc(hidden)]
@@ -96,6 +113,10 @@ pub enum Sabotage {
     DeliverBeforeStable,
     /// Never retransmit.
     NoRetransmit,
+    /// Ragged-edge cleanup that delivers only what this member holds, ignoring the agreed cut.
+    IgnoreCut,
+    /// Install a proposal without waiting for a majority to accept it.
+    CommitWithoutMajority,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -121,6 +142,8 @@ pub enum SubmitError {
     TooLarge { size: usize, max: usize },
     #[error("send window full: wait for deliveries")]
     WindowFull,
+    #[error("this member is not serving ({0})")]
+    NotServing(&'static str),
 }
 
 /// Why the protocol dropped an authenticated, well-formed frame.
@@ -171,6 +194,18 @@ pub struct Stats {
     pub status_frames: u64,
     /// Most entries seen in one emitted frame.
     pub max_batch: u64,
+    /// Views installed after the first.
+    pub view_changes: u64,
+    /// Members this one suspected (timeouts only, not learned suspicions).
+    pub suspicions: u64,
+    pub join_requests: u64,
+    pub joins_refused: u64,
+    /// Control frames that could not be decoded (authenticated, so a version mismatch).
+    pub bad_control: u64,
+    /// Own messages submitted again after a view change.
+    pub resubmitted: u64,
+    /// Ballots this member started as leader.
+    pub ballots: u64,
     pub dropped_wire: [u64; WireError::ALL.len()],
     pub dropped_proto: [u64; ProtoDrop::ALL.len()],
 }
@@ -206,9 +241,25 @@ pub struct Transmit {
 pub struct Delivery {
     pub sender: MemberId,
     pub seq: Seq,
-    /// Global slot: `seq * N + rank(sender)`; strictly increasing along deliveries.
+    /// Global slot in its view: `seq * N + rank(sender)`; strictly increasing along deliveries
+    /// of one view.
     pub slot: u64,
+    /// The view it was sent and delivered in.
+    pub view: ViewId,
+    /// Delivered by a view change's ragged-edge cleanup (not through stability).
+    pub in_cut: bool,
     pub payload: Vec<u8>,
+}
+
+/// What [`Member::poll_delivery`] yields, in the agreed order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivered {
+    Message(Delivery),
+    /// A new view, after every message of the old one.
+    View(ViewChange),
+    /// A joiner's initial application state (sent by an old member), before any message of its
+    /// first view.
+    State(Vec<u8>),
 }
 
 #[derive(Debug)]
@@ -303,6 +354,102 @@ impl Retx {
     }
 }
 
+/// What a member promised a leader: its frozen counts and the decision it accepted, if any.
+#[derive(Debug)]
+struct Promised {
+    received: Vec<u64>,
+    delivered: u64,
+    accepted: Option<(Ballot, Decision)>,
+}
+
+/// The leader's side of a ballot.
+#[derive(Debug)]
+struct Leading {
+    ballot: Ballot,
+    members: Vec<MemberId>,
+    leaving: Vec<MemberId>,
+    joiners: Vec<MemberId>,
+    promises: BTreeMap<MemberId, Promised>,
+    decision: Option<Decision>,
+    accepted_by: BTreeSet<MemberId>,
+}
+
+#[derive(Debug)]
+struct StateOut {
+    to: MemberId,
+    view: ViewId,
+    bytes: Vec<u8>,
+    acked: usize,
+    sent_to: usize,
+}
+
+/// Membership state of one member (see [`crate::membership`]).
+#[derive(Debug)]
+struct Mship {
+    status: Status,
+    suspected: Vec<bool>,
+    /// When this member itself first suspected each rank.
+    suspected_at: Vec<Option<Instant>>,
+    /// Frozen `received` counts and delivered slots, once wedged.
+    frozen: Option<(Vec<u64>, u64)>,
+    wedged_at: Option<Instant>,
+    promised: Option<Ballot>,
+    accepted: Option<(Ballot, Decision)>,
+    round_seen: u32,
+    leading: Option<Leading>,
+    /// The decision that ended the previous view (sent to stale members).
+    last_commit: Option<Decision>,
+    catchup_at: BTreeMap<MemberId, Instant>,
+    next_ctl_at: Instant,
+    view_started: Instant,
+    /// The configured first view: members never heard from are not suspected (they may not
+    /// have started; the host's start-up timeout covers them). In later views every member
+    /// was alive when the view was agreed.
+    initial: bool,
+    /// Admitted join requests not yet in a view.
+    /// Admitted join requests not yet in a view, with when each was last repeated (a joiner
+    /// repeats its request until it is in; a request not repeated for `failure_timeout` is
+    /// dropped).
+    joins: BTreeMap<MemberId, Instant>,
+    /// Members that joined in this view (a repeated `Join` from them gets the commit again).
+    joined_now: BTreeSet<MemberId>,
+    leaving: bool,
+    leaving_ranks: Vec<bool>,
+    /// A joiner's contacts.
+    contacts: Vec<MemberId>,
+    /// A joiner awaiting its state: (view, bytes so far, total once known).
+    state_in: Option<(ViewId, Vec<u8>, Option<u32>)>,
+    state_out: Vec<StateOut>,
+}
+
+impl Mship {
+    fn new(n: usize, now: Instant, status: Status) -> Mship {
+        Mship {
+            status,
+            suspected: vec![false; n],
+            suspected_at: vec![None; n],
+            frozen: None,
+            wedged_at: None,
+            promised: None,
+            accepted: None,
+            round_seen: 0,
+            leading: None,
+            last_commit: None,
+            catchup_at: BTreeMap::new(),
+            next_ctl_at: now,
+            view_started: now,
+            initial: true,
+            joins: BTreeMap::new(),
+            joined_now: BTreeSet::new(),
+            leaving: false,
+            leaving_ranks: vec![false; n],
+            contacts: Vec::new(),
+            state_in: None,
+            state_out: Vec::new(),
+        }
+    }
+}
+
 /// One member of a view running the total-order multicast. See the module docs.
 #[derive(Debug)]
 pub struct Member {
@@ -318,7 +465,7 @@ pub struct Member {
     next_slot: u64,
     /// Own sequence from which messages were never transmitted.
     unsent: u64,
-    deliveries: VecDeque<Delivery>,
+    deliveries: VecDeque<Delivered>,
     transmits: VecDeque<Transmit>,
     /// Retransmissions to make: (peer rank, first seq).
     retx_queue: VecDeque<(usize, u64)>,
@@ -339,6 +486,7 @@ pub struct Member {
     /// Scratch buffers reused on every frame: per-sender stable counts, and our own row.
     stable: Vec<u64>,
     row: Row,
+    ms: Mship,
 }
 
 impl Member {
@@ -409,6 +557,7 @@ impl Member {
                 delivered: 0,
                 received: Vec::with_capacity(n),
             },
+            ms: Mship::new(n, now, Status::Serving),
             cfg,
             key,
             group,
@@ -494,6 +643,10 @@ impl Member {
                 max: self.cfg.max_payload,
             });
         }
+        match self.ms.status {
+            Status::Serving | Status::Changing => {}
+            s => return Err(SubmitError::NotServing(s.label())),
+        }
         if self.window_room() == 0 {
             self.stats.window_full += 1;
             return Err(SubmitError::WindowFull);
@@ -502,7 +655,7 @@ impl Member {
         let seq = self.logs[rank].highest;
         self.logs[rank].insert(seq, Slot::Data(payload));
         self.stats.submitted += 1;
-        if self.n() == 1 {
+        if self.n() == 1 && self.ms.frozen.is_none() {
             self.deliver();
         }
         Ok(Seq(seq))
@@ -521,9 +674,23 @@ impl Member {
             }
         };
         let h = frame.header;
+        if h.group == self.group && h.kind == Kind::Control {
+            self.handle_control(h.sender, h.view, frame.control_payload());
+            return;
+        }
+        if h.group == self.group && h.view < self.view.id {
+            // A stale member: tell it how its view ended (it learns it was excluded).
+            self.catch_up(h.sender);
+        } else if h.group == self.group && h.view > self.view.id {
+            // A newer view: we may have missed its commit; its members will send it to us
+            // when our frames reach them. Counts as a sign of life.
+            if let Some(r) = self.view.rank_of(h.sender) {
+                self.last_heard[r] = Some(now);
+            }
+        }
         let drop = if h.group != self.group {
             Some(ProtoDrop::WrongGroup)
-        } else if h.view != self.view.id {
+        } else if h.view != self.view.id || matches!(self.ms.status, Status::Joining) {
             Some(ProtoDrop::WrongView)
         } else if h.sender == self.me {
             Some(ProtoDrop::OwnFrame)
@@ -539,7 +706,11 @@ impl Member {
             self.stats.dropped_proto[i] += 1;
             return;
         }
+        if self.ms.status.is_final() {
+            return;
+        }
         let r = self.view.rank_of(h.sender).unwrap_or(0);
+        self.heard_in_minority(r);
         if self.last_heard[r].is_none() {
             // First contact: answer at once so start-up barriers complete quickly.
             self.status_to[r] = true;
@@ -653,6 +824,9 @@ impl Member {
     /// Issues null messages up to the highest sequence any sender is known to have reached, so
     /// that the round-robin order does not wait on this member.
     fn fill_nulls(&mut self) {
+        if self.ms.frozen.is_some() {
+            return;
+        }
         let me = self.rank;
         let target = self
             .logs
@@ -672,6 +846,20 @@ impl Member {
     }
 
     fn deliver(&mut self) {
+        if self.ms.frozen.is_some() || self.ms.status.is_final() {
+            return;
+        }
+        if let Some((_, bytes, Some(total))) = &self.ms.state_in {
+            if bytes.len() == *total as usize {
+                if let Some((_, bytes, _)) = self.ms.state_in.take() {
+                    self.deliveries.push_back(Delivered::State(bytes));
+                }
+                self.ms.status = Status::Serving;
+            }
+        }
+        if self.ms.state_in.is_some() {
+            return;
+        }
         let n = self.n() as u64;
         let me = self.rank;
         let check_stable = self.cfg.sabotage != Sabotage::DeliverBeforeStable;
@@ -692,6 +880,12 @@ impl Member {
                 .min()
                 .unwrap_or(0)
         }));
+        let frontier = stable
+            .iter()
+            .enumerate()
+            .map(|(r, &c)| c * n + r as u64)
+            .min()
+            .unwrap_or(0);
         loop {
             let g = self.next_slot;
             let r = (g % n) as usize;
@@ -703,11 +897,14 @@ impl Member {
             let Some(Some(slot)) = log.slots.get_mut((k - log.base) as usize) else {
                 break;
             };
-            // Only slots that carry a message wait for stability: a null is the same at every
-            // member that holds it, carries nothing that a failure could lose, and every member
-            // gets it (reliability). Waiting for nulls to be stable would add a network hop
-            // whenever an idle member fills a slot before the message that triggered it.
-            if check_stable && matches!(slot, Slot::Data(_)) && k >= stable[r] {
+            // A null is passed as soon as it is held: it is the same at every member that
+            // holds it and carries nothing. A message is delivered only below the stable
+            // frontier: it and every slot before it (nulls included) are held by every member.
+            // Its own stability is not enough: a member that passed a null others lack could
+            // then deliver a message beyond the cut a view change computes from the survivors'
+            // rows (it would be excluded, but would have applied a message the group never
+            // delivered in that view).
+            if check_stable && matches!(slot, Slot::Data(_)) && (k >= stable[r] || g >= frontier) {
                 break;
             }
             let slot = std::mem::replace(slot, Slot::Null);
@@ -715,12 +912,14 @@ impl Member {
             self.next_slot += 1;
             if let Slot::Data(payload) = slot {
                 self.stats.delivered += 1;
-                self.deliveries.push_back(Delivery {
+                self.deliveries.push_back(Delivered::Message(Delivery {
                     sender: self.view.members[r],
                     seq: Seq(k),
                     slot: g,
+                    view: self.view.id,
+                    in_cut: false,
                     payload,
-                });
+                }));
             }
         }
         // Forget what is delivered; own slots only once stable too, as peers may still need
@@ -743,6 +942,7 @@ impl Member {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
         let now = self.now;
+        self.membership_timers(now);
         if now >= self.next_status_at {
             self.status_all = true;
             let period = if self.busy() {
@@ -786,7 +986,7 @@ impl Member {
 
     /// The next instant at which [`Member::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Instant {
-        let mut t = self.next_status_at;
+        let mut t = self.next_status_at.min(self.membership_deadline());
         if self.busy() {
             t = t.min(self.now + self.cfg.status_interval);
         }
@@ -800,8 +1000,8 @@ impl Member {
         t
     }
 
-    /// The next delivered message, in total order.
-    pub fn poll_delivery(&mut self) -> Option<Delivery> {
+    /// The next delivered message, view change or joiner state, in total order.
+    pub fn poll_delivery(&mut self) -> Option<Delivered> {
         self.deliveries.pop_front()
     }
 
@@ -817,9 +1017,15 @@ impl Member {
     fn own_row(&mut self) -> Row {
         let mut row = std::mem::take(&mut self.row);
         row.heartbeat = self.heartbeat;
-        row.delivered = self.next_slot;
         row.received.clear();
-        row.received.extend(self.logs.iter().map(|l| l.contiguous));
+        if let Some((received, delivered)) = &self.ms.frozen {
+            // Wedged: report only what we reported to the view change (see membership docs).
+            row.delivered = *delivered;
+            row.received.extend_from_slice(received);
+        } else {
+            row.delivered = self.next_slot;
+            row.received.extend(self.logs.iter().map(|l| l.contiguous));
+        }
         row
     }
 
@@ -888,7 +1094,7 @@ impl Member {
 
     /// The next frame to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        if self.transmits.is_empty() && self.view.len() > 1 {
+        if self.transmits.is_empty() && self.view.len() > 1 && !self.ms.status.is_final() {
             let row = self.own_row();
             self.produce(row);
         }
@@ -898,7 +1104,11 @@ impl Member {
     /// Queues the next frame(s) to send, in priority order; `row` is our current row, handed
     /// back to the reused buffer at the end.
     fn produce(&mut self, mut row: Row) {
-        let own_highest = self.logs[self.rank].highest;
+        let own_highest = if self.ms.frozen.is_some() {
+            self.unsent
+        } else {
+            self.logs[self.rank].highest
+        };
         if self.unsent < own_highest {
             // 1. New messages, multicast; they carry our row, so no separate status is needed.
             while self.unsent < own_highest {
@@ -956,6 +1166,969 @@ impl Member {
     }
 }
 
+// Membership: failure detection, view-change agreement, ragged-edge cleanup, joins, leaves and
+// state transfer. The protocol is described in `crate::membership`.
+impl Member {
+    /// A process asking to join the group through `contacts` (members it knows). It is in no
+    /// view ([`Status::Joining`]) until a leader admits it and a view including it is committed;
+    /// then it receives the application's state ([`Delivered::State`]) before any message.
+    pub fn joining(
+        cfg: ProtoConfig,
+        key: Key,
+        group: GroupId,
+        me: MemberId,
+        contacts: Vec<MemberId>,
+        now: Instant,
+    ) -> Result<Member, ConfigError> {
+        let mut m = Member::new(cfg, key, group, View::new(ViewId(0), vec![me]), me, now)?;
+        m.ms.status = Status::Joining;
+        m.ms.contacts = contacts;
+        Ok(m)
+    }
+
+    /// Where this member stands; hosts check it after every step (see [`Status`]).
+    pub fn status(&self) -> Status {
+        if self.ms.state_in.is_some() && !self.ms.status.is_final() {
+            Status::Joining
+        } else {
+            self.ms.status
+        }
+    }
+
+    /// Members of the current view this member suspects.
+    pub fn suspects(&self) -> Vec<MemberId> {
+        (0..self.n())
+            .filter(|&r| self.ms.suspected[r])
+            .map(|r| self.view.members[r])
+            .collect()
+    }
+
+    /// Asks the group to remove this member (graceful leave). Submit nothing more and wait until
+    /// [`Member::window_room`] is back to the whole window before calling, or the messages not
+    /// yet delivered are lost with the leave. The status becomes [`Status::Left`] once the view
+    /// without this member is committed.
+    pub fn leave(&mut self) {
+        if matches!(self.ms.status, Status::Serving | Status::Changing) && self.n() > 1 {
+            self.ms.leaving = true;
+            self.ms.leaving_ranks[self.rank] = true;
+            self.wedge();
+            self.ms.next_ctl_at = self.now;
+        }
+    }
+
+    /// Starts sending `state` (the application's snapshot as of the install of the current
+    /// view) to joiner `to`. Called by the host on a [`ViewChange`] whose `state_from` is this
+    /// member, for each of its `joined`, before handling any later delivery.
+    pub fn send_state(&mut self, to: MemberId, state: Vec<u8>) {
+        if self.view.rank_of(to).is_none() {
+            return;
+        }
+        self.ms.state_out.retain(|o| o.to != to);
+        self.ms.state_out.push(StateOut {
+            to,
+            view: self.view.id,
+            bytes: state,
+            acked: 0,
+            sent_to: 0,
+        });
+        let i = self.ms.state_out.len() - 1;
+        self.send_state_chunks(i);
+    }
+
+    fn state_chunk(&self) -> usize {
+        wire::max_payload_for(self.cfg.max_frame, 1)
+            .saturating_sub(32)
+            .max(16)
+    }
+
+    fn send_state_chunks(&mut self, i: usize) {
+        const WINDOW: usize = 16;
+        let cs = self.state_chunk();
+        let mut msgs = Vec::new();
+        {
+            let o = &mut self.ms.state_out[i];
+            let total = o.bytes.len();
+            let end = total.min(o.acked + WINDOW * cs);
+            if total == 0 && o.sent_to == 0 {
+                msgs.push(Ctl::State {
+                    view: o.view,
+                    offset: 0,
+                    total: 0,
+                    chunk: Vec::new(),
+                });
+                o.sent_to = 1;
+            }
+            while o.sent_to < end {
+                let to = (o.sent_to + cs).min(total);
+                msgs.push(Ctl::State {
+                    view: o.view,
+                    offset: o.sent_to as u32,
+                    total: total as u32,
+                    chunk: o.bytes[o.sent_to..to].to_vec(),
+                });
+                o.sent_to = to;
+            }
+        }
+        let to = self.ms.state_out[i].to;
+        for m in msgs {
+            self.emit_ctl(Dest::One(to), &m);
+        }
+    }
+
+    fn emit_ctl(&mut self, dest: Dest, ctl: &Ctl) {
+        let payload = ctl.encode();
+        let mut buf = self.pool.pop().unwrap_or_default();
+        let header = self.header(Kind::Control, 0);
+        let row = Row {
+            heartbeat: self.heartbeat,
+            delivered: 0,
+            received: vec![0],
+        };
+        // Control messages may exceed max_frame for large groups: they are rare and small
+        // groups keep them well under it.
+        let limit = self.cfg.max_frame.max(payload.len() + 256);
+        let mut w = FrameWriter::new(&mut buf, limit, &header, &row);
+        if !w.push_data(&payload) {
+            self.pool.push(buf);
+            return;
+        }
+        w.finish(&self.key);
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += buf.len() as u64;
+        self.transmits.push_back(Transmit { dest, frame: buf });
+    }
+
+    /// Stops delivering and sending, and freezes the counts this member reports.
+    fn wedge(&mut self) {
+        if self.ms.frozen.is_none() {
+            let received = self.logs.iter().map(|l| l.contiguous).collect();
+            self.ms.frozen = Some((received, self.next_slot));
+            self.ms.wedged_at = Some(self.now);
+            self.status_all = true;
+        }
+        if self.ms.status == Status::Serving {
+            self.ms.status = Status::Changing;
+        }
+    }
+
+    fn suspect_rank(&mut self, r: usize, own: bool) {
+        if r >= self.n() || self.ms.suspected[r] {
+            return;
+        }
+        self.ms.suspected[r] = true;
+        if own {
+            self.ms.suspected_at[r] = Some(self.now);
+            self.stats.suspicions += 1;
+        }
+        self.wedge();
+        self.ms.next_ctl_at = self.now;
+    }
+
+    fn membership_timers(&mut self, now: Instant) {
+        let period = self.cfg.status_interval.max(Duration::from_micros(200));
+        match self.ms.status {
+            Status::Excluded | Status::Left => return,
+            Status::Joining => {
+                if now >= self.ms.next_ctl_at {
+                    self.ms.next_ctl_at = now + period;
+                    for c in self.ms.contacts.clone() {
+                        self.emit_ctl(Dest::One(c), &Ctl::Join);
+                    }
+                }
+                return;
+            }
+            _ => {}
+        }
+        let timeout = self.cfg.failure_timeout;
+        self.ms
+            .joins
+            .retain(|_, t| now.saturating_since(*t) < timeout);
+        for r in 0..self.n() {
+            if r == self.rank || self.ms.suspected[r] {
+                continue;
+            }
+            if self.ms.initial && self.last_heard[r].is_none() {
+                continue;
+            }
+            let last = self.last_heard[r].unwrap_or(self.ms.view_started);
+            if now.saturating_since(last) >= timeout {
+                self.suspect_rank(r, true);
+            }
+        }
+        if now >= self.ms.next_ctl_at {
+            self.ms.next_ctl_at = now + period;
+            self.resend_ctl();
+        }
+        self.drive_change();
+    }
+
+    fn membership_deadline(&self) -> Instant {
+        match self.ms.status {
+            Status::Excluded | Status::Left => return Instant(u64::MAX),
+            Status::Joining => return self.ms.next_ctl_at,
+            _ => {}
+        }
+        let mut t = Instant(u64::MAX);
+        for r in 0..self.n() {
+            if r != self.rank
+                && !self.ms.suspected[r]
+                && !(self.ms.initial && self.last_heard[r].is_none())
+            {
+                let last = self.last_heard[r].unwrap_or(self.ms.view_started);
+                t = t.min(last + self.cfg.failure_timeout);
+            }
+        }
+        if self.ms.frozen.is_some() || !self.ms.state_out.is_empty() {
+            t = t.min(self.ms.next_ctl_at);
+        }
+        t
+    }
+
+    /// Periodic repetition of whatever the view change is waiting for (losses are repaired by
+    /// repeating; every handler is idempotent).
+    fn resend_ctl(&mut self) {
+        if self.ms.frozen.is_some() {
+            // Also with no suspect: a wedged member needs a view change to serve again (a
+            // healed minority), and this asks the others for one.
+            let suspects = self.suspects();
+            let minority = self.ms.status == Status::Minority;
+            self.emit_ctl(Dest::All, &Ctl::Suspect { suspects, minority });
+            if self.ms.leaving {
+                self.emit_ctl(Dest::All, &Ctl::Leave);
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(l) = &self.ms.leading {
+            for &m in &l.members {
+                if m == self.me {
+                    continue;
+                }
+                match &l.decision {
+                    None if !l.promises.contains_key(&m) => out.push((
+                        m,
+                        Ctl::Propose {
+                            ballot: l.ballot,
+                            members: l.members.clone(),
+                            leaving: l.leaving.clone(),
+                            joiners: l.joiners.clone(),
+                        },
+                    )),
+                    Some(d) if !l.accepted_by.contains(&m) => out.push((
+                        m,
+                        Ctl::Accept {
+                            ballot: l.ballot,
+                            decision: d.clone(),
+                        },
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        for (m, c) in out {
+            self.emit_ctl(Dest::One(m), &c);
+        }
+        self.ms.state_out.retain(|o| o.acked < o.bytes.len().max(1));
+        let view = self.view.clone();
+        self.ms
+            .state_out
+            .retain(|o| o.view == view.id && view.rank_of(o.to).is_some());
+        for i in 0..self.ms.state_out.len() {
+            let o = &mut self.ms.state_out[i];
+            o.sent_to = o.acked;
+            self.send_state_chunks(i);
+        }
+    }
+
+    /// A minority member hearing again from a member it suspected (a partition healed):
+    /// suspicions are dropped so that, if no majority decided without us, the view change can
+    /// complete with everyone (Paxos keeps one decision per view whoever proposes). A majority
+    /// never drops a suspicion: it goes on without the suspected member.
+    fn heard_in_minority(&mut self, r: usize) {
+        if self.ms.status == Status::Minority && self.ms.suspected[r] {
+            self.ms.suspected[r] = false;
+            self.ms.suspected_at[r] = None;
+            let n = self.n();
+            let alive = self.ms.suspected.iter().filter(|s| !**s).count();
+            if alive * 2 > n {
+                self.ms.status = Status::Changing;
+            }
+        }
+    }
+
+    /// Starts or restarts a ballot when this member leads and a change is needed.
+    fn drive_change(&mut self) {
+        if !matches!(self.ms.status, Status::Serving | Status::Changing) {
+            return;
+        }
+        // Once wedged, only a new view lets this member serve again (possibly with the same
+        // members, after a healed partition).
+        let n = self.n();
+        let would_lead =
+            (0..n).find(|&r| !self.ms.suspected[r] && !self.ms.leaving_ranks[r]) == Some(self.rank);
+        // Join requests start a change only at the member that would lead it (every member
+        // gets them; the others would only wedge the group for nothing).
+        let needed = self.ms.frozen.is_some()
+            || self.ms.suspected.iter().any(|&s| s)
+            || self.ms.leaving_ranks.iter().any(|&s| s)
+            || (would_lead && !self.ms.joins.is_empty());
+        if !needed {
+            return;
+        }
+        self.wedge();
+        let acceptors: Vec<usize> = (0..n).filter(|&r| !self.ms.suspected[r]).collect();
+        if acceptors.len() * 2 <= n {
+            self.ms.status = Status::Minority;
+            self.ms.leading = None;
+            return;
+        }
+        let leader = acceptors
+            .iter()
+            .copied()
+            .find(|&r| !self.ms.leaving_ranks[r]);
+        if leader != Some(self.rank) {
+            self.ms.leading = None;
+            return;
+        }
+        let members: Vec<MemberId> = acceptors.iter().map(|&r| self.view.members[r]).collect();
+        let leaving: Vec<MemberId> = acceptors
+            .iter()
+            .filter(|&&r| self.ms.leaving_ranks[r])
+            .map(|&r| self.view.members[r])
+            .collect();
+        // Joiners: new ids, and new incarnations of members being removed (same id).
+        let joiners: Vec<MemberId> = self
+            .ms
+            .joins
+            .keys()
+            .copied()
+            .filter(|j| !members.contains(j) || leaving.contains(j))
+            .take(wire::MAX_MEMBERS.saturating_sub(members.len()))
+            .collect();
+        if let Some(l) = &self.ms.leading {
+            if l.members == members && l.leaving == leaving && l.joiners == joiners {
+                return;
+            }
+        }
+        let round = self
+            .ms
+            .round_seen
+            .max(self.ms.promised.map_or(0, |b| b.round))
+            + 1;
+        let ballot = Ballot {
+            round,
+            leader: self.me,
+        };
+        self.ms.round_seen = round;
+        self.ms.promised = Some(ballot);
+        self.stats.ballots += 1;
+        let (received, delivered) = self.ms.frozen.clone().unwrap_or_default();
+        let mut promises = BTreeMap::new();
+        promises.insert(
+            self.me,
+            Promised {
+                received,
+                delivered,
+                accepted: self.ms.accepted.clone(),
+            },
+        );
+        let propose = Ctl::Propose {
+            ballot,
+            members: members.clone(),
+            leaving: leaving.clone(),
+            joiners: joiners.clone(),
+        };
+        self.ms.leading = Some(Leading {
+            ballot,
+            members: members.clone(),
+            leaving,
+            joiners,
+            promises,
+            decision: None,
+            accepted_by: BTreeSet::new(),
+        });
+        for m in members {
+            if m != self.me {
+                self.emit_ctl(Dest::One(m), &propose);
+            }
+        }
+        self.maybe_decide();
+    }
+
+    fn maybe_decide(&mut self) {
+        let n = self.n() as u64;
+        let Some(l) = &self.ms.leading else { return };
+        if l.decision.is_some() || !l.members.iter().all(|m| l.promises.contains_key(m)) {
+            return;
+        }
+        if self.ms.promised != Some(l.ballot) {
+            // We promised a higher ballot since: ours cannot win.
+            self.ms.leading = None;
+            return;
+        }
+        let adopted = l
+            .promises
+            .values()
+            .filter_map(|p| p.accepted.clone())
+            .max_by_key(|(b, _)| *b)
+            .map(|(_, d)| d);
+        let decision = adopted.unwrap_or_else(|| {
+            let c_del = l.promises.values().map(|p| p.delivered).max().unwrap_or(0);
+            let c_min = (0..n)
+                .map(|r| {
+                    let held = l
+                        .promises
+                        .values()
+                        .map(|p| p.received.get(r as usize).copied().unwrap_or(0))
+                        .min()
+                        .unwrap_or(0);
+                    held * n + r
+                })
+                .min()
+                .unwrap_or(0);
+            let mut next: Vec<MemberId> = self
+                .view
+                .members
+                .iter()
+                .copied()
+                .filter(|m| l.members.contains(m) && !l.leaving.contains(m))
+                .collect();
+            next.extend(l.joiners.iter().copied());
+            Decision {
+                from: self.view.id,
+                next: View::new(ViewId(self.view.id.0 + 1), next),
+                joiners: l.joiners.clone(),
+                cut: c_del.max(c_min),
+            }
+        });
+        let ballot = l.ballot;
+        let members = l.members.clone();
+        if let Some(l) = &mut self.ms.leading {
+            l.decision = Some(decision.clone());
+            l.accepted_by.insert(self.me);
+        }
+        self.ms.accepted = Some((ballot, decision.clone()));
+        let accept = Ctl::Accept { ballot, decision };
+        for m in members {
+            if m != self.me {
+                self.emit_ctl(Dest::One(m), &accept);
+            }
+        }
+        self.maybe_commit();
+    }
+
+    fn maybe_commit(&mut self) {
+        let n = self.n();
+        let Some(l) = &self.ms.leading else { return };
+        let Some(d) = &l.decision else { return };
+        let majority = l.accepted_by.len() * 2 > n;
+        if !majority && self.cfg.sabotage != Sabotage::CommitWithoutMajority {
+            return;
+        }
+        let d = d.clone();
+        let commit = Ctl::Commit {
+            decision: d.clone(),
+        };
+        let mut to: BTreeSet<MemberId> = self.view.members.iter().copied().collect();
+        to.extend(d.next.members.iter().copied());
+        to.remove(&self.me);
+        for m in to {
+            self.emit_ctl(Dest::One(m), &commit);
+        }
+        self.install(d);
+    }
+
+    fn catch_up(&mut self, to: MemberId) {
+        let Some(d) = &self.ms.last_commit else {
+            return;
+        };
+        let now = self.now;
+        let due = self
+            .ms
+            .catchup_at
+            .get(&to)
+            .is_none_or(|&t| now >= t + self.cfg.status_interval);
+        if due {
+            self.ms.catchup_at.insert(to, now);
+            let c = Ctl::Commit {
+                decision: d.clone(),
+            };
+            self.emit_ctl(Dest::One(to), &c);
+        }
+    }
+
+    fn handle_control(&mut self, sender: MemberId, view: ViewId, payload: &[u8]) {
+        let Some(ctl) = Ctl::decode(payload) else {
+            self.stats.bad_control += 1;
+            return;
+        };
+        match ctl {
+            Ctl::Commit { decision } => {
+                self.on_commit(decision);
+                return;
+            }
+            Ctl::Join => {
+                self.on_join(sender);
+                return;
+            }
+            _ => {}
+        }
+        if self.ms.status.is_final() || self.view.id == ViewId(0) {
+            return;
+        }
+        let drop = if view < self.view.id {
+            self.catch_up(sender);
+            Some(ProtoDrop::WrongView)
+        } else if view != self.view.id {
+            Some(ProtoDrop::WrongView)
+        } else if sender == self.me {
+            Some(ProtoDrop::OwnFrame)
+        } else if self.view.rank_of(sender).is_none() {
+            Some(ProtoDrop::UnknownSender)
+        } else {
+            None
+        };
+        if let Some(d) = drop {
+            let i = ProtoDrop::ALL.iter().position(|&x| x == d).unwrap_or(0);
+            self.stats.dropped_proto[i] += 1;
+            return;
+        }
+        let r = self.view.rank_of(sender).unwrap_or(0);
+        self.last_heard[r] = Some(self.now);
+        self.heard_in_minority(r);
+        if self.ms.suspected[r] {
+            // What a suspected member says cannot change anything here.
+            return;
+        }
+        match ctl {
+            Ctl::Suspect { suspects, minority } => {
+                // Others suspecting this member do not make it suspect itself: a leader that
+                // excludes it says so (its proposal or its commit), and a minority that heals
+                // must be able to resume. A minority's suspicions are not taken up (they are
+                // stale once it hears again), nor does a minority take up others'.
+                let take = !minority && self.ms.status != Status::Minority;
+                for m in suspects.into_iter().filter(|_| take) {
+                    if let Some(x) = self.view.rank_of(m) {
+                        if x != self.rank {
+                            self.suspect_rank(x, false);
+                        }
+                    }
+                }
+                self.wedge();
+            }
+            Ctl::Leave => {
+                if !self.ms.leaving_ranks[r] {
+                    self.ms.leaving_ranks[r] = true;
+                    self.wedge();
+                }
+            }
+            Ctl::Propose {
+                ballot,
+                members,
+                leaving,
+                joiners: _,
+            } => self.on_propose(sender, ballot, &members, &leaving),
+            Ctl::Promise {
+                ballot,
+                received,
+                delivered,
+                accepted,
+            } => {
+                let n = self.n();
+                if let Some(l) = &mut self.ms.leading {
+                    if l.ballot == ballot && l.members.contains(&sender) && received.len() == n {
+                        l.promises.insert(
+                            sender,
+                            Promised {
+                                received,
+                                delivered,
+                                accepted,
+                            },
+                        );
+                    }
+                }
+                self.maybe_decide();
+            }
+            Ctl::Accept { ballot, decision } => {
+                if self.ms.promised.is_none_or(|p| ballot >= p) && decision.from == self.view.id {
+                    self.ms.promised = Some(ballot);
+                    self.ms.round_seen = self.ms.round_seen.max(ballot.round);
+                    self.ms.accepted = Some((ballot, decision));
+                    self.wedge();
+                    self.emit_ctl(Dest::One(sender), &Ctl::Accepted { ballot });
+                } else if let Some(p) = self.ms.promised {
+                    self.emit_ctl(Dest::One(sender), &Ctl::Reject { promised: p });
+                }
+            }
+            Ctl::Accepted { ballot } => {
+                if let Some(l) = &mut self.ms.leading {
+                    if l.ballot == ballot && l.decision.is_some() {
+                        l.accepted_by.insert(sender);
+                    }
+                }
+                self.maybe_commit();
+            }
+            Ctl::Reject { promised } => {
+                self.ms.round_seen = self.ms.round_seen.max(promised.round);
+                if self
+                    .ms
+                    .leading
+                    .as_ref()
+                    .is_some_and(|l| l.ballot < promised)
+                {
+                    self.ms.leading = None;
+                }
+            }
+            Ctl::StateAck { view, have } => {
+                if let Some(i) = self
+                    .ms
+                    .state_out
+                    .iter()
+                    .position(|o| o.to == sender && o.view == view)
+                {
+                    let o = &mut self.ms.state_out[i];
+                    o.acked = o.acked.max(have as usize).min(o.bytes.len());
+                    if o.acked >= o.bytes.len() {
+                        self.ms.state_out.remove(i);
+                    } else {
+                        self.send_state_chunks(i);
+                    }
+                }
+            }
+            Ctl::State {
+                view,
+                offset,
+                total,
+                chunk,
+            } => self.on_state_chunk(sender, view, offset, total, chunk),
+            Ctl::Commit { .. } | Ctl::Join => {}
+        }
+        self.drive_change();
+    }
+
+    fn on_propose(
+        &mut self,
+        sender: MemberId,
+        ballot: Ballot,
+        members: &[MemberId],
+        leaving: &[MemberId],
+    ) {
+        if let Some(p) = self.ms.promised {
+            if ballot < p {
+                self.emit_ctl(Dest::One(sender), &Ctl::Reject { promised: p });
+                return;
+            }
+        }
+        self.ms.promised = Some(ballot);
+        self.ms.round_seen = self.ms.round_seen.max(ballot.round);
+        if self.ms.leading.as_ref().is_some_and(|l| l.ballot < ballot) {
+            self.ms.leading = None;
+        }
+        for r in 0..self.n() {
+            let m = self.view.members[r];
+            if !members.contains(&m) {
+                self.suspect_rank(r, false);
+            }
+            if leaving.contains(&m) {
+                self.ms.leaving_ranks[r] = true;
+            }
+        }
+        if !members.contains(&self.me) {
+            return;
+        }
+        self.wedge();
+        let (received, delivered) = self.ms.frozen.clone().unwrap_or_default();
+        let promise = Ctl::Promise {
+            ballot,
+            received,
+            delivered,
+            accepted: self.ms.accepted.clone(),
+        };
+        self.emit_ctl(Dest::One(sender), &promise);
+    }
+
+    fn on_join(&mut self, sender: MemberId) {
+        if !matches!(self.ms.status, Status::Serving | Status::Changing) {
+            return;
+        }
+        if self.ms.joined_now.contains(&sender) {
+            // It is in this view already but missed the commit.
+            self.ms.catchup_at.remove(&sender);
+            self.catch_up(sender);
+            return;
+        }
+        if let Some(t) = self.ms.joins.get_mut(&sender) {
+            *t = self.now;
+            return;
+        }
+        self.stats.join_requests += 1;
+        if let Admission::Listed(ok) = &self.cfg.admission {
+            if !ok.contains(&sender) {
+                self.stats.joins_refused += 1;
+                return;
+            }
+        }
+        if let Some(r) = self.view.rank_of(sender) {
+            // A new incarnation of a member of this view: the old one is gone.
+            self.suspect_rank(r, true);
+        }
+        self.ms.joins.insert(sender, self.now);
+        self.drive_change();
+    }
+
+    fn on_state_chunk(
+        &mut self,
+        sender: MemberId,
+        view: ViewId,
+        offset: u32,
+        total: u32,
+        chunk: Vec<u8>,
+    ) {
+        let Some((v, bytes, tot)) = &mut self.ms.state_in else {
+            return;
+        };
+        if *v != view {
+            return;
+        }
+        if offset as usize == bytes.len() && bytes.len() + chunk.len() <= total as usize {
+            bytes.extend_from_slice(&chunk);
+            *tot = Some(total);
+        }
+        let have = bytes.len() as u32;
+        self.emit_ctl(Dest::One(sender), &Ctl::StateAck { view, have });
+        self.deliver();
+    }
+
+    fn on_commit(&mut self, d: Decision) {
+        match self.ms.status {
+            Status::Excluded | Status::Left => {}
+            Status::Joining if self.view.id == ViewId(0) => {
+                // Only a decision that admits this process as a joiner: the id may also be in
+                // a view as an old incarnation of this member (a decision adopted from before
+                // it restarted), which is not this process.
+                if d.joiners.contains(&self.me) && d.next.members.contains(&self.me) {
+                    self.install_joiner(d);
+                }
+            }
+            _ => {
+                if d.from == self.view.id {
+                    self.install(d);
+                } else if d.from > self.view.id {
+                    // The group moved on by more than one view without us.
+                    self.ms.status = Status::Excluded;
+                    self.ms.last_commit = Some(d);
+                }
+            }
+        }
+    }
+
+    fn install_joiner(&mut self, d: Decision) {
+        let previous = self.view.clone();
+        let next = d.next.clone();
+        self.reset_view(next.clone());
+        self.ms.status = Status::Serving;
+        self.ms.state_in = Some((next.id, Vec::new(), None));
+        self.ms.joined_now = d.joiners.iter().copied().collect();
+        self.ms.last_commit = Some(d.clone());
+        self.stats.view_changes += 1;
+        self.deliveries.push_back(Delivered::View(ViewChange {
+            previous,
+            view: next.clone(),
+            removed: Vec::new(),
+            joined: vec![self.me],
+            cut: 0,
+            inferred_nulls: 0,
+            resubmitted: 0,
+            wedged_for: Duration::ZERO,
+            suspected_at: None,
+            state_from: None,
+        }));
+    }
+
+    /// Ragged-edge cleanup up to the decision's cut, then the new view.
+    fn install(&mut self, d: Decision) {
+        let previous = self.view.clone();
+        let me_next = d.next.rank_of(self.me).is_some();
+        if !me_next {
+            self.ms.status = if self.ms.leaving {
+                Status::Left
+            } else {
+                Status::Excluded
+            };
+            self.ms.last_commit = Some(d);
+            self.ms.leading = None;
+            return;
+        }
+        if self.ms.state_in.is_some() {
+            // Still waiting for our state when the view changed again: we cannot catch up.
+            self.ms.status = Status::Excluded;
+            self.ms.last_commit = Some(d);
+            return;
+        }
+        let n = self.n() as u64;
+        let cut = if self.cfg.sabotage == Sabotage::IgnoreCut {
+            self.next_slot.max(
+                (0..n)
+                    .map(|r| self.logs[r as usize].contiguous * n + r)
+                    .min()
+                    .unwrap_or(0),
+            )
+        } else {
+            d.cut
+        };
+        let mut inferred = 0;
+        while self.next_slot < cut {
+            let g = self.next_slot;
+            let r = (g % n) as usize;
+            let k = g / n;
+            let log = &mut self.logs[r];
+            let slot = k
+                .checked_sub(log.base)
+                .and_then(|i| log.slots.get_mut(i as usize))
+                .and_then(Option::take);
+            log.delivered = log.delivered.max(k + 1);
+            self.next_slot += 1;
+            match slot {
+                Some(Slot::Data(payload)) => {
+                    self.stats.delivered += 1;
+                    self.deliveries.push_back(Delivered::Message(Delivery {
+                        sender: self.view.members[r],
+                        seq: Seq(k),
+                        slot: g,
+                        view: self.view.id,
+                        in_cut: true,
+                        payload,
+                    }));
+                }
+                Some(Slot::Null) => {}
+                None => inferred += 1,
+            }
+        }
+        // Own messages not delivered by the cut go again, in order, in the new view.
+        let own = &mut self.logs[self.rank];
+        let mut again = Vec::new();
+        for seq in own.delivered.max(own.base)..own.highest {
+            if let Some(Some(Slot::Data(p))) = own.slots.get_mut((seq - own.base) as usize) {
+                again.push(std::mem::take(p));
+            }
+        }
+        // A rejoining incarnation of an old member counts as removed (the old one) and joined.
+        let removed: Vec<MemberId> = previous
+            .members
+            .iter()
+            .copied()
+            .filter(|m| d.next.rank_of(*m).is_none() || d.joiners.contains(m))
+            .collect();
+        let joined: Vec<MemberId> = d
+            .next
+            .members
+            .iter()
+            .copied()
+            .filter(|m| previous.rank_of(*m).is_none() || d.joiners.contains(m))
+            .collect();
+        let suspected_at = (0..previous.len())
+            .filter(|&r| removed.contains(&previous.members[r]))
+            .filter_map(|r| self.ms.suspected_at[r])
+            .min();
+        let wedged_for = self
+            .ms
+            .wedged_at
+            .map_or(Duration::ZERO, |t| self.now.saturating_since(t));
+        let state_from = if joined.is_empty() {
+            None
+        } else {
+            d.next
+                .members
+                .iter()
+                .copied()
+                .find(|m| previous.rank_of(*m).is_some() && !d.joiners.contains(m))
+        };
+        let next = d.next.clone();
+        let resubmitted = again.len() as u64;
+        self.reset_view(next.clone());
+        self.ms.joined_now = joined.iter().copied().collect();
+        self.ms.joins.retain(|j, _| next.rank_of(*j).is_none());
+        self.ms.last_commit = Some(d);
+        self.stats.view_changes += 1;
+        self.stats.resubmitted += resubmitted;
+        self.deliveries.push_back(Delivered::View(ViewChange {
+            previous,
+            view: next,
+            removed,
+            joined,
+            cut,
+            inferred_nulls: inferred,
+            resubmitted,
+            wedged_for,
+            suspected_at,
+            state_from,
+        }));
+        let me = self.rank;
+        for p in again {
+            let seq = self.logs[me].highest;
+            self.logs[me].insert(seq, Slot::Data(p));
+        }
+        if self.n() == 1 {
+            self.deliver();
+        }
+    }
+
+    /// Per-view state for a newly installed view (counters, pool and clock are kept).
+    fn reset_view(&mut self, view: View) {
+        let n = view.len();
+        let rto = self.cfg.rto;
+        self.rank = view.rank_of(self.me).unwrap_or(0);
+        self.logs = (0..n).map(|_| SenderLog::default()).collect();
+        self.rows = (0..n)
+            .map(|_| Row {
+                heartbeat: 0,
+                delivered: 0,
+                received: vec![0; n],
+            })
+            .collect();
+        self.next_slot = 0;
+        self.unsent = 0;
+        self.retx_queue.clear();
+        self.retx = vec![
+            Retx {
+                deadline: None,
+                rto,
+                srtt_us: None,
+                rttvar_us: 0,
+                sample: None,
+            };
+            n
+        ];
+        self.status_all = true;
+        self.status_to = vec![false; n];
+        self.next_status_at = self.now;
+        self.last_heard = vec![None; n];
+        self.gap_reported = vec![None; n];
+        self.fast_from = vec![None; n];
+        self.view = view;
+        let leaving = self.ms.leaving;
+        let ms = &mut self.ms;
+        ms.suspected = vec![false; n];
+        ms.suspected_at = vec![None; n];
+        ms.leaving_ranks = vec![false; n];
+        if leaving {
+            ms.leaving_ranks[self.rank] = true;
+        }
+        ms.frozen = None;
+        ms.wedged_at = None;
+        ms.promised = None;
+        ms.accepted = None;
+        ms.leading = None;
+        ms.catchup_at.clear();
+        ms.view_started = self.now;
+        ms.initial = false;
+        ms.next_ctl_at = self.now;
+        ms.state_out.clear();
+        if matches!(ms.status, Status::Changing | Status::Minority) {
+            ms.status = Status::Serving;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -974,6 +2147,258 @@ mod tests {
             Instant(0),
         )
         .unwrap()
+    }
+
+    fn msgs(m: &mut Member) -> Vec<Delivery> {
+        std::iter::from_fn(|| m.poll_delivery())
+            .filter_map(|d| match d {
+                Delivered::Message(d) => Some(d),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A tiny network for membership tests: members by id, some of them down, time advanced
+    /// by steps; every frame between two live members arrives at the next step.
+    struct Net {
+        ms: Vec<Member>,
+        down: Vec<bool>,
+        now: u64,
+        out: Vec<Vec<Delivered>>,
+    }
+
+    impl Net {
+        fn new(n: u16, cfg: ProtoConfig) -> Net {
+            Net {
+                ms: (0..n).map(|i| member(n, i, cfg.clone())).collect(),
+                down: vec![false; n as usize],
+                now: 0,
+                out: vec![Vec::new(); n as usize],
+            }
+        }
+        fn step(&mut self, us: u64) {
+            self.now += us;
+            let now = Instant(self.now);
+            let mut frames = Vec::new();
+            for (i, m) in self.ms.iter_mut().enumerate() {
+                if self.down[i] {
+                    continue;
+                }
+                if now >= m.poll_timeout() {
+                    m.handle_timeout(now);
+                }
+                while let Some(t) = m.poll_transmit() {
+                    frames.push((i, t));
+                }
+            }
+            for (from, t) in frames {
+                let dests: Vec<usize> = match t.dest {
+                    Dest::All => self.ms[from]
+                        .view()
+                        .members
+                        .iter()
+                        .map(|m| m.0 as usize)
+                        .filter(|&j| j != from)
+                        .collect(),
+                    Dest::One(x) => vec![x.0 as usize],
+                };
+                for j in dests {
+                    if j < self.ms.len() && !self.down[j] {
+                        self.ms[j].handle_frame(now, &t.frame);
+                    }
+                }
+            }
+            for (i, m) in self.ms.iter_mut().enumerate() {
+                while let Some(d) = m.poll_delivery() {
+                    self.out[i].push(d);
+                }
+            }
+        }
+        fn run(&mut self, total_us: u64) {
+            for _ in 0..total_us / 500 {
+                self.step(500);
+            }
+        }
+        fn payloads(&self, i: usize) -> Vec<Vec<u8>> {
+            self.out[i]
+                .iter()
+                .filter_map(|d| match d {
+                    Delivered::Message(d) => Some(d.payload.clone()),
+                    _ => None,
+                })
+                .collect()
+        }
+        fn views(&self, i: usize) -> Vec<ViewChange> {
+            self.out[i]
+                .iter()
+                .filter_map(|d| match d {
+                    Delivered::View(v) => Some(v.clone()),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_crashed_member_is_removed_and_survivors_agree() {
+        let mut net = Net::new(3, ProtoConfig::default());
+        for k in 0..10u8 {
+            net.ms[(k % 3) as usize].submit(vec![k]).unwrap();
+        }
+        net.run(5_000);
+        assert_eq!(net.payloads(0).len(), 10);
+        // Member 2 crashes; member 0 submits more, which cannot be stable without member 2.
+        net.down[2] = true;
+        for k in 10..15u8 {
+            net.ms[0].submit(vec![k]).unwrap();
+        }
+        net.run(100_000);
+        for i in 0..2 {
+            assert_eq!(net.ms[i].status(), Status::Serving);
+            assert_eq!(net.ms[i].view().members, vec![MemberId(0), MemberId(1)]);
+            let v = net.views(i);
+            assert_eq!(v.len(), 1);
+            assert_eq!(v[0].removed, vec![MemberId(2)]);
+        }
+        // Nothing submitted by a survivor is lost: the 5 late messages are delivered (in the
+        // cut or in the new view), in order, identically at both.
+        let want: Vec<Vec<u8>> = (0..15u8).map(|k| vec![k]).collect();
+        assert_eq!(net.payloads(0), want);
+        assert_eq!(net.payloads(1), want);
+        assert_eq!(net.ms[0].stats().view_changes, 1);
+        // The new view works.
+        net.ms[1].submit(b"after".to_vec()).unwrap();
+        net.run(5_000);
+        assert_eq!(net.payloads(0).last(), Some(&b"after".to_vec()));
+    }
+
+    #[test]
+    fn the_leader_crashing_during_the_change_is_survived() {
+        let mut net = Net::new(5, ProtoConfig::default());
+        net.run(2_000);
+        net.down[4] = true;
+        // Run until the leader (member 0) has started its ballot, then crash it too.
+        for _ in 0..200 {
+            net.step(500);
+            if net.ms[0].ms.leading.is_some() {
+                break;
+            }
+        }
+        assert!(net.ms[0].ms.leading.is_some());
+        net.down[0] = true;
+        net.run(200_000);
+        for i in 1..4 {
+            assert_eq!(net.ms[i].status(), Status::Serving, "m{i}");
+            assert_eq!(
+                net.ms[i].view().members,
+                vec![MemberId(1), MemberId(2), MemberId(3)]
+            );
+        }
+    }
+
+    #[test]
+    fn an_isolated_member_is_a_minority_and_learns_its_exclusion_on_heal() {
+        let mut net = Net::new(3, ProtoConfig::default());
+        net.run(2_000);
+        // Member 0 cannot reach anyone: down for the others, but still running itself.
+        let mut isolated = std::mem::replace(&mut net.ms[0], member(3, 0, ProtoConfig::default()));
+        net.down[0] = true;
+        let mut t = net.now;
+        for _ in 0..200 {
+            net.step(500);
+            t += 500;
+            isolated.handle_timeout(Instant(t));
+            while isolated.poll_transmit().is_some() {}
+        }
+        assert_eq!(isolated.status(), Status::Minority);
+        assert!(isolated.submit(vec![1]).is_err());
+        assert_eq!(net.ms[1].view().members, vec![MemberId(1), MemberId(2)]);
+        // Heal: its frames reach the others, which tell it how its view ended.
+        net.ms[0] = isolated;
+        net.down[0] = false;
+        net.run(20_000);
+        assert_eq!(net.ms[0].status(), Status::Excluded);
+        assert_eq!(net.ms[1].view().members, vec![MemberId(1), MemberId(2)]);
+        assert!(net.ms[1].stats().dropped_by(ProtoDrop::WrongView) > 0);
+    }
+
+    #[test]
+    fn a_joiner_gets_the_state_then_the_messages() {
+        let mut net = Net::new(2, ProtoConfig::default());
+        net.ms[0].submit(b"before".to_vec()).unwrap();
+        net.run(2_000);
+        let j = Member::joining(
+            ProtoConfig::default(),
+            Key::from_bytes([1; 32]),
+            GroupId(3),
+            MemberId(2),
+            vec![MemberId(0), MemberId(1)],
+            Instant(net.now),
+        )
+        .unwrap();
+        assert_eq!(j.status(), Status::Joining);
+        net.ms.push(j);
+        net.down.push(false);
+        net.out.push(Vec::new());
+        let mut sent = false;
+        for _ in 0..100 {
+            net.step(500);
+            if !sent {
+                if let Some(v) = net.views(0).first() {
+                    assert_eq!(v.joined, vec![MemberId(2)]);
+                    assert_eq!(v.state_from, Some(MemberId(0)));
+                    net.ms[0].send_state(MemberId(2), vec![7; 5000]);
+                    sent = true;
+                }
+            }
+        }
+        assert!(sent);
+        net.ms[1].submit(b"after".to_vec()).unwrap();
+        net.run(10_000);
+        assert_eq!(net.ms[2].status(), Status::Serving);
+        let got: Vec<&Delivered> = net.out[2].iter().collect();
+        assert!(matches!(got[0], Delivered::View(_)));
+        assert!(matches!(got[1], Delivered::State(s) if *s == vec![7; 5000]));
+        assert_eq!(net.payloads(2), vec![b"after".to_vec()]);
+        assert_eq!(net.payloads(0), vec![b"before".to_vec(), b"after".to_vec()]);
+    }
+
+    #[test]
+    fn a_join_not_admitted_is_refused_and_the_group_unchanged() {
+        let cfg = ProtoConfig {
+            admission: Admission::Listed([MemberId(0), MemberId(1)].into_iter().collect()),
+            ..ProtoConfig::default()
+        };
+        let mut net = Net::new(2, cfg.clone());
+        let j = Member::joining(
+            cfg,
+            Key::from_bytes([1; 32]),
+            GroupId(3),
+            MemberId(9),
+            vec![MemberId(0), MemberId(1)],
+            Instant(0),
+        )
+        .unwrap();
+        net.ms.push(j);
+        net.down.push(false);
+        net.out.push(Vec::new());
+        // Member 9's id is beyond the vector: map it to index 2 by giving it a view of ids.
+        net.run(20_000);
+        assert_eq!(net.ms[0].view().id, ViewId(1));
+        assert_eq!(net.ms[0].status(), Status::Serving);
+        assert!(net.ms[0].stats().joins_refused >= 1);
+        assert_eq!(net.ms[2].status(), Status::Joining);
+    }
+
+    #[test]
+    fn a_graceful_leave() {
+        let mut net = Net::new(3, ProtoConfig::default());
+        net.run(2_000);
+        net.ms[2].leave();
+        net.run(20_000);
+        assert_eq!(net.ms[2].status(), Status::Left);
+        assert_eq!(net.ms[0].view().members, vec![MemberId(0), MemberId(1)]);
+        assert_eq!(net.ms[0].stats().suspicions, 0);
     }
 
     /// Moves every pending frame between members, `rounds` times.
@@ -1112,9 +2537,7 @@ mod tests {
         let mut m = member(1, 0, ProtoConfig::default());
         m.submit(b"a".to_vec()).unwrap();
         m.submit(b"b".to_vec()).unwrap();
-        let got: Vec<Vec<u8>> = std::iter::from_fn(|| m.poll_delivery())
-            .map(|d| d.payload)
-            .collect();
+        let got: Vec<Vec<u8>> = msgs(&mut m).into_iter().map(|d| d.payload).collect();
         assert_eq!(got, vec![b"a".to_vec(), b"b".to_vec()]);
         assert!(m.poll_transmit().is_none());
     }
@@ -1130,11 +2553,7 @@ mod tests {
         pump(&mut ms, 10, 6);
         let logs: Vec<Vec<(MemberId, u64)>> = ms
             .iter_mut()
-            .map(|m| {
-                std::iter::from_fn(|| m.poll_delivery())
-                    .map(|d| (d.sender, d.seq.0))
-                    .collect()
-            })
+            .map(|m| msgs(m).into_iter().map(|d| (d.sender, d.seq.0)).collect())
             .collect();
         assert_eq!(logs[0].len(), 20);
         assert_eq!(logs[0], logs[1]);
@@ -1155,13 +2574,14 @@ mod tests {
         while let Some(t1) = ms[1].poll_transmit() {
             ms[0].handle_frame(Instant(1), &t1.frame);
         }
-        assert!(ms[0].poll_delivery().is_none());
-        assert!(ms[1].poll_delivery().is_none());
+        assert!(msgs(&mut ms[0]).is_empty());
+        assert!(msgs(&mut ms[1]).is_empty());
         // The lost copy is retransmitted to member 2 after the timeout; then all deliver.
-        ms[0].handle_timeout(Instant(50_000));
-        pump(&mut ms, 50_000, 6);
+        ms[0].handle_timeout(Instant(10_000));
+        pump(&mut ms, 10_000, 6);
         for m in &mut ms {
-            assert_eq!(m.poll_delivery().map(|d| d.payload), Some(b"x".to_vec()));
+            let got: Vec<Vec<u8>> = msgs(m).into_iter().map(|d| d.payload).collect();
+            assert_eq!(got, vec![b"x".to_vec()]);
         }
         assert!(ms[0].stats().retransmitted_slots >= 1);
     }

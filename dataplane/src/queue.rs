@@ -215,6 +215,27 @@ pub enum Effect {
     Shutdown {
         by: MemberId,
     },
+    /// A request in flight at a member removed by a view change went back to the head of its
+    /// queue (with a new instance: a late completion of the old one is a duplicate).
+    Requeued {
+        from: MemberId,
+        /// The instance it had at the removed member.
+        old_instance: u64,
+        id: RequestId,
+        step: String,
+        queue: String,
+    },
+    /// Not from the queue: the engine reports a view installed, at its place in the order.
+    ViewInstalled {
+        view: u32,
+        members: Vec<MemberId>,
+        removed: Vec<MemberId>,
+        joined: Vec<MemberId>,
+        /// From wedging to installing, at this member.
+        wedged_us: u64,
+        /// When this member suspected a removed member (engine clock), if it did.
+        suspected_at_us: Option<u64>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -244,6 +265,10 @@ impl Queue {
 /// Most credits a consumer may hold; bounds the in-flight requests of one consumer.
 pub const MAX_CREDITS: u32 = 1024;
 
+/// Admission stamps start here; requests put back at the head get stamps below it, counting
+/// down, so that they are taken before anything admitted normally.
+const STAMP_BASE: u64 = 1 << 62;
+
 /// The replicated state. See the module docs.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct QueueState {
@@ -257,12 +282,71 @@ pub struct QueueState {
     in_flight: BTreeMap<u64, (MemberId, Request)>,
     next_instance: u64,
     stamp: u64,
+    /// Next stamp for a request put back at the head (counts down from `STAMP_BASE`).
+    head_stamp: u64,
     shut_down: bool,
 }
 
 impl QueueState {
     pub fn new() -> Self {
-        Self::default()
+        QueueState {
+            stamp: STAMP_BASE,
+            head_stamp: STAMP_BASE,
+            ..Self::default()
+        }
+    }
+
+    /// Applies a view change, at its place in the total order: the members removed stop being
+    /// consumers (subscriptions and credits dropped) and every request in flight at one of them
+    /// goes back to the head of its queue, in the order they were assigned, with a new
+    /// instance. Deterministic, like [`QueueState::apply`].
+    pub fn remove_members(&mut self, removed: &[MemberId], effects: &mut Vec<Effect>) {
+        if removed.is_empty() {
+            return;
+        }
+        for m in removed {
+            self.subscriptions.remove(m);
+            self.credits.remove(m);
+        }
+        self.ready.retain(|c| !removed.contains(c));
+        let back: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, (c, _))| removed.contains(c))
+            .map(|(i, _)| *i)
+            .collect();
+        // Put back newest first, each at the head, so the oldest ends up first.
+        for instance in back.into_iter().rev() {
+            let Some((from, mut req)) = self.in_flight.remove(&instance) else {
+                continue;
+            };
+            self.next_instance += 1;
+            req.instance = self.next_instance;
+            effects.push(Effect::Requeued {
+                from,
+                old_instance: instance,
+                id: req.id,
+                step: req.step.clone(),
+                queue: req.queue.clone(),
+            });
+            if let Some(q) = self.queues.get_mut(&req.queue) {
+                self.head_stamp -= 1;
+                match q.spec.order {
+                    Order::Fifo => q.items.push_front((self.head_stamp, req)),
+                    Order::Lifo => q.items.push_back((self.head_stamp, req)),
+                }
+            }
+        }
+        self.dispatch(effects);
+    }
+
+    /// Encodes the whole state for a joiner (state transfer).
+    pub fn snapshot(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    pub fn from_snapshot(bytes: &[u8]) -> Result<QueueState, postcard::Error> {
+        postcard::from_bytes(bytes)
     }
 
     /// Applies one operation, appending its effects.

@@ -110,6 +110,9 @@ pub enum Kind {
     Data = 1,
     /// Status row only: acknowledgement, stability information and heartbeat.
     Status = 2,
+    /// Membership: exactly one data entry holding a control message (view changes, joins,
+    /// state transfer); its row is the sender's, or a single zero for a joiner.
+    Control = 3,
 }
 
 impl Kind {
@@ -117,6 +120,7 @@ impl Kind {
         match v {
             1 => Some(Kind::Data),
             2 => Some(Kind::Status),
+            3 => Some(Kind::Control),
             _ => None,
         }
     }
@@ -335,6 +339,14 @@ impl<'a> Frame<'a> {
                     return Err(WireError::BadCount);
                 }
             }
+            Kind::Control => {
+                let mut it = EntryIter { rest: entries };
+                match (header.count, it.next(), it.next()) {
+                    (1, Some(Ok(Entry::Data(_))), None) => {}
+                    (_, Some(Err(e)), _) => return Err(e),
+                    _ => return Err(WireError::BadCount),
+                }
+            }
             Kind::Data => {
                 if header.count == 0 {
                     return Err(WireError::BadCount);
@@ -359,6 +371,14 @@ impl<'a> Frame<'a> {
             row,
             entries,
         })
+    }
+
+    /// The control message of a `Control` frame (validated by `parse`); empty otherwise.
+    pub fn control_payload(&self) -> &'a [u8] {
+        match (self.header.kind, (EntryIter { rest: self.entries }).next()) {
+            (Kind::Control, Some(Ok(Entry::Data(p)))) => p,
+            _ => &[],
+        }
     }
 
     /// The entries of a `Data` frame (validated by `parse`), in sequence order from

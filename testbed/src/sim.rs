@@ -6,25 +6,38 @@
 //! corruption, delay and reordering, partitions and their heal, foreign frames (wrong key,
 //! wrong group), and the workload. The same seed always replays the same run.
 //!
+//! Membership faults drawn from the seed too: crashes of a minority (sometimes of the member
+//! that leads the view change, sometimes while a change is under way), restarts of crashed
+//! members as new joiners, and members excluded by a partition rejoining after it heals
+//! (several may join at once). Joiners get the queue state by state transfer.
+//!
 //! Workload: member 0 creates a two-step pipeline's queues; every member subscribes and offers
 //! credits, as an invoker; members push requests; a member assigned a request completes it
 //! after a simulated execution time, pushing the continuation (step `s0` to `s1`) atomically.
 //!
 //! Checkers run after every step (one packet arrival, timer or workload action at one member):
-//! - integrity: every delivery was submitted by its sender with that payload, at most once;
-//! - per-sender FIFO: a member delivers a sender's messages in submission order, none skipped;
-//! - total order and agreement: every member's delivery sequence is a prefix of one sequence;
-//! - stability before delivery: when a member delivers a message, every member holds it;
+//! - integrity: every delivery was submitted with that payload, and no member delivers a
+//!   message twice (a message resubmitted after a view change included);
+//! - per-sender FIFO: a member delivers each sender's messages in submission order;
+//! - total order, agreement and virtual synchrony: one reference sequence of messages and view
+//!   installations; every member (incarnation) delivers a contiguous part of it from its first
+//!   view on, so members that install a view delivered exactly the same messages before it;
+//!   no two views with one id;
+//! - stability before delivery: outside the ragged-edge cleanup, when a member delivers a
+//!   message every member of that view holds it;
 //! - bounded memory: buffered slots stay within the flow-control bound;
-//! - replicas identical: after the same number of deliveries, queue state digests are equal;
-//! - exactly one consumer: a request step is never assigned twice;
+//! - replicas identical: after the same position of the reference, queue state digests are
+//!   equal, and a joiner's transferred state equals the others' at its first view;
+//! - exactly one consumer: a request instance is never assigned twice;
 //! - no member wrongly concludes that it restarted inside the view.
 //!
-//! After the last heal the run continues until everything submitted is delivered everywhere
-//! (liveness) and every admitted request finished exactly once; a deadline turns a stall into
-//! a failure.
+//! After the last fault the run continues until every live member serves in one view, has
+//! delivered everything, and every run the group admitted (its first push delivered) finished
+//! exactly once: no loss and no duplicate effect, whoever crashed (liveness once a majority is
+//! connected); a deadline turns a stall into a failure.
 
-use conveyor_dataplane::proto::{Dest, Member, ProtoConfig, Sabotage, SubmitError};
+use conveyor_dataplane::membership::Status;
+use conveyor_dataplane::proto::{Delivered, Delivery, Dest, Member, ProtoConfig, SubmitError};
 use conveyor_dataplane::queue::{Effect, Meta, OnFull, Op, Order, QueueSpec, QueueState, Request};
 use conveyor_dataplane::types::{GroupId, Instant, MemberId, RequestId, Seq, View, ViewId};
 use conveyor_dataplane::wire::{FrameWriter, Header, Key, Kind, Row};
@@ -35,7 +48,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
-/// The network and workload of one run, all drawn from the seed.
+/// The network, faults and workload of one run, all drawn from the seed.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
     pub members: usize,
@@ -51,10 +64,16 @@ pub struct SimConfig {
     pub exec_us: (u64, u64),
     /// (start, end, side): links between `side` and the others are cut in [start, end).
     pub partitions: Vec<(u64, u64, Vec<usize>)>,
+    /// (time, member): the member's process stops for good (a minority in total).
+    pub crashes: Vec<(u64, usize)>,
+    /// (time, member): a crashed member starts again, as a new joiner with no state.
+    pub restarts: Vec<(u64, usize)>,
+    /// Members excluded by a view change (partitioned, suspected) rejoin this long after.
+    pub rejoin_after_us: Option<u64>,
     /// Frames from outside the group (wrong key, or right key and wrong group) per member.
     pub foreign_frames: usize,
     pub proto: ProtoConfig,
-    /// Virtual time allowed after the last heal and the last push for everything to finish.
+    /// Virtual time allowed after the last fault and the last push for everything to finish.
     pub settle_us: u64,
 }
 
@@ -92,6 +111,35 @@ impl SimConfig {
             }
             partitions.push((start, end, side));
         }
+        let heartbeat = Duration::from_micros(rng.gen_range(2_000..20_000));
+        // Timeouts from aggressive (false suspicions under loss: exclusions and rejoins) to
+        // comfortable.
+        let failure_timeout = heartbeat * rng.gen_range(3..10) + Duration::from_micros(delay_us.1);
+        // A minority crashes; sometimes the first-ranked member (the leader of the change),
+        // sometimes two members close together (a crash during the change).
+        let mut crashes = Vec::new();
+        let mut restarts = Vec::new();
+        if members >= 3 && rng.gen_bool(0.4) {
+            let max = (members - 1) / 2;
+            let mut who: Vec<usize> = (0..members).collect();
+            if rng.gen_bool(0.5) {
+                who.swap(0, rng.gen_range(0..members));
+            }
+            let first = rng.gen_range(0..horizon.max(1) + 10_000);
+            for (k, &m) in who.iter().take(rng.gen_range(1..=max)).enumerate() {
+                let at =
+                    first + k as u64 * rng.gen_range(0..failure_timeout.as_micros() as u64 * 2);
+                crashes.push((at, m));
+                if rng.gen_bool(0.6) {
+                    restarts.push((at + rng.gen_range(1_000..300_000), m));
+                }
+            }
+        }
+        let rejoin_after_us = if rng.gen_bool(0.8) {
+            Some(rng.gen_range(0..50_000))
+        } else {
+            None
+        };
         let window = *[2u64, 4, 8, 32, 256].get(rng.gen_range(0..5)).unwrap_or(&8);
         let max_frame = *[300usize, 600, 1500, 8192]
             .get(rng.gen_range(0..4))
@@ -101,10 +149,11 @@ impl SimConfig {
             max_frame,
             max_payload: conveyor_dataplane::wire::max_payload_for(max_frame, members).min(200),
             status_interval: Duration::from_micros(rng.gen_range(500..3000)),
-            heartbeat: Duration::from_millis(rng.gen_range(20..200)),
+            heartbeat,
+            failure_timeout,
             rto: Duration::from_micros(rng.gen_range(500..4000)),
             rto_max: Duration::from_millis(rng.gen_range(20..200)),
-            sabotage: Sabotage::None,
+            ..ProtoConfig::default()
         };
         SimConfig {
             members,
@@ -116,6 +165,9 @@ impl SimConfig {
             push_gap_us,
             exec_us,
             partitions,
+            crashes,
+            restarts,
+            rejoin_after_us,
             foreign_frames: rng.gen_range(0..4),
             proto,
             settle_us: 60_000_000,
@@ -151,54 +203,100 @@ pub struct Report {
     pub window_full: u64,
     pub requests_finished: usize,
     pub end_us: u64,
+    pub view_changes: u64,
+    pub joins: u64,
+    pub requeued: u64,
+    pub resubmitted: u64,
+    pub crashes: usize,
+    /// The run ended stalled because the latest view lost its majority (no liveness owed).
+    pub majority_lost: bool,
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     /// A frame reaches `to`.
-    Arrive { to: usize, frame: Vec<u8> },
+    Arrive {
+        to: usize,
+        frame: Vec<u8>,
+    },
     /// Member `at` wants to submit its next workload op.
-    Push { at: usize },
-    /// Member `at` finishes executing a request.
-    Finish { at: usize, req_idx: usize },
+    Push {
+        at: usize,
+    },
+    /// Member `at` (incarnation `inc`) finishes executing a request.
+    Finish {
+        at: usize,
+        inc: u32,
+        req_idx: usize,
+    },
+    Crash {
+        at: usize,
+    },
+    /// A new incarnation of member `at` asks to join.
+    Rejoin {
+        at: usize,
+    },
+}
+
+/// One item of the agreed order: a message (by its simulator-wide id) or a view installed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Item {
+    Msg(u64),
+    View(ViewId, Vec<MemberId>),
 }
 
 struct Node {
     member: Member,
+    /// Process incarnation (0 for the original; each rejoin is a new process).
+    inc: u32,
+    alive: bool,
     replica: QueueState,
-    /// Ops waiting for window room, in order.
+    /// Ops waiting for window room (or for the member to serve), in order.
     outbox: VecDeque<Op>,
-    delivered: Vec<(MemberId, Seq)>,
-    /// Per sender: index into that sender's submissions of the next expected delivery.
-    next_expected: BTreeMap<MemberId, usize>,
+    /// Position in the reference order of the next item this incarnation delivers; `None`
+    /// for a joiner before its first view.
+    pos: Option<usize>,
+    /// A joiner's first view, until its place in the reference is known.
+    first_view: Option<Item>,
+    /// Message ids this incarnation delivered.
+    seen: BTreeSet<u64>,
+    /// Per origin (node, incarnation): last message counter delivered.
+    last_from: BTreeMap<(usize, u32), u64>,
     pushes_left: usize,
+    counter: u64,
     executing: Vec<Option<Request>>,
     effects: Vec<Effect>,
+    rejoin_scheduled: bool,
+    trace: String,
 }
 
 /// One seeded run.
 #[allow(missing_debug_implementations)]
 pub struct Sim {
     cfg: SimConfig,
+    key: Key,
     rng: ChaCha8Rng,
     now: u64,
     nodes: Vec<Node>,
     events: BinaryHeap<Reverse<(u64, u64, Event)>>,
     event_seq: u64,
-    /// Per member: (seq, payload) of everything it submitted, in order.
-    submitted: Vec<Vec<(Seq, Vec<u8>)>>,
-    /// The agreed sequence: the longest delivery sequence seen so far.
-    reference: Vec<(MemberId, Seq)>,
-    /// Queue digest after each delivery index of the reference.
+    /// Every submission: id -> (node, incarnation, counter, payload).
+    submitted: BTreeMap<u64, (usize, u32, u64, Vec<u8>)>,
+    /// Per (node, incarnation): submission counter.
+    sub_counter: BTreeMap<(usize, u32), u64>,
+    next_msg: u64,
+    /// The agreed order, and the queue digest after each of its items.
+    reference: Vec<Item>,
     digests: Vec<[u8; 32]>,
-    /// Request instances assigned and not yet finished (exactly-one-consumer check).
+    /// Request instances assigned and not yet finished or put back.
     assigned: BTreeSet<u64>,
     /// Requests whose run ended (terminal completion), with count.
     finished: BTreeMap<RequestId, u32>,
-    /// Requests pushed at the entry step.
-    pushed: BTreeSet<RequestId>,
+    /// Runs admitted: their first push was delivered.
+    admitted: BTreeSet<RequestId>,
     rejected: BTreeSet<RequestId>,
-    last_heal: u64,
+    last_fault: u64,
+    report: Report,
 }
 
 const GROUP: GroupId = GroupId(0xC0);
@@ -210,6 +308,20 @@ fn spec(name: &str) -> QueueSpec {
         order: Order::Fifo,
         on_full: OnFull::Block,
     }
+}
+
+/// Every member creates the queues (idempotent), subscribes to them and offers credits.
+fn invoker_ops(me: MemberId) -> Vec<Op> {
+    let mut ops = vec![Op::Create(spec("s0")), Op::Create(spec("s1"))];
+    ops.extend(["s0", "s1"].iter().map(|q| Op::Subscribe {
+        consumer: me,
+        queue: (*q).into(),
+    }));
+    ops.push(Op::Ready {
+        consumer: me,
+        credits: 2,
+    });
+    ops
 }
 
 impl Sim {
@@ -229,51 +341,62 @@ impl Sim {
             .expect("valid sim config");
             let me = MemberId(i as u16);
             let mut outbox = VecDeque::new();
-            if i == 0 {
-                outbox.push_back(Op::Create(spec("s0")));
-                outbox.push_back(Op::Create(spec("s1")));
-            }
-            for q in ["s0", "s1"] {
-                outbox.push_back(Op::Subscribe {
-                    consumer: me,
-                    queue: q.into(),
-                });
-            }
-            outbox.push_back(Op::Ready {
-                consumer: me,
-                credits: 2,
-            });
+            outbox.extend(invoker_ops(me));
             nodes.push(Node {
                 member,
+                inc: 0,
+                alive: true,
                 replica: QueueState::new(),
                 outbox,
-                delivered: Vec::new(),
-                next_expected: BTreeMap::new(),
+                pos: Some(0),
+                first_view: None,
+                seen: BTreeSet::new(),
+                last_from: BTreeMap::new(),
                 pushes_left: cfg.requests,
+                counter: 0,
                 executing: Vec::new(),
                 effects: Vec::new(),
+                rejoin_scheduled: false,
+                trace: String::new(),
             });
         }
-        let last_heal = cfg.partitions.iter().map(|p| p.1).max().unwrap_or(0);
+        let last_fault = cfg
+            .partitions
+            .iter()
+            .map(|p| p.1)
+            .chain(cfg.crashes.iter().map(|c| c.0))
+            .chain(cfg.restarts.iter().map(|c| c.0))
+            .max()
+            .unwrap_or(0);
         let mut sim = Sim {
+            key,
             rng: ChaCha8Rng::seed_from_u64(seed),
             now: 0,
-            submitted: vec![Vec::new(); cfg.members],
             nodes,
             events: BinaryHeap::new(),
             event_seq: 0,
+            submitted: BTreeMap::new(),
+            sub_counter: BTreeMap::new(),
+            next_msg: 0,
             reference: Vec::new(),
             digests: Vec::new(),
             assigned: BTreeSet::new(),
             finished: BTreeMap::new(),
-            pushed: BTreeSet::new(),
+            admitted: BTreeSet::new(),
             rejected: BTreeSet::new(),
-            last_heal,
+            last_fault,
+            report: Report::default(),
             cfg,
         };
         for i in 0..sim.cfg.members {
             let t = sim.rng.gen_range(1_000..5_000);
             sim.schedule(t, Event::Push { at: i });
+        }
+        for (t, m) in sim.cfg.crashes.clone() {
+            sim.schedule(t, Event::Crash { at: m });
+        }
+        for (t, m) in sim.cfg.restarts.clone() {
+            sim.schedule(t, Event::Rejoin { at: m });
         }
         sim.inject_foreign();
         sim
@@ -346,14 +469,20 @@ impl Sim {
 
     /// Sends what member `i` has to send through the simulated network.
     fn flush(&mut self, i: usize) {
-        let n = self.cfg.members;
         while let Some(t) = self.nodes[i].member.poll_transmit() {
             let dests: Vec<usize> = match t.dest {
-                Dest::All => (0..n).filter(|&j| j != i).collect(),
+                Dest::All => self.nodes[i]
+                    .member
+                    .view()
+                    .members
+                    .iter()
+                    .map(|m| m.0 as usize)
+                    .filter(|&j| j != i)
+                    .collect(),
                 Dest::One(m) => vec![m.0 as usize],
             };
             for to in dests {
-                if self.cut(i, to) || self.rng.gen_bool(self.cfg.loss) {
+                if to >= self.nodes.len() || self.cut(i, to) || self.rng.gen_bool(self.cfg.loss) {
                     continue;
                 }
                 let copies = if self.rng.gen_bool(self.cfg.duplicate) {
@@ -378,18 +507,19 @@ impl Sim {
     }
 
     fn submit_outbox(&mut self, i: usize) {
+        let key = (i, self.nodes[i].inc);
         while let Some(op) = self.nodes[i].outbox.pop_front() {
-            let payload = op.encode();
+            let id = self.next_msg;
+            let mut payload = id.to_le_bytes().to_vec();
+            payload.extend_from_slice(&op.encode());
             match self.nodes[i].member.submit(payload.clone()) {
-                Ok(seq) => {
-                    if let Op::Push { req, .. } = &op {
-                        if req.step == "s0" {
-                            self.pushed.insert(req.id);
-                        }
-                    }
-                    self.submitted[i].push((seq, payload));
+                Ok(_) => {
+                    self.next_msg += 1;
+                    let c = self.sub_counter.entry(key).or_insert(0);
+                    *c += 1;
+                    self.submitted.insert(id, (i, key.1, *c, payload));
                 }
-                Err(SubmitError::WindowFull) => {
+                Err(SubmitError::WindowFull) | Err(SubmitError::NotServing(_)) => {
                     self.nodes[i].outbox.push_front(op);
                     break;
                 }
@@ -400,147 +530,298 @@ impl Sim {
 
     /// Drains member `i`'s deliveries, applies them to its replica and checks every property.
     fn deliver(&mut self, i: usize) -> Result<(), Violation> {
-        let me = MemberId(i as u16);
         while let Some(d) = self.nodes[i].member.poll_delivery() {
-            let sender = d.sender.0 as usize;
-            // Integrity and per-sender FIFO.
-            let idx = *self.nodes[i].next_expected.get(&d.sender).unwrap_or(&0);
-            match self.submitted.get(sender).and_then(|s| s.get(idx)) {
-                Some((seq, payload)) if *seq == d.seq && *payload == d.payload => {}
-                Some((seq, _)) if *seq == d.seq => {
-                    return Err(self.violation(
-                        "integrity",
-                        format!(
-                            "{me} delivered {}:{} with a payload {} never sent",
-                            d.sender, d.seq.0, d.sender
-                        ),
-                    ));
-                }
-                Some((seq, _)) => {
-                    return Err(self.violation(
-                        "per-sender FIFO",
-                        format!(
-                            "{me} delivered {}:{} but {}:{} was next",
-                            d.sender, d.seq.0, d.sender, seq.0
-                        ),
-                    ));
-                }
-                None => {
-                    return Err(self.violation(
-                        "integrity",
-                        format!(
-                            "{me} delivered {}:{} which was never submitted (or twice)",
-                            d.sender, d.seq.0
-                        ),
-                    ));
-                }
-            }
-            self.nodes[i].next_expected.insert(d.sender, idx + 1);
-            // Stability: every member holds it now.
-            for (j, other) in self.nodes.iter().enumerate() {
-                if !other.member.has_received(d.sender, d.seq) {
-                    return Err(self.violation(
-                        "stability before delivery",
-                        format!(
-                            "{me} delivered {}:{} which m{j} does not hold",
-                            d.sender, d.seq.0
-                        ),
-                    ));
-                }
-            }
-            // Total order and agreement.
-            let pos = self.nodes[i].delivered.len();
-            self.nodes[i].delivered.push((d.sender, d.seq));
-            match self.reference.get(pos) {
-                Some(r) if *r != (d.sender, d.seq) => {
-                    return Err(self.violation("total order", format!("{me} delivered {}:{} at position {pos} where another member delivered {}:{}", d.sender, d.seq.0, r.0, r.1 .0)));
-                }
-                Some(_) => {}
-                None => self.reference.push((d.sender, d.seq)),
-            }
-            // The replicated queue.
-            let Ok(op) = Op::decode(&d.payload) else {
-                return Err(
-                    self.violation("integrity", format!("{me} delivered an undecodable op"))
-                );
-            };
-            let mut effects = std::mem::take(&mut self.nodes[i].effects);
-            effects.clear();
-            self.nodes[i].replica.apply(op, &mut effects);
-            let digest = self.nodes[i].replica.digest();
-            // The first replica to reach a position accounts for its effects.
-            let first = self.digests.len() == pos;
-            match self.digests.get(pos) {
-                Some(dg) if *dg != digest => {
-                    return Err(self.violation(
-                        "replicas identical",
-                        format!("{me}'s queue state differs after {} deliveries", pos + 1),
-                    ));
-                }
-                Some(_) => {}
-                None => self.digests.push(digest),
-            }
-            for e in &effects {
-                match e {
-                    Effect::Assigned { consumer, req } => {
-                        if first && !self.assigned.insert(req.instance) {
-                            return Err(self.violation(
-                                "exactly one consumer",
-                                format!(
-                                    "{}/{} (instance {}) assigned twice",
-                                    req.id, req.step, req.instance
-                                ),
-                            ));
-                        }
-                        if *consumer == me {
-                            let exec = self.rng.gen_range(self.cfg.exec_us.0..=self.cfg.exec_us.1);
-                            self.nodes[i].executing.push(Some(req.clone()));
-                            let req_idx = self.nodes[i].executing.len() - 1;
-                            self.schedule(self.now + exec, Event::Finish { at: i, req_idx });
+            match d {
+                Delivered::Message(d) => self.on_message(i, d)?,
+                Delivered::View(vc) => {
+                    if std::env::var_os("SIM_TRACE").is_some() {
+                        eprintln!("t={} m{i} installs view {} {:?}: removed {:?} joined {:?} state from {:?} cut {}", self.now, vc.view.id.0, vc.view.members, vc.removed, vc.joined, vc.state_from, vc.cut);
+                    }
+                    let item = Item::View(vc.view.id, vc.view.members.clone());
+                    if self.nodes[i].pos.is_none() {
+                        // A joiner: it starts right after the installation of its first view
+                        // (which an old member may install after it, when the member that
+                        // committed was itself left out: resolved at the joiner's state).
+                        self.nodes[i].first_view = Some(item);
+                        continue;
+                    }
+                    self.check_order(i, item)?;
+                    let mut effects = std::mem::take(&mut self.nodes[i].effects);
+                    effects.clear();
+                    self.nodes[i]
+                        .replica
+                        .remove_members(&vc.removed, &mut effects);
+                    self.after_apply(i, &effects)?;
+                    self.nodes[i].effects = effects;
+                    if vc.state_from == Some(MemberId(i as u16)) {
+                        let snap = self.nodes[i].replica.snapshot();
+                        for j in &vc.joined {
+                            self.nodes[i].member.send_state(*j, snap.clone());
                         }
                     }
-                    Effect::Completed {
-                        id,
-                        instance,
-                        terminal,
-                        ..
-                    } if first => {
-                        self.assigned.remove(instance);
-                        if *terminal {
-                            *self.finished.entry(*id).or_insert(0) += 1;
-                        }
+                    self.report.view_changes += 1;
+                    self.report.resubmitted += vc.resubmitted;
+                }
+                Delivered::State(bytes) => {
+                    let Ok(q) = QueueState::from_snapshot(&bytes) else {
+                        return Err(self.violation(
+                            "state transfer",
+                            format!("m{i} received a state that does not decode"),
+                        ));
+                    };
+                    self.resolve_first_view(i)?;
+                    let pos = self.nodes[i].pos.unwrap_or(0);
+                    if self.digests.get(pos.wrapping_sub(1)) != Some(&q.digest()) {
+                        return Err(self.violation(
+                            "replicas identical",
+                            format!("joiner m{i}'s transferred state differs from the group's at its first view"),
+                        ));
                     }
-                    Effect::Rejected { id, .. } if first => {
-                        self.rejected.insert(*id);
-                    }
-                    _ => {}
+                    self.nodes[i].replica = q;
+                    self.report.joins += 1;
+                    let me = MemberId(i as u16);
+                    self.nodes[i].outbox.extend(invoker_ops(me));
                 }
             }
-            self.nodes[i].effects = effects;
         }
-        // No member ever believes it restarted (that detection must have no false positive).
         if let Some(p) = self.nodes[i].member.restarted_in_view() {
             return Err(self.violation(
                 "no false restart detection",
-                format!("{me} believes it restarted, from {p}'s row"),
+                format!("m{i} believes it restarted, from {p}'s row"),
             ));
         }
-        // Bounded memory.
         let m = &self.nodes[i].member;
         if m.buffered_slots() > m.buffer_bound() {
             return Err(self.violation(
                 "bounded memory",
                 format!(
-                    "{me} buffers {} slots, bound {}",
+                    "m{i} buffers {} slots, bound {}",
                     m.buffered_slots(),
                     m.buffer_bound()
                 ),
             ));
         }
+        // Excluded or left: the process is replaced by a new incarnation that joins.
+        if m.status().is_final() && !self.nodes[i].rejoin_scheduled {
+            if let Some(after) = self.cfg.rejoin_after_us {
+                self.nodes[i].rejoin_scheduled = true;
+                self.schedule(self.now + after, Event::Rejoin { at: i });
+            }
+        }
+        Ok(())
+    }
+
+    /// A joiner's place in the reference: right after its first view.
+    fn resolve_first_view(&mut self, i: usize) -> Result<(), Violation> {
+        if self.nodes[i].pos.is_some() {
+            return Ok(());
+        }
+        let Some(item) = self.nodes[i].first_view.clone() else {
+            return Ok(());
+        };
+        let Some(p) = self.reference.iter().position(|x| *x == item) else {
+            return Err(self.violation(
+                "virtual synchrony",
+                format!("joiner m{i} got its state or a message before any old member installed its first view {item:?}"),
+            ));
+        };
+        self.nodes[i].pos = Some(p + 1);
+        Ok(())
+    }
+
+    /// Total order, agreement and virtual synchrony: `item` must be the next of the reference
+    /// for member `i`.
+    fn check_order(&mut self, i: usize, item: Item) -> Result<(), Violation> {
+        self.resolve_first_view(i)?;
+        let Some(pos) = self.nodes[i].pos else {
+            return Err(self.violation(
+                "virtual synchrony",
+                format!("joiner m{i} delivered {item:?} before its first view"),
+            ));
+        };
+        match self.reference.get(pos) {
+            Some(r) if *r != item => {
+                return Err(self.violation(
+                    "total order",
+                    format!("m{i} delivered {item:?} at position {pos} where another member delivered {r:?}"),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                if let Item::View(id, members) = &item {
+                    if let Some(other) = self
+                        .reference
+                        .iter()
+                        .find(|x| matches!(x, Item::View(v, m) if v == id && m != members))
+                    {
+                        return Err(self.violation(
+                            "one view per id",
+                            format!("view {} installed as {members:?} and as {other:?}", id.0),
+                        ));
+                    }
+                }
+                self.reference.push(item);
+            }
+        }
+        self.nodes[i].pos = Some(pos + 1);
+        Ok(())
+    }
+
+    fn on_message(&mut self, i: usize, d: Delivery) -> Result<(), Violation> {
+        let inc = self.nodes[i].inc;
+        let id = d
+            .payload
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+            .unwrap_or(u64::MAX);
+        // Integrity.
+        let Some((origin, oinc, counter, payload)) = self.submitted.get(&id).cloned() else {
+            return Err(self.violation(
+                "integrity",
+                format!(
+                    "m{i} delivered {}:{} which was never submitted",
+                    d.sender, d.seq.0
+                ),
+            ));
+        };
+        if payload != d.payload || MemberId(origin as u16) != d.sender {
+            return Err(self.violation(
+                "integrity",
+                format!("m{i} delivered message {id} with another payload or sender"),
+            ));
+        }
+        if !self.nodes[i].seen.insert(id) {
+            return Err(self.violation(
+                "integrity",
+                format!("m{i} (incarnation {inc}) delivered message {id} twice"),
+            ));
+        }
+        // Per-sender FIFO.
+        let last = self.nodes[i].last_from.insert((origin, oinc), counter);
+        if last.is_some_and(|l| l >= counter) {
+            return Err(self.violation(
+                "per-sender FIFO",
+                format!(
+                    "m{i} delivered m{origin}'s #{counter} after #{}",
+                    last.unwrap_or(0)
+                ),
+            ));
+        }
+        // Stability: outside the cleanup, every member of that view holds it.
+        if !d.in_cut {
+            for (j, other) in self.nodes.iter().enumerate() {
+                if other.member.view().id == d.view && !other.member.has_received(d.sender, d.seq) {
+                    return Err(self.violation(
+                        "stability before delivery",
+                        format!(
+                            "m{i} delivered {}:{} which m{j} does not hold",
+                            d.sender, d.seq.0
+                        ),
+                    ));
+                }
+            }
+        }
+        self.check_order(i, Item::Msg(id))?;
+        let Ok(op) = Op::decode(&d.payload[8..]) else {
+            return Err(self.violation("integrity", format!("m{i} delivered an undecodable op")));
+        };
+        if let Op::Push { req, .. } = &op {
+            if req.step == "s0" {
+                self.admitted.insert(req.id);
+            }
+        }
+        let mut effects = std::mem::take(&mut self.nodes[i].effects);
+        effects.clear();
+        self.nodes[i].replica.apply(op, &mut effects);
+        let r = self.after_apply(i, &effects);
+        self.nodes[i].effects = effects;
+        r
+    }
+
+    /// Replica digests, exactly one consumer, and the effects for this member.
+    fn after_apply(&mut self, i: usize, effects: &[Effect]) -> Result<(), Violation> {
+        let me = MemberId(i as u16);
+        let pos = self.nodes[i].pos.unwrap_or(1) - 1;
+        let digest = self.nodes[i].replica.digest();
+        let first = self.digests.len() == pos;
+        match self.digests.get(pos) {
+            Some(dg) if *dg != digest => {
+                return Err(self.violation(
+                    "replicas identical",
+                    format!("m{i}'s queue state differs at position {pos}"),
+                ));
+            }
+            Some(_) => {}
+            None => self.digests.push(digest),
+        }
+        for e in effects {
+            match e {
+                Effect::Assigned { consumer, req } => {
+                    if first && !self.assigned.insert(req.instance) {
+                        return Err(self.violation(
+                            "exactly one consumer",
+                            format!(
+                                "{}/{} (instance {}) assigned twice",
+                                req.id, req.step, req.instance
+                            ),
+                        ));
+                    }
+                    if *consumer == me {
+                        let exec = self.rng.gen_range(self.cfg.exec_us.0..=self.cfg.exec_us.1);
+                        self.nodes[i].executing.push(Some(req.clone()));
+                        let req_idx = self.nodes[i].executing.len() - 1;
+                        let inc = self.nodes[i].inc;
+                        self.schedule(
+                            self.now + exec,
+                            Event::Finish {
+                                at: i,
+                                inc,
+                                req_idx,
+                            },
+                        );
+                    }
+                }
+                Effect::Requeued { old_instance, .. } if first => {
+                    self.assigned.remove(old_instance);
+                    self.report.requeued += 1;
+                }
+                Effect::Completed {
+                    id,
+                    instance,
+                    terminal,
+                    ..
+                } if first => {
+                    self.assigned.remove(instance);
+                    if *terminal {
+                        *self.finished.entry(*id).or_insert(0) += 1;
+                    }
+                }
+                Effect::Rejected { id, .. } if first => {
+                    self.rejected.insert(*id);
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 
     fn step_member(&mut self, i: usize) -> Result<(), Violation> {
+        if !self.nodes[i].alive {
+            return Ok(());
+        }
+        if std::env::var_os("SIM_TRACE").is_some() {
+            let m = &self.nodes[i].member;
+            let now = format!(
+                "{} v{} {:?}",
+                m.status().label(),
+                m.view().id.0,
+                m.suspects()
+            );
+            if self.nodes[i].trace != now {
+                eprintln!("t={} m{i}: {now}", self.now);
+                self.nodes[i].trace = now;
+            }
+        }
         self.submit_outbox(i);
         self.deliver(i)?;
         self.submit_outbox(i);
@@ -549,16 +830,83 @@ impl Sim {
     }
 
     fn done(&self) -> bool {
-        let total: usize = self.submitted.iter().map(|s| s.len()).sum();
-        self.nodes.iter().all(|n| {
-            n.pushes_left == 0
+        if self.now < self.last_fault {
+            return false;
+        }
+        // Live: running, and not excluded for good (when excluded members do not rejoin).
+        let live: Vec<&Node> = self
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.alive && !(n.member.status().is_final() && self.cfg.rejoin_after_us.is_none())
+            })
+            .collect();
+        live.iter().all(|n| {
+            n.member.status() == Status::Serving
+                && n.pushes_left == 0
                 && n.outbox.is_empty()
                 && n.executing.iter().all(Option::is_none)
-                && n.delivered.len() == total
-        }) && self
-            .pushed
+                && n.pos == Some(self.reference.len())
+                && n.member.window_room() == n.member.config().window
+        }) && live
+            .windows(2)
+            .all(|w| w[0].member.view() == w[1].member.view())
+            && self
+                .admitted
+                .iter()
+                .all(|id| self.rejected.contains(id) || self.finished.contains_key(id))
+    }
+
+    /// Whether fewer than a majority of the latest view installed anywhere are alive and
+    /// still in it.
+    fn majority_lost(&self) -> bool {
+        let Some(latest) = self.reference.iter().rev().find_map(|x| match x {
+            Item::View(id, members) => Some((*id, members.clone())),
+            Item::Msg(_) => None,
+        }) else {
+            return false;
+        };
+        let (id, members) = latest;
+        let ok = members
             .iter()
-            .all(|id| self.rejected.contains(id) || self.finished.contains_key(id))
+            .filter(|m| {
+                let n = &self.nodes[m.0 as usize];
+                n.alive && n.member.view().id == id && !n.member.status().is_final()
+            })
+            .count();
+        ok * 2 <= members.len()
+    }
+
+    fn rejoin(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        if n.alive && !n.member.status().is_final() {
+            return;
+        }
+        let contacts: Vec<MemberId> = (0..self.cfg.members as u16)
+            .filter(|&j| j as usize != i)
+            .map(MemberId)
+            .collect();
+        let member = Member::joining(
+            self.cfg.proto.clone(),
+            self.key.clone(),
+            GROUP,
+            MemberId(i as u16),
+            contacts,
+            Instant::from_micros(self.now),
+        )
+        .expect("valid sim config");
+        let node = &mut self.nodes[i];
+        node.member = member;
+        node.inc += 1;
+        node.alive = true;
+        node.replica = QueueState::new();
+        node.outbox.clear();
+        node.pos = None;
+        node.first_view = None;
+        node.seen.clear();
+        node.last_from.clear();
+        node.executing.clear();
+        node.rejoin_scheduled = false;
     }
 
     /// Runs to the end; `Ok` when every property held and everything finished.
@@ -567,11 +915,34 @@ impl Sim {
         for i in 0..n {
             self.step_member(i)?;
         }
+        let mut last_timer = (u64::MAX, 0usize, 0u32);
+        let trace = std::env::var_os("SIM_TRACE").is_some();
+        let mut iterations = 0u64;
         loop {
+            iterations += 1;
+            if trace && iterations % 200_000 == 0 {
+                eprintln!(
+                    "t={}us events={} {}",
+                    self.now,
+                    self.events.len(),
+                    self.nodes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| format!(
+                            "m{i}:{}/v{}/f{}",
+                            n.member.status().label(),
+                            n.member.view().id.0,
+                            n.member.stats().frames_out
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
             if self.done() {
                 break;
             }
             let next_timer = (0..n)
+                .filter(|&i| self.nodes[i].alive)
                 .map(|i| (self.nodes[i].member.poll_timeout().as_micros(), i))
                 .min()
                 .unwrap_or((u64::MAX, 0));
@@ -582,24 +953,64 @@ impl Sim {
             } else {
                 next_timer.0
             };
+            if t == u64::MAX {
+                return Err(self.violation("liveness after heal", "nothing left to run".into()));
+            }
             self.now = self.now.max(t);
             let deadline = self
-                .last_heal
+                .last_fault
                 .max(self.cfg.requests as u64 * self.cfg.push_gap_us.1 + 10_000)
                 + self.cfg.settle_us;
+            if self.now > deadline && self.majority_lost() {
+                // Faults took more than a minority of the latest view (crashes plus exclusions
+                // the excluded never came back from in time): no liveness is owed. Safety was
+                // checked all along.
+                self.report.majority_lost = true;
+                break;
+            }
             if self.now > deadline {
                 let stuck: Vec<String> = self
                     .nodes
                     .iter()
                     .enumerate()
-                    .map(|(i, n)| format!("m{i} delivered {}", n.delivered.len()))
+                    .map(|(i, n)| {
+                        format!(
+                            "m{i}{} {} view {} at {:?}/{} suspecting {:?}",
+                            if n.alive { "" } else { " (crashed)" },
+                            n.member.status().label(),
+                            n.member.view().id.0,
+                            n.pos,
+                            self.reference.len(),
+                            n.member.suspects()
+                        )
+                    })
                     .collect();
-                let total: usize = self.submitted.iter().map(|s| s.len()).sum();
-                return Err(self.violation("liveness after heal", format!("not finished {}s after the last heal: {total} submitted; {}; {} of {} runs finished", self.cfg.settle_us / 1_000_000, stuck.join(", "), self.finished.len(), self.pushed.len())));
+                let unfinished = self
+                    .admitted
+                    .iter()
+                    .filter(|id| !self.rejected.contains(id) && !self.finished.contains_key(id))
+                    .count();
+                return Err(self.violation("liveness after heal", format!("not finished {}s after the last fault: {}; {unfinished} admitted runs unfinished", self.cfg.settle_us / 1_000_000, stuck.join(", "))));
             }
             let now = Instant::from_micros(self.now);
             if !take_event {
                 let i = next_timer.1;
+                if next_timer.0 == last_timer.0 && i == last_timer.1 {
+                    last_timer.2 += 1;
+                    if last_timer.2 > 10_000 {
+                        let m = &self.nodes[i].member;
+                        return Err(self.violation(
+                            "timers advance",
+                            format!(
+                                "m{i} ({}, view {}) asks for its timer at the same instant forever",
+                                m.status().label(),
+                                m.view().id.0
+                            ),
+                        ));
+                    }
+                } else {
+                    last_timer = (next_timer.0, i, 0);
+                }
                 self.nodes[i].member.handle_timeout(now);
                 self.step_member(i)?;
                 continue;
@@ -609,15 +1020,26 @@ impl Sim {
             };
             match ev {
                 Event::Arrive { to, frame } => {
-                    self.nodes[to].member.handle_frame(now, &frame);
-                    self.step_member(to)?;
+                    if self.nodes[to].alive {
+                        self.nodes[to].member.handle_frame(now, &frame);
+                        self.step_member(to)?;
+                    }
+                }
+                Event::Crash { at } => {
+                    self.nodes[at].alive = false;
+                    self.report.crashes += 1;
+                }
+                Event::Rejoin { at } => {
+                    self.rejoin(at);
+                    self.step_member(at)?;
                 }
                 Event::Push { at } => {
                     let me = MemberId(at as u16);
                     let node = &mut self.nodes[at];
-                    if node.pushes_left > 0 {
+                    if node.pushes_left > 0 && node.alive {
                         node.pushes_left -= 1;
-                        let counter = (self.cfg.requests - node.pushes_left) as u64;
+                        node.counter += 1;
+                        let counter = node.counter;
                         let req = Request {
                             id: RequestId::new(me, counter),
                             instance: 0,
@@ -627,6 +1049,8 @@ impl Sim {
                             meta: Meta::default(),
                         };
                         node.outbox.push_back(Op::Push { pusher: me, req });
+                    }
+                    if node.pushes_left > 0 {
                         let gap = self
                             .rng
                             .gen_range(self.cfg.push_gap_us.0..=self.cfg.push_gap_us.1);
@@ -634,9 +1058,16 @@ impl Sim {
                     }
                     self.step_member(at)?;
                 }
-                Event::Finish { at, req_idx } => {
+                Event::Finish { at, inc, req_idx } => {
+                    if !self.nodes[at].alive || self.nodes[at].inc != inc {
+                        continue;
+                    }
                     let me = MemberId(at as u16);
-                    let Some(req) = self.nodes[at].executing[req_idx].take() else {
+                    let Some(req) = self.nodes[at]
+                        .executing
+                        .get_mut(req_idx)
+                        .and_then(Option::take)
+                    else {
                         continue;
                     };
                     let outputs = if req.step == "s0" {
@@ -670,11 +1101,9 @@ impl Sim {
                 );
             }
         }
-        let mut report = Report {
-            end_us: self.now,
-            requests_finished: self.finished.len(),
-            ..Report::default()
-        };
+        let mut report = std::mem::take(&mut self.report);
+        report.end_us = self.now;
+        report.requests_finished = self.finished.len();
         for node in &self.nodes {
             let s = node.member.stats();
             report.delivered += s.delivered;
@@ -691,5 +1120,8 @@ impl Sim {
 pub fn run_seed(seed: u64, alter: impl FnOnce(&mut SimConfig)) -> Result<Report, Violation> {
     let mut cfg = SimConfig::from_seed(seed);
     alter(&mut cfg);
+    // A test may change the group size: keep messages within a frame.
+    let fits = conveyor_dataplane::wire::max_payload_for(cfg.proto.max_frame, cfg.members);
+    cfg.proto.max_payload = cfg.proto.max_payload.min(fits);
     Sim::new(seed, cfg).run()
 }

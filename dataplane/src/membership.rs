@@ -1,0 +1,195 @@
+//! Membership: the messages and decisions of view changes (used by [`crate::proto::Member`]).
+//!
+//! # Protocol
+//!
+//! *Failure detection.* Every member hears from every other at least every `heartbeat` (status
+//! rows are repeated while idle). A member not heard from for `failure_timeout` is suspected.
+//! Suspicions are monotonic inside a view and spread to the others (`Suspect` messages); a
+//! member ignores what a member it suspects tells it, so a healed minority cannot make the
+//! majority suspect itself.
+//!
+//! *Wedging.* A member that suspects anyone, or is asked by a leader, *wedges*: it stops
+//! delivering, stops sending new messages (it still accepts submissions, held for the next
+//! view) and freezes the counts it reports: from then on its status rows and its reports carry
+//! the `received` counts and the delivered slot count it had when it wedged. A frozen row is
+//! what makes the cut safe: nobody can see a message as stable beyond what the wedged members
+//! reported.
+//!
+//! *Agreement* is single-decree Paxos on the next view and its cut, one instance per view,
+//! led by the lowest-ranked member not suspected (leader failure is a suspicion like any
+//! other: the next one takes over with a higher ballot):
+//! 1. `Propose(ballot, members)`: the leader asks every member it does not suspect;
+//! 2. `Promise(ballot, received, delivered, accepted)`: each wedges and answers with its frozen
+//!    counts and the highest-ballot decision it accepted, if any; it refuses lower ballots
+//!    from then on;
+//! 3. with promises from every proposed member (a majority of the view, or the leader declares
+//!    the minority and stops), the leader adopts the decision of the highest ballot among the
+//!    promises, if any, or makes a new one: next view = proposed members (+ admitted joiners),
+//!    cut = `max(C_min, C_del)`, where `C_min` is the longest round-robin prefix every proposed
+//!    member holds and `C_del` the most slots any of them delivered;
+//! 4. `Accept(ballot, decision)` / `Accepted(ballot)`; once a majority of the view accepted,
+//!    the decision is chosen: `Commit(decision)` to everyone, joiners included.
+//!
+//! *Ragged-edge cleanup.* On `Commit`, a member delivers the old view's slots up to the cut and
+//! installs the new view. Slots below `C_min` are held by every survivor. A slot in
+//! `[C_min, C_del)` that a survivor lacks is a null: a member delivered it, so if it had carried
+//! a message that message was stable, hence in the survivor's frozen row. So survivors deliver
+//! exactly the same messages of the old view; a crashed member delivered a prefix of them.
+//! Own messages submitted but not delivered by the cut are submitted again in the new view, in
+//! order, so nothing a surviving member submitted is lost.
+//!
+//! *Stale and excluded members.* Frames of an older view are dropped and counted; their sender
+//! is sent the decision that ended its view, so a member excluded while partitioned learns it
+//! on heal and stops ([`Status::Excluded`]); it may come back only as a new joiner.
+//!
+//! *Joins.* A joiner sends `Join` to the members it knows; the leader includes admitted joiners
+//! in the next view. The first member of the new view that was in the old one sends the joiner
+//! the application's state at the cut (`State` chunks, acknowledged); the joiner delivers that
+//! snapshot before any message of its first view.
+
+use crate::types::{Instant, MemberId, View, ViewId};
+use core::time::Duration;
+use serde::{Deserialize, Serialize};
+
+/// A Paxos ballot; higher wins. Unique: two leaders never share one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Ballot {
+    pub round: u32,
+    pub leader: MemberId,
+}
+
+/// The outcome of a view change: the next view and how much of the old one is delivered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The view this decision ends.
+    pub from: ViewId,
+    pub next: View,
+    /// Members of `next` that join with it: new ones, and new incarnations of old ones (whose
+    /// old incarnation is removed).
+    pub joiners: Vec<MemberId>,
+    /// Global slots of the old view delivered by every member of `next` that was in it.
+    pub cut: u64,
+}
+
+/// A control message, the payload of a `Control` frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Ctl {
+    Suspect {
+        suspects: Vec<MemberId>,
+        /// The sender is in a minority (its suspicions are not to be taken up).
+        minority: bool,
+    },
+    Propose {
+        ballot: Ballot,
+        /// The acceptors: every member the leader does not suspect.
+        members: Vec<MemberId>,
+        /// Acceptors that leave: not in the next view.
+        leaving: Vec<MemberId>,
+        joiners: Vec<MemberId>,
+    },
+    Promise {
+        ballot: Ballot,
+        received: Vec<u64>,
+        delivered: u64,
+        accepted: Option<(Ballot, Decision)>,
+    },
+    Accept {
+        ballot: Ballot,
+        decision: Decision,
+    },
+    Accepted {
+        ballot: Ballot,
+    },
+    /// A ballot was refused: the acceptor had promised a higher one.
+    Reject {
+        promised: Ballot,
+    },
+    Commit {
+        decision: Decision,
+    },
+    /// From a process outside the view that wants in.
+    Join,
+    /// A member asks to be removed (graceful leave).
+    Leave,
+    /// A chunk of the application state for a joiner, as of the install of view `view`.
+    State {
+        view: ViewId,
+        offset: u32,
+        total: u32,
+        chunk: Vec<u8>,
+    },
+    /// The joiner holds the first `have` bytes of the state of view `view`.
+    StateAck {
+        view: ViewId,
+        have: u32,
+    },
+}
+
+impl Ctl {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+    pub(crate) fn decode(b: &[u8]) -> Option<Ctl> {
+        postcard::from_bytes(b).ok()
+    }
+}
+
+/// Where a member stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// In a view, delivering.
+    Serving,
+    /// A view change is under way: wedged, not delivering.
+    Changing,
+    /// Waiting to be admitted into a view (a joiner), or for its state transfer.
+    Joining,
+    /// Fewer than a majority of the view is reachable: this member stopped serving and waits.
+    /// It cannot serve again in this view; it learns of the majority's next view on heal and
+    /// then becomes [`Status::Excluded`] (or, if the majority kept it, goes on).
+    Minority,
+    /// A view change removed this member (suspected, partitioned, or too slow). It may come
+    /// back only as a new joiner, with a new process state.
+    Excluded,
+    /// Removed at its own request.
+    Left,
+}
+
+impl Status {
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Serving => "serving",
+            Status::Changing => "changing",
+            Status::Joining => "joining",
+            Status::Minority => "minority",
+            Status::Excluded => "excluded",
+            Status::Left => "left",
+        }
+    }
+    /// Whether this member will never serve again (the host should stop it or rejoin anew).
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Excluded | Status::Left)
+    }
+}
+
+/// A new view installed, as delivered in the total order: every message of the old view that
+/// survivors deliver comes before it, every message of the new view after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViewChange {
+    pub previous: View,
+    pub view: View,
+    pub removed: Vec<MemberId>,
+    pub joined: Vec<MemberId>,
+    /// Old-view slots delivered in total (the cut).
+    pub cut: u64,
+    /// Slots below the cut this member did not hold and passed as nulls (see module docs).
+    pub inferred_nulls: u64,
+    /// Own messages submitted again in the new view.
+    pub resubmitted: u64,
+    /// From this member wedging (first suspicion or proposal) to the new view installed.
+    pub wedged_for: Duration,
+    /// When this member first suspected a member that the change removed (if it did).
+    pub suspected_at: Option<Instant>,
+    /// The member that sends joiners the state (the first member of `view` that was in
+    /// `previous`); `None` without joiners.
+    pub state_from: Option<MemberId>,
+}
