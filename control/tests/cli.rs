@@ -300,3 +300,54 @@ fn requests_survive_injected_loss_duplication_and_reordering() {
         "{r}"
     );
 }
+
+#[test]
+fn killing_an_invoker_loses_and_doubles_nothing() {
+    let _turn = whole_group();
+    let out = conveyor(&[
+        "bench",
+        "--workload",
+        "burst",
+        "--requests",
+        "3000",
+        "--chain",
+        "3",
+        "--fn-us",
+        "40",
+        "--fault",
+        "kill:invoker-1@0.2",
+        "--json",
+        "-",
+    ]);
+    let r = report(&out);
+    assert_eq!(r["completed"], 3000, "{r}");
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["duplicates"], 0);
+    // The survivor did the rest; the failover was measured (kill to the new view, or to the
+    // first completion of a re-queued request).
+    let f = r["failover_ms"].as_f64().expect("failover_ms measured");
+    assert!(f > 0.0, "{r}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("fault: invoker-1 killed; view 2 installed"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_fault_specs_are_refused_naming_the_problem() {
+    for (spec, says) in [
+        ("kill:trigger@1", "the trigger measures the run"),
+        ("kill:invoker-7@1", "no member \"invoker-7\""),
+        ("kill:invoker-0", "expected MEMBER@SECONDS"),
+        ("kill:invoker-0@soon", "is not a number of seconds"),
+        ("explode:invoker-0@1", "unknown fault"),
+    ] {
+        let out = conveyor(&["bench", "--fault", spec]);
+        assert!(!out.status.success(), "{spec} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{spec}: {err}");
+    }
+    let out = conveyor(&["bench", "--invokers", "1", "--fault", "kill:invoker-0@1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("leave no majority"));
+}

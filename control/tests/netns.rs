@@ -159,3 +159,41 @@ fn bench_runs_each_member_in_its_own_namespace() {
         "the bench left namespaces behind"
     );
 }
+
+#[test]
+fn killing_an_invoker_across_namespaces_loses_nothing() {
+    needs_root!("killing_an_invoker_across_namespaces_loses_nothing");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args([
+            "bench",
+            "--hosts",
+            "netns",
+            "--workload",
+            "burst",
+            "--requests",
+            "3000",
+            "--chain",
+            "3",
+            "--fn-us",
+            "40",
+            "--fault",
+            "kill:invoker-1@0.2",
+            "--json",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &v[0];
+    assert_eq!(r["completed"], 3000, "{r}");
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["duplicates"], 0);
+    assert!(r["failover_ms"].as_f64().is_some(), "{r}");
+    assert!(namespaces("cvb").is_empty());
+}

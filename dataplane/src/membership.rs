@@ -92,6 +92,8 @@ pub(crate) enum Ctl {
         received: Vec<u64>,
         delivered: u64,
         accepted: Option<(Ballot, Decision)>,
+        /// Per sender: runs `[start, end)` of nulls held and not delivered.
+        nulls: Vec<Vec<(u64, u64)>>,
     },
     Accept {
         ballot: Ballot,

@@ -360,6 +360,8 @@ struct Promised {
     received: Vec<u64>,
     delivered: u64,
     accepted: Option<(Ballot, Decision)>,
+    /// Per sender: runs `[start, end)` of nulls held and not delivered, within `received`.
+    nulls: Vec<Vec<(u64, u64)>>,
 }
 
 /// The leader's side of a ballot.
@@ -485,6 +487,7 @@ pub struct Member {
     fast_from: Vec<Option<u64>>,
     /// Scratch buffers reused on every frame: per-sender stable counts, and our own row.
     stable: Vec<u64>,
+    majority: Vec<u64>,
     row: Row,
     ms: Mship,
 }
@@ -552,6 +555,7 @@ impl Member {
             gap_reported: vec![None; n],
             fast_from: vec![None; n],
             stable: Vec::with_capacity(n),
+            majority: Vec::with_capacity(n),
             row: Row {
                 heartbeat: 0,
                 delivered: 0,
@@ -880,12 +884,22 @@ impl Member {
                 .min()
                 .unwrap_or(0)
         }));
-        let frontier = stable
-            .iter()
-            .enumerate()
-            .map(|(r, &c)| c * n + r as u64)
-            .min()
-            .unwrap_or(0);
+        // maj[s]: messages of s that a majority of members holds (a null passes once it is).
+        let mut maj = std::mem::take(&mut self.majority);
+        maj.clear();
+        let mut held = Vec::with_capacity(self.rows.len());
+        for s in 0..self.logs.len() {
+            held.clear();
+            held.extend(self.rows.iter().enumerate().map(|(m, row)| {
+                if m == me {
+                    self.logs[s].contiguous
+                } else {
+                    row.received[s]
+                }
+            }));
+            held.sort_unstable_by(|a, b| b.cmp(a));
+            maj.push(held.get(held.len() / 2).copied().unwrap_or(0));
+        }
         loop {
             let g = self.next_slot;
             let r = (g % n) as usize;
@@ -897,14 +911,18 @@ impl Member {
             let Some(Some(slot)) = log.slots.get_mut((k - log.base) as usize) else {
                 break;
             };
-            // A null is passed as soon as it is held: it is the same at every member that
-            // holds it and carries nothing. A message is delivered only below the stable
-            // frontier: it and every slot before it (nulls included) are held by every member.
-            // Its own stability is not enough: a member that passed a null others lack could
-            // then deliver a message beyond the cut a view change computes from the survivors'
-            // rows (it would be excluded, but would have applied a message the group never
-            // delivered in that view).
-            if check_stable && matches!(slot, Slot::Data(_)) && (k >= stable[r] || g >= frontier) {
+            // A message waits until every member holds it (stability). A null carries nothing
+            // and is the same wherever it is held: it passes once a majority holds it. Not
+            // sooner: a view change must be able to tell, from the survivors (a majority),
+            // that it was a null, or it could not deliver what a member that passed it went on
+            // to deliver (see the cut in `maybe_decide`). With three members the null's sender
+            // and its receiver are that majority, so this costs no extra hop.
+            if check_stable
+                && match slot {
+                    Slot::Data(_) => k >= stable[r],
+                    Slot::Null => k >= maj[r],
+                }
+            {
                 break;
             }
             let slot = std::mem::replace(slot, Slot::Null);
@@ -936,6 +954,7 @@ impl Member {
             }
         }
         self.stable = stable;
+        self.majority = maj;
     }
 
     /// Advances timers: retransmissions and periodic status rows.
@@ -1235,6 +1254,31 @@ impl Member {
         self.send_state_chunks(i);
     }
 
+    /// Per sender: the runs of nulls this member holds, not delivered, below `received`.
+    fn null_runs(&self, received: &[u64]) -> Vec<Vec<(u64, u64)>> {
+        self.logs
+            .iter()
+            .enumerate()
+            .map(|(r, log)| {
+                let mut runs: Vec<(u64, u64)> = Vec::new();
+                let end = received.get(r).copied().unwrap_or(0);
+                for k in log.delivered.max(log.base)..end {
+                    let is_null = matches!(
+                        log.slots.get((k - log.base) as usize),
+                        Some(Some(Slot::Null))
+                    );
+                    if is_null {
+                        match runs.last_mut() {
+                            Some(last) if last.1 == k => last.1 = k + 1,
+                            _ => runs.push((k, k + 1)),
+                        }
+                    }
+                }
+                runs
+            })
+            .collect()
+    }
+
     fn state_chunk(&self) -> usize {
         wire::max_payload_for(self.cfg.max_frame, 1)
             .saturating_sub(32)
@@ -1522,6 +1566,7 @@ impl Member {
         self.ms.promised = Some(ballot);
         self.stats.ballots += 1;
         let (received, delivered) = self.ms.frozen.clone().unwrap_or_default();
+        let nulls = self.null_runs(&received);
         let mut promises = BTreeMap::new();
         promises.insert(
             self.me,
@@ -1529,6 +1574,7 @@ impl Member {
                 received,
                 delivered,
                 accepted: self.ms.accepted.clone(),
+                nulls,
             },
         );
         let propose = Ctl::Propose {
@@ -1585,6 +1631,27 @@ impl Member {
                 })
                 .min()
                 .unwrap_or(0);
+            // Extend the cut over slots that every promiser holds, or that one holds and
+            // reports as a null: a member that passed a null (held by a majority, so by a
+            // promiser) may have delivered messages after it.
+            let mut cut = c_del.max(c_min);
+            loop {
+                let (r, k) = ((cut % n) as usize, cut / n);
+                let all = l
+                    .promises
+                    .values()
+                    .all(|p| p.received.get(r).is_some_and(|&c| c > k));
+                let null = l.promises.values().any(|p| {
+                    p.received.get(r).is_some_and(|&c| c > k)
+                        && p.nulls
+                            .get(r)
+                            .is_some_and(|runs| runs.iter().any(|&(a, b)| a <= k && k < b))
+                });
+                if !(all || null) {
+                    break;
+                }
+                cut += 1;
+            }
             let mut next: Vec<MemberId> = self
                 .view
                 .members
@@ -1597,7 +1664,7 @@ impl Member {
                 from: self.view.id,
                 next: View::new(ViewId(self.view.id.0 + 1), next),
                 joiners: l.joiners.clone(),
-                cut: c_del.max(c_min),
+                cut,
             }
         });
         let ballot = l.ballot;
@@ -1732,6 +1799,7 @@ impl Member {
                 received,
                 delivered,
                 accepted,
+                nulls,
             } => {
                 let n = self.n();
                 if let Some(l) = &mut self.ms.leading {
@@ -1742,6 +1810,7 @@ impl Member {
                                 received,
                                 delivered,
                                 accepted,
+                                nulls,
                             },
                         );
                     }
@@ -1837,11 +1906,13 @@ impl Member {
         }
         self.wedge();
         let (received, delivered) = self.ms.frozen.clone().unwrap_or_default();
+        let nulls = self.null_runs(&received);
         let promise = Ctl::Promise {
             ballot,
             received,
             delivered,
             accepted: self.ms.accepted.clone(),
+            nulls,
         };
         self.emit_ctl(Dest::One(sender), &promise);
     }
@@ -2584,5 +2655,71 @@ mod tests {
             assert_eq!(got, vec![b"x".to_vec()]);
         }
         assert!(ms[0].stats().retransmitted_slots >= 1);
+    }
+}
+#[cfg(test)]
+mod hop_tests {
+    use super::*;
+
+    /// Without loss, a message from any rank is delivered everywhere within three exchanges
+    /// and no timer: nulls pass once a majority holds them, which for three members the
+    /// null's sender and its receiver already are.
+    #[test]
+    fn three_members_deliver_without_timers() {
+        let key = Key::from_bytes([1; 32]);
+        let view = View::new(ViewId(1), (0..3).map(MemberId).collect());
+        let mut ms: Vec<Member> = (0..3)
+            .map(|i| {
+                Member::new(
+                    ProtoConfig::default(),
+                    key.clone(),
+                    GroupId(3),
+                    view.clone(),
+                    MemberId(i),
+                    Instant(0),
+                )
+                .unwrap()
+            })
+            .collect();
+        let mut now = 100;
+        for round in 0..30u8 {
+            let from = (round % 3) as usize;
+            ms[from].submit(vec![round]).unwrap();
+            let mut got = [false; 3];
+            let mut steps = 0;
+            while !got.iter().all(|g| *g) {
+                assert!(
+                    steps < 3,
+                    "round {round} from m{from}: more than 3 exchanges"
+                );
+                now += 10;
+                let mut frames = Vec::new();
+                for (i, m) in ms.iter_mut().enumerate() {
+                    while let Some(t) = m.poll_transmit() {
+                        frames.push((i, t));
+                    }
+                }
+                for (src, t) in frames {
+                    for (j, m) in ms.iter_mut().enumerate() {
+                        let to = match t.dest {
+                            Dest::All => j != src,
+                            Dest::One(x) => x.0 as usize == j,
+                        };
+                        if to {
+                            m.handle_frame(Instant(now), &t.frame);
+                        }
+                    }
+                }
+                for (i, m) in ms.iter_mut().enumerate() {
+                    while let Some(d) = m.poll_delivery() {
+                        if let Delivered::Message(d) = d {
+                            assert_eq!(d.payload, vec![round]);
+                            got[i] = true;
+                        }
+                    }
+                }
+                steps += 1;
+            }
+        }
     }
 }
