@@ -3,13 +3,13 @@
 # formatting, lints, unit and property tests, the deterministic simulator over many seeds,
 # end-to-end runs of the `conveyor` binary, and a short run of every fuzz target.
 #
-#   SIM_SEEDS   simulator seeds (default 3000)       FUZZ_SECONDS per fuzz target (default 30)
+#   SIM_SEEDS   simulator seeds (default 6000)       FUZZ_SECONDS per fuzz target (default 30)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 CONVEYOR_SETUP_FUZZ=1 bash testbed/setup.sh
 
-export SIM_SEEDS="${SIM_SEEDS:-3000}"
+export SIM_SEEDS="${SIM_SEEDS:-6000}"
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
 
 echo "== cargo fmt --check"

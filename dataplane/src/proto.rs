@@ -1762,8 +1762,11 @@ impl Member {
         let r = self.view.rank_of(sender).unwrap_or(0);
         self.last_heard[r] = Some(self.now);
         self.heard_in_minority(r);
-        if self.ms.suspected[r] {
-            // What a suspected member says cannot change anything here.
+        if self.ms.suspected[r] && matches!(ctl, Ctl::Suspect { .. } | Ctl::Leave) {
+            // A suspected member's suspicions are not taken up (a healed minority's are
+            // stale). Its ballots are still answered: Paxos is safe whoever leads, and with
+            // one-way suspicions (a leader suspected by a member it does not suspect) ignoring
+            // them could leave every would-be leader waiting for a member that ignores it.
             return;
         }
         match ctl {
@@ -1818,7 +1821,11 @@ impl Member {
                 self.maybe_decide();
             }
             Ctl::Accept { ballot, decision } => {
-                if self.ms.promised.is_none_or(|p| ballot >= p) && decision.from == self.view.id {
+                if !self.plausible(&decision) {
+                    self.stats.bad_control += 1;
+                } else if self.ms.promised.is_none_or(|p| ballot >= p)
+                    && decision.from == self.view.id
+                {
                     self.ms.promised = Some(ballot);
                     self.ms.round_seen = self.ms.round_seen.max(ballot.round);
                     self.ms.accepted = Some((ballot, decision));
@@ -1921,10 +1928,19 @@ impl Member {
         if !matches!(self.ms.status, Status::Serving | Status::Changing) {
             return;
         }
+        let heard = self
+            .view
+            .rank_of(sender)
+            .is_some_and(|r| self.last_heard[r].is_some());
         if self.ms.joined_now.contains(&sender) {
-            // It is in this view already but missed the commit.
-            self.ms.catchup_at.remove(&sender);
-            self.catch_up(sender);
+            if !heard {
+                // It joined in this view but missed the commit.
+                self.ms.catchup_at.remove(&sender);
+                self.catch_up(sender);
+            }
+            // Once it has spoken in the view, a late `Join` is one it sent before installing
+            // (ignored). A new process with this id (a restart) is not given the old one's
+            // place: it keeps asking until the old one, silent, is removed by a timeout.
             return;
         }
         if let Some(t) = self.ms.joins.get_mut(&sender) {
@@ -1969,7 +1985,29 @@ impl Member {
         self.deliver();
     }
 
+    /// A decision that no correct member could have made is refused (counted as a bad control
+    /// message): it holds the group key, but the state must stay bounded whatever it says.
+    fn plausible(&self, d: &Decision) -> bool {
+        let mut ids: Vec<MemberId> = d.next.members.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        let n = self.n() as u64;
+        let bound = self
+            .next_slot
+            .saturating_add(n.saturating_mul(2 * self.recv_window() + 2));
+        !d.next.members.is_empty()
+            && d.next.members.len() <= wire::MAX_MEMBERS
+            && ids.len() == d.next.members.len()
+            && d.next.id.0 == d.from.0.wrapping_add(1)
+            && d.joiners.iter().all(|j| d.next.rank_of(*j).is_some())
+            && (d.from != self.view.id || d.cut <= bound)
+    }
+
     fn on_commit(&mut self, d: Decision) {
+        if !self.plausible(&d) {
+            self.stats.bad_control += 1;
+            return;
+        }
         match self.ms.status {
             Status::Excluded | Status::Left => {}
             Status::Joining if self.view.id == ViewId(0) => {
@@ -2018,7 +2056,9 @@ impl Member {
     /// Ragged-edge cleanup up to the decision's cut, then the new view.
     fn install(&mut self, d: Decision) {
         let previous = self.view.clone();
-        let me_next = d.next.rank_of(self.me).is_some();
+        // Named as a joiner, this id stands for a new process: this one was removed (it made
+        // no promise the cut relies on, so it must not install the view as a survivor).
+        let me_next = d.next.rank_of(self.me).is_some() && !d.joiners.contains(&self.me);
         if !me_next {
             self.ms.status = if self.ms.leaving {
                 Status::Left
@@ -2459,6 +2499,38 @@ mod tests {
         assert_eq!(net.ms[0].status(), Status::Serving);
         assert!(net.ms[0].stats().joins_refused >= 1);
         assert_eq!(net.ms[2].status(), Status::Joining);
+    }
+
+    #[test]
+    fn an_implausible_decision_is_refused_and_counted() {
+        let mut net = Net::new(2, ProtoConfig::default());
+        net.run(2_000);
+        for d in [
+            Decision {
+                from: ViewId(1),
+                next: View::new(ViewId(2), vec![MemberId(0), MemberId(1)]),
+                joiners: vec![],
+                cut: u64::MAX,
+            },
+            Decision {
+                from: ViewId(1),
+                next: View::new(ViewId(2), vec![MemberId(0), MemberId(0)]),
+                joiners: vec![],
+                cut: 0,
+            },
+            Decision {
+                from: ViewId(1),
+                next: View::new(ViewId(7), vec![MemberId(0)]),
+                joiners: vec![],
+                cut: 0,
+            },
+        ] {
+            net.ms[1].emit_ctl(Dest::One(MemberId(0)), &Ctl::Commit { decision: d });
+        }
+        net.run(1_000);
+        assert_eq!(net.ms[0].view().id, ViewId(1));
+        assert_eq!(net.ms[0].status(), Status::Serving);
+        assert_eq!(net.ms[0].stats().bad_control, 3);
     }
 
     #[test]
