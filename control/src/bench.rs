@@ -109,13 +109,18 @@ pub struct GroupRun {
     pub impair: Option<String>,
     /// (member name, seconds after the load starts): SIGKILL.
     pub kills: Vec<(String, f64)>,
+    /// (member name, cut at, healed at), seconds after the load starts (netns hosts only).
+    pub partitions: Vec<(String, f64, f64)>,
+    /// (member name, seconds after the load starts): the member is not in the first view and
+    /// is started then, joining the running group.
+    pub joins: Vec<(String, f64)>,
 }
 
 /// What a run measured, with the faults it injected.
 #[derive(Debug)]
 pub struct GroupOutcome {
     pub report: TriggerReport,
-    /// When each kill was done (CLOCK_MONOTONIC us), by member name.
+    /// When each kill or cut was done (CLOCK_MONOTONIC us), by member name.
     pub killed_at_us: Vec<(String, u64)>,
 }
 
@@ -130,9 +135,19 @@ impl GroupOutcome {
     }
 }
 
-/// Parses `--fault` specs against the run's member names.
-pub fn parse_faults(specs: &[String], invokers: usize) -> Result<Vec<(String, f64)>> {
+/// A run's faults: kills, partitions (member, cut at, healed at), and late joins.
+pub type Faults = (
+    Vec<(String, f64)>,
+    Vec<(String, f64, f64)>,
+    Vec<(String, f64)>,
+);
+
+/// Parses `--fault` specs against the run's member names. A partition heals 1 s after it
+/// starts, or at `E` with `partition:MEMBER@S-E`.
+pub fn parse_faults(specs: &[String], invokers: usize) -> Result<Faults> {
     let mut kills = Vec::new();
+    let mut parts = Vec::new();
+    let mut joins = Vec::new();
     for spec in specs {
         let (kind, rest) = spec.split_once(':').ok_or_else(|| {
             anyhow::anyhow!(
@@ -142,6 +157,17 @@ pub fn parse_faults(specs: &[String], invokers: usize) -> Result<Vec<(String, f6
         let (member, at) = rest.split_once('@').ok_or_else(|| {
             anyhow::anyhow!("--fault {spec:?}: expected MEMBER@SECONDS after {kind}:")
         })?;
+        let (at, heal) = match at.split_once('-') {
+            Some((a, e)) if kind == "partition" => (a, Some(e)),
+            _ => (at, None),
+        };
+        let heal: Option<f64> =
+            match heal {
+                Some(e) => Some(e.parse().ok().filter(|e: &f64| e.is_finite()).ok_or_else(
+                    || anyhow::anyhow!("--fault {spec:?}: {e:?} is not a number of seconds"),
+                )?),
+                None => None,
+            };
         let at: f64 = at
             .parse()
             .ok()
@@ -158,15 +184,24 @@ pub fn parse_faults(specs: &[String], invokers: usize) -> Result<Vec<(String, f6
         }
         match kind {
             "kill" => kills.push((member.to_string(), at)),
-            "partition" => bail!("--fault {spec:?}: partition is not available in this version (an isolated member is excluded, but rejoining it automatically comes with the control plane); use kill"),
-            other => bail!("--fault {spec:?}: unknown fault {other:?}; known: kill, partition"),
+            "join" => joins.push((member.to_string(), at)),
+            "partition" => {
+                let heal = heal.unwrap_or(at + 1.0);
+                if heal <= at {
+                    bail!("--fault {spec:?}: the partition must heal after it starts");
+                }
+                parts.push((member.to_string(), at, heal));
+            }
+            other => {
+                bail!("--fault {spec:?}: unknown fault {other:?}; known: kill, partition, join")
+            }
         }
     }
     let total = invokers + 1;
-    if kills.len() * 2 >= total {
+    if (kills.len() + parts.len()) * 2 >= total {
         bail!("--fault: {} kills leave no majority of the {total} members; the group would stop (by design)", kills.len());
     }
-    Ok(kills)
+    Ok((kills, parts, joins))
 }
 
 /// Where a run's members live.
@@ -195,6 +230,24 @@ fn netns_sh(args: &[&str]) -> std::io::Result<std::process::Output> {
 }
 
 impl NetnsHosts {
+    /// Cuts (or restores) every link of host `i`: its port on the hub's bridge.
+    fn set_link(&self, i: usize, up: bool) -> Result<()> {
+        let port = format!("{}h{i}", self.prefix);
+        let out = Command::new("ip")
+            .args(["-n", &format!("{}-hub", self.prefix), "link", "set", &port])
+            .arg(if up { "up" } else { "down" })
+            .output()
+            .context("running ip")?;
+        if !out.status.success() {
+            bail!(
+                "setting {port} {}: {}",
+                if up { "up" } else { "down" },
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
     fn up(n: usize) -> Result<NetnsHosts> {
         // Namespaces need root (or CAP_SYS_ADMIN).
         if effective_uid() != 0 {
@@ -336,6 +389,9 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
                 run.credits, run.executor
             ));
         }
+        if run.joins.iter().any(|j| &j.0 == name) {
+            toml.push_str("join = true\n");
+        }
     }
     std::fs::write(dir.join("conveyor.toml"), toml)?;
     std::fs::write(dir.join("pipeline.json"), &run.pipeline_json)?;
@@ -352,7 +408,7 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
     };
     // Invokers first, the trigger last: the start-up barrier makes the order irrelevant for
     // correctness, but it keeps the trigger's clock start close to the real start.
-    for name in names.iter().skip(1).chain(std::iter::once(&names[0])) {
+    let spawn = |name: &String| -> Result<Child> {
         let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
         let mut cmd = match &netns {
             None => Command::new(&exe),
@@ -377,9 +433,14 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
                 .arg("--report")
                 .arg(dir.join("report.json"));
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting member {name}"))?;
+        cmd.spawn()
+            .with_context(|| format!("starting member {name}"))
+    };
+    for name in names.iter().skip(1).chain(std::iter::once(&names[0])) {
+        if run.joins.iter().any(|j| &j.0 == name) {
+            continue;
+        }
+        let child = spawn(name)?;
         members.children.push((name.clone(), child));
     }
     let budget = Duration::from_secs_f64(
@@ -393,6 +454,10 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
     let start = Instant::now();
     let trigger_idx = members.children.len() - 1;
     let mut killed_at_us: Vec<(String, u64)> = Vec::new();
+    let mut healed: Vec<String> = Vec::new();
+    if !run.partitions.is_empty() && netns.is_none() {
+        bail!("--fault partition: needs --hosts netns (it cuts the member's links on the namespace bridge)");
+    }
     let mut load_start_us: Option<u64> = None;
     let status = loop {
         if let Some(s) = members.children[trigger_idx].1.try_wait()? {
@@ -405,6 +470,32 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
         }
         if let Some(t0) = load_start_us {
             let now = conveyor_dataplane::sys::monotonic_us();
+            for (name, at, heal) in &run.partitions {
+                let i = names.iter().position(|x| x == name).unwrap_or(0);
+                let cut = killed_at_us.iter().any(|k| &k.0 == name);
+                if !cut && now >= t0 + (at * 1e6) as u64 {
+                    if let Some(h) = &netns {
+                        h.set_link(i, false)?;
+                        killed_at_us.push((name.clone(), conveyor_dataplane::sys::monotonic_us()));
+                        tracing::info!("fault: cut {name}'s links");
+                    }
+                }
+                if cut && !healed.contains(name) && now >= t0 + (heal * 1e6) as u64 {
+                    if let Some(h) = &netns {
+                        h.set_link(i, true)?;
+                        healed.push(name.clone());
+                        tracing::info!("fault: healed {name}'s links");
+                    }
+                }
+            }
+            for (name, at) in &run.joins {
+                if !members.children.iter().any(|(n, _)| n == name) && now >= t0 + (at * 1e6) as u64
+                {
+                    let child = spawn(name)?;
+                    members.children.push((name.clone(), child));
+                    tracing::info!("fault: started {name}, which joins the running group");
+                }
+            }
             for (name, at) in &run.kills {
                 if killed_at_us.iter().any(|k| &k.0 == name) || now < t0 + (at * 1e6) as u64 {
                     continue;
@@ -417,7 +508,7 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
             }
         }
         for (name, c) in &mut members.children {
-            if killed_at_us.iter().any(|k| &k.0 == name) {
+            if run.kills.iter().any(|k| &k.0 == name) && killed_at_us.iter().any(|k| &k.0 == name) {
                 continue;
             }
             if let Some(s) = c.try_wait()? {
@@ -450,7 +541,7 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
     // Invokers leave after the shutdown the trigger ordered.
     let wait_from = Instant::now();
     for (name, c) in &mut members.children {
-        if killed_at_us.iter().any(|k| &k.0 == name) {
+        if run.kills.iter().any(|k| &k.0 == name) {
             continue;
         }
         while matches!(c.try_wait(), Ok(None)) && wait_from.elapsed() < Duration::from_secs(10) {
@@ -608,7 +699,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "netns" => Hosts::Netns,
         other => bail!("--hosts: expected local or netns, found {other:?}"),
     };
-    let kills = parse_faults(&args.fault, args.invokers)?;
+    let (kills, partitions, joins) = parse_faults(&args.fault, args.invokers)?;
+    if !partitions.is_empty() && hosts != Hosts::Netns {
+        bail!("--fault partition: needs --hosts netns (it cuts the member's links on the namespace bridge)");
+    }
     if args.netem.is_some() {
         bail!("--netem: not available in this version (the kernel of the development machines has no netem); use --impair \"loss=5%,delay=50us\" to inject loss, duplication and delay in Conveyor's transport");
     }
@@ -656,6 +750,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         hosts,
         impair: args.impair.clone(),
         kills,
+        partitions,
+        joins,
         idle: match (args.spin_us, args.yield_us, args.slice_us) {
             (None, None, None) => None,
             (s, y, l) => {
@@ -730,13 +826,21 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     for (name, at) in &outcome.killed_at_us {
         let view = r.views.iter().find(|v| v.1 >= *at);
         eprintln!(
-            "fault: {name} killed; view {} installed at the trigger {:.2} ms later ({} from suspicion to install); {} requests re-queued; failover {} ms",
+            "fault: {name} {}; view {} installed at the trigger {:.2} ms later ({} from suspicion to install); {} requests re-queued; failover {} ms",
+            if args.fault.iter().any(|f| f.starts_with("kill:") && f.contains(name.as_str())) {
+                "killed"
+            } else {
+                "cut off"
+            },
             view.map_or("none".into(), |v| v.0.to_string()),
             view.map_or(f64::NAN, |v| (v.1.saturating_sub(*at)) as f64 / 1000.0),
             view.and_then(|v| v.2).map_or("n/a".into(), |us| format!("{us} us")),
             r.requeued,
             failover_ms.map_or("n/a".into(), |f| format!("{f:.2}"))
         );
+    }
+    for (name, n) in &r.work_after_rejoin {
+        eprintln!("{name} joined during the run (as a new member) and then ran {n} functions");
     }
     if let Some(floor) = entry.drain_floor_s {
         eprintln!("drain floor (functions alone): {floor:.3} s");
@@ -833,6 +937,8 @@ pub fn demo() -> Result<()> {
         hosts: Hosts::Local,
         impair: None,
         kills: Vec::new(),
+        partitions: Vec::new(),
+        joins: Vec::new(),
     };
     let r = run_local_group(&run)?;
     let l = r.latency_us;

@@ -157,6 +157,13 @@ pub struct MemberSection {
     /// Invokers: run functions `inline` in the polling thread, or in a `thread` fed by rings.
     #[serde(default)]
     pub executor: Executor,
+    /// Come back as a new member after a view change removed this one (default: invokers
+    /// do, the trigger does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejoin: Option<bool>,
+    /// Not in the group's first view: this member joins a running group when started.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,6 +286,22 @@ impl GroupConfig {
                 ),
             ));
         }
+        if !file.members.is_empty() && file.members.iter().all(|m| m.join) {
+            return Err(fail(
+                "member[0].join",
+                "every member has join = true: at least one must start the group".into(),
+            ));
+        }
+        if let Some(i) = file
+            .members
+            .iter()
+            .position(|m| m.join && m.role == Role::Trigger)
+        {
+            return Err(fail(
+                &format!("member[{i}].join"),
+                "a trigger cannot join later (it starts the run); only invokers".into(),
+            ));
+        }
         let mut addresses = Vec::new();
         for (i, m) in file.members.iter().enumerate() {
             if m.name.is_empty() {
@@ -399,8 +422,12 @@ impl GroupConfig {
             group: self.group_id(),
             view: View::new(
                 ViewId(1),
-                (0..self.file.members.len() as u16).map(MemberId).collect(),
+                (0..self.file.members.len() as u16)
+                    .filter(|&i| !self.file.members[i as usize].join)
+                    .map(MemberId)
+                    .collect(),
             ),
+            join: self.file.members[me].join,
             me: MemberId(me as u16),
             names: self.file.members.iter().map(|m| m.name.clone()).collect(),
             idle: IdlePolicy {
@@ -412,6 +439,9 @@ impl GroupConfig {
             core: self.file.members[me].core,
             startup_timeout: Duration::from_secs(g.startup_timeout_s),
             linger: Duration::from_millis(g.linger_ms),
+            rejoin: self.file.members[me]
+                .rejoin
+                .unwrap_or(self.file.members[me].role == Role::Invoker),
         }
     }
 }

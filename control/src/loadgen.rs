@@ -100,6 +100,9 @@ pub struct TriggerReport {
     /// suspicion of a removed member to the install, if it suspected one).
     #[serde(default)]
     pub views: Vec<(u32, u64, Option<u64>)>,
+    /// Functions run by each member after it (re)joined during the run.
+    #[serde(default)]
+    pub work_after_rejoin: BTreeMap<String, u64>,
 }
 
 /// Marks a request that ended in an error (failed, rejected or overwritten) in `Tally::finals`.
@@ -123,6 +126,8 @@ struct Tally {
     requeued: std::collections::BTreeSet<u64>,
     first_requeued_done_us: Option<u64>,
     views: Vec<(u32, u64, Option<u64>)>,
+    joined_at: BTreeMap<u16, u64>,
+    after_join: BTreeMap<u16, u64>,
 }
 
 impl Tally {
@@ -137,6 +142,9 @@ impl Tally {
                 ..
             } => {
                 *self.per_invoker.entry(consumer.0).or_insert(0) += 1;
+                if self.joined_at.contains_key(&consumer.0) {
+                    *self.after_join.entry(consumer.0).or_insert(0) += 1;
+                }
                 if self.requeued.contains(&id.0) && self.first_requeued_done_us.is_none() {
                     self.first_requeued_done_us = Some(ev.at_us);
                 }
@@ -174,8 +182,12 @@ impl Tally {
             Effect::ViewInstalled {
                 view,
                 suspected_at_us,
+                joined,
                 ..
             } => {
+                for j in joined {
+                    self.joined_at.entry(j.0).or_insert(ev.at_us);
+                }
                 self.views.push((
                     view,
                     ev.at_us,
@@ -243,6 +255,8 @@ pub fn run_trigger(
         requeued: Default::default(),
         first_requeued_done_us: None,
         views: Vec::new(),
+        joined_at: BTreeMap::new(),
+        after_join: BTreeMap::new(),
     };
     let burst = spec.workload == "burst";
     let start = clock.now_us() + 2_000;
@@ -372,5 +386,18 @@ pub fn run_trigger(
         requeued: t.requeued.len() as u64,
         first_requeued_done_us: t.first_requeued_done_us,
         views: t.views,
+        work_after_rejoin: t
+            .after_join
+            .iter()
+            .map(|(id, c)| {
+                (
+                    names
+                        .get(*id as usize)
+                        .cloned()
+                        .unwrap_or_else(|| format!("m{id}")),
+                    *c,
+                )
+            })
+            .collect(),
     })
 }

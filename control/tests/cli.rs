@@ -199,12 +199,30 @@ fn demo_runs_and_reports() {
     assert!(text.contains("p99.9"), "{text}");
 }
 
+/// Log text without terminal colour codes.
+fn plain(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[test]
-fn a_restarted_member_stops_with_a_clear_message() {
+fn a_restarted_invoker_rejoins_as_a_new_member() {
     let _turn = whole_group();
     let dir = std::env::temp_dir().join(format!("conveyor-cli-restart-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let ports: Vec<u16> = (0..2)
+    let ports: Vec<u16> = (0..3)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
         .collect::<Vec<_>>()
         .iter()
@@ -216,12 +234,22 @@ fn a_restarted_member_stops_with_a_clear_message() {
     )
     .unwrap();
     let path = dir.join("group.toml");
-    std::fs::write(
-        &path,
-        format!("[group]\nname = \"g\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000002\"\npipelines = [\"p.json\"]\nstartup_timeout_s = 10\n\n[[member]]\nname = \"trigger\"\naddress = \"127.0.0.1:{}\"\nrole = \"trigger\"\n\n[[member]]\nname = \"invoker-0\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\n", ports[0], ports[1]),
-    )
-    .unwrap();
-    let node = |member: &str| {
+    let mut toml = "[group]\nname = \"g\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000002\"\npipelines = [\"p.json\"]\nstartup_timeout_s = 10\n".to_string();
+    for (i, (name, role)) in [
+        ("trigger", "trigger"),
+        ("invoker-0", "invoker"),
+        ("invoker-1", "invoker"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        toml.push_str(&format!(
+            "\n[[member]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\nrole = \"{role}\"\n",
+            ports[i]
+        ));
+    }
+    std::fs::write(&path, toml).unwrap();
+    let node = |member: &str, log: &str| {
         Command::new(env!("CARGO_BIN_EXE_conveyor"))
             .args([
                 "node",
@@ -231,40 +259,45 @@ fn a_restarted_member_stops_with_a_clear_message() {
                 member,
             ])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(dir.join(log)).unwrap())
             .spawn()
             .unwrap()
     };
-    let mut trigger = node("trigger");
-    let mut invoker = node("invoker-0");
-    // Let them meet and order the invoker's subscriptions, then kill the invoker.
+    let mut trigger = node("trigger", "trigger.log");
+    let mut inv0 = node("invoker-0", "invoker-0.log");
+    let mut inv1 = node("invoker-1", "first.log");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
-        invoker.try_wait().unwrap().is_none(),
+        inv1.try_wait().unwrap().is_none(),
         "the invoker stopped early"
     );
-    invoker.kill().unwrap();
-    invoker.wait().unwrap();
+    inv1.kill().unwrap();
+    inv1.wait().unwrap();
+    // A new process with the same name: the group removes the old one and admits it anew.
+    let mut again = node("invoker-1", "again.log");
     let start = Instant::now();
-    let mut again = node("invoker-0");
-    while again.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(10) {
+    let mut log = String::new();
+    while start.elapsed() < Duration::from_secs(10) {
+        log = plain(&std::fs::read_to_string(dir.join("again.log")).unwrap_or_default());
+        if log.contains("joined=invoker-1") {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let still_running = again.try_wait().unwrap().is_none();
-    let _ = again.kill();
-    let _ = trigger.kill();
-    let _ = trigger.wait();
-    let again = again.wait_with_output().unwrap();
+    let running = again.try_wait().unwrap().is_none();
+    for c in [&mut again, &mut inv0, &mut trigger] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let trigger_log = plain(&std::fs::read_to_string(dir.join("trigger.log")).unwrap_or_default());
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(
-        !still_running,
-        "the restarted member did not notice within 10 s"
+        log.contains("joined=invoker-1"),
+        "not rejoined within 10 s:\n{log}"
     );
-    assert!(!again.status.success());
-    let err = String::from_utf8_lossy(&again.stderr);
-    assert!(
-        err.contains("restarted") && err.contains("trigger"),
-        "{err}"
-    );
+    assert!(running, "the restarted invoker stopped:\n{log}");
+    // The survivors saw the old incarnation go and the new one come.
+    assert!(trigger_log.contains("removed=invoker-1"), "{trigger_log}");
 }
 
 #[test]
@@ -342,6 +375,8 @@ fn bad_fault_specs_are_refused_naming_the_problem() {
         ("kill:invoker-0", "expected MEMBER@SECONDS"),
         ("kill:invoker-0@soon", "is not a number of seconds"),
         ("explode:invoker-0@1", "unknown fault"),
+        ("partition:invoker-0@1", "needs --hosts netns"),
+        ("partition:invoker-0@2-1", "must heal after it starts"),
     ] {
         let out = conveyor(&["bench", "--fault", spec]);
         assert!(!out.status.success(), "{spec} was accepted");
@@ -350,4 +385,40 @@ fn bad_fault_specs_are_refused_naming_the_problem() {
     }
     let out = conveyor(&["bench", "--invokers", "1", "--fault", "kill:invoker-0@1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("leave no majority"));
+}
+
+#[test]
+fn an_invoker_joining_a_running_group_gets_work() {
+    let _turn = whole_group();
+    let out = conveyor(&[
+        "bench",
+        "--invokers",
+        "3",
+        "--workload",
+        "constant",
+        "--rate",
+        "500",
+        "--duration",
+        "2",
+        "--chain",
+        "2",
+        "--fn-us",
+        "40",
+        "--fault",
+        "join:invoker-2@0.5",
+        "--json",
+        "-",
+    ]);
+    let r = report(&out);
+    assert_eq!(r["completed"], 1000, "{r}");
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["duplicates"], 0);
+    // Started half a second in, it was admitted, got the state and took a share of the work.
+    let ran = r["per_invoker"]["invoker-2"].as_u64().unwrap_or(0);
+    assert!(ran > 0, "{r}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invoker-2 joined during the run (as a new member) and then ran"),
+        "{stderr}"
+    );
 }

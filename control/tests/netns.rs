@@ -197,3 +197,48 @@ fn killing_an_invoker_across_namespaces_loses_nothing() {
     assert!(r["failover_ms"].as_f64().is_some(), "{r}");
     assert!(namespaces("cvb").is_empty());
 }
+
+#[test]
+fn a_partitioned_invoker_is_removed_then_rejoins_and_works_again() {
+    needs_root!("a_partitioned_invoker_is_removed_then_rejoins_and_works_again");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args([
+            "bench",
+            "--hosts",
+            "netns",
+            "--invokers",
+            "3",
+            "--workload",
+            "constant",
+            "--rate",
+            "600",
+            "--duration",
+            "3",
+            "--chain",
+            "2",
+            "--fn-us",
+            "40",
+            "--fault",
+            "partition:invoker-2@0.5-1.5",
+            "--json",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &v[0];
+    // The others kept serving: nothing lost or doubled.
+    assert_eq!(r["completed"], 1800, "{r}");
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["duplicates"], 0);
+    assert!(r["failover_ms"].as_f64().is_some(), "{r}");
+    // The isolated one said why it stopped, and after the heal came back and took work.
+    assert!(
+        stderr.contains("invoker-2 joined during the run (as a new member) and then ran"),
+        "{stderr}"
+    );
+    assert!(namespaces("cvb").is_empty());
+}

@@ -95,6 +95,11 @@ pub struct EngineConfig {
     pub startup_timeout: Duration,
     /// How long to keep serving after a shutdown was delivered, so peers deliver it too.
     pub linger: Duration,
+    /// When a view change removes this member (or it finds it restarted inside a view), come
+    /// back as a new member (a joiner, with state transfer) instead of stopping.
+    pub rejoin: bool,
+    /// Not in the first view: start by asking to join (a member added to a running group).
+    pub join: bool,
 }
 
 /// An application that runs inside the polling thread (run-to-completion): it sees this
@@ -132,6 +137,8 @@ pub struct EngineReport {
     pub longest_stall_us: u64,
     /// Times the idle policy parked instead of yielding because the core was contended.
     pub contended_spells: u64,
+    /// Times this member was removed and came back as a new member.
+    pub rejoins: u64,
 }
 
 #[derive(Debug, Default)]
@@ -196,14 +203,25 @@ impl EngineHandle {
         clock: Clock,
         inline: Option<Box<dyn InlineApp>>,
     ) -> Result<EngineHandle, EngineError> {
-        let member = Member::new(
-            cfg.proto.clone(),
-            cfg.key.clone(),
-            cfg.group,
-            cfg.view.clone(),
-            cfg.me,
-            clock.now(),
-        )
+        let member = if cfg.join {
+            Member::joining(
+                cfg.proto.clone(),
+                cfg.key.clone(),
+                cfg.group,
+                cfg.me,
+                cfg.view.members.clone(),
+                clock.now(),
+            )
+        } else {
+            Member::new(
+                cfg.proto.clone(),
+                cfg.key.clone(),
+                cfg.group,
+                cfg.view.clone(),
+                cfg.me,
+                clock.now(),
+            )
+        }
         .map_err(|e| EngineError::Startup(e.to_string()))?;
         let wake =
             Arc::new(EventFd::new().map_err(|e| EngineError::Startup(format!("eventfd: {e}")))?);
@@ -231,6 +249,7 @@ impl EngineHandle {
             tx_frames: Vec::new(),
             inline_events: VecDeque::new(),
             local_ops: VecDeque::new(),
+            rejoins: 0,
             cfg,
         };
         let thread = thread::Builder::new()
@@ -437,6 +456,7 @@ struct Engine {
     tx_frames: Vec<crate::proto::Transmit>,
     /// Encoded operations of the inline application waiting for window room.
     local_ops: VecDeque<Vec<u8>>,
+    rejoins: u64,
 }
 
 impl Engine {
@@ -528,6 +548,12 @@ impl Engine {
             let now = self.clock.now();
             if now >= self.member.poll_timeout() {
                 self.member.handle_timeout(now);
+            }
+            let removed = self.member.status() == Status::Excluded
+                || self.member.restarted_in_view().is_some();
+            if removed && self.cfg.rejoin {
+                self.rejoin();
+                continue;
             }
             if let Some(peer) = self.member.restarted_in_view() {
                 error = Some(format!(
@@ -654,6 +680,45 @@ impl Engine {
             stalls_over_1ms: stalls,
             longest_stall_us: longest,
             contended_spells: self.contended_spells,
+            rejoins: self.rejoins,
+        }
+    }
+
+    /// Starts over as a joiner: a new member process as far as the group is concerned.
+    fn rejoin(&mut self) {
+        let msg = format!(
+            "removed from the group (view {}); rejoining as a new member",
+            self.member.view().id.0
+        );
+        tracing::warn!("{msg}");
+        self.set_status(msg);
+        let contacts: Vec<MemberId> = (0..self.cfg.names.len() as u16)
+            .map(MemberId)
+            .filter(|m| *m != self.cfg.me)
+            .collect();
+        let s = self.member.stats();
+        tracing::info!(
+            delivered = s.delivered,
+            retransmitted_slots = s.retransmitted_slots,
+            view_changes = s.view_changes,
+            "counters of the removed incarnation"
+        );
+        match Member::joining(
+            self.cfg.proto.clone(),
+            self.cfg.key.clone(),
+            self.cfg.group,
+            self.cfg.me,
+            contacts,
+            self.clock.now(),
+        ) {
+            Ok(m) => {
+                self.member = m;
+                self.replica = QueueState::new();
+                self.inline_events.clear();
+                self.local_ops.clear();
+                self.rejoins += 1;
+            }
+            Err(e) => tracing::error!("cannot rejoin: {e}"),
         }
     }
 
@@ -686,6 +751,10 @@ impl Engine {
     /// the window is full, operations stay in the ring: the application sees backpressure.
     fn take_commands(&mut self) -> bool {
         let mut work = false;
+        if !matches!(self.member.status(), Status::Serving | Status::Changing) {
+            // Joining, or in a minority: operations wait (the ring fills: backpressure).
+            return false;
+        }
         while self.member.window_room() > 0 {
             let Some(op) = self.local_ops.pop_front().or_else(|| self.cmds.pop()) else {
                 break;

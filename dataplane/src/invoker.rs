@@ -67,6 +67,13 @@ impl InvokerApp {
         ops
     }
 
+    /// Whether this event is this member joining a view (after it was removed and came back
+    /// as a new member): its subscriptions and credits went with the old member, so it
+    /// announces them again.
+    pub fn rejoined(&self, ev: &Event) -> bool {
+        matches!(&ev.effect, Effect::ViewInstalled { joined, .. } if joined.contains(&self.me))
+    }
+
     fn find(&self, req: &Request) -> Option<&Pipeline> {
         self.pipelines.iter().find(|p| {
             p.steps
@@ -154,6 +161,9 @@ impl InlineApp for InvokerApp {
         out.extend(self.start_ops());
     }
     fn on_event(&mut self, ev: Event, clock: &Clock, out: &mut Vec<Op>) {
+        if self.rejoined(&ev) {
+            out.extend(self.start_ops());
+        }
         out.extend(self.handle(ev, clock));
     }
 }
@@ -176,6 +186,11 @@ pub fn run_invoker(
             }
             continue;
         };
+        if app.rejoined(&ev) {
+            for op in app.start_ops() {
+                handle.submit(&op)?;
+            }
+        }
         if let Some(op) = app.handle(ev, &clock) {
             handle.submit(&op)?;
         }

@@ -24,6 +24,8 @@ fn cfg(me: u16, key: &Key) -> EngineConfig {
         core: None,
         startup_timeout: Duration::from_secs(10),
         linger: Duration::from_millis(100),
+        rejoin: false,
+        join: false,
     }
 }
 
