@@ -576,3 +576,152 @@ fn two_instances_of_one_step_of_one_run_both_complete() {
     );
     assert_eq!(s.in_flight(), 0);
 }
+
+/// A view change removing an invoker: what it was running goes back to the head of its queue
+/// (oldest first, before anything admitted normally), with new instances; the removed
+/// invoker's credits and subscriptions are gone; its late completion counts for nothing; the
+/// survivor runs the requests and completes them once.
+#[test]
+fn a_removed_invokers_requests_go_back_to_the_head() {
+    for order in [Order::Fifo, Order::Lifo] {
+        let mut s = QueueState::new();
+        let mut fx = Vec::new();
+        s.apply(
+            Op::Create(QueueSpec {
+                name: "q0".into(),
+                capacity: 100,
+                order,
+                on_full: OnFull::Reject,
+            }),
+            &mut fx,
+        );
+        let (a, b, p) = (MemberId(1), MemberId(2), MemberId(0));
+        for c in [a, b] {
+            s.apply(
+                Op::Subscribe {
+                    consumer: c,
+                    queue: "q0".into(),
+                },
+                &mut fx,
+            );
+        }
+        // Invoker a takes requests 1 and 2; 3 and 4 wait in the queue.
+        s.apply(
+            Op::Ready {
+                consumer: a,
+                credits: 2,
+            },
+            &mut fx,
+        );
+        for id in 1..=4 {
+            s.apply(
+                Op::Push {
+                    pusher: p,
+                    req: req(id, 0),
+                },
+                &mut fx,
+            );
+        }
+        let running: Vec<(u64, u64)> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Assigned { consumer, req } if *consumer == a => {
+                    Some((req.id.0, req.instance))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(running.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2]);
+        fx.clear();
+        s.remove_members(&[a], &mut fx);
+        let back: Vec<(u64, u64)> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Requeued {
+                    from,
+                    id,
+                    old_instance,
+                    ..
+                } if *from == a => Some((id.0, *old_instance)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(back.len(), 2, "{order:?}: {fx:?}");
+        assert_eq!(s.in_flight(), 0);
+        assert_eq!(s.queue_depth("q0"), Some(4));
+        // The survivor asks for work: the requests a was running come first, oldest first.
+        fx.clear();
+        s.apply(
+            Op::Ready {
+                consumer: b,
+                credits: 4,
+            },
+            &mut fx,
+        );
+        let got: Vec<(u64, u64)> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Assigned { consumer, req } if *consumer == b => {
+                    Some((req.id.0, req.instance))
+                }
+                _ => None,
+            })
+            .collect();
+        let ids: Vec<u64> = got.iter().map(|g| g.0).collect();
+        assert_eq!(&ids[..2], &[1, 2], "{order:?}");
+        // New instances: the old ones are not in flight any more.
+        for (id, inst) in &got[..2] {
+            let old = running.iter().find(|r| r.0 == *id).map(|r| r.1);
+            assert_ne!(Some(*inst), old);
+        }
+        // a's late completion of its old instance is ignored; b's counts, once.
+        fx.clear();
+        s.apply(
+            Op::Complete {
+                consumer: a,
+                id: RequestId(1),
+                instance: running[0].1,
+                step: "s0".into(),
+                outputs: vec![],
+                result: None,
+                meta: Meta::default(),
+                credits: 1,
+            },
+            &mut fx,
+        );
+        assert!(
+            matches!(fx[0], Effect::DuplicateCompletion { .. }),
+            "{fx:?}"
+        );
+        // a's credit was not restored by it: nothing is assigned to a.
+        assert!(!fx
+            .iter()
+            .any(|e| matches!(e, Effect::Assigned { consumer, .. } if *consumer == a)));
+        fx.clear();
+        s.apply(
+            Op::Complete {
+                consumer: b,
+                id: RequestId(1),
+                instance: got[0].1,
+                step: "s0".into(),
+                outputs: vec![],
+                result: None,
+                meta: Meta::default(),
+                credits: 0,
+            },
+            &mut fx,
+        );
+        assert!(
+            matches!(&fx[0], Effect::Completed { id, terminal: true, .. } if id.0 == 1),
+            "{fx:?}"
+        );
+        // Replicas that apply the same view change agree.
+        let mut r = QueueState::from_snapshot(&s.snapshot()).unwrap();
+        assert_eq!(r.digest(), s.digest());
+        let mut e1 = Vec::new();
+        r.remove_members(&[b], &mut e1);
+        let mut e2 = Vec::new();
+        s.remove_members(&[b], &mut e2);
+        assert_eq!(r.digest(), s.digest());
+    }
+}
