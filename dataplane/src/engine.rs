@@ -551,6 +551,11 @@ impl Engine {
             }
             let removed = self.member.status() == Status::Excluded
                 || self.member.restarted_in_view().is_some();
+            if removed {
+                // What the removed incarnation still has to say goes out first (a leader that
+                // commits a view without itself queued the commit for the others).
+                self.transmit();
+            }
             if removed && self.cfg.rejoin {
                 self.rejoin();
                 continue;
@@ -564,6 +569,7 @@ impl Engine {
             }
             match self.member.status() {
                 Status::Excluded | Status::Left => {
+                    self.transmit();
                     let s = self.member.status();
                     error = Some(format!(
                         "this member is {} from the group (view {}): a view change removed it{}; it may come back only as a new member",
