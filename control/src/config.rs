@@ -29,6 +29,18 @@ pub struct GroupFile {
     pub idle: IdleSection,
     #[serde(rename = "member")]
     pub members: Vec<MemberSection>,
+    /// The control plane (optional): where it listens and the token changes need.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<ControlSection>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// host:port of `conveyor control`.
+    pub address: String,
+    /// Bearer token for changes (and member reports); at least 16 characters.
+    pub token: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -301,6 +313,20 @@ impl GroupConfig {
                 &format!("member[{i}].join"),
                 "a trigger cannot join later (it starts the run); only invokers".into(),
             ));
+        }
+        if let Some(c) = &file.control {
+            if c.token.len() < 16 {
+                return Err(fail(
+                    "control.token",
+                    "must be at least 16 characters (it guards every change)".into(),
+                ));
+            }
+            if c.address.parse::<std::net::SocketAddr>().is_err() {
+                return Err(fail(
+                    "control.address",
+                    format!("{:?} is not host:port", c.address),
+                ));
+            }
         }
         let mut addresses = Vec::new();
         for (i, m) in file.members.iter().enumerate() {

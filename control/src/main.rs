@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod control;
 mod loadgen;
 mod node;
 
@@ -47,12 +48,37 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run the control plane of a group (HTTP/JSON API, /metrics; `[control]` in the file).
+    Control {
+        #[arg(long)]
+        config: PathBuf,
+        /// Where its state persists (default: control-state.json beside the group file).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Listen here instead of `control.address`.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Ask the control plane: health, view, queues, metrics, pipelines [list|get N|put F|delete N].
+    Ctl {
+        /// host:port of the control plane (default: `control.address` of --config).
+        #[arg(long)]
+        control: Option<String>,
+        /// The group file, for the address and the token.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Token for changes (default: `control.token` of --config, or $CONVEYOR_TOKEN).
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(trailing_var_arg = true, required = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default = match cli.cmd {
-        Cmd::Node { .. } => "info",
+        Cmd::Node { .. } | Cmd::Control { .. } => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -81,6 +107,42 @@ fn main() -> ExitCode {
                 }
             })
             .map_err(Into::into),
+        Cmd::Control {
+            config,
+            state,
+            listen,
+        } => config::GroupConfig::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| {
+                let state = state.unwrap_or_else(|| {
+                    config
+                        .parent()
+                        .unwrap_or(std::path::Path::new("."))
+                        .join("control-state.json")
+                });
+                control::serve(&c, &state, listen.as_deref())
+            }),
+        Cmd::Ctl {
+            control: addr,
+            config,
+            token,
+            args,
+        } => (|| {
+            let file = match &config {
+                Some(p) => Some(config::GroupConfig::load(p)?),
+                None => None,
+            };
+            let from_file = file.as_ref().and_then(|c| c.file.control.clone());
+            let addr = addr
+                .or_else(|| from_file.as_ref().map(|c| c.address.clone()))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--control ADDR or --config FILE (with [control]) is needed")
+                })?;
+            let token = token
+                .or_else(|| from_file.map(|c| c.token))
+                .or_else(|| std::env::var("CONVEYOR_TOKEN").ok());
+            control::ctl(&addr, token.as_deref(), &args)
+        })(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -79,6 +79,7 @@ pub fn run(
         }
         None => (EngineHandle::start(ecfg, transport, Clock::new())?, None),
     };
+    let _reporter = crate::control::start_reporter(&cfg, idx, handle.probe());
     tracing::info!(
         "member {member}: waiting for every member (timeout {}s)",
         startup.as_secs()

@@ -152,6 +152,40 @@ struct Shared {
     status: Mutex<String>,
     delivered: AtomicU64,
     view: AtomicU64,
+    live: Mutex<Live>,
+}
+
+/// Observes a running engine from another thread.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    shared: Arc<Shared>,
+}
+
+impl Probe {
+    pub fn live(&self) -> Live {
+        self.shared
+            .live
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
+    }
+    pub fn is_finished(&self) -> bool {
+        self.shared.finished.load(Ordering::Acquire)
+    }
+}
+
+/// What a running engine looks like, refreshed a few times a second (for the control plane).
+#[derive(Clone, Debug, Default)]
+pub struct Live {
+    /// `serving`, `changing`, `joining`, `minority`, `excluded`, `left`.
+    pub status: &'static str,
+    pub view: u32,
+    pub members: Vec<MemberId>,
+    pub proto: Stats,
+    pub queues: Vec<(String, usize)>,
+    /// Requests put back in their queue after their invoker was removed (seen here).
+    pub requeued: u64,
+    pub rejoins: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +284,7 @@ impl EngineHandle {
             inline_events: VecDeque::new(),
             local_ops: VecDeque::new(),
             rejoins: 0,
+            requeued: 0,
             cfg,
         };
         let thread = thread::Builder::new()
@@ -379,6 +414,22 @@ impl EngineHandle {
         }
     }
 
+    /// A handle that only observes the engine, for other threads (reporting).
+    pub fn probe(&self) -> Probe {
+        Probe {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Counters and state of the running engine (refreshed every 200 ms).
+    pub fn live(&self) -> Live {
+        self.shared
+            .live
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
+    }
+
     /// The id of the view installed at this member.
     pub fn view_id(&self) -> u64 {
         self.shared.view.load(Ordering::Relaxed)
@@ -457,6 +508,7 @@ struct Engine {
     /// Encoded operations of the inline application waiting for window room.
     local_ops: VecDeque<Vec<u8>>,
     rejoins: u64,
+    requeued: u64,
 }
 
 impl Engine {
@@ -510,6 +562,8 @@ impl Engine {
         let (mut stalls, mut longest) = (0u64, 0u64);
         let mut contended_until: Option<std::time::Instant> = None;
         let mut minority_said = false;
+        let mut live_at = std::time::Instant::now();
+        self.publish_live();
         self.shared
             .view
             .store(u64::from(self.member.view().id.0), Ordering::Relaxed);
@@ -536,6 +590,10 @@ impl Engine {
                 if t.elapsed() >= self.cfg.linger {
                     break;
                 }
+            }
+            if live_at.elapsed() >= Duration::from_millis(200) {
+                live_at = std::time::Instant::now();
+                self.publish_live();
             }
             let mut work = self.take_commands();
             match self.receive(&mut rb) {
@@ -687,6 +745,22 @@ impl Engine {
             longest_stall_us: longest,
             contended_spells: self.contended_spells,
             rejoins: self.rejoins,
+        }
+    }
+
+    fn publish_live(&self) {
+        if let Ok(mut l) = self.shared.live.lock() {
+            l.status = self.member.status().label();
+            l.view = self.member.view().id.0;
+            l.members.clone_from(&self.member.view().members);
+            l.proto = self.member.stats().clone();
+            l.queues = self
+                .replica
+                .queues()
+                .map(|(n, d)| (n.to_string(), d))
+                .collect();
+            l.requeued = self.requeued;
+            l.rejoins = self.rejoins;
         }
     }
 
@@ -869,6 +943,10 @@ impl Engine {
             suspected_at_us: vc.suspected_at.map(|t| t.as_micros()),
         });
         self.replica.remove_members(&vc.removed, &mut effects);
+        self.requeued += effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Requeued { .. }))
+            .count() as u64;
         if vc.state_from == Some(self.cfg.me) {
             let snap = self.replica.snapshot();
             for j in &vc.joined {

@@ -1,0 +1,255 @@
+//! The control plane with real member processes: its API, persistence, token, metrics, and a
+//! group that keeps serving while it is down.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let socks: Vec<std::net::UdpSocket> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    socks
+        .iter()
+        .map(|s| s.local_addr().unwrap().port())
+        .collect()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 request; returns the status and the body.
+fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Procs(Vec<Child>);
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+const TOKEN: &str = "test-token-0123456789";
+
+#[test]
+fn control_plane_api_persistence_metrics_and_outage() {
+    let dir = std::env::temp_dir().join(format!("conveyor-control-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ports = free_ports(3);
+    let cport = free_tcp_port();
+    std::fs::write(
+        dir.join("p.json"),
+        r#"{"name":"p","entry":"a","steps":{"a":{"function":"echo"}}}"#,
+    )
+    .unwrap();
+    let mut toml = format!("[group]\nname = \"g\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000003\"\npipelines = [\"p.json\"]\nstartup_timeout_s = 10\n\n[control]\naddress = \"127.0.0.1:{cport}\"\ntoken = \"{TOKEN}\"\n");
+    for (i, (name, role)) in [
+        ("trigger", "trigger"),
+        ("invoker-0", "invoker"),
+        ("invoker-1", "invoker"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        toml.push_str(&format!(
+            "\n[[member]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\nrole = \"{role}\"\n",
+            ports[i]
+        ));
+    }
+    let cfg = dir.join("group.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let exe = env!("CARGO_BIN_EXE_conveyor");
+    let spawn = |args: &[&str]| {
+        Command::new(exe)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let cfg_s = cfg.to_str().unwrap().to_string();
+    let control = || spawn(&["control", "--config", &cfg_s]);
+    let mut procs = Procs(vec![control()]);
+    for m in ["invoker-0", "invoker-1", "trigger"] {
+        procs
+            .0
+            .push(spawn(&["node", "--config", &cfg_s, "--member", m]));
+    }
+    // Every member reports; the view is the first one, with all three.
+    wait_for("three members reporting", 15, || {
+        let (st, b) = http(cport, "GET", "/health", None, "");
+        st == 200 && serde_json::from_str::<Value>(&b).unwrap()["members_reporting"] == 3
+    });
+    wait_for("view 1 with three members", 10, || {
+        let (st, b) = http(cport, "GET", "/v1/view", None, "");
+        let v: Value = serde_json::from_str(&b).unwrap_or_default();
+        st == 200 && v["view"] == 1 && v["members"].as_array().map(|a| a.len()) == Some(3)
+    });
+    // Pipelines: reads open; changes need the token; bad input named; unknown names 404.
+    let (st, b) = http(cport, "GET", "/v1/pipelines/p", None, "");
+    assert_eq!(st, 200, "{b}");
+    let q = r#"{"name":"q","entry":"x","steps":{"x":{"function":"echo"}}}"#;
+    assert_eq!(http(cport, "PUT", "/v1/pipelines/q", None, q).0, 401);
+    assert_eq!(
+        http(
+            cport,
+            "PUT",
+            "/v1/pipelines/q",
+            Some("wrong-token-xxxxxxx"),
+            q
+        )
+        .0,
+        401
+    );
+    let (st, b) = http(
+        cport,
+        "PUT",
+        "/v1/pipelines/q",
+        Some(TOKEN),
+        r#"{"name":"q","entry":"x","steps":{"x":{"function":7}}}"#,
+    );
+    assert_eq!(st, 400, "{b}");
+    assert!(b.contains("steps.x.function"), "{b}");
+    let (st, b) = http(cport, "PUT", "/v1/pipelines/q", Some(TOKEN), "{not json");
+    assert_eq!(st, 400, "{b}");
+    let (st, b) = http(cport, "PUT", "/v1/pipelines/other", Some(TOKEN), q);
+    assert_eq!(st, 400, "{b}");
+    assert!(b.contains("name"), "{b}");
+    assert_eq!(http(cport, "PUT", "/v1/pipelines/q", Some(TOKEN), q).0, 201);
+    assert_eq!(http(cport, "GET", "/v1/pipelines/nope", None, "").0, 404);
+    assert_eq!(
+        http(cport, "DELETE", "/v1/pipelines/nope", Some(TOKEN), "").0,
+        404
+    );
+    assert_eq!(http(cport, "GET", "/v1/nothing", None, "").0, 404);
+    let (st, b) = http(
+        cport,
+        "POST",
+        "/v1/report",
+        Some(TOKEN),
+        r#"{"member":"x","status":5}"#,
+    );
+    assert_eq!(st, 400, "{b}");
+    assert!(b.contains("status"), "{b}");
+    // Metrics in Prometheus text (queue depths once the queues exist and a report came).
+    wait_for("queue depths in /metrics", 10, || {
+        http(cport, "GET", "/metrics", None, "")
+            .1
+            .contains("conveyor_queue_depth{member=\"trigger\",queue=")
+    });
+    let (st, m) = http(cport, "GET", "/metrics", None, "");
+    assert_eq!(st, 200);
+    assert!(m.contains("# TYPE conveyor_delivered_total counter"), "{m}");
+    assert!(
+        m.contains("conveyor_delivered_total{member=\"trigger\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("conveyor_frames_dropped_total{member=\"invoker-0\",reason=\"bad_mac\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("conveyor_queue_depth{member=\"trigger\",queue="),
+        "{m}"
+    );
+    // The control plane goes down; the group goes on (an invoker is killed meanwhile and the
+    // others change view without it). Restarted, the control plane has its pipelines back
+    // and sees the new view.
+    let mut c = procs.0.remove(0);
+    c.kill().unwrap();
+    c.wait().unwrap();
+    let mut inv1 = procs.0.remove(1);
+    inv1.kill().unwrap();
+    inv1.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    procs.0.push(control());
+    wait_for("the restarted control plane answering", 10, || {
+        TcpStream::connect(("127.0.0.1", cport)).is_ok()
+    });
+    let (st, b) = http(cport, "GET", "/v1/pipelines", None, "");
+    assert_eq!(st, 200);
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert!(
+        v["pipelines"]["q"].is_object(),
+        "pipelines not persisted: {v}"
+    );
+    wait_for("the view without invoker-1", 15, || {
+        let (_, b) = http(cport, "GET", "/v1/view", None, "");
+        let v: Value = serde_json::from_str(&b).unwrap_or_default();
+        v["view"].as_u64().unwrap_or(0) >= 2 && v["members"].as_array().map(|a| a.len()) == Some(2)
+    });
+    let (_, m) = http(cport, "GET", "/metrics", None, "");
+    assert!(
+        m.contains("conveyor_view_changes_total{member=\"trigger\"} 1"),
+        "{m}"
+    );
+    // The command-line client.
+    let out = Command::new(exe)
+        .args(["ctl", "--config", &cfg_s, "pipelines", "delete", "q"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(exe)
+        .args([
+            "ctl",
+            "--control",
+            &format!("127.0.0.1:{cport}"),
+            "pipelines",
+            "delete",
+            "p",
+        ])
+        .env_remove("CONVEYOR_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
