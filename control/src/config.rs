@@ -41,6 +41,26 @@ pub struct ControlSection {
     pub address: String,
     /// Bearer token for changes (and member reports); at least 16 characters.
     pub token: String,
+    /// Who admits joins: `group-file` (default: any member of the group file may join) or
+    /// `control` (only members on the control plane's allowlist; the members follow it).
+    #[serde(default)]
+    pub admission: AdmissionMode,
+    /// The allowlist the control plane starts with, by member name (default: every member of
+    /// the group file). Changed with `conveyor ctl admit|revoke NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admit: Option<Vec<String>>,
+    /// With this token (at least 16 characters, not the control token) a member may put
+    /// itself on the allowlist: `conveyor node --join-token`, or `$CONVEYOR_JOIN_TOKEN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdmissionMode {
+    #[default]
+    GroupFile,
+    Control,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -327,6 +347,22 @@ impl GroupConfig {
                     format!("{:?} is not host:port", c.address),
                 ));
             }
+            if let Some(t) = &c.join_token {
+                if t.len() < 16 || *t == c.token {
+                    return Err(fail(
+                        "control.join_token",
+                        "must be at least 16 characters and differ from control.token".into(),
+                    ));
+                }
+            }
+            for (i, n) in c.admit.iter().flatten().enumerate() {
+                if !file.members.iter().any(|m| &m.name == n) {
+                    return Err(fail(
+                        &format!("control.admit[{i}]"),
+                        format!("{n:?} is not a member of the group file"),
+                    ));
+                }
+            }
         }
         let mut addresses = Vec::new();
         for (i, m) in file.members.iter().enumerate() {
@@ -426,6 +462,23 @@ impl GroupConfig {
         GroupId(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
+    /// Who may join when a member starts. By the group file: its members (again, after an
+    /// exclusion), no one else. By the control plane: the members of the first view until the
+    /// member hears the control plane's allowlist (which it then follows).
+    pub fn initial_admission(&self) -> Admission {
+        let by_control = self
+            .file
+            .control
+            .as_ref()
+            .is_some_and(|c| c.admission == AdmissionMode::Control);
+        Admission::Listed(
+            (0..self.file.members.len() as u16)
+                .filter(|&i| !by_control || !self.file.members[i as usize].join)
+                .map(MemberId)
+                .collect(),
+        )
+    }
+
     pub fn engine_config(&self, me: usize) -> EngineConfig {
         let g = &self.file.group;
         EngineConfig {
@@ -436,10 +489,7 @@ impl GroupConfig {
                 status_interval: Duration::from_micros(g.status_interval_us),
                 heartbeat: Duration::from_millis(g.heartbeat_ms),
                 failure_timeout: Duration::from_millis(g.failure_timeout_ms),
-                // The members of the group file may join (again, after an exclusion); no one else.
-                admission: Admission::Listed(
-                    (0..self.file.members.len() as u16).map(MemberId).collect(),
-                ),
+                admission: self.initial_admission(),
                 rto: Duration::from_micros(g.rto_us),
                 rto_max: Duration::from_millis(g.rto_max_ms),
                 sabotage: Sabotage::None,

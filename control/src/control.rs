@@ -13,7 +13,7 @@ use crate::config::GroupConfig;
 use anyhow::{bail, Context, Result};
 use conveyor_dataplane::pipeline::Pipeline;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -33,22 +33,100 @@ pub struct MemberReport {
     /// Requests re-queued after their invoker was removed.
     pub requeued: u64,
     pub rejoins: u64,
+    /// Join requests this member refused (not admitted).
+    #[serde(default)]
+    pub joins_refused: u64,
+    /// Version of the pipelines the group runs (0: the group file's).
+    #[serde(default)]
+    pub pipelines_version: u64,
     /// Frames dropped, by reason.
     pub dropped: BTreeMap<String, u64>,
     pub queues: BTreeMap<String, u64>,
 }
 
-/// The persisted part: pipelines by name, and a version bumped on every change.
+/// What the control plane answers a member's report: what the member should follow.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReportAnswer {
+    /// Version of the pipelines (0: the group file's).
+    pub version: u64,
+    /// The allowlist, by name (followed by members when `control.admission = "control"`).
+    pub admitted: Vec<String>,
+    /// The operator asked this member to leave the group.
+    pub leave: bool,
+}
+
+/// The persisted part: pipelines by name, a version bumped on every change of them, and the
+/// allowlist of members that may join.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Persisted {
     version: u64,
     pipelines: BTreeMap<String, serde_json::Value>,
+    /// Absent in state files written before admission existed: then the configured list.
+    #[serde(default)]
+    admitted: Option<BTreeSet<String>>,
 }
 
 struct State {
     persisted: Persisted,
     path: PathBuf,
     reports: BTreeMap<String, (Instant, MemberReport)>,
+    /// Members of the group file, by name.
+    names: Vec<String>,
+    join_token: Option<String>,
+    max_payload: usize,
+    /// Leaves asked for and not yet passed on to the member.
+    leave: BTreeSet<String>,
+}
+
+impl State {
+    fn admitted(&self) -> Vec<String> {
+        self.persisted.admitted.iter().flatten().cloned().collect()
+    }
+}
+
+/// The operation that hands pipelines to the group: their queues (a queue two pipelines name
+/// must have one spec) and compact documents, checked against the group's `max_payload`.
+pub fn pipelines_op(
+    by: conveyor_dataplane::types::MemberId,
+    version: u64,
+    docs: &BTreeMap<String, serde_json::Value>,
+    max_payload: usize,
+) -> Result<conveyor_dataplane::queue::Op, String> {
+    let mut queues: BTreeMap<String, (String, conveyor_dataplane::queue::QueueSpec)> =
+        BTreeMap::new();
+    let mut texts = Vec::new();
+    for (name, v) in docs {
+        let text = v.to_string();
+        let p = Pipeline::from_json(&text).map_err(|e| format!("pipeline {name:?}: {e}"))?;
+        for q in p.queue_specs() {
+            match queues.get(&q.name) {
+                Some((other, spec)) if *spec != q => {
+                    return Err(format!(
+                        "pipeline {name:?}: queue {:?} is also used by pipeline {other:?} with other options (capacity, order, on_full must match)",
+                        q.name
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    queues.insert(q.name.clone(), (name.clone(), q));
+                }
+            }
+        }
+        texts.push(text);
+    }
+    let op = conveyor_dataplane::queue::Op::Pipelines {
+        by,
+        version,
+        queues: queues.into_values().map(|(_, q)| q).collect(),
+        docs: texts,
+    };
+    let size = op.encode().len();
+    if size > max_payload {
+        return Err(format!(
+            "the pipelines make a group operation of {size} bytes, above group.max_payload {max_payload}"
+        ));
+    }
+    Ok(op)
 }
 
 impl State {
@@ -116,10 +194,23 @@ pub fn serve(cfg: &GroupConfig, state_path: &Path, listen: Option<&str>) -> Resu
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", state_path.display())),
     };
+    let mut persisted = persisted;
+    let names: Vec<String> = cfg.file.members.iter().map(|m| m.name.clone()).collect();
+    let ctl = cfg.file.control.clone();
+    if persisted.admitted.is_none() {
+        persisted.admitted = Some(match ctl.as_ref().and_then(|c| c.admit.clone()) {
+            Some(list) => list.into_iter().collect(),
+            None => names.iter().cloned().collect(),
+        });
+    }
     let state = Arc::new(Mutex::new(State {
         persisted,
         path: state_path.to_path_buf(),
         reports: BTreeMap::new(),
+        names,
+        join_token: ctl.and_then(|c| c.join_token),
+        max_payload: cfg.file.group.max_payload,
+        leave: BTreeSet::new(),
     }));
     if let Ok(s) = state.lock() {
         s.save()?;
@@ -182,7 +273,11 @@ fn route(
         return error(500, "state lock poisoned");
     };
     let writes = matches!(method, "PUT" | "POST" | "DELETE");
-    if writes && !token_ok(token, auth) {
+    // A member may put itself on the allowlist with the join token.
+    let self_admission = method == "PUT"
+        && matches!(parts.as_slice(), ["v1", "admissions", _])
+        && st.join_token.as_deref().is_some_and(|t| token_ok(t, auth));
+    if writes && !self_admission && !token_ok(token, auth) {
         return error(
             401,
             "this change needs the control token (Authorization: Bearer TOKEN)",
@@ -254,8 +349,19 @@ fn route(
             Ok(p) => {
                 let created = !st.persisted.pipelines.contains_key(*name);
                 let value = serde_json::from_str(&p.to_json()).unwrap_or_default();
-                st.persisted.pipelines.insert(name.to_string(), value);
-                st.persisted.version += 1;
+                let mut next = st.persisted.pipelines.clone();
+                next.insert(name.to_string(), value);
+                let v = st.persisted.version + 1;
+                if let Err(e) = pipelines_op(
+                    conveyor_dataplane::types::MemberId(u16::MAX),
+                    v,
+                    &next,
+                    st.max_payload,
+                ) {
+                    return error(409, e);
+                }
+                st.persisted.pipelines = next;
+                st.persisted.version = v;
                 match st.save() {
                     Ok(()) => json(
                         if created { 201 } else { 200 },
@@ -279,19 +385,74 @@ fn route(
             let de = &mut serde_json::Deserializer::from_str(body);
             match serde_path_to_error::deserialize::<_, MemberReport>(de) {
                 Err(e) => error(400, format!("{}: {}", e.path(), e.inner())),
+                Ok(r) if !st.names.contains(&r.member) => error(
+                    404,
+                    format!("member: {:?} is not a member of the group file", r.member),
+                ),
                 Ok(r) => {
+                    let leave = st.leave.remove(&r.member);
                     st.reports.insert(r.member.clone(), (Instant::now(), r));
-                    json(200, serde_json::json!({ "version": st.persisted.version }))
+                    let answer = ReportAnswer {
+                        version: st.persisted.version,
+                        admitted: st.admitted(),
+                        leave,
+                    };
+                    json(200, serde_json::to_value(answer).unwrap_or_default())
                 }
             }
+        }
+        ("GET", ["v1", "admissions"]) => json(
+            200,
+            serde_json::json!({ "admitted": st.admitted(), "join_token": st.join_token.is_some() }),
+        ),
+        ("PUT" | "DELETE", ["v1", "admissions", name]) => {
+            if !st.names.iter().any(|n| n == name) {
+                return error(404, format!("{name:?} is not a member of the group file"));
+            }
+            let set = st.persisted.admitted.get_or_insert_with(BTreeSet::new);
+            let changed = if method == "PUT" {
+                set.insert(name.to_string())
+            } else {
+                set.remove(*name)
+            };
+            if changed {
+                tracing::info!(
+                    "{name} {} the allowlist",
+                    if method == "PUT" {
+                        "added to"
+                    } else {
+                        "removed from"
+                    }
+                );
+                if let Err(e) = st.save() {
+                    return error(500, format!("{e:#}"));
+                }
+            }
+            json(200, serde_json::json!({ "admitted": st.admitted() }))
+        }
+        ("POST", ["v1", "members", name, "leave"]) => {
+            if !st.names.iter().any(|n| n == name) {
+                return error(404, format!("{name:?} is not a member of the group file"));
+            }
+            st.leave.insert(name.to_string());
+            tracing::info!("{name} asked to leave the group (passed on at its next report)");
+            json(202, serde_json::json!({ "leaving": name }))
         }
         ("GET", ["metrics"]) => Answer {
             status: 200,
             body: metrics(&st),
             text: true,
         },
-        (_, ["health"] | ["metrics"] | ["v1", "view" | "queues" | "pipelines" | "report"])
-        | (_, ["v1", "pipelines", _]) => error(405, format!("{method} is not allowed on {path}")),
+        (
+            _,
+            ["health"]
+            | ["metrics"]
+            | ["v1", "view" | "queues" | "pipelines" | "report" | "admissions"],
+        )
+        | (_, ["v1", "pipelines" | "admissions", _])
+        | (_, ["v1", "members", _, "leave"]) => {
+            error(405, format!("{method} is not allowed on {path}"))
+        }
         _ => error(404, format!("no such resource: {path}")),
     }
 }
@@ -311,7 +472,7 @@ type Counter = (&'static str, &'static str, fn(&MemberReport) -> u64);
 fn metrics(st: &State) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let counters: [Counter; 5] = [
+    let counters: [Counter; 6] = [
         (
             "conveyor_delivered_total",
             "Messages delivered in total order",
@@ -336,6 +497,11 @@ fn metrics(st: &State) -> String {
             "conveyor_rejoins_total",
             "Times a member came back as a new member",
             |r| r.rejoins,
+        ),
+        (
+            "conveyor_joins_refused_total",
+            "Join requests refused (not admitted)",
+            |r| r.joins_refused,
         ),
     ];
     for (name, help, f) in counters {
@@ -377,6 +543,17 @@ fn metrics(st: &State) -> String {
     }
     let _ = writeln!(
         out,
+        "# HELP conveyor_pipelines_version Version of the pipelines the member runs (0: the group file's)\n# TYPE conveyor_pipelines_version gauge"
+    );
+    for (m, (_, r)) in &st.reports {
+        let _ = writeln!(
+            out,
+            "conveyor_pipelines_version{{member=\"{m}\"}} {}",
+            r.pipelines_version
+        );
+    }
+    let _ = writeln!(
+        out,
         "# HELP conveyor_member_up Reported within the last 3 s\n# TYPE conveyor_member_up gauge"
     );
     for (m, (t, _)) in &st.reports {
@@ -386,16 +563,27 @@ fn metrics(st: &State) -> String {
     out
 }
 
-/// Sends this member's state to the control plane every 500 ms, on a thread of its own; a
-/// control plane that is down costs nothing but a log line.
+/// The member's agent of the control plane, on a thread of its own: every 500 ms it sends the
+/// member's state, and follows the answer: the allowlist (with `control.admission =
+/// "control"`), a newer version of the pipelines (fetched and submitted to the group, where
+/// the replicas apply it once, in order), a leave. A joiner holding the join token puts itself
+/// on the allowlist. A control plane that is down costs nothing but a log line: the member
+/// serves on with what it last heard.
 pub fn start_reporter(
     cfg: &GroupConfig,
     me: usize,
     handle: conveyor_dataplane::engine::Probe,
+    join_token: Option<String>,
 ) -> Option<std::thread::JoinHandle<()>> {
+    use conveyor_dataplane::engine::Directive;
+    use conveyor_dataplane::proto::Admission;
+    use conveyor_dataplane::types::MemberId;
     let c = cfg.file.control.clone()?;
+    let by_control = c.admission == crate::config::AdmissionMode::Control;
     let names: Vec<String> = cfg.file.members.iter().map(|m| m.name.clone()).collect();
-    let url = format!("http://{}/v1/report", c.address);
+    let my_name = names.get(me).cloned().unwrap_or_default();
+    let max_payload = cfg.file.group.max_payload;
+    let base = format!("http://{}", c.address);
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_millis(300))
         .build();
@@ -403,10 +591,24 @@ pub fn start_reporter(
         .name("conveyor-report".into())
         .spawn(move || {
             let mut down_said = false;
+            // The pipelines version last submitted, and when (a lost submission is retried).
+            let mut submitted: Option<(u64, Instant)> = None;
+            let mut version_said = 0u64;
             while !handle.is_finished() {
                 let live = handle.live();
+                if live.status == "joining" && by_control {
+                    if let Some(t) = &join_token {
+                        let r = agent
+                            .put(&format!("{base}/v1/admissions/{my_name}"))
+                            .set("Authorization", &format!("Bearer {t}"))
+                            .call();
+                        if let Err(e) = r {
+                            tracing::warn!("asking the control plane to admit {my_name}: {e}");
+                        }
+                    }
+                }
                 let report = MemberReport {
-                    member: names.get(me).cloned().unwrap_or_default(),
+                    member: my_name.clone(),
                     status: live.status.to_string(),
                     view: live.view,
                     members: live
@@ -419,6 +621,8 @@ pub fn start_reporter(
                     view_changes: live.proto.view_changes,
                     requeued: live.requeued,
                     rejoins: live.rejoins,
+                    joins_refused: live.proto.joins_refused,
+                    pipelines_version: live.pipelines_version,
                     dropped: conveyor_dataplane::wire::WireError::ALL
                         .iter()
                         .map(|e| (e.label().to_string(), live.proto.dropped(*e)))
@@ -431,21 +635,95 @@ pub fn start_reporter(
                     queues: live.queues.iter().map(|(q, d)| (q.clone(), *d as u64)).collect(),
                 };
                 let r = agent
-                    .post(&url)
+                    .post(&format!("{base}/v1/report"))
                     .set("Authorization", &format!("Bearer {}", c.token))
-                    .send_json(&report);
-                match r {
-                    Ok(_) => down_said = false,
-                    Err(e) if !down_said => {
-                        down_said = true;
-                        tracing::warn!("the control plane at {url} does not answer ({e}); serving on, retrying");
+                    .send_json(&report)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.into_json::<ReportAnswer>().map_err(|e| e.to_string()));
+                let answer = match r {
+                    Ok(a) => {
+                        down_said = false;
+                        a
                     }
-                    Err(_) => {}
+                    Err(e) => {
+                        if !down_said {
+                            down_said = true;
+                            tracing::warn!("the control plane at {base} does not answer ({e}); serving on, retrying");
+                        }
+                        std::thread::sleep(Duration::from_millis(500));
+                        continue;
+                    }
+                };
+                if by_control {
+                    let ids = answer
+                        .admitted
+                        .iter()
+                        .filter_map(|n| names.iter().position(|m| m == n))
+                        .map(|i| MemberId(i as u16))
+                        .collect();
+                    handle.direct(Directive::Admit(Admission::Listed(ids)));
+                }
+                if answer.leave {
+                    handle.direct(Directive::Leave);
+                }
+                let retry = submitted
+                    .is_none_or(|(v, t)| v != answer.version || t.elapsed() > Duration::from_secs(2));
+                if answer.version > live.pipelines_version && live.status == "serving" && retry {
+                    match fetch_pipelines(&agent, &base, answer.version)
+                        .and_then(|docs| {
+                            pipelines_op(MemberId(me as u16), answer.version, &docs, max_payload)
+                        }) {
+                        Ok(op) => {
+                            tracing::info!(
+                                version = answer.version,
+                                "passing the control plane's pipelines on to the group"
+                            );
+                            handle.direct(Directive::Submit(op));
+                            submitted = Some((answer.version, Instant::now()));
+                        }
+                        Err(e) if version_said != answer.version => {
+                            version_said = answer.version;
+                            tracing::error!(version = answer.version, "cannot pass the control plane's pipelines on: {e}");
+                        }
+                        Err(_) => {}
+                    }
+                } else if answer.version < live.pipelines_version
+                    && version_said != answer.version
+                {
+                    version_said = answer.version;
+                    tracing::warn!(
+                        "the control plane's pipelines (version {}) are older than the group's (version {}): was its state file replaced? the group keeps its own",
+                        answer.version,
+                        live.pipelines_version
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(500));
             }
         })
         .ok()
+}
+
+/// The control plane's pipelines, if still at `version` (else the next round gets the newer).
+fn fetch_pipelines(
+    agent: &ureq::Agent,
+    base: &str,
+    version: u64,
+) -> Result<BTreeMap<String, serde_json::Value>, String> {
+    #[derive(Deserialize)]
+    struct All {
+        version: u64,
+        pipelines: BTreeMap<String, serde_json::Value>,
+    }
+    let all: All = agent
+        .get(&format!("{base}/v1/pipelines"))
+        .call()
+        .map_err(|e| e.to_string())?
+        .into_json()
+        .map_err(|e| e.to_string())?;
+    if all.version != version {
+        return Err(format!("changed meanwhile (now version {})", all.version));
+    }
+    Ok(all.pipelines)
 }
 
 /// `conveyor ctl`: a client of the control plane.
@@ -478,7 +756,11 @@ pub fn ctl(address: &str, token: Option<&str>, args: &[String]) -> Result<()> {
         ["pipelines", "delete", name] => {
             auth(agent.delete(&format!("{base}/v1/pipelines/{name}"))).call()
         }
-        _ => bail!("usage: conveyor ctl [--control ADDR] [--token T] health | view | queues | metrics | pipelines [list | get NAME | put FILE | delete NAME]"),
+        ["admissions"] => agent.get(&format!("{base}/v1/admissions")).call(),
+        ["admit", name] => auth(agent.put(&format!("{base}/v1/admissions/{name}"))).call(),
+        ["revoke", name] => auth(agent.delete(&format!("{base}/v1/admissions/{name}"))).call(),
+        ["leave", name] => auth(agent.post(&format!("{base}/v1/members/{name}/leave"))).call(),
+        _ => bail!("usage: conveyor ctl [--control ADDR] [--token T] health | view | queues | metrics | pipelines [list | get NAME | put FILE | delete NAME] | admissions | admit NAME | revoke NAME | leave NAME"),
     };
     match resp {
         Ok(r) => {

@@ -40,6 +40,10 @@ enum Cmd {
         /// Trigger only: write the workload's report here (default: stdout).
         #[arg(long)]
         report: Option<PathBuf>,
+        /// With `control.admission = "control"`: put this member on the control plane's
+        /// allowlist with this token (`control.join_token`) before joining.
+        #[arg(long, env = "CONVEYOR_JOIN_TOKEN", hide_env_values = true)]
+        join_token: Option<String>,
     },
     /// Run a benchmark (see BENCH.md for the contract).
     Bench(Box<bench::BenchArgs>),
@@ -59,7 +63,8 @@ enum Cmd {
         #[arg(long)]
         listen: Option<String>,
     },
-    /// Ask the control plane: health, view, queues, metrics, pipelines [list|get N|put F|delete N].
+    /// Ask the control plane: health, view, queues, metrics, pipelines [list|get N|put F|delete N],
+    /// admissions, admit N, revoke N, leave N.
     Ctl {
         /// host:port of the control plane (default: `control.address` of --config).
         #[arg(long)]
@@ -95,7 +100,14 @@ fn main() -> ExitCode {
             member,
             workload,
             report,
-        } => node::run(&config, &member, workload.as_deref(), report.as_deref()),
+            join_token,
+        } => node::run(
+            &config,
+            &member,
+            workload.as_deref(),
+            report.as_deref(),
+            join_token,
+        ),
         Cmd::Bench(args) => bench::bench(&args),
         Cmd::Check { config } => config::GroupConfig::load(&config)
             .map(|c| {

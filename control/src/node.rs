@@ -17,6 +17,7 @@ pub fn run(
     member: &str,
     workload: Option<&Path>,
     report: Option<&Path>,
+    join_token: Option<String>,
 ) -> Result<()> {
     let cfg = GroupConfig::load(config)?;
     let idx = cfg.member_index(member)?;
@@ -79,7 +80,7 @@ pub fn run(
         }
         None => (EngineHandle::start(ecfg, transport, Clock::new())?, None),
     };
-    let _reporter = crate::control::start_reporter(&cfg, idx, handle.probe());
+    let _reporter = crate::control::start_reporter(&cfg, idx, handle.probe(), join_token);
     tracing::info!(
         "member {member}: waiting for every member (timeout {}s)",
         startup.as_secs()

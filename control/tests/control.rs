@@ -253,3 +253,193 @@ fn control_plane_api_persistence_metrics_and_outage() {
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+const JOIN_TOKEN: &str = "join-token-abcdefghijkl";
+
+/// Members named by `GET /v1/view`.
+fn view_members(cport: u16) -> Vec<String> {
+    let (_, b) = http(cport, "GET", "/v1/view", None, "");
+    let v: Value = serde_json::from_str(&b).unwrap_or_default();
+    let mut m: Vec<String> = v["members"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    m.sort();
+    m
+}
+
+#[test]
+fn admission_leave_and_pipeline_changes_through_the_control_plane() {
+    let dir = std::env::temp_dir().join(format!("conveyor-admit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ports = free_ports(4);
+    let cport = free_tcp_port();
+    std::fs::write(
+        dir.join("p.json"),
+        r#"{"name":"p","entry":"a","steps":{"a":{"function":"echo"}}}"#,
+    )
+    .unwrap();
+    let mut toml = format!("[group]\nname = \"g\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000004\"\npipelines = [\"p.json\"]\nstartup_timeout_s = 30\n\n[control]\naddress = \"127.0.0.1:{cport}\"\ntoken = \"{TOKEN}\"\nadmission = \"control\"\nadmit = [\"trigger\", \"invoker-0\"]\njoin_token = \"{JOIN_TOKEN}\"\n");
+    for (i, (name, role, join)) in [
+        ("trigger", "trigger", false),
+        ("invoker-0", "invoker", false),
+        ("invoker-1", "invoker", true),
+        ("invoker-2", "invoker", true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        toml.push_str(&format!(
+            "\n[[member]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\nrole = \"{role}\"\njoin = {join}\n",
+            ports[i]
+        ));
+    }
+    let cfg = dir.join("group.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let cfg_s = cfg.to_str().unwrap().to_string();
+    let exe = env!("CARGO_BIN_EXE_conveyor");
+    let log = |name: &str| std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let spawn = |args: &[&str], name: &str, env: Option<&str>| {
+        let mut c = Command::new(exe);
+        c.args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("CONVEYOR_JOIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(log(name));
+        if let Some(t) = env {
+            c.env("CONVEYOR_JOIN_TOKEN", t);
+        }
+        c.spawn().unwrap()
+    };
+    let node =
+        |m: &str, env: Option<&str>| spawn(&["node", "--config", &cfg_s, "--member", m], m, env);
+    let mut procs = Procs(vec![spawn(
+        &["control", "--config", &cfg_s],
+        "control",
+        None,
+    )]);
+    procs.0.push(node("trigger", None));
+    procs.0.push(node("invoker-0", None));
+    wait_for("view 1 with trigger and invoker-0", 15, || {
+        view_members(cport) == ["invoker-0", "trigger"]
+    });
+    // invoker-1 is not on the allowlist and has no token: refused, logged, the group unchanged.
+    procs.0.push(node("invoker-1", None));
+    wait_for("the refused join counted in /metrics", 15, || {
+        let (_, m) = http(cport, "GET", "/metrics", None, "");
+        m.lines().any(|l| {
+            l.starts_with("conveyor_joins_refused_total{")
+                && l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()) > Some(0)
+        })
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(view_members(cport), ["invoker-0", "trigger"]);
+    let logs = |name: &str| std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap();
+    assert!(
+        logs("trigger").contains("the last from invoker-1: not admitted")
+            || logs("invoker-0").contains("the last from invoker-1: not admitted"),
+        "the refusal is not logged"
+    );
+    // invoker-2 puts itself on the allowlist with the join token, and joins.
+    procs.0.push(node("invoker-2", Some(JOIN_TOKEN)));
+    wait_for("invoker-2 admitted by token and in the view", 20, || {
+        view_members(cport) == ["invoker-0", "invoker-2", "trigger"]
+    });
+    // The join token does not open anything else; unknown names are 404.
+    assert_eq!(
+        http(
+            cport,
+            "PUT",
+            "/v1/admissions/invoker-1",
+            Some("not-the-join-token"),
+            ""
+        )
+        .0,
+        401
+    );
+    let q = r#"{"name":"q","entry":"x","steps":{"x":{"function":"echo"}}}"#;
+    assert_eq!(
+        http(cport, "PUT", "/v1/pipelines/q", Some(JOIN_TOKEN), q).0,
+        401
+    );
+    assert_eq!(
+        http(cport, "PUT", "/v1/admissions/nobody", Some(TOKEN), "").0,
+        404
+    );
+    assert_eq!(
+        http(cport, "POST", "/v1/members/nobody/leave", Some(TOKEN), "").0,
+        404
+    );
+    // The operator admits invoker-1 (command-line client): it gets in.
+    let out = Command::new(exe)
+        .args(["ctl", "--config", &cfg_s, "admit", "invoker-1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("invoker-1 in the view once admitted", 20, || {
+        view_members(cport) == ["invoker-0", "invoker-1", "invoker-2", "trigger"]
+    });
+    let (_, b) = http(cport, "GET", "/v1/admissions", None, "");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        v["admitted"],
+        serde_json::json!(["invoker-0", "invoker-1", "invoker-2", "trigger"])
+    );
+    // A new pipeline: every member runs version 1, its queue exists at the replicas, and the
+    // invokers subscribed to it (logged), without a restart.
+    let q = r#"{"name":"q","entry":"x","steps":{"x":{"function":"echo","queue_options":{"capacity":77}}}}"#;
+    assert_eq!(http(cport, "PUT", "/v1/pipelines/q", Some(TOKEN), q).0, 201);
+    wait_for("pipelines version 1 at every member", 15, || {
+        let (_, m) = http(cport, "GET", "/metrics", None, "");
+        ["trigger", "invoker-0", "invoker-1", "invoker-2"]
+            .iter()
+            .all(|n| m.contains(&format!("conveyor_pipelines_version{{member=\"{n}\"}} 1")))
+    });
+    wait_for("the new pipeline's queue at the replicas", 10, || {
+        let (_, b) = http(cport, "GET", "/v1/queues", None, "");
+        b.contains("\"q.x\"")
+    });
+    wait_for("invokers logged the change", 10, || {
+        ["invoker-0", "invoker-1", "invoker-2"]
+            .iter()
+            .all(|n| logs(n).contains("pipelines updated"))
+    });
+    // A queue two pipelines share must have one spec: refused, naming both.
+    let r = r#"{"name":"r","entry":"y","steps":{"y":{"function":"echo","queue":"q.x","queue_options":{"capacity":5}}}}"#;
+    let (st, b) = http(cport, "PUT", "/v1/pipelines/r", Some(TOKEN), r);
+    assert_eq!(st, 409, "{b}");
+    let e: Value = serde_json::from_str(&b).unwrap();
+    let e = e["error"].as_str().unwrap();
+    assert!(e.contains("\"q.x\"") && e.contains("pipeline \"q\""), "{e}");
+    // The operator asks invoker-1 to leave: it leaves the view and exits cleanly (no rejoin).
+    let out = Command::new(exe)
+        .args(["ctl", "--config", &cfg_s, "leave", "invoker-1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the view without invoker-1", 15, || {
+        view_members(cport) == ["invoker-0", "invoker-2", "trigger"]
+    });
+    let inv1 = &mut procs.0[3];
+    let mut exited = None;
+    wait_for("invoker-1 exits", 10, || {
+        exited = inv1.try_wait().unwrap();
+        exited.is_some()
+    });
+    assert!(exited.unwrap().success(), "{}", logs("invoker-1"));
+    assert!(logs("invoker-1").contains("left the group at its request"));
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}

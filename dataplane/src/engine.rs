@@ -10,7 +10,7 @@
 //! governs an application thread waiting for events.
 
 use crate::membership::Status;
-use crate::proto::{Delivered, Dest, Member, ProtoConfig, Stats, SubmitError};
+use crate::proto::{Admission, Delivered, Dest, Member, ProtoConfig, Stats, SubmitError};
 use crate::queue::{Effect, Op, QueueState};
 use crate::sys::{poll_readable, EventFd};
 use crate::transport::{RecvBatch, Transport, TransportStats};
@@ -153,6 +153,22 @@ struct Shared {
     delivered: AtomicU64,
     view: AtomicU64,
     live: Mutex<Live>,
+    /// The engine stopped because this member left the group at its request.
+    left: AtomicBool,
+    /// Requests from other threads (the control plane's agent), taken a few times a second.
+    directives: Mutex<Vec<Directive>>,
+}
+
+/// What another thread (the member's control-plane agent) may ask of a running engine. Taken
+/// by the polling loop a few times a second, off the message path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Directive {
+    /// Submit an operation to the group (for example [`Op::Pipelines`]), once serving.
+    Submit(Op),
+    /// Who may join from now on (the control plane's allowlist).
+    Admit(Admission),
+    /// Leave the group gracefully.
+    Leave,
 }
 
 /// Observes a running engine from another thread.
@@ -172,6 +188,16 @@ impl Probe {
     pub fn is_finished(&self) -> bool {
         self.shared.finished.load(Ordering::Acquire)
     }
+    /// Whether the engine stopped because this member left the group (a graceful leave).
+    pub fn has_left(&self) -> bool {
+        self.shared.left.load(Ordering::Acquire)
+    }
+    /// Hands a directive to the engine (taken within about 200 ms).
+    pub fn direct(&self, d: Directive) {
+        if let Ok(mut v) = self.shared.directives.lock() {
+            v.push(d);
+        }
+    }
 }
 
 /// What a running engine looks like, refreshed a few times a second (for the control plane).
@@ -186,6 +212,8 @@ pub struct Live {
     /// Requests put back in their queue after their invoker was removed (seen here).
     pub requeued: u64,
     pub rejoins: u64,
+    /// Version of the pipelines set through the group (0: the group file's).
+    pub pipelines_version: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -285,6 +313,8 @@ impl EngineHandle {
             local_ops: VecDeque::new(),
             rejoins: 0,
             requeued: 0,
+            leaving: false,
+            joins_refused_said: 0,
             cfg,
         };
         let thread = thread::Builder::new()
@@ -444,6 +474,11 @@ impl EngineHandle {
         self.shared.finished.load(Ordering::Acquire)
     }
 
+    /// Whether the engine stopped because this member left the group (a graceful leave).
+    pub fn has_left(&self) -> bool {
+        self.shared.left.load(Ordering::Acquire)
+    }
+
     pub fn status(&self) -> String {
         self.shared
             .status
@@ -509,6 +544,9 @@ struct Engine {
     local_ops: VecDeque<Vec<u8>>,
     rejoins: u64,
     requeued: u64,
+    /// A graceful leave was asked for: it starts once what this member submitted is delivered.
+    leaving: bool,
+    joins_refused_said: u64,
 }
 
 impl Engine {
@@ -593,6 +631,7 @@ impl Engine {
             }
             if live_at.elapsed() >= Duration::from_millis(200) {
                 live_at = std::time::Instant::now();
+                self.take_directives();
                 self.publish_live();
             }
             let mut work = self.take_commands();
@@ -626,14 +665,22 @@ impl Engine {
                 break;
             }
             match self.member.status() {
-                Status::Excluded | Status::Left => {
+                Status::Left => {
                     self.transmit();
-                    let s = self.member.status();
+                    let msg = format!(
+                        "left the group at its request (view {} no longer includes it)",
+                        self.member.view().id.0
+                    );
+                    tracing::info!("{msg}");
+                    self.set_status(msg);
+                    self.shared.left.store(true, Ordering::Release);
+                    break;
+                }
+                Status::Excluded => {
+                    self.transmit();
                     error = Some(format!(
-                        "this member is {} from the group (view {}): a view change removed it{}; it may come back only as a new member",
-                        s.label(),
+                        "this member is excluded from the group (view {}): a view change removed it (it was suspected, partitioned or too slow); it may come back only as a new member",
                         self.member.view().id.0,
-                        if s == Status::Left { " at its request" } else { " (it was suspected, partitioned or too slow)" }
                     ));
                     break;
                 }
@@ -761,6 +808,53 @@ impl Engine {
                 .collect();
             l.requeued = self.requeued;
             l.rejoins = self.rejoins;
+            l.pipelines_version = self.replica.pipelines_version();
+        }
+    }
+
+    /// Carries out what other threads asked for, and logs refused joins.
+    fn take_directives(&mut self) {
+        let ds = match self.shared.directives.lock() {
+            Ok(mut v) => std::mem::take(&mut *v),
+            Err(_) => Vec::new(),
+        };
+        for d in ds {
+            match d {
+                Directive::Submit(op) => self.queue_local(vec![op]),
+                Directive::Admit(a) => {
+                    if a != self.cfg.proto.admission {
+                        tracing::info!(admission = ?a, "admission changed by the control plane");
+                        self.cfg.proto.admission = a.clone();
+                        self.member.set_admission(a);
+                    }
+                }
+                Directive::Leave => {
+                    tracing::warn!("leaving the group (asked by the control plane)");
+                    self.leaving = true;
+                }
+            }
+        }
+        if self.leaving
+            && self.local_ops.is_empty()
+            && self.cmds.is_empty()
+            && self.member.window_room() == self.cfg.proto.window
+        {
+            self.leaving = false;
+            self.member.leave();
+        }
+        let refused = self.member.stats().joins_refused;
+        if refused > self.joins_refused_said {
+            let who = self
+                .member
+                .stats()
+                .last_join_refused
+                .map(|m| self.name(m))
+                .unwrap_or_default();
+            tracing::warn!(
+                "refused {} join request(s), the last from {who}: not admitted; the group is unchanged",
+                refused - self.joins_refused_said,
+            );
+            self.joins_refused_said = refused;
         }
     }
 
@@ -881,7 +975,16 @@ impl Engine {
                 }
                 Delivered::State(bytes) => {
                     match QueueState::from_snapshot(&bytes) {
-                        Ok(q) => self.replica = q,
+                        Ok(q) => {
+                            self.replica = q;
+                            if let Some((version, docs)) = self.replica.pipeline_docs() {
+                                let mut fx = vec![Effect::Pipelines {
+                                    version,
+                                    docs: docs.to_vec(),
+                                }];
+                                self.route_effects(&mut fx);
+                            }
+                        }
                         Err(e) => {
                             tracing::error!("the state received on joining does not decode: {e}")
                         }
@@ -972,7 +1075,9 @@ impl Engine {
                     | Effect::Completed { id, .. }
                     | Effect::Failed { id, .. } => id.origin() == me,
                     Effect::Requeued { id, .. } => id.origin() == me,
-                    Effect::Shutdown { .. } | Effect::ViewInstalled { .. } => true,
+                    Effect::Shutdown { .. }
+                    | Effect::ViewInstalled { .. }
+                    | Effect::Pipelines { .. } => true,
                     Effect::Created { .. }
                     | Effect::Empty { .. }
                     | Effect::DuplicateCompletion { .. } => false,

@@ -11,6 +11,7 @@ use crate::engine::{Clock, EngineError, EngineHandle, Event, InlineApp};
 use crate::pipeline::Pipeline;
 use crate::queue::{Effect, Op, Request};
 use crate::types::MemberId;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ pub struct InvokerApp {
     credits: u32,
     max_payload: usize,
     report: Arc<Mutex<InvokerReport>>,
+    /// Queues this member announced it takes from (since it last joined).
+    subscribed: BTreeSet<String>,
 }
 
 impl InvokerApp {
@@ -41,6 +44,7 @@ impl InvokerApp {
             credits: credits.max(1),
             max_payload,
             report: Arc::default(),
+            subscribed: BTreeSet::new(),
         }
     }
 
@@ -50,16 +54,9 @@ impl InvokerApp {
     }
 
     /// Subscriptions and the first credits.
-    pub fn start_ops(&self) -> Vec<Op> {
-        let mut ops = Vec::new();
-        for p in &self.pipelines {
-            for q in p.queue_specs() {
-                ops.push(Op::Subscribe {
-                    consumer: self.me,
-                    queue: q.name,
-                });
-            }
-        }
+    pub fn start_ops(&mut self) -> Vec<Op> {
+        self.subscribed.clear();
+        let mut ops = self.subscribe_ops();
         ops.push(Op::Ready {
             consumer: self.me,
             credits: self.credits,
@@ -67,11 +64,62 @@ impl InvokerApp {
         ops
     }
 
-    /// Whether this event is this member joining a view (after it was removed and came back
-    /// as a new member): its subscriptions and credits went with the old member, so it
-    /// announces them again.
-    pub fn rejoined(&self, ev: &Event) -> bool {
-        matches!(&ev.effect, Effect::ViewInstalled { joined, .. } if joined.contains(&self.me))
+    /// Subscriptions to the pipelines' queues not yet subscribed.
+    fn subscribe_ops(&mut self) -> Vec<Op> {
+        let mut ops = Vec::new();
+        for p in &self.pipelines {
+            for q in p.queue_specs() {
+                if self.subscribed.insert(q.name.clone()) {
+                    ops.push(Op::Subscribe {
+                        consumer: self.me,
+                        queue: q.name,
+                    });
+                }
+            }
+        }
+        ops
+    }
+
+    /// The group's pipelines changed (through the control plane): later requests run by the
+    /// new rules, and the new pipelines' queues are subscribed. A document that does not parse
+    /// (the control plane validates them, so a version mismatch) leaves the pipelines as they
+    /// were, and says so.
+    pub fn set_pipelines(&mut self, version: u64, docs: &[String]) -> Vec<Op> {
+        let parsed: Result<Vec<Pipeline>, _> =
+            docs.iter().map(|d| Pipeline::from_json(d)).collect();
+        match parsed {
+            Ok(ps) => {
+                tracing::info!(
+                    version,
+                    pipelines = %ps.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+                    "pipelines updated"
+                );
+                self.pipelines = ps;
+                self.subscribe_ops()
+            }
+            Err(e) => {
+                tracing::error!(
+                    version,
+                    "pipelines from the group do not parse, keeping the current ones: {e}"
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// The operations an event calls for besides running a function: subscriptions again after
+    /// a rejoin, new subscriptions after a pipeline change.
+    pub fn bookkeeping(&mut self, ev: &Event) -> Vec<Op> {
+        match &ev.effect {
+            Effect::ViewInstalled { joined, .. } if joined.contains(&self.me) => self.start_ops(),
+            Effect::Pipelines { version, docs } => self.set_pipelines(*version, docs),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The pipelines this invoker runs now.
+    pub fn pipelines(&self) -> &[Pipeline] {
+        &self.pipelines
     }
 
     fn find(&self, req: &Request) -> Option<&Pipeline> {
@@ -161,9 +209,7 @@ impl InlineApp for InvokerApp {
         out.extend(self.start_ops());
     }
     fn on_event(&mut self, ev: Event, clock: &Clock, out: &mut Vec<Op>) {
-        if self.rejoined(&ev) {
-            out.extend(self.start_ops());
-        }
+        out.extend(self.bookkeeping(&ev));
         out.extend(self.handle(ev, clock));
     }
 }
@@ -182,14 +228,15 @@ pub fn run_invoker(
     loop {
         let Some(ev) = handle.next_event(Duration::from_millis(100)) else {
             if handle.is_finished() {
+                if handle.has_left() {
+                    return Ok(report.lock().map(|r| r.clone()).unwrap_or_default());
+                }
                 return Err(EngineError::Stopped(handle.status()));
             }
             continue;
         };
-        if app.rejoined(&ev) {
-            for op in app.start_ops() {
-                handle.submit(&op)?;
-            }
+        for op in app.bookkeeping(&ev) {
+            handle.submit(&op)?;
         }
         if let Some(op) = app.handle(ev, &clock) {
             handle.submit(&op)?;
@@ -198,5 +245,101 @@ pub fn run_invoker(
         if r.shut_down {
             return Ok(r);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Meta;
+    use crate::types::RequestId;
+
+    fn assigned(me: MemberId, step: &str, queue: &str) -> Event {
+        Event {
+            at_us: 0,
+            effect: Effect::Assigned {
+                consumer: me,
+                req: Request {
+                    id: RequestId(7),
+                    instance: 3,
+                    step: step.into(),
+                    queue: queue.into(),
+                    payload: b"x".to_vec(),
+                    meta: Meta::default(),
+                },
+            },
+        }
+    }
+
+    fn outputs(op: Option<Op>) -> Vec<String> {
+        match op {
+            Some(Op::Complete { outputs, .. }) => outputs.into_iter().map(|r| r.step).collect(),
+            other => panic!("expected a completion, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pipeline_change_applies_to_later_requests_and_subscribes_new_queues() {
+        let me = MemberId(1);
+        let clock = Clock::new();
+        let p1 = Pipeline::from_json(
+            r#"{"name":"p","entry":"a","steps":{"a":{"function":"echo","next":[{"to":["b"]}]},"b":{"function":"echo"}}}"#,
+        )
+        .unwrap();
+        let mut app = InvokerApp::new(me, vec![p1], 4, 4096);
+        let start = app.start_ops();
+        assert_eq!(
+            start.len(),
+            3,
+            "two subscriptions and the credits: {start:?}"
+        );
+        assert_eq!(outputs(app.handle(assigned(me, "a", "p.a"), &clock)), ["b"]);
+        // Version 2: `a` now continues to `c`, and pipeline `q` is new.
+        let docs = vec![
+            r#"{"name":"p","entry":"a","steps":{"a":{"function":"echo","next":[{"to":["c"]}]},"b":{"function":"echo"},"c":{"function":"echo"}}}"#.to_string(),
+            r#"{"name":"q","entry":"x","steps":{"x":{"function":"echo"}}}"#.to_string(),
+        ];
+        let ev = Event {
+            at_us: 0,
+            effect: Effect::Pipelines { version: 2, docs },
+        };
+        let ops = app.bookkeeping(&ev);
+        let subs: Vec<String> = ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Subscribe { queue, .. } => Some(queue.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(subs, ["p.c", "q.x"], "only the queues not yet subscribed");
+        assert_eq!(outputs(app.handle(assigned(me, "a", "p.a"), &clock)), ["c"]);
+        assert!(outputs(app.handle(assigned(me, "x", "q.x"), &clock)).is_empty());
+        // A document that does not parse leaves everything as it was.
+        let bad = Event {
+            at_us: 0,
+            effect: Effect::Pipelines {
+                version: 3,
+                docs: vec!["{".into()],
+            },
+        };
+        assert!(app.bookkeeping(&bad).is_empty());
+        assert_eq!(app.pipelines().len(), 2);
+        // After a rejoin everything is subscribed again, with credits.
+        let rejoin = Event {
+            at_us: 0,
+            effect: Effect::ViewInstalled {
+                view: 5,
+                members: vec![MemberId(0), me],
+                removed: vec![],
+                joined: vec![me],
+                wedged_us: 0,
+                suspected_at_us: None,
+            },
+        };
+        assert_eq!(
+            app.bookkeeping(&rejoin).len(),
+            5,
+            "p.a, p.b, p.c, q.x and the credits"
+        );
     }
 }

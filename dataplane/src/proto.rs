@@ -200,6 +200,8 @@ pub struct Stats {
     pub suspicions: u64,
     pub join_requests: u64,
     pub joins_refused: u64,
+    /// The last process whose join was refused.
+    pub last_join_refused: Option<MemberId>,
     /// Control frames that could not be decoded (authenticated, so a version mismatch).
     pub bad_control: u64,
     /// Own messages submitted again after a view change.
@@ -1222,6 +1224,15 @@ impl Member {
             .collect()
     }
 
+    /// Changes who may join from now on (the control plane's allowlist). Pending requests of
+    /// processes no longer admitted are dropped; members already in the view stay.
+    pub fn set_admission(&mut self, admission: Admission) {
+        if let Admission::Listed(ok) = &admission {
+            self.ms.joins.retain(|m, _| ok.contains(m));
+        }
+        self.cfg.admission = admission;
+    }
+
     /// Asks the group to remove this member (graceful leave). Submit nothing more and wait until
     /// [`Member::window_room`] is back to the whole window before calling, or the messages not
     /// yet delivered are lost with the leave. The status becomes [`Status::Left`] once the view
@@ -1951,6 +1962,7 @@ impl Member {
         if let Admission::Listed(ok) = &self.cfg.admission {
             if !ok.contains(&sender) {
                 self.stats.joins_refused += 1;
+                self.stats.last_join_refused = Some(sender);
                 return;
             }
         }

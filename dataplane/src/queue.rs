@@ -132,6 +132,19 @@ pub enum Op {
     Shutdown {
         by: MemberId,
     },
+    /// Replaces the group's pipelines (from the control plane), at this place in the order.
+    /// Applied only if `version` is above the replicas' current one, so that several members
+    /// passing on the same change apply it once and an old change never undoes a newer one.
+    /// The queues are created, or their spec changed in place (a queue no pipeline names any
+    /// more is kept: requests may still wait in it).
+    Pipelines {
+        by: MemberId,
+        version: u64,
+        queues: Vec<QueueSpec>,
+        /// The pipelines' JSON documents; the replicas keep them for joiners and members
+        /// parse them.
+        docs: Vec<String>,
+    },
 }
 
 impl Op {
@@ -225,6 +238,12 @@ pub enum Effect {
         step: String,
         queue: String,
     },
+    /// The group's pipelines changed (applied [`Op::Pipelines`], or the state a joiner
+    /// received carries them).
+    Pipelines {
+        version: u64,
+        docs: Vec<String>,
+    },
     /// Not from the queue: the engine reports a view installed, at its place in the order.
     ViewInstalled {
         view: u32,
@@ -285,6 +304,9 @@ pub struct QueueState {
     /// Next stamp for a request put back at the head (counts down from `STAMP_BASE`).
     head_stamp: u64,
     shut_down: bool,
+    /// The pipelines set by [`Op::Pipelines`] (version 0: the group file's, not kept here).
+    pipelines_version: u64,
+    pipeline_docs: Vec<String>,
 }
 
 impl QueueState {
@@ -375,6 +397,53 @@ impl QueueState {
                     );
                 }
             },
+            Op::Pipelines {
+                version,
+                queues,
+                docs,
+                ..
+            } => {
+                if version <= self.pipelines_version {
+                    return;
+                }
+                self.pipelines_version = version;
+                self.pipeline_docs = docs.clone();
+                for spec in queues {
+                    match self.queues.get_mut(&spec.name) {
+                        Some(q) => {
+                            q.spec = spec;
+                            // More room may admit waiting pushes.
+                            while (q.items.len() as u32) < q.spec.capacity {
+                                let Some((pusher, waiting)) = q.blocked.pop_front() else {
+                                    break;
+                                };
+                                effects.push(Effect::Admitted {
+                                    pusher,
+                                    id: waiting.id,
+                                    step: waiting.step.clone(),
+                                });
+                                self.stamp += 1;
+                                q.items.push_back((self.stamp, waiting));
+                            }
+                        }
+                        None => {
+                            effects.push(Effect::Created {
+                                queue: spec.name.clone(),
+                            });
+                            self.queues.insert(
+                                spec.name.clone(),
+                                Queue {
+                                    spec,
+                                    items: VecDeque::new(),
+                                    blocked: VecDeque::new(),
+                                },
+                            );
+                        }
+                    }
+                }
+                effects.push(Effect::Pipelines { version, docs });
+                self.dispatch(effects);
+            }
             Op::Subscribe { consumer, queue } => {
                 self.subscriptions
                     .entry(consumer)
@@ -605,6 +674,14 @@ impl QueueState {
     }
     pub fn is_shut_down(&self) -> bool {
         self.shut_down
+    }
+    /// The version of the pipelines last set through the group (0: the group file's).
+    pub fn pipelines_version(&self) -> u64 {
+        self.pipelines_version
+    }
+    /// The pipelines' documents set through the group, if any.
+    pub fn pipeline_docs(&self) -> Option<(u64, &[String])> {
+        (self.pipelines_version > 0).then_some((self.pipelines_version, &self.pipeline_docs[..]))
     }
     /// A digest of the whole state; equal on replicas that applied the same operations.
     pub fn digest(&self) -> [u8; 32] {

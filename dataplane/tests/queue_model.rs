@@ -17,6 +17,7 @@ struct Model {
     in_flight: Vec<(u64, RequestId, String, MemberId)>,
     instances: u64,
     stamp: u64,
+    pipelines_version: u64,
 }
 
 impl Model {
@@ -228,6 +229,41 @@ impl Model {
                 self.add(consumer, credits);
             }
             Op::Shutdown { by } => fx.push(Effect::Shutdown { by }),
+            Op::Pipelines {
+                version,
+                queues,
+                docs,
+                ..
+            } => {
+                if version > self.pipelines_version {
+                    self.pipelines_version = version;
+                    for spec in queues {
+                        match self.q(&spec.name) {
+                            Some(i) => {
+                                let (s, items, blocked) = &mut self.queues[i];
+                                *s = spec;
+                                while items.len() < s.capacity as usize && !blocked.is_empty() {
+                                    let (p, w) = blocked.remove(0);
+                                    fx.push(Effect::Admitted {
+                                        pusher: p,
+                                        id: w.id,
+                                        step: w.step.clone(),
+                                    });
+                                    self.stamp += 1;
+                                    items.push((self.stamp, w));
+                                }
+                            }
+                            None => {
+                                fx.push(Effect::Created {
+                                    queue: spec.name.clone(),
+                                });
+                                self.queues.push((spec, vec![], vec![]));
+                            }
+                        }
+                    }
+                    fx.push(Effect::Pipelines { version, docs });
+                }
+            }
         }
         // Serve ready consumers in order.
         let mut i = 0;
@@ -258,6 +294,8 @@ enum Gen {
     TryTake(u16),
     Complete(u16, usize, Option<u8>, u32),
     Fail(u16, usize, u32),
+    /// A pipeline change: version, then one queue's new spec.
+    Pipelines(u8, u8, u32, bool, u8),
 }
 
 fn gen() -> impl Strategy<Value = Gen> {
@@ -269,6 +307,7 @@ fn gen() -> impl Strategy<Value = Gen> {
         1 => (0u16..3).prop_map(Gen::TryTake),
         3 => (0u16..3, any::<usize>(), proptest::option::of(0u8..3), 0u32..2).prop_map(|(c, i, q, n)| Gen::Complete(c, i, q, n)),
         1 => (0u16..3, any::<usize>(), 0u32..2).prop_map(|(c, i, n)| Gen::Fail(c, i, n)),
+        1 => (0u8..6, 0u8..4, 0u32..5, any::<bool>(), 0u8..3).prop_map(|(v, q, c, l, f)| Gen::Pipelines(v, q, c, l, f)),
     ]
 }
 
@@ -291,6 +330,7 @@ proptest! {
         let mut real = QueueState::new();
         let mut next_id = 1u64;
         let mut assigned: std::collections::BTreeSet<u64> = Default::default();
+        let mut depths: std::collections::BTreeMap<String, usize> = Default::default();
         for g in ops {
             let op = match g {
                 Gen::Create(q, cap, lifo, f) => Op::Create(QueueSpec {
@@ -311,6 +351,16 @@ proptest! {
                     let outputs = out.map(|q| { let mut r = req(id.0, q); r.step = format!("s{q}x"); vec![r.clone(), r] }).unwrap_or_default();
                     Op::Complete { consumer: MemberId(c), id, instance, step, outputs, result: None, meta: Meta::default(), credits: n }
                 }
+                Gen::Pipelines(v, q, cap, lifo, f) => Op::Pipelines {
+                    by: MemberId(0),
+                    version: u64::from(v),
+                    queues: vec![QueueSpec {
+                        name: format!("q{q}"), capacity: cap,
+                        order: if lifo { Order::Lifo } else { Order::Fifo },
+                        on_full: [OnFull::Block, OnFull::Reject, OnFull::OverwriteOldest][f as usize],
+                    }],
+                    docs: vec![format!("doc {v}")],
+                },
                 Gen::Fail(c, i, n) => {
                     let (instance, id, step) = if model.in_flight.is_empty() { (1, RequestId(1), "s0".to_string()) }
                         else { let f = &model.in_flight[i % model.in_flight.len()]; (f.0, f.1, f.2.clone()) };
@@ -334,8 +384,12 @@ proptest! {
                 }
             }
             for (spec, items, _) in &model.queues {
-                prop_assert!(items.len() <= spec.capacity as usize);
+                // Within capacity, unless a pipeline change lowered it below the depth: the
+                // requests stay (nothing is lost), and the queue does not grow until it drains.
+                let before = depths.get(&spec.name).copied().unwrap_or(0);
+                prop_assert!(items.len() <= (spec.capacity as usize).max(before));
                 prop_assert_eq!(real.queue_depth(&spec.name), Some(items.len()));
+                depths.insert(spec.name.clone(), items.len());
             }
         }
     }

@@ -1049,6 +1049,20 @@ impl Sim {
                             meta: Meta::default(),
                         };
                         node.outbox.push_back(Op::Push { pusher: me, req });
+                        if counter % 10 == 0 {
+                            // A pipeline change passed on by this member (as members pass on
+                            // the control plane's): members race with equal versions and
+                            // different contents; the replicas must apply the same one.
+                            let version = counter / 10;
+                            let mut q = spec("s1");
+                            q.capacity -= (version % 7) as u32;
+                            node.outbox.push_back(Op::Pipelines {
+                                by: me,
+                                version,
+                                queues: vec![q],
+                                docs: vec![format!("v{version} from {at}")],
+                            });
+                        }
                     }
                     if node.pushes_left > 0 {
                         let gap = self
