@@ -18,6 +18,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (simulator: $SIM_SEEDS seeds)"
 cargo test --workspace --locked
+echo "== ansible/ applied to namespace hosts, verified, applied again (no change)"
+bash testbed/ansible-test.sh
 echo "== fuzz targets, ${FUZZ_SECONDS}s each"
 (
   cd dataplane

@@ -706,9 +706,21 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if args.netem.is_some() {
         bail!("--netem: not available in this version (the kernel of the development machines has no netem); use --impair \"loss=5%,delay=50us\" to inject loss, duplication and delay in Conveyor's transport");
     }
-    if args.hlog.is_some() || args.plot.is_some() {
-        bail!("--hlog and --plot are not available in this version (they come with the latency-study toolkit)");
+    if args.plot.is_some() {
+        bail!("--plot is not available in this version (it comes with the latency-study toolkit)");
     }
+    // One interval log per backend: DIR/conveyor.hlog (end-to-end latency, microseconds).
+    let hlog = match &args.hlog {
+        None => None,
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("--hlog: cannot create {}", dir.display()))?;
+            let dir = dir
+                .canonicalize()
+                .with_context(|| format!("--hlog: {}", dir.display()))?;
+            Some(dir.join("conveyor.hlog").to_string_lossy().into_owned())
+        }
+    };
     if let Some(spec) = &args.impair {
         spec.parse::<conveyor_dataplane::transport::impair::ImpairSpec>()
             .map_err(|e| anyhow::anyhow!("--impair: {e}"))?;
@@ -742,6 +754,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             vary_payload: false,
             grace_s: args.grace,
             start_file: None,
+            hlog,
         },
         keep: args.keep,
         credits: args.credits,
@@ -928,6 +941,7 @@ pub fn demo() -> Result<()> {
             vary_payload: true,
             grace_s: 5.0,
             start_file: None,
+            hlog: None,
         },
         keep: false,
         idle: None,

@@ -30,6 +30,10 @@ pub struct WorkloadSpec {
     /// that a bench can time faults from it.
     #[serde(default)]
     pub start_file: Option<String>,
+    /// Write the end-to-end latencies (microseconds) here as an HdrHistogram interval log
+    /// (one histogram per interval of the run, V2 deflate, readable by HdrHistogram's tools).
+    #[serde(default)]
+    pub hlog: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -128,6 +132,51 @@ struct Tally {
     views: Vec<(u32, u64, Option<u64>)>,
     joined_at: BTreeMap<u16, u64>,
     after_join: BTreeMap<u16, u64>,
+    /// Latencies per interval of the run (for the interval log), if asked for.
+    intervals: Option<Intervals>,
+}
+
+/// One latency histogram per interval, by completion time.
+struct Intervals {
+    start_us: u64,
+    every_us: u64,
+    hists: Vec<Histogram<u64>>,
+}
+
+impl Intervals {
+    fn record(&mut self, at_us: u64, v: u64) {
+        let i = (at_us.saturating_sub(self.start_us) / self.every_us) as usize;
+        while self.hists.len() <= i {
+            // Auto-resizing: as large as the largest value seen, not the largest possible.
+            self.hists
+                .push(Histogram::new(3).expect("3 significant digits are valid"));
+        }
+        let _ = self.hists[i].record(v);
+    }
+
+    fn write(&self, path: &str, start_unix: std::time::SystemTime) -> Result<()> {
+        use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+        use hdrhistogram::serialization::V2DeflateSerializer;
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {path}"))?,
+        );
+        let mut ser = V2DeflateSerializer::new();
+        let mut w = IntervalLogWriterBuilder::new()
+            .add_comment("conveyor trigger: end-to-end latency in microseconds")
+            .with_start_time(start_unix)
+            .with_base_time(start_unix)
+            .with_max_value_divisor(1.0)
+            .begin_log_with(&mut out, &mut ser)
+            .with_context(|| format!("writing {path}"))?;
+        for (i, h) in self.hists.iter().enumerate() {
+            let from = Duration::from_micros(i as u64 * self.every_us);
+            w.write_histogram(h, from, Duration::from_micros(self.every_us), None)
+                .map_err(|e| anyhow::anyhow!("writing {path}: {e:?}"))?;
+        }
+        drop(w);
+        std::io::Write::flush(&mut out).with_context(|| format!("writing {path}"))?;
+        Ok(())
+    }
 }
 
 impl Tally {
@@ -161,6 +210,9 @@ impl Tally {
                 if *f == 1 {
                     let lat = ev.at_us.saturating_sub(self.sent_at[idx(id)]);
                     let _ = self.latency.record(lat.max(1));
+                    if let Some(iv) = &mut self.intervals {
+                        iv.record(ev.at_us, lat.max(1));
+                    }
                     let _ = self
                         .overhead
                         .record(lat.saturating_sub(meta.exec_us).max(1));
@@ -257,9 +309,21 @@ pub fn run_trigger(
         views: Vec::new(),
         joined_at: BTreeMap::new(),
         after_join: BTreeMap::new(),
+        intervals: None,
     };
     let burst = spec.workload == "burst";
     let start = clock.now_us() + 2_000;
+    let start_unix = std::time::SystemTime::now() + Duration::from_micros(2_000);
+    if spec.hlog.is_some() {
+        // One-second intervals, longer on long runs (at most about 600 of them).
+        let run_s = if burst { 10.0 } else { spec.duration_s };
+        let every_us = ((run_s / 600.0).ceil().max(1.0) * 1e6) as u64;
+        t.intervals = Some(Intervals {
+            start_us: start,
+            every_us,
+            hists: Vec::new(),
+        });
+    }
     let gap_us = if burst { 0.0 } else { 1e6 / spec.rate };
     if let Some(f) = &spec.start_file {
         std::fs::write(f, start.to_string()).with_context(|| format!("writing {f}"))?;
@@ -338,6 +402,9 @@ pub fn run_trigger(
         clock.now_us()
     };
     let duration_s = (end.saturating_sub(start)) as f64 / 1e6;
+    if let (Some(path), Some(iv)) = (&spec.hlog, &t.intervals) {
+        iv.write(path, start_unix)?;
+    }
     let mut cdf = Vec::new();
     if !t.latency.is_empty() {
         for q in (1..=100).map(|p| p as f64).chain([99.9, 99.99]) {

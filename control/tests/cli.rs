@@ -34,8 +34,11 @@ fn report(out: &Output) -> Value {
 #[test]
 fn constant_bench_completes_every_request_once() {
     let _turn = whole_group();
+    let hlog_dir = std::env::temp_dir().join(format!("conveyor-hlog-{}", std::process::id()));
     let out = conveyor(&[
         "bench",
+        "--hlog",
+        hlog_dir.to_str().unwrap(),
         "--workload",
         "constant",
         "--rate",
@@ -50,6 +53,34 @@ fn constant_bench_completes_every_request_once() {
         "-",
     ]);
     let r = report(&out);
+    // The HdrHistogram interval log holds every completed request's latency, by interval.
+    let log = std::fs::read_to_string(hlog_dir.join("conveyor.hlog")).expect("the interval log");
+    let (mut total, mut intervals) = (0u64, 0);
+    for entry in hdrhistogram::serialization::interval_log::IntervalLogIterator::new(log.as_bytes())
+    {
+        if let Ok(hdrhistogram::serialization::interval_log::LogEntry::Interval(h)) = entry {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(h.encoded_histogram())
+                .unwrap();
+            let hist: hdrhistogram::Histogram<u64> =
+                hdrhistogram::serialization::Deserializer::new()
+                    .deserialize(&mut bytes.as_slice())
+                    .unwrap();
+            assert!(
+                hist.is_empty() || hist.min() >= 100,
+                "below two functions' time"
+            );
+            total += hist.len();
+            intervals += 1;
+        }
+    }
+    assert_eq!(total, 600, "one latency per completed request in the log");
+    assert!(
+        intervals >= 2,
+        "one-second intervals over a 1.5 s run: {intervals}"
+    );
+    let _ = std::fs::remove_dir_all(&hlog_dir);
     assert_eq!(r["schema"], "conveyor-bench/1");
     assert_eq!(r["sent"], 600);
     assert_eq!(r["completed"], 600);
