@@ -18,9 +18,13 @@ pub struct BenchArgs {
     /// constant | ramp | burst | balance
     #[arg(long, default_value = "constant")]
     pub workload: String,
-    /// Comma list of backends: conveyor (redis and kafka come with the latency-study toolkit).
+    /// Comma list of backends, run one after the other in this invocation: conveyor, redis
+    /// (Redis Streams; the bench starts redis-server itself). kafka comes later.
     #[arg(long, default_value = "conveyor")]
     pub backend: String,
+    /// Port of the redis-server the bench starts (0: a free one).
+    #[arg(long = "redis-port", default_value_t = 0)]
+    pub redis_port: u16,
     /// Conveyor's transport.
     #[arg(long, default_value = "udp")]
     pub transport: String,
@@ -676,13 +680,34 @@ struct ReportEntry {
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
-    for b in args.backend.split(',') {
-        match b.trim() {
-            "conveyor" => {}
-            "redis" | "kafka" => bail!("backend {b:?} is not available in this version (it comes with the latency-study toolkit); use --backend conveyor"),
+    let mut backends: Vec<&str> = Vec::new();
+    for b in args.backend.split(',').map(str::trim) {
+        match b {
+            "conveyor" | "redis" => {
+                if !backends.contains(&b) {
+                    backends.push(b);
+                }
+            }
+            "kafka" => bail!("backend \"kafka\" is not available in this version (it comes with the latency-study toolkit); available: conveyor, redis"),
             other => bail!("--backend: unknown backend {other:?}; known: conveyor, redis, kafka"),
         }
     }
+    let redis_server = if backends.contains(&"redis") {
+        // Options that only mean something for Conveyor's own members would make the
+        // comparison unequal: refused by name.
+        if !args.fault.is_empty() {
+            bail!("--fault applies to Conveyor's members only; run it with --backend conveyor");
+        }
+        if args.impair.is_some() {
+            bail!("--impair applies to Conveyor's transport only; run it with --backend conveyor");
+        }
+        if args.hosts != "local" {
+            bail!("--backend redis runs on loopback only in this version (--hosts local)");
+        }
+        Some(crate::redis_backend::find_server()?)
+    } else {
+        None
+    };
     match args.workload.as_str() {
         "constant" | "burst" => {}
         "ramp" | "balance" => bail!("--workload {}: not available in this version (it comes with the latency-study toolkit); available: constant, burst", args.workload),
@@ -709,17 +734,24 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if args.plot.is_some() {
         bail!("--plot is not available in this version (it comes with the latency-study toolkit)");
     }
-    // One interval log per backend: DIR/conveyor.hlog (end-to-end latency, microseconds).
-    let hlog = match &args.hlog {
+    // One interval log per backend: DIR/BACKEND.hlog (end-to-end latency, microseconds).
+    let hlog_dir = match &args.hlog {
         None => None,
         Some(dir) => {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("--hlog: cannot create {}", dir.display()))?;
-            let dir = dir
-                .canonicalize()
-                .with_context(|| format!("--hlog: {}", dir.display()))?;
-            Some(dir.join("conveyor.hlog").to_string_lossy().into_owned())
+            Some(
+                dir.canonicalize()
+                    .with_context(|| format!("--hlog: {}", dir.display()))?,
+            )
         }
+    };
+    let hlog_for = |backend: &str| {
+        hlog_dir.as_ref().map(|d| {
+            d.join(format!("{backend}.hlog"))
+                .to_string_lossy()
+                .into_owned()
+        })
     };
     if let Some(spec) = &args.impair {
         spec.parse::<conveyor_dataplane::transport::impair::ImpairSpec>()
@@ -754,7 +786,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             vary_payload: false,
             grace_s: args.grace,
             start_file: None,
-            hlog,
+            hlog: hlog_for("conveyor"),
         },
         keep: args.keep,
         credits: args.credits,
@@ -777,20 +809,104 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             }
         },
     };
-    eprintln!(
-        "conveyor bench: {} workload, backend conveyor, transport udp, hosts {}, {} invokers, chain {} x {} us",
-        args.workload, args.hosts, args.invokers, args.chain, args.fn_us
-    );
     let rtt = udp_rtt_baseline().context("measuring the baseline")?;
-    let outcome = run_group(&run)?;
-    let failover_ms = outcome.failover_ms();
-    let r = outcome.report;
     let burst = args.workload == "burst";
-    let entry = ReportEntry {
+    let mut entries = Vec::new();
+    for backend in &backends {
+        eprintln!(
+            "conveyor bench: {} workload, backend {backend}, transport {}, hosts {}, {} invokers, chain {} x {} us",
+            args.workload,
+            if *backend == "conveyor" { "udp" } else { "tcp (redis protocol)" },
+            args.hosts,
+            args.invokers,
+            args.chain,
+            args.fn_us
+        );
+        let (r, failover_ms) = match *backend {
+            "redis" => {
+                let Some(server) = &redis_server else {
+                    bail!("redis-server was not found");
+                };
+                let server = crate::redis_backend::RedisServer::start(server, args.redis_port)?;
+                let mut spec = run.spec.clone();
+                spec.hlog = hlog_for("redis");
+                let r = crate::redis_backend::run(&crate::redis_backend::RedisRun {
+                    server: &server,
+                    invokers: args.invokers,
+                    chain: args.chain,
+                    fn_us: args.fn_us,
+                    spec,
+                })
+                .context("the redis run")?;
+                (r, None)
+            }
+            _ => {
+                let outcome = run_group(&run)?;
+                let failover_ms = outcome.failover_ms();
+                report_faults(args, &outcome, failover_ms);
+                (outcome.report, failover_ms)
+            }
+        };
+        let entry = report_entry(args, backend, &r, failover_ms, rtt);
+        print_summary(&r, burst);
+        eprintln!(
+            "baseline (same run): blocking UDP round trip on loopback p50 {} us; overhead p50 = {:.2} round trips",
+            rtt.p50, entry.baseline.overhead_p50_per_rtt
+        );
+        if let Some(floor) = entry.drain_floor_s {
+            eprintln!("drain floor (functions alone): {floor:.3} s");
+        }
+        entries.push(entry);
+    }
+    if let (Some(c), Some(o)) = (
+        entries.iter().find(|e| e.backend == "conveyor"),
+        entries.iter().find(|e| e.backend != "conveyor"),
+    ) {
+        let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+        eprintln!(
+            "{} / conveyor, same run: overhead p50 {:.2}x, p99 {:.2}x; latency p50 {:.2}x{}",
+            o.backend,
+            ratio(o.overhead_us.p50, c.overhead_us.p50),
+            ratio(o.overhead_us.p99, c.overhead_us.p99),
+            ratio(o.latency_us.p50, c.latency_us.p50),
+            match (o.drain_s, c.drain_s, c.drain_floor_s) {
+                (Some(od), Some(cd), Some(f)) => format!(
+                    "; drain {od:.3} s vs {cd:.3} s, added over the functions' floor {:.3} s vs {:.3} s ({:.2}x)",
+                    od - f,
+                    cd - f,
+                    (od - f) / (cd - f).max(1e-6)
+                ),
+                _ => String::new(),
+            }
+        );
+    }
+    let json = serde_json::to_string_pretty(&entries)?;
+    match args.json.as_deref() {
+        Some("-") => println!("{json}"),
+        Some(p) => std::fs::write(p, json).with_context(|| format!("writing {p}"))?,
+        None => {}
+    }
+    Ok(())
+}
+
+/// The JSON report's entry for one backend's run.
+fn report_entry(
+    args: &BenchArgs,
+    backend: &str,
+    r: &TriggerReport,
+    failover_ms: Option<f64>,
+    rtt: Percentiles,
+) -> ReportEntry {
+    let burst = args.workload == "burst";
+    ReportEntry {
         schema: "conveyor-bench/1",
         workload: args.workload.clone(),
-        backend: "conveyor".into(),
-        transport: args.transport.clone(),
+        backend: backend.into(),
+        transport: if backend == "conveyor" {
+            args.transport.clone()
+        } else {
+            "tcp".into()
+        },
         hosts: args.hosts.clone(),
         invokers: args.invokers,
         chain: args.chain,
@@ -830,12 +946,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 / 100.0,
         },
         machine: machine(),
-    };
-    print_summary(&r, burst);
-    eprintln!(
-        "baseline (same run): blocking UDP round trip on loopback p50 {} us; overhead p50 = {:.2} round trips",
-        rtt.p50, entry.baseline.overhead_p50_per_rtt
-    );
+    }
+}
+
+/// What the faults of a Conveyor run did.
+fn report_faults(args: &BenchArgs, outcome: &GroupOutcome, failover_ms: Option<f64>) {
+    let r = &outcome.report;
     for (name, at) in &outcome.killed_at_us {
         let view = r.views.iter().find(|v| v.1 >= *at);
         eprintln!(
@@ -855,16 +971,6 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     for (name, n) in &r.work_after_rejoin {
         eprintln!("{name} joined during the run (as a new member) and then ran {n} functions");
     }
-    if let Some(floor) = entry.drain_floor_s {
-        eprintln!("drain floor (functions alone): {floor:.3} s");
-    }
-    let json = serde_json::to_string_pretty(&vec![entry])?;
-    match args.json.as_deref() {
-        Some("-") => println!("{json}"),
-        Some(p) => std::fs::write(p, json).with_context(|| format!("writing {p}"))?,
-        None => {}
-    }
-    Ok(())
 }
 
 fn print_summary(r: &TriggerReport, burst: bool) {

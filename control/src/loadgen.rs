@@ -137,14 +137,23 @@ struct Tally {
 }
 
 /// One latency histogram per interval, by completion time.
-struct Intervals {
+pub(crate) struct Intervals {
     start_us: u64,
     every_us: u64,
     hists: Vec<Histogram<u64>>,
 }
 
 impl Intervals {
-    fn record(&mut self, at_us: u64, v: u64) {
+    /// Intervals of one second, longer on long runs (at most about 600 of them).
+    pub(crate) fn new(start_us: u64, run_s: f64) -> Intervals {
+        Intervals {
+            start_us,
+            every_us: ((run_s / 600.0).ceil().max(1.0) * 1e6) as u64,
+            hists: Vec::new(),
+        }
+    }
+
+    pub(crate) fn record(&mut self, at_us: u64, v: u64) {
         let i = (at_us.saturating_sub(self.start_us) / self.every_us) as usize;
         while self.hists.len() <= i {
             // Auto-resizing: as large as the largest value seen, not the largest possible.
@@ -154,7 +163,7 @@ impl Intervals {
         let _ = self.hists[i].record(v);
     }
 
-    fn write(&self, path: &str, start_unix: std::time::SystemTime) -> Result<()> {
+    pub(crate) fn write(&self, path: &str, start_unix: std::time::SystemTime) -> Result<()> {
         use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
         use hdrhistogram::serialization::V2DeflateSerializer;
         let mut out = std::io::BufWriter::new(
@@ -315,14 +324,8 @@ pub fn run_trigger(
     let start = clock.now_us() + 2_000;
     let start_unix = std::time::SystemTime::now() + Duration::from_micros(2_000);
     if spec.hlog.is_some() {
-        // One-second intervals, longer on long runs (at most about 600 of them).
         let run_s = if burst { 10.0 } else { spec.duration_s };
-        let every_us = ((run_s / 600.0).ceil().max(1.0) * 1e6) as u64;
-        t.intervals = Some(Intervals {
-            start_us: start,
-            every_us,
-            hists: Vec::new(),
-        });
+        t.intervals = Some(Intervals::new(start, run_s));
     }
     let gap_us = if burst { 0.0 } else { 1e6 / spec.rate };
     if let Some(f) = &spec.start_file {

@@ -196,7 +196,8 @@ fn a_missing_member_is_named_and_start_up_times_out() {
 #[test]
 fn options_that_cannot_run_fail_clearly() {
     for (args, needle) in [
-        (vec!["bench", "--backend", "redis"], "redis"),
+        (vec!["bench", "--backend", "kafka"], "kafka"),
+        (vec!["bench", "--backend", "zeromq"], "zeromq"),
         (vec!["bench", "--transport", "afxdp"], "afxdp"),
         (vec!["bench", "--hosts", "mars"], "mars"),
         (vec!["bench", "--netem", "loss 5%"], "netem"),
@@ -452,4 +453,102 @@ fn an_invoker_joining_a_running_group_gets_work() {
         stderr.contains("invoker-2 joined during the run (as a new member) and then ran"),
         "{stderr}"
     );
+}
+
+#[test]
+fn redis_streams_baseline_runs_beside_conveyor_in_one_invocation() {
+    let _turn = whole_group();
+    let hlog_dir = std::env::temp_dir().join(format!("conveyor-hlog-redis-{}", std::process::id()));
+    let out = conveyor(&[
+        "bench",
+        "--backend",
+        "conveyor,redis",
+        "--workload",
+        "burst",
+        "--requests",
+        "500",
+        "--chain",
+        "3",
+        "--fn-us",
+        "20",
+        "--hlog",
+        hlog_dir.to_str().unwrap(),
+        "--json",
+        "-",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = v.as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{v}");
+    for (e, backend) in entries.iter().zip(["conveyor", "redis"]) {
+        assert_eq!(e["backend"], backend);
+        assert_eq!(e["sent"], 500, "{e}");
+        assert_eq!(e["completed"], 500, "{e}");
+        assert_eq!(e["lost"], 0);
+        assert_eq!(e["duplicates"], 0);
+        // Three functions of 20 us: no result can come back sooner.
+        assert!(e["latency_us"]["p50"].as_u64().unwrap() >= 60, "{e}");
+        assert!(e["drain_s"].as_f64().unwrap() > 0.0);
+        // Every function ran once, spread over both invokers.
+        let shares = e["per_invoker"].as_object().unwrap();
+        assert_eq!(
+            shares.values().map(|v| v.as_u64().unwrap()).sum::<u64>(),
+            1500,
+            "{e}"
+        );
+        assert!(hlog_dir.join(format!("{backend}.hlog")).is_file());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("redis / conveyor, same run: overhead p50"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&hlog_dir);
+}
+
+#[test]
+fn redis_backend_problems_are_refused_before_anything_runs() {
+    // No redis-server on PATH.
+    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args(["bench", "--backend", "conveyor,redis", "--duration", "1"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("redis-server is not installed"), "{err}");
+    assert!(!err.contains("sent "), "a run started: {err}");
+    // Options that only mean something for Conveyor.
+    for (args, named) in [
+        (vec!["--fault", "kill:invoker-1@0.5"], "--fault"),
+        (vec!["--impair", "loss=1%"], "--impair"),
+        (vec!["--hosts", "netns"], "loopback only"),
+    ] {
+        let mut a = vec!["bench", "--backend", "redis"];
+        a.extend(args);
+        let out = conveyor(&a);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(named), "{named}: {err}");
+    }
+    // A port in use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = conveyor(&[
+        "bench",
+        "--backend",
+        "redis",
+        "--redis-port",
+        &port,
+        "--duration",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use"), "{err}");
+    assert!(!err.contains("sent "), "a run started: {err}");
 }
