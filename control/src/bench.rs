@@ -87,8 +87,10 @@ pub struct BenchArgs {
     /// "loss=5%,dup=1%,delay=100us,jitter=50us" (works where the kernel has no netem).
     #[arg(long)]
     pub impair: Option<String>,
-    /// Where invokers run functions: inline (in the polling thread) or thread (behind rings).
-    #[arg(long, default_value = "inline")]
+    /// Where invokers run functions: inline (in the polling thread), thread (behind rings), or
+    /// auto: inline for functions under 1 ms, thread for longer ones (a long function inline
+    /// keeps its member from acknowledging, and total order waits for every member).
+    #[arg(long, default_value = "auto")]
     pub executor: String,
     /// Core pinning of the members' polling threads: auto (invokers round-robin over the cores,
     /// the trigger left to the scheduler) or none.
@@ -107,6 +109,9 @@ pub struct GroupRun {
     pub executor: String,
     /// Pin invokers round-robin over the machine's cores.
     pub pin: bool,
+    /// Confine each invoker process, all its threads, to its core (the balance workload: a
+    /// core is a host, shared with the CPU hog).
+    pub confine: bool,
     /// Where the members run.
     pub hosts: Hosts,
     /// `group.impair` for the run.
@@ -414,15 +419,32 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
     // correctness, but it keeps the trigger's clock start close to the real start.
     let spawn = |name: &String| -> Result<Child> {
         let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-        let mut cmd = match &netns {
-            None => Command::new(&exe),
-            Some(h) => {
-                let i = names.iter().position(|x| x == name).unwrap_or(0);
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &h.namespace(i)]).arg(&exe);
-                c
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(h) = &netns {
+            let i = names.iter().position(|x| x == name).unwrap_or(0);
+            argv.extend([
+                "ip".into(),
+                "netns".into(),
+                "exec".into(),
+                h.namespace(i).into(),
+            ]);
+        }
+        if run.confine {
+            if let Some(i) = name
+                .strip_prefix("invoker-")
+                .and_then(|i| i.parse::<usize>().ok())
+            {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                argv.extend([
+                    "taskset".into(),
+                    "-c".into(),
+                    (i % cores).to_string().into(),
+                ]);
             }
-        };
+        }
+        argv.push(exe.clone().into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         cmd.arg("node")
             .arg("--config")
             .arg(dir.join("conveyor.toml"))
@@ -710,7 +732,15 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     };
     match args.workload.as_str() {
         "constant" | "burst" => {}
-        "ramp" | "balance" => bail!("--workload {}: not available in this version (it comes with the latency-study toolkit); available: constant, burst", args.workload),
+        "balance" => {
+            if args.pin != "auto" {
+                bail!("--workload balance needs --pin auto: the CPU hog shares invoker-0's core");
+            }
+            if args.invokers < 2 {
+                bail!("--workload balance needs at least 2 invokers (one hogged, one idle)");
+            }
+        }
+        "ramp" => bail!("--workload ramp: not available in this version (it comes with the latency-study toolkit); available: constant, burst, balance"),
         other => bail!("--workload: unknown workload {other:?}; known: constant, ramp, burst, balance"),
     }
     if args.transport != "udp" {
@@ -760,9 +790,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if !matches!(args.pin.as_str(), "auto" | "none") {
         bail!("--pin: expected auto or none, found {:?}", args.pin);
     }
-    if !matches!(args.executor.as_str(), "inline" | "thread") {
+    if !matches!(args.executor.as_str(), "inline" | "thread" | "auto") {
         bail!(
-            "--executor: expected inline or thread, found {:?}",
+            "--executor: expected inline, thread or auto, found {:?}",
             args.executor
         );
     }
@@ -777,7 +807,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         invokers: args.invokers,
         pipeline_json: pipeline.to_json(),
         spec: WorkloadSpec {
-            workload: args.workload.clone(),
+            // Balance is a constant load while a hog shares invoker-0's core.
+            workload: if args.workload == "balance" {
+                "constant".into()
+            } else {
+                args.workload.clone()
+            },
             pipeline: "bench".into(),
             rate: args.rate,
             duration_s: args.duration,
@@ -790,8 +825,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         },
         keep: args.keep,
         credits: args.credits,
-        executor: args.executor.clone(),
+        executor: match args.executor.as_str() {
+            "auto" if args.fn_us >= 1000 => "thread".into(),
+            "auto" => "inline".into(),
+            e => e.into(),
+        },
         pin: args.pin == "auto",
+        confine: args.workload == "balance",
         hosts,
         impair: args.impair.clone(),
         kills,
@@ -822,6 +862,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             args.chain,
             args.fn_us
         );
+        // Balance: a CPU hog on invoker-0's core (every backend pins invoker i to core
+        // i mod cores), for the whole run of this backend.
+        let _hog = (args.workload == "balance").then(|| Hog::start(0));
         let (r, failover_ms) = match *backend {
             "redis" => {
                 let Some(server) = &redis_server else {
@@ -835,6 +878,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                     invokers: args.invokers,
                     chain: args.chain,
                     fn_us: args.fn_us,
+                    pin: args.pin == "auto",
                     spec,
                 })
                 .context("the redis run")?;
@@ -855,6 +899,19 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         );
         if let Some(floor) = entry.drain_floor_s {
             eprintln!("drain floor (functions alone): {floor:.3} s");
+        }
+        if args.workload == "balance" {
+            let total: u64 = r.per_invoker.values().sum();
+            let idle: u64 = r
+                .per_invoker
+                .iter()
+                .filter(|(n, _)| n.as_str() != "invoker-0")
+                .map(|(_, c)| c)
+                .sum();
+            eprintln!(
+                "balance: invoker-0 shared its core with a CPU hog; the other invokers took {:.1}% of the function runs",
+                idle as f64 * 100.0 / total.max(1) as f64
+            );
         }
         entries.push(entry);
     }
@@ -887,6 +944,39 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         None => {}
     }
     Ok(())
+}
+
+/// A thread that keeps one core busy (the balance workload's noisy neighbour).
+struct Hog {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Hog {
+    fn start(core: usize) -> Hog {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("cpu-hog".into())
+            .spawn(move || {
+                core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+            .ok();
+        eprintln!("balance: a CPU hog runs on core {core} (invoker-0's core)");
+        Hog { stop, thread }
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The JSON report's entry for one backend's run.
@@ -1054,6 +1144,7 @@ pub fn demo() -> Result<()> {
         credits: 2,
         executor: "inline".into(),
         pin: true,
+        confine: false,
         hosts: Hosts::Local,
         impair: None,
         kills: Vec::new(),

@@ -121,6 +121,8 @@ pub struct RedisRun<'a> {
     pub invokers: usize,
     pub chain: usize,
     pub fn_us: u64,
+    /// Pin invoker i to core i mod cores, as Conveyor's bench pins its invokers.
+    pub pin: bool,
     pub spec: WorkloadSpec,
 }
 
@@ -152,12 +154,9 @@ fn field_bytes(map: &std::collections::HashMap<String, Value>, k: &str) -> Vec<u
     }
 }
 
+/// The same function as Conveyor's builtin `spin`: CPU work of `us` microseconds.
 fn spin(us: u64) {
-    let t = Instant::now();
-    let d = Duration::from_micros(us);
-    while t.elapsed() < d {
-        std::hint::spin_loop();
-    }
+    conveyor_dataplane::sys::burn_cpu(Duration::from_micros(us));
 }
 
 /// Runs the workload and reports as Conveyor's trigger does.
@@ -171,7 +170,7 @@ pub fn run(r: &RedisRun) -> Result<TriggerReport> {
             .context("creating the stage streams")?;
     }
     let n = match spec.workload.as_str() {
-        "constant" => (spec.rate * spec.duration_s).round() as u64,
+        "constant" | "balance" => (spec.rate * spec.duration_s).round() as u64,
         "burst" => spec.requests,
         other => bail!("unknown workload {other:?}"),
     };
@@ -193,8 +192,12 @@ pub fn run(r: &RedisRun) -> Result<TriggerReport> {
     for i in 0..r.invokers {
         let client = client.clone();
         let stop = stop.clone();
-        let (chain, fn_us) = (r.chain, r.fn_us);
+        let (chain, fn_us, pin) = (r.chain, r.fn_us, r.pin);
         invokers.push(std::thread::spawn(move || -> Result<u64> {
+            if pin {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                core_affinity::set_for_current(core_affinity::CoreId { id: i % cores });
+            }
             let mut con = client.get_connection()?;
             let keys: Vec<String> = (0..chain).map(stage).collect();
             let ids: Vec<&str> = vec![">"; chain];

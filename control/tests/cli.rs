@@ -552,3 +552,47 @@ fn redis_backend_problems_are_refused_before_anything_runs() {
     assert!(err.contains("in use"), "{err}");
     assert!(!err.contains("sent "), "a run started: {err}");
 }
+
+#[test]
+fn balance_gives_the_idle_host_the_larger_share() {
+    let _turn = whole_group();
+    let out = conveyor(&[
+        "bench",
+        "--backend",
+        "conveyor,redis",
+        "--workload",
+        "balance",
+        "--fn-us",
+        "20000",
+        "--rate",
+        "60",
+        "--duration",
+        "4",
+        "--chain",
+        "1",
+        "--json",
+        "-",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for e in v.as_array().unwrap() {
+        assert_eq!(e["workload"], "balance");
+        assert_eq!(e["completed"], 240, "{e}");
+        assert_eq!(e["duplicates"], 0);
+        // invoker-0 shares its core with a CPU hog, at half speed it can run 25 functions a
+        // second, under its half of the 60 offered: invoker-1 does more of the work.
+        let hogged = e["per_invoker"]["invoker-0"].as_u64().unwrap_or(0);
+        let idle = e["per_invoker"]["invoker-1"].as_u64().unwrap();
+        assert!(
+            idle > hogged,
+            "{}: idle {idle}, hogged {hogged}",
+            e["backend"]
+        );
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("balance: a CPU hog runs on core 0"), "{err}");
+}

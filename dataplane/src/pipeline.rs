@@ -172,11 +172,8 @@ impl Builtin {
     pub fn run(&self, input: &[u8]) -> Output {
         match self {
             Builtin::Spin { us } => {
-                let start = std::time::Instant::now();
-                let d = std::time::Duration::from_micros(*us);
-                while start.elapsed() < d {
-                    std::hint::spin_loop();
-                }
+                // CPU work, not wall time: a descheduled function is not done early.
+                crate::sys::burn_cpu(std::time::Duration::from_micros(*us));
                 Output {
                     payload: input.to_vec(),
                     route: None,

@@ -89,6 +89,37 @@ pub fn set_timer_slack_ns(ns: u64) {
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
 }
 
+/// CPU time the calling thread has consumed (zero if the clock cannot be read).
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through the valid, exclusive pointer given;
+    // CLOCK_THREAD_CPUTIME_ID exists on every Linux this builds for.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Busy-works for `d` of this thread's CPU time (a function's fixed amount of work: on a
+/// core shared with other threads it takes longer, as real work does).
+pub fn burn_cpu(d: Duration) {
+    let start = thread_cpu_time();
+    let wall = std::time::Instant::now();
+    while thread_cpu_time().saturating_sub(start) < d {
+        // If the CPU clock cannot be read, fall back to wall time.
+        if start.is_zero() && wall.elapsed() >= d {
+            break;
+        }
+        for _ in 0..64 {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 /// CLOCK_MONOTONIC in microseconds: one clock for every process of a host, so that stamps taken
 /// by different members on one host can be subtracted.
 pub fn monotonic_us() -> u64 {
