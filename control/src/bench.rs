@@ -726,6 +726,14 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         if args.hosts != "local" {
             bail!("--backend redis runs on loopback only in this version (--hosts local)");
         }
+        if args.redis_port != 0
+            && std::net::TcpListener::bind(("127.0.0.1", args.redis_port)).is_err()
+        {
+            bail!(
+                "--redis-port {}: the port is in use; nothing was run",
+                args.redis_port
+            );
+        }
         Some(crate::redis_backend::find_server()?)
     } else {
         None

@@ -541,7 +541,7 @@ fn redis_backend_problems_are_refused_before_anything_runs() {
     let out = conveyor(&[
         "bench",
         "--backend",
-        "redis",
+        "conveyor,redis",
         "--redis-port",
         &port,
         "--duration",
