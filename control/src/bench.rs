@@ -748,8 +748,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 bail!("--workload balance needs at least 2 invokers (one hogged, one idle)");
             }
         }
-        "ramp" => bail!("--workload ramp: not available in this version (it comes with the latency-study toolkit); available: constant, burst, balance"),
-        other => bail!("--workload: unknown workload {other:?}; known: constant, ramp, burst, balance"),
+        "ramp" => {}
+        other => {
+            bail!("--workload: unknown workload {other:?}; known: constant, ramp, burst, balance")
+        }
     }
     if args.transport != "udp" {
         bail!(
@@ -908,6 +910,27 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         if let Some(floor) = entry.drain_floor_s {
             eprintln!("drain floor (functions alone): {floor:.3} s");
         }
+        if args.workload == "ramp" {
+            for st in &r.steps {
+                eprintln!(
+                    "ramp step {:>6} req/s: sent {}, completed {}, throughput {:.1} req/s, latency p50 {} us, p99 {} us{}",
+                    st.rate,
+                    st.sent,
+                    st.completed,
+                    st.throughput_rps,
+                    st.latency_us.p50,
+                    st.latency_us.p99,
+                    if st.served { "" } else { "  <- not served: the ramp stops" }
+                );
+            }
+            eprintln!(
+                "critical rate: {}",
+                r.critical_rate_rps
+                    .map_or("none (the first step was not served)".into(), |c| format!(
+                        "{c} req/s"
+                    ))
+            );
+        }
         if args.workload == "balance" {
             let total: u64 = r.per_invoker.values().sum();
             let idle: u64 = r
@@ -927,8 +950,17 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         entries.iter().find(|e| e.backend == "conveyor"),
         entries.iter().find(|e| e.backend != "conveyor"),
     ) {
-        let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
-        eprintln!(
+        if args.workload == "ramp" {
+            let show = |r: Option<f64>| r.map_or("none".to_string(), |r| format!("{r} req/s"));
+            eprintln!(
+                "critical rate, same run: conveyor {}, {} {}",
+                show(c.critical_rate_rps),
+                o.backend,
+                show(o.critical_rate_rps)
+            );
+        } else {
+            let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+            eprintln!(
             "{} / conveyor, same run: overhead p50 {:.2}x, p99 {:.2}x; latency p50 {:.2}x{}",
             o.backend,
             ratio(o.overhead_us.p50, c.overhead_us.p50),
@@ -944,6 +976,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 _ => String::new(),
             }
         );
+        }
     }
     let json = serde_json::to_string_pretty(&entries)?;
     match args.json.as_deref() {
@@ -1031,8 +1064,13 @@ fn report_entry(
                 / 1e6
                 / args.invokers as f64
         }),
-        critical_rate_rps: None,
-        steps: None,
+        critical_rate_rps: r.critical_rate_rps,
+        steps: (!r.steps.is_empty()).then(|| {
+            r.steps
+                .iter()
+                .map(|s| serde_json::to_value(s).unwrap_or_default())
+                .collect()
+        }),
         failover_ms,
         cdf: r.cdf.clone(),
         retransmitted_slots: r.retransmitted_slots,

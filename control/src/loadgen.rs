@@ -107,6 +107,11 @@ pub struct TriggerReport {
     /// Functions run by each member after it (re)joined during the run.
     #[serde(default)]
     pub work_after_rejoin: BTreeMap<String, u64>,
+    /// Ramp only: each step's measurements, and the highest rate served.
+    #[serde(default)]
+    pub steps: Vec<crate::ramp::StepReport>,
+    #[serde(default)]
+    pub critical_rate_rps: Option<f64>,
 }
 
 /// Marks a request that ended in an error (failed, rejected or overwritten) in `Tally::finals`.
@@ -114,6 +119,8 @@ const ERRORED: u32 = u32::MAX;
 
 struct Tally {
     sent_at: Vec<u64>,
+    /// When each request's final completion was seen (0: not yet).
+    done_at: Vec<u64>,
     submitted_at: Vec<u64>,
     /// Per request: terminal completions seen, or `ERRORED`.
     finals: Vec<u32>,
@@ -219,6 +226,7 @@ impl Tally {
                 if *f == 1 {
                     let lat = ev.at_us.saturating_sub(self.sent_at[idx(id)]);
                     let _ = self.latency.record(lat.max(1));
+                    self.done_at[idx(id)] = ev.at_us.max(1);
                     if let Some(iv) = &mut self.intervals {
                         iv.record(ev.at_us, lat.max(1));
                     }
@@ -287,11 +295,15 @@ pub fn run_trigger(
     for q in pipeline.queue_specs() {
         handle.submit(&Op::Create(q)).context("creating queues")?;
     }
-    let n = match spec.workload.as_str() {
-        "constant" => (spec.rate * spec.duration_s).round() as u64,
-        "burst" => spec.requests,
+    // The steps: (rate, requests); one step but for the ramp. A burst has no rate.
+    let plan: Vec<(f64, u64)> = match spec.workload.as_str() {
+        "constant" => vec![(spec.rate, (spec.rate * spec.duration_s).round() as u64)],
+        "burst" => vec![(f64::INFINITY, spec.requests)],
+        "ramp" => crate::ramp::plan(spec.duration_s),
         other => bail!("unknown workload {other:?}"),
     };
+    let ramp = spec.workload == "ramp";
+    let n: u64 = plan.iter().map(|s| s.1).sum();
     if n == 0 {
         bail!(
             "the workload sends no request (rate {} for {}s)",
@@ -301,6 +313,7 @@ pub fn run_trigger(
     }
     let mut t = Tally {
         sent_at: vec![0; n as usize],
+        done_at: vec![0; n as usize],
         submitted_at: vec![0; n as usize],
         finals: vec![0; n as usize],
         latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
@@ -327,58 +340,98 @@ pub fn run_trigger(
         let run_s = if burst { 10.0 } else { spec.duration_s };
         t.intervals = Some(Intervals::new(start, run_s));
     }
-    let gap_us = if burst { 0.0 } else { 1e6 / spec.rate };
     if let Some(f) = &spec.start_file {
         std::fs::write(f, start.to_string()).with_context(|| format!("writing {f}"))?;
     }
-    for i in 0..n {
-        let intended = start + (i as f64 * gap_us) as u64;
-        loop {
-            while let Some(ev) = handle.try_event() {
-                t.on(ev);
+    let mut steps = Vec::new();
+    let mut sent = 0u64;
+    let mut base = start;
+    'steps: for &(rate, count) in &plan {
+        let gap_us = if rate.is_finite() { 1e6 / rate } else { 0.0 };
+        let first = sent;
+        for j in 0..count {
+            let i = first + j;
+            let intended = base + (j as f64 * gap_us) as u64;
+            loop {
+                while let Some(ev) = handle.try_event() {
+                    t.on(ev);
+                }
+                let now = clock.now_us();
+                if now >= intended {
+                    break;
+                }
+                let left = intended - now;
+                if left > 60 {
+                    std::thread::sleep(Duration::from_micros(left - 40));
+                } else {
+                    std::thread::yield_now();
+                }
             }
-            let now = clock.now_us();
-            if now >= intended {
-                break;
-            }
-            let left = intended - now;
-            if left > 60 {
-                std::thread::sleep(Duration::from_micros(left - 40));
+            let len = if spec.vary_payload && i % 2 == 1 {
+                spec.payload / 2
             } else {
-                std::thread::yield_now();
+                spec.payload
+            };
+            let mut payload = vec![0u8; len];
+            for (j, b) in payload.iter_mut().enumerate() {
+                *b = (i as usize + j) as u8;
             }
-        }
-        let len = if spec.vary_payload && i % 2 == 1 {
-            spec.payload / 2
-        } else {
-            spec.payload
-        };
-        let mut payload = vec![0u8; len];
-        for (j, b) in payload.iter_mut().enumerate() {
-            *b = (i as usize + j) as u8;
-        }
-        let submitted = clock.now_us();
-        let req = pipeline.entry_request(
-            RequestId::new(me, i),
-            payload,
-            Meta {
-                sent_us: intended,
-                submitted_us: submitted,
-                ..Meta::default()
-            },
-        );
-        t.sent_at[i as usize] = intended;
-        t.submitted_at[i as usize] = submitted;
-        let op = Op::Push { pusher: me, req };
-        while !handle.try_submit(&op)? {
-            // Backpressure: the ring is full. Collect completions, then sleep rather than spin:
-            // on a small machine this thread's spinning would take a core from the members.
-            while let Some(ev) = handle.try_event() {
-                t.on(ev);
+            let submitted = clock.now_us();
+            let req = pipeline.entry_request(
+                RequestId::new(me, i),
+                payload,
+                Meta {
+                    sent_us: intended,
+                    submitted_us: submitted,
+                    ..Meta::default()
+                },
+            );
+            t.sent_at[i as usize] = intended;
+            t.submitted_at[i as usize] = submitted;
+            let op = Op::Push { pusher: me, req };
+            while !handle.try_submit(&op)? {
+                // Backpressure: the ring is full. Collect completions, then sleep rather than spin:
+                // on a small machine this thread's spinning would take a core from the members.
+                while let Some(ev) = handle.try_event() {
+                    t.on(ev);
+                }
+                std::thread::sleep(Duration::from_micros(200));
             }
-            std::thread::sleep(Duration::from_micros(200));
+            sent = i + 1;
+        }
+        if ramp {
+            // Let the step settle (its own length, at least 1 s), then judge it.
+            let (a, b) = (first as usize, sent as usize);
+            let settle = ((count as f64 / rate * 1e6) as u64).max(1_000_000);
+            let until = clock.now_us() + settle;
+            while t.done_at[a..b].contains(&0) && clock.now_us() < until {
+                let mut any = false;
+                while let Some(ev) = handle.try_event() {
+                    t.on(ev);
+                    any = true;
+                }
+                if !any {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+            let step = crate::ramp::evaluate(rate, &t.sent_at[a..b], &t.done_at[a..b], base);
+            tracing::info!(
+                rate,
+                throughput = step.throughput_rps,
+                p50_us = step.latency_us.p50,
+                p99_us = step.latency_us.p99,
+                served = step.served,
+                "ramp step"
+            );
+            let served = step.served;
+            steps.push(step);
+            if !served {
+                break 'steps;
+            }
+            base = clock.now_us() + 2_000;
         }
     }
+    let n = sent;
     let last_sent = clock.now_us();
     let deadline = last_sent + (spec.grace_s * 1e6) as u64;
     // Completions are stamped by the engine when delivered, so this thread need not wake fast:
@@ -469,5 +522,11 @@ pub fn run_trigger(
                 )
             })
             .collect(),
+        critical_rate_rps: if ramp {
+            crate::ramp::critical_rate(&steps)
+        } else {
+            None
+        },
+        steps,
     })
 }

@@ -5,6 +5,7 @@ mod config;
 mod control;
 mod loadgen;
 mod node;
+mod ramp;
 mod redis_backend;
 
 use clap::{Parser, Subcommand};

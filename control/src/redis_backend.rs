@@ -169,11 +169,14 @@ pub fn run(r: &RedisRun) -> Result<TriggerReport> {
             .xgroup_create_mkstream(stage(s), GROUP, "$")
             .context("creating the stage streams")?;
     }
-    let n = match spec.workload.as_str() {
-        "constant" | "balance" => (spec.rate * spec.duration_s).round() as u64,
-        "burst" => spec.requests,
+    let plan: Vec<(f64, u64)> = match spec.workload.as_str() {
+        "constant" | "balance" => vec![(spec.rate, (spec.rate * spec.duration_s).round() as u64)],
+        "burst" => vec![(f64::INFINITY, spec.requests)],
+        "ramp" => crate::ramp::plan(spec.duration_s),
         other => bail!("unknown workload {other:?}"),
     };
+    let ramp = spec.workload == "ramp";
+    let n: u64 = plan.iter().map(|s| s.1).sum();
     if n == 0 {
         bail!("the workload sends no request");
     }
@@ -253,11 +256,12 @@ pub fn run(r: &RedisRun) -> Result<TriggerReport> {
     }
     // The collector: results in arrival order.
     let done = Arc::new(AtomicU64::new(0));
+    let done_at: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     let last_done = Arc::new(AtomicU64::new(0));
     let collector = {
         let client = client.clone();
         let stop = stop.clone();
-        let (done, last_done) = (done.clone(), last_done.clone());
+        let (done, last_done, done_at) = (done.clone(), last_done.clone(), done_at.clone());
         let mut intervals = intervals;
         std::thread::spawn(move || -> Result<Collected> {
             let mut con = client.get_connection()?;
@@ -286,6 +290,7 @@ pub fn run(r: &RedisRun) -> Result<TriggerReport> {
                                     iv.record(at, l);
                                 }
                                 done.fetch_add(1, Ordering::Relaxed);
+                                done_at[id].store(at.max(1), Ordering::Relaxed);
                                 last_done.store(at, Ordering::Relaxed);
                             }
                             Some(_) => dups += 1,
@@ -297,39 +302,71 @@ pub fn run(r: &RedisRun) -> Result<TriggerReport> {
             Ok((lat, ovh, dups, intervals))
         })
     };
-    // The trigger: open loop from intended send times.
-    let gap_us = if burst { 0.0 } else { 1e6 / spec.rate };
+    // The trigger: open loop from intended send times, step by step.
     let mut late = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
     let payload = vec![7u8; spec.payload];
-    for i in 0..n {
-        let intended = start + (i as f64 * gap_us) as u64;
-        loop {
-            let now = now_us();
-            if now >= intended {
-                break;
+    let mut sent_at = vec![0u64; n as usize];
+    let mut steps = Vec::new();
+    let mut sent = 0u64;
+    let mut base = start;
+    'steps: for &(rate, count) in &plan {
+        let gap_us = if rate.is_finite() { 1e6 / rate } else { 0.0 };
+        let first = sent;
+        for j in 0..count {
+            let i = first + j;
+            let intended = base + (j as f64 * gap_us) as u64;
+            loop {
+                let now = now_us();
+                if now >= intended {
+                    break;
+                }
+                let left = intended - now;
+                if left > 60 {
+                    std::thread::sleep(Duration::from_micros(left - 40));
+                } else {
+                    std::thread::yield_now();
+                }
             }
-            let left = intended - now;
-            if left > 60 {
-                std::thread::sleep(Duration::from_micros(left - 40));
-            } else {
-                std::thread::yield_now();
-            }
+            let _ = late.record(now_us().saturating_sub(intended).max(1));
+            sent_at[i as usize] = intended;
+            let _: String = redis::cmd("XADD")
+                .arg(stage(0))
+                .arg("*")
+                .arg("id")
+                .arg(i)
+                .arg("sent")
+                .arg(intended)
+                .arg("exec")
+                .arg(0)
+                .arg("p")
+                .arg(&payload[..])
+                .query(&mut con)
+                .context("XADD to the first stage")?;
+            sent = i + 1;
         }
-        let _ = late.record(now_us().saturating_sub(intended).max(1));
-        let _: String = redis::cmd("XADD")
-            .arg(stage(0))
-            .arg("*")
-            .arg("id")
-            .arg(i)
-            .arg("sent")
-            .arg(intended)
-            .arg("exec")
-            .arg(0)
-            .arg("p")
-            .arg(&payload[..])
-            .query(&mut con)
-            .context("XADD to the first stage")?;
+        if ramp {
+            let (a, b) = (first as usize, sent as usize);
+            let settle = ((count as f64 / rate * 1e6) as u64).max(1_000_000);
+            let until = now_us() + settle;
+            let snapshot = || -> Vec<u64> {
+                done_at[a..b]
+                    .iter()
+                    .map(|d| d.load(Ordering::Relaxed))
+                    .collect()
+            };
+            while snapshot().contains(&0) && now_us() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let step = crate::ramp::evaluate(rate, &sent_at[a..b], &snapshot(), base);
+            let served = step.served;
+            steps.push(step);
+            if !served {
+                break 'steps;
+            }
+            base = now_us() + 2_000;
+        }
     }
+    let n = sent;
     let deadline = now_us() + (spec.grace_s * 1e6) as u64;
     while done.load(Ordering::Relaxed) < n && now_us() < deadline {
         std::thread::sleep(Duration::from_millis(2));
@@ -382,6 +419,12 @@ pub fn run(r: &RedisRun) -> Result<TriggerReport> {
         per_invoker,
         drain_s: burst.then_some((duration_s * 1000.0).round() / 1000.0),
         cdf,
+        critical_rate_rps: if ramp {
+            crate::ramp::critical_rate(&steps)
+        } else {
+            None
+        },
+        steps,
         ..TriggerReport::default()
     })
 }

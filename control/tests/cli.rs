@@ -596,3 +596,51 @@ fn balance_gives_the_idle_host_the_larger_share() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("balance: a CPU hog runs on core 0"), "{err}");
 }
+
+#[test]
+fn ramp_finds_a_critical_rate_for_each_backend() {
+    let _turn = whole_group();
+    let out = conveyor(&[
+        "bench",
+        "--backend",
+        "conveyor,redis",
+        "--workload",
+        "ramp",
+        "--duration",
+        "2.2",
+        "--chain",
+        "2",
+        "--fn-us",
+        "60",
+        "--json",
+        "-",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for e in v.as_array().unwrap() {
+        assert_eq!(e["workload"], "ramp");
+        assert_eq!(e["lost"], 0, "{e}");
+        assert_eq!(e["duplicates"], 0);
+        let steps = e["steps"].as_array().expect("steps");
+        assert!(steps.len() >= 3, "{e}");
+        // Rising rates; every step served but possibly the last, where the ramp stopped.
+        let rates: Vec<f64> = steps.iter().map(|s| s["rate"].as_f64().unwrap()).collect();
+        assert!(rates.windows(2).all(|w| w[0] < w[1]), "{rates:?}");
+        for s in &steps[..steps.len() - 1] {
+            assert_eq!(s["served"], true, "{s}");
+            assert_eq!(s["completed"], s["sent"]);
+        }
+        let critical = e["critical_rate_rps"].as_f64().expect("a critical rate");
+        assert!(critical >= 100.0, "{}: {critical}", e["backend"]);
+        let last = steps.last().unwrap();
+        if last["served"] == false {
+            assert!(critical < last["rate"].as_f64().unwrap());
+        }
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("critical rate, same run: conveyor"), "{err}");
+}
