@@ -69,6 +69,46 @@ pub struct Breakdown {
     pub handoff: Percentiles,
 }
 
+/// The steps of a workload: (rate, requests); one step but for the ramp. A burst has no rate.
+pub(crate) fn plan(spec: &WorkloadSpec) -> Result<Vec<(f64, u64)>> {
+    Ok(match spec.workload.as_str() {
+        "constant" => vec![(spec.rate, (spec.rate * spec.duration_s).round() as u64)],
+        "burst" => vec![(f64::INFINITY, spec.requests)],
+        "ramp" => crate::ramp::plan(spec.duration_s),
+        other => bail!("unknown workload {other:?}"),
+    })
+}
+
+/// Waits until `intended` on the `now` clock (microseconds), calling `poll` on every look:
+/// sleeps while far, yields when close (an open-loop sender's pacing).
+pub(crate) fn wait_until(intended: u64, now: impl Fn() -> u64, mut poll: impl FnMut()) {
+    loop {
+        poll();
+        let now = now();
+        if now >= intended {
+            return;
+        }
+        let left = intended - now;
+        if left > 60 {
+            std::thread::sleep(Duration::from_micros(left - 40));
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// (percent, latency) points of the latency CDF: every percent, then 99.9 and 99.99.
+pub(crate) fn cdf(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+    let mut cdf = Vec::new();
+    if !h.is_empty() {
+        for q in (1..=100).map(|p| p as f64).chain([99.9, 99.99]) {
+            cdf.push((q, h.value_at_quantile(q / 100.0)));
+        }
+        cdf.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    cdf
+}
+
 /// What the trigger measured.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TriggerReport {
@@ -295,13 +335,7 @@ pub fn run_trigger(
     for q in pipeline.queue_specs() {
         handle.submit(&Op::Create(q)).context("creating queues")?;
     }
-    // The steps: (rate, requests); one step but for the ramp. A burst has no rate.
-    let plan: Vec<(f64, u64)> = match spec.workload.as_str() {
-        "constant" => vec![(spec.rate, (spec.rate * spec.duration_s).round() as u64)],
-        "burst" => vec![(f64::INFINITY, spec.requests)],
-        "ramp" => crate::ramp::plan(spec.duration_s),
-        other => bail!("unknown workload {other:?}"),
-    };
+    let plan = plan(spec)?;
     let ramp = spec.workload == "ramp";
     let n: u64 = plan.iter().map(|s| s.1).sum();
     if n == 0 {
@@ -352,21 +386,15 @@ pub fn run_trigger(
         for j in 0..count {
             let i = first + j;
             let intended = base + (j as f64 * gap_us) as u64;
-            loop {
-                while let Some(ev) = handle.try_event() {
-                    t.on(ev);
-                }
-                let now = clock.now_us();
-                if now >= intended {
-                    break;
-                }
-                let left = intended - now;
-                if left > 60 {
-                    std::thread::sleep(Duration::from_micros(left - 40));
-                } else {
-                    std::thread::yield_now();
-                }
-            }
+            wait_until(
+                intended,
+                || clock.now_us(),
+                || {
+                    while let Some(ev) = handle.try_event() {
+                        t.on(ev);
+                    }
+                },
+            );
             let len = if spec.vary_payload && i % 2 == 1 {
                 spec.payload / 2
             } else {
@@ -461,13 +489,7 @@ pub fn run_trigger(
     if let (Some(path), Some(iv)) = (&spec.hlog, &t.intervals) {
         iv.write(path, start_unix)?;
     }
-    let mut cdf = Vec::new();
-    if !t.latency.is_empty() {
-        for q in (1..=100).map(|p| p as f64).chain([99.9, 99.99]) {
-            cdf.push((q, t.latency.value_at_quantile(q / 100.0)));
-        }
-        cdf.sort_by(|a, b| a.0.total_cmp(&b.0));
-    }
+    let cdf = cdf(&t.latency);
     Ok(TriggerReport {
         sent: n,
         completed: t.completed,

@@ -169,12 +169,8 @@ pub fn run(r: &RedisRun) -> Result<TriggerReport> {
             .xgroup_create_mkstream(stage(s), GROUP, "$")
             .context("creating the stage streams")?;
     }
-    let plan: Vec<(f64, u64)> = match spec.workload.as_str() {
-        "constant" | "balance" => vec![(spec.rate, (spec.rate * spec.duration_s).round() as u64)],
-        "burst" => vec![(f64::INFINITY, spec.requests)],
-        "ramp" => crate::ramp::plan(spec.duration_s),
-        other => bail!("unknown workload {other:?}"),
-    };
+    // The bench hands balance over as constant (the hog is its own).
+    let plan = crate::loadgen::plan(spec)?;
     let ramp = spec.workload == "ramp";
     let n: u64 = plan.iter().map(|s| s.1).sum();
     if n == 0 {
@@ -315,18 +311,7 @@ pub fn run(r: &RedisRun) -> Result<TriggerReport> {
         for j in 0..count {
             let i = first + j;
             let intended = base + (j as f64 * gap_us) as u64;
-            loop {
-                let now = now_us();
-                if now >= intended {
-                    break;
-                }
-                let left = intended - now;
-                if left > 60 {
-                    std::thread::sleep(Duration::from_micros(left - 40));
-                } else {
-                    std::thread::yield_now();
-                }
-            }
+            crate::loadgen::wait_until(intended, now_us, || {});
             let _ = late.record(now_us().saturating_sub(intended).max(1));
             sent_at[i as usize] = intended;
             let _: String = redis::cmd("XADD")
@@ -391,13 +376,7 @@ pub fn run(r: &RedisRun) -> Result<TriggerReport> {
         t => t,
     };
     let duration_s = end.saturating_sub(start) as f64 / 1e6;
-    let mut cdf = Vec::new();
-    if !lat.is_empty() {
-        for q in (1..=100).map(|p| p as f64).chain([99.9, 99.99]) {
-            cdf.push((q, lat.value_at_quantile(q / 100.0)));
-        }
-        cdf.sort_by(|a, b| a.0.total_cmp(&b.0));
-    }
+    let cdf = crate::loadgen::cdf(&lat);
     Ok(TriggerReport {
         sent: n,
         completed,
