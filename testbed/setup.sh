@@ -7,7 +7,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need_apt=()
-for cmd_pkg in "cc:build-essential" "pkg-config:pkg-config" "git:git" "ip:iproute2" "curl:curl" "redis-server:redis-server"; do
+for cmd_pkg in "cc:build-essential" "pkg-config:pkg-config" "git:git" "ip:iproute2" "curl:curl" "redis-server:redis-server" "python3:python3"; do
   cmd="${cmd_pkg%%:*}"; pkg="${cmd_pkg#*:}"
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -37,5 +37,13 @@ fi
 if [ "${CONVEYOR_SETUP_FUZZ:-0}" = "1" ] && ! cargo fuzz --version >/dev/null 2>&1; then
   echo "setup: installing cargo-fuzz"
   cargo install cargo-fuzz --locked --version 0.13.2
+fi
+if [ "${CONVEYOR_SETUP_KAFKA:-0}" = "1" ] && ! command -v tansu >/dev/null 2>&1 \
+  && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
+  # --backend kafka's broker: tansu, a Kafka-protocol broker written in Rust (not Apache
+  # Kafka, which the registries reachable here do not offer). The feature is needed for its
+  # in-memory storage. About 8 minutes on 2 cores.
+  echo "setup: installing tansu 0.6.0 (Kafka-protocol broker) for conveyor bench --backend kafka"
+  cargo install tansu --version 0.6.0 --features dynostore --locked
 fi
 echo "setup: done ($(cargo --version))"

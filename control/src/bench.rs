@@ -19,12 +19,20 @@ pub struct BenchArgs {
     #[arg(long, default_value = "constant")]
     pub workload: String,
     /// Comma list of backends, run one after the other in this invocation: conveyor, redis
-    /// (Redis Streams; the bench starts redis-server itself). kafka comes later.
+    /// (Redis Streams; the bench starts redis-server itself), kafka (the Kafka protocol through
+    /// librdkafka, to a tansu broker the bench starts itself: tansu, not Apache Kafka).
     #[arg(long, default_value = "conveyor")]
     pub backend: String,
     /// Port of the redis-server the bench starts (0: a free one).
     #[arg(long = "redis-port", default_value_t = 0)]
     pub redis_port: u16,
+    /// Port of the tansu broker the bench starts for --backend kafka (0: a free one).
+    #[arg(long = "kafka-port", default_value_t = 0)]
+    pub kafka_port: u16,
+    /// The Kafka consumers' fetch.wait.max.ms: how long the broker may hold a fetch that found
+    /// nothing (tansu answers a held fetch only when it expires, so this bounds each hop).
+    #[arg(long = "kafka-fetch-wait-ms", default_value_t = 5)]
+    pub kafka_fetch_wait_ms: u32,
     /// Conveyor's transport.
     #[arg(long, default_value = "udp")]
     pub transport: String,
@@ -114,6 +122,8 @@ pub struct GroupRun {
     pub confine: bool,
     /// Where the members run.
     pub hosts: Hosts,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
     /// `group.impair` for the run.
     pub impair: Option<String>,
     /// (member name, seconds after the load starts): SIGKILL.
@@ -340,6 +350,18 @@ impl Drop for Members {
 
 /// Starts a local group (one trigger, `invokers` invokers, each its own process on loopback),
 /// runs the workload and returns the trigger's report.
+/// The progress bar of a run of `spec` (drawn only on a terminal, for runs of some length).
+fn progress_for(label: &str, spec: &WorkloadSpec) -> crate::progress::Progress {
+    let n: u64 = crate::loadgen::plan(spec)
+        .map(|p| p.iter().map(|s| s.1).sum())
+        .unwrap_or(0);
+    let expected = match spec.workload.as_str() {
+        "constant" => Some(spec.duration_s),
+        _ => None,
+    };
+    crate::progress::Progress::new(label, n, expected)
+}
+
 pub fn run_local_group(run: &GroupRun) -> Result<TriggerReport> {
     Ok(run_group(run)?.report)
 }
@@ -405,8 +427,12 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
     std::fs::write(dir.join("conveyor.toml"), toml)?;
     std::fs::write(dir.join("pipeline.json"), &run.pipeline_json)?;
     let start_file = dir.join("started");
+    let progress_file = dir.join("progress");
     let mut spec = run.spec.clone();
     spec.start_file = Some(start_file.display().to_string());
+    spec.progress_file = Some(progress_file.display().to_string());
+    let bar = run.progress.then(|| progress_for("conveyor", &run.spec));
+    let mut bar_read = Instant::now();
     std::fs::write(
         dir.join("workload.json"),
         serde_json::to_string_pretty(&spec)?,
@@ -488,6 +514,17 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
     let status = loop {
         if let Some(s) = members.children[trigger_idx].1.try_wait()? {
             break s;
+        }
+        if let Some(b) = bar.as_ref().filter(|b| b.shown()) {
+            if bar_read.elapsed() > Duration::from_millis(250) {
+                bar_read = Instant::now();
+                if let Some(done) = std::fs::read_to_string(&progress_file)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+                {
+                    b.set(done);
+                }
+            }
         }
         if load_start_us.is_none() {
             load_start_us = std::fs::read_to_string(&start_file)
@@ -583,6 +620,7 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
         }
     }
     drop(members);
+    drop(bar);
     let report: TriggerReport = serde_json::from_str(
         &std::fs::read_to_string(dir.join("report.json"))
             .context("reading the trigger's report")?,
@@ -705,39 +743,64 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let mut backends: Vec<&str> = Vec::new();
     for b in args.backend.split(',').map(str::trim) {
         match b {
-            "conveyor" | "redis" => {
+            "conveyor" | "redis" | "kafka" => {
                 if !backends.contains(&b) {
                     backends.push(b);
                 }
             }
-            "kafka" => bail!("backend \"kafka\" is not available in this version (it comes with the latency-study toolkit); available: conveyor, redis"),
             other => bail!("--backend: unknown backend {other:?}; known: conveyor, redis, kafka"),
         }
     }
-    let redis_server = if backends.contains(&"redis") {
+    let baselines: Vec<&str> = backends
+        .iter()
+        .copied()
+        .filter(|b| *b != "conveyor")
+        .collect();
+    if !baselines.is_empty() {
         // Options that only mean something for Conveyor's own members would make the
         // comparison unequal: refused by name.
+        let which = baselines.join(",");
         if !args.fault.is_empty() {
-            bail!("--fault applies to Conveyor's members only; run it with --backend conveyor");
+            bail!("--fault applies to Conveyor's members only, not to --backend {which}; run it with --backend conveyor");
         }
         if args.impair.is_some() {
-            bail!("--impair applies to Conveyor's transport only; run it with --backend conveyor");
+            bail!("--impair applies to Conveyor's transport only, not to --backend {which}; run it with --backend conveyor");
         }
-        if args.hosts != "local" {
-            bail!("--backend redis runs on loopback only in this version (--hosts local)");
+    }
+    if !backends.contains(&"redis") && args.redis_port != 0 {
+        bail!("--redis-port: only with --backend redis");
+    }
+    if !backends.contains(&"kafka") && args.kafka_port != 0 {
+        bail!("--kafka-port: only with --backend kafka");
+    }
+    if args.hosts == "netns" && effective_uid() != 0 {
+        bail!("--hosts netns needs root: it creates network namespaces, veth pairs and a bridge; nothing was run");
+    }
+    // A port in use on loopback is found before anything runs (in a namespace host of its
+    // own, nothing else can hold it).
+    if args.hosts == "local" {
+        for (b, port, option) in [
+            ("redis", args.redis_port, "--redis-port"),
+            ("kafka", args.kafka_port, "--kafka-port"),
+        ] {
+            if backends.contains(&b) && port != 0 {
+                crate::middleware::Place::loopback().port(port, option)?;
+            }
         }
-        if args.redis_port != 0
-            && std::net::TcpListener::bind(("127.0.0.1", args.redis_port)).is_err()
-        {
-            bail!(
-                "--redis-port {}: the port is in use; nothing was run",
-                args.redis_port
-            );
-        }
+    }
+    let redis_server = if backends.contains(&"redis") {
         Some(crate::redis_backend::find_server()?)
     } else {
         None
     };
+    let kafka_broker = if backends.contains(&"kafka") {
+        Some(crate::kafka_backend::find_broker()?)
+    } else {
+        None
+    };
+    if let Some(plot) = &args.plot {
+        crate::plot::check_path(plot)?;
+    }
     match args.workload.as_str() {
         "constant" | "burst" => {}
         "balance" => {
@@ -770,9 +833,6 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     if args.netem.is_some() {
         bail!("--netem: not available in this version (the kernel of the development machines has no netem); use --impair \"loss=5%,delay=50us\" to inject loss, duplication and delay in Conveyor's transport");
-    }
-    if args.plot.is_some() {
-        bail!("--plot is not available in this version (it comes with the latency-study toolkit)");
     }
     // One interval log per backend: DIR/BACKEND.hlog (end-to-end latency, microseconds).
     let hlog_dir = match &args.hlog {
@@ -832,6 +892,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             grace_s: args.grace,
             start_file: None,
             hlog: hlog_for("conveyor"),
+            progress_file: None,
         },
         keep: args.keep,
         credits: args.credits,
@@ -842,7 +903,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         },
         pin: args.pin == "auto",
         confine: args.workload == "balance",
-        hosts,
+        hosts: hosts.clone(),
+        progress: true,
         impair: args.impair.clone(),
         kills,
         partitions,
@@ -866,7 +928,11 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         eprintln!(
             "conveyor bench: {} workload, backend {backend}, transport {}, hosts {}, {} invokers, chain {} x {} us",
             args.workload,
-            if *backend == "conveyor" { "udp" } else { "tcp (redis protocol)" },
+            match *backend {
+                "conveyor" => "udp",
+                "redis" => "tcp (redis protocol)",
+                _ => "tcp (kafka protocol, tansu broker)",
+            },
             args.hosts,
             args.invokers,
             args.chain,
@@ -876,22 +942,54 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         // i mod cores), for the whole run of this backend.
         let _hog = (args.workload == "balance").then(|| Hog::start(0));
         let (r, failover_ms) = match *backend {
-            "redis" => {
-                let Some(server) = &redis_server else {
-                    bail!("redis-server was not found");
+            "redis" | "kafka" => {
+                // The baselines' hosts: the trigger and the collector in the first, invoker i
+                // in host i+1, the broker in the last, as Conveyor's members are placed.
+                let hosts_up = match hosts {
+                    Hosts::Netns => Some(NetnsHosts::up(args.invokers + 2)?),
+                    Hosts::Local => None,
                 };
-                let server = crate::redis_backend::RedisServer::start(server, args.redis_port)?;
+                let place = match &hosts_up {
+                    None => crate::middleware::Place::loopback(),
+                    Some(h) => crate::middleware::Place {
+                        ns: Some(h.namespace(args.invokers + 1)),
+                        addr: format!("10.77.0.{}", args.invokers + 2),
+                    },
+                };
                 let mut spec = run.spec.clone();
-                spec.hlog = hlog_for("redis");
-                let r = crate::redis_backend::run(&crate::redis_backend::RedisRun {
-                    server: &server,
+                spec.hlog = hlog_for(backend);
+                let bar = progress_for(backend, &spec);
+                let progress = |done: u64, _n: u64| bar.set(done);
+                let mrun = crate::middleware::Run {
                     invokers: args.invokers,
                     chain: args.chain,
                     fn_us: args.fn_us,
                     pin: args.pin == "auto",
                     spec,
-                })
-                .context("the redis run")?;
+                    namespaces: hosts_up
+                        .as_ref()
+                        .map(|h| (0..=args.invokers).map(|i| h.namespace(i)).collect()),
+                    progress: Some(&progress),
+                };
+                let r = if *backend == "redis" {
+                    let Some(server) = &redis_server else {
+                        bail!("redis-server was not found");
+                    };
+                    let server =
+                        crate::redis_backend::RedisServer::start(server, &place, args.redis_port)?;
+                    crate::middleware::run(&server, &mrun).context("the redis run")?
+                } else {
+                    let Some(broker) = &kafka_broker else {
+                        bail!("tansu was not found");
+                    };
+                    let broker = crate::kafka_backend::TansuBroker::start(
+                        broker,
+                        &place,
+                        args.kafka_port,
+                        args.kafka_fetch_wait_ms,
+                    )?;
+                    crate::middleware::run(&broker, &mrun).context("the kafka run")?
+                };
                 (r, None)
             }
             _ => {
@@ -946,10 +1044,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         }
         entries.push(entry);
     }
-    if let (Some(c), Some(o)) = (
-        entries.iter().find(|e| e.backend == "conveyor"),
-        entries.iter().find(|e| e.backend != "conveyor"),
-    ) {
+    let conveyor = entries.iter().find(|e| e.backend == "conveyor");
+    for (c, o) in entries
+        .iter()
+        .filter(|e| e.backend != "conveyor")
+        .filter_map(|o| conveyor.map(|c| (c, o)))
+    {
         if args.workload == "ramp" {
             let show = |r: Option<f64>| r.map_or("none".to_string(), |r| format!("{r} req/s"));
             eprintln!(
@@ -981,8 +1081,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let json = serde_json::to_string_pretty(&entries)?;
     match args.json.as_deref() {
         Some("-") => println!("{json}"),
-        Some(p) => std::fs::write(p, json).with_context(|| format!("writing {p}"))?,
+        Some(p) => std::fs::write(p, &json).with_context(|| format!("writing {p}"))?,
         None => {}
+    }
+    if let Some(path) = &args.plot {
+        let plotted: Vec<crate::plot::Entry> = serde_json::from_str(&json)?;
+        crate::plot::plot(&plotted, path)?;
+        eprintln!("plot written: {}", path.display());
     }
     Ok(())
 }
@@ -1184,6 +1289,7 @@ pub fn demo() -> Result<()> {
             grace_s: 5.0,
             start_file: None,
             hlog: None,
+            progress_file: None,
         },
         keep: false,
         idle: None,
@@ -1191,6 +1297,7 @@ pub fn demo() -> Result<()> {
         executor: "inline".into(),
         pin: true,
         confine: false,
+        progress: true,
         hosts: Hosts::Local,
         impair: None,
         kills: Vec::new(),

@@ -34,6 +34,27 @@ pub struct WorkloadSpec {
     /// (one histogram per interval of the run, V2 deflate, readable by HdrHistogram's tools).
     #[serde(default)]
     pub hlog: Option<String>,
+    /// A file the trigger keeps the number of completed requests in (rewritten about four
+    /// times a second), for the bench's progress bar.
+    #[serde(default)]
+    pub progress_file: Option<String>,
+}
+
+/// Writes the completed count to the progress file at most every 250 ms.
+struct ProgressFile {
+    path: Option<String>,
+    next_us: u64,
+}
+
+impl ProgressFile {
+    fn tick(&mut self, now_us: u64, completed: u64) {
+        if let Some(p) = &self.path {
+            if now_us >= self.next_us {
+                self.next_us = now_us + 250_000;
+                let _ = std::fs::write(p, completed.to_string());
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -380,6 +401,10 @@ pub fn run_trigger(
     let mut steps = Vec::new();
     let mut sent = 0u64;
     let mut base = start;
+    let mut progress = ProgressFile {
+        path: spec.progress_file.clone(),
+        next_us: 0,
+    };
     'steps: for &(rate, count) in &plan {
         let gap_us = if rate.is_finite() { 1e6 / rate } else { 0.0 };
         let first = sent;
@@ -393,6 +418,7 @@ pub fn run_trigger(
                     while let Some(ev) = handle.try_event() {
                         t.on(ev);
                     }
+                    progress.tick(clock.now_us(), t.completed);
                 },
             );
             let len = if spec.vary_payload && i % 2 == 1 {
@@ -433,6 +459,7 @@ pub fn run_trigger(
             let settle = ((count as f64 / rate * 1e6) as u64).max(1_000_000);
             let until = clock.now_us() + settle;
             while t.done_at[a..b].contains(&0) && clock.now_us() < until {
+                progress.tick(clock.now_us(), t.completed);
                 let mut any = false;
                 while let Some(ev) = handle.try_event() {
                     t.on(ev);
@@ -465,6 +492,7 @@ pub fn run_trigger(
     // Completions are stamped by the engine when delivered, so this thread need not wake fast:
     // it sleeps between looks rather than taking a core from the members.
     while t.outstanding(n) > 0 && clock.now_us() < deadline {
+        progress.tick(clock.now_us(), t.completed);
         let mut any = false;
         while let Some(ev) = handle.try_event() {
             t.on(ev);

@@ -3,8 +3,12 @@
 mod bench;
 mod config;
 mod control;
+mod kafka_backend;
 mod loadgen;
+mod middleware;
 mod node;
+mod plot;
+mod progress;
 mod ramp;
 mod redis_backend;
 
@@ -49,6 +53,17 @@ enum Cmd {
     },
     /// Run a benchmark (see BENCH.md for the contract).
     Bench(Box<bench::BenchArgs>),
+    /// Draw saved bench reports (--json files) as one SVG chart: DIFFUSE's figures 4 to 7
+    /// (constant runs of several chain lengths make the latency-against-chain-length figure).
+    Plot {
+        /// The SVG file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Report files (JSON arrays, as `conveyor bench --json` writes them), all of one
+        /// workload.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+    },
     /// Check a group configuration file and its pipelines, and print the members.
     Check {
         #[arg(long)]
@@ -86,7 +101,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default = match cli.cmd {
         Cmd::Node { .. } | Cmd::Control { .. } => "info",
-        _ => "warn",
+        // librdkafka's transient complaints (the Kafka baseline's client) are not the bench's.
+        _ => "warn,rdkafka=error",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -111,6 +127,11 @@ fn main() -> ExitCode {
             join_token,
         ),
         Cmd::Bench(args) => bench::bench(&args),
+        Cmd::Plot { out, reports } => plot::read_reports(&reports).and_then(|e| {
+            plot::plot(&e, &out)?;
+            eprintln!("plot written: {}", out.display());
+            Ok(())
+        }),
         Cmd::Check { config } => config::GroupConfig::load(&config)
             .map(|c| {
                 for (m, a) in c.file.members.iter().zip(&c.addresses) {

@@ -1,29 +1,24 @@
 //! The Redis Streams baseline of `conveyor bench --backend redis`: DIFFUSE's middleware
-//! abstraction (section 4.1: create a channel, send, take, acknowledge) on Redis Streams, as
-//! the paper compares it. One stream per pipeline stage with one consumer group (`XGROUP
-//! CREATE ... MKSTREAM`); the trigger sends with `XADD`; every invoker takes from all stages
-//! with `XREADGROUP ... BLOCK` (the first to ask gets the entry: Redis's own load balancing),
-//! runs the function, then sends the continuation to the next stage and acknowledges (`XADD`
-//! and `XACK`, pipelined in one round trip). The last stage posts to a results stream the
-//! trigger's collector reads.
+//! abstraction (section 4.1: create a channel, send, take, acknowledge; see `middleware`) on
+//! Redis Streams, as the paper compares it. One stream per pipeline stage with one consumer
+//! group (`XGROUP CREATE ... MKSTREAM`); the trigger sends with `XADD`; every invoker takes
+//! from all stages with `XREADGROUP ... BLOCK` (the first to ask gets the entry: Redis's own
+//! load balancing), runs the function, then sends the continuation to the next stage and
+//! acknowledges (`XADD` and `XACK`, pipelined in one round trip). The last stage posts to a
+//! results stream the collector reads.
 //!
-//! The bench starts and stops a real `redis-server` (Debian's package) itself, on loopback,
-//! without persistence (as DIFFUSE ran it: in memory). The trigger, the collector and the
-//! invokers are threads of the bench process, each with its own connection; the measurement
-//! is the same as Conveyor's: latency from each request's intended send time (open loop, no
-//! coordinated omission) to the arrival of its result, overhead = latency minus the
-//! functions' measured time.
+//! The bench starts and stops a real `redis-server` (Debian's package) itself, without
+//! persistence (as DIFFUSE ran it: in memory), on loopback or, with `--hosts netns`, inside
+//! the first namespace host. The trigger, the collector and the invokers are threads of the
+//! bench process (with `--hosts netns`, each inside its own namespace host), each with its
+//! own connection.
 
-use crate::loadgen::{Breakdown, Intervals, Percentiles, TriggerReport, WorkloadSpec};
+use crate::middleware::{Connection, Dest, Middleware, Place, Record, Role, Taken};
 use anyhow::{bail, Context, Result};
-use hdrhistogram::Histogram;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{Commands, Value};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// Where `redis-server` is, or a clear error (checked before any run starts).
@@ -41,33 +36,26 @@ pub fn find_server() -> Result<PathBuf> {
 /// A `redis-server` this process started; stopped when dropped.
 pub struct RedisServer {
     child: Child,
+    place: Place,
     pub port: u16,
     dir: PathBuf,
 }
 
 impl RedisServer {
-    /// Starts `redis-server` on 127.0.0.1:`port` (0: a free port), in memory only, and waits
+    /// Starts `redis-server` at `place` on `port` (0: a free port), in memory only, and waits
     /// until it answers. A port in use is an error before anything runs.
-    pub fn start(server: &Path, port: u16) -> Result<RedisServer> {
-        let port = if port == 0 {
-            std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port()
-        } else {
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-                bail!("--redis-port {port}: the port is in use; nothing was run");
-            }
-            port
-        };
+    pub fn start(server: &Path, place: &Place, port: u16) -> Result<RedisServer> {
+        let port = place.port(port, "--redis-port")?;
         let dir =
             std::env::temp_dir().join(format!("conveyor-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let child = Command::new(server)
+        let child = place
+            .command(server)
             .args([
                 "--port",
                 &port.to_string(),
                 "--bind",
-                "127.0.0.1",
+                &place.addr,
                 "--save",
                 "",
                 "--appendonly",
@@ -81,16 +69,24 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", server.display()))?;
-        let mut s = RedisServer { child, port, dir };
+        let mut s = RedisServer {
+            child,
+            place: place.clone(),
+            port,
+            dir,
+        };
         let t = Instant::now();
         loop {
             if let Ok(Some(st)) = s.child.try_wait() {
                 bail!("redis-server exited at once ({st}) on port {port}");
             }
-            if let Ok(mut c) = s.client().and_then(|c| Ok(c.get_connection()?)) {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return Ok(s);
-                }
+            let client = s.client()?;
+            let ping = s.place.within(|| -> Result<String> {
+                let mut c = client.get_connection()?;
+                Ok(redis::cmd("PING").query::<String>(&mut c)?)
+            });
+            if ping.is_ok() {
+                return Ok(s);
             }
             if t.elapsed() > Duration::from_secs(10) {
                 bail!("redis-server on port {port} did not answer within 10 s");
@@ -101,8 +97,8 @@ impl RedisServer {
 
     fn client(&self) -> Result<redis::Client> {
         Ok(redis::Client::open(format!(
-            "redis://127.0.0.1:{}/",
-            self.port
+            "redis://{}:{}/",
+            self.place.addr, self.port
         ))?)
     }
 }
@@ -115,25 +111,14 @@ impl Drop for RedisServer {
     }
 }
 
-/// A run of the pipeline over Redis Streams.
-pub struct RedisRun<'a> {
-    pub server: &'a RedisServer,
-    pub invokers: usize,
-    pub chain: usize,
-    pub fn_us: u64,
-    /// Pin invoker i to core i mod cores, as Conveyor's bench pins its invokers.
-    pub pin: bool,
-    pub spec: WorkloadSpec,
-}
-
 const GROUP: &str = "conveyor";
-
-/// What the collector measured: latency, overhead, duplicates, the interval log.
-type Collected = (Histogram<u64>, Histogram<u64>, u64, Option<Intervals>);
 const RESULTS: &str = "results";
 
-fn stage(i: usize) -> String {
-    format!("stage{i}")
+fn stream(to: Dest) -> String {
+    match to {
+        Dest::Stage(i) => format!("stage{i}"),
+        Dest::Results => RESULTS.to_string(),
+    }
 }
 
 fn field_u64(map: &std::collections::HashMap<String, Value>, k: &str) -> u64 {
@@ -154,256 +139,127 @@ fn field_bytes(map: &std::collections::HashMap<String, Value>, k: &str) -> Vec<u
     }
 }
 
-/// The same function as Conveyor's builtin `spin`: CPU work of `us` microseconds.
-fn spin(us: u64) {
-    conveyor_dataplane::sys::burn_cpu(Duration::from_micros(us));
+impl Middleware for RedisServer {
+    type Conn = RedisConn;
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn create_channels(&self, chain: usize, _invokers: usize) -> Result<()> {
+        let mut con = self.client()?.get_connection()?;
+        for s in 0..chain {
+            let _: () = con.xgroup_create_mkstream(stream(Dest::Stage(s)), GROUP, "$")?;
+        }
+        Ok(())
+    }
+
+    fn connect(&self, role: Role, chain: usize) -> Result<RedisConn> {
+        Ok(RedisConn {
+            con: self
+                .client()?
+                .get_connection()
+                .context("connecting to redis")?,
+            role,
+            stages: (0..chain).map(|s| stream(Dest::Stage(s))).collect(),
+            last_result: "0".into(),
+        })
+    }
 }
 
-/// Runs the workload and reports as Conveyor's trigger does.
-pub fn run(r: &RedisRun) -> Result<TriggerReport> {
-    let spec = &r.spec;
-    let client = r.server.client()?;
-    let mut con = client.get_connection().context("connecting to redis")?;
-    for s in 0..r.chain {
-        let _: () = con
-            .xgroup_create_mkstream(stage(s), GROUP, "$")
-            .context("creating the stage streams")?;
+/// One thread's connection to the `redis-server`.
+pub struct RedisConn {
+    con: redis::Connection,
+    role: Role,
+    stages: Vec<String>,
+    /// The collector reads the results stream without a group, from after this entry.
+    last_result: String,
+}
+
+fn xadd(p: &mut redis::Pipeline, to: Dest, r: &Record) {
+    let cmd = p.cmd("XADD");
+    cmd.arg(stream(to))
+        .arg("*")
+        .arg("id")
+        .arg(r.id)
+        .arg("sent")
+        .arg(r.sent)
+        .arg("exec")
+        .arg(r.exec);
+    if !r.payload.is_empty() {
+        cmd.arg("p").arg(&r.payload[..]);
     }
-    // The bench hands balance over as constant (the hog is its own).
-    let plan = crate::loadgen::plan(spec)?;
-    let ramp = spec.workload == "ramp";
-    let n: u64 = plan.iter().map(|s| s.1).sum();
-    if n == 0 {
-        bail!("the workload sends no request");
+    cmd.ignore();
+}
+
+impl Connection for RedisConn {
+    /// (stream, entry id)
+    type Token = (String, String);
+
+    fn send(&mut self, to: Dest, record: &Record) -> Result<()> {
+        let mut p = redis::pipe();
+        xadd(&mut p, to, record);
+        let _: () = p.query(&mut self.con)?;
+        Ok(())
     }
-    let base = Instant::now();
-    let now_us = move || base.elapsed().as_micros() as u64;
-    let burst = spec.workload == "burst";
-    let start = now_us() + 2_000;
-    let start_unix = std::time::SystemTime::now() + Duration::from_micros(2_000);
-    let intervals = spec
-        .hlog
-        .as_ref()
-        .map(|_| Intervals::new(start, if burst { 10.0 } else { spec.duration_s }));
-    let stop = Arc::new(AtomicBool::new(false));
-    // Invokers: every one takes from every stage.
-    let mut invokers = Vec::new();
-    for i in 0..r.invokers {
-        let client = client.clone();
-        let stop = stop.clone();
-        let (chain, fn_us, pin) = (r.chain, r.fn_us, r.pin);
-        invokers.push(std::thread::spawn(move || -> Result<u64> {
-            if pin {
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                core_affinity::set_for_current(core_affinity::CoreId { id: i % cores });
+
+    fn take(&mut self, max: usize, wait: Duration) -> Result<Vec<Taken<Self::Token>>> {
+        let block = wait.as_millis().max(1) as usize;
+        let reply: StreamReadReply = match self.role {
+            Role::Trigger => return Ok(Vec::new()),
+            Role::Invoker(i) => {
+                let ids: Vec<&str> = vec![">"; self.stages.len()];
+                let opts = StreamReadOptions::default()
+                    .group(GROUP, format!("invoker-{i}"))
+                    .count(max)
+                    .block(block);
+                self.con.xread_options(&self.stages, &ids, &opts)?
             }
-            let mut con = client.get_connection()?;
-            let keys: Vec<String> = (0..chain).map(stage).collect();
-            let ids: Vec<&str> = vec![">"; chain];
-            let opts = StreamReadOptions::default()
-                .group(GROUP, format!("invoker-{i}"))
-                .count(1)
-                .block(50);
-            let mut runs = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let reply: StreamReadReply = con.xread_options(&keys, &ids, &opts)?;
-                for key in reply.keys {
-                    let s: usize = key.key.trim_start_matches("stage").parse().unwrap_or(0);
-                    for e in key.ids {
-                        let t0 = Instant::now();
-                        spin(fn_us);
-                        let exec = field_u64(&e.map, "exec") + t0.elapsed().as_micros() as u64;
-                        let id = field_u64(&e.map, "id");
-                        let sent = field_u64(&e.map, "sent");
-                        let mut p = redis::pipe();
-                        if s + 1 < chain {
-                            p.cmd("XADD")
-                                .arg(stage(s + 1))
-                                .arg("*")
-                                .arg("id")
-                                .arg(id)
-                                .arg("sent")
-                                .arg(sent)
-                                .arg("exec")
-                                .arg(exec)
-                                .arg("p")
-                                .arg(field_bytes(&e.map, "p"))
-                                .ignore();
-                        } else {
-                            p.cmd("XADD")
-                                .arg(RESULTS)
-                                .arg("*")
-                                .arg("id")
-                                .arg(id)
-                                .arg("sent")
-                                .arg(sent)
-                                .arg("exec")
-                                .arg(exec)
-                                .ignore();
-                        }
-                        p.cmd("XACK").arg(&key.key).arg(GROUP).arg(&e.id).ignore();
-                        let _: () = p.query(&mut con)?;
-                        runs += 1;
-                    }
+            Role::Collector => {
+                let opts = StreamReadOptions::default().count(max).block(block);
+                self.con
+                    .xread_options(&[RESULTS], &[&self.last_result], &opts)?
+            }
+        };
+        let mut out = Vec::new();
+        for key in reply.keys {
+            let stage = key.key.strip_prefix("stage").and_then(|s| s.parse().ok());
+            for e in key.ids {
+                if stage.is_none() {
+                    self.last_result = e.id.clone();
                 }
+                out.push(Taken {
+                    stage,
+                    record: Record {
+                        id: field_u64(&e.map, "id"),
+                        sent: field_u64(&e.map, "sent"),
+                        exec: field_u64(&e.map, "exec"),
+                        payload: field_bytes(&e.map, "p"),
+                    },
+                    token: (key.key.clone(), e.id),
+                });
             }
-            Ok(runs)
-        }));
-    }
-    // The collector: results in arrival order.
-    let done = Arc::new(AtomicU64::new(0));
-    let done_at: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
-    let last_done = Arc::new(AtomicU64::new(0));
-    let collector = {
-        let client = client.clone();
-        let stop = stop.clone();
-        let (done, last_done, done_at) = (done.clone(), last_done.clone(), done_at.clone());
-        let mut intervals = intervals;
-        std::thread::spawn(move || -> Result<Collected> {
-            let mut con = client.get_connection()?;
-            let mut lat = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
-            let mut ovh = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
-            let mut seen = vec![0u8; n as usize];
-            let mut dups = 0u64;
-            let mut last = "0".to_string();
-            let opts = StreamReadOptions::default().count(256).block(50);
-            while !stop.load(Ordering::Relaxed) {
-                let reply: StreamReadReply = con.xread_options(&[RESULTS], &[&last], &opts)?;
-                for key in reply.keys {
-                    for e in key.ids {
-                        let at = now_us();
-                        let id = field_u64(&e.map, "id") as usize;
-                        let sent = field_u64(&e.map, "sent");
-                        let exec = field_u64(&e.map, "exec");
-                        last = e.id.clone();
-                        match seen.get_mut(id) {
-                            Some(0) => {
-                                seen[id] = 1;
-                                let l = at.saturating_sub(sent).max(1);
-                                let _ = lat.record(l);
-                                let _ = ovh.record(l.saturating_sub(exec).max(1));
-                                if let Some(iv) = &mut intervals {
-                                    iv.record(at, l);
-                                }
-                                done.fetch_add(1, Ordering::Relaxed);
-                                done_at[id].store(at.max(1), Ordering::Relaxed);
-                                last_done.store(at, Ordering::Relaxed);
-                            }
-                            Some(_) => dups += 1,
-                            None => {}
-                        }
-                    }
-                }
-            }
-            Ok((lat, ovh, dups, intervals))
-        })
-    };
-    // The trigger: open loop from intended send times, step by step.
-    let mut late = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
-    let payload = vec![7u8; spec.payload];
-    let mut sent_at = vec![0u64; n as usize];
-    let mut steps = Vec::new();
-    let mut sent = 0u64;
-    let mut base = start;
-    'steps: for &(rate, count) in &plan {
-        let gap_us = if rate.is_finite() { 1e6 / rate } else { 0.0 };
-        let first = sent;
-        for j in 0..count {
-            let i = first + j;
-            let intended = base + (j as f64 * gap_us) as u64;
-            crate::loadgen::wait_until(intended, now_us, || {});
-            let _ = late.record(now_us().saturating_sub(intended).max(1));
-            sent_at[i as usize] = intended;
-            let _: String = redis::cmd("XADD")
-                .arg(stage(0))
-                .arg("*")
-                .arg("id")
-                .arg(i)
-                .arg("sent")
-                .arg(intended)
-                .arg("exec")
-                .arg(0)
-                .arg("p")
-                .arg(&payload[..])
-                .query(&mut con)
-                .context("XADD to the first stage")?;
-            sent = i + 1;
         }
-        if ramp {
-            let (a, b) = (first as usize, sent as usize);
-            let settle = ((count as f64 / rate * 1e6) as u64).max(1_000_000);
-            let until = now_us() + settle;
-            let snapshot = || -> Vec<u64> {
-                done_at[a..b]
-                    .iter()
-                    .map(|d| d.load(Ordering::Relaxed))
-                    .collect()
-            };
-            while snapshot().contains(&0) && now_us() < until {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            let step = crate::ramp::evaluate(rate, &sent_at[a..b], &snapshot(), base);
-            let served = step.served;
-            steps.push(step);
-            if !served {
-                break 'steps;
-            }
-            base = now_us() + 2_000;
+        Ok(out)
+    }
+
+    fn ack(&mut self, taken: &Taken<Self::Token>) -> Result<()> {
+        if taken.stage.is_some() {
+            let _: () = self.con.xack(&taken.token.0, GROUP, &[&taken.token.1])?;
         }
+        Ok(())
     }
-    let n = sent;
-    let deadline = now_us() + (spec.grace_s * 1e6) as u64;
-    while done.load(Ordering::Relaxed) < n && now_us() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
+
+    /// `XADD` and `XACK` pipelined: one round trip.
+    fn forward(&mut self, to: Dest, record: &Record, taken: &Taken<Self::Token>) -> Result<()> {
+        let mut p = redis::pipe();
+        xadd(&mut p, to, record);
+        p.cmd("XACK")
+            .arg(&taken.token.0)
+            .arg(GROUP)
+            .arg(&taken.token.1)
+            .ignore();
+        let _: () = p.query(&mut self.con)?;
+        Ok(())
     }
-    stop.store(true, Ordering::Relaxed);
-    let (lat, ovh, duplicates, intervals) = collector
-        .join()
-        .map_err(|_| anyhow::anyhow!("the collector panicked"))??;
-    if let (Some(path), Some(iv)) = (&spec.hlog, &intervals) {
-        iv.write(path, start_unix)?;
-    }
-    let mut per_invoker = BTreeMap::new();
-    for (i, h) in invokers.into_iter().enumerate() {
-        let runs = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("an invoker panicked"))??;
-        per_invoker.insert(format!("invoker-{i}"), runs);
-    }
-    let completed = lat.len();
-    let end = match last_done.load(Ordering::Relaxed) {
-        0 => now_us(),
-        t => t,
-    };
-    let duration_s = end.saturating_sub(start) as f64 / 1e6;
-    let cdf = crate::loadgen::cdf(&lat);
-    Ok(TriggerReport {
-        sent: n,
-        completed,
-        lost: n - completed,
-        duplicates,
-        errors: 0,
-        duration_s: (duration_s * 1000.0).round() / 1000.0,
-        throughput_rps: if duration_s > 0.0 {
-            (completed as f64 / duration_s * 10.0).round() / 10.0
-        } else {
-            0.0
-        },
-        latency_us: Percentiles::of(&lat),
-        overhead_us: Percentiles::of(&ovh),
-        breakdown_us: Breakdown {
-            send_late: Percentiles::of(&late),
-            ..Breakdown::default()
-        },
-        per_invoker,
-        drain_s: burst.then_some((duration_s * 1000.0).round() / 1000.0),
-        cdf,
-        critical_rate_rps: if ramp {
-            crate::ramp::critical_rate(&steps)
-        } else {
-            None
-        },
-        steps,
-        ..TriggerReport::default()
-    })
 }

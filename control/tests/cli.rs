@@ -526,7 +526,8 @@ fn redis_backend_problems_are_refused_before_anything_runs() {
     for (args, named) in [
         (vec!["--fault", "kill:invoker-1@0.5"], "--fault"),
         (vec!["--impair", "loss=1%"], "--impair"),
-        (vec!["--hosts", "netns"], "loopback only"),
+        (vec!["--plot", "/tmp/chart.png"], "PNG is not offered"),
+        (vec!["--plot", "/no/such/dir/chart.svg"], "does not exist"),
     ] {
         let mut a = vec!["bench", "--backend", "redis"];
         a.extend(args);
@@ -535,6 +536,9 @@ fn redis_backend_problems_are_refused_before_anything_runs() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(named), "{named}: {err}");
     }
+    let out = conveyor(&["bench", "--backend", "conveyor", "--redis-port", "7000"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only with --backend redis"));
     // A port in use.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
@@ -643,4 +647,158 @@ fn ramp_finds_a_critical_rate_for_each_backend() {
     }
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("critical rate, same run: conveyor"), "{err}");
+}
+
+/// Whether tansu is installed (`CONVEYOR_TANSU`, `PATH`, `~/.cargo/bin`). Under
+/// `testbed/test.sh` (CI) it must be: the script installs it and sets CONVEYOR_REQUIRE_TANSU,
+/// and a missing broker then fails the test rather than skipping it.
+fn tansu_installed(test: &str) -> bool {
+    let mut dirs: Vec<std::path::PathBuf> =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    if let Some(h) = std::env::var_os("HOME") {
+        dirs.push(std::path::Path::new(&h).join(".cargo/bin"));
+    }
+    let found = std::env::var_os("CONVEYOR_TANSU").is_some()
+        || dirs.iter().any(|d| d.join("tansu").is_file());
+    if !found {
+        assert!(
+            std::env::var_os("CONVEYOR_REQUIRE_TANSU").is_none(),
+            "{test}: tansu is not installed, and CI must run this test (CONVEYOR_SETUP_KAFKA=1 bash testbed/setup.sh)"
+        );
+        eprintln!(
+            "NOT RUN: {test} needs the tansu broker (CONVEYOR_SETUP_KAFKA=1 bash testbed/setup.sh)"
+        );
+    }
+    found
+}
+
+#[test]
+fn three_backends_run_the_same_burst_in_one_invocation_and_are_plotted() {
+    if !tansu_installed("three_backends_run_the_same_burst_in_one_invocation_and_are_plotted") {
+        return;
+    }
+    let _turn = whole_group();
+    let svg = std::env::temp_dir().join(format!("conveyor-3b-{}.svg", std::process::id()));
+    let out = conveyor(&[
+        "bench",
+        "--backend",
+        "conveyor,redis,kafka",
+        "--workload",
+        "burst",
+        "--requests",
+        "400",
+        "--chain",
+        "2",
+        "--fn-us",
+        "20",
+        "--plot",
+        svg.to_str().unwrap(),
+        "--json",
+        "-",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = v.as_array().unwrap();
+    assert_eq!(entries.len(), 3, "{v}");
+    for (e, backend) in entries.iter().zip(["conveyor", "redis", "kafka"]) {
+        assert_eq!(e["backend"], backend);
+        assert_eq!(e["sent"], 400, "{e}");
+        assert_eq!(e["completed"], 400, "{e}");
+        assert_eq!(e["lost"], 0, "{e}");
+        assert_eq!(e["duplicates"], 0, "{e}");
+        assert!(e["latency_us"]["p50"].as_u64().unwrap() >= 40, "{e}");
+        let shares = e["per_invoker"].as_object().unwrap();
+        assert_eq!(
+            shares.values().map(|v| v.as_u64().unwrap()).sum::<u64>(),
+            800,
+            "{backend}: every function ran exactly once: {e}"
+        );
+    }
+    // Kafka's round robin over one partition per invoker splits the first stage evenly.
+    let k = entries[2]["per_invoker"].as_object().unwrap();
+    assert!(k.values().all(|v| v.as_u64().unwrap() >= 300), "{k:?}");
+    assert!(err.contains("tansu"), "the broker is named: {err}");
+    assert!(err.contains("kafka / conveyor, same run"), "{err}");
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    for b in [
+        "conveyor: drained in",
+        "redis: drained in",
+        "kafka: drained in",
+    ] {
+        assert!(chart.contains(b), "{b} missing from the chart");
+    }
+    let _ = std::fs::remove_file(&svg);
+}
+
+#[test]
+fn a_missing_broker_is_refused_before_anything_runs() {
+    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args(["bench", "--backend", "conveyor,kafka", "--duration", "1"])
+        .env("CONVEYOR_TANSU", "/nonexistent/tansu")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CONVEYOR_TANSU=/nonexistent/tansu is not a file"),
+        "{err}"
+    );
+    assert!(!err.contains("sent "), "a run started: {err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args(["bench", "--backend", "kafka", "--duration", "1"])
+        .env("PATH", "/nonexistent")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`tansu` is not installed"), "{err}");
+    let out = conveyor(&["bench", "--backend", "conveyor", "--kafka-port", "9092"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only with --backend kafka"));
+}
+
+#[test]
+fn saved_reports_of_several_chain_lengths_plot_as_one_figure() {
+    let dir = std::env::temp_dir().join(format!("conveyor-plotcli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    for (chain, c50, r50) in [(2, 60, 230), (5, 110, 390)] {
+        let report = serde_json::json!([
+            {"workload": "constant", "backend": "conveyor", "transport": "udp", "hosts": "local",
+             "chain": chain, "fn_us": 60, "rate": 1000.0,
+             "overhead_us": {"p50": c50, "p99": c50 * 3}},
+            {"workload": "constant", "backend": "redis", "transport": "tcp", "hosts": "local",
+             "chain": chain, "fn_us": 60, "rate": 1000.0,
+             "overhead_us": {"p50": r50, "p99": r50 * 2}}
+        ]);
+        let f = dir.join(format!("chain{chain}.json"));
+        std::fs::write(&f, report.to_string()).unwrap();
+        files.push(f);
+    }
+    let out_svg = dir.join("fig4.svg");
+    let mut args = vec!["plot", "--out", out_svg.to_str().unwrap()];
+    args.extend(files.iter().map(|f| f.to_str().unwrap()));
+    let out = conveyor(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = std::fs::read_to_string(&out_svg).unwrap();
+    assert!(svg.contains("Overhead against chain length"));
+    assert!(svg.contains("redis p99") && svg.contains("conveyor p50"));
+    // A report that is not one names the file and the field.
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"[{"workload": "constant", "backend": "x"}]"#).unwrap();
+    let out = conveyor(&[
+        "plot",
+        "--out",
+        out_svg.to_str().unwrap(),
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.json") && err.contains("chain"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

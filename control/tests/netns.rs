@@ -242,3 +242,54 @@ fn a_partitioned_invoker_is_removed_then_rejoins_and_works_again() {
     );
     assert!(namespaces("cvb").is_empty());
 }
+
+#[test]
+fn baselines_run_inside_namespace_hosts_and_leave_none_behind() {
+    needs_root!("baselines_run_inside_namespace_hosts_and_leave_none_behind");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let child = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args([
+            "bench",
+            "--hosts",
+            "netns",
+            "--backend",
+            "redis",
+            "--workload",
+            "constant",
+            "--rate",
+            "500",
+            "--duration",
+            "1",
+            "--chain",
+            "2",
+            "--fn-us",
+            "30",
+            "--json",
+            "-",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let prefix = format!("cvb{}-", child.id() % 100_000);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = &v[0];
+    assert_eq!(e["backend"], "redis");
+    assert_eq!(e["hosts"], "netns");
+    assert_eq!(e["completed"], 500, "{e}");
+    assert_eq!(e["lost"], 0);
+    // The server listened on the broker host's address (10.77.0.4 for 2 invokers), which only
+    // the namespace hosts can reach: the run could not have completed from the root namespace.
+    assert!(
+        Command::new("bash")
+            .args(["-c", "ip -o addr | grep -q '10\\.77\\.0\\.'"])
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true),
+        "the root namespace has a 10.77.0.0/24 address"
+    );
+    assert!(namespaces(&prefix).is_empty(), "namespaces left behind");
+}

@@ -164,3 +164,16 @@ pub fn set_sched_slice(slice: Duration) -> bool {
     let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
     r == 0
 }
+
+/// Moves the calling thread (only it: network namespaces are per thread) into the network
+/// namespace `ns` refers to (a file under `/var/run/netns`, or `/proc/thread-self/ns/net`).
+/// Threads the caller creates afterwards start in that namespace too. Needs CAP_SYS_ADMIN.
+pub fn set_net_namespace(ns: &std::fs::File) -> io::Result<()> {
+    // SAFETY: setns only reads the descriptor, which `ns` keeps open for the call; the result
+    // is checked.
+    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
