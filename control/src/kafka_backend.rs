@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -113,7 +113,10 @@ impl TansuBroker {
             if let Ok(Some(st)) = b.child.try_wait() {
                 bail!("tansu exited at once ({st}) on {bootstrap}");
             }
+            let addr = format!("{}:{port}", b.place.addr);
             let ready = b.place.within(|| -> Result<()> {
+                // A listening socket first: a client started before it would log refusals.
+                std::net::TcpStream::connect(&addr)?;
                 let p: BaseProducer = ClientConfig::new()
                     .set("bootstrap.servers", &bootstrap)
                     .set("log_level", "0")
@@ -142,7 +145,18 @@ impl TansuBroker {
             // librdkafka's own log lines would interleave with the bench's output.
             .set("log_level", "3")
             // Small requests must not wait for Nagle and delayed acknowledgements.
-            .set("socket.nagle.disable", "true");
+            .set("socket.nagle.disable", "true")
+            // tansu 0.6 loses answers to requests pipelined on one connection (a producer's
+            // flush then never ends, and records stay unacknowledged): one at a time.
+            .set("max.in.flight.requests.per.connection", "1");
+        // librdkafka settings to try on top (`KEY=VALUE;KEY=VALUE`), e.g. for a real Kafka.
+        if let Ok(extra) = std::env::var("CONVEYOR_KAFKA_CONFIG") {
+            for kv in extra.split(';').filter(|kv| !kv.trim().is_empty()) {
+                if let Some((k, v)) = kv.split_once('=') {
+                    c.set(k.trim(), v.trim());
+                }
+            }
+        }
         c
     }
 }
@@ -195,6 +209,23 @@ impl ProducerContext for Deliveries {
     }
 }
 
+/// The consumers' group events: revocations are counted (each one a rebalance during which
+/// records may be taken again elsewhere).
+#[derive(Default)]
+pub struct Group {
+    revoked: AtomicU64,
+}
+
+impl ClientContext for Group {}
+
+impl ConsumerContext for Group {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(_) = r {
+            self.revoked.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Middleware for TansuBroker {
     type Conn = KafkaConn;
 
@@ -233,7 +264,7 @@ impl Middleware for TansuBroker {
                 .set("enable.idempotence", "false")
                 .create_with_context(Deliveries::default())?)
         };
-        let consumer = |group: &str| -> Result<BaseConsumer> {
+        let consumer = |group: &str| -> Result<BaseConsumer<Group>> {
             Ok(self
                 .config()
                 .set("group.id", group)
@@ -244,7 +275,7 @@ impl Middleware for TansuBroker {
                 .set("fetch.min.bytes", "1")
                 .set("session.timeout.ms", "10000")
                 .set("heartbeat.interval.ms", "1000")
-                .create()?)
+                .create_with_context(Group::default())?)
         };
         let stages: Vec<String> = (0..chain).map(|s| topic(Dest::Stage(s))).collect();
         Ok(match role {
@@ -334,6 +365,12 @@ impl Middleware for TansuBroker {
                 bail!("the consumer group did not assign every stage partition within 30 s ({total} assigned)");
             }
         }
+        // Rebalances that count are the ones during the run.
+        for c in conns.iter_mut() {
+            if let Some(con) = &c.consumer {
+                con.context().revoked.store(0, Ordering::Relaxed);
+            }
+        }
         Ok(())
     }
 }
@@ -342,7 +379,7 @@ impl Middleware for TansuBroker {
 pub struct KafkaConn {
     role: Role,
     producer: Option<BaseProducer<Deliveries>>,
-    consumer: Option<BaseConsumer>,
+    consumer: Option<BaseConsumer<Group>>,
     /// Round robin over the partitions of the first stage (the trigger).
     next_partition: i32,
     partitions: i32,
@@ -458,6 +495,26 @@ impl Connection for KafkaConn {
             let _ = c.store_offset(&t.token.0, t.token.1, t.token.2);
         }
         Ok(())
+    }
+
+    /// Waits until the broker has acknowledged everything this connection sent, and says how
+    /// often the consumer group rebalanced during the run.
+    fn finish(&mut self) -> Result<Vec<String>> {
+        if let Some(p) = &self.producer {
+            p.flush(Duration::from_secs(10))
+                .context("waiting for the broker to acknowledge the last records")?;
+        }
+        self.serve_deliveries()?;
+        let mut notes = Vec::new();
+        if let (Some(c), Role::Invoker(i)) = (&self.consumer, self.role) {
+            let n = c.context().revoked.load(Ordering::Relaxed);
+            if n > 0 {
+                notes.push(format!(
+                    "kafka: the consumer group took partitions from invoker-{i} {n} time(s) during the run (records taken there may run again elsewhere: at least once)"
+                ));
+            }
+        }
+        Ok(notes)
     }
 
     /// Sends the continuation; the taken record's offset is stored when the broker

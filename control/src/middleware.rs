@@ -113,6 +113,11 @@ pub trait Connection: Send {
         self.send(to, record)?;
         self.ack(taken)
     }
+    /// At the end of the run: waits for what is still in flight to be acknowledged, and
+    /// returns what the run should say about this connection (nothing, by default).
+    fn finish(&mut self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 /// A run of the bench's pipeline over a middleware.
@@ -299,7 +304,7 @@ fn run_here<M: Middleware>(
         let mut invokers = Vec::new();
         for (i, mut con) in invoker_conns.into_iter().enumerate() {
             let (stop, chain, fn_us, pin, ns) = (&stop, r.chain, r.fn_us, r.pin, ns_of(Some(i)));
-            invokers.push(s.spawn(move || -> Result<u64> {
+            invokers.push(s.spawn(move || -> Result<(u64, Vec<String>)> {
                 if let Some(ns) = &ns {
                     enter_namespace(ns)?;
                 }
@@ -331,7 +336,7 @@ fn run_here<M: Middleware>(
                         runs += 1;
                     }
                 }
-                Ok(runs)
+                Ok((runs, con.finish()?))
             }));
         }
         // The collector: results in arrival order.
@@ -383,18 +388,23 @@ fn run_here<M: Middleware>(
             ramp,
         );
         stop.store(true, Ordering::Relaxed);
+        let finished = trigger.finish();
         let collected = collector
             .join()
             .map_err(|_| anyhow::anyhow!("the collector panicked"))?;
         let mut per_invoker = BTreeMap::new();
         for (i, h) in invokers.into_iter().enumerate() {
-            let runs = h
+            let (runs, notes) = h
                 .join()
                 .map_err(|_| anyhow::anyhow!("invoker-{i} panicked"))?
                 .with_context(|| format!("invoker-{i}"))?;
+            for n in notes {
+                eprintln!("{n}");
+            }
             per_invoker.insert(format!("invoker-{i}"), runs);
         }
         let (sent, late, steps) = driven?;
+        finished.context("the trigger's last records")?;
         let (lat, ovh, duplicates, intervals) = collected.context("the collector")?;
         if let (Some(path), Some(iv)) = (&spec.hlog, &intervals) {
             iv.write(path, start_unix)?;
