@@ -285,6 +285,9 @@ impl Middleware for TansuBroker {
                 consumer: None,
                 next_partition: 0,
                 partitions: 0,
+                results_seen: Default::default(),
+                served_twice: 0,
+                ran_twice: 0,
             },
             Role::Invoker(_) => {
                 let c = consumer(GROUP)?;
@@ -296,6 +299,9 @@ impl Middleware for TansuBroker {
                     consumer: Some(c),
                     next_partition: 0,
                     partitions: 0,
+                    results_seen: Default::default(),
+                    served_twice: 0,
+                    ran_twice: 0,
                 }
             }
             Role::Collector => {
@@ -320,6 +326,9 @@ impl Middleware for TansuBroker {
                     consumer: Some(c),
                     next_partition: 0,
                     partitions: 0,
+                    results_seen: Default::default(),
+                    served_twice: 0,
+                    ran_twice: 0,
                 }
             }
         })
@@ -383,6 +392,11 @@ pub struct KafkaConn {
     /// Round robin over the partitions of the first stage (the trigger).
     next_partition: i32,
     partitions: i32,
+    /// The collector: where each request's result was read (partition, offset), to say where
+    /// a duplicate came from: the same offset read twice (the broker), or two records.
+    results_seen: std::collections::HashMap<u64, (i32, i64)>,
+    served_twice: u64,
+    ran_twice: u64,
 }
 
 impl KafkaConn {
@@ -477,6 +491,31 @@ impl Connection for KafkaConn {
                         let _ = c.store_offset(m.topic(), m.partition(), m.offset());
                         continue;
                     };
+                    if stage.is_none() {
+                        let here = (m.partition(), m.offset());
+                        if let Some(first) = self.results_seen.insert(record.id, here) {
+                            if first == here {
+                                self.served_twice += 1;
+                            } else {
+                                self.ran_twice += 1;
+                            }
+                            if self.served_twice + self.ran_twice <= 3 {
+                                tracing::warn!(
+                                    "kafka: the result of request {} was read twice: partition {} offset {}, then partition {} offset {}{}",
+                                    record.id,
+                                    first.0,
+                                    first.1,
+                                    here.0,
+                                    here.1,
+                                    if first == here {
+                                        " (the broker served the same record twice)"
+                                    } else {
+                                        " (two records: the request ran twice)"
+                                    }
+                                );
+                            }
+                        }
+                    }
                     out.push(Taken {
                         stage,
                         record,
@@ -506,6 +545,12 @@ impl Connection for KafkaConn {
         }
         self.serve_deliveries()?;
         let mut notes = Vec::new();
+        if self.served_twice + self.ran_twice > 0 {
+            notes.push(format!(
+                "kafka: {} result read(s) at an offset already read (the broker served the same record again), {} result(s) found in two records (the request ran twice)",
+                self.served_twice, self.ran_twice
+            ));
+        }
         if let (Some(c), Role::Invoker(i)) = (&self.consumer, self.role) {
             let n = c.context().revoked.load(Ordering::Relaxed);
             if n > 0 {

@@ -372,6 +372,9 @@ fn run_here<M: Middleware>(
                         con.ack(&t)?;
                     }
                 }
+                for n in con.finish()? {
+                    eprintln!("{n}");
+                }
                 Ok((lat, ovh, dups, intervals))
             })
         };
