@@ -8,7 +8,9 @@
 //! ordered operations; whenever a request and a ready consumer meet, every replica assigns the
 //! request to the earliest-ready consumer subscribed to its queue, and the assigned consumer
 //! starts at once. Each request goes to exactly one consumer; consumers that asked first are
-//! served first (DIFFUSE's implicit load balancing). A completion removes the in-flight request
+//! served first (DIFFUSE's implicit load balancing). Between the heads of the queues a consumer
+//! serves, the oldest run goes first (continuations inherit their run's admission stamp), so a
+//! pipeline's requests finish in the order they came. A completion removes the in-flight request
 //! and pushes its continuations in one step. Every pushed request gets an instance number from
 //! the replicas (deterministic, unique in the group); completions name it and count only for an
 //! instance in flight at the completing consumer, which deduplicates them (by request and step
@@ -273,10 +275,10 @@ impl Queue {
             Order::Lifo => self.items.back().map(|x| x.0),
         }
     }
-    fn pop(&mut self) -> Option<Request> {
+    fn pop(&mut self) -> Option<(u64, Request)> {
         match self.spec.order {
-            Order::Fifo => self.items.pop_front().map(|x| x.1),
-            Order::Lifo => self.items.pop_back().map(|x| x.1),
+            Order::Fifo => self.items.pop_front(),
+            Order::Lifo => self.items.pop_back(),
         }
     }
 }
@@ -298,7 +300,9 @@ pub struct QueueState {
     credits: BTreeMap<MemberId, u32>,
     /// Assigned requests by instance, with their consumer. A completion is applied only if its
     /// instance is in flight at that consumer; this is the deduplication of completions.
-    in_flight: BTreeMap<u64, (MemberId, Request)>,
+    /// instance -> (consumer, request, the stamp it was queued with, which its continuations
+    /// inherit).
+    in_flight: BTreeMap<u64, (MemberId, Request, u64)>,
     next_instance: u64,
     stamp: u64,
     /// Next stamp for a request put back at the head (counts down from `STAMP_BASE`).
@@ -334,12 +338,12 @@ impl QueueState {
         let back: Vec<u64> = self
             .in_flight
             .iter()
-            .filter(|(_, (c, _))| removed.contains(c))
+            .filter(|(_, (c, _, _))| removed.contains(c))
             .map(|(i, _)| *i)
             .collect();
         // Put back newest first, each at the head, so the oldest ends up first.
         for instance in back.into_iter().rev() {
-            let Some((from, mut req)) = self.in_flight.remove(&instance) else {
+            let Some((from, mut req, _)) = self.in_flight.remove(&instance) else {
                 continue;
             };
             self.next_instance += 1;
@@ -450,7 +454,7 @@ impl QueueState {
                     .or_default()
                     .insert(queue);
             }
-            Op::Push { pusher, req } => self.push(pusher, req, effects),
+            Op::Push { pusher, req } => self.push(pusher, req, None, effects),
             Op::Ready { consumer, credits } => self.add_credits(consumer, credits),
             Op::TryTake { consumer } => {
                 if let Some(req) = self.take_for(consumer, effects) {
@@ -469,10 +473,10 @@ impl QueueState {
                 meta,
                 credits,
             } => {
-                if self.finish(consumer, instance, id, &step) {
+                if let Some(run) = self.finish(consumer, instance, id, &step) {
                     let terminal = outputs.is_empty();
                     for out in outputs {
-                        self.push(consumer, out, effects);
+                        self.push(consumer, out, Some(run), effects);
                     }
                     effects.push(Effect::Completed {
                         consumer,
@@ -501,7 +505,7 @@ impl QueueState {
                 error,
                 credits,
             } => {
-                if self.finish(consumer, instance, id, &step) {
+                if self.finish(consumer, instance, id, &step).is_some() {
                     effects.push(Effect::Failed {
                         consumer,
                         id,
@@ -538,17 +542,35 @@ impl QueueState {
 
     /// Removes `instance` from the in-flight set if it is in flight at `consumer` and is the
     /// request `id` at `step` (anything else is a duplicate or a confused completion: ignored).
-    fn finish(&mut self, consumer: MemberId, instance: u64, id: RequestId, step: &str) -> bool {
+    /// The finished request's stamp, or `None` for a duplicate or confused completion.
+    fn finish(
+        &mut self,
+        consumer: MemberId,
+        instance: u64,
+        id: RequestId,
+        step: &str,
+    ) -> Option<u64> {
         match self.in_flight.get(&instance) {
-            Some((c, r)) if *c == consumer && r.id == id && r.step == step => {
+            Some((c, r, stamp)) if *c == consumer && r.id == id && r.step == step => {
+                let stamp = *stamp;
                 self.in_flight.remove(&instance);
-                true
+                Some(stamp)
             }
-            _ => false,
+            _ => None,
         }
     }
 
-    fn push(&mut self, pusher: MemberId, mut req: Request, effects: &mut Vec<Effect>) {
+    /// Pushes `req`. A continuation inherits the stamp of the request it continues (`run`), so
+    /// that among the heads of several queues the oldest run goes first: a pipeline's requests
+    /// finish in the order they came rather than all advancing stage by stage (each queue
+    /// keeps its own FIFO or LIFO order; only the choice between queues changes).
+    fn push(
+        &mut self,
+        pusher: MemberId,
+        mut req: Request,
+        run: Option<u64>,
+        effects: &mut Vec<Effect>,
+    ) {
         self.next_instance += 1;
         req.instance = self.next_instance;
         let Some(q) = self.queues.get_mut(&req.queue) else {
@@ -561,9 +583,15 @@ impl QueueState {
             });
             return;
         };
+        let stamp = match run {
+            Some(s) => s,
+            None => {
+                self.stamp += 1;
+                self.stamp
+            }
+        };
         if q.items.len() < q.spec.capacity as usize && q.blocked.is_empty() {
-            self.stamp += 1;
-            q.items.push_back((self.stamp, req));
+            q.items.push_back((stamp, req));
             return;
         }
         match q.spec.on_full {
@@ -598,16 +626,20 @@ impl QueueState {
                         queue: req.queue,
                     });
                 } else {
-                    self.stamp += 1;
-                    q.items.push_back((self.stamp, req));
+                    q.items.push_back((stamp, req));
                 }
             }
         }
     }
 
-    /// The request `consumer` would take now: among its subscribed queues, the head admitted
-    /// earliest.
-    fn take_for(&mut self, consumer: MemberId, effects: &mut Vec<Effect>) -> Option<Request> {
+    /// The request `consumer` would take now: among its subscribed queues, the head with the
+    /// smallest stamp: a request put back after a failure, else the oldest run (a continuation
+    /// carries its run's first admission stamp).
+    fn take_for(
+        &mut self,
+        consumer: MemberId,
+        effects: &mut Vec<Effect>,
+    ) -> Option<(u64, Request)> {
         let subs = self.subscriptions.get(&consumer)?;
         let name = subs
             .iter()
@@ -634,8 +666,14 @@ impl QueueState {
         Some(req)
     }
 
-    fn assign(&mut self, consumer: MemberId, req: Request, effects: &mut Vec<Effect>) {
-        self.in_flight.insert(req.instance, (consumer, req.clone()));
+    fn assign(
+        &mut self,
+        consumer: MemberId,
+        (stamp, req): (u64, Request),
+        effects: &mut Vec<Effect>,
+    ) {
+        self.in_flight
+            .insert(req.instance, (consumer, req.clone(), stamp));
         effects.push(Effect::Assigned { consumer, req });
     }
 

@@ -13,8 +13,8 @@ struct Model {
     queues: Vec<ModelQueue>,
     subs: Vec<(MemberId, String)>,
     ready: Vec<MemberId>,
-    /// (instance, request, step, consumer)
-    in_flight: Vec<(u64, RequestId, String, MemberId)>,
+    /// (instance, request, step, consumer, stamp its continuations inherit)
+    in_flight: Vec<(u64, RequestId, String, MemberId, u64)>,
     instances: u64,
     stamp: u64,
     pipelines_version: u64,
@@ -27,7 +27,7 @@ impl Model {
     fn q(&mut self, name: &str) -> Option<usize> {
         self.queues.iter().position(|q| q.0.name == name)
     }
-    fn push(&mut self, pusher: MemberId, mut req: Request, fx: &mut Vec<Effect>) {
+    fn push(&mut self, pusher: MemberId, mut req: Request, run: Option<u64>, fx: &mut Vec<Effect>) {
         self.instances += 1;
         req.instance = self.instances;
         let Some(i) = self.q(&req.queue) else {
@@ -40,10 +40,14 @@ impl Model {
             });
             return;
         };
+        // A continuation keeps its run's stamp; a new request gets the next one.
+        let stamp = run.unwrap_or_else(|| {
+            self.stamp += 1;
+            self.stamp
+        });
         let (spec, items, blocked) = &mut self.queues[i];
         if items.len() < spec.capacity as usize && blocked.is_empty() {
-            self.stamp += 1;
-            items.push((self.stamp, req));
+            items.push((stamp, req));
             return;
         }
         match spec.on_full {
@@ -78,14 +82,14 @@ impl Model {
                         queue: req.queue,
                     });
                 } else {
-                    self.stamp += 1;
-                    items.push((self.stamp, req));
+                    items.push((stamp, req));
                 }
             }
         }
     }
-    fn take(&mut self, c: MemberId, fx: &mut Vec<Effect>) -> Option<Request> {
-        // Candidate heads of every subscribed queue; the earliest admitted wins.
+    fn take(&mut self, c: MemberId, fx: &mut Vec<Effect>) -> Option<(u64, Request)> {
+        // Candidate heads of every subscribed queue; the smallest stamp wins (ties: the queue
+        // whose name sorts first).
         let mut best: Option<(u64, usize, usize)> = None;
         for (qi, (spec, items, _)) in self.queues.iter().enumerate() {
             if !self.subs.iter().any(|(x, n)| *x == c && *n == spec.name) || items.is_empty() {
@@ -96,13 +100,13 @@ impl Model {
                 Order::Lifo => items.len() - 1,
             };
             let s = items[ii].0;
-            if best.is_none_or(|b| s < b.0) {
+            if best.is_none_or(|b| s < b.0 || (s == b.0 && spec.name < self.queues[b.1].0.name)) {
                 best = Some((s, qi, ii));
             }
         }
         let (_, qi, ii) = best?;
         let (spec, items, blocked) = &mut self.queues[qi];
-        let (_, req) = items.remove(ii);
+        let (stamp, req) = items.remove(ii);
         if items.len() < spec.capacity as usize && !blocked.is_empty() {
             let (p, w) = blocked.remove(0);
             fx.push(Effect::Admitted {
@@ -113,19 +117,16 @@ impl Model {
             self.stamp += 1;
             items.push((self.stamp, w));
         }
-        Some(req)
+        Some((stamp, req))
     }
-    fn finish(&mut self, c: MemberId, instance: u64, id: RequestId, step: &str) -> bool {
+    fn finish(&mut self, c: MemberId, instance: u64, id: RequestId, step: &str) -> Option<u64> {
         match self
             .in_flight
             .iter()
-            .position(|(n, i, s, x)| *n == instance && *i == id && s == step && *x == c)
+            .position(|(n, i, s, x, _)| *n == instance && *i == id && s == step && *x == c)
         {
-            Some(p) => {
-                self.in_flight.remove(p);
-                true
-            }
-            None => false,
+            Some(p) => Some(self.in_flight.remove(p).4),
+            None => None,
         }
     }
     fn add(&mut self, c: MemberId, n: u32) {
@@ -158,12 +159,12 @@ impl Model {
                     self.subs.push((consumer, queue));
                 }
             }
-            Op::Push { pusher, req } => self.push(pusher, req, &mut fx),
+            Op::Push { pusher, req } => self.push(pusher, req, None, &mut fx),
             Op::Ready { consumer, credits } => self.add(consumer, credits),
             Op::TryTake { consumer } => match self.take(consumer, &mut fx) {
-                Some(r) => {
+                Some((stamp, r)) => {
                     self.in_flight
-                        .push((r.instance, r.id, r.step.clone(), consumer));
+                        .push((r.instance, r.id, r.step.clone(), consumer, stamp));
                     fx.push(Effect::Assigned { consumer, req: r });
                 }
                 None => fx.push(Effect::Empty { consumer }),
@@ -178,10 +179,10 @@ impl Model {
                 meta,
                 credits,
             } => {
-                if self.finish(consumer, instance, id, &step) {
+                if let Some(run) = self.finish(consumer, instance, id, &step) {
                     let terminal = outputs.is_empty();
                     for o in outputs {
-                        self.push(consumer, o, &mut fx);
+                        self.push(consumer, o, Some(run), &mut fx);
                     }
                     fx.push(Effect::Completed {
                         consumer,
@@ -210,7 +211,7 @@ impl Model {
                 error,
                 credits,
             } => {
-                if self.finish(consumer, instance, id, &step) {
+                if self.finish(consumer, instance, id, &step).is_some() {
                     fx.push(Effect::Failed {
                         consumer,
                         id,
@@ -270,9 +271,10 @@ impl Model {
         while i < self.ready.len() {
             let c = self.ready[i];
             match self.take(c, &mut fx) {
-                Some(r) => {
+                Some((stamp, r)) => {
                     self.ready.remove(i);
-                    self.in_flight.push((r.instance, r.id, r.step.clone(), c));
+                    self.in_flight
+                        .push((r.instance, r.id, r.step.clone(), c, stamp));
                     fx.push(Effect::Assigned {
                         consumer: c,
                         req: r,
@@ -776,4 +778,91 @@ fn a_removed_invokers_requests_go_back_to_the_head() {
         s.remove_members(&[b], &mut e2);
         assert_eq!(r.digest(), s.digest());
     }
+}
+
+/// Between the heads of several queues, the oldest run goes first: a continuation inherits its
+/// run's stamp, so an invoker finishes request 1's pipeline before starting request 2 (with
+/// one stamp per push, request 2's first step, pushed earlier than request 1's continuation,
+/// would win, and a burst would advance stage by stage and finish nothing until the end).
+/// Each queue keeps its own FIFO order.
+#[test]
+fn the_oldest_run_goes_first_between_queues() {
+    let mut s = QueueState::new();
+    let mut fx = Vec::new();
+    for q in 0..2u8 {
+        s.apply(
+            Op::Create(QueueSpec {
+                name: format!("q{q}"),
+                capacity: 10,
+                order: Order::Fifo,
+                on_full: OnFull::Reject,
+            }),
+            &mut fx,
+        );
+        s.apply(
+            Op::Subscribe {
+                consumer: MemberId(1),
+                queue: format!("q{q}"),
+            },
+            &mut fx,
+        );
+    }
+    let pusher = MemberId(9);
+    for id in 1..=3 {
+        s.apply(
+            Op::Push {
+                pusher,
+                req: req(id, 0),
+            },
+            &mut fx,
+        );
+    }
+    let take = |s: &mut QueueState| -> Request {
+        let mut fx = Vec::new();
+        s.apply(
+            Op::TryTake {
+                consumer: MemberId(1),
+            },
+            &mut fx,
+        );
+        match fx.as_slice() {
+            [Effect::Assigned { req, .. }] => req.clone(),
+            other => panic!("expected one assignment: {other:?}"),
+        }
+    };
+    let complete = |s: &mut QueueState, r: &Request, next: Option<u8>| {
+        let mut fx = Vec::new();
+        s.apply(
+            Op::Complete {
+                consumer: MemberId(1),
+                id: r.id,
+                instance: r.instance,
+                step: r.step.clone(),
+                outputs: next.map(|q| req(r.id.0, q)).into_iter().collect(),
+                result: None,
+                meta: Meta::default(),
+                credits: 0,
+            },
+            &mut fx,
+        );
+        assert!(
+            fx.iter().any(|e| matches!(e, Effect::Completed { .. })),
+            "{fx:?}"
+        );
+    };
+    let first = take(&mut s);
+    assert_eq!((first.id, first.queue.as_str()), (RequestId(1), "q0"));
+    complete(&mut s, &first, Some(1));
+    // Request 1's second step, not request 2's first.
+    let second = take(&mut s);
+    assert_eq!((second.id, second.queue.as_str()), (RequestId(1), "q1"));
+    complete(&mut s, &second, None);
+    // Then requests 2 and 3 in their queue's FIFO order.
+    let third = take(&mut s);
+    assert_eq!((third.id, third.queue.as_str()), (RequestId(2), "q0"));
+    complete(&mut s, &third, Some(1));
+    let fourth = take(&mut s);
+    assert_eq!((fourth.id, fourth.queue.as_str()), (RequestId(2), "q1"));
+    let fifth = take(&mut s);
+    assert_eq!((fifth.id, fifth.queue.as_str()), (RequestId(3), "q0"));
 }
