@@ -7,11 +7,17 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need_apt=()
-for cmd_pkg in "cc:build-essential" "pkg-config:pkg-config" "git:git" "ip:iproute2" "curl:curl" "redis-server:redis-server" "python3:python3"; do
+for cmd_pkg in "cc:build-essential" "pkg-config:pkg-config" "git:git" "ip:iproute2" "curl:curl" "redis-server:redis-server" "python3:python3" "clang:clang" "make:make"; do
   cmd="${cmd_pkg%%:*}"; pkg="${cmd_pkg#*:}"
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ! -e /etc/ssl/certs/ca-certificates.crt ]; then need_apt+=(ca-certificates); fi
+# ebpf/: libbpf (built from libbpf-sys's bundled source) needs libelf and zlib headers; the XDP
+# programs need the kernel's UAPI headers.
+for hdr_pkg in "/usr/include/gelf.h:libelf-dev" "/usr/include/zlib.h:zlib1g-dev" \
+  "/usr/include/linux/bpf.h:linux-libc-dev"; do
+  [ -e "${hdr_pkg%%:*}" ] || need_apt+=("${hdr_pkg#*:}")
+done
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
