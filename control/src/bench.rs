@@ -348,8 +348,6 @@ impl Drop for Members {
     }
 }
 
-/// Starts a local group (one trigger, `invokers` invokers, each its own process on loopback),
-/// runs the workload and returns the trigger's report.
 /// The progress bar of a run of `spec` (drawn only on a terminal, for runs of some length).
 fn progress_for(label: &str, spec: &WorkloadSpec) -> crate::progress::Progress {
     let n: u64 = crate::loadgen::plan(spec)
@@ -362,6 +360,8 @@ fn progress_for(label: &str, spec: &WorkloadSpec) -> crate::progress::Progress {
     crate::progress::Progress::new(label, n, expected)
 }
 
+/// Starts a local group (one trigger, `invokers` invokers, each its own process on loopback),
+/// runs the workload and returns the trigger's report.
 pub fn run_local_group(run: &GroupRun) -> Result<TriggerReport> {
     Ok(run_group(run)?.report)
 }

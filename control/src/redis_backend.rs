@@ -9,7 +9,7 @@
 //!
 //! The bench starts and stops a real `redis-server` (Debian's package) itself, without
 //! persistence (as DIFFUSE ran it: in memory), on loopback or, with `--hosts netns`, inside
-//! the first namespace host. The trigger, the collector and the invokers are threads of the
+//! a namespace host of its own. The trigger, the collector and the invokers are threads of the
 //! bench process (with `--hosts netns`, each inside its own namespace host), each with its
 //! own connection.
 
