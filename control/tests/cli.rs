@@ -196,7 +196,6 @@ fn a_missing_member_is_named_and_start_up_times_out() {
 #[test]
 fn options_that_cannot_run_fail_clearly() {
     for (args, needle) in [
-        (vec!["bench", "--backend", "kafka"], "kafka"),
         (vec!["bench", "--backend", "zeromq"], "zeromq"),
         (vec!["bench", "--transport", "afxdp"], "afxdp"),
         (vec!["bench", "--hosts", "mars"], "mars"),
