@@ -49,16 +49,9 @@ pub fn find_broker() -> Result<PathBuf> {
             p.display()
         );
     }
-    let mut dirs: Vec<PathBuf> =
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(Path::new(&home).join(".cargo/bin"));
-    }
-    for dir in dirs {
-        let p = dir.join("tansu");
-        if p.is_file() {
-            return Ok(p);
-        }
+    let cargo_bin = std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin"));
+    if let Some(p) = crate::middleware::find_program("tansu", cargo_bin) {
+        return Ok(p);
     }
     bail!("--backend kafka: the Kafka-protocol broker `tansu` is not installed (cargo install tansu --version 0.6.0 --features dynostore --locked, about 8 minutes; or CONVEYOR_SETUP_KAFKA=1 bash testbed/setup.sh); nothing was run")
 }
@@ -279,30 +272,12 @@ impl Middleware for TansuBroker {
         };
         let stages: Vec<String> = (0..chain).map(|s| topic(Dest::Stage(s))).collect();
         Ok(match role {
-            Role::Trigger => KafkaConn {
-                role,
-                producer: Some(producer("0")?),
-                consumer: None,
-                next_partition: 0,
-                partitions: 0,
-                results_seen: Default::default(),
-                served_twice: 0,
-                ran_twice: 0,
-            },
+            Role::Trigger => KafkaConn::new(role, Some(producer("0")?), None),
             Role::Invoker(_) => {
                 let c = consumer(GROUP)?;
                 let names: Vec<&str> = stages.iter().map(String::as_str).collect();
                 c.subscribe(&names)?;
-                KafkaConn {
-                    role,
-                    producer: Some(producer("0")?),
-                    consumer: Some(c),
-                    next_partition: 0,
-                    partitions: 0,
-                    results_seen: Default::default(),
-                    served_twice: 0,
-                    ran_twice: 0,
-                }
+                KafkaConn::new(role, Some(producer("0")?), Some(c))
             }
             Role::Collector => {
                 // Every partition of the results topic, without group management.
@@ -320,16 +295,7 @@ impl Middleware for TansuBroker {
                     bail!("the results topic has no partitions");
                 }
                 c.assign(&tpl)?;
-                KafkaConn {
-                    role,
-                    producer: None,
-                    consumer: Some(c),
-                    next_partition: 0,
-                    partitions: 0,
-                    results_seen: Default::default(),
-                    served_twice: 0,
-                    ran_twice: 0,
-                }
+                KafkaConn::new(role, None, Some(c))
             }
         })
     }
@@ -400,6 +366,23 @@ pub struct KafkaConn {
 }
 
 impl KafkaConn {
+    fn new(
+        role: Role,
+        producer: Option<BaseProducer<Deliveries>>,
+        consumer: Option<BaseConsumer<Group>>,
+    ) -> KafkaConn {
+        KafkaConn {
+            role,
+            producer,
+            consumer,
+            next_partition: 0,
+            partitions: 0,
+            results_seen: Default::default(),
+            served_twice: 0,
+            ran_twice: 0,
+        }
+    }
+
     fn produce(&mut self, to: Dest, record: &Record, continues: Option<Token>) -> Result<()> {
         let Some(p) = &self.producer else {
             bail!("this connection does not send");

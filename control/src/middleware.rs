@@ -217,6 +217,14 @@ impl Place {
     }
 }
 
+/// The first file named `name` in a directory of `PATH`, then in `extra` (a broker's binary).
+pub fn find_program(name: &str, extra: Option<std::path::PathBuf>) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain(extra)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
 /// Moves the calling thread into the network namespace `name` (a `--hosts netns` host).
 fn enter_namespace(name: &str) -> Result<()> {
     let path = format!("/var/run/netns/{name}");
@@ -313,7 +321,7 @@ fn run_here<M: Middleware>(
                 }
                 let mut runs = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    for t in con.take(1, Duration::from_millis(50))? {
+                    for mut t in con.take(1, Duration::from_millis(50))? {
                         let Some(st) = t.stage else { continue };
                         let t0 = Instant::now();
                         spin(fn_us);
@@ -322,7 +330,7 @@ fn run_here<M: Middleware>(
                             sent: t.record.sent,
                             exec: t.record.exec + t0.elapsed().as_micros() as u64,
                             payload: if st + 1 < chain {
-                                t.record.payload.clone()
+                                std::mem::take(&mut t.record.payload)
                             } else {
                                 Vec::new()
                             },
@@ -466,7 +474,11 @@ fn drive<C: Connection>(
     let spec = &r.spec;
     let n: u64 = plan.iter().map(|s| s.1).sum();
     let mut late = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
-    let payload = vec![7u8; spec.payload];
+    // One record, renumbered for each request: no allocation per send.
+    let mut rec = Record {
+        payload: vec![7u8; spec.payload],
+        ..Record::default()
+    };
     let mut sent_at = vec![0u64; n as usize];
     let mut steps = Vec::new();
     let mut sent = 0u64;
@@ -489,16 +501,9 @@ fn drive<C: Connection>(
             crate::loadgen::wait_until(intended, now_us, || {});
             let _ = late.record(now_us().saturating_sub(intended).max(1));
             sent_at[i as usize] = intended;
+            (rec.id, rec.sent) = (i, intended);
             trigger
-                .send(
-                    Dest::Stage(0),
-                    &Record {
-                        id: i,
-                        sent: intended,
-                        exec: 0,
-                        payload: payload.clone(),
-                    },
-                )
+                .send(Dest::Stage(0), &rec)
                 .context("sending to the first stage")?;
             sent = i + 1;
             show(false);

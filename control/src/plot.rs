@@ -276,19 +276,11 @@ fn legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
 
 /// Figure 5: throughput and latency against offered rate.
 fn ramp(root: &DrawingArea<SVGBackend, Shift>, entries: &[Entry]) -> Result<()> {
-    let ser = series(entries);
-    let steps = |e: &Entry| e.steps.clone().unwrap_or_default();
-    let rmax = entries
-        .iter()
-        .flat_map(|e| steps(e).into_iter().map(|s| s.rate))
-        .fold(10.0f64, f64::max);
-    let tmax = entries
-        .iter()
-        .flat_map(|e| steps(e).into_iter().map(|s| s.throughput_rps))
-        .fold(10.0f64, f64::max);
-    let lmax = entries
-        .iter()
-        .flat_map(|e| steps(e).into_iter().map(|s| s.latency_us.p50 as f64))
+    let steps = || entries.iter().flat_map(|e| e.steps.iter().flatten());
+    let rmax = steps().map(|s| s.rate).fold(10.0f64, f64::max);
+    let tmax = steps().map(|s| s.throughput_rps).fold(10.0f64, f64::max);
+    let lmax = steps()
+        .map(|s| s.latency_us.p50 as f64)
         .fold(10.0f64, f64::max);
     let (top, body) = root.split_vertically(40);
     top.titled(
@@ -300,88 +292,74 @@ fn ramp(root: &DrawingArea<SVGBackend, Shift>, entries: &[Entry]) -> Result<()> 
     )
     .map_err(draw_err)?;
     let panels = body.split_evenly((1, 2));
-    {
-        let mut chart = ChartBuilder::on(&panels[0])
-            .margin(15)
-            .x_label_area_size(50)
-            .y_label_area_size(80)
-            .build_cartesian_2d(
-                (0.8f64..rmax * 1.5).log_scale(),
-                (0.8f64..tmax * 1.5).log_scale(),
-            )
-            .map_err(draw_err)?;
+    let crit = |es: &[&Entry]| {
+        es.iter()
+            .filter_map(|e| e.critical_rate_rps)
+            .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))))
+    };
+    ramp_panel(
+        &panels[0],
+        entries,
+        rmax,
+        0.8..tmax * 1.5,
+        "throughput, req/s (log)",
+        |s| s.throughput_rps.max(1.0),
+        |name, es| match crit(es) {
+            Some(r) => format!("{name} (critical rate {r} req/s)"),
+            None => format!("{name} (no step served)"),
+        },
+    )?;
+    ramp_panel(
+        &panels[1],
+        entries,
+        rmax,
+        1.0..lmax * 2.0,
+        "latency p50, us (log)",
+        |s| s.latency_us.p50.max(1) as f64,
+        |name, _| name.to_string(),
+    )
+}
+
+/// One panel of figure 5: `y` of every step against its offered rate, a line per backend.
+fn ramp_panel(
+    area: &DrawingArea<SVGBackend, Shift>,
+    entries: &[Entry],
+    rmax: f64,
+    y_range: std::ops::Range<f64>,
+    y_desc: &str,
+    y: impl Fn(&Step) -> f64,
+    label: impl Fn(&str, &[&Entry]) -> String,
+) -> Result<()> {
+    let mut chart = ChartBuilder::on(area)
+        .margin(15)
+        .x_label_area_size(50)
+        .y_label_area_size(80)
+        .build_cartesian_2d((0.8f64..rmax * 1.5).log_scale(), y_range.log_scale())
+        .map_err(draw_err)?;
+    chart
+        .configure_mesh()
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 17))
+        .x_desc("offered rate, req/s (log)")
+        .y_desc(y_desc)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()
+        .map_err(draw_err)?;
+    for (i, (name, es)) in series(entries).iter().enumerate() {
+        let c = color(name, i);
+        let pts: Vec<(f64, f64)> = es
+            .iter()
+            .flat_map(|e| e.steps.iter().flatten())
+            .map(|s| (s.rate.max(1.0), y(s)))
+            .collect();
         chart
-            .configure_mesh()
-            .label_style(("sans-serif", 15))
-            .axis_desc_style(("sans-serif", 17))
-            .x_desc("offered rate, req/s (log)")
-            .y_desc("throughput, req/s (log)")
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| format!("{y:.0}"))
-            .draw()
-            .map_err(draw_err)?;
-        for (i, (name, es)) in ser.iter().enumerate() {
-            let c = color(name, i);
-            let pts: Vec<(f64, f64)> = es
-                .iter()
-                .flat_map(|e| steps(e))
-                .map(|s| (s.rate.max(1.0), s.throughput_rps.max(1.0)))
-                .collect();
-            let crit = es
-                .iter()
-                .filter_map(|e| e.critical_rate_rps)
-                .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))));
-            chart
-                .draw_series(LineSeries::new(pts, c.stroke_width(2)).point_size(4))
-                .map_err(draw_err)?
-                .label(match crit {
-                    Some(r) => format!("{name} (critical rate {r} req/s)"),
-                    None => format!("{name} (no step served)"),
-                })
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
-        }
-        legend(&mut chart)?;
+            .draw_series(LineSeries::new(pts, c.stroke_width(2)).point_size(4))
+            .map_err(draw_err)?
+            .label(label(name, es))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
     }
-    {
-        let mut chart = ChartBuilder::on(&panels[1])
-            .margin(15)
-            .x_label_area_size(50)
-            .y_label_area_size(80)
-            .build_cartesian_2d(
-                (0.8f64..rmax * 1.5).log_scale(),
-                (1f64..lmax * 2.0).log_scale(),
-            )
-            .map_err(draw_err)?;
-        chart
-            .configure_mesh()
-            .label_style(("sans-serif", 15))
-            .axis_desc_style(("sans-serif", 17))
-            .x_desc("offered rate, req/s (log)")
-            .y_desc("latency p50, us (log)")
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| format!("{y:.0}"))
-            .draw()
-            .map_err(draw_err)?;
-        for (i, (name, es)) in ser.iter().enumerate() {
-            let c = color(name, i);
-            let pts: Vec<(f64, f64)> = es
-                .iter()
-                .flat_map(|e| steps(e))
-                .map(|s| (s.rate.max(1.0), s.latency_us.p50.max(1) as f64))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(pts, c.stroke_width(2)).point_size(4))
-                .map_err(draw_err)?
-                .label(name.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
-        }
-        legend(&mut chart)?;
-    }
-    Ok(())
+    legend(&mut chart)
 }
 
 /// Figure 6: the burst's latency CDF.

@@ -23,12 +23,8 @@ use std::time::{Duration, Instant};
 
 /// Where `redis-server` is, or a clear error (checked before any run starts).
 pub fn find_server() -> Result<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let p = dir.join("redis-server");
-        if p.is_file() {
-            return Ok(p);
-        }
+    if let Some(p) = crate::middleware::find_program("redis-server", None) {
+        return Ok(p);
     }
     bail!("--backend redis: redis-server is not installed (Debian: apt-get install redis-server); nothing was run")
 }
