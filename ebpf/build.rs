@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
-    let src = "src/bpf/filter.bpf.c";
+    let src = "src/bpf/conveyor.bpf.c";
     // Debian keeps <asm/types.h>, which the UAPI headers include, under the multiarch path.
     let arch = match std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
         Ok("aarch64") => "aarch64-linux-gnu",
@@ -16,7 +16,7 @@ fn main() {
     if let Err(e) = SkeletonBuilder::new()
         .source(src)
         .clang_args(["-Wall", "-O2", &format!("-I/usr/include/{arch}")])
-        .build_and_generate(out.join("filter.skel.rs"))
+        .build_and_generate(out.join("conveyor.skel.rs"))
     {
         panic!(
             "building {src} failed (is clang installed? bash testbed/setup.sh installs it): {e:#}"

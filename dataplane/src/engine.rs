@@ -592,6 +592,14 @@ impl Engine {
             }
         }
         let mut rb = RecvBatch::new(RECV_BATCH, self.cfg.proto.max_frame + 64);
+        let first: Vec<usize> = self
+            .member
+            .view()
+            .members
+            .iter()
+            .map(|m| usize::from(m.0))
+            .collect();
+        self.transport.view_installed(&first);
         let mut idle_since: Option<std::time::Instant> = None;
         let mut shutdown_at: Option<std::time::Instant> = None;
         let started = std::time::Instant::now();
@@ -1017,6 +1025,8 @@ impl Engine {
     /// A view installed: the queue puts back what removed members held, joiners get the
     /// state, and the application hears of it.
     fn on_view_change(&mut self, vc: crate::membership::ViewChange) {
+        let ids: Vec<usize> = vc.view.members.iter().map(|m| usize::from(m.0)).collect();
+        self.transport.view_installed(&ids);
         let names = |ms: &[MemberId]| {
             ms.iter()
                 .map(|m| self.name(*m))

@@ -237,6 +237,10 @@ impl Transport for Impaired {
         self.held.peek().map(|Reverse((due, _, _, _))| *due)
     }
 
+    fn view_installed(&mut self, members: &[usize]) {
+        self.inner.view_installed(members);
+    }
+
     fn stats(&self) -> TransportStats {
         let mut s = self.inner.stats();
         s.injected_loss = self.dropped;

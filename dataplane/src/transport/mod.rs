@@ -5,10 +5,14 @@
 //! ordering are the protocol core's. Frames from addresses that are not peers are reported with
 //! `peer: None` so the engine can count and drop them.
 //!
-//! Implemented here: `udp` (kernel sockets, sendmmsg/recvmmsg), and `impair`, a wrapper over any
-//! transport that injects loss, duplication and delay. The other media (`shm`,
-//! `afxdp`, `dpdk`, `rdma`) are added by later issues behind this same trait.
+//! Implemented here: `udp` (kernel sockets, sendmmsg/recvmmsg), `afxdp` (AF_XDP sockets: the
+//! frames of the group bypass the kernel's stack, steered to the socket by an XDP program that
+//! the control plane attaches), and `impair`, a wrapper over any transport that injects loss,
+//! duplication and delay. The other media (`shm`, `dpdk`, `rdma`) are added by later issues
+//! behind this same trait.
 
+pub mod afxdp;
+mod afxdp_sys;
 pub mod impair;
 pub mod udp;
 mod udp_sys;
@@ -22,6 +26,8 @@ pub struct Received {
     /// Index of the sending peer, or `None` if the source address is not a peer.
     pub peer: Option<usize>,
     pub len: usize,
+    /// Which of the batch's buffers holds it.
+    pub buf: usize,
 }
 
 /// Preallocated receive buffers, filled by [`Transport::recv`].
@@ -42,8 +48,7 @@ impl RecvBatch {
     pub fn iter(&self) -> impl Iterator<Item = (Option<usize>, &[u8])> {
         self.frames
             .iter()
-            .zip(&self.bufs)
-            .map(|(r, b)| (r.peer, &b[..r.len]))
+            .map(|r| (r.peer, &self.bufs[r.buf][..r.len]))
     }
 }
 
@@ -61,6 +66,15 @@ pub struct TransportStats {
     /// Frames dropped or duplicated on purpose by an `impair` wrapper.
     pub injected_loss: u64,
     pub injected_duplicates: u64,
+    /// Frames the parser refused (not IPv4/UDP to this member, bad lengths): counted, dropped.
+    pub malformed: u64,
+    /// `afxdp`: frames that took the kernel's UDP path instead of the AF_XDP socket (a peer
+    /// whose MAC address is not known yet, a peer on the same host, a full tx ring; received:
+    /// frames the XDP program passed to the stack).
+    pub kernel_path_sent: u64,
+    pub kernel_path_received: u64,
+    /// Counters of the XDP program on the member's interface, by verdict (empty without one).
+    pub xdp: Vec<(&'static str, u64)>,
 }
 
 /// A medium that moves frames between peers.
@@ -80,4 +94,8 @@ pub trait Transport: Send {
         None
     }
     fn stats(&self) -> TransportStats;
+    /// A view was installed: `members` are the peer indices of its members. Called by the
+    /// polling thread at the install, before it sends anything in the new view (the XDP member
+    /// filter follows it here).
+    fn view_installed(&mut self, _members: &[usize]) {}
 }

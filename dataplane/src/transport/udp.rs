@@ -54,6 +54,11 @@ impl UdpTransport {
         })
     }
 
+    /// The socket, for polling.
+    pub fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
     }
@@ -86,7 +91,7 @@ impl Transport for UdpTransport {
             &mut self.recv_meta,
         )?;
         self.stats.syscalls += 1;
-        for &(addr, len, truncated) in &self.recv_meta {
+        for (buf, &(addr, len, truncated)) in self.recv_meta.iter().enumerate() {
             if truncated {
                 self.stats.oversized += 1;
                 continue;
@@ -95,7 +100,7 @@ impl Transport for UdpTransport {
             if peer.is_none() {
                 self.stats.unknown_source += 1;
             }
-            batch.frames.push(Received { peer, len });
+            batch.frames.push(Received { peer, len, buf });
         }
         self.stats.frames_received += n as u64;
         Ok(batch.frames.len())
