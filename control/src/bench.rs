@@ -133,6 +133,9 @@ pub struct GroupRun {
     /// (member name, seconds after the load starts): the member is not in the first view and
     /// is started then, joining the running group.
     pub joins: Vec<(String, f64)>,
+    /// `group.transport`: udp, or afxdp (netns hosts: each member's AF_XDP socket on its
+    /// host's eth0).
+    pub transport: String,
 }
 
 /// What a run measured, with the faults it injected.
@@ -386,10 +389,23 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
             .map(|i| format!("10.77.0.{}:7400", i + 1))
             .collect(),
     };
+    let afxdp = run.transport == "afxdp";
+    if afxdp && netns.is_none() {
+        bail!("--transport afxdp needs --hosts netns: an AF_XDP socket binds a network interface (each namespace host's eth0), not loopback");
+    }
     let mut toml = format!(
-        "# Written by conveyor for one run.\n[group]\nname = \"bench\"\nkey = \"{}\"\ntransport = \"udp\"\npipelines = [\"pipeline.json\"]\nstartup_timeout_s = 20\n",
-        fresh_key()?
+        "# Written by conveyor for one run.\n[group]\nname = \"bench\"\nkey = \"{}\"\ntransport = \"{}\"\npipelines = [\"pipeline.json\"]\nstartup_timeout_s = 20\n",
+        fresh_key()?,
+        run.transport
     );
+    if afxdp {
+        // One Ethernet frame on the hosts' 1500-byte MTU.
+        let max_frame = 1472;
+        toml.push_str(&format!(
+            "max_frame = {max_frame}\nmax_payload = {}\n",
+            conveyor_dataplane::wire::max_payload_for(max_frame, names.len())
+        ));
+    }
     if let Some(spec) = &run.impair {
         toml.push_str(&format!("impair = \"{spec}\"\n"));
     }
@@ -407,6 +423,9 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
         toml.push_str(&format!(
             "\n[[member]]\nname = \"{name}\"\naddress = \"{address}\"\nrole = \"{role}\"\n"
         ));
+        if afxdp {
+            toml.push_str("interface = \"eth0\"\n");
+        }
         if role == "invoker" && run.pin {
             let cores = std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -816,11 +835,15 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             bail!("--workload: unknown workload {other:?}; known: constant, ramp, burst, balance")
         }
     }
-    if args.transport != "udp" {
+    if !crate::config::TRANSPORTS.contains(&args.transport.as_str()) {
         bail!(
-            "--transport {}: not available in this build; available: udp",
-            args.transport
+            "--transport {}: not available in this build; available: {}",
+            args.transport,
+            crate::config::TRANSPORTS.join(", ")
         );
+    }
+    if args.transport == "afxdp" && args.hosts != "netns" {
+        bail!("--transport afxdp needs --hosts netns: an AF_XDP socket binds a network interface (each namespace host's eth0), not loopback; nothing was run");
     }
     let hosts = match args.hosts.as_str() {
         "local" => Hosts::Local,
@@ -909,6 +932,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         kills,
         partitions,
         joins,
+        transport: args.transport.clone(),
         idle: match (args.spin_us, args.yield_us, args.slice_us) {
             (None, None, None) => None,
             (s, y, l) => {
@@ -929,7 +953,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             "conveyor bench: {} workload, backend {backend}, transport {}, hosts {}, {} invokers, chain {} x {} us",
             args.workload,
             match *backend {
-                "conveyor" => "udp",
+                "conveyor" => args.transport.as_str(),
                 "redis" => "tcp (redis protocol)",
                 _ => "tcp (kafka protocol, tansu broker)",
             },
@@ -1267,10 +1291,23 @@ pub const DEMO_PIPELINE: &str = r#"{
   }
 }"#;
 
-pub fn demo() -> Result<()> {
-    println!(
-        "Conveyor demo: a trigger and two invokers, each its own process, on 127.0.0.1 over udp."
-    );
+pub fn demo(transport: &str) -> Result<()> {
+    let hosts = match transport {
+        "udp" => {
+            println!("Conveyor demo: a trigger and two invokers, each its own process, on 127.0.0.1 over udp.");
+            Hosts::Local
+        }
+        "afxdp" => {
+            if effective_uid() != 0 {
+                bail!("conveyor demo --transport afxdp needs root: it makes three network namespace hosts on a bridge (veth) and attaches XDP programs and AF_XDP sockets; nothing was run");
+            }
+            println!("Conveyor demo: a trigger and two invokers, each its own process in its own network namespace host (veth on a bridge), over AF_XDP sockets steered by XDP.");
+            Hosts::Netns
+        }
+        other => bail!(
+            "--transport {other}: the demo runs over udp (one machine, loopback) or afxdp (namespace hosts; root)"
+        ),
+    };
     println!("Pipeline 'demo': parse (spin 60us) -> classify (branch on size) -> resize (spin 60us) | store (echo)");
     println!(
         "Sending 1000 requests/s for 5 s (payloads of 64 and 32 bytes, so both branches run)..."
@@ -1298,11 +1335,12 @@ pub fn demo() -> Result<()> {
         pin: true,
         confine: false,
         progress: true,
-        hosts: Hosts::Local,
+        hosts,
         impair: None,
         kills: Vec::new(),
         partitions: Vec::new(),
         joins: Vec::new(),
+        transport: transport.to_string(),
     };
     let r = run_local_group(&run)?;
     let l = r.latency_us;

@@ -98,6 +98,11 @@ pub struct GroupSection {
     pub impair: Option<String>,
 }
 
+/// The transports the `conveyor` binary runs (chosen by `group.transport`).
+pub const TRANSPORTS: [&str; 2] = ["udp", "afxdp"];
+/// The largest frame the afxdp transport carries: a 4096-byte UMEM chunk less the headers.
+pub const MAX_AFXDP_FRAME: usize = 4096 - conveyor_dataplane::transport::afxdp::HEADERS;
+
 fn d_transport() -> String {
     "udp".into()
 }
@@ -196,6 +201,19 @@ pub struct MemberSection {
     /// Not in the group's first view: this member joins a running group when started.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub join: bool,
+    /// The network interface that carries `address` (in the member's network namespace).
+    /// Given, the member attaches Conveyor's XDP program to it: protocol frames from anyone
+    /// outside the view are dropped there. Required by the `afxdp` transport.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// `afxdp`: the interface's receive queue the member's AF_XDP socket binds (the queue the
+    /// NIC steers the member's UDP port to; 0 on single-queue links such as veth).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub queue: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,12 +275,13 @@ impl GroupConfig {
         if file.group.name.is_empty() {
             return Err(fail("group.name", "must not be empty".into()));
         }
-        if file.group.transport != "udp" {
+        if !TRANSPORTS.contains(&file.group.transport.as_str()) {
             return Err(fail(
                 "group.transport",
                 format!(
-                    "transport {:?} is not available in this build; available: udp",
-                    file.group.transport
+                    "transport {:?} is not available in this build; available: {}",
+                    file.group.transport,
+                    TRANSPORTS.join(", ")
                 ),
             ));
         }
@@ -363,6 +382,35 @@ impl GroupConfig {
                     ));
                 }
             }
+        }
+        for (i, m) in file.members.iter().enumerate() {
+            if file.group.transport == "afxdp" && m.interface.is_none() {
+                return Err(fail(
+                    &format!("member[{i}].interface"),
+                    format!("the afxdp transport binds an AF_XDP socket to the interface that carries the member's address; name it (for example interface = \"eth0\") for {:?}", m.name),
+                ));
+            }
+            if m.interface.as_deref() == Some("") {
+                return Err(fail(
+                    &format!("member[{i}].interface"),
+                    "must not be empty".into(),
+                ));
+            }
+            if m.queue >= 64 {
+                return Err(fail(
+                    &format!("member[{i}].queue"),
+                    "the XDP program serves queues 0 to 63".into(),
+                ));
+            }
+        }
+        if file.group.transport == "afxdp" && g.max_frame > MAX_AFXDP_FRAME {
+            return Err(fail(
+                "group.max_frame",
+                format!(
+                    "{} bytes do not fit one Ethernet frame of the afxdp transport: at most {MAX_AFXDP_FRAME} (1472 on a 1500-byte MTU; the member checks its interface's MTU at start)",
+                    g.max_frame
+                ),
+            ));
         }
         let mut addresses = Vec::new();
         for (i, m) in file.members.iter().enumerate() {
@@ -612,6 +660,29 @@ role = "invoker"
             (
                 GOOD.replace("name = \"invoker-0\"", "name = \"trigger\""),
                 "member[1].name",
+            ),
+            (
+                GOOD.replace("name = \"g\"", "name = \"g\"\ntransport = \"afxdp\""),
+                "member[0].interface",
+            ),
+            (
+                GOOD.replace("name = \"g\"", "name = \"g\"\ntransport = \"afxdp\"")
+                    .replace(
+                        "role = \"trigger\"",
+                        "role = \"trigger\"\ninterface = \"eth0\"",
+                    )
+                    .replace(
+                        "role = \"invoker\"",
+                        "role = \"invoker\"\ninterface = \"eth0\"",
+                    ),
+                "group.max_frame",
+            ),
+            (
+                GOOD.replace(
+                    "role = \"invoker\"",
+                    "role = \"invoker\"\ninterface = \"eth0\"\nqueue = 64",
+                ),
+                "member[1].queue",
             ),
         ];
         for (text, field) in cases {

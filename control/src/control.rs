@@ -42,6 +42,12 @@ pub struct MemberReport {
     /// Frames dropped, by reason.
     pub dropped: BTreeMap<String, u64>,
     pub queues: BTreeMap<String, u64>,
+    /// The transport's counters: frames sent and received, and the path they took.
+    #[serde(default)]
+    pub transport: BTreeMap<String, u64>,
+    /// The XDP program's counters on the member's interface, by verdict (empty without one).
+    #[serde(default)]
+    pub xdp: BTreeMap<String, u64>,
 }
 
 /// What the control plane answers a member's report: what the member should follow.
@@ -466,6 +472,23 @@ fn fresh(st: &State) -> Vec<(&String, &MemberReport)> {
         .collect()
 }
 
+/// The transport counters a member reports, by name.
+fn transport_counters(t: &conveyor_dataplane::transport::TransportStats) -> BTreeMap<String, u64> {
+    [
+        ("frames_sent", t.frames_sent),
+        ("frames_received", t.frames_received),
+        ("send_errors", t.send_errors),
+        ("unknown_source", t.unknown_source),
+        ("oversized", t.oversized),
+        ("malformed", t.malformed),
+        ("kernel_path_sent", t.kernel_path_sent),
+        ("kernel_path_received", t.kernel_path_received),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 /// A counter of `/metrics`: name, help, and how to read it from a report.
 type Counter = (&'static str, &'static str, fn(&MemberReport) -> u64);
 
@@ -519,6 +542,30 @@ fn metrics(st: &State) -> String {
             let _ = writeln!(
                 out,
                 "conveyor_frames_dropped_total{{member=\"{m}\",reason=\"{reason}\"}} {v}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP conveyor_transport_frames_total The transport's frame counters (kernel_path_*: frames of the afxdp transport that took the kernel's UDP path)\n# TYPE conveyor_transport_frames_total counter"
+    );
+    for (m, (_, r)) in &st.reports {
+        for (c, v) in &r.transport {
+            let _ = writeln!(
+                out,
+                "conveyor_transport_frames_total{{member=\"{m}\",counter=\"{c}\"}} {v}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP conveyor_xdp_frames_total Frames seen by the XDP program on the member's interface, by verdict (not_member, not_in_view: dropped)\n# TYPE conveyor_xdp_frames_total counter"
+    );
+    for (m, (_, r)) in &st.reports {
+        for (verdict, v) in &r.xdp {
+            let _ = writeln!(
+                out,
+                "conveyor_xdp_frames_total{{member=\"{m}\",verdict=\"{verdict}\"}} {v}"
             );
         }
     }
@@ -633,6 +680,13 @@ pub fn start_reporter(
                         )
                         .collect(),
                     queues: live.queues.iter().map(|(q, d)| (q.clone(), *d as u64)).collect(),
+                    transport: transport_counters(&live.transport),
+                    xdp: live
+                        .transport
+                        .xdp
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), *v))
+                        .collect(),
                 };
                 let r = agent
                     .post(&format!("{base}/v1/report"))

@@ -11,6 +11,7 @@ mod plot;
 mod progress;
 mod ramp;
 mod redis_backend;
+mod xdp;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -31,7 +32,11 @@ struct Cli {
 enum Cmd {
     /// Start a trigger and two invokers as separate processes on loopback, run a 3-function
     /// pipeline at 1000 requests/s for 5 s, and print what happened.
-    Demo,
+    Demo {
+        /// udp (loopback), or afxdp (three network namespace hosts on a bridge; needs root).
+        #[arg(long, default_value = "udp")]
+        transport: String,
+    },
     /// Run one member of a group.
     Node {
         /// The group's configuration file (see conveyor.sample.toml).
@@ -112,7 +117,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.cmd {
-        Cmd::Demo => bench::demo(),
+        Cmd::Demo { transport } => bench::demo(&transport),
         Cmd::Node {
             config,
             member,

@@ -6,9 +6,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use conveyor_dataplane::engine::{Clock, EngineHandle};
 use conveyor_dataplane::invoker::{run_invoker, InvokerApp};
 use conveyor_dataplane::queue::{Effect, Op};
+use conveyor_dataplane::transport::afxdp::{AfXdpConfig, AfXdpTransport};
 use conveyor_dataplane::transport::impair::Impaired;
 use conveyor_dataplane::transport::udp::UdpTransport;
 use conveyor_dataplane::transport::Transport;
+use conveyor_ebpf::{HookConfig, XdpHook};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -23,38 +26,23 @@ pub fn run(
     let idx = cfg.member_index(member)?;
     let me = &cfg.file.members[idx];
     let local = cfg.addresses[idx];
-    let udp = UdpTransport::bind(local, cfg.addresses.clone())
-        .with_context(|| format!("member {member}: starting the udp transport"))?;
-    let transport: Box<dyn Transport> = match &cfg.impair {
-        None => Box::new(udp),
-        Some(spec) => {
-            let mut spec = spec.clone();
-            spec.seed = spec.seed.wrapping_mul(1000).wrapping_add(idx as u64);
-            tracing::warn!(
-                "member {member}: IMPAIRED transport: loss {:.2}%, duplication {:.2}%, delay {} us + jitter {} us (group.impair)",
-                spec.loss * 100.0,
-                spec.duplicate * 100.0,
-                spec.delay_us,
-                spec.jitter_us
-            );
-            Box::new(Impaired::new(Box::new(udp), spec))
-        }
-    };
+    let ecfg = cfg.engine_config(idx);
+    let first_view: Vec<usize> = ecfg.view.members.iter().map(|m| usize::from(m.0)).collect();
+    let (transport, mode) = open_transport(&cfg, idx, &first_view)?;
     let peers: Vec<String> = cfg
         .file
         .members
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != idx)
-        .map(|(_, m)| format!("{}@{}/udp", m.name, m.address))
+        .map(|(_, m)| format!("{}@{}", m.name, m.address))
         .collect();
     tracing::info!(
-        "member {member} ({:?}) of group {:?}: transport udp on {local}; peers: {}",
+        "member {member} ({:?}) of group {:?}: transport {mode} on {local}; peers: {}",
         me.role,
         cfg.file.group.name,
         peers.join(", ")
     );
-    let ecfg = cfg.engine_config(idx);
     let startup = ecfg.startup_timeout;
     let invoker = (me.role == Role::Invoker).then(|| {
         InvokerApp::new(
@@ -106,6 +94,7 @@ pub fn run(
                 run_invoker(&handle, app)?;
             }
             let rep = handle.join();
+            log_transport(member, &rep.transport);
             tracing::info!(
                 "member {member}: polling loop stalls over 1 ms: {}, longest {} us; contended spells {}; retransmitted {} slots",
                 rep.stalls_over_1ms,
@@ -161,6 +150,7 @@ pub fn run(
             let mut rep = run_trigger(&handle, pipeline, &spec, &names)?;
             handle.submit(&Op::Shutdown { by: handle.me() })?;
             let er = handle.join();
+            log_transport(member, &er.transport);
             tracing::info!(
                 "member {member}: polling loop stalls over 1 ms: {}, longest {} us; contended spells {}; retransmitted {} slots",
                 er.stalls_over_1ms,
@@ -181,4 +171,113 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+/// Opens the member's transport as the group file says, with the XDP program on its interface
+/// when one is named, and the injected impairments when `group.impair` is set. Returns it with
+/// a description for the log (the medium, and for afxdp the mode).
+fn open_transport(
+    cfg: &GroupConfig,
+    idx: usize,
+    first_view: &[usize],
+) -> Result<(Box<dyn Transport>, String)> {
+    let me = &cfg.file.members[idx];
+    let member = &me.name;
+    let local = cfg.addresses[idx];
+    let mut hook = match &me.interface {
+        None => None,
+        Some(ifname) => {
+            let h = XdpHook::attach(
+                ifname,
+                HookConfig {
+                    group: cfg.engine_config(idx).group.0,
+                    filter: true,
+                },
+            )
+            .map_err(|e| anyhow!("member {member}: member[{idx}].interface = {ifname:?}: attaching the XDP program: {e}"))?;
+            // The first view's members at once: peers already running are not dropped while
+            // the socket is set up.
+            let h = crate::xdp::Hooked::first_view(h, &cfg.addresses, first_view)
+                .map_err(|e| anyhow!("member {member}: setting the XDP member set: {e}"))?;
+            Some(h)
+        }
+    };
+    let (inner, mut mode): (Box<dyn Transport>, String) = match cfg.file.group.transport.as_str() {
+        "afxdp" => {
+            let SocketAddr::V4(local4) = local else {
+                bail!("member {member}: the afxdp transport speaks IPv4 only; member[{idx}].address is {local}");
+            };
+            let ifname = me.interface.clone().unwrap_or_default();
+            let t = AfXdpTransport::open(&AfXdpConfig {
+                interface: ifname.clone(),
+                queue: me.queue,
+                local: local4,
+                peers: cfg.addresses.clone(),
+                max_frame: cfg.file.group.max_frame,
+                force_copy: false,
+            })
+            .map_err(|e| anyhow!("member {member}: starting the afxdp transport: {e}"))?;
+            let h = hook
+                .as_mut()
+                .ok_or_else(|| anyhow!("member {member}: afxdp without an XDP program"))?;
+            h.steer(local4.port(), me.queue, t.fd()).map_err(|e| {
+                anyhow!(
+                    "member {member}: steering port {} to the AF_XDP socket: {e}",
+                    local4.port()
+                )
+            })?;
+            let mode = format!(
+                "afxdp ({} mode, {ifname} queue {})",
+                if t.zero_copy() { "zero-copy" } else { "copy" },
+                me.queue
+            );
+            (Box::new(t), mode)
+        }
+        _ => {
+            let udp = UdpTransport::bind(local, cfg.addresses.clone())
+                .with_context(|| format!("member {member}: starting the udp transport"))?;
+            (Box::new(udp), "udp".to_string())
+        }
+    };
+    let inner: Box<dyn Transport> = match &cfg.impair {
+        None => inner,
+        Some(spec) => {
+            let mut spec = spec.clone();
+            spec.seed = spec.seed.wrapping_mul(1000).wrapping_add(idx as u64);
+            tracing::warn!(
+                "member {member}: IMPAIRED transport: loss {:.2}%, duplication {:.2}%, delay {} us + jitter {} us (group.impair)",
+                spec.loss * 100.0,
+                spec.duplicate * 100.0,
+                spec.delay_us,
+                spec.jitter_us
+            );
+            Box::new(Impaired::new(inner, spec))
+        }
+    };
+    Ok(match hook {
+        None => (inner, mode),
+        Some(h) => {
+            mode.push_str(&format!(", XDP member filter on {}", h.interface()));
+            let hooked = crate::xdp::Hooked::new(inner, h, &cfg.addresses);
+            (Box::new(hooked), mode)
+        }
+    })
+}
+
+/// The transport's counters at the end, and the XDP program's if there is one.
+fn log_transport(member: &str, t: &conveyor_dataplane::transport::TransportStats) {
+    tracing::info!(
+        "member {member}: transport sent {} frames ({} by the kernel's path), received {} ({} by the kernel's path); malformed {}, unknown source {}, send errors {}",
+        t.frames_sent,
+        t.kernel_path_sent,
+        t.frames_received,
+        t.kernel_path_received,
+        t.malformed,
+        t.unknown_source,
+        t.send_errors
+    );
+    if !t.xdp.is_empty() {
+        let x: Vec<String> = t.xdp.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        tracing::info!("member {member}: XDP: {}", x.join(", "));
+    }
 }

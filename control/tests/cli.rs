@@ -197,7 +197,15 @@ fn a_missing_member_is_named_and_start_up_times_out() {
 fn options_that_cannot_run_fail_clearly() {
     for (args, needle) in [
         (vec!["bench", "--backend", "zeromq"], "zeromq"),
-        (vec!["bench", "--transport", "afxdp"], "afxdp"),
+        (
+            vec!["bench", "--transport", "afxdp"],
+            "--transport afxdp needs --hosts netns",
+        ),
+        (
+            vec!["bench", "--transport", "dpdk"],
+            "--transport dpdk: not available in this build; available: udp, afxdp",
+        ),
+        (vec!["demo", "--transport", "rdma"], "--transport rdma"),
         (vec!["bench", "--hosts", "mars"], "mars"),
         (vec!["bench", "--netem", "loss 5%"], "netem"),
         (vec!["bench", "--workload", "sideways"], "sideways"),

@@ -293,3 +293,70 @@ fn baselines_run_inside_namespace_hosts_and_leave_none_behind() {
     );
     assert!(namespaces(&prefix).is_empty(), "namespaces left behind");
 }
+
+/// The `afxdp` transport under the bench, both workloads the issue names: each member's AF_XDP
+/// socket on its namespace host's eth0, the XDP program steering to it. Lost 0, duplicates 0,
+/// and the report says which transport ran.
+#[test]
+fn bench_over_afxdp_loses_and_doubles_nothing() {
+    needs_root!("bench_over_afxdp_loses_and_doubles_nothing");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    for (workload, extra, expect) in [
+        ("constant", ["--rate", "500", "--duration", "2"], 1000),
+        ("burst", ["--requests", "3000", "--chain", "3"], 3000),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+            .args([
+                "bench",
+                "--transport",
+                "afxdp",
+                "--hosts",
+                "netns",
+                "--workload",
+                workload,
+                "--fn-us",
+                "30",
+                "--json",
+                "-",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{workload}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let r = &v[0];
+        assert_eq!(r["transport"], "afxdp", "{r}");
+        assert_eq!(r["completed"], expect, "{workload}: {r}");
+        assert_eq!(r["lost"], 0, "{workload}: {r}");
+        assert_eq!(r["duplicates"], 0, "{workload}: {r}");
+        assert!(namespaces("cvb").is_empty());
+    }
+}
+
+/// `conveyor demo --transport afxdp`: the demo over namespace hosts and AF_XDP sockets.
+#[test]
+fn the_demo_runs_over_afxdp() {
+    needs_root!("the_demo_runs_over_afxdp");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args(["demo", "--transport", "afxdp"])
+        .env("CONVEYOR_NO_PROGRESS", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("over AF_XDP sockets"), "{text}");
+    assert!(
+        text.contains("sent 5000, completed 5000, lost 0, duplicated 0"),
+        "{text}"
+    );
+    assert!(namespaces("cvb").is_empty());
+}

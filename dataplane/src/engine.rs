@@ -214,6 +214,8 @@ pub struct Live {
     pub rejoins: u64,
     /// Version of the pipelines set through the group (0: the group file's).
     pub pipelines_version: u64,
+    /// The transport's counters (and its XDP program's, if any).
+    pub transport: TransportStats,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -817,6 +819,7 @@ impl Engine {
             l.requeued = self.requeued;
             l.rejoins = self.rejoins;
             l.pipelines_version = self.replica.pipelines_version();
+            l.transport = self.transport.stats();
         }
     }
 

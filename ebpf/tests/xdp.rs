@@ -237,7 +237,10 @@ fn non_members_frames_are_dropped_in_xdp_and_membership_changes_atomically() {
     assert_eq!(drain(&sock, Duration::from_millis(300)), (5, 0));
     within(&hosts.ns(0), || {
         let again = XdpHook::attach("eth0", CFG).expect("the interface is free again");
-        assert_eq!(again.stats().unwrap(), Stats::default());
+        // A fresh program with fresh counters (the host's own traffic, IPv6 neighbour
+        // discovery for one, may already count as `other`).
+        let s = again.stats().unwrap();
+        assert_eq!(Stats { other: 0, ..s }, Stats::default());
     });
 }
 

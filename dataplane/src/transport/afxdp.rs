@@ -357,6 +357,22 @@ impl AfXdpTransport {
         }
     }
 
+    /// Wakes the kernel until it took every frame of the tx ring (copy mode sends a bounded
+    /// number per wake-up), a few times at most; what is left goes at the next call, which
+    /// `next_deadline_us` asks for at once.
+    fn flush_tx(&mut self) -> io::Result<()> {
+        for _ in 0..8 {
+            if !self.xsk.tx_backlog() {
+                break;
+            }
+            if !self.xsk.kick_tx()? {
+                break;
+            }
+            self.stats.syscalls += 1;
+        }
+        Ok(())
+    }
+
     /// Takes back the chunks whose transmission completed.
     fn reclaim(&mut self) {
         self.done.clear();
@@ -419,9 +435,7 @@ impl Transport for AfXdpTransport {
             self.kernel_out.push((i, batch[i].0));
         }
         self.stats.frames_sent += queued as u64;
-        if queued > 0 {
-            self.stats.syscalls += u64::from(self.xsk.kick_tx()?);
-        }
+        self.flush_tx()?;
         if !self.kernel_out.is_empty() {
             let slow: Vec<(usize, &[u8])> = self
                 .kernel_out
@@ -483,6 +497,7 @@ impl Transport for AfXdpTransport {
             );
         }
         self.xsk.kick_rx();
+        self.flush_tx()?;
         // The kernel's path: frames the XDP program passed to the stack.
         if batch.frames.len() < room {
             let k = self.kernel.recv(&mut self.kernel_batch)?;
@@ -510,6 +525,11 @@ impl Transport for AfXdpTransport {
 
     fn poll_fd(&self) -> Option<RawFd> {
         Some(self.poll.fd())
+    }
+
+    fn next_deadline_us(&self) -> Option<u64> {
+        // Frames still on the tx ring: come back at once rather than park on them.
+        self.xsk.tx_backlog().then(crate::sys::monotonic_us)
     }
 
     fn stats(&self) -> TransportStats {

@@ -441,6 +441,12 @@ impl Xsk {
         self.tx.push(descs)
     }
 
+    /// Whether the kernel has not taken every frame put on the tx ring yet (in copy mode it
+    /// takes a bounded number per wake-up).
+    pub fn tx_backlog(&self) -> bool {
+        self.tx.cons().load(Ordering::Acquire) != self.tx.cached_prod
+    }
+
     /// Tells the kernel to process the tx ring if it asked to be told (always in copy mode).
     /// Transient refusals (the ring is being drained, the device queue is full) are left to
     /// the next call.

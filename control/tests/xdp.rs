@@ -1,0 +1,341 @@
+//! The XDP program in a running group (needs root; without it the test says it did not run;
+//! CI runs as root). Five namespace hosts on a bridge: the trigger and the control plane in
+//! h0, invokers 0 and 1 in h1 and h2 (in the first view), invoker 2 in h3 (joins later), and h4,
+//! which is not in the group file. The group runs the `afxdp` transport, so each member's XDP
+//! program both filters and steers.
+//!
+//! It shows: well-formed, correctly signed frames from the outsider are dropped in XDP (its
+//! counter rises) while the member's protocol counters do not; a joiner's frames are accepted
+//! (it gets into the view); after a view change that removes invoker 1, frames from its address
+//! are dropped; requests still complete.
+
+use conveyor_dataplane::types::{GroupId, MemberId, Seq, ViewId};
+use conveyor_dataplane::wire::{Frame, FrameWriter, Header, Key, Kind, Row};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "00000000000000000000000000000000000000000000000000000000000000aa";
+const TOKEN: &str = "test-token-0123456789";
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn netns_sh(args: &[&str]) {
+    let out = Command::new("bash")
+        .arg(format!(
+            "{}/../testbed/netns.sh",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args(args)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "netns.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The namespace hosts and the processes in them, all removed when dropped.
+struct Bed {
+    prefix: String,
+    procs: Vec<(String, Child)>,
+}
+impl Bed {
+    fn ns(&self, i: usize) -> String {
+        format!("{}-h{i}", self.prefix)
+    }
+}
+impl Drop for Bed {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.procs {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        netns_sh(&["down", "--prefix", &self.prefix]);
+    }
+}
+
+/// Runs `f` on a thread inside namespace `ns`.
+fn within<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+            conveyor_dataplane::sys::set_net_namespace(&file).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// GET `path` from the control plane (in h0).
+fn get(bed: &Bed, path: &str) -> String {
+    within(&bed.ns(0), || {
+        let Ok(mut s) = TcpStream::connect(("10.77.0.1", 7500)) else {
+            return String::new();
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+    })
+}
+
+fn view(bed: &Bed) -> Vec<String> {
+    let v: Value = serde_json::from_str(&get(bed, "/v1/view")).unwrap_or_default();
+    let mut m: Vec<String> = v["members"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    m.sort();
+    m
+}
+
+/// The value of `/metrics` line `name{member="M",LABEL}` (0 if absent).
+fn metric(text: &str, name: &str, member: &str, label: &str) -> u64 {
+    let prefix = format!("{name}{{member=\"{member}\",{label}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every `conveyor_frames_dropped_total` of `member`, summed: the protocol's own drops.
+fn protocol_drops(text: &str, member: &str) -> u64 {
+    let prefix = format!("conveyor_frames_dropped_total{{member=\"{member}\",");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A well-formed status frame of the group, signed with its key, from member id `sender`.
+fn status_frame(sender: u16) -> Vec<u8> {
+    let h = blake3::hash(b"xdp");
+    let b = h.as_bytes();
+    let group = GroupId(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let key = Key::from_hex(KEY).unwrap();
+    let header = Header {
+        kind: Kind::Status,
+        group,
+        view: ViewId(1),
+        sender: MemberId(sender),
+        count: 0,
+        seq: Seq(0),
+        flags: 0,
+    };
+    let row = Row {
+        heartbeat: 1,
+        delivered: 0,
+        received: vec![0; 4],
+    };
+    let mut buf = Vec::new();
+    let n = FrameWriter::new(&mut buf, 1400, &header, &row).finish(&key);
+    buf.truncate(n);
+    assert!(
+        Frame::parse(&key, &buf).is_ok(),
+        "the test frame is well formed"
+    );
+    buf
+}
+
+/// Sends `n` copies of `frame` from host `from`, source port 7400, to invoker-0 (h1).
+fn send_from(bed: &Bed, from: usize, frame: &[u8], n: usize) {
+    within(&bed.ns(from), || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 7400)).unwrap();
+        for _ in 0..n {
+            s.send_to(frame, ("10.77.0.2", 7400)).unwrap();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    });
+}
+
+#[test]
+fn xdp_drops_outsiders_and_removed_members_and_admits_joiners_in_a_running_group() {
+    if !is_root() {
+        eprintln!("NOT RUN: xdp_drops_outsiders_and_removed_members_and_admits_joiners_in_a_running_group needs root (namespaces, XDP, AF_XDP)");
+        return;
+    }
+    let prefix = format!("cvq{}", std::process::id() % 100_000);
+    netns_sh(&["up", "5", "--prefix", &prefix]);
+    let mut bed = Bed {
+        prefix,
+        procs: Vec::new(),
+    };
+    let dir = std::env::temp_dir().join(format!("conveyor-xdp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("p.json"),
+        r#"{"name":"p","entry":"a","steps":{"a":{"function":"echo"}}}"#,
+    )
+    .unwrap();
+    let mut toml = format!(
+        "[group]\nname = \"xdp\"\nkey = \"{KEY}\"\ntransport = \"afxdp\"\nmax_frame = 1472\nmax_payload = 1024\npipelines = [\"p.json\"]\nstartup_timeout_s = 30\n\n[control]\naddress = \"10.77.0.1:7500\"\ntoken = \"{TOKEN}\"\n"
+    );
+    for (i, (name, role, extra)) in [
+        ("trigger", "trigger", ""),
+        ("invoker-0", "invoker", ""),
+        ("invoker-1", "invoker", "rejoin = false\n"),
+        ("invoker-2", "invoker", "join = true\n"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        toml.push_str(&format!(
+            "\n[[member]]\nname = \"{name}\"\naddress = \"10.77.0.{}:7400\"\nrole = \"{role}\"\ninterface = \"eth0\"\n{extra}",
+            i + 1
+        ));
+    }
+    let cfg = dir.join("group.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let cfg_s = cfg.to_str().unwrap().to_string();
+    let spawn = |bed: &mut Bed, host: usize, args: &[&str], name: &str| {
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &bed.ns(host),
+                env!("CARGO_BIN_EXE_conveyor"),
+            ])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        bed.procs.push((name.to_string(), child));
+    };
+    spawn(&mut bed, 0, &["control", "--config", &cfg_s], "control");
+    for (host, m) in [(0, "trigger"), (1, "invoker-0"), (2, "invoker-1")] {
+        spawn(
+            &mut bed,
+            host,
+            &["node", "--config", &cfg_s, "--member", m],
+            m,
+        );
+    }
+    wait_for("the first view in the control plane", 30, || {
+        view(&bed) == ["invoker-0", "invoker-1", "trigger"]
+    });
+    let log = |name: &str| std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap();
+    assert!(
+        log("invoker-0")
+            .contains("transport afxdp (copy mode, eth0 queue 0), XDP member filter on eth0"),
+        "{}",
+        log("invoker-0")
+    );
+
+    // 1. The outsider (h4, not in the group file) sends 200 well-formed, signed frames.
+    let m0 = get(&bed, "/metrics");
+    send_from(&bed, 4, &status_frame(1), 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    let m1 = get(&bed, "/metrics");
+    let x = |m: &str, v: &str| {
+        metric(
+            m,
+            "conveyor_xdp_frames_total",
+            "invoker-0",
+            &format!("verdict=\"{v}\""),
+        )
+    };
+    let t = |m: &str, c: &str| {
+        metric(
+            m,
+            "conveyor_transport_frames_total",
+            "invoker-0",
+            &format!("counter=\"{c}\""),
+        )
+    };
+    assert_eq!(x(&m1, "not_member") - x(&m0, "not_member"), 200, "{m1}");
+    assert!(
+        x(&m1, "redirected") > x(&m0, "redirected"),
+        "the group's frames flow: {m1}"
+    );
+    assert_eq!(
+        protocol_drops(&m1, "invoker-0"),
+        protocol_drops(&m0, "invoker-0"),
+        "{m1}"
+    );
+    assert_eq!(t(&m1, "unknown_source"), 0, "{m1}");
+    assert_eq!(t(&m1, "malformed"), 0, "{m1}");
+
+    // 2. A joiner: invoker-2 (h3) starts; its join requests pass as a candidate's, and once it
+    // is in the view its frames pass as a member's.
+    spawn(
+        &mut bed,
+        3,
+        &["node", "--config", &cfg_s, "--member", "invoker-2"],
+        "invoker-2",
+    );
+    wait_for("invoker-2 in the view", 30, || {
+        view(&bed) == ["invoker-0", "invoker-1", "invoker-2", "trigger"]
+    });
+    // Join requests go to the members the joiner contacts: count them over the first view.
+    wait_for("the join requests counted as a candidate's", 10, || {
+        let m = get(&bed, "/metrics");
+        ["trigger", "invoker-0", "invoker-1"]
+            .iter()
+            .map(|n| metric(&m, "conveyor_xdp_frames_total", n, "verdict=\"joiner\""))
+            .sum::<u64>()
+            > 0
+    });
+
+    // 3. invoker-1 is killed; the view change removes it (rejoin = false). Frames from its
+    // address and port are then dropped: its status frames as a candidate's (not_in_view).
+    let (_, c) = bed
+        .procs
+        .iter_mut()
+        .find(|(n, _)| n == "invoker-1")
+        .unwrap();
+    c.kill().unwrap();
+    c.wait().unwrap();
+    wait_for("invoker-1 removed from the view", 30, || {
+        view(&bed) == ["invoker-0", "invoker-2", "trigger"]
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let m3 = get(&bed, "/metrics");
+    send_from(&bed, 2, &status_frame(2), 100);
+    std::thread::sleep(Duration::from_millis(1500));
+    let m4 = get(&bed, "/metrics");
+    assert_eq!(x(&m4, "not_in_view") - x(&m3, "not_in_view"), 100, "{m4}");
+    assert_eq!(
+        protocol_drops(&m4, "invoker-0"),
+        protocol_drops(&m3, "invoker-0"),
+        "{m4}"
+    );
+    assert_eq!(x(&m4, "member_set_update_failures"), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
