@@ -375,3 +375,152 @@ fn the_afxdp_transport_receives_through_the_program_and_sends_through_its_ring()
     assert_eq!(&buf[..n], b"again");
     assert_eq!(t.stats().kernel_path_sent, 1, "{:?}", t.stats());
 }
+
+/// Steering with two sockets on one host: host B runs two "invokers" in one interface, one
+/// AF_XDP socket each, on receive queues 0 and 1 (ports 7400 and 7401). The NIC's ntuple rule
+/// (`ethtool -N ... dst-port 7401 action 1`) is emulated by the sender: host A's AF_XDP
+/// sockets transmit on queues 0 and 1 of a direct veth pair, and veth delivers a frame on the
+/// peer's receive queue of the queue it was sent on (veth has no flow steering, and this kernel
+/// has no tc skbedit). Each frame lands on the socket of its port only; a frame that arrives
+/// on the other queue is passed to the stack and reaches the right member through its kernel
+/// socket, never the other socket.
+#[test]
+fn steering_puts_each_port_on_its_own_socket() {
+    use conveyor_dataplane::transport::afxdp::{AfXdpConfig, AfXdpTransport};
+    use conveyor_dataplane::transport::{RecvBatch, Transport};
+    if !is_root() {
+        eprintln!("NOT RUN: steering_puts_each_port_on_its_own_socket needs root (namespaces, XDP, AF_XDP)");
+        return;
+    }
+    let p = format!("cvs{}", std::process::id() % 100_000);
+    let (a, b) = (format!("{p}-a"), format!("{p}-b"));
+    struct Gone(Vec<String>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            for n in &self.0 {
+                let _ = Command::new("ip").args(["netns", "del", n]).status();
+            }
+        }
+    }
+    let _gone = Gone(vec![a.clone(), b.clone()]);
+    let sh = |cmd: String| {
+        let ok = Command::new("sh").args(["-c", &cmd]).status().unwrap();
+        assert!(ok.success(), "{cmd}");
+    };
+    sh(format!("ip netns add {a} && ip netns add {b}"));
+    sh(format!("ip link add eth0 netns {a} numtxqueues 2 numrxqueues 2 type veth peer name eth0 netns {b} numtxqueues 2 numrxqueues 2"));
+    for (ns, ip) in [(&a, "10.78.0.1"), (&b, "10.78.0.2")] {
+        sh(format!("ip -n {ns} addr add {ip}/24 dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set lo up"));
+    }
+    let a_addr = |q: u32| format!("10.78.0.1:{}", 7000 + q);
+    let b_addr = |q: u32| format!("10.78.0.2:{}", 7400 + q);
+    // Everyone knows everyone: peers 0, 1 are A's sockets, 2, 3 are B's.
+    let peers: Vec<std::net::SocketAddr> = (0..2)
+        .map(|q| a_addr(q).parse().unwrap())
+        .chain((0..2).map(|q| b_addr(q).parse().unwrap()))
+        .collect();
+    let open = |local: String, q: u32| {
+        AfXdpTransport::open(&AfXdpConfig {
+            interface: "eth0".into(),
+            queue: q,
+            local: local.parse().unwrap(),
+            peers: peers.clone(),
+            max_frame: 1400,
+            force_copy: false,
+        })
+        .unwrap()
+    };
+    let everyone: Vec<(Ipv4Addr, u16)> = peers
+        .iter()
+        .map(|p| match p {
+            std::net::SocketAddr::V4(v) => (*v.ip(), v.port()),
+            _ => unreachable!(),
+        })
+        .collect();
+    // Host A: a program steering each of its ports to its socket, so it can send on queue q.
+    let (mut hook_a, mut senders) = within(&a, || {
+        let mut h = XdpHook::attach("eth0", CFG).unwrap();
+        let s: Vec<AfXdpTransport> = (0..2).map(|q| open(a_addr(q), q)).collect();
+        for (q, t) in s.iter().enumerate() {
+            h.steer(7000 + q as u16, q as u32, t.fd()).unwrap();
+        }
+        (h, s)
+    });
+    hook_a.set_members(&everyone, &[]).unwrap();
+    let (mut hook_b, mut invokers) = within(&b, || {
+        let mut h = XdpHook::attach("eth0", CFG).unwrap();
+        let s: Vec<AfXdpTransport> = (0..2).map(|q| open(b_addr(q), q)).collect();
+        for (q, t) in s.iter().enumerate() {
+            h.steer(7400 + q as u16, q as u32, t.fd()).unwrap();
+        }
+        (h, s)
+    });
+    hook_b.set_members(&everyone, &[]).unwrap();
+
+    // Let each side learn the other's MAC address (first frames take the kernel's path), then
+    // start counting.
+    let collect = |ts: &mut Vec<AfXdpTransport>| -> Vec<Vec<(Option<usize>, Vec<u8>)>> {
+        let mut rb = RecvBatch::new(64, 2048);
+        let mut got = vec![Vec::new(), Vec::new()];
+        let until = std::time::Instant::now() + Duration::from_millis(600);
+        while std::time::Instant::now() < until {
+            for (i, t) in ts.iter_mut().enumerate() {
+                t.recv(&mut rb).unwrap();
+                got[i].extend(rb.iter().map(|(p, b)| (p, b.to_vec())));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        got
+    };
+    for q in 0..2 {
+        senders[q].send(&[(2 + q, b"hello".as_slice())]).unwrap();
+        invokers[q].send(&[(q, b"hello".as_slice())]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    collect(&mut invokers);
+    collect(&mut senders);
+    let before = hook_b.stats().unwrap();
+    let kernel_before: Vec<u64> = invokers
+        .iter()
+        .map(|t| t.stats().kernel_path_received)
+        .collect();
+
+    // A's queue-q socket sends 50 protocol frames to B's port 740q: the "NIC" puts them on B's queue q.
+    for q in 0..2 {
+        let frames: Vec<Vec<u8>> = (0..50).map(|_| frame(100 + q as u16)).collect();
+        let batch: Vec<(usize, &[u8])> = frames.iter().map(|f| (2 + q, f.as_slice())).collect();
+        senders[q].send(&batch).unwrap();
+    }
+    let got = collect(&mut invokers);
+    for q in 0..2 {
+        assert_eq!(got[q].len(), 50, "socket {q}: {:?}", got[q].len());
+        assert!(
+            got[q]
+                .iter()
+                .all(|(p, f)| *p == Some(q) && *f == frame(100 + q as u16)),
+            "socket {q} got only its port's frames"
+        );
+    }
+    let after = hook_b.stats().unwrap();
+    assert_eq!(after.redirected - before.redirected, 100, "{after:?}");
+    assert_eq!(after.missteered, before.missteered, "{after:?}");
+
+    // Mis-steered: A's queue-0 socket sends 20 frames to B's port 7401 (socket 1's); they
+    // arrive on queue 0, the program passes them to the stack, and socket 1's member gets them
+    // through its kernel socket; socket 0 gets nothing.
+    let frames: Vec<Vec<u8>> = (0..20).map(|_| frame(99)).collect();
+    let batch: Vec<(usize, &[u8])> = frames.iter().map(|f| (3, f.as_slice())).collect();
+    senders[0].send(&batch).unwrap();
+    let got = collect(&mut invokers);
+    assert!(got[0].is_empty(), "{:?}", got[0]);
+    assert_eq!(got[1].len(), 20);
+    assert!(got[1].iter().all(|(p, f)| *p == Some(0) && *f == frame(99)));
+    let last = hook_b.stats().unwrap();
+    assert_eq!(last.missteered - after.missteered, 20, "{last:?}");
+    assert_eq!(last.redirected, after.redirected);
+    assert_eq!(
+        invokers[1].stats().kernel_path_received - kernel_before[1],
+        20
+    );
+    assert_eq!(invokers[0].stats().kernel_path_received, kernel_before[0]);
+}
