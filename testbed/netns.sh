@@ -4,7 +4,9 @@
 # namespace's interfaces), addresses 10.77.0.1 .. 10.77.0.N/24, and optionally a tc netem
 # discipline on every host's eth0 (so every link, both ways, gets it). Needs root.
 #
-#   netns.sh up N [--prefix P] [--netem "loss 5% delay 50us"]   creates P-h0 .. P-h(N-1), P-hub
+#   netns.sh up N [--prefix P] [--netem "loss 5% delay 50us"] [--queues Q]
+#                                                                creates P-h0 .. P-h(N-1), P-hub;
+#                                                                Q receive/transmit queues per eth0
 #   netns.sh down [--prefix P]                                   removes every namespace P-*
 #   netns.sh addr I                                              prints host I's address
 #
@@ -15,10 +17,12 @@ cmd="${1:-}"; shift || true
 prefix="cv"
 netem=""
 n=""
+queues=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) prefix="$2"; shift 2 ;;
     --netem) netem="$2"; shift 2 ;;
+    --queues) queues="$2"; shift 2 ;;
     *) if [ -z "$n" ]; then n="$1"; shift; else echo "netns.sh: unexpected argument $1" >&2; exit 2; fi ;;
   esac
 done
@@ -37,6 +41,9 @@ case "$cmd" in
     if ! [[ "$n" =~ ^[0-9]+$ ]] || [ "$n" -lt 1 ] || [ "$n" -gt 250 ]; then
       echo "netns.sh: up needs a host count between 1 and 250" >&2; exit 2
     fi
+    if ! [[ "$queues" =~ ^[0-9]+$ ]] || [ "$queues" -lt 1 ] || [ "$queues" -gt 64 ]; then
+      echo "netns.sh: --queues needs a count between 1 and 64" >&2; exit 2
+    fi
     down
     trap 'down' ERR
     ip netns add "${prefix}-hub"
@@ -47,7 +54,8 @@ case "$cmd" in
       host="${prefix}-h$i"
       port="${prefix}h$i"
       ip netns add "$host"
-      ip link add "$port" type veth peer name eth0 netns "$host"
+      ip link add "$port" numtxqueues "$queues" numrxqueues "$queues" type veth \
+        peer name eth0 netns "$host" numtxqueues "$queues" numrxqueues "$queues"
       ip link set "$port" netns "${prefix}-hub"
       ip -n "${prefix}-hub" link set "$port" master br0
       ip -n "${prefix}-hub" link set "$port" up

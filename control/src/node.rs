@@ -202,6 +202,7 @@ fn open_transport(
             Some(h)
         }
     };
+    let mut steering = None;
     let (inner, mut mode): (Box<dyn Transport>, String) = match cfg.file.group.transport.as_str() {
         "afxdp" => {
             let SocketAddr::V4(local4) = local else {
@@ -234,6 +235,7 @@ fn open_transport(
             (Box::new(t), mode)
         }
         _ => {
+            steering = None;
             let udp = UdpTransport::bind(local, cfg.addresses.clone())
                 .with_context(|| format!("member {member}: starting the udp transport"))?;
             (Box::new(udp), "udp".to_string())
@@ -257,8 +259,16 @@ fn open_transport(
     Ok(match hook {
         None => (inner, mode),
         Some(h) => {
-            mode.push_str(&format!(", XDP member filter on {}", h.interface()));
-            let hooked = crate::xdp::Hooked::new(inner, h, &cfg.addresses);
+            mode.push_str(&format!(
+                ", XDP member filter on {} ({})",
+                h.interface(),
+                if h.is_owner() {
+                    "attached by this member"
+                } else {
+                    "shared with the member that attached it"
+                }
+            ));
+            let hooked = crate::xdp::Hooked::new(inner, h, &cfg.addresses, first_view, steering);
             (Box::new(hooked), mode)
         }
     })

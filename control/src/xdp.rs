@@ -8,20 +8,35 @@
 //! status) are dropped in XDP; the protocol core would refuse them anyway. Join requests reach
 //! the core, which authenticates them and admits or refuses (`control.admission`), so a removed
 //! member can come back while its other frames are dropped from its removal on.
+//!
+//! Members of one group on one host share the program of the first (see `conveyor-ebpf`): the
+//! owner keeps the member set, each member steers its own port. A guest checks every 250 ms
+//! (from its polling thread) that the owner's program is still there, and takes over if not.
 
 use conveyor_dataplane::transport::{RecvBatch, Transport, TransportStats};
 use conveyor_ebpf::XdpHook;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
 
 pub struct Hooked {
     inner: Box<dyn Transport>,
     hook: XdpHook,
     /// Every member's (address, port), by index; `None` for IPv6 (the program is IPv4 only).
     addrs: Vec<Option<(Ipv4Addr, u16)>>,
+    /// The port, queue and AF_XDP socket this member steers (afxdp), registered again when
+    /// the hook changes.
+    steering: Option<(u16, u32, RawFd)>,
+    /// The last view installed (member indices).
+    view: Vec<usize>,
+    checked_at: Instant,
     update_failures: u64,
+    takeovers: u64,
 }
+
+/// How often a member sharing another member's program checks that it is still there.
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 
 impl std::fmt::Debug for Hooked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -71,13 +86,74 @@ impl Hooked {
         Ok(hook)
     }
 
-    /// Wraps `inner`, whose frames `hook` (set up by [`first_view`](Self::first_view)) judges.
-    pub fn new(inner: Box<dyn Transport>, hook: XdpHook, addresses: &[SocketAddr]) -> Hooked {
+    /// Wraps `inner`, whose frames `hook` (set up by [`first_view`](Self::first_view)) judges;
+    /// `steering` is what the member registered with [`XdpHook::steer`].
+    pub fn new(
+        inner: Box<dyn Transport>,
+        hook: XdpHook,
+        addresses: &[SocketAddr],
+        view: &[usize],
+        steering: Option<(u16, u32, RawFd)>,
+    ) -> Hooked {
         Hooked {
             inner,
             hook,
             addrs: v4_addrs(addresses),
+            steering,
+            view: view.to_vec(),
+            checked_at: Instant::now(),
             update_failures: 0,
+            takeovers: 0,
+        }
+    }
+
+    /// A member sharing another member's program: if that member ended (its program went
+    /// with it), attach one (or share a newer one), steer again, and set the member set.
+    fn follow(&mut self) {
+        if self.hook.is_owner() || self.checked_at.elapsed() < FOLLOW_EVERY {
+            return;
+        }
+        self.checked_at = Instant::now();
+        match self.hook.follow() {
+            Ok(false) => {}
+            Ok(true) => {
+                self.takeovers += 1;
+                tracing::warn!(
+                    "the XDP program on {} went with the member that attached it; {} now",
+                    self.hook.interface(),
+                    if self.hook.is_owner() {
+                        "this member attached its own"
+                    } else {
+                        "sharing another member's"
+                    }
+                );
+                if let Some((port, queue, fd)) = self.steering {
+                    if let Err(e) = self.hook.steer(port, queue, fd) {
+                        tracing::error!("steering port {port} to queue {queue} again: {e}");
+                    }
+                }
+                let view = self.view.clone();
+                self.set_view(&view);
+            }
+            Err(e) => tracing::error!(
+                "the XDP program on {} is gone and cannot be replaced ({e}); frames take the kernel's path",
+                self.hook.interface()
+            ),
+        }
+    }
+
+    fn set_view(&mut self, members: &[usize]) {
+        self.view = members.to_vec();
+        let (v, c) = sets(&self.addrs, members);
+        if let Err(e) = self.hook.set_members(&v, &c) {
+            // The program keeps the previous view's set: its members still pass, a joiner's
+            // frames are dropped until the next update succeeds. Loud, because it should not
+            // happen (the maps are sized for the largest group).
+            self.update_failures += 1;
+            tracing::error!(
+                "the XDP member filter on {} could not follow the view: {e}",
+                self.hook.interface()
+            );
         }
     }
 }
@@ -90,6 +166,7 @@ impl Transport for Hooked {
         self.inner.send(batch)
     }
     fn recv(&mut self, batch: &mut RecvBatch) -> io::Result<usize> {
+        self.follow();
         self.inner.recv(batch)
     }
     fn poll_fd(&self) -> Option<RawFd> {
@@ -110,16 +187,6 @@ impl Transport for Hooked {
     }
     fn view_installed(&mut self, members: &[usize]) {
         self.inner.view_installed(members);
-        let (v, c) = sets(&self.addrs, members);
-        if let Err(e) = self.hook.set_members(&v, &c) {
-            // The program keeps the previous view's set: its members still pass, a joiner's
-            // frames are dropped until the next update succeeds. Loud, because it should not
-            // happen (the maps are sized for the largest group).
-            self.update_failures += 1;
-            tracing::error!(
-                "the XDP member filter on {} could not follow the view: {e}",
-                self.hook.interface()
-            );
-        }
+        self.set_view(members);
     }
 }

@@ -339,3 +339,106 @@ fn xdp_drops_outsiders_and_removed_members_and_admits_joiners_in_a_running_group
     assert_eq!(x(&m4, "member_set_update_failures"), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two invokers on one namespace host, separate processes on queues 0 and 1 of its eth0 (two
+/// queues) with ports 7400 and 7401: the second shares the program the first attached, each
+/// steers its own port to its own socket, and the group runs a workload losing and doubling
+/// nothing. (veth spreads frames over its queues by flow hash, not by port as a NIC's ntuple
+/// rule would, so part of each invoker's frames arrives on the other's queue and takes the
+/// kernel's path to it: counted, not lost.)
+#[test]
+fn two_invokers_on_one_host_share_the_program_and_lose_nothing() {
+    if !is_root() {
+        eprintln!("NOT RUN: two_invokers_on_one_host_share_the_program_and_lose_nothing needs root (namespaces, XDP, AF_XDP)");
+        return;
+    }
+    let prefix = format!("cvw{}", std::process::id() % 100_000);
+    netns_sh(&["up", "2", "--queues", "2", "--prefix", &prefix]);
+    let mut bed = Bed {
+        prefix,
+        procs: Vec::new(),
+    };
+    let dir = std::env::temp_dir().join(format!("conveyor-xdp2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("p.json"),
+        r#"{"name":"p","entry":"a","steps":{"a":{"function":"spin","args":{"us":30},"next":[{"to":["b"]}]},"b":{"function":"echo"}}}"#,
+    )
+    .unwrap();
+    let mut toml = format!(
+        "[group]\nname = \"xdp2\"\nkey = \"{KEY}\"\ntransport = \"afxdp\"\nmax_frame = 1472\nmax_payload = 1024\npipelines = [\"p.json\"]\nstartup_timeout_s = 30\n"
+    );
+    for (name, role, addr, queue) in [
+        ("trigger", "trigger", "10.77.0.1:7400", 0),
+        ("invoker-0", "invoker", "10.77.0.2:7400", 0),
+        ("invoker-1", "invoker", "10.77.0.2:7401", 1),
+    ] {
+        toml.push_str(&format!(
+            "\n[[member]]\nname = \"{name}\"\naddress = \"{addr}\"\nrole = \"{role}\"\ninterface = \"eth0\"\nqueue = {queue}\n"
+        ));
+    }
+    let cfg = dir.join("group.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    std::fs::write(
+        dir.join("w.json"),
+        r#"{"workload":"constant","pipeline":"p","rate":500,"duration_s":2,"requests":0,"payload":64,"vary_payload":false,"grace_s":5}"#,
+    )
+    .unwrap();
+    let cfg_s = cfg.to_str().unwrap().to_string();
+    let run = |bed: &mut Bed, host: usize, member: &str, extra: &[&str]| {
+        let log = std::fs::File::create(dir.join(format!("{member}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &bed.ns(host),
+                env!("CARGO_BIN_EXE_conveyor"),
+            ])
+            .args(["node", "--config", &cfg_s, "--member", member])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        bed.procs.push((member.to_string(), child));
+    };
+    run(&mut bed, 1, "invoker-0", &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    run(&mut bed, 1, "invoker-1", &[]);
+    let w = dir.join("w.json").to_str().unwrap().to_string();
+    let r = dir.join("r.json").to_str().unwrap().to_string();
+    run(&mut bed, 0, "trigger", &["--workload", &w, "--report", &r]);
+    let (_, trigger) = bed.procs.iter_mut().find(|(n, _)| n == "trigger").unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = trigger.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the run did not end"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = |name: &str| std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap();
+    assert!(status.success(), "{}", log("trigger"));
+    let rep: Value = serde_json::from_str(&std::fs::read_to_string(&r).unwrap()).unwrap();
+    assert_eq!(rep["completed"], 1000, "{rep}");
+    assert_eq!(rep["lost"], 0, "{rep}");
+    assert_eq!(rep["duplicates"], 0, "{rep}");
+    assert!(
+        log("invoker-0")
+            .contains("eth0 queue 0), XDP member filter on eth0 (attached by this member)"),
+        "{}",
+        log("invoker-0")
+    );
+    assert!(
+        log("invoker-1").contains(
+            "eth0 queue 1), XDP member filter on eth0 (shared with the member that attached it)"
+        ),
+        "{}",
+        log("invoker-1")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

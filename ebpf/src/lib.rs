@@ -14,14 +14,18 @@
 //!
 //! Attachment is a BPF link: the kernel removes the program when the link's last descriptor
 //! closes, which is when the process ends, however it ends (a crash included). Nothing is
-//! pinned, so nothing outlives the member. A second program on the same interface is refused by
-//! the kernel (EBUSY) and reported as such, rather than replacing the first member's.
+//! pinned, so nothing outlives the member. Members of one group on one host share the program
+//! the first of them attached: the others find it on the interface (by its id, no bpffs), use
+//! its maps, and steer their own ports to their own sockets. When the owner ends, a guest
+//! attaches a program of its own ([`XdpHook::follow`]); meanwhile frames take the kernel's path.
+//! Any other program on the interface (another tool's, or Conveyor's for another group) is
+//! refused with a message saying whose it is, never replaced.
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags};
+use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
 use std::mem::MaybeUninit;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, RawFd};
+use std::os::fd::RawFd;
 
 #[allow(
     clippy::all,
@@ -39,8 +43,14 @@ use skel::{ConveyorSkel, ConveyorSkelBuilder};
 pub enum Error {
     #[error("no network interface named {0:?}")]
     NoInterface(String),
-    #[error("interface {0} already has an XDP program attached (another member on this interface, or another tool); refusing to replace it")]
-    Busy(String),
+    #[error("interface {0} already has an XDP program attached: {1}; refusing to replace it")]
+    Busy(String, String),
+    #[error("queue {queue} of {ifname} is already served by another member's socket (port {port}); give each member of a host its own queue (member.queue) and steer its port there")]
+    QueueTaken {
+        ifname: String,
+        queue: u32,
+        port: u32,
+    },
     #[error("loading the XDP program needs root (CAP_BPF and CAP_NET_ADMIN): {0}")]
     Permission(String),
     #[error("{0} members: the filter holds at most {MEMBERS_MAX}")]
@@ -111,11 +121,36 @@ pub struct HookConfig {
     pub filter: bool,
 }
 
-/// The program attached to one interface; detached when dropped.
+/// The program's maps, by handle (the same whether this process loaded the program or found
+/// it on the interface).
+struct Maps {
+    members: [MapHandle; 2],
+    active: MapHandle,
+    config: MapHandle,
+    ports: MapHandle,
+    xsks: MapHandle,
+    stats: MapHandle,
+}
+
+/// How this hook holds the program.
+enum Hold {
+    /// Loaded and attached here: detached when the last descriptor of the link closes.
+    Owner {
+        _skel: Box<ConveyorSkel<'static>>,
+        _link: Link,
+    },
+    /// Another member of the same group on this host attached it; this hook uses its maps.
+    Guest { prog_id: u32 },
+}
+
+/// The program on one interface, attached by this hook (the owner) or shared with the member
+/// that attached it (a guest); the owner's program is detached when it is dropped.
 pub struct XdpHook {
-    skel: ConveyorSkel<'static>,
-    _link: Link,
+    hold: Hold,
+    maps: Maps,
     ifname: String,
+    ifindex: i32,
+    cfg: HookConfig,
     /// Which member map the program reads (0 or 1).
     active: u32,
 }
@@ -124,6 +159,7 @@ impl std::fmt::Debug for XdpHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("XdpHook")
             .field("ifname", &self.ifname)
+            .field("owner", &self.is_owner())
             .field("active", &self.active)
             .finish()
     }
@@ -150,21 +186,54 @@ fn key(addr: Ipv4Addr, port: u16) -> [u8; 8] {
     k
 }
 
+/// The id of the XDP program attached to interface `index` (0: none).
+fn attached_id(index: i32) -> u32 {
+    let mut id = 0u32;
+    // SAFETY: `id` is a live u32 the call writes; the call has no other pointer argument.
+    let rc = unsafe { libbpf_rs::libbpf_sys::bpf_xdp_query_id(index, 0, &mut id) };
+    if rc == 0 {
+        id
+    } else {
+        0
+    }
+}
+
+fn load_error(e: libbpf_rs::Error) -> Error {
+    match e.kind() {
+        libbpf_rs::ErrorKind::PermissionDenied => Error::Permission(e.to_string()),
+        libbpf_rs::ErrorKind::Unsupported => Error::Unsupported(e.to_string()),
+        _ => Error::Bpf(e),
+    }
+}
+
 impl XdpHook {
-    /// Loads the program and attaches it to `ifname` (in the calling thread's network
-    /// namespace).
+    /// Attaches the program to `ifname` (in the calling thread's network namespace), or, if
+    /// another member of the same group on this host attached it already, shares it: each
+    /// member then steers its own port to its own socket ([`steer`](Self::steer)), and the
+    /// member set is the owner's to keep. Any other XDP program on the interface (another
+    /// tool's, or Conveyor's for another group) is refused, never replaced.
     pub fn attach(ifname: &str, cfg: HookConfig) -> Result<XdpHook, Error> {
         let index = ifindex(ifname)?;
+        match attached_id(index) {
+            0 => match XdpHook::own(ifname, index, cfg) {
+                // Another member of the host attached in between: share its program.
+                Err(Error::Busy(..)) if attached_id(index) != 0 => {
+                    XdpHook::join(ifname, index, cfg, attached_id(index))
+                }
+                r => r,
+            },
+            id => XdpHook::join(ifname, index, cfg, id),
+        }
+    }
+
+    /// Loads and attaches the program.
+    fn own(ifname: &str, index: i32, cfg: HookConfig) -> Result<XdpHook, Error> {
         // The skeleton borrows its object storage for its whole life; one small allocation per
-        // filter, kept for the process's life.
+        // attach, kept for the process's life.
         let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
             Box::leak(Box::new(MaybeUninit::uninit()));
         let open = ConveyorSkelBuilder::default().open(storage)?;
-        let skel = open.load().map_err(|e| match e.kind() {
-            libbpf_rs::ErrorKind::PermissionDenied => Error::Permission(e.to_string()),
-            libbpf_rs::ErrorKind::Unsupported => Error::Unsupported(e.to_string()),
-            _ => Error::Bpf(e),
-        })?;
+        let skel = open.load().map_err(load_error)?;
         let mut c = [0u8; 8];
         c[0..4].copy_from_slice(&cfg.group.to_ne_bytes());
         c[4..8].copy_from_slice(&u32::from(cfg.filter).to_ne_bytes());
@@ -174,28 +243,134 @@ impl XdpHook {
         skel.maps
             .active
             .update(&0u32.to_ne_bytes(), &0u32.to_ne_bytes(), MapFlags::ANY)?;
-        let prog = &skel.progs.conveyor_xdp;
-        let attached = |index| {
-            libbpf_rs::Xdp::new(prog.as_fd())
-                .query_id(index, libbpf_rs::XdpFlags::NONE)
-                .unwrap_or(0)
+        let maps = Maps {
+            members: [
+                MapHandle::try_from(&skel.maps.members0)?,
+                MapHandle::try_from(&skel.maps.members1)?,
+            ],
+            active: MapHandle::try_from(&skel.maps.active)?,
+            config: MapHandle::try_from(&skel.maps.config)?,
+            ports: MapHandle::try_from(&skel.maps.ports)?,
+            xsks: MapHandle::try_from(&skel.maps.xsks)?,
+            stats: MapHandle::try_from(&skel.maps.stats)?,
         };
-        if attached(index) != 0 {
-            return Err(Error::Busy(ifname.to_string()));
-        }
-        let link = prog.attach_xdp(index).map_err(|e| {
-            if attached(index) != 0 {
-                Error::Busy(ifname.to_string())
+        let link = skel.progs.conveyor_xdp.attach_xdp(index).map_err(|e| {
+            // Another member attached in between: try again as its guest.
+            if attached_id(index) != 0 {
+                Error::Busy(ifname.to_string(), "attached while this one loaded".into())
             } else {
                 Error::Bpf(e)
             }
         })?;
         Ok(XdpHook {
-            skel,
-            _link: link,
+            hold: Hold::Owner {
+                _skel: Box::new(skel),
+                _link: link,
+            },
+            maps,
             ifname: ifname.to_string(),
+            ifindex: index,
+            cfg,
             active: 0,
         })
+    }
+
+    /// Shares the program `prog_id` found on the interface, if it is Conveyor's for this group.
+    fn join(ifname: &str, index: i32, cfg: HookConfig, prog_id: u32) -> Result<XdpHook, Error> {
+        let busy = |why: String| Error::Busy(ifname.to_string(), why);
+        let info = libbpf_rs::query::ProgInfoIter::with_query_opts(
+            libbpf_rs::query::ProgInfoQueryOptions::default().include_map_ids(true),
+        )
+        .find(|p| p.id == prog_id)
+        .ok_or_else(|| {
+            busy(format!(
+                "program id {prog_id}, which this process cannot inspect"
+            ))
+        })?;
+        let name = info.name.to_string_lossy().to_string();
+        if name != "conveyor_xdp" {
+            return Err(busy(format!(
+                "program {name:?} (id {prog_id}), not Conveyor's"
+            )));
+        }
+        let mut found: Vec<(String, MapHandle)> = Vec::new();
+        for id in &info.map_ids {
+            let h = MapHandle::from_map_id(*id)?;
+            found.push((h.name().to_string_lossy().to_string(), h));
+        }
+        let mut take = |n: &str| -> Result<MapHandle, Error> {
+            let i = found.iter().position(|(m, _)| m == n).ok_or_else(|| {
+                busy(format!(
+                    "Conveyor's program (id {prog_id}) of another version: it has no map {n:?}"
+                ))
+            })?;
+            Ok(found.swap_remove(i).1)
+        };
+        let maps = Maps {
+            members: [take("members0")?, take("members1")?],
+            active: take("active")?,
+            config: take("config")?,
+            ports: take("ports")?,
+            xsks: take("xsks")?,
+            stats: take("stats")?,
+        };
+        let c = maps
+            .config
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)?
+            .unwrap_or_default();
+        let group = c
+            .get(0..4)
+            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(0);
+        if group != cfg.group {
+            return Err(busy(format!(
+                "Conveyor's program for another group (id {group:#x}, this member's is {:#x})",
+                cfg.group
+            )));
+        }
+        let active = maps
+            .active
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)?
+            .and_then(|v| {
+                v.get(0..4)
+                    .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            })
+            .unwrap_or(0);
+        Ok(XdpHook {
+            hold: Hold::Guest { prog_id },
+            maps,
+            ifname: ifname.to_string(),
+            ifindex: index,
+            cfg,
+            active,
+        })
+    }
+
+    /// Whether this hook attached the program (else it shares another member's).
+    pub fn is_owner(&self) -> bool {
+        matches!(self.hold, Hold::Owner { .. })
+    }
+
+    /// For a guest: whether the program it shares is still the one on the interface. When its
+    /// owner ended, the program went with it (frames meanwhile take the kernel's path, nothing
+    /// is lost): the guest attaches a program of its own, or shares the one another guest
+    /// attached first. Returns `true` when the hook changed, so that the caller registers its
+    /// socket again and, if it became the owner, sets the member set.
+    pub fn follow(&mut self) -> Result<bool, Error> {
+        let Hold::Guest { prog_id } = self.hold else {
+            return Ok(false);
+        };
+        let now = attached_id(self.ifindex);
+        if now == prog_id {
+            return Ok(false);
+        }
+        let next = match now {
+            0 => XdpHook::own(&self.ifname, self.ifindex, self.cfg)
+                .or_else(|_| XdpHook::attach(&self.ifname, self.cfg))?,
+            id => XdpHook::join(&self.ifname, self.ifindex, self.cfg, id)?,
+        };
+        *self = next;
+        Ok(true)
     }
 
     /// Makes `view` (source address and UDP port of each member of the new view) the set the
@@ -211,12 +386,13 @@ impl XdpHook {
         if view.len() + candidates.len() > MEMBERS_MAX {
             return Err(Error::TooMany(view.len() + candidates.len()));
         }
+        if !self.is_owner() {
+            // The owner keeps the set (one writer, so the double buffer stays consistent);
+            // members of one group on one host install the same views.
+            return Ok(());
+        }
         let next = 1 - self.active;
-        let map = if next == 0 {
-            &self.skel.maps.members0
-        } else {
-            &self.skel.maps.members1
-        };
+        let map = &self.maps.members[next as usize];
         // Empty the inactive map (left from two views ago), then fill it.
         let old: Vec<Vec<u8>> = map.keys().collect();
         for k in old {
@@ -232,8 +408,7 @@ impl XdpHook {
         for (addr, port) in view {
             map.update(&key(*addr, *port), &KINDS_ALL.to_ne_bytes(), MapFlags::ANY)?;
         }
-        self.skel
-            .maps
+        self.maps
             .active
             .update(&0u32.to_ne_bytes(), &next.to_ne_bytes(), MapFlags::ANY)?;
         self.active = next;
@@ -247,11 +422,31 @@ impl XdpHook {
         if queue >= QUEUES_MAX {
             return Err(Error::Queue(queue));
         }
-        self.skel
-            .maps
+        // One socket per queue: another member's port on this queue means its socket is there.
+        for k in self.maps.ports.keys() {
+            let other = k
+                .get(0..4)
+                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                .unwrap_or(0);
+            if other == u32::from(port) {
+                continue;
+            }
+            let q = self.maps.ports.lookup(&k, MapFlags::ANY)?.and_then(|v| {
+                v.get(0..4)
+                    .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            });
+            if q == Some(queue) {
+                return Err(Error::QueueTaken {
+                    ifname: self.ifname.clone(),
+                    queue,
+                    port: other,
+                });
+            }
+        }
+        self.maps
             .xsks
             .update(&queue.to_ne_bytes(), &xsk.to_ne_bytes(), MapFlags::ANY)?;
-        self.skel.maps.ports.update(
+        self.maps.ports.update(
             &u32::from(port).to_ne_bytes(),
             &queue.to_ne_bytes(),
             MapFlags::ANY,
@@ -263,7 +458,6 @@ impl XdpHook {
     pub fn stats(&self) -> Result<Stats, Error> {
         let read = |i: u32| -> Result<u64, Error> {
             let per_cpu = self
-                .skel
                 .maps
                 .stats
                 .lookup_percpu(&i.to_ne_bytes(), MapFlags::ANY)?

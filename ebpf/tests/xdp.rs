@@ -158,11 +158,24 @@ fn non_members_frames_are_dropped_in_xdp_and_membership_changes_atomically() {
     // and the socket work from any thread afterwards.
     let (mut filter, sock) = within(&hosts.ns(0), || {
         let filter = XdpHook::attach("eth0", CFG).expect("attaching the filter");
-        // A second program on the same interface is refused, the first one stays.
-        match XdpHook::attach("eth0", CFG) {
-            Err(Error::Busy(i)) => assert_eq!(i, "eth0"),
-            other => panic!("a second attach must be refused: {other:?}"),
+        assert!(filter.is_owner());
+        // Another group's member on the same interface is refused, the first program stays.
+        let other_group = HookConfig {
+            group: GROUP + 1,
+            filter: true,
+        };
+        match XdpHook::attach("eth0", other_group) {
+            Err(e @ Error::Busy(..)) => {
+                let m = e.to_string();
+                assert!(m.contains("eth0") && m.contains("another group"), "{m}");
+            }
+            other => panic!("another group's attach must be refused: {other:?}"),
         }
+        // A member of the same group shares it (a guest), and leaves the member set alone.
+        let mut guest = XdpHook::attach("eth0", CFG).expect("sharing the program");
+        assert!(!guest.is_owner());
+        guest.set_members(&[], &[]).unwrap();
+        drop(guest);
         let sock = UdpSocket::bind(("10.77.0.1", PORT)).unwrap();
         (filter, sock)
     });
@@ -447,13 +460,24 @@ fn steering_puts_each_port_on_its_own_socket() {
         (h, s)
     });
     hook_a.set_members(&everyone, &[]).unwrap();
-    let (mut hook_b, mut invokers) = within(&b, || {
+    // Host B: two members, each with its own hook as separate member processes have; the
+    // second shares the program the first attached.
+    let (mut hook_b, mut guest_b, mut invokers) = within(&b, || {
         let mut h = XdpHook::attach("eth0", CFG).unwrap();
+        let mut g = XdpHook::attach("eth0", CFG).unwrap();
+        assert!(h.is_owner() && !g.is_owner());
         let s: Vec<AfXdpTransport> = (0..2).map(|q| open(b_addr(q), q)).collect();
-        for (q, t) in s.iter().enumerate() {
-            h.steer(7400 + q as u16, q as u32, t.fd()).unwrap();
+        h.steer(7400, 0, s[0].fd()).unwrap();
+        g.steer(7401, 1, s[1].fd()).unwrap();
+        // A third member on a taken queue is refused, by name.
+        match g.steer(7402, 1, s[1].fd()) {
+            Err(e) => assert!(
+                e.to_string().contains("queue 1 of eth0 is already served"),
+                "{e}"
+            ),
+            Ok(()) => panic!("two sockets on one queue"),
         }
-        (h, s)
+        (h, g, s)
     });
     hook_b.set_members(&everyone, &[]).unwrap();
 
@@ -485,18 +509,18 @@ fn steering_puts_each_port_on_its_own_socket() {
         .map(|t| t.stats().kernel_path_received)
         .collect();
 
-    // A's queue-q socket sends 50 protocol frames to B's port 740q: the "NIC" puts them on B's queue q.
-    for q in 0..2 {
+    // A's queue-q socket sends 50 protocol frames to B's port 740q: the "NIC" puts them on
+    // B's queue q.
+    for (q, sender) in senders.iter_mut().enumerate() {
         let frames: Vec<Vec<u8>> = (0..50).map(|_| frame(100 + q as u16)).collect();
         let batch: Vec<(usize, &[u8])> = frames.iter().map(|f| (2 + q, f.as_slice())).collect();
-        senders[q].send(&batch).unwrap();
+        sender.send(&batch).unwrap();
     }
     let got = collect(&mut invokers);
-    for q in 0..2 {
-        assert_eq!(got[q].len(), 50, "socket {q}: {:?}", got[q].len());
+    for (q, g) in got.iter().enumerate() {
+        assert_eq!(g.len(), 50, "socket {q}");
         assert!(
-            got[q]
-                .iter()
+            g.iter()
                 .all(|(p, f)| *p == Some(q) && *f == frame(100 + q as u16)),
             "socket {q} got only its port's frames"
         );
@@ -523,4 +547,30 @@ fn steering_puts_each_port_on_its_own_socket() {
         20
     );
     assert_eq!(invokers[0].stats().kernel_path_received, kernel_before[0]);
+
+    // The owner's member ends: its program goes with it, and B's frames take the kernel's path
+    // (still delivered). The guest notices, attaches a program of its own, and steers again.
+    drop(hook_b);
+    let frames: Vec<Vec<u8>> = (0..10).map(|_| frame(101)).collect();
+    let batch: Vec<(usize, &[u8])> = frames.iter().map(|f| (3, f.as_slice())).collect();
+    senders[1].send(&batch).unwrap();
+    let got = collect(&mut invokers);
+    assert_eq!(got[1].len(), 10, "delivered by the kernel's path meanwhile");
+    let k1 = invokers[1].stats().kernel_path_received;
+    let fd1 = invokers[1].fd();
+    within(&b, || {
+        assert!(guest_b.follow().unwrap(), "the guest takes over");
+        assert!(guest_b.is_owner());
+        guest_b.steer(7401, 1, fd1).unwrap();
+    });
+    guest_b.set_members(&everyone, &[]).unwrap();
+    senders[1].send(&batch).unwrap();
+    let got = collect(&mut invokers);
+    assert_eq!(got[1].len(), 10);
+    assert_eq!(
+        invokers[1].stats().kernel_path_received,
+        k1,
+        "through the socket again"
+    );
+    assert_eq!(guest_b.stats().unwrap().redirected, 10);
 }

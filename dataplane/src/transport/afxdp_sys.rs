@@ -172,8 +172,11 @@ pub(super) struct XskSizes {
     pub frames: u32,
     /// Bytes per chunk: 2048 or 4096.
     pub frame_size: u32,
-    /// Entries of each ring; a power of two.
+    /// Entries of the rx, tx and completion rings; a power of two.
     pub ring: u32,
+    /// Entries of the fill ring; a power of two, at least the chunks given to receiving, so
+    /// that a chunk always fits when it comes back.
+    pub fill_ring: u32,
 }
 
 /// An AF_XDP socket bound to one queue of one interface, with its own UMEM.
@@ -282,7 +285,7 @@ impl Xsk {
         setsockopt(
             fd.as_raw_fd(),
             libc::XDP_UMEM_FILL_RING,
-            &r,
+            &sizes.fill_ring,
             "sizing the fill ring",
         )?;
         setsockopt(
@@ -314,7 +317,12 @@ impl Xsk {
                 "this kernel's AF_XDP rings have no flags field (kernel older than 5.4): not supported",
             ));
         }
-        let fill = Ring::map(fd.as_raw_fd(), &off.fr, r, libc::XDP_UMEM_PGOFF_FILL_RING)?;
+        let fill = Ring::map(
+            fd.as_raw_fd(),
+            &off.fr,
+            sizes.fill_ring,
+            libc::XDP_UMEM_PGOFF_FILL_RING,
+        )?;
         let comp = Ring::map(
             fd.as_raw_fd(),
             &off.cr,
