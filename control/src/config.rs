@@ -100,8 +100,9 @@ pub struct GroupSection {
 
 /// The transports the `conveyor` binary runs (chosen by `group.transport`).
 pub const TRANSPORTS: [&str; 2] = ["udp", "afxdp"];
-/// The largest frame the afxdp transport carries: a 4096-byte UMEM chunk less the headers.
-pub const MAX_AFXDP_FRAME: usize = 4096 - conveyor_dataplane::transport::afxdp::HEADERS;
+/// The largest frame the afxdp transport carries (a UMEM chunk less the kernel's headroom and
+/// the headers).
+pub const MAX_AFXDP_FRAME: usize = conveyor_dataplane::transport::afxdp::MAX_FRAME;
 
 fn d_transport() -> String {
     "udp".into()

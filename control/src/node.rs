@@ -187,22 +187,21 @@ fn open_transport(
     let mut hook = match &me.interface {
         None => None,
         Some(ifname) => {
+            // The first view's set is written before the program goes live: peers already
+            // running are not dropped while this member starts.
             let h = XdpHook::attach(
                 ifname,
                 HookConfig {
                     group: cfg.engine_config(idx).group.0,
                     filter: true,
                 },
+                &crate::xdp::member_set(&cfg.addresses, first_view),
             )
             .map_err(|e| anyhow!("member {member}: member[{idx}].interface = {ifname:?}: attaching the XDP program: {e}"))?;
-            // The first view's members at once: peers already running are not dropped while
-            // the socket is set up.
-            let h = crate::xdp::Hooked::first_view(h, &cfg.addresses, first_view)
-                .map_err(|e| anyhow!("member {member}: setting the XDP member set: {e}"))?;
             Some(h)
         }
     };
-    let mut steering = None;
+    let steering;
     let (inner, mut mode): (Box<dyn Transport>, String) = match cfg.file.group.transport.as_str() {
         "afxdp" => {
             let SocketAddr::V4(local4) = local else {
@@ -227,6 +226,7 @@ fn open_transport(
                     local4.port()
                 )
             })?;
+            steering = Some((local4.port(), me.queue, t.fd()));
             let mode = format!(
                 "afxdp ({} mode, {ifname} queue {})",
                 if t.zero_copy() { "zero-copy" } else { "copy" },

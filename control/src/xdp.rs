@@ -14,7 +14,7 @@
 //! (from its polling thread) that the owner's program is still there, and takes over if not.
 
 use conveyor_dataplane::transport::{RecvBatch, Transport, TransportStats};
-use conveyor_ebpf::XdpHook;
+use conveyor_ebpf::{MemberSet, XdpHook};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::RawFd;
@@ -55,38 +55,28 @@ fn v4_addrs(addresses: &[SocketAddr]) -> Vec<Option<(Ipv4Addr, u16)>> {
         .collect()
 }
 
-/// Sources the program knows: IPv4 address and UDP port.
-type Sources = Vec<(Ipv4Addr, u16)>;
+/// The view's members and the candidates (everyone else in the group file), from the group
+/// file's addresses and the view's member indices.
+pub fn member_set(addresses: &[SocketAddr], view: &[usize]) -> MemberSet {
+    sets(&v4_addrs(addresses), view)
+}
 
-/// The view's members and the candidates (everyone else in the group file).
-fn sets(addrs: &[Option<(Ipv4Addr, u16)>], view: &[usize]) -> (Sources, Sources) {
-    let (mut v, mut c) = (Vec::new(), Vec::new());
+fn sets(addrs: &[Option<(Ipv4Addr, u16)>], view: &[usize]) -> MemberSet {
+    let mut m = MemberSet::default();
     for (i, a) in addrs.iter().enumerate() {
         if let Some(a) = a {
             if view.contains(&i) {
-                v.push(*a);
+                m.view.push(*a);
             } else {
-                c.push(*a);
+                m.candidates.push(*a);
             }
         }
     }
-    (v, c)
+    m
 }
 
 impl Hooked {
-    /// Gives a freshly attached program the group file's first view (`view`, member indices),
-    /// before the transport is opened.
-    pub fn first_view(
-        mut hook: XdpHook,
-        addresses: &[SocketAddr],
-        view: &[usize],
-    ) -> Result<XdpHook, conveyor_ebpf::Error> {
-        let (v, c) = sets(&v4_addrs(addresses), view);
-        hook.set_members(&v, &c)?;
-        Ok(hook)
-    }
-
-    /// Wraps `inner`, whose frames `hook` (set up by [`first_view`](Self::first_view)) judges;
+    /// Wraps `inner`, whose frames `hook` (attached with the first view's set) judges;
     /// `steering` is what the member registered with [`XdpHook::steer`].
     pub fn new(
         inner: Box<dyn Transport>,
@@ -114,7 +104,8 @@ impl Hooked {
             return;
         }
         self.checked_at = Instant::now();
-        match self.hook.follow() {
+        let set = sets(&self.addrs, &self.view);
+        match self.hook.follow(&set) {
             Ok(false) => {}
             Ok(true) => {
                 self.takeovers += 1;
@@ -144,8 +135,7 @@ impl Hooked {
 
     fn set_view(&mut self, members: &[usize]) {
         self.view = members.to_vec();
-        let (v, c) = sets(&self.addrs, members);
-        if let Err(e) = self.hook.set_members(&v, &c) {
+        if let Err(e) = self.hook.set_members(&sets(&self.addrs, members)) {
             // The program keeps the previous view's set: its members still pass, a joiner's
             // frames are dropped until the next update succeeds. Loud, because it should not
             // happen (the maps are sized for the largest group).
@@ -183,6 +173,7 @@ impl Transport for Hooked {
         }
         s.xdp
             .push(("member_set_update_failures", self.update_failures));
+        s.xdp.push(("program_takeovers", self.takeovers));
         s
     }
     fn view_installed(&mut self, members: &[usize]) {

@@ -343,7 +343,8 @@ fn xdp_drops_outsiders_and_removed_members_and_admits_joiners_in_a_running_group
 /// Two invokers on one namespace host, separate processes on queues 0 and 1 of its eth0 (two
 /// queues) with ports 7400 and 7401: the second shares the program the first attached, each
 /// steers its own port to its own socket, and the group runs a workload losing and doubling
-/// nothing. (veth spreads frames over its queues by flow hash, not by port as a NIC's ntuple
+/// nothing, also when the first (the program's owner) is killed during the run: the second
+/// attaches a program of its own and serves on. (veth spreads frames over its queues by flow hash, not by port as a NIC's ntuple
 /// rule would, so part of each invoker's frames arrives on the other's queue and takes the
 /// kernel's path to it: counted, not lost.)
 #[test]
@@ -381,7 +382,7 @@ fn two_invokers_on_one_host_share_the_program_and_lose_nothing() {
     std::fs::write(&cfg, toml).unwrap();
     std::fs::write(
         dir.join("w.json"),
-        r#"{"workload":"constant","pipeline":"p","rate":500,"duration_s":2,"requests":0,"payload":64,"vary_payload":false,"grace_s":5}"#,
+        r#"{"workload":"constant","pipeline":"p","rate":500,"duration_s":3,"requests":0,"payload":64,"vary_payload":false,"grace_s":5}"#,
     )
     .unwrap();
     let cfg_s = cfg.to_str().unwrap().to_string();
@@ -409,6 +410,25 @@ fn two_invokers_on_one_host_share_the_program_and_lose_nothing() {
     let w = dir.join("w.json").to_str().unwrap().to_string();
     let r = dir.join("r.json").to_str().unwrap().to_string();
     run(&mut bed, 0, "trigger", &["--workload", &w, "--report", &r]);
+    // Kill the owner once the load runs (the trigger says when it starts).
+    let log = |name: &str| std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap();
+    let start = Instant::now();
+    while !log("invoker-0").contains("all members present") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            log("invoker-0")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, owner) = bed
+        .procs
+        .iter_mut()
+        .find(|(n, _)| n == "invoker-0")
+        .unwrap();
+    owner.kill().unwrap();
+    owner.wait().unwrap();
     let (_, trigger) = bed.procs.iter_mut().find(|(n, _)| n == "trigger").unwrap();
     let start = Instant::now();
     let status = loop {
@@ -421,10 +441,9 @@ fn two_invokers_on_one_host_share_the_program_and_lose_nothing() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let log = |name: &str| std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap();
     assert!(status.success(), "{}", log("trigger"));
     let rep: Value = serde_json::from_str(&std::fs::read_to_string(&r).unwrap()).unwrap();
-    assert_eq!(rep["completed"], 1000, "{rep}");
+    assert_eq!(rep["completed"], 1500, "{rep}");
     assert_eq!(rep["lost"], 0, "{rep}");
     assert_eq!(rep["duplicates"], 0, "{rep}");
     assert!(
@@ -440,5 +459,109 @@ fn two_invokers_on_one_host_share_the_program_and_lose_nothing() {
         "{}",
         log("invoker-1")
     );
+    assert!(
+        log("invoker-1")
+            .contains("went with the member that attached it; this member attached its own"),
+        "{}",
+        log("invoker-1")
+    );
+    assert!(
+        log("invoker-1").contains("program_takeovers 1"),
+        "{}",
+        log("invoker-1")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What cannot start says why and what to do, before the member joins anything: an interface
+/// that does not exist, no privileges for BPF, a frame size the interface's MTU cannot carry.
+#[test]
+fn xdp_setups_that_cannot_start_say_why() {
+    let dir = std::env::temp_dir().join(format!("conveyor-xdp-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, transport: &str, iface: &str, max_frame: usize| {
+        let p = dir.join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "[group]\nname = \"bad\"\nkey = \"{KEY}\"\ntransport = \"{transport}\"\nmax_frame = {max_frame}\nmax_payload = 512\nstartup_timeout_s = 2\n\n[[member]]\nname = \"a\"\naddress = \"10.79.0.1:7400\"\nrole = \"invoker\"\ninterface = \"{iface}\"\n\n[[member]]\nname = \"b\"\naddress = \"10.79.0.2:7400\"\nrole = \"invoker\"\ninterface = \"{iface}\"\n"
+            ),
+        )
+        .unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let node = |cfg: &str, pre: &[&str]| {
+        let mut c = if pre.is_empty() {
+            Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        } else {
+            let mut c = Command::new(pre[0]);
+            c.args(&pre[1..]).arg(env!("CARGO_BIN_EXE_conveyor"));
+            c
+        };
+        let out = c
+            .args(["node", "--config", cfg, "--member", "a"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    // A missing interface is named (root or not).
+    let cfg = write("missing.toml", "udp", "nope0", 1400);
+    let err = node(&cfg, &[]);
+    assert!(
+        err.contains("member[0].interface = \"nope0\"")
+            && err.contains("no network interface named \"nope0\""),
+        "{err}"
+    );
+    // No privileges: as root, drop them for the child.
+    let cfg = write("perm.toml", "udp", "lo", 1400);
+    let err = if is_root() {
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        node(
+            &cfg,
+            &[
+                "setpriv",
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ],
+        )
+    } else {
+        node(&cfg, &[])
+    };
+    assert!(
+        err.contains("loading the XDP program needs root (CAP_BPF and CAP_NET_ADMIN)"),
+        "{err}"
+    );
+    // The MTU: afxdp frames are single Ethernet frames.
+    if is_root() {
+        let ns = format!("cvm{}", std::process::id() % 100_000);
+        let sh = |c: String| {
+            assert!(
+                Command::new("sh")
+                    .args(["-c", &c])
+                    .status()
+                    .unwrap()
+                    .success(),
+                "{c}"
+            )
+        };
+        sh(format!("ip netns add {ns} && ip -n {ns} link add eth0 mtu 1000 type veth peer name eth1 && ip -n {ns} addr add 10.79.0.1/24 dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set eth1 up"));
+        let cfg = write("mtu.toml", "afxdp", "eth0", 1400);
+        let err = node(&cfg, &["ip", "netns", "exec", &ns]);
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        assert!(
+            err.contains("group.max_frame 1400 does not fit one Ethernet frame on eth0 (MTU 1000): at most 972"),
+            "{err}"
+        );
+    } else {
+        eprintln!("NOT RUN (part): the MTU check needs root (a namespace)");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -111,13 +111,52 @@ impl Stats {
     }
 }
 
+/// Who the member filter admits: the view's members (every frame kind) and the candidates,
+/// members of the group file outside the view (join requests only). By IPv4 address and UDP
+/// port; a source in both lists is a member.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberSet {
+    pub view: Vec<(Ipv4Addr, u16)>,
+    pub candidates: Vec<(Ipv4Addr, u16)>,
+}
+
+impl MemberSet {
+    pub fn len(&self) -> usize {
+        self.view.len() + self.candidates.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Empties `map` and fills it with `members`.
+fn fill(map: &MapHandle, members: &MemberSet) -> Result<(), Error> {
+    if members.len() > MEMBERS_MAX {
+        return Err(Error::TooMany(members.len()));
+    }
+    let old: Vec<Vec<u8>> = map.keys().collect();
+    for k in old {
+        map.delete(&k)?;
+    }
+    for (addr, port) in &members.candidates {
+        map.update(
+            &key(*addr, *port),
+            &KINDS_CONTROL.to_ne_bytes(),
+            MapFlags::ANY,
+        )?;
+    }
+    for (addr, port) in &members.view {
+        map.update(&key(*addr, *port), &KINDS_ALL.to_ne_bytes(), MapFlags::ANY)?;
+    }
+    Ok(())
+}
+
 /// How the program is set up on an interface.
 #[derive(Clone, Copy, Debug)]
 pub struct HookConfig {
     /// The group id frames must carry.
     pub group: u32,
-    /// Judge sources by the member set (until [`XdpHook::set_members`] every protocol frame of
-    /// the group is dropped: nobody is a member yet).
+    /// Judge sources by the member set.
     pub filter: bool,
 }
 
@@ -212,10 +251,14 @@ impl XdpHook {
     /// member then steers its own port to its own socket ([`steer`](Self::steer)), and the
     /// member set is the owner's to keep. Any other XDP program on the interface (another
     /// tool's, or Conveyor's for another group) is refused, never replaced.
-    pub fn attach(ifname: &str, cfg: HookConfig) -> Result<XdpHook, Error> {
+    ///
+    /// `members` is the member set to start with (the view's members and the candidates); an
+    /// attaching owner writes it before the program goes live, so no member's frame is dropped
+    /// while the member starts or takes over.
+    pub fn attach(ifname: &str, cfg: HookConfig, members: &MemberSet) -> Result<XdpHook, Error> {
         let index = ifindex(ifname)?;
         match attached_id(index) {
-            0 => match XdpHook::own(ifname, index, cfg) {
+            0 => match XdpHook::own(ifname, index, cfg, members) {
                 // Another member of the host attached in between: share its program.
                 Err(Error::Busy(..)) if attached_id(index) != 0 => {
                     XdpHook::join(ifname, index, cfg, attached_id(index))
@@ -226,8 +269,13 @@ impl XdpHook {
         }
     }
 
-    /// Loads and attaches the program.
-    fn own(ifname: &str, index: i32, cfg: HookConfig) -> Result<XdpHook, Error> {
+    /// Loads the program, writes its configuration and member set, and attaches it.
+    fn own(
+        ifname: &str,
+        index: i32,
+        cfg: HookConfig,
+        members: &MemberSet,
+    ) -> Result<XdpHook, Error> {
         // The skeleton borrows its object storage for its whole life; one small allocation per
         // attach, kept for the process's life.
         let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
@@ -254,6 +302,7 @@ impl XdpHook {
             xsks: MapHandle::try_from(&skel.maps.xsks)?,
             stats: MapHandle::try_from(&skel.maps.stats)?,
         };
+        fill(&maps.members[0], members)?;
         let link = skel.progs.conveyor_xdp.attach_xdp(index).map_err(|e| {
             // Another member attached in between: try again as its guest.
             if attached_id(index) != 0 {
@@ -356,7 +405,7 @@ impl XdpHook {
     /// is lost): the guest attaches a program of its own, or shares the one another guest
     /// attached first. Returns `true` when the hook changed, so that the caller registers its
     /// socket again and, if it became the owner, sets the member set.
-    pub fn follow(&mut self) -> Result<bool, Error> {
+    pub fn follow(&mut self, members: &MemberSet) -> Result<bool, Error> {
         let Hold::Guest { prog_id } = self.hold else {
             return Ok(false);
         };
@@ -365,49 +414,28 @@ impl XdpHook {
             return Ok(false);
         }
         let next = match now {
-            0 => XdpHook::own(&self.ifname, self.ifindex, self.cfg)
-                .or_else(|_| XdpHook::attach(&self.ifname, self.cfg))?,
+            0 => XdpHook::own(&self.ifname, self.ifindex, self.cfg, members)
+                .or_else(|_| XdpHook::attach(&self.ifname, self.cfg, members))?,
             id => XdpHook::join(&self.ifname, self.ifindex, self.cfg, id)?,
         };
         *self = next;
         Ok(true)
     }
 
-    /// Makes `view` (source address and UDP port of each member of the new view) the set the
-    /// program admits, with `candidates` (who may ask to join) allowed control frames only:
-    /// fills the map the program is not reading, then switches to it with one 4-byte write. A
-    /// frame is judged by the old set or the new one, never a mix. A source in both lists is a
-    /// member.
-    pub fn set_members(
-        &mut self,
-        view: &[(Ipv4Addr, u16)],
-        candidates: &[(Ipv4Addr, u16)],
-    ) -> Result<(), Error> {
-        if view.len() + candidates.len() > MEMBERS_MAX {
-            return Err(Error::TooMany(view.len() + candidates.len()));
+    /// Makes `members` the set the program admits: fills the map the program is not reading,
+    /// then switches to it with one 4-byte write. A frame is judged by the old set or the new
+    /// one, never a mix. Only the owner writes the set (one writer keeps the double buffer
+    /// consistent); for a guest this does nothing, the members of one group on one host
+    /// installing the same views.
+    pub fn set_members(&mut self, members: &MemberSet) -> Result<(), Error> {
+        if members.len() > MEMBERS_MAX {
+            return Err(Error::TooMany(members.len()));
         }
         if !self.is_owner() {
-            // The owner keeps the set (one writer, so the double buffer stays consistent);
-            // members of one group on one host install the same views.
             return Ok(());
         }
         let next = 1 - self.active;
-        let map = &self.maps.members[next as usize];
-        // Empty the inactive map (left from two views ago), then fill it.
-        let old: Vec<Vec<u8>> = map.keys().collect();
-        for k in old {
-            map.delete(&k)?;
-        }
-        for (addr, port) in candidates {
-            map.update(
-                &key(*addr, *port),
-                &KINDS_CONTROL.to_ne_bytes(),
-                MapFlags::ANY,
-            )?;
-        }
-        for (addr, port) in view {
-            map.update(&key(*addr, *port), &KINDS_ALL.to_ne_bytes(), MapFlags::ANY)?;
-        }
+        fill(&self.maps.members[next as usize], members)?;
         self.maps
             .active
             .update(&0u32.to_ne_bytes(), &next.to_ne_bytes(), MapFlags::ANY)?;

@@ -7,13 +7,20 @@
 
 use conveyor_dataplane::types::{GroupId, MemberId, Seq, ViewId};
 use conveyor_dataplane::wire::{Frame, FrameWriter, Header, Key, Kind, Row};
-use conveyor_ebpf::{Error, HookConfig, Stats, XdpHook};
+use conveyor_ebpf::{Error, HookConfig, MemberSet, Stats, XdpHook};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
 const GROUP: u32 = 7;
 const PORT: u16 = 7000;
+fn ms(view: &[(Ipv4Addr, u16)], candidates: &[(Ipv4Addr, u16)]) -> MemberSet {
+    MemberSet {
+        view: view.to_vec(),
+        candidates: candidates.to_vec(),
+    }
+}
+
 const CFG: HookConfig = HookConfig {
     group: GROUP,
     filter: true,
@@ -157,14 +164,15 @@ fn non_members_frames_are_dropped_in_xdp_and_membership_changes_atomically() {
     // Host 0: the filter on eth0 and a socket, created inside the namespace; the filter object
     // and the socket work from any thread afterwards.
     let (mut filter, sock) = within(&hosts.ns(0), || {
-        let filter = XdpHook::attach("eth0", CFG).expect("attaching the filter");
+        let filter =
+            XdpHook::attach("eth0", CFG, &MemberSet::default()).expect("attaching the filter");
         assert!(filter.is_owner());
         // Another group's member on the same interface is refused, the first program stays.
         let other_group = HookConfig {
             group: GROUP + 1,
             filter: true,
         };
-        match XdpHook::attach("eth0", other_group) {
+        match XdpHook::attach("eth0", other_group, &MemberSet::default()) {
             Err(e @ Error::Busy(..)) => {
                 let m = e.to_string();
                 assert!(m.contains("eth0") && m.contains("another group"), "{m}");
@@ -172,15 +180,16 @@ fn non_members_frames_are_dropped_in_xdp_and_membership_changes_atomically() {
             other => panic!("another group's attach must be refused: {other:?}"),
         }
         // A member of the same group shares it (a guest), and leaves the member set alone.
-        let mut guest = XdpHook::attach("eth0", CFG).expect("sharing the program");
+        let mut guest =
+            XdpHook::attach("eth0", CFG, &MemberSet::default()).expect("sharing the program");
         assert!(!guest.is_owner());
-        guest.set_members(&[], &[]).unwrap();
+        guest.set_members(&ms(&[], &[])).unwrap();
         drop(guest);
         let sock = UdpSocket::bind(("10.77.0.1", PORT)).unwrap();
         (filter, sock)
     });
     filter
-        .set_members(&[(Ipv4Addr::new(10, 77, 0, 2), 7001)], &[])
+        .set_members(&ms(&[(Ipv4Addr::new(10, 77, 0, 2), 7001)], &[]))
         .unwrap();
     let before = filter.stats().unwrap();
 
@@ -216,7 +225,7 @@ fn non_members_frames_are_dropped_in_xdp_and_membership_changes_atomically() {
     // A new view: host 2 joins, host 1 leaves. From the switch on, host 2 passes and host 1
     // is dropped; the switch is one write, so nothing in between.
     filter
-        .set_members(&[(Ipv4Addr::new(10, 77, 0, 3), 7001)], &[])
+        .set_members(&ms(&[(Ipv4Addr::new(10, 77, 0, 3), 7001)], &[]))
         .unwrap();
     let s1 = filter.stats().unwrap();
     send(&hosts, 1, 7001, 1, 20);
@@ -230,10 +239,10 @@ fn non_members_frames_are_dropped_in_xdp_and_membership_changes_atomically() {
     // Host 1 becomes a candidate (a removed member that may ask to join again): its status
     // frames are dropped, its control frames (join requests) pass on to the stack.
     filter
-        .set_members(
+        .set_members(&ms(
             &[(Ipv4Addr::new(10, 77, 0, 3), 7001)],
             &[(Ipv4Addr::new(10, 77, 0, 2), 7001)],
-        )
+        ))
         .unwrap();
     let s3 = filter.stats().unwrap();
     send(&hosts, 1, 7001, 1, 10);
@@ -249,7 +258,8 @@ fn non_members_frames_are_dropped_in_xdp_and_membership_changes_atomically() {
     send(&hosts, 1, 7001, 1, 5);
     assert_eq!(drain(&sock, Duration::from_millis(300)), (5, 0));
     within(&hosts.ns(0), || {
-        let again = XdpHook::attach("eth0", CFG).expect("the interface is free again");
+        let again = XdpHook::attach("eth0", CFG, &MemberSet::default())
+            .expect("the interface is free again");
         // A fresh program with fresh counters (the host's own traffic, IPv6 neighbour
         // discovery for one, may already count as `other`).
         let s = again.stats().unwrap();
@@ -263,7 +273,7 @@ fn a_missing_interface_is_named() {
         eprintln!("NOT RUN: a_missing_interface_is_named needs root");
         return;
     }
-    match XdpHook::attach("no-such-if0", CFG) {
+    match XdpHook::attach("no-such-if0", CFG, &MemberSet::default()) {
         Err(Error::NoInterface(n)) => assert_eq!(n, "no-such-if0"),
         other => panic!("{other:?}"),
     }
@@ -287,7 +297,7 @@ fn the_afxdp_transport_receives_through_the_program_and_sends_through_its_ring()
         "10.77.0.3:7001".parse().unwrap(),
     ];
     let (mut hook, mut t) = within(&hosts.ns(0), || {
-        let mut hook = XdpHook::attach("eth0", CFG).unwrap();
+        let mut hook = XdpHook::attach("eth0", CFG, &MemberSet::default()).unwrap();
         let t = AfXdpTransport::open(&AfXdpConfig {
             interface: "eth0".into(),
             queue: 0,
@@ -301,13 +311,13 @@ fn the_afxdp_transport_receives_through_the_program_and_sends_through_its_ring()
         hook.steer(PORT, 0, t.fd()).unwrap();
         (hook, t)
     });
-    hook.set_members(
+    hook.set_members(&ms(
         &[
             (Ipv4Addr::new(10, 77, 0, 1), PORT),
             (Ipv4Addr::new(10, 77, 0, 2), 7001),
         ],
         &[],
-    )
+    ))
     .unwrap();
     // Hosts 1 and 2 listen with kernel sockets (bound before anyone sends).
     let listeners: Vec<UdpSocket> = (1..3)
@@ -452,19 +462,19 @@ fn steering_puts_each_port_on_its_own_socket() {
         .collect();
     // Host A: a program steering each of its ports to its socket, so it can send on queue q.
     let (mut hook_a, mut senders) = within(&a, || {
-        let mut h = XdpHook::attach("eth0", CFG).unwrap();
+        let mut h = XdpHook::attach("eth0", CFG, &MemberSet::default()).unwrap();
         let s: Vec<AfXdpTransport> = (0..2).map(|q| open(a_addr(q), q)).collect();
         for (q, t) in s.iter().enumerate() {
             h.steer(7000 + q as u16, q as u32, t.fd()).unwrap();
         }
         (h, s)
     });
-    hook_a.set_members(&everyone, &[]).unwrap();
+    hook_a.set_members(&ms(&everyone, &[])).unwrap();
     // Host B: two members, each with its own hook as separate member processes have; the
     // second shares the program the first attached.
     let (mut hook_b, mut guest_b, mut invokers) = within(&b, || {
-        let mut h = XdpHook::attach("eth0", CFG).unwrap();
-        let mut g = XdpHook::attach("eth0", CFG).unwrap();
+        let mut h = XdpHook::attach("eth0", CFG, &MemberSet::default()).unwrap();
+        let mut g = XdpHook::attach("eth0", CFG, &MemberSet::default()).unwrap();
         assert!(h.is_owner() && !g.is_owner());
         let s: Vec<AfXdpTransport> = (0..2).map(|q| open(b_addr(q), q)).collect();
         h.steer(7400, 0, s[0].fd()).unwrap();
@@ -479,7 +489,7 @@ fn steering_puts_each_port_on_its_own_socket() {
         }
         (h, g, s)
     });
-    hook_b.set_members(&everyone, &[]).unwrap();
+    hook_b.set_members(&ms(&everyone, &[])).unwrap();
 
     // Let each side learn the other's MAC address (first frames take the kernel's path), then
     // start counting.
@@ -559,11 +569,14 @@ fn steering_puts_each_port_on_its_own_socket() {
     let k1 = invokers[1].stats().kernel_path_received;
     let fd1 = invokers[1].fd();
     within(&b, || {
-        assert!(guest_b.follow().unwrap(), "the guest takes over");
+        assert!(
+            guest_b.follow(&ms(&everyone, &[])).unwrap(),
+            "the guest takes over"
+        );
         assert!(guest_b.is_owner());
         guest_b.steer(7401, 1, fd1).unwrap();
     });
-    guest_b.set_members(&everyone, &[]).unwrap();
+    guest_b.set_members(&ms(&everyone, &[])).unwrap();
     senders[1].send(&batch).unwrap();
     let got = collect(&mut invokers);
     assert_eq!(got[1].len(), 10);

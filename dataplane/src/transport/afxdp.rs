@@ -33,6 +33,11 @@ const IPV4: usize = 20;
 const UDP: usize = 8;
 /// Ethernet, IPv4 (no options) and UDP headers in front of every frame sent.
 pub const HEADERS: usize = ETH + IPV4 + UDP;
+/// What the kernel keeps in front of a received frame in its UMEM chunk (XDP_PACKET_HEADROOM).
+const XDP_HEADROOM: usize = 256;
+/// The largest frame (UDP payload) the transport carries: a 4096-byte chunk less the kernel's
+/// headroom and the headers; the interface's MTU may allow less.
+pub const MAX_FRAME: usize = 4096 - XDP_HEADROOM - HEADERS;
 const BATCH: usize = 64;
 const SIZES: XskSizes = XskSizes {
     frames: 4096,
@@ -246,7 +251,7 @@ impl AfXdpTransport {
     pub fn open(cfg: &AfXdpConfig) -> io::Result<AfXdpTransport> {
         let peers: Vec<SocketAddrV4> = cfg.peers.iter().map(v4).collect::<io::Result<_>>()?;
         let ifc = Interface::lookup(&cfg.interface)?;
-        let room = (SIZES.frame_size as usize)
+        let room = (SIZES.frame_size as usize - XDP_HEADROOM)
             .min(ifc.mtu as usize + ETH)
             .saturating_sub(HEADERS);
         if cfg.max_frame > room {
