@@ -33,6 +33,8 @@ pub struct Hooked {
     checked_at: Instant,
     update_failures: u64,
     takeovers: u64,
+    /// The last reason a takeover failed (logged once).
+    follow_error: Option<String>,
 }
 
 /// How often a member sharing another member's program checks that it is still there.
@@ -94,6 +96,7 @@ impl Hooked {
             checked_at: Instant::now(),
             update_failures: 0,
             takeovers: 0,
+            follow_error: None,
         }
     }
 
@@ -108,6 +111,7 @@ impl Hooked {
         match self.hook.follow(&set) {
             Ok(false) => {}
             Ok(true) => {
+                self.follow_error = None;
                 self.takeovers += 1;
                 tracing::warn!(
                     "the XDP program on {} went with the member that attached it; {} now",
@@ -126,10 +130,17 @@ impl Hooked {
                 let view = self.view.clone();
                 self.set_view(&view);
             }
-            Err(e) => tracing::error!(
-                "the XDP program on {} is gone and cannot be replaced ({e}); frames take the kernel's path",
-                self.hook.interface()
-            ),
+            Err(e) => {
+                // Said once per cause, not every 250 ms.
+                let said = e.to_string();
+                if self.follow_error.as_deref() != Some(said.as_str()) {
+                    tracing::error!(
+                        "the XDP program on {} is gone and cannot be replaced ({said}); frames take the kernel's path",
+                        self.hook.interface()
+                    );
+                    self.follow_error = Some(said);
+                }
+            }
         }
     }
 
