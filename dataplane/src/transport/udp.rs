@@ -156,4 +156,31 @@ mod tests {
         }
         assert_eq!(b.stats().unknown_source, 1);
     }
+
+    #[test]
+    fn an_oversized_datagram_is_counted_and_the_next_frames_keep_their_bytes() {
+        let ba = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut a = UdpTransport::bind("127.0.0.1:0".parse().unwrap(), vec![ba]).unwrap();
+        let mut b = UdpTransport::bind(ba, vec![a.local_addr().unwrap()]).unwrap();
+        // Buffers of 32 bytes: the 100-byte frame is truncated and dropped; the ones after it
+        // must still be paired with their own buffers.
+        let frames = [vec![1u8; 10], vec![2u8; 100], vec![3u8; 20], vec![4u8; 30]];
+        let batch: Vec<(usize, &[u8])> = frames.iter().map(|f| (0, f.as_slice())).collect();
+        a.send(&batch).unwrap();
+        let mut rb = RecvBatch::new(8, 32);
+        let mut got = Vec::new();
+        let start = std::time::Instant::now();
+        while got.len() < 3 && start.elapsed() < std::time::Duration::from_secs(5) {
+            b.recv(&mut rb).unwrap();
+            got.extend(rb.iter().map(|(_, f)| f.to_vec()));
+        }
+        assert_eq!(
+            got,
+            vec![frames[0].clone(), frames[2].clone(), frames[3].clone()]
+        );
+        assert_eq!(b.stats().oversized, 1);
+    }
 }
