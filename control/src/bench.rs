@@ -792,6 +792,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if !backends.contains(&"kafka") && args.kafka_port != 0 {
         bail!("--kafka-port: only with --backend kafka");
     }
+    if args.transport == "shm" && args.hosts != "local" {
+        bail!("--transport shm joins the members of one host through shared memory: use --hosts local; nothing was run");
+    }
     if args.hosts == "netns" && effective_uid() != 0 {
         bail!("--hosts netns needs root: it creates network namespaces, veth pairs and a bridge; nothing was run");
     }
@@ -1297,6 +1300,10 @@ pub fn demo(transport: &str) -> Result<()> {
             println!("Conveyor demo: a trigger and two invokers, each its own process, on 127.0.0.1 over udp.");
             Hosts::Local
         }
+        "shm" => {
+            println!("Conveyor demo: a trigger and two invokers, each its own process, on this host over shared-memory rings (shm).");
+            Hosts::Local
+        }
         "afxdp" => {
             if effective_uid() != 0 {
                 bail!("conveyor demo --transport afxdp needs root: it makes three network namespace hosts on a bridge (veth) and attaches XDP programs and AF_XDP sockets; nothing was run");
@@ -1305,7 +1312,7 @@ pub fn demo(transport: &str) -> Result<()> {
             Hosts::Netns
         }
         other => bail!(
-            "--transport {other}: the demo runs over udp (one machine, loopback) or afxdp (namespace hosts; root)"
+            "--transport {other}: the demo runs over udp (one machine, loopback), shm (one machine, shared memory) or afxdp (namespace hosts; root)"
         ),
     };
     println!("Pipeline 'demo': parse (spin 60us) -> classify (branch on size) -> resize (spin 60us) | store (echo)");

@@ -99,7 +99,7 @@ pub struct GroupSection {
 }
 
 /// The transports the `conveyor` binary runs (chosen by `group.transport`).
-pub const TRANSPORTS: [&str; 2] = ["udp", "afxdp"];
+pub const TRANSPORTS: [&str; 3] = ["udp", "afxdp", "shm"];
 /// The largest frame the afxdp transport carries (a UMEM chunk less the kernel's headroom and
 /// the headers).
 pub const MAX_AFXDP_FRAME: usize = conveyor_dataplane::transport::afxdp::MAX_FRAME;
@@ -404,6 +404,19 @@ impl GroupConfig {
                 ));
             }
         }
+        if file.group.transport == "shm" {
+            let ip = |a: &str| a.parse::<SocketAddr>().ok().map(|s| s.ip());
+            let first = file.members.first().and_then(|m| ip(&m.address));
+            if let Some(i) = file.members.iter().position(|m| ip(&m.address) != first) {
+                return Err(fail(
+                    &format!("member[{i}].address"),
+                    format!(
+                        "the shm transport joins the members of one host through shared memory; {:?} is not on member[0]'s address ({})",
+                        file.members[i].address, file.members[0].address
+                    ),
+                ));
+            }
+        }
         if file.group.transport == "afxdp" && g.max_frame > MAX_AFXDP_FRAME {
             return Err(fail(
                 "group.max_frame",
@@ -684,6 +697,11 @@ role = "invoker"
                     "role = \"invoker\"\ninterface = \"eth0\"\nqueue = 64",
                 ),
                 "member[1].queue",
+            ),
+            (
+                GOOD.replace("name = \"g\"", "name = \"g\"\ntransport = \"shm\"")
+                    .replace("127.0.0.1:7001", "127.0.0.2:7001"),
+                "member[1].address",
             ),
         ];
         for (text, field) in cases {

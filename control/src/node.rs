@@ -8,6 +8,7 @@ use conveyor_dataplane::invoker::{run_invoker, InvokerApp};
 use conveyor_dataplane::queue::{Effect, Op};
 use conveyor_dataplane::transport::afxdp::{AfXdpConfig, AfXdpTransport};
 use conveyor_dataplane::transport::impair::Impaired;
+use conveyor_dataplane::transport::shm::{ShmConfig, ShmTransport};
 use conveyor_dataplane::transport::udp::UdpTransport;
 use conveyor_dataplane::transport::Transport;
 use conveyor_ebpf::{HookConfig, XdpHook};
@@ -234,6 +235,23 @@ fn open_transport(
             );
             (Box::new(t), mode)
         }
+        "shm" => {
+            steering = None;
+            let dir = std::env::var_os("CONVEYOR_SHM_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| "/dev/shm".into());
+            let scfg = ShmConfig {
+                dir,
+                tag: shm_tag(cfg),
+                me: idx,
+                members: cfg.addresses.len(),
+                max_frame: cfg.file.group.max_frame,
+            };
+            let t = ShmTransport::open(&scfg)
+                .map_err(|e| anyhow!("member {member}: starting the shm transport: {e}"))?;
+            let mode = format!("shm (inbox {})", scfg.inbox_path(idx).display());
+            (Box::new(t), mode)
+        }
         _ => {
             steering = None;
             let udp = UdpTransport::bind(local, cfg.addresses.clone())
@@ -290,4 +308,14 @@ fn log_transport(member: &str, t: &conveyor_dataplane::transport::TransportStats
         let x: Vec<String> = t.xdp.iter().map(|(k, v)| format!("{k} {v}")).collect();
         tracing::info!("member {member}: XDP: {}", x.join(", "));
     }
+}
+
+/// Names this group's shared-memory files apart from other groups' on the host (and from other
+/// runs of a group of the same name with another key).
+fn shm_tag(cfg: &GroupConfig) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(cfg.file.group.name.as_bytes());
+    h.update(b"\0");
+    h.update(cfg.file.group.key.as_bytes());
+    h.finalize().to_hex()[..16].to_string()
 }

@@ -176,6 +176,9 @@ impl Transport for Hooked {
     fn next_deadline_us(&self) -> Option<u64> {
         self.inner.next_deadline_us()
     }
+    fn prepare_park(&mut self) -> bool {
+        self.inner.prepare_park()
+    }
     fn stats(&self) -> TransportStats {
         let mut s = self.inner.stats();
         match self.hook.stats() {

@@ -203,7 +203,7 @@ fn options_that_cannot_run_fail_clearly() {
         ),
         (
             vec!["bench", "--transport", "dpdk"],
-            "--transport dpdk: not available in this build; available: udp, afxdp",
+            "--transport dpdk: not available in this build; available: udp, afxdp, shm",
         ),
         (vec!["demo", "--transport", "rdma"], "--transport rdma"),
         (vec!["bench", "--hosts", "mars"], "mars"),
@@ -808,4 +808,64 @@ fn saved_reports_of_several_chain_lengths_plot_as_one_figure() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.json") && err.contains("chain"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The `shm` transport: the demo and both workloads the issue names lose and double nothing,
+/// and the members leave no shared-memory files behind.
+#[test]
+fn shm_runs_the_demo_and_the_bench_losing_nothing() {
+    let _turn = whole_group();
+    let dir = std::env::temp_dir().join(format!("conveyor-shm-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_conveyor"))
+            .args(args)
+            .env("CONVEYOR_SHM_DIR", &dir)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["demo", "--transport", "shm"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("over shared-memory rings (shm)"), "{text}");
+    assert!(
+        text.contains("sent 5000, completed 5000, lost 0, duplicated 0"),
+        "{text}"
+    );
+    for (workload, extra, expect) in [
+        ("constant", ["--rate", "500", "--duration", "2"], 1000),
+        ("burst", ["--requests", "3000", "--chain", "3"], 3000),
+    ] {
+        let out = run(&[
+            &[
+                "bench",
+                "--transport",
+                "shm",
+                "--workload",
+                workload,
+                "--fn-us",
+                "30",
+                "--json",
+                "-",
+            ][..],
+            &extra[..],
+        ]
+        .concat());
+        let r = report(&out);
+        assert_eq!(r["transport"], "shm", "{r}");
+        assert_eq!(r["completed"], expect, "{workload}: {r}");
+        assert_eq!(r["lost"], 0, "{workload}: {r}");
+        assert_eq!(r["duplicates"], 0, "{workload}: {r}");
+    }
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    // Not across hosts.
+    let out = conveyor(&["bench", "--transport", "shm", "--hosts", "netns"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use --hosts local"));
 }

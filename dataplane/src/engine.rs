@@ -919,6 +919,9 @@ impl Engine {
         if wait.is_zero() {
             return;
         }
+        if !self.transport.prepare_park() {
+            return;
+        }
         self.shared.engine_parked.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if self.cmds.is_empty() && !self.shared.stop.load(Ordering::SeqCst) {

@@ -241,6 +241,10 @@ impl Transport for Impaired {
         self.inner.view_installed(members);
     }
 
+    fn prepare_park(&mut self) -> bool {
+        self.inner.prepare_park()
+    }
+
     fn stats(&self) -> TransportStats {
         let mut s = self.inner.stats();
         s.injected_loss = self.dropped;

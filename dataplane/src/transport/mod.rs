@@ -8,12 +8,14 @@
 //! Implemented here: `udp` (kernel sockets, sendmmsg/recvmmsg), `afxdp` (AF_XDP sockets: the
 //! frames of the group bypass the kernel's stack, steered to the socket by an XDP program that
 //! the control plane attaches), and `impair`, a wrapper over any transport that injects loss,
-//! duplication and delay. The other media (`shm`, `dpdk`, `rdma`) are added by later issues
-//! behind this same trait.
+//! duplication and delay; `shm`, shared-memory rings between the members of one host. The other
+//! media (`dpdk`, `rdma`) are added by later issues behind this same trait.
 
 pub mod afxdp;
 mod afxdp_sys;
 pub mod impair;
+pub mod shm;
+mod shm_sys;
 pub mod udp;
 mod udp_sys;
 
@@ -94,6 +96,12 @@ pub trait Transport: Send {
         None
     }
     fn stats(&self) -> TransportStats;
+    /// The engine is about to park on [`poll_fd`](Self::poll_fd): a transport that must be
+    /// told (to be woken by its peers) is told here. `false`: frames arrived meanwhile, do not
+    /// park.
+    fn prepare_park(&mut self) -> bool {
+        true
+    }
     /// A view was installed: `members` are the peer indices of its members. Called by the
     /// polling thread at the install, before it sends anything in the new view (the XDP member
     /// filter follows it here).
