@@ -442,6 +442,21 @@ fn two_invokers_on_one_host_share_the_program_and_lose_nothing() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "{}", log("trigger"));
+    // The survivor writes its counters when it stops (after the shutdown is delivered and its
+    // linger): wait for it before reading its log.
+    let (_, survivor) = bed
+        .procs
+        .iter_mut()
+        .find(|(n, _)| n == "invoker-1")
+        .unwrap();
+    let start = Instant::now();
+    while survivor.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "invoker-1 did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let rep: Value = serde_json::from_str(&std::fs::read_to_string(&r).unwrap()).unwrap();
     assert_eq!(rep["completed"], 1500, "{rep}");
     assert_eq!(rep["lost"], 0, "{rep}");
