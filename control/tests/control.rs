@@ -1,11 +1,14 @@
 //! The control plane with real member processes: its API, persistence, token, metrics, and a
 //! group that keeps serving while it is down.
 
+mod common;
+use common::wait_for;
+
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn free_ports(n: usize) -> Vec<u16> {
     let socks: Vec<std::net::UdpSocket> = (0..n)
@@ -49,17 +52,6 @@ fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) ->
         .unwrap_or(0);
     let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     (status, body)
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 struct Procs(Vec<Child>);

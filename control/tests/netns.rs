@@ -1,21 +1,13 @@
 //! The network-namespace test bed (`testbed/netns.sh`) and `conveyor bench --hosts netns`.
 //! These need root; without it each test says that it did not run. CI runs as root.
 
+mod common;
+use common::is_root;
+
 use std::process::Command;
 use std::sync::Mutex;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 fn script() -> String {
     format!("{}/../testbed/netns.sh", env!("CARGO_MANIFEST_DIR"))

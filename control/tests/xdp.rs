@@ -9,6 +9,9 @@
 //! (it gets into the view); after a view change that removes invoker 1, frames from its address
 //! are dropped; requests still complete.
 
+mod common;
+use common::{is_root, wait_for};
+
 use conveyor_dataplane::types::{GroupId, MemberId, Seq, ViewId};
 use conveyor_dataplane::wire::{Frame, FrameWriter, Header, Key, Kind, Row};
 use serde_json::Value;
@@ -19,17 +22,6 @@ use std::time::{Duration, Instant};
 
 const KEY: &str = "00000000000000000000000000000000000000000000000000000000000000aa";
 const TOKEN: &str = "test-token-0123456789";
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 fn netns_sh(args: &[&str]) {
     let out = Command::new("bash")
@@ -53,8 +45,34 @@ struct Bed {
     procs: Vec<(String, Child)>,
 }
 impl Bed {
+    /// `netns.sh up` with `args` (the host count first) under `prefix`.
+    fn up(prefix: String, args: &[&str]) -> Bed {
+        netns_sh(&[args, &["--prefix", &prefix]].concat());
+        Bed {
+            prefix,
+            procs: Vec::new(),
+        }
+    }
     fn ns(&self, i: usize) -> String {
         format!("{}-h{i}", self.prefix)
+    }
+    /// Starts `conveyor ARGS` on host `host`, its log in `dir/NAME.log`.
+    fn spawn(&mut self, dir: &std::path::Path, host: usize, args: &[&str], name: &str) {
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns(host),
+                env!("CARGO_BIN_EXE_conveyor"),
+            ])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.procs.push((name.to_string(), child));
     }
 }
 impl Drop for Bed {
@@ -130,17 +148,6 @@ fn protocol_drops(text: &str, member: &str) -> u64 {
         .sum()
 }
 
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// A well-formed status frame of the group, signed with its key, from member id `sender`.
 fn status_frame(sender: u16) -> Vec<u8> {
     let h = blake3::hash(b"xdp");
@@ -188,12 +195,7 @@ fn xdp_drops_outsiders_and_removed_members_and_admits_joiners_in_a_running_group
         eprintln!("NOT RUN: xdp_drops_outsiders_and_removed_members_and_admits_joiners_in_a_running_group needs root (namespaces, XDP, AF_XDP)");
         return;
     }
-    let prefix = format!("cvq{}", std::process::id() % 100_000);
-    netns_sh(&["up", "5", "--prefix", &prefix]);
-    let mut bed = Bed {
-        prefix,
-        procs: Vec::new(),
-    };
+    let mut bed = Bed::up(format!("cvq{}", std::process::id() % 100_000), &["up", "5"]);
     let dir = std::env::temp_dir().join(format!("conveyor-xdp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -221,31 +223,9 @@ fn xdp_drops_outsiders_and_removed_members_and_admits_joiners_in_a_running_group
     let cfg = dir.join("group.toml");
     std::fs::write(&cfg, toml).unwrap();
     let cfg_s = cfg.to_str().unwrap().to_string();
-    let spawn = |bed: &mut Bed, host: usize, args: &[&str], name: &str| {
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &bed.ns(host),
-                env!("CARGO_BIN_EXE_conveyor"),
-            ])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        bed.procs.push((name.to_string(), child));
-    };
-    spawn(&mut bed, 0, &["control", "--config", &cfg_s], "control");
+    bed.spawn(&dir, 0, &["control", "--config", &cfg_s], "control");
     for (host, m) in [(0, "trigger"), (1, "invoker-0"), (2, "invoker-1")] {
-        spawn(
-            &mut bed,
-            host,
-            &["node", "--config", &cfg_s, "--member", m],
-            m,
-        );
+        bed.spawn(&dir, host, &["node", "--config", &cfg_s, "--member", m], m);
     }
     wait_for("the first view in the control plane", 30, || {
         view(&bed) == ["invoker-0", "invoker-1", "trigger"]
@@ -294,8 +274,8 @@ fn xdp_drops_outsiders_and_removed_members_and_admits_joiners_in_a_running_group
 
     // 2. A joiner: invoker-2 (h3) starts; its join requests pass as a candidate's, and once it
     // is in the view its frames pass as a member's.
-    spawn(
-        &mut bed,
+    bed.spawn(
+        &dir,
         3,
         &["node", "--config", &cfg_s, "--member", "invoker-2"],
         "invoker-2",
@@ -353,12 +333,10 @@ fn two_invokers_on_one_host_share_the_program_and_lose_nothing() {
         eprintln!("NOT RUN: two_invokers_on_one_host_share_the_program_and_lose_nothing needs root (namespaces, XDP, AF_XDP)");
         return;
     }
-    let prefix = format!("cvw{}", std::process::id() % 100_000);
-    netns_sh(&["up", "2", "--queues", "2", "--prefix", &prefix]);
-    let mut bed = Bed {
-        prefix,
-        procs: Vec::new(),
-    };
+    let mut bed = Bed::up(
+        format!("cvw{}", std::process::id() % 100_000),
+        &["up", "2", "--queues", "2"],
+    );
     let dir = std::env::temp_dir().join(format!("conveyor-xdp2-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -387,22 +365,8 @@ fn two_invokers_on_one_host_share_the_program_and_lose_nothing() {
     .unwrap();
     let cfg_s = cfg.to_str().unwrap().to_string();
     let run = |bed: &mut Bed, host: usize, member: &str, extra: &[&str]| {
-        let log = std::fs::File::create(dir.join(format!("{member}.log"))).unwrap();
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &bed.ns(host),
-                env!("CARGO_BIN_EXE_conveyor"),
-            ])
-            .args(["node", "--config", &cfg_s, "--member", member])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        bed.procs.push((member.to_string(), child));
+        let args = [&["node", "--config", &cfg_s, "--member", member][..], extra].concat();
+        bed.spawn(&dir, host, &args, member);
     };
     run(&mut bed, 1, "invoker-0", &[]);
     std::thread::sleep(Duration::from_millis(500));

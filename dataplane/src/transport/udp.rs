@@ -119,15 +119,21 @@ impl Transport for UdpTransport {
 mod tests {
     use super::*;
 
-    #[test]
-    fn batches_cross_loopback_and_sources_are_identified() {
+    /// Two transports on loopback that know each other as peer 0, and b's address.
+    fn pair() -> (UdpTransport, UdpTransport, SocketAddr) {
         // Reserve b's address, then bind a knowing it, then b knowing a.
         let ba = UdpSocket::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap();
-        let mut a = UdpTransport::bind("127.0.0.1:0".parse().unwrap(), vec![ba]).unwrap();
-        let mut b = UdpTransport::bind(ba, vec![a.local_addr().unwrap()]).unwrap();
+        let a = UdpTransport::bind("127.0.0.1:0".parse().unwrap(), vec![ba]).unwrap();
+        let b = UdpTransport::bind(ba, vec![a.local_addr().unwrap()]).unwrap();
+        (a, b, ba)
+    }
+
+    #[test]
+    fn batches_cross_loopback_and_sources_are_identified() {
+        let (mut a, mut b, ba) = pair();
         let frames: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 10 + i as usize]).collect();
         let batch: Vec<(usize, &[u8])> = frames.iter().map(|f| (0, f.as_slice())).collect();
         a.send(&batch).unwrap();
@@ -159,12 +165,7 @@ mod tests {
 
     #[test]
     fn an_oversized_datagram_is_counted_and_the_next_frames_keep_their_bytes() {
-        let ba = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let mut a = UdpTransport::bind("127.0.0.1:0".parse().unwrap(), vec![ba]).unwrap();
-        let mut b = UdpTransport::bind(ba, vec![a.local_addr().unwrap()]).unwrap();
+        let (mut a, mut b, _) = pair();
         // Buffers of 32 bytes: the 100-byte frame is truncated and dropped; the ones after it
         // must still be paired with their own buffers.
         let frames = [vec![1u8; 10], vec![2u8; 100], vec![3u8; 20], vec![4u8; 30]];
