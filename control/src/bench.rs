@@ -133,8 +133,8 @@ pub struct GroupRun {
     /// (member name, seconds after the load starts): the member is not in the first view and
     /// is started then, joining the running group.
     pub joins: Vec<(String, f64)>,
-    /// `group.transport`: udp, or afxdp (netns hosts: each member's AF_XDP socket on its
-    /// host's eth0).
+    /// `group.transport`: udp, shm (local hosts), or afxdp / dpdk (netns hosts: each member
+    /// drives its host's eth0 through an AF_XDP socket or DPDK's af_packet PMD).
     pub transport: String,
 }
 
@@ -390,15 +390,16 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
             .collect(),
     };
     let afxdp = run.transport == "afxdp";
-    if afxdp && netns.is_none() {
-        bail!("--transport afxdp needs --hosts netns: an AF_XDP socket binds a network interface (each namespace host's eth0), not loopback");
+    let dpdk = run.transport == "dpdk";
+    if (afxdp || dpdk) && netns.is_none() {
+        bail!("--transport {} needs --hosts netns: it drives a network interface (each namespace host's eth0), not loopback", run.transport);
     }
     let mut toml = format!(
         "# Written by conveyor for one run.\n[group]\nname = \"bench\"\nkey = \"{}\"\ntransport = \"{}\"\npipelines = [\"pipeline.json\"]\nstartup_timeout_s = 20\n",
         fresh_key()?,
         run.transport
     );
-    if afxdp {
+    if afxdp || dpdk {
         // One Ethernet frame on the hosts' 1500-byte MTU.
         let max_frame = 1472;
         toml.push_str(&format!(
@@ -426,6 +427,7 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
         if afxdp {
             toml.push_str("interface = \"eth0\"\n");
         }
+
         if role == "invoker" && run.pin {
             let cores = std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -441,6 +443,12 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
         }
         if run.joins.iter().any(|j| &j.0 == name) {
             toml.push_str("join = true\n");
+        }
+        if dpdk {
+            // DPDK's af_packet PMD on the namespace host's veth, on ordinary memory (the
+            // hosts share the machine's hugepages, if it has any). Last: a table ends the
+            // member's keys.
+            toml.push_str("[member.dpdk]\nvdevs = [\"net_af_packet0,iface=eth0,qpairs=1\"]\nhugepages = false\nmemory_mb = 256\n");
         }
     }
     std::fs::write(dir.join("conveyor.toml"), toml)?;
@@ -847,6 +855,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     if args.transport == "afxdp" && args.hosts != "netns" {
         bail!("--transport afxdp needs --hosts netns: an AF_XDP socket binds a network interface (each namespace host's eth0), not loopback; nothing was run");
+    }
+    if args.transport == "dpdk" && args.hosts != "netns" {
+        bail!("--transport dpdk needs --hosts netns: each member drives its namespace host's eth0 through DPDK's af_packet PMD (a ConnectX port on a testbed); nothing was run");
     }
     let hosts = match args.hosts.as_str() {
         "local" => Hosts::Local,
@@ -1311,8 +1322,15 @@ pub fn demo(transport: &str) -> Result<()> {
             println!("Conveyor demo: a trigger and two invokers, each its own process in its own network namespace host (veth on a bridge), over AF_XDP sockets steered by XDP.");
             Hosts::Netns
         }
+        "dpdk" => {
+            if effective_uid() != 0 {
+                bail!("conveyor demo --transport dpdk needs root: it makes three network namespace hosts on a bridge (veth) and drives each host's veth through DPDK's af_packet PMD; nothing was run");
+            }
+            println!("Conveyor demo: a trigger and two invokers, each its own process in its own network namespace host (veth on a bridge), each driving its veth through DPDK (af_packet PMD).");
+            Hosts::Netns
+        }
         other => bail!(
-            "--transport {other}: the demo runs over udp (one machine, loopback), shm (one machine, shared memory) or afxdp (namespace hosts; root)"
+            "--transport {other}: the demo runs over udp (one machine, loopback), shm (one machine, shared memory), afxdp or dpdk (namespace hosts; root)"
         ),
     };
     println!("Pipeline 'demo': parse (spin 60us) -> classify (branch on size) -> resize (spin 60us) | store (echo)");

@@ -99,10 +99,12 @@ pub struct GroupSection {
 }
 
 /// The transports the `conveyor` binary runs (chosen by `group.transport`).
-pub const TRANSPORTS: [&str; 3] = ["udp", "afxdp", "shm"];
+pub const TRANSPORTS: [&str; 4] = ["udp", "afxdp", "shm", "dpdk"];
 /// The largest frame the afxdp transport carries (a UMEM chunk less the kernel's headroom and
 /// the headers).
 pub const MAX_AFXDP_FRAME: usize = conveyor_dataplane::transport::afxdp::MAX_FRAME;
+/// The largest frame the dpdk transport carries (one mbuf's data room less the headers).
+pub const MAX_DPDK_FRAME: usize = conveyor_dataplane::transport::dpdk::MAX_FRAME;
 
 fn d_transport() -> String {
     "udp".into()
@@ -211,6 +213,65 @@ pub struct MemberSection {
     /// NIC steers the member's UDP port to; 0 on single-queue links such as veth).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub queue: u32,
+    /// `dpdk`: the member's DPDK port and EAL settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpdk: Option<DpdkSection>,
+}
+
+/// `[member.dpdk]`: which port the member drives through DPDK, and the EAL's settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpdkSection {
+    /// PCI devices the EAL may use (`-a`), for example a ConnectX port "0000:3b:00.0" (mlx5 is
+    /// bifurcated: the port stays bound to mlx5_core, nothing is unbound).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Virtual devices (`--vdev`), for example "net_af_packet0,iface=eth0".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vdevs: Vec<String>,
+    /// The port to drive, by DPDK's name for it; default: the only port there is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    /// `--lcores`; default: lcore 0 on every CPU the process may use (the EAL pins nothing
+    /// of the member's; the polling thread is pinned by member.core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lcores: Option<String>,
+    /// Hugepages (default) or ordinary memory (`--no-huge`).
+    #[serde(default = "d_true")]
+    pub hugepages: bool,
+    /// The EAL's memory, MiB.
+    #[serde(default = "d_dpdk_memory")]
+    pub memory_mb: u32,
+    #[serde(default = "d_descriptors")]
+    pub rx_descriptors: u16,
+    #[serde(default = "d_descriptors")]
+    pub tx_descriptors: u16,
+    /// Packet buffers in the member's pool.
+    #[serde(default = "d_mbufs")]
+    pub mbufs: u32,
+    /// How often a parked member polls the port, microseconds (poll-mode drivers have nothing
+    /// to sleep on; set [idle] spin_us to busy-poll).
+    #[serde(default = "d_dpdk_poll")]
+    pub poll_us: u64,
+    /// More EAL arguments, appended as given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eal_args: Vec<String>,
+}
+
+fn d_true() -> bool {
+    true
+}
+fn d_dpdk_memory() -> u32 {
+    256
+}
+fn d_descriptors() -> u16 {
+    1024
+}
+fn d_mbufs() -> u32 {
+    8191
+}
+fn d_dpdk_poll() -> u64 {
+    50
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -403,6 +464,59 @@ impl GroupConfig {
                     "the XDP program serves queues 0 to 63".into(),
                 ));
             }
+        }
+        if file.group.transport == "dpdk" {
+            let ip = |a: &str| a.parse::<SocketAddr>().ok().map(|s| s.ip());
+            for (i, m) in file.members.iter().enumerate() {
+                let Some(d) = &m.dpdk else {
+                    return Err(fail(
+                        &format!("member[{i}].dpdk"),
+                        format!("the dpdk transport drives a port of {:?}: name it with allow = [\"<PCI address>\"] (a ConnectX port) or vdevs = [\"net_af_packet0,iface=eth0\"]", m.name),
+                    ));
+                };
+                if d.allow.is_empty() && d.vdevs.is_empty() {
+                    return Err(fail(
+                        &format!("member[{i}].dpdk"),
+                        "names no device: give allow (PCI addresses) or vdevs (virtual devices)"
+                            .into(),
+                    ));
+                }
+                if d.mbufs < u32::from(d.rx_descriptors) + u32::from(d.tx_descriptors) + 1024 {
+                    return Err(fail(
+                        &format!("member[{i}].dpdk.mbufs"),
+                        format!("{} cannot fill the rx ring ({}) and the tx ring ({}) with 1024 to spare", d.mbufs, d.rx_descriptors, d.tx_descriptors),
+                    ));
+                }
+                if d.memory_mb < 64 {
+                    return Err(fail(
+                        &format!("member[{i}].dpdk.memory_mb"),
+                        "the EAL needs at least 64 MiB".into(),
+                    ));
+                }
+                if let Some(j) = file.members[..i]
+                    .iter()
+                    .position(|o| ip(&o.address) == ip(&m.address))
+                {
+                    return Err(fail(
+                        &format!("member[{i}].address"),
+                        format!("is on member[{j}]'s IP address: the dpdk transport runs one member per port and address (members of one host use shm)"),
+                    ));
+                }
+            }
+            if g.max_frame > MAX_DPDK_FRAME {
+                return Err(fail(
+                    "group.max_frame",
+                    format!("{} bytes do not fit one mbuf of the dpdk transport: at most {MAX_DPDK_FRAME} (1472 on a 1500-byte MTU; the member checks its port's MTU at start)", g.max_frame),
+                ));
+            }
+        } else if let Some(i) = file.members.iter().position(|m| m.dpdk.is_some()) {
+            return Err(fail(
+                &format!("member[{i}].dpdk"),
+                format!(
+                    "is for the dpdk transport; the group's transport is {:?}",
+                    file.group.transport
+                ),
+            ));
         }
         if file.group.transport == "shm" {
             let ip = |a: &str| a.parse::<SocketAddr>().ok().map(|s| s.ip());

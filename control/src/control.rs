@@ -483,9 +483,12 @@ fn transport_counters(t: &conveyor_dataplane::transport::TransportStats) -> BTre
         ("malformed", t.malformed),
         ("kernel_path_sent", t.kernel_path_sent),
         ("kernel_path_received", t.kernel_path_received),
+        ("not_for_us", t.not_for_us),
+        ("unresolved", t.unresolved),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    .chain(t.device.iter().map(|(k, v)| (format!("device_{k}"), *v)))
     .collect()
 }
 
@@ -547,7 +550,7 @@ fn metrics(st: &State) -> String {
     }
     let _ = writeln!(
         out,
-        "# HELP conveyor_transport_frames_total The transport's frame counters (kernel_path_*: frames of the afxdp transport that took the kernel's UDP path)\n# TYPE conveyor_transport_frames_total counter"
+        "# HELP conveyor_transport_frames_total The transport's frame counters (kernel_path_*: frames of the afxdp transport that took the kernel's UDP path; device_*: the dpdk port's own counters)\n# TYPE conveyor_transport_frames_total counter"
     );
     for (m, (_, r)) in &st.reports {
         for (c, v) in &r.transport {

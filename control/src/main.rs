@@ -33,7 +33,8 @@ enum Cmd {
     /// Start a trigger and two invokers as separate processes on loopback, run a 3-function
     /// pipeline at 1000 requests/s for 5 s, and print what happened.
     Demo {
-        /// udp (loopback), or afxdp (three network namespace hosts on a bridge; needs root).
+        /// udp (loopback), shm (shared memory, one host), or afxdp / dpdk (three network
+        /// namespace hosts on a bridge; needs root).
         #[arg(long, default_value = "udp")]
         transport: String,
     },

@@ -7,6 +7,7 @@ use conveyor_dataplane::engine::{Clock, EngineHandle};
 use conveyor_dataplane::invoker::{run_invoker, InvokerApp};
 use conveyor_dataplane::queue::{Effect, Op};
 use conveyor_dataplane::transport::afxdp::{AfXdpConfig, AfXdpTransport};
+use conveyor_dataplane::transport::dpdk::{DpdkConfig, DpdkTransport, EalOptions};
 use conveyor_dataplane::transport::impair::Impaired;
 use conveyor_dataplane::transport::shm::{ShmConfig, ShmTransport};
 use conveyor_dataplane::transport::udp::UdpTransport;
@@ -235,6 +236,41 @@ fn open_transport(
             );
             (Box::new(t), mode)
         }
+        "dpdk" => {
+            steering = None;
+            let SocketAddr::V4(local4) = local else {
+                bail!("member {member}: the dpdk transport speaks IPv4 only; member[{idx}].address is {local}");
+            };
+            let d = me
+                .dpdk
+                .as_ref()
+                .ok_or_else(|| anyhow!("member {member}: member[{idx}].dpdk is missing"))?;
+            let dcfg = DpdkConfig {
+                port: d.port.clone(),
+                max_frame: cfg.file.group.max_frame,
+                rx_descriptors: d.rx_descriptors,
+                tx_descriptors: d.tx_descriptors,
+                mbufs: d.mbufs,
+                poll_us: d.poll_us,
+                ..DpdkConfig::new(
+                    EalOptions {
+                        lcores: d.lcores.clone(),
+                        allow: d.allow.clone(),
+                        vdevs: d.vdevs.clone(),
+                        hugepages: d.hugepages,
+                        memory_mb: d.memory_mb,
+                        extra: d.eal_args.clone(),
+                    },
+                    local4,
+                    cfg.addresses.clone(),
+                )
+            };
+            let t = DpdkTransport::open(&dcfg).map_err(|e| {
+                anyhow!("member {member}: starting the dpdk transport (member[{idx}].dpdk): {e}")
+            })?;
+            let mode = format!("dpdk (port {})", t.describe());
+            (Box::new(t), mode)
+        }
         "shm" => {
             steering = None;
             let dir = std::env::var_os("CONVEYOR_SHM_DIR")
@@ -295,15 +331,21 @@ fn open_transport(
 /// The transport's counters at the end, and the XDP program's if there is one.
 fn log_transport(member: &str, t: &conveyor_dataplane::transport::TransportStats) {
     tracing::info!(
-        "member {member}: transport sent {} frames ({} by the kernel's path), received {} ({} by the kernel's path); malformed {}, unknown source {}, send errors {}",
+        "member {member}: transport sent {} frames ({} by the kernel's path), received {} ({} by the kernel's path); malformed {}, unknown source {}, send errors {}, not for us {}, unresolved {}",
         t.frames_sent,
         t.kernel_path_sent,
         t.frames_received,
         t.kernel_path_received,
         t.malformed,
         t.unknown_source,
-        t.send_errors
+        t.send_errors,
+        t.not_for_us,
+        t.unresolved
     );
+    if !t.device.is_empty() {
+        let x: Vec<String> = t.device.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        tracing::info!("member {member}: device: {}", x.join(", "));
+    }
     if !t.xdp.is_empty() {
         let x: Vec<String> = t.xdp.iter().map(|(k, v)| format!("{k} {v}")).collect();
         tracing::info!("member {member}: XDP: {}", x.join(", "));

@@ -20,6 +20,8 @@
 //! the interface's link or behind its router (the neighbour table names the next hop).
 
 use super::afxdp_sys::{Interface, Xsk, XskSizes};
+pub use super::eth::HEADERS;
+use super::eth::{parse, write_headers, ETH};
 use super::udp::UdpTransport;
 use super::{Received, RecvBatch, Transport, TransportStats};
 use std::collections::HashMap;
@@ -28,11 +30,6 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-const ETH: usize = 14;
-const IPV4: usize = 20;
-const UDP: usize = 8;
-/// Ethernet, IPv4 (no options) and UDP headers in front of every frame sent.
-pub const HEADERS: usize = ETH + IPV4 + UDP;
 /// What the kernel keeps in front of a received frame in its UMEM chunk (XDP_PACKET_HEADROOM).
 const XDP_HEADROOM: usize = 256;
 /// The largest frame (UDP payload) the transport carries: a 4096-byte chunk less the kernel's
@@ -124,96 +121,6 @@ fn v4(a: &SocketAddr) -> io::Result<SocketAddrV4> {
             format!("the afxdp transport speaks IPv4 only; member address {a} is IPv6"),
         )),
     }
-}
-
-/// The IPv4 header checksum (RFC 1071) of `h`.
-fn ip_checksum(h: &[u8]) -> u16 {
-    let mut sum: u32 = h
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Writes Ethernet, IPv4 and UDP headers for a payload of `len` bytes into `out[..HEADERS]`.
-#[allow(clippy::too_many_arguments)]
-fn write_headers(
-    out: &mut [u8],
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    id: u16,
-    len: usize,
-) {
-    out[0..6].copy_from_slice(&dst_mac);
-    out[6..12].copy_from_slice(&src_mac);
-    out[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut out[ETH..ETH + IPV4];
-    ip[0] = 0x45;
-    ip[1] = 0;
-    ip[2..4].copy_from_slice(&((IPV4 + UDP + len) as u16).to_be_bytes());
-    ip[4..6].copy_from_slice(&id.to_be_bytes());
-    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // don't fragment
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[10..12].copy_from_slice(&[0, 0]);
-    ip[12..16].copy_from_slice(&src.ip().octets());
-    ip[16..20].copy_from_slice(&dst.ip().octets());
-    let c = ip_checksum(ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let udp = &mut out[ETH + IPV4..HEADERS];
-    udp[0..2].copy_from_slice(&src.port().to_be_bytes());
-    udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
-    udp[4..6].copy_from_slice(&((UDP + len) as u16).to_be_bytes());
-    // UDP checksum 0: none (allowed for IPv4); the protocol authenticates every frame.
-    udp[6..8].copy_from_slice(&[0, 0]);
-}
-
-/// A parsed frame: source MAC, source and destination, payload range.
-#[derive(Debug, PartialEq, Eq)]
-struct Parsed {
-    src_mac: [u8; 6],
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    payload: std::ops::Range<usize>,
-}
-
-/// Parses Ethernet + IPv4 + UDP; `None` for anything else or anything inconsistent.
-fn parse(f: &[u8]) -> Option<Parsed> {
-    if f.len() < HEADERS || f[12..14] != [0x08, 0x00] {
-        return None;
-    }
-    let ip = &f[ETH..];
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    if ip[0] >> 4 != 4 || ihl < IPV4 || ip[9] != 17 {
-        return None;
-    }
-    // Fragments are not the protocol's (frames fit the MTU).
-    if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
-        return None;
-    }
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    if total < ihl + UDP || ETH + total > f.len() {
-        return None;
-    }
-    let udp = &f[ETH + ihl..];
-    let ulen = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-    if ulen < UDP || ulen > total - ihl {
-        return None;
-    }
-    let at = |o: usize| Ipv4Addr::new(ip[o], ip[o + 1], ip[o + 2], ip[o + 3]);
-    let port = |o: usize| u16::from_be_bytes([udp[o], udp[o + 1]]);
-    let start = ETH + ihl + UDP;
-    Some(Parsed {
-        src_mac: f[6..12].try_into().ok()?,
-        src: SocketAddrV4::new(at(12), port(0)),
-        dst: SocketAddrV4::new(at(16), port(2)),
-        payload: start..start + ulen - UDP,
-    })
 }
 
 /// The complete entries of a `/proc/net/arp` table for `interface`: address to MAC.
@@ -562,73 +469,6 @@ impl Transport for AfXdpTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn a(s: &str) -> SocketAddrV4 {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn headers_round_trip_and_checksum_verifies() {
-        let mut f = vec![0u8; HEADERS + 5];
-        write_headers(
-            &mut f,
-            [1, 2, 3, 4, 5, 6],
-            [7, 8, 9, 10, 11, 12],
-            a("10.77.0.1:7400"),
-            a("10.77.0.2:7401"),
-            9,
-            5,
-        );
-        f[HEADERS..].copy_from_slice(b"hello");
-        let p = parse(&f).unwrap();
-        assert_eq!(p.src_mac, [7, 8, 9, 10, 11, 12]);
-        assert_eq!(p.src, a("10.77.0.1:7400"));
-        assert_eq!(p.dst, a("10.77.0.2:7401"));
-        assert_eq!(&f[p.payload], b"hello");
-        // A header with its checksum in place sums to zero.
-        assert_eq!(ip_checksum(&f[ETH..ETH + IPV4]), 0);
-        // Padding after the datagram (short frames are padded to 60 bytes) is not payload.
-        f.extend_from_slice(&[0; 20]);
-        assert_eq!(parse(&f).unwrap().payload.len(), 5);
-    }
-
-    #[test]
-    fn malformed_frames_are_refused_not_panicked_on() {
-        let mut good = vec![0u8; HEADERS + 4];
-        write_headers(
-            &mut good,
-            [0; 6],
-            [0; 6],
-            a("10.0.0.1:1"),
-            a("10.0.0.2:2"),
-            0,
-            4,
-        );
-        assert!(parse(&good).is_some());
-        // Every truncation, and every single-byte corruption of the headers, either parses to
-        // something in bounds or is refused.
-        for n in 0..good.len() {
-            assert!(parse(&good[..n]).is_none() || n >= HEADERS);
-        }
-        for i in 0..HEADERS {
-            for v in [0u8, 0x45, 0xff, 17, 4] {
-                let mut f = good.clone();
-                f[i] = v;
-                if let Some(p) = parse(&f) {
-                    assert!(p.payload.end <= f.len());
-                }
-            }
-        }
-        let mut frag = good.clone();
-        frag[ETH + 6] = 0x20; // more fragments
-        assert!(parse(&frag).is_none());
-        let mut tcp = good.clone();
-        tcp[ETH + 9] = 6;
-        assert!(parse(&tcp).is_none());
-        let mut vlan = good;
-        vlan[12..14].copy_from_slice(&[0x81, 0x00]);
-        assert!(parse(&vlan).is_none());
-    }
 
     #[test]
     fn the_neighbour_table_gives_complete_entries_of_the_interface() {

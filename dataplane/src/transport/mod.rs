@@ -8,11 +8,15 @@
 //! Implemented here: `udp` (kernel sockets, sendmmsg/recvmmsg), `afxdp` (AF_XDP sockets: the
 //! frames of the group bypass the kernel's stack, steered to the socket by an XDP program that
 //! the control plane attaches), and `impair`, a wrapper over any transport that injects loss,
-//! duplication and delay; `shm`, shared-memory rings between the members of one host. The other
-//! media (`dpdk`, `rdma`) are added by later issues behind this same trait.
+//! duplication and delay; `shm`, shared-memory rings between the members of one host; `dpdk`, a
+//! port driven by DPDK's poll-mode drivers (ConnectX through mlx5; virtual devices here). The
+//! `rdma` medium is added by a later issue behind this same trait.
 
 pub mod afxdp;
 mod afxdp_sys;
+pub mod dpdk;
+mod dpdk_sys;
+mod eth;
 pub mod impair;
 pub mod shm;
 mod shm_sys;
@@ -75,8 +79,16 @@ pub struct TransportStats {
     /// frames the XDP program passed to the stack).
     pub kernel_path_sent: u64,
     pub kernel_path_received: u64,
+    /// `dpdk`: frames on the medium that are not the group's (addressed to another host or
+    /// port, ARP, IPv6, other protocols): ignored, counted.
+    pub not_for_us: u64,
+    /// `dpdk`: frames not sent because the peer's MAC address is not known yet (ARP pending;
+    /// the protocol retransmits).
+    pub unresolved: u64,
     /// Counters of the XDP program on the member's interface, by verdict (empty without one).
     pub xdp: Vec<(&'static str, u64)>,
+    /// The device's own counters (`dpdk`: the port's rte_eth_stats).
+    pub device: Vec<(&'static str, u64)>,
 }
 
 /// A medium that moves frames between peers.
