@@ -14,8 +14,12 @@ done
 if [ ! -e /etc/ssl/certs/ca-certificates.crt ]; then need_apt+=(ca-certificates); fi
 # ebpf/: libbpf (built from libbpf-sys's bundled source) needs libelf and zlib headers; the XDP
 # programs need the kernel's UAPI headers.
+# dataplane/dpdk-sys: DPDK 22.11's headers and libraries (with the PMD plugins), and libclang
+# for bindgen. The rdma transport: libibverbs and librdmacm (they load without a device).
 for hdr_pkg in "/usr/include/gelf.h:libelf-dev" "/usr/include/zlib.h:zlib1g-dev" \
-  "/usr/include/linux/bpf.h:linux-libc-dev"; do
+  "/usr/include/linux/bpf.h:linux-libc-dev" "/usr/include/dpdk/rte_eal.h:libdpdk-dev" \
+  "/usr/lib/llvm-14/lib/libclang.so:libclang-dev" \
+  "/usr/include/infiniband/verbs.h:libibverbs-dev" "/usr/include/rdma/rdma_cma.h:librdmacm-dev"; do
   [ -e "${hdr_pkg%%:*}" ] || need_apt+=("${hdr_pkg#*:}")
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then

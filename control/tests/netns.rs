@@ -286,13 +286,11 @@ fn baselines_run_inside_namespace_hosts_and_leave_none_behind() {
     assert!(namespaces(&prefix).is_empty(), "namespaces left behind");
 }
 
-/// The `afxdp` transport under the bench, both workloads the issue names: each member's AF_XDP
-/// socket on its namespace host's eth0, the XDP program steering to it. Lost 0, duplicates 0,
-/// and the report says which transport ran.
-#[test]
-fn bench_over_afxdp_loses_and_doubles_nothing() {
-    needs_root!("bench_over_afxdp_loses_and_doubles_nothing");
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+/// Runs both workloads the issues name over `transport` on namespace hosts, keeping the run
+/// directory: lost 0, duplicates 0, the report names the transport. Returns each run's member
+/// logs (trigger, invokers), read after the members exited.
+fn bench_over(transport: &str) -> Vec<String> {
+    let mut logs = Vec::new();
     for (workload, extra, expect) in [
         ("constant", ["--rate", "500", "--duration", "2"], 1000),
         ("burst", ["--requests", "3000", "--chain", "3"], 3000),
@@ -301,41 +299,95 @@ fn bench_over_afxdp_loses_and_doubles_nothing() {
             .args([
                 "bench",
                 "--transport",
-                "afxdp",
+                transport,
                 "--hosts",
                 "netns",
                 "--workload",
                 workload,
                 "--fn-us",
                 "30",
+                "--keep",
                 "--json",
                 "-",
             ])
             .args(extra)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{workload}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{transport} {workload}: {stderr}");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let r = &v[0];
-        assert_eq!(r["transport"], "afxdp", "{r}");
-        assert_eq!(r["completed"], expect, "{workload}: {r}");
-        assert_eq!(r["lost"], 0, "{workload}: {r}");
-        assert_eq!(r["duplicates"], 0, "{workload}: {r}");
+        assert_eq!(r["transport"], transport, "{r}");
+        assert_eq!(r["completed"], expect, "{transport} {workload}: {r}");
+        assert_eq!(r["lost"], 0, "{transport} {workload}: {r}");
+        assert_eq!(r["duplicates"], 0, "{transport} {workload}: {r}");
         assert!(namespaces("cvb").is_empty());
+        let dir = stderr
+            .lines()
+            .chain(String::from_utf8_lossy(&out.stdout).lines())
+            .find_map(|l| {
+                l.split("run directory kept: ")
+                    .nth(1)
+                    .map(str::trim)
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| panic!("--keep printed no directory: {stderr}"));
+        let mut text = String::new();
+        for m in ["trigger", "invoker-0", "invoker-1"] {
+            text.push_str(&std::fs::read_to_string(format!("{dir}/{m}.log")).unwrap());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        logs.push(text);
+    }
+    logs
+}
+
+/// The `afxdp` transport under the bench: each member's AF_XDP socket on its namespace host's
+/// eth0, the XDP program steering to it.
+#[test]
+fn bench_over_afxdp_loses_and_doubles_nothing() {
+    needs_root!("bench_over_afxdp_loses_and_doubles_nothing");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    for log in bench_over("afxdp") {
+        assert!(log.contains("transport afxdp ("), "{log}");
     }
 }
 
-/// `conveyor demo --transport afxdp`: the demo over namespace hosts and AF_XDP sockets.
+/// The `dpdk` transport under the bench: each member drives its namespace host's veth through
+/// DPDK's af_packet PMD, and every frame went through the port (the device's counters), none
+/// through a kernel socket.
 #[test]
-fn the_demo_runs_over_afxdp() {
-    needs_root!("the_demo_runs_over_afxdp");
+fn bench_over_dpdk_loses_and_doubles_nothing() {
+    needs_root!("bench_over_dpdk_loses_and_doubles_nothing");
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    for log in bench_over("dpdk") {
+        assert_eq!(
+            log.matches("transport dpdk (port net_af_packet0, driver net_af_packet")
+                .count(),
+            3,
+            "{log}"
+        );
+        // Each member: the port sent at least what the transport did (ARP on top).
+        for line in log.lines().filter(|l| l.contains(": device: ")) {
+            let tx: u64 = line
+                .split("tx_packets ")
+                .nth(1)
+                .and_then(|t| t.split(',').next())
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{line}"));
+            assert!(tx > 1000, "{line}");
+        }
+        assert_eq!(log.matches(": device: ").count(), 3, "{log}");
+        // Nothing of the group's was refused by the parser.
+        for m in log.split("malformed ").skip(1) {
+            assert!(m.starts_with("0,"), "{log}");
+        }
+    }
+}
+
+fn demo_over(transport: &str, says: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
-        .args(["demo", "--transport", "afxdp"])
+        .args(["demo", "--transport", transport])
         .env("CONVEYOR_NO_PROGRESS", "1")
         .output()
         .unwrap();
@@ -345,10 +397,27 @@ fn the_demo_runs_over_afxdp() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("over AF_XDP sockets"), "{text}");
+    assert!(text.contains(says), "{text}");
     assert!(
         text.contains("sent 5000, completed 5000, lost 0, duplicated 0"),
         "{text}"
     );
     assert!(namespaces("cvb").is_empty());
+}
+
+/// `conveyor demo --transport afxdp`: the demo over namespace hosts and AF_XDP sockets.
+#[test]
+fn the_demo_runs_over_afxdp() {
+    needs_root!("the_demo_runs_over_afxdp");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    demo_over("afxdp", "over AF_XDP sockets");
+}
+
+/// `conveyor demo --transport dpdk`: the demo over namespace hosts, each driving its veth
+/// through DPDK.
+#[test]
+fn the_demo_runs_over_dpdk() {
+    needs_root!("the_demo_runs_over_dpdk");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    demo_over("dpdk", "through DPDK (af_packet PMD)");
 }
