@@ -99,7 +99,7 @@ pub struct GroupSection {
 }
 
 /// The transports the `conveyor` binary runs (chosen by `group.transport`).
-pub const TRANSPORTS: [&str; 4] = ["udp", "afxdp", "shm", "dpdk"];
+pub const TRANSPORTS: [&str; 5] = ["udp", "afxdp", "shm", "dpdk", "rdma"];
 /// The largest frame the afxdp transport carries (a UMEM chunk less the kernel's headroom and
 /// the headers).
 pub const MAX_AFXDP_FRAME: usize = conveyor_dataplane::transport::afxdp::MAX_FRAME;
@@ -216,6 +216,32 @@ pub struct MemberSection {
     /// `dpdk`: the member's DPDK port and EAL settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpdk: Option<DpdkSection>,
+    /// `rdma`: the member's RDMA device and port (default: the first device, port 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdma: Option<RdmaSection>,
+}
+
+/// `[member.rdma]`: which verbs device and port the member uses.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RdmaSection {
+    /// The device's name as `ibv_devices` lists it (`mlx5_0`); default: the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The device's port, from 1.
+    #[serde(default = "d_rdma_port")]
+    pub port: u8,
+    /// The GID index (RoCE v2: the index of the port's IPv4 GID, `show_gids`); 0 on
+    /// InfiniBand.
+    #[serde(default)]
+    pub gid_index: u8,
+    /// How often a parked member polls the completion queue, microseconds.
+    #[serde(default = "d_dpdk_poll")]
+    pub poll_us: u64,
+}
+
+fn d_rdma_port() -> u8 {
+    1
 }
 
 /// `[member.dpdk]`: which port the member drives through DPDK, and the EAL's settings.
@@ -517,6 +543,25 @@ impl GroupConfig {
                     file.group.transport
                 ),
             ));
+        }
+        if file.group.transport != "rdma" {
+            if let Some(i) = file.members.iter().position(|m| m.rdma.is_some()) {
+                return Err(fail(
+                    &format!("member[{i}].rdma"),
+                    format!(
+                        "is for the rdma transport; the group's transport is {:?}",
+                        file.group.transport
+                    ),
+                ));
+            }
+        }
+        for (i, m) in file.members.iter().enumerate() {
+            if m.rdma.as_ref().is_some_and(|r| r.port == 0) {
+                return Err(fail(
+                    &format!("member[{i}].rdma.port"),
+                    "ports are numbered from 1".into(),
+                ));
+            }
         }
         if file.group.transport == "shm" {
             let ip = |a: &str| a.parse::<SocketAddr>().ok().map(|s| s.ip());

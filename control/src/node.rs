@@ -9,6 +9,8 @@ use conveyor_dataplane::queue::{Effect, Op};
 use conveyor_dataplane::transport::afxdp::{AfXdpConfig, AfXdpTransport};
 use conveyor_dataplane::transport::dpdk::{DpdkConfig, DpdkTransport, EalOptions};
 use conveyor_dataplane::transport::impair::Impaired;
+use conveyor_dataplane::transport::rdma::ibverbs::{IbvConfig, IbvDevice};
+use conveyor_dataplane::transport::rdma::{RdmaConfig, RdmaTransport, Verbs};
 use conveyor_dataplane::transport::shm::{ShmConfig, ShmTransport};
 use conveyor_dataplane::transport::udp::UdpTransport;
 use conveyor_dataplane::transport::Transport;
@@ -270,6 +272,38 @@ fn open_transport(
             })?;
             let mode = format!("dpdk (port {})", t.describe());
             (Box::new(t), mode)
+        }
+        "rdma" => {
+            steering = None;
+            let r = me.rdma.clone().unwrap_or(crate::config::RdmaSection {
+                port: 1,
+                poll_us: 50,
+                ..Default::default()
+            });
+            let dev = IbvDevice::open(&IbvConfig {
+                device: r.device.clone(),
+                port: r.port,
+                gid_index: r.gid_index,
+            })
+            .map_err(|e| {
+                anyhow!("member {member}: starting the rdma transport (member[{idx}].rdma): {e}")
+            })?;
+            let desc = dev.describe();
+            let t = RdmaTransport::open(
+                &RdmaConfig {
+                    group: shm_tag(cfg),
+                    me: idx,
+                    peers: cfg.addresses.clone(),
+                    max_frame: cfg.file.group.max_frame,
+                    poll_us: r.poll_us,
+                },
+                std::sync::Arc::new(dev),
+            )
+            .map_err(|e| anyhow!("member {member}: starting the rdma transport: {e}"))?;
+            (
+                Box::new(t),
+                format!("rdma ({desc}; side channel TCP {local})"),
+            )
         }
         "shm" => {
             steering = None;

@@ -18,6 +18,7 @@ pub mod dpdk;
 mod dpdk_sys;
 mod eth;
 pub mod impair;
+pub mod rdma;
 pub mod shm;
 mod shm_sys;
 pub mod udp;
