@@ -112,11 +112,30 @@ fn d_transport() -> String {
 fn d_window() -> u64 {
     256
 }
+/// 0: not given; resolved by [`GroupFile::resolve_frame_sizes`] for the transport.
 fn d_max_frame() -> usize {
-    8192
+    0
 }
 fn d_max_payload() -> usize {
-    4096
+    0
+}
+
+impl GroupFile {
+    /// Frame sizes left out take the transport's defaults: one Ethernet frame on a 1500-byte
+    /// MTU (1472) for the transports that write Ethernet frames (afxdp, dpdk), 8192 otherwise;
+    /// the payload is at most 4096 and what fits the frame.
+    fn resolve_frame_sizes(&mut self) {
+        let g = &mut self.group;
+        if g.max_frame == 0 {
+            g.max_frame = match g.transport.as_str() {
+                "afxdp" | "dpdk" => 1472,
+                _ => 8192,
+            };
+        }
+        if g.max_payload == 0 {
+            g.max_payload = wire::max_payload_for(g.max_frame, self.members.len()).min(4096);
+        }
+    }
 }
 fn d_status_interval_us() -> u64 {
     2000
@@ -346,7 +365,7 @@ impl GroupConfig {
             message,
         };
         let de = toml::Deserializer::new(text);
-        let file: GroupFile = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut file: GroupFile = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
             let inner = e.into_inner();
             let msg = inner.message().to_string();
@@ -382,6 +401,7 @@ impl GroupConfig {
                 format!("at most {} members", wire::MAX_MEMBERS),
             ));
         }
+        file.resolve_frame_sizes();
         let g = &file.group;
         if g.window == 0 {
             return Err(fail("group.window", "must be at least 1".into()));
@@ -839,15 +859,18 @@ role = "invoker"
                 "member[0].interface",
             ),
             (
-                GOOD.replace("name = \"g\"", "name = \"g\"\ntransport = \"afxdp\"")
-                    .replace(
-                        "role = \"trigger\"",
-                        "role = \"trigger\"\ninterface = \"eth0\"",
-                    )
-                    .replace(
-                        "role = \"invoker\"",
-                        "role = \"invoker\"\ninterface = \"eth0\"",
-                    ),
+                GOOD.replace(
+                    "name = \"g\"",
+                    "name = \"g\"\ntransport = \"afxdp\"\nmax_frame = 4000",
+                )
+                .replace(
+                    "role = \"trigger\"",
+                    "role = \"trigger\"\ninterface = \"eth0\"",
+                )
+                .replace(
+                    "role = \"invoker\"",
+                    "role = \"invoker\"\ninterface = \"eth0\"",
+                ),
                 "group.max_frame",
             ),
             (
@@ -868,6 +891,31 @@ role = "invoker"
             assert_eq!(e.field, field, "{e}");
             assert_eq!(e.file, "/etc/conveyor.toml");
         }
+    }
+
+    /// Frame sizes left out follow the transport: one Ethernet frame for the transports that
+    /// write them, and a payload that fits.
+    #[test]
+    fn frame_sizes_default_by_transport() {
+        let udp = parse(GOOD).unwrap();
+        assert_eq!(udp.file.group.max_frame, 8192);
+        assert_eq!(udp.file.group.max_payload, 4096);
+        let dpdk = parse(
+            &GOOD
+                .replace("name = \"g\"", "name = \"g\"\ntransport = \"dpdk\"")
+                .replace("127.0.0.1:7001", "127.0.0.2:7001")
+                .replace(
+                    "role = \"trigger\"",
+                    "role = \"trigger\"\n[member.dpdk]\nvdevs = [\"net_ring0\"]",
+                )
+                .replace(
+                    "role = \"invoker\"",
+                    "role = \"invoker\"\n[member.dpdk]\nvdevs = [\"net_ring1\"]",
+                ),
+        )
+        .unwrap();
+        assert_eq!(dpdk.file.group.max_frame, 1472);
+        assert_eq!(dpdk.file.group.max_payload, wire::max_payload_for(1472, 2));
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! frames of the group bypass the kernel's stack, steered to the socket by an XDP program that
 //! the control plane attaches), and `impair`, a wrapper over any transport that injects loss,
 //! duplication and delay; `shm`, shared-memory rings between the members of one host; `dpdk`, a
-//! port driven by DPDK's poll-mode drivers (ConnectX through mlx5; virtual devices here). The
-//! `rdma` medium is added by a later issue behind this same trait.
+//! port driven by DPDK's poll-mode drivers (ConnectX through mlx5; virtual devices here);
+//! `rdma`, one-sided RDMA WRITEs over reliable-connected queue pairs (libibverbs, or an
+//! in-process emulation of the verbs for tests).
 
 pub mod afxdp;
 mod afxdp_sys;
