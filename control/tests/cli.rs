@@ -203,7 +203,11 @@ fn options_that_cannot_run_fail_clearly() {
         ),
         (
             vec!["bench", "--transport", "dpdk"],
-            "--transport dpdk: not available in this build; available: udp, afxdp, shm",
+            "--transport dpdk needs --hosts netns",
+        ),
+        (
+            vec!["bench", "--transport", "carrier-pigeon"],
+            "--transport carrier-pigeon: not available in this build; available: udp, afxdp, shm, dpdk, rdma",
         ),
         (vec!["demo", "--transport", "rdma"], "--transport rdma"),
         (vec!["bench", "--hosts", "mars"], "mars"),

@@ -534,9 +534,40 @@ fn xdp_setups_that_cannot_start_say_why() {
         sh(format!("ip netns add {ns} && ip -n {ns} link add eth0 mtu 1000 type veth peer name eth1 && ip -n {ns} addr add 10.79.0.1/24 dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set eth1 up"));
         let cfg = write("mtu.toml", "afxdp", "eth0", 1400);
         let err = node(&cfg, &["ip", "netns", "exec", &ns]);
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         assert!(
             err.contains("group.max_frame 1400 does not fit one Ethernet frame on eth0 (MTU 1000): at most 972"),
+            "{err}"
+        );
+        // No memlock: a user with the capabilities the XDP program and the socket need, but
+        // without CAP_IPC_LOCK, and a 64 KiB memlock limit for the 16 MiB UMEM.
+        let cfg = write("memlock.toml", "afxdp", "eth0", 900);
+        std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        let caps = "+net_admin,+net_raw,+bpf,+perfmon,+sys_admin";
+        let inh = format!("--inh-caps=-all,{caps}");
+        let amb = format!("--ambient-caps={caps}");
+        let err = node(
+            &cfg,
+            &[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "setpriv",
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                &inh,
+                &amb,
+                "prlimit",
+                "--memlock=65536:65536",
+            ],
+        );
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        assert!(
+            err.contains("registering the UMEM") && err.contains("raise the memlock limit"),
             "{err}"
         );
     } else {

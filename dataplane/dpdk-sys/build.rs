@@ -59,6 +59,7 @@ fn main() {
         .allowlist_function("rte_eal_cleanup")
         .allowlist_function("rte_strerror")
         .allowlist_function("rte_eth_dev_count_avail")
+        .allowlist_function("rte_eth_dev_is_valid_port")
         .allowlist_function("rte_eth_dev_get_port_by_name")
         .allowlist_function("rte_eth_dev_stop")
         .allowlist_function("rte_eth_dev_close")

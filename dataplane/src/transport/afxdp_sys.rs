@@ -192,6 +192,11 @@ pub(super) struct Xsk {
 }
 
 fn setsockopt<T>(fd: RawFd, opt: libc::c_int, v: &T, what: &str) -> io::Result<()> {
+    setsockopt_raw(fd, opt, v).map_err(|e| io::Error::new(e.kind(), format!("{what}: {e}")))
+}
+
+/// `setsockopt(SOL_XDP)`; the error keeps its errno.
+fn setsockopt_raw<T>(fd: RawFd, opt: libc::c_int, v: &T) -> io::Result<()> {
     // SAFETY: `v` is a live value of the type the option expects, read for its size only.
     let r = unsafe {
         libc::setsockopt(
@@ -203,7 +208,7 @@ fn setsockopt<T>(fd: RawFd, opt: libc::c_int, v: &T, what: &str) -> io::Result<(
         )
     };
     if r != 0 {
-        return Err(last_error(what));
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -268,19 +273,19 @@ impl Xsk {
             flags: 0,
             tx_metadata_len: 0,
         };
-        setsockopt(fd.as_raw_fd(), libc::XDP_UMEM_REG, &reg, "registering the UMEM").map_err(
-            |e| {
-                if e.raw_os_error() == Some(libc::ENOMEM) || e.raw_os_error() == Some(libc::EPERM)
-                {
-                    io::Error::new(
-                        e.kind(),
-                        format!("{e} (the UMEM is locked memory: run as root or raise the memlock limit, ulimit -l)"),
-                    )
-                } else {
-                    e
-                }
-            },
-        )?;
+        setsockopt_raw(fd.as_raw_fd(), libc::XDP_UMEM_REG, &reg).map_err(|e| {
+            // The kernel refuses a UMEM over the memlock limit with ENOBUFS (ENOMEM and EPERM
+            // on older kernels).
+            let hint = if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOMEM) | Some(libc::EPERM) | Some(libc::ENOBUFS)
+            ) {
+                " (the UMEM is locked memory: run as root or raise the memlock limit, ulimit -l or LimitMEMLOCK=)"
+            } else {
+                ""
+            };
+            io::Error::new(e.kind(), format!("registering the UMEM ({len} bytes): {e}{hint}"))
+        })?;
         let r = sizes.ring;
         setsockopt(
             fd.as_raw_fd(),

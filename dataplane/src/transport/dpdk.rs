@@ -275,7 +275,7 @@ fn find_port(cfg: &DpdkConfig) -> io::Result<u16> {
                 cfg.eal.allow,
                 probe_hints(&cfg.eal)
             ))),
-            1 => Ok(0),
+            1 => sys::first_port().ok_or_else(|| io::Error::other("DPDK's only port vanished")),
             n => Err(io::Error::other(format!(
                 "DPDK found {n} ports: name the member's in member.dpdk.port"
             ))),

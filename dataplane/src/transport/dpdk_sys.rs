@@ -80,6 +80,12 @@ pub(super) fn port_count() -> u16 {
     unsafe { sys::rte_eth_dev_count_avail() }
 }
 
+/// The lowest valid port id, if the EAL has any port.
+pub(super) fn first_port() -> Option<u16> {
+    // SAFETY: plain queries over the range of port ids.
+    (0..sys::RTE_MAX_ETHPORTS as u16).find(|&p| unsafe { sys::rte_eth_dev_is_valid_port(p) } == 1)
+}
+
 /// The port of that name (a vdev's name, `net_af_packet0`; a PCI address), if any.
 pub(super) fn port_by_name(name: &str) -> Option<u16> {
     let c = CString::new(name).ok()?;
