@@ -661,7 +661,7 @@ mod tests {
     fn eal() -> EalOptions {
         EalOptions {
             hugepages: false,
-            memory_mb: 128,
+            memory_mb: 256,
             ..EalOptions::default()
         }
     }
@@ -704,8 +704,12 @@ mod tests {
             SocketAddr::V4(a("10.9.0.1:7400")),
             SocketAddr::V4(a("10.9.0.2:7400")),
         ];
+        // Small pools: the tests' transports share the EAL's fixed memory.
         let cfg = |me: &str| DpdkConfig {
             reserve_port: false,
+            mbufs: 2047,
+            rx_descriptors: 512,
+            tx_descriptors: 512,
             ..DpdkConfig::new(eal(), a(me), peers.clone())
         };
         let ta = DpdkTransport::on_port(pa, &cfg("10.9.0.1:7400")).unwrap();
