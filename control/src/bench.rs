@@ -312,7 +312,7 @@ fn effective_uid() -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-fn free_udp_ports(n: usize) -> Result<Vec<u16>> {
+pub(crate) fn free_udp_ports(n: usize) -> Result<Vec<u16>> {
     let socks: Vec<UdpSocket> = (0..n)
         .map(|_| UdpSocket::bind("127.0.0.1:0"))
         .collect::<std::io::Result<_>>()
@@ -336,8 +336,8 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-struct Members {
-    children: Vec<(String, Child)>,
+pub(crate) struct Members {
+    pub(crate) children: Vec<(String, Child)>,
 }
 
 impl Drop for Members {

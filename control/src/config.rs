@@ -238,6 +238,30 @@ pub struct MemberSection {
     /// `rdma`: the member's RDMA device and port (default: the first device, port 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rdma: Option<RdmaSection>,
+    /// Triggers: serve OpenFaaS's HTTP routes in front of the group (see `gateway.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewaySection>,
+}
+
+/// `[member.gateway]`: the trigger's OpenFaaS-compatible HTTP gateway.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// host:port to listen on, e.g. "127.0.0.1:8080".
+    pub address: String,
+    /// How long a synchronous call waits for its output, seconds.
+    #[serde(default = "d_gateway_timeout")]
+    pub timeout_s: u64,
+    /// HTTP worker threads (synchronous calls served at once).
+    #[serde(default = "d_gateway_workers")]
+    pub workers: usize,
+}
+
+fn d_gateway_timeout() -> u64 {
+    30
+}
+fn d_gateway_workers() -> usize {
+    16
 }
 
 /// `[member.rdma]`: which verbs device and port the member uses.
@@ -576,6 +600,35 @@ impl GroupConfig {
             }
         }
         for (i, m) in file.members.iter().enumerate() {
+            if let Some(g) = &m.gateway {
+                if m.role != Role::Trigger {
+                    return Err(fail(
+                        &format!("member[{i}].gateway"),
+                        "only a trigger serves the gateway (it pushes the requests)".into(),
+                    ));
+                }
+                if g.address.parse::<SocketAddr>().is_err() {
+                    return Err(fail(
+                        &format!("member[{i}].gateway.address"),
+                        format!(
+                            "expected host:port with an IP address, found {:?}",
+                            g.address
+                        ),
+                    ));
+                }
+                if g.timeout_s == 0 {
+                    return Err(fail(
+                        &format!("member[{i}].gateway.timeout_s"),
+                        "must be at least 1".into(),
+                    ));
+                }
+                if !(1..=256).contains(&g.workers) {
+                    return Err(fail(
+                        &format!("member[{i}].gateway.workers"),
+                        "between 1 and 256".into(),
+                    ));
+                }
+            }
             if m.rdma.as_ref().is_some_and(|r| r.port == 0) {
                 return Err(fail(
                     &format!("member[{i}].rdma.port"),
@@ -886,6 +939,29 @@ role = "invoker"
                 "member[1].address",
             ),
         ];
+        let cases = cases.into_iter().chain([
+            (
+                GOOD.replace(
+                    "role = \"invoker\"",
+                    "role = \"invoker\"\n[member.gateway]\naddress = \"127.0.0.1:8080\"",
+                ),
+                "member[1].gateway",
+            ),
+            (
+                GOOD.replace(
+                    "role = \"trigger\"",
+                    "role = \"trigger\"\n[member.gateway]\naddress = \"localhost\"",
+                ),
+                "member[0].gateway.address",
+            ),
+            (
+                GOOD.replace(
+                    "role = \"trigger\"",
+                    "role = \"trigger\"\n[member.gateway]\naddress = \"127.0.0.1:8080\"\nworkers = 0",
+                ),
+                "member[0].gateway.workers",
+            ),
+        ]);
         for (text, field) in cases {
             let e = parse(&text).unwrap_err();
             assert_eq!(e.field, field, "{e}");

@@ -3,6 +3,7 @@
 mod bench;
 mod config;
 mod control;
+mod gateway;
 mod kafka_backend;
 mod loadgen;
 mod middleware;
@@ -11,6 +12,7 @@ mod plot;
 mod progress;
 mod ramp;
 mod redis_backend;
+mod serve;
 mod xdp;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +39,13 @@ enum Cmd {
         /// namespace hosts on a bridge; needs root).
         #[arg(long, default_value = "udp")]
         transport: String,
+        /// Keep the group running with the trigger's OpenFaaS-compatible gateway (POST
+        /// /function/demo) until interrupted, instead of running a workload.
+        #[arg(long)]
+        serve: bool,
+        /// --serve: where the gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        address: String,
     },
     /// Run one member of a group.
     Node {
@@ -118,7 +127,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.cmd {
-        Cmd::Demo { transport } => bench::demo(&transport),
+        Cmd::Demo {
+            transport,
+            serve: true,
+            address,
+        } => serve::demo_serve(&transport, &address),
+        Cmd::Demo { transport, .. } => bench::demo(&transport),
         Cmd::Node {
             config,
             member,

@@ -1,6 +1,7 @@
 //! `conveyor node`: runs one member of a group from the group's configuration file.
 
 use crate::config::{Executor, GroupConfig, Role};
+use crate::gateway::{Gateway, GatewayConfig};
 use crate::loadgen::{run_trigger, WorkloadSpec};
 use anyhow::{anyhow, bail, Context, Result};
 use conveyor_dataplane::engine::{Clock, EngineHandle};
@@ -14,6 +15,7 @@ use conveyor_dataplane::transport::rdma::{RdmaConfig, RdmaTransport, Verbs};
 use conveyor_dataplane::transport::shm::{ShmConfig, ShmTransport};
 use conveyor_dataplane::transport::udp::UdpTransport;
 use conveyor_dataplane::transport::Transport;
+use conveyor_dataplane::types::MemberId;
 use conveyor_ebpf::{HookConfig, XdpHook};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -48,6 +50,7 @@ pub fn run(
         peers.join(", ")
     );
     let startup = ecfg.startup_timeout;
+    let max_payload = ecfg.proto.max_payload;
     let invoker = (me.role == Role::Invoker).then(|| {
         InvokerApp::new(
             ecfg.me,
@@ -123,6 +126,41 @@ pub fn run(
                     for q in p.queue_specs() {
                         handle.submit(&Op::Create(q))?;
                     }
+                }
+                if let Some(gw) = &me.gateway {
+                    let handle = std::sync::Arc::new(handle);
+                    let invokers = cfg
+                        .file
+                        .members
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, m)| m.role == Role::Invoker)
+                        .map(|(i, _)| MemberId(i as u16))
+                        .collect();
+                    let g = Gateway::start(
+                        &GatewayConfig {
+                            address: gw.address.parse().map_err(|e| {
+                                anyhow!("member[{idx}].gateway.address {:?}: {e}", gw.address)
+                            })?,
+                            timeout: Duration::from_secs(gw.timeout_s),
+                            workers: gw.workers,
+                        },
+                        handle.clone(),
+                        cfg.pipelines.clone(),
+                        invokers,
+                        max_payload,
+                    )?;
+                    let names: Vec<&str> = cfg.pipelines.iter().map(|p| p.name.as_str()).collect();
+                    tracing::info!(
+                        "member {member}: gateway on http://{} (OpenFaaS routes): POST /function/NAME for {}",
+                        g.address,
+                        names.join(", ")
+                    );
+                    g.wait();
+                    if let Ok(h) = std::sync::Arc::try_unwrap(handle) {
+                        h.join();
+                    }
+                    return Ok(());
                 }
                 loop {
                     match handle.next_event(Duration::from_millis(200)) {

@@ -1,0 +1,487 @@
+//! The trigger gateway: OpenFaaS's HTTP routes in front of the group, so that clients of an
+//! OpenFaaS deployment can call a Conveyor pipeline unchanged.
+//!
+//! - `POST /function/{name}` runs the pipeline named `{name}` (or, failing that, the one whose
+//!   entry step is `{name}`) with the request body as the entry payload, and answers with the
+//!   run's output: 200 and the output; 500 and the error when a function failed; 504 when no
+//!   output came within the timeout.
+//! - `POST /async-function/{name}` answers 202 at once with `X-Call-Id`; with `X-Callback-Url`,
+//!   the output is then POSTed there with OpenFaaS's `X-Function-Status`, `X-Duration-Seconds`,
+//!   `X-Function-Name` and `X-Call-Id` headers.
+//! - `GET /healthz`, and `GET /system/functions` (OpenFaaS's function list: one entry per
+//!   pipeline, with its invocation count and the invokers in the view as replicas).
+//! - An unknown function is 404, a body larger than one request can carry is 413.
+//!
+//! A run whose pipeline fans out ends in several branches; the answer is the first branch's
+//! output to reach the trigger (the others are counted, not returned).
+//!
+//! The gateway is part of a trigger member: its worker threads submit pushes through the
+//! member's engine, and one dispatcher thread reads the engine's events and hands each of this
+//! trigger's completions to the request waiting for it (registered before the push is
+//! submitted, so no completion can come first). Pipelines changed through the control plane
+//! apply to the next call.
+
+use anyhow::{anyhow, Result};
+use conveyor_dataplane::engine::{EngineHandle, Event};
+use conveyor_dataplane::pipeline::Pipeline;
+use conveyor_dataplane::queue::{Effect, Meta, Op};
+use conveyor_dataplane::types::{MemberId, RequestId};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Settings of a trigger's gateway.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub address: SocketAddr,
+    /// How long a synchronous call waits for its output.
+    pub timeout: Duration,
+    /// HTTP worker threads (each holds one synchronous call at a time).
+    pub workers: usize,
+}
+
+/// How a call ended.
+#[derive(Clone, Debug)]
+enum Outcome {
+    Done(Vec<u8>),
+    Failed(String),
+}
+
+/// Who waits for a run's first output.
+enum Waiter {
+    Sync(mpsc::Sender<Outcome>),
+    Async {
+        callback: Option<String>,
+        function: String,
+        call_id: String,
+        started: Instant,
+    },
+}
+
+/// What the threads share.
+struct Shared {
+    handle: Arc<EngineHandle>,
+    pipelines: RwLock<Vec<Pipeline>>,
+    pending: Mutex<HashMap<RequestId, Waiter>>,
+    next_id: AtomicU64,
+    /// Invocations per pipeline, for /system/functions.
+    calls: Mutex<BTreeMap<String, u64>>,
+    /// Invokers in the current view, for /system/functions' replicas.
+    invokers: AtomicU64,
+    invoker_ids: Vec<MemberId>,
+    max_payload: usize,
+    callbacks: mpsc::Sender<Callback>,
+    stop: Arc<AtomicBool>,
+}
+
+/// A result to POST to a caller's callback URL.
+struct Callback {
+    url: String,
+    function: String,
+    call_id: String,
+    status: u16,
+    seconds: f64,
+    body: Vec<u8>,
+}
+
+/// A running gateway; [`Gateway::wait`] returns when the member is shut down.
+pub struct Gateway {
+    threads: Vec<JoinHandle<()>>,
+    pub address: SocketAddr,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("address", &self.address)
+            .finish()
+    }
+}
+
+fn call_id(id: RequestId) -> String {
+    format!("{:016x}", id.0)
+}
+
+impl Gateway {
+    /// Starts serving on `cfg.address`; `invokers` are the group's members that run
+    /// functions.
+    pub fn start(
+        cfg: &GatewayConfig,
+        handle: Arc<EngineHandle>,
+        pipelines: Vec<Pipeline>,
+        invokers: Vec<MemberId>,
+        max_payload: usize,
+    ) -> Result<Gateway> {
+        let server = Arc::new(
+            tiny_http::Server::http(cfg.address)
+                .map_err(|e| anyhow!("the gateway cannot listen on {}: {e}", cfg.address))?,
+        );
+        let address = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| anyhow!("the gateway's address is not an IP address"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (cb_tx, cb_rx) = mpsc::channel::<Callback>();
+        // Request ids stay unique across restarts of this trigger: the counter starts at the
+        // wall clock's microseconds.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        let shared = Arc::new(Shared {
+            handle,
+            pipelines: RwLock::new(pipelines),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(start),
+            calls: Mutex::new(BTreeMap::new()),
+            invokers: AtomicU64::new(invokers.len() as u64),
+            invoker_ids: invokers,
+            max_payload,
+            callbacks: cb_tx,
+            stop: stop.clone(),
+        });
+        let mut threads = Vec::new();
+        for i in 0..cfg.workers.max(1) {
+            let (s, srv, timeout) = (shared.clone(), server.clone(), cfg.timeout);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("conveyor-gw-{i}"))
+                    .spawn(move || worker(&s, &srv, timeout))?,
+            );
+        }
+        let s = shared.clone();
+        let srv = server.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("conveyor-gw-events".into())
+                .spawn(move || {
+                    dispatcher(&s);
+                    srv.unblock();
+                })?,
+        );
+        threads.push(
+            std::thread::Builder::new()
+                .name("conveyor-gw-callbacks".into())
+                .spawn(move || callbacks(cb_rx))?,
+        );
+        Ok(Gateway { threads, address })
+    }
+
+    /// Waits until the member is shut down.
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The body limit: what one push can carry once the request's own fields are encoded.
+fn body_limit(s: &Shared, p: &Pipeline) -> usize {
+    let probe = Op::Push {
+        pusher: s.handle.me(),
+        req: p.entry_request(RequestId(u64::MAX), Vec::new(), Meta::default()),
+    };
+    s.max_payload.saturating_sub(probe.encode().len() + 8)
+}
+
+fn find(s: &Shared, name: &str) -> Option<Pipeline> {
+    let ps = s.pipelines.read().ok()?;
+    ps.iter()
+        .find(|p| p.name == name)
+        .or_else(|| ps.iter().find(|p| p.entry == name))
+        .cloned()
+}
+
+fn header(name: &str, value: &str) -> Option<tiny_http::Header> {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
+}
+
+type Reply = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
+
+fn reply(status: u16, body: impl Into<Vec<u8>>, headers: &[(&str, String)]) -> Reply {
+    let mut r = tiny_http::Response::from_data(body.into()).with_status_code(status);
+    for (k, v) in headers {
+        if let Some(h) = header(k, v) {
+            r.add_header(h);
+        }
+    }
+    r
+}
+
+fn worker(s: &Shared, server: &tiny_http::Server, timeout: Duration) {
+    while !s.stop.load(Ordering::SeqCst) {
+        let mut req = match server.recv_timeout(Duration::from_millis(200)) {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(_) => break,
+        };
+        let answer = route(s, &mut req, timeout);
+        let _ = req.respond(answer);
+    }
+}
+
+fn route(s: &Shared, req: &mut tiny_http::Request, timeout: Duration) -> Reply {
+    let method = req.method().as_str().to_string();
+    let path = req.url().split('?').next().unwrap_or("").to_string();
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/healthz") => reply(200, "OK", &[]),
+        ("GET", "/system/functions") => functions(s),
+        ("POST", p) if p.starts_with("/function/") => {
+            call(s, req, &p["/function/".len()..], false, timeout)
+        }
+        ("POST", p) if p.starts_with("/async-function/") => {
+            call(s, req, &p["/async-function/".len()..], true, timeout)
+        }
+        (_, "/healthz" | "/system/functions") => reply(405, "method not allowed\n", &[]),
+        (_, p) if p.starts_with("/function/") || p.starts_with("/async-function/") => reply(
+            405,
+            "method not allowed: POST a body to call a function\n",
+            &[],
+        ),
+        _ => reply(404, format!("no route {path}\n"), &[]),
+    }
+}
+
+fn functions(s: &Shared) -> Reply {
+    let calls = s.calls.lock().map(|c| c.clone()).unwrap_or_default();
+    let replicas = s.invokers.load(Ordering::Relaxed);
+    let list: Vec<serde_json::Value> = s
+        .pipelines
+        .read()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "name": p.name,
+                        "image": "conveyor/pipeline",
+                        "namespace": "conveyor",
+                        "invocationCount": calls.get(&p.name).copied().unwrap_or(0),
+                        "replicas": replicas,
+                        "availableReplicas": replicas,
+                        "labels": {"conveyor.entry": p.entry, "conveyor.steps": p.steps.len().to_string()},
+                        "annotations": {},
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    reply(
+        200,
+        serde_json::to_vec(&list).unwrap_or_default(),
+        &[("Content-Type", "application/json".into())],
+    )
+}
+
+fn request_header(req: &tiny_http::Request, name: &'static str) -> Option<String> {
+    req.headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str().to_string())
+}
+
+fn call(
+    s: &Shared,
+    req: &mut tiny_http::Request,
+    name: &str,
+    asynchronous: bool,
+    timeout: Duration,
+) -> Reply {
+    let Some(p) = find(s, name) else {
+        return reply(404, format!("function {name:?} not found\n"), &[]);
+    };
+    let limit = body_limit(s, &p);
+    if req.body_length().is_some_and(|n| n > limit) {
+        return reply(
+            413,
+            format!("the body is larger than {limit} bytes, what one request carries\n"),
+            &[],
+        );
+    }
+    let mut body = Vec::new();
+    if req
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+        .is_err()
+    {
+        return reply(400, "the body could not be read\n", &[]);
+    }
+    if body.len() > limit {
+        return reply(
+            413,
+            format!("the body is larger than {limit} bytes, what one request carries\n"),
+            &[],
+        );
+    }
+    let me = s.handle.me();
+    let id = RequestId::new(me, s.next_id.fetch_add(1, Ordering::Relaxed));
+    let cid = call_id(id);
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let waiter = if asynchronous {
+        Waiter::Async {
+            callback: request_header(req, "X-Callback-Url"),
+            function: p.name.clone(),
+            call_id: cid.clone(),
+            started,
+        }
+    } else {
+        Waiter::Sync(tx)
+    };
+    if let Ok(mut pending) = s.pending.lock() {
+        pending.insert(id, waiter);
+    }
+    let meta = Meta {
+        sent_us: s.handle.clock().now_us(),
+        submitted_us: s.handle.clock().now_us(),
+        ..Meta::default()
+    };
+    let op = Op::Push {
+        pusher: me,
+        req: p.entry_request(id, body, meta),
+    };
+    if let Err(e) = s.handle.submit(&op) {
+        if let Ok(mut pending) = s.pending.lock() {
+            pending.remove(&id);
+        }
+        return reply(
+            503,
+            format!("the member cannot take requests now: {e}\n"),
+            &[],
+        );
+    }
+    if let Ok(mut c) = s.calls.lock() {
+        *c.entry(p.name.clone()).or_default() += 1;
+    }
+    let ctype = request_header(req, "Content-Type");
+    if asynchronous {
+        return reply(
+            202,
+            Vec::new(),
+            &[("X-Call-Id", cid), ("X-Function-Name", p.name.clone())],
+        );
+    }
+    let outcome = rx.recv_timeout(timeout);
+    let secs = format!("{:.6}", started.elapsed().as_secs_f64());
+    let mut headers = vec![
+        ("X-Call-Id", cid),
+        ("X-Duration-Seconds", secs),
+        ("X-Function-Name", p.name.clone()),
+    ];
+    match outcome {
+        Ok(Outcome::Done(out)) => {
+            headers.push((
+                "Content-Type",
+                ctype.unwrap_or_else(|| "application/octet-stream".into()),
+            ));
+            reply(200, out, &headers)
+        }
+        Ok(Outcome::Failed(e)) => reply(500, format!("{e}\n"), &headers),
+        Err(_) => {
+            if let Ok(mut pending) = s.pending.lock() {
+                pending.remove(&id);
+            }
+            reply(
+                504,
+                format!("no output within {} s\n", timeout.as_secs_f64()),
+                &headers,
+            )
+        }
+    }
+}
+
+/// Reads the member's events: hands this trigger's outputs to their callers, follows pipeline
+/// changes and the view's invokers. Returns at shutdown.
+fn dispatcher(s: &Shared) {
+    let me = s.handle.me();
+    while !s.stop.load(Ordering::SeqCst) {
+        let Some(Event { effect, .. }) = s.handle.next_event(Duration::from_millis(100)) else {
+            if s.handle.is_finished() {
+                break;
+            }
+            continue;
+        };
+        let (id, outcome) = match effect {
+            Effect::Completed {
+                id,
+                terminal: true,
+                result,
+                ..
+            } if id.origin() == me => (id, Outcome::Done(result.unwrap_or_default())),
+            Effect::Failed {
+                id, error, step, ..
+            } if id.origin() == me => (
+                id,
+                Outcome::Failed(format!("step {step:?} failed: {error}")),
+            ),
+            Effect::Pipelines { docs, .. } => {
+                let parsed: Result<Vec<Pipeline>, _> =
+                    docs.iter().map(|d| Pipeline::from_json(d)).collect();
+                if let (Ok(ps), Ok(mut cur)) = (parsed, s.pipelines.write()) {
+                    *cur = ps;
+                }
+                continue;
+            }
+            Effect::ViewInstalled { members, .. } => {
+                let n = members.iter().filter(|m| s.invoker_ids.contains(m)).count();
+                s.invokers.store(n as u64, Ordering::Relaxed);
+                continue;
+            }
+            Effect::Shutdown { .. } => break,
+            _ => continue,
+        };
+        let waiter = s.pending.lock().ok().and_then(|mut p| p.remove(&id));
+        match waiter {
+            Some(Waiter::Sync(tx)) => {
+                let _ = tx.send(outcome);
+            }
+            Some(Waiter::Async {
+                callback: Some(url),
+                function,
+                call_id,
+                started,
+            }) => {
+                let (status, body) = match outcome {
+                    Outcome::Done(b) => (200, b),
+                    Outcome::Failed(e) => (500, e.into_bytes()),
+                };
+                let _ = s.callbacks.send(Callback {
+                    url,
+                    function,
+                    call_id,
+                    status,
+                    seconds: started.elapsed().as_secs_f64(),
+                    body,
+                });
+            }
+            // An asynchronous call without a callback, or a later branch of a fan-out.
+            _ => {}
+        }
+    }
+    s.stop.store(true, Ordering::SeqCst);
+}
+
+/// POSTs asynchronous results to their callback URLs, one at a time, in order.
+fn callbacks(rx: mpsc::Receiver<Callback>) {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
+    for c in rx {
+        let r = agent
+            .post(&c.url)
+            .set("X-Function-Status", &c.status.to_string())
+            .set("X-Duration-Seconds", &format!("{:.6}", c.seconds))
+            .set("X-Function-Name", &c.function)
+            .set("X-Call-Id", &c.call_id)
+            .set("Content-Type", "application/octet-stream")
+            .send_bytes(&c.body);
+        if let Err(e) = r {
+            tracing::warn!("gateway: callback of call {} to {}: {e}", c.call_id, c.url);
+        }
+    }
+}

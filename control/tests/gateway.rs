@@ -1,0 +1,340 @@
+//! The trigger's OpenFaaS-compatible gateway, with real processes: a trigger serving the
+//! gateway and two invokers (`conveyor node`), called with curl.
+
+mod common;
+
+use common::wait_for;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const KEY: &str = "00000000000000000000000000000000000000000000000000000000000000bb";
+
+const PIPELINES: &str = r#"{
+  "name": "demo",
+  "entry": "parse",
+  "steps": {
+    "parse":    {"function": "spin", "args": {"us": 20}, "next": [{"to": ["classify"]}]},
+    "classify": {"function": "branch", "args": {"threshold": 48},
+                 "next": [{"route": "big", "to": ["resize"]}, {"route": "small", "to": ["store"]}]},
+    "resize":   {"function": "spin", "args": {"us": 20}},
+    "store":    {"function": "echo"}
+  }
+}"#;
+
+const ECHO2: &str = r#"{"name": "echo2", "entry": "first", "steps": {
+  "first": {"function": "echo", "next": [{"to": ["second"]}]},
+  "second": {"function": "echo"}}}"#;
+
+struct Group {
+    children: Vec<Child>,
+    dir: std::path::PathBuf,
+    gateway: String,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_tcp() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_group(tag: &str) -> Group {
+    let dir = std::env::temp_dir().join(format!("conveyor-gw-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("demo.json"), PIPELINES).unwrap();
+    std::fs::write(dir.join("echo2.json"), ECHO2).unwrap();
+    let ports: Vec<u16> = (0..3)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|s| s.local_addr().unwrap().port())
+        .collect();
+    let gw = format!("127.0.0.1:{}", free_tcp());
+    let toml = format!(
+        "[group]\nname = \"gw\"\nkey = \"{KEY}\"\npipelines = [\"demo.json\", \"echo2.json\"]\nstartup_timeout_s = 20\n\n[[member]]\nname = \"trigger\"\naddress = \"127.0.0.1:{}\"\nrole = \"trigger\"\n[member.gateway]\naddress = \"{gw}\"\ntimeout_s = 10\n\n[[member]]\nname = \"invoker-0\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\n\n[[member]]\nname = \"invoker-1\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\n",
+        ports[0], ports[1], ports[2]
+    );
+    std::fs::write(dir.join("conveyor.toml"), toml).unwrap();
+    let mut children = Vec::new();
+    for m in ["invoker-0", "invoker-1", "trigger"] {
+        let log = std::fs::File::create(dir.join(format!("{m}.log"))).unwrap();
+        children.push(
+            Command::new(env!("CARGO_BIN_EXE_conveyor"))
+                .args(["node", "--config"])
+                .arg(dir.join("conveyor.toml"))
+                .args(["--member", m])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let g = Group {
+        children,
+        dir,
+        gateway: gw,
+    };
+    let url = format!("http://{}/healthz", g.gateway);
+    wait_for("the gateway answers /healthz", 30, || {
+        curl(&["-s", &url]).1 == "OK"
+    });
+    g
+}
+
+/// Runs curl with `args` (`-i` added: status line and headers); returns (status, body,
+/// headers).
+fn curl_i(args: &[&str]) -> (u16, String, Vec<(String, String)>) {
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "15"])
+        .args(args)
+        .output()
+        .expect("curl is installed (testbed/setup.sh)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, body.to_string(), headers)
+}
+
+fn curl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["--max-time", "15"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+fn h<'a>(headers: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == &k.to_ascii_lowercase())
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn openfaas_routes_answer_through_the_group() {
+    let g = start_group("routes");
+    let base = format!("http://{}", g.gateway);
+    // Synchronous: the output of the last step, with OpenFaaS's headers.
+    let (status, body, headers) =
+        curl_i(&["-d", "hello conveyor", &format!("{base}/function/echo2")]);
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "hello conveyor"),
+        "{headers:?}"
+    );
+    assert!(
+        h(&headers, "X-Call-Id").is_some_and(|v| v.len() == 16),
+        "{headers:?}"
+    );
+    assert!(
+        h(&headers, "X-Duration-Seconds")
+            .is_some_and(|v| v.parse::<f64>().is_ok_and(|s| s > 0.0 && s < 10.0)),
+        "{headers:?}"
+    );
+    // Both branches of the demo pipeline, by its name and by its entry step's name.
+    let big = "x".repeat(64);
+    assert_eq!(
+        curl_i(&["-d", &big, &format!("{base}/function/demo")]).1,
+        big
+    );
+    assert_eq!(
+        curl_i(&["-d", "small", &format!("{base}/function/parse")]).1,
+        "small"
+    );
+    // Many callers at once each get their own output.
+    let handles: Vec<_> = (0..24)
+        .map(|i| {
+            let url = format!("{base}/function/echo2");
+            std::thread::spawn(move || {
+                let body = format!("caller-{i}");
+                let (status, out, _) = curl_i(&["-d", &body, &url]);
+                (status, out, body)
+            })
+        })
+        .collect();
+    for t in handles {
+        let (status, out, body) = t.join().unwrap();
+        assert_eq!((status, out), (200, body));
+    }
+    // Bad input: unknown function, a body too large for one request, wrong method, no route.
+    assert_eq!(
+        curl_i(&["-d", "x", &format!("{base}/function/nope")]).0,
+        404
+    );
+    let huge = g.dir.join("huge");
+    std::fs::write(&huge, vec![b'a'; 100_000]).unwrap();
+    let at = format!("@{}", huge.display());
+    assert_eq!(
+        curl_i(&["--data-binary", &at, &format!("{base}/function/echo2")]).0,
+        413
+    );
+    assert_eq!(curl_i(&[&format!("{base}/function/echo2")]).0, 405);
+    assert_eq!(curl_i(&[&format!("{base}/nowhere")]).0, 404);
+    // The group kept serving after the bad calls.
+    assert_eq!(
+        curl_i(&["-d", "still", &format!("{base}/function/echo2")]).1,
+        "still"
+    );
+    // The function list, OpenFaaS's shape, with the calls counted.
+    let (status, list, _) = curl_i(&[&format!("{base}/system/functions")]);
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let echo2 = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "echo2")
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(echo2["replicas"], 2, "{list}");
+    assert_eq!(echo2["invocationCount"], 26, "{list}");
+    assert!(v.as_array().unwrap().iter().any(|f| f["name"] == "demo"));
+}
+
+/// A request's headers (lower-case names) and body.
+type Posted = (Vec<(String, String)>, Vec<u8>);
+
+/// A one-request HTTP server for callbacks: its URL, and the POST it gets.
+fn callback_server() -> (String, mpsc::Receiver<Posted>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/done", l.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut headers = Vec::new();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let n: usize = h(&headers, "Content-Length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; n];
+        r.read_exact(&mut body).unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
+        tx.send((headers, body)).unwrap();
+    });
+    (url, rx)
+}
+
+#[test]
+fn async_calls_answer_at_once_and_post_the_result_to_the_callback() {
+    let g = start_group("async");
+    let base = format!("http://{}", g.gateway);
+    let (url, rx) = callback_server();
+    let (status, body, headers) = curl_i(&[
+        "-d",
+        "later please",
+        "-H",
+        &format!("X-Callback-Url: {url}"),
+        &format!("{base}/async-function/echo2"),
+    ]);
+    assert_eq!(status, 202, "{body} {headers:?}");
+    let id = h(&headers, "X-Call-Id").expect("X-Call-Id").to_string();
+    let (cb, out) = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the callback came");
+    assert_eq!(out, b"later please");
+    assert_eq!(h(&cb, "X-Function-Status"), Some("200"), "{cb:?}");
+    assert_eq!(h(&cb, "X-Function-Name"), Some("echo2"), "{cb:?}");
+    assert_eq!(h(&cb, "X-Call-Id"), Some(id.as_str()), "{cb:?}");
+    assert!(h(&cb, "X-Duration-Seconds").is_some_and(|v| v.parse::<f64>().is_ok()));
+    // Without a callback the call is accepted all the same.
+    assert_eq!(
+        curl_i(&["-d", "x", &format!("{base}/async-function/echo2")]).0,
+        202
+    );
+}
+
+/// `conveyor demo --serve`: the demo group with the gateway until interrupted.
+#[test]
+fn demo_serve_answers_curl_until_interrupted() {
+    let port = free_tcp();
+    let addr = format!("127.0.0.1:{port}");
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args(["demo", "--serve", "--address", &addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(demo.stdout.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while !seen.contains("Ctrl-C stops the group") {
+        line.clear();
+        if out.read_line(&mut line).unwrap() == 0 {
+            let mut err = String::new();
+            demo.stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("demo --serve ended: {seen}{err}");
+        }
+        seen.push_str(&line);
+    }
+    assert!(
+        seen.contains(&format!(
+            "curl -d 'hello conveyor' http://{addr}/function/demo"
+        )),
+        "{seen}"
+    );
+    let (status, body, _) = curl_i(&[
+        "-d",
+        "hello conveyor",
+        &format!("http://{addr}/function/demo"),
+    ]);
+    assert_eq!((status, body.as_str()), (200, "hello conveyor"));
+    // SIGINT to the demo process only (as Ctrl-C would, its members are in their own group).
+    assert!(Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = demo.wait().unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{rest}");
+    assert!(rest.contains("Stopped."), "{rest}");
+    // The members went with it: nothing answers on the gateway's port.
+    wait_for("the gateway's port is free", 10, || {
+        TcpListener::bind(&addr).is_ok()
+    });
+}
