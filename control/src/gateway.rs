@@ -10,7 +10,9 @@
 //!   `X-Function-Name` and `X-Call-Id` headers.
 //! - `GET /healthz`, and `GET /system/functions` (OpenFaaS's function list: one entry per
 //!   pipeline, with its invocation count and the invokers in the view as replicas).
-//! - An unknown function is 404, a body larger than one request can carry is 413.
+//! - An unknown function is 404, a body larger than one request can carry is 413 (the limit
+//!   leaves room for the completions that carry it on, once per branch where a step fans out;
+//!   a function whose output outgrows it fails the call with 500).
 //!
 //! A run whose pipeline fans out ends in several branches; the answer is the first branch's
 //! output to reach the trigger (the others are counted, not returned).
@@ -180,13 +182,61 @@ impl Gateway {
     }
 }
 
-/// The body limit: what one push can carry once the request's own fields are encoded.
+/// The body limit: what one push can carry once the request's own fields are encoded, and what
+/// a completion carrying the same bytes as output (a continuation or the result) can, so that
+/// an accepted body never makes a completion too large on the way.
 fn body_limit(s: &Shared, p: &Pipeline) -> usize {
-    let probe = Op::Push {
-        pusher: s.handle.me(),
-        req: p.entry_request(RequestId(u64::MAX), Vec::new(), Meta::default()),
+    let big = Meta {
+        sent_us: u64::MAX,
+        exec_us: u64::MAX,
+        hops: u16::MAX,
+        submitted_us: u64::MAX,
+        order_us: u64::MAX,
+        handoff_us: u64::MAX,
     };
-    s.max_payload.saturating_sub(probe.encode().len() + 8)
+    let entry = p.entry_request(RequestId(u64::MAX), Vec::new(), big);
+    let push = Op::Push {
+        pusher: s.handle.me(),
+        req: entry.clone(),
+    };
+    // The longest step name stands for any continuation's.
+    let longest = p
+        .steps
+        .keys()
+        .max_by_key(|k| k.len())
+        .cloned()
+        .unwrap_or_default();
+    let mut next = entry.clone();
+    next.step = longest.clone();
+    next.queue = format!("{}.{longest}", p.name);
+    next.instance = u64::MAX;
+    let complete = |outputs: Vec<conveyor_dataplane::queue::Request>, result| Op::Complete {
+        consumer: s.handle.me(),
+        id: RequestId(u64::MAX),
+        instance: u64::MAX,
+        step: longest.clone(),
+        outputs,
+        result,
+        meta: big,
+        credits: u32::MAX,
+    };
+    // A step that fans out carries its output once per continuation.
+    let fan = p
+        .steps
+        .values()
+        .map(|st| st.next.iter().map(|r| r.to.len()).sum::<usize>())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let overhead = [
+        push.encode().len(),
+        complete(vec![next; fan], None).encode().len(),
+        complete(Vec::new(), Some(Vec::new())).encode().len(),
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0);
+    s.max_payload.saturating_sub(overhead + 16) / fan
 }
 
 fn find(s: &Shared, name: &str) -> Option<Pipeline> {

@@ -52,11 +52,21 @@ fn free_tcp() -> u16 {
         .port()
 }
 
+const SLOW: &str = r#"{"name": "slow", "entry": "wait", "steps": {
+  "wait": {"function": "spin", "args": {"us": 1500000}}}}"#;
+
 fn start_group(tag: &str) -> Group {
+    start_group_with(tag, 10)
+}
+
+/// A group whose gateway waits `timeout_s` for an output; its invokers run functions in a
+/// thread of their own (the slow pipeline's 1.5 s must not hold their polling threads).
+fn start_group_with(tag: &str, timeout_s: u64) -> Group {
     let dir = std::env::temp_dir().join(format!("conveyor-gw-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("demo.json"), PIPELINES).unwrap();
     std::fs::write(dir.join("echo2.json"), ECHO2).unwrap();
+    std::fs::write(dir.join("slow.json"), SLOW).unwrap();
     let ports: Vec<u16> = (0..3)
         .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
         .collect::<Vec<_>>()
@@ -65,7 +75,7 @@ fn start_group(tag: &str) -> Group {
         .collect();
     let gw = format!("127.0.0.1:{}", free_tcp());
     let toml = format!(
-        "[group]\nname = \"gw\"\nkey = \"{KEY}\"\npipelines = [\"demo.json\", \"echo2.json\"]\nstartup_timeout_s = 20\n\n[[member]]\nname = \"trigger\"\naddress = \"127.0.0.1:{}\"\nrole = \"trigger\"\n[member.gateway]\naddress = \"{gw}\"\ntimeout_s = 10\n\n[[member]]\nname = \"invoker-0\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\n\n[[member]]\nname = \"invoker-1\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\n",
+        "[group]\nname = \"gw\"\nkey = \"{KEY}\"\npipelines = [\"demo.json\", \"echo2.json\", \"slow.json\"]\nstartup_timeout_s = 20\n\n[[member]]\nname = \"trigger\"\naddress = \"127.0.0.1:{}\"\nrole = \"trigger\"\n[member.gateway]\naddress = \"{gw}\"\ntimeout_s = {timeout_s}\n\n[[member]]\nname = \"invoker-0\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\nexecutor = \"thread\"\n\n[[member]]\nname = \"invoker-1\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\nexecutor = \"thread\"\n",
         ports[0], ports[1], ports[2]
     );
     std::fs::write(dir.join("conveyor.toml"), toml).unwrap();
@@ -188,11 +198,26 @@ fn openfaas_routes_answer_through_the_group() {
         curl_i(&["-d", "x", &format!("{base}/function/nope")]).0,
         404
     );
-    let huge = g.dir.join("huge");
-    std::fs::write(&huge, vec![b'a'; 100_000]).unwrap();
-    let at = format!("@{}", huge.display());
+    let body_of = |n: usize| {
+        let f = g.dir.join(format!("body-{n}"));
+        std::fs::write(&f, vec![b'a'; n]).unwrap();
+        format!("@{}", f.display())
+    };
+    let echo2 = format!("{base}/function/echo2");
+    let (status, msg, _) = curl_i(&["--data-binary", &body_of(100_000), &echo2]);
+    assert_eq!(status, 413, "{msg}");
+    // The limit it names is exact: a body of that size runs through, one more byte does not.
+    let limit: usize = msg
+        .split("larger than ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{msg}"));
+    assert!(limit > 1000, "{msg}");
+    let (status, out, _) = curl_i(&["--data-binary", &body_of(limit), &echo2]);
+    assert_eq!((status, out.len()), (200, limit));
     assert_eq!(
-        curl_i(&["--data-binary", &at, &format!("{base}/function/echo2")]).0,
+        curl_i(&["--data-binary", &body_of(limit + 1), &echo2]).0,
         413
     );
     assert_eq!(curl_i(&[&format!("{base}/function/echo2")]).0, 405);
@@ -213,7 +238,7 @@ fn openfaas_routes_answer_through_the_group() {
         .find(|f| f["name"] == "echo2")
         .unwrap_or_else(|| panic!("{list}"));
     assert_eq!(echo2["replicas"], 2, "{list}");
-    assert_eq!(echo2["invocationCount"], 26, "{list}");
+    assert_eq!(echo2["invocationCount"], 27, "{list}");
     assert!(v.as_array().unwrap().iter().any(|f| f["name"] == "demo"));
 }
 
@@ -337,4 +362,21 @@ fn demo_serve_answers_curl_until_interrupted() {
     wait_for("the gateway's port is free", 10, || {
         TcpListener::bind(&addr).is_ok()
     });
+}
+
+/// A run that outlasts the gateway's timeout answers 504; the group keeps serving, and the late
+/// output is dropped when it comes.
+#[test]
+fn a_call_past_the_timeout_answers_504_and_the_group_keeps_serving() {
+    let g = start_group_with("timeout", 1);
+    let base = format!("http://{}", g.gateway);
+    let (status, body, headers) = curl_i(&["-d", "x", &format!("{base}/function/slow")]);
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("no output within 1 s"), "{body}");
+    assert!(h(&headers, "X-Call-Id").is_some());
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        curl_i(&["-d", "after", &format!("{base}/function/echo2")]).1,
+        "after"
+    );
 }
