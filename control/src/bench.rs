@@ -427,7 +427,6 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
         if afxdp {
             toml.push_str("interface = \"eth0\"\n");
         }
-
         if role == "invoker" && run.pin {
             let cores = std::thread::available_parallelism()
                 .map(|n| n.get())
