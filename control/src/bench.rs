@@ -336,6 +336,21 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Makes `cmd` (the conveyor binary, behind any prefix) run member `name` of the group file in
+/// `dir`, its output going to `dir/NAME.log`.
+pub(crate) fn node_command(cmd: &mut Command, dir: &Path, name: &str) -> Result<()> {
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    cmd.arg("node")
+        .arg("--config")
+        .arg(dir.join("conveyor.toml"))
+        .arg("--member")
+        .arg(name)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    Ok(())
+}
+
 pub(crate) struct Members {
     pub(crate) children: Vec<(String, Child)>,
 }
@@ -470,7 +485,6 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
     // Invokers first, the trigger last: the start-up barrier makes the order irrelevant for
     // correctness, but it keeps the trigger's clock start close to the real start.
     let spawn = |name: &String| -> Result<Child> {
-        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
         let mut argv: Vec<std::ffi::OsString> = Vec::new();
         if let Some(h) = &netns {
             let i = names.iter().position(|x| x == name).unwrap_or(0);
@@ -497,14 +511,7 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
         argv.push(exe.clone().into());
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]);
-        cmd.arg("node")
-            .arg("--config")
-            .arg(dir.join("conveyor.toml"))
-            .arg("--member")
-            .arg(name)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        node_command(&mut cmd, &dir, name)?;
         if name == "trigger" {
             cmd.arg("--workload")
                 .arg(dir.join("workload.json"))

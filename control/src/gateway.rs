@@ -68,7 +68,8 @@ enum Waiter {
 /// What the threads share.
 struct Shared {
     handle: Arc<EngineHandle>,
-    pipelines: RwLock<Vec<Pipeline>>,
+    /// The pipelines served, each with its body limit (computed when they are installed).
+    pipelines: RwLock<Vec<(Arc<Pipeline>, usize)>>,
     pending: Mutex<HashMap<RequestId, Waiter>>,
     next_id: AtomicU64,
     /// Invocations per pipeline, for /system/functions.
@@ -135,9 +136,10 @@ impl Gateway {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(1);
+        let me = handle.me();
         let shared = Arc::new(Shared {
             handle,
-            pipelines: RwLock::new(pipelines),
+            pipelines: RwLock::new(served(me, max_payload, pipelines)),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(start),
             calls: Mutex::new(BTreeMap::new()),
@@ -185,7 +187,7 @@ impl Gateway {
 /// The body limit: what one push can carry once the request's own fields are encoded, and what
 /// a completion carrying the same bytes as output (a continuation or the result) can, so that
 /// an accepted body never makes a completion too large on the way.
-fn body_limit(s: &Shared, p: &Pipeline) -> usize {
+fn body_limit(me: MemberId, max_payload: usize, p: &Pipeline) -> usize {
     let big = Meta {
         sent_us: u64::MAX,
         exec_us: u64::MAX,
@@ -196,7 +198,7 @@ fn body_limit(s: &Shared, p: &Pipeline) -> usize {
     };
     let entry = p.entry_request(RequestId(u64::MAX), Vec::new(), big);
     let push = Op::Push {
-        pusher: s.handle.me(),
+        pusher: me,
         req: entry.clone(),
     };
     // The longest step name stands for any continuation's.
@@ -211,7 +213,7 @@ fn body_limit(s: &Shared, p: &Pipeline) -> usize {
     next.queue = format!("{}.{longest}", p.name);
     next.instance = u64::MAX;
     let complete = |outputs: Vec<conveyor_dataplane::queue::Request>, result| Op::Complete {
-        consumer: s.handle.me(),
+        consumer: me,
         id: RequestId(u64::MAX),
         instance: u64::MAX,
         step: longest.clone(),
@@ -236,14 +238,25 @@ fn body_limit(s: &Shared, p: &Pipeline) -> usize {
     .into_iter()
     .max()
     .unwrap_or(0);
-    s.max_payload.saturating_sub(overhead + 16) / fan
+    max_payload.saturating_sub(overhead + 16) / fan
 }
 
-fn find(s: &Shared, name: &str) -> Option<Pipeline> {
+/// The pipelines to serve, each with its body limit.
+fn served(me: MemberId, max_payload: usize, ps: Vec<Pipeline>) -> Vec<(Arc<Pipeline>, usize)> {
+    ps.into_iter()
+        .map(|p| {
+            let limit = body_limit(me, max_payload, &p);
+            (Arc::new(p), limit)
+        })
+        .collect()
+}
+
+/// The pipeline named `name` (or whose entry step is), with its body limit.
+fn find(s: &Shared, name: &str) -> Option<(Arc<Pipeline>, usize)> {
     let ps = s.pipelines.read().ok()?;
     ps.iter()
-        .find(|p| p.name == name)
-        .or_else(|| ps.iter().find(|p| p.entry == name))
+        .find(|(p, _)| p.name == name)
+        .or_else(|| ps.iter().find(|(p, _)| p.entry == name))
         .cloned()
 }
 
@@ -305,7 +318,7 @@ fn functions(s: &Shared) -> Reply {
         .read()
         .map(|ps| {
             ps.iter()
-                .map(|p| {
+                .map(|(p, _)| {
                     serde_json::json!({
                         "name": p.name,
                         "image": "conveyor/pipeline",
@@ -341,10 +354,9 @@ fn call(
     asynchronous: bool,
     timeout: Duration,
 ) -> Reply {
-    let Some(p) = find(s, name) else {
+    let Some((p, limit)) = find(s, name) else {
         return reply(404, format!("function {name:?} not found\n"), &[]);
     };
-    let limit = body_limit(s, &p);
     if req.body_length().is_some_and(|n| n > limit) {
         return reply(
             413,
@@ -472,8 +484,11 @@ fn dispatcher(s: &Shared) {
             Effect::Pipelines { docs, .. } => {
                 let parsed: Result<Vec<Pipeline>, _> =
                     docs.iter().map(|d| Pipeline::from_json(d)).collect();
-                if let (Ok(ps), Ok(mut cur)) = (parsed, s.pipelines.write()) {
-                    *cur = ps;
+                if let Ok(ps) = parsed {
+                    let ps = served(me, s.max_payload, ps);
+                    if let Ok(mut cur) = s.pipelines.write() {
+                        *cur = ps;
+                    }
                 }
                 continue;
             }

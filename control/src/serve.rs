@@ -2,10 +2,10 @@
 //! this host) kept running with the trigger's OpenFaaS-compatible gateway, until interrupted,
 //! so a newcomer can call the pipeline with curl.
 
-use crate::bench::{free_udp_ports, Members, DEMO_PIPELINE};
+use crate::bench::{free_udp_ports, node_command, Members, DEMO_PIPELINE};
 use anyhow::{anyhow, bail, Context, Result};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,16 +52,9 @@ pub fn demo_serve(transport: &str, address: &str) -> Result<()> {
         children: Vec::new(),
     };
     for name in names.iter().skip(1).chain(std::iter::once(&names[0])) {
-        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-        let child = Command::new(&exe)
-            .arg("node")
-            .arg("--config")
-            .arg(dir.join("conveyor.toml"))
-            .arg("--member")
-            .arg(name)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+        let mut cmd = Command::new(&exe);
+        node_command(&mut cmd, &dir, name)?;
+        let child = cmd
             // Not in the terminal's process group: Ctrl-C reaches this process only, which
             // stops the members itself.
             .process_group(0)

@@ -22,22 +22,7 @@ fn write(dir: &std::path::Path, name: &str, dpdk: &str, max_frame: usize) -> Str
     p.to_str().unwrap().to_string()
 }
 
-/// Runs member `a` (behind `pre`, a command prefix) and returns its error output; it must fail.
-fn node(cfg: &str, pre: &[&str]) -> String {
-    let mut c = if pre.is_empty() {
-        Command::new(env!("CARGO_BIN_EXE_conveyor"))
-    } else {
-        let mut c = Command::new(pre[0]);
-        c.args(&pre[1..]).arg(env!("CARGO_BIN_EXE_conveyor"));
-        c
-    };
-    let out = c
-        .args(["node", "--config", cfg, "--member", "a"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
+use common::node_fails as node;
 
 #[test]
 fn dpdk_setups_that_cannot_start_say_what_to_do() {

@@ -2,6 +2,8 @@
 //! `[member.rdma]` table is checked like the rest of the group file. (The transport's logic runs
 //! over the verbs emulation in the dataplane's tests.)
 
+mod common;
+
 use std::process::Command;
 
 const KEY: &str = "00000000000000000000000000000000000000000000000000000000000000aa";
@@ -19,12 +21,7 @@ fn write(dir: &std::path::Path, name: &str, transport: &str, rdma: &str) -> Stri
 }
 
 fn node(cfg: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
-        .args(["node", "--config", cfg, "--member", "a"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    String::from_utf8_lossy(&out.stderr).to_string()
+    common::node_fails(cfg, &[])
 }
 
 #[test]

@@ -469,21 +469,7 @@ fn xdp_setups_that_cannot_start_say_why() {
         .unwrap();
         p.to_str().unwrap().to_string()
     };
-    let node = |cfg: &str, pre: &[&str]| {
-        let mut c = if pre.is_empty() {
-            Command::new(env!("CARGO_BIN_EXE_conveyor"))
-        } else {
-            let mut c = Command::new(pre[0]);
-            c.args(&pre[1..]).arg(env!("CARGO_BIN_EXE_conveyor"));
-            c
-        };
-        let out = c
-            .args(["node", "--config", cfg, "--member", "a"])
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        String::from_utf8_lossy(&out.stderr).to_string()
-    };
+    let node = common::node_fails;
     // A missing interface is named (root or not).
     let cfg = write("missing.toml", "udp", "nope0", 1400);
     let err = node(&cfg, &[]);

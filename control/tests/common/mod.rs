@@ -1,7 +1,27 @@
 //! Helpers shared by the integration tests of this package.
 #![allow(dead_code)]
 
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// Runs member `a` of the group file `cfg` (behind `pre`, a command prefix such as `ip netns
+/// exec NS` or `setpriv ...`), which must fail to start, and returns its error output.
+pub fn node_fails(cfg: &str, pre: &[&str]) -> String {
+    let mut c = match pre.split_first() {
+        None => Command::new(env!("CARGO_BIN_EXE_conveyor")),
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(env!("CARGO_BIN_EXE_conveyor"));
+            c
+        }
+    };
+    let out = c
+        .args(["node", "--config", cfg, "--member", "a"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
 
 /// Whether the tests run as root (namespaces, XDP); without it, root tests say they did not run.
 pub fn is_root() -> bool {

@@ -23,7 +23,7 @@ use super::afxdp_sys::{Interface, Xsk, XskSizes};
 pub use super::eth::HEADERS;
 use super::eth::{parse, write_headers, ETH};
 use super::udp::UdpTransport;
-use super::{Received, RecvBatch, Transport, TransportStats};
+use super::{RecvBatch, Transport, TransportStats};
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -114,13 +114,7 @@ impl std::fmt::Debug for AfXdpTransport {
 }
 
 fn v4(a: &SocketAddr) -> io::Result<SocketAddrV4> {
-    match a {
-        SocketAddr::V4(a) => Ok(*a),
-        SocketAddr::V6(a) => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("the afxdp transport speaks IPv4 only; member address {a} is IPv6"),
-        )),
-    }
+    super::eth::ipv4(a, "afxdp")
 }
 
 /// The complete entries of a `/proc/net/arp` table for `interface`: address to MAC.
@@ -391,14 +385,9 @@ impl Transport for AfXdpTransport {
                 }
                 Some(_) => {}
             }
-            let buf = batch.frames.len();
-            let n = p.payload.len();
-            if n > batch.bufs[buf].len() {
+            if !batch.push(peer, &f[p.payload]) {
                 self.stats.oversized += 1;
-                continue;
             }
-            batch.bufs[buf][..n].copy_from_slice(&f[p.payload]);
-            batch.frames.push(Received { peer, len: n, buf });
         }
         self.stats.frames_received += batch.frames.len() as u64;
         if !self.refill.is_empty() {
@@ -413,22 +402,14 @@ impl Transport for AfXdpTransport {
         if batch.frames.len() < room {
             let k = self.kernel.recv(&mut self.kernel_batch)?;
             for r in self.kernel_batch.frames.iter().take(k) {
-                let buf = batch.frames.len();
-                if buf >= room {
+                if batch.frames.len() >= room {
                     break;
                 }
-                let src = &self.kernel_batch.bufs[r.buf][..r.len];
-                if src.len() > batch.bufs[buf].len() {
+                if batch.push(r.peer, &self.kernel_batch.bufs[r.buf][..r.len]) {
+                    self.stats.kernel_path_received += 1;
+                } else {
                     self.stats.oversized += 1;
-                    continue;
                 }
-                batch.bufs[buf][..src.len()].copy_from_slice(src);
-                batch.frames.push(Received {
-                    peer: r.peer,
-                    len: r.len,
-                    buf,
-                });
-                self.stats.kernel_path_received += 1;
             }
         }
         Ok(batch.frames.len())

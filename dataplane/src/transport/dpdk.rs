@@ -26,7 +26,7 @@ use super::dpdk_sys::{self as sys, Mbuf, Pool, Port, PortInfo};
 use super::eth::{
     parse, write_headers, Arp, ARP_FRAME, ETH, ETHERTYPE_ARP, ETHERTYPE_IPV4, HEADERS,
 };
-use super::{Received, RecvBatch, Transport, TransportStats};
+use super::{RecvBatch, Transport, TransportStats};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -318,13 +318,7 @@ impl std::fmt::Debug for DpdkTransport {
 }
 
 fn v4(a: &SocketAddr) -> io::Result<SocketAddrV4> {
-    match a {
-        SocketAddr::V4(a) => Ok(*a),
-        SocketAddr::V6(a) => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("the dpdk transport speaks IPv4 only; member address {a} is IPv6"),
-        )),
-    }
+    super::eth::ipv4(a, "dpdk")
 }
 
 impl DpdkTransport {
@@ -610,14 +604,9 @@ impl Transport for DpdkTransport {
                     }
                 }
             }
-            let buf = batch.frames.len();
-            let n = p.payload.len();
-            if n > batch.bufs[buf].len() {
+            if !batch.push(peer, &f[p.payload]) {
                 self.stats.oversized += 1;
-                continue;
             }
-            batch.bufs[buf][..n].copy_from_slice(&f[p.payload]);
-            batch.frames.push(Received { peer, len: n, buf });
         }
         self.rx = rx;
         self.stats.frames_received += batch.frames.len() as u64;

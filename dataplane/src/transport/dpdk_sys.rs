@@ -120,15 +120,22 @@ impl Pool {
         })
     }
 
-    /// Takes `n` fresh mbufs, all or none.
+    /// Takes `n` fresh mbufs, all or none, appended to `out` (no allocation once `out` has
+    /// the capacity).
     pub fn alloc(&self, out: &mut Vec<Mbuf>, n: usize) -> bool {
-        let mut raw: Vec<*mut sys::rte_mbuf> = vec![std::ptr::null_mut(); n];
-        // SAFETY: `raw` has room for `n` pointers; on success DPDK fills all of them.
-        let r = unsafe { sys::cv_pktmbuf_alloc_bulk(self.0.as_ptr(), raw.as_mut_ptr(), n as u32) };
-        if r != 0 {
-            return false;
+        out.reserve(n);
+        let len = out.len();
+        // SAFETY: `out` has room for `n` more elements after `len`; `Mbuf` is a transparent
+        // `NonNull<rte_mbuf>`, laid out as the `*mut rte_mbuf` DPDK writes. On success DPDK
+        // writes `n` non-null mbufs there, which `out` then owns; on failure it writes none
+        // that count and the length stays.
+        unsafe {
+            let dst = out.as_mut_ptr().add(len).cast::<*mut sys::rte_mbuf>();
+            if sys::cv_pktmbuf_alloc_bulk(self.0.as_ptr(), dst, n as u32) != 0 {
+                return false;
+            }
+            out.set_len(len + n);
         }
-        out.extend(raw.into_iter().filter_map(NonNull::new).map(Mbuf));
         true
     }
 }

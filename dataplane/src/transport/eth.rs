@@ -3,7 +3,19 @@
 //! kernel beside it to resolve addresses, answers and sends. On the wire the group's frames are
 //! ordinary UDP datagrams, so these members interoperate with `udp` members.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+/// A member address as IPv4, or the error `transport` gives for an IPv6 one.
+pub(super) fn ipv4(a: &SocketAddr, transport: &str) -> io::Result<SocketAddrV4> {
+    match a {
+        SocketAddr::V4(a) => Ok(*a),
+        SocketAddr::V6(a) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the {transport} transport speaks IPv4 only; member address {a} is IPv6"),
+        )),
+    }
+}
 
 pub(super) const ETH: usize = 14;
 pub(super) const IPV4: usize = 20;

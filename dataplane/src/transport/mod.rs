@@ -52,6 +52,21 @@ impl RecvBatch {
             frames: Vec::with_capacity(batch),
         }
     }
+    /// Appends a frame from `peer` with a copy of `bytes`, into the next buffer. `false` (and
+    /// nothing appended) if that buffer is too small, or every buffer is taken.
+    pub fn push(&mut self, peer: Option<usize>, bytes: &[u8]) -> bool {
+        let buf = self.frames.len();
+        let Some(dst) = self.bufs.get_mut(buf).filter(|d| d.len() >= bytes.len()) else {
+            return false;
+        };
+        dst[..bytes.len()].copy_from_slice(bytes);
+        self.frames.push(Received {
+            peer,
+            len: bytes.len(),
+            buf,
+        });
+        true
+    }
     /// The received frames with their bytes.
     pub fn iter(&self) -> impl Iterator<Item = (Option<usize>, &[u8])> {
         self.frames
