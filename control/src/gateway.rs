@@ -26,7 +26,7 @@
 use anyhow::{anyhow, Result};
 use conveyor_dataplane::engine::{EngineHandle, Event};
 use conveyor_dataplane::pipeline::Pipeline;
-use conveyor_dataplane::queue::{Effect, Meta, Op};
+use conveyor_dataplane::queue::{Effect, Http, Meta, Op};
 use conveyor_dataplane::types::{MemberId, RequestId};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -50,8 +50,26 @@ pub struct GatewayConfig {
 /// How a call ended.
 #[derive(Clone, Debug)]
 enum Outcome {
-    Done(Vec<u8>),
-    Failed(String),
+    /// The output, with the function's status and headers when it gave them.
+    Done(Vec<u8>, Option<Box<Http>>),
+    /// The status (500 crash, 502 bad output, 504 timeout) and why.
+    Failed(u16, String),
+}
+
+/// Headers that belong to one HTTP connection, not to the call: not passed on.
+const HOP_BY_HOP: [&str; 8] = [
+    "Connection",
+    "Keep-Alive",
+    "Transfer-Encoding",
+    "TE",
+    "Trailer",
+    "Upgrade",
+    "Proxy-Authorization",
+    "Content-Length",
+];
+
+pub(crate) fn hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// Who waits for a run's first output.
@@ -187,7 +205,7 @@ impl Gateway {
 /// The body limit: what one push can carry once the request's own fields are encoded, and what
 /// a completion carrying the same bytes as output (a continuation or the result) can, so that
 /// an accepted body never makes a completion too large on the way.
-fn body_limit(me: MemberId, max_payload: usize, p: &Pipeline) -> usize {
+fn body_limit(me: MemberId, max_payload: usize, p: &Pipeline, http: Option<&Http>) -> usize {
     let big = Meta {
         sent_us: u64::MAX,
         exec_us: u64::MAX,
@@ -196,7 +214,8 @@ fn body_limit(me: MemberId, max_payload: usize, p: &Pipeline) -> usize {
         order_us: u64::MAX,
         handoff_us: u64::MAX,
     };
-    let entry = p.entry_request(RequestId(u64::MAX), Vec::new(), big);
+    let mut entry = p.entry_request(RequestId(u64::MAX), Vec::new(), big);
+    entry.http = http.map(|h| Box::new(h.clone()));
     let push = Op::Push {
         pusher: me,
         req: entry.clone(),
@@ -219,6 +238,7 @@ fn body_limit(me: MemberId, max_payload: usize, p: &Pipeline) -> usize {
         step: longest.clone(),
         outputs,
         result,
+        reply: None,
         meta: big,
         credits: u32::MAX,
     };
@@ -245,7 +265,7 @@ fn body_limit(me: MemberId, max_payload: usize, p: &Pipeline) -> usize {
 fn served(me: MemberId, max_payload: usize, ps: Vec<Pipeline>) -> Vec<(Arc<Pipeline>, usize)> {
     ps.into_iter()
         .map(|p| {
-            let limit = body_limit(me, max_payload, &p);
+            let limit = body_limit(me, max_payload, &p, None);
             (Arc::new(p), limit)
         })
         .collect()
@@ -299,6 +319,11 @@ fn route(s: &Shared, req: &mut tiny_http::Request, timeout: Duration) -> Reply {
         }
         ("POST", p) if p.starts_with("/async-function/") => {
             call(s, req, &p["/async-function/".len()..], true, timeout)
+        }
+        // OpenFaaS passes any method to a function; the group's functions are called by POST,
+        // and GET, PUT, PATCH and DELETE with a body or not are passed on the same way.
+        ("GET" | "PUT" | "PATCH" | "DELETE", p) if p.starts_with("/function/") => {
+            call(s, req, &p["/function/".len()..], false, timeout)
         }
         (_, "/healthz" | "/system/functions") => reply(405, "method not allowed\n", &[]),
         (_, p) if p.starts_with("/function/") || p.starts_with("/async-function/") => reply(
@@ -354,9 +379,45 @@ fn call(
     asynchronous: bool,
     timeout: Duration,
 ) -> Reply {
-    let Some((p, limit)) = find(s, name) else {
+    // `/function/NAME/rest?query`: the function sees `/rest` and the query (OpenFaaS's).
+    let (name, sub) = match name.find('/') {
+        Some(i) => (&name[..i], &name[i..]),
+        None => (name, "/"),
+    };
+    let Some((p, _)) = find(s, name) else {
         return reply(404, format!("function {name:?} not found\n"), &[]);
     };
+    let http = Http {
+        method: req.method().as_str().to_string(),
+        path: sub.to_string(),
+        query: req
+            .url()
+            .split_once('?')
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_string(),
+        headers: req
+            .headers()
+            .iter()
+            .filter(|h| !hop_by_hop(h.field.as_str().as_str()))
+            .map(|h| (h.field.to_string(), h.value.to_string()))
+            .collect(),
+        status: 0,
+    };
+    // The call's details travel with every step's request: they count against what one
+    // request carries, and may not take more than a quarter of it.
+    let http_size = serde_json::to_vec(&http).map(|v| v.len()).unwrap_or(0);
+    if http_size > s.max_payload / 4 {
+        return reply(
+            431,
+            format!(
+                "the request's headers take {http_size} bytes, more than the {} one call may carry\n",
+                s.max_payload / 4
+            ),
+            &[],
+        );
+    }
+    let limit = body_limit(s.handle.me(), s.max_payload, &p, Some(&http));
     if req.body_length().is_some_and(|n| n > limit) {
         return reply(
             413,
@@ -403,9 +464,11 @@ fn call(
         submitted_us: s.handle.clock().now_us(),
         ..Meta::default()
     };
+    let mut entry = p.entry_request(id, body, meta);
+    entry.http = Some(Box::new(http));
     let op = Op::Push {
         pusher: me,
-        req: p.entry_request(id, body, meta),
+        req: entry,
     };
     if let Err(e) = s.handle.submit(&op) {
         if let Ok(mut pending) = s.pending.lock() {
@@ -430,20 +493,45 @@ fn call(
     }
     let outcome = rx.recv_timeout(timeout);
     let secs = format!("{:.6}", started.elapsed().as_secs_f64());
-    let mut headers = vec![
+    let headers = vec![
         ("X-Call-Id", cid),
         ("X-Duration-Seconds", secs),
         ("X-Function-Name", p.name.clone()),
     ];
     match outcome {
-        Ok(Outcome::Done(out)) => {
-            headers.push((
-                "Content-Type",
-                ctype.unwrap_or_else(|| "application/octet-stream".into()),
-            ));
-            reply(200, out, &headers)
+        Ok(Outcome::Done(out, from)) => {
+            // The function's status and headers when it gave them (http, openwhisk, exec's
+            // content type), else 200 and the request's content type.
+            let mut status = 200;
+            let mut own: Vec<(String, String)> = Vec::new();
+            if let Some(h) = from {
+                if (100..=599).contains(&h.status) {
+                    status = h.status;
+                }
+                own = h
+                    .headers
+                    .into_iter()
+                    .filter(|(k, _)| !hop_by_hop(k))
+                    .collect();
+            }
+            if !own
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("Content-Type"))
+            {
+                own.push((
+                    "Content-Type".into(),
+                    ctype.unwrap_or_else(|| "application/octet-stream".into()),
+                ));
+            }
+            let mut r = reply(status, out, &headers);
+            for (k, v) in own {
+                if let Some(h) = header(&k, &v) {
+                    r.add_header(h);
+                }
+            }
+            r
         }
-        Ok(Outcome::Failed(e)) => reply(500, format!("{e}\n"), &headers),
+        Ok(Outcome::Failed(status, e)) => reply(status, format!("{e}\n"), &headers),
         Err(_) => {
             if let Ok(mut pending) = s.pending.lock() {
                 pending.remove(&id);
@@ -473,13 +561,25 @@ fn dispatcher(s: &Shared) {
                 id,
                 terminal: true,
                 result,
+                reply,
                 ..
-            } if id.origin() == me => (id, Outcome::Done(result.unwrap_or_default())),
+            } if id.origin() == me => (id, Outcome::Done(result.unwrap_or_default(), reply)),
             Effect::Failed {
-                id, error, step, ..
+                id,
+                error,
+                step,
+                status,
+                ..
             } if id.origin() == me => (
                 id,
-                Outcome::Failed(format!("step {step:?} failed: {error}")),
+                Outcome::Failed(
+                    if (400..=599).contains(&status) {
+                        status
+                    } else {
+                        500
+                    },
+                    format!("step {step:?} failed: {error}"),
+                ),
             ),
             Effect::Pipelines { docs, .. } => {
                 let parsed: Result<Vec<Pipeline>, _> =
@@ -512,8 +612,13 @@ fn dispatcher(s: &Shared) {
                 started,
             }) => {
                 let (status, body) = match outcome {
-                    Outcome::Done(b) => (200, b),
-                    Outcome::Failed(e) => (500, e.into_bytes()),
+                    Outcome::Done(b, h) => (
+                        h.map(|h| h.status)
+                            .filter(|s| (100..=599).contains(s))
+                            .unwrap_or(200),
+                        b,
+                    ),
+                    Outcome::Failed(status, e) => (status, e.into_bytes()),
                 };
                 let _ = s.callbacks.send(Callback {
                     url,

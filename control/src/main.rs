@@ -3,6 +3,7 @@
 mod bench;
 mod config;
 mod control;
+mod functions;
 mod gateway;
 mod kafka_backend;
 mod loadgen;

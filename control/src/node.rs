@@ -51,6 +51,10 @@ pub fn run(
     );
     let startup = ecfg.startup_timeout;
     let max_payload = ecfg.proto.max_payload;
+    // External functions run on the executors' threads and submit their completions through
+    // the engine, once it is started.
+    let submitter = std::sync::Arc::new(std::sync::OnceLock::new());
+    let host = crate::functions::FunctionHost::for_engine(submitter.clone(), Clock::new());
     let invoker = (me.role == Role::Invoker).then(|| {
         InvokerApp::new(
             ecfg.me,
@@ -58,6 +62,7 @@ pub fn run(
             me.credits,
             ecfg.proto.max_payload,
         )
+        .with_executors(host.clone())
     });
     let inline = me.executor == Executor::Inline;
     let (handle, invoker) = match invoker {
@@ -75,6 +80,7 @@ pub fn run(
         }
         None => (EngineHandle::start(ecfg, transport, Clock::new())?, None),
     };
+    let _ = submitter.set(handle.submitter());
     let _reporter = crate::control::start_reporter(&cfg, idx, handle.probe(), join_token);
     tracing::info!(
         "member {member}: waiting for every member (timeout {}s)",
@@ -101,6 +107,10 @@ pub fn run(
                 run_invoker(&handle, app)?;
             }
             let rep = handle.join();
+            host.stop();
+            for line in host.summary() {
+                tracing::info!("member {member}: {line}");
+            }
             log_transport(member, &rep.transport);
             tracing::info!(
                 "member {member}: polling loop stalls over 1 ms: {}, longest {} us; contended spells {}; retransmitted {} slots",

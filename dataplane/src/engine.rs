@@ -374,6 +374,16 @@ impl EngineHandle {
         }
     }
 
+    /// A handle other threads can submit through (executors' workers), also in inline mode.
+    pub fn submitter(&self) -> Submitter {
+        Submitter {
+            cmds: self.cmds.clone(),
+            wake: self.wake.clone(),
+            shared: self.shared.clone(),
+            max_payload: self.max_payload,
+        }
+    }
+
     /// Offers an operation for ordering. A full ring is backpressure: the operation comes back.
     pub fn try_submit(&self, op: &Op) -> Result<bool, EngineError> {
         let bytes = op.encode();
@@ -506,6 +516,51 @@ impl EngineHandle {
             .take()
             .and_then(|t| t.join().ok())
             .unwrap_or_default()
+    }
+}
+
+/// Submits operations to a running engine from any thread; see [`EngineHandle::submitter`].
+#[derive(Clone, Debug)]
+pub struct Submitter {
+    cmds: Arc<ArrayQueue<Vec<u8>>>,
+    wake: Arc<EventFd>,
+    shared: Arc<Shared>,
+    max_payload: usize,
+}
+
+impl Submitter {
+    /// Offers an operation, waiting while the ring is full (backpressure).
+    pub fn submit(&self, op: &Op) -> Result<(), EngineError> {
+        let bytes = op.encode();
+        if bytes.len() > self.max_payload {
+            return Err(SubmitError::TooLarge {
+                size: bytes.len(),
+                max: self.max_payload,
+            }
+            .into());
+        }
+        let mut bytes = Some(bytes);
+        let mut spins = 0u32;
+        loop {
+            if self.shared.finished.load(Ordering::Acquire) {
+                return Err(EngineError::Stopped("the engine stopped".into()));
+            }
+            match self.cmds.push(bytes.take().unwrap_or_default()) {
+                Ok(()) => break,
+                Err(b) => bytes = Some(b),
+            }
+            spins += 1;
+            if spins < 64 {
+                thread::yield_now();
+            } else {
+                thread::sleep(Duration::from_micros(50));
+            }
+        }
+        fence(Ordering::SeqCst);
+        if self.shared.engine_parked.load(Ordering::SeqCst) {
+            self.wake.wake();
+        }
+        Ok(())
     }
 }
 

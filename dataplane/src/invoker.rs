@@ -6,9 +6,14 @@
 //! Two ways to run: inline in the polling thread ([`InvokerApp`] as an
 //! [`InlineApp`](crate::engine::InlineApp): no hand-off, the fastest on few cores, for short
 //! functions), or in an application thread fed through the engine's rings ([`run_invoker`]).
+//!
+//! Built-in functions run there. A step with an external function (an executor in the
+//! pipeline) becomes a [`Job`] handed to the invoker's [`Executors`], which run it on their own
+//! threads and submit the completion [`Job::finish`] builds; the member's credits bound how many
+//! jobs it holds at once.
 
 use crate::engine::{Clock, EngineError, EngineHandle, Event, InlineApp};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{External, Function, Output, Pipeline};
 use crate::queue::{Effect, Op, Request};
 use crate::types::MemberId;
 use std::collections::BTreeSet;
@@ -24,28 +29,165 @@ pub struct InvokerReport {
     pub shut_down: bool,
 }
 
+/// How an external function failed: the HTTP status the call answers with, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl FunctionError {
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        FunctionError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// What completes a request, wherever its function ran.
+#[derive(Clone, Debug)]
+struct Finisher {
+    me: MemberId,
+    max_payload: usize,
+    report: Arc<Mutex<InvokerReport>>,
+}
+
+impl Finisher {
+    fn fail(&self, req: &Request, status: u16, error: String) -> Op {
+        if let Ok(mut r) = self.report.lock() {
+            r.failed += 1;
+        }
+        Op::Fail {
+            consumer: self.me,
+            id: req.id,
+            instance: req.instance,
+            step: req.step.clone(),
+            error,
+            status,
+            credits: 1,
+        }
+    }
+
+    /// The completion of `req` (delivered at `at_us`) whose function ran from `t0` to `t1`.
+    fn finish(
+        &self,
+        p: &Pipeline,
+        req: Request,
+        at_us: u64,
+        result: Result<Output, FunctionError>,
+        t0: u64,
+        t1: u64,
+    ) -> Op {
+        let exec = t1.saturating_sub(t0);
+        if let Ok(mut r) = self.report.lock() {
+            r.executed += 1;
+            r.busy_us += exec;
+        }
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => return self.fail(&req, e.status, e.message),
+        };
+        let mut meta = req.meta;
+        meta.exec_us += exec;
+        meta.hops += 1;
+        meta.order_us += at_us.saturating_sub(meta.submitted_us);
+        meta.handoff_us += t0.saturating_sub(at_us);
+        meta.submitted_us = t1;
+        let outputs = p.continuations(&req, &out, meta);
+        let terminal = outputs.is_empty();
+        let op = Op::Complete {
+            consumer: self.me,
+            id: req.id,
+            instance: req.instance,
+            step: req.step.clone(),
+            outputs,
+            reply: if terminal { out.http } else { None },
+            result: terminal.then_some(out.payload),
+            meta,
+            credits: 1,
+        };
+        let size = op.encode().len();
+        if size > self.max_payload {
+            return self.fail(
+                &req,
+                500,
+                format!(
+                    "the output makes a completion of {size} bytes, above max_payload {}",
+                    self.max_payload
+                ),
+            );
+        }
+        op
+    }
+}
+
+/// A request for an external function, handed to the invoker's [`Executors`].
+#[derive(Debug)]
+pub struct Job {
+    pub req: Request,
+    pub function: Arc<External>,
+    /// When the assignment was delivered (engine clock).
+    pub at_us: u64,
+    pipeline: Arc<Pipeline>,
+    finisher: Finisher,
+}
+
+impl Job {
+    /// The operation that completes this job, given what the function did between `t0` and
+    /// `t1` (engine clock): its continuations pushed by the pipeline's rules, or the failure.
+    pub fn finish(self, result: Result<Output, FunctionError>, t0: u64, t1: u64) -> Op {
+        self.finisher
+            .finish(&self.pipeline, self.req, self.at_us, result, t0, t1)
+    }
+
+    /// The largest output that can be carried on (a completion holds it once per branch).
+    pub fn max_output(&self) -> usize {
+        self.finisher.max_payload
+    }
+}
+
+/// Runs external functions: takes jobs without blocking and submits each one's completion
+/// ([`Job::finish`]) itself when its function is done.
+pub trait Executors: Send + Sync + std::fmt::Debug {
+    fn dispatch(&self, job: Job);
+}
+
 /// The invoker's logic, independent of the thread it runs on.
 #[derive(Debug)]
 pub struct InvokerApp {
     me: MemberId,
-    pipelines: Vec<Pipeline>,
+    pipelines: Vec<Arc<Pipeline>>,
     credits: u32,
-    max_payload: usize,
     report: Arc<Mutex<InvokerReport>>,
+    finisher: Finisher,
+    executors: Option<Arc<dyn Executors>>,
     /// Queues this member announced it takes from (since it last joined).
     subscribed: BTreeSet<String>,
 }
 
 impl InvokerApp {
     pub fn new(me: MemberId, pipelines: Vec<Pipeline>, credits: u32, max_payload: usize) -> Self {
+        let report: Arc<Mutex<InvokerReport>> = Arc::default();
         InvokerApp {
             me,
-            pipelines,
+            pipelines: pipelines.into_iter().map(Arc::new).collect(),
             credits: credits.max(1),
-            max_payload,
-            report: Arc::default(),
+            report: report.clone(),
+            finisher: Finisher {
+                me,
+                max_payload,
+                report,
+            },
+            executors: None,
             subscribed: BTreeSet::new(),
         }
+    }
+
+    /// Runs the steps with external functions on `executors` (without them, such steps fail).
+    pub fn with_executors(mut self, executors: Arc<dyn Executors>) -> Self {
+        self.executors = Some(executors);
+        self
     }
 
     /// A view of the report that stays readable after the app moved into the engine.
@@ -94,7 +236,7 @@ impl InvokerApp {
                     pipelines = %ps.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
                     "pipelines updated"
                 );
-                self.pipelines = ps;
+                self.pipelines = ps.into_iter().map(Arc::new).collect();
                 self.subscribe_ops()
             }
             Err(e) => {
@@ -118,11 +260,11 @@ impl InvokerApp {
     }
 
     /// The pipelines this invoker runs now.
-    pub fn pipelines(&self) -> &[Pipeline] {
+    pub fn pipelines(&self) -> &[Arc<Pipeline>] {
         &self.pipelines
     }
 
-    fn find(&self, req: &Request) -> Option<&Pipeline> {
+    fn find(&self, req: &Request) -> Option<&Arc<Pipeline>> {
         self.pipelines.iter().find(|p| {
             p.steps
                 .get(&req.step)
@@ -130,7 +272,8 @@ impl InvokerApp {
         })
     }
 
-    /// Runs an assigned request; returns the operation that completes it.
+    /// Runs an assigned request; returns the operation that completes it (none when an
+    /// executor took it: it submits the completion itself).
     pub fn handle(&mut self, ev: Event, clock: &Clock) -> Option<Op> {
         let req = match ev.effect {
             Effect::Assigned { req, .. } => req,
@@ -142,65 +285,42 @@ impl InvokerApp {
             }
             _ => return None,
         };
-        let me = self.me;
-        let fail = |req: &Request, error: String| Op::Fail {
-            consumer: me,
-            id: req.id,
-            instance: req.instance,
-            step: req.step.clone(),
-            error,
-            credits: 1,
-        };
         let Some((p, step)) = self
             .find(&req)
             .and_then(|p| p.steps.get(&req.step).map(|s| (p, s)))
         else {
-            if let Ok(mut r) = self.report.lock() {
-                r.failed += 1;
-            }
             let e = format!(
                 "no pipeline has step {:?} on queue {:?}",
                 req.step, req.queue
             );
-            return Some(fail(&req, e));
+            return Some(self.finisher.fail(&req, 500, e));
         };
-        let t0 = clock.now_us();
-        let out = step.function.run(&req.payload);
-        let t1 = clock.now_us();
-        let exec = t1.saturating_sub(t0);
-        let mut meta = req.meta;
-        meta.exec_us += exec;
-        meta.hops += 1;
-        meta.order_us += ev.at_us.saturating_sub(meta.submitted_us);
-        meta.handoff_us += t0.saturating_sub(ev.at_us);
-        meta.submitted_us = t1;
-        let outputs = p.continuations(&req, &out, meta);
-        let result = outputs.is_empty().then_some(out.payload);
-        let op = Op::Complete {
-            consumer: me,
-            id: req.id,
-            instance: req.instance,
-            step: req.step.clone(),
-            outputs,
-            result,
-            meta,
-            credits: 1,
-        };
-        let size = op.encode().len();
-        if let Ok(mut r) = self.report.lock() {
-            r.executed += 1;
-            r.busy_us += exec;
+        match &step.function {
+            Function::Builtin(f) => {
+                let t0 = clock.now_us();
+                let out = f.run(&req.payload);
+                let t1 = clock.now_us();
+                Some(self.finisher.finish(p, req, ev.at_us, Ok(out), t0, t1))
+            }
+            Function::External(f) => {
+                let Some(executors) = &self.executors else {
+                    let e = format!(
+                        "function {:?} needs the {} executor, which this invoker does not run",
+                        f.name,
+                        f.executor.kind.name()
+                    );
+                    return Some(self.finisher.fail(&req, 500, e));
+                };
+                executors.dispatch(Job {
+                    function: f.clone(),
+                    at_us: ev.at_us,
+                    pipeline: p.clone(),
+                    finisher: self.finisher.clone(),
+                    req,
+                });
+                None
+            }
         }
-        if size > self.max_payload {
-            return Some(fail(
-                &req,
-                format!(
-                    "the output makes a completion of {size} bytes, above max_payload {}",
-                    self.max_payload
-                ),
-            ));
-        }
-        Some(op)
     }
 }
 
@@ -266,6 +386,7 @@ mod tests {
                     queue: queue.into(),
                     payload: b"x".to_vec(),
                     meta: Meta::default(),
+                    http: None,
                 },
             },
         }

@@ -19,8 +19,23 @@
 //! the route the function's output chose (a rule without `route` matches any output) sends the
 //! output to every step in `to` (fan-out). No matching rule, or no `next`: the run ends there.
 //! Cycles are refused. Errors name the offending field (`steps.a.next[0].to[1]`).
+//!
+//! A rule may also look at the output itself: `"when": {"pointer": "/kind", "equals": "image"}`
+//! matches when the output is JSON and the value at that JSON pointer equals the given value, so
+//! an unmodified function's output picks the continuation (DIFFUSE fig. 3). An HTTP function
+//! may also name its route in an `X-Conveyor-Route` response header.
+//!
+//! A step without `executor` runs a built-in function (`spin`, `echo`, `branch`). With one, the
+//! step's `function` is the name of an external function, run by the invoker as the executor
+//! says ([`ExecutorDoc`]):
+//!
+//! ```json
+//! "resize": {"function": "resize",
+//!            "executor": {"kind": "http", "command": ["python3", "server.py"],
+//!                         "timeout_ms": 2000, "concurrency": 4}}
+//! ```
 
-use crate::queue::{Meta, OnFull, Order, QueueSpec, Request};
+use crate::queue::{Http, Meta, OnFull, Order, QueueSpec, Request};
 use crate::types::RequestId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -72,7 +87,226 @@ pub struct Rule {
     /// Matches the route chosen by the function's output; absent: matches any output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
+    /// Matches outputs that are JSON with `equals` at `pointer`; absent: matches any output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<When>,
     pub to: Vec<String>,
+}
+
+/// A condition on a JSON output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    /// A JSON pointer (RFC 6901), e.g. `/kind` or `/items/0/size`.
+    pub pointer: String,
+    pub equals: serde_json::Value,
+}
+
+/// How an external function runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// One process per request: the body on stdin, the output from stdout, the request's
+    /// details in `Http_*` environment variables (OpenFaaS's classic watchdog).
+    Exec,
+    /// A warm HTTP server, started once, sent each request (of-watchdog's http mode).
+    Http,
+    /// The OpenWhisk action protocol: `POST /init` once per process, `POST /run` per request.
+    Openwhisk,
+    /// The AWS Lambda Runtime API, served by the invoker to a runtime process it starts.
+    Lambda,
+}
+
+impl ExecutorKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExecutorKind::Exec => "exec",
+            ExecutorKind::Http => "http",
+            ExecutorKind::Openwhisk => "openwhisk",
+            ExecutorKind::Lambda => "lambda",
+        }
+    }
+}
+
+/// The `executor` of a step that runs an external function.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorDoc {
+    pub kind: ExecutorKind,
+    /// The program and its arguments (exec: run per request; http, openwhisk: the server;
+    /// lambda: the runtime, e.g. a `bootstrap`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Extra environment variables for the process.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// The process's working directory (default: the invoker's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// http: where the server listens, e.g. `http://127.0.0.1:5000` (of-watchdog's
+    /// `upstream_url`). Without it the server is given a free port in `PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_url: Option<String>,
+    /// openwhisk: the action's code, sent with `/init` (absent: the process has it built in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// openwhisk: the action's entry point (default `main`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main: Option<String>,
+    /// lambda: the handler, given to the runtime as `_HANDLER`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
+    /// exec: the output's Content-Type (default: the request's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// A request that has not finished after this long fails with 504 (exec, openwhisk and
+    /// lambda processes are killed).
+    #[serde(default = "d_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How many requests of this function run at once on one invoker (processes for exec,
+    /// openwhisk and lambda; requests in flight for http). More wait at the invoker.
+    #[serde(default = "d_concurrency")]
+    pub concurrency: u32,
+    /// How long a process may take to start listening (http, openwhisk) or to ask for work
+    /// (lambda).
+    #[serde(default = "d_start_timeout_ms")]
+    pub start_timeout_ms: u64,
+    /// A warm process idle for longer than its start-up plus its mean execution time is
+    /// stopped (DIFFUSE's policy: keeping it is worth it only while requests come faster);
+    /// this raises that bound.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub keep_warm_ms: u64,
+}
+
+fn d_timeout_ms() -> u64 {
+    30_000
+}
+fn d_concurrency() -> u32 {
+    4
+}
+fn d_start_timeout_ms() -> u64 {
+    10_000
+}
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// An external function of one step, as its executor runs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct External {
+    /// The function's name (the step's `function`).
+    pub name: String,
+    /// Default parameters (openwhisk: merged under the request's).
+    pub args: serde_json::Map<String, serde_json::Value>,
+    pub executor: ExecutorDoc,
+}
+
+impl External {
+    fn from_doc(step: &str, doc: &StepDoc, ex: &ExecutorDoc) -> Result<External, PipelineError> {
+        let field = |k: &str| format!("steps.{step}.executor.{k}");
+        if !valid_name(&doc.function) {
+            return Err(err(
+                format!("steps.{step}.function"),
+                "function names are 1 to 64 characters of [A-Za-z0-9._-]",
+            ));
+        }
+        if !doc.args.is_empty() && ex.kind != ExecutorKind::Openwhisk {
+            return Err(err(
+                format!("steps.{step}.args"),
+                format!(
+                    "args are default parameters of built-in and openwhisk functions; {} \
+                     functions take theirs from env",
+                    ex.kind.name()
+                ),
+            ));
+        }
+        let needs_command = ex.kind != ExecutorKind::Http || ex.upstream_url.is_none();
+        if needs_command && ex.command.first().is_none_or(|c| c.is_empty()) {
+            return Err(err(
+                field("command"),
+                match ex.kind {
+                    ExecutorKind::Http => {
+                        "a program to start, or an upstream_url of a server already running"
+                    }
+                    _ => "a program to run is needed, e.g. [\"python3\", \"handler.py\"]",
+                },
+            ));
+        }
+        if let Some(u) = &ex.upstream_url {
+            if ex.kind != ExecutorKind::Http {
+                return Err(err(field("upstream_url"), "only the http executor has one"));
+            }
+            let rest = u.strip_prefix("http://").ok_or_else(|| {
+                err(
+                    field("upstream_url"),
+                    "expected http://HOST:PORT (TLS is not spoken to a local function)",
+                )
+            })?;
+            let host = rest.split('/').next().unwrap_or("");
+            if host.is_empty() {
+                return Err(err(field("upstream_url"), "expected http://HOST:PORT"));
+            }
+        }
+        let only = |k: &str, v: bool, kind: ExecutorKind| -> Result<(), PipelineError> {
+            if v && ex.kind != kind {
+                return Err(err(
+                    field(k),
+                    format!("only the {} executor has one", kind.name()),
+                ));
+            }
+            Ok(())
+        };
+        only("code", ex.code.is_some(), ExecutorKind::Openwhisk)?;
+        only("main", ex.main.is_some(), ExecutorKind::Openwhisk)?;
+        only("handler", ex.handler.is_some(), ExecutorKind::Lambda)?;
+        only(
+            "content_type",
+            ex.content_type.is_some(),
+            ExecutorKind::Exec,
+        )?;
+        if !(1..=3_600_000).contains(&ex.timeout_ms) {
+            return Err(err(field("timeout_ms"), "1 to 3600000 (one hour)"));
+        }
+        if !(1..=1024).contains(&ex.concurrency) {
+            return Err(err(field("concurrency"), "1 to 1024"));
+        }
+        if !(1..=600_000).contains(&ex.start_timeout_ms) {
+            return Err(err(field("start_timeout_ms"), "1 to 600000 (ten minutes)"));
+        }
+        if let Some(k) = ex
+            .env
+            .keys()
+            .find(|k| k.is_empty() || k.contains(['=', '\0']))
+        {
+            return Err(err(
+                field(&format!("env.{k}")),
+                "not a valid environment variable name",
+            ));
+        }
+        Ok(External {
+            name: doc.function.clone(),
+            args: doc.args.clone(),
+            executor: ex.clone(),
+        })
+    }
+}
+
+/// What a step runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Function {
+    Builtin(Builtin),
+    /// Run by one of the invoker's executors; shared with the executor's workers.
+    External(std::sync::Arc<External>),
+}
+
+impl Function {
+    /// The built-in function, if this is one.
+    pub fn builtin(&self) -> Option<&Builtin> {
+        match self {
+            Function::Builtin(b) => Some(b),
+            Function::External(_) => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -87,6 +321,9 @@ pub struct StepDoc {
     pub queue_options: Option<QueueOptions>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub next: Vec<Rule>,
+    /// How an external function runs; absent: `function` is a built-in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<ExecutorDoc>,
 }
 
 /// The JSON document as written.
@@ -113,11 +350,13 @@ pub enum Builtin {
 }
 
 /// What a function returned.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Output {
     pub payload: Vec<u8>,
     /// The continuation the output chose (matched against rules' `route`).
     pub route: Option<String>,
+    /// The function's HTTP status and headers (external functions).
+    pub http: Option<Box<Http>>,
 }
 
 impl Builtin {
@@ -176,12 +415,12 @@ impl Builtin {
                 crate::sys::burn_cpu(std::time::Duration::from_micros(*us));
                 Output {
                     payload: input.to_vec(),
-                    route: None,
+                    ..Output::default()
                 }
             }
             Builtin::Echo => Output {
                 payload: input.to_vec(),
-                route: None,
+                ..Output::default()
             },
             Builtin::Branch { threshold } => Output {
                 payload: input.to_vec(),
@@ -193,6 +432,7 @@ impl Builtin {
                     }
                     .into(),
                 ),
+                http: None,
             },
         }
     }
@@ -202,7 +442,7 @@ impl Builtin {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Step {
     pub name: String,
-    pub function: Builtin,
+    pub function: Function,
     pub queue: QueueSpec,
     pub next: Vec<Rule>,
 }
@@ -257,8 +497,21 @@ impl Pipeline {
                     "step names are 1 to 64 characters of [A-Za-z0-9._-]",
                 ));
             }
-            let function = Builtin::from_doc(name, s)?;
+            let function = match &s.executor {
+                None => Function::Builtin(Builtin::from_doc(name, s)?),
+                Some(ex) => {
+                    Function::External(std::sync::Arc::new(External::from_doc(name, s, ex)?))
+                }
+            };
             for (i, rule) in s.next.iter().enumerate() {
+                if let Some(w) = &rule.when {
+                    if !(w.pointer.is_empty() || w.pointer.starts_with('/')) {
+                        return Err(err(
+                            format!("steps.{name}.next[{i}].when.pointer"),
+                            "a JSON pointer is empty or starts with '/', e.g. \"/kind\"",
+                        ));
+                    }
+                }
                 if rule.to.is_empty() {
                     return Err(err(
                         format!("steps.{name}.next[{i}].to"),
@@ -378,6 +631,7 @@ impl Pipeline {
             let next = if i + 1 < len {
                 vec![Rule {
                     route: None,
+                    when: None,
                     to: vec![format!("f{}", i + 1)],
                 }]
             } else {
@@ -391,6 +645,7 @@ impl Pipeline {
                     queue: None,
                     queue_options: None,
                     next,
+                    executor: None,
                 },
             );
         }
@@ -423,6 +678,7 @@ impl Pipeline {
             queue: step.queue.name.clone(),
             payload,
             meta,
+            http: None,
         }
     }
 
@@ -431,13 +687,29 @@ impl Pipeline {
         let Some(step) = self.steps.get(&req.step) else {
             return Vec::new();
         };
-        let rule = step
-            .next
-            .iter()
-            .find(|r| r.route.is_none() || r.route == out.route);
+        // The output as JSON, parsed once if a rule looks into it.
+        let mut json: Option<Option<serde_json::Value>> = None;
+        let rule = step.next.iter().find(|r| {
+            if r.route.is_some() && r.route != out.route {
+                return false;
+            }
+            let Some(w) = &r.when else {
+                return true;
+            };
+            let v = json.get_or_insert_with(|| serde_json::from_slice(&out.payload).ok());
+            v.as_ref().and_then(|v| v.pointer(&w.pointer)) == Some(&w.equals)
+        });
         let Some(rule) = rule else {
             return Vec::new();
         };
+        // The next functions see the call's details, with the content type of this output.
+        let http = req.http.as_ref().map(|h| {
+            let mut h = h.clone();
+            if let Some(ct) = out.http.as_ref().and_then(|o| o.header("Content-Type")) {
+                h.set_header("Content-Type", ct);
+            }
+            h
+        });
         rule.to
             .iter()
             .filter_map(|t| self.steps.get(t))
@@ -448,6 +720,7 @@ impl Pipeline {
                 queue: t.queue.name.clone(),
                 payload: out.payload.clone(),
                 meta,
+                http: http.clone(),
             })
             .collect()
     }
@@ -484,7 +757,7 @@ mod tests {
     fn branching_follows_the_output() {
         let p = Pipeline::from_json(BRANCHING).unwrap();
         let r = req(&p, b"hello");
-        let out = p.steps["a"].function.run(&r.payload);
+        let out = p.steps["a"].function.builtin().unwrap().run(&r.payload);
         assert_eq!(out.route.as_deref(), Some("big"));
         let next: Vec<_> = p
             .continuations(&r, &out, Meta::default())
@@ -494,7 +767,7 @@ mod tests {
         assert_eq!(next, vec!["b", "c"]);
 
         let r = req(&p, b"hi");
-        let out = p.steps["a"].function.run(&r.payload);
+        let out = p.steps["a"].function.builtin().unwrap().run(&r.payload);
         let next: Vec<_> = p
             .continuations(&r, &out, Meta::default())
             .into_iter()
@@ -561,13 +834,117 @@ mod tests {
     }
 
     #[test]
+    fn rules_look_into_json_outputs_and_the_call_travels_on() {
+        let p = Pipeline::from_json(
+            r#"{"name":"m","entry":"a","steps":{
+              "a":{"function":"classify","executor":{"kind":"exec","command":["classify"]},
+                   "next":[{"when":{"pointer":"/kind","equals":"long"},"to":["b"]},
+                           {"route":"urgent","to":["c"]},
+                           {"to":["d"]}]},
+              "b":{"function":"echo"},"c":{"function":"echo"},"d":{"function":"echo"}}}"#,
+        )
+        .unwrap();
+        let mut r = req(&p, b"{}");
+        r.http = Some(Box::new(Http {
+            method: "POST".into(),
+            path: "/".into(),
+            headers: vec![("Content-Type".into(), "text/plain".into())],
+            ..Http::default()
+        }));
+        let next = |payload: &[u8], route: Option<&str>| {
+            let out = Output {
+                payload: payload.to_vec(),
+                route: route.map(str::to_string),
+                http: Some(Box::new(Http {
+                    status: 200,
+                    headers: vec![("content-type".into(), "application/json".into())],
+                    ..Http::default()
+                })),
+            };
+            p.continuations(&r, &out, Meta::default())
+        };
+        let long = next(br#"{"kind":"long","n":5}"#, None);
+        assert_eq!(long.len(), 1);
+        assert_eq!(long[0].step, "b");
+        // The next step sees the call, with this output's content type.
+        let h = long[0].http.as_ref().unwrap();
+        assert_eq!(h.method, "POST");
+        assert_eq!(h.header("Content-Type"), Some("application/json"));
+        assert_eq!(h.headers.len(), 1);
+        assert_eq!(next(br#"{"kind":"short"}"#, None)[0].step, "d");
+        assert_eq!(next(b"not json", Some("urgent"))[0].step, "c");
+        assert_eq!(next(b"not json", None)[0].step, "d");
+    }
+
+    #[test]
+    fn executor_errors_name_the_field() {
+        let step = |body: &str| {
+            format!(r#"{{"name":"x","entry":"a","steps":{{"a":{{"function":"f",{body}}}}}}}"#)
+        };
+        let cases = [
+            (
+                step(r#""executor":{"kind":"exec"}"#),
+                "steps.a.executor.command",
+            ),
+            (
+                step(r#""executor":{"kind":"ssh","command":["x"]}"#),
+                "steps.a.executor.kind",
+            ),
+            (
+                step(r#""executor":{"kind":"exec","command":["x"],"timeout_ms":0}"#),
+                "steps.a.executor.timeout_ms",
+            ),
+            (
+                step(r#""executor":{"kind":"http","command":["x"],"concurrency":0}"#),
+                "steps.a.executor.concurrency",
+            ),
+            (
+                step(r#""executor":{"kind":"http","upstream_url":"https://x:1"}"#),
+                "steps.a.executor.upstream_url",
+            ),
+            (
+                step(r#""executor":{"kind":"lambda","command":["b"],"code":"x"}"#),
+                "steps.a.executor.code",
+            ),
+            (
+                step(r#""executor":{"kind":"exec","command":["b"]},"args":{"a":1}"#),
+                "steps.a.args",
+            ),
+            (
+                step(r#""executor":{"kind":"exec","command":["b"],"env":{"A=B":"1"}}"#),
+                "steps.a.executor.env.A=B",
+            ),
+            (
+                step(r#""executor":{"kind":"exec","command":["b"],"colour":1}"#),
+                "steps.a.executor.colour",
+            ),
+            (
+                r#"{"name":"x","entry":"a","steps":{"a":{"function":"echo",
+                    "next":[{"when":{"pointer":"kind","equals":1},"to":["b"]}]},
+                    "b":{"function":"echo"}}}"#
+                    .to_string(),
+                "steps.a.next[0].when.pointer",
+            ),
+        ];
+        for (doc, field) in cases {
+            let e = Pipeline::from_json(&doc).unwrap_err();
+            assert_eq!(e.field, field, "{doc}: {e}");
+        }
+        // An http function may be a server run by someone else.
+        let ok = step(r#""executor":{"kind":"http","upstream_url":"http://127.0.0.1:5000"}"#);
+        let p = Pipeline::from_json(&ok).unwrap();
+        assert!(p.steps["a"].function.builtin().is_none());
+        assert_eq!(Pipeline::from_json(&p.to_json()).unwrap(), p);
+    }
+
+    #[test]
     fn chain_is_linear() {
         let p = Pipeline::chain("bench", 3, 5);
         assert_eq!(p.queue_specs().len(), 3);
         let mut r = req(&p, b"x");
         let mut seen = vec![r.step.clone()];
         loop {
-            let out = p.steps[&r.step].function.run(&r.payload);
+            let out = p.steps[&r.step].function.builtin().unwrap().run(&r.payload);
             let mut next = p.continuations(&r, &out, Meta::default());
             if next.is_empty() {
                 break;

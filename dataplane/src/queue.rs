@@ -67,6 +67,38 @@ pub struct Meta {
     pub handoff_us: u64,
 }
 
+/// HTTP details of a call that came through the gateway: carried with each step's request (the
+/// call's method, path, query and headers, for functions that read them) and with the result
+/// (the function's status and headers, for the gateway's answer). Header names are kept as
+/// received; lookups ignore case.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Http {
+    pub method: String,
+    /// The path below `/function/{name}` (`/` when none).
+    pub path: String,
+    /// The query string, without `?`.
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    /// A result's status (0 in a request).
+    pub status: u16,
+}
+
+impl Http {
+    /// The first header named `name`, ignoring case.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets `name` (ignoring case) to `value`, replacing earlier values.
+    pub fn set_header(&mut self, name: &str, value: &str) {
+        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        self.headers.push((name.to_string(), value.to_string()));
+    }
+}
+
 /// A function request: one step of one pipeline run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
@@ -81,6 +113,8 @@ pub struct Request {
     pub queue: String,
     pub payload: Vec<u8>,
     pub meta: Meta,
+    /// The HTTP call this run came from, if it came through the gateway.
+    pub http: Option<Box<Http>>,
 }
 
 /// An operation of the replicated queue, carried as one ordered message.
@@ -118,6 +152,8 @@ pub enum Op {
         outputs: Vec<Request>,
         /// The function's output, reported to the trigger when the step is terminal.
         result: Option<Vec<u8>>,
+        /// The function's HTTP status and headers, with a terminal result.
+        reply: Option<Box<Http>>,
         meta: Meta,
         credits: u32,
     },
@@ -128,6 +164,8 @@ pub enum Op {
         instance: u64,
         step: String,
         error: String,
+        /// The HTTP status the failure answers with (500 crash, 502 bad output, 504 timeout).
+        status: u16,
         credits: u32,
     },
     /// Every member stops serving.
@@ -210,6 +248,7 @@ pub enum Effect {
         /// No continuation: this branch of the run ends here.
         terminal: bool,
         result: Option<Vec<u8>>,
+        reply: Option<Box<Http>>,
         meta: Meta,
     },
     /// A completion of a request instance not in flight at that consumer (already completed,
@@ -226,6 +265,7 @@ pub enum Effect {
         instance: u64,
         step: String,
         error: String,
+        status: u16,
     },
     Shutdown {
         by: MemberId,
@@ -470,6 +510,7 @@ impl QueueState {
                 step,
                 outputs,
                 result,
+                reply,
                 meta,
                 credits,
             } => {
@@ -485,6 +526,7 @@ impl QueueState {
                         step,
                         terminal,
                         result,
+                        reply,
                         meta,
                     });
                 } else {
@@ -503,6 +545,7 @@ impl QueueState {
                 instance,
                 step,
                 error,
+                status,
                 credits,
             } => {
                 if self.finish(consumer, instance, id, &step).is_some() {
@@ -512,6 +555,7 @@ impl QueueState {
                         instance,
                         step,
                         error,
+                        status,
                     });
                 } else {
                     effects.push(Effect::DuplicateCompletion {

@@ -177,3 +177,47 @@ pub fn set_net_namespace(ns: &std::fs::File) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Makes a child started by `cmd` the leader of its own process group (so [`kill_group`] ends
+/// whatever it started too) and kills it if this process dies first, so that functions'
+/// processes never outlive their invoker.
+pub fn own_group_and_die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    // SAFETY: the closure runs in the child between fork and exec and calls only prctl and
+    // getppid, which are async-signal-safe; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl: then we were reparented already.
+            if libc::getppid() == 1 {
+                return Err(io::Error::other("the invoker exited"));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Sends SIGKILL to the process group `pid` leads (see [`own_group_and_die_with_parent`]).
+pub fn kill_group(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    if pid <= 1 {
+        return;
+    }
+    // SAFETY: kill takes plain integers; a negative pid names the group, and a group that is
+    // already gone is an ESRCH error, ignored.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+}

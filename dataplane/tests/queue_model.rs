@@ -176,6 +176,7 @@ impl Model {
                 step,
                 outputs,
                 result,
+                reply,
                 meta,
                 credits,
             } => {
@@ -191,6 +192,7 @@ impl Model {
                         step,
                         terminal,
                         result,
+                        reply,
                         meta,
                     });
                 } else {
@@ -209,6 +211,7 @@ impl Model {
                 instance,
                 step,
                 error,
+                status,
                 credits,
             } => {
                 if self.finish(consumer, instance, id, &step).is_some() {
@@ -218,6 +221,7 @@ impl Model {
                         instance,
                         step,
                         error,
+                        status,
                     });
                 } else {
                     fx.push(Effect::DuplicateCompletion {
@@ -321,6 +325,7 @@ fn req(id: u64, q: u8) -> Request {
         queue: format!("q{q}"),
         payload: vec![id as u8],
         meta: Meta::default(),
+        http: None,
     }
 }
 
@@ -351,7 +356,7 @@ proptest! {
                         else { let f = &model.in_flight[i % model.in_flight.len()]; (f.0, f.1, f.2.clone()) };
                     // Fan-out to the same step twice (two instances of one step of one run).
                     let outputs = out.map(|q| { let mut r = req(id.0, q); r.step = format!("s{q}x"); vec![r.clone(), r] }).unwrap_or_default();
-                    Op::Complete { consumer: MemberId(c), id, instance, step, outputs, result: None, meta: Meta::default(), credits: n }
+                    Op::Complete { consumer: MemberId(c), id, instance, step, outputs, result: None, reply: None, meta: Meta::default(), credits: n }
                 }
                 Gen::Pipelines(v, q, cap, lifo, f) => Op::Pipelines {
                     by: MemberId(0),
@@ -366,7 +371,7 @@ proptest! {
                 Gen::Fail(c, i, n) => {
                     let (instance, id, step) = if model.in_flight.is_empty() { (1, RequestId(1), "s0".to_string()) }
                         else { let f = &model.in_flight[i % model.in_flight.len()]; (f.0, f.1, f.2.clone()) };
-                    Op::Fail { consumer: MemberId(c), id, instance, step, error: "boom".into(), credits: n }
+                    Op::Fail { consumer: MemberId(c), id, instance, step, error: "boom".into(), status: 500, credits: n }
                 }
             };
             // Every operation survives its own encoding.
@@ -561,6 +566,7 @@ fn two_instances_of_one_step_of_one_run_both_complete() {
             step: a.step.clone(),
             outputs: vec![d.clone(), d],
             result: None,
+            reply: None,
             meta: Meta::default(),
             credits: 0,
         },
@@ -599,6 +605,7 @@ fn two_instances_of_one_step_of_one_run_both_complete() {
                 step: r.step.clone(),
                 outputs: vec![],
                 result: None,
+                reply: None,
                 meta: Meta::default(),
                 credits: 0,
             },
@@ -621,6 +628,7 @@ fn two_instances_of_one_step_of_one_run_both_complete() {
             step: r.step.clone(),
             outputs: vec![],
             result: None,
+            reply: None,
             meta: Meta::default(),
             credits: 0,
         },
@@ -740,6 +748,7 @@ fn a_removed_invokers_requests_go_back_to_the_head() {
                 step: "s0".into(),
                 outputs: vec![],
                 result: None,
+                reply: None,
                 meta: Meta::default(),
                 credits: 1,
             },
@@ -760,6 +769,7 @@ fn a_removed_invokers_requests_go_back_to_the_head() {
                 step: "s0".into(),
                 outputs: vec![],
                 result: None,
+                reply: None,
                 meta: Meta::default(),
                 credits: 0,
             },
@@ -840,6 +850,7 @@ fn the_oldest_run_goes_first_between_queues() {
                 step: r.step.clone(),
                 outputs: next.map(|q| req(r.id.0, q)).into_iter().collect(),
                 result: None,
+                reply: None,
                 meta: Meta::default(),
                 credits: 0,
             },

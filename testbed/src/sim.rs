@@ -38,7 +38,9 @@
 
 use conveyor_dataplane::membership::Status;
 use conveyor_dataplane::proto::{Delivered, Delivery, Dest, Member, ProtoConfig, SubmitError};
-use conveyor_dataplane::queue::{Effect, Meta, OnFull, Op, Order, QueueSpec, QueueState, Request};
+use conveyor_dataplane::queue::{
+    Effect, Http, Meta, OnFull, Op, Order, QueueSpec, QueueState, Request,
+};
 use conveyor_dataplane::types::{GroupId, Instant, MemberId, RequestId, Seq, View, ViewId};
 use conveyor_dataplane::wire::{FrameWriter, Header, Key, Kind, Row};
 use rand::{Rng, SeedableRng};
@@ -443,6 +445,7 @@ impl Sim {
                         queue: "s0".into(),
                         payload: b"forged".to_vec(),
                         meta: Meta::default(),
+                        http: None,
                     },
                 };
                 w.push_data(&evil.encode());
@@ -1047,6 +1050,16 @@ impl Sim {
                             queue: "s0".into(),
                             payload: vec![at as u8; (counter % 50) as usize],
                             meta: Meta::default(),
+                            // Some runs carry an HTTP call's details, as the gateway's do.
+                            http: (counter % 3 == 0).then(|| {
+                                Box::new(Http {
+                                    method: "POST".into(),
+                                    path: format!("/p/{counter}"),
+                                    query: "a=1".into(),
+                                    headers: vec![("Content-Type".into(), "text/plain".into())],
+                                    status: 0,
+                                })
+                            }),
                         };
                         node.outbox.push_back(Op::Push { pusher: me, req });
                         if counter % 10 == 0 {
@@ -1098,6 +1111,7 @@ impl Sim {
                         id: req.id,
                         instance: req.instance,
                         step: req.step,
+                        reply: req.http.clone(),
                         outputs,
                         result: None,
                         meta: Meta::default(),

@@ -1,7 +1,10 @@
 //! Helpers shared by the integration tests of this package.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::process::Command;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Runs member `a` of the group file `cfg` (behind `pre`, a command prefix such as `ip netns
@@ -45,4 +48,93 @@ pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+pub fn free_tcp() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs curl with `args` (`-i` added: status line and headers); returns (status, body,
+/// headers).
+pub fn curl_i(args: &[&str]) -> (u16, String, Vec<(String, String)>) {
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "15"])
+        .args(args)
+        .output()
+        .expect("curl is installed (testbed/setup.sh)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, body.to_string(), headers)
+}
+
+pub fn curl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["--max-time", "15"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+pub fn h<'a>(headers: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == &k.to_ascii_lowercase())
+        .map(|(_, v)| v.as_str())
+}
+
+/// A request's headers (lower-case names) and body.
+pub type Posted = (Vec<(String, String)>, Vec<u8>);
+
+/// An HTTP server for callbacks that takes `n` requests: its URL, and the POSTs it gets.
+pub fn callback_server(n: usize) -> (String, mpsc::Receiver<Posted>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/done", l.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..n {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut headers = Vec::new();
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            loop {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+                }
+            }
+            let n: usize = h(&headers, "Content-Length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; n];
+            r.read_exact(&mut body).unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .unwrap();
+            tx.send((headers, body)).unwrap();
+        }
+    });
+    (url, rx)
 }
