@@ -107,6 +107,7 @@ pub struct BenchArgs {
 }
 
 /// What one run needs.
+#[derive(Debug)]
 pub struct GroupRun {
     pub invokers: usize,
     pub pipeline_json: String,

@@ -1,20 +1,6 @@
 //! `conveyor`: run a member, the demo, or a benchmark.
 
-mod bench;
-mod config;
-mod control;
-mod functions;
-mod gateway;
-mod kafka_backend;
-mod loadgen;
-mod middleware;
-mod node;
-mod plot;
-mod progress;
-mod ramp;
-mod redis_backend;
-mod serve;
-mod xdp;
+use conveyor::{bench, config, control, node, plot, serve};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

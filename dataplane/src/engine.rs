@@ -1140,6 +1140,7 @@ impl Engine {
                 let mine = match &e {
                     Effect::Assigned { consumer, .. } => *consumer == me,
                     Effect::Blocked { id, .. }
+                    | Effect::Accepted { id, .. }
                     | Effect::Admitted { id, .. }
                     | Effect::Rejected { id, .. }
                     | Effect::Overwritten { id, .. }

@@ -132,9 +132,22 @@ pub enum Op {
         pusher: MemberId,
         req: Request,
     },
+    /// A push that is refused ([`RejectReason::Full`]) rather than blocked or overwriting when
+    /// the queue is full, whatever its `on_full` (a non-blocking send).
+    TryPush {
+        pusher: MemberId,
+        req: Request,
+    },
     /// Blocking takes: the consumer is ready for `credits` more requests.
     Ready {
         consumer: MemberId,
+        credits: u32,
+    },
+    /// Blocking takes from one queue only, subscribed or not: the consumer is ready for
+    /// `credits` more requests of `queue` (a receiver of that queue).
+    ReadyFor {
+        consumer: MemberId,
+        queue: String,
         credits: u32,
     },
     /// Non-blocking take: one request now, or [`Effect::Empty`].
@@ -240,6 +253,12 @@ pub enum Effect {
     Empty {
         consumer: MemberId,
     },
+    /// A request pushed by [`Op::Push`] or [`Op::TryPush`] went into its queue (told to the
+    /// pusher, so that a send can return once it holds).
+    Accepted {
+        pusher: MemberId,
+        id: RequestId,
+    },
     Completed {
         consumer: MemberId,
         id: RequestId,
@@ -335,8 +354,9 @@ const STAMP_BASE: u64 = 1 << 62;
 pub struct QueueState {
     queues: BTreeMap<String, Queue>,
     subscriptions: BTreeMap<MemberId, BTreeSet<String>>,
-    /// One entry per credit, in the order consumers became ready.
-    ready: VecDeque<MemberId>,
+    /// One entry per credit, in the order consumers became ready; a credit given with
+    /// [`Op::ReadyFor`] names the only queue it takes from.
+    ready: VecDeque<(MemberId, Option<String>)>,
     credits: BTreeMap<MemberId, u32>,
     /// Assigned requests by instance, with their consumer. A completion is applied only if its
     /// instance is in flight at that consumer; this is the deduplication of completions.
@@ -374,7 +394,7 @@ impl QueueState {
             self.subscriptions.remove(m);
             self.credits.remove(m);
         }
-        self.ready.retain(|c| !removed.contains(c));
+        self.ready.retain(|(c, _)| !removed.contains(c));
         let back: Vec<u64> = self
             .in_flight
             .iter()
@@ -494,10 +514,16 @@ impl QueueState {
                     .or_default()
                     .insert(queue);
             }
-            Op::Push { pusher, req } => self.push(pusher, req, None, effects),
-            Op::Ready { consumer, credits } => self.add_credits(consumer, credits),
+            Op::Push { pusher, req } => self.push(pusher, req, None, false, effects),
+            Op::TryPush { pusher, req } => self.push(pusher, req, None, true, effects),
+            Op::Ready { consumer, credits } => self.add_credits(consumer, credits, None),
+            Op::ReadyFor {
+                consumer,
+                queue,
+                credits,
+            } => self.add_credits(consumer, credits, Some(queue)),
             Op::TryTake { consumer } => {
-                if let Some(req) = self.take_for(consumer, effects) {
+                if let Some(req) = self.take_for(consumer, None, effects) {
                     self.assign(consumer, req, effects);
                 } else {
                     effects.push(Effect::Empty { consumer });
@@ -517,7 +543,7 @@ impl QueueState {
                 if let Some(run) = self.finish(consumer, instance, id, &step) {
                     let terminal = outputs.is_empty();
                     for out in outputs {
-                        self.push(consumer, out, Some(run), effects);
+                        self.push(consumer, out, Some(run), false, effects);
                     }
                     effects.push(Effect::Completed {
                         consumer,
@@ -537,7 +563,7 @@ impl QueueState {
                         step,
                     });
                 }
-                self.add_credits(consumer, credits);
+                self.add_credits(consumer, credits, None);
             }
             Op::Fail {
                 consumer,
@@ -565,7 +591,7 @@ impl QueueState {
                         step,
                     });
                 }
-                self.add_credits(consumer, credits);
+                self.add_credits(consumer, credits, None);
             }
             Op::Shutdown { by } => {
                 self.shut_down = true;
@@ -575,12 +601,12 @@ impl QueueState {
         self.dispatch(effects);
     }
 
-    fn add_credits(&mut self, consumer: MemberId, credits: u32) {
+    fn add_credits(&mut self, consumer: MemberId, credits: u32, only: Option<String>) {
         let have = self.credits.entry(consumer).or_insert(0);
         let add = credits.min(MAX_CREDITS.saturating_sub(*have));
         *have += add;
         for _ in 0..add {
-            self.ready.push_back(consumer);
+            self.ready.push_back((consumer, only.clone()));
         }
     }
 
@@ -607,12 +633,15 @@ impl QueueState {
     /// Pushes `req`. A continuation inherits the stamp of the request it continues (`run`), so
     /// that among the heads of several queues the oldest run goes first: a pipeline's requests
     /// finish in the order they came rather than all advancing stage by stage (each queue
-    /// keeps its own FIFO or LIFO order; only the choice between queues changes).
+    /// keeps its own FIFO or LIFO order; only the choice between queues changes). `refuse`: a
+    /// full queue rejects the push whatever its policy ([`Op::TryPush`]). A push from outside
+    /// (`run` none) that went into its queue is [`Effect::Accepted`].
     fn push(
         &mut self,
         pusher: MemberId,
         mut req: Request,
         run: Option<u64>,
+        refuse: bool,
         effects: &mut Vec<Effect>,
     ) {
         self.next_instance += 1;
@@ -634,11 +663,20 @@ impl QueueState {
                 self.stamp
             }
         };
+        let accepted = run
+            .is_none()
+            .then_some(Effect::Accepted { pusher, id: req.id });
         if q.items.len() < q.spec.capacity as usize && q.blocked.is_empty() {
             q.items.push_back((stamp, req));
+            effects.extend(accepted);
             return;
         }
-        match q.spec.on_full {
+        let on_full = if refuse {
+            OnFull::Reject
+        } else {
+            q.spec.on_full
+        };
+        match on_full {
             OnFull::Reject => effects.push(Effect::Rejected {
                 pusher,
                 id: req.id,
@@ -671,6 +709,7 @@ impl QueueState {
                     });
                 } else {
                     q.items.push_back((stamp, req));
+                    effects.extend(accepted);
                 }
             }
         }
@@ -678,22 +717,27 @@ impl QueueState {
 
     /// The request `consumer` would take now: among its subscribed queues, the head with the
     /// smallest stamp: a request put back after a failure, else the oldest run (a continuation
-    /// carries its run's first admission stamp).
+    /// carries its run's first admission stamp). `only`: that queue's head, if any.
     fn take_for(
         &mut self,
         consumer: MemberId,
+        only: Option<&str>,
         effects: &mut Vec<Effect>,
     ) -> Option<(u64, Request)> {
-        let subs = self.subscriptions.get(&consumer)?;
-        let name = subs
-            .iter()
-            .filter_map(|n| {
-                self.queues
-                    .get(n)
-                    .and_then(|q| q.head_stamp().map(|s| (s, n)))
-            })
-            .min()
-            .map(|(_, n)| n.clone())?;
+        let name = match only {
+            Some(n) => n.to_string(),
+            None => {
+                let subs = self.subscriptions.get(&consumer)?;
+                subs.iter()
+                    .filter_map(|n| {
+                        self.queues
+                            .get(n)
+                            .and_then(|q| q.head_stamp().map(|s| (s, n)))
+                    })
+                    .min()
+                    .map(|(_, n)| n.clone())?
+            }
+        };
         let q = self.queues.get_mut(&name)?;
         let req = q.pop()?;
         if (q.items.len() as u32) < q.spec.capacity {
@@ -725,8 +769,8 @@ impl QueueState {
     fn dispatch(&mut self, effects: &mut Vec<Effect>) {
         let mut i = 0;
         while i < self.ready.len() {
-            let consumer = self.ready[i];
-            match self.take_for(consumer, effects) {
+            let (consumer, only) = self.ready[i].clone();
+            match self.take_for(consumer, only.as_deref(), effects) {
                 Some(req) => {
                     self.ready.remove(i);
                     if let Some(c) = self.credits.get_mut(&consumer) {

@@ -12,7 +12,8 @@ type ModelQueue = (QueueSpec, Vec<(u64, Request)>, Vec<(MemberId, Request)>);
 struct Model {
     queues: Vec<ModelQueue>,
     subs: Vec<(MemberId, String)>,
-    ready: Vec<MemberId>,
+    /// Credits in order; a queue name: a credit for that queue only.
+    ready: Vec<(MemberId, Option<String>)>,
     /// (instance, request, step, consumer, stamp its continuations inherit)
     in_flight: Vec<(u64, RequestId, String, MemberId, u64)>,
     instances: u64,
@@ -22,12 +23,19 @@ struct Model {
 
 impl Model {
     fn credits(&self, c: MemberId) -> u32 {
-        self.ready.iter().filter(|&&x| x == c).count() as u32
+        self.ready.iter().filter(|x| x.0 == c).count() as u32
     }
     fn q(&mut self, name: &str) -> Option<usize> {
         self.queues.iter().position(|q| q.0.name == name)
     }
-    fn push(&mut self, pusher: MemberId, mut req: Request, run: Option<u64>, fx: &mut Vec<Effect>) {
+    fn push(
+        &mut self,
+        pusher: MemberId,
+        mut req: Request,
+        run: Option<u64>,
+        refuse: bool,
+        fx: &mut Vec<Effect>,
+    ) {
         self.instances += 1;
         req.instance = self.instances;
         let Some(i) = self.q(&req.queue) else {
@@ -46,11 +54,16 @@ impl Model {
             self.stamp
         });
         let (spec, items, blocked) = &mut self.queues[i];
+        let id = req.id;
         if items.len() < spec.capacity as usize && blocked.is_empty() {
             items.push((stamp, req));
+            if run.is_none() {
+                fx.push(Effect::Accepted { pusher, id });
+            }
             return;
         }
-        match spec.on_full {
+        let policy = if refuse { OnFull::Reject } else { spec.on_full };
+        match policy {
             OnFull::Reject => fx.push(Effect::Rejected {
                 pusher,
                 id: req.id,
@@ -83,16 +96,28 @@ impl Model {
                     });
                 } else {
                     items.push((stamp, req));
+                    if run.is_none() {
+                        fx.push(Effect::Accepted { pusher, id });
+                    }
                 }
             }
         }
     }
-    fn take(&mut self, c: MemberId, fx: &mut Vec<Effect>) -> Option<(u64, Request)> {
+    fn take(
+        &mut self,
+        c: MemberId,
+        only: Option<&str>,
+        fx: &mut Vec<Effect>,
+    ) -> Option<(u64, Request)> {
         // Candidate heads of every subscribed queue; the smallest stamp wins (ties: the queue
         // whose name sorts first).
         let mut best: Option<(u64, usize, usize)> = None;
         for (qi, (spec, items, _)) in self.queues.iter().enumerate() {
-            if !self.subs.iter().any(|(x, n)| *x == c && *n == spec.name) || items.is_empty() {
+            let mine = match only {
+                Some(n) => n == spec.name,
+                None => self.subs.iter().any(|(x, n)| *x == c && *n == spec.name),
+            };
+            if !mine || items.is_empty() {
                 continue;
             }
             let ii = match spec.order {
@@ -129,10 +154,10 @@ impl Model {
             None => None,
         }
     }
-    fn add(&mut self, c: MemberId, n: u32) {
+    fn add(&mut self, c: MemberId, n: u32, only: Option<String>) {
         let n = n.min(MAX_CREDITS - self.credits(c));
         for _ in 0..n {
-            self.ready.push(c);
+            self.ready.push((c, only.clone()));
         }
     }
     fn apply(&mut self, op: Op) -> Vec<Effect> {
@@ -159,9 +184,15 @@ impl Model {
                     self.subs.push((consumer, queue));
                 }
             }
-            Op::Push { pusher, req } => self.push(pusher, req, None, &mut fx),
-            Op::Ready { consumer, credits } => self.add(consumer, credits),
-            Op::TryTake { consumer } => match self.take(consumer, &mut fx) {
+            Op::Push { pusher, req } => self.push(pusher, req, None, false, &mut fx),
+            Op::TryPush { pusher, req } => self.push(pusher, req, None, true, &mut fx),
+            Op::Ready { consumer, credits } => self.add(consumer, credits, None),
+            Op::ReadyFor {
+                consumer,
+                queue,
+                credits,
+            } => self.add(consumer, credits, Some(queue)),
+            Op::TryTake { consumer } => match self.take(consumer, None, &mut fx) {
                 Some((stamp, r)) => {
                     self.in_flight
                         .push((r.instance, r.id, r.step.clone(), consumer, stamp));
@@ -183,7 +214,7 @@ impl Model {
                 if let Some(run) = self.finish(consumer, instance, id, &step) {
                     let terminal = outputs.is_empty();
                     for o in outputs {
-                        self.push(consumer, o, Some(run), &mut fx);
+                        self.push(consumer, o, Some(run), false, &mut fx);
                     }
                     fx.push(Effect::Completed {
                         consumer,
@@ -203,7 +234,7 @@ impl Model {
                         step,
                     });
                 }
-                self.add(consumer, credits);
+                self.add(consumer, credits, None);
             }
             Op::Fail {
                 consumer,
@@ -231,7 +262,7 @@ impl Model {
                         step,
                     });
                 }
-                self.add(consumer, credits);
+                self.add(consumer, credits, None);
             }
             Op::Shutdown { by } => fx.push(Effect::Shutdown { by }),
             Op::Pipelines {
@@ -273,8 +304,8 @@ impl Model {
         // Serve ready consumers in order.
         let mut i = 0;
         while i < self.ready.len() {
-            let c = self.ready[i];
-            match self.take(c, &mut fx) {
+            let (c, only) = self.ready[i].clone();
+            match self.take(c, only.as_deref(), &mut fx) {
                 Some((stamp, r)) => {
                     self.ready.remove(i);
                     self.in_flight
@@ -296,7 +327,9 @@ enum Gen {
     Create(u8, u32, bool, u8),
     Subscribe(u16, u8),
     Push(u8),
+    TryPush(u8),
     Ready(u16, u32),
+    ReadyFor(u16, u8, u32),
     TryTake(u16),
     Complete(u16, usize, Option<u8>, u32),
     Fail(u16, usize, u32),
@@ -309,7 +342,9 @@ fn gen() -> impl Strategy<Value = Gen> {
         1 => (0u8..3, 0u32..4, any::<bool>(), 0u8..3).prop_map(|(q, c, l, f)| Gen::Create(q, c, l, f)),
         1 => (0u16..3, 0u8..3).prop_map(|(c, q)| Gen::Subscribe(c, q)),
         3 => (0u8..3).prop_map(Gen::Push),
+        1 => (0u8..3).prop_map(Gen::TryPush),
         2 => (0u16..3, 0u32..3).prop_map(|(c, n)| Gen::Ready(c, n)),
+        1 => (0u16..3, 0u8..4, 0u32..3).prop_map(|(c, q, n)| Gen::ReadyFor(c, q, n)),
         1 => (0u16..3).prop_map(Gen::TryTake),
         3 => (0u16..3, any::<usize>(), proptest::option::of(0u8..3), 0u32..2).prop_map(|(c, i, q, n)| Gen::Complete(c, i, q, n)),
         1 => (0u16..3, any::<usize>(), 0u32..2).prop_map(|(c, i, n)| Gen::Fail(c, i, n)),
@@ -347,7 +382,9 @@ proptest! {
                 }),
                 Gen::Subscribe(c, q) => Op::Subscribe { consumer: MemberId(c), queue: format!("q{q}") },
                 Gen::Push(q) => { next_id += 1; Op::Push { pusher: MemberId(9), req: req(next_id, q) } }
+                Gen::TryPush(q) => { next_id += 1; Op::TryPush { pusher: MemberId(9), req: req(next_id, q) } }
                 Gen::Ready(c, n) => Op::Ready { consumer: MemberId(c), credits: n },
+                Gen::ReadyFor(c, q, n) => Op::ReadyFor { consumer: MemberId(c), queue: format!("q{q}"), credits: n },
                 Gen::TryTake(c) => Op::TryTake { consumer: MemberId(c) },
                 Gen::Complete(c, i, out, n) => {
                     // Mostly complete something really in flight (at this or another consumer),
@@ -465,10 +502,16 @@ fn first_ready_consumer_is_served_first_and_fifo_lifo_hold() {
     assert!(
         matches!(
             &fx[..],
-            [Effect::Assigned {
-                consumer: MemberId(2),
-                ..
-            }]
+            [
+                Effect::Accepted {
+                    id: RequestId(1),
+                    ..
+                },
+                Effect::Assigned {
+                    consumer: MemberId(2),
+                    ..
+                }
+            ]
         ),
         "{fx:?}"
     );
@@ -876,4 +919,76 @@ fn the_oldest_run_goes_first_between_queues() {
     assert_eq!((fourth.id, fourth.queue.as_str()), (RequestId(2), "q1"));
     let fifth = take(&mut s);
     assert_eq!((fifth.id, fifth.queue.as_str()), (RequestId(3), "q0"));
+}
+
+#[test]
+fn a_credit_for_one_queue_takes_only_from_it_and_try_push_never_blocks() {
+    let mut s = QueueState::new();
+    let mut fx = Vec::new();
+    for name in ["a", "b"] {
+        s.apply(
+            Op::Create(QueueSpec {
+                name: name.into(),
+                capacity: 1,
+                order: Order::Fifo,
+                on_full: OnFull::Block,
+            }),
+            &mut fx,
+        );
+    }
+    let push = |s: &mut QueueState, id: u64, q: &str, try_only: bool| {
+        let mut r = req(id, 0);
+        r.queue = q.into();
+        let mut fx = Vec::new();
+        let pusher = MemberId(0);
+        s.apply(
+            if try_only {
+                Op::TryPush { pusher, req: r }
+            } else {
+                Op::Push { pusher, req: r }
+            },
+            &mut fx,
+        );
+        fx
+    };
+    // Member 1 subscribes to nothing; its credit for `b` is not used by `a`'s request.
+    fx.clear();
+    s.apply(
+        Op::ReadyFor {
+            consumer: MemberId(1),
+            queue: "b".into(),
+            credits: 1,
+        },
+        &mut fx,
+    );
+    assert!(fx.is_empty());
+    let got = push(&mut s, 1, "a", false);
+    assert!(matches!(&got[..], [Effect::Accepted { .. }]), "{got:?}");
+    // `a` is full: a TryPush is refused, a Push waits.
+    let got = push(&mut s, 2, "a", true);
+    assert!(
+        matches!(
+            &got[..],
+            [Effect::Rejected {
+                reason: RejectReason::Full,
+                ..
+            }]
+        ),
+        "{got:?}"
+    );
+    let got = push(&mut s, 3, "a", false);
+    assert!(matches!(&got[..], [Effect::Blocked { .. }]), "{got:?}");
+    let got = push(&mut s, 4, "b", false);
+    assert!(
+        matches!(
+            &got[..],
+            [
+                Effect::Accepted { id: RequestId(4), .. },
+                Effect::Assigned { consumer: MemberId(1), req }
+            ] if req.queue == "b"
+        ),
+        "{got:?}"
+    );
+    assert_eq!(s.queue_depth("a"), Some(1));
+    assert_eq!(s.blocked_depth("a"), Some(1));
 }

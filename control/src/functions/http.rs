@@ -35,6 +35,12 @@ pub struct Shared {
     agent: ureq::Agent,
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
 impl Shared {
     pub fn new(f: &External) -> Shared {
         Shared {

@@ -259,6 +259,7 @@ impl Pool {
 }
 
 /// A worker's warm process.
+#[derive(Debug)]
 pub enum Warm {
     None,
     Openwhisk(openwhisk::Action),
