@@ -10,6 +10,8 @@ pub mod gateway;
 mod kafka_backend;
 mod loadgen;
 mod middleware;
+pub mod mq;
+pub mod mq_ffi;
 pub mod node;
 pub mod plot;
 mod progress;

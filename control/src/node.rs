@@ -228,7 +228,7 @@ pub fn run(
 /// Opens the member's transport as the group file says, with the XDP program on its interface
 /// when one is named, and the injected impairments when `group.impair` is set. Returns it with
 /// a description for the log (the medium, and for afxdp the mode).
-fn open_transport(
+pub(crate) fn open_transport(
     cfg: &GroupConfig,
     idx: usize,
     first_view: &[usize],

@@ -11,7 +11,7 @@
 
 use crate::membership::Status;
 use crate::proto::{Admission, Delivered, Dest, Member, ProtoConfig, Stats, SubmitError};
-use crate::queue::{Effect, Op, QueueState};
+use crate::queue::{Effect, Op, QueueSpec, QueueState};
 use crate::sys::{poll_readable, EventFd};
 use crate::transport::{RecvBatch, Transport, TransportStats};
 use crate::types::{GroupId, Instant, MemberId, View};
@@ -209,6 +209,8 @@ pub struct Live {
     pub members: Vec<MemberId>,
     pub proto: Stats,
     pub queues: Vec<(String, usize)>,
+    /// The queues' settings, in the order of `queues`.
+    pub specs: Vec<QueueSpec>,
     /// Requests put back in their queue after their invoker was removed (seen here).
     pub requeued: u64,
     pub rejoins: u64,
@@ -871,6 +873,7 @@ impl Engine {
                 .queues()
                 .map(|(n, d)| (n.to_string(), d))
                 .collect();
+            l.specs = self.replica.specs().cloned().collect();
             l.requeued = self.requeued;
             l.rejoins = self.rejoins;
             l.pipelines_version = self.replica.pipelines_version();

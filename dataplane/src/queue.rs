@@ -792,6 +792,10 @@ impl QueueState {
     pub fn queues(&self) -> impl Iterator<Item = (&str, usize)> {
         self.queues.iter().map(|(n, q)| (n.as_str(), q.items.len()))
     }
+    /// The queues' settings, by name.
+    pub fn specs(&self) -> impl Iterator<Item = &QueueSpec> {
+        self.queues.values().map(|q| &q.spec)
+    }
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
