@@ -615,6 +615,41 @@ mod tests {
     }
 
     #[test]
+    fn a_real_functions_output_fans_out_and_branches_by_its_json() {
+        // The function's JSON output picks the rule; its rule sends it to two steps at once.
+        let p = Pipeline::from_json(
+            r#"{"name":"f","entry":"s","steps":{
+              "s":{"function":"decide","executor":{"kind":"exec",
+                   "command":["sh","-c","read x; echo \"{\\\"kind\\\": \\\"$x\\\"}\""]},
+                   "next":[{"when":{"pointer":"/kind","equals":"both"},"to":["a","b"]},
+                           {"to":["b"]}]},
+              "a":{"function":"echo"},"b":{"function":"echo"}}}"#,
+        )
+        .unwrap();
+        let (h, rx) = host();
+        let mut app = InvokerApp::new(MemberId(1), vec![p.clone()], 16, 65536).with_executors(h);
+        for (i, input) in ["both\n", "one\n"].iter().enumerate() {
+            assign(&mut app, &p, i as u64, input.as_bytes());
+            match rx.recv_timeout(Duration::from_secs(20)).unwrap() {
+                Op::Complete {
+                    outputs, result, ..
+                } => {
+                    assert!(result.is_none(), "not terminal");
+                    let steps: Vec<&str> = outputs.iter().map(|r| r.step.as_str()).collect();
+                    let kind = input.trim();
+                    let want: &[&str] = if kind == "both" { &["a", "b"] } else { &["b"] };
+                    assert_eq!(steps, want);
+                    for o in &outputs {
+                        let v: serde_json::Value = serde_json::from_slice(&o.payload).unwrap();
+                        assert_eq!(v["kind"], kind);
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn headers_become_classic_watchdog_variables() {
         let h = conveyor_dataplane::queue::Http {
             method: "PUT".into(),
