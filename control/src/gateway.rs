@@ -1,10 +1,14 @@
 //! The trigger gateway: OpenFaaS's HTTP routes in front of the group, so that clients of an
 //! OpenFaaS deployment can call a Conveyor pipeline unchanged.
 //!
-//! - `POST /function/{name}` runs the pipeline named `{name}` (or, failing that, the one whose
-//!   entry step is `{name}`) with the request body as the entry payload, and answers with the
-//!   run's output: 200 and the output; 500 and the error when a function failed; 504 when no
-//!   output came within the timeout.
+//! - `POST /function/{name}[/path][?query]` (or GET, PUT, PATCH, DELETE) runs the pipeline
+//!   named `{name}` (or, failing that, the one whose entry step is `{name}`) with the request
+//!   body as the entry payload, and answers with the run's output: the last function's status
+//!   and headers when it gave them, else 200 and the request's content type; a failed step's
+//!   status (500 crash, 502 bad output, 504 past the function's timeout, an http function's
+//!   4xx/5xx) and the error; 504 when no output came within the gateway's timeout. The call's
+//!   method, path, query and headers travel with every step's request ([`Http`]), for the
+//!   functions that read them; headers taking more than a quarter of `max_payload` are 431.
 //! - `POST /async-function/{name}` answers 202 at once with `X-Call-Id`; with `X-Callback-Url`,
 //!   the output is then POSTed there with OpenFaaS's `X-Function-Status`, `X-Duration-Seconds`,
 //!   `X-Function-Name` and `X-Call-Id` headers.
