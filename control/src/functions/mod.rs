@@ -117,16 +117,19 @@ impl Pool {
     }
 
     fn push(self: &Arc<Self>, job: Job) {
-        if let Ok(mut q) = self.jobs.lock() {
+        // A new worker when none waits and the limit allows, decided under the queue's lock:
+        // a worker counts itself waiting, and retires, only under it too (no job is left with
+        // no worker to take it).
+        let spawn = {
+            let mut q = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
             q.push_back(job);
-        }
-        // A new worker when none waits and the limit allows.
-        let spawn = match self.workers.lock() {
-            Ok(mut w) if w.1 == 0 && w.0 < self.f.executor.concurrency => {
-                w.0 += 1;
-                true
+            match self.workers.lock() {
+                Ok(mut w) if w.1 == 0 && w.0 < self.f.executor.concurrency => {
+                    w.0 += 1;
+                    true
+                }
+                _ => false,
             }
-            _ => false,
         };
         if spawn {
             let pool = self.clone();
@@ -164,7 +167,7 @@ impl Pool {
     /// The next job, or None after `wait` without one.
     fn next_job(&self, wait: Duration) -> Option<Job> {
         let deadline = Instant::now() + wait;
-        let mut q = self.jobs.lock().ok()?;
+        let mut q = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(j) = q.pop_front() {
                 return Some(j);
@@ -180,7 +183,7 @@ impl Pool {
             if let Ok(mut w) = self.workers.lock() {
                 w.1 -= 1;
             }
-            q = r.ok()?.0;
+            q = r.unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 
@@ -212,8 +215,8 @@ impl Pool {
                 if self.f.executor.kind == ExecutorKind::Http && self.http.reclaim(&self) {
                     self.stats.reclaimed.fetch_add(1, Ordering::Relaxed);
                 }
-                if !warm.is_some() && idle >= WORKER_IDLE_EXIT {
-                    break;
+                if !warm.is_some() && idle >= WORKER_IDLE_EXIT && self.retire() {
+                    return;
                 }
                 continue;
             };
@@ -247,6 +250,18 @@ impl Pool {
         if let Ok(mut w) = self.workers.lock() {
             w.0 -= 1;
         }
+    }
+
+    /// Leaves the pool if no job waits (checked under the queue's lock, as `push` decides).
+    fn retire(&self) -> bool {
+        let q = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if !q.is_empty() {
+            return false;
+        }
+        if let Ok(mut w) = self.workers.lock() {
+            w.0 -= 1;
+        }
+        true
     }
 
     pub(crate) fn timeout(&self) -> Duration {
