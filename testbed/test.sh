@@ -18,6 +18,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo build (the binary and libconveyor.so, which the C client library's test links)"
+cargo build --workspace --locked
 echo "== cargo test (simulator: $SIM_SEEDS seeds)"
 cargo test --workspace --locked
 echo "== the latency-study suite, quick (every backend, the report and its plots)"

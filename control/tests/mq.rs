@@ -25,9 +25,12 @@ impl Drop for Kill {
 /// Compiles the C test program against the header and the library of this build.
 fn compile(dir: &Path) -> PathBuf {
     let lib = Path::new(env!("CARGO_BIN_EXE_conveyor")).parent().unwrap();
+    // `cargo test` builds the library as an rlib only: the shared library comes from `cargo
+    // build` (testbed/test.sh runs it first).
     assert!(
         lib.join("libconveyor.so").exists(),
-        "libconveyor.so next to the conveyor binary"
+        "no libconveyor.so in {}: run `cargo build -p conveyor` before the tests (testbed/test.sh does)",
+        lib.display()
     );
     let exe = dir.join("mq_test");
     let out = Command::new("cc")
