@@ -233,14 +233,13 @@ pub enum EngineError {
 /// The application side of a running engine.
 #[derive(Debug)]
 pub struct EngineHandle {
-    cmds: Arc<ArrayQueue<Vec<u8>>>,
+    /// The command ring, the wake-up and the size limit, as other threads get them.
+    sub: Submitter,
     events: Arc<ArrayQueue<Event>>,
-    wake: Arc<EventFd>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<EngineReport>>,
     clock: Clock,
     idle: IdlePolicy,
-    max_payload: usize,
     me: MemberId,
 }
 
@@ -326,14 +325,17 @@ impl EngineHandle {
             .spawn(move || engine.run())
             .map_err(|e| EngineError::Startup(format!("cannot start the engine thread: {e}")))?;
         Ok(EngineHandle {
-            cmds,
+            sub: Submitter {
+                cmds,
+                wake,
+                shared: shared.clone(),
+                max_payload,
+            },
             events,
-            wake,
             shared,
             thread: Some(thread),
             clock,
             idle,
-            max_payload,
             me,
         })
     }
@@ -378,49 +380,29 @@ impl EngineHandle {
 
     /// A handle other threads can submit through (executors' workers), also in inline mode.
     pub fn submitter(&self) -> Submitter {
-        Submitter {
-            cmds: self.cmds.clone(),
-            wake: self.wake.clone(),
-            shared: self.shared.clone(),
-            max_payload: self.max_payload,
+        self.sub.clone()
+    }
+
+    /// The handle's own errors name the engine's status.
+    fn with_status(&self, e: EngineError) -> EngineError {
+        match e {
+            EngineError::Stopped(_) => EngineError::Stopped(self.status()),
+            e => e,
         }
     }
 
     /// Offers an operation for ordering. A full ring is backpressure: the operation comes back.
     pub fn try_submit(&self, op: &Op) -> Result<bool, EngineError> {
-        let bytes = op.encode();
-        if bytes.len() > self.max_payload {
-            return Err(SubmitError::TooLarge {
-                size: bytes.len(),
-                max: self.max_payload,
-            }
-            .into());
-        }
-        if self.shared.finished.load(Ordering::Acquire) {
-            return Err(EngineError::Stopped(self.status()));
-        }
-        if self.cmds.push(bytes).is_err() {
-            return Ok(false);
-        }
-        fence(Ordering::SeqCst);
-        if self.shared.engine_parked.load(Ordering::SeqCst) {
-            self.wake.wake();
-        }
-        Ok(true)
+        let bytes = self.sub.encode(op)?;
+        self.sub
+            .offer(bytes)
+            .map(|back| back.is_none())
+            .map_err(|e| self.with_status(e))
     }
 
     /// Offers an operation, waiting while the ring is full.
     pub fn submit(&self, op: &Op) -> Result<(), EngineError> {
-        let mut spins = 0u32;
-        while !self.try_submit(op)? {
-            spins += 1;
-            if spins < 64 {
-                thread::yield_now();
-            } else {
-                thread::sleep(Duration::from_micros(50));
-            }
-        }
-        Ok(())
+        self.sub.submit(op).map_err(|e| self.with_status(e))
     }
 
     pub fn try_event(&self) -> Option<Event> {
@@ -504,7 +486,7 @@ impl EngineHandle {
     /// Stops the engine and returns its report.
     pub fn stop(mut self) -> EngineReport {
         self.shared.stop.store(true, Ordering::SeqCst);
-        self.wake.wake();
+        self.sub.wake.wake();
         self.thread
             .take()
             .and_then(|t| t.join().ok())
@@ -531,8 +513,8 @@ pub struct Submitter {
 }
 
 impl Submitter {
-    /// Offers an operation, waiting while the ring is full (backpressure).
-    pub fn submit(&self, op: &Op) -> Result<(), EngineError> {
+    /// The encoded operation, if one message can carry it.
+    fn encode(&self, op: &Op) -> Result<Vec<u8>, EngineError> {
         let bytes = op.encode();
         if bytes.len() > self.max_payload {
             return Err(SubmitError::TooLarge {
@@ -541,26 +523,36 @@ impl Submitter {
             }
             .into());
         }
-        let mut bytes = Some(bytes);
+        Ok(bytes)
+    }
+
+    /// Puts `bytes` in the ring and wakes a parked engine; a full ring gives them back.
+    fn offer(&self, bytes: Vec<u8>) -> Result<Option<Vec<u8>>, EngineError> {
+        if self.shared.finished.load(Ordering::Acquire) {
+            return Err(EngineError::Stopped("the engine stopped".into()));
+        }
+        if let Err(back) = self.cmds.push(bytes) {
+            return Ok(Some(back));
+        }
+        fence(Ordering::SeqCst);
+        if self.shared.engine_parked.load(Ordering::SeqCst) {
+            self.wake.wake();
+        }
+        Ok(None)
+    }
+
+    /// Offers an operation, waiting while the ring is full (backpressure). Encoded once.
+    pub fn submit(&self, op: &Op) -> Result<(), EngineError> {
+        let mut bytes = self.encode(op)?;
         let mut spins = 0u32;
-        loop {
-            if self.shared.finished.load(Ordering::Acquire) {
-                return Err(EngineError::Stopped("the engine stopped".into()));
-            }
-            match self.cmds.push(bytes.take().unwrap_or_default()) {
-                Ok(()) => break,
-                Err(b) => bytes = Some(b),
-            }
+        while let Some(back) = self.offer(bytes)? {
+            bytes = back;
             spins += 1;
             if spins < 64 {
                 thread::yield_now();
             } else {
                 thread::sleep(Duration::from_micros(50));
             }
-        }
-        fence(Ordering::SeqCst);
-        if self.shared.engine_parked.load(Ordering::SeqCst) {
-            self.wake.wake();
         }
         Ok(())
     }
@@ -570,7 +562,7 @@ impl Drop for EngineHandle {
     fn drop(&mut self) {
         if let Some(t) = self.thread.take() {
             self.shared.stop.store(true, Ordering::SeqCst);
-            self.wake.wake();
+            self.sub.wake.wake();
             let _ = t.join();
         }
     }
