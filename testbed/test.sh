@@ -36,7 +36,7 @@ echo "== ansible/ applied to namespace hosts, verified, applied again (no change
 bash testbed/ansible-test.sh
 echo "== fuzz targets, ${FUZZ_SECONDS}s each"
 (
-  cd dataplane
+  cd dataplane/core
   for target in frame member; do
     # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable compiler accept them.
     RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 2>&1 | tail -n 2

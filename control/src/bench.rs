@@ -5,7 +5,7 @@
 use crate::config::fresh_key;
 use crate::loadgen::{Percentiles, TriggerReport, WorkloadSpec};
 use anyhow::{bail, Context, Result};
-use conveyor_dataplane::pipeline::Pipeline;
+use conveyor_core::pipeline::Pipeline;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
@@ -420,7 +420,7 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
         let max_frame = 1472;
         toml.push_str(&format!(
             "max_frame = {max_frame}\nmax_payload = {}\n",
-            conveyor_dataplane::wire::max_payload_for(max_frame, names.len())
+            conveyor_core::wire::max_payload_for(max_frame, names.len())
         ));
     }
     if let Some(spec) = &run.impair {

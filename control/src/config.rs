@@ -1,12 +1,12 @@
 //! The group configuration: one TOML file describes the whole group; each member picks its own
 //! entry by name. `conveyor.sample.toml` at the repository root comments every key.
 
+use conveyor_core::pipeline::Pipeline;
+use conveyor_core::proto::{Admission, ProtoConfig};
+use conveyor_core::types::{GroupId, MemberId, View, ViewId};
+use conveyor_core::wire::{self, Key};
 use conveyor_dataplane::engine::{EngineConfig, IdlePolicy};
-use conveyor_dataplane::pipeline::Pipeline;
-use conveyor_dataplane::proto::{Admission, ProtoConfig, Sabotage};
 use conveyor_dataplane::transport::impair::ImpairSpec;
-use conveyor_dataplane::types::{GroupId, MemberId, View, ViewId};
-use conveyor_dataplane::wire::{self, Key};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -773,21 +773,23 @@ impl GroupConfig {
         )
     }
 
+    // Field by field: the core's configuration has fields only its tests' builds have (a
+    // struct literal would not build in one of the two).
+    #[allow(clippy::field_reassign_with_default)]
     pub fn engine_config(&self, me: usize) -> EngineConfig {
         let g = &self.file.group;
+        let mut proto = ProtoConfig::default();
+        proto.window = g.window;
+        proto.max_frame = g.max_frame;
+        proto.max_payload = g.max_payload;
+        proto.status_interval = Duration::from_micros(g.status_interval_us);
+        proto.heartbeat = Duration::from_millis(g.heartbeat_ms);
+        proto.failure_timeout = Duration::from_millis(g.failure_timeout_ms);
+        proto.admission = self.initial_admission();
+        proto.rto = Duration::from_micros(g.rto_us);
+        proto.rto_max = Duration::from_millis(g.rto_max_ms);
         EngineConfig {
-            proto: ProtoConfig {
-                window: g.window,
-                max_frame: g.max_frame,
-                max_payload: g.max_payload,
-                status_interval: Duration::from_micros(g.status_interval_us),
-                heartbeat: Duration::from_millis(g.heartbeat_ms),
-                failure_timeout: Duration::from_millis(g.failure_timeout_ms),
-                admission: self.initial_admission(),
-                rto: Duration::from_micros(g.rto_us),
-                rto_max: Duration::from_millis(g.rto_max_ms),
-                sabotage: Sabotage::None,
-            },
+            proto,
             key: self.key.clone(),
             group: self.group_id(),
             view: View::new(

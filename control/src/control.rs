@@ -11,7 +11,7 @@
 
 use crate::config::GroupConfig;
 use anyhow::{bail, Context, Result};
-use conveyor_dataplane::pipeline::Pipeline;
+use conveyor_core::pipeline::Pipeline;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -93,13 +93,12 @@ impl State {
 /// The operation that hands pipelines to the group: their queues (a queue two pipelines name
 /// must have one spec) and compact documents, checked against the group's `max_payload`.
 pub fn pipelines_op(
-    by: conveyor_dataplane::types::MemberId,
+    by: conveyor_core::types::MemberId,
     version: u64,
     docs: &BTreeMap<String, serde_json::Value>,
     max_payload: usize,
-) -> Result<conveyor_dataplane::queue::Op, String> {
-    let mut queues: BTreeMap<String, (String, conveyor_dataplane::queue::QueueSpec)> =
-        BTreeMap::new();
+) -> Result<conveyor_core::queue::Op, String> {
+    let mut queues: BTreeMap<String, (String, conveyor_core::queue::QueueSpec)> = BTreeMap::new();
     let mut texts = Vec::new();
     for (name, v) in docs {
         let text = v.to_string();
@@ -120,7 +119,7 @@ pub fn pipelines_op(
         }
         texts.push(text);
     }
-    let op = conveyor_dataplane::queue::Op::Pipelines {
+    let op = conveyor_core::queue::Op::Pipelines {
         by,
         version,
         queues: queues.into_values().map(|(_, q)| q).collect(),
@@ -359,7 +358,7 @@ fn route(
                 next.insert(name.to_string(), value);
                 let v = st.persisted.version + 1;
                 if let Err(e) = pipelines_op(
-                    conveyor_dataplane::types::MemberId(u16::MAX),
+                    conveyor_core::types::MemberId(u16::MAX),
                     v,
                     &next,
                     st.max_payload,
@@ -625,9 +624,9 @@ pub fn start_reporter(
     handle: conveyor_dataplane::engine::Probe,
     join_token: Option<String>,
 ) -> Option<std::thread::JoinHandle<()>> {
+    use conveyor_core::proto::Admission;
+    use conveyor_core::types::MemberId;
     use conveyor_dataplane::engine::Directive;
-    use conveyor_dataplane::proto::Admission;
-    use conveyor_dataplane::types::MemberId;
     let c = cfg.file.control.clone()?;
     let by_control = c.admission == crate::config::AdmissionMode::Control;
     let names: Vec<String> = cfg.file.members.iter().map(|m| m.name.clone()).collect();
@@ -673,11 +672,11 @@ pub fn start_reporter(
                     rejoins: live.rejoins,
                     joins_refused: live.proto.joins_refused,
                     pipelines_version: live.pipelines_version,
-                    dropped: conveyor_dataplane::wire::WireError::ALL
+                    dropped: conveyor_core::wire::WireError::ALL
                         .iter()
                         .map(|e| (e.label().to_string(), live.proto.dropped(*e)))
                         .chain(
-                            conveyor_dataplane::proto::ProtoDrop::ALL
+                            conveyor_core::proto::ProtoDrop::ALL
                                 .iter()
                                 .map(|d| (d.label().to_string(), live.proto.dropped_by(*d))),
                         )

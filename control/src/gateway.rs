@@ -28,10 +28,10 @@
 //! apply to the next call.
 
 use anyhow::{anyhow, Result};
+use conveyor_core::pipeline::Pipeline;
+use conveyor_core::queue::{Effect, Http, Meta, Op};
+use conveyor_core::types::{MemberId, RequestId};
 use conveyor_dataplane::engine::{EngineHandle, Event};
-use conveyor_dataplane::pipeline::Pipeline;
-use conveyor_dataplane::queue::{Effect, Http, Meta, Op};
-use conveyor_dataplane::types::{MemberId, RequestId};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::net::SocketAddr;
@@ -235,7 +235,7 @@ fn body_limit(me: MemberId, max_payload: usize, p: &Pipeline, http: Option<&Http
     next.step = longest.clone();
     next.queue = format!("{}.{longest}", p.name);
     next.instance = u64::MAX;
-    let complete = |outputs: Vec<conveyor_dataplane::queue::Request>, result| Op::Complete {
+    let complete = |outputs: Vec<conveyor_core::queue::Request>, result| Op::Complete {
         consumer: me,
         id: RequestId(u64::MAX),
         instance: u64::MAX,

@@ -3,10 +3,10 @@
 //! omission), HDR histograms, and what the bench reports.
 
 use anyhow::{bail, Context, Result};
+use conveyor_core::pipeline::Pipeline;
+use conveyor_core::queue::{Effect, Meta, Op};
+use conveyor_core::types::RequestId;
 use conveyor_dataplane::engine::{EngineHandle, Event};
-use conveyor_dataplane::pipeline::Pipeline;
-use conveyor_dataplane::queue::{Effect, Meta, Op};
-use conveyor_dataplane::types::RequestId;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

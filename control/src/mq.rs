@@ -24,13 +24,11 @@
 //! removed (no unlink); descriptors are not file descriptors.
 
 use crate::config::GroupConfig;
+use conveyor_core::queue::{Effect, Meta, OnFull, Op, Order, QueueSpec, RejectReason, Request};
+use conveyor_core::types::{MemberId, RequestId};
 use conveyor_dataplane::engine::EngineHandle;
 use conveyor_dataplane::engine::Event;
-use conveyor_dataplane::queue::{
-    Effect, Meta, OnFull, Op, Order, QueueSpec, RejectReason, Request,
-};
 use conveyor_dataplane::sys::EventFd;
-use conveyor_dataplane::types::{MemberId, RequestId};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};

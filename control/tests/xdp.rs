@@ -12,8 +12,8 @@
 mod common;
 use common::{is_root, wait_for};
 
-use conveyor_dataplane::types::{GroupId, MemberId, Seq, ViewId};
-use conveyor_dataplane::wire::{Frame, FrameWriter, Header, Key, Kind, Row};
+use conveyor_core::types::{GroupId, MemberId, Seq, ViewId};
+use conveyor_core::wire::{Frame, FrameWriter, Header, Key, Kind, Row};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream, UdpSocket};

@@ -1,14 +1,14 @@
 //! Two engines over real UDP sockets on loopback: requests flow end to end, and bad input
 //! (garbage, a wrong key, another group, a stranger's address) is counted by reason and dropped.
 
+use conveyor_core::pipeline::Pipeline;
+use conveyor_core::proto::{ProtoConfig, ProtoDrop};
+use conveyor_core::queue::{Effect, Meta, Op};
+use conveyor_core::types::{GroupId, MemberId, RequestId, Seq, View, ViewId};
+use conveyor_core::wire::{FrameWriter, Header, Key, Kind, Row, WireError};
 use conveyor_dataplane::engine::{Clock, EngineConfig, EngineHandle, IdlePolicy};
 use conveyor_dataplane::invoker::InvokerApp;
-use conveyor_dataplane::pipeline::Pipeline;
-use conveyor_dataplane::proto::{ProtoConfig, ProtoDrop};
-use conveyor_dataplane::queue::{Effect, Meta, Op};
 use conveyor_dataplane::transport::udp::UdpTransport;
-use conveyor_dataplane::types::{GroupId, MemberId, RequestId, Seq, View, ViewId};
-use conveyor_dataplane::wire::{FrameWriter, Header, Key, Kind, Row, WireError};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 

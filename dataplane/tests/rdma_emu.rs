@@ -3,18 +3,18 @@
 //! peer), the transport's rings, credits and reconnection, and the same end-to-end protocol
 //! test as the other transports, plus a member that dies in the middle of its writes.
 
+use conveyor_core::pipeline::Pipeline;
+use conveyor_core::proto::ProtoConfig;
+use conveyor_core::queue::{Effect, Meta, Op};
+use conveyor_core::types::{GroupId, MemberId, RequestId, View, ViewId};
+use conveyor_core::wire::{max_payload_for, Key};
 use conveyor_dataplane::engine::{Clock, EngineConfig, EngineHandle, IdlePolicy};
 use conveyor_dataplane::invoker::InvokerApp;
-use conveyor_dataplane::pipeline::Pipeline;
-use conveyor_dataplane::proto::ProtoConfig;
-use conveyor_dataplane::queue::{Effect, Meta, Op};
 use conveyor_dataplane::transport::rdma::emu::{EmuDevice, Fabric};
 use conveyor_dataplane::transport::rdma::{
     Completion, RdmaConfig, RdmaTransport, Verbs, WcOpcode, WcStatus, SLOTS,
 };
 use conveyor_dataplane::transport::{RecvBatch, Transport};
-use conveyor_dataplane::types::{GroupId, MemberId, RequestId, View, ViewId};
-use conveyor_dataplane::wire::{max_payload_for, Key};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -5,8 +5,8 @@
 //! - The `afxdp` transport: host 0 receives through an AF_XDP socket the program steers to, and
 //!   sends through its tx ring; hosts 1 and 2 use kernel sockets.
 
-use conveyor_dataplane::types::{GroupId, MemberId, Seq, ViewId};
-use conveyor_dataplane::wire::{Frame, FrameWriter, Header, Key, Kind, Row};
+use conveyor_core::types::{GroupId, MemberId, Seq, ViewId};
+use conveyor_core::wire::{Frame, FrameWriter, Header, Key, Kind, Row};
 use conveyor_ebpf::{Error, HookConfig, MemberSet, Stats, XdpHook};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::process::Command;

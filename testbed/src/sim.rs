@@ -1,7 +1,7 @@
 //! A deterministic simulator of a whole Conveyor group.
 //!
-//! Every member is a real [`Member`] (the production protocol core) with a replica of the
-//! [`QueueState`]; the simulator owns virtual time and the network. One seed decides
+//! Every member is a real [`Replica`] (the production protocol core and queue replica, exactly
+//! what the engine drives); the simulator owns virtual time and the network. One seed decides
 //! everything: the group size, the protocol's windows and frame size, loss, duplication,
 //! corruption, delay and reordering, partitions and their heal, foreign frames (wrong key,
 //! wrong group), and the workload. The same seed always replays the same run.
@@ -36,13 +36,12 @@
 //! exactly once: no loss and no duplicate effect, whoever crashed (liveness once a majority is
 //! connected); a deadline turns a stall into a failure.
 
-use conveyor_dataplane::membership::Status;
-use conveyor_dataplane::proto::{Delivered, Delivery, Dest, Member, ProtoConfig, SubmitError};
-use conveyor_dataplane::queue::{
-    Effect, Http, Meta, OnFull, Op, Order, QueueSpec, QueueState, Request,
-};
-use conveyor_dataplane::types::{GroupId, Instant, MemberId, RequestId, Seq, View, ViewId};
-use conveyor_dataplane::wire::{FrameWriter, Header, Key, Kind, Row};
+use conveyor_core::proto::membership::Status;
+use conveyor_core::proto::{Delivery, Dest, ProtoConfig, SubmitError};
+use conveyor_core::queue::{Effect, Http, Meta, OnFull, Op, Order, QueueSpec, Request};
+use conveyor_core::types::{GroupId, Instant, MemberId, RequestId, Seq, View, ViewId};
+use conveyor_core::wire::{FrameWriter, Header, Key, Kind, Row};
+use conveyor_core::{Applied, Replica};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
@@ -149,7 +148,7 @@ impl SimConfig {
         let proto = ProtoConfig {
             window,
             max_frame,
-            max_payload: conveyor_dataplane::wire::max_payload_for(max_frame, members).min(200),
+            max_payload: conveyor_core::wire::max_payload_for(max_frame, members).min(200),
             status_interval: Duration::from_micros(rng.gen_range(500..3000)),
             heartbeat,
             failure_timeout,
@@ -210,6 +209,8 @@ pub struct Report {
     pub requeued: u64,
     pub resubmitted: u64,
     pub crashes: usize,
+    /// Joiners whose transferred state carried pipelines, and whose application was told.
+    pub pipelines_after_state: u64,
     /// The run ended stalled because the latest view lost its majority (no liveness owed).
     pub majority_lost: bool,
 }
@@ -248,11 +249,11 @@ enum Item {
 }
 
 struct Node {
-    member: Member,
+    /// The member's process: the protocol core and its queue replica.
+    replica: Replica,
     /// Process incarnation (0 for the original; each rejoin is a new process).
     inc: u32,
     alive: bool,
-    replica: QueueState,
     /// Ops waiting for window room (or for the member to serve), in order.
     outbox: VecDeque<Op>,
     /// Position in the reference order of the next item this incarnation delivers; `None`
@@ -267,7 +268,6 @@ struct Node {
     pushes_left: usize,
     counter: u64,
     executing: Vec<Option<Request>>,
-    effects: Vec<Effect>,
     rejoin_scheduled: bool,
     trace: String,
 }
@@ -332,7 +332,7 @@ impl Sim {
         let view = View::new(ViewId(1), (0..cfg.members as u16).map(MemberId).collect());
         let mut nodes = Vec::new();
         for i in 0..cfg.members {
-            let member = Member::new(
+            let replica = Replica::new(
                 cfg.proto.clone(),
                 key.clone(),
                 GROUP,
@@ -345,10 +345,9 @@ impl Sim {
             let mut outbox = VecDeque::new();
             outbox.extend(invoker_ops(me));
             nodes.push(Node {
-                member,
+                replica,
                 inc: 0,
                 alive: true,
-                replica: QueueState::new(),
                 outbox,
                 pos: Some(0),
                 first_view: None,
@@ -357,7 +356,6 @@ impl Sim {
                 pushes_left: cfg.requests,
                 counter: 0,
                 executing: Vec::new(),
-                effects: Vec::new(),
                 rejoin_scheduled: false,
                 trace: String::new(),
             });
@@ -472,10 +470,10 @@ impl Sim {
 
     /// Sends what member `i` has to send through the simulated network.
     fn flush(&mut self, i: usize) {
-        while let Some(t) = self.nodes[i].member.poll_transmit() {
+        while let Some(t) = self.nodes[i].replica.poll_transmit() {
             let dests: Vec<usize> = match t.dest {
                 Dest::All => self.nodes[i]
-                    .member
+                    .replica
                     .view()
                     .members
                     .iter()
@@ -505,17 +503,19 @@ impl Sim {
                     self.schedule(self.now + delay, Event::Arrive { to, frame });
                 }
             }
-            self.nodes[i].member.recycle(t.frame);
+            self.nodes[i].replica.recycle(t.frame);
         }
     }
 
     fn submit_outbox(&mut self, i: usize) {
         let key = (i, self.nodes[i].inc);
         while let Some(op) = self.nodes[i].outbox.pop_front() {
+            // The simulator's message id follows the operation: the replica decodes the
+            // operation and ignores what follows it.
             let id = self.next_msg;
-            let mut payload = id.to_le_bytes().to_vec();
-            payload.extend_from_slice(&op.encode());
-            match self.nodes[i].member.submit(payload.clone()) {
+            let mut payload = op.encode();
+            payload.extend_from_slice(&id.to_le_bytes());
+            match self.nodes[i].replica.submit_encoded(payload.clone()) {
                 Ok(_) => {
                     self.next_msg += 1;
                     let c = self.sub_counter.entry(key).or_insert(0);
@@ -531,14 +531,34 @@ impl Sim {
         }
     }
 
-    /// Drains member `i`'s deliveries, applies them to its replica and checks every property.
+    /// Lets member `i`'s replica apply its deliveries, one at a time, and checks every
+    /// property after each.
     fn deliver(&mut self, i: usize) -> Result<(), Violation> {
-        while let Some(d) = self.nodes[i].member.poll_delivery() {
-            match d {
-                Delivered::Message(d) => self.on_message(i, d)?,
-                Delivered::View(vc) => {
+        while let Some(applied) = self.nodes[i].replica.poll_applied() {
+            match applied {
+                Applied::Message {
+                    delivery,
+                    malformed,
+                    effects,
+                } => self.on_message(i, delivery, malformed, &effects)?,
+                Applied::View {
+                    change: vc,
+                    effects,
+                } => {
                     if std::env::var_os("SIM_TRACE").is_some() {
                         eprintln!("t={} m{i} installs view {} {:?}: removed {:?} joined {:?} state from {:?} cut {}", self.now, vc.view.id.0, vc.view.members, vc.removed, vc.joined, vc.state_from, vc.cut);
+                    }
+                    // The replica reports the view before it puts anything back, as the
+                    // engine hands it on.
+                    if !matches!(effects.first(), Some(Effect::ViewInstalled { view, .. }) if *view == vc.view.id.0)
+                    {
+                        return Err(self.violation(
+                            "effects in order",
+                            format!(
+                                "m{i}'s view {} did not start with its ViewInstalled: {effects:?}",
+                                vc.view.id.0
+                            ),
+                        ));
                     }
                     let item = Item::View(vc.view.id, vc.view.members.clone());
                     if self.nodes[i].pos.is_none() {
@@ -549,51 +569,57 @@ impl Sim {
                         continue;
                     }
                     self.check_order(i, item)?;
-                    let mut effects = std::mem::take(&mut self.nodes[i].effects);
-                    effects.clear();
-                    self.nodes[i]
-                        .replica
-                        .remove_members(&vc.removed, &mut effects);
                     self.after_apply(i, &effects)?;
-                    self.nodes[i].effects = effects;
-                    if vc.state_from == Some(MemberId(i as u16)) {
-                        let snap = self.nodes[i].replica.snapshot();
-                        for j in &vc.joined {
-                            self.nodes[i].member.send_state(*j, snap.clone());
-                        }
-                    }
                     self.report.view_changes += 1;
                     self.report.resubmitted += vc.resubmitted;
                 }
-                Delivered::State(bytes) => {
-                    let Ok(q) = QueueState::from_snapshot(&bytes) else {
+                Applied::State { ok, effects } => {
+                    if !ok {
                         return Err(self.violation(
                             "state transfer",
                             format!("m{i} received a state that does not decode"),
                         ));
-                    };
+                    }
                     self.resolve_first_view(i)?;
                     let pos = self.nodes[i].pos.unwrap_or(0);
+                    let q = self.nodes[i].replica.queue();
                     if self.digests.get(pos.wrapping_sub(1)) != Some(&q.digest()) {
                         return Err(self.violation(
                             "replicas identical",
                             format!("joiner m{i}'s transferred state differs from the group's at its first view"),
                         ));
                     }
-                    self.nodes[i].replica = q;
+                    // The pipelines the state carries reach the joiner's application, as the
+                    // engine hands them on.
+                    let carried = q.pipeline_docs().map(|(v, d)| (v, d.to_vec()));
+                    let told = effects.iter().find_map(|e| match e {
+                        Effect::Pipelines { version, docs } => Some((*version, docs.clone())),
+                        _ => None,
+                    });
+                    if told != carried {
+                        return Err(self.violation(
+                            "pipelines after state transfer",
+                            format!(
+                                "joiner m{i} holds pipelines {carried:?} and was told {told:?}"
+                            ),
+                        ));
+                    }
+                    if told.is_some() {
+                        self.report.pipelines_after_state += 1;
+                    }
                     self.report.joins += 1;
                     let me = MemberId(i as u16);
                     self.nodes[i].outbox.extend(invoker_ops(me));
                 }
             }
         }
-        if let Some(p) = self.nodes[i].member.restarted_in_view() {
+        if let Some(p) = self.nodes[i].replica.member().restarted_in_view() {
             return Err(self.violation(
                 "no false restart detection",
                 format!("m{i} believes it restarted, from {p}'s row"),
             ));
         }
-        let m = &self.nodes[i].member;
+        let m = self.nodes[i].replica.member();
         if m.buffered_slots() > m.buffer_bound() {
             return Err(self.violation(
                 "bounded memory",
@@ -670,11 +696,19 @@ impl Sim {
         Ok(())
     }
 
-    fn on_message(&mut self, i: usize, d: Delivery) -> Result<(), Violation> {
+    fn on_message(
+        &mut self,
+        i: usize,
+        d: Delivery,
+        malformed: bool,
+        effects: &[Effect],
+    ) -> Result<(), Violation> {
         let inc = self.nodes[i].inc;
         let id = d
             .payload
-            .get(..8)
+            .len()
+            .checked_sub(8)
+            .and_then(|at| d.payload.get(at..))
             .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
             .unwrap_or(u64::MAX);
         // Integrity.
@@ -713,7 +747,8 @@ impl Sim {
         // Stability: outside the cleanup, every member of that view holds it.
         if !d.in_cut {
             for (j, other) in self.nodes.iter().enumerate() {
-                if other.member.view().id == d.view && !other.member.has_received(d.sender, d.seq) {
+                let m = other.replica.member();
+                if m.view().id == d.view && !m.has_received(d.sender, d.seq) {
                     return Err(self.violation(
                         "stability before delivery",
                         format!(
@@ -725,7 +760,8 @@ impl Sim {
             }
         }
         self.check_order(i, Item::Msg(id))?;
-        let Ok(op) = Op::decode(&d.payload[8..]) else {
+        let op = Op::decode(&d.payload);
+        let Some(op) = op.ok().filter(|_| !malformed) else {
             return Err(self.violation("integrity", format!("m{i} delivered an undecodable op")));
         };
         if let Op::Push { req, .. } = &op {
@@ -733,19 +769,14 @@ impl Sim {
                 self.admitted.insert(req.id);
             }
         }
-        let mut effects = std::mem::take(&mut self.nodes[i].effects);
-        effects.clear();
-        self.nodes[i].replica.apply(op, &mut effects);
-        let r = self.after_apply(i, &effects);
-        self.nodes[i].effects = effects;
-        r
+        self.after_apply(i, effects)
     }
 
     /// Replica digests, exactly one consumer, and the effects for this member.
     fn after_apply(&mut self, i: usize, effects: &[Effect]) -> Result<(), Violation> {
         let me = MemberId(i as u16);
         let pos = self.nodes[i].pos.unwrap_or(1) - 1;
-        let digest = self.nodes[i].replica.digest();
+        let digest = self.nodes[i].replica.queue().digest();
         let first = self.digests.len() == pos;
         match self.digests.get(pos) {
             Some(dg) if *dg != digest => {
@@ -813,7 +844,7 @@ impl Sim {
             return Ok(());
         }
         if std::env::var_os("SIM_TRACE").is_some() {
-            let m = &self.nodes[i].member;
+            let m = self.nodes[i].replica.member();
             let now = format!(
                 "{} v{} {:?}",
                 m.status().label(),
@@ -841,19 +872,21 @@ impl Sim {
             .nodes
             .iter()
             .filter(|n| {
-                n.alive && !(n.member.status().is_final() && self.cfg.rejoin_after_us.is_none())
+                n.alive
+                    && !(n.replica.member().status().is_final()
+                        && self.cfg.rejoin_after_us.is_none())
             })
             .collect();
         live.iter().all(|n| {
-            n.member.status() == Status::Serving
+            n.replica.member().status() == Status::Serving
                 && n.pushes_left == 0
                 && n.outbox.is_empty()
                 && n.executing.iter().all(Option::is_none)
                 && n.pos == Some(self.reference.len())
-                && n.member.window_room() == n.member.config().window
+                && n.replica.member().window_room() == n.replica.member().config().window
         }) && live
             .windows(2)
-            .all(|w| w[0].member.view() == w[1].member.view())
+            .all(|w| w[0].replica.view() == w[1].replica.view())
             && self
                 .admitted
                 .iter()
@@ -874,7 +907,9 @@ impl Sim {
             .iter()
             .filter(|m| {
                 let n = &self.nodes[m.0 as usize];
-                n.alive && n.member.view().id == id && !n.member.status().is_final()
+                n.alive
+                    && n.replica.member().view().id == id
+                    && !n.replica.member().status().is_final()
             })
             .count();
         ok * 2 <= members.len()
@@ -882,14 +917,14 @@ impl Sim {
 
     fn rejoin(&mut self, i: usize) {
         let n = &self.nodes[i];
-        if n.alive && !n.member.status().is_final() {
+        if n.alive && !n.replica.member().status().is_final() {
             return;
         }
         let contacts: Vec<MemberId> = (0..self.cfg.members as u16)
             .filter(|&j| j as usize != i)
             .map(MemberId)
             .collect();
-        let member = Member::joining(
+        let replica = Replica::joining(
             self.cfg.proto.clone(),
             self.key.clone(),
             GROUP,
@@ -899,10 +934,9 @@ impl Sim {
         )
         .expect("valid sim config");
         let node = &mut self.nodes[i];
-        node.member = member;
+        node.replica = replica;
         node.inc += 1;
         node.alive = true;
-        node.replica = QueueState::new();
         node.outbox.clear();
         node.pos = None;
         node.first_view = None;
@@ -933,9 +967,9 @@ impl Sim {
                         .enumerate()
                         .map(|(i, n)| format!(
                             "m{i}:{}/v{}/f{}",
-                            n.member.status().label(),
-                            n.member.view().id.0,
-                            n.member.stats().frames_out
+                            n.replica.member().status().label(),
+                            n.replica.member().view().id.0,
+                            n.replica.member().stats().frames_out
                         ))
                         .collect::<Vec<_>>()
                         .join(" ")
@@ -946,7 +980,7 @@ impl Sim {
             }
             let next_timer = (0..n)
                 .filter(|&i| self.nodes[i].alive)
-                .map(|i| (self.nodes[i].member.poll_timeout().as_micros(), i))
+                .map(|i| (self.nodes[i].replica.poll_timeout().as_micros(), i))
                 .min()
                 .unwrap_or((u64::MAX, 0));
             let next_event = self.events.peek().map(|Reverse((t, _, _))| *t);
@@ -980,11 +1014,11 @@ impl Sim {
                         format!(
                             "m{i}{} {} view {} at {:?}/{} suspecting {:?}",
                             if n.alive { "" } else { " (crashed)" },
-                            n.member.status().label(),
-                            n.member.view().id.0,
+                            n.replica.member().status().label(),
+                            n.replica.member().view().id.0,
                             n.pos,
                             self.reference.len(),
-                            n.member.suspects()
+                            n.replica.member().suspects()
                         )
                     })
                     .collect();
@@ -1001,7 +1035,7 @@ impl Sim {
                 if next_timer.0 == last_timer.0 && i == last_timer.1 {
                     last_timer.2 += 1;
                     if last_timer.2 > 10_000 {
-                        let m = &self.nodes[i].member;
+                        let m = self.nodes[i].replica.member();
                         return Err(self.violation(
                             "timers advance",
                             format!(
@@ -1014,7 +1048,7 @@ impl Sim {
                 } else {
                     last_timer = (next_timer.0, i, 0);
                 }
-                self.nodes[i].member.handle_timeout(now);
+                self.nodes[i].replica.handle_timeout(now);
                 self.step_member(i)?;
                 continue;
             }
@@ -1024,7 +1058,7 @@ impl Sim {
             match ev {
                 Event::Arrive { to, frame } => {
                     if self.nodes[to].alive {
-                        self.nodes[to].member.handle_frame(now, &frame);
+                        self.nodes[to].replica.handle_frame(now, &frame);
                         self.step_member(to)?;
                     }
                 }
@@ -1133,7 +1167,7 @@ impl Sim {
         report.end_us = self.now;
         report.requests_finished = self.finished.len();
         for node in &self.nodes {
-            let s = node.member.stats();
+            let s = node.replica.member().stats();
             report.delivered += s.delivered;
             report.retransmitted_slots += s.retransmitted_slots;
             report.dropped_frames += s.dropped_total();
@@ -1149,7 +1183,7 @@ pub fn run_seed(seed: u64, alter: impl FnOnce(&mut SimConfig)) -> Result<Report,
     let mut cfg = SimConfig::from_seed(seed);
     alter(&mut cfg);
     // A test may change the group size: keep messages within a frame.
-    let fits = conveyor_dataplane::wire::max_payload_for(cfg.proto.max_frame, cfg.members);
+    let fits = conveyor_core::wire::max_payload_for(cfg.proto.max_frame, cfg.members);
     cfg.proto.max_payload = cfg.proto.max_payload.min(fits);
     Sim::new(seed, cfg).run()
 }

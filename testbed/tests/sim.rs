@@ -3,7 +3,7 @@
 //! `SIM_SEEDS` (default 1000) seeds starting at `SIM_SEED_BASE` (default 0) run in CI. A failing
 //! seed prints itself; replay it with `cargo run -p conveyor-testbed --bin sim-replay -- SEED`.
 
-use conveyor_dataplane::proto::Sabotage;
+use conveyor_core::proto::Sabotage;
 use conveyor_testbed::sim::{run_seed, Violation};
 use std::time::Duration;
 

@@ -5,9 +5,9 @@
 //! `timeout_ms` is killed (with whatever it started) and answers 504.
 
 use super::{canonical_header, read_limited, Pool, Proc};
+use conveyor_core::pipeline::Output;
+use conveyor_core::queue::Http;
 use conveyor_dataplane::invoker::{FunctionError, Job};
-use conveyor_dataplane::pipeline::Output;
-use conveyor_dataplane::queue::Http;
 use std::io::{Read, Write};
 use std::process::Stdio;
 use std::sync::mpsc;

@@ -9,9 +9,9 @@
 
 use super::{free_port, read_limited, wait_listening, Pool, Proc};
 use crate::gateway::hop_by_hop;
+use conveyor_core::pipeline::{External, Output};
+use conveyor_core::queue::Http;
 use conveyor_dataplane::invoker::{FunctionError, Job};
-use conveyor_dataplane::pipeline::{External, Output};
-use conveyor_dataplane::queue::Http;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::Stdio;
 use std::sync::atomic::Ordering;

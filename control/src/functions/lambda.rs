@@ -17,8 +17,8 @@
 //! "Runtime exited with error" (502). Either way the next request starts a fresh one.
 
 use super::{read_limited, Pool, Proc, Warm};
+use conveyor_core::pipeline::Output;
 use conveyor_dataplane::invoker::{FunctionError, Job};
-use conveyor_dataplane::pipeline::Output;
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};

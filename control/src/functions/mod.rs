@@ -21,10 +21,10 @@ pub mod http;
 pub mod lambda;
 pub mod openwhisk;
 
+use conveyor_core::pipeline::{ExecutorKind, External};
+use conveyor_core::queue::Op;
 use conveyor_dataplane::engine::{Clock, Submitter};
 use conveyor_dataplane::invoker::{Executors, FunctionError, Job};
-use conveyor_dataplane::pipeline::{ExecutorKind, External};
-use conveyor_dataplane::queue::Op;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
@@ -523,11 +523,11 @@ pub fn canonical_header(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use conveyor_core::pipeline::Pipeline;
+    use conveyor_core::queue::{Effect, Meta};
+    use conveyor_core::types::{MemberId, RequestId};
     use conveyor_dataplane::engine::Event;
     use conveyor_dataplane::invoker::InvokerApp;
-    use conveyor_dataplane::pipeline::Pipeline;
-    use conveyor_dataplane::queue::{Effect, Meta};
-    use conveyor_dataplane::types::{MemberId, RequestId};
     use std::sync::mpsc;
 
     fn host() -> (Arc<FunctionHost>, mpsc::Receiver<Op>) {
@@ -666,7 +666,7 @@ mod tests {
 
     #[test]
     fn headers_become_classic_watchdog_variables() {
-        let h = conveyor_dataplane::queue::Http {
+        let h = conveyor_core::queue::Http {
             method: "PUT".into(),
             path: "/a/b".into(),
             query: "x=1&y=2".into(),

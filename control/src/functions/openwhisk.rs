@@ -12,9 +12,9 @@
 //! action exceeded its time limits of N milliseconds.") and the next request starts a new one.
 
 use super::{free_port, read_limited, wait_listening, Pool, Proc, Warm};
+use conveyor_core::pipeline::Output;
+use conveyor_core::queue::Http;
 use conveyor_dataplane::invoker::{FunctionError, Job};
-use conveyor_dataplane::pipeline::Output;
-use conveyor_dataplane::queue::Http;
 use serde_json::{json, Map, Value};
 use std::net::SocketAddr;
 use std::process::Stdio;

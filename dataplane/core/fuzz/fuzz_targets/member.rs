@@ -2,9 +2,9 @@
 //! into frames, each optionally re-signed with the group's key, and fed to a member.
 #![no_main]
 
-use conveyor_dataplane::proto::{Member, ProtoConfig};
-use conveyor_dataplane::types::{GroupId, Instant, MemberId, View, ViewId};
-use conveyor_dataplane::wire::{sign_for_tests, Key};
+use conveyor_core::proto::{Member, ProtoConfig};
+use conveyor_core::types::{GroupId, Instant, MemberId, View, ViewId};
+use conveyor_core::wire::{sign_for_tests, Key};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,8 +2,8 @@
 //! right key (so the parser behind the MAC sees arbitrary headers, rows and entries).
 #![no_main]
 
-use conveyor_dataplane::queue::Op;
-use conveyor_dataplane::wire::{sign_for_tests, Entry, Frame, Key, HEADER_LEN};
+use conveyor_core::queue::Op;
+use conveyor_core::wire::{sign_for_tests, Entry, Frame, Key, HEADER_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -12,10 +12,12 @@
 //! threads and submit the completion [`Job::finish`] builds; the member's credits bound how many
 //! jobs it holds at once.
 
+pub mod builtins;
+
 use crate::engine::{Clock, EngineError, EngineHandle, Event, InlineApp};
-use crate::pipeline::{External, Function, Output, Pipeline};
-use crate::queue::{Effect, Op, Request};
-use crate::types::MemberId;
+use conveyor_core::pipeline::{External, Function, Output, Pipeline};
+use conveyor_core::queue::{Effect, Op, Request};
+use conveyor_core::types::MemberId;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -298,7 +300,7 @@ impl InvokerApp {
         match &step.function {
             Function::Builtin(f) => {
                 let t0 = clock.now_us();
-                let out = f.run(&req.payload);
+                let out = builtins::run(f, &req.payload);
                 let t1 = clock.now_us();
                 Some(self.finisher.finish(p, req, ev.at_us, Ok(out), t0, t1))
             }
@@ -371,8 +373,8 @@ pub fn run_invoker(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::Meta;
-    use crate::types::RequestId;
+    use conveyor_core::queue::Meta;
+    use conveyor_core::types::RequestId;
 
     fn assigned(me: MemberId, step: &str, queue: &str) -> Event {
         Event {
@@ -455,6 +457,8 @@ mod tests {
                 joined: vec![me],
                 wedged_us: 0,
                 suspected_at_us: None,
+                cut: 0,
+                resubmitted: 0,
             },
         };
         assert_eq!(

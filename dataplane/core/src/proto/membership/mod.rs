@@ -1,4 +1,6 @@
-//! Membership: the messages and decisions of view changes (used by [`crate::proto::Member`]).
+//! Membership: failure detection, the view change (agreement on the next view and its cut, the
+//! ragged-edge cleanup), joins, leaves and state transfer. The messages and outcomes are here;
+//! the logic is in [`change`] (the view change) and [`state_transfer`] (a joiner's state).
 //!
 //! # Protocol
 //!
@@ -46,6 +48,9 @@
 //! in the next view. The first member of the new view that was in the old one sends the joiner
 //! the application's state at the cut (`State` chunks, acknowledged); the joiner delivers that
 //! snapshot before any message of its first view.
+
+pub(crate) mod change;
+pub(crate) mod state_transfer;
 
 use crate::types::{Instant, MemberId, View, ViewId};
 use core::time::Duration;

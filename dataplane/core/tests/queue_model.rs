@@ -1,7 +1,7 @@
 //! The replicated queue against a naive sequential model: same operations, same effects.
 
-use conveyor_dataplane::queue::*;
-use conveyor_dataplane::types::{MemberId, RequestId};
+use conveyor_core::queue::*;
+use conveyor_core::types::{MemberId, RequestId};
 use proptest::prelude::*;
 
 /// A queue of the model: spec, items with admission stamps, blocked pushes.

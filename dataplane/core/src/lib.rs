@@ -1,0 +1,30 @@
+//! Conveyor's protocol core: everything a member decides, with nothing it does.
+//!
+//! Layers, each depending only on those above it:
+//! - [`types`]: protocol newtypes and the core's own time type;
+//! - [`wire`]: frame formats, parse/emit, MAC; no state;
+//! - [`proto`]: the sans-IO total-order multicast, a folder of parts (ordering, transmission,
+//!   the view change and state transfer) composed by [`proto::Member`];
+//! - [`queue`]: the replicated function-request queue state machine;
+//! - [`pipeline`]: association rules (JSON) and the built-in functions' outputs;
+//! - [`replica`]: [`Replica`], the member and the queue it applies the order to: the one node
+//!   that the engine and the simulator both drive.
+//!
+//! What this crate does not do, and what enforces it: no unsafe code (`forbid(unsafe_code)`);
+//! no clock, no sleeping, no threads, no randomness (time comes in as [`types::Instant`], and
+//! `clippy.toml` bans `Instant::now`, `SystemTime::now`, `thread::sleep`, `thread::spawn` and
+//! thread RNGs); no hash maps whose iteration order could differ between replicas; no sockets,
+//! no transport, no libc (CI checks with `cargo tree` that none of dpdk-sys, rdma-sys, libbpf,
+//! libc, crossbeam or tracing is a dependency). Its dependencies are serde, postcard, blake3,
+//! thiserror, serde_json, and serde_path_to_error to name the field of a malformed pipeline.
+
+#![forbid(unsafe_code)]
+
+pub mod pipeline;
+pub mod proto;
+pub mod queue;
+pub mod replica;
+pub mod types;
+pub mod wire;
+
+pub use replica::{Applied, Replica, ReplicaStats};

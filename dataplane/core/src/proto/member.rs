@@ -1,0 +1,574 @@
+//! [`Member`]: one member of a group, composing the protocol's parts: [`Order`] (what it holds
+//! and delivers), [`Transmitter`] (what leaves it, loss recovery), [`Change`] (membership and
+//! the view change) and [`StateTransfer`] (a joiner's state). The member routes each input to
+//! the parts and, when the view change decides on a new view, resets them for it.
+
+use super::config::{Admission, ConfigError, ProtoConfig, Sabotage};
+use super::event::{Delivered, ProtoDrop, Stats, SubmitError, Transmit};
+use super::membership::change::{Change, Ctx, Installed, Installing};
+use super::membership::state_transfer::{Chunk, StateTransfer};
+use super::membership::{Ctl, Status};
+use super::order::Order;
+use super::transmit::{Framing, RtoBounds, Transmitter};
+use crate::types::{GroupId, Instant, MemberId, Seq, View, ViewId};
+use crate::wire::{self, Frame, Key, Kind};
+use std::collections::VecDeque;
+
+/// One member of a view running the total-order multicast. See the [module docs](super) for
+/// the order in which a host calls it.
+#[derive(Debug)]
+pub struct Member {
+    pub(super) cfg: ProtoConfig,
+    key: Key,
+    group: GroupId,
+    view: View,
+    me: MemberId,
+    rank: usize,
+    now: Instant,
+    stats: Stats,
+    restarted_by: Option<MemberId>,
+    deliveries: VecDeque<Delivered>,
+    pub(super) order: Order,
+    pub(super) tx: Transmitter,
+    pub(super) ms: Change,
+    st: StateTransfer,
+}
+
+impl Member {
+    pub fn new(
+        cfg: ProtoConfig,
+        key: Key,
+        group: GroupId,
+        view: View,
+        me: MemberId,
+        now: Instant,
+    ) -> Result<Member, ConfigError> {
+        let n = view.len();
+        if n == 0 || n > wire::MAX_MEMBERS {
+            return Err(ConfigError::ViewSize);
+        }
+        let rank = view.rank_of(me).ok_or(ConfigError::NotInView(me))?;
+        if cfg.window == 0 {
+            return Err(ConfigError::Window);
+        }
+        let fits = wire::max_payload_for(cfg.max_frame, n);
+        if cfg.max_payload > fits {
+            return Err(ConfigError::Payload {
+                max_payload: cfg.max_payload,
+                max_frame: cfg.max_frame,
+                members: n,
+                fits,
+            });
+        }
+        let bounds = RtoBounds {
+            floor: cfg.rto,
+            ceiling: cfg.rto_max,
+        };
+        Ok(Member {
+            order: Order::new(n, rank, cfg.recv_window()),
+            tx: Transmitter::new(
+                Framing {
+                    key: key.clone(),
+                    group,
+                    me,
+                    max_frame: cfg.max_frame,
+                },
+                &view,
+                rank,
+                bounds,
+                now,
+            ),
+            ms: Change::new(n, now, Status::Serving),
+            st: StateTransfer::new(cfg.max_frame),
+            deliveries: VecDeque::new(),
+            now,
+            stats: Stats::default(),
+            restarted_by: None,
+            cfg,
+            key,
+            group,
+            view,
+            me,
+            rank,
+        })
+    }
+
+    /// A process asking to join the group through `contacts` (members it knows). It is in no
+    /// view ([`Status::Joining`]) until a leader admits it and a view including it is committed;
+    /// then it receives the application's state ([`Delivered::State`]) before any message.
+    pub fn joining(
+        cfg: ProtoConfig,
+        key: Key,
+        group: GroupId,
+        me: MemberId,
+        contacts: Vec<MemberId>,
+        now: Instant,
+    ) -> Result<Member, ConfigError> {
+        let mut m = Member::new(cfg, key, group, View::new(ViewId(0), vec![me]), me, now)?;
+        m.ms = Change::joining(now, contacts);
+        Ok(m)
+    }
+
+    pub fn id(&self) -> MemberId {
+        self.me
+    }
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+    pub fn config(&self) -> &ProtoConfig {
+        &self.cfg
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// Global slots delivered so far.
+    pub fn delivered_slots(&self) -> u64 {
+        self.order.delivered_slots()
+    }
+    /// Own messages (data or null) issued so far.
+    pub fn sent(&self) -> u64 {
+        self.order.own_highest()
+    }
+    /// Whether this member holds message `seq` of `sender` (delivered or not).
+    pub fn has_received(&self, sender: MemberId, seq: Seq) -> bool {
+        self.view
+            .rank_of(sender)
+            .is_some_and(|r| self.order.has(r, seq.0))
+    }
+    /// Slots held but not yet delivered, over all senders (bounded by flow control).
+    pub fn buffered_slots(&self) -> usize {
+        self.order.buffered_slots()
+    }
+    /// Upper bound of [`Member::buffered_slots`].
+    pub fn buffer_bound(&self) -> usize {
+        self.view.len() * self.cfg.recv_window() as usize
+    }
+    /// What this member holds besides its ordering slots, for a memory checker: deliveries
+    /// not yet taken, frames not yet sent, pending joins and catch-ups, and state transfer
+    /// bytes.
+    pub fn buffered_other(&self) -> (usize, usize, usize, usize) {
+        (
+            self.deliveries.len(),
+            self.tx.queued(),
+            self.ms.buffered_entries(),
+            self.st.buffered_bytes(),
+        )
+    }
+    /// Own messages that can still be submitted before the window is full.
+    pub fn window_room(&self) -> u64 {
+        self.cfg.window.saturating_sub(self.order.window_used())
+    }
+    /// Members this one has not received any frame from yet.
+    pub fn not_heard_from(&self) -> Vec<MemberId> {
+        (0..self.view.len())
+            .filter(|&r| r != self.rank && self.ms.last_heard(r).is_none())
+            .map(|r| self.view.members[r])
+            .collect()
+    }
+    /// Set when a peer's row shows that it holds more of this member's messages than this member
+    /// ever sent: this process restarted inside a view that outlived it, with none of its
+    /// state. It cannot take part again without a view change (it must rejoin as a new member
+    /// with state transfer); the host should stop it. Returns the peer that revealed it.
+    pub fn restarted_in_view(&self) -> Option<MemberId> {
+        self.restarted_by
+    }
+
+    /// When each member was last heard from (own entry: `None`).
+    pub fn last_heard(&self, m: MemberId) -> Option<Instant> {
+        self.view.rank_of(m).and_then(|r| self.ms.last_heard(r))
+    }
+
+    /// Where this member stands; hosts check it after every step (see [`Status`]).
+    pub fn status(&self) -> Status {
+        let s = self.ms.status();
+        if self.st.awaiting() && !s.is_final() {
+            Status::Joining
+        } else {
+            s
+        }
+    }
+
+    /// Members of the current view this member suspects.
+    pub fn suspects(&self) -> Vec<MemberId> {
+        self.ms.suspects(&self.view)
+    }
+
+    /// Lends the view change the member's other parts for one step.
+    fn split(&mut self) -> (&mut Change, Ctx<'_>) {
+        (
+            &mut self.ms,
+            Ctx {
+                cfg: &self.cfg,
+                view: &self.view,
+                me: self.me,
+                rank: self.rank,
+                now: self.now,
+                order: &mut self.order,
+                tx: &mut self.tx,
+                st: &mut self.st,
+                stats: &mut self.stats,
+            },
+        )
+    }
+
+    /// Changes who may join from now on (the control plane's allowlist). Pending requests of
+    /// processes no longer admitted are dropped; members already in the view stay.
+    pub fn set_admission(&mut self, admission: Admission) {
+        if let Admission::Listed(ok) = &admission {
+            self.ms.retain_joins(ok);
+        }
+        self.cfg.admission = admission;
+    }
+
+    /// Asks the group to remove this member (graceful leave). Submit nothing more and wait until
+    /// [`Member::window_room`] is back to the whole window before calling, or the messages not
+    /// yet delivered are lost with the leave. The status becomes [`Status::Left`] once the view
+    /// without this member is committed.
+    pub fn leave(&mut self) {
+        let (ms, mut cx) = self.split();
+        ms.leave(&mut cx);
+    }
+
+    /// Starts sending `state` (the application's snapshot as of the install of the current
+    /// view) to joiner `to`. Called by the host on a view change whose `state_from` is this
+    /// member, for each of its `joined`, before handling any later delivery.
+    pub fn send_state(&mut self, to: MemberId, state: Vec<u8>) {
+        if self.view.rank_of(to).is_none() {
+            return;
+        }
+        self.st
+            .send(to, self.view.id, state, &mut self.tx, &mut self.stats);
+    }
+
+    /// Offers a message for ordering.
+    pub fn submit(&mut self, payload: Vec<u8>) -> Result<Seq, SubmitError> {
+        if payload.len() > self.cfg.max_payload {
+            return Err(SubmitError::TooLarge {
+                size: payload.len(),
+                max: self.cfg.max_payload,
+            });
+        }
+        match self.ms.status() {
+            Status::Serving | Status::Changing => {}
+            s => return Err(SubmitError::NotServing(s.label())),
+        }
+        if self.window_room() == 0 {
+            self.stats.window_full += 1;
+            return Err(SubmitError::WindowFull);
+        }
+        let seq = self.order.push_own(payload);
+        self.stats.submitted += 1;
+        if self.view.len() == 1 && self.ms.frozen().is_none() {
+            self.deliver();
+        }
+        Ok(Seq(seq))
+    }
+
+    /// Processes one received frame. Anything malformed, unauthenticated or foreign is counted
+    /// by reason and dropped.
+    pub fn handle_frame(&mut self, now: Instant, bytes: &[u8]) {
+        self.now = self.now.max(now);
+        self.stats.frames_in += 1;
+        let frame = match Frame::parse(&self.key, bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                self.stats.dropped_wire[e.index()] += 1;
+                return;
+            }
+        };
+        let h = frame.header;
+        if h.group == self.group && h.kind == Kind::Control {
+            self.handle_control(h.sender, h.view, frame.control_payload());
+            return;
+        }
+        if h.group == self.group && h.view < self.view.id {
+            // A stale member: tell it how its view ended (it learns it was excluded).
+            let (ms, mut cx) = self.split();
+            ms.catch_up(&mut cx, h.sender);
+        } else if h.group == self.group && h.view > self.view.id {
+            // A newer view: we may have missed its commit; its members will send it to us
+            // when our frames reach them. Counts as a sign of life.
+            if let Some(r) = self.view.rank_of(h.sender) {
+                self.ms.heard(r, now);
+            }
+        }
+        let drop = if h.group != self.group {
+            Some(ProtoDrop::WrongGroup)
+        } else if h.view != self.view.id || matches!(self.ms.status(), Status::Joining) {
+            Some(ProtoDrop::WrongView)
+        } else if h.sender == self.me {
+            Some(ProtoDrop::OwnFrame)
+        } else if self.view.rank_of(h.sender).is_none() {
+            Some(ProtoDrop::UnknownSender)
+        } else if frame.row.len() != self.view.len() {
+            Some(ProtoDrop::RowSize)
+        } else {
+            None
+        };
+        if let Some(d) = drop {
+            self.stats.drop_frame(d);
+            return;
+        }
+        if self.ms.status().is_final() {
+            return;
+        }
+        let r = self.view.rank_of(h.sender).unwrap_or(0);
+        self.ms.heard_in_minority(r, self.view.len());
+        if self.ms.last_heard(r).is_none() {
+            // First contact: answer at once so start-up barriers complete quickly.
+            self.tx.status_to(r);
+        }
+        self.ms.heard(r, now);
+        let merged = self.order.merge_row(r, &frame.row);
+        if merged.beyond_sent && self.restarted_by.is_none() {
+            // A peer holds messages of ours that we never sent: this process is a new
+            // incarnation of a member that already ran in this view.
+            self.restarted_by = Some(self.view.members[r]);
+        }
+        self.tx
+            .on_ack(r, merged.acked_before, merged.acked_after, self.now);
+        if h.flags & wire::FLAG_GAP != 0
+            && !self.cfg.sabotaged(Sabotage::NoRetransmit)
+            && self.tx.on_gap_report(r, merged.acked_after)
+        {
+            self.stats.fast_retransmits += 1;
+        }
+        if h.kind == Kind::Data {
+            let receipt = self.order.receive(r, h.seq.0, &frame, &mut self.stats);
+            if receipt.advanced {
+                self.tx.status_to_all();
+            }
+            if receipt.answer {
+                self.tx.status_to(r);
+            }
+        }
+        if self.ms.frozen().is_none() {
+            self.stats.nulls_sent += self.order.fill_nulls();
+        }
+        self.deliver();
+    }
+
+    /// Delivers what the ordering allows, unless wedged or waiting for the state.
+    fn deliver(&mut self) {
+        if self.ms.frozen().is_some() || self.ms.status().is_final() {
+            return;
+        }
+        if let Some(bytes) = self.st.take_complete() {
+            self.deliveries.push_back(Delivered::State(bytes));
+            self.ms.state_arrived();
+        }
+        if self.st.awaiting() {
+            return;
+        }
+        let check = !self.cfg.sabotaged(Sabotage::DeliverBeforeStable);
+        self.stats.delivered += self.order.deliver(&self.view, check, &mut self.deliveries);
+    }
+
+    /// Advances timers: membership, retransmissions and periodic status rows.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        let installing = {
+            let (ms, mut cx) = self.split();
+            ms.on_timer(&mut cx)
+        };
+        self.follow(installing);
+        let busy = self.order.busy(self.tx.unsent());
+        let period = if busy {
+            self.cfg.status_interval
+        } else {
+            self.cfg.heartbeat
+        };
+        let order = &self.order;
+        self.tx.on_timeout(
+            self.now,
+            period,
+            |p| order.acked_by(p),
+            !self.cfg.sabotaged(Sabotage::NoRetransmit),
+        );
+    }
+
+    /// The next instant at which [`Member::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Instant {
+        let soon = self
+            .order
+            .busy(self.tx.unsent())
+            .then(|| self.now + self.cfg.status_interval);
+        self.tx.deadline(soon).min(self.membership_deadline())
+    }
+
+    fn membership_deadline(&self) -> Instant {
+        match self.ms.status() {
+            Status::Excluded | Status::Left => return Instant(u64::MAX),
+            _ => {}
+        }
+        self.ms.deadline(
+            self.view.len(),
+            self.rank,
+            self.cfg.failure_timeout,
+            self.st.sending(),
+        )
+    }
+
+    /// The next delivered message, view change or joiner state, in total order.
+    pub fn poll_delivery(&mut self) -> Option<Delivered> {
+        self.deliveries.pop_front()
+    }
+
+    /// Returns a transmitted frame's buffer for reuse.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.tx.recycle(buf);
+    }
+
+    /// The next frame to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if !self.tx.has_pending() && self.view.len() > 1 && !self.ms.status().is_final() {
+            self.tx
+                .produce(&self.order, self.ms.frozen(), self.now, &mut self.stats);
+        }
+        self.tx.pop()
+    }
+
+    fn handle_control(&mut self, sender: MemberId, view: ViewId, payload: &[u8]) {
+        let Some(ctl) = Ctl::decode(payload) else {
+            self.stats.bad_control += 1;
+            return;
+        };
+        match ctl {
+            Ctl::Commit { decision } => {
+                let installing = {
+                    let (ms, mut cx) = self.split();
+                    ms.on_commit(&mut cx, decision)
+                };
+                self.follow(installing);
+                return;
+            }
+            Ctl::Join => {
+                let installing = {
+                    let (ms, mut cx) = self.split();
+                    ms.on_join(&mut cx, sender)
+                };
+                self.follow(installing);
+                return;
+            }
+            _ => {}
+        }
+        if self.ms.status().is_final() || self.view.id == ViewId(0) {
+            return;
+        }
+        let drop = if view < self.view.id {
+            let (ms, mut cx) = self.split();
+            ms.catch_up(&mut cx, sender);
+            Some(ProtoDrop::WrongView)
+        } else if view != self.view.id {
+            Some(ProtoDrop::WrongView)
+        } else if sender == self.me {
+            Some(ProtoDrop::OwnFrame)
+        } else if self.view.rank_of(sender).is_none() {
+            Some(ProtoDrop::UnknownSender)
+        } else {
+            None
+        };
+        if let Some(d) = drop {
+            self.stats.drop_frame(d);
+            return;
+        }
+        let r = self.view.rank_of(sender).unwrap_or(0);
+        self.ms.heard(r, self.now);
+        self.ms.heard_in_minority(r, self.view.len());
+        if self.ms.is_suspected(r) && matches!(ctl, Ctl::Suspect { .. } | Ctl::Leave) {
+            // A suspected member's suspicions are not taken up (a healed minority's are
+            // stale). Its ballots are still answered: Paxos is safe whoever leads, and with
+            // one-way suspicions (a leader suspected by a member it does not suspect) ignoring
+            // them could leave every would-be leader waiting for a member that ignores it.
+            return;
+        }
+        match ctl {
+            Ctl::State {
+                view,
+                offset,
+                total,
+                chunk,
+            } => {
+                let part = Chunk {
+                    view,
+                    offset,
+                    total,
+                    bytes: chunk,
+                };
+                self.st
+                    .on_chunk(sender, part, &mut self.tx, &mut self.stats);
+                self.deliver();
+            }
+            Ctl::StateAck { view, have } => {
+                self.st
+                    .on_ack(sender, view, have, &mut self.tx, &mut self.stats);
+            }
+            ctl => {
+                let installing = {
+                    let (ms, mut cx) = self.split();
+                    ms.on_ctl(&mut cx, r, sender, ctl)
+                };
+                self.follow(installing);
+            }
+        }
+        let installing = {
+            let (ms, mut cx) = self.split();
+            ms.drive(&mut cx)
+        };
+        self.follow(installing);
+    }
+
+    /// Installs what the view change decided, if anything.
+    fn follow(&mut self, installing: Option<Installing>) {
+        match installing {
+            None => {}
+            Some(Installing::Survivor(d)) => {
+                let mut out = std::mem::take(&mut self.deliveries);
+                let installed = {
+                    let (ms, mut cx) = self.split();
+                    ms.install(&mut cx, d, &mut out)
+                };
+                self.deliveries = out;
+                if let Some(i) = installed {
+                    self.start_view(i);
+                }
+            }
+            Some(Installing::Joiner(d)) => {
+                let installed = {
+                    let (ms, mut cx) = self.split();
+                    ms.install_joiner(&mut cx, d)
+                };
+                self.start_view(installed);
+            }
+        }
+    }
+
+    /// Resets every part for the installed view, reports it, and submits again the own
+    /// messages the old view did not deliver.
+    fn start_view(&mut self, installed: Installed) {
+        let Installed { change, again } = installed;
+        let view = change.view.clone();
+        let n = view.len();
+        self.rank = view.rank_of(self.me).unwrap_or(0);
+        self.order = Order::new(n, self.rank, self.cfg.recv_window());
+        self.tx.reset(&view, self.rank, self.now);
+        self.ms.reset(n, self.rank, self.now);
+        self.st.clear_outgoing();
+        self.view = view;
+        self.deliveries.push_back(Delivered::View(change));
+        for p in again {
+            self.order.push_own(p);
+        }
+        if n == 1 {
+            self.deliver();
+        }
+    }
+}
+
+#[cfg(test)]
+impl Member {
+    /// Queues a control message as this member would (tests forge decisions with it).
+    pub(super) fn emit_ctl_for_tests(&mut self, dest: super::event::Dest, ctl: &Ctl) {
+        self.tx.emit_ctl(dest, ctl, &mut self.stats);
+    }
+}

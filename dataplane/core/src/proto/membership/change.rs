@@ -1,0 +1,957 @@
+//! The view change: failure detection, wedging, single-decree Paxos on the next view and its
+//! cut, the ragged-edge cleanup and the install, joins and leaves (the protocol is described in
+//! [`super`]).
+//!
+//! [`Change`] owns the membership state of one member. It acts on the member's other parts
+//! through a [`Ctx`] the member lends it (ordering to freeze and clean up, the transmitter for
+//! control messages, state transfer) and never calls back into the member: when a decision is
+//! to be installed it says so ([`Installing`]), and the member resets its parts for the new
+//! view.
+
+use super::state_transfer::StateTransfer;
+use super::{Ballot, Ctl, Decision, Status, ViewChange};
+use crate::proto::config::{Admission, ProtoConfig, Sabotage};
+use crate::proto::event::{Delivered, Dest, Stats};
+use crate::proto::order::Order;
+use crate::proto::transmit::Transmitter;
+use crate::types::{Instant, MemberId, View, ViewId};
+use crate::wire;
+use core::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// The member's other parts and its situation, lent to the view change for one step.
+#[derive(Debug)]
+pub(crate) struct Ctx<'a> {
+    pub(crate) cfg: &'a ProtoConfig,
+    pub(crate) view: &'a View,
+    pub(crate) me: MemberId,
+    pub(crate) rank: usize,
+    pub(crate) now: Instant,
+    pub(crate) order: &'a mut Order,
+    pub(crate) tx: &'a mut Transmitter,
+    pub(crate) st: &'a mut StateTransfer,
+    pub(crate) stats: &'a mut Stats,
+}
+
+impl Ctx<'_> {
+    fn n(&self) -> usize {
+        self.view.len()
+    }
+    fn emit(&mut self, dest: Dest, ctl: &Ctl) {
+        self.tx.emit_ctl(dest, ctl, self.stats);
+    }
+}
+
+/// A decision this member must install now.
+#[derive(Debug)]
+pub(crate) enum Installing {
+    /// As a member of the view the decision ends.
+    Survivor(Decision),
+    /// As a joiner admitted by it.
+    Joiner(Decision),
+}
+
+/// What the install of a decision left to the member: the new view and its own messages to
+/// submit again in it.
+#[derive(Debug)]
+pub(crate) struct Installed {
+    pub(crate) change: ViewChange,
+    pub(crate) again: Vec<Vec<u8>>,
+}
+
+/// Frozen `received` counts and delivered slots, once wedged.
+pub(crate) type Frozen = (Vec<u64>, u64);
+
+/// What a member promised a leader: its frozen counts and the decision it accepted, if any.
+#[derive(Debug)]
+struct Promised {
+    received: Vec<u64>,
+    delivered: u64,
+    accepted: Option<(Ballot, Decision)>,
+    /// Per sender: runs `[start, end)` of nulls held and not delivered, within `received`.
+    nulls: Vec<Vec<(u64, u64)>>,
+}
+
+/// The leader's side of a ballot.
+#[derive(Debug)]
+struct Leading {
+    ballot: Ballot,
+    members: Vec<MemberId>,
+    leaving: Vec<MemberId>,
+    joiners: Vec<MemberId>,
+    promises: BTreeMap<MemberId, Promised>,
+    decision: Option<Decision>,
+    accepted_by: BTreeSet<MemberId>,
+}
+
+/// Membership state of one member. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Change {
+    status: Status,
+    /// When each rank was last heard from (own entry: `None`).
+    last_heard: Vec<Option<Instant>>,
+    suspected: Vec<bool>,
+    /// When this member itself first suspected each rank.
+    suspected_at: Vec<Option<Instant>>,
+    frozen: Option<Frozen>,
+    wedged_at: Option<Instant>,
+    promised: Option<Ballot>,
+    accepted: Option<(Ballot, Decision)>,
+    round_seen: u32,
+    leading: Option<Leading>,
+    /// The decision that ended the previous view (sent to stale members).
+    last_commit: Option<Decision>,
+    catchup_at: BTreeMap<MemberId, Instant>,
+    next_ctl_at: Instant,
+    view_started: Instant,
+    /// The configured first view: members never heard from are not suspected (they may not
+    /// have started; the host's start-up timeout covers them). In later views every member
+    /// was alive when the view was agreed.
+    initial: bool,
+    /// Admitted join requests not yet in a view, with when each was last repeated (a joiner
+    /// repeats its request until it is in; a request not repeated for `failure_timeout` is
+    /// dropped).
+    joins: BTreeMap<MemberId, Instant>,
+    /// Members that joined in this view (a repeated `Join` from them gets the commit again).
+    joined_now: BTreeSet<MemberId>,
+    leaving: bool,
+    leaving_ranks: Vec<bool>,
+    /// A joiner's contacts.
+    contacts: Vec<MemberId>,
+}
+
+impl Change {
+    pub(crate) fn new(n: usize, now: Instant, status: Status) -> Change {
+        Change {
+            status,
+            last_heard: vec![None; n],
+            suspected: vec![false; n],
+            suspected_at: vec![None; n],
+            frozen: None,
+            wedged_at: None,
+            promised: None,
+            accepted: None,
+            round_seen: 0,
+            leading: None,
+            last_commit: None,
+            catchup_at: BTreeMap::new(),
+            next_ctl_at: now,
+            view_started: now,
+            initial: true,
+            joins: BTreeMap::new(),
+            joined_now: BTreeSet::new(),
+            leaving: false,
+            leaving_ranks: vec![false; n],
+            contacts: Vec::new(),
+        }
+    }
+
+    /// A process asking to join through `contacts`.
+    pub(crate) fn joining(now: Instant, contacts: Vec<MemberId>) -> Change {
+        let mut c = Change::new(1, now, Status::Joining);
+        c.contacts = contacts;
+        c
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        self.status
+    }
+
+    /// A joiner's state arrived: it serves.
+    pub(crate) fn state_arrived(&mut self) {
+        self.status = Status::Serving;
+    }
+
+    /// The counts frozen when this member wedged.
+    pub(crate) fn frozen(&self) -> Option<&Frozen> {
+        self.frozen.as_ref()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_leading(&self) -> bool {
+        self.leading.is_some()
+    }
+
+    pub(crate) fn last_heard(&self, r: usize) -> Option<Instant> {
+        self.last_heard.get(r).copied().flatten()
+    }
+
+    /// Rank `r` was heard from.
+    pub(crate) fn heard(&mut self, r: usize, now: Instant) {
+        if let Some(h) = self.last_heard.get_mut(r) {
+            *h = Some(now);
+        }
+    }
+
+    pub(crate) fn suspects(&self, view: &View) -> Vec<MemberId> {
+        (0..view.len())
+            .filter(|&r| self.suspected[r])
+            .map(|r| view.members[r])
+            .collect()
+    }
+
+    pub(crate) fn is_suspected(&self, r: usize) -> bool {
+        self.suspected.get(r).copied().unwrap_or(false)
+    }
+
+    /// Join requests from processes not in `admitted` are forgotten.
+    pub(crate) fn retain_joins(&mut self, admitted: &BTreeSet<MemberId>) {
+        self.joins.retain(|m, _| admitted.contains(m));
+    }
+
+    /// Memory held for pending joins and catch-ups, in entries.
+    pub(crate) fn buffered_entries(&self) -> usize {
+        self.joins.len() + self.catchup_at.len()
+    }
+
+    /// Per-view state for a newly installed view of `n` members where this member has `rank`.
+    pub(crate) fn reset(&mut self, n: usize, rank: usize, now: Instant) {
+        self.last_heard = vec![None; n];
+        self.suspected = vec![false; n];
+        self.suspected_at = vec![None; n];
+        self.leaving_ranks = vec![false; n];
+        if self.leaving {
+            self.leaving_ranks[rank] = true;
+        }
+        self.frozen = None;
+        self.wedged_at = None;
+        self.promised = None;
+        self.accepted = None;
+        self.leading = None;
+        self.catchup_at.clear();
+        self.view_started = now;
+        self.initial = false;
+        self.next_ctl_at = now;
+        if matches!(self.status, Status::Changing | Status::Minority) {
+            self.status = Status::Serving;
+        }
+    }
+
+    /// Asks the group to remove this member (graceful leave).
+    pub(crate) fn leave(&mut self, cx: &mut Ctx<'_>) {
+        if matches!(self.status, Status::Serving | Status::Changing) && cx.n() > 1 {
+            self.leaving = true;
+            self.leaving_ranks[cx.rank] = true;
+            self.wedge(cx);
+            self.next_ctl_at = cx.now;
+        }
+    }
+
+    /// Stops delivering and sending, and freezes the counts this member reports.
+    fn wedge(&mut self, cx: &mut Ctx<'_>) {
+        if self.frozen.is_none() {
+            self.frozen = Some((cx.order.contiguous(), cx.order.delivered_slots()));
+            self.wedged_at = Some(cx.now);
+            cx.tx.status_to_all();
+        }
+        if self.status == Status::Serving {
+            self.status = Status::Changing;
+        }
+    }
+
+    fn suspect_rank(&mut self, cx: &mut Ctx<'_>, r: usize, own: bool) {
+        if r >= cx.n() || self.suspected[r] {
+            return;
+        }
+        self.suspected[r] = true;
+        if own {
+            self.suspected_at[r] = Some(cx.now);
+            cx.stats.suspicions += 1;
+        }
+        self.wedge(cx);
+        self.next_ctl_at = cx.now;
+    }
+
+    /// The membership timer: join requests of a joiner, suspicions of silent members,
+    /// repetition of what the view change waits for, and the change itself.
+    pub(crate) fn on_timer(&mut self, cx: &mut Ctx<'_>) -> Option<Installing> {
+        let now = cx.now;
+        let period = cx.cfg.status_interval.max(Duration::from_micros(200));
+        match self.status {
+            Status::Excluded | Status::Left => return None,
+            Status::Joining => {
+                if now >= self.next_ctl_at {
+                    self.next_ctl_at = now + period;
+                    for c in self.contacts.clone() {
+                        cx.emit(Dest::One(c), &Ctl::Join);
+                    }
+                }
+                return None;
+            }
+            _ => {}
+        }
+        let timeout = cx.cfg.failure_timeout;
+        self.joins.retain(|_, t| now.saturating_since(*t) < timeout);
+        for r in 0..cx.n() {
+            if r == cx.rank || self.suspected[r] {
+                continue;
+            }
+            if self.initial && self.last_heard[r].is_none() {
+                continue;
+            }
+            let last = self.last_heard[r].unwrap_or(self.view_started);
+            if now.saturating_since(last) >= timeout {
+                self.suspect_rank(cx, r, true);
+            }
+        }
+        if now >= self.next_ctl_at {
+            self.next_ctl_at = now + period;
+            self.resend(cx);
+        }
+        self.drive(cx)
+    }
+
+    /// When [`Change::on_timer`] is due, for a member of rank `rank` in a view of `n`
+    /// (`sending_state`: state transfers are under way and resent on this timer).
+    pub(crate) fn deadline(
+        &self,
+        n: usize,
+        rank: usize,
+        failure_timeout: Duration,
+        sending_state: bool,
+    ) -> Instant {
+        match self.status {
+            Status::Excluded | Status::Left => return Instant(u64::MAX),
+            Status::Joining => return self.next_ctl_at,
+            _ => {}
+        }
+        let mut t = Instant(u64::MAX);
+        for r in 0..n {
+            if r != rank && !self.suspected[r] && !(self.initial && self.last_heard[r].is_none()) {
+                let last = self.last_heard[r].unwrap_or(self.view_started);
+                t = t.min(last + failure_timeout);
+            }
+        }
+        if self.frozen.is_some() || sending_state {
+            t = t.min(self.next_ctl_at);
+        }
+        t
+    }
+
+    /// Periodic repetition of whatever the view change is waiting for (losses are repaired by
+    /// repeating; every handler is idempotent).
+    fn resend(&mut self, cx: &mut Ctx<'_>) {
+        if self.frozen.is_some() {
+            // Also with no suspect: a wedged member needs a view change to serve again (a
+            // healed minority), and this asks the others for one.
+            let suspects = self.suspects(cx.view);
+            let minority = self.status == Status::Minority;
+            cx.emit(Dest::All, &Ctl::Suspect { suspects, minority });
+            if self.leaving {
+                cx.emit(Dest::All, &Ctl::Leave);
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(l) = &self.leading {
+            for &m in &l.members {
+                if m == cx.me {
+                    continue;
+                }
+                match &l.decision {
+                    None if !l.promises.contains_key(&m) => out.push((
+                        m,
+                        Ctl::Propose {
+                            ballot: l.ballot,
+                            members: l.members.clone(),
+                            leaving: l.leaving.clone(),
+                            joiners: l.joiners.clone(),
+                        },
+                    )),
+                    Some(d) if !l.accepted_by.contains(&m) => out.push((
+                        m,
+                        Ctl::Accept {
+                            ballot: l.ballot,
+                            decision: d.clone(),
+                        },
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        for (m, c) in out {
+            cx.emit(Dest::One(m), &c);
+        }
+        cx.st.resend(cx.view, cx.tx, cx.stats);
+    }
+
+    /// A minority member hearing again from a member it suspected (a partition healed):
+    /// suspicions are dropped so that, if no majority decided without us, the view change can
+    /// complete with everyone (Paxos keeps one decision per view whoever proposes). A majority
+    /// never drops a suspicion: it goes on without the suspected member.
+    pub(crate) fn heard_in_minority(&mut self, r: usize, n: usize) {
+        if self.status == Status::Minority && self.suspected[r] {
+            self.suspected[r] = false;
+            self.suspected_at[r] = None;
+            let alive = self.suspected.iter().filter(|s| !**s).count();
+            if alive * 2 > n {
+                self.status = Status::Changing;
+            }
+        }
+    }
+
+    /// Starts or restarts a ballot when this member leads and a change is needed.
+    pub(crate) fn drive(&mut self, cx: &mut Ctx<'_>) -> Option<Installing> {
+        if !matches!(self.status, Status::Serving | Status::Changing) {
+            return None;
+        }
+        // Once wedged, only a new view lets this member serve again (possibly with the same
+        // members, after a healed partition).
+        let n = cx.n();
+        let would_lead =
+            (0..n).find(|&r| !self.suspected[r] && !self.leaving_ranks[r]) == Some(cx.rank);
+        // Join requests start a change only at the member that would lead it (every member
+        // gets them; the others would only wedge the group for nothing).
+        let needed = self.frozen.is_some()
+            || self.suspected.iter().any(|&s| s)
+            || self.leaving_ranks.iter().any(|&s| s)
+            || (would_lead && !self.joins.is_empty());
+        if !needed {
+            return None;
+        }
+        self.wedge(cx);
+        let acceptors: Vec<usize> = (0..n).filter(|&r| !self.suspected[r]).collect();
+        if acceptors.len() * 2 <= n {
+            self.status = Status::Minority;
+            self.leading = None;
+            return None;
+        }
+        let leader = acceptors.iter().copied().find(|&r| !self.leaving_ranks[r]);
+        if leader != Some(cx.rank) {
+            self.leading = None;
+            return None;
+        }
+        let members: Vec<MemberId> = acceptors.iter().map(|&r| cx.view.members[r]).collect();
+        let leaving: Vec<MemberId> = acceptors
+            .iter()
+            .filter(|&&r| self.leaving_ranks[r])
+            .map(|&r| cx.view.members[r])
+            .collect();
+        // Joiners: new ids, and new incarnations of members being removed (same id).
+        let joiners: Vec<MemberId> = self
+            .joins
+            .keys()
+            .copied()
+            .filter(|j| !members.contains(j) || leaving.contains(j))
+            .take(wire::MAX_MEMBERS.saturating_sub(members.len()))
+            .collect();
+        if let Some(l) = &self.leading {
+            if l.members == members && l.leaving == leaving && l.joiners == joiners {
+                return None;
+            }
+        }
+        let round = self.round_seen.max(self.promised.map_or(0, |b| b.round)) + 1;
+        let ballot = Ballot {
+            round,
+            leader: cx.me,
+        };
+        self.round_seen = round;
+        self.promised = Some(ballot);
+        cx.stats.ballots += 1;
+        let (received, delivered) = self.frozen.clone().unwrap_or_default();
+        let nulls = cx.order.null_runs(&received);
+        let mut promises = BTreeMap::new();
+        promises.insert(
+            cx.me,
+            Promised {
+                received,
+                delivered,
+                accepted: self.accepted.clone(),
+                nulls,
+            },
+        );
+        let propose = Ctl::Propose {
+            ballot,
+            members: members.clone(),
+            leaving: leaving.clone(),
+            joiners: joiners.clone(),
+        };
+        self.leading = Some(Leading {
+            ballot,
+            members: members.clone(),
+            leaving,
+            joiners,
+            promises,
+            decision: None,
+            accepted_by: BTreeSet::new(),
+        });
+        for m in members {
+            if m != cx.me {
+                cx.emit(Dest::One(m), &propose);
+            }
+        }
+        self.maybe_decide(cx)
+    }
+
+    fn maybe_decide(&mut self, cx: &mut Ctx<'_>) -> Option<Installing> {
+        let n = cx.n() as u64;
+        let l = self.leading.as_ref()?;
+        if l.decision.is_some() || !l.members.iter().all(|m| l.promises.contains_key(m)) {
+            return None;
+        }
+        if self.promised != Some(l.ballot) {
+            // We promised a higher ballot since: ours cannot win.
+            self.leading = None;
+            return None;
+        }
+        let adopted = l
+            .promises
+            .values()
+            .filter_map(|p| p.accepted.clone())
+            .max_by_key(|(b, _)| *b)
+            .map(|(_, d)| d);
+        let decision = adopted.unwrap_or_else(|| {
+            let c_del = l.promises.values().map(|p| p.delivered).max().unwrap_or(0);
+            let c_min = (0..n)
+                .map(|r| {
+                    let held = l
+                        .promises
+                        .values()
+                        .map(|p| p.received.get(r as usize).copied().unwrap_or(0))
+                        .min()
+                        .unwrap_or(0);
+                    held * n + r
+                })
+                .min()
+                .unwrap_or(0);
+            // Extend the cut over slots that every promiser holds, or that one holds and
+            // reports as a null: a member that passed a null (held by a majority, so by a
+            // promiser) may have delivered messages after it.
+            let mut cut = c_del.max(c_min);
+            loop {
+                let (r, k) = ((cut % n) as usize, cut / n);
+                let all = l
+                    .promises
+                    .values()
+                    .all(|p| p.received.get(r).is_some_and(|&c| c > k));
+                let null = l.promises.values().any(|p| {
+                    p.received.get(r).is_some_and(|&c| c > k)
+                        && p.nulls
+                            .get(r)
+                            .is_some_and(|runs| runs.iter().any(|&(a, b)| a <= k && k < b))
+                });
+                if !(all || null) {
+                    break;
+                }
+                cut += 1;
+            }
+            let mut next: Vec<MemberId> = cx
+                .view
+                .members
+                .iter()
+                .copied()
+                .filter(|m| l.members.contains(m) && !l.leaving.contains(m))
+                .collect();
+            next.extend(l.joiners.iter().copied());
+            Decision {
+                from: cx.view.id,
+                next: View::new(ViewId(cx.view.id.0 + 1), next),
+                joiners: l.joiners.clone(),
+                cut,
+            }
+        });
+        let ballot = l.ballot;
+        let members = l.members.clone();
+        if let Some(l) = &mut self.leading {
+            l.decision = Some(decision.clone());
+            l.accepted_by.insert(cx.me);
+        }
+        self.accepted = Some((ballot, decision.clone()));
+        let accept = Ctl::Accept { ballot, decision };
+        for m in members {
+            if m != cx.me {
+                cx.emit(Dest::One(m), &accept);
+            }
+        }
+        self.maybe_commit(cx)
+    }
+
+    fn maybe_commit(&mut self, cx: &mut Ctx<'_>) -> Option<Installing> {
+        let n = cx.n();
+        let l = self.leading.as_ref()?;
+        let d = l.decision.as_ref()?;
+        let majority = l.accepted_by.len() * 2 > n;
+        if !majority && !cx.cfg.sabotaged(Sabotage::CommitWithoutMajority) {
+            return None;
+        }
+        let d = d.clone();
+        let commit = Ctl::Commit {
+            decision: d.clone(),
+        };
+        let mut to: BTreeSet<MemberId> = cx.view.members.iter().copied().collect();
+        to.extend(d.next.members.iter().copied());
+        to.remove(&cx.me);
+        for m in to {
+            cx.emit(Dest::One(m), &commit);
+        }
+        Some(Installing::Survivor(d))
+    }
+
+    /// A frame of an older view came from `to`: tell it how its view ended (at most once per
+    /// status interval), so that it learns it was excluded.
+    pub(crate) fn catch_up(&mut self, cx: &mut Ctx<'_>, to: MemberId) {
+        let Some(d) = &self.last_commit else {
+            return;
+        };
+        let now = cx.now;
+        let due = self
+            .catchup_at
+            .get(&to)
+            .is_none_or(|&t| now >= t + cx.cfg.status_interval);
+        if due {
+            self.catchup_at.insert(to, now);
+            let c = Ctl::Commit {
+                decision: d.clone(),
+            };
+            cx.emit(Dest::One(to), &c);
+        }
+    }
+
+    /// A control message of the view change from rank `r` (`sender`) of the current view, past
+    /// the member's checks (authenticated, this view, not from a suspected member's
+    /// suspicions). State transfer messages are not for this part.
+    pub(crate) fn on_ctl(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        r: usize,
+        sender: MemberId,
+        ctl: Ctl,
+    ) -> Option<Installing> {
+        match ctl {
+            Ctl::Suspect { suspects, minority } => {
+                // Others suspecting this member do not make it suspect itself: a leader that
+                // excludes it says so (its proposal or its commit), and a minority that heals
+                // must be able to resume. A minority's suspicions are not taken up (they are
+                // stale once it hears again), nor does a minority take up others'.
+                let take = !minority && self.status != Status::Minority;
+                for m in suspects.into_iter().filter(|_| take) {
+                    if let Some(x) = cx.view.rank_of(m) {
+                        if x != cx.rank {
+                            self.suspect_rank(cx, x, false);
+                        }
+                    }
+                }
+                self.wedge(cx);
+                None
+            }
+            Ctl::Leave => {
+                if !self.leaving_ranks[r] {
+                    self.leaving_ranks[r] = true;
+                    self.wedge(cx);
+                }
+                None
+            }
+            Ctl::Propose {
+                ballot,
+                members,
+                leaving,
+                joiners: _,
+            } => {
+                self.on_propose(cx, sender, ballot, &members, &leaving);
+                None
+            }
+            Ctl::Promise {
+                ballot,
+                received,
+                delivered,
+                accepted,
+                nulls,
+            } => {
+                let n = cx.n();
+                if let Some(l) = &mut self.leading {
+                    if l.ballot == ballot && l.members.contains(&sender) && received.len() == n {
+                        l.promises.insert(
+                            sender,
+                            Promised {
+                                received,
+                                delivered,
+                                accepted,
+                                nulls,
+                            },
+                        );
+                    }
+                }
+                self.maybe_decide(cx)
+            }
+            Ctl::Accept { ballot, decision } => {
+                if !self.plausible(cx, &decision) {
+                    cx.stats.bad_control += 1;
+                } else if self.promised.is_none_or(|p| ballot >= p) && decision.from == cx.view.id {
+                    self.promised = Some(ballot);
+                    self.round_seen = self.round_seen.max(ballot.round);
+                    self.accepted = Some((ballot, decision));
+                    self.wedge(cx);
+                    cx.emit(Dest::One(sender), &Ctl::Accepted { ballot });
+                } else if let Some(p) = self.promised {
+                    cx.emit(Dest::One(sender), &Ctl::Reject { promised: p });
+                }
+                None
+            }
+            Ctl::Accepted { ballot } => {
+                if let Some(l) = &mut self.leading {
+                    if l.ballot == ballot && l.decision.is_some() {
+                        l.accepted_by.insert(sender);
+                    }
+                }
+                self.maybe_commit(cx)
+            }
+            Ctl::Reject { promised } => {
+                self.round_seen = self.round_seen.max(promised.round);
+                if self.leading.as_ref().is_some_and(|l| l.ballot < promised) {
+                    self.leading = None;
+                }
+                None
+            }
+            Ctl::Commit { .. } | Ctl::Join | Ctl::State { .. } | Ctl::StateAck { .. } => None,
+        }
+    }
+
+    fn on_propose(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        sender: MemberId,
+        ballot: Ballot,
+        members: &[MemberId],
+        leaving: &[MemberId],
+    ) {
+        if let Some(p) = self.promised {
+            if ballot < p {
+                cx.emit(Dest::One(sender), &Ctl::Reject { promised: p });
+                return;
+            }
+        }
+        self.promised = Some(ballot);
+        self.round_seen = self.round_seen.max(ballot.round);
+        if self.leading.as_ref().is_some_and(|l| l.ballot < ballot) {
+            self.leading = None;
+        }
+        for r in 0..cx.n() {
+            let m = cx.view.members[r];
+            if !members.contains(&m) {
+                self.suspect_rank(cx, r, false);
+            }
+            if leaving.contains(&m) {
+                self.leaving_ranks[r] = true;
+            }
+        }
+        if !members.contains(&cx.me) {
+            return;
+        }
+        self.wedge(cx);
+        let (received, delivered) = self.frozen.clone().unwrap_or_default();
+        let nulls = cx.order.null_runs(&received);
+        let promise = Ctl::Promise {
+            ballot,
+            received,
+            delivered,
+            accepted: self.accepted.clone(),
+            nulls,
+        };
+        cx.emit(Dest::One(sender), &promise);
+    }
+
+    /// A join request from `sender` (any view: a joiner has none).
+    pub(crate) fn on_join(&mut self, cx: &mut Ctx<'_>, sender: MemberId) -> Option<Installing> {
+        if !matches!(self.status, Status::Serving | Status::Changing) {
+            return None;
+        }
+        let heard = cx
+            .view
+            .rank_of(sender)
+            .is_some_and(|r| self.last_heard[r].is_some());
+        if self.joined_now.contains(&sender) {
+            if !heard {
+                // It joined in this view but missed the commit.
+                self.catchup_at.remove(&sender);
+                self.catch_up(cx, sender);
+            }
+            // Once it has spoken in the view, a late `Join` is one it sent before installing
+            // (ignored). A new process with this id (a restart) is not given the old one's
+            // place: it keeps asking until the old one, silent, is removed by a timeout.
+            return None;
+        }
+        if let Some(t) = self.joins.get_mut(&sender) {
+            *t = cx.now;
+            return None;
+        }
+        cx.stats.join_requests += 1;
+        if let Admission::Listed(ok) = &cx.cfg.admission {
+            if !ok.contains(&sender) {
+                cx.stats.joins_refused += 1;
+                cx.stats.last_join_refused = Some(sender);
+                return None;
+            }
+        }
+        if let Some(r) = cx.view.rank_of(sender) {
+            // A new incarnation of a member of this view: the old one is gone.
+            self.suspect_rank(cx, r, true);
+        }
+        self.joins.insert(sender, cx.now);
+        self.drive(cx)
+    }
+
+    /// A decision that no correct member could have made is refused (counted as a bad control
+    /// message): it holds the group key, but the state must stay bounded whatever it says.
+    fn plausible(&self, cx: &Ctx<'_>, d: &Decision) -> bool {
+        let mut ids: Vec<MemberId> = d.next.members.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        let n = cx.n() as u64;
+        let bound = cx
+            .order
+            .delivered_slots()
+            .saturating_add(n.saturating_mul(2 * cx.cfg.recv_window() + 2));
+        !d.next.members.is_empty()
+            && d.next.members.len() <= wire::MAX_MEMBERS
+            && ids.len() == d.next.members.len()
+            && d.next.id.0 == d.from.0.wrapping_add(1)
+            && d.joiners.iter().all(|j| d.next.rank_of(*j).is_some())
+            && (d.from != cx.view.id || d.cut <= bound)
+    }
+
+    /// A committed decision (any view: from the leader, or from a member telling a stale one).
+    pub(crate) fn on_commit(&mut self, cx: &mut Ctx<'_>, d: Decision) -> Option<Installing> {
+        if !self.plausible(cx, &d) {
+            cx.stats.bad_control += 1;
+            return None;
+        }
+        match self.status {
+            Status::Excluded | Status::Left => None,
+            Status::Joining if cx.view.id == ViewId(0) => {
+                // Only a decision that admits this process as a joiner: the id may also be in
+                // a view as an old incarnation of this member (a decision adopted from before
+                // it restarted), which is not this process.
+                (d.joiners.contains(&cx.me) && d.next.members.contains(&cx.me))
+                    .then_some(Installing::Joiner(d))
+            }
+            _ => {
+                if d.from == cx.view.id {
+                    Some(Installing::Survivor(d))
+                } else {
+                    if d.from > cx.view.id {
+                        // The group moved on by more than one view without us.
+                        self.status = Status::Excluded;
+                        self.last_commit = Some(d);
+                    }
+                    None
+                }
+            }
+        }
+    }
+
+    /// A joiner installs its first view: it serves once its state has arrived.
+    pub(crate) fn install_joiner(&mut self, cx: &mut Ctx<'_>, d: Decision) -> Installed {
+        self.status = Status::Serving;
+        cx.st.expect(d.next.id);
+        self.joined_now = d.joiners.iter().copied().collect();
+        let next = d.next.clone();
+        self.last_commit = Some(d);
+        cx.stats.view_changes += 1;
+        Installed {
+            change: ViewChange {
+                previous: cx.view.clone(),
+                view: next,
+                removed: Vec::new(),
+                joined: vec![cx.me],
+                cut: 0,
+                inferred_nulls: 0,
+                resubmitted: 0,
+                wedged_for: Duration::ZERO,
+                suspected_at: None,
+                state_from: None,
+            },
+            again: Vec::new(),
+        }
+    }
+
+    /// Ragged-edge cleanup up to the decision's cut; returns the new view and the own messages
+    /// to submit again in it (the member then resets its parts), or `None` if the decision
+    /// removes this member (or it cannot catch up).
+    pub(crate) fn install(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        d: Decision,
+        out: &mut VecDeque<Delivered>,
+    ) -> Option<Installed> {
+        let previous = cx.view.clone();
+        // Named as a joiner, this id stands for a new process: this one was removed (it made
+        // no promise the cut relies on, so it must not install the view as a survivor).
+        let me_next = d.next.rank_of(cx.me).is_some() && !d.joiners.contains(&cx.me);
+        if !me_next {
+            self.status = if self.leaving {
+                Status::Left
+            } else {
+                Status::Excluded
+            };
+            self.last_commit = Some(d);
+            self.leading = None;
+            return None;
+        }
+        if cx.st.awaiting() {
+            // Still waiting for our state when the view changed again: we cannot catch up.
+            self.status = Status::Excluded;
+            self.last_commit = Some(d);
+            return None;
+        }
+        let cut = if cx.cfg.sabotaged(Sabotage::IgnoreCut) {
+            cx.order.held_prefix()
+        } else {
+            d.cut
+        };
+        let (delivered, inferred) = cx.order.deliver_to_cut(cut, cx.view, out);
+        cx.stats.delivered += delivered;
+        // Own messages not delivered by the cut go again, in order, in the new view.
+        let again = cx.order.take_undelivered_own();
+        // A rejoining incarnation of an old member counts as removed (the old one) and joined.
+        let removed: Vec<MemberId> = previous
+            .members
+            .iter()
+            .copied()
+            .filter(|m| d.next.rank_of(*m).is_none() || d.joiners.contains(m))
+            .collect();
+        let joined: Vec<MemberId> = d
+            .next
+            .members
+            .iter()
+            .copied()
+            .filter(|m| previous.rank_of(*m).is_none() || d.joiners.contains(m))
+            .collect();
+        let suspected_at = (0..previous.len())
+            .filter(|&r| removed.contains(&previous.members[r]))
+            .filter_map(|r| self.suspected_at[r])
+            .min();
+        let wedged_for = self
+            .wedged_at
+            .map_or(Duration::ZERO, |t| cx.now.saturating_since(t));
+        let state_from = if joined.is_empty() {
+            None
+        } else {
+            d.next
+                .members
+                .iter()
+                .copied()
+                .find(|m| previous.rank_of(*m).is_some() && !d.joiners.contains(m))
+        };
+        let next = d.next.clone();
+        let resubmitted = again.len() as u64;
+        self.joined_now = joined.iter().copied().collect();
+        self.joins.retain(|j, _| next.rank_of(*j).is_none());
+        self.last_commit = Some(d);
+        cx.stats.view_changes += 1;
+        cx.stats.resubmitted += resubmitted;
+        Some(Installed {
+            change: ViewChange {
+                previous,
+                view: next,
+                removed,
+                joined,
+                cut,
+                inferred_nulls: inferred,
+                resubmitted,
+                wedged_for,
+                suspected_at,
+                state_from,
+            },
+            again,
+        })
+    }
+}

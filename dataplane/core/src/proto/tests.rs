@@ -1,0 +1,556 @@
+//! Unit tests of the protocol core: small networks of members driven step by step.
+
+use super::membership::Ctl;
+use super::*;
+use crate::types::{GroupId, Instant, MemberId, Seq, View, ViewId};
+use crate::wire::Key;
+fn view(n: u16) -> View {
+    View::new(crate::types::ViewId(1), (0..n).map(MemberId).collect())
+}
+
+fn member(n: u16, me: u16, cfg: ProtoConfig) -> Member {
+    Member::new(
+        cfg,
+        Key::from_bytes([1; 32]),
+        GroupId(3),
+        view(n),
+        MemberId(me),
+        Instant(0),
+    )
+    .unwrap()
+}
+
+fn msgs(m: &mut Member) -> Vec<Delivery> {
+    std::iter::from_fn(|| m.poll_delivery())
+        .filter_map(|d| match d {
+            Delivered::Message(d) => Some(d),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A tiny network for membership tests: members by id, some of them down, time advanced
+/// by steps; every frame between two live members arrives at the next step.
+struct Net {
+    ms: Vec<Member>,
+    down: Vec<bool>,
+    now: u64,
+    out: Vec<Vec<Delivered>>,
+}
+
+impl Net {
+    fn new(n: u16, cfg: ProtoConfig) -> Net {
+        Net {
+            ms: (0..n).map(|i| member(n, i, cfg.clone())).collect(),
+            down: vec![false; n as usize],
+            now: 0,
+            out: vec![Vec::new(); n as usize],
+        }
+    }
+    fn step(&mut self, us: u64) {
+        self.now += us;
+        let now = Instant(self.now);
+        let mut frames = Vec::new();
+        for (i, m) in self.ms.iter_mut().enumerate() {
+            if self.down[i] {
+                continue;
+            }
+            if now >= m.poll_timeout() {
+                m.handle_timeout(now);
+            }
+            while let Some(t) = m.poll_transmit() {
+                frames.push((i, t));
+            }
+        }
+        for (from, t) in frames {
+            let dests: Vec<usize> = match t.dest {
+                Dest::All => self.ms[from]
+                    .view()
+                    .members
+                    .iter()
+                    .map(|m| m.0 as usize)
+                    .filter(|&j| j != from)
+                    .collect(),
+                Dest::One(x) => vec![x.0 as usize],
+            };
+            for j in dests {
+                if j < self.ms.len() && !self.down[j] {
+                    self.ms[j].handle_frame(now, &t.frame);
+                }
+            }
+        }
+        for (i, m) in self.ms.iter_mut().enumerate() {
+            while let Some(d) = m.poll_delivery() {
+                self.out[i].push(d);
+            }
+        }
+    }
+    fn run(&mut self, total_us: u64) {
+        for _ in 0..total_us / 500 {
+            self.step(500);
+        }
+    }
+    fn payloads(&self, i: usize) -> Vec<Vec<u8>> {
+        self.out[i]
+            .iter()
+            .filter_map(|d| match d {
+                Delivered::Message(d) => Some(d.payload.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+    fn views(&self, i: usize) -> Vec<ViewChange> {
+        self.out[i]
+            .iter()
+            .filter_map(|d| match d {
+                Delivered::View(v) => Some(v.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_crashed_member_is_removed_and_survivors_agree() {
+    let mut net = Net::new(3, ProtoConfig::default());
+    for k in 0..10u8 {
+        net.ms[(k % 3) as usize].submit(vec![k]).unwrap();
+    }
+    net.run(5_000);
+    assert_eq!(net.payloads(0).len(), 10);
+    // Member 2 crashes; member 0 submits more, which cannot be stable without member 2.
+    net.down[2] = true;
+    for k in 10..15u8 {
+        net.ms[0].submit(vec![k]).unwrap();
+    }
+    net.run(100_000);
+    for i in 0..2 {
+        assert_eq!(net.ms[i].status(), Status::Serving);
+        assert_eq!(net.ms[i].view().members, vec![MemberId(0), MemberId(1)]);
+        let v = net.views(i);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].removed, vec![MemberId(2)]);
+    }
+    // Nothing submitted by a survivor is lost: the 5 late messages are delivered (in the
+    // cut or in the new view), in order, identically at both.
+    let want: Vec<Vec<u8>> = (0..15u8).map(|k| vec![k]).collect();
+    assert_eq!(net.payloads(0), want);
+    assert_eq!(net.payloads(1), want);
+    assert_eq!(net.ms[0].stats().view_changes, 1);
+    // The new view works.
+    net.ms[1].submit(b"after".to_vec()).unwrap();
+    net.run(5_000);
+    assert_eq!(net.payloads(0).last(), Some(&b"after".to_vec()));
+}
+
+#[test]
+fn the_leader_crashing_during_the_change_is_survived() {
+    let mut net = Net::new(5, ProtoConfig::default());
+    net.run(2_000);
+    net.down[4] = true;
+    // Run until the leader (member 0) has started its ballot, then crash it too.
+    for _ in 0..200 {
+        net.step(500);
+        if net.ms[0].ms.is_leading() {
+            break;
+        }
+    }
+    assert!(net.ms[0].ms.is_leading());
+    net.down[0] = true;
+    net.run(200_000);
+    for i in 1..4 {
+        assert_eq!(net.ms[i].status(), Status::Serving, "m{i}");
+        assert_eq!(
+            net.ms[i].view().members,
+            vec![MemberId(1), MemberId(2), MemberId(3)]
+        );
+    }
+}
+
+#[test]
+fn an_isolated_member_is_a_minority_and_learns_its_exclusion_on_heal() {
+    let mut net = Net::new(3, ProtoConfig::default());
+    net.run(2_000);
+    // Member 0 cannot reach anyone: down for the others, but still running itself.
+    let mut isolated = std::mem::replace(&mut net.ms[0], member(3, 0, ProtoConfig::default()));
+    net.down[0] = true;
+    let mut t = net.now;
+    for _ in 0..200 {
+        net.step(500);
+        t += 500;
+        isolated.handle_timeout(Instant(t));
+        while isolated.poll_transmit().is_some() {}
+    }
+    assert_eq!(isolated.status(), Status::Minority);
+    assert!(isolated.submit(vec![1]).is_err());
+    assert_eq!(net.ms[1].view().members, vec![MemberId(1), MemberId(2)]);
+    // Heal: its frames reach the others, which tell it how its view ended.
+    net.ms[0] = isolated;
+    net.down[0] = false;
+    net.run(20_000);
+    assert_eq!(net.ms[0].status(), Status::Excluded);
+    assert_eq!(net.ms[1].view().members, vec![MemberId(1), MemberId(2)]);
+    assert!(net.ms[1].stats().dropped_by(ProtoDrop::WrongView) > 0);
+}
+
+#[test]
+fn a_joiner_gets_the_state_then_the_messages() {
+    let mut net = Net::new(2, ProtoConfig::default());
+    net.ms[0].submit(b"before".to_vec()).unwrap();
+    net.run(2_000);
+    let j = Member::joining(
+        ProtoConfig::default(),
+        Key::from_bytes([1; 32]),
+        GroupId(3),
+        MemberId(2),
+        vec![MemberId(0), MemberId(1)],
+        Instant(net.now),
+    )
+    .unwrap();
+    assert_eq!(j.status(), Status::Joining);
+    net.ms.push(j);
+    net.down.push(false);
+    net.out.push(Vec::new());
+    let mut sent = false;
+    for _ in 0..100 {
+        net.step(500);
+        if !sent {
+            if let Some(v) = net.views(0).first() {
+                assert_eq!(v.joined, vec![MemberId(2)]);
+                assert_eq!(v.state_from, Some(MemberId(0)));
+                net.ms[0].send_state(MemberId(2), vec![7; 5000]);
+                sent = true;
+            }
+        }
+    }
+    assert!(sent);
+    net.ms[1].submit(b"after".to_vec()).unwrap();
+    net.run(10_000);
+    assert_eq!(net.ms[2].status(), Status::Serving);
+    let got: Vec<&Delivered> = net.out[2].iter().collect();
+    assert!(matches!(got[0], Delivered::View(_)));
+    assert!(matches!(got[1], Delivered::State(s) if *s == vec![7; 5000]));
+    assert_eq!(net.payloads(2), vec![b"after".to_vec()]);
+    assert_eq!(net.payloads(0), vec![b"before".to_vec(), b"after".to_vec()]);
+}
+
+#[test]
+fn a_join_not_admitted_is_refused_and_the_group_unchanged() {
+    let cfg = ProtoConfig {
+        admission: Admission::Listed([MemberId(0), MemberId(1)].into_iter().collect()),
+        ..ProtoConfig::default()
+    };
+    let mut net = Net::new(2, cfg.clone());
+    let j = Member::joining(
+        cfg,
+        Key::from_bytes([1; 32]),
+        GroupId(3),
+        MemberId(9),
+        vec![MemberId(0), MemberId(1)],
+        Instant(0),
+    )
+    .unwrap();
+    net.ms.push(j);
+    net.down.push(false);
+    net.out.push(Vec::new());
+    // Member 9's id is beyond the vector: map it to index 2 by giving it a view of ids.
+    net.run(20_000);
+    assert_eq!(net.ms[0].view().id, ViewId(1));
+    assert_eq!(net.ms[0].status(), Status::Serving);
+    assert!(net.ms[0].stats().joins_refused >= 1);
+    assert_eq!(net.ms[2].status(), Status::Joining);
+}
+
+#[test]
+fn an_implausible_decision_is_refused_and_counted() {
+    let mut net = Net::new(2, ProtoConfig::default());
+    net.run(2_000);
+    for d in [
+        Decision {
+            from: ViewId(1),
+            next: View::new(ViewId(2), vec![MemberId(0), MemberId(1)]),
+            joiners: vec![],
+            cut: u64::MAX,
+        },
+        Decision {
+            from: ViewId(1),
+            next: View::new(ViewId(2), vec![MemberId(0), MemberId(0)]),
+            joiners: vec![],
+            cut: 0,
+        },
+        Decision {
+            from: ViewId(1),
+            next: View::new(ViewId(7), vec![MemberId(0)]),
+            joiners: vec![],
+            cut: 0,
+        },
+    ] {
+        net.ms[1].emit_ctl_for_tests(Dest::One(MemberId(0)), &Ctl::Commit { decision: d });
+    }
+    net.run(1_000);
+    assert_eq!(net.ms[0].view().id, ViewId(1));
+    assert_eq!(net.ms[0].status(), Status::Serving);
+    assert_eq!(net.ms[0].stats().bad_control, 3);
+}
+
+#[test]
+fn a_graceful_leave() {
+    let mut net = Net::new(3, ProtoConfig::default());
+    net.run(2_000);
+    net.ms[2].leave();
+    net.run(20_000);
+    assert_eq!(net.ms[2].status(), Status::Left);
+    assert_eq!(net.ms[0].view().members, vec![MemberId(0), MemberId(1)]);
+    assert_eq!(net.ms[0].stats().suspicions, 0);
+}
+
+/// Moves every pending frame between members, `rounds` times.
+fn pump(ms: &mut [Member], now: u64, rounds: usize) {
+    for _ in 0..rounds {
+        let mut frames = Vec::new();
+        for (i, m) in ms.iter_mut().enumerate() {
+            while let Some(t) = m.poll_transmit() {
+                frames.push((i, t));
+            }
+        }
+        for (from, t) in frames {
+            for (j, m) in ms.iter_mut().enumerate() {
+                let to_j = match t.dest {
+                    Dest::All => j != from,
+                    Dest::One(x) => x.0 as usize == j,
+                };
+                if to_j {
+                    m.handle_frame(Instant(now), &t.frame);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn config_errors() {
+    let v = view(3);
+    let k = Key::from_bytes([1; 32]);
+    let bad = |cfg: ProtoConfig, me: u16| {
+        Member::new(
+            cfg,
+            k.clone(),
+            GroupId(1),
+            v.clone(),
+            MemberId(me),
+            Instant(0),
+        )
+        .unwrap_err()
+    };
+    assert_eq!(
+        bad(ProtoConfig::default(), 9),
+        ConfigError::NotInView(MemberId(9))
+    );
+    assert_eq!(
+        bad(
+            ProtoConfig {
+                window: 0,
+                ..ProtoConfig::default()
+            },
+            0
+        ),
+        ConfigError::Window
+    );
+    assert!(matches!(
+        bad(
+            ProtoConfig {
+                max_payload: 9000,
+                ..ProtoConfig::default()
+            },
+            0
+        ),
+        ConfigError::Payload { .. }
+    ));
+}
+
+#[test]
+fn oversized_payload_and_full_window_are_refused() {
+    let cfg = ProtoConfig {
+        window: 3,
+        max_payload: 10,
+        ..ProtoConfig::default()
+    };
+    let mut m = member(2, 0, cfg);
+    assert_eq!(
+        m.submit(vec![0; 11]),
+        Err(SubmitError::TooLarge { size: 11, max: 10 })
+    );
+    for i in 0..3 {
+        assert_eq!(m.submit(vec![i]), Ok(Seq(i as u64)));
+    }
+    assert_eq!(m.submit(vec![9]), Err(SubmitError::WindowFull));
+    assert_eq!(m.stats().window_full, 1);
+}
+
+#[test]
+fn a_reported_gap_is_resent_without_waiting_for_a_timeout() {
+    let mut m0 = member(2, 0, ProtoConfig::default());
+    let mut m1 = member(2, 1, ProtoConfig::default());
+    m0.submit(b"first".to_vec()).unwrap();
+    let lost = m0.poll_transmit().unwrap();
+    drop(lost);
+    m0.submit(b"second".to_vec()).unwrap();
+    let second = m0.poll_transmit().unwrap();
+    m1.handle_frame(Instant(10), &second.frame);
+    assert!(!m1.has_received(MemberId(0), Seq(0)));
+    // Member 1 reports the gap at once; member 0 resends; no handle_timeout anywhere.
+    let mut rounds = 0;
+    while !m1.has_received(MemberId(0), Seq(0)) && rounds < 4 {
+        while let Some(t) = m1.poll_transmit() {
+            m0.handle_frame(Instant(20), &t.frame);
+        }
+        while let Some(t) = m0.poll_transmit() {
+            m1.handle_frame(Instant(30), &t.frame);
+        }
+        rounds += 1;
+    }
+    assert!(
+        m1.has_received(MemberId(0), Seq(0)),
+        "the gap was not repaired"
+    );
+    assert_eq!(m0.stats().fast_retransmits, 1);
+    assert!(m0.stats().retransmitted_slots >= 1);
+}
+
+#[test]
+fn a_restarted_member_notices_it() {
+    let mut ms: Vec<Member> = (0..2)
+        .map(|i| member(2, i, ProtoConfig::default()))
+        .collect();
+    for k in 0..3u8 {
+        ms[1].submit(vec![k]).unwrap();
+    }
+    pump(&mut ms, 10, 4);
+    assert_eq!(ms[1].restarted_in_view(), None);
+    // Member 1 restarts with no state; member 0's next row reveals it.
+    ms[1] = member(2, 1, ProtoConfig::default());
+    ms[0].handle_timeout(Instant(1_000_000));
+    pump(&mut ms, 1_000_000, 2);
+    assert_eq!(ms[1].restarted_in_view(), Some(MemberId(0)));
+    assert_eq!(ms[0].restarted_in_view(), None);
+}
+
+#[test]
+fn a_single_member_delivers_at_once() {
+    let mut m = member(1, 0, ProtoConfig::default());
+    m.submit(b"a".to_vec()).unwrap();
+    m.submit(b"b".to_vec()).unwrap();
+    let got: Vec<Vec<u8>> = msgs(&mut m).into_iter().map(|d| d.payload).collect();
+    assert_eq!(got, vec![b"a".to_vec(), b"b".to_vec()]);
+    assert!(m.poll_transmit().is_none());
+}
+
+#[test]
+fn three_members_agree_and_batch() {
+    let mut ms: Vec<Member> = (0..3)
+        .map(|i| member(3, i, ProtoConfig::default()))
+        .collect();
+    for k in 0..20u8 {
+        ms[(k % 3) as usize].submit(vec![k]).unwrap();
+    }
+    pump(&mut ms, 10, 6);
+    let logs: Vec<Vec<(MemberId, u64)>> = ms
+        .iter_mut()
+        .map(|m| msgs(m).into_iter().map(|d| (d.sender, d.seq.0)).collect())
+        .collect();
+    assert_eq!(logs[0].len(), 20);
+    assert_eq!(logs[0], logs[1]);
+    assert_eq!(logs[1], logs[2]);
+    // Seven messages left member 0 in one frame.
+    assert!(ms[0].stats().max_batch >= 7, "{:?}", ms[0].stats());
+}
+
+#[test]
+fn nothing_is_delivered_before_every_member_holds_it() {
+    let mut ms: Vec<Member> = (0..3)
+        .map(|i| member(3, i, ProtoConfig::default()))
+        .collect();
+    ms[0].submit(b"x".to_vec()).unwrap();
+    let t = ms[0].poll_transmit().unwrap();
+    // Only member 1 receives it: member 1 must not deliver (member 2 lacks it).
+    ms[1].handle_frame(Instant(1), &t.frame);
+    while let Some(t1) = ms[1].poll_transmit() {
+        ms[0].handle_frame(Instant(1), &t1.frame);
+    }
+    assert!(msgs(&mut ms[0]).is_empty());
+    assert!(msgs(&mut ms[1]).is_empty());
+    // The lost copy is retransmitted to member 2 after the timeout; then all deliver.
+    ms[0].handle_timeout(Instant(10_000));
+    pump(&mut ms, 10_000, 6);
+    for m in &mut ms {
+        let got: Vec<Vec<u8>> = msgs(m).into_iter().map(|d| d.payload).collect();
+        assert_eq!(got, vec![b"x".to_vec()]);
+    }
+    assert!(ms[0].stats().retransmitted_slots >= 1);
+}
+
+/// Without loss, deliveries take no timer.
+mod hops {
+    use super::*;
+    /// Without loss, a message from any rank is delivered everywhere within three exchanges
+    /// and no timer: nulls pass once a majority holds them, which for three members the
+    /// null's sender and its receiver already are.
+    #[test]
+    fn three_members_deliver_without_timers() {
+        let key = Key::from_bytes([1; 32]);
+        let view = View::new(ViewId(1), (0..3).map(MemberId).collect());
+        let mut ms: Vec<Member> = (0..3)
+            .map(|i| {
+                Member::new(
+                    ProtoConfig::default(),
+                    key.clone(),
+                    GroupId(3),
+                    view.clone(),
+                    MemberId(i),
+                    Instant(0),
+                )
+                .unwrap()
+            })
+            .collect();
+        let mut now = 100;
+        for round in 0..30u8 {
+            let from = (round % 3) as usize;
+            ms[from].submit(vec![round]).unwrap();
+            let mut got = [false; 3];
+            let mut steps = 0;
+            while !got.iter().all(|g| *g) {
+                assert!(
+                    steps < 3,
+                    "round {round} from m{from}: more than 3 exchanges"
+                );
+                now += 10;
+                let mut frames = Vec::new();
+                for (i, m) in ms.iter_mut().enumerate() {
+                    while let Some(t) = m.poll_transmit() {
+                        frames.push((i, t));
+                    }
+                }
+                for (src, t) in frames {
+                    for (j, m) in ms.iter_mut().enumerate() {
+                        let to = match t.dest {
+                            Dest::All => j != src,
+                            Dest::One(x) => x.0 as usize == j,
+                        };
+                        if to {
+                            m.handle_frame(Instant(now), &t.frame);
+                        }
+                    }
+                }
+                for (i, m) in ms.iter_mut().enumerate() {
+                    while let Some(d) = m.poll_delivery() {
+                        if let Delivered::Message(d) = d {
+                            assert_eq!(d.payload, vec![round]);
+                            got[i] = true;
+                        }
+                    }
+                }
+                steps += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The replicated queue's vocabulary: queue settings, requests, the operations ordered
+//! through the group ([`Op`]) and what applying them does ([`Effect`]).
+
+use crate::types::{MemberId, RequestId};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    #[default]
+    Fifo,
+    Lifo,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFull {
+    /// The push waits (in order) until there is room.
+    #[default]
+    Block,
+    /// The push fails; the pusher is told.
+    Reject,
+    /// The oldest queued request is dropped to make room (data freshness).
+    OverwriteOldest,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSpec {
+    pub name: String,
+    pub capacity: u32,
+    pub order: Order,
+    pub on_full: OnFull,
+}
+
+/// Timing carried by a request along its pipeline, for measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Meta {
+    /// Intended send time at the trigger, in the trigger's clock (microseconds).
+    pub sent_us: u64,
+    /// Sum of the functions' measured execution times so far (microseconds).
+    pub exec_us: u64,
+    /// Functions run so far.
+    pub hops: u16,
+    /// When this request was submitted for ordering (host clock, microseconds).
+    pub submitted_us: u64,
+    /// Sum over the stages so far of submission to delivery of the assignment at the invoker:
+    /// the total-order multicast's share of the latency (same-host clocks only).
+    pub order_us: u64,
+    /// Sum over the stages so far of delivery of the assignment to the start of the function:
+    /// the engine-to-application hand-off.
+    pub handoff_us: u64,
+}
+
+/// HTTP details of a call that came through the gateway: carried with each step's request (the
+/// call's method, path, query and headers, for functions that read them) and with the result
+/// (the function's status and headers, for the gateway's answer). Header names are kept as
+/// received; lookups ignore case.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Http {
+    pub method: String,
+    /// The path below `/function/{name}` (`/` when none).
+    pub path: String,
+    /// The query string, without `?`.
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    /// A result's status (0 in a request).
+    pub status: u16,
+}
+
+impl Http {
+    /// The first header named `name`, ignoring case.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets `name` (ignoring case) to `value`, replacing earlier values.
+    pub fn set_header(&mut self, name: &str, value: &str) {
+        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        self.headers.push((name.to_string(), value.to_string()));
+    }
+}
+
+/// A function request: one step of one pipeline run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub id: RequestId,
+    /// Set by the replicas when they apply the push (pushers leave it 0): unique in the group,
+    /// the same at every replica. Tells apart two instances of one step of one run (fan-out
+    /// that merges again), and is what completions name.
+    pub instance: u64,
+    /// The pipeline step this request runs.
+    pub step: String,
+    /// The queue it waits in.
+    pub queue: String,
+    pub payload: Vec<u8>,
+    pub meta: Meta,
+    /// The HTTP call this run came from, if it came through the gateway.
+    pub http: Option<Box<Http>>,
+}
+
+/// An operation of the replicated queue, carried as one ordered message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Creates a queue; creating an existing queue with the same spec is a no-op, with another
+    /// spec it is refused.
+    Create(QueueSpec),
+    /// The consumer will take from this queue.
+    Subscribe {
+        consumer: MemberId,
+        queue: String,
+    },
+    Push {
+        pusher: MemberId,
+        req: Request,
+    },
+    /// A push that is refused ([`RejectReason::Full`]) rather than blocked or overwriting when
+    /// the queue is full, whatever its `on_full` (a non-blocking send).
+    TryPush {
+        pusher: MemberId,
+        req: Request,
+    },
+    /// Blocking takes: the consumer is ready for `credits` more requests.
+    Ready {
+        consumer: MemberId,
+        credits: u32,
+    },
+    /// Blocking takes from one queue only, subscribed or not: the consumer is ready for
+    /// `credits` more requests of `queue` (a receiver of that queue).
+    ReadyFor {
+        consumer: MemberId,
+        queue: String,
+        credits: u32,
+    },
+    /// Non-blocking take: one request now, or [`Effect::Empty`].
+    TryTake {
+        consumer: MemberId,
+    },
+    /// The consumer finished `(id, step)`; `outputs` are pushed atomically; `credits` more
+    /// requests may be assigned to it (saves a separate `Ready`).
+    Complete {
+        consumer: MemberId,
+        id: RequestId,
+        /// The instance of the request being completed (from its assignment).
+        instance: u64,
+        step: String,
+        outputs: Vec<Request>,
+        /// The function's output, reported to the trigger when the step is terminal.
+        result: Option<Vec<u8>>,
+        /// The function's HTTP status and headers, with a terminal result.
+        reply: Option<Box<Http>>,
+        meta: Meta,
+        credits: u32,
+    },
+    /// The function failed: the run ends with an error reported to its origin.
+    Fail {
+        consumer: MemberId,
+        id: RequestId,
+        instance: u64,
+        step: String,
+        error: String,
+        /// The HTTP status the failure answers with (500 crash, 502 bad output, 504 timeout).
+        status: u16,
+        credits: u32,
+    },
+    /// Every member stops serving.
+    Shutdown {
+        by: MemberId,
+    },
+    /// Replaces the group's pipelines (from the control plane), at this place in the order.
+    /// Applied only if `version` is above the replicas' current one, so that several members
+    /// passing on the same change apply it once and an old change never undoes a newer one.
+    /// The queues are created, or their spec changed in place (a queue no pipeline names any
+    /// more is kept: requests may still wait in it).
+    Pipelines {
+        by: MemberId,
+        version: u64,
+        queues: Vec<QueueSpec>,
+        /// The pipelines' JSON documents; the replicas keep them for joiners and members
+        /// parse them.
+        docs: Vec<String>,
+    },
+}
+
+impl Op {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+    pub fn decode(bytes: &[u8]) -> Result<Op, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    Full,
+    NoSuchQueue,
+    SpecConflict,
+}
+
+/// What applying an operation did; every replica computes the same effects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    Created {
+        queue: String,
+    },
+    Assigned {
+        consumer: MemberId,
+        req: Request,
+    },
+    /// A push waits for room (block policy).
+    Blocked {
+        pusher: MemberId,
+        id: RequestId,
+        step: String,
+    },
+    /// A blocked push got room.
+    Admitted {
+        pusher: MemberId,
+        id: RequestId,
+        step: String,
+    },
+    Rejected {
+        pusher: MemberId,
+        id: RequestId,
+        step: String,
+        queue: String,
+        reason: RejectReason,
+    },
+    Overwritten {
+        id: RequestId,
+        step: String,
+        queue: String,
+    },
+    Empty {
+        consumer: MemberId,
+    },
+    /// A request pushed by [`Op::Push`] or [`Op::TryPush`] went into its queue (told to the
+    /// pusher, so that a send can return once it holds).
+    Accepted {
+        pusher: MemberId,
+        id: RequestId,
+    },
+    Completed {
+        consumer: MemberId,
+        id: RequestId,
+        instance: u64,
+        step: String,
+        /// No continuation: this branch of the run ends here.
+        terminal: bool,
+        result: Option<Vec<u8>>,
+        reply: Option<Box<Http>>,
+        meta: Meta,
+    },
+    /// A completion of a request instance not in flight at that consumer (already completed,
+    /// or never assigned to it): ignored. This is how completions are deduplicated.
+    DuplicateCompletion {
+        consumer: MemberId,
+        id: RequestId,
+        instance: u64,
+        step: String,
+    },
+    Failed {
+        consumer: MemberId,
+        id: RequestId,
+        instance: u64,
+        step: String,
+        error: String,
+        status: u16,
+    },
+    Shutdown {
+        by: MemberId,
+    },
+    /// A request in flight at a member removed by a view change went back to the head of its
+    /// queue (with a new instance: a late completion of the old one is a duplicate).
+    Requeued {
+        from: MemberId,
+        /// The instance it had at the removed member.
+        old_instance: u64,
+        id: RequestId,
+        step: String,
+        queue: String,
+    },
+    /// The group's pipelines changed (applied [`Op::Pipelines`], or the state a joiner
+    /// received carries them).
+    Pipelines {
+        version: u64,
+        docs: Vec<String>,
+    },
+    /// Not from the queue: the replica reports a view installed, at its place in the order
+    /// (before the requests the removed members held are put back).
+    ViewInstalled {
+        view: u32,
+        members: Vec<MemberId>,
+        removed: Vec<MemberId>,
+        joined: Vec<MemberId>,
+        /// From wedging to installing, at this member.
+        wedged_us: u64,
+        /// When this member suspected a removed member (the host's clock), if it did.
+        suspected_at_us: Option<u64>,
+        /// Slots of the old view delivered in all (the view change's cut).
+        cut: u64,
+        /// Own messages submitted again in the new view.
+        resubmitted: u64,
+    },
+}
+
+impl Effect {
+    /// Whether this effect is for member `me`'s application: a request assigned to it, what
+    /// happened to the runs it started (their requests carry its id), and group-wide news (a
+    /// view, new pipelines, a shutdown). Every replica computes every effect; each member's
+    /// host hands on only these.
+    pub fn concerns(&self, me: MemberId) -> bool {
+        match self {
+            Effect::Assigned { consumer, .. } => *consumer == me,
+            Effect::Blocked { id, .. }
+            | Effect::Accepted { id, .. }
+            | Effect::Admitted { id, .. }
+            | Effect::Rejected { id, .. }
+            | Effect::Overwritten { id, .. }
+            | Effect::Completed { id, .. }
+            | Effect::Failed { id, .. }
+            | Effect::Requeued { id, .. } => id.origin() == me,
+            Effect::Shutdown { .. } | Effect::ViewInstalled { .. } | Effect::Pipelines { .. } => {
+                true
+            }
+            Effect::Created { .. } | Effect::Empty { .. } | Effect::DuplicateCompletion { .. } => {
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! [`Replica`]: one member of the group as production runs it, the one node every host drives.
+//!
+//! A replica is the protocol [`Member`] plus the replicated queue ([`QueueState`]) it applies
+//! the agreed order to: operations are applied in delivery order; at a view change the removed
+//! members' requests go back to their queues (after the view is reported); a member named to
+//! send a joiner its state sends the queue's snapshot as of the install; a joiner replaces its
+//! queue with the state it receives and reports the pipelines that state carries. The engine
+//! and the simulator both drive this type, so the simulator checks exactly what runs.
+//!
+//! Sans-IO, like the member: the host calls, repeatedly,
+//! 1. [`Replica::handle_frame`] for every frame received, [`Replica::submit`] (or
+//!    [`Replica::submit_encoded`]) for every operation to order;
+//! 2. [`Replica::handle_timeout`] once the instant given by [`Replica::poll_timeout`] passed;
+//! 3. [`Replica::poll_effect`] until `None`: the effects of the applied operations, in order
+//!    (each replica computes every member's effects; [`Effect::concerns`] says which are for
+//!    this member's application). A host that also wants to see what was delivered (the
+//!    simulator's checkers) calls [`Replica::poll_applied`] instead: one delivery at a time,
+//!    with its effects. Use one or the other.
+//! 4. [`Replica::poll_transmit`] until `None`: frames to send; then [`Replica::recycle`].
+
+use crate::proto::{
+    Admission, ConfigError, Delivered, Delivery, Member, ProtoConfig, Status, SubmitError,
+    Transmit, ViewChange,
+};
+use crate::queue::{Effect, Op, QueueState};
+use crate::types::{GroupId, Instant, MemberId, Seq, View};
+use crate::wire::Key;
+use std::collections::VecDeque;
+
+/// Counters of the replica's own work (the member keeps the protocol's).
+#[derive(Clone, Debug, Default)]
+pub struct ReplicaStats {
+    /// Deliveries applied (messages, views and states).
+    pub applied: u64,
+    /// Delivered messages that are not an operation (counted, skipped).
+    pub malformed_ops: u64,
+    /// Requests put back in their queue because their consumer was removed.
+    pub requeued: u64,
+    /// States received on joining that did not decode (the queue stays empty).
+    pub bad_states: u64,
+    /// Snapshots sent to joiners.
+    pub states_sent: u64,
+}
+
+/// One delivery applied, with its effects (see [`Replica::poll_applied`]).
+#[derive(Clone, Debug)]
+pub enum Applied {
+    /// An ordered message; `malformed`: it did not decode as an operation (no effect).
+    Message {
+        delivery: Delivery,
+        malformed: bool,
+        effects: Vec<Effect>,
+    },
+    /// A view installed: [`Effect::ViewInstalled`], then the requests put back.
+    View {
+        change: ViewChange,
+        effects: Vec<Effect>,
+    },
+    /// A joiner's state arrived (`ok`: it decoded and replaced the queue).
+    State { ok: bool, effects: Vec<Effect> },
+}
+
+/// What one delivery was, once applied.
+enum Step {
+    Message(Delivery, bool),
+    View(ViewChange),
+    State(bool),
+}
+
+/// The protocol member and the queue replica it feeds. See the module docs.
+#[derive(Debug)]
+pub struct Replica {
+    member: Member,
+    queue: QueueState,
+    effects: VecDeque<Effect>,
+    scratch: Vec<Effect>,
+    stats: ReplicaStats,
+}
+
+impl Replica {
+    /// A member of `view` (the configured first view), with an empty queue.
+    pub fn new(
+        cfg: ProtoConfig,
+        key: Key,
+        group: GroupId,
+        view: View,
+        me: MemberId,
+        now: Instant,
+    ) -> Result<Replica, ConfigError> {
+        Ok(Replica::from_member(Member::new(
+            cfg, key, group, view, me, now,
+        )?))
+    }
+
+    /// A process asking to join through `contacts`; its queue comes by state transfer.
+    pub fn joining(
+        cfg: ProtoConfig,
+        key: Key,
+        group: GroupId,
+        me: MemberId,
+        contacts: Vec<MemberId>,
+        now: Instant,
+    ) -> Result<Replica, ConfigError> {
+        Ok(Replica::from_member(Member::joining(
+            cfg, key, group, me, contacts, now,
+        )?))
+    }
+
+    fn from_member(member: Member) -> Replica {
+        Replica {
+            member,
+            queue: QueueState::new(),
+            effects: VecDeque::new(),
+            scratch: Vec::new(),
+            stats: ReplicaStats::default(),
+        }
+    }
+
+    /// The protocol member, for its state and counters.
+    pub fn member(&self) -> &Member {
+        &self.member
+    }
+    /// The queue replica.
+    pub fn queue(&self) -> &QueueState {
+        &self.queue
+    }
+    pub fn stats(&self) -> &ReplicaStats {
+        &self.stats
+    }
+    pub fn id(&self) -> MemberId {
+        self.member.id()
+    }
+    pub fn view(&self) -> &View {
+        self.member.view()
+    }
+    pub fn status(&self) -> Status {
+        self.member.status()
+    }
+
+    pub fn handle_frame(&mut self, now: Instant, bytes: &[u8]) {
+        self.member.handle_frame(now, bytes);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.member.handle_timeout(now);
+    }
+
+    pub fn poll_timeout(&self) -> Instant {
+        self.member.poll_timeout()
+    }
+
+    /// Offers an operation for ordering (`WindowFull` is backpressure: retry later).
+    pub fn submit(&mut self, op: &Op) -> Result<Seq, SubmitError> {
+        self.member.submit(op.encode())
+    }
+
+    /// Offers an operation encoded by [`Op::encode`] (hosts encode off the polling thread).
+    pub fn submit_encoded(&mut self, op: Vec<u8>) -> Result<Seq, SubmitError> {
+        self.member.submit(op)
+    }
+
+    /// Own operations that can still be submitted before the window is full.
+    pub fn window_room(&self) -> u64 {
+        self.member.window_room()
+    }
+
+    /// Who may join from now on.
+    pub fn set_admission(&mut self, admission: Admission) {
+        self.member.set_admission(admission);
+    }
+
+    /// Leaves the group gracefully (see [`Member::leave`]).
+    pub fn leave(&mut self) {
+        self.member.leave();
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.member.poll_transmit()
+    }
+
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.member.recycle(buf);
+    }
+
+    /// The next effect, in the agreed order, applying deliveries as needed.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        loop {
+            if let Some(e) = self.effects.pop_front() {
+                return Some(e);
+            }
+            self.advance()?;
+        }
+    }
+
+    /// Applies the next delivery, if any, and says what it was with its effects.
+    pub fn poll_applied(&mut self) -> Option<Applied> {
+        let step = self.advance()?;
+        let effects: Vec<Effect> = self.effects.drain(..).collect();
+        Some(match step {
+            Step::Message(delivery, malformed) => Applied::Message {
+                delivery,
+                malformed,
+                effects,
+            },
+            Step::View(change) => Applied::View { change, effects },
+            Step::State(ok) => Applied::State { ok, effects },
+        })
+    }
+
+    /// Takes one delivery from the member and applies it; its effects are queued.
+    fn advance(&mut self) -> Option<Step> {
+        let step = match self.member.poll_delivery()? {
+            Delivered::Message(d) => {
+                let malformed = match Op::decode(&d.payload) {
+                    Ok(op) => {
+                        self.queue.apply(op, &mut self.scratch);
+                        false
+                    }
+                    Err(_) => {
+                        self.stats.malformed_ops += 1;
+                        true
+                    }
+                };
+                Step::Message(d, malformed)
+            }
+            Delivered::View(vc) => {
+                self.on_view(&vc);
+                Step::View(vc)
+            }
+            Delivered::State(bytes) => Step::State(self.on_state(&bytes)),
+        };
+        self.effects.extend(self.scratch.drain(..));
+        self.stats.applied += 1;
+        Some(step)
+    }
+
+    /// A view installed: it is reported, the requests of removed members go back to their
+    /// queues, and joiners are sent the state as of now if this member is the one to send it.
+    fn on_view(&mut self, vc: &ViewChange) {
+        self.scratch.push(Effect::ViewInstalled {
+            view: vc.view.id.0,
+            members: vc.view.members.clone(),
+            removed: vc.removed.clone(),
+            joined: vc.joined.clone(),
+            wedged_us: vc.wedged_for.as_micros() as u64,
+            suspected_at_us: vc.suspected_at.map(|t| t.as_micros()),
+            cut: vc.cut,
+            resubmitted: vc.resubmitted,
+        });
+        let before = self.scratch.len();
+        self.queue.remove_members(&vc.removed, &mut self.scratch);
+        self.stats.requeued += self.scratch[before..]
+            .iter()
+            .filter(|e| matches!(e, Effect::Requeued { .. }))
+            .count() as u64;
+        if vc.state_from == Some(self.member.id()) {
+            let snap = self.queue.snapshot();
+            for j in &vc.joined {
+                self.member.send_state(*j, snap.clone());
+                self.stats.states_sent += 1;
+            }
+        }
+    }
+
+    /// A joiner's state: the queue replica as of its first view, and the pipelines it holds.
+    fn on_state(&mut self, bytes: &[u8]) -> bool {
+        match QueueState::from_snapshot(bytes) {
+            Ok(q) => {
+                self.queue = q;
+                if let Some((version, docs)) = self.queue.pipeline_docs() {
+                    self.scratch.push(Effect::Pipelines {
+                        version,
+                        docs: docs.to_vec(),
+                    });
+                }
+                true
+            }
+            Err(_) => {
+                self.stats.bad_states += 1;
+                false
+            }
+        }
+    }
+}

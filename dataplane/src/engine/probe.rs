@@ -1,0 +1,89 @@
+//! What other threads see of a running engine and may ask of it (the control plane's agent,
+//! the application's handle), exchanged through [`Shared`].
+
+use crate::transport::TransportStats;
+use conveyor_core::proto::{Admission, Stats};
+use conveyor_core::queue::{Op, QueueSpec};
+use conveyor_core::types::MemberId;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::Thread;
+
+#[derive(Debug, Default)]
+pub(super) struct Shared {
+    pub(super) ready: AtomicBool,
+    pub(super) stop: AtomicBool,
+    pub(super) finished: AtomicBool,
+    pub(super) engine_parked: AtomicBool,
+    pub(super) app_parked: AtomicBool,
+    pub(super) app_thread: Mutex<Option<Thread>>,
+    pub(super) status: Mutex<String>,
+    pub(super) delivered: AtomicU64,
+    pub(super) view: AtomicU64,
+    pub(super) live: Mutex<Live>,
+    /// The engine stopped because this member left the group at its request.
+    pub(super) left: AtomicBool,
+    /// Requests from other threads (the control plane's agent), taken a few times a second.
+    pub(super) directives: Mutex<Vec<Directive>>,
+}
+
+/// What another thread (the member's control-plane agent) may ask of a running engine. Taken
+/// by the polling loop a few times a second, off the message path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Directive {
+    /// Submit an operation to the group (for example [`Op::Pipelines`]), once serving.
+    Submit(Op),
+    /// Who may join from now on (the control plane's allowlist).
+    Admit(Admission),
+    /// Leave the group gracefully.
+    Leave,
+}
+
+/// Observes a running engine from another thread.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub(super) shared: Arc<Shared>,
+}
+
+impl Probe {
+    pub fn live(&self) -> Live {
+        self.shared
+            .live
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
+    }
+    pub fn is_finished(&self) -> bool {
+        self.shared.finished.load(Ordering::Acquire)
+    }
+    /// Whether the engine stopped because this member left the group (a graceful leave).
+    pub fn has_left(&self) -> bool {
+        self.shared.left.load(Ordering::Acquire)
+    }
+    /// Hands a directive to the engine (taken within about 200 ms).
+    pub fn direct(&self, d: Directive) {
+        if let Ok(mut v) = self.shared.directives.lock() {
+            v.push(d);
+        }
+    }
+}
+
+/// What a running engine looks like, refreshed a few times a second (for the control plane).
+#[derive(Clone, Debug, Default)]
+pub struct Live {
+    /// `serving`, `changing`, `joining`, `minority`, `excluded`, `left`.
+    pub status: &'static str,
+    pub view: u32,
+    pub members: Vec<MemberId>,
+    pub proto: Stats,
+    pub queues: Vec<(String, usize)>,
+    /// The queues' settings, in the order of `queues`.
+    pub specs: Vec<QueueSpec>,
+    /// Requests put back in their queue after their invoker was removed (seen here).
+    pub requeued: u64,
+    pub rejoins: u64,
+    /// Version of the pipelines set through the group (0: the group file's).
+    pub pipelines_version: u64,
+    /// The transport's counters (and its XDP program's, if any).
+    pub transport: TransportStats,
+}
