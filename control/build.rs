@@ -1,9 +1,4 @@
-//! Records the commit the binary was built from, for benchmark reports; and generates the C
-//! client library's header, `conveyor_mq.h`, from `src/mq_ffi.rs` with
-//! cbindgen, into `$OUT_DIR/include` and `target/<profile>/include` (next to
-//! `libconveyor.so`); the tests find it through `CONVEYOR_MQ_INCLUDE`.
-
-use std::path::PathBuf;
+//! Records the commit the binary was built from, for benchmark reports.
 
 fn main() {
     let commit = std::process::Command::new("git")
@@ -17,27 +12,4 @@ fn main() {
     println!("cargo:rustc-env=CONVEYOR_COMMIT={commit}");
     println!("cargo:rerun-if-changed=../.git/HEAD");
     println!("cargo:rerun-if-changed=../.git/refs/heads");
-    println!("cargo:rerun-if-changed=src/mq_ffi.rs");
-    println!("cargo:rerun-if-changed=cbindgen.toml");
-    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo"));
-    let config = cbindgen::Config::from_file(dir.join("cbindgen.toml"))
-        .expect("control/cbindgen.toml parses");
-    // Only the FFI module: the rest of the crate is Rust's business.
-    let bindings = cbindgen::Builder::new()
-        .with_config(config)
-        .with_src(dir.join("src/mq_ffi.rs"))
-        .generate()
-        .expect("cbindgen generates conveyor_mq.h");
-    let include = out.join("include");
-    std::fs::create_dir_all(&include).expect("OUT_DIR is writable");
-    bindings.write_to_file(include.join("conveyor_mq.h"));
-    // target/<profile>/build/conveyor-HASH/out -> target/<profile>/include
-    if let Some(profile) = out.ancestors().nth(3) {
-        let public = profile.join("include");
-        if std::fs::create_dir_all(&public).is_ok() {
-            bindings.write_to_file(public.join("conveyor_mq.h"));
-        }
-    }
-    println!("cargo:rustc-env=CONVEYOR_MQ_INCLUDE={}", include.display());
 }

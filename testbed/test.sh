@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The project's whole test suite, from a fresh Debian 12 machine: installs what is missing, then
-# formatting, lints, unit and property tests, the deterministic simulator over many seeds,
-# end-to-end runs of the `conveyor` binary, and a short run of every fuzz target.
+# formatting, lints, the protocol core's isolation (its dependencies, and a build without the
+# system libraries of the transports), the C library's, unit and property tests, the
+# deterministic simulator over many seeds, end-to-end runs of the `conveyor` binary (tests that
+# need root are `#[ignore = "needs root"]` and run here only as root), and a short run of every
+# fuzz target.
 #
 #   SIM_SEEDS   simulator seeds (default 6000)       FUZZ_SECONDS per fuzz target (default 30)
 set -euo pipefail
@@ -18,10 +21,42 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo build (the binary and libconveyor.so, which the C client library's test links)"
+echo "== the protocol core's dependencies: none of dpdk-sys, rdma-sys, libbpf, libc, crossbeam, tracing"
+core_tree="$(cargo tree -p conveyor-core -e normal --prefix none --locked)"
+if grep -E '^(dpdk-sys|rdma-sys|libbpf-sys|libbpf-rs|libc|crossbeam[a-z-]*|tracing[a-z-]*) v' <<<"$core_tree"; then
+  echo "conveyor-core depends on the crates above"; exit 1
+fi
+for pkg in conveyor-testbed; do
+  if cargo tree -p "$pkg" -e normal --prefix none --locked | grep -q '^conveyor-dataplane v'; then
+    echo "$pkg depends on conveyor-dataplane; it must drive conveyor-core alone"; exit 1
+  fi
+done
+if (cd dataplane/core/fuzz && cargo tree -e normal --prefix none) | grep -q '^conveyor-dataplane v'; then
+  echo "the fuzz targets depend on conveyor-dataplane"; exit 1
+fi
+echo "== the protocol core without DPDK, libibverbs, libclang or libelf (a mount namespace hides them)"
+if [ "$(id -u)" -eq 0 ]; then
+  bash testbed/core-alone.sh 2>&1 | grep -E '^core-alone|^test result|error' || { echo "core-alone failed"; exit 1; }
+else
+  echo "NOT RUN: testbed/core-alone.sh needs root (a mount namespace)"
+fi
+echo "== cargo build"
 cargo build --workspace --locked
-echo "== cargo test (simulator: $SIM_SEEDS seeds)"
-cargo test --workspace --locked
+echo "== libconveyor.so on its own: none of DPDK, libibverbs, libbpf, nor the bench's crates"
+# Built alone (a workspace build unifies the dataplane's features and links DPDK into it).
+cargo build -p conveyor-mq --locked
+if ldd target/debug/libconveyor.so | grep -E 'librte|libibverbs|librdmacm|libelf|libbpf|librdkafka|libz'; then
+  echo "libconveyor.so needs the libraries above"; exit 1
+fi
+if cargo tree -p conveyor-mq -e normal --prefix none --locked | grep -E '^(rdkafka|redis|plotters|indicatif|libbpf-rs|dpdk-sys|rdma-sys) v'; then
+  echo "conveyor-mq depends on the crates above"; exit 1
+fi
+echo "== cargo test (simulator: $SIM_SEEDS seeds; tests that need root: $([ "$(id -u)" -eq 0 ] && echo run || echo 'ignored, not run'))"
+if [ "$(id -u)" -eq 0 ]; then
+  cargo test --workspace --locked -- --include-ignored
+else
+  cargo test --workspace --locked
+fi
 echo "== the latency-study suite, quick (every backend, the report and its plots)"
 suite_out="$(mktemp -d)/suite"
 bash testbed/suite.sh --quick --out "$suite_out" --conveyor target/debug/conveyor

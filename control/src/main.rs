@@ -1,6 +1,7 @@
 //! `conveyor`: run a member, the demo, or a benchmark.
 
-use conveyor::{bench, config, control, node, plot, serve};
+use conveyor_control::bench::{self, demo as serve, plot};
+use conveyor_control::{config, member as node, plane as control};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -140,6 +141,7 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Cmd::Check { config } => config::GroupConfig::load(&config)
+            .and_then(|c| c.check_built().map(|()| c))
             .map(|c| {
                 for (m, a) in c.file.members.iter().zip(&c.addresses) {
                     println!("{} {:?} {a}", m.name, m.role);

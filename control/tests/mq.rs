@@ -25,11 +25,11 @@ impl Drop for Kill {
 /// Compiles the C test program against the header and the library of this build.
 fn compile(dir: &Path) -> PathBuf {
     let lib = Path::new(env!("CARGO_BIN_EXE_conveyor")).parent().unwrap();
-    // `cargo test` builds the library as an rlib only: the shared library comes from `cargo
-    // build` (testbed/test.sh runs it first).
+    // The library and its header are the conveyor-mq crate's (`cargo build -p conveyor-mq`,
+    // which testbed/test.sh runs before the tests): built beside the binary.
     assert!(
-        lib.join("libconveyor.so").exists(),
-        "no libconveyor.so in {}: run `cargo build -p conveyor` before the tests (testbed/test.sh does)",
+        lib.join("libconveyor.so").exists() && lib.join("include/conveyor_mq.h").exists(),
+        "no libconveyor.so or include/conveyor_mq.h in {}: run `cargo build -p conveyor-mq` before the tests (testbed/test.sh does)",
         lib.display()
     );
     let exe = dir.join("mq_test");
@@ -37,7 +37,7 @@ fn compile(dir: &Path) -> PathBuf {
         .args(["-Wall", "-Wextra", "-Werror", "-o"])
         .arg(&exe)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/mq_test.c"))
-        .arg(format!("-I{}", env!("CONVEYOR_MQ_INCLUDE")))
+        .arg(format!("-I{}", lib.join("include").display()))
         .arg(format!("-L{}", lib.display()))
         .arg("-lconveyor")
         .arg(format!("-Wl,-rpath,{}", lib.display()))

@@ -2,7 +2,7 @@
 //! These need root; without it each test says that it did not run. CI runs as root.
 
 mod common;
-use common::is_root;
+use common::require_root;
 
 use std::process::Command;
 use std::sync::Mutex;
@@ -26,18 +26,10 @@ fn namespaces(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-macro_rules! needs_root {
-    ($name:literal) => {
-        if !is_root() {
-            eprintln!("NOT RUN: {} needs root (network namespaces)", $name);
-            return;
-        }
-    };
-}
-
 #[test]
+#[ignore = "needs root"]
 fn hosts_come_up_addressed_and_go_away() {
-    needs_root!("hosts_come_up_addressed_and_go_away");
+    require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let up = Command::new("bash")
         .args([&script(), "up", "3", "--prefix", "cvtst"])
@@ -77,8 +69,9 @@ fn hosts_come_up_addressed_and_go_away() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn netem_is_applied_or_its_absence_is_explained() {
-    needs_root!("netem_is_applied_or_its_absence_is_explained");
+    require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let up = Command::new("bash")
         .args([
@@ -112,8 +105,9 @@ fn netem_is_applied_or_its_absence_is_explained() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn bench_runs_each_member_in_its_own_namespace() {
-    needs_root!("bench_runs_each_member_in_its_own_namespace");
+    require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
         .args([
@@ -153,8 +147,9 @@ fn bench_runs_each_member_in_its_own_namespace() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn killing_an_invoker_across_namespaces_loses_nothing() {
-    needs_root!("killing_an_invoker_across_namespaces_loses_nothing");
+    require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
         .args([
@@ -191,8 +186,9 @@ fn killing_an_invoker_across_namespaces_loses_nothing() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_partitioned_invoker_is_removed_then_rejoins_and_works_again() {
-    needs_root!("a_partitioned_invoker_is_removed_then_rejoins_and_works_again");
+    require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
         .args([
@@ -236,8 +232,9 @@ fn a_partitioned_invoker_is_removed_then_rejoins_and_works_again() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn baselines_run_inside_namespace_hosts_and_leave_none_behind() {
-    needs_root!("baselines_run_inside_namespace_hosts_and_leave_none_behind");
+    require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let child = Command::new(env!("CARGO_BIN_EXE_conveyor"))
         .args([
@@ -345,8 +342,9 @@ fn bench_over(transport: &str) -> Vec<String> {
 /// The `afxdp` transport under the bench: each member's AF_XDP socket on its namespace host's
 /// eth0, the XDP program steering to it.
 #[test]
+#[ignore = "needs root"]
 fn bench_over_afxdp_loses_and_doubles_nothing() {
-    needs_root!("bench_over_afxdp_loses_and_doubles_nothing");
+    require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for log in bench_over("afxdp") {
         assert!(log.contains("transport afxdp ("), "{log}");
@@ -357,8 +355,9 @@ fn bench_over_afxdp_loses_and_doubles_nothing() {
 /// DPDK's af_packet PMD, and every frame went through the port (the device's counters), none
 /// through a kernel socket.
 #[test]
+#[ignore = "needs root"]
 fn bench_over_dpdk_loses_and_doubles_nothing() {
-    needs_root!("bench_over_dpdk_loses_and_doubles_nothing");
+    require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for log in bench_over("dpdk") {
         assert_eq!(
@@ -407,8 +406,9 @@ fn demo_over(transport: &str, says: &str) {
 
 /// `conveyor demo --transport afxdp`: the demo over namespace hosts and AF_XDP sockets.
 #[test]
+#[ignore = "needs root"]
 fn the_demo_runs_over_afxdp() {
-    needs_root!("the_demo_runs_over_afxdp");
+    require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     demo_over("afxdp", "over AF_XDP sockets");
 }
@@ -416,8 +416,9 @@ fn the_demo_runs_over_afxdp() {
 /// `conveyor demo --transport dpdk`: the demo over namespace hosts, each driving its veth
 /// through DPDK.
 #[test]
+#[ignore = "needs root"]
 fn the_demo_runs_over_dpdk() {
-    needs_root!("the_demo_runs_over_dpdk");
+    require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     demo_over("dpdk", "through DPDK (af_packet PMD)");
 }

@@ -1,6 +1,8 @@
 //! Small system-call wrappers the engine needs (eventfd, poll, timer slack). All unsafe code of
 //! the engine is here.
 
+#![allow(unsafe_code)]
+
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;

@@ -27,9 +27,14 @@ use std::mem::MaybeUninit;
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 
+mod sys;
+
+// The skeleton libbpf-cargo generates (its unsafe code is libbpf's own API, not ours).
 #[allow(
     clippy::all,
+    clippy::undocumented_unsafe_blocks,
     missing_debug_implementations,
+    unsafe_code,
     unsafe_op_in_unsafe_fn,
     dead_code,
     non_camel_case_types
@@ -38,6 +43,7 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/conveyor.skel.rs"));
 }
 use skel::{ConveyorSkel, ConveyorSkelBuilder};
+use sys::{attached_id, ifindex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -204,37 +210,12 @@ impl std::fmt::Debug for XdpHook {
     }
 }
 
-/// The interface's index in the calling thread's network namespace.
-fn ifindex(ifname: &str) -> Result<i32, Error> {
-    let name =
-        std::ffi::CString::new(ifname).map_err(|_| Error::NoInterface(ifname.to_string()))?;
-    // SAFETY: `name` is a valid NUL-terminated string that lives across the call; the function
-    // only reads it.
-    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if i == 0 {
-        return Err(Error::NoInterface(ifname.to_string()));
-    }
-    Ok(i as i32)
-}
-
 fn key(addr: Ipv4Addr, port: u16) -> [u8; 8] {
     let mut k = [0u8; 8];
     // Network byte order, as the program reads them from the headers.
     k[0..4].copy_from_slice(&addr.octets());
     k[4..6].copy_from_slice(&port.to_be_bytes());
     k
-}
-
-/// The id of the XDP program attached to interface `index` (0: none).
-fn attached_id(index: i32) -> u32 {
-    let mut id = 0u32;
-    // SAFETY: `id` is a live u32 the call writes; the call has no other pointer argument.
-    let rc = unsafe { libbpf_rs::libbpf_sys::bpf_xdp_query_id(index, 0, &mut id) };
-    if rc == 0 {
-        id
-    } else {
-        0
-    }
 }
 
 fn load_error(e: libbpf_rs::Error) -> Error {

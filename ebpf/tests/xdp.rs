@@ -26,6 +26,15 @@ const CFG: HookConfig = HookConfig {
     filter: true,
 };
 
+/// Tests that need root are `#[ignore = "needs root"]`: `cargo test -- --ignored`, as root,
+/// runs them (CI does). Run without root, they fail here saying so.
+fn require_root() {
+    assert!(
+        is_root(),
+        "this test needs root (network namespaces, XDP, AF_XDP): run it as root"
+    );
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -155,11 +164,9 @@ fn drain(sock: &UdpSocket, wait: Duration) -> (usize, usize) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn non_members_frames_are_dropped_in_xdp_and_membership_changes_atomically() {
-    if !is_root() {
-        eprintln!("NOT RUN: non_members_frames_are_dropped_in_xdp_and_membership_changes_atomically needs root (namespaces, XDP)");
-        return;
-    }
+    require_root();
     let hosts = Hosts::up(&format!("cvx{}", std::process::id() % 100_000));
     // Host 0: the filter on eth0 and a socket, created inside the namespace; the filter object
     // and the socket work from any thread afterwards.
@@ -268,11 +275,9 @@ fn non_members_frames_are_dropped_in_xdp_and_membership_changes_atomically() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_missing_interface_is_named() {
-    if !is_root() {
-        eprintln!("NOT RUN: a_missing_interface_is_named needs root");
-        return;
-    }
+    require_root();
     match XdpHook::attach("no-such-if0", CFG, &MemberSet::default()) {
         Err(Error::NoInterface(n)) => assert_eq!(n, "no-such-if0"),
         other => panic!("{other:?}"),
@@ -283,13 +288,11 @@ fn a_missing_interface_is_named() {
 /// by the program to the AF_XDP socket and identified by peer; frames host 0 sends reach them,
 /// first through the kernel (the peer's MAC is not known yet), then through the tx ring.
 #[test]
+#[ignore = "needs root"]
 fn the_afxdp_transport_receives_through_the_program_and_sends_through_its_ring() {
     use conveyor_dataplane::transport::afxdp::{AfXdpConfig, AfXdpTransport};
     use conveyor_dataplane::transport::{RecvBatch, Transport};
-    if !is_root() {
-        eprintln!("NOT RUN: the_afxdp_transport_receives_through_the_program_and_sends_through_its_ring needs root (namespaces, XDP, AF_XDP)");
-        return;
-    }
+    require_root();
     let hosts = Hosts::up(&format!("cva{}", std::process::id() % 100_000));
     let peers: Vec<std::net::SocketAddr> = vec![
         format!("10.77.0.1:{PORT}").parse().unwrap(),
@@ -408,13 +411,11 @@ fn the_afxdp_transport_receives_through_the_program_and_sends_through_its_ring()
 /// on the other queue is passed to the stack and reaches the right member through its kernel
 /// socket, never the other socket.
 #[test]
+#[ignore = "needs root"]
 fn steering_puts_each_port_on_its_own_socket() {
     use conveyor_dataplane::transport::afxdp::{AfXdpConfig, AfXdpTransport};
     use conveyor_dataplane::transport::{RecvBatch, Transport};
-    if !is_root() {
-        eprintln!("NOT RUN: steering_puts_each_port_on_its_own_socket needs root (namespaces, XDP, AF_XDP)");
-        return;
-    }
+    require_root();
     let p = format!("cvs{}", std::process::id() % 100_000);
     let (a, b) = (format!("{p}-a"), format!("{p}-b"));
     struct Gone(Vec<String>);

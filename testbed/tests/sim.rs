@@ -21,6 +21,7 @@ fn many_seeds_hold_every_property() {
     let mut failures = Vec::new();
     let (mut retransmitted, mut dropped, mut views, mut joins, mut requeued, mut lost_majority) =
         (0, 0, 0, 0, 0, 0);
+    let mut pipelines_after_state = 0;
     for seed in base..base + count {
         match run_seed(seed, |_| {}) {
             Ok(r) => {
@@ -30,6 +31,7 @@ fn many_seeds_hold_every_property() {
                 joins += r.joins;
                 requeued += r.requeued;
                 lost_majority += u64::from(r.majority_lost);
+                pipelines_after_state += r.pipelines_after_state;
             }
             Err(v) => {
                 eprintln!("seed {seed} FAILED: {v}\n  replay: cargo run -p conveyor-testbed --bin sim-replay -- {seed}");
@@ -46,7 +48,7 @@ fn many_seeds_hold_every_property() {
     );
     // The seeds really exercise loss recovery, the MAC, view changes, joins and re-queueing;
     // runs that end without a majority (no liveness owed) stay rare.
-    eprintln!("{count} seeds: {views} view installations, {joins} joins with state transfer, {requeued} requests re-queued, {lost_majority} runs ended without a majority");
+    eprintln!("{count} seeds: {views} view installations, {joins} joins with state transfer ({pipelines_after_state} carrying pipelines), {requeued} requests re-queued, {lost_majority} runs ended without a majority");
     assert!(
         retransmitted > 0 && dropped > 0,
         "retransmitted {retransmitted}, dropped {dropped}"
@@ -54,6 +56,13 @@ fn many_seeds_hold_every_property() {
     assert!(
         count < 50 || (views > count / 4 && joins > count / 20 && requeued > 0),
         "too few membership events: {views} views, {joins} joins, {requeued} re-queued"
+    );
+    // The simulator drives the production Replica: a joiner's application is told the
+    // pipelines its state carries (the Replica re-emits them; a hand-made copy of the replica
+    // once did not), and every view's effects start with the view (checked at every install).
+    assert!(
+        count < 50 || pipelines_after_state > 0,
+        "no joiner ever received a state carrying pipelines: {pipelines_after_state}"
     );
     assert!(
         lost_majority * 20 <= count,

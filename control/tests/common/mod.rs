@@ -26,7 +26,17 @@ pub fn node_fails(cfg: &str, pre: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
-/// Whether the tests run as root (namespaces, XDP); without it, root tests say they did not run.
+/// Tests that need root (namespaces, XDP, AF_XDP, DPDK on a veth) are `#[ignore = "needs
+/// root"]`: a run without root lists them as ignored, and `cargo test -- --ignored` as root
+/// runs them (CI does: it is root). Run without root anyway, they fail here saying so.
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "this test needs root (network namespaces, XDP, AF_XDP): run it as root"
+    );
+}
+
+/// Whether the tests run as root.
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()

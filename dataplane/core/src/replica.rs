@@ -282,3 +282,192 @@ impl Replica {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Dest;
+    use crate::queue::{Meta, OnFull, Order, QueueSpec, Request};
+    use crate::types::{RequestId, ViewId};
+
+    /// Replicas by member id, some down, every frame between live ones delivered each step;
+    /// every effect each one applies is recorded.
+    struct Net {
+        rs: Vec<Replica>,
+        down: Vec<bool>,
+        now: u64,
+        fx: Vec<Vec<Effect>>,
+    }
+
+    fn key() -> Key {
+        Key::from_bytes([5; 32])
+    }
+
+    impl Net {
+        fn new(n: u16) -> Net {
+            let view = View::new(ViewId(1), (0..n).map(MemberId).collect());
+            Net {
+                rs: (0..n)
+                    .map(|i| {
+                        Replica::new(
+                            ProtoConfig::default(),
+                            key(),
+                            GroupId(7),
+                            view.clone(),
+                            MemberId(i),
+                            Instant(0),
+                        )
+                        .unwrap()
+                    })
+                    .collect(),
+                down: vec![false; n as usize],
+                now: 0,
+                fx: vec![Vec::new(); n as usize],
+            }
+        }
+        fn run(&mut self, us: u64) {
+            for _ in 0..us / 500 {
+                self.now += 500;
+                let now = Instant(self.now);
+                let mut frames = Vec::new();
+                for (i, r) in self.rs.iter_mut().enumerate() {
+                    if self.down[i] {
+                        continue;
+                    }
+                    if now >= r.poll_timeout() {
+                        r.handle_timeout(now);
+                    }
+                    while let Some(t) = r.poll_transmit() {
+                        frames.push((i, t));
+                    }
+                }
+                for (from, t) in frames {
+                    for j in 0..self.rs.len() {
+                        let to = match t.dest {
+                            Dest::All => j != from,
+                            Dest::One(m) => usize::from(m.0) == j,
+                        };
+                        if to && !self.down[j] {
+                            self.rs[j].handle_frame(now, &t.frame);
+                        }
+                    }
+                }
+                for (i, r) in self.rs.iter_mut().enumerate() {
+                    while let Some(e) = r.poll_effect() {
+                        self.fx[i].push(e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn spec() -> QueueSpec {
+        QueueSpec {
+            name: "q".into(),
+            capacity: 16,
+            order: Order::Fifo,
+            on_full: OnFull::Block,
+        }
+    }
+
+    #[test]
+    fn a_view_is_reported_before_the_removed_members_requests_go_back() {
+        let mut net = Net::new(3);
+        net.rs[0].submit(&Op::Create(spec())).unwrap();
+        for c in [1, 2] {
+            let consumer = MemberId(c);
+            net.rs[c as usize]
+                .submit(&Op::Subscribe {
+                    consumer,
+                    queue: "q".into(),
+                })
+                .unwrap();
+        }
+        net.run(5_000);
+        // Only member 2 is ready: the push is assigned to it; then it crashes.
+        net.rs[2]
+            .submit(&Op::Ready {
+                consumer: MemberId(2),
+                credits: 1,
+            })
+            .unwrap();
+        net.run(5_000);
+        let req = Request {
+            id: RequestId::new(MemberId(0), 1),
+            instance: 0,
+            step: "s".into(),
+            queue: "q".into(),
+            payload: b"x".to_vec(),
+            meta: Meta::default(),
+            http: None,
+        };
+        net.rs[0]
+            .submit(&Op::Push {
+                pusher: MemberId(0),
+                req,
+            })
+            .unwrap();
+        net.run(5_000);
+        assert!(net.fx[0]
+            .iter()
+            .any(|e| matches!(e, Effect::Assigned { consumer, .. } if *consumer == MemberId(2))));
+        net.down[2] = true;
+        net.run(200_000);
+        for i in 0..2 {
+            let at = net.fx[i]
+                .iter()
+                .position(|e| matches!(e, Effect::ViewInstalled { .. }))
+                .expect("a view installed");
+            assert!(
+                matches!(&net.fx[i][at], Effect::ViewInstalled { removed, .. } if removed == &[MemberId(2)])
+            );
+            assert!(
+                matches!(&net.fx[i][at + 1], Effect::Requeued { from, .. } if *from == MemberId(2)),
+                "{:?}",
+                &net.fx[i][at..]
+            );
+            assert_eq!(net.rs[i].stats().requeued, 1);
+            assert_eq!(net.rs[i].queue().queue_depth("q"), Some(1));
+        }
+    }
+
+    #[test]
+    fn a_joiner_gets_the_queue_and_is_told_its_pipelines() {
+        let mut net = Net::new(2);
+        net.rs[0].submit(&Op::Create(spec())).unwrap();
+        net.rs[1]
+            .submit(&Op::Pipelines {
+                by: MemberId(1),
+                version: 3,
+                queues: vec![spec()],
+                docs: vec!["{\"name\": \"p\"}".into()],
+            })
+            .unwrap();
+        net.run(5_000);
+        let joiner = Replica::joining(
+            ProtoConfig::default(),
+            key(),
+            GroupId(7),
+            MemberId(2),
+            vec![MemberId(0), MemberId(1)],
+            Instant(net.now),
+        )
+        .unwrap();
+        net.rs.push(joiner);
+        net.down.push(false);
+        net.fx.push(Vec::new());
+        net.run(50_000);
+        assert_eq!(net.rs[2].status(), Status::Serving);
+        assert_eq!(net.rs[2].queue().digest(), net.rs[0].queue().digest());
+        assert!(net.rs[0].stats().states_sent + net.rs[1].stats().states_sent >= 1);
+        let told: Vec<&Effect> = net.fx[2]
+            .iter()
+            .filter(|e| matches!(e, Effect::Pipelines { .. }))
+            .collect();
+        assert!(
+            matches!(told.as_slice(), [Effect::Pipelines { version: 3, docs }] if docs.len() == 1),
+            "{:?}",
+            net.fx[2]
+        );
+    }
+}

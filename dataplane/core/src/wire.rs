@@ -5,15 +5,18 @@
 //! ```text
 //!  0  magic   u16  0x5643 ("CV")        16 seq     u64  sequence of the first entry
 //!  2  version u8   1                     24 len     u32  body length in bytes
-//!  3  kind    u8   Data=1, Status=2      28 flags   u32  bit 0: GAP; others must be zero
+//!  3  kind    u8   Data=1, Status=2,     28 flags   u32  bit 0: GAP; others must be zero
+//!                  Control=3
 //!  4  group   u32  group id
 //!  8  view    u32  view id
 //! 12  sender  u16  sending member
 //! 14  count   u16  entries in the body
 //! ```
 //!
-//! The body of `Data` and `Status` frames starts with the sender's status row (the role of a row
-//! of Derecho's shared state table), followed by `count` entries for `Data` frames:
+//! The body of every frame starts with the sender's status row (the role of a row of Derecho's
+//! shared state table), followed by `count` entries for `Data` frames, none for `Status`
+//! frames, and exactly one data entry for `Control` frames (a membership or state-transfer
+//! message, encoded by `proto::membership`; its row is a placeholder of one rank):
 //!
 //! ```text
 //! row:    n u16 | reserved u16 | heartbeat u64 | delivered u64 | received[n] u64

@@ -5,25 +5,33 @@
 //! ordering are the protocol core's. Frames from addresses that are not peers are reported with
 //! `peer: None` so the engine can count and drop them.
 //!
-//! Implemented here: `udp` (kernel sockets, sendmmsg/recvmmsg), `afxdp` (AF_XDP sockets: the
-//! frames of the group bypass the kernel's stack, steered to the socket by an XDP program that
-//! the control plane attaches), and `impair`, a wrapper over any transport that injects loss,
-//! duplication and delay; `shm`, shared-memory rings between the members of one host; `dpdk`, a
-//! port driven by DPDK's poll-mode drivers (ConnectX through mlx5; virtual devices here);
-//! `rdma`, one-sided RDMA WRITEs over reliable-connected queue pairs (libibverbs, or an
-//! in-process emulation of the verbs for tests).
+//! One folder per medium, each with its unsafe code in its `sys` module:
+//! - [`udp`]: kernel sockets, sendmmsg/recvmmsg;
+//! - [`shm`]: shared-memory rings between the members of one host;
+//! - [`afxdp`]: AF_XDP sockets (the group's frames bypass the kernel's stack, steered to the
+//!   socket by the XDP program), and the XDP member filter over any transport
+//!   ([`afxdp::filter`], with the `xdp` feature);
+//! - [`dpdk`]: a port driven by DPDK's poll-mode drivers (ConnectX through mlx5; virtual
+//!   devices here), with the `dpdk` feature;
+//! - [`rdma`]: one-sided RDMA WRITEs over reliable-connected queue pairs (libibverbs with the
+//!   `rdma` feature, or an in-process emulation of the verbs, always).
+//!
+//! Beside them: [`impair`], a wrapper over any transport that injects loss, duplication and
+//! delay; `eth`, the Ethernet/IPv4/UDP framing afxdp and dpdk share; and [`open`], the one
+//! factory that opens a member's transport from its [`open::TransportSpec`].
 
 pub mod afxdp;
-mod afxdp_sys;
 pub mod dpdk;
-mod dpdk_sys;
+// Its ARP speaker serves the dpdk transport only.
+#[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
 mod eth;
 pub mod impair;
+pub mod open;
 pub mod rdma;
 pub mod shm;
-mod shm_sys;
 pub mod udp;
-mod udp_sys;
+
+pub use open::{open, Medium, OpenError, Opened, TransportSpec};
 
 use std::io;
 use std::os::fd::RawFd;

@@ -17,16 +17,32 @@
 //! died, a retry count ran out) is torn down, and its peer is connected again when it comes
 //! back: the protocol above retransmits what was lost and removes peers that stay away.
 //!
-//! The verbs are behind [`Verbs`], with two implementations: [`ibverbs::IbvDevice`] (libibverbs
-//! through `rdma-sys`, for ConnectX and any verbs device) and [`emu::Fabric`], an in-process
+//! The verbs are behind [`Verbs`], with two implementations: `IbvDevice` (libibverbs through
+//! `rdma-sys`, for ConnectX and any verbs device; `sys.rs`, built with the `rdma` feature only)
+//! and [`emu::Fabric`], an in-process
 //! emulation with the same semantics (in-order placement per queue pair, completions, error
 //! completions, flushes, a dead peer), which the tests use: no RDMA device exists on the
 //! machines this was written on.
 
 pub mod emu;
-pub mod ibverbs;
+#[cfg(feature = "rdma")]
+mod sys;
+
+#[cfg(feature = "rdma")]
+pub use sys::{devices, IbvDevice};
 
 use super::{Received, RecvBatch, Transport, TransportStats};
+
+/// Which verbs device and port to use (the libibverbs implementation's settings).
+#[derive(Clone, Debug, Default)]
+pub struct IbvConfig {
+    /// The device's name (`mlx5_0`); `None`: the first one.
+    pub device: Option<String>,
+    /// The port, from 1.
+    pub port: u8,
+    /// The GID index (RoCE: the one of the port's IPv4 address in RoCE v2; 0 otherwise).
+    pub gid_index: u8,
+}
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Write as _};
@@ -863,36 +879,4 @@ impl<R: BufRead> TakeLine for R {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every ring slot, status row and staging cell of a region is inside it, and none
-    /// overlaps another.
-    #[test]
-    fn the_layout_places_everything_apart_inside_the_region() {
-        for members in 1..5 {
-            for max_frame in [1, 57, 1400, 2000] {
-                let l = Layout::new(members, max_frame);
-                assert!(l.slot >= SLOT_HEADER + max_frame && l.slot % CELL == 0);
-                let mut spans: Vec<(usize, usize)> = Vec::new();
-                for p in 0..members {
-                    for k in 0..SLOTS as u64 {
-                        spans.push((l.recv_slot(p, k), l.slot));
-                        spans.push((l.send_slot(p, k), l.slot));
-                    }
-                    spans.push((l.status(p), 8));
-                    spans.push((l.credit(p), 8));
-                    // Slot numbers wrap around the ring.
-                    assert_eq!(l.recv_slot(p, SLOTS as u64 + 3), l.recv_slot(p, 3));
-                }
-                spans.sort();
-                for w in spans.windows(2) {
-                    assert!(w[0].0 + w[0].1 <= w[1].0, "{members} {max_frame}: {w:?}");
-                }
-                let last = spans.last().unwrap();
-                assert!(last.0 + last.1 <= l.region_len());
-                assert!(spans.iter().all(|s| s.0 % 8 == 0));
-            }
-        }
-    }
-}
+mod tests;

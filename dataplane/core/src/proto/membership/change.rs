@@ -2,22 +2,24 @@
 //! cut, the ragged-edge cleanup and the install, joins and leaves (the protocol is described in
 //! [`super`]).
 //!
-//! [`Change`] owns the membership state of one member. It acts on the member's other parts
+//! [`Change`] owns the membership state of one member; its leader's side (ballots, the cut) is in
+//! `ballot.rs`, the install of a decided view in `install.rs`. It acts on the member's other parts
 //! through a [`Ctx`] the member lends it (ordering to freeze and clean up, the transmitter for
 //! control messages, state transfer) and never calls back into the member: when a decision is
 //! to be installed it says so ([`Installing`]), and the member resets its parts for the new
 //! view.
 
+use super::ballot::{Leading, Promised};
 use super::state_transfer::StateTransfer;
 use super::{Ballot, Ctl, Decision, Status, ViewChange};
-use crate::proto::config::{Admission, ProtoConfig, Sabotage};
-use crate::proto::event::{Delivered, Dest, Stats};
+use crate::proto::config::{Admission, ProtoConfig};
+use crate::proto::event::{Dest, Stats};
 use crate::proto::order::Order;
 use crate::proto::transmit::Transmitter;
 use crate::types::{Instant, MemberId, View, ViewId};
 use crate::wire;
 use core::time::Duration;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The member's other parts and its situation, lent to the view change for one step.
 #[derive(Debug)]
@@ -34,10 +36,10 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn n(&self) -> usize {
+    pub(super) fn n(&self) -> usize {
         self.view.len()
     }
-    fn emit(&mut self, dest: Dest, ctl: &Ctl) {
+    pub(super) fn emit(&mut self, dest: Dest, ctl: &Ctl) {
         self.tx.emit_ctl(dest, ctl, self.stats);
     }
 }
@@ -62,62 +64,40 @@ pub(crate) struct Installed {
 /// Frozen `received` counts and delivered slots, once wedged.
 pub(crate) type Frozen = (Vec<u64>, u64);
 
-/// What a member promised a leader: its frozen counts and the decision it accepted, if any.
-#[derive(Debug)]
-struct Promised {
-    received: Vec<u64>,
-    delivered: u64,
-    accepted: Option<(Ballot, Decision)>,
-    /// Per sender: runs `[start, end)` of nulls held and not delivered, within `received`.
-    nulls: Vec<Vec<(u64, u64)>>,
-}
-
-/// The leader's side of a ballot.
-#[derive(Debug)]
-struct Leading {
-    ballot: Ballot,
-    members: Vec<MemberId>,
-    leaving: Vec<MemberId>,
-    joiners: Vec<MemberId>,
-    promises: BTreeMap<MemberId, Promised>,
-    decision: Option<Decision>,
-    accepted_by: BTreeSet<MemberId>,
-}
-
 /// Membership state of one member. See the module docs.
 #[derive(Debug)]
 pub(crate) struct Change {
-    status: Status,
+    pub(super) status: Status,
     /// When each rank was last heard from (own entry: `None`).
-    last_heard: Vec<Option<Instant>>,
-    suspected: Vec<bool>,
+    pub(super) last_heard: Vec<Option<Instant>>,
+    pub(super) suspected: Vec<bool>,
     /// When this member itself first suspected each rank.
-    suspected_at: Vec<Option<Instant>>,
-    frozen: Option<Frozen>,
-    wedged_at: Option<Instant>,
-    promised: Option<Ballot>,
-    accepted: Option<(Ballot, Decision)>,
-    round_seen: u32,
-    leading: Option<Leading>,
+    pub(super) suspected_at: Vec<Option<Instant>>,
+    pub(super) frozen: Option<Frozen>,
+    pub(super) wedged_at: Option<Instant>,
+    pub(super) promised: Option<Ballot>,
+    pub(super) accepted: Option<(Ballot, Decision)>,
+    pub(super) round_seen: u32,
+    pub(super) leading: Option<Leading>,
     /// The decision that ended the previous view (sent to stale members).
-    last_commit: Option<Decision>,
-    catchup_at: BTreeMap<MemberId, Instant>,
-    next_ctl_at: Instant,
-    view_started: Instant,
+    pub(super) last_commit: Option<Decision>,
+    pub(super) catchup_at: BTreeMap<MemberId, Instant>,
+    pub(super) next_ctl_at: Instant,
+    pub(super) view_started: Instant,
     /// The configured first view: members never heard from are not suspected (they may not
     /// have started; the host's start-up timeout covers them). In later views every member
     /// was alive when the view was agreed.
-    initial: bool,
+    pub(super) initial: bool,
     /// Admitted join requests not yet in a view, with when each was last repeated (a joiner
     /// repeats its request until it is in; a request not repeated for `failure_timeout` is
     /// dropped).
-    joins: BTreeMap<MemberId, Instant>,
+    pub(super) joins: BTreeMap<MemberId, Instant>,
     /// Members that joined in this view (a repeated `Join` from them gets the commit again).
-    joined_now: BTreeSet<MemberId>,
-    leaving: bool,
-    leaving_ranks: Vec<bool>,
+    pub(super) joined_now: BTreeSet<MemberId>,
+    pub(super) leaving: bool,
+    pub(super) leaving_ranks: Vec<bool>,
     /// A joiner's contacts.
-    contacts: Vec<MemberId>,
+    pub(super) contacts: Vec<MemberId>,
 }
 
 impl Change {
@@ -238,7 +218,7 @@ impl Change {
     }
 
     /// Stops delivering and sending, and freezes the counts this member reports.
-    fn wedge(&mut self, cx: &mut Ctx<'_>) {
+    pub(super) fn wedge(&mut self, cx: &mut Ctx<'_>) {
         if self.frozen.is_none() {
             self.frozen = Some((cx.order.contiguous(), cx.order.delivered_slots()));
             self.wedged_at = Some(cx.now);
@@ -249,7 +229,7 @@ impl Change {
         }
     }
 
-    fn suspect_rank(&mut self, cx: &mut Ctx<'_>, r: usize, own: bool) {
+    pub(super) fn suspect_rank(&mut self, cx: &mut Ctx<'_>, r: usize, own: bool) {
         if r >= cx.n() || self.suspected[r] {
             return;
         }
@@ -387,203 +367,6 @@ impl Change {
                 self.status = Status::Changing;
             }
         }
-    }
-
-    /// Starts or restarts a ballot when this member leads and a change is needed.
-    pub(crate) fn drive(&mut self, cx: &mut Ctx<'_>) -> Option<Installing> {
-        if !matches!(self.status, Status::Serving | Status::Changing) {
-            return None;
-        }
-        // Once wedged, only a new view lets this member serve again (possibly with the same
-        // members, after a healed partition).
-        let n = cx.n();
-        let would_lead =
-            (0..n).find(|&r| !self.suspected[r] && !self.leaving_ranks[r]) == Some(cx.rank);
-        // Join requests start a change only at the member that would lead it (every member
-        // gets them; the others would only wedge the group for nothing).
-        let needed = self.frozen.is_some()
-            || self.suspected.iter().any(|&s| s)
-            || self.leaving_ranks.iter().any(|&s| s)
-            || (would_lead && !self.joins.is_empty());
-        if !needed {
-            return None;
-        }
-        self.wedge(cx);
-        let acceptors: Vec<usize> = (0..n).filter(|&r| !self.suspected[r]).collect();
-        if acceptors.len() * 2 <= n {
-            self.status = Status::Minority;
-            self.leading = None;
-            return None;
-        }
-        let leader = acceptors.iter().copied().find(|&r| !self.leaving_ranks[r]);
-        if leader != Some(cx.rank) {
-            self.leading = None;
-            return None;
-        }
-        let members: Vec<MemberId> = acceptors.iter().map(|&r| cx.view.members[r]).collect();
-        let leaving: Vec<MemberId> = acceptors
-            .iter()
-            .filter(|&&r| self.leaving_ranks[r])
-            .map(|&r| cx.view.members[r])
-            .collect();
-        // Joiners: new ids, and new incarnations of members being removed (same id).
-        let joiners: Vec<MemberId> = self
-            .joins
-            .keys()
-            .copied()
-            .filter(|j| !members.contains(j) || leaving.contains(j))
-            .take(wire::MAX_MEMBERS.saturating_sub(members.len()))
-            .collect();
-        if let Some(l) = &self.leading {
-            if l.members == members && l.leaving == leaving && l.joiners == joiners {
-                return None;
-            }
-        }
-        let round = self.round_seen.max(self.promised.map_or(0, |b| b.round)) + 1;
-        let ballot = Ballot {
-            round,
-            leader: cx.me,
-        };
-        self.round_seen = round;
-        self.promised = Some(ballot);
-        cx.stats.ballots += 1;
-        let (received, delivered) = self.frozen.clone().unwrap_or_default();
-        let nulls = cx.order.null_runs(&received);
-        let mut promises = BTreeMap::new();
-        promises.insert(
-            cx.me,
-            Promised {
-                received,
-                delivered,
-                accepted: self.accepted.clone(),
-                nulls,
-            },
-        );
-        let propose = Ctl::Propose {
-            ballot,
-            members: members.clone(),
-            leaving: leaving.clone(),
-            joiners: joiners.clone(),
-        };
-        self.leading = Some(Leading {
-            ballot,
-            members: members.clone(),
-            leaving,
-            joiners,
-            promises,
-            decision: None,
-            accepted_by: BTreeSet::new(),
-        });
-        for m in members {
-            if m != cx.me {
-                cx.emit(Dest::One(m), &propose);
-            }
-        }
-        self.maybe_decide(cx)
-    }
-
-    fn maybe_decide(&mut self, cx: &mut Ctx<'_>) -> Option<Installing> {
-        let n = cx.n() as u64;
-        let l = self.leading.as_ref()?;
-        if l.decision.is_some() || !l.members.iter().all(|m| l.promises.contains_key(m)) {
-            return None;
-        }
-        if self.promised != Some(l.ballot) {
-            // We promised a higher ballot since: ours cannot win.
-            self.leading = None;
-            return None;
-        }
-        let adopted = l
-            .promises
-            .values()
-            .filter_map(|p| p.accepted.clone())
-            .max_by_key(|(b, _)| *b)
-            .map(|(_, d)| d);
-        let decision = adopted.unwrap_or_else(|| {
-            let c_del = l.promises.values().map(|p| p.delivered).max().unwrap_or(0);
-            let c_min = (0..n)
-                .map(|r| {
-                    let held = l
-                        .promises
-                        .values()
-                        .map(|p| p.received.get(r as usize).copied().unwrap_or(0))
-                        .min()
-                        .unwrap_or(0);
-                    held * n + r
-                })
-                .min()
-                .unwrap_or(0);
-            // Extend the cut over slots that every promiser holds, or that one holds and
-            // reports as a null: a member that passed a null (held by a majority, so by a
-            // promiser) may have delivered messages after it.
-            let mut cut = c_del.max(c_min);
-            loop {
-                let (r, k) = ((cut % n) as usize, cut / n);
-                let all = l
-                    .promises
-                    .values()
-                    .all(|p| p.received.get(r).is_some_and(|&c| c > k));
-                let null = l.promises.values().any(|p| {
-                    p.received.get(r).is_some_and(|&c| c > k)
-                        && p.nulls
-                            .get(r)
-                            .is_some_and(|runs| runs.iter().any(|&(a, b)| a <= k && k < b))
-                });
-                if !(all || null) {
-                    break;
-                }
-                cut += 1;
-            }
-            let mut next: Vec<MemberId> = cx
-                .view
-                .members
-                .iter()
-                .copied()
-                .filter(|m| l.members.contains(m) && !l.leaving.contains(m))
-                .collect();
-            next.extend(l.joiners.iter().copied());
-            Decision {
-                from: cx.view.id,
-                next: View::new(ViewId(cx.view.id.0 + 1), next),
-                joiners: l.joiners.clone(),
-                cut,
-            }
-        });
-        let ballot = l.ballot;
-        let members = l.members.clone();
-        if let Some(l) = &mut self.leading {
-            l.decision = Some(decision.clone());
-            l.accepted_by.insert(cx.me);
-        }
-        self.accepted = Some((ballot, decision.clone()));
-        let accept = Ctl::Accept { ballot, decision };
-        for m in members {
-            if m != cx.me {
-                cx.emit(Dest::One(m), &accept);
-            }
-        }
-        self.maybe_commit(cx)
-    }
-
-    fn maybe_commit(&mut self, cx: &mut Ctx<'_>) -> Option<Installing> {
-        let n = cx.n();
-        let l = self.leading.as_ref()?;
-        let d = l.decision.as_ref()?;
-        let majority = l.accepted_by.len() * 2 > n;
-        if !majority && !cx.cfg.sabotaged(Sabotage::CommitWithoutMajority) {
-            return None;
-        }
-        let d = d.clone();
-        let commit = Ctl::Commit {
-            decision: d.clone(),
-        };
-        let mut to: BTreeSet<MemberId> = cx.view.members.iter().copied().collect();
-        to.extend(d.next.members.iter().copied());
-        to.remove(&cx.me);
-        for m in to {
-            cx.emit(Dest::One(m), &commit);
-        }
-        Some(Installing::Survivor(d))
     }
 
     /// A frame of an older view came from `to`: tell it how its view ended (at most once per
@@ -791,7 +574,7 @@ impl Change {
 
     /// A decision that no correct member could have made is refused (counted as a bad control
     /// message): it holds the group key, but the state must stay bounded whatever it says.
-    fn plausible(&self, cx: &Ctx<'_>, d: &Decision) -> bool {
+    pub(super) fn plausible(&self, cx: &Ctx<'_>, d: &Decision) -> bool {
         let mut ids: Vec<MemberId> = d.next.members.clone();
         ids.sort_unstable();
         ids.dedup();
@@ -836,122 +619,5 @@ impl Change {
                 }
             }
         }
-    }
-
-    /// A joiner installs its first view: it serves once its state has arrived.
-    pub(crate) fn install_joiner(&mut self, cx: &mut Ctx<'_>, d: Decision) -> Installed {
-        self.status = Status::Serving;
-        cx.st.expect(d.next.id);
-        self.joined_now = d.joiners.iter().copied().collect();
-        let next = d.next.clone();
-        self.last_commit = Some(d);
-        cx.stats.view_changes += 1;
-        Installed {
-            change: ViewChange {
-                previous: cx.view.clone(),
-                view: next,
-                removed: Vec::new(),
-                joined: vec![cx.me],
-                cut: 0,
-                inferred_nulls: 0,
-                resubmitted: 0,
-                wedged_for: Duration::ZERO,
-                suspected_at: None,
-                state_from: None,
-            },
-            again: Vec::new(),
-        }
-    }
-
-    /// Ragged-edge cleanup up to the decision's cut; returns the new view and the own messages
-    /// to submit again in it (the member then resets its parts), or `None` if the decision
-    /// removes this member (or it cannot catch up).
-    pub(crate) fn install(
-        &mut self,
-        cx: &mut Ctx<'_>,
-        d: Decision,
-        out: &mut VecDeque<Delivered>,
-    ) -> Option<Installed> {
-        let previous = cx.view.clone();
-        // Named as a joiner, this id stands for a new process: this one was removed (it made
-        // no promise the cut relies on, so it must not install the view as a survivor).
-        let me_next = d.next.rank_of(cx.me).is_some() && !d.joiners.contains(&cx.me);
-        if !me_next {
-            self.status = if self.leaving {
-                Status::Left
-            } else {
-                Status::Excluded
-            };
-            self.last_commit = Some(d);
-            self.leading = None;
-            return None;
-        }
-        if cx.st.awaiting() {
-            // Still waiting for our state when the view changed again: we cannot catch up.
-            self.status = Status::Excluded;
-            self.last_commit = Some(d);
-            return None;
-        }
-        let cut = if cx.cfg.sabotaged(Sabotage::IgnoreCut) {
-            cx.order.held_prefix()
-        } else {
-            d.cut
-        };
-        let (delivered, inferred) = cx.order.deliver_to_cut(cut, cx.view, out);
-        cx.stats.delivered += delivered;
-        // Own messages not delivered by the cut go again, in order, in the new view.
-        let again = cx.order.take_undelivered_own();
-        // A rejoining incarnation of an old member counts as removed (the old one) and joined.
-        let removed: Vec<MemberId> = previous
-            .members
-            .iter()
-            .copied()
-            .filter(|m| d.next.rank_of(*m).is_none() || d.joiners.contains(m))
-            .collect();
-        let joined: Vec<MemberId> = d
-            .next
-            .members
-            .iter()
-            .copied()
-            .filter(|m| previous.rank_of(*m).is_none() || d.joiners.contains(m))
-            .collect();
-        let suspected_at = (0..previous.len())
-            .filter(|&r| removed.contains(&previous.members[r]))
-            .filter_map(|r| self.suspected_at[r])
-            .min();
-        let wedged_for = self
-            .wedged_at
-            .map_or(Duration::ZERO, |t| cx.now.saturating_since(t));
-        let state_from = if joined.is_empty() {
-            None
-        } else {
-            d.next
-                .members
-                .iter()
-                .copied()
-                .find(|m| previous.rank_of(*m).is_some() && !d.joiners.contains(m))
-        };
-        let next = d.next.clone();
-        let resubmitted = again.len() as u64;
-        self.joined_now = joined.iter().copied().collect();
-        self.joins.retain(|j, _| next.rank_of(*j).is_none());
-        self.last_commit = Some(d);
-        cx.stats.view_changes += 1;
-        cx.stats.resubmitted += resubmitted;
-        Some(Installed {
-            change: ViewChange {
-                previous,
-                view: next,
-                removed,
-                joined,
-                cut,
-                inferred_nulls: inferred,
-                resubmitted,
-                wedged_for,
-                suspected_at,
-                state_from,
-            },
-            again,
-        })
     }
 }

@@ -49,7 +49,9 @@
 //! the application's state at the cut (`State` chunks, acknowledged); the joiner delivers that
 //! snapshot before any message of its first view.
 
+mod ballot;
 pub(crate) mod change;
+mod install;
 pub(crate) mod state_transfer;
 
 use crate::types::{Instant, MemberId, View, ViewId};

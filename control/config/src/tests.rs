@@ -1,0 +1,185 @@
+//! The group file: good files load, bad ones name the field.
+
+use super::*;
+use conveyor_core::wire;
+
+const GOOD: &str = r#"
+[group]
+name = "g"
+key = "0000000000000000000000000000000000000000000000000000000000000001"
+
+[[member]]
+name = "trigger"
+address = "127.0.0.1:7000"
+role = "trigger"
+
+[[member]]
+name = "invoker-0"
+address = "127.0.0.1:7001"
+role = "invoker"
+"#;
+
+fn parse(t: &str) -> Result<GroupConfig, ConfigError> {
+    GroupConfig::parse(t, Path::new("/etc/conveyor.toml"))
+}
+
+#[test]
+fn good_config_loads() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.addresses.len(), 2);
+    assert_eq!(c.member_index("invoker-0").unwrap(), 1);
+    assert!(c
+        .member_index("nobody")
+        .unwrap_err()
+        .to_string()
+        .contains("trigger, invoker-0"));
+    let e = c.engine_config(1);
+    assert_eq!(e.view.len(), 2);
+}
+
+#[test]
+fn errors_name_file_and_field() {
+    let cases = [
+        (GOOD.replace("key = \"00", "key = \"zz"), "group.key"),
+        (
+            GOOD.replace("127.0.0.1:7001", "localhost"),
+            "member[1].address",
+        ),
+        (
+            GOOD.replace("127.0.0.1:7001", "127.0.0.1:7000"),
+            "member[1].address",
+        ),
+        (
+            GOOD.replace("role = \"invoker\"", "role = \"worker\""),
+            "member[1].role",
+        ),
+        (
+            GOOD.replace("name = \"g\"", "name = \"g\"\nwindow = 0"),
+            "group.window",
+        ),
+        (
+            GOOD.replace("name = \"g\"", "name = \"g\"\nwindw = 3"),
+            "group.windw",
+        ),
+        (
+            GOOD.replace(
+                "name = \"g\"",
+                "name = \"g\"\ntransport = \"carrier-pigeon\"",
+            ),
+            "group.transport",
+        ),
+        (
+            GOOD.replace("name = \"g\"", "name = \"g\"\nmax_payload = 100000"),
+            "group.max_payload",
+        ),
+        (
+            GOOD.replace(
+                "name = \"g\"",
+                "name = \"g\"\npipelines = [\"missing.json\"]",
+            ),
+            "group.pipelines[0]",
+        ),
+        (
+            GOOD.replace("name = \"invoker-0\"", "name = \"trigger\""),
+            "member[1].name",
+        ),
+        (
+            GOOD.replace("name = \"g\"", "name = \"g\"\ntransport = \"afxdp\""),
+            "member[0].interface",
+        ),
+        (
+            GOOD.replace(
+                "name = \"g\"",
+                "name = \"g\"\ntransport = \"afxdp\"\nmax_frame = 4000",
+            )
+            .replace(
+                "role = \"trigger\"",
+                "role = \"trigger\"\ninterface = \"eth0\"",
+            )
+            .replace(
+                "role = \"invoker\"",
+                "role = \"invoker\"\ninterface = \"eth0\"",
+            ),
+            "group.max_frame",
+        ),
+        (
+            GOOD.replace(
+                "role = \"invoker\"",
+                "role = \"invoker\"\ninterface = \"eth0\"\nqueue = 64",
+            ),
+            "member[1].queue",
+        ),
+        (
+            GOOD.replace("name = \"g\"", "name = \"g\"\ntransport = \"shm\"")
+                .replace("127.0.0.1:7001", "127.0.0.2:7001"),
+            "member[1].address",
+        ),
+    ];
+    let cases = cases.into_iter().chain([
+        (
+            GOOD.replace(
+                "role = \"invoker\"",
+                "role = \"invoker\"\n[member.gateway]\naddress = \"127.0.0.1:8080\"",
+            ),
+            "member[1].gateway",
+        ),
+        (
+            GOOD.replace(
+                "role = \"trigger\"",
+                "role = \"trigger\"\n[member.gateway]\naddress = \"localhost\"",
+            ),
+            "member[0].gateway.address",
+        ),
+        (
+            GOOD.replace(
+                "role = \"trigger\"",
+                "role = \"trigger\"\n[member.gateway]\naddress = \"127.0.0.1:8080\"\nworkers = 0",
+            ),
+            "member[0].gateway.workers",
+        ),
+    ]);
+    for (text, field) in cases {
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert_eq!(e.file, "/etc/conveyor.toml");
+    }
+}
+
+/// Frame sizes left out follow the transport: one Ethernet frame for the transports that
+/// write them, and a payload that fits.
+#[test]
+fn frame_sizes_default_by_transport() {
+    let udp = parse(GOOD).unwrap();
+    assert_eq!(udp.file.group.max_frame, 8192);
+    assert_eq!(udp.file.group.max_payload, 4096);
+    let dpdk = parse(
+        &GOOD
+            .replace("name = \"g\"", "name = \"g\"\ntransport = \"dpdk\"")
+            .replace("127.0.0.1:7001", "127.0.0.2:7001")
+            .replace(
+                "role = \"trigger\"",
+                "role = \"trigger\"\n[member.dpdk]\nvdevs = [\"net_ring0\"]",
+            )
+            .replace(
+                "role = \"invoker\"",
+                "role = \"invoker\"\n[member.dpdk]\nvdevs = [\"net_ring1\"]",
+            ),
+    )
+    .unwrap();
+    assert_eq!(dpdk.file.group.max_frame, 1472);
+    assert_eq!(dpdk.file.group.max_payload, wire::max_payload_for(1472, 2));
+}
+
+#[test]
+fn fresh_keys_differ_and_parse() {
+    let (a, b) = (fresh_key().unwrap(), fresh_key().unwrap());
+    assert_ne!(a, b);
+    Key::from_hex(&a).unwrap();
+}
+
+#[test]
+fn sample_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conveyor.sample.toml");
+    let c = GroupConfig::load(&path).unwrap();
+    assert!(!c.pipelines.is_empty());
+}

@@ -1,0 +1,408 @@
+//! `conveyor bench`'s command line (BENCH.md's contract), its `--fault` specs, and the checks
+//! that turn it into a [`Plan`] before anything runs.
+
+use super::group::GroupRun;
+use crate::trigger::loadgen::WorkloadSpec;
+use anyhow::{bail, Context, Result};
+use conveyor_core::pipeline::Pipeline;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// constant | ramp | burst | balance
+    #[arg(long, default_value = "constant")]
+    pub workload: String,
+    /// Comma list of backends, run one after the other in this invocation: conveyor, redis
+    /// (Redis Streams; the bench starts redis-server itself), kafka (the Kafka protocol through
+    /// librdkafka, to a tansu broker the bench starts itself: tansu, not Apache Kafka).
+    #[arg(long, default_value = "conveyor")]
+    pub backend: String,
+    /// Port of the redis-server the bench starts (0: a free one).
+    #[arg(long = "redis-port", default_value_t = 0)]
+    pub redis_port: u16,
+    /// Port of the tansu broker the bench starts for --backend kafka (0: a free one).
+    #[arg(long = "kafka-port", default_value_t = 0)]
+    pub kafka_port: u16,
+    /// The Kafka consumers' fetch.wait.max.ms: how long the broker may hold a fetch that found
+    /// nothing (tansu answers a held fetch only when it expires, so this bounds each hop).
+    #[arg(long = "kafka-fetch-wait-ms", default_value_t = 5)]
+    pub kafka_fetch_wait_ms: u32,
+    /// Conveyor's transport.
+    #[arg(long, default_value = "udp")]
+    pub transport: String,
+    /// local (all members on loopback) | netns.
+    #[arg(long, default_value = "local")]
+    pub hosts: String,
+    /// Invoker members (the trigger is one more).
+    #[arg(long, default_value_t = 2)]
+    pub invokers: usize,
+    /// Functions in the linear pipeline.
+    #[arg(long, default_value_t = 3)]
+    pub chain: usize,
+    /// Busy-work time of each function, microseconds.
+    #[arg(long = "fn-us", default_value_t = 60)]
+    pub fn_us: u64,
+    /// Request payload, bytes.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Requests per second (constant).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Seconds (constant).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Requests (burst).
+    #[arg(long, default_value_t = 10_000)]
+    pub requests: u64,
+    /// kill:MEMBER@S or partition:MEMBER@S (repeatable).
+    #[arg(long)]
+    pub fault: Vec<String>,
+    /// tc netem spec for every link (with --hosts netns).
+    #[arg(long)]
+    pub netem: Option<String>,
+    /// Write the JSON report here (- for stdout).
+    #[arg(long)]
+    pub json: Option<String>,
+    /// Directory for HdrHistogram interval logs.
+    #[arg(long)]
+    pub hlog: Option<PathBuf>,
+    /// Write a plot of the run.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Seconds to wait for outstanding requests after the last send before counting them lost.
+    #[arg(long, default_value_t = 5.0)]
+    pub grace: f64,
+    /// Keep the run's directory (configuration and member logs) and print its path.
+    #[arg(long)]
+    pub keep: bool,
+    /// Idle policy of every member: spin, yield, park (see the sample configuration).
+    #[arg(long = "spin-us")]
+    pub spin_us: Option<u64>,
+    #[arg(long = "yield-us")]
+    pub yield_us: Option<u64>,
+    #[arg(long = "slice-us")]
+    pub slice_us: Option<u64>,
+    /// Requests each invoker may hold at once (the next one is assigned while it runs one).
+    #[arg(long, default_value_t = 2)]
+    pub credits: u32,
+    /// Inject loss, duplication and delay on every member's sends, e.g.
+    /// "loss=5%,dup=1%,delay=100us,jitter=50us" (works where the kernel has no netem).
+    #[arg(long)]
+    pub impair: Option<String>,
+    /// Where invokers run functions: inline (in the polling thread), thread (behind rings), or
+    /// auto: inline for functions under 1 ms, thread for longer ones (a long function inline
+    /// keeps its member from acknowledging, and total order waits for every member).
+    #[arg(long, default_value = "auto")]
+    pub executor: String,
+    /// Core pinning of the members' polling threads: auto (invokers round-robin over the cores,
+    /// the trigger left to the scheduler) or none.
+    #[arg(long, default_value = "auto")]
+    pub pin: String,
+}
+/// A run's faults: kills, partitions (member, cut at, healed at), and late joins.
+pub type Faults = (
+    Vec<(String, f64)>,
+    Vec<(String, f64, f64)>,
+    Vec<(String, f64)>,
+);
+
+/// Parses `--fault` specs against the run's member names. A partition heals 1 s after it
+/// starts, or at `E` with `partition:MEMBER@S-E`.
+pub fn parse_faults(specs: &[String], invokers: usize) -> Result<Faults> {
+    let mut kills = Vec::new();
+    let mut parts = Vec::new();
+    let mut joins = Vec::new();
+    for spec in specs {
+        let (kind, rest) = spec.split_once(':').ok_or_else(|| {
+            anyhow::anyhow!(
+                "--fault {spec:?}: expected kill:MEMBER@SECONDS or partition:MEMBER@SECONDS"
+            )
+        })?;
+        let (member, at) = rest.split_once('@').ok_or_else(|| {
+            anyhow::anyhow!("--fault {spec:?}: expected MEMBER@SECONDS after {kind}:")
+        })?;
+        let (at, heal) = match at.split_once('-') {
+            Some((a, e)) if kind == "partition" => (a, Some(e)),
+            _ => (at, None),
+        };
+        let heal: Option<f64> =
+            match heal {
+                Some(e) => Some(e.parse().ok().filter(|e: &f64| e.is_finite()).ok_or_else(
+                    || anyhow::anyhow!("--fault {spec:?}: {e:?} is not a number of seconds"),
+                )?),
+                None => None,
+            };
+        let at: f64 = at
+            .parse()
+            .ok()
+            .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| {
+                anyhow::anyhow!("--fault {spec:?}: {at:?} is not a number of seconds")
+            })?;
+        let known = (0..invokers).any(|i| member == format!("invoker-{i}"));
+        if member == "trigger" {
+            bail!("--fault {spec:?}: the trigger measures the run and cannot be the one that fails; name an invoker (invoker-0 .. invoker-{})", invokers.saturating_sub(1));
+        }
+        if !known {
+            bail!("--fault {spec:?}: no member {member:?}; the members are trigger and invoker-0 .. invoker-{}", invokers.saturating_sub(1));
+        }
+        match kind {
+            "kill" => kills.push((member.to_string(), at)),
+            "join" => joins.push((member.to_string(), at)),
+            "partition" => {
+                let heal = heal.unwrap_or(at + 1.0);
+                if heal <= at {
+                    bail!("--fault {spec:?}: the partition must heal after it starts");
+                }
+                parts.push((member.to_string(), at, heal));
+            }
+            other => {
+                bail!("--fault {spec:?}: unknown fault {other:?}; known: kill, partition, join")
+            }
+        }
+    }
+    let total = invokers + 1;
+    if (kills.len() + parts.len()) * 2 >= total {
+        bail!("--fault: {} kills leave no majority of the {total} members; the group would stop (by design)", kills.len());
+    }
+    Ok((kills, parts, joins))
+}
+
+/// Where a run's members live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hosts {
+    /// All on 127.0.0.1.
+    Local,
+    /// Each in its own network namespace, joined by veth and a bridge (`testbed/netns.sh`).
+    Netns,
+}
+
+/// What a checked command line asks for: the backends in order, the group run, where things
+/// go. Every option is checked before anything runs; a bad one is named.
+pub(super) struct Plan {
+    pub(super) backends: Vec<String>,
+    pub(super) hosts: Hosts,
+    pub(super) run: GroupRun,
+    pub(super) redis_server: Option<PathBuf>,
+    pub(super) kafka_broker: Option<PathBuf>,
+    hlog_dir: Option<PathBuf>,
+}
+
+impl Plan {
+    /// Where `backend`'s interval log goes, if asked for.
+    pub(super) fn hlog_for(&self, backend: &str) -> Option<String> {
+        hlog_path(self.hlog_dir.as_deref(), backend)
+    }
+}
+
+/// DIR/BACKEND.hlog: one interval log per backend (end-to-end latency, microseconds).
+fn hlog_path(dir: Option<&std::path::Path>, backend: &str) -> Option<String> {
+    dir.map(|d| {
+        d.join(format!("{backend}.hlog"))
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+/// Checks every option and plans the run.
+pub(super) fn plan(args: &BenchArgs) -> Result<Plan> {
+    let mut backends: Vec<&str> = Vec::new();
+    for b in args.backend.split(',').map(str::trim) {
+        match b {
+            "conveyor" | "redis" | "kafka" => {
+                if !backends.contains(&b) {
+                    backends.push(b);
+                }
+            }
+            other => bail!("--backend: unknown backend {other:?}; known: conveyor, redis, kafka"),
+        }
+    }
+    let baselines: Vec<&str> = backends
+        .iter()
+        .copied()
+        .filter(|b| *b != "conveyor")
+        .collect();
+    if !baselines.is_empty() {
+        // Options that only mean something for Conveyor's own members would make the
+        // comparison unequal: refused by name.
+        let which = baselines.join(",");
+        if !args.fault.is_empty() {
+            bail!("--fault applies to Conveyor's members only, not to --backend {which}; run it with --backend conveyor");
+        }
+        if args.impair.is_some() {
+            bail!("--impair applies to Conveyor's transport only, not to --backend {which}; run it with --backend conveyor");
+        }
+    }
+    if !backends.contains(&"redis") && args.redis_port != 0 {
+        bail!("--redis-port: only with --backend redis");
+    }
+    if !backends.contains(&"kafka") && args.kafka_port != 0 {
+        bail!("--kafka-port: only with --backend kafka");
+    }
+    if args.transport == "shm" && args.hosts != "local" {
+        bail!("--transport shm joins the members of one host through shared memory: use --hosts local; nothing was run");
+    }
+    if args.hosts == "netns" && super::group::effective_uid() != 0 {
+        bail!("--hosts netns needs root: it creates network namespaces, veth pairs and a bridge; nothing was run");
+    }
+    // A port in use on loopback is found before anything runs (in a namespace host of its
+    // own, nothing else can hold it).
+    if args.hosts == "local" {
+        for (b, port, option) in [
+            ("redis", args.redis_port, "--redis-port"),
+            ("kafka", args.kafka_port, "--kafka-port"),
+        ] {
+            if backends.contains(&b) && port != 0 {
+                super::baselines::Place::loopback().port(port, option)?;
+            }
+        }
+    }
+    let redis_server = if backends.contains(&"redis") {
+        Some(super::baselines::redis::find_server()?)
+    } else {
+        None
+    };
+    let kafka_broker = if backends.contains(&"kafka") {
+        Some(super::baselines::kafka::find_broker()?)
+    } else {
+        None
+    };
+    if let Some(plot) = &args.plot {
+        super::plot::check_path(plot)?;
+    }
+    match args.workload.as_str() {
+        "constant" | "burst" => {}
+        "balance" => {
+            if args.pin != "auto" {
+                bail!("--workload balance needs --pin auto: the CPU hog shares invoker-0's core");
+            }
+            if args.invokers < 2 {
+                bail!("--workload balance needs at least 2 invokers (one hogged, one idle)");
+            }
+        }
+        "ramp" => {}
+        other => {
+            bail!("--workload: unknown workload {other:?}; known: constant, ramp, burst, balance")
+        }
+    }
+    if !crate::config::TRANSPORTS.contains(&args.transport.as_str()) {
+        bail!(
+            "--transport {}: not available in this build; available: {}",
+            args.transport,
+            crate::config::TRANSPORTS.join(", ")
+        );
+    }
+    if let Some(feature) = conveyor_dataplane::transport::open::missing_feature(&args.transport) {
+        bail!(
+            "--transport {}: not built into this binary (it needs the cargo feature `{feature}`); nothing was run",
+            args.transport
+        );
+    }
+    if args.transport == "afxdp" && args.hosts != "netns" {
+        bail!("--transport afxdp needs --hosts netns: an AF_XDP socket binds a network interface (each namespace host's eth0), not loopback; nothing was run");
+    }
+    if args.transport == "dpdk" && args.hosts != "netns" {
+        bail!("--transport dpdk needs --hosts netns: each member drives its namespace host's eth0 through DPDK's af_packet PMD (a ConnectX port on a testbed); nothing was run");
+    }
+    let hosts = match args.hosts.as_str() {
+        "local" => Hosts::Local,
+        "netns" => Hosts::Netns,
+        other => bail!("--hosts: expected local or netns, found {other:?}"),
+    };
+    let (kills, partitions, joins) = parse_faults(&args.fault, args.invokers)?;
+    if !partitions.is_empty() && hosts != Hosts::Netns {
+        bail!("--fault partition: needs --hosts netns (it cuts the member's links on the namespace bridge)");
+    }
+    if args.netem.is_some() {
+        bail!("--netem: not available in this version (the kernel of the development machines has no netem); use --impair \"loss=5%,delay=50us\" to inject loss, duplication and delay in Conveyor's transport");
+    }
+    // One interval log per backend (see hlog_path).
+    let hlog_dir = match &args.hlog {
+        None => None,
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("--hlog: cannot create {}", dir.display()))?;
+            Some(
+                dir.canonicalize()
+                    .with_context(|| format!("--hlog: {}", dir.display()))?,
+            )
+        }
+    };
+    if let Some(spec) = &args.impair {
+        spec.parse::<conveyor_dataplane::transport::impair::ImpairSpec>()
+            .map_err(|e| anyhow::anyhow!("--impair: {e}"))?;
+    }
+    if !matches!(args.pin.as_str(), "auto" | "none") {
+        bail!("--pin: expected auto or none, found {:?}", args.pin);
+    }
+    if !matches!(args.executor.as_str(), "inline" | "thread" | "auto") {
+        bail!(
+            "--executor: expected inline, thread or auto, found {:?}",
+            args.executor
+        );
+    }
+    if args.invokers == 0 || args.chain == 0 {
+        bail!("--invokers and --chain must be at least 1");
+    }
+    if args.workload == "constant" && (args.rate <= 0.0 || args.duration <= 0.0) {
+        bail!("--rate and --duration must be positive");
+    }
+    let pipeline = Pipeline::chain("bench", args.chain, args.fn_us);
+    let run = GroupRun {
+        invokers: args.invokers,
+        pipeline_json: pipeline.to_json(),
+        spec: WorkloadSpec {
+            // Balance is a constant load while a hog shares invoker-0's core.
+            workload: if args.workload == "balance" {
+                "constant".into()
+            } else {
+                args.workload.clone()
+            },
+            pipeline: "bench".into(),
+            rate: args.rate,
+            duration_s: args.duration,
+            requests: args.requests,
+            payload: args.payload,
+            vary_payload: false,
+            grace_s: args.grace,
+            start_file: None,
+            hlog: hlog_path(hlog_dir.as_deref(), "conveyor"),
+            progress_file: None,
+        },
+        keep: args.keep,
+        credits: args.credits,
+        executor: match args.executor.as_str() {
+            "auto" if args.fn_us >= 1000 => "thread".into(),
+            "auto" => "inline".into(),
+            e => e.into(),
+        },
+        pin: args.pin == "auto",
+        confine: args.workload == "balance",
+        hosts: hosts.clone(),
+        progress: true,
+        impair: args.impair.clone(),
+        kills,
+        partitions,
+        joins,
+        transport: args.transport.clone(),
+        idle: match (args.spin_us, args.yield_us, args.slice_us) {
+            (None, None, None) => None,
+            (s, y, l) => {
+                let d = conveyor_dataplane::engine::IdlePolicy::SHARED;
+                Some((
+                    s.unwrap_or(d.spin_us),
+                    y.unwrap_or(d.yield_us),
+                    l.unwrap_or(d.slice_us),
+                ))
+            }
+        },
+    };
+    Ok(Plan {
+        backends: backends.iter().map(|b| b.to_string()).collect(),
+        hosts,
+        run,
+        redis_server,
+        kafka_broker,
+        hlog_dir,
+    })
+}

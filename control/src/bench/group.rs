@@ -1,0 +1,540 @@
+//! Starting a whole group for one run: the group file written for it, one `conveyor node`
+//! process per member (on loopback, or each in its network namespace host made by
+//! `netns.sh`), the faults injected at their time, and the trigger's report collected.
+
+use super::args::Hosts;
+use super::progress::Progress;
+use crate::config::fresh_key;
+use crate::trigger::loadgen::{TriggerReport, WorkloadSpec};
+use anyhow::{bail, Context, Result};
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What one run needs.
+#[derive(Debug)]
+pub struct GroupRun {
+    pub invokers: usize,
+    pub pipeline_json: String,
+    pub spec: WorkloadSpec,
+    pub keep: bool,
+    pub idle: Option<(u64, u64, u64)>,
+    pub credits: u32,
+    pub executor: String,
+    /// Pin invokers round-robin over the machine's cores.
+    pub pin: bool,
+    /// Confine each invoker process, all its threads, to its core (the balance workload: a
+    /// core is a host, shared with the CPU hog).
+    pub confine: bool,
+    /// Where the members run.
+    pub hosts: Hosts,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+    /// `group.impair` for the run.
+    pub impair: Option<String>,
+    /// (member name, seconds after the load starts): SIGKILL.
+    pub kills: Vec<(String, f64)>,
+    /// (member name, cut at, healed at), seconds after the load starts (netns hosts only).
+    pub partitions: Vec<(String, f64, f64)>,
+    /// (member name, seconds after the load starts): the member is not in the first view and
+    /// is started then, joining the running group.
+    pub joins: Vec<(String, f64)>,
+    /// `group.transport`: udp, shm (local hosts), or afxdp / dpdk (netns hosts: each member
+    /// drives its host's eth0 through an AF_XDP socket or DPDK's af_packet PMD).
+    pub transport: String,
+}
+
+/// What a run measured, with the faults it injected.
+#[derive(Debug)]
+pub struct GroupOutcome {
+    pub report: TriggerReport,
+    /// When each kill or cut was done (CLOCK_MONOTONIC us), by member name.
+    pub killed_at_us: Vec<(String, u64)>,
+}
+
+impl GroupOutcome {
+    /// BENCH.md's `failover_ms`: from the first kill to the first completion of a re-queued
+    /// request, or to the new view, whichever is later.
+    pub fn failover_ms(&self) -> Option<f64> {
+        let kill = self.killed_at_us.iter().map(|k| k.1).min()?;
+        let view = self.report.views.iter().map(|v| v.1).find(|&t| t >= kill)?;
+        let done = self.report.first_requeued_done_us.unwrap_or(view);
+        Some((done.max(view).saturating_sub(kill)) as f64 / 1000.0)
+    }
+}
+
+/// The test bed script, embedded so that an installed binary needs no source tree.
+const NETNS_SH: &str = include_str!("netns.sh");
+
+/// Network namespaces made for one run; removed when dropped, whatever happened.
+pub(super) struct NetnsHosts {
+    prefix: String,
+}
+
+/// Runs the embedded test bed script with `args`.
+fn netns_sh(args: &[&str]) -> std::io::Result<std::process::Output> {
+    Command::new("bash")
+        .args(["-c", NETNS_SH, "netns.sh"])
+        .args(args)
+        .output()
+}
+
+impl NetnsHosts {
+    /// Cuts (or restores) every link of host `i`: its port on the hub's bridge.
+    pub(super) fn set_link(&self, i: usize, up: bool) -> Result<()> {
+        let port = format!("{}h{i}", self.prefix);
+        let out = Command::new("ip")
+            .args(["-n", &format!("{}-hub", self.prefix), "link", "set", &port])
+            .arg(if up { "up" } else { "down" })
+            .output()
+            .context("running ip")?;
+        if !out.status.success() {
+            bail!(
+                "setting {port} {}: {}",
+                if up { "up" } else { "down" },
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) fn up(n: usize) -> Result<NetnsHosts> {
+        // Namespaces need root (or CAP_SYS_ADMIN).
+        if effective_uid() != 0 {
+            bail!(
+                "--hosts netns needs root: it creates network namespaces, veth pairs and a bridge"
+            );
+        }
+        let prefix = format!("cvb{}", std::process::id() % 100_000);
+        let out = netns_sh(&["up", &n.to_string(), "--prefix", &prefix])
+            .context("running bash for the namespace test bed (is iproute2 installed?)")?;
+        let hosts = NetnsHosts { prefix };
+        if !out.status.success() {
+            bail!(
+                "creating {n} network namespaces failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(hosts)
+    }
+    pub(super) fn namespace(&self, i: usize) -> String {
+        format!("{}-h{i}", self.prefix)
+    }
+}
+
+impl Drop for NetnsHosts {
+    fn drop(&mut self) {
+        let _ = netns_sh(&["down", "--prefix", &self.prefix]);
+    }
+}
+
+pub(super) fn effective_uid() -> u32 {
+    // /proc/self/status has "Uid: real effective saved fs".
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(u32::MAX)
+}
+
+pub(crate) fn free_udp_ports(n: usize) -> Result<Vec<u16>> {
+    let socks: Vec<UdpSocket> = (0..n)
+        .map(|_| UdpSocket::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()
+        .context("finding free UDP ports on 127.0.0.1")?;
+    socks.iter().map(|s| Ok(s.local_addr()?.port())).collect()
+}
+
+fn run_dir() -> Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("conveyor-run-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+pub(super) fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Makes `cmd` (the conveyor binary, behind any prefix) run member `name` of the group file in
+/// `dir`, its output going to `dir/NAME.log`.
+pub(crate) fn node_command(cmd: &mut Command, dir: &Path, name: &str) -> Result<()> {
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    cmd.arg("node")
+        .arg("--config")
+        .arg(dir.join("conveyor.toml"))
+        .arg("--member")
+        .arg(name)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    Ok(())
+}
+
+pub(crate) struct Members {
+    pub(crate) children: Vec<(String, Child)>,
+}
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The progress bar of a run of `spec` (drawn only on a terminal, for runs of some length).
+pub(super) fn progress_for(label: &str, spec: &WorkloadSpec) -> Progress {
+    let n: u64 = crate::trigger::loadgen::plan(spec)
+        .map(|p| p.iter().map(|s| s.1).sum())
+        .unwrap_or(0);
+    let expected = match spec.workload.as_str() {
+        "constant" => Some(spec.duration_s),
+        _ => None,
+    };
+    Progress::new(label, n, expected)
+}
+
+/// Starts a local group (one trigger, `invokers` invokers, each its own process on loopback),
+/// runs the workload and returns the trigger's report.
+pub fn run_local_group(run: &GroupRun) -> Result<TriggerReport> {
+    Ok(run_group(run)?.report)
+}
+
+/// Starts a group as `run` says (local or namespace hosts), runs the workload with its faults,
+/// and returns what it measured.
+pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
+    let dir = run_dir()?;
+    let names: Vec<String> = std::iter::once("trigger".to_string())
+        .chain((0..run.invokers).map(|i| format!("invoker-{i}")))
+        .collect();
+    let netns = match run.hosts {
+        Hosts::Local => None,
+        Hosts::Netns => Some(NetnsHosts::up(names.len())?),
+    };
+    let addresses: Vec<String> = match &netns {
+        None => free_udp_ports(names.len())?
+            .into_iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect(),
+        Some(_) => (0..names.len())
+            .map(|i| format!("10.77.0.{}:7400", i + 1))
+            .collect(),
+    };
+    if matches!(run.transport.as_str(), "afxdp" | "dpdk") && netns.is_none() {
+        bail!("--transport {} needs --hosts netns: it drives a network interface (each namespace host's eth0), not loopback", run.transport);
+    }
+    if !run.partitions.is_empty() && netns.is_none() {
+        bail!("--fault partition: needs --hosts netns (it cuts the member's links on the namespace bridge)");
+    }
+    std::fs::write(
+        dir.join("conveyor.toml"),
+        group_file(run, &names, &addresses)?,
+    )?;
+    std::fs::write(dir.join("pipeline.json"), &run.pipeline_json)?;
+    let mut spec = run.spec.clone();
+    spec.start_file = Some(dir.join("started").display().to_string());
+    spec.progress_file = Some(dir.join("progress").display().to_string());
+    std::fs::write(
+        dir.join("workload.json"),
+        serde_json::to_string_pretty(&spec)?,
+    )?;
+    let launcher = Launcher {
+        run,
+        names: &names,
+        netns: netns.as_ref(),
+        dir: &dir,
+        exe: std::env::current_exe().context("locating the conveyor binary")?,
+    };
+    let mut members = Members {
+        children: Vec::new(),
+    };
+    // Invokers first, the trigger last: the start-up barrier makes the order irrelevant for
+    // correctness, but it keeps the trigger's clock start close to the real start.
+    for name in names.iter().skip(1).chain(std::iter::once(&names[0])) {
+        if run.joins.iter().any(|j| &j.0 == name) {
+            continue;
+        }
+        let child = launcher.spawn(name)?;
+        members.children.push((name.clone(), child));
+    }
+    let bar = run.progress.then(|| progress_for("conveyor", &run.spec));
+    let (status, killed_at_us) = supervise(&launcher, &mut members, bar.as_ref())?;
+    if !status.success() {
+        let t = tail(&dir.join("trigger.log"), 30);
+        bail!("the trigger failed ({status}); its log:\n{t}");
+    }
+    // Invokers leave after the shutdown the trigger ordered.
+    let wait_from = Instant::now();
+    for (name, c) in &mut members.children {
+        if run.kills.iter().any(|k| &k.0 == name) {
+            continue;
+        }
+        while matches!(c.try_wait(), Ok(None)) && wait_from.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Ok(Some(s)) = c.try_wait() {
+            if !s.success() {
+                tracing::warn!(
+                    "member {name} exited with {s}: {}",
+                    tail(&dir.join(format!("{name}.log")), 5)
+                );
+            }
+        }
+    }
+    drop(members);
+    drop(bar);
+    let report: TriggerReport = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("report.json"))
+            .context("reading the trigger's report")?,
+    )?;
+    if run.keep {
+        eprintln!("run directory kept: {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(GroupOutcome {
+        report,
+        killed_at_us,
+    })
+}
+
+/// The run's group file: its members on `addresses`, the transport's settings, the faults'
+/// late joiners.
+fn group_file(run: &GroupRun, names: &[String], addresses: &[String]) -> Result<String> {
+    let afxdp = run.transport == "afxdp";
+    let dpdk = run.transport == "dpdk";
+    let mut toml = format!(
+        "# Written by conveyor for one run.\n[group]\nname = \"bench\"\nkey = \"{}\"\ntransport = \"{}\"\npipelines = [\"pipeline.json\"]\nstartup_timeout_s = 20\n",
+        fresh_key()?,
+        run.transport
+    );
+    if afxdp || dpdk {
+        // One Ethernet frame on the hosts' 1500-byte MTU.
+        let max_frame = 1472;
+        toml.push_str(&format!(
+            "max_frame = {max_frame}\nmax_payload = {}\n",
+            conveyor_core::wire::max_payload_for(max_frame, names.len())
+        ));
+    }
+    if let Some(spec) = &run.impair {
+        toml.push_str(&format!("impair = \"{spec}\"\n"));
+    }
+    if let Some((spin, yld, slice)) = run.idle {
+        toml.push_str(&format!(
+            "\n[idle]\nspin_us = {spin}\nyield_us = {yld}\nslice_us = {slice}\n"
+        ));
+    }
+    for (name, address) in names.iter().zip(addresses) {
+        let role = if name == "trigger" {
+            "trigger"
+        } else {
+            "invoker"
+        };
+        toml.push_str(&format!(
+            "\n[[member]]\nname = \"{name}\"\naddress = \"{address}\"\nrole = \"{role}\"\n"
+        ));
+        if afxdp {
+            toml.push_str("interface = \"eth0\"\n");
+        }
+        if role == "invoker" && run.pin {
+            let cores = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            let i: usize = name.trim_start_matches("invoker-").parse().unwrap_or(0);
+            toml.push_str(&format!("core = {}\n", i % cores));
+        }
+        if role == "invoker" {
+            toml.push_str(&format!(
+                "credits = {}\nexecutor = \"{}\"\n",
+                run.credits, run.executor
+            ));
+        }
+        if run.joins.iter().any(|j| &j.0 == name) {
+            toml.push_str("join = true\n");
+        }
+        if dpdk {
+            // DPDK's af_packet PMD on the namespace host's veth, on ordinary memory (the
+            // hosts share the machine's hugepages, if it has any). Last: a table ends the
+            // member's keys.
+            toml.push_str("[member.dpdk]\nvdevs = [\"net_af_packet0,iface=eth0,qpairs=1\"]\nhugepages = false\nmemory_mb = 256\n");
+        }
+    }
+    Ok(toml)
+}
+
+/// Starts the run's members as `conveyor node` processes (in their namespace host, confined
+/// to a core for the balance workload).
+struct Launcher<'a> {
+    run: &'a GroupRun,
+    names: &'a [String],
+    netns: Option<&'a NetnsHosts>,
+    dir: &'a Path,
+    exe: PathBuf,
+}
+
+impl Launcher<'_> {
+    fn spawn(&self, name: &String) -> Result<Child> {
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(h) = self.netns {
+            let i = self.names.iter().position(|x| x == name).unwrap_or(0);
+            argv.extend([
+                "ip".into(),
+                "netns".into(),
+                "exec".into(),
+                h.namespace(i).into(),
+            ]);
+        }
+        if self.run.confine {
+            if let Some(i) = name
+                .strip_prefix("invoker-")
+                .and_then(|i| i.parse::<usize>().ok())
+            {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                argv.extend([
+                    "taskset".into(),
+                    "-c".into(),
+                    (i % cores).to_string().into(),
+                ]);
+            }
+        }
+        argv.push(self.exe.clone().into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        node_command(&mut cmd, self.dir, name)?;
+        if name == "trigger" {
+            cmd.arg("--workload")
+                .arg(self.dir.join("workload.json"))
+                .arg("--report")
+                .arg(self.dir.join("report.json"));
+        }
+        cmd.spawn()
+            .with_context(|| format!("starting member {name}"))
+    }
+}
+
+/// Watches the members until the trigger ends: the progress bar, the faults at their time
+/// (cuts and heals, late joins, kills), a member failing, the time budget. Returns the
+/// trigger's exit status and when each kill or cut was done.
+fn supervise(
+    l: &Launcher<'_>,
+    members: &mut Members,
+    bar: Option<&Progress>,
+) -> Result<(std::process::ExitStatus, Vec<(String, u64)>)> {
+    let run = l.run;
+    let start_file = l.dir.join("started");
+    let progress_file = l.dir.join("progress");
+    let budget = Duration::from_secs_f64(
+        30.0 + run.spec.grace_s
+            + if run.spec.workload == "burst" {
+                run.spec.requests as f64 / 500.0
+            } else {
+                run.spec.duration_s
+            },
+    );
+    let start = Instant::now();
+    let mut bar_read = Instant::now();
+    let trigger_idx = members.children.len() - 1;
+    let mut killed_at_us: Vec<(String, u64)> = Vec::new();
+    let mut healed: Vec<String> = Vec::new();
+    let mut load_start_us: Option<u64> = None;
+    let status = loop {
+        if let Some(s) = members.children[trigger_idx].1.try_wait()? {
+            break s;
+        }
+        if let Some(b) = bar.filter(|b| b.shown()) {
+            if bar_read.elapsed() > Duration::from_millis(250) {
+                bar_read = Instant::now();
+                if let Some(done) = std::fs::read_to_string(&progress_file)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+                {
+                    b.set(done);
+                }
+            }
+        }
+        if load_start_us.is_none() {
+            load_start_us = std::fs::read_to_string(&start_file)
+                .ok()
+                .and_then(|t| t.trim().parse().ok());
+        }
+        if let Some(t0) = load_start_us {
+            let now = conveyor_dataplane::sys::monotonic_us();
+            for (name, at, heal) in &run.partitions {
+                let i = l.names.iter().position(|x| x == name).unwrap_or(0);
+                let cut = killed_at_us.iter().any(|k| &k.0 == name);
+                if !cut && now >= t0 + (at * 1e6) as u64 {
+                    if let Some(h) = l.netns {
+                        h.set_link(i, false)?;
+                        killed_at_us.push((name.clone(), conveyor_dataplane::sys::monotonic_us()));
+                        tracing::info!("fault: cut {name}'s links");
+                    }
+                }
+                if cut && !healed.contains(name) && now >= t0 + (heal * 1e6) as u64 {
+                    if let Some(h) = l.netns {
+                        h.set_link(i, true)?;
+                        healed.push(name.clone());
+                        tracing::info!("fault: healed {name}'s links");
+                    }
+                }
+            }
+            for (name, at) in &run.joins {
+                if !members.children.iter().any(|(n, _)| n == name) && now >= t0 + (at * 1e6) as u64
+                {
+                    let child = l.spawn(name)?;
+                    members.children.push((name.clone(), child));
+                    tracing::info!("fault: started {name}, which joins the running group");
+                }
+            }
+            for (name, at) in &run.kills {
+                if killed_at_us.iter().any(|k| &k.0 == name) || now < t0 + (at * 1e6) as u64 {
+                    continue;
+                }
+                if let Some((_, c)) = members.children.iter_mut().find(|(n, _)| n == name) {
+                    let _ = c.kill();
+                    killed_at_us.push((name.clone(), conveyor_dataplane::sys::monotonic_us()));
+                    tracing::info!("fault: killed {name} (SIGKILL)");
+                }
+            }
+        }
+        for (name, c) in &mut members.children {
+            if run.kills.iter().any(|k| &k.0 == name) && killed_at_us.iter().any(|k| &k.0 == name) {
+                continue;
+            }
+            if let Some(s) = c.try_wait()? {
+                if !s.success() {
+                    let t = tail(&l.dir.join(format!("{name}.log")), 20);
+                    bail!(
+                        "member {name} failed ({s}); its log ({}):\n{t}",
+                        l.dir.join(format!("{name}.log")).display()
+                    );
+                }
+            }
+        }
+        if start.elapsed() > budget {
+            bail!(
+                "the run did not finish within {}s; logs in {}",
+                budget.as_secs(),
+                l.dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(if run.kills.is_empty() {
+            20
+        } else {
+            1
+        }));
+    };
+    Ok((status, killed_at_us))
+}

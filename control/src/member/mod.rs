@@ -1,0 +1,243 @@
+//! `conveyor node`: runs one member of a group from the group's configuration file: its
+//! transport (opened by the dataplane's factory from the file's spec), its engine, and its role
+//! (an invoker's functions, a trigger's workload or gateway), with the control plane's agent.
+
+use crate::config::{Executor, GroupConfig, Role};
+use crate::trigger::gateway::{Gateway, GatewayConfig};
+use crate::trigger::loadgen::{run_trigger, WorkloadSpec};
+use anyhow::{anyhow, bail, Context, Result};
+use conveyor_core::queue::{Effect, Op};
+use conveyor_core::types::MemberId;
+use conveyor_dataplane::engine::{Clock, EngineHandle};
+use conveyor_dataplane::invoker::{run_invoker, InvokerApp};
+use conveyor_dataplane::transport::TransportStats;
+use std::path::Path;
+use std::time::Duration;
+
+pub fn run(
+    config: &Path,
+    member: &str,
+    workload: Option<&Path>,
+    report: Option<&Path>,
+    join_token: Option<String>,
+) -> Result<()> {
+    let cfg = GroupConfig::load(config)?;
+    let idx = cfg.member_index(member)?;
+    let me = &cfg.file.members[idx];
+    let local = cfg.addresses[idx];
+    let ecfg = cfg.engine_config(idx);
+    let opened = conveyor_dataplane::transport::open(&cfg.transport_spec(idx))?;
+    let (transport, mode) = (opened.transport, opened.description);
+    let peers: Vec<String> = cfg
+        .file
+        .members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != idx)
+        .map(|(_, m)| format!("{}@{}", m.name, m.address))
+        .collect();
+    tracing::info!(
+        "member {member} ({:?}) of group {:?}: transport {mode} on {local}; peers: {}",
+        me.role,
+        cfg.file.group.name,
+        peers.join(", ")
+    );
+    let startup = ecfg.startup_timeout;
+    let max_payload = ecfg.proto.max_payload;
+    // External functions run on the executors' threads and submit their completions through
+    // the engine, once it is started.
+    let submitter = std::sync::Arc::new(std::sync::OnceLock::new());
+    let host = crate::executors::FunctionHost::for_engine(submitter.clone(), Clock::new());
+    let invoker = (me.role == Role::Invoker).then(|| {
+        InvokerApp::new(
+            ecfg.me,
+            cfg.pipelines.clone(),
+            me.credits,
+            ecfg.proto.max_payload,
+        )
+        .with_executors(host.clone())
+    });
+    let inline = me.executor == Executor::Inline;
+    let (handle, invoker) = match invoker {
+        Some(app) if inline => {
+            let report = app.report();
+            let h = EngineHandle::start_with(ecfg, transport, Clock::new(), Some(Box::new(app)))?;
+            (h, Some((None, report)))
+        }
+        Some(app) => {
+            let report = app.report();
+            (
+                EngineHandle::start(ecfg, transport, Clock::new())?,
+                Some((Some(app), report)),
+            )
+        }
+        None => (EngineHandle::start(ecfg, transport, Clock::new())?, None),
+    };
+    let _ = submitter.set(handle.submitter());
+    let _reporter = crate::plane::start_reporter(&cfg, idx, handle.probe(), join_token);
+    tracing::info!(
+        "member {member}: waiting for every member (timeout {}s)",
+        startup.as_secs()
+    );
+    handle
+        .wait_ready(startup)
+        .map_err(|e| anyhow!("member {member}: {e}"))?;
+    tracing::info!("member {member}: all members present");
+    match me.role {
+        Role::Invoker => {
+            let Some((app, report)) = invoker else {
+                bail!("member {member}: invoker without its application");
+            };
+            tracing::info!(
+                "member {member}: functions run {}",
+                if inline {
+                    "inline in the polling thread"
+                } else {
+                    "in an application thread"
+                }
+            );
+            if let Some(app) = app {
+                run_invoker(&handle, app)?;
+            }
+            let rep = handle.join();
+            host.stop();
+            for line in host.summary() {
+                tracing::info!("member {member}: {line}");
+            }
+            log_transport(member, &rep.transport);
+            tracing::info!(
+                "member {member}: polling loop stalls over 1 ms: {}, longest {} us; contended spells {}; retransmitted {} slots",
+                rep.stalls_over_1ms,
+                rep.longest_stall_us,
+                rep.contended_spells,
+                rep.proto.retransmitted_slots
+            );
+            let r = report.lock().map(|r| r.clone()).unwrap_or_default();
+            tracing::info!(
+                "member {member}: executed {} requests, {} failed",
+                r.executed,
+                r.failed
+            );
+            if let Some(e) = rep.error {
+                bail!("member {member}: {e}");
+            }
+        }
+        Role::Trigger => {
+            let Some(wpath) = workload else {
+                // Serve: create the pipelines' queues and run until a shutdown is delivered.
+                for p in &cfg.pipelines {
+                    for q in p.queue_specs() {
+                        handle.submit(&Op::Create(q))?;
+                    }
+                }
+                if let Some(gw) = &me.gateway {
+                    let handle = std::sync::Arc::new(handle);
+                    let invokers = cfg
+                        .file
+                        .members
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, m)| m.role == Role::Invoker)
+                        .map(|(i, _)| MemberId(i as u16))
+                        .collect();
+                    let g = Gateway::start(
+                        &GatewayConfig {
+                            address: gw.address.parse().map_err(|e| {
+                                anyhow!("member[{idx}].gateway.address {:?}: {e}", gw.address)
+                            })?,
+                            timeout: Duration::from_secs(gw.timeout_s),
+                            workers: gw.workers,
+                        },
+                        handle.clone(),
+                        cfg.pipelines.clone(),
+                        invokers,
+                        max_payload,
+                    )?;
+                    let names: Vec<&str> = cfg.pipelines.iter().map(|p| p.name.as_str()).collect();
+                    tracing::info!(
+                        "member {member}: gateway on http://{} (OpenFaaS routes): POST /function/NAME for {}",
+                        g.address,
+                        names.join(", ")
+                    );
+                    g.wait();
+                    if let Ok(h) = std::sync::Arc::try_unwrap(handle) {
+                        h.join();
+                    }
+                    return Ok(());
+                }
+                loop {
+                    match handle.next_event(Duration::from_millis(200)) {
+                        Some(ev) if matches!(ev.effect, Effect::Shutdown { .. }) => break,
+                        _ if handle.is_finished() => bail!("member {member}: {}", handle.status()),
+                        _ => {}
+                    }
+                }
+                handle.join();
+                return Ok(());
+            };
+            let spec: WorkloadSpec = serde_json::from_str(
+                &std::fs::read_to_string(wpath)
+                    .with_context(|| format!("reading {}", wpath.display()))?,
+            )
+            .with_context(|| format!("parsing {}", wpath.display()))?;
+            let pipeline = cfg
+                .pipelines
+                .iter()
+                .find(|p| p.name == spec.pipeline)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{}: no pipeline named {:?} in the group configuration",
+                        wpath.display(),
+                        spec.pipeline
+                    )
+                })?;
+            let names: Vec<String> = cfg.file.members.iter().map(|m| m.name.clone()).collect();
+            let mut rep = run_trigger(&handle, pipeline, &spec, &names)?;
+            handle.submit(&Op::Shutdown { by: handle.me() })?;
+            let er = handle.join();
+            log_transport(member, &er.transport);
+            tracing::info!(
+                "member {member}: polling loop stalls over 1 ms: {}, longest {} us; contended spells {}; retransmitted {} slots",
+                er.stalls_over_1ms,
+                er.longest_stall_us,
+                er.contended_spells,
+                er.proto.retransmitted_slots
+            );
+            rep.retransmitted_slots = er.proto.retransmitted_slots;
+            rep.dropped_frames = er.proto.dropped_total();
+            rep.max_batch = er.proto.max_batch;
+            let json = serde_json::to_string_pretty(&rep)?;
+            match report {
+                Some(p) => {
+                    std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?
+                }
+                None => println!("{json}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The transport's counters at the end, and the XDP program's if there is one.
+fn log_transport(member: &str, t: &TransportStats) {
+    tracing::info!(
+        "member {member}: transport sent {} frames ({} by the kernel's path), received {} ({} by the kernel's path); malformed {}, unknown source {}, send errors {}, not for us {}, unresolved {}",
+        t.frames_sent,
+        t.kernel_path_sent,
+        t.frames_received,
+        t.kernel_path_received,
+        t.malformed,
+        t.unknown_source,
+        t.send_errors,
+        t.not_for_us,
+        t.unresolved
+    );
+    if !t.device.is_empty() {
+        let x: Vec<String> = t.device.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        tracing::info!("member {member}: device: {}", x.join(", "));
+    }
+    if !t.xdp.is_empty() {
+        let x: Vec<String> = t.xdp.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        tracing::info!("member {member}: XDP: {}", x.join(", "));
+    }
+}

@@ -1,0 +1,174 @@
+//! The member's side of the control plane: its reports, and following the answers.
+
+use super::metrics::transport_counters;
+use super::*;
+
+/// The member's agent of the control plane, on a thread of its own: every 500 ms it sends the
+/// member's state, and follows the answer: the allowlist (with `control.admission =
+/// "control"`), a newer version of the pipelines (fetched and submitted to the group, where
+/// the replicas apply it once, in order), a leave. A joiner holding the join token puts itself
+/// on the allowlist. A control plane that is down costs nothing but a log line: the member
+/// serves on with what it last heard.
+pub fn start_reporter(
+    cfg: &GroupConfig,
+    me: usize,
+    handle: conveyor_dataplane::engine::Probe,
+    join_token: Option<String>,
+) -> Option<std::thread::JoinHandle<()>> {
+    use conveyor_core::proto::Admission;
+    use conveyor_core::types::MemberId;
+    use conveyor_dataplane::engine::Directive;
+    let c = cfg.file.control.clone()?;
+    let by_control = c.admission == crate::config::AdmissionMode::Control;
+    let names: Vec<String> = cfg.file.members.iter().map(|m| m.name.clone()).collect();
+    let my_name = names.get(me).cloned().unwrap_or_default();
+    let max_payload = cfg.file.group.max_payload;
+    let base = format!("http://{}", c.address);
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_millis(300))
+        .build();
+    std::thread::Builder::new()
+        .name("conveyor-report".into())
+        .spawn(move || {
+            let mut down_said = false;
+            // The pipelines version last submitted, and when (a lost submission is retried).
+            let mut submitted: Option<(u64, Instant)> = None;
+            let mut version_said = 0u64;
+            while !handle.is_finished() {
+                let live = handle.live();
+                if live.status == "joining" && by_control {
+                    if let Some(t) = &join_token {
+                        let r = agent
+                            .put(&format!("{base}/v1/admissions/{my_name}"))
+                            .set("Authorization", &format!("Bearer {t}"))
+                            .call();
+                        if let Err(e) = r {
+                            tracing::warn!("asking the control plane to admit {my_name}: {e}");
+                        }
+                    }
+                }
+                let report = MemberReport {
+                    member: my_name.clone(),
+                    status: live.status.to_string(),
+                    view: live.view,
+                    members: live
+                        .members
+                        .iter()
+                        .map(|m| names.get(m.0 as usize).cloned().unwrap_or_default())
+                        .collect(),
+                    delivered: live.proto.delivered,
+                    retransmitted_slots: live.proto.retransmitted_slots,
+                    view_changes: live.proto.view_changes,
+                    requeued: live.requeued,
+                    rejoins: live.rejoins,
+                    joins_refused: live.proto.joins_refused,
+                    pipelines_version: live.pipelines_version,
+                    dropped: conveyor_core::wire::WireError::ALL
+                        .iter()
+                        .map(|e| (e.label().to_string(), live.proto.dropped(*e)))
+                        .chain(
+                            conveyor_core::proto::ProtoDrop::ALL
+                                .iter()
+                                .map(|d| (d.label().to_string(), live.proto.dropped_by(*d))),
+                        )
+                        .collect(),
+                    queues: live.queues.iter().map(|(q, d)| (q.clone(), *d as u64)).collect(),
+                    transport: transport_counters(&live.transport),
+                    xdp: live
+                        .transport
+                        .xdp
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), *v))
+                        .collect(),
+                };
+                let r = agent
+                    .post(&format!("{base}/v1/report"))
+                    .set("Authorization", &format!("Bearer {}", c.token))
+                    .send_json(&report)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.into_json::<ReportAnswer>().map_err(|e| e.to_string()));
+                let answer = match r {
+                    Ok(a) => {
+                        down_said = false;
+                        a
+                    }
+                    Err(e) => {
+                        if !down_said {
+                            down_said = true;
+                            tracing::warn!("the control plane at {base} does not answer ({e}); serving on, retrying");
+                        }
+                        std::thread::sleep(Duration::from_millis(500));
+                        continue;
+                    }
+                };
+                if by_control {
+                    let ids = answer
+                        .admitted
+                        .iter()
+                        .filter_map(|n| names.iter().position(|m| m == n))
+                        .map(|i| MemberId(i as u16))
+                        .collect();
+                    handle.direct(Directive::Admit(Admission::Listed(ids)));
+                }
+                if answer.leave {
+                    handle.direct(Directive::Leave);
+                }
+                let retry = submitted
+                    .is_none_or(|(v, t)| v != answer.version || t.elapsed() > Duration::from_secs(2));
+                if answer.version > live.pipelines_version && live.status == "serving" && retry {
+                    match fetch_pipelines(&agent, &base, answer.version)
+                        .and_then(|docs| {
+                            pipelines_op(MemberId(me as u16), answer.version, &docs, max_payload)
+                        }) {
+                        Ok(op) => {
+                            tracing::info!(
+                                version = answer.version,
+                                "passing the control plane's pipelines on to the group"
+                            );
+                            handle.direct(Directive::Submit(op));
+                            submitted = Some((answer.version, Instant::now()));
+                        }
+                        Err(e) if version_said != answer.version => {
+                            version_said = answer.version;
+                            tracing::error!(version = answer.version, "cannot pass the control plane's pipelines on: {e}");
+                        }
+                        Err(_) => {}
+                    }
+                } else if answer.version < live.pipelines_version
+                    && version_said != answer.version
+                {
+                    version_said = answer.version;
+                    tracing::warn!(
+                        "the control plane's pipelines (version {}) are older than the group's (version {}): was its state file replaced? the group keeps its own",
+                        answer.version,
+                        live.pipelines_version
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+        .ok()
+}
+
+/// The control plane's pipelines, if still at `version` (else the next round gets the newer).
+fn fetch_pipelines(
+    agent: &ureq::Agent,
+    base: &str,
+    version: u64,
+) -> Result<BTreeMap<String, serde_json::Value>, String> {
+    #[derive(Deserialize)]
+    struct All {
+        version: u64,
+        pipelines: BTreeMap<String, serde_json::Value>,
+    }
+    let all: All = agent
+        .get(&format!("{base}/v1/pipelines"))
+        .call()
+        .map_err(|e| e.to_string())?
+        .into_json()
+        .map_err(|e| e.to_string())?;
+    if all.version != version {
+        return Err(format!("changed meanwhile (now version {})", all.version));
+    }
+    Ok(all.pipelines)
+}

@@ -1,0 +1,259 @@
+//! The control plane: a small HTTP/JSON daemon beside the group, never on the per-message path.
+//!
+//! Members report to it (`POST /v1/report`, every 500 ms: status, view, counters, queue
+//! depths); it serves what they report (`/v1/view`, `/v1/queues`, `/health`, `/metrics` in
+//! Prometheus text format) and keeps the pipelines (`/v1/pipelines`: list, get, put, delete;
+//! validated, errors naming the field) in a state file that survives restarts. Members keep
+//! serving while it is down: a failed report is logged once and retried.
+//!
+//! Reads are open; changes (`PUT`, `DELETE`, reports) need the group's control token
+//! (`Authorization: Bearer TOKEN`): 401 without it.
+//!
+//! Parts: [`api`] (the routes), [`metrics`] (Prometheus text), [`agent`] (the member's side:
+//! reports and following the answers), [`ctl`] (`conveyor ctl`, the client).
+
+pub mod agent;
+mod api;
+pub mod ctl;
+mod metrics;
+
+pub use agent::start_reporter;
+pub use ctl::ctl;
+
+use api::{error, route};
+
+use crate::config::GroupConfig;
+use anyhow::{bail, Context, Result};
+use conveyor_core::pipeline::Pipeline;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a member tells the control plane.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberReport {
+    pub member: String,
+    pub status: String,
+    pub view: u32,
+    pub members: Vec<String>,
+    pub delivered: u64,
+    pub retransmitted_slots: u64,
+    pub view_changes: u64,
+    /// Requests re-queued after their invoker was removed.
+    pub requeued: u64,
+    pub rejoins: u64,
+    /// Join requests this member refused (not admitted).
+    #[serde(default)]
+    pub joins_refused: u64,
+    /// Version of the pipelines the group runs (0: the group file's).
+    #[serde(default)]
+    pub pipelines_version: u64,
+    /// Frames dropped, by reason.
+    pub dropped: BTreeMap<String, u64>,
+    pub queues: BTreeMap<String, u64>,
+    /// The transport's counters: frames sent and received, and the path they took.
+    #[serde(default)]
+    pub transport: BTreeMap<String, u64>,
+    /// The XDP program's counters on the member's interface, by verdict (empty without one).
+    #[serde(default)]
+    pub xdp: BTreeMap<String, u64>,
+}
+
+/// What the control plane answers a member's report: what the member should follow.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReportAnswer {
+    /// Version of the pipelines (0: the group file's).
+    pub version: u64,
+    /// The allowlist, by name (followed by members when `control.admission = "control"`).
+    pub admitted: Vec<String>,
+    /// The operator asked this member to leave the group.
+    pub leave: bool,
+}
+
+/// The persisted part: pipelines by name, a version bumped on every change of them, and the
+/// allowlist of members that may join.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Persisted {
+    version: u64,
+    pipelines: BTreeMap<String, serde_json::Value>,
+    /// Absent in state files written before admission existed: then the configured list.
+    #[serde(default)]
+    admitted: Option<BTreeSet<String>>,
+}
+
+struct State {
+    persisted: Persisted,
+    path: PathBuf,
+    reports: BTreeMap<String, (Instant, MemberReport)>,
+    /// Members of the group file, by name.
+    names: Vec<String>,
+    join_token: Option<String>,
+    max_payload: usize,
+    /// Leaves asked for and not yet passed on to the member.
+    leave: BTreeSet<String>,
+}
+
+impl State {
+    fn admitted(&self) -> Vec<String> {
+        self.persisted.admitted.iter().flatten().cloned().collect()
+    }
+}
+
+/// The operation that hands pipelines to the group: their queues (a queue two pipelines name
+/// must have one spec) and compact documents, checked against the group's `max_payload`.
+pub fn pipelines_op(
+    by: conveyor_core::types::MemberId,
+    version: u64,
+    docs: &BTreeMap<String, serde_json::Value>,
+    max_payload: usize,
+) -> Result<conveyor_core::queue::Op, String> {
+    let mut queues: BTreeMap<String, (String, conveyor_core::queue::QueueSpec)> = BTreeMap::new();
+    let mut texts = Vec::new();
+    for (name, v) in docs {
+        let text = v.to_string();
+        let p = Pipeline::from_json(&text).map_err(|e| format!("pipeline {name:?}: {e}"))?;
+        for q in p.queue_specs() {
+            match queues.get(&q.name) {
+                Some((other, spec)) if *spec != q => {
+                    return Err(format!(
+                        "pipeline {name:?}: queue {:?} is also used by pipeline {other:?} with other options (capacity, order, on_full must match)",
+                        q.name
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    queues.insert(q.name.clone(), (name.clone(), q));
+                }
+            }
+        }
+        texts.push(text);
+    }
+    let op = conveyor_core::queue::Op::Pipelines {
+        by,
+        version,
+        queues: queues.into_values().map(|(_, q)| q).collect(),
+        docs: texts,
+    };
+    let size = op.encode().len();
+    if size > max_payload {
+        return Err(format!(
+            "the pipelines make a group operation of {size} bytes, above group.max_payload {max_payload}"
+        ));
+    }
+    Ok(op)
+}
+
+impl State {
+    fn save(&self) -> Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.persisted)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("replacing {}", self.path.display()))?;
+        Ok(())
+    }
+}
+
+/// Where the control plane listens and its token, from the group file's `[control]`.
+pub fn settings(cfg: &GroupConfig) -> Result<(String, String)> {
+    let Some(c) = &cfg.file.control else {
+        bail!("the group file has no [control] section (address and token)");
+    };
+    Ok((c.address.clone(), c.token.clone()))
+}
+
+/// Runs the control plane until the process is stopped.
+pub fn serve(cfg: &GroupConfig, state_path: &Path, listen: Option<&str>) -> Result<()> {
+    let (address, token) = settings(cfg)?;
+    let address = listen.map(str::to_string).unwrap_or(address);
+    let persisted = match std::fs::read(state_path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .with_context(|| format!("reading the control state {}", state_path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // First start: the group file's pipelines.
+            let mut p = Persisted::default();
+            for pl in &cfg.pipelines {
+                p.pipelines
+                    .insert(pl.name.clone(), serde_json::from_str(&pl.to_json())?);
+            }
+            p
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", state_path.display())),
+    };
+    let mut persisted = persisted;
+    let names: Vec<String> = cfg.file.members.iter().map(|m| m.name.clone()).collect();
+    let ctl = cfg.file.control.clone();
+    if persisted.admitted.is_none() {
+        persisted.admitted = Some(match ctl.as_ref().and_then(|c| c.admit.clone()) {
+            Some(list) => list.into_iter().collect(),
+            None => names.iter().cloned().collect(),
+        });
+    }
+    let state = Arc::new(Mutex::new(State {
+        persisted,
+        path: state_path.to_path_buf(),
+        reports: BTreeMap::new(),
+        names,
+        join_token: ctl.and_then(|c| c.join_token),
+        max_payload: cfg.file.group.max_payload,
+        leave: BTreeSet::new(),
+    }));
+    if let Ok(s) = state.lock() {
+        s.save()?;
+    }
+    let server = tiny_http::Server::http(&address)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
+    tracing::info!(
+        "control plane of group {:?} on http://{address}, state in {}",
+        cfg.file.group.name,
+        state_path.display()
+    );
+    for mut req in server.incoming_requests() {
+        let method = req.method().as_str().to_string();
+        let url = req.url().to_string();
+        let auth = req
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Authorization"))
+            .map(|h| h.value.as_str().to_string());
+        let mut body = String::new();
+        let answer = if req
+            .as_reader()
+            .take(1 << 20)
+            .read_to_string(&mut body)
+            .is_err()
+        {
+            error(400, "the body is not UTF-8 text")
+        } else {
+            route(&state, &token, &method, &url, auth.as_deref(), &body)
+        };
+        let ctype = if answer.text {
+            "text/plain; version=0.0.4"
+        } else {
+            "application/json"
+        };
+        let resp = tiny_http::Response::from_string(answer.body)
+            .with_status_code(answer.status)
+            .with_header(
+                tiny_http::Header::from_bytes("Content-Type", ctype)
+                    .map_err(|_| anyhow::anyhow!("bad header"))?,
+            );
+        if let Err(e) = req.respond(resp) {
+            tracing::debug!("answering {method} {url}: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Reports younger than 3 s.
+fn fresh(st: &State) -> Vec<(&String, &MemberReport)> {
+    st.reports
+        .iter()
+        .filter(|(_, (t, _))| t.elapsed() < Duration::from_secs(3))
+        .map(|(n, (_, r))| (n, r))
+        .collect()
+}

@@ -1,0 +1,469 @@
+//! The trigger's load generator: open loop (each request has an intended send time, and its
+//! latency is measured from that time, so a stalled sender cannot hide queueing: no coordinated
+//! omission), HDR histograms, and what the bench reports.
+
+use crate::trigger::measure::{cdf, wait_until, Breakdown, Intervals, Percentiles};
+use anyhow::{bail, Context, Result};
+use conveyor_core::pipeline::Pipeline;
+use conveyor_core::queue::{Effect, Meta, Op};
+use conveyor_core::types::RequestId;
+use conveyor_dataplane::engine::{EngineHandle, Event};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What the trigger runs (written by `bench`/`demo`, read by `node --workload`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    /// `constant` or `burst`.
+    pub workload: String,
+    pub pipeline: String,
+    pub rate: f64,
+    pub duration_s: f64,
+    pub requests: u64,
+    pub payload: usize,
+    /// Alternate payloads of `payload` and `payload / 2` bytes (so branches are taken both ways).
+    pub vary_payload: bool,
+    /// How long to wait for outstanding requests after the last send.
+    pub grace_s: f64,
+    /// A file the trigger writes the load's start (CLOCK_MONOTONIC, microseconds) into, so
+    /// that a bench can time faults from it.
+    #[serde(default)]
+    pub start_file: Option<String>,
+    /// Write the end-to-end latencies (microseconds) here as an HdrHistogram interval log
+    /// (one histogram per interval of the run, V2 deflate, readable by HdrHistogram's tools).
+    #[serde(default)]
+    pub hlog: Option<String>,
+    /// A file the trigger keeps the number of completed requests in (rewritten about four
+    /// times a second), for the bench's progress bar.
+    #[serde(default)]
+    pub progress_file: Option<String>,
+}
+
+/// Writes the completed count to the progress file at most every 250 ms.
+struct ProgressFile {
+    path: Option<String>,
+    next_us: u64,
+}
+
+impl ProgressFile {
+    fn tick(&mut self, now_us: u64, completed: u64) {
+        if let Some(p) = &self.path {
+            if now_us >= self.next_us {
+                self.next_us = now_us + 250_000;
+                let _ = std::fs::write(p, completed.to_string());
+            }
+        }
+    }
+}
+
+/// The steps of a workload: (rate, requests); one step but for the ramp. A burst has no rate.
+pub(crate) fn plan(spec: &WorkloadSpec) -> Result<Vec<(f64, u64)>> {
+    Ok(match spec.workload.as_str() {
+        "constant" => vec![(spec.rate, (spec.rate * spec.duration_s).round() as u64)],
+        "burst" => vec![(f64::INFINITY, spec.requests)],
+        "ramp" => crate::trigger::ramp::plan(spec.duration_s),
+        other => bail!("unknown workload {other:?}"),
+    })
+}
+
+/// What the trigger measured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TriggerReport {
+    pub sent: u64,
+    pub completed: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub errors: u64,
+    pub duration_s: f64,
+    pub throughput_rps: f64,
+    pub latency_us: Percentiles,
+    pub overhead_us: Percentiles,
+    /// Where the overhead goes, per request, summed over its stages (same-host clocks): the
+    /// trigger sending late, total-order multicast (submission to delivery, every hop), and the
+    /// engine-to-function hand-off in the invokers.
+    pub breakdown_us: Breakdown,
+    /// Function executions per invoker.
+    pub per_invoker: BTreeMap<String, u64>,
+    pub drain_s: Option<f64>,
+    /// (percent, latency us) points of the latency CDF.
+    pub cdf: Vec<(f64, u64)>,
+    /// Counters of the trigger's protocol engine.
+    pub retransmitted_slots: u64,
+    pub dropped_frames: u64,
+    pub max_batch: u64,
+    /// Requests put back in their queue because the member running them was removed.
+    #[serde(default)]
+    pub requeued: u64,
+    /// First completion of a re-queued request (engine clock, microseconds).
+    #[serde(default)]
+    pub first_requeued_done_us: Option<u64>,
+    /// Views installed during the run: (view id, engine clock us, us from this member's
+    /// suspicion of a removed member to the install, if it suspected one).
+    #[serde(default)]
+    pub views: Vec<(u32, u64, Option<u64>)>,
+    /// Functions run by each member after it (re)joined during the run.
+    #[serde(default)]
+    pub work_after_rejoin: BTreeMap<String, u64>,
+    /// Ramp only: each step's measurements, and the highest rate served.
+    #[serde(default)]
+    pub steps: Vec<crate::trigger::ramp::StepReport>,
+    #[serde(default)]
+    pub critical_rate_rps: Option<f64>,
+}
+
+/// Marks a request that ended in an error (failed, rejected or overwritten) in `Tally::finals`.
+const ERRORED: u32 = u32::MAX;
+
+struct Tally {
+    sent_at: Vec<u64>,
+    /// When each request's final completion was seen (0: not yet).
+    done_at: Vec<u64>,
+    submitted_at: Vec<u64>,
+    /// Per request: terminal completions seen, or `ERRORED`.
+    finals: Vec<u32>,
+    latency: Histogram<u64>,
+    overhead: Histogram<u64>,
+    late: Histogram<u64>,
+    ordering: Histogram<u64>,
+    handoff: Histogram<u64>,
+    per_invoker: BTreeMap<u16, u64>,
+    completed: u64,
+    errors: u64,
+    duplicates: u64,
+    last_done_us: u64,
+    requeued: std::collections::BTreeSet<u64>,
+    first_requeued_done_us: Option<u64>,
+    views: Vec<(u32, u64, Option<u64>)>,
+    joined_at: BTreeMap<u16, u64>,
+    after_join: BTreeMap<u16, u64>,
+    /// Latencies per interval of the run (for the interval log), if asked for.
+    intervals: Option<Intervals>,
+}
+
+impl Tally {
+    fn on(&mut self, ev: Event) {
+        let idx = |id: RequestId| id.counter() as usize;
+        match ev.effect {
+            Effect::Completed {
+                consumer,
+                id,
+                terminal,
+                meta,
+                ..
+            } => {
+                *self.per_invoker.entry(consumer.0).or_insert(0) += 1;
+                if self.joined_at.contains_key(&consumer.0) {
+                    *self.after_join.entry(consumer.0).or_insert(0) += 1;
+                }
+                if self.requeued.contains(&id.0) && self.first_requeued_done_us.is_none() {
+                    self.first_requeued_done_us = Some(ev.at_us);
+                }
+                if !terminal {
+                    return;
+                }
+                let Some(f) = self.finals.get_mut(idx(id)) else {
+                    return;
+                };
+                if *f == ERRORED {
+                    return;
+                }
+                *f += 1;
+                if *f == 1 {
+                    let lat = ev.at_us.saturating_sub(self.sent_at[idx(id)]);
+                    let _ = self.latency.record(lat.max(1));
+                    self.done_at[idx(id)] = ev.at_us.max(1);
+                    if let Some(iv) = &mut self.intervals {
+                        iv.record(ev.at_us, lat.max(1));
+                    }
+                    let _ = self
+                        .overhead
+                        .record(lat.saturating_sub(meta.exec_us).max(1));
+                    let order = meta.order_us + ev.at_us.saturating_sub(meta.submitted_us);
+                    let _ = self.ordering.record(order.max(1));
+                    let _ = self.handoff.record(meta.handoff_us.max(1));
+                    let i = idx(id);
+                    let late = self.submitted_at[i].saturating_sub(self.sent_at[i]);
+                    let _ = self.late.record(late.max(1));
+                    self.completed += 1;
+                    self.last_done_us = self.last_done_us.max(ev.at_us);
+                } else if *f == 2 {
+                    self.duplicates += 1;
+                }
+            }
+            Effect::Requeued { id, .. } => {
+                self.requeued.insert(id.0);
+            }
+            Effect::ViewInstalled {
+                view,
+                suspected_at_us,
+                joined,
+                ..
+            } => {
+                for j in joined {
+                    self.joined_at.entry(j.0).or_insert(ev.at_us);
+                }
+                self.views.push((
+                    view,
+                    ev.at_us,
+                    suspected_at_us.map(|s| ev.at_us.saturating_sub(s)),
+                ));
+            }
+            Effect::Failed { id, .. }
+            | Effect::Rejected { id, .. }
+            | Effect::Overwritten { id, .. } => {
+                if let Some(f) = self.finals.get_mut(idx(id)) {
+                    if *f == 0 {
+                        *f = ERRORED;
+                        self.errors += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    fn outstanding(&self, sent: u64) -> u64 {
+        sent - self.completed - self.errors
+    }
+}
+
+/// Runs `spec` from this trigger member; returns its measurements. Creates the pipeline's
+/// queues first.
+pub fn run_trigger(
+    handle: &EngineHandle,
+    pipeline: &Pipeline,
+    spec: &WorkloadSpec,
+    names: &[String],
+) -> Result<TriggerReport> {
+    let me = handle.me();
+    let clock = handle.clock();
+    conveyor_dataplane::sys::set_timer_slack_ns(1000);
+    for q in pipeline.queue_specs() {
+        handle.submit(&Op::Create(q)).context("creating queues")?;
+    }
+    let plan = plan(spec)?;
+    let ramp = spec.workload == "ramp";
+    let n: u64 = plan.iter().map(|s| s.1).sum();
+    if n == 0 {
+        bail!(
+            "the workload sends no request (rate {} for {}s)",
+            spec.rate,
+            spec.duration_s
+        );
+    }
+    let mut t = Tally {
+        sent_at: vec![0; n as usize],
+        done_at: vec![0; n as usize],
+        submitted_at: vec![0; n as usize],
+        finals: vec![0; n as usize],
+        latency: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
+        overhead: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
+        late: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
+        ordering: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
+        handoff: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
+        per_invoker: BTreeMap::new(),
+        completed: 0,
+        errors: 0,
+        duplicates: 0,
+        last_done_us: 0,
+        requeued: Default::default(),
+        first_requeued_done_us: None,
+        views: Vec::new(),
+        joined_at: BTreeMap::new(),
+        after_join: BTreeMap::new(),
+        intervals: None,
+    };
+    let burst = spec.workload == "burst";
+    let start = clock.now_us() + 2_000;
+    let start_unix = std::time::SystemTime::now() + Duration::from_micros(2_000);
+    if spec.hlog.is_some() {
+        let run_s = if burst { 10.0 } else { spec.duration_s };
+        t.intervals = Some(Intervals::new(start, run_s));
+    }
+    if let Some(f) = &spec.start_file {
+        std::fs::write(f, start.to_string()).with_context(|| format!("writing {f}"))?;
+    }
+    let mut steps = Vec::new();
+    let mut sent = 0u64;
+    let mut base = start;
+    let mut progress = ProgressFile {
+        path: spec.progress_file.clone(),
+        next_us: 0,
+    };
+    'steps: for &(rate, count) in &plan {
+        let gap_us = if rate.is_finite() { 1e6 / rate } else { 0.0 };
+        let first = sent;
+        for j in 0..count {
+            let i = first + j;
+            let intended = base + (j as f64 * gap_us) as u64;
+            wait_until(
+                intended,
+                || clock.now_us(),
+                || {
+                    while let Some(ev) = handle.try_event() {
+                        t.on(ev);
+                    }
+                    progress.tick(clock.now_us(), t.completed);
+                },
+            );
+            let len = if spec.vary_payload && i % 2 == 1 {
+                spec.payload / 2
+            } else {
+                spec.payload
+            };
+            let mut payload = vec![0u8; len];
+            for (j, b) in payload.iter_mut().enumerate() {
+                *b = (i as usize + j) as u8;
+            }
+            let submitted = clock.now_us();
+            let req = pipeline.entry_request(
+                RequestId::new(me, i),
+                payload,
+                Meta {
+                    sent_us: intended,
+                    submitted_us: submitted,
+                    ..Meta::default()
+                },
+            );
+            t.sent_at[i as usize] = intended;
+            t.submitted_at[i as usize] = submitted;
+            let op = Op::Push { pusher: me, req };
+            while !handle.try_submit(&op)? {
+                // Backpressure: the ring is full. Collect completions, then sleep rather than spin:
+                // on a small machine this thread's spinning would take a core from the members.
+                while let Some(ev) = handle.try_event() {
+                    t.on(ev);
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            sent = i + 1;
+        }
+        if ramp {
+            // Let the step settle (its own length, at least 1 s), then judge it.
+            let (a, b) = (first as usize, sent as usize);
+            let settle = ((count as f64 / rate * 1e6) as u64).max(1_000_000);
+            let until = clock.now_us() + settle;
+            while t.done_at[a..b].contains(&0) && clock.now_us() < until {
+                progress.tick(clock.now_us(), t.completed);
+                let mut any = false;
+                while let Some(ev) = handle.try_event() {
+                    t.on(ev);
+                    any = true;
+                }
+                if !any {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+            let step =
+                crate::trigger::ramp::evaluate(rate, &t.sent_at[a..b], &t.done_at[a..b], base);
+            tracing::info!(
+                rate,
+                throughput = step.throughput_rps,
+                p50_us = step.latency_us.p50,
+                p99_us = step.latency_us.p99,
+                served = step.served,
+                "ramp step"
+            );
+            let served = step.served;
+            steps.push(step);
+            if !served {
+                break 'steps;
+            }
+            base = clock.now_us() + 2_000;
+        }
+    }
+    let n = sent;
+    let last_sent = clock.now_us();
+    let deadline = last_sent + (spec.grace_s * 1e6) as u64;
+    // Completions are stamped by the engine when delivered, so this thread need not wake fast:
+    // it sleeps between looks rather than taking a core from the members.
+    while t.outstanding(n) > 0 && clock.now_us() < deadline {
+        progress.tick(clock.now_us(), t.completed);
+        let mut any = false;
+        while let Some(ev) = handle.try_event() {
+            t.on(ev);
+            any = true;
+        }
+        if !any {
+            if handle.is_finished() {
+                bail!("the engine stopped: {}", handle.status());
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+    while let Some(ev) = handle.try_event() {
+        t.on(ev);
+    }
+    let end = if t.last_done_us > 0 {
+        t.last_done_us
+    } else {
+        clock.now_us()
+    };
+    let duration_s = (end.saturating_sub(start)) as f64 / 1e6;
+    if let (Some(path), Some(iv)) = (&spec.hlog, &t.intervals) {
+        iv.write(path, start_unix)?;
+    }
+    let cdf = cdf(&t.latency);
+    Ok(TriggerReport {
+        sent: n,
+        completed: t.completed,
+        lost: n - t.completed - t.errors,
+        duplicates: t.duplicates,
+        errors: t.errors,
+        duration_s: (duration_s * 1000.0).round() / 1000.0,
+        throughput_rps: if duration_s > 0.0 {
+            (t.completed as f64 / duration_s * 10.0).round() / 10.0
+        } else {
+            0.0
+        },
+        latency_us: Percentiles::of(&t.latency),
+        overhead_us: Percentiles::of(&t.overhead),
+        breakdown_us: Breakdown {
+            send_late: Percentiles::of(&t.late),
+            ordering: Percentiles::of(&t.ordering),
+            handoff: Percentiles::of(&t.handoff),
+        },
+        per_invoker: t
+            .per_invoker
+            .iter()
+            .map(|(id, c)| {
+                (
+                    names
+                        .get(*id as usize)
+                        .cloned()
+                        .unwrap_or_else(|| format!("m{id}")),
+                    *c,
+                )
+            })
+            .collect(),
+        drain_s: burst
+            .then_some(((end.saturating_sub(start)) as f64 / 1e6 * 1000.0).round() / 1000.0),
+        cdf,
+        retransmitted_slots: 0,
+        dropped_frames: 0,
+        max_batch: 0,
+        requeued: t.requeued.len() as u64,
+        first_requeued_done_us: t.first_requeued_done_us,
+        views: t.views,
+        work_after_rejoin: t
+            .after_join
+            .iter()
+            .map(|(id, c)| {
+                (
+                    names
+                        .get(*id as usize)
+                        .cloned()
+                        .unwrap_or_else(|| format!("m{id}")),
+                    *c,
+                )
+            })
+            .collect(),
+        critical_rate_rps: if ramp {
+            crate::trigger::ramp::critical_rate(&steps)
+        } else {
+            None
+        },
+        steps,
+    })
+}

@@ -1,0 +1,235 @@
+//! The leader's side of a view change: a ballot (single-decree Paxos on the next view and
+//! its cut), the decision from the promises, and the commit once a majority accepted it.
+//!
+//! The cut: `max(C_min, C_del)`, extended over the slots every promiser holds and over nulls a
+//! promiser reports (see [`super`]'s docs): a member that passed a null, held by a majority and
+//! so by some promiser, may have delivered messages after it.
+
+use super::change::{Change, Ctx, Installing};
+use super::{Ballot, Ctl, Decision, Status};
+use crate::proto::config::Sabotage;
+use crate::proto::event::Dest;
+use crate::types::{MemberId, View, ViewId};
+use crate::wire;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What a member promised a leader: its frozen counts and the decision it accepted, if any.
+#[derive(Debug)]
+pub(super) struct Promised {
+    pub(super) received: Vec<u64>,
+    pub(super) delivered: u64,
+    pub(super) accepted: Option<(Ballot, Decision)>,
+    /// Per sender: runs `[start, end)` of nulls held and not delivered, within `received`.
+    pub(super) nulls: Vec<Vec<(u64, u64)>>,
+}
+
+/// The leader's side of a ballot.
+#[derive(Debug)]
+pub(super) struct Leading {
+    pub(super) ballot: Ballot,
+    pub(super) members: Vec<MemberId>,
+    pub(super) leaving: Vec<MemberId>,
+    pub(super) joiners: Vec<MemberId>,
+    pub(super) promises: BTreeMap<MemberId, Promised>,
+    pub(super) decision: Option<Decision>,
+    pub(super) accepted_by: BTreeSet<MemberId>,
+}
+
+impl Change {
+    /// Starts or restarts a ballot when this member leads and a change is needed.
+    pub(crate) fn drive(&mut self, cx: &mut Ctx<'_>) -> Option<Installing> {
+        if !matches!(self.status, Status::Serving | Status::Changing) {
+            return None;
+        }
+        // Once wedged, only a new view lets this member serve again (possibly with the same
+        // members, after a healed partition).
+        let n = cx.n();
+        let would_lead =
+            (0..n).find(|&r| !self.suspected[r] && !self.leaving_ranks[r]) == Some(cx.rank);
+        // Join requests start a change only at the member that would lead it (every member
+        // gets them; the others would only wedge the group for nothing).
+        let needed = self.frozen.is_some()
+            || self.suspected.iter().any(|&s| s)
+            || self.leaving_ranks.iter().any(|&s| s)
+            || (would_lead && !self.joins.is_empty());
+        if !needed {
+            return None;
+        }
+        self.wedge(cx);
+        let acceptors: Vec<usize> = (0..n).filter(|&r| !self.suspected[r]).collect();
+        if acceptors.len() * 2 <= n {
+            self.status = Status::Minority;
+            self.leading = None;
+            return None;
+        }
+        let leader = acceptors.iter().copied().find(|&r| !self.leaving_ranks[r]);
+        if leader != Some(cx.rank) {
+            self.leading = None;
+            return None;
+        }
+        let members: Vec<MemberId> = acceptors.iter().map(|&r| cx.view.members[r]).collect();
+        let leaving: Vec<MemberId> = acceptors
+            .iter()
+            .filter(|&&r| self.leaving_ranks[r])
+            .map(|&r| cx.view.members[r])
+            .collect();
+        // Joiners: new ids, and new incarnations of members being removed (same id).
+        let joiners: Vec<MemberId> = self
+            .joins
+            .keys()
+            .copied()
+            .filter(|j| !members.contains(j) || leaving.contains(j))
+            .take(wire::MAX_MEMBERS.saturating_sub(members.len()))
+            .collect();
+        if let Some(l) = &self.leading {
+            if l.members == members && l.leaving == leaving && l.joiners == joiners {
+                return None;
+            }
+        }
+        let round = self.round_seen.max(self.promised.map_or(0, |b| b.round)) + 1;
+        let ballot = Ballot {
+            round,
+            leader: cx.me,
+        };
+        self.round_seen = round;
+        self.promised = Some(ballot);
+        cx.stats.ballots += 1;
+        let (received, delivered) = self.frozen.clone().unwrap_or_default();
+        let nulls = cx.order.null_runs(&received);
+        let mut promises = BTreeMap::new();
+        promises.insert(
+            cx.me,
+            Promised {
+                received,
+                delivered,
+                accepted: self.accepted.clone(),
+                nulls,
+            },
+        );
+        let propose = Ctl::Propose {
+            ballot,
+            members: members.clone(),
+            leaving: leaving.clone(),
+            joiners: joiners.clone(),
+        };
+        self.leading = Some(Leading {
+            ballot,
+            members: members.clone(),
+            leaving,
+            joiners,
+            promises,
+            decision: None,
+            accepted_by: BTreeSet::new(),
+        });
+        for m in members {
+            if m != cx.me {
+                cx.emit(Dest::One(m), &propose);
+            }
+        }
+        self.maybe_decide(cx)
+    }
+
+    pub(super) fn maybe_decide(&mut self, cx: &mut Ctx<'_>) -> Option<Installing> {
+        let n = cx.n() as u64;
+        let l = self.leading.as_ref()?;
+        if l.decision.is_some() || !l.members.iter().all(|m| l.promises.contains_key(m)) {
+            return None;
+        }
+        if self.promised != Some(l.ballot) {
+            // We promised a higher ballot since: ours cannot win.
+            self.leading = None;
+            return None;
+        }
+        let adopted = l
+            .promises
+            .values()
+            .filter_map(|p| p.accepted.clone())
+            .max_by_key(|(b, _)| *b)
+            .map(|(_, d)| d);
+        let decision = adopted.unwrap_or_else(|| {
+            let c_del = l.promises.values().map(|p| p.delivered).max().unwrap_or(0);
+            let c_min = (0..n)
+                .map(|r| {
+                    let held = l
+                        .promises
+                        .values()
+                        .map(|p| p.received.get(r as usize).copied().unwrap_or(0))
+                        .min()
+                        .unwrap_or(0);
+                    held * n + r
+                })
+                .min()
+                .unwrap_or(0);
+            // Extend the cut over slots that every promiser holds, or that one holds and
+            // reports as a null: a member that passed a null (held by a majority, so by a
+            // promiser) may have delivered messages after it.
+            let mut cut = c_del.max(c_min);
+            loop {
+                let (r, k) = ((cut % n) as usize, cut / n);
+                let all = l
+                    .promises
+                    .values()
+                    .all(|p| p.received.get(r).is_some_and(|&c| c > k));
+                let null = l.promises.values().any(|p| {
+                    p.received.get(r).is_some_and(|&c| c > k)
+                        && p.nulls
+                            .get(r)
+                            .is_some_and(|runs| runs.iter().any(|&(a, b)| a <= k && k < b))
+                });
+                if !(all || null) {
+                    break;
+                }
+                cut += 1;
+            }
+            let mut next: Vec<MemberId> = cx
+                .view
+                .members
+                .iter()
+                .copied()
+                .filter(|m| l.members.contains(m) && !l.leaving.contains(m))
+                .collect();
+            next.extend(l.joiners.iter().copied());
+            Decision {
+                from: cx.view.id,
+                next: View::new(ViewId(cx.view.id.0 + 1), next),
+                joiners: l.joiners.clone(),
+                cut,
+            }
+        });
+        let ballot = l.ballot;
+        let members = l.members.clone();
+        if let Some(l) = &mut self.leading {
+            l.decision = Some(decision.clone());
+            l.accepted_by.insert(cx.me);
+        }
+        self.accepted = Some((ballot, decision.clone()));
+        let accept = Ctl::Accept { ballot, decision };
+        for m in members {
+            if m != cx.me {
+                cx.emit(Dest::One(m), &accept);
+            }
+        }
+        self.maybe_commit(cx)
+    }
+
+    pub(super) fn maybe_commit(&mut self, cx: &mut Ctx<'_>) -> Option<Installing> {
+        let n = cx.n();
+        let l = self.leading.as_ref()?;
+        let d = l.decision.as_ref()?;
+        let majority = l.accepted_by.len() * 2 > n;
+        if !majority && !cx.cfg.sabotaged(Sabotage::CommitWithoutMajority) {
+            return None;
+        }
+        let d = d.clone();
+        let commit = Ctl::Commit {
+            decision: d.clone(),
+        };
+        let mut to: BTreeSet<MemberId> = cx.view.members.iter().copied().collect();
+        to.extend(d.next.members.iter().copied());
+        to.remove(&cx.me);
+        for m in to {
+            cx.emit(Dest::One(m), &commit);
+        }
+        Some(Installing::Survivor(d))
+    }
+}
