@@ -8,7 +8,7 @@
 #          --workload burst --requests 10000
 #
 # Prints one line per run and a summary; the JSON reports are kept in --out (default: a
-# temporary directory, printed).
+# temporary directory, printed). A run that fails is said and left out of the medians.
 set -euo pipefail
 a="" b="" runs=3 out=""
 while [ $# -gt 0 ]; do
@@ -27,8 +27,12 @@ mkdir -p "$out"
 for i in $(seq 1 "$runs"); do
   for side in a b; do
     bin="$a"; [ "$side" = b ] && bin="$b"
-    "$bin" bench "$@" --json "$out/$side-$i.json" >/dev/null 2>"$out/$side-$i.log" || {
-      echo "ab.sh: run $side-$i failed; its log: $out/$side-$i.log" >&2; exit 1; }
+    if ! "$bin" bench "$@" --json "$out/$side-$i.json" >/dev/null 2>"$out/$side-$i.log"; then
+      # A run that could not complete is counted and left out of the medians, not hidden.
+      echo "$side$i: FAILED: $(grep -m1 'error' "$out/$side-$i.log" | tail -c 200)"
+      rm -f "$out/$side-$i.json"
+      continue
+    fi
     python3 - "$out/$side-$i.json" "$side" "$i" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))[0]
@@ -43,9 +47,13 @@ done
 python3 - "$out" "$runs" <<'EOF'
 import json, statistics, sys
 out, runs = sys.argv[1], int(sys.argv[2])
+import os
 def load(side):
-    return [json.load(open(f"{out}/{side}-{i}.json"))[0] for i in range(1, runs + 1)]
+    return [json.load(open(f"{out}/{side}-{i}.json"))[0]
+            for i in range(1, runs + 1) if os.path.exists(f"{out}/{side}-{i}.json")]
 A, B = load("a"), load("b")
+if not A or not B:
+    sys.exit("ab.sh: no completed run on one side")
 rows = [("latency p50 us", lambda r: r["latency_us"]["p50"]),
         ("latency p99 us", lambda r: r["latency_us"]["p99"]),
         ("overhead p50 us", lambda r: r["overhead_us"]["p50"]),
@@ -53,7 +61,7 @@ rows = [("latency p50 us", lambda r: r["latency_us"]["p50"]),
         ("throughput req/s", lambda r: r["throughput_rps"])]
 if all(r.get("drain_s") is not None for r in A + B):
     rows.append(("drain s", lambda r: r["drain_s"]))
-print(f"medians of {runs} alternating runs (reports in {out}):")
+print(f"medians of {runs} alternating runs, {len(A)} of A and {len(B)} of B completed (reports in {out}):")
 print(f"{'':18} {'A':>10} {'B':>10} {'B/A':>6}")
 for name, f in rows:
     ma, mb = statistics.median(map(f, A)), statistics.median(map(f, B))
