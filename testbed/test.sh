@@ -34,11 +34,11 @@ done
 if (cd dataplane/core/fuzz && cargo tree -e normal --prefix none) | grep -q '^conveyor-dataplane v'; then
   echo "the fuzz targets depend on conveyor-dataplane"; exit 1
 fi
-echo "== the protocol core without DPDK, libibverbs, libclang or libelf (a mount namespace hides them)"
+echo "== the protocol core and the C library without DPDK, libibverbs, libclang or libelf (a mount namespace hides them)"
 if [ "$(id -u)" -eq 0 ]; then
-  bash testbed/core-alone.sh 2>&1 | grep -E '^core-alone|^test result|error' || { echo "core-alone failed"; exit 1; }
+  bash testbed/no-system-libs.sh 2>&1 | grep -E '^no-system-libs|^test result|^error' || { echo "no-system-libs.sh failed"; exit 1; }
 else
-  echo "NOT RUN: testbed/core-alone.sh needs root (a mount namespace)"
+  echo "NOT RUN: testbed/no-system-libs.sh needs root (a mount namespace)"
 fi
 echo "== cargo build"
 cargo build --workspace --locked

@@ -148,15 +148,22 @@ fn start() -> Result<Client, MqError> {
             "set CONVEYOR_CONFIG to the group file and CONVEYOR_MEMBER to this process's member",
         );
     };
-    let cfg = GroupConfig::load(std::path::Path::new(&path)).map_err(|e| MqError {
+    start_member(std::path::Path::new(&path), &member)
+}
+
+/// Starts member `member` of the group file at `path`.
+fn start_member(path: &std::path::Path, member: &str) -> Result<Client, MqError> {
+    let cfg = GroupConfig::load(path).map_err(|e| MqError {
         errno: libc::EINVAL,
         message: e.to_string(),
     })?;
-    let idx = cfg.member_index(&member).map_err(|e| MqError {
+    let idx = cfg.member_index(member).map_err(|e| MqError {
         errno: libc::EINVAL,
         message: e.to_string(),
     })?;
     let ecfg = cfg.engine_config(idx);
+    // A medium this build lacks (the library is built without DPDK, libibverbs and libbpf)
+    // is said by name here.
     let opened =
         conveyor_dataplane::transport::open(&cfg.transport_spec(idx)).map_err(|e| MqError {
             errno: libc::EIO,
@@ -747,5 +754,46 @@ fn instant_of(t: SystemTime) -> Instant {
     match t.duration_since(now_wall) {
         Ok(ahead) => now + ahead,
         Err(_) => now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A group file asking for a medium the library was built without is refused by name
+    /// (built on its own, the library has neither rdma nor dpdk nor afxdp); one it has fails
+    /// only for want of the device. rdma is the medium whose absence is cheap to meet either
+    /// way: without a device, opening it fails at once.
+    #[test]
+    fn a_medium_not_built_in_is_named_with_its_feature() {
+        let dir = std::env::temp_dir().join(format!("conveyor-mq-media-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("g.toml");
+        std::fs::write(
+            &path,
+            "[group]\nname = \"m\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000001\"\ntransport = \"rdma\"\nstartup_timeout_s = 1\n\n[[member]]\nname = \"a\"\naddress = \"127.0.0.1:7791\"\nrole = \"invoker\"\n\n[[member]]\nname = \"b\"\naddress = \"127.0.0.1:7792\"\nrole = \"invoker\"\n",
+        )
+        .unwrap();
+        let Err(e) = start_member(&path, "a") else {
+            panic!("an rdma member started on a machine without an RDMA device");
+        };
+        assert_eq!(e.errno, libc::EIO, "{}", e.message);
+        if conveyor_dataplane::transport::open::missing_feature("rdma").is_some() {
+            assert!(
+                e.message
+                    .contains("the rdma transport is not built into this binary")
+                    && e.message.contains("`rdma`"),
+                "{}",
+                e.message
+            );
+        } else {
+            assert!(
+                e.message.contains("starting the rdma transport"),
+                "{}",
+                e.message
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
