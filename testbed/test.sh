@@ -17,47 +17,56 @@ export CONVEYOR_REQUIRE_TANSU=1
 export SIM_SEEDS="${SIM_SEEDS:-6000}"
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
 
-echo "== cargo fmt --check"
+section() { echo "== [$(date +%T)] $*"; }
+
+section "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== the protocol core's dependencies: none of dpdk-sys, rdma-sys, libbpf, libc, crossbeam, tracing"
-core_tree="$(cargo tree -p conveyor-core -e normal --prefix none --locked)"
-if grep -E '^(dpdk-sys|rdma-sys|libbpf-sys|libbpf-rs|libc|crossbeam[a-z-]*|tracing[a-z-]*) v' <<<"$core_tree"; then
-  echo "conveyor-core depends on the crates above"; exit 1
-fi
-for pkg in conveyor-testbed; do
-  if cargo tree -p "$pkg" -e normal --prefix none --locked | grep -q '^conveyor-dataplane v'; then
-    echo "$pkg depends on conveyor-dataplane; it must drive conveyor-core alone"; exit 1
-  fi
-done
-if (cd dataplane/core/fuzz && cargo tree -e normal --prefix none) | grep -q '^conveyor-dataplane v'; then
-  echo "the fuzz targets depend on conveyor-dataplane"; exit 1
-fi
-echo "== the protocol core and the C library without DPDK, libibverbs, libclang or libelf (a mount namespace hides them)"
+section "the protocol core and the C library without DPDK, libibverbs, libclang or libelf (a mount namespace hides them)"
+# On a fresh clone, in the shared target directory and before anything else is built: nothing
+# built with those libraries can be reused, and what it builds (the core, the lean C library)
+# is reused after. Elsewhere, in a target directory of its own.
 if [ "$(id -u)" -eq 0 ]; then
-  bash testbed/no-system-libs.sh 2>&1 | grep -E '^no-system-libs|^test result|^error' || { echo "no-system-libs.sh failed"; exit 1; }
+  shared=""
+  [ -e target/debug ] || shared="$PWD/target"  # a fresh clone (CI): build once, here
+  CARGO_TARGET_DIR_NO_SYSTEM_LIBS="$shared" bash testbed/no-system-libs.sh 2>&1 \
+    | grep -E '^no-system-libs|^test result|^error' || { echo "no-system-libs.sh failed"; exit 1; }
 else
   echo "NOT RUN: testbed/no-system-libs.sh needs root (a mount namespace)"
+  cargo build -p conveyor-mq --locked
 fi
-echo "== cargo build"
-cargo build --workspace --locked
-echo "== libconveyor.so on its own: none of DPDK, libibverbs, libbpf, nor the bench's crates"
-# Built alone (a workspace build unifies the dataplane's features and links DPDK into it).
-cargo build -p conveyor-mq --locked
+section "libconveyor.so on its own: none of DPDK, libibverbs, libbpf, nor the bench's crates"
+# As built alone (just above; a workspace build unifies the dataplane's features and links
+# DPDK into it).
 if ldd target/debug/libconveyor.so | grep -E 'librte|libibverbs|librdmacm|libelf|libbpf|librdkafka|libz'; then
   echo "libconveyor.so needs the libraries above"; exit 1
 fi
 if cargo tree -p conveyor-mq -e normal --prefix none --locked | grep -E '^(rdkafka|redis|plotters|indicatif|libbpf-rs|dpdk-sys|rdma-sys) v'; then
   echo "conveyor-mq depends on the crates above"; exit 1
 fi
-echo "== cargo test (simulator: $SIM_SEEDS seeds; tests that need root: $([ "$(id -u)" -eq 0 ] && echo run || echo 'ignored, not run'))"
+section "the protocol core's dependencies: none of dpdk-sys, rdma-sys, libbpf, libc, crossbeam, tracing"
+core_tree="$(cargo tree -p conveyor-core -e normal --prefix none --locked)"
+if grep -E '^(dpdk-sys|rdma-sys|libbpf-sys|libbpf-rs|libc|crossbeam[a-z-]*|tracing[a-z-]*) v' <<<"$core_tree"; then
+  echo "conveyor-core depends on the crates above"; exit 1
+fi
+if cargo tree -p conveyor-testbed -e normal --prefix none --locked | grep -q '^conveyor-dataplane v'; then
+  echo "conveyor-testbed depends on conveyor-dataplane; it must drive conveyor-core alone"; exit 1
+fi
+if (cd dataplane/core/fuzz && cargo tree -e normal --prefix none) | grep -q '^conveyor-dataplane v'; then
+  echo "the fuzz targets depend on conveyor-dataplane"; exit 1
+fi
+section "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+section "cargo build"
+cargo build --workspace --locked
+# The C client library's test links libconveyor.so: the one built alone above was replaced by
+# the workspace build's (with every medium), which serves it as well.
+section "cargo test (simulator: $SIM_SEEDS seeds; tests that need root: $([ "$(id -u)" -eq 0 ] && echo run || echo 'ignored, not run'))"
 if [ "$(id -u)" -eq 0 ]; then
   cargo test --workspace --locked -- --include-ignored
 else
   cargo test --workspace --locked
 fi
-echo "== the latency-study suite, quick (every backend, the report and its plots)"
+section "the latency-study suite, quick (every backend, the report and its plots)"
 suite_out="$(mktemp -d)/suite"
 bash testbed/suite.sh --quick --out "$suite_out" --conveyor target/debug/conveyor
 for b in conveyor redis kafka; do
@@ -67,9 +76,9 @@ for f in fig4-constant-udp fig5-ramp-udp fig6-burst-udp fig7-balance-udp; do
   grep -q "<svg" "$suite_out/$f.svg" || { echo "suite: $f.svg is not an SVG"; exit 1; }
 done
 rm -rf "$(dirname "$suite_out")"
-echo "== ansible/ applied to namespace hosts, verified, applied again (no change)"
+section "ansible/ applied to namespace hosts, verified, applied again (no change)"
 bash testbed/ansible-test.sh
-echo "== fuzz targets, ${FUZZ_SECONDS}s each"
+section "fuzz targets, ${FUZZ_SECONDS}s each"
 (
   cd dataplane/core
   for target in frame member; do
@@ -77,4 +86,4 @@ echo "== fuzz targets, ${FUZZ_SECONDS}s each"
     RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 2>&1 | tail -n 2
   done
 )
-echo "== all tests passed"
+section "all tests passed"
