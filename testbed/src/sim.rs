@@ -156,7 +156,7 @@ impl SimConfig {
             rto_max: Duration::from_millis(rng.gen_range(20..200)),
             ..ProtoConfig::default()
         };
-        SimConfig {
+        let mut cfg = SimConfig {
             members,
             loss,
             duplicate,
@@ -172,7 +172,10 @@ impl SimConfig {
             foreign_frames: rng.gen_range(0..4),
             proto,
             settle_us: 60_000_000,
-        }
+        };
+        // Drawn after everything else, so that older seeds keep their draws.
+        cfg.proto.startup_grace = cfg.proto.failure_timeout * rng.gen_range(2..20);
+        cfg
     }
 }
 

@@ -165,6 +165,8 @@ impl GroupConfig {
         proto.admission = self.initial_admission();
         proto.rto = Duration::from_micros(g.rto_us);
         proto.rto_max = Duration::from_millis(g.rto_max_ms);
+        // A member of the first view never heard from is waited for as long as the start-up.
+        proto.startup_grace = Duration::from_secs(g.startup_timeout_s);
         EngineConfig {
             proto,
             key: self.key.clone(),

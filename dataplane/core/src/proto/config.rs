@@ -22,6 +22,9 @@ pub struct ProtoConfig {
     /// A member not heard from for this long is suspected, which starts a view change
     /// (see [`crate::proto::membership`]). Several heartbeats, plus scheduling noise.
     pub failure_timeout: Duration,
+    /// In the configured first view, how long a member never heard from is waited for before
+    /// it is suspected (members start at different times; the host's start-up timeout).
+    pub startup_grace: Duration,
     /// Who may join the group.
     pub admission: Admission,
     /// Retransmission timeout before any round trip is measured, and its lower bound after.
@@ -43,6 +46,7 @@ impl Default for ProtoConfig {
             status_interval: Duration::from_millis(2),
             heartbeat: Duration::from_millis(5),
             failure_timeout: Duration::from_millis(30),
+            startup_grace: Duration::from_secs(20),
             admission: Admission::Any,
             rto: Duration::from_millis(2),
             rto_max: Duration::from_millis(200),

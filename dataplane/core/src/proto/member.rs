@@ -401,12 +401,8 @@ impl Member {
             Status::Excluded | Status::Left => return Instant(u64::MAX),
             _ => {}
         }
-        self.ms.deadline(
-            self.view.len(),
-            self.rank,
-            self.cfg.failure_timeout,
-            self.st.sending(),
-        )
+        self.ms
+            .deadline(self.view.len(), self.rank, &self.cfg, self.st.sending())
     }
 
     /// The next delivered message, view change or joiner state, in total order.

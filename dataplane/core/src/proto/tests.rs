@@ -4,6 +4,7 @@ use super::membership::Ctl;
 use super::*;
 use crate::types::{GroupId, Instant, MemberId, Seq, View, ViewId};
 use crate::wire::Key;
+use core::time::Duration;
 fn view(n: u16) -> View {
     View::new(crate::types::ViewId(1), (0..n).map(MemberId).collect())
 }
@@ -141,6 +142,31 @@ fn a_crashed_member_is_removed_and_survivors_agree() {
     net.ms[1].submit(b"after".to_vec()).unwrap();
     net.run(5_000);
     assert_eq!(net.payloads(0).last(), Some(&b"after".to_vec()));
+}
+
+/// A member of the first view that never spoke is suspected once the start-up grace has
+/// passed (seeds 213149 and 604280: a member that died before another ever heard from it was
+/// never suspected there, and the group waited for its vote forever).
+#[test]
+fn a_member_never_heard_from_is_suspected_after_the_startup_grace() {
+    let cfg = ProtoConfig {
+        startup_grace: Duration::from_millis(100),
+        ..ProtoConfig::default()
+    };
+    let mut net = Net::new(3, cfg);
+    net.down[0] = true;
+    net.run(60_000);
+    // Within the grace: waited for, not suspected.
+    assert_eq!(net.ms[1].view().id, ViewId(1));
+    assert!(net.ms[1].suspects().is_empty());
+    net.run(200_000);
+    for i in 1..3 {
+        assert_eq!(net.ms[i].status(), Status::Serving, "m{i}");
+        assert_eq!(net.ms[i].view().members, vec![MemberId(1), MemberId(2)]);
+    }
+    net.ms[1].submit(b"after".to_vec()).unwrap();
+    net.run(5_000);
+    assert_eq!(net.payloads(2), vec![b"after".to_vec()]);
 }
 
 #[test]

@@ -84,9 +84,9 @@ pub(crate) struct Change {
     pub(super) catchup_at: BTreeMap<MemberId, Instant>,
     pub(super) next_ctl_at: Instant,
     pub(super) view_started: Instant,
-    /// The configured first view: members never heard from are not suspected (they may not
-    /// have started; the host's start-up timeout covers them). In later views every member
-    /// was alive when the view was agreed.
+    /// The configured first view: a member never heard from is given `startup_grace` from this
+    /// member's start before it is suspected (it may not have started yet). In later views
+    /// every member was alive when the view was agreed.
     pub(super) initial: bool,
     /// Admitted join requests not yet in a view, with when each was last repeated (a joiner
     /// repeats its request until it is in; a request not repeated for `failure_timeout` is
@@ -266,11 +266,7 @@ impl Change {
             if r == cx.rank || self.suspected[r] {
                 continue;
             }
-            if self.initial && self.last_heard[r].is_none() {
-                continue;
-            }
-            let last = self.last_heard[r].unwrap_or(self.view_started);
-            if now.saturating_since(last) >= timeout {
+            if now >= self.suspect_at(r, cx.cfg) {
                 self.suspect_rank(cx, r, true);
             }
         }
@@ -281,13 +277,25 @@ impl Change {
         self.drive(cx)
     }
 
+    /// When rank `r` is suspected if it stays silent: `failure_timeout` after it was last heard
+    /// from; in the configured first view, a member never heard from gets `startup_grace` from
+    /// this member's start (without a bound, a member that died before this one ever heard
+    /// from it would never be suspected here, and a view change that needs this member's vote
+    /// for its removal would wait for it forever).
+    fn suspect_at(&self, r: usize, cfg: &ProtoConfig) -> Instant {
+        match self.last_heard[r] {
+            None if self.initial => self.view_started + cfg.startup_grace,
+            last => last.unwrap_or(self.view_started) + cfg.failure_timeout,
+        }
+    }
+
     /// When [`Change::on_timer`] is due, for a member of rank `rank` in a view of `n`
     /// (`sending_state`: state transfers are under way and resent on this timer).
     pub(crate) fn deadline(
         &self,
         n: usize,
         rank: usize,
-        failure_timeout: Duration,
+        cfg: &ProtoConfig,
         sending_state: bool,
     ) -> Instant {
         match self.status {
@@ -297,9 +305,8 @@ impl Change {
         }
         let mut t = Instant(u64::MAX);
         for r in 0..n {
-            if r != rank && !self.suspected[r] && !(self.initial && self.last_heard[r].is_none()) {
-                let last = self.last_heard[r].unwrap_or(self.view_started);
-                t = t.min(last + failure_timeout);
+            if r != rank && !self.suspected[r] {
+                t = t.min(self.suspect_at(r, cfg));
             }
         }
         if self.frozen.is_some() || sending_state {
