@@ -223,3 +223,19 @@ pub fn kill_group(pid: u32) {
         libc::kill(-pid, libc::SIGKILL);
     }
 }
+
+/// A random number for this process (a joiner's nonce): from the kernel's random source, or,
+/// should it be unreadable, from the clock and the process id.
+pub fn random_u64() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
+        Ok(()) => u64::from_le_bytes(b),
+        Err(_) => {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            t ^ (u64::from(std::process::id()) << 32) ^ monotonic_us()
+        }
+    }
+}

@@ -933,6 +933,9 @@ impl Sim {
             GROUP,
             MemberId(i as u16),
             contacts,
+            // Each process that joins has a nonce of its own (the engine draws one at random;
+            // here, the incarnation it will be, which no draw of the seed depends on).
+            ((i as u64) << 32) | u64::from(self.nodes[i].inc + 1),
             Instant::from_micros(self.now),
         )
         .expect("valid sim config");

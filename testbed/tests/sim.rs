@@ -70,6 +70,21 @@ fn many_seeds_hold_every_property() {
     );
 }
 
+/// Seeds beyond the ones CI runs that found bugs, kept as regression tests:
+/// - 213149, 604280: a member that died before another ever heard from it was never suspected
+///   there (the first view's start-up exemption had no end), and the group stayed wedged;
+/// - 106118: a joiner restarted right after its admission, and the new process was sent the
+///   commit meant for the old one by a member that had not heard from it, and took its place
+///   (joins now carry a nonce per process).
+#[test]
+fn the_seeds_that_found_bugs_pass() {
+    for seed in [213149, 604280, 106118] {
+        if let Err(v) = run_seed(seed, |_| {}) {
+            panic!("seed {seed}: {v}");
+        }
+    }
+}
+
 fn first_failure(
     seeds: std::ops::Range<u64>,
     sabotage: Sabotage,

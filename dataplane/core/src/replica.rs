@@ -92,17 +92,19 @@ impl Replica {
         )?))
     }
 
-    /// A process asking to join through `contacts`; its queue comes by state transfer.
+    /// A process asking to join through `contacts`; its queue comes by state transfer. `nonce`
+    /// stands for this process (see [`Member::joining`]).
     pub fn joining(
         cfg: ProtoConfig,
         key: Key,
         group: GroupId,
         me: MemberId,
         contacts: Vec<MemberId>,
+        nonce: u64,
         now: Instant,
     ) -> Result<Replica, ConfigError> {
         Ok(Replica::from_member(Member::joining(
-            cfg, key, group, me, contacts, now,
+            cfg, key, group, me, contacts, nonce, now,
         )?))
     }
 
@@ -431,6 +433,60 @@ mod tests {
         }
     }
 
+    fn joiner(nonce: u64, now: u64) -> Replica {
+        Replica::joining(
+            ProtoConfig::default(),
+            key(),
+            GroupId(7),
+            MemberId(2),
+            vec![MemberId(0), MemberId(1)],
+            nonce,
+            Instant(now),
+        )
+        .unwrap()
+    }
+
+    fn first_view(fx: &[Effect]) -> Option<u32> {
+        fx.iter().find_map(|e| match e {
+            Effect::ViewInstalled { view, .. } => Some(*view),
+            _ => None,
+        })
+    }
+
+    /// A joiner that restarts (a new process, a new nonce) the moment it installed the view it
+    /// joined with, before it said anything in it: the new process is a new joiner; it never
+    /// installs the view meant for the old one, which a member that never heard from the old
+    /// one in that view would otherwise send it as a missed commit (seed 106118: the new
+    /// process then served in the old one's place, and found out from a row).
+    #[test]
+    fn a_restarted_joiner_does_not_take_the_view_of_the_process_before_it() {
+        let mut net = Net::new(2);
+        net.rs[0].submit(&Op::Create(spec())).unwrap();
+        net.run(5_000);
+        net.rs.push(joiner(1, net.now));
+        net.down.push(false);
+        net.fx.push(Vec::new());
+        let mut steps = 0;
+        while first_view(&net.fx[2]).is_none() {
+            net.run(500);
+            steps += 1;
+            assert!(steps < 200, "the first joiner was never admitted");
+        }
+        let old = first_view(&net.fx[2]).unwrap_or(0);
+        net.rs[2] = joiner(2, net.now);
+        net.fx[2].clear();
+        net.run(300_000);
+        let new = first_view(&net.fx[2]).expect("the new process was admitted");
+        assert!(
+            new > old,
+            "the new process installed view {new}, the old one's was {old}"
+        );
+        assert_eq!(net.rs[2].status(), Status::Serving);
+        assert_eq!(net.rs[2].member().restarted_in_view(), None);
+        assert_eq!(net.rs[2].view(), net.rs[0].view());
+        assert_eq!(net.rs[2].queue().digest(), net.rs[0].queue().digest());
+    }
+
     #[test]
     fn a_joiner_gets_the_queue_and_is_told_its_pipelines() {
         let mut net = Net::new(2);
@@ -444,16 +500,7 @@ mod tests {
             })
             .unwrap();
         net.run(5_000);
-        let joiner = Replica::joining(
-            ProtoConfig::default(),
-            key(),
-            GroupId(7),
-            MemberId(2),
-            vec![MemberId(0), MemberId(1)],
-            Instant(net.now),
-        )
-        .unwrap();
-        net.rs.push(joiner);
+        net.rs.push(joiner(0x5eed, net.now));
         net.down.push(false);
         net.fx.push(Vec::new());
         net.run(50_000);

@@ -56,6 +56,7 @@ impl EngineHandle {
                 cfg.group,
                 cfg.me,
                 cfg.view.members.clone(),
+                crate::sys::random_u64(),
                 clock.now(),
             )
         } else {

@@ -455,6 +455,7 @@ impl Engine {
             self.cfg.group,
             self.cfg.me,
             contacts,
+            crate::sys::random_u64(),
             self.clock.now(),
         ) {
             Ok(r) => {

@@ -96,16 +96,19 @@ impl Member {
     /// A process asking to join the group through `contacts` (members it knows). It is in no
     /// view ([`Status::Joining`]) until a leader admits it and a view including it is committed;
     /// then it receives the application's state ([`Delivered::State`]) before any message.
+    /// `nonce` stands for this process: a random number from the host, different for every
+    /// process that joins with this id (a restart, a rejoin after an exclusion).
     pub fn joining(
         cfg: ProtoConfig,
         key: Key,
         group: GroupId,
         me: MemberId,
         contacts: Vec<MemberId>,
+        nonce: u64,
         now: Instant,
     ) -> Result<Member, ConfigError> {
         let mut m = Member::new(cfg, key, group, View::new(ViewId(0), vec![me]), me, now)?;
-        m.ms = Change::joining(now, contacts);
+        m.ms = Change::joining(now, contacts, nonce);
         Ok(m)
     }
 
@@ -438,10 +441,10 @@ impl Member {
                 self.follow(installing);
                 return;
             }
-            Ctl::Join => {
+            Ctl::Join { nonce } => {
                 let installing = {
                     let (ms, mut cx) = self.split();
-                    ms.on_join(&mut cx, sender)
+                    ms.on_join(&mut cx, sender, nonce)
                 };
                 self.follow(installing);
                 return;

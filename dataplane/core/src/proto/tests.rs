@@ -230,6 +230,7 @@ fn a_joiner_gets_the_state_then_the_messages() {
         GroupId(3),
         MemberId(2),
         vec![MemberId(0), MemberId(1)],
+        77,
         Instant(net.now),
     )
     .unwrap();
@@ -273,6 +274,7 @@ fn a_join_not_admitted_is_refused_and_the_group_unchanged() {
         GroupId(3),
         MemberId(9),
         vec![MemberId(0), MemberId(1)],
+        78,
         Instant(0),
     )
     .unwrap();
@@ -297,18 +299,21 @@ fn an_implausible_decision_is_refused_and_counted() {
             next: View::new(ViewId(2), vec![MemberId(0), MemberId(1)]),
             joiners: vec![],
             cut: u64::MAX,
+            nonces: vec![],
         },
         Decision {
             from: ViewId(1),
             next: View::new(ViewId(2), vec![MemberId(0), MemberId(0)]),
             joiners: vec![],
             cut: 0,
+            nonces: vec![],
         },
         Decision {
             from: ViewId(1),
             next: View::new(ViewId(7), vec![MemberId(0)]),
             joiners: vec![],
             cut: 0,
+            nonces: vec![],
         },
     ] {
         net.ms[1].emit_ctl_for_tests(Dest::One(MemberId(0)), &Ctl::Commit { decision: d });

@@ -29,7 +29,8 @@ pub(super) struct Leading {
     pub(super) ballot: Ballot,
     pub(super) members: Vec<MemberId>,
     pub(super) leaving: Vec<MemberId>,
-    pub(super) joiners: Vec<MemberId>,
+    /// With their join nonces.
+    pub(super) joiners: Vec<(MemberId, u64)>,
     pub(super) promises: BTreeMap<MemberId, Promised>,
     pub(super) decision: Option<Decision>,
     pub(super) accepted_by: BTreeSet<MemberId>,
@@ -74,11 +75,11 @@ impl Change {
             .map(|&r| cx.view.members[r])
             .collect();
         // Joiners: new ids, and new incarnations of members being removed (same id).
-        let joiners: Vec<MemberId> = self
+        let joiners: Vec<(MemberId, u64)> = self
             .joins
-            .keys()
-            .copied()
-            .filter(|j| !members.contains(j) || leaving.contains(j))
+            .iter()
+            .map(|(j, (_, nonce))| (*j, *nonce))
+            .filter(|(j, _)| !members.contains(j) || leaving.contains(j))
             .take(wire::MAX_MEMBERS.saturating_sub(members.len()))
             .collect();
         if let Some(l) = &self.leading {
@@ -110,7 +111,7 @@ impl Change {
             ballot,
             members: members.clone(),
             leaving: leaving.clone(),
-            joiners: joiners.clone(),
+            joiners: joiners.iter().map(|(j, _)| *j).collect(),
         };
         self.leading = Some(Leading {
             ballot,
@@ -188,12 +189,22 @@ impl Change {
                 .copied()
                 .filter(|m| l.members.contains(m) && !l.leaving.contains(m))
                 .collect();
-            next.extend(l.joiners.iter().copied());
+            next.extend(l.joiners.iter().map(|(j, _)| *j));
+            // Which process each member that came in by a join stands for: the joiners' own,
+            // and those the leader knows of members that stay.
+            let mut nonces: Vec<(MemberId, u64)> = l.joiners.clone();
+            nonces.extend(
+                next.iter()
+                    .filter(|m| !l.joiners.iter().any(|(j, _)| j == *m))
+                    .filter_map(|m| self.nonces.get(m).map(|n| (*m, *n))),
+            );
+            nonces.sort_unstable();
             Decision {
                 from: cx.view.id,
                 next: View::new(ViewId(cx.view.id.0 + 1), next),
-                joiners: l.joiners.clone(),
+                joiners: l.joiners.iter().map(|(j, _)| *j).collect(),
                 cut,
+                nonces,
             }
         });
         let ballot = l.ballot;

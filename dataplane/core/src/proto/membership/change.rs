@@ -91,9 +91,14 @@ pub(crate) struct Change {
     /// Admitted join requests not yet in a view, with when each was last repeated (a joiner
     /// repeats its request until it is in; a request not repeated for `failure_timeout` is
     /// dropped).
-    pub(super) joins: BTreeMap<MemberId, Instant>,
+    pub(super) joins: BTreeMap<MemberId, (Instant, u64)>,
     /// Members that joined in this view (a repeated `Join` from them gets the commit again).
     pub(super) joined_now: BTreeSet<MemberId>,
+    /// The join nonce of every member of the view that came in by a join (see
+    /// [`Decision::nonces`]).
+    pub(super) nonces: BTreeMap<MemberId, u64>,
+    /// A joiner's own nonce.
+    pub(super) my_nonce: u64,
     pub(super) leaving: bool,
     pub(super) leaving_ranks: Vec<bool>,
     /// A joiner's contacts.
@@ -120,16 +125,19 @@ impl Change {
             initial: true,
             joins: BTreeMap::new(),
             joined_now: BTreeSet::new(),
+            nonces: BTreeMap::new(),
+            my_nonce: 0,
             leaving: false,
             leaving_ranks: vec![false; n],
             contacts: Vec::new(),
         }
     }
 
-    /// A process asking to join through `contacts`.
-    pub(crate) fn joining(now: Instant, contacts: Vec<MemberId>) -> Change {
+    /// A process asking to join through `contacts`, with `nonce` for this process.
+    pub(crate) fn joining(now: Instant, contacts: Vec<MemberId>, nonce: u64) -> Change {
         let mut c = Change::new(1, now, Status::Joining);
         c.contacts = contacts;
+        c.my_nonce = nonce;
         c
     }
 
@@ -252,8 +260,11 @@ impl Change {
             Status::Joining => {
                 if now >= self.next_ctl_at {
                     self.next_ctl_at = now + period;
+                    let join = Ctl::Join {
+                        nonce: self.my_nonce,
+                    };
                     for c in self.contacts.clone() {
-                        cx.emit(Dest::One(c), &Ctl::Join);
+                        cx.emit(Dest::One(c), &join);
                     }
                 }
                 return None;
@@ -261,7 +272,8 @@ impl Change {
             _ => {}
         }
         let timeout = cx.cfg.failure_timeout;
-        self.joins.retain(|_, t| now.saturating_since(*t) < timeout);
+        self.joins
+            .retain(|_, (t, _)| now.saturating_since(*t) < timeout);
         for r in 0..cx.n() {
             if r == cx.rank || self.suspected[r] {
                 continue;
@@ -341,7 +353,7 @@ impl Change {
                             ballot: l.ballot,
                             members: l.members.clone(),
                             leaving: l.leaving.clone(),
-                            joiners: l.joiners.clone(),
+                            joiners: l.joiners.iter().map(|(j, _)| *j).collect(),
                         },
                     )),
                     Some(d) if !l.accepted_by.contains(&m) => out.push((
@@ -491,7 +503,9 @@ impl Change {
                 }
                 None
             }
-            Ctl::Commit { .. } | Ctl::Join | Ctl::State { .. } | Ctl::StateAck { .. } => None,
+            Ctl::Commit { .. } | Ctl::Join { .. } | Ctl::State { .. } | Ctl::StateAck { .. } => {
+                None
+            }
         }
     }
 
@@ -539,29 +553,32 @@ impl Change {
         cx.emit(Dest::One(sender), &promise);
     }
 
-    /// A join request from `sender` (any view: a joiner has none).
-    pub(crate) fn on_join(&mut self, cx: &mut Ctx<'_>, sender: MemberId) -> Option<Installing> {
+    /// A join request from process `nonce` with id `sender` (any view: a joiner has none).
+    pub(crate) fn on_join(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        sender: MemberId,
+        nonce: u64,
+    ) -> Option<Installing> {
         if !matches!(self.status, Status::Serving | Status::Changing) {
             return None;
         }
-        let heard = cx
-            .view
-            .rank_of(sender)
-            .is_some_and(|r| self.last_heard[r].is_some());
-        if self.joined_now.contains(&sender) {
-            if !heard {
-                // It joined in this view but missed the commit.
+        let rank = cx.view.rank_of(sender);
+        if rank.is_some() && self.nonces.get(&sender) == Some(&nonce) {
+            // The process that holds this place already: a late `Join`, or one that missed
+            // the commit of the view it joined with.
+            let heard = rank.is_some_and(|r| self.last_heard[r].is_some());
+            if self.joined_now.contains(&sender) && !heard {
                 self.catchup_at.remove(&sender);
                 self.catch_up(cx, sender);
             }
-            // Once it has spoken in the view, a late `Join` is one it sent before installing
-            // (ignored). A new process with this id (a restart) is not given the old one's
-            // place: it keeps asking until the old one, silent, is removed by a timeout.
             return None;
         }
-        if let Some(t) = self.joins.get_mut(&sender) {
-            *t = cx.now;
-            return None;
+        if let Some((t, n)) = self.joins.get_mut(&sender) {
+            if *n == nonce {
+                *t = cx.now;
+                return None;
+            }
         }
         cx.stats.join_requests += 1;
         if let Admission::Listed(ok) = &cx.cfg.admission {
@@ -571,11 +588,12 @@ impl Change {
                 return None;
             }
         }
-        if let Some(r) = cx.view.rank_of(sender) {
-            // A new incarnation of a member of this view: the old one is gone.
+        if let Some(r) = rank {
+            // A new process with the id of a member of this view (a restart): the old one is
+            // gone, and this one takes its place as a joiner.
             self.suspect_rank(cx, r, true);
         }
-        self.joins.insert(sender, cx.now);
+        self.joins.insert(sender, (cx.now, nonce));
         self.drive(cx)
     }
 
@@ -595,6 +613,9 @@ impl Change {
             && ids.len() == d.next.members.len()
             && d.next.id.0 == d.from.0.wrapping_add(1)
             && d.joiners.iter().all(|j| d.next.rank_of(*j).is_some())
+            && d.joiners.iter().all(|j| d.nonce_of(*j).is_some())
+            && d.nonces.len() <= d.next.members.len()
+            && d.nonces.iter().all(|(m, _)| d.next.rank_of(*m).is_some())
             && (d.from != cx.view.id || d.cut <= bound)
     }
 
@@ -610,8 +631,10 @@ impl Change {
                 // Only a decision that admits this process as a joiner: the id may also be in
                 // a view as an old incarnation of this member (a decision adopted from before
                 // it restarted), which is not this process.
-                (d.joiners.contains(&cx.me) && d.next.members.contains(&cx.me))
-                    .then_some(Installing::Joiner(d))
+                (d.joiners.contains(&cx.me)
+                    && d.next.members.contains(&cx.me)
+                    && d.nonce_of(cx.me) == Some(self.my_nonce))
+                .then_some(Installing::Joiner(d))
             }
             _ => {
                 if d.from == cx.view.id {

@@ -16,6 +16,7 @@ impl Change {
         self.status = Status::Serving;
         cx.st.expect(d.next.id);
         self.joined_now = d.joiners.iter().copied().collect();
+        self.nonces = d.nonces.iter().copied().collect();
         let next = d.next.clone();
         self.last_commit = Some(d);
         cx.stats.view_changes += 1;
@@ -107,7 +108,11 @@ impl Change {
         let next = d.next.clone();
         let resubmitted = again.len() as u64;
         self.joined_now = joined.iter().copied().collect();
-        self.joins.retain(|j, _| next.rank_of(*j).is_none());
+        // Requests answered by this view are done; one from another process with a member's
+        // id (it restarted meanwhile) still waits.
+        self.joins
+            .retain(|j, (_, n)| next.rank_of(*j).is_none() || d.nonce_of(*j) != Some(*n));
+        self.nonces = d.nonces.iter().copied().collect();
         self.last_commit = Some(d);
         cx.stats.view_changes += 1;
         cx.stats.resubmitted += resubmitted;

@@ -44,8 +44,11 @@
 //! is sent the decision that ended its view, so a member excluded while partitioned learns it
 //! on heal and stops ([`Status::Excluded`]); it may come back only as a new joiner.
 //!
-//! *Joins.* A joiner sends `Join` to the members it knows; the leader includes admitted joiners
-//! in the next view. The first member of the new view that was in the old one sends the joiner
+//! *Joins.* A joiner sends `Join(nonce)` to the members it knows, with a nonce of its own
+//! process; the leader includes admitted joiners in the next view, and the decision names each
+//! with its nonce, so that only that process installs it (a later process with the same id, a
+//! restart, is a new joiner, and its arrival removes the one that joined before it; a late
+//! `Join` of a process already in the view changes nothing). The first member of the new view that was in the old one sends the joiner
 //! the application's state at the cut (`State` chunks, acknowledged); the joiner delivers that
 //! snapshot before any message of its first view.
 
@@ -76,6 +79,17 @@ pub struct Decision {
     pub joiners: Vec<MemberId>,
     /// Global slots of the old view delivered by every member of `next` that was in it.
     pub cut: u64,
+    /// The join nonce of every member of `next` that came in by a join (its `joiners`, and
+    /// earlier joiners still in the view), by member id: which process each id stands for. A
+    /// joiner installs only a decision that names it with its own nonce.
+    pub nonces: Vec<(MemberId, u64)>,
+}
+
+impl Decision {
+    /// The join nonce the decision gives member `m`, if it came in by a join.
+    pub fn nonce_of(&self, m: MemberId) -> Option<u64> {
+        self.nonces.iter().find(|(x, _)| *x == m).map(|(_, n)| *n)
+    }
 }
 
 /// A control message, the payload of a `Control` frame.
@@ -116,8 +130,12 @@ pub(crate) enum Ctl {
     Commit {
         decision: Decision,
     },
-    /// From a process outside the view that wants in.
-    Join,
+    /// From a process outside the view that wants in. `nonce`: chosen by the process (at
+    /// random, by its host) when it starts to join; tells its requests from those of an
+    /// earlier or later process with the same id.
+    Join {
+        nonce: u64,
+    },
     /// A member asks to be removed (graceful leave).
     Leave,
     /// A chunk of the application state for a joiner, as of the install of view `view`.
