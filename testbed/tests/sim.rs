@@ -4,7 +4,9 @@
 //! seed prints itself; replay it with `cargo run -p conveyor-testbed --bin sim-replay -- SEED`.
 
 use conveyor_core::proto::Sabotage;
-use conveyor_testbed::sim::{run_seed, Violation};
+use conveyor_testbed::sim::{run_seed, Totals, Violation};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -18,27 +20,30 @@ fn env_u64(name: &str, default: u64) -> u64 {
 fn many_seeds_hold_every_property() {
     let count = env_u64("SIM_SEEDS", 1000);
     let base = env_u64("SIM_SEED_BASE", 0);
-    let mut failures = Vec::new();
-    let (mut retransmitted, mut dropped, mut views, mut joins, mut requeued, mut lost_majority) =
-        (0, 0, 0, 0, 0, 0);
-    let mut pipelines_after_state = 0;
-    for seed in base..base + count {
-        match run_seed(seed, |_| {}) {
-            Ok(r) => {
-                retransmitted += r.retransmitted_slots;
-                dropped += r.dropped_frames;
-                views += r.view_changes;
-                joins += r.joins;
-                requeued += r.requeued;
-                lost_majority += u64::from(r.majority_lost);
-                pipelines_after_state += r.pipelines_after_state;
-            }
-            Err(v) => {
-                eprintln!("seed {seed} FAILED: {v}\n  replay: cargo run -p conveyor-testbed --bin sim-replay -- {seed}");
-                failures.push((seed, v));
-            }
+    // Seeds on every core: each run is independent and replays alone.
+    let next = AtomicU64::new(base);
+    let failures = Mutex::new(Vec::new());
+    let totals = Mutex::new(Totals::default());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= base + count {
+                    break;
+                }
+                match run_seed(seed, |_| {}) {
+                    Ok(r) => totals.lock().unwrap().add(&r),
+                    Err(v) => {
+                        eprintln!("seed {seed} FAILED: {v}\n  replay: cargo run -p conveyor-testbed --bin sim-replay -- {seed}");
+                        failures.lock().unwrap().push((seed, v));
+                    }
+                }
+            });
         }
-    }
+    });
+    let mut failures = failures.into_inner().unwrap();
+    failures.sort_by_key(|f| f.0);
     assert!(
         failures.is_empty(),
         "{} of {count} seeds failed, first: seed {} {}",
@@ -46,27 +51,31 @@ fn many_seeds_hold_every_property() {
         failures[0].0,
         failures[0].1
     );
+    let t = totals.into_inner().unwrap();
     // The seeds really exercise loss recovery, the MAC, view changes, joins and re-queueing;
     // runs that end without a majority (no liveness owed) stay rare.
-    eprintln!("{count} seeds: {views} view installations, {joins} joins with state transfer ({pipelines_after_state} carrying pipelines), {requeued} requests re-queued, {lost_majority} runs ended without a majority");
+    eprintln!("seeds {base}..{}: {t}", base + count);
     assert!(
-        retransmitted > 0 && dropped > 0,
-        "retransmitted {retransmitted}, dropped {dropped}"
+        t.retransmitted_slots > 0 && t.dropped_frames > 0,
+        "retransmitted {}, dropped {}",
+        t.retransmitted_slots,
+        t.dropped_frames
     );
     assert!(
-        count < 50 || (views > count / 4 && joins > count / 20 && requeued > 0),
-        "too few membership events: {views} views, {joins} joins, {requeued} re-queued"
+        count < 50 || (t.view_changes > count / 4 && t.joins > count / 20 && t.requeued > 0),
+        "too few membership events: {t}"
     );
     // The simulator drives the production Replica: a joiner's application is told the
     // pipelines its state carries (the Replica re-emits them; a hand-made copy of the replica
     // once did not), and every view's effects start with the view (checked at every install).
     assert!(
-        count < 50 || pipelines_after_state > 0,
-        "no joiner ever received a state carrying pipelines: {pipelines_after_state}"
+        count < 50 || t.pipelines_after_state > 0,
+        "no joiner ever received a state carrying pipelines: {t}"
     );
     assert!(
-        lost_majority * 20 <= count,
-        "{lost_majority} of {count} runs lost their majority"
+        t.majority_lost * 20 <= count,
+        "{} of {count} runs lost their majority",
+        t.majority_lost
     );
 }
 

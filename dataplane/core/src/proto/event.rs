@@ -81,6 +81,11 @@ pub struct Stats {
     pub resubmitted: u64,
     /// Ballots this member started as leader.
     pub ballots: u64,
+    /// Control messages sent in fragments (larger than a frame).
+    pub fragmented_control: u64,
+    /// Control messages not sent: even in fragments too large (a configuration error; see
+    /// `proto::fragment::MAX_MESSAGE`).
+    pub oversized_control: u64,
     pub dropped_wire: [u64; WireError::ALL.len()],
     pub dropped_proto: [u64; ProtoDrop::ALL.len()],
 }

@@ -5,6 +5,7 @@
 
 use super::config::{Admission, ConfigError, ProtoConfig, Sabotage};
 use super::event::{Delivered, ProtoDrop, Stats, SubmitError, Transmit};
+use super::fragment::Reassembly;
 use super::membership::change::{Change, Ctx, Installed, Installing};
 use super::membership::state_transfer::{Chunk, StateTransfer};
 use super::membership::{Ctl, Status};
@@ -32,6 +33,8 @@ pub struct Member {
     pub(super) tx: Transmitter,
     pub(super) ms: Change,
     st: StateTransfer,
+    /// Control messages arriving in fragments.
+    frag: Reassembly,
 }
 
 impl Member {
@@ -80,6 +83,7 @@ impl Member {
             ),
             ms: Change::new(n, now, Status::Serving),
             st: StateTransfer::new(cfg.max_frame),
+            frag: Reassembly::default(),
             deliveries: VecDeque::new(),
             now,
             stats: Stats::default(),
@@ -147,14 +151,14 @@ impl Member {
         self.view.len() * self.cfg.recv_window() as usize
     }
     /// What this member holds besides its ordering slots, for a memory checker: deliveries
-    /// not yet taken, frames not yet sent, pending joins and catch-ups, and state transfer
-    /// bytes.
+    /// not yet taken, frames not yet sent, pending joins and catch-ups, and bytes of state
+    /// transfer and of control messages arriving in fragments.
     pub fn buffered_other(&self) -> (usize, usize, usize, usize) {
         (
             self.deliveries.len(),
             self.tx.queued(),
             self.ms.buffered_entries(),
-            self.st.buffered_bytes(),
+            self.st.buffered_bytes() + self.frag.bytes(),
         )
     }
     /// Own messages that can still be submitted before the window is full.
@@ -432,6 +436,25 @@ impl Member {
             self.stats.bad_control += 1;
             return;
         };
+        if let Ctl::Fragment {
+            msg,
+            index,
+            count,
+            bytes,
+        } = ctl
+        {
+            // Put back together, the message is handled as if one frame had carried it.
+            match self.frag.add(sender, msg, index, count, bytes) {
+                Ok(Some(whole))
+                    if !matches!(Ctl::decode(&whole), None | Some(Ctl::Fragment { .. })) =>
+                {
+                    self.handle_control(sender, view, &whole)
+                }
+                Ok(None) => {}
+                Ok(Some(_)) | Err(_) => self.stats.bad_control += 1,
+            }
+            return;
+        }
         match ctl {
             Ctl::Commit { decision } => {
                 let installing = {
@@ -553,6 +576,7 @@ impl Member {
         self.tx.reset(&view, self.rank, self.now);
         self.ms.reset(n, self.rank, self.now);
         self.st.clear_outgoing();
+        self.frag.retain(|m| view.rank_of(m).is_some());
         self.view = view;
         self.deliveries.push_back(Delivered::View(change));
         for p in again {

@@ -40,11 +40,13 @@
 //! - [`event`]: what the member gives its host (deliveries, frames, counters, errors);
 //! - [`order`]: what the member holds of each sender, the status rows, delivery in order;
 //! - [`transmit`]: framing, what to send next, retransmission and status timers;
+//! - `fragment`: control messages larger than a frame, split and put back together;
 //! - [`membership`]: the view change ([`membership::change`]: failure detection, Paxos, the
 //!   ragged-edge cut, install) and [`membership::state_transfer`] (a joiner's state).
 
 pub mod config;
 pub mod event;
+pub(crate) mod fragment;
 mod member;
 pub mod membership;
 pub(crate) mod order;

@@ -16,6 +16,7 @@
 //! as `max_frame` allows, with no timer: low load sees no added delay, high load gets batches.
 
 use super::event::{Dest, Stats, Transmit};
+use super::fragment;
 use super::membership::Ctl;
 use super::order::{Order, Slot};
 use crate::types::{GroupId, Instant, MemberId, Seq, View, ViewId};
@@ -116,6 +117,8 @@ pub(crate) struct Transmitter {
     pool: Vec<Vec<u8>>,
     /// Our row, rebuilt in this buffer for every frame.
     row: Row,
+    /// The last control message sent in fragments (numbers them).
+    next_msg: u32,
 }
 
 impl Transmitter {
@@ -157,6 +160,7 @@ impl Transmitter {
                 delivered: 0,
                 received: Vec::with_capacity(n),
             },
+            next_msg: 0,
         }
     }
 
@@ -471,9 +475,35 @@ impl Transmitter {
         self.transmits.push_back(Transmit { dest, frame: buf });
     }
 
-    /// Queues a control message (membership, state transfer) for `dest`.
+    /// Queues a control message (membership, state transfer) for `dest`, in as many frames of
+    /// at most `max_frame` as it needs (see `proto::fragment`).
     pub(crate) fn emit_ctl(&mut self, dest: Dest, ctl: &Ctl, stats: &mut Stats) {
         let payload = ctl.encode();
+        let room = wire::max_payload_for(self.max_frame, 1);
+        if payload.len() <= room {
+            self.emit_ctl_frame(dest, &payload, stats);
+            return;
+        }
+        let Some(pieces) = fragment::split(&payload, room) else {
+            stats.oversized_control += 1;
+            return;
+        };
+        self.next_msg = self.next_msg.wrapping_add(1);
+        let count = pieces.len() as u16;
+        stats.fragmented_control += 1;
+        for (index, bytes) in pieces.into_iter().enumerate() {
+            let f = Ctl::Fragment {
+                msg: self.next_msg,
+                index: index as u16,
+                count,
+                bytes,
+            };
+            self.emit_ctl_frame(dest, &f.encode(), stats);
+        }
+    }
+
+    /// One control frame carrying `payload` (which fits it).
+    fn emit_ctl_frame(&mut self, dest: Dest, payload: &[u8], stats: &mut Stats) {
         let mut buf = self.pool.pop().unwrap_or_default();
         let header = self.header(Kind::Control, 0);
         let row = Row {
@@ -481,12 +511,10 @@ impl Transmitter {
             delivered: 0,
             received: vec![0],
         };
-        // Control messages may exceed max_frame for large groups: they are rare and small
-        // groups keep them well under it.
-        let limit = self.max_frame.max(payload.len() + 256);
-        let mut w = FrameWriter::new(&mut buf, limit, &header, &row);
-        if !w.push_data(&payload) {
+        let mut w = FrameWriter::new(&mut buf, self.max_frame, &header, &row);
+        if !w.push_data(payload) {
             self.pool.push(buf);
+            stats.oversized_control += 1;
             return;
         }
         w.finish(&self.key);

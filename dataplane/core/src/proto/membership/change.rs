@@ -503,9 +503,11 @@ impl Change {
                 }
                 None
             }
-            Ctl::Commit { .. } | Ctl::Join { .. } | Ctl::State { .. } | Ctl::StateAck { .. } => {
-                None
-            }
+            Ctl::Commit { .. }
+            | Ctl::Join { .. }
+            | Ctl::State { .. }
+            | Ctl::StateAck { .. }
+            | Ctl::Fragment { .. } => None,
         }
     }
 

@@ -150,6 +150,15 @@ pub(crate) enum Ctl {
         view: ViewId,
         have: u32,
     },
+    /// Piece `index` of `count` of control message `msg` of the sender, which one frame could
+    /// not carry (a promise listing many null runs, a decision for a large group); see
+    /// `proto::fragment`.
+    Fragment {
+        msg: u32,
+        index: u16,
+        count: u16,
+        bytes: Vec<u8>,
+    },
 }
 
 impl Ctl {
