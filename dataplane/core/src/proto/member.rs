@@ -379,6 +379,11 @@ impl Member {
             ms.on_timer(&mut cx)
         };
         self.follow(installing);
+        if self.ms.status().is_final() {
+            // Excluded or left: nothing is sent any more, so nothing is retransmitted (the
+            // retransmission timers would queue resends that never leave, without end).
+            return;
+        }
         let busy = self.order.busy(self.tx.unsent());
         let period = if busy {
             self.cfg.status_interval
@@ -396,6 +401,9 @@ impl Member {
 
     /// The next instant at which [`Member::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Instant {
+        if self.ms.status().is_final() {
+            return Instant(u64::MAX);
+        }
         let soon = self
             .order
             .busy(self.tx.unsent())

@@ -36,8 +36,15 @@
 //! exactly once: no loss and no duplicate effect, whoever crashed (liveness once a majority is
 //! connected); a deadline turns a stall into a failure.
 
+mod checks;
+mod config;
+mod report;
+
+pub use config::SimConfig;
+pub use report::{Report, Totals, Violation};
+
 use conveyor_core::proto::membership::Status;
-use conveyor_core::proto::{Delivery, Dest, ProtoConfig, SubmitError};
+use conveyor_core::proto::{Delivery, Dest, SubmitError};
 use conveyor_core::queue::{Effect, Http, Meta, OnFull, Op, Order, QueueSpec, Request};
 use conveyor_core::types::{GroupId, Instant, MemberId, RequestId, Seq, View, ViewId};
 use conveyor_core::wire::{FrameWriter, Header, Key, Kind, Row};
@@ -46,238 +53,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
-use std::fmt;
-use std::time::Duration;
 
-/// The network, faults and workload of one run, all drawn from the seed.
-#[derive(Clone, Debug)]
-pub struct SimConfig {
-    pub members: usize,
-    pub loss: f64,
-    pub duplicate: f64,
-    pub corrupt: f64,
-    pub delay_us: (u64, u64),
-    /// Requests pushed per member.
-    pub requests: usize,
-    /// Gap between a member's pushes, microseconds (min, max).
-    pub push_gap_us: (u64, u64),
-    /// Simulated execution time of a step, microseconds (min, max).
-    pub exec_us: (u64, u64),
-    /// (start, end, side): links between `side` and the others are cut in [start, end).
-    pub partitions: Vec<(u64, u64, Vec<usize>)>,
-    /// (time, member): the member's process stops for good (a minority in total).
-    pub crashes: Vec<(u64, usize)>,
-    /// (time, member): a crashed member starts again, as a new joiner with no state.
-    pub restarts: Vec<(u64, usize)>,
-    /// Members excluded by a view change (partitioned, suspected) rejoin this long after.
-    pub rejoin_after_us: Option<u64>,
-    /// Frames from outside the group (wrong key, or right key and wrong group) per member.
-    pub foreign_frames: usize,
-    pub proto: ProtoConfig,
-    /// Virtual time allowed after the last fault and the last push for everything to finish.
-    pub settle_us: u64,
-}
 
-impl SimConfig {
-    /// Draws a configuration from a seed.
-    pub fn from_seed(seed: u64) -> SimConfig {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_c0de);
-        let members = rng.gen_range(2..=5);
-        let lossy = rng.gen_bool(0.7);
-        let loss = if lossy { rng.gen_range(0.0..0.25) } else { 0.0 };
-        let duplicate = if rng.gen_bool(0.5) {
-            rng.gen_range(0.0..0.1)
-        } else {
-            0.0
-        };
-        let corrupt = if rng.gen_bool(0.3) {
-            rng.gen_range(0.0..0.05)
-        } else {
-            0.0
-        };
-        let dmin = rng.gen_range(5..200);
-        let delay_us = (dmin, dmin + rng.gen_range(0..2000));
-        let requests = rng.gen_range(5..40);
-        let gmin = rng.gen_range(0..300);
-        let push_gap_us = (gmin, gmin + rng.gen_range(1..3000));
-        let exec_us = (0, rng.gen_range(1..1000));
-        let horizon = requests as u64 * push_gap_us.1;
-        let mut partitions = Vec::new();
-        for _ in 0..rng.gen_range(0..3) {
-            let start = rng.gen_range(0..horizon.max(1));
-            let end = start + rng.gen_range(1_000..200_000);
-            let mut side: Vec<usize> = (0..members).filter(|_| rng.gen_bool(0.4)).collect();
-            if side.is_empty() {
-                side.push(rng.gen_range(0..members));
-            }
-            partitions.push((start, end, side));
-        }
-        let heartbeat = Duration::from_micros(rng.gen_range(2_000..20_000));
-        // Timeouts from aggressive (false suspicions under loss: exclusions and rejoins) to
-        // comfortable.
-        let failure_timeout = heartbeat * rng.gen_range(3..10) + Duration::from_micros(delay_us.1);
-        // A minority crashes; sometimes the first-ranked member (the leader of the change),
-        // sometimes two members close together (a crash during the change).
-        let mut crashes = Vec::new();
-        let mut restarts = Vec::new();
-        if members >= 3 && rng.gen_bool(0.4) {
-            let max = (members - 1) / 2;
-            let mut who: Vec<usize> = (0..members).collect();
-            if rng.gen_bool(0.5) {
-                who.swap(0, rng.gen_range(0..members));
-            }
-            let first = rng.gen_range(0..horizon.max(1) + 10_000);
-            for (k, &m) in who.iter().take(rng.gen_range(1..=max)).enumerate() {
-                let at =
-                    first + k as u64 * rng.gen_range(0..failure_timeout.as_micros() as u64 * 2);
-                crashes.push((at, m));
-                if rng.gen_bool(0.6) {
-                    restarts.push((at + rng.gen_range(1_000..300_000), m));
-                }
-            }
-        }
-        let rejoin_after_us = if rng.gen_bool(0.8) {
-            Some(rng.gen_range(0..50_000))
-        } else {
-            None
-        };
-        let window = *[2u64, 4, 8, 32, 256].get(rng.gen_range(0..5)).unwrap_or(&8);
-        let max_frame = *[300usize, 600, 1500, 8192]
-            .get(rng.gen_range(0..4))
-            .unwrap_or(&1500);
-        let proto = ProtoConfig {
-            window,
-            max_frame,
-            max_payload: conveyor_core::wire::max_payload_for(max_frame, members).min(200),
-            status_interval: Duration::from_micros(rng.gen_range(500..3000)),
-            heartbeat,
-            failure_timeout,
-            rto: Duration::from_micros(rng.gen_range(500..4000)),
-            rto_max: Duration::from_millis(rng.gen_range(20..200)),
-            ..ProtoConfig::default()
-        };
-        let mut cfg = SimConfig {
-            members,
-            loss,
-            duplicate,
-            corrupt,
-            delay_us,
-            requests,
-            push_gap_us,
-            exec_us,
-            partitions,
-            crashes,
-            restarts,
-            rejoin_after_us,
-            foreign_frames: rng.gen_range(0..4),
-            proto,
-            settle_us: 60_000_000,
-        };
-        // Drawn after everything else, so that older seeds keep their draws.
-        cfg.proto.startup_grace = cfg.proto.failure_timeout * rng.gen_range(2..20);
-        cfg
-    }
-}
-
-/// A property that did not hold, with where and when.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    pub property: &'static str,
-    pub at_us: u64,
-    pub detail: String,
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} violated at t={}us: {}",
-            self.property, self.at_us, self.detail
-        )
-    }
-}
-
-/// What a run did, for tests that look at more than pass or fail.
-#[derive(Clone, Debug, Default)]
-pub struct Report {
-    pub delivered: u64,
-    pub retransmitted_slots: u64,
-    pub dropped_frames: u64,
-    pub max_batch: u64,
-    pub window_full: u64,
-    pub requests_finished: usize,
-    pub end_us: u64,
-    pub view_changes: u64,
-    pub joins: u64,
-    pub requeued: u64,
-    pub resubmitted: u64,
-    pub crashes: usize,
-    /// Joiners whose transferred state carried pipelines, and whose application was told.
-    pub pipelines_after_state: u64,
-    /// Frames larger than the transports accept (max_frame + 64), dropped by the network.
-    pub oversized_frames: u64,
-    /// The run ended stalled because the latest view lost its majority (no liveness owed).
-    pub majority_lost: bool,
-}
-
-/// What many runs did in all (a soak, the CI's seeds).
-#[derive(Clone, Debug, Default)]
-pub struct Totals {
-    pub runs: u64,
-    pub delivered: u64,
-    pub retransmitted_slots: u64,
-    pub dropped_frames: u64,
-    pub oversized_frames: u64,
-    pub view_changes: u64,
-    pub joins: u64,
-    pub pipelines_after_state: u64,
-    pub requeued: u64,
-    pub resubmitted: u64,
-    pub crashes: u64,
-    pub requests_finished: u64,
-    /// Runs that ended without a majority (no liveness owed).
-    pub majority_lost: u64,
-}
-
-impl Totals {
-    pub fn add(&mut self, r: &Report) {
-        self.runs += 1;
-        self.delivered += r.delivered;
-        self.retransmitted_slots += r.retransmitted_slots;
-        self.dropped_frames += r.dropped_frames;
-        self.oversized_frames += r.oversized_frames;
-        self.view_changes += r.view_changes;
-        self.joins += r.joins;
-        self.pipelines_after_state += r.pipelines_after_state;
-        self.requeued += r.requeued;
-        self.resubmitted += r.resubmitted;
-        self.crashes += r.crashes as u64;
-        self.requests_finished += r.requests_finished as u64;
-        self.majority_lost += u64::from(r.majority_lost);
-    }
-}
-
-impl fmt::Display for Totals {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} runs: {} messages delivered, {} runs finished, {} slots retransmitted, {} frames dropped ({} oversized), {} crashes, {} view installations, {} joins with state transfer ({} carrying pipelines), {} requests re-queued, {} messages resubmitted, {} runs ended without a majority",
-            self.runs,
-            self.delivered,
-            self.requests_finished,
-            self.retransmitted_slots,
-            self.dropped_frames,
-            self.oversized_frames,
-            self.crashes,
-            self.view_changes,
-            self.joins,
-            self.pipelines_after_state,
-            self.requeued,
-            self.resubmitted,
-            self.majority_lost
-        )
-    }
-}
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
@@ -334,6 +111,10 @@ struct Node {
     executing: Vec<Option<Request>>,
     rejoin_scheduled: bool,
     trace: String,
+    /// The view and the slots delivered (messages and nulls) when last looked at.
+    passed: (ViewId, u64),
+    /// Slots delivered as messages since then (the others passed were nulls).
+    data_slots: Vec<u64>,
 }
 
 /// One seeded run.
@@ -361,6 +142,12 @@ pub struct Sim {
     /// Runs admitted: their first push was delivered.
     admitted: BTreeSet<RequestId>,
     rejected: BTreeSet<RequestId>,
+    /// Request instances completed (first replica to apply each completion).
+    completed: BTreeSet<u64>,
+    /// The cut decided for each view that ended.
+    cuts: BTreeMap<ViewId, u64>,
+    /// The largest state a replica sent a joiner, bytes.
+    max_state: usize,
     last_fault: u64,
     report: Report,
 }
@@ -422,6 +209,8 @@ impl Sim {
                 executing: Vec::new(),
                 rejoin_scheduled: false,
                 trace: String::new(),
+                passed: (ViewId(1), 0),
+                data_slots: Vec::new(),
             });
         }
         let last_fault = cfg
@@ -448,6 +237,9 @@ impl Sim {
             finished: BTreeMap::new(),
             admitted: BTreeSet::new(),
             rejected: BTreeSet::new(),
+            completed: BTreeSet::new(),
+            cuts: BTreeMap::new(),
+            max_state: 0,
             last_fault,
             report: Report::default(),
             cfg,
@@ -602,314 +394,6 @@ impl Sim {
         }
     }
 
-    /// Lets member `i`'s replica apply its deliveries, one at a time, and checks every
-    /// property after each.
-    fn deliver(&mut self, i: usize) -> Result<(), Violation> {
-        while let Some(applied) = self.nodes[i].replica.poll_applied() {
-            match applied {
-                Applied::Message {
-                    delivery,
-                    malformed,
-                    effects,
-                } => self.on_message(i, delivery, malformed, &effects)?,
-                Applied::View {
-                    change: vc,
-                    effects,
-                } => {
-                    if std::env::var_os("SIM_TRACE").is_some() {
-                        eprintln!("t={} m{i} installs view {} {:?}: removed {:?} joined {:?} state from {:?} cut {}", self.now, vc.view.id.0, vc.view.members, vc.removed, vc.joined, vc.state_from, vc.cut);
-                    }
-                    // The replica reports the view before it puts anything back, as the
-                    // engine hands it on.
-                    if !matches!(effects.first(), Some(Effect::ViewInstalled { view, .. }) if *view == vc.view.id.0)
-                    {
-                        return Err(self.violation(
-                            "effects in order",
-                            format!(
-                                "m{i}'s view {} did not start with its ViewInstalled: {effects:?}",
-                                vc.view.id.0
-                            ),
-                        ));
-                    }
-                    let item = Item::View(vc.view.id, vc.view.members.clone());
-                    if self.nodes[i].pos.is_none() {
-                        // A joiner: it starts right after the installation of its first view
-                        // (which an old member may install after it, when the member that
-                        // committed was itself left out: resolved at the joiner's state).
-                        self.nodes[i].first_view = Some(item);
-                        continue;
-                    }
-                    self.check_order(i, item)?;
-                    self.after_apply(i, &effects)?;
-                    self.report.view_changes += 1;
-                    self.report.resubmitted += vc.resubmitted;
-                }
-                Applied::State { ok, effects } => {
-                    if !ok {
-                        return Err(self.violation(
-                            "state transfer",
-                            format!("m{i} received a state that does not decode"),
-                        ));
-                    }
-                    self.resolve_first_view(i)?;
-                    let pos = self.nodes[i].pos.unwrap_or(0);
-                    let q = self.nodes[i].replica.queue();
-                    if self.digests.get(pos.wrapping_sub(1)) != Some(&q.digest()) {
-                        return Err(self.violation(
-                            "replicas identical",
-                            format!("joiner m{i}'s transferred state differs from the group's at its first view"),
-                        ));
-                    }
-                    // The pipelines the state carries reach the joiner's application, as the
-                    // engine hands them on.
-                    let carried = q.pipeline_docs().map(|(v, d)| (v, d.to_vec()));
-                    let told = effects.iter().find_map(|e| match e {
-                        Effect::Pipelines { version, docs } => Some((*version, docs.clone())),
-                        _ => None,
-                    });
-                    if told != carried {
-                        return Err(self.violation(
-                            "pipelines after state transfer",
-                            format!(
-                                "joiner m{i} holds pipelines {carried:?} and was told {told:?}"
-                            ),
-                        ));
-                    }
-                    if told.is_some() {
-                        self.report.pipelines_after_state += 1;
-                    }
-                    self.report.joins += 1;
-                    let me = MemberId(i as u16);
-                    self.nodes[i].outbox.extend(invoker_ops(me));
-                }
-            }
-        }
-        if let Some(p) = self.nodes[i].replica.member().restarted_in_view() {
-            return Err(self.violation(
-                "no false restart detection",
-                format!("m{i} believes it restarted, from {p}'s row"),
-            ));
-        }
-        let m = self.nodes[i].replica.member();
-        if m.buffered_slots() > m.buffer_bound() {
-            return Err(self.violation(
-                "bounded memory",
-                format!(
-                    "m{i} buffers {} slots, bound {}",
-                    m.buffered_slots(),
-                    m.buffer_bound()
-                ),
-            ));
-        }
-        // Excluded or left: the process is replaced by a new incarnation that joins.
-        if m.status().is_final() && !self.nodes[i].rejoin_scheduled {
-            if let Some(after) = self.cfg.rejoin_after_us {
-                self.nodes[i].rejoin_scheduled = true;
-                self.schedule(self.now + after, Event::Rejoin { at: i });
-            }
-        }
-        Ok(())
-    }
-
-    /// A joiner's place in the reference: right after its first view.
-    fn resolve_first_view(&mut self, i: usize) -> Result<(), Violation> {
-        if self.nodes[i].pos.is_some() {
-            return Ok(());
-        }
-        let Some(item) = self.nodes[i].first_view.clone() else {
-            return Ok(());
-        };
-        let Some(p) = self.reference.iter().position(|x| *x == item) else {
-            return Err(self.violation(
-                "virtual synchrony",
-                format!("joiner m{i} got its state or a message before any old member installed its first view {item:?}"),
-            ));
-        };
-        self.nodes[i].pos = Some(p + 1);
-        Ok(())
-    }
-
-    /// Total order, agreement and virtual synchrony: `item` must be the next of the reference
-    /// for member `i`.
-    fn check_order(&mut self, i: usize, item: Item) -> Result<(), Violation> {
-        self.resolve_first_view(i)?;
-        let Some(pos) = self.nodes[i].pos else {
-            return Err(self.violation(
-                "virtual synchrony",
-                format!("joiner m{i} delivered {item:?} before its first view"),
-            ));
-        };
-        match self.reference.get(pos) {
-            Some(r) if *r != item => {
-                return Err(self.violation(
-                    "total order",
-                    format!("m{i} delivered {item:?} at position {pos} where another member delivered {r:?}"),
-                ));
-            }
-            Some(_) => {}
-            None => {
-                if let Item::View(id, members) = &item {
-                    if let Some(other) = self
-                        .reference
-                        .iter()
-                        .find(|x| matches!(x, Item::View(v, m) if v == id && m != members))
-                    {
-                        return Err(self.violation(
-                            "one view per id",
-                            format!("view {} installed as {members:?} and as {other:?}", id.0),
-                        ));
-                    }
-                }
-                self.reference.push(item);
-            }
-        }
-        self.nodes[i].pos = Some(pos + 1);
-        Ok(())
-    }
-
-    fn on_message(
-        &mut self,
-        i: usize,
-        d: Delivery,
-        malformed: bool,
-        effects: &[Effect],
-    ) -> Result<(), Violation> {
-        let inc = self.nodes[i].inc;
-        let id = d
-            .payload
-            .len()
-            .checked_sub(8)
-            .and_then(|at| d.payload.get(at..))
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-            .unwrap_or(u64::MAX);
-        // Integrity.
-        let Some((origin, oinc, counter, payload)) = self.submitted.get(&id).cloned() else {
-            return Err(self.violation(
-                "integrity",
-                format!(
-                    "m{i} delivered {}:{} which was never submitted",
-                    d.sender, d.seq.0
-                ),
-            ));
-        };
-        if payload != d.payload || MemberId(origin as u16) != d.sender {
-            return Err(self.violation(
-                "integrity",
-                format!("m{i} delivered message {id} with another payload or sender"),
-            ));
-        }
-        if !self.nodes[i].seen.insert(id) {
-            return Err(self.violation(
-                "integrity",
-                format!("m{i} (incarnation {inc}) delivered message {id} twice"),
-            ));
-        }
-        // Per-sender FIFO.
-        let last = self.nodes[i].last_from.insert((origin, oinc), counter);
-        if last.is_some_and(|l| l >= counter) {
-            return Err(self.violation(
-                "per-sender FIFO",
-                format!(
-                    "m{i} delivered m{origin}'s #{counter} after #{}",
-                    last.unwrap_or(0)
-                ),
-            ));
-        }
-        // Stability: outside the cleanup, every member of that view holds it.
-        if !d.in_cut {
-            for (j, other) in self.nodes.iter().enumerate() {
-                let m = other.replica.member();
-                if m.view().id == d.view && !m.has_received(d.sender, d.seq) {
-                    return Err(self.violation(
-                        "stability before delivery",
-                        format!(
-                            "m{i} delivered {}:{} which m{j} does not hold",
-                            d.sender, d.seq.0
-                        ),
-                    ));
-                }
-            }
-        }
-        self.check_order(i, Item::Msg(id))?;
-        let op = Op::decode(&d.payload);
-        let Some(op) = op.ok().filter(|_| !malformed) else {
-            return Err(self.violation("integrity", format!("m{i} delivered an undecodable op")));
-        };
-        if let Op::Push { req, .. } = &op {
-            if req.step == "s0" {
-                self.admitted.insert(req.id);
-            }
-        }
-        self.after_apply(i, effects)
-    }
-
-    /// Replica digests, exactly one consumer, and the effects for this member.
-    fn after_apply(&mut self, i: usize, effects: &[Effect]) -> Result<(), Violation> {
-        let me = MemberId(i as u16);
-        let pos = self.nodes[i].pos.unwrap_or(1) - 1;
-        let digest = self.nodes[i].replica.queue().digest();
-        let first = self.digests.len() == pos;
-        match self.digests.get(pos) {
-            Some(dg) if *dg != digest => {
-                return Err(self.violation(
-                    "replicas identical",
-                    format!("m{i}'s queue state differs at position {pos}"),
-                ));
-            }
-            Some(_) => {}
-            None => self.digests.push(digest),
-        }
-        for e in effects {
-            match e {
-                Effect::Assigned { consumer, req } => {
-                    if first && !self.assigned.insert(req.instance) {
-                        return Err(self.violation(
-                            "exactly one consumer",
-                            format!(
-                                "{}/{} (instance {}) assigned twice",
-                                req.id, req.step, req.instance
-                            ),
-                        ));
-                    }
-                    if *consumer == me {
-                        let exec = self.rng.gen_range(self.cfg.exec_us.0..=self.cfg.exec_us.1);
-                        self.nodes[i].executing.push(Some(req.clone()));
-                        let req_idx = self.nodes[i].executing.len() - 1;
-                        let inc = self.nodes[i].inc;
-                        self.schedule(
-                            self.now + exec,
-                            Event::Finish {
-                                at: i,
-                                inc,
-                                req_idx,
-                            },
-                        );
-                    }
-                }
-                Effect::Requeued { old_instance, .. } if first => {
-                    self.assigned.remove(old_instance);
-                    self.report.requeued += 1;
-                }
-                Effect::Completed {
-                    id,
-                    instance,
-                    terminal,
-                    ..
-                } if first => {
-                    self.assigned.remove(instance);
-                    if *terminal {
-                        *self.finished.entry(*id).or_insert(0) += 1;
-                    }
-                }
-                Effect::Rejected { id, .. } if first => {
-                    self.rejected.insert(*id);
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
     fn step_member(&mut self, i: usize) -> Result<(), Violation> {
         if !self.nodes[i].alive {
             return Ok(());
@@ -929,7 +413,9 @@ impl Sim {
         }
         self.submit_outbox(i);
         self.deliver(i)?;
+        self.check_nulls(i)?;
         self.submit_outbox(i);
+        self.check_memory(i)?;
         self.flush(i);
         Ok(())
     }
@@ -1018,6 +504,8 @@ impl Sim {
         node.last_from.clear();
         node.executing.clear();
         node.rejoin_scheduled = false;
+        node.passed = (ViewId(0), 0);
+        node.data_slots.clear();
     }
 
     /// Runs to the end; `Ok` when every property held and everything finished.
@@ -1228,6 +716,9 @@ impl Sim {
                     self.step_member(at)?;
                 }
             }
+        }
+        if !self.report.majority_lost {
+            self.check_validity()?;
         }
         // Exactly once: every run that was admitted finished once.
         for (id, count) in &self.finished {

@@ -1,0 +1,456 @@
+//! The checkers: every delivery, view and state a member's replica applies goes through these,
+//! right after the step that produced it (see the module docs of [`super`] for the list).
+
+use super::*;
+
+impl Sim {
+    /// Lets member `i`'s replica apply its deliveries, one at a time, and checks every
+    /// property after each.
+    pub(super) fn deliver(&mut self, i: usize) -> Result<(), Violation> {
+        while let Some(applied) = self.nodes[i].replica.poll_applied() {
+            match applied {
+                Applied::Message {
+                    delivery,
+                    malformed,
+                    effects,
+                } => self.on_message(i, delivery, malformed, &effects)?,
+                Applied::View {
+                    change: vc,
+                    effects,
+                } => {
+                    if std::env::var_os("SIM_TRACE").is_some() {
+                        eprintln!("t={} m{i} installs view {} {:?}: removed {:?} joined {:?} state from {:?} cut {}", self.now, vc.view.id.0, vc.view.members, vc.removed, vc.joined, vc.state_from, vc.cut);
+                    }
+                    // The replica reports the view before it puts anything back, as the
+                    // engine hands it on.
+                    if !matches!(effects.first(), Some(Effect::ViewInstalled { view, .. }) if *view == vc.view.id.0)
+                    {
+                        return Err(self.violation(
+                            "effects in order",
+                            format!(
+                                "m{i}'s view {} did not start with its ViewInstalled: {effects:?}",
+                                vc.view.id.0
+                            ),
+                        ));
+                    }
+                    let item = Item::View(vc.view.id, vc.view.members.clone());
+                    if self.nodes[i].pos.is_none() {
+                        // A joiner: it starts right after the installation of its first view
+                        // (which an old member may install after it, when the member that
+                        // committed was itself left out: resolved at the joiner's state).
+                        self.nodes[i].first_view = Some(item);
+                        continue;
+                    }
+                    self.check_order(i, item)?;
+                    self.cuts.entry(vc.previous.id).or_insert(vc.cut);
+                    if vc.state_from == Some(MemberId(i as u16)) {
+                        let size = self.nodes[i].replica.queue().snapshot().len();
+                        self.max_state = self.max_state.max(size);
+                    }
+                    self.after_apply(i, &effects)?;
+                    self.report.view_changes += 1;
+                    self.report.resubmitted += vc.resubmitted;
+                }
+                Applied::State { ok, effects } => {
+                    if !ok {
+                        return Err(self.violation(
+                            "state transfer",
+                            format!("m{i} received a state that does not decode"),
+                        ));
+                    }
+                    self.resolve_first_view(i)?;
+                    let pos = self.nodes[i].pos.unwrap_or(0);
+                    let q = self.nodes[i].replica.queue();
+                    if self.digests.get(pos.wrapping_sub(1)) != Some(&q.digest()) {
+                        return Err(self.violation(
+                            "replicas identical",
+                            format!("joiner m{i}'s transferred state differs from the group's at its first view"),
+                        ));
+                    }
+                    // The pipelines the state carries reach the joiner's application, as the
+                    // engine hands them on.
+                    let carried = q.pipeline_docs().map(|(v, d)| (v, d.to_vec()));
+                    let told = effects.iter().find_map(|e| match e {
+                        Effect::Pipelines { version, docs } => Some((*version, docs.clone())),
+                        _ => None,
+                    });
+                    if told != carried {
+                        return Err(self.violation(
+                            "pipelines after state transfer",
+                            format!(
+                                "joiner m{i} holds pipelines {carried:?} and was told {told:?}"
+                            ),
+                        ));
+                    }
+                    if told.is_some() {
+                        self.report.pipelines_after_state += 1;
+                    }
+                    self.report.joins += 1;
+                    let me = MemberId(i as u16);
+                    self.nodes[i].outbox.extend(invoker_ops(me));
+                }
+            }
+        }
+        if let Some(p) = self.nodes[i].replica.member().restarted_in_view() {
+            return Err(self.violation(
+                "no false restart detection",
+                format!("m{i} believes it restarted, from {p}'s row"),
+            ));
+        }
+        let m = self.nodes[i].replica.member();
+        // Excluded or left: the process is replaced by a new incarnation that joins.
+        if m.status().is_final() && !self.nodes[i].rejoin_scheduled {
+            if let Some(after) = self.cfg.rejoin_after_us {
+                self.nodes[i].rejoin_scheduled = true;
+                self.schedule(self.now + after, Event::Rejoin { at: i });
+            }
+        }
+        Ok(())
+    }
+
+    /// A joiner's place in the reference: right after its first view.
+    fn resolve_first_view(&mut self, i: usize) -> Result<(), Violation> {
+        if self.nodes[i].pos.is_some() {
+            return Ok(());
+        }
+        let Some(item) = self.nodes[i].first_view.clone() else {
+            return Ok(());
+        };
+        let Some(p) = self.reference.iter().position(|x| *x == item) else {
+            return Err(self.violation(
+                "virtual synchrony",
+                format!("joiner m{i} got its state or a message before any old member installed its first view {item:?}"),
+            ));
+        };
+        self.nodes[i].pos = Some(p + 1);
+        Ok(())
+    }
+
+    /// Total order, agreement and virtual synchrony: `item` must be the next of the reference
+    /// for member `i`.
+    fn check_order(&mut self, i: usize, item: Item) -> Result<(), Violation> {
+        self.resolve_first_view(i)?;
+        let Some(pos) = self.nodes[i].pos else {
+            return Err(self.violation(
+                "virtual synchrony",
+                format!("joiner m{i} delivered {item:?} before its first view"),
+            ));
+        };
+        match self.reference.get(pos) {
+            Some(r) if *r != item => {
+                return Err(self.violation(
+                    "total order",
+                    format!("m{i} delivered {item:?} at position {pos} where another member delivered {r:?}"),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                if let Item::View(id, members) = &item {
+                    if let Some(other) = self
+                        .reference
+                        .iter()
+                        .find(|x| matches!(x, Item::View(v, m) if v == id && m != members))
+                    {
+                        return Err(self.violation(
+                            "one view per id",
+                            format!("view {} installed as {members:?} and as {other:?}", id.0),
+                        ));
+                    }
+                }
+                self.reference.push(item);
+            }
+        }
+        self.nodes[i].pos = Some(pos + 1);
+        Ok(())
+    }
+
+    fn on_message(
+        &mut self,
+        i: usize,
+        d: Delivery,
+        malformed: bool,
+        effects: &[Effect],
+    ) -> Result<(), Violation> {
+        let inc = self.nodes[i].inc;
+        let id = d
+            .payload
+            .len()
+            .checked_sub(8)
+            .and_then(|at| d.payload.get(at..))
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+            .unwrap_or(u64::MAX);
+        // Integrity.
+        let Some((origin, oinc, counter, payload)) = self.submitted.get(&id).cloned() else {
+            return Err(self.violation(
+                "integrity",
+                format!(
+                    "m{i} delivered {}:{} which was never submitted",
+                    d.sender, d.seq.0
+                ),
+            ));
+        };
+        if payload != d.payload || MemberId(origin as u16) != d.sender {
+            return Err(self.violation(
+                "integrity",
+                format!("m{i} delivered message {id} with another payload or sender"),
+            ));
+        }
+        if !self.nodes[i].seen.insert(id) {
+            return Err(self.violation(
+                "integrity",
+                format!("m{i} (incarnation {inc}) delivered message {id} twice"),
+            ));
+        }
+        // Per-sender FIFO.
+        let last = self.nodes[i].last_from.insert((origin, oinc), counter);
+        if last.is_some_and(|l| l >= counter) {
+            return Err(self.violation(
+                "per-sender FIFO",
+                format!(
+                    "m{i} delivered m{origin}'s #{counter} after #{}",
+                    last.unwrap_or(0)
+                ),
+            ));
+        }
+        if !d.in_cut {
+            self.nodes[i].data_slots.push(d.slot);
+        }
+        // Stability: outside the cleanup, every member of that view holds it.
+        if !d.in_cut {
+            for (j, other) in self.nodes.iter().enumerate() {
+                let m = other.replica.member();
+                if m.view().id == d.view && !m.has_received(d.sender, d.seq) {
+                    return Err(self.violation(
+                        "stability before delivery",
+                        format!(
+                            "m{i} delivered {}:{} which m{j} does not hold",
+                            d.sender, d.seq.0
+                        ),
+                    ));
+                }
+            }
+        }
+        self.check_order(i, Item::Msg(id))?;
+        let op = Op::decode(&d.payload);
+        let Some(op) = op.ok().filter(|_| !malformed) else {
+            return Err(self.violation("integrity", format!("m{i} delivered an undecodable op")));
+        };
+        if let Op::Push { req, .. } = &op {
+            if req.step == "s0" {
+                self.admitted.insert(req.id);
+            }
+        }
+        self.after_apply(i, effects)
+    }
+
+    /// Replica digests, exactly one consumer, and the effects for this member.
+    fn after_apply(&mut self, i: usize, effects: &[Effect]) -> Result<(), Violation> {
+        let me = MemberId(i as u16);
+        let pos = self.nodes[i].pos.unwrap_or(1) - 1;
+        let digest = self.nodes[i].replica.queue().digest();
+        let first = self.digests.len() == pos;
+        match self.digests.get(pos) {
+            Some(dg) if *dg != digest => {
+                return Err(self.violation(
+                    "replicas identical",
+                    format!("m{i}'s queue state differs at position {pos}"),
+                ));
+            }
+            Some(_) => {}
+            None => self.digests.push(digest),
+        }
+        for e in effects {
+            match e {
+                Effect::Assigned { consumer, req } => {
+                    if first && !self.assigned.insert(req.instance) {
+                        return Err(self.violation(
+                            "exactly one consumer",
+                            format!(
+                                "{}/{} (instance {}) assigned twice",
+                                req.id, req.step, req.instance
+                            ),
+                        ));
+                    }
+                    if *consumer == me {
+                        let exec = self.rng.gen_range(self.cfg.exec_us.0..=self.cfg.exec_us.1);
+                        self.nodes[i].executing.push(Some(req.clone()));
+                        let req_idx = self.nodes[i].executing.len() - 1;
+                        let inc = self.nodes[i].inc;
+                        self.schedule(
+                            self.now + exec,
+                            Event::Finish {
+                                at: i,
+                                inc,
+                                req_idx,
+                            },
+                        );
+                    }
+                }
+                Effect::Requeued { old_instance, .. } if first => {
+                    self.assigned.remove(old_instance);
+                    self.report.requeued += 1;
+                }
+                Effect::Completed {
+                    id,
+                    instance,
+                    terminal,
+                    step,
+                    ..
+                } if first => {
+                    self.assigned.remove(instance);
+                    // Exactly once, as it happens: one effect per step instance, one end per
+                    // run.
+                    if !self.completed.insert(*instance) {
+                        return Err(self.violation(
+                            "exactly once",
+                            format!("{id}/{step} (instance {instance}) completed twice"),
+                        ));
+                    }
+                    if *terminal {
+                        let n = {
+                            let n = self.finished.entry(*id).or_insert(0);
+                            *n += 1;
+                            *n
+                        };
+                        if n > 1 {
+                            return Err(self.violation(
+                                "exactly once",
+                                format!("run {id} finished {n} times"),
+                            ));
+                        }
+                    }
+                }
+                Effect::Rejected { id, .. } if first => {
+                    self.rejected.insert(*id);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The null rule, from the global state: a null a member passes outside a view change's
+    /// cleanup is held by a majority of the view at that moment (so that the survivors of any
+    /// change can tell it was a null), and no member passes a slot beyond the cut of its view
+    /// once one is decided. Runs after every step of member `i`.
+    pub(super) fn check_nulls(&mut self, i: usize) -> Result<(), Violation> {
+        let (view, slots) = {
+            let m = self.nodes[i].replica.member();
+            (m.view().clone(), m.delivered_slots())
+        };
+        let (passed_view, passed) = self.nodes[i].passed;
+        let data = std::mem::take(&mut self.nodes[i].data_slots);
+        self.nodes[i].passed = (view.id, slots);
+        if let Some(cut) = self.cuts.get(&view.id) {
+            if slots > *cut {
+                return Err(self.violation(
+                    "null rule",
+                    format!(
+                        "m{i} passed slot {} of view {}, beyond the cut {cut} decided for it",
+                        slots - 1,
+                        view.id.0
+                    ),
+                ));
+            }
+        }
+        if passed_view != view.id || view.len() < 2 {
+            return Ok(());
+        }
+        // Only while every member of the view is still in it (alive, or crashed in it): once
+        // one moved on, the view's cut is decided and checked above.
+        let in_view = view.members.iter().all(|m| {
+            self.nodes
+                .get(usize::from(m.0))
+                .is_some_and(|n| n.replica.member().view().id == view.id)
+        });
+        if !in_view {
+            return Ok(());
+        }
+        let n = view.len() as u64;
+        for g in passed..slots {
+            if data.contains(&g) {
+                continue;
+            }
+            let sender = view.members[(g % n) as usize];
+            let seq = Seq(g / n);
+            let holders = view
+                .members
+                .iter()
+                .filter(|m| {
+                    self.nodes[usize::from(m.0)]
+                        .replica
+                        .member()
+                        .has_received(sender, seq)
+                })
+                .count();
+            if holders * 2 <= view.len() {
+                return Err(self.violation(
+                    "null rule",
+                    format!(
+                        "m{i} passed the null at slot {g} ({sender}'s #{}) of view {} held by {holders} of {} members",
+                        seq.0,
+                        view.id.0,
+                        view.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bounded memory, against bounds of the simulator's own from the configuration: ordering
+    /// slots (a receive window of four send windows per sender), frames queued (a window of own
+    /// messages, plus retransmissions, status, control and state frames per member), pending
+    /// joins and catch-ups (two per member), and bytes of state and fragments (twice the
+    /// largest state any replica could send, plus four unfinished 1 MiB messages per member).
+    pub(super) fn check_memory(&self, i: usize) -> Result<(), Violation> {
+        let m = self.nodes[i].replica.member();
+        let members = self.cfg.members;
+        let window = self.cfg.proto.window as usize;
+        let slots_bound = members * 4 * window;
+        let (deliveries, queued, pending, bytes) = m.buffered_other();
+        let frames_bound = 4 * window + 32 * members + 64;
+        let state_bound = 2 * self.max_state + members * 4 * (1 << 20);
+        let over = [
+            ("ordering slots", m.buffered_slots(), slots_bound),
+            ("deliveries not taken", deliveries, slots_bound + 2),
+            ("frames queued", queued, frames_bound),
+            ("pending joins and catch-ups", pending, 2 * members),
+            ("state and fragment bytes", bytes, state_bound),
+        ]
+        .into_iter()
+        .find(|(_, v, b)| v > b);
+        match over {
+            Some((what, v, b)) => Err(self.violation(
+                "bounded memory",
+                format!("m{i} holds {v} {what}, bound {b}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Validity, at the end of a run: everything a member submitted, if that member (the same
+    /// process) is still alive and serving, was delivered; nothing a survivor submitted was
+    /// dropped at a view change.
+    pub(super) fn check_validity(&self) -> Result<(), Violation> {
+        let delivered: BTreeSet<u64> = self
+            .reference
+            .iter()
+            .filter_map(|x| match x {
+                Item::Msg(id) => Some(*id),
+                Item::View(..) => None,
+            })
+            .collect();
+        for (id, (node, inc, counter, _)) in &self.submitted {
+            let n = &self.nodes[*node];
+            let live = n.alive && n.inc == *inc && n.replica.status() == Status::Serving;
+            if live && !delivered.contains(id) {
+                return Err(self.violation(
+                    "validity",
+                    format!("m{node}'s submission #{counter} (incarnation {inc}) was never delivered, and m{node} serves on"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

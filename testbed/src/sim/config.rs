@@ -1,0 +1,137 @@
+//! What one run is: the group, the network, the faults and the workload, all drawn from the
+//! seed.
+
+use conveyor_core::proto::ProtoConfig;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::time::Duration;
+
+/// The network, faults and workload of one run, all drawn from the seed.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub members: usize,
+    pub loss: f64,
+    pub duplicate: f64,
+    pub corrupt: f64,
+    pub delay_us: (u64, u64),
+    /// Requests pushed per member.
+    pub requests: usize,
+    /// Gap between a member's pushes, microseconds (min, max).
+    pub push_gap_us: (u64, u64),
+    /// Simulated execution time of a step, microseconds (min, max).
+    pub exec_us: (u64, u64),
+    /// (start, end, side): links between `side` and the others are cut in [start, end).
+    pub partitions: Vec<(u64, u64, Vec<usize>)>,
+    /// (time, member): the member's process stops for good (a minority in total).
+    pub crashes: Vec<(u64, usize)>,
+    /// (time, member): a crashed member starts again, as a new joiner with no state.
+    pub restarts: Vec<(u64, usize)>,
+    /// Members excluded by a view change (partitioned, suspected) rejoin this long after.
+    pub rejoin_after_us: Option<u64>,
+    /// Frames from outside the group (wrong key, or right key and wrong group) per member.
+    pub foreign_frames: usize,
+    pub proto: ProtoConfig,
+    /// Virtual time allowed after the last fault and the last push for everything to finish.
+    pub settle_us: u64,
+}
+
+impl SimConfig {
+    /// Draws a configuration from a seed.
+    pub fn from_seed(seed: u64) -> SimConfig {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_c0de);
+        let members = rng.gen_range(2..=5);
+        let lossy = rng.gen_bool(0.7);
+        let loss = if lossy { rng.gen_range(0.0..0.25) } else { 0.0 };
+        let duplicate = if rng.gen_bool(0.5) {
+            rng.gen_range(0.0..0.1)
+        } else {
+            0.0
+        };
+        let corrupt = if rng.gen_bool(0.3) {
+            rng.gen_range(0.0..0.05)
+        } else {
+            0.0
+        };
+        let dmin = rng.gen_range(5..200);
+        let delay_us = (dmin, dmin + rng.gen_range(0..2000));
+        let requests = rng.gen_range(5..40);
+        let gmin = rng.gen_range(0..300);
+        let push_gap_us = (gmin, gmin + rng.gen_range(1..3000));
+        let exec_us = (0, rng.gen_range(1..1000));
+        let horizon = requests as u64 * push_gap_us.1;
+        let mut partitions = Vec::new();
+        for _ in 0..rng.gen_range(0..3) {
+            let start = rng.gen_range(0..horizon.max(1));
+            let end = start + rng.gen_range(1_000..200_000);
+            let mut side: Vec<usize> = (0..members).filter(|_| rng.gen_bool(0.4)).collect();
+            if side.is_empty() {
+                side.push(rng.gen_range(0..members));
+            }
+            partitions.push((start, end, side));
+        }
+        let heartbeat = Duration::from_micros(rng.gen_range(2_000..20_000));
+        // Timeouts from aggressive (false suspicions under loss: exclusions and rejoins) to
+        // comfortable.
+        let failure_timeout = heartbeat * rng.gen_range(3..10) + Duration::from_micros(delay_us.1);
+        // A minority crashes; sometimes the first-ranked member (the leader of the change),
+        // sometimes two members close together (a crash during the change).
+        let mut crashes = Vec::new();
+        let mut restarts = Vec::new();
+        if members >= 3 && rng.gen_bool(0.4) {
+            let max = (members - 1) / 2;
+            let mut who: Vec<usize> = (0..members).collect();
+            if rng.gen_bool(0.5) {
+                who.swap(0, rng.gen_range(0..members));
+            }
+            let first = rng.gen_range(0..horizon.max(1) + 10_000);
+            for (k, &m) in who.iter().take(rng.gen_range(1..=max)).enumerate() {
+                let at =
+                    first + k as u64 * rng.gen_range(0..failure_timeout.as_micros() as u64 * 2);
+                crashes.push((at, m));
+                if rng.gen_bool(0.6) {
+                    restarts.push((at + rng.gen_range(1_000..300_000), m));
+                }
+            }
+        }
+        let rejoin_after_us = if rng.gen_bool(0.8) {
+            Some(rng.gen_range(0..50_000))
+        } else {
+            None
+        };
+        let window = *[2u64, 4, 8, 32, 256].get(rng.gen_range(0..5)).unwrap_or(&8);
+        let max_frame = *[300usize, 600, 1500, 8192]
+            .get(rng.gen_range(0..4))
+            .unwrap_or(&1500);
+        let proto = ProtoConfig {
+            window,
+            max_frame,
+            max_payload: conveyor_core::wire::max_payload_for(max_frame, members).min(200),
+            status_interval: Duration::from_micros(rng.gen_range(500..3000)),
+            heartbeat,
+            failure_timeout,
+            rto: Duration::from_micros(rng.gen_range(500..4000)),
+            rto_max: Duration::from_millis(rng.gen_range(20..200)),
+            ..ProtoConfig::default()
+        };
+        let mut cfg = SimConfig {
+            members,
+            loss,
+            duplicate,
+            corrupt,
+            delay_us,
+            requests,
+            push_gap_us,
+            exec_us,
+            partitions,
+            crashes,
+            restarts,
+            rejoin_after_us,
+            foreign_frames: rng.gen_range(0..4),
+            proto,
+            settle_us: 60_000_000,
+        };
+        // Drawn after everything else, so that older seeds keep their draws.
+        cfg.proto.startup_grace = cfg.proto.failure_timeout * rng.gen_range(2..20);
+        cfg
+    }
+}
