@@ -1,6 +1,7 @@
 //! Runs a range of simulator seeds on every core and says which failed and what the runs did:
-//! `cargo run --release -p conveyor-testbed --bin sim-soak -- FIRST COUNT [THREADS]`.
-//! Exits non-zero if any seed failed; replay one with `sim-replay SEED`.
+//! `cargo run --release -p conveyor-testbed --bin sim-soak -- FIRST COUNT [THREADS] [--stop]`.
+//! Exits non-zero if any seed failed; replay one with `sim-replay SEED`. `--stop`: stop at the
+//! first failure (the mutation campaign, `testbed/mutants.sh`, wants only that one).
 
 use conveyor_testbed::sim::{run_seed, Totals};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,6 +9,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 fn main() {
+    let stop = std::env::args().any(|a| a == "--stop");
     let args: Vec<u64> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -24,6 +26,7 @@ fn main() {
         .copied()
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u64));
     let next = AtomicU64::new(first);
+    let stopped = std::sync::atomic::AtomicBool::new(false);
     let failures = Mutex::new(Vec::new());
     let total = Mutex::new(Totals::default());
     let started = Instant::now();
@@ -31,7 +34,7 @@ fn main() {
         for _ in 0..threads {
             s.spawn(|| loop {
                 let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= first + count {
+                if seed >= first + count || stopped.load(Ordering::Relaxed) {
                     break;
                 }
                 match run_seed(seed, |_| {}) {
@@ -42,6 +45,9 @@ fn main() {
                     }
                     Err(v) => {
                         println!("seed {seed} FAILED: {v}");
+                        if stop {
+                            stopped.store(true, Ordering::Relaxed);
+                        }
                         if let Ok(mut f) = failures.lock() {
                             f.push(seed);
                         }

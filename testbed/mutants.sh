@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# The mutation campaign: one-line bugs in the protocol core's safety logic, each applied alone,
+# then the simulator alone (testbed's sim-soak, release) on the seeds CI runs, stopping at the
+# first violation. Prints, per mutant, whether it was caught, by which property, at which seed,
+# and how long it took; the last line is `caught C of N`. The source is restored after each
+# mutant (and on any exit).
+#
+#   bash testbed/mutants.sh [SEEDS]          (default: 6000, what CI runs)
+#   bash testbed/mutants.sh [SEEDS] NAME...  (only those mutants)
+#
+# Not in CI (about a minute per mutant: a release build and up to SEEDS seeds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seeds="${1:-6000}"
+shift || true
+exec python3 - "$seeds" "$@" <<'EOF'
+import os, re, subprocess, sys, time
+
+SEEDS = int(sys.argv[1])
+ONLY = set(sys.argv[2:])
+CORE = "dataplane/core/src/"
+
+# (name, file, the line as it is, the line mutated): one line each, found exactly once.
+MUTANTS = [
+    ("data-before-stable", "proto/order.rs",
+     "Slot::Data(_) => k >= self.stable[r],",
+     "Slot::Data(_) => k >= self.majority[r],"),
+    ("null-without-majority", "proto/order.rs",
+     "Slot::Null => k >= self.majority[r],",
+     "Slot::Null => false,"),
+    ("majority-of-one", "proto/order.rs",
+     ".push(self.held.get(self.held.len() / 2).copied().unwrap_or(0));",
+     ".push(self.held.first().copied().unwrap_or(0));"),
+    ("forget-own-before-stable", "proto/order.rs",
+     "log.delivered.min(self.stable[me])",
+     "log.delivered"),
+    ("receive-window-off-by-one", "proto/order.rs",
+     "if s >= limit {",
+     "if s > limit {"),
+    ("cut-ignores-delivered", "proto/membership/ballot.rs",
+     "let mut cut = c_del.max(c_min);",
+     "let mut cut = c_min;"),
+    ("cut-not-over-reported-nulls", "proto/membership/ballot.rs",
+     "if !(all || null) {",
+     "if !all {"),
+    ("adopt-lowest-ballot", "proto/membership/ballot.rs",
+     ".max_by_key(|(b, _)| *b)",
+     ".min_by_key(|(b, _)| *b)"),
+    ("never-adopt", "proto/membership/ballot.rs",
+     "let decision = adopted.unwrap_or_else(|| {",
+     "let decision = adopted.filter(|_| false).unwrap_or_else(|| {"),
+    ("commit-on-half", "proto/membership/ballot.rs",
+     "let majority = l.accepted_by.len() * 2 > n;",
+     "let majority = l.accepted_by.len() * 2 >= n;"),
+    ("half-is-a-majority", "proto/membership/ballot.rs",
+     "if acceptors.len() * 2 <= n {",
+     "if acceptors.len() * 2 < n {"),
+    ("promise-a-lower-ballot", "proto/membership/change.rs",
+     "if ballot < p {",
+     "if ballot < p && false {"),
+    ("accept-any-ballot", "proto/membership/change.rs",
+     "} else if self.promised.is_none_or(|p| ballot >= p) && decision.from == cx.view.id {",
+     "} else if decision.from == cx.view.id {"),
+    ("minority-resumes-on-half", "proto/membership/change.rs",
+     "if alive * 2 > n {",
+     "if alive * 2 >= n {"),
+    ("freeze-nothing", "proto/membership/change.rs",
+     "self.frozen = Some((cx.order.contiguous(), cx.order.delivered_slots()));",
+     "self.frozen = Some((vec![u64::MAX; cx.n()], u64::MAX));"),
+    ("rows-not-frozen", "proto/transmit.rs",
+     "if let Some((received, delivered)) = frozen {",
+     "if let Some((received, delivered)) = frozen.filter(|_| false) {"),
+    ("cleanup-to-own-prefix", "proto/membership/install.rs",
+     "            d.cut",
+     "            cx.order.held_prefix()"),
+    ("drop-own-at-view-change", "proto/membership/install.rs",
+     "let again = cx.order.take_undelivered_own();",
+     "let again: Vec<Vec<u8>> = { cx.order.take_undelivered_own(); Vec::new() };"),
+    ("joiner-installs-as-survivor", "proto/membership/install.rs",
+     "let me_next = d.next.rank_of(cx.me).is_some() && !d.joiners.contains(&cx.me);",
+     "let me_next = d.next.rank_of(cx.me).is_some();"),
+    ("deliver-while-wedged", "proto/member.rs",
+     "if self.ms.frozen().is_some() || self.ms.status().is_final() {",
+     "if self.ms.status().is_final() {"),
+    ("never-retransmit", "proto/transmit.rs",
+     "if retransmit {",
+     "if retransmit && false {"),
+    ("requeue-keeps-instance", "queue/mod.rs",
+     "            req.instance = self.next_instance;\n            effects.push(Effect::Requeued {",
+     "            effects.push(Effect::Requeued {"),
+    ("complete-at-any-consumer", "queue/mod.rs",
+     "Some((c, r, stamp)) if *c == consumer && r.id == id && r.step == step => {",
+     "Some((_, r, stamp)) if r.id == id && r.step == step => {"),
+    ("credit-not-spent", "queue/mod.rs",
+     "                    self.ready.remove(i);",
+     "                    i += 1;"),
+]
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+originals = {}
+def restore():
+    for path, text in originals.items():
+        with open(path, "w") as f:
+            f.write(text)
+    originals.clear()
+
+# The unmutated core must pass first, or nothing below means anything.
+print(f"mutants of {CORE}, each against seeds 0..{SEEDS} (sim-soak --stop, release)")
+b = run(["cargo", "build", "--release", "-q", "-p", "conveyor-testbed", "--bin", "sim-soak"])
+if b.returncode != 0:
+    sys.exit("the unmutated simulator does not build:\n" + b.stderr)
+base = run(["target/release/sim-soak", "0", str(SEEDS), "--stop"])
+if base.returncode != 0:
+    sys.exit("the unmutated core fails the simulator:\n" + base.stdout)
+print(f"{'mutant':30} {'caught':7} {'property':28} {'seed':>7} {'time':>6}")
+caught = total = 0
+try:
+    for name, rel, old, new in MUTANTS:
+        if ONLY and name not in ONLY:
+            continue
+        path = CORE + rel
+        text = open(path).read()
+        if text.count(old) != 1:
+            sys.exit(f"{name}: the line to mutate is not found exactly once in {path}: {old!r}")
+        originals[path] = text
+        with open(path, "w") as f:
+            f.write(text.replace(old, new))
+        total += 1
+        t0 = time.time()
+        b = run(["cargo", "build", "--release", "-q", "-p", "conveyor-testbed", "--bin", "sim-soak"])
+        if b.returncode != 0:
+            restore()
+            print(f"{name:30} {'BUILD':7} {b.stderr.strip().splitlines()[0][:60]}")
+            continue
+        r = run(["target/release/sim-soak", "0", str(SEEDS), "--stop"])
+        took = time.time() - t0
+        restore()
+        m = re.search(r"seed (\d+) FAILED: (.+?) violated", r.stdout)
+        if r.returncode != 0 and m:
+            caught += 1
+            print(f"{name:30} {'yes':7} {m.group(2):28} {m.group(1):>7} {took:>5.0f}s")
+        else:
+            print(f"{name:30} {'NO':7} {'':28} {'':>7} {took:>5.0f}s")
+finally:
+    restore()
+print(f"caught {caught} of {total}")
+EOF
