@@ -72,6 +72,16 @@ fn many_seeds_hold_every_property() {
         count < 50 || t.pipelines_after_state > 0,
         "no joiner ever received a state carrying pipelines: {t}"
     );
+    // Coverage: every corner the faults are there to reach was reached, at least once per
+    // hundred seeds (a fault class that silently stopped being generated fails here).
+    if count >= 1000 {
+        for (corner, n) in t.corners.named() {
+            assert!(
+                n * 100 >= count,
+                "the corner \"{corner}\" was reached {n} times in {count} seeds: {t}"
+            );
+        }
+    }
     assert!(
         t.majority_lost * 20 <= count,
         "{} of {count} runs lost their majority",

@@ -3,6 +3,12 @@
 
 use super::*;
 
+/// What a replica applied: a message (its id, its operation) or a view (who it removed).
+pub(super) enum Cause<'a> {
+    Msg(u64, &'a Op),
+    View(&'a [MemberId]),
+}
+
 impl Sim {
     /// Lets member `i`'s replica apply its deliveries, one at a time, and checks every
     /// property after each.
@@ -47,7 +53,7 @@ impl Sim {
                         let size = self.nodes[i].replica.queue().snapshot().len();
                         self.max_state = self.max_state.max(size);
                     }
-                    self.after_apply(i, &effects)?;
+                    self.after_apply(i, &effects, Cause::View(&vc.removed))?;
                     self.report.view_changes += 1;
                     self.report.resubmitted += vc.resubmitted;
                 }
@@ -87,7 +93,9 @@ impl Sim {
                     }
                     self.report.joins += 1;
                     let me = MemberId(i as u16);
-                    self.nodes[i].outbox.extend(invoker_ops(me));
+                    self.nodes[i]
+                        .outbox
+                        .extend(invoker_ops(me).into_iter().map(|op| (op, None)));
                 }
             }
         }
@@ -100,6 +108,11 @@ impl Sim {
         let m = self.nodes[i].replica.member();
         // Excluded or left: the process is replaced by a new incarnation that joins.
         if m.status().is_final() && !self.nodes[i].rejoin_scheduled {
+            if self.nodes[i].pos.is_none() && self.nodes[i].first_view.is_some() {
+                // Admitted, and the view changed again before its state arrived: it gives up
+                // and joins again.
+                self.report.corners.change_before_state += 1;
+            }
             if let Some(after) = self.cfg.rejoin_after_us {
                 self.nodes[i].rejoin_scheduled = true;
                 self.schedule(self.now + after, Event::Rejoin { at: i });
@@ -240,11 +253,17 @@ impl Sim {
                 self.admitted.insert(req.id);
             }
         }
-        self.after_apply(i, effects)
+        self.after_apply(i, effects, Cause::Msg(id, &op))
     }
 
-    /// Replica digests, exactly one consumer, and the effects for this member.
-    fn after_apply(&mut self, i: usize, effects: &[Effect]) -> Result<(), Violation> {
+    /// Replica digests, exactly one consumer, credits, completions by their executors, and the
+    /// effects for this member.
+    fn after_apply(
+        &mut self,
+        i: usize,
+        effects: &[Effect],
+        cause: Cause<'_>,
+    ) -> Result<(), Violation> {
         let me = MemberId(i as u16);
         let pos = self.nodes[i].pos.unwrap_or(1) - 1;
         let digest = self.nodes[i].replica.queue().digest();
@@ -259,10 +278,18 @@ impl Sim {
             Some(_) => {}
             None => self.digests.push(digest),
         }
+        if first {
+            self.count_credits(&cause);
+        }
         for e in effects {
             match e {
                 Effect::Assigned { consumer, req } => {
-                    if first && !self.assigned.insert(req.instance) {
+                    // An instance is handed out once in a run: a request put back gets a new
+                    // one, so a late completion of the old one cannot count.
+                    if first
+                        && !(self.assigned.insert(req.instance)
+                            && self.ever_assigned.insert(req.instance))
+                    {
                         return Err(self.violation(
                             "exactly one consumer",
                             format!(
@@ -271,11 +298,25 @@ impl Sim {
                             ),
                         ));
                     }
+                    if first {
+                        let c = self.credits.entry(*consumer).or_default();
+                        c.1 += 1;
+                        if c.1 > c.0 {
+                            let (granted, taken) = *c;
+                            return Err(self.violation(
+                                "credits",
+                                format!(
+                                    "{consumer} was assigned {taken} requests on {granted} credits"
+                                ),
+                            ));
+                        }
+                    }
                     if *consumer == me {
                         let exec = self.rng.gen_range(self.cfg.exec_us.0..=self.cfg.exec_us.1);
-                        self.nodes[i].executing.push(Some(req.clone()));
-                        let req_idx = self.nodes[i].executing.len() - 1;
                         let inc = self.nodes[i].inc;
+                        self.exec_of.insert(req.instance, (i, inc));
+                        self.nodes[i].executing.push(Some((inc, req.clone())));
+                        let req_idx = self.nodes[i].executing.len() - 1;
                         self.schedule(
                             self.now + exec,
                             Event::Finish {
@@ -298,6 +339,19 @@ impl Sim {
                     ..
                 } if first => {
                     self.assigned.remove(instance);
+                    // A completion counts only from the execution the instance was assigned
+                    // to (not from an earlier one of the same request, nor a confused one).
+                    let by = match cause {
+                        Cause::Msg(msg, _) => self.completion_exec.get(&msg).copied(),
+                        Cause::View(_) => None,
+                    };
+                    let ran = self.exec_of.get(instance).copied();
+                    if by.is_none() || by != ran {
+                        return Err(self.violation(
+                            "completion by its executor",
+                            format!("{id}/{step} (instance {instance}) completed by the execution {by:?}, assigned to {ran:?}"),
+                        ));
+                    }
                     // Exactly once, as it happens: one effect per step instance, one end per
                     // run.
                     if !self.completed.insert(*instance) {
@@ -323,10 +377,53 @@ impl Sim {
                 Effect::Rejected { id, .. } if first => {
                     self.rejected.insert(*id);
                 }
+                Effect::DuplicateCompletion { .. } if first => {
+                    // Refused: reported twice, or by an earlier incarnation after its request
+                    // was put back (a zombie's).
+                    if let Cause::Msg(msg, _) = cause {
+                        let by = self.completion_exec.get(&msg).map(|e| e.1);
+                        let via = self.submitted.get(&msg).map(|s| s.1);
+                        if by.is_some() && by != via {
+                            self.report.corners.zombie_completion += 1;
+                        } else {
+                            self.report.corners.duplicate_completion += 1;
+                        }
+                    }
+                }
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    /// Credits offered by the operation applied, and a removed consumer's credits forgotten
+    /// (the next incarnation offers its own).
+    fn count_credits(&mut self, cause: &Cause<'_>) {
+        match cause {
+            Cause::View(removed) => {
+                for m in removed.iter() {
+                    self.credits.remove(m);
+                }
+            }
+            Cause::Msg(_, op) => {
+                let offer = match op {
+                    Op::Ready { consumer, credits }
+                    | Op::ReadyFor {
+                        consumer, credits, ..
+                    }
+                    | Op::Complete {
+                        consumer, credits, ..
+                    }
+                    | Op::Fail {
+                        consumer, credits, ..
+                    } => Some((*consumer, *credits)),
+                    _ => None,
+                };
+                if let Some((c, n)) = offer {
+                    self.credits.entry(c).or_default().0 += u64::from(n);
+                }
+            }
+        }
     }
 
     /// The null rule, from the global state: a null a member passes outside a view change's

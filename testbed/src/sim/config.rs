@@ -33,6 +33,18 @@ pub struct SimConfig {
     pub proto: ProtoConfig,
     /// Virtual time allowed after the last fault and the last push for everything to finish.
     pub settle_us: u64,
+    /// An excluded process's executions go on and their completions are submitted by its next
+    /// incarnation, late (as the engine's executors do across a rejoin).
+    pub zombies: bool,
+    /// The share of finished executions whose completion is submitted twice.
+    pub duplicate_completions: f64,
+    /// Crash the leader of a view change mid-change, once a run and only if a majority stays:
+    /// `Some(false)` right after its decision goes out, `Some(true)` as it commits (its
+    /// commits reach only some members).
+    pub crash_leader_mid_change: Option<bool>,
+    /// (time, member, microseconds): the member's process is descheduled, nothing of it runs
+    /// (frames wait for it, its timers fire late).
+    pub pauses: Vec<(u64, usize, u64)>,
 }
 
 impl SimConfig {
@@ -129,9 +141,28 @@ impl SimConfig {
             foreign_frames: rng.gen_range(0..4),
             proto,
             settle_us: 60_000_000,
+            zombies: false,
+            duplicate_completions: 0.0,
+            crash_leader_mid_change: None,
+            pauses: Vec::new(),
         };
         // Drawn after everything else, so that older seeds keep their draws.
         cfg.proto.startup_grace = cfg.proto.failure_timeout * rng.gen_range(2..20);
+        cfg.zombies = rng.gen_bool(0.5);
+        if rng.gen_bool(0.3) {
+            cfg.duplicate_completions = rng.gen_range(0.0..0.2);
+        }
+        if cfg.members >= 3 && rng.gen_bool(0.4) {
+            cfg.crash_leader_mid_change = Some(rng.gen_bool(0.5));
+        }
+        if rng.gen_bool(0.5) {
+            let horizon = cfg.requests as u64 * cfg.push_gap_us.1 + 10_000;
+            for _ in 0..rng.gen_range(1..5) {
+                let at = rng.gen_range(0..horizon);
+                let who = rng.gen_range(0..cfg.members);
+                cfg.pauses.push((at, who, rng.gen_range(1_000..50_000)));
+            }
+        }
         cfg
     }
 }

@@ -6,14 +6,18 @@
 //! corruption, delay and reordering, partitions and their heal, foreign frames (wrong key,
 //! wrong group), and the workload. The same seed always replays the same run.
 //!
-//! Membership faults drawn from the seed too: crashes of a minority (sometimes of the member
-//! that leads the view change, sometimes while a change is under way), restarts of crashed
-//! members as new joiners, and members excluded by a partition rejoining after it heals
-//! (several may join at once). Joiners get the queue state by state transfer.
+//! Membership faults drawn from the seed too: crashes of a minority (sometimes while a change
+//! is under way), the leader of a view change crashing mid-change (right after its decision
+//! goes out, or as it commits, its commits reaching only some members), restarts of crashed
+//! members as new joiners, members excluded by a partition rejoining after it heals (several
+//! may join at once), and paused processes (a polling thread descheduled for 1 to 50 ms:
+//! frames wait, timers fire late). Joiners get the queue state by state transfer.
 //!
 //! Workload: member 0 creates a two-step pipeline's queues; every member subscribes and offers
 //! credits, as an invoker; members push requests; a member assigned a request completes it
 //! after a simulated execution time, pushing the continuation (step `s0` to `s1`) atomically.
+//! Some completions are reported twice; with zombies, an excluded process's executions go on
+//! and its next incarnation reports them late, after the group put the requests back.
 //!
 //! Checkers run after every step (one packet arrival, timer or workload action at one member):
 //! - integrity: every delivery was submitted with that payload, and no member delivers a
@@ -25,23 +29,34 @@
 //!   no two views with one id;
 //! - stability before delivery: outside the ragged-edge cleanup, when a member delivers a
 //!   message every member of that view holds it;
-//! - bounded memory: buffered slots stay within the flow-control bound;
+//! - the null rule, from the global state (`check_nulls`);
+//! - bounded memory, against the simulator's own bounds from the configuration
+//!   (`check_memory`);
 //! - replicas identical: after the same position of the reference, queue state digests are
 //!   equal, and a joiner's transferred state equals the others' at its first view;
-//! - exactly one consumer: a request instance is never assigned twice;
+//! - exactly one consumer: a request instance is assigned once in the whole run (a request put
+//!   back gets a new instance);
+//! - credits: a consumer is never assigned more requests than the credits it offered since it
+//!   joined;
+//! - exactly once, as it happens: an instance completes once, a run ends once, and a
+//!   completion counts only from the execution its instance was assigned to (never from a
+//!   zombie's late report);
 //! - no member wrongly concludes that it restarted inside the view.
 //!
 //! After the last fault the run continues until every live member serves in one view, has
 //! delivered everything, and every run the group admitted (its first push delivered) finished
 //! exactly once: no loss and no duplicate effect, whoever crashed (liveness once a majority is
-//! connected); a deadline turns a stall into a failure.
+//! connected); a deadline, and a budget of steps against livelocks, turn a stall into a
+//! failure. At the end, validity: what a live, serving process submitted was delivered.
+//!
+//! Each run counts the corners it reached ([`Corners`]); the CI's seeds must reach each often.
 
 mod checks;
 mod config;
 mod report;
 
 pub use config::SimConfig;
-pub use report::{Report, Totals, Violation};
+pub use report::{Corners, Report, Totals, Violation};
 
 use conveyor_core::proto::membership::Status;
 use conveyor_core::proto::{Delivery, Dest, SubmitError};
@@ -78,6 +93,13 @@ enum Event {
     Rejoin {
         at: usize,
     },
+    /// Member `at`'s process is descheduled for `us` microseconds.
+    Pause {
+        at: usize,
+        us: u64,
+    },
+    /// A partition heals (links are restored by `cut` on its own; this only looks).
+    Heal,
 }
 
 /// One item of the agreed order: a message (by its simulator-wide id) or a view installed.
@@ -93,8 +115,9 @@ struct Node {
     /// Process incarnation (0 for the original; each rejoin is a new process).
     inc: u32,
     alive: bool,
-    /// Ops waiting for window room (or for the member to serve), in order.
-    outbox: VecDeque<Op>,
+    /// Ops waiting for window room (or for the member to serve), in order, each with the
+    /// execution (node, incarnation) whose completion it is, if it is one.
+    outbox: VecDeque<(Op, Option<Exec>)>,
     /// Position in the reference order of the next item this incarnation delivers; `None`
     /// for a joiner before its first view.
     pos: Option<usize>,
@@ -106,7 +129,14 @@ struct Node {
     last_from: BTreeMap<(usize, u32), u64>,
     pushes_left: usize,
     counter: u64,
-    executing: Vec<Option<Request>>,
+    /// Requests being executed, with the incarnation executing them (an excluded process's
+    /// executions go on in its next incarnation when the run has zombies).
+    executing: Vec<Option<(u32, Request)>>,
+    /// Nothing of this process runs before this time (descheduled).
+    paused_until: u64,
+    /// The view-change ballot this member led after its last step, and whether its decision
+    /// was out.
+    was_leading: Option<bool>,
     rejoin_scheduled: bool,
     trace: String,
     /// The view and the slots delivered (messages and nulls) when last looked at.
@@ -135,6 +165,17 @@ pub struct Sim {
     digests: Vec<[u8; 32]>,
     /// Request instances assigned and not yet finished or put back.
     assigned: BTreeSet<u64>,
+    /// Every request instance ever assigned (an instance is handed out once in a run).
+    ever_assigned: BTreeSet<u64>,
+    /// Who executes each instance: the node and incarnation whose replica assigned it to
+    /// itself.
+    exec_of: BTreeMap<u64, Exec>,
+    /// The execution each completion message reports (by message id).
+    completion_exec: BTreeMap<u64, Exec>,
+    /// Per consumer: credits offered and requests assigned since it last joined.
+    credits: BTreeMap<MemberId, (u64, u64)>,
+    /// The leader-crash fault was spent.
+    leader_crashed: bool,
     /// Requests whose run ended (terminal completion), with count.
     finished: BTreeMap<RequestId, u32>,
     /// Runs admitted: their first push was delivered.
@@ -151,6 +192,13 @@ pub struct Sim {
 }
 
 const GROUP: GroupId = GroupId(0xC0);
+
+/// An execution: the node and the incarnation running it.
+type Exec = (usize, u32);
+
+/// Steps a run may take (frames, timers, workload); a run that needs more is stuck in a loop
+/// (a livelock with timers that do advance), reported as a liveness failure.
+const STEP_BUDGET: u64 = 40_000_000;
 
 fn spec(name: &str) -> QueueSpec {
     QueueSpec {
@@ -192,7 +240,7 @@ impl Sim {
             .expect("valid sim config");
             let me = MemberId(i as u16);
             let mut outbox = VecDeque::new();
-            outbox.extend(invoker_ops(me));
+            outbox.extend(invoker_ops(me).into_iter().map(|op| (op, None)));
             nodes.push(Node {
                 replica,
                 inc: 0,
@@ -205,6 +253,8 @@ impl Sim {
                 pushes_left: cfg.requests,
                 counter: 0,
                 executing: Vec::new(),
+                paused_until: 0,
+                was_leading: None,
                 rejoin_scheduled: false,
                 trace: String::new(),
                 passed: (ViewId(1), 0),
@@ -232,6 +282,11 @@ impl Sim {
             reference: Vec::new(),
             digests: Vec::new(),
             assigned: BTreeSet::new(),
+            ever_assigned: BTreeSet::new(),
+            exec_of: BTreeMap::new(),
+            completion_exec: BTreeMap::new(),
+            credits: BTreeMap::new(),
+            leader_crashed: false,
             finished: BTreeMap::new(),
             admitted: BTreeSet::new(),
             rejected: BTreeSet::new(),
@@ -251,6 +306,12 @@ impl Sim {
         }
         for (t, m) in sim.cfg.restarts.clone() {
             sim.schedule(t, Event::Rejoin { at: m });
+        }
+        for (t, m, us) in sim.cfg.pauses.clone() {
+            sim.schedule(t, Event::Pause { at: m, us });
+        }
+        for t in sim.cfg.partitions.iter().map(|p| p.1).collect::<Vec<_>>() {
+            sim.schedule(t, Event::Heal);
         }
         sim.inject_foreign();
         sim
@@ -322,8 +383,9 @@ impl Sim {
         }
     }
 
-    /// Sends what member `i` has to send through the simulated network.
-    fn flush(&mut self, i: usize) {
+    /// Sends what member `i` has to send through the simulated network (with `partial`, each
+    /// copy reaches its destination only at random: the process dies while sending).
+    fn flush(&mut self, i: usize, partial: bool) {
         while let Some(t) = self.nodes[i].replica.poll_transmit() {
             let dests: Vec<usize> = match t.dest {
                 Dest::All => self.nodes[i]
@@ -338,6 +400,9 @@ impl Sim {
             };
             for to in dests {
                 if to >= self.nodes.len() || self.cut(i, to) || self.rng.gen_bool(self.cfg.loss) {
+                    continue;
+                }
+                if partial && self.rng.gen_bool(0.5) {
                     continue;
                 }
                 let copies = if self.rng.gen_bool(self.cfg.duplicate) {
@@ -370,7 +435,7 @@ impl Sim {
 
     fn submit_outbox(&mut self, i: usize) {
         let key = (i, self.nodes[i].inc);
-        while let Some(op) = self.nodes[i].outbox.pop_front() {
+        while let Some((op, exec)) = self.nodes[i].outbox.pop_front() {
             // The simulator's message id follows the operation: the replica decodes the
             // operation and ignores what follows it.
             let id = self.next_msg;
@@ -382,9 +447,12 @@ impl Sim {
                     let c = self.sub_counter.entry(key).or_insert(0);
                     *c += 1;
                     self.submitted.insert(id, (i, key.1, *c, payload));
+                    if let Some(e) = exec {
+                        self.completion_exec.insert(id, e);
+                    }
                 }
                 Err(SubmitError::WindowFull) | Err(SubmitError::NotServing(_)) => {
-                    self.nodes[i].outbox.push_front(op);
+                    self.nodes[i].outbox.push_front((op, exec));
                     break;
                 }
                 Err(e) => panic!("workload op refused: {e}"),
@@ -414,8 +482,79 @@ impl Sim {
         self.check_nulls(i)?;
         self.submit_outbox(i);
         self.check_memory(i)?;
-        self.flush(i);
+        let crash = self.leader_crash_now(i);
+        self.flush(i, crash);
+        if crash {
+            self.crash(i);
+            self.report.corners.leader_crash_mid_change += 1;
+            let back = self.now + self.rng.gen_range(50_000..500_000);
+            self.last_fault = self.last_fault.max(back);
+            self.schedule(back, Event::Rejoin { at: i });
+        }
         Ok(())
+    }
+
+    /// The leader-crash fault: whether member `i`, leading a view change, crashes right
+    /// after this step: either its decision just went out (some members may accept it), or it
+    /// just committed (its commits then reach only some members). Only once a run, and only
+    /// if the others of its view keep a majority.
+    fn leader_crash_now(&mut self, i: usize) -> bool {
+        let m = self.nodes[i].replica.member();
+        let (view, leading) = (m.view().clone(), m.leading());
+        let was = self.nodes[i].was_leading.take();
+        self.nodes[i].was_leading = leading.map(|l| l.1);
+        let Some(at_commit) = self.cfg.crash_leader_mid_change else {
+            return false;
+        };
+        if self.leader_crashed {
+            return false;
+        }
+        let moment = if at_commit {
+            // It led with a decision out, and installed a view in this step: it committed.
+            was == Some(true) && leading.is_none() && self.nodes[i].passed.0 < view.id
+        } else {
+            leading.is_some_and(|l| l.1) && was != Some(true)
+        };
+        let others = view
+            .members
+            .iter()
+            .filter(|m| {
+                let j = usize::from(m.0);
+                j != i
+                    && self.nodes.get(j).is_some_and(|n| {
+                        n.alive
+                            && n.replica.member().view().id == view.id
+                            && matches!(
+                                n.replica.status(),
+                                Status::Serving | Status::Changing | Status::Minority
+                            )
+                    })
+            })
+            .count();
+        if !moment || others * 2 <= view.len() {
+            return false;
+        }
+        self.leader_crashed = true;
+        true
+    }
+
+    /// Member `i`'s process stops: its executions die with it.
+    fn crash(&mut self, i: usize) {
+        if self.changing() {
+            self.report.corners.crash_during_change += 1;
+        }
+        let node = &mut self.nodes[i];
+        node.alive = false;
+        node.executing.clear();
+        node.outbox.clear();
+        self.report.crashes += 1;
+    }
+
+    /// Whether some live member is in the middle of a view change.
+    fn changing(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.alive && matches!(n.replica.status(), Status::Changing | Status::Minority))
     }
 
     fn done(&self) -> bool {
@@ -451,13 +590,21 @@ impl Sim {
     /// Whether fewer than a majority of the latest view installed anywhere are alive and
     /// still in it.
     fn majority_lost(&self) -> bool {
-        let Some(latest) = self.reference.iter().rev().find_map(|x| match x {
-            Item::View(id, members) => Some((*id, members.clone())),
-            Item::Msg(_) => None,
-        }) else {
-            return false;
-        };
-        let (id, members) = latest;
+        // The first view is everyone's, installed by none.
+        let (id, members) = self
+            .reference
+            .iter()
+            .rev()
+            .find_map(|x| match x {
+                Item::View(id, members) => Some((*id, members.clone())),
+                Item::Msg(_) => None,
+            })
+            .unwrap_or_else(|| {
+                (
+                    ViewId(1),
+                    (0..self.cfg.members as u16).map(MemberId).collect(),
+                )
+            });
         let ok = members
             .iter()
             .filter(|m| {
@@ -475,6 +622,12 @@ impl Sim {
         if n.alive && !n.replica.member().status().is_final() {
             return;
         }
+        if self.changing() {
+            self.report.corners.join_during_change += 1;
+        }
+        // An excluded process that is still running: with zombies, its executions go on and
+        // its next incarnation reports them (as the engine's executors do across a rejoin).
+        let zombie = n.alive && self.cfg.zombies;
         let contacts: Vec<MemberId> = (0..self.cfg.members as u16)
             .filter(|&j| j as usize != i)
             .map(MemberId)
@@ -495,12 +648,16 @@ impl Sim {
         node.replica = replica;
         node.inc += 1;
         node.alive = true;
-        node.outbox.clear();
+        // A zombie's completions not yet reported wait for the next incarnation to serve.
+        node.outbox.retain(|(_, exec)| zombie && exec.is_some());
         node.pos = None;
         node.first_view = None;
         node.seen.clear();
         node.last_from.clear();
-        node.executing.clear();
+        if !zombie {
+            node.executing.clear();
+        }
+        node.was_leading = None;
         node.rejoin_scheduled = false;
         node.passed = (ViewId(0), 0);
         node.data_slots.clear();
@@ -538,9 +695,24 @@ impl Sim {
             if self.done() {
                 break;
             }
+            if iterations > STEP_BUDGET {
+                return Err(self.violation(
+                    "liveness after heal",
+                    format!("no end after {STEP_BUDGET} steps (a livelock)"),
+                ));
+            }
+            // A paused process's timers fire when it runs again.
             let next_timer = (0..n)
                 .filter(|&i| self.nodes[i].alive)
-                .map(|i| (self.nodes[i].replica.poll_timeout().as_micros(), i))
+                .map(|i| {
+                    let t = self.nodes[i].replica.poll_timeout().as_micros();
+                    let t = if t == u64::MAX {
+                        t
+                    } else {
+                        t.max(self.nodes[i].paused_until)
+                    };
+                    (t, i)
+                })
                 .min()
                 .unwrap_or((u64::MAX, 0));
             let next_event = self.events.peek().map(|Reverse((t, _, _))| *t);
@@ -615,6 +787,20 @@ impl Sim {
             let Some(Reverse((_, _, ev))) = self.events.pop() else {
                 break;
             };
+            // A paused process takes nothing before it runs again: frames wait in its
+            // receive ring, its workload waits.
+            let target = match &ev {
+                Event::Arrive { to, .. } => Some(*to),
+                Event::Push { at } | Event::Finish { at, .. } | Event::Rejoin { at } => Some(*at),
+                Event::Crash { .. } | Event::Pause { .. } | Event::Heal => None,
+            };
+            if let Some(j) = target {
+                if self.nodes[j].paused_until > self.now {
+                    let until = self.nodes[j].paused_until;
+                    self.schedule(until, ev);
+                    continue;
+                }
+            }
             match ev {
                 Event::Arrive { to, frame } => {
                     if self.nodes[to].alive {
@@ -623,8 +809,21 @@ impl Sim {
                     }
                 }
                 Event::Crash { at } => {
-                    self.nodes[at].alive = false;
-                    self.report.crashes += 1;
+                    if self.nodes[at].alive {
+                        self.crash(at);
+                    }
+                }
+                Event::Pause { at, us } => {
+                    if self.nodes[at].alive {
+                        let until = self.now + us;
+                        self.nodes[at].paused_until = self.nodes[at].paused_until.max(until);
+                        self.report.corners.pause += 1;
+                    }
+                }
+                Event::Heal => {
+                    if self.changing() {
+                        self.report.corners.heal_during_change += 1;
+                    }
                 }
                 Event::Rejoin { at } => {
                     self.rejoin(at);
@@ -655,7 +854,7 @@ impl Sim {
                                 })
                             }),
                         };
-                        node.outbox.push_back(Op::Push { pusher: me, req });
+                        node.outbox.push_back((Op::Push { pusher: me, req }, None));
                         if counter % 10 == 0 {
                             // A pipeline change passed on by this member (as members pass on
                             // the control plane's): members race with equal versions and
@@ -663,12 +862,15 @@ impl Sim {
                             let version = counter / 10;
                             let mut q = spec("s1");
                             q.capacity -= (version % 7) as u32;
-                            node.outbox.push_back(Op::Pipelines {
-                                by: me,
-                                version,
-                                queues: vec![q],
-                                docs: vec![format!("v{version} from {at}")],
-                            });
+                            node.outbox.push_back((
+                                Op::Pipelines {
+                                    by: me,
+                                    version,
+                                    queues: vec![q],
+                                    docs: vec![format!("v{version} from {at}")],
+                                },
+                                None,
+                            ));
                         }
                     }
                     if node.pushes_left > 0 {
@@ -680,14 +882,17 @@ impl Sim {
                     self.step_member(at)?;
                 }
                 Event::Finish { at, inc, req_idx } => {
-                    if !self.nodes[at].alive || self.nodes[at].inc != inc {
+                    if !self.nodes[at].alive {
                         continue;
                     }
                     let me = MemberId(at as u16);
+                    // The execution of incarnation `inc` (an earlier one's, with zombies: the
+                    // current incarnation reports it, late).
                     let Some(req) = self.nodes[at]
                         .executing
                         .get_mut(req_idx)
-                        .and_then(Option::take)
+                        .and_then(|e| e.take_if(|(x, _)| *x == inc))
+                        .map(|(_, r)| r)
                     else {
                         continue;
                     };
@@ -700,17 +905,25 @@ impl Sim {
                     } else {
                         Vec::new()
                     };
-                    self.nodes[at].outbox.push_back(Op::Complete {
+                    let complete = Op::Complete {
                         consumer: me,
                         id: req.id,
                         instance: req.instance,
-                        step: req.step,
+                        step: req.step.clone(),
                         reply: req.http.clone(),
                         outputs,
                         result: None,
                         meta: Meta::default(),
                         credits: 1,
-                    });
+                    };
+                    let exec = Some((at, inc));
+                    // Some invokers report twice (a retry after a lost answer).
+                    if self.cfg.duplicate_completions > 0.0
+                        && self.rng.gen_bool(self.cfg.duplicate_completions)
+                    {
+                        self.nodes[at].outbox.push_back((complete.clone(), exec));
+                    }
+                    self.nodes[at].outbox.push_back((complete, exec));
                     self.step_member(at)?;
                 }
             }
@@ -728,6 +941,7 @@ impl Sim {
         }
         let mut report = std::mem::take(&mut self.report);
         report.end_us = self.now;
+        report.steps = iterations;
         report.requests_finished = self.finished.len();
         for node in &self.nodes {
             let s = node.replica.member().stats();

@@ -39,8 +39,65 @@ pub struct Report {
     pub pipelines_after_state: u64,
     /// Frames larger than the transports accept (max_frame + 64), dropped by the network.
     pub oversized_frames: u64,
+    /// The corners a run reached (see `Corners`).
+    pub corners: Corners,
+    /// Steps the run took (frame arrivals, timers, workload actions).
+    pub steps: u64,
     /// The run ended stalled because the latest view lost its majority (no liveness owed).
     pub majority_lost: bool,
+}
+
+/// The dangerous corners a run reached, counted: the CI run fails if one is reached too seldom
+/// over its seeds (a fault class that silently stopped being generated).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Corners {
+    /// A member crashed while a view change was under way (some live member wedged).
+    pub crash_during_change: u64,
+    /// The leader of a view change crashed after sending its decision, before committing.
+    pub leader_crash_mid_change: u64,
+    /// A partition healed while a view change was under way.
+    pub heal_during_change: u64,
+    /// A joiner asked to join while a view change was under way.
+    pub join_during_change: u64,
+    /// A joiner lost its place because the view changed again before its state arrived.
+    pub change_before_state: u64,
+    /// A completion of an excluded process's execution, reported late by its next
+    /// incarnation after the request was put back: refused.
+    pub zombie_completion: u64,
+    /// A completion reported twice: the second refused.
+    pub duplicate_completion: u64,
+    /// A member paused (descheduled) while others went on.
+    pub pause: u64,
+}
+
+impl Corners {
+    pub fn add(&mut self, o: &Corners) {
+        self.crash_during_change += o.crash_during_change;
+        self.leader_crash_mid_change += o.leader_crash_mid_change;
+        self.heal_during_change += o.heal_during_change;
+        self.join_during_change += o.join_during_change;
+        self.change_before_state += o.change_before_state;
+        self.zombie_completion += o.zombie_completion;
+        self.duplicate_completion += o.duplicate_completion;
+        self.pause += o.pause;
+    }
+
+    /// Each corner with its count.
+    pub fn named(&self) -> [(&'static str, u64); 8] {
+        [
+            ("crash during a view change", self.crash_during_change),
+            ("leader crash mid-change", self.leader_crash_mid_change),
+            ("partition healed mid-change", self.heal_during_change),
+            ("joiner during a change", self.join_during_change),
+            (
+                "second change before a joiner's state",
+                self.change_before_state,
+            ),
+            ("zombie's late completion", self.zombie_completion),
+            ("duplicate completion", self.duplicate_completion),
+            ("paused member", self.pause),
+        ]
+    }
 }
 
 /// What many runs did in all (a soak, the CI's seeds).
@@ -60,6 +117,9 @@ pub struct Totals {
     pub requests_finished: u64,
     /// Runs that ended without a majority (no liveness owed).
     pub majority_lost: u64,
+    pub corners: Corners,
+    /// The most steps one run took.
+    pub max_steps: u64,
 }
 
 impl Totals {
@@ -77,6 +137,8 @@ impl Totals {
         self.crashes += r.crashes as u64;
         self.requests_finished += r.requests_finished as u64;
         self.majority_lost += u64::from(r.majority_lost);
+        self.corners.add(&r.corners);
+        self.max_steps = self.max_steps.max(r.steps);
     }
 }
 
@@ -98,6 +160,11 @@ impl fmt::Display for Totals {
             self.requeued,
             self.resubmitted,
             self.majority_lost
-        )
+        )?;
+        write!(f, "; at most {} steps a run; corners:", self.max_steps)?;
+        for (name, n) in self.corners.named() {
+            write!(f, " {name} {n},")?;
+        }
+        Ok(())
     }
 }

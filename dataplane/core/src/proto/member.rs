@@ -8,7 +8,7 @@ use super::event::{Delivered, ProtoDrop, Stats, SubmitError, Transmit};
 use super::fragment::Reassembly;
 use super::membership::change::{Change, Ctx, Installed, Installing};
 use super::membership::state_transfer::{Chunk, StateTransfer};
-use super::membership::{Ctl, Status};
+use super::membership::{Ballot, Ctl, Status};
 use super::order::Order;
 use super::transmit::{Framing, RtoBounds, Transmitter};
 use crate::types::{GroupId, Instant, MemberId, Seq, View, ViewId};
@@ -193,6 +193,12 @@ impl Member {
         } else {
             s
         }
+    }
+
+    /// The view-change ballot this member leads, if any, and whether its decision was sent
+    /// (to observe a change from outside: the simulator crashes leaders mid-change).
+    pub fn leading(&self) -> Option<(Ballot, bool)> {
+        self.ms.leading()
     }
 
     /// Members of the current view this member suspects.

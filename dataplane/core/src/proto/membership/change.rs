@@ -160,6 +160,13 @@ impl Change {
         self.leading.is_some()
     }
 
+    /// The ballot this member leads, if any, and whether its decision is out.
+    pub(crate) fn leading(&self) -> Option<(Ballot, bool)> {
+        self.leading
+            .as_ref()
+            .map(|l| (l.ballot, l.decision.is_some()))
+    }
+
     pub(crate) fn last_heard(&self, r: usize) -> Option<Instant> {
         self.last_heard.get(r).copied().flatten()
     }
