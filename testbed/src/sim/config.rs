@@ -38,13 +38,24 @@ pub struct SimConfig {
     pub zombies: bool,
     /// The share of finished executions whose completion is submitted twice.
     pub duplicate_completions: f64,
-    /// Crash the leader of a view change mid-change, once a run and only if a majority stays:
-    /// `Some(false)` right after its decision goes out, `Some(true)` as it commits (its
-    /// commits reach only some members).
-    pub crash_leader_mid_change: Option<bool>,
+    /// A crash at the worst moment of a view change, once a run and only if a majority stays.
+    pub crash_mid_change: Option<MidChange>,
     /// (time, member, microseconds): the member's process is descheduled, nothing of it runs
     /// (frames wait for it, its timers fire late).
     pub pauses: Vec<(u64, usize, u64)>,
+}
+
+/// When the mid-change crash strikes (the process dies as it sends: each of its last frames
+/// reaches its destination only at random).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MidChange {
+    /// The leader of a change, right after its decision went out (some members may accept it).
+    LeaderDecided,
+    /// The leader of a change, as it commits (its commits reach only some members).
+    LeaderCommitting,
+    /// A member that just delivered messages while another member of its view is already
+    /// wedged (what it delivered must be in the cut the survivors agree on).
+    Delivering,
 }
 
 impl SimConfig {
@@ -143,7 +154,7 @@ impl SimConfig {
             settle_us: 60_000_000,
             zombies: false,
             duplicate_completions: 0.0,
-            crash_leader_mid_change: None,
+            crash_mid_change: None,
             pauses: Vec::new(),
         };
         // Drawn after everything else, so that older seeds keep their draws.
@@ -152,8 +163,12 @@ impl SimConfig {
         if rng.gen_bool(0.3) {
             cfg.duplicate_completions = rng.gen_range(0.0..0.2);
         }
-        if cfg.members >= 3 && rng.gen_bool(0.4) {
-            cfg.crash_leader_mid_change = Some(rng.gen_bool(0.5));
+        if cfg.members >= 3 && rng.gen_bool(0.6) {
+            cfg.crash_mid_change = Some(match rng.gen_range(0..4) {
+                0 => MidChange::LeaderDecided,
+                1 => MidChange::LeaderCommitting,
+                _ => MidChange::Delivering,
+            });
         }
         if rng.gen_bool(0.5) {
             let horizon = cfg.requests as u64 * cfg.push_gap_us.1 + 10_000;

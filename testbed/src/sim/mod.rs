@@ -55,7 +55,7 @@ mod checks;
 mod config;
 mod report;
 
-pub use config::SimConfig;
+pub use config::{MidChange, SimConfig};
 pub use report::{Corners, Report, Totals, Violation};
 
 use conveyor_core::proto::membership::Status;
@@ -174,8 +174,8 @@ pub struct Sim {
     completion_exec: BTreeMap<u64, Exec>,
     /// Per consumer: credits offered and requests assigned since it last joined.
     credits: BTreeMap<MemberId, (u64, u64)>,
-    /// The leader-crash fault was spent.
-    leader_crashed: bool,
+    /// The mid-change crash was spent.
+    mid_change_crashed: bool,
     /// Requests whose run ended (terminal completion), with count.
     finished: BTreeMap<RequestId, u32>,
     /// Runs admitted: their first push was delivered.
@@ -286,7 +286,7 @@ impl Sim {
             exec_of: BTreeMap::new(),
             completion_exec: BTreeMap::new(),
             credits: BTreeMap::new(),
-            leader_crashed: false,
+            mid_change_crashed: false,
             finished: BTreeMap::new(),
             admitted: BTreeSet::new(),
             rejected: BTreeSet::new(),
@@ -478,15 +478,16 @@ impl Sim {
             }
         }
         self.submit_outbox(i);
+        let seen = self.nodes[i].seen.len();
         self.deliver(i)?;
+        let delivered = self.nodes[i].seen.len() > seen;
         self.check_nulls(i)?;
         self.submit_outbox(i);
         self.check_memory(i)?;
-        let crash = self.leader_crash_now(i);
+        let crash = self.crash_now(i, delivered);
         self.flush(i, crash);
         if crash {
             self.crash(i);
-            self.report.corners.leader_crash_mid_change += 1;
             let back = self.now + self.rng.gen_range(50_000..500_000);
             self.last_fault = self.last_fault.max(back);
             self.schedule(back, Event::Rejoin { at: i });
@@ -494,26 +495,34 @@ impl Sim {
         Ok(())
     }
 
-    /// The leader-crash fault: whether member `i`, leading a view change, crashes right
-    /// after this step: either its decision just went out (some members may accept it), or it
-    /// just committed (its commits then reach only some members). Only once a run, and only
-    /// if the others of its view keep a majority.
-    fn leader_crash_now(&mut self, i: usize) -> bool {
+    /// The mid-change crash ([`MidChange`]): whether member `i` dies at the end of this step.
+    /// Only once a run, and only if the others of its view keep a majority.
+    fn crash_now(&mut self, i: usize, delivered: bool) -> bool {
         let m = self.nodes[i].replica.member();
         let (view, leading) = (m.view().clone(), m.leading());
         let was = self.nodes[i].was_leading.take();
         self.nodes[i].was_leading = leading.map(|l| l.1);
-        let Some(at_commit) = self.cfg.crash_leader_mid_change else {
+        let Some(when) = self.cfg.crash_mid_change else {
             return false;
         };
-        if self.leader_crashed {
+        if self.mid_change_crashed {
             return false;
         }
-        let moment = if at_commit {
+        let moment = match when {
+            MidChange::LeaderDecided => leading.is_some_and(|l| l.1) && was != Some(true),
             // It led with a decision out, and installed a view in this step: it committed.
-            was == Some(true) && leading.is_none() && self.nodes[i].passed.0 < view.id
-        } else {
-            leading.is_some_and(|l| l.1) && was != Some(true)
+            MidChange::LeaderCommitting => {
+                was == Some(true) && leading.is_none() && self.nodes[i].passed.0 < view.id
+            }
+            MidChange::Delivering => {
+                delivered
+                    && self.nodes.iter().enumerate().any(|(j, n)| {
+                        j != i
+                            && n.alive
+                            && n.replica.member().view().id == view.id
+                            && n.replica.status() == Status::Changing
+                    })
+            }
         };
         let others = view
             .members
@@ -534,7 +543,12 @@ impl Sim {
         if !moment || others * 2 <= view.len() {
             return false;
         }
-        self.leader_crashed = true;
+        self.mid_change_crashed = true;
+        if when == MidChange::Delivering {
+            self.report.corners.crash_after_delivering += 1;
+        } else {
+            self.report.corners.leader_crash_mid_change += 1;
+        }
         true
     }
 

@@ -55,6 +55,8 @@ pub struct Corners {
     pub crash_during_change: u64,
     /// The leader of a view change crashed after sending its decision, before committing.
     pub leader_crash_mid_change: u64,
+    /// A member crashed right after delivering while another member of its view was wedged.
+    pub crash_after_delivering: u64,
     /// A partition healed while a view change was under way.
     pub heal_during_change: u64,
     /// A joiner asked to join while a view change was under way.
@@ -75,6 +77,7 @@ impl Corners {
         self.crash_during_change += o.crash_during_change;
         self.leader_crash_mid_change += o.leader_crash_mid_change;
         self.heal_during_change += o.heal_during_change;
+        self.crash_after_delivering += o.crash_after_delivering;
         self.join_during_change += o.join_during_change;
         self.change_before_state += o.change_before_state;
         self.zombie_completion += o.zombie_completion;
@@ -83,10 +86,14 @@ impl Corners {
     }
 
     /// Each corner with its count.
-    pub fn named(&self) -> [(&'static str, u64); 8] {
+    pub fn named(&self) -> [(&'static str, u64); 9] {
         [
             ("crash during a view change", self.crash_during_change),
             ("leader crash mid-change", self.leader_crash_mid_change),
+            (
+                "crash right after delivering, others wedged",
+                self.crash_after_delivering,
+            ),
             ("partition healed mid-change", self.heal_during_change),
             ("joiner during a change", self.join_during_change),
             (
