@@ -108,7 +108,7 @@ impl Sim {
         let m = self.nodes[i].replica.member();
         // Excluded or left: the process is replaced by a new incarnation that joins.
         if m.status().is_final() && !self.nodes[i].rejoin_scheduled {
-            if self.nodes[i].pos.is_none() && self.nodes[i].first_view.is_some() {
+            if self.nodes[i].pos.is_none() && self.nodes[i].first_view.take().is_some() {
                 // Admitted, and the view changed again before its state arrived: it gives up
                 // and joins again.
                 self.report.corners.change_before_state += 1;

@@ -43,6 +43,17 @@ pub struct SimConfig {
     /// (time, member, microseconds): the member's process is descheduled, nothing of it runs
     /// (frames wait for it, its timers fire late).
     pub pauses: Vec<(u64, usize, u64)>,
+    /// (start, end, from, to): frames from `from` to `to` are lost in [start, end) (a one-way
+    /// link; the other direction works).
+    pub one_way: Vec<(u64, u64, usize, usize)>,
+    /// The share of frames delayed far longer than the others, and that delay's range
+    /// (microseconds, up to several failure timeouts: frames arrive after view changes).
+    pub slow_frames: (f64, (u64, u64)),
+    /// Timers fire up to this late (microseconds): a loaded host.
+    pub timer_jitter_us: u64,
+    /// (time, member): the member leaves the group gracefully (it stops submitting, waits
+    /// for what it sent, and asks to leave); it comes back as a joiner like an excluded one.
+    pub leaves: Vec<(u64, usize)>,
 }
 
 /// When the mid-change crash strikes (the process dies as it sends: each of its last frames
@@ -156,6 +167,10 @@ impl SimConfig {
             duplicate_completions: 0.0,
             crash_mid_change: None,
             pauses: Vec::new(),
+            one_way: Vec::new(),
+            slow_frames: (0.0, (0, 0)),
+            timer_jitter_us: 0,
+            leaves: Vec::new(),
         };
         // Drawn after everything else, so that older seeds keep their draws.
         cfg.proto.startup_grace = cfg.proto.failure_timeout * rng.gen_range(2..20);
@@ -177,6 +192,34 @@ impl SimConfig {
                 let who = rng.gen_range(0..cfg.members);
                 cfg.pauses.push((at, who, rng.gen_range(1_000..50_000)));
             }
+        }
+        // Larger groups, up to 7 (the faults above stay among the first members), with frames
+        // that hold the workload's operations for that many members.
+        if rng.gen_bool(0.15) && cfg.proto.max_frame >= 600 {
+            cfg.members = rng.gen_range(6..=7);
+            cfg.proto.max_payload =
+                conveyor_core::wire::max_payload_for(cfg.proto.max_frame, cfg.members).min(200);
+        }
+        let horizon = cfg.requests as u64 * cfg.push_gap_us.1 + 10_000;
+        if rng.gen_bool(0.3) {
+            for _ in 0..rng.gen_range(1..3) {
+                let start = rng.gen_range(0..horizon);
+                let from = rng.gen_range(0..cfg.members);
+                let to = (from + rng.gen_range(1..cfg.members)) % cfg.members;
+                cfg.one_way
+                    .push((start, start + rng.gen_range(1_000..200_000), from, to));
+            }
+        }
+        if rng.gen_bool(0.3) {
+            let ft = cfg.proto.failure_timeout.as_micros() as u64;
+            cfg.slow_frames = (rng.gen_range(0.0..0.02), (ft / 2, ft * rng.gen_range(2..6)));
+        }
+        if rng.gen_bool(0.3) {
+            cfg.timer_jitter_us = rng.gen_range(0..2_000);
+        }
+        if cfg.members >= 3 && rng.gen_bool(0.2) {
+            cfg.leaves
+                .push((rng.gen_range(0..horizon), rng.gen_range(0..cfg.members)));
         }
         cfg
     }

@@ -100,6 +100,10 @@ enum Event {
     },
     /// A partition heals (links are restored by `cut` on its own; this only looks).
     Heal,
+    /// Member `at` starts to leave the group gracefully.
+    Leave {
+        at: usize,
+    },
 }
 
 /// One item of the agreed order: a message (by its simulator-wide id) or a view installed.
@@ -137,6 +141,10 @@ struct Node {
     /// The view-change ballot this member led after its last step, and whether its decision
     /// was out.
     was_leading: Option<bool>,
+    /// Leaving gracefully: submits nothing more, asks to leave once what it sent is delivered.
+    leaving: bool,
+    /// The timer deadline the replica last asked for, and when it really fires (jitter).
+    timer: (u64, u64),
     rejoin_scheduled: bool,
     trace: String,
     /// The view and the slots delivered (messages and nulls) when last looked at.
@@ -255,6 +263,8 @@ impl Sim {
                 executing: Vec::new(),
                 paused_until: 0,
                 was_leading: None,
+                leaving: false,
+                timer: (u64::MAX, u64::MAX),
                 rejoin_scheduled: false,
                 trace: String::new(),
                 passed: (ViewId(1), 0),
@@ -267,6 +277,8 @@ impl Sim {
             .map(|p| p.1)
             .chain(cfg.crashes.iter().map(|c| c.0))
             .chain(cfg.restarts.iter().map(|c| c.0))
+            .chain(cfg.one_way.iter().map(|c| c.1))
+            .chain(cfg.leaves.iter().map(|c| c.0))
             .max()
             .unwrap_or(0);
         let mut sim = Sim {
@@ -312,6 +324,9 @@ impl Sim {
         }
         for t in sim.cfg.partitions.iter().map(|p| p.1).collect::<Vec<_>>() {
             sim.schedule(t, Event::Heal);
+        }
+        for (t, m) in sim.cfg.leaves.clone() {
+            sim.schedule(t, Event::Leave { at: m });
         }
         sim.inject_foreign();
         sim
@@ -369,10 +384,15 @@ impl Sim {
         }
     }
 
+    /// Whether frames from `a` to `b` are lost now (a partition, or a one-way link).
     fn cut(&self, a: usize, b: usize) -> bool {
         self.cfg.partitions.iter().any(|(s, e, side)| {
             self.now >= *s && self.now < *e && (side.contains(&a) != side.contains(&b))
-        })
+        }) || self
+            .cfg
+            .one_way
+            .iter()
+            .any(|&(s, e, from, to)| self.now >= s && self.now < e && from == a && to == b)
     }
 
     fn violation(&self, property: &'static str, detail: String) -> Violation {
@@ -416,9 +436,13 @@ impl Sim {
                         let k = self.rng.gen_range(0..frame.len());
                         frame[k] ^= 1 << self.rng.gen_range(0..8);
                     }
-                    let delay = self
-                        .rng
-                        .gen_range(self.cfg.delay_us.0..=self.cfg.delay_us.1);
+                    let (slow, (lo, hi)) = self.cfg.slow_frames;
+                    let delay = if slow > 0.0 && self.rng.gen_bool(slow) {
+                        self.rng.gen_range(lo..=hi)
+                    } else {
+                        self.rng
+                            .gen_range(self.cfg.delay_us.0..=self.cfg.delay_us.1)
+                    };
                     // The transports receive into buffers of max_frame + 64 bytes and drop what
                     // does not fit (udp truncates, shm, afxdp and dpdk refuse): so does the
                     // network here.
@@ -434,6 +458,9 @@ impl Sim {
     }
 
     fn submit_outbox(&mut self, i: usize) {
+        if self.nodes[i].leaving {
+            return;
+        }
         let key = (i, self.nodes[i].inc);
         while let Some((op, exec)) = self.nodes[i].outbox.pop_front() {
             // The simulator's message id follows the operation: the replica decodes the
@@ -484,6 +511,7 @@ impl Sim {
         self.check_nulls(i)?;
         self.submit_outbox(i);
         self.check_memory(i)?;
+        self.maybe_leave(i);
         let crash = self.crash_now(i, delivered);
         self.flush(i, crash);
         if crash {
@@ -550,6 +578,21 @@ impl Sim {
             self.report.corners.leader_crash_mid_change += 1;
         }
         true
+    }
+
+    /// A leaving member asks to leave once everything it sent is delivered.
+    fn maybe_leave(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let m = node.replica.member();
+        if node.leaving
+            && m.status() == Status::Serving
+            && m.window_room() == m.config().window
+            && m.view().len() > 1
+        {
+            node.leaving = false;
+            node.replica.leave();
+            self.report.corners.leave += 1;
+        }
     }
 
     /// Member `i`'s process stops: its executions die with it.
@@ -672,6 +715,8 @@ impl Sim {
             node.executing.clear();
         }
         node.was_leading = None;
+        node.leaving = false;
+        node.timer = (u64::MAX, u64::MAX);
         node.rejoin_scheduled = false;
         node.passed = (ViewId(0), 0);
         node.data_slots.clear();
@@ -715,11 +760,22 @@ impl Sim {
                     format!("no end after {STEP_BUDGET} steps (a livelock)"),
                 ));
             }
-            // A paused process's timers fire when it runs again.
+            // Timers fire late by up to the jitter, and a paused process's when it runs again.
+            for i in 0..n {
+                let t = self.nodes[i].replica.poll_timeout().as_micros();
+                if self.nodes[i].timer.0 != t {
+                    let late = if self.cfg.timer_jitter_us > 0 && t != u64::MAX {
+                        self.rng.gen_range(0..=self.cfg.timer_jitter_us)
+                    } else {
+                        0
+                    };
+                    self.nodes[i].timer = (t, t.saturating_add(late));
+                }
+            }
             let next_timer = (0..n)
                 .filter(|&i| self.nodes[i].alive)
                 .map(|i| {
-                    let t = self.nodes[i].replica.poll_timeout().as_micros();
+                    let t = self.nodes[i].timer.1;
                     let t = if t == u64::MAX {
                         t
                     } else {
@@ -806,6 +862,7 @@ impl Sim {
             let target = match &ev {
                 Event::Arrive { to, .. } => Some(*to),
                 Event::Push { at } | Event::Finish { at, .. } | Event::Rejoin { at } => Some(*at),
+                Event::Leave { at } => Some(*at),
                 Event::Crash { .. } | Event::Pause { .. } | Event::Heal => None,
             };
             if let Some(j) = target {
@@ -832,6 +889,13 @@ impl Sim {
                         let until = self.now + us;
                         self.nodes[at].paused_until = self.nodes[at].paused_until.max(until);
                         self.report.corners.pause += 1;
+                    }
+                }
+                Event::Leave { at } => {
+                    let n = &self.nodes[at];
+                    if n.alive && n.replica.status() == Status::Serving {
+                        self.nodes[at].leaving = true;
+                        self.step_member(at)?;
                     }
                 }
                 Event::Heal => {

@@ -68,6 +68,8 @@ pub struct Corners {
     pub zombie_completion: u64,
     /// A completion reported twice: the second refused.
     pub duplicate_completion: u64,
+    /// A member left gracefully.
+    pub leave: u64,
     /// A member paused (descheduled) while others went on.
     pub pause: u64,
 }
@@ -83,10 +85,11 @@ impl Corners {
         self.zombie_completion += o.zombie_completion;
         self.duplicate_completion += o.duplicate_completion;
         self.pause += o.pause;
+        self.leave += o.leave;
     }
 
     /// Each corner with its count.
-    pub fn named(&self) -> [(&'static str, u64); 9] {
+    pub fn named(&self) -> [(&'static str, u64); 10] {
         [
             ("crash during a view change", self.crash_during_change),
             ("leader crash mid-change", self.leader_crash_mid_change),
@@ -103,6 +106,7 @@ impl Corners {
             ("zombie's late completion", self.zombie_completion),
             ("duplicate completion", self.duplicate_completion),
             ("paused member", self.pause),
+            ("graceful leave", self.leave),
         ]
     }
 }
