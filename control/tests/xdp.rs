@@ -162,11 +162,13 @@ fn status_frame(sender: u16) -> Vec<u8> {
         count: 0,
         seq: Seq(0),
         flags: 0,
+        incarnation: 1,
     };
     let row = Row {
         heartbeat: 1,
         delivered: 0,
         received: vec![0; 4],
+        incarnations: Vec::new(),
     };
     let mut buf = Vec::new();
     let n = FrameWriter::new(&mut buf, 1400, &header, &row).finish(&key);

@@ -39,11 +39,13 @@ fn frame(key: &Key, group: GroupId) -> Vec<u8> {
         count: 0,
         seq: Seq(0),
         flags: 0,
+        incarnation: 1,
     };
     let row = Row {
         heartbeat: 1,
         delivered: 0,
         received: vec![0, 0],
+        incarnations: Vec::new(),
     };
     let mut w = FrameWriter::new(&mut buf, 1500, &h, &row);
     w.push_data(b"forged");

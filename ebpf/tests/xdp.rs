@@ -107,11 +107,13 @@ fn frame(sender: u16) -> Vec<u8> {
         count: 0,
         seq: Seq(0),
         flags: 0,
+        incarnation: 1,
     };
     let row = Row {
         heartbeat: 1,
         delivered: 0,
         received: vec![0, 0, 0],
+        incarnations: Vec::new(),
     };
     let w = FrameWriter::new(&mut buf, 1400, &header, &row);
     let n = w.finish(&key());

@@ -78,17 +78,25 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// A member of `view` (the configured first view), with an empty queue.
+    /// A member of `view` (the configured first view), with an empty queue. `incarnation`
+    /// stands for this process (see [`Member::new`]).
     pub fn new(
         cfg: ProtoConfig,
         key: Key,
         group: GroupId,
         view: View,
         me: MemberId,
+        incarnation: u64,
         now: Instant,
     ) -> Result<Replica, ConfigError> {
         Ok(Replica::from_member(Member::new(
-            cfg, key, group, view, me, now,
+            cfg,
+            key,
+            group,
+            view,
+            me,
+            incarnation,
+            now,
         )?))
     }
 
@@ -317,6 +325,7 @@ mod tests {
                             GroupId(7),
                             view.clone(),
                             MemberId(i),
+                            0x100 + u64::from(i),
                             Instant(0),
                         )
                         .unwrap()

@@ -1,17 +1,23 @@
 //! Frame formats: emit and parse, with the group's keyed MAC checked before anything else is read.
 //!
-//! A frame is `header (32 bytes) | body (len bytes) | mac (16 bytes)`, all integers little endian:
+//! A frame is `header (40 bytes) | body (len bytes) | mac (16 bytes)`, all integers little endian:
 //!
 //! ```text
 //!  0  magic   u16  0x5643 ("CV")        16 seq     u64  sequence of the first entry
-//!  2  version u8   1                     24 len     u32  body length in bytes
+//!  2  version u8   2                     24 len     u32  body length in bytes
 //!  3  kind    u8   Data=1, Status=2,     28 flags   u32  bit 0: GAP; others must be zero
-//!                  Control=3
+//!                  Control=3             32 incarnation u64  the sending process (see below)
 //!  4  group   u32  group id
 //!  8  view    u32  view id
 //! 12  sender  u16  sending member
 //! 14  count   u16  entries in the body
 //! ```
+//!
+//! `incarnation` is a number the sending process drew at random when it started (a joiner's
+//! is its join nonce): two processes with one member id tell themselves apart by it. A
+//! receiver takes the first incarnation it hears from each member in a view as that member's
+//! and refuses the frames of any other (a process restarted from the group file into a view
+//! its previous self ran in; see `proto::member`).
 //!
 //! The body of every frame starts with the sender's status row (the role of a row of Derecho's
 //! shared state table), followed by `count` entries for `Data` frames, none for `Status`
@@ -20,6 +26,7 @@
 //!
 //! ```text
 //! row:    n u16 | reserved u16 | heartbeat u64 | delivered u64 | received[n] u64
+//!         | incarnation[n] u64
 //! entry:  tag u8 = 0 (data) | len u32 | payload       -- one message, occupies one sequence number
 //!         tag u8 = 1 (nulls) | run u32 (>= 1)          -- `run` null messages (empty slots)
 //! ```
@@ -33,8 +40,8 @@ use core::fmt;
 use thiserror::Error;
 
 pub const MAGIC: u16 = 0x5643;
-pub const VERSION: u8 = 1;
-pub const HEADER_LEN: usize = 32;
+pub const VERSION: u8 = 2;
+pub const HEADER_LEN: usize = 40;
 pub const MAC_LEN: usize = 16;
 /// Bytes a frame needs besides its row and entries.
 pub const OVERHEAD: usize = HEADER_LEN + MAC_LEN;
@@ -197,6 +204,8 @@ pub struct Header {
     pub seq: Seq,
     /// [`FLAG_GAP`] or 0.
     pub flags: u32,
+    /// The sending process (drawn at random when it started).
+    pub incarnation: u64,
 }
 
 /// A sender's status row, owned (used when emitting and in the protocol state).
@@ -207,11 +216,14 @@ pub struct Row {
     pub delivered: u64,
     /// Per view rank: contiguous messages received from that member (its own: messages sent).
     pub received: Vec<u64>,
+    /// Per view rank: the process whose messages `received` counts (its incarnation; 0: none
+    /// heard yet). Missing entries are sent as 0.
+    pub incarnations: Vec<u64>,
 }
 
 impl Row {
     pub fn encoded_len(n: usize) -> usize {
-        ROW_FIXED + 8 * n
+        ROW_FIXED + 16 * n
     }
 }
 
@@ -221,6 +233,7 @@ pub struct RowRef<'a> {
     pub heartbeat: u64,
     pub delivered: u64,
     received: &'a [u8],
+    incarnations: &'a [u8],
 }
 
 impl<'a> RowRef<'a> {
@@ -234,11 +247,19 @@ impl<'a> RowRef<'a> {
     pub fn received(&self, i: usize) -> u64 {
         self.received.get(i * 8..i * 8 + 8).map(le_u64).unwrap_or(0)
     }
+    /// The process whose messages `received(i)` counts; 0 out of range or none heard yet.
+    pub fn incarnation(&self, i: usize) -> u64 {
+        self.incarnations
+            .get(i * 8..i * 8 + 8)
+            .map(le_u64)
+            .unwrap_or(0)
+    }
     pub fn to_owned(&self) -> Row {
         Row {
             heartbeat: self.heartbeat,
             delivered: self.delivered,
             received: (0..self.len()).map(|i| self.received(i)).collect(),
+            incarnations: (0..self.len()).map(|i| self.incarnation(i)).collect(),
         }
     }
 }
@@ -317,6 +338,7 @@ impl<'a> Frame<'a> {
             count: le_u16(&signed[14..16]),
             seq: Seq(le_u64(&signed[16..24])),
             flags,
+            incarnation: le_u64(&signed[32..40]),
         };
         let body = &signed[HEADER_LEN..];
         if body.len() < ROW_FIXED {
@@ -333,7 +355,8 @@ impl<'a> Frame<'a> {
         let row = RowRef {
             heartbeat: le_u64(&body[4..12]),
             delivered: le_u64(&body[12..20]),
-            received: &body[ROW_FIXED..row_len],
+            received: &body[ROW_FIXED..ROW_FIXED + 8 * n],
+            incarnations: &body[ROW_FIXED + 8 * n..row_len],
         };
         let entries = &body[row_len..];
         match kind {
@@ -456,12 +479,17 @@ impl<'b> FrameWriter<'b> {
         buf.extend_from_slice(&header.seq.0.to_le_bytes());
         buf.extend_from_slice(&0u32.to_le_bytes()); // len, patched in finish
         buf.extend_from_slice(&header.flags.to_le_bytes());
+        buf.extend_from_slice(&header.incarnation.to_le_bytes());
         buf.extend_from_slice(&(row.received.len() as u16).to_le_bytes());
         buf.extend_from_slice(&0u16.to_le_bytes());
         buf.extend_from_slice(&row.heartbeat.to_le_bytes());
         buf.extend_from_slice(&row.delivered.to_le_bytes());
         for r in &row.received {
             buf.extend_from_slice(&r.to_le_bytes());
+        }
+        for i in 0..row.received.len() {
+            let inc = row.incarnations.get(i).copied().unwrap_or(0);
+            buf.extend_from_slice(&inc.to_le_bytes());
         }
         FrameWriter {
             buf,
@@ -569,6 +597,7 @@ mod tests {
             count: 0,
             seq: Seq(40),
             flags: 0,
+            incarnation: 77,
         }
     }
 
@@ -577,6 +606,7 @@ mod tests {
             heartbeat: 5,
             delivered: 6,
             received: (0..n as u64).collect(),
+            incarnations: (0..n as u64).map(|i| 100 + i).collect(),
         }
     }
 

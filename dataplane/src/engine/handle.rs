@@ -56,7 +56,7 @@ impl EngineHandle {
                 cfg.group,
                 cfg.me,
                 cfg.view.members.clone(),
-                crate::sys::random_u64(),
+                crate::sys::random_u64().max(1),
                 clock.now(),
             )
         } else {
@@ -66,6 +66,9 @@ impl EngineHandle {
                 cfg.group,
                 cfg.view.clone(),
                 cfg.me,
+                // This process, told apart from any earlier one with this id (a restart from
+                // the group file into a view its previous self ran in is refused by peers).
+                crate::sys::random_u64().max(1),
                 clock.now(),
             )
         }

@@ -1,7 +1,9 @@
 //! Runs a range of simulator seeds on every core and says which failed and what the runs did:
 //! `cargo run --release -p conveyor-testbed --bin sim-soak -- FIRST COUNT [THREADS] [--stop]`.
 //! Exits non-zero if any seed failed; replay one with `sim-replay SEED`. `--stop`: stop at the
-//! first failure (the mutation campaign, `testbed/mutants.sh`, wants only that one).
+//! first failure (the mutation campaign, `testbed/mutants.sh`, wants only that one). A seed
+//! still running after 300 s of wall time (a step that never returns: the simulator's own
+//! step budget cannot see it) is reported as a liveness failure and ends the run.
 
 use conveyor_testbed::sim::{run_seed, Totals};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,12 +32,41 @@ fn main() {
     let failures = Mutex::new(Vec::new());
     let total = Mutex::new(Totals::default());
     let started = Instant::now();
+    // Per worker: the seed it runs and since when.
+    let running: Vec<Mutex<Option<(u64, Instant)>>> =
+        (0..threads).map(|_| Mutex::new(None)).collect();
+    let workers_done = AtomicU64::new(0);
     std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
+        s.spawn(|| loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            if workers_done.load(Ordering::Relaxed) >= threads {
+                break;
+            }
+            for slot in &running {
+                if let Some((seed, since)) = slot.lock().ok().and_then(|g| *g) {
+                    if since.elapsed().as_secs() >= 300 {
+                        println!("seed {seed} FAILED: liveness after heal violated: no end after 300 s of wall time (a step that never returns)");
+                        println!("stopped at seed {seed} after {:.0} s", started.elapsed().as_secs_f64());
+                        std::process::exit(1);
+                    }
+                }
+            }
+        });
+        for w in 0..threads as usize {
+            let running = &running[w];
+            let (next, stopped, failures, total) = (&next, &stopped, &failures, &total);
+            let workers_done = &workers_done;
+            s.spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::Relaxed);
                 if seed >= first + count || stopped.load(Ordering::Relaxed) {
+                    if let Ok(mut g) = running.lock() {
+                        *g = None;
+                    }
+                    workers_done.fetch_add(1, Ordering::Relaxed);
                     break;
+                }
+                if let Ok(mut g) = running.lock() {
+                    *g = Some((seed, Instant::now()));
                 }
                 match run_seed(seed, |_| {}) {
                     Ok(r) => {

@@ -100,10 +100,16 @@ impl Sim {
             }
         }
         if let Some(p) = self.nodes[i].replica.member().restarted_in_view() {
-            return Err(self.violation(
-                "no false restart detection",
-                format!("m{i} believes it restarted, from {p}'s row"),
-            ));
+            if !self.nodes[i].configured_restart {
+                return Err(self.violation(
+                    "no false restart detection",
+                    format!("m{i} believes it restarted, from {p}'s row"),
+                ));
+            }
+            // It did restart: as the engine does, it rejoins as a new member.
+            self.report.corners.restart_detected += 1;
+            self.rejoin(i);
+            return Ok(());
         }
         let m = self.nodes[i].replica.member();
         // Excluded or left: the process is replaced by a new incarnation that joins.
@@ -228,10 +234,17 @@ impl Sim {
         if !d.in_cut {
             self.nodes[i].data_slots.push(d.slot);
         }
-        // Stability: outside the cleanup, every member of that view holds it.
+        // Stability: outside the cleanup, every member of that view holds it (the process
+        // the delivering member takes for it: another one with that id, restarted from the
+        // group file into this view, holds nothing of it).
         if !d.in_cut {
+            let me = self.nodes[i].replica.member();
             for (j, other) in self.nodes.iter().enumerate() {
                 let m = other.replica.member();
+                let known = me.process_of(MemberId(j as u16));
+                if known.is_some_and(|x| x != m.incarnation()) {
+                    continue;
+                }
                 if m.view().id == d.view && !m.has_received(d.sender, d.seq) {
                     return Err(self.violation(
                         "stability before delivery",

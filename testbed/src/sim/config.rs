@@ -24,8 +24,13 @@ pub struct SimConfig {
     pub partitions: Vec<(u64, u64, Vec<usize>)>,
     /// (time, member): the member's process stops for good (a minority in total).
     pub crashes: Vec<(u64, usize)>,
-    /// (time, member): a crashed member starts again, as a new joiner with no state.
+    /// (time, member): a crashed member starts again, with no state: as a new joiner, or (see
+    /// `restarts_configured`) as `conveyor node` starts every original member.
     pub restarts: Vec<(u64, usize)>,
+    /// Per restart: the process starts with the group file's view (the first view, itself a
+    /// member), as `conveyor node` does, and must find out that the group went on without it
+    /// (restart detection, or the news of how its view ended) before it rejoins.
+    pub restarts_configured: Vec<bool>,
     /// Members excluded by a view change (partitioned, suspected) rejoin this long after.
     pub rejoin_after_us: Option<u64>,
     /// Frames from outside the group (wrong key, or right key and wrong group) per member.
@@ -133,7 +138,7 @@ impl SimConfig {
             None
         };
         let window = *[2u64, 4, 8, 32, 256].get(rng.gen_range(0..5)).unwrap_or(&8);
-        let max_frame = *[300usize, 600, 1500, 8192]
+        let max_frame = *[360usize, 600, 1500, 8192]
             .get(rng.gen_range(0..4))
             .unwrap_or(&1500);
         let proto = ProtoConfig {
@@ -159,6 +164,7 @@ impl SimConfig {
             partitions,
             crashes,
             restarts,
+            restarts_configured: Vec::new(),
             rejoin_after_us,
             foreign_frames: rng.gen_range(0..4),
             proto,
@@ -217,6 +223,7 @@ impl SimConfig {
         if rng.gen_bool(0.3) {
             cfg.timer_jitter_us = rng.gen_range(0..2_000);
         }
+        cfg.restarts_configured = cfg.restarts.iter().map(|_| rng.gen_bool(0.5)).collect();
         if cfg.members >= 3 && rng.gen_bool(0.2) {
             cfg.leaves
                 .push((rng.gen_range(0..horizon), rng.gen_range(0..cfg.members)));

@@ -93,6 +93,10 @@ enum Event {
     Rejoin {
         at: usize,
     },
+    /// A new incarnation of member `at` starts with the configured (first) view.
+    Restart {
+        at: usize,
+    },
     /// Member `at`'s process is descheduled for `us` microseconds.
     Pause {
         at: usize,
@@ -143,6 +147,9 @@ struct Node {
     was_leading: Option<bool>,
     /// Leaving gracefully: submits nothing more, asks to leave once what it sent is delivered.
     leaving: bool,
+    /// This incarnation was started with the configured view after a crash: it may rightly
+    /// find out that it restarted inside a view.
+    configured_restart: bool,
     /// The timer deadline the replica last asked for, and when it really fires (jitter).
     timer: (u64, u64),
     rejoin_scheduled: bool,
@@ -201,6 +208,12 @@ pub struct Sim {
 
 const GROUP: GroupId = GroupId(0xC0);
 
+/// The number that stands for incarnation `inc` of node `i` (the engine draws one at random
+/// per process; here, one no draw of the seed depends on).
+fn incarnation(i: usize, inc: u32) -> u64 {
+    ((i as u64) << 32) | u64::from(inc + 1)
+}
+
 /// An execution: the node and the incarnation running it.
 type Exec = (usize, u32);
 
@@ -243,6 +256,7 @@ impl Sim {
                 GROUP,
                 view.clone(),
                 MemberId(i as u16),
+                incarnation(i, 0),
                 Instant::ZERO,
             )
             .expect("valid sim config");
@@ -264,6 +278,7 @@ impl Sim {
                 paused_until: 0,
                 was_leading: None,
                 leaving: false,
+                configured_restart: false,
                 timer: (u64::MAX, u64::MAX),
                 rejoin_scheduled: false,
                 trace: String::new(),
@@ -316,8 +331,12 @@ impl Sim {
         for (t, m) in sim.cfg.crashes.clone() {
             sim.schedule(t, Event::Crash { at: m });
         }
-        for (t, m) in sim.cfg.restarts.clone() {
-            sim.schedule(t, Event::Rejoin { at: m });
+        for (k, (t, m)) in sim.cfg.restarts.clone().into_iter().enumerate() {
+            if sim.cfg.restarts_configured.get(k) == Some(&true) {
+                sim.schedule(t, Event::Restart { at: m });
+            } else {
+                sim.schedule(t, Event::Rejoin { at: m });
+            }
         }
         for (t, m, us) in sim.cfg.pauses.clone() {
             sim.schedule(t, Event::Pause { at: m, us });
@@ -356,11 +375,13 @@ impl Sim {
                     count: 0,
                     seq: Seq(0),
                     flags: 0,
+                    incarnation: 1,
                 };
                 let row = Row {
                     heartbeat: 1,
                     delivered: 0,
                     received: vec![0; n],
+                    incarnations: Vec::new(),
                 };
                 let mut buf = Vec::new();
                 let mut w = FrameWriter::new(&mut buf, 1500, &header, &row);
@@ -676,7 +697,8 @@ impl Sim {
 
     fn rejoin(&mut self, i: usize) {
         let n = &self.nodes[i];
-        if n.alive && !n.replica.member().status().is_final() {
+        let restarted = n.replica.member().restarted_in_view().is_some();
+        if n.alive && !n.replica.member().status().is_final() && !restarted {
             return;
         }
         if self.changing() {
@@ -684,7 +706,7 @@ impl Sim {
         }
         // An excluded process that is still running: with zombies, its executions go on and
         // its next incarnation reports them (as the engine's executors do across a rejoin).
-        let zombie = n.alive && self.cfg.zombies;
+        let zombie = n.alive && self.cfg.zombies && !restarted;
         let contacts: Vec<MemberId> = (0..self.cfg.members as u16)
             .filter(|&j| j as usize != i)
             .map(MemberId)
@@ -697,7 +719,7 @@ impl Sim {
             contacts,
             // Each process that joins has a nonce of its own (the engine draws one at random;
             // here, the incarnation it will be, which no draw of the seed depends on).
-            ((i as u64) << 32) | u64::from(self.nodes[i].inc + 1),
+            incarnation(i, self.nodes[i].inc + 1),
             Instant::from_micros(self.now),
         )
         .expect("valid sim config");
@@ -716,9 +738,51 @@ impl Sim {
         }
         node.was_leading = None;
         node.leaving = false;
+        node.configured_restart = false;
         node.timer = (u64::MAX, u64::MAX);
         node.rejoin_scheduled = false;
         node.passed = (ViewId(0), 0);
+        node.data_slots.clear();
+    }
+
+    /// A crashed member's process starts again with the group file's view, as `conveyor node`
+    /// starts every original member: with no state, a member of the first view.
+    fn restart_configured(&mut self, i: usize) {
+        let view = View::new(
+            ViewId(1),
+            (0..self.cfg.members as u16).map(MemberId).collect(),
+        );
+        let me = MemberId(i as u16);
+        let replica = Replica::new(
+            self.cfg.proto.clone(),
+            self.key.clone(),
+            GROUP,
+            view,
+            me,
+            incarnation(i, self.nodes[i].inc + 1),
+            Instant::from_micros(self.now),
+        )
+        .expect("valid sim config");
+        self.report.corners.configured_restart += 1;
+        let node = &mut self.nodes[i];
+        node.replica = replica;
+        node.inc += 1;
+        node.alive = true;
+        node.configured_restart = true;
+        node.outbox.clear();
+        node.outbox
+            .extend(invoker_ops(me).into_iter().map(|op| (op, None)));
+        // Its deliveries, if any, are those of the first view from its start.
+        node.pos = Some(0);
+        node.first_view = None;
+        node.seen.clear();
+        node.last_from.clear();
+        node.executing.clear();
+        node.was_leading = None;
+        node.leaving = false;
+        node.timer = (u64::MAX, u64::MAX);
+        node.rejoin_scheduled = false;
+        node.passed = (ViewId(1), 0);
         node.data_slots.clear();
     }
 
@@ -861,7 +925,10 @@ impl Sim {
             // receive ring, its workload waits.
             let target = match &ev {
                 Event::Arrive { to, .. } => Some(*to),
-                Event::Push { at } | Event::Finish { at, .. } | Event::Rejoin { at } => Some(*at),
+                Event::Push { at }
+                | Event::Finish { at, .. }
+                | Event::Rejoin { at }
+                | Event::Restart { at } => Some(*at),
                 Event::Leave { at } => Some(*at),
                 Event::Crash { .. } | Event::Pause { .. } | Event::Heal => None,
             };
@@ -906,6 +973,12 @@ impl Sim {
                 Event::Rejoin { at } => {
                     self.rejoin(at);
                     self.step_member(at)?;
+                }
+                Event::Restart { at } => {
+                    if !self.nodes[at].alive {
+                        self.restart_configured(at);
+                        self.step_member(at)?;
+                    }
                 }
                 Event::Push { at } => {
                     let me = MemberId(at as u16);

@@ -68,6 +68,10 @@ pub struct Corners {
     pub zombie_completion: u64,
     /// A completion reported twice: the second refused.
     pub duplicate_completion: u64,
+    /// A crashed member restarted with the configured view.
+    pub configured_restart: u64,
+    /// Such a member found out from a peer's row that it restarted inside a view.
+    pub restart_detected: u64,
     /// A member left gracefully.
     pub leave: u64,
     /// A member paused (descheduled) while others went on.
@@ -86,10 +90,12 @@ impl Corners {
         self.duplicate_completion += o.duplicate_completion;
         self.pause += o.pause;
         self.leave += o.leave;
+        self.configured_restart += o.configured_restart;
+        self.restart_detected += o.restart_detected;
     }
 
     /// Each corner with its count.
-    pub fn named(&self) -> [(&'static str, u64); 10] {
+    pub fn named(&self) -> [(&'static str, u64); 12] {
         [
             ("crash during a view change", self.crash_during_change),
             ("leader crash mid-change", self.leader_crash_mid_change),
@@ -107,6 +113,8 @@ impl Corners {
             ("duplicate completion", self.duplicate_completion),
             ("paused member", self.pause),
             ("graceful leave", self.leave),
+            ("restart with the configured view", self.configured_restart),
+            ("restart detected", self.restart_detected),
         ]
     }
 }

@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let key = Key::from_bytes([9; 32]);
     let view = View::new(ViewId(1), vec![MemberId(0), MemberId(1), MemberId(2)]);
     let cfg = ProtoConfig { window: 4, max_frame: 1500, max_payload: 200, ..ProtoConfig::default() };
-    let Ok(mut m) = Member::new(cfg, key.clone(), GroupId(1), view, MemberId(0), Instant(0)) else { return };
+    let Ok(mut m) = Member::new(cfg, key.clone(), GroupId(1), view, MemberId(0), 1, Instant(0)) else { return };
     let _ = m.submit(vec![1, 2, 3]);
     let mut t = 0u64;
     for chunk in data.split(|&b| b == 0xff) {

@@ -24,15 +24,19 @@ pub enum ProtoDrop {
     UnknownSender,
     OwnFrame,
     RowSize,
+    /// From another process than the one this member heard first with that id in this view
+    /// (a restart from the group file into a view its previous self ran in).
+    OtherIncarnation,
 }
 
 impl ProtoDrop {
-    pub const ALL: [ProtoDrop; 5] = [
+    pub const ALL: [ProtoDrop; 6] = [
         ProtoDrop::WrongGroup,
         ProtoDrop::WrongView,
         ProtoDrop::UnknownSender,
         ProtoDrop::OwnFrame,
         ProtoDrop::RowSize,
+        ProtoDrop::OtherIncarnation,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -41,6 +45,7 @@ impl ProtoDrop {
             ProtoDrop::UnknownSender => "unknown_sender",
             ProtoDrop::OwnFrame => "own_frame",
             ProtoDrop::RowSize => "row_size",
+            ProtoDrop::OtherIncarnation => "other_incarnation",
         }
     }
     pub fn index(self) -> usize {

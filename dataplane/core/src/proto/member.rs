@@ -28,6 +28,13 @@ pub struct Member {
     now: Instant,
     stats: Stats,
     restarted_by: Option<MemberId>,
+    /// This process: drawn at random by the host when it started (a joiner's join nonce).
+    /// Peers take the first process they hear from with an id in a view for that member
+    /// ([`Order::same_process`]) and refuse the frames of any other: a process restarted from
+    /// the group file into a view its previous self ran in would otherwise send its own
+    /// messages under its previous self's sequence numbers, and peers would deliver different
+    /// messages in one slot. It finds out from their rows, which name the process they take.
+    incarnation: u64,
     deliveries: VecDeque<Delivered>,
     pub(super) order: Order,
     pub(super) tx: Transmitter,
@@ -38,12 +45,16 @@ pub struct Member {
 }
 
 impl Member {
+    /// A member of `view` (the group file's, for a member that starts with the group).
+    /// `incarnation` stands for this process: a random number drawn by the host when it
+    /// starts, different for every process that runs with this id (see [`crate::wire`]).
     pub fn new(
         cfg: ProtoConfig,
         key: Key,
         group: GroupId,
         view: View,
         me: MemberId,
+        incarnation: u64,
         now: Instant,
     ) -> Result<Member, ConfigError> {
         let n = view.len();
@@ -68,13 +79,14 @@ impl Member {
             ceiling: cfg.rto_max,
         };
         Ok(Member {
-            order: Order::new(n, rank, cfg.recv_window()),
+            order: Order::new(n, rank, cfg.recv_window(), incarnation),
             tx: Transmitter::new(
                 Framing {
                     key: key.clone(),
                     group,
                     me,
                     max_frame: cfg.max_frame,
+                    incarnation,
                 },
                 &view,
                 rank,
@@ -88,6 +100,7 @@ impl Member {
             now,
             stats: Stats::default(),
             restarted_by: None,
+            incarnation,
             cfg,
             key,
             group,
@@ -111,7 +124,15 @@ impl Member {
         nonce: u64,
         now: Instant,
     ) -> Result<Member, ConfigError> {
-        let mut m = Member::new(cfg, key, group, View::new(ViewId(0), vec![me]), me, now)?;
+        let mut m = Member::new(
+            cfg,
+            key,
+            group,
+            View::new(ViewId(0), vec![me]),
+            me,
+            nonce,
+            now,
+        )?;
         m.ms = Change::joining(now, contacts, nonce);
         Ok(m)
     }
@@ -164,6 +185,16 @@ impl Member {
     /// Own messages that can still be submitted before the window is full.
     pub fn window_room(&self) -> u64 {
         self.cfg.window.saturating_sub(self.order.window_used())
+    }
+    /// This process (see [`Member::new`]).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+    /// The process this member takes member `m` of its view for (the first it heard from
+    /// with that id in this view), if it heard from one.
+    pub fn process_of(&self, m: MemberId) -> Option<u64> {
+        let r = self.view.rank_of(m)?;
+        self.order.pinned().get(r).copied().filter(|&x| x != 0)
     }
     /// Members this one has not received any frame from yet.
     pub fn not_heard_from(&self) -> Vec<MemberId> {
@@ -291,7 +322,7 @@ impl Member {
         };
         let h = frame.header;
         if h.group == self.group && h.kind == Kind::Control {
-            self.handle_control(h.sender, h.view, frame.control_payload());
+            self.handle_control(h.sender, h.view, h.incarnation, frame.control_payload());
             return;
         }
         if h.group == self.group && h.view < self.view.id {
@@ -326,6 +357,10 @@ impl Member {
             return;
         }
         let r = self.view.rank_of(h.sender).unwrap_or(0);
+        if !self.order.same_process(r, h.incarnation) {
+            self.stats.drop_frame(ProtoDrop::OtherIncarnation);
+            return;
+        }
         self.ms.heard_in_minority(r, self.view.len());
         if self.ms.last_heard(r).is_none() {
             // First contact: answer at once so start-up barriers complete quickly.
@@ -333,7 +368,7 @@ impl Member {
         }
         self.ms.heard(r, now);
         let merged = self.order.merge_row(r, &frame.row);
-        if merged.beyond_sent && self.restarted_by.is_none() {
+        if (merged.beyond_sent || merged.other_process) && self.restarted_by.is_none() {
             // A peer holds messages of ours that we never sent: this process is a new
             // incarnation of a member that already ran in this view.
             self.restarted_by = Some(self.view.members[r]);
@@ -445,7 +480,7 @@ impl Member {
         self.tx.pop()
     }
 
-    fn handle_control(&mut self, sender: MemberId, view: ViewId, payload: &[u8]) {
+    fn handle_control(&mut self, sender: MemberId, view: ViewId, inc: u64, payload: &[u8]) {
         let Some(ctl) = Ctl::decode(payload) else {
             self.stats.bad_control += 1;
             return;
@@ -462,7 +497,7 @@ impl Member {
                 Ok(Some(whole))
                     if !matches!(Ctl::decode(&whole), None | Some(Ctl::Fragment { .. })) =>
                 {
-                    self.handle_control(sender, view, &whole)
+                    self.handle_control(sender, view, inc, &whole)
                 }
                 Ok(None) => {}
                 Ok(Some(_)) | Err(_) => self.stats.bad_control += 1,
@@ -509,6 +544,10 @@ impl Member {
             return;
         }
         let r = self.view.rank_of(sender).unwrap_or(0);
+        if !self.order.same_process(r, inc) {
+            self.stats.drop_frame(ProtoDrop::OtherIncarnation);
+            return;
+        }
         self.ms.heard(r, self.now);
         self.ms.heard_in_minority(r, self.view.len());
         if self.ms.is_suspected(r) && matches!(ctl, Ctl::Suspect { .. } | Ctl::Leave) {
@@ -586,7 +625,7 @@ impl Member {
         let view = change.view.clone();
         let n = view.len();
         self.rank = view.rank_of(self.me).unwrap_or(0);
-        self.order = Order::new(n, self.rank, self.cfg.recv_window());
+        self.order = Order::new(n, self.rank, self.cfg.recv_window(), self.incarnation);
         self.tx.reset(&view, self.rank, self.now);
         self.ms.reset(n, self.rank, self.now);
         self.st.clear_outgoing();

@@ -78,6 +78,9 @@ impl SenderLog {
 pub(crate) struct RowMerge {
     /// Our messages the peer held before and after the merge.
     pub(crate) acked_before: u64,
+    /// The peer takes another process for our id in this view: this process restarted (from
+    /// the group file) into a view its previous self ran in.
+    pub(crate) other_process: bool,
     pub(crate) acked_after: u64,
     /// The peer holds more of our messages than we ever sent: this process restarted inside
     /// a view that outlived it.
@@ -109,19 +112,30 @@ pub(crate) struct Order {
     stable: Vec<u64>,
     majority: Vec<u64>,
     held: Vec<u64>,
+    /// Per rank: the process (incarnation) this member takes for it in this view: its own,
+    /// and for the others the first heard (0: none yet). Only the messages and the row
+    /// columns of these processes count: another process with the same id sends its own
+    /// messages under the same sequence numbers.
+    pinned: Vec<u64>,
 }
 
 impl Order {
-    pub(crate) fn new(n: usize, rank: usize, recv_window: u64) -> Order {
+    pub(crate) fn new(n: usize, rank: usize, recv_window: u64, incarnation: u64) -> Order {
+        let mut pinned = vec![0; n];
+        if let Some(p) = pinned.get_mut(rank) {
+            *p = incarnation;
+        }
         Order {
             rank,
             recv_window,
+            pinned,
             logs: (0..n).map(|_| SenderLog::default()).collect(),
             rows: (0..n)
                 .map(|_| Row {
                     heartbeat: 0,
                     delivered: 0,
                     received: vec![0; n],
+                    incarnations: Vec::new(),
                 })
                 .collect(),
             next_slot: 0,
@@ -195,6 +209,24 @@ impl Order {
     }
 
     /// Fills `row` with our current counts (the heartbeat is the transmitter's).
+    /// Per rank: the process taken for it in this view (0: none heard yet).
+    pub(crate) fn pinned(&self) -> &[u64] {
+        &self.pinned
+    }
+
+    /// Whether a frame of rank `r` from process `incarnation` is from the process this member
+    /// takes for `r` (the first it heard from in this view, which it then takes).
+    pub(crate) fn same_process(&mut self, r: usize, incarnation: u64) -> bool {
+        match self.pinned.get_mut(r) {
+            Some(p) if *p == 0 => {
+                *p = incarnation;
+                true
+            }
+            Some(p) => *p == incarnation,
+            None => false,
+        }
+    }
+
     pub(crate) fn row_into(&self, row: &mut Row) {
         row.delivered = self.next_slot;
         row.received.extend(self.logs.iter().map(|l| l.contiguous));
@@ -211,13 +243,18 @@ impl Order {
     /// Merges peer `r`'s row into what we know.
     pub(crate) fn merge_row(&mut self, r: usize, row: &RowRef<'_>) -> RowMerge {
         let me = self.rank;
+        let other_process = row.incarnation(me) != 0 && row.incarnation(me) != self.pinned[me];
         let beyond_sent = row.received(me) > self.logs[me].highest;
         let acked_before = self.rows[r].received[me];
         let known = &mut self.rows[r];
         known.heartbeat = known.heartbeat.max(row.heartbeat);
         known.delivered = known.delivered.max(row.delivered);
+        // A column counts only if the peer counts the messages of the process we take for
+        // that rank (a count of another process's messages says nothing of the ones we hold).
         for (i, v) in known.received.iter_mut().enumerate() {
-            *v = (*v).max(row.received(i));
+            if row.incarnation(i) == self.pinned[i] {
+                *v = (*v).max(row.received(i));
+            }
         }
         let acked_after = self.rows[r].received[me];
         // A peer's row also tells how far every sender got: that bounds the null fill.
@@ -230,6 +267,7 @@ impl Order {
         }
         RowMerge {
             acked_before,
+            other_process,
             acked_after,
             beyond_sent,
         }

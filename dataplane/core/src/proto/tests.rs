@@ -16,6 +16,7 @@ fn member(n: u16, me: u16, cfg: ProtoConfig) -> Member {
         GroupId(3),
         view(n),
         MemberId(me),
+        0x100 + u64::from(me),
         Instant(0),
     )
     .unwrap()
@@ -339,6 +340,7 @@ fn an_implausible_decision_is_refused_and_counted() {
             joiners: vec![],
             cut: u64::MAX,
             nonces: vec![],
+            incarnations: vec![],
         },
         Decision {
             from: ViewId(1),
@@ -346,6 +348,7 @@ fn an_implausible_decision_is_refused_and_counted() {
             joiners: vec![],
             cut: 0,
             nonces: vec![],
+            incarnations: vec![],
         },
         Decision {
             from: ViewId(1),
@@ -353,6 +356,7 @@ fn an_implausible_decision_is_refused_and_counted() {
             joiners: vec![],
             cut: 0,
             nonces: vec![],
+            incarnations: vec![],
         },
     ] {
         net.ms[1].emit_ctl_for_tests(Dest::One(MemberId(0)), &Ctl::Commit { decision: d });
@@ -408,6 +412,7 @@ fn config_errors() {
             GroupId(1),
             v.clone(),
             MemberId(me),
+            1,
             Instant(0),
         )
         .unwrap_err()
@@ -505,6 +510,48 @@ fn a_restarted_member_notices_it() {
     assert_eq!(ms[0].restarted_in_view(), None);
 }
 
+/// A process restarted from the group file (the first view, with a new incarnation) while its
+/// previous self's view still runs: it sends its own messages under the sequence numbers its
+/// previous self used. Peers took the previous process for that member and refuse the new
+/// one's frames (they never deliver its messages as the old one's), and the new one learns
+/// from their rows that it restarted. Before incarnations, a restart that sent as many
+/// messages as its previous self went unnoticed (the count-based check saw nothing beyond what
+/// it sent) and its fourth message was delivered as the old one's.
+#[test]
+fn a_member_restarted_from_the_group_file_cannot_take_its_old_place() {
+    let mut net = Net::new(3, ProtoConfig::default());
+    for k in 0..3u8 {
+        net.ms[0].submit(vec![b'o', k]).unwrap();
+    }
+    net.run(20_000);
+    assert_eq!(net.payloads(1).len(), 3);
+    net.ms[0] = Member::new(
+        ProtoConfig::default(),
+        Key::from_bytes([1; 32]),
+        GroupId(3),
+        view(3),
+        MemberId(0),
+        0xF00D,
+        Instant(net.now),
+    )
+    .unwrap();
+    net.out[0].clear();
+    for k in 0..4u8 {
+        net.ms[0].submit(vec![b'n', k]).unwrap();
+    }
+    net.run(20_000);
+    for i in 1..3 {
+        let got = net.payloads(i);
+        assert!(
+            got.iter().all(|p| p[0] == b'o'),
+            "member {i} delivered the new process's messages: {got:?}"
+        );
+        assert!(net.ms[i].stats().dropped_by(ProtoDrop::OtherIncarnation) > 0);
+    }
+    assert!(net.ms[0].restarted_in_view().is_some());
+    assert!(net.payloads(0).is_empty());
+}
+
 #[test]
 fn a_single_member_delivers_at_once() {
     let mut m = member(1, 0, ProtoConfig::default());
@@ -577,6 +624,7 @@ mod hops {
                     GroupId(3),
                     view.clone(),
                     MemberId(i),
+                    0x100 + u64::from(i),
                     Instant(0),
                 )
                 .unwrap()

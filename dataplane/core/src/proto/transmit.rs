@@ -89,6 +89,8 @@ pub(crate) struct Framing {
     pub(crate) group: GroupId,
     pub(crate) me: MemberId,
     pub(crate) max_frame: usize,
+    /// This process (see `wire`'s docs).
+    pub(crate) incarnation: u64,
 }
 
 /// What leaves this member, and when. See the module docs.
@@ -97,6 +99,7 @@ pub(crate) struct Transmitter {
     key: Key,
     group: GroupId,
     me: MemberId,
+    incarnation: u64,
     rank: usize,
     view: ViewId,
     members: Vec<MemberId>,
@@ -135,11 +138,13 @@ impl Transmitter {
             group,
             me,
             max_frame,
+            incarnation,
         } = framing;
         Transmitter {
             key,
             group,
             me,
+            incarnation,
             rank,
             view: view.id,
             members: view.members.clone(),
@@ -159,6 +164,7 @@ impl Transmitter {
                 heartbeat: 0,
                 delivered: 0,
                 received: Vec::with_capacity(n),
+                incarnations: Vec::with_capacity(n),
             },
             next_msg: 0,
         }
@@ -316,6 +322,8 @@ impl Transmitter {
         let mut row = std::mem::take(&mut self.row);
         row.heartbeat = self.heartbeat;
         row.received.clear();
+        row.incarnations.clear();
+        row.incarnations.extend_from_slice(order.pinned());
         if let Some((received, delivered)) = frozen {
             row.delivered = *delivered;
             row.received.extend_from_slice(received);
@@ -334,6 +342,7 @@ impl Transmitter {
             count: 0,
             seq: Seq(seq),
             flags: 0,
+            incarnation: self.incarnation,
         }
     }
 
@@ -510,6 +519,7 @@ impl Transmitter {
             heartbeat: self.heartbeat,
             delivered: 0,
             received: vec![0],
+            incarnations: vec![self.incarnation],
         };
         let mut w = FrameWriter::new(&mut buf, self.max_frame, &header, &row);
         if !w.push_data(payload) {

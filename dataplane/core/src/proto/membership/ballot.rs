@@ -21,6 +21,8 @@ pub(super) struct Promised {
     pub(super) accepted: Option<(Ballot, Decision)>,
     /// Per sender: runs `[start, end)` of nulls held and not delivered, within `received`.
     pub(super) nulls: Vec<Vec<(u64, u64)>>,
+    /// Per rank: the process the promiser takes for it (0: none heard).
+    pub(super) pinned: Vec<u64>,
 }
 
 /// The leader's side of a ballot.
@@ -105,6 +107,7 @@ impl Change {
                 delivered,
                 accepted: self.accepted.clone(),
                 nulls,
+                pinned: cx.order.pinned().to_vec(),
             },
         );
         let propose = Ctl::Propose {
@@ -148,15 +151,41 @@ impl Change {
             .max_by_key(|(b, _)| *b)
             .map(|(_, d)| d);
         let decision = adopted.unwrap_or_else(|| {
+            // Per rank, the process the promisers take for it; two processes for one rank
+            // (one restarted from the group file into this view) is a conflict: what each
+            // promiser holds of that rank may be another process's messages.
+            let taken: Vec<Option<u64>> = (0..n as usize)
+                .map(|r| {
+                    l.promises
+                        .values()
+                        .filter_map(|p| p.pinned.get(r).copied())
+                        .filter(|&x| x != 0)
+                        .min()
+                })
+                .collect();
+            let conflicted: Vec<bool> = (0..n as usize)
+                .map(|r| {
+                    l.promises.values().any(|p| {
+                        p.pinned
+                            .get(r)
+                            .is_some_and(|&x| x != 0 && Some(x) != taken[r])
+                    })
+                })
+                .collect();
             let c_del = l.promises.values().map(|p| p.delivered).max().unwrap_or(0);
             let c_min = (0..n)
                 .map(|r| {
-                    let held = l
-                        .promises
-                        .values()
-                        .map(|p| p.received.get(r as usize).copied().unwrap_or(0))
-                        .min()
-                        .unwrap_or(0);
+                    let held = if conflicted[r as usize] {
+                        // Only what some member delivered (held alike by all: delivery needs
+                        // every row to count the same process's messages).
+                        (c_del + n - 1 - r) / n
+                    } else {
+                        l.promises
+                            .values()
+                            .map(|p| p.received.get(r as usize).copied().unwrap_or(0))
+                            .min()
+                            .unwrap_or(0)
+                    };
                     held * n + r
                 })
                 .min()
@@ -167,6 +196,9 @@ impl Change {
             let mut cut = c_del.max(c_min);
             loop {
                 let (r, k) = ((cut % n) as usize, cut / n);
+                if conflicted[r] {
+                    break;
+                }
                 let all = l
                     .promises
                     .values()
@@ -188,6 +220,14 @@ impl Change {
                 .iter()
                 .copied()
                 .filter(|m| l.members.contains(m) && !l.leaving.contains(m))
+                .filter(|m| cx.view.rank_of(*m).is_none_or(|r| !conflicted[r]))
+                .collect();
+            let incarnations: Vec<(MemberId, u64)> = next
+                .iter()
+                .filter_map(|m| {
+                    let r = cx.view.rank_of(*m)?;
+                    taken[r].map(|x| (*m, x))
+                })
                 .collect();
             next.extend(l.joiners.iter().map(|(j, _)| *j));
             // Which process each member that came in by a join stands for: the joiners' own,
@@ -205,6 +245,7 @@ impl Change {
                 joiners: l.joiners.iter().map(|(j, _)| *j).collect(),
                 cut,
                 nonces,
+                incarnations,
             }
         });
         let ballot = l.ballot;

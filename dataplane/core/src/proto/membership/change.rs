@@ -464,10 +464,15 @@ impl Change {
                 delivered,
                 accepted,
                 nulls,
+                pinned,
             } => {
                 let n = cx.n();
                 if let Some(l) = &mut self.leading {
-                    if l.ballot == ballot && l.members.contains(&sender) && received.len() == n {
+                    if l.ballot == ballot
+                        && l.members.contains(&sender)
+                        && received.len() == n
+                        && pinned.len() == n
+                    {
                         l.promises.insert(
                             sender,
                             Promised {
@@ -475,6 +480,7 @@ impl Change {
                                 delivered,
                                 accepted,
                                 nulls,
+                                pinned,
                             },
                         );
                     }
@@ -558,6 +564,7 @@ impl Change {
             delivered,
             accepted: self.accepted.clone(),
             nulls,
+            pinned: cx.order.pinned().to_vec(),
         };
         cx.emit(Dest::One(sender), &promise);
     }
@@ -625,7 +632,20 @@ impl Change {
             && d.joiners.iter().all(|j| d.nonce_of(*j).is_some())
             && d.nonces.len() <= d.next.members.len()
             && d.nonces.iter().all(|(m, _)| d.next.rank_of(*m).is_some())
-            && (d.from != cx.view.id || d.cut <= bound)
+            // The cut bounds what a survivor delivers (or passes as nulls): a member the
+            // decision does not keep only learns that it is out, whatever the cut.
+            && (d.from != cx.view.id || d.cut <= bound || !Self::survives(cx, d))
+    }
+
+    /// Whether this process stays in `d.next` from the old view (the view `d` ends): it is
+    /// named, not as a joiner (a new process with this id), and not as another process (this
+    /// one restarted from the group file into the old view, with none of its previous self's
+    /// state).
+    pub(super) fn survives(cx: &Ctx<'_>, d: &Decision) -> bool {
+        d.next.rank_of(cx.me).is_some()
+            && !d.joiners.contains(&cx.me)
+            && d.incarnation_of(cx.me)
+                .is_none_or(|x| x == cx.order.pinned()[cx.rank])
     }
 
     /// A committed decision (any view: from the leader, or from a member telling a stale one).

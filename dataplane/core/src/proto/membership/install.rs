@@ -49,7 +49,9 @@ impl Change {
         let previous = cx.view.clone();
         // Named as a joiner, this id stands for a new process: this one was removed (it made
         // no promise the cut relies on, so it must not install the view as a survivor).
-        let me_next = d.next.rank_of(cx.me).is_some() && !d.joiners.contains(&cx.me);
+        // Named as another process, it is not this one either: this process restarted (from
+        // the group file) into the old view, with none of its previous self's state.
+        let me_next = Change::survives(cx, &d);
         if !me_next {
             self.status = if self.leaving {
                 Status::Left

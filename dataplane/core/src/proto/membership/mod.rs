@@ -83,9 +83,22 @@ pub struct Decision {
     /// earlier joiners still in the view), by member id: which process each id stands for. A
     /// joiner installs only a decision that names it with its own nonce.
     pub nonces: Vec<(MemberId, u64)>,
+    /// The process (incarnation) every member of `next` that stays from the old view stands
+    /// for, as the promisers agreed on it (a member they disagree on is left out of `next`):
+    /// another process with that id (restarted from the group file into the old view) does
+    /// not install the decision as a survivor, with none of the state its previous self had.
+    pub incarnations: Vec<(MemberId, u64)>,
 }
 
 impl Decision {
+    /// The process the decision takes member `m` (staying from the old view) for, if known.
+    pub fn incarnation_of(&self, m: MemberId) -> Option<u64> {
+        self.incarnations
+            .iter()
+            .find(|(x, _)| *x == m)
+            .map(|(_, n)| *n)
+    }
+
     /// The join nonce the decision gives member `m`, if it came in by a join.
     pub fn nonce_of(&self, m: MemberId) -> Option<u64> {
         self.nonces.iter().find(|(x, _)| *x == m).map(|(_, n)| *n)
@@ -115,6 +128,9 @@ pub(crate) enum Ctl {
         accepted: Option<(Ballot, Decision)>,
         /// Per sender: runs `[start, end)` of nulls held and not delivered.
         nulls: Vec<Vec<(u64, u64)>>,
+        /// Per rank: the process the promiser takes for it (whose messages `received`
+        /// counts; 0: none heard).
+        pinned: Vec<u64>,
     },
     Accept {
         ballot: Ballot,
