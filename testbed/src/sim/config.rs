@@ -43,7 +43,8 @@ pub struct SimConfig {
     pub zombies: bool,
     /// The share of finished executions whose completion is submitted twice.
     pub duplicate_completions: f64,
-    /// A crash at the worst moment of a view change, once a run and only if a majority stays.
+    /// A crash at the worst moment of a view change, once a run (twice in groups of five or
+    /// more), and only if a majority stays.
     pub crash_mid_change: Option<MidChange>,
     /// (time, member, microseconds): the member's process is descheduled, nothing of it runs
     /// (frames wait for it, its timers fire late).
@@ -59,6 +60,10 @@ pub struct SimConfig {
     /// (time, member): the member leaves the group gracefully (it stops submitting, waits
     /// for what it sent, and asks to leave); it comes back as a joiner like an excluded one.
     pub leaves: Vec<(u64, usize)>,
+    /// The share of frames (ten times more for control frames: joins, ballots, commits)
+    /// replayed much later, 10 ms to 2 s after they were sent: valid frames of this run, of
+    /// views and processes that may be gone by then.
+    pub replay: f64,
 }
 
 /// When the mid-change crash strikes (the process dies as it sends: each of its last frames
@@ -177,6 +182,7 @@ impl SimConfig {
             slow_frames: (0.0, (0, 0)),
             timer_jitter_us: 0,
             leaves: Vec::new(),
+            replay: 0.0,
         };
         // Drawn after everything else, so that older seeds keep their draws.
         cfg.proto.startup_grace = cfg.proto.failure_timeout * rng.gen_range(2..20);
@@ -224,6 +230,9 @@ impl SimConfig {
             cfg.timer_jitter_us = rng.gen_range(0..2_000);
         }
         cfg.restarts_configured = cfg.restarts.iter().map(|_| rng.gen_bool(0.5)).collect();
+        if rng.gen_bool(0.3) {
+            cfg.replay = rng.gen_range(0.0..0.01);
+        }
         if cfg.members >= 3 && rng.gen_bool(0.2) {
             cfg.leaves
                 .push((rng.gen_range(0..horizon), rng.gen_range(0..cfg.members)));

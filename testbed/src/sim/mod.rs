@@ -189,8 +189,9 @@ pub struct Sim {
     completion_exec: BTreeMap<u64, Exec>,
     /// Per consumer: credits offered and requests assigned since it last joined.
     credits: BTreeMap<MemberId, (u64, u64)>,
-    /// The mid-change crash was spent.
-    mid_change_crashed: bool,
+    /// Mid-change crashes so far (one a run; two in groups of five or more, so that a leader
+    /// may find decisions of two earlier ballots among its promises).
+    mid_change_crashes: u32,
     /// Requests whose run ended (terminal completion), with count.
     finished: BTreeMap<RequestId, u32>,
     /// Runs admitted: their first push was delivered.
@@ -313,7 +314,7 @@ impl Sim {
             exec_of: BTreeMap::new(),
             completion_exec: BTreeMap::new(),
             credits: BTreeMap::new(),
-            mid_change_crashed: false,
+            mid_change_crashes: 0,
             finished: BTreeMap::new(),
             admitted: BTreeSet::new(),
             rejected: BTreeSet::new(),
@@ -471,6 +472,26 @@ impl Sim {
                         self.report.oversized_frames += 1;
                         continue;
                     }
+                    if self.cfg.replay > 0.0 {
+                        let control = conveyor_core::wire::Frame::parse(&self.key, &frame)
+                            .is_ok_and(|f| f.header.kind == Kind::Control);
+                        let share = if control {
+                            (self.cfg.replay * 10.0).min(1.0)
+                        } else {
+                            self.cfg.replay
+                        };
+                        if self.rng.gen_bool(share) {
+                            let later = self.now + self.rng.gen_range(10_000..2_000_000);
+                            self.report.corners.replay += 1;
+                            self.schedule(
+                                later,
+                                Event::Arrive {
+                                    to,
+                                    frame: frame.clone(),
+                                },
+                            );
+                        }
+                    }
                     self.schedule(self.now + delay, Event::Arrive { to, frame });
                 }
             }
@@ -545,7 +566,7 @@ impl Sim {
     }
 
     /// The mid-change crash ([`MidChange`]): whether member `i` dies at the end of this step.
-    /// Only once a run, and only if the others of its view keep a majority.
+    /// Once a run (twice in groups of five or more), and only if the others of its view keep a majority.
     fn crash_now(&mut self, i: usize, delivered: bool) -> bool {
         let m = self.nodes[i].replica.member();
         let (view, leading) = (m.view().clone(), m.leading());
@@ -554,7 +575,8 @@ impl Sim {
         let Some(when) = self.cfg.crash_mid_change else {
             return false;
         };
-        if self.mid_change_crashed {
+        let allowed = if self.cfg.members >= 5 { 2 } else { 1 };
+        if self.mid_change_crashes >= allowed {
             return false;
         }
         let moment = match when {
@@ -592,7 +614,7 @@ impl Sim {
         if !moment || others * 2 <= view.len() {
             return false;
         }
-        self.mid_change_crashed = true;
+        self.mid_change_crashes += 1;
         if when == MidChange::Delivering {
             self.report.corners.crash_after_delivering += 1;
         } else {

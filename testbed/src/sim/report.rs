@@ -72,6 +72,8 @@ pub struct Corners {
     pub configured_restart: u64,
     /// Such a member found out from a peer's row that it restarted inside a view.
     pub restart_detected: u64,
+    /// A valid frame of this run replayed long after it was sent.
+    pub replay: u64,
     /// A member left gracefully.
     pub leave: u64,
     /// A member paused (descheduled) while others went on.
@@ -90,12 +92,13 @@ impl Corners {
         self.duplicate_completion += o.duplicate_completion;
         self.pause += o.pause;
         self.leave += o.leave;
+        self.replay += o.replay;
         self.configured_restart += o.configured_restart;
         self.restart_detected += o.restart_detected;
     }
 
     /// Each corner with its count.
-    pub fn named(&self) -> [(&'static str, u64); 12] {
+    pub fn named(&self) -> [(&'static str, u64); 13] {
         [
             ("crash during a view change", self.crash_during_change),
             ("leader crash mid-change", self.leader_crash_mid_change),
@@ -113,6 +116,7 @@ impl Corners {
             ("duplicate completion", self.duplicate_completion),
             ("paused member", self.pause),
             ("graceful leave", self.leave),
+            ("replayed frame", self.replay),
             ("restart with the configured view", self.configured_restart),
             ("restart detected", self.restart_detected),
         ]

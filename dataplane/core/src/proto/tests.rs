@@ -552,6 +552,22 @@ fn a_member_restarted_from_the_group_file_cannot_take_its_old_place() {
     assert!(net.payloads(0).is_empty());
 }
 
+/// A `Join` from the id of a member that still speaks (a replayed frame of an earlier process
+/// with that id) does not remove the member: the request waits until the member is suspected
+/// like any other. (It used to be taken for a restart at once, and the live member was removed.)
+#[test]
+fn a_replayed_join_does_not_evict_a_live_member() {
+    let mut net = Net::new(3, ProtoConfig::default());
+    net.run(20_000);
+    net.ms[2].emit_ctl_for_tests(Dest::One(MemberId(0)), &Ctl::Join { nonce: 999 });
+    net.run(500_000);
+    assert!(net.views(0).is_empty(), "{:?}", net.views(0));
+    assert_eq!(net.ms[2].status(), Status::Serving);
+    net.ms[0].submit(b"after".to_vec()).unwrap();
+    net.run(20_000);
+    assert_eq!(net.payloads(2), vec![b"after".to_vec()]);
+}
+
 #[test]
 fn a_single_member_delivers_at_once() {
     let mut m = member(1, 0, ProtoConfig::default());

@@ -51,10 +51,16 @@ impl Change {
             (0..n).find(|&r| !self.suspected[r] && !self.leaving_ranks[r]) == Some(cx.rank);
         // Join requests start a change only at the member that would lead it (every member
         // gets them; the others would only wedge the group for nothing).
+        // A join by the id of a member that still speaks waits (see `on_join`).
+        let admissible = self.joins.keys().any(|j| {
+            cx.view
+                .rank_of(*j)
+                .is_none_or(|r| self.suspected[r] || self.leaving_ranks[r])
+        });
         let needed = self.frozen.is_some()
             || self.suspected.iter().any(|&s| s)
             || self.leaving_ranks.iter().any(|&s| s)
-            || (would_lead && !self.joins.is_empty());
+            || (would_lead && admissible);
         if !needed {
             return None;
         }
@@ -222,13 +228,17 @@ impl Change {
                 .filter(|m| l.members.contains(m) && !l.leaving.contains(m))
                 .filter(|m| cx.view.rank_of(*m).is_none_or(|r| !conflicted[r]))
                 .collect();
-            let incarnations: Vec<(MemberId, u64)> = next
+            // Who each member of the next view is: the process the promisers agree on for a
+            // member that stays, a joiner's own (its join nonce is its incarnation).
+            let mut incarnations: Vec<(MemberId, u64)> = next
                 .iter()
+                .filter(|m| !l.joiners.iter().any(|(j, _)| j == *m))
                 .filter_map(|m| {
                     let r = cx.view.rank_of(*m)?;
                     taken[r].map(|x| (*m, x))
                 })
                 .collect();
+            incarnations.extend(l.joiners.iter().copied());
             next.extend(l.joiners.iter().map(|(j, _)| *j));
             // Which process each member that came in by a join stands for: the joiners' own,
             // and those the leader knows of members that stay.

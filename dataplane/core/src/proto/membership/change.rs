@@ -580,7 +580,10 @@ impl Change {
             return None;
         }
         let rank = cx.view.rank_of(sender);
-        if rank.is_some() && self.nonces.get(&sender) == Some(&nonce) {
+        let current = rank.is_some_and(|r| {
+            self.nonces.get(&sender) == Some(&nonce) || cx.order.pinned().get(r) == Some(&nonce)
+        });
+        if current {
             // The process that holds this place already: a late `Join`, or one that missed
             // the commit of the view it joined with.
             let heard = rank.is_some_and(|r| self.last_heard[r].is_some());
@@ -606,8 +609,14 @@ impl Change {
         }
         if let Some(r) = rank {
             // A new process with the id of a member of this view (a restart): the old one is
-            // gone, and this one takes its place as a joiner.
-            self.suspect_rank(cx, r, true);
+            // gone, and this one takes its place as a joiner. Unless the old one still speaks:
+            // then this is a replayed `Join` of an earlier process (or two processes run with
+            // one id), and the request waits until the member is suspected like any other.
+            let alive = self.last_heard[r].is_some_and(|t| cx.now < t + cx.cfg.failure_timeout)
+                && !self.suspected[r];
+            if !alive {
+                self.suspect_rank(cx, r, true);
+            }
         }
         self.joins.insert(sender, (cx.now, nonce));
         self.drive(cx)

@@ -83,10 +83,11 @@ pub struct Decision {
     /// earlier joiners still in the view), by member id: which process each id stands for. A
     /// joiner installs only a decision that names it with its own nonce.
     pub nonces: Vec<(MemberId, u64)>,
-    /// The process (incarnation) every member of `next` that stays from the old view stands
-    /// for, as the promisers agreed on it (a member they disagree on is left out of `next`):
-    /// another process with that id (restarted from the group file into the old view) does
-    /// not install the decision as a survivor, with none of the state its previous self had.
+    /// The process (incarnation) each member of `next` stands for: for a member that stays,
+    /// the one the promisers agreed on (a member they disagree on is left out of `next`); for
+    /// a joiner, its join nonce. Another process with that id (restarted from the group file
+    /// into the old view, or the old process of a joiner's id) does not install the decision
+    /// as a survivor, with none of the state its previous self had.
     pub incarnations: Vec<(MemberId, u64)>,
 }
 
