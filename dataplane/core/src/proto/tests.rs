@@ -1,6 +1,6 @@
 //! Unit tests of the protocol core: small networks of members driven step by step.
 
-use super::membership::Ctl;
+use super::membership::{Ballot, Ctl};
 use super::*;
 use crate::types::{GroupId, Instant, MemberId, Seq, View, ViewId};
 use crate::wire::Key;
@@ -566,6 +566,28 @@ fn a_replayed_join_does_not_evict_a_live_member() {
     net.ms[0].submit(b"after".to_vec()).unwrap();
     net.run(20_000);
     assert_eq!(net.payloads(2), vec![b"after".to_vec()]);
+}
+
+/// A key holder's forged ballot at the last round: the member that promised it cannot outbid
+/// it and leads no ballot (the round used to overflow: a panic in debug builds, a wrap to
+/// round 0 in release).
+#[test]
+fn a_ballot_at_the_last_round_does_not_overflow() {
+    let mut net = Net::new(3, ProtoConfig::default());
+    net.run(20_000);
+    let forged = Ctl::Propose {
+        ballot: Ballot {
+            round: u32::MAX,
+            leader: MemberId(1),
+        },
+        members: vec![MemberId(0), MemberId(1), MemberId(2)],
+        leaving: vec![],
+        joiners: vec![],
+    };
+    net.ms[1].emit_ctl_for_tests(Dest::One(MemberId(0)), &forged);
+    net.down[2] = true;
+    net.run(500_000);
+    assert_eq!(net.ms[0].stats().ballots, 0);
 }
 
 #[test]

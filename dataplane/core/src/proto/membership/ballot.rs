@@ -95,7 +95,11 @@ impl Change {
                 return None;
             }
         }
-        let round = self.round_seen.max(self.promised.map_or(0, |b| b.round)) + 1;
+        // A round beyond u32 (a key holder's forged ballot) cannot be outbid: no ballot then.
+        let round = self
+            .round_seen
+            .max(self.promised.map_or(0, |b| b.round))
+            .checked_add(1)?;
         let ballot = Ballot {
             round,
             leader: cx.me,
@@ -258,6 +262,13 @@ impl Change {
                 incarnations,
             }
         });
+        // The leader holds its own decision (adopted, or from promises) to the bounds its
+        // acceptors apply.
+        if !self.plausible(cx, &decision) {
+            cx.stats.bad_control += 1;
+            self.leading = None;
+            return None;
+        }
         let ballot = l.ballot;
         let members = l.members.clone();
         if let Some(l) = &mut self.leading {

@@ -467,11 +467,16 @@ impl Change {
                 pinned,
             } => {
                 let n = cx.n();
+                let plausible = Self::plausible_promise(cx, &received, delivered, &nulls);
+                if !plausible {
+                    cx.stats.bad_control += 1;
+                }
                 if let Some(l) = &mut self.leading {
                     if l.ballot == ballot
                         && l.members.contains(&sender)
                         && received.len() == n
                         && pinned.len() == n
+                        && plausible
                     {
                         l.promises.insert(
                             sender,
@@ -644,6 +649,32 @@ impl Change {
             // The cut bounds what a survivor delivers (or passes as nulls): a member the
             // decision does not keep only learns that it is out, whatever the cut.
             && (d.from != cx.view.id || d.cut <= bound || !Self::survives(cx, d))
+    }
+
+    /// A promise no correct member could have made is refused: what it says it delivered and
+    /// received stays within the flow-control bound of what this member delivered (a member
+    /// delivers only what every member holds, and holds at most a receive window beyond), and
+    /// its null runs lie within what it received. Bounds the cut and the loop that extends it
+    /// whatever a key holder sends.
+    fn plausible_promise(
+        cx: &Ctx<'_>,
+        received: &[u64],
+        delivered: u64,
+        nulls: &[Vec<(u64, u64)>],
+    ) -> bool {
+        let n = cx.n() as u64;
+        let bound = cx
+            .order
+            .delivered_slots()
+            .saturating_add(n.saturating_mul(2 * cx.cfg.recv_window() + 2));
+        // Per sender: at most a receive window beyond that.
+        let per_sender = (bound / n.max(1)).saturating_add(cx.cfg.recv_window() + 1);
+        delivered <= bound
+            && received.iter().all(|&c| c <= per_sender)
+            && nulls.len() <= received.len()
+            && nulls.iter().zip(received).all(|(runs, &c)| {
+                runs.len() as u64 <= c && runs.iter().all(|&(a, b)| a < b && b <= c)
+            })
     }
 
     /// Whether this process stays in `d.next` from the old view (the view `d` ends): it is
