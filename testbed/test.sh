@@ -66,6 +66,8 @@ if [ "$(id -u)" -eq 0 ]; then
 else
   cargo test --workspace --locked
 fi
+section "simulator totals (the seeds above: views, joins, re-queues, each corner's count)"
+cat "${CARGO_TARGET_DIR:-target}/tmp/sim-totals.txt"
 section "the latency-study suite, quick (every backend, the report and its plots)"
 suite_out="$(mktemp -d)/suite"
 bash testbed/suite.sh --quick --out "$suite_out" --conveyor target/debug/conveyor
