@@ -78,10 +78,10 @@ impl SenderLog {
 pub(crate) struct RowMerge {
     /// Our messages the peer held before and after the merge.
     pub(crate) acked_before: u64,
+    pub(crate) acked_after: u64,
     /// The peer takes another process for our id in this view: this process restarted (from
     /// the group file) into a view its previous self ran in.
     pub(crate) other_process: bool,
-    pub(crate) acked_after: u64,
     /// The peer holds more of our messages than we ever sent: this process restarted inside
     /// a view that outlived it.
     pub(crate) beyond_sent: bool,
@@ -208,7 +208,6 @@ impl Order {
         self.logs.iter().map(|l| l.contiguous).collect()
     }
 
-    /// Fills `row` with our current counts (the heartbeat is the transmitter's).
     /// Per rank: the process taken for it in this view (0: none heard yet).
     pub(crate) fn pinned(&self) -> &[u64] {
         &self.pinned
@@ -227,6 +226,8 @@ impl Order {
         }
     }
 
+    /// Fills `row` with our current counts (the heartbeat is the transmitter's; the processes
+    /// counted are [`Order::pinned`]).
     pub(crate) fn row_into(&self, row: &mut Row) {
         row.delivered = self.next_slot;
         row.received.extend(self.logs.iter().map(|l| l.contiguous));
