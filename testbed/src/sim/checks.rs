@@ -50,6 +50,7 @@ impl Sim {
                     self.check_order(i, item)?;
                     self.cuts.entry(vc.previous.id).or_insert(vc.cut);
                     if vc.state_from == Some(MemberId(i as u16)) {
+                        self.nodes[i].sending_state = true;
                         let size = self.nodes[i].replica.queue().snapshot().len();
                         self.max_state = self.max_state.max(size);
                     }

@@ -77,6 +77,8 @@ pub enum MidChange {
     /// A member that just delivered messages while another member of its view is already
     /// wedged (what it delivered must be in the cut the survivors agree on).
     Delivering,
+    /// The member that just started sending a joiner its state (the transfer is cut short).
+    StateSender,
 }
 
 impl SimConfig {
@@ -191,9 +193,10 @@ impl SimConfig {
             cfg.duplicate_completions = rng.gen_range(0.0..0.2);
         }
         if cfg.members >= 3 && rng.gen_bool(0.6) {
-            cfg.crash_mid_change = Some(match rng.gen_range(0..4) {
+            cfg.crash_mid_change = Some(match rng.gen_range(0..5) {
                 0 => MidChange::LeaderDecided,
                 1 => MidChange::LeaderCommitting,
+                2 => MidChange::StateSender,
                 _ => MidChange::Delivering,
             });
         }

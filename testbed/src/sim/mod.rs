@@ -8,7 +8,9 @@
 //!
 //! Membership faults drawn from the seed too: crashes of a minority (sometimes while a change
 //! is under way), the leader of a view change crashing mid-change (right after its decision
-//! goes out, or as it commits, its commits reaching only some members), restarts of crashed
+//! goes out, or as it commits, its commits reaching only some members; a member right after
+//! it delivered while another is wedged; the member sending a joiner its state as it starts),
+//! restarts of crashed
 //! members as new joiners, members excluded by a partition rejoining after it heals (several
 //! may join at once), and paused processes (a polling thread descheduled for 1 to 50 ms:
 //! frames wait, timers fire late). Joiners get the queue state by state transfer.
@@ -147,6 +149,8 @@ struct Node {
     was_leading: Option<bool>,
     /// Leaving gracefully: submits nothing more, asks to leave once what it sent is delivered.
     leaving: bool,
+    /// It started sending a joiner its state in this step.
+    sending_state: bool,
     /// This incarnation was started with the configured view after a crash: it may rightly
     /// find out that it restarted inside a view.
     configured_restart: bool,
@@ -279,6 +283,7 @@ impl Sim {
                 paused_until: 0,
                 was_leading: None,
                 leaving: false,
+                sending_state: false,
                 configured_restart: false,
                 timer: (u64::MAX, u64::MAX),
                 rejoin_scheduled: false,
@@ -571,6 +576,7 @@ impl Sim {
         let m = self.nodes[i].replica.member();
         let (view, leading) = (m.view().clone(), m.leading());
         let was = self.nodes[i].was_leading.take();
+        let sending_state = std::mem::take(&mut self.nodes[i].sending_state);
         self.nodes[i].was_leading = leading.map(|l| l.1);
         let Some(when) = self.cfg.crash_mid_change else {
             return false;
@@ -585,6 +591,7 @@ impl Sim {
             MidChange::LeaderCommitting => {
                 was == Some(true) && leading.is_none() && self.nodes[i].passed.0 < view.id
             }
+            MidChange::StateSender => sending_state,
             MidChange::Delivering => {
                 delivered
                     && self.nodes.iter().enumerate().any(|(j, n)| {
@@ -600,14 +607,13 @@ impl Sim {
             .iter()
             .filter(|m| {
                 let j = usize::from(m.0);
+                // Alive, not out, and not a joiner without its state (which cannot take part
+                // in a view change); it may not have installed this view yet.
                 j != i
                     && self.nodes.get(j).is_some_and(|n| {
                         n.alive
-                            && n.replica.member().view().id == view.id
-                            && matches!(
-                                n.replica.status(),
-                                Status::Serving | Status::Changing | Status::Minority
-                            )
+                            && !n.replica.status().is_final()
+                            && n.replica.status() != Status::Joining
                     })
             })
             .count();
@@ -615,10 +621,10 @@ impl Sim {
             return false;
         }
         self.mid_change_crashes += 1;
-        if when == MidChange::Delivering {
-            self.report.corners.crash_after_delivering += 1;
-        } else {
-            self.report.corners.leader_crash_mid_change += 1;
+        match when {
+            MidChange::Delivering => self.report.corners.crash_after_delivering += 1,
+            MidChange::StateSender => self.report.corners.state_sender_crash += 1,
+            _ => self.report.corners.leader_crash_mid_change += 1,
         }
         true
     }
@@ -760,6 +766,7 @@ impl Sim {
         }
         node.was_leading = None;
         node.leaving = false;
+        node.sending_state = false;
         node.configured_restart = false;
         node.timer = (u64::MAX, u64::MAX);
         node.rejoin_scheduled = false;
@@ -802,6 +809,7 @@ impl Sim {
         node.executing.clear();
         node.was_leading = None;
         node.leaving = false;
+        node.sending_state = false;
         node.timer = (u64::MAX, u64::MAX);
         node.rejoin_scheduled = false;
         node.passed = (ViewId(1), 0);

@@ -57,6 +57,8 @@ pub struct Corners {
     pub leader_crash_mid_change: u64,
     /// A member crashed right after delivering while another member of its view was wedged.
     pub crash_after_delivering: u64,
+    /// The member sending a joiner its state crashed as it started.
+    pub state_sender_crash: u64,
     /// A partition healed while a view change was under way.
     pub heal_during_change: u64,
     /// A joiner asked to join while a view change was under way.
@@ -86,6 +88,7 @@ impl Corners {
         self.leader_crash_mid_change += o.leader_crash_mid_change;
         self.heal_during_change += o.heal_during_change;
         self.crash_after_delivering += o.crash_after_delivering;
+        self.state_sender_crash += o.state_sender_crash;
         self.join_during_change += o.join_during_change;
         self.change_before_state += o.change_before_state;
         self.zombie_completion += o.zombie_completion;
@@ -98,7 +101,7 @@ impl Corners {
     }
 
     /// Each corner with its count.
-    pub fn named(&self) -> [(&'static str, u64); 13] {
+    pub fn named(&self) -> [(&'static str, u64); 14] {
         [
             ("crash during a view change", self.crash_during_change),
             ("leader crash mid-change", self.leader_crash_mid_change),
@@ -106,6 +109,7 @@ impl Corners {
                 "crash right after delivering, others wedged",
                 self.crash_after_delivering,
             ),
+            ("state sender crashed mid-transfer", self.state_sender_crash),
             ("partition healed mid-change", self.heal_during_change),
             ("joiner during a change", self.join_during_change),
             (
