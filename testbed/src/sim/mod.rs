@@ -10,10 +10,12 @@
 //! is under way), the leader of a view change crashing mid-change (right after its decision
 //! goes out, or as it commits, its commits reaching only some members; a member right after
 //! it delivered while another is wedged; the member sending a joiner its state as it starts),
-//! restarts of crashed
-//! members as new joiners, members excluded by a partition rejoining after it heals (several
-//! may join at once), and paused processes (a polling thread descheduled for 1 to 50 ms:
-//! frames wait, timers fire late). Joiners get the queue state by state transfer.
+//! restarts of crashed members as new joiners or from the group file (the first view, as
+//! `conveyor node` starts), graceful leaves, members excluded by a partition rejoining after it
+//! heals (several may join at once), and paused processes (a polling thread descheduled for 1
+//! to 50 ms: frames wait, timers fire late). Joiners get the queue state by state transfer.
+//! The network also has one-way links, frames delayed by several failure timeouts, valid frames
+//! of the run replayed long after, and timer jitter (see [`SimConfig`]).
 //!
 //! Workload: member 0 creates a two-step pipeline's queues; every member subscribes and offers
 //! credits, as an invoker; members push requests; a member assigned a request completes it
@@ -571,7 +573,8 @@ impl Sim {
     }
 
     /// The mid-change crash ([`MidChange`]): whether member `i` dies at the end of this step.
-    /// Once a run (twice in groups of five or more), and only if the others of its view keep a majority.
+    /// Once a run (twice in groups of five or more), and only if the others of its view keep a
+    /// majority.
     fn crash_now(&mut self, i: usize, delivered: bool) -> bool {
         let m = self.nodes[i].replica.member();
         let (view, leading) = (m.view().clone(), m.leading());
