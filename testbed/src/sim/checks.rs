@@ -484,14 +484,17 @@ impl Sim {
             }
             let sender = view.members[(g % n) as usize];
             let seq = Seq(g / n);
+            // A member whose process is no longer the one member `i` takes for it (it crashed
+            // and restarted from the group file) cannot be asked what the old one held: it is
+            // given the benefit of the doubt.
+            let me = self.nodes[i].replica.member();
             let holders = view
                 .members
                 .iter()
                 .filter(|m| {
-                    self.nodes[usize::from(m.0)]
-                        .replica
-                        .member()
-                        .has_received(sender, seq)
+                    let other = self.nodes[usize::from(m.0)].replica.member();
+                    me.process_of(**m).is_some_and(|x| x != other.incarnation())
+                        || other.has_received(sender, seq)
                 })
                 .count();
             if holders * 2 <= view.len() {
