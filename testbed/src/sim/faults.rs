@@ -1,0 +1,163 @@
+//! The process faults the simulator drives: crashes (at the worst moments of a view change
+//! too), graceful leaves, and the new processes that follow (a joiner, or a restart from the
+//! group file).
+
+use super::*;
+
+impl Sim {
+    /// The mid-change crash ([`MidChange`]): whether member `i` dies at the end of this step.
+    /// Once a run (twice in groups of five or more), and only if the others of its view keep a
+    /// majority.
+    pub(super) fn crash_now(&mut self, i: usize, delivered: bool) -> bool {
+        let m = self.nodes[i].replica.member();
+        let (view, leading) = (m.view().clone(), m.leading());
+        let was = self.nodes[i].was_leading.take();
+        let sending_state = std::mem::take(&mut self.nodes[i].sending_state);
+        self.nodes[i].was_leading = leading.map(|l| l.1);
+        let Some(when) = self.cfg.crash_mid_change else {
+            return false;
+        };
+        let allowed = if self.cfg.members >= 5 { 2 } else { 1 };
+        if self.mid_change_crashes >= allowed {
+            return false;
+        }
+        let moment = match when {
+            MidChange::LeaderDecided => leading.is_some_and(|l| l.1) && was != Some(true),
+            // It led with a decision out, and installed a view in this step: it committed.
+            MidChange::LeaderCommitting => {
+                was == Some(true) && leading.is_none() && self.nodes[i].passed.0 < view.id
+            }
+            MidChange::StateSender => sending_state,
+            MidChange::Delivering => {
+                delivered
+                    && self.nodes.iter().enumerate().any(|(j, n)| {
+                        j != i
+                            && n.alive
+                            && n.replica.member().view().id == view.id
+                            && n.replica.status() == Status::Changing
+                    })
+            }
+        };
+        if !moment {
+            return false;
+        }
+        let others = view
+            .members
+            .iter()
+            .filter(|m| {
+                let j = usize::from(m.0);
+                // Alive, not out, and not a joiner without its state (which cannot take part
+                // in a view change); it may not have installed this view yet.
+                j != i
+                    && self.nodes.get(j).is_some_and(|n| {
+                        n.alive
+                            && !n.replica.status().is_final()
+                            && n.replica.status() != Status::Joining
+                    })
+            })
+            .count();
+        if others * 2 <= view.len() {
+            return false;
+        }
+        self.mid_change_crashes += 1;
+        match when {
+            MidChange::Delivering => self.report.corners.crash_after_delivering += 1,
+            MidChange::StateSender => self.report.corners.state_sender_crash += 1,
+            _ => self.report.corners.leader_crash_mid_change += 1,
+        }
+        true
+    }
+
+    /// A leaving member asks to leave once everything it sent is delivered.
+    pub(super) fn maybe_leave(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let m = node.replica.member();
+        if node.leaving
+            && m.status() == Status::Serving
+            && m.window_room() == m.config().window
+            && m.view().len() > 1
+        {
+            node.leaving = false;
+            node.replica.leave();
+            self.report.corners.leave += 1;
+        }
+    }
+
+    /// Member `i`'s process stops: its executions die with it.
+    pub(super) fn crash(&mut self, i: usize) {
+        if self.changing() {
+            self.report.corners.crash_during_change += 1;
+        }
+        let node = &mut self.nodes[i];
+        node.alive = false;
+        node.executing.clear();
+        node.outbox.clear();
+        self.report.crashes += 1;
+    }
+
+    /// Whether some live member is in the middle of a view change.
+    pub(super) fn changing(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.alive && matches!(n.replica.status(), Status::Changing | Status::Minority))
+    }
+
+    pub(super) fn rejoin(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let restarted = n.replica.member().restarted_in_view().is_some();
+        if n.alive && !n.replica.member().status().is_final() && !restarted {
+            return;
+        }
+        if self.changing() {
+            self.report.corners.join_during_change += 1;
+        }
+        // An excluded process that is still running: with zombies, its executions go on and
+        // its next incarnation reports them (as the engine's executors do across a rejoin).
+        let zombie = n.alive && self.cfg.zombies && !restarted;
+        let contacts: Vec<MemberId> = (0..self.cfg.members as u16)
+            .filter(|&j| j as usize != i)
+            .map(MemberId)
+            .collect();
+        let replica = Replica::joining(
+            self.cfg.proto.clone(),
+            self.key.clone(),
+            GROUP,
+            MemberId(i as u16),
+            contacts,
+            // Each process that joins has a nonce of its own (the engine draws one at random;
+            // here, the incarnation it will be, which no draw of the seed depends on).
+            incarnation(i, self.nodes[i].inc + 1),
+            Instant::from_micros(self.now),
+        )
+        .expect("valid sim config");
+        // A joiner's place in the order is known at its first view.
+        self.nodes[i].start_process(replica, None, ViewId(0), zombie);
+    }
+
+    /// A crashed member's process starts again with the group file's view, as `conveyor node`
+    /// starts every original member: with no state, a member of the first view.
+    pub(super) fn restart_configured(&mut self, i: usize) {
+        let view = View::new(
+            ViewId(1),
+            (0..self.cfg.members as u16).map(MemberId).collect(),
+        );
+        let me = MemberId(i as u16);
+        let replica = Replica::new(
+            self.cfg.proto.clone(),
+            self.key.clone(),
+            GROUP,
+            view,
+            me,
+            incarnation(i, self.nodes[i].inc + 1),
+            Instant::from_micros(self.now),
+        )
+        .expect("valid sim config");
+        self.report.corners.configured_restart += 1;
+        // Its deliveries, if any, are those of the first view from its start.
+        let node = &mut self.nodes[i];
+        node.start_process(replica, Some(0), ViewId(1), false);
+        node.configured_restart = true;
+        node.outbox
+            .extend(invoker_ops(me).into_iter().map(|op| (op, None)));
+    }
+}
