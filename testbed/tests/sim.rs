@@ -107,9 +107,15 @@ fn many_seeds_hold_every_property() {
 ///   with nothing delivered (1053; the cut bounds only members the decision keeps); and peers
 ///   delivered the new process's messages under the old one's sequence numbers (now refused:
 ///   rows and frames name the process, see `proto::member`).
+/// - 100120, 110199, 118662, 141687 (6 and 7 members): after one-way links and partitions the
+///   lowest ranks suspected each other, each took itself for the leader and outbid the others'
+///   ballots forever; a member outbid by (or promising) another leader's ballot now gives it a
+///   failure timeout before starting its own.
 #[test]
 fn the_seeds_that_found_bugs_pass() {
-    for seed in [213149, 604280, 106118, 477, 1053, 738] {
+    for seed in [
+        213149, 604280, 106118, 477, 1053, 738, 100120, 110199, 118662, 141687,
+    ] {
         if let Err(v) = run_seed(seed, |_| {}) {
             panic!("seed {seed}: {v}");
         }

@@ -591,6 +591,38 @@ fn a_ballot_at_the_last_round_does_not_overflow() {
 }
 
 #[test]
+fn a_member_that_promised_another_leader_gives_it_time_before_its_own_ballot() {
+    // Member 0 promises member 1's ballot (here forged: member 1 does not lead it), which
+    // drops member 2. Member 0 then leads the change itself, but only once member 1 has had a
+    // failure timeout to finish: members that each take themselves for the leader would
+    // otherwise outbid each other forever (simulator seeds 100120, 110199, 118662, 141687).
+    let cfg = ProtoConfig::default();
+    let timeout = cfg.failure_timeout.as_micros() as u64;
+    let mut net = Net::new(3, cfg);
+    net.run(20_000);
+    net.down[2] = true;
+    let other = Ctl::Propose {
+        ballot: Ballot {
+            round: 7,
+            leader: MemberId(1),
+        },
+        members: vec![MemberId(0), MemberId(1)],
+        leaving: vec![],
+        joiners: vec![],
+    };
+    net.ms[1].emit_ctl_for_tests(Dest::One(MemberId(0)), &other);
+    net.run(timeout * 9 / 10);
+    assert_eq!(net.ms[0].stats().ballots, 0);
+    assert_eq!(net.views(0).len(), 0);
+    net.run(timeout / 2);
+    assert_eq!(net.ms[0].stats().ballots, 1);
+    let views = net.views(0);
+    assert_eq!(views.len(), 1, "{views:?}");
+    assert_eq!(views[0].view.members, vec![MemberId(0), MemberId(1)]);
+    assert_eq!(net.views(1).len(), 1);
+}
+
+#[test]
 fn a_single_member_delivers_at_once() {
     let mut m = member(1, 0, ProtoConfig::default());
     m.submit(b"a".to_vec()).unwrap();

@@ -94,6 +94,8 @@ impl Change {
             if l.members == members && l.leaving == leaving && l.joiners == joiners {
                 return None;
             }
+        } else if self.yield_until.is_some_and(|t| cx.now < t) {
+            return None;
         }
         // A round beyond u32 (a key holder's forged ballot) cannot be outbid: no ballot then.
         let round = self

@@ -79,6 +79,11 @@ pub(crate) struct Change {
     pub(super) accepted: Option<(Ballot, Decision)>,
     pub(super) round_seen: u32,
     pub(super) leading: Option<Leading>,
+    /// Until when this member starts no ballot of its own: it was outbid by, or promised, another
+    /// leader's higher ballot, and leaves that leader a failure timeout to finish. Without it,
+    /// members that each take themselves for the leader (the lowest ranks suspecting each other
+    /// after a partition) outbid each other forever (seeds 100120, 110199, 118662, 141687).
+    pub(super) yield_until: Option<Instant>,
     /// The decision that ended the previous view (sent to stale members).
     pub(super) last_commit: Option<Decision>,
     pub(super) catchup_at: BTreeMap<MemberId, Instant>,
@@ -118,6 +123,7 @@ impl Change {
             accepted: None,
             round_seen: 0,
             leading: None,
+            yield_until: None,
             last_commit: None,
             catchup_at: BTreeMap::new(),
             next_ctl_at: now,
@@ -213,6 +219,7 @@ impl Change {
         self.promised = None;
         self.accepted = None;
         self.leading = None;
+        self.yield_until = None;
         self.catchup_at.clear();
         self.view_started = now;
         self.initial = false;
@@ -518,6 +525,7 @@ impl Change {
                 self.round_seen = self.round_seen.max(promised.round);
                 if self.leading.as_ref().is_some_and(|l| l.ballot < promised) {
                     self.leading = None;
+                    self.yield_to(cx, promised);
                 }
                 None
             }
@@ -526,6 +534,15 @@ impl Change {
             | Ctl::State { .. }
             | Ctl::StateAck { .. }
             | Ctl::Fragment { .. } => None,
+        }
+    }
+
+    /// Another leader's ballot is ahead of any this member would start: give it a failure
+    /// timeout to finish before starting one (if it fails, it is suspected by then or its
+    /// ballot is outbid in turn).
+    fn yield_to(&mut self, cx: &mut Ctx<'_>, ballot: Ballot) {
+        if ballot.leader != cx.me {
+            self.yield_until = Some(cx.now + cx.cfg.failure_timeout);
         }
     }
 
@@ -548,6 +565,7 @@ impl Change {
         if self.leading.as_ref().is_some_and(|l| l.ballot < ballot) {
             self.leading = None;
         }
+        self.yield_to(cx, ballot);
         for r in 0..cx.n() {
             let m = cx.view.members[r];
             if !members.contains(&m) {
