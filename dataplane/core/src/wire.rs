@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  0  magic   u16  0x5643 ("CV")        16 seq     u64  sequence of the first entry
-//!  2  version u8   2                     24 len     u32  body length in bytes
+//!  2  version u8   3                     24 len     u32  body length in bytes
 //!  3  kind    u8   Data=1, Status=2,     28 flags   u32  bit 0: GAP; others must be zero
 //!                  Control=3             32 incarnation u64  the sending process (see below)
 //!  4  group   u32  group id
@@ -14,10 +14,13 @@
 //! ```
 //!
 //! `incarnation` is a number the sending process drew at random when it started (a joiner's
-//! is its join nonce): two processes with one member id tell themselves apart by it. A
-//! receiver takes the first incarnation it hears from each member in a view as that member's
-//! and refuses the frames of any other (a process restarted from the group file into a view
-//! its previous self ran in; see `proto::member`).
+//! is its join nonce), below 2^63: two processes with one member id tell themselves apart by
+//! it, and so do two runs of a group (same key, same view numbers). A receiver takes one
+//! process per member and view and refuses the frames of any other: the one a view's decision
+//! names, or in the group file's first view the first whose row names the receiver's own
+//! process (a process restarted into a view its previous self ran in, a replayed frame of an
+//! earlier run; see `proto::order`). A row's `incarnation[i]` with the top bit set is not a
+//! count's process but an echo: the process last heard for rank `i`, not yet taken.
 //!
 //! The body of every frame starts with the sender's status row (the role of a row of Derecho's
 //! shared state table), followed by `count` entries for `Data` frames, none for `Status`
@@ -40,7 +43,7 @@ use core::fmt;
 use thiserror::Error;
 
 pub const MAGIC: u16 = 0x5643;
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 pub const HEADER_LEN: usize = 40;
 pub const MAC_LEN: usize = 16;
 /// Bytes a frame needs besides its row and entries.
@@ -217,7 +220,8 @@ pub struct Row {
     /// Per view rank: contiguous messages received from that member (its own: messages sent).
     pub received: Vec<u64>,
     /// Per view rank: the process whose messages `received` counts (its incarnation; 0: none
-    /// heard yet). Missing entries are sent as 0.
+    /// heard yet; top bit set: heard, not yet taken, see the module docs). Missing entries are
+    /// sent as 0.
     pub incarnations: Vec<u64>,
 }
 

@@ -56,7 +56,7 @@ impl EngineHandle {
                 cfg.group,
                 cfg.me,
                 cfg.view.members.clone(),
-                crate::sys::random_u64().max(1),
+                conveyor_core::proto::draw_incarnation(crate::sys::random_u64()),
                 clock.now(),
             )
         } else {
@@ -68,7 +68,7 @@ impl EngineHandle {
                 cfg.me,
                 // This process, told apart from any earlier one with this id (a restart from
                 // the group file into a view its previous self ran in is refused by peers).
-                crate::sys::random_u64().max(1),
+                conveyor_core::proto::draw_incarnation(crate::sys::random_u64()),
                 clock.now(),
             )
         }

@@ -455,7 +455,7 @@ impl Engine {
             self.cfg.group,
             self.cfg.me,
             contacts,
-            crate::sys::random_u64().max(1),
+            conveyor_core::proto::draw_incarnation(crate::sys::random_u64()),
             self.clock.now(),
         ) {
             Ok(r) => {

@@ -64,6 +64,10 @@ pub struct SimConfig {
     /// replayed much later, 10 ms to 2 s after they were sent: valid frames of this run, of
     /// views and processes that may be gone by then.
     pub replay: f64,
+    /// Frames of an earlier run of the group (same key, same group file, other processes:
+    /// views restart at 1, so its frames are valid again) replayed into this run: half during
+    /// the first view's start-up, half at any time. 0: none.
+    pub earlier_run: usize,
 }
 
 /// When the mid-change crash strikes (the process dies as it sends: each of its last frames
@@ -185,6 +189,7 @@ impl SimConfig {
             timer_jitter_us: 0,
             leaves: Vec::new(),
             replay: 0.0,
+            earlier_run: 0,
         };
         // Drawn after everything else, so that older seeds keep their draws.
         cfg.proto.startup_grace = cfg.proto.failure_timeout * rng.gen_range(2..20);
@@ -239,6 +244,10 @@ impl SimConfig {
         if cfg.members >= 3 && rng.gen_bool(0.2) {
             cfg.leaves
                 .push((rng.gen_range(0..horizon), rng.gen_range(0..cfg.members)));
+        }
+        // Drawn last: the draws above, and so the runs of earlier seeds, stay as they were.
+        if rng.gen_bool(0.15) {
+            cfg.earlier_run = rng.gen_range(50..1_000);
         }
         cfg
     }

@@ -126,7 +126,7 @@ impl Sim {
             contacts,
             // Each process that joins has a nonce of its own (the engine draws one at random;
             // here, the incarnation it will be, which no draw of the seed depends on).
-            incarnation(i, self.nodes[i].inc + 1),
+            incarnation(self.run, i, self.nodes[i].inc + 1),
             Instant::from_micros(self.now),
         )
         .expect("valid sim config");
@@ -148,7 +148,7 @@ impl Sim {
             GROUP,
             view,
             me,
-            incarnation(i, self.nodes[i].inc + 1),
+            incarnation(self.run, i, self.nodes[i].inc + 1),
             Instant::from_micros(self.now),
         )
         .expect("valid sim config");

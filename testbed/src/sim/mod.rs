@@ -241,15 +241,24 @@ pub struct Sim {
     max_state: usize,
     last_fault: u64,
     report: Report,
+    /// Which run of the group this is (0: the one checked; 1: an earlier run whose frames are
+    /// replayed into it). Processes and message ids differ between runs.
+    run: u64,
+    /// Every frame sent, while recording (an earlier run).
+    tape: Option<Vec<Vec<u8>>>,
 }
 
 const GROUP: GroupId = GroupId(0xC0);
 
 /// The number that stands for incarnation `inc` of node `i` (the engine draws one at random
 /// per process; here, one no draw of the seed depends on).
-fn incarnation(i: usize, inc: u32) -> u64 {
-    ((i as u64) << 32) | u64::from(inc + 1)
+fn incarnation(run: u64, i: usize, inc: u32) -> u64 {
+    (run << 48) | ((i as u64) << 32) | u64::from(inc + 1)
 }
+
+/// Frames of an earlier run kept for replay at most (the earliest: they include the first
+/// view's start-up).
+const TAPE_MAX: usize = 20_000;
 
 /// An execution: the node and the incarnation running it.
 type Exec = (usize, u32);
@@ -283,6 +292,11 @@ fn invoker_ops(me: MemberId) -> Vec<Op> {
 
 impl Sim {
     pub fn new(seed: u64, cfg: SimConfig) -> Sim {
+        Sim::of_run(seed, cfg, 0)
+    }
+
+    /// Run `run` of the group (same key, same group file): see [`Sim::run`]'s field docs.
+    fn of_run(seed: u64, cfg: SimConfig, run: u64) -> Sim {
         let key = Key::from_bytes([0x42; 32]);
         let view = View::new(ViewId(1), (0..cfg.members as u16).map(MemberId).collect());
         let mut nodes = Vec::new();
@@ -293,7 +307,7 @@ impl Sim {
                 GROUP,
                 view.clone(),
                 MemberId(i as u16),
-                incarnation(i, 0),
+                incarnation(run, i, 0),
                 Instant::ZERO,
             )
             .expect("valid sim config");
@@ -343,7 +357,7 @@ impl Sim {
             event_seq: 0,
             submitted: BTreeMap::new(),
             sub_counter: BTreeMap::new(),
-            next_msg: 0,
+            next_msg: run << 40,
             reference: Vec::new(),
             digests: Vec::new(),
             assigned: BTreeSet::new(),
@@ -361,6 +375,8 @@ impl Sim {
             last_fault,
             report: Report::default(),
             cfg,
+            run,
+            tape: None,
         };
         for i in 0..sim.cfg.members {
             let t = sim.rng.gen_range(1_000..5_000);
@@ -392,6 +408,28 @@ impl Sim {
     fn schedule(&mut self, at: u64, e: Event) {
         self.event_seq += 1;
         self.events.push(Reverse((at, self.event_seq, e)));
+    }
+
+    /// Schedules `earlier_run` frames of `tape` (an earlier run's, valid for this group) to
+    /// arrive at random members: half in the first 30 ms (the first view's start-up, when no
+    /// member has taken a process for the others yet), half at any time of the workload.
+    fn replay_earlier_run(&mut self, tape: &[Vec<u8>]) {
+        let count = self.cfg.earlier_run;
+        if tape.is_empty() || count == 0 {
+            return;
+        }
+        let horizon = self.cfg.requests as u64 * self.cfg.push_gap_us.1 + 10_000;
+        for k in 0..count {
+            let frame = tape[self.rng.gen_range(0..tape.len())].clone();
+            let to = self.rng.gen_range(0..self.cfg.members);
+            let at = if k % 2 == 0 {
+                self.rng.gen_range(0..30_000)
+            } else {
+                self.rng.gen_range(0..horizon)
+            };
+            self.report.corners.earlier_run += 1;
+            self.schedule(at, Event::Arrive { to, frame });
+        }
     }
 
     /// Frames from outside the group: a wrong key, and the right key with another group id.
@@ -466,6 +504,9 @@ impl Sim {
     /// copy reaches its destination only at random: the process dies while sending).
     fn flush(&mut self, i: usize, partial: bool) {
         while let Some(t) = self.nodes[i].replica.poll_transmit() {
+            if let Some(tape) = self.tape.as_mut().filter(|t| t.len() < TAPE_MAX) {
+                tape.push(t.frame.clone());
+            }
             let dests: Vec<usize> = match t.dest {
                 Dest::All => self.nodes[i]
                     .replica
@@ -982,12 +1023,29 @@ impl Sim {
     }
 }
 
-/// Runs one seed with its drawn configuration, optionally altered.
+/// Runs one seed with its drawn configuration, optionally altered. With
+/// [`SimConfig::earlier_run`], an earlier run of the group (same configuration, another draw,
+/// other processes) runs first, recorded, and its frames are replayed into the checked run.
 pub fn run_seed(seed: u64, alter: impl FnOnce(&mut SimConfig)) -> Result<Report, Violation> {
     let mut cfg = SimConfig::from_seed(seed);
     alter(&mut cfg);
     // A test may change the group size: keep messages within a frame.
     let fits = conveyor_core::wire::max_payload_for(cfg.proto.max_frame, cfg.members);
     cfg.proto.max_payload = cfg.proto.max_payload.min(fits);
-    Sim::new(seed, cfg).run()
+    let tape = if cfg.earlier_run > 0 {
+        let mut earlier_cfg = cfg.clone();
+        earlier_cfg.earlier_run = 0;
+        let mut earlier = Sim::of_run(seed ^ 0xEA21_1E25_0000_0000, earlier_cfg, 1);
+        earlier.tape = Some(Vec::new());
+        earlier.run().map_err(|v| Violation {
+            detail: format!("in the earlier run of the group: {}", v.detail),
+            ..v
+        })?;
+        earlier.tape.take().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut sim = Sim::new(seed, cfg);
+    sim.replay_earlier_run(&tape);
+    sim.run()
 }

@@ -76,6 +76,8 @@ pub struct Corners {
     pub restart_detected: u64,
     /// A valid frame of this run replayed long after it was sent.
     pub replay: u64,
+    /// A frame of an earlier run of the group replayed into this one.
+    pub earlier_run: u64,
     /// A member left gracefully.
     pub leave: u64,
     /// A member paused (descheduled) while others went on.
@@ -96,12 +98,13 @@ impl Corners {
         self.pause += o.pause;
         self.leave += o.leave;
         self.replay += o.replay;
+        self.earlier_run += o.earlier_run;
         self.configured_restart += o.configured_restart;
         self.restart_detected += o.restart_detected;
     }
 
     /// Each corner with its count.
-    pub fn named(&self) -> [(&'static str, u64); 14] {
+    pub fn named(&self) -> [(&'static str, u64); 15] {
         [
             ("crash during a view change", self.crash_during_change),
             ("leader crash mid-change", self.leader_crash_mid_change),
@@ -121,6 +124,7 @@ impl Corners {
             ("paused member", self.pause),
             ("graceful leave", self.leave),
             ("replayed frame", self.replay),
+            ("frame of an earlier run", self.earlier_run),
             ("restart with the configured view", self.configured_restart),
             ("restart detected", self.restart_detected),
         ]

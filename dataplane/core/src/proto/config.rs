@@ -117,4 +117,6 @@ pub enum ConfigError {
     ViewSize,
     #[error("member {0} is not in the view")]
     NotInView(MemberId),
+    #[error("incarnation {0:#x} must be in 1..2^63 (see `proto::draw_incarnation`)")]
+    Incarnation(u64),
 }

@@ -27,16 +27,21 @@ pub enum ProtoDrop {
     /// From another process than the one this member heard first with that id in this view
     /// (a restart from the group file into a view its previous self ran in).
     OtherIncarnation,
+    /// From a process not yet taken for its id in this view, whose frame does not show that
+    /// it heard this process: possibly a replay of an earlier run of the group (see
+    /// `proto::order`). Counted while the members of a first view find each other.
+    Unconfirmed,
 }
 
 impl ProtoDrop {
-    pub const ALL: [ProtoDrop; 6] = [
+    pub const ALL: [ProtoDrop; 7] = [
         ProtoDrop::WrongGroup,
         ProtoDrop::WrongView,
         ProtoDrop::UnknownSender,
         ProtoDrop::OwnFrame,
         ProtoDrop::RowSize,
         ProtoDrop::OtherIncarnation,
+        ProtoDrop::Unconfirmed,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -46,6 +51,7 @@ impl ProtoDrop {
             ProtoDrop::OwnFrame => "own_frame",
             ProtoDrop::RowSize => "row_size",
             ProtoDrop::OtherIncarnation => "other_incarnation",
+            ProtoDrop::Unconfirmed => "unconfirmed",
         }
     }
     pub fn index(self) -> usize {

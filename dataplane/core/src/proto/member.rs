@@ -4,12 +4,12 @@
 //! the parts and, when the view change decides on a new view, resets them for it.
 
 use super::config::{Admission, ConfigError, ProtoConfig, Sabotage};
-use super::event::{Delivered, ProtoDrop, Stats, SubmitError, Transmit};
+use super::event::{Delivered, Dest, ProtoDrop, Stats, SubmitError, Transmit};
 use super::fragment::Reassembly;
 use super::membership::change::{Change, Ctx, Installed, Installing};
 use super::membership::state_transfer::{Chunk, StateTransfer};
 use super::membership::{Ballot, Ctl, Status};
-use super::order::Order;
+use super::order::{Admit, Order, TENTATIVE};
 use super::transmit::{Framing, RtoBounds, Transmitter};
 use crate::types::{GroupId, Instant, MemberId, Seq, View, ViewId};
 use crate::wire::{self, Frame, Key, Kind};
@@ -28,6 +28,8 @@ pub struct Member {
     now: Instant,
     stats: Stats,
     restarted_by: Option<MemberId>,
+    /// Per rank: the other process last told it was replaced, and when.
+    replaced_told: Vec<Option<(u64, Instant)>>,
     /// This process: drawn at random by the host when it started (a joiner's join nonce).
     /// Peers take the first process they hear from with an id in a view for that member
     /// ([`Order::same_process`]) and refuse the frames of any other: a process restarted from
@@ -60,6 +62,9 @@ impl Member {
         let n = view.len();
         if n == 0 || n > wire::MAX_MEMBERS {
             return Err(ConfigError::ViewSize);
+        }
+        if incarnation == 0 || incarnation & TENTATIVE != 0 {
+            return Err(ConfigError::Incarnation(incarnation));
         }
         let rank = view.rank_of(me).ok_or(ConfigError::NotInView(me))?;
         if cfg.window == 0 {
@@ -100,6 +105,7 @@ impl Member {
             now,
             stats: Stats::default(),
             restarted_by: None,
+            replaced_told: vec![None; n],
             incarnation,
             cfg,
             key,
@@ -328,7 +334,7 @@ impl Member {
         if h.group == self.group && h.view < self.view.id {
             // A stale member: tell it how its view ended (it learns it was excluded).
             let (ms, mut cx) = self.split();
-            ms.catch_up(&mut cx, h.sender);
+            ms.catch_up(&mut cx, h.sender, h.incarnation);
         } else if h.group == self.group && h.view > self.view.id {
             // A newer view: we may have missed its commit; its members will send it to us
             // when our frames reach them. Counts as a sign of life.
@@ -357,9 +363,23 @@ impl Member {
             return;
         }
         let r = self.view.rank_of(h.sender).unwrap_or(0);
-        if !self.order.same_process(r, h.incarnation) {
-            self.stats.drop_frame(ProtoDrop::OtherIncarnation);
-            return;
+        match self
+            .order
+            .admit(r, h.incarnation, Some(frame.row.incarnation(self.rank)))
+        {
+            Admit::Pinned => {}
+            Admit::Unconfirmed => {
+                // Our next row to it echoes its process: if it is live, its answer counts,
+                // and it resends what we dropped (the row is flagged as reporting a gap).
+                self.stats.drop_frame(ProtoDrop::Unconfirmed);
+                self.tx.resend_request_to(r);
+                return;
+            }
+            Admit::Other => {
+                self.stats.drop_frame(ProtoDrop::OtherIncarnation);
+                self.tell_replaced(r, h.incarnation);
+                return;
+            }
         }
         self.ms.heard_in_minority(r, self.view.len());
         if self.ms.last_heard(r).is_none() {
@@ -505,20 +525,24 @@ impl Member {
             return;
         }
         match ctl {
-            Ctl::Commit { decision } => {
+            Ctl::Commit { decision, to } => {
                 let installing = {
                     let (ms, mut cx) = self.split();
-                    ms.on_commit(&mut cx, decision)
+                    ms.on_commit(&mut cx, decision, to)
                 };
                 self.follow(installing);
                 return;
             }
-            Ctl::Join { nonce } => {
+            Ctl::Join { nonce, echo } => {
                 let installing = {
                     let (ms, mut cx) = self.split();
-                    ms.on_join(&mut cx, sender, nonce)
+                    ms.on_join(&mut cx, sender, nonce, echo)
                 };
                 self.follow(installing);
+                return;
+            }
+            Ctl::Challenge => {
+                self.ms.on_challenge(sender, inc);
                 return;
             }
             _ => {}
@@ -528,7 +552,7 @@ impl Member {
         }
         let drop = if view < self.view.id {
             let (ms, mut cx) = self.split();
-            ms.catch_up(&mut cx, sender);
+            ms.catch_up(&mut cx, sender, inc);
             Some(ProtoDrop::WrongView)
         } else if view != self.view.id {
             Some(ProtoDrop::WrongView)
@@ -544,9 +568,28 @@ impl Member {
             return;
         }
         let r = self.view.rank_of(sender).unwrap_or(0);
-        if !self.order.same_process(r, inc) {
-            self.stats.drop_frame(ProtoDrop::OtherIncarnation);
+        if let Ctl::Replaced { you } = ctl {
+            // Names this process: of this run, whoever sent it (and a key holder could as well
+            // stop sending to us).
+            if you == self.incarnation && self.restarted_by.is_none() {
+                self.restarted_by = Some(sender);
+            }
             return;
+        }
+        match self.order.admit(r, inc, None) {
+            Admit::Pinned => {}
+            Admit::Unconfirmed => {
+                // A control frame has no row to prove its process is of this run: it counts
+                // once a data or status frame of that process has (it is sent again).
+                self.stats.drop_frame(ProtoDrop::Unconfirmed);
+                self.tx.status_to(r);
+                return;
+            }
+            Admit::Other => {
+                self.stats.drop_frame(ProtoDrop::OtherIncarnation);
+                self.tell_replaced(r, inc);
+                return;
+            }
         }
         self.ms.heard(r, self.now);
         self.ms.heard_in_minority(r, self.view.len());
@@ -593,6 +636,19 @@ impl Member {
         self.follow(installing);
     }
 
+    /// Tells process `process`, whose frame of rank `r` was refused, that another process
+    /// holds its place (at most once per status interval and rank).
+    fn tell_replaced(&mut self, r: usize, process: u64) {
+        let due = self.replaced_told[r]
+            .is_none_or(|(p, t)| p != process || self.now >= t + self.cfg.status_interval);
+        if due {
+            self.replaced_told[r] = Some((process, self.now));
+            let ctl = Ctl::Replaced { you: process };
+            self.tx
+                .emit_ctl(Dest::One(self.view.members[r]), &ctl, &mut self.stats);
+        }
+    }
+
     /// Installs what the view change decided, if anything.
     fn follow(&mut self, installing: Option<Installing>) {
         match installing {
@@ -626,7 +682,15 @@ impl Member {
         let n = view.len();
         self.rank = view.rank_of(self.me).unwrap_or(0);
         self.order = Order::new(n, self.rank, self.cfg.recv_window(), self.incarnation);
+        // The processes the decision names are the view's: no other counts in it (a frame of
+        // an earlier run, with the same view number, names another).
+        for (m, inc) in self.ms.decided_incarnations() {
+            if let Some(r) = view.rank_of(m) {
+                self.order.pin(r, inc);
+            }
+        }
         self.tx.reset(&view, self.rank, self.now);
+        self.replaced_told = vec![None; n];
         self.ms.reset(n, self.rank, self.now);
         self.st.clear_outgoing();
         self.frag.retain(|m| view.rank_of(m).is_some());
@@ -644,7 +708,7 @@ impl Member {
 #[cfg(test)]
 impl Member {
     /// Queues a control message as this member would (tests forge decisions with it).
-    pub(super) fn emit_ctl_for_tests(&mut self, dest: super::event::Dest, ctl: &Ctl) {
+    pub(super) fn emit_ctl_for_tests(&mut self, dest: Dest, ctl: &Ctl) {
         self.tx.emit_ctl(dest, ctl, &mut self.stats);
     }
 }

@@ -21,7 +21,15 @@
 //! round-robin order never waits for an idle sender; null runs cost five bytes on the wire.
 //!
 //! Every frame carries its sender's *status row* (Derecho's SST row): for every rank, how many
-//! messages of that rank it holds contiguously, and how many slots it has delivered. A slot
+//! messages of that rank it holds contiguously, and how many slots it has delivered.
+//!
+//! Every frame also names its sender's *process* (incarnation, drawn at random when the process
+//! starts), and the row names, per rank, the process whose messages it counts. In the group
+//! file's first view a member takes a process for a rank only from a frame whose row names the
+//! member's own process (it proves the frame was sent after this process started: a replayed
+//! frame of an earlier run of the group, with the same key and view numbers, cannot); in later
+//! views, the processes the decision names. Frames of any other process are dropped, and a
+//! commit is believed only if it keeps its receiver by name or is addressed to its process. A slot
 //! `(k, r)` is *stable* once every member's row says it holds message `k` of `r`; a slot that
 //! carries a message is delivered only once stable (stability before delivery, so a delivery
 //! survives any failure of a minority, which the view-change protocol relies on). A null slot
@@ -58,4 +66,10 @@ mod tests;
 pub use config::{Admission, ConfigError, ProtoConfig, Sabotage};
 pub use event::{Delivered, Delivery, Dest, ProtoDrop, Stats, SubmitError, Transmit};
 pub use member::Member;
+
+/// A process's incarnation from a random number (the host's: [`Member`] draws none): in
+/// `1..2^63`, the top bit being the row's mark for a process heard but not yet confirmed.
+pub fn draw_incarnation(random: u64) -> u64 {
+    (random >> 1).max(1)
+}
 pub use membership::{Ballot, Decision, Status, ViewChange};

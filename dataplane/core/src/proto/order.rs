@@ -112,12 +112,34 @@ pub(crate) struct Order {
     stable: Vec<u64>,
     majority: Vec<u64>,
     held: Vec<u64>,
-    /// Per rank: the process (incarnation) this member takes for it in this view: its own,
-    /// and for the others the first heard (0: none yet). Only the messages and the row
-    /// columns of these processes count: another process with the same id sends its own
-    /// messages under the same sequence numbers.
+    /// Per rank: the process (incarnation) this member takes for it in this view (0: none
+    /// yet): its own; after a view change, the ones the decision names; in the group file's
+    /// first view, the first process heard whose row shows it heard this process (see
+    /// [`Order::admit`]). Only the messages and the row columns of these processes count:
+    /// another process with the same id sends its own messages under the same sequence
+    /// numbers.
     pinned: Vec<u64>,
+    /// Per rank not pinned yet: the process last heard from (echoed, marked [`TENTATIVE`], in
+    /// our row's column for it, which is how it proves to us that it is of this run).
+    seen: Vec<u64>,
 }
+
+/// A frame's process, as [`Order::admit`] finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// The process this member takes for the rank: the frame counts.
+    Pinned,
+    /// Not pinned yet, and the frame does not show that its sender heard this process: it may
+    /// be a replay of an earlier run of the group. It does not count; our rows echo its
+    /// process so that, if it is live, its next frames do.
+    Unconfirmed,
+    /// Another process than the one pinned.
+    Other,
+}
+
+/// In a row's column, marks a process heard but not pinned (an echo, not a count). Processes
+/// are numbered below it (see [`crate::proto::Member::new`]).
+pub(crate) const TENTATIVE: u64 = 1 << 63;
 
 impl Order {
     pub(crate) fn new(n: usize, rank: usize, recv_window: u64, incarnation: u64) -> Order {
@@ -128,6 +150,7 @@ impl Order {
         Order {
             rank,
             recv_window,
+            seen: vec![0; n],
             pinned,
             logs: (0..n).map(|_| SenderLog::default()).collect(),
             rows: (0..n)
@@ -213,16 +236,36 @@ impl Order {
         &self.pinned
     }
 
-    /// Whether a frame of rank `r` from process `incarnation` is from the process this member
-    /// takes for `r` (the first it heard from in this view, which it then takes).
-    pub(crate) fn same_process(&mut self, r: usize, incarnation: u64) -> bool {
-        match self.pinned.get_mut(r) {
-            Some(p) if *p == 0 => {
+    /// Takes the processes a decision names for the members of the view it installs (a
+    /// process other than these, or than our own, never counts in this view).
+    pub(crate) fn pin(&mut self, r: usize, incarnation: u64) {
+        if r != self.rank && incarnation != 0 && incarnation & TENTATIVE == 0 {
+            if let Some(p) = self.pinned.get_mut(r) {
                 *p = incarnation;
-                true
             }
-            Some(p) => *p == incarnation,
-            None => false,
+        }
+    }
+
+    /// Whether a frame of rank `r` from process `incarnation` counts. `echo` is what the
+    /// frame's row says of our rank (`None`: a control frame, which has no row). A rank not
+    /// pinned yet is pinned to the frame's process only if the echo is our own process: a
+    /// frame of an earlier run of the group (same key, same view numbers) cannot show a
+    /// process drawn at random after it was sent.
+    pub(crate) fn admit(&mut self, r: usize, incarnation: u64, echo: Option<u64>) -> Admit {
+        let me = self.pinned[self.rank];
+        match self.pinned.get(r).copied() {
+            None => Admit::Other,
+            Some(0) if echo.is_some_and(|e| e & !TENTATIVE == me) => {
+                self.pinned[r] = incarnation;
+                self.seen[r] = 0;
+                Admit::Pinned
+            }
+            Some(0) => {
+                self.seen[r] = incarnation;
+                Admit::Unconfirmed
+            }
+            Some(p) if p == incarnation => Admit::Pinned,
+            Some(_) => Admit::Other,
         }
     }
 
@@ -231,6 +274,22 @@ impl Order {
     pub(crate) fn row_into(&self, row: &mut Row) {
         row.delivered = self.next_slot;
         row.received.extend(self.logs.iter().map(|l| l.contiguous));
+    }
+
+    /// Fills `row`'s processes: per rank, the pinned one (whose messages the row counts) or,
+    /// not pinned yet, the one last heard, marked [`TENTATIVE`].
+    pub(crate) fn incarnations_into(&self, row: &mut Row) {
+        row.incarnations.clear();
+        row.incarnations.extend(
+            self.pinned
+                .iter()
+                .zip(&self.seen)
+                .map(|(&p, &s)| match (p, s) {
+                    (0, 0) => 0,
+                    (0, s) => s | TENTATIVE,
+                    (p, _) => p,
+                }),
+        );
     }
 
     /// Appends an own message; returns its sequence.
@@ -244,7 +303,8 @@ impl Order {
     /// Merges peer `r`'s row into what we know.
     pub(crate) fn merge_row(&mut self, r: usize, row: &RowRef<'_>) -> RowMerge {
         let me = self.rank;
-        let other_process = row.incarnation(me) != 0 && row.incarnation(me) != self.pinned[me];
+        let theirs = row.incarnation(me);
+        let other_process = theirs != 0 && theirs & TENTATIVE == 0 && theirs != self.pinned[me];
         let beyond_sent = row.received(me) > self.logs[me].highest;
         let acked_before = self.rows[r].received[me];
         let known = &mut self.rows[r];

@@ -112,6 +112,9 @@ pub(crate) struct Transmitter {
     retx_queue: VecDeque<(usize, u64)>,
     status_all: bool,
     status_to: Vec<bool>,
+    /// Per peer: our row is due to it flagged `GAP` (we dropped its frame as unconfirmed,
+    /// and it is to send it again as soon as our row proves its process to it).
+    gap_to: Vec<bool>,
     next_status_at: Instant,
     heartbeat: u64,
     /// Per peer: the acknowledgement from which we last resent because it reported a gap.
@@ -155,6 +158,7 @@ impl Transmitter {
             retx_queue: VecDeque::new(),
             status_all: true,
             status_to: vec![false; n],
+            gap_to: vec![false; n],
             next_status_at: now,
             heartbeat: 0,
             fast_from: vec![None; n],
@@ -182,6 +186,7 @@ impl Transmitter {
         self.retx = vec![Retx::new(self.bounds.floor); n];
         self.status_all = true;
         self.status_to = vec![false; n];
+        self.gap_to = vec![false; n];
         self.next_status_at = now;
         self.fast_from = vec![None; n];
     }
@@ -199,6 +204,12 @@ impl Transmitter {
     /// Peer `p` should hear our row at the next chance.
     pub(crate) fn status_to(&mut self, p: usize) {
         self.status_to[p] = true;
+    }
+
+    /// Peer `p` should hear our row at the next chance, flagged `GAP`: we dropped what it
+    /// sent us (see `proto::order`'s `Admit::Unconfirmed`), and our row counts none of it.
+    pub(crate) fn resend_request_to(&mut self, p: usize) {
+        self.gap_to[p] = true;
     }
 
     /// A peer's row moved from `before` to `after` own messages held: time the round trip,
@@ -322,8 +333,7 @@ impl Transmitter {
         let mut row = std::mem::take(&mut self.row);
         row.heartbeat = self.heartbeat;
         row.received.clear();
-        row.incarnations.clear();
-        row.incarnations.extend_from_slice(order.pinned());
+        order.incarnations_into(&mut row);
         if let Some((received, delivered)) = frozen {
             row.delivered = *delivered;
             row.received.extend_from_slice(received);
@@ -416,8 +426,13 @@ impl Transmitter {
                 stats.retransmitted_slots += next - from;
                 self.status_to[p] = false;
             }
+        } else if let Some(p) = self.gap_to.iter().position(|&g| g) {
+            // 3. A row asking a peer to resend what we could not take from it yet ...
+            self.gap_to[p] = false;
+            self.status_to[p] = false;
+            self.emit_status(Dest::One(self.members[p]), true, &row, stats);
         } else if self.status_all {
-            // 3. Status rows, to all (new receipts, timers) ...
+            // ... status rows, to all (new receipts, timers) ...
             self.status_all = false;
             self.status_to.iter_mut().for_each(|s| *s = false);
             self.heartbeat += 1;

@@ -296,13 +296,23 @@ impl Change {
             return None;
         }
         let d = d.clone();
-        let commit = Ctl::Commit {
-            decision: d.clone(),
-        };
         let mut to: BTreeSet<MemberId> = cx.view.members.iter().copied().collect();
         to.extend(d.next.members.iter().copied());
         to.remove(&cx.me);
         for m in to {
+            // Each copy names its receiver's process: the one the decision names, or, for a
+            // member it removes, the one we heard (unknown: it learns by a catch-up).
+            let process = d
+                .incarnation_of(m)
+                .or_else(|| {
+                    let r = cx.view.rank_of(m)?;
+                    cx.order.pinned().get(r).copied()
+                })
+                .unwrap_or(0);
+            let commit = Ctl::Commit {
+                decision: d.clone(),
+                to: process,
+            };
             cx.emit(Dest::One(m), &commit);
         }
         Some(Installing::Survivor(d))

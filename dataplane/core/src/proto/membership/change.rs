@@ -13,7 +13,7 @@ use super::ballot::{Leading, Promised};
 use super::state_transfer::StateTransfer;
 use super::{Ballot, Ctl, Decision, Status, ViewChange};
 use crate::proto::config::{Admission, ProtoConfig};
-use crate::proto::event::{Dest, Stats};
+use crate::proto::event::{Dest, ProtoDrop, Stats};
 use crate::proto::order::Order;
 use crate::proto::transmit::Transmitter;
 use crate::types::{Instant, MemberId, View, ViewId};
@@ -108,6 +108,8 @@ pub(crate) struct Change {
     pub(super) leaving_ranks: Vec<bool>,
     /// A joiner's contacts.
     pub(super) contacts: Vec<MemberId>,
+    /// A joiner's contacts' processes, from their challenges (see [`Ctl::Join`]).
+    pub(super) contact_processes: BTreeMap<MemberId, u64>,
 }
 
 impl Change {
@@ -136,6 +138,7 @@ impl Change {
             leaving: false,
             leaving_ranks: vec![false; n],
             contacts: Vec::new(),
+            contact_processes: BTreeMap::new(),
         }
     }
 
@@ -198,6 +201,14 @@ impl Change {
     /// Join requests from processes not in `admitted` are forgotten.
     pub(crate) fn retain_joins(&mut self, admitted: &BTreeSet<MemberId>) {
         self.joins.retain(|m, _| admitted.contains(m));
+    }
+
+    /// The processes the last installed decision names for the members of its view.
+    pub(crate) fn decided_incarnations(&self) -> Vec<(MemberId, u64)> {
+        self.last_commit
+            .as_ref()
+            .map(|d| d.incarnations.clone())
+            .unwrap_or_default()
     }
 
     /// Memory held for pending joins and catch-ups, in entries.
@@ -274,10 +285,11 @@ impl Change {
             Status::Joining => {
                 if now >= self.next_ctl_at {
                     self.next_ctl_at = now + period;
-                    let join = Ctl::Join {
-                        nonce: self.my_nonce,
-                    };
                     for c in self.contacts.clone() {
+                        let join = Ctl::Join {
+                            nonce: self.my_nonce,
+                            echo: self.contact_processes.get(&c).copied().unwrap_or(0),
+                        };
                         cx.emit(Dest::One(c), &join);
                     }
                 }
@@ -404,7 +416,9 @@ impl Change {
 
     /// A frame of an older view came from `to`: tell it how its view ended (at most once per
     /// status interval), so that it learns it was excluded.
-    pub(crate) fn catch_up(&mut self, cx: &mut Ctx<'_>, to: MemberId) {
+    /// Sends the decision that ended our previous view to `to`, process `process` (the one
+    /// whose frame showed it stale), at most once per status interval.
+    pub(crate) fn catch_up(&mut self, cx: &mut Ctx<'_>, to: MemberId, process: u64) {
         let Some(d) = &self.last_commit else {
             return;
         };
@@ -417,6 +431,7 @@ impl Change {
             self.catchup_at.insert(to, now);
             let c = Ctl::Commit {
                 decision: d.clone(),
+                to: process,
             };
             cx.emit(Dest::One(to), &c);
         }
@@ -530,7 +545,9 @@ impl Change {
                 None
             }
             Ctl::Commit { .. }
+            | Ctl::Replaced { .. }
             | Ctl::Join { .. }
+            | Ctl::Challenge
             | Ctl::State { .. }
             | Ctl::StateAck { .. }
             | Ctl::Fragment { .. } => None,
@@ -598,8 +615,24 @@ impl Change {
         cx: &mut Ctx<'_>,
         sender: MemberId,
         nonce: u64,
+        echo: u64,
     ) -> Option<Installing> {
         if !matches!(self.status, Status::Serving | Status::Changing) {
+            return None;
+        }
+        if let Admission::Listed(ok) = &cx.cfg.admission {
+            if !ok.contains(&sender) {
+                cx.stats.join_requests += 1;
+                cx.stats.joins_refused += 1;
+                cx.stats.last_join_refused = Some(sender);
+                return None;
+            }
+        }
+        if echo != cx.order.pinned().get(cx.rank).copied().unwrap_or(0) {
+            // Not shown to be of this run: ask the process with that id to name us (a
+            // replayed request of an earlier run would otherwise admit a process that never
+            // speaks, or whose old frames of the same view numbers count).
+            cx.emit(Dest::One(sender), &Ctl::Challenge);
             return None;
         }
         let rank = cx.view.rank_of(sender);
@@ -612,7 +645,7 @@ impl Change {
             let heard = rank.is_some_and(|r| self.last_heard[r].is_some());
             if self.joined_now.contains(&sender) && !heard {
                 self.catchup_at.remove(&sender);
-                self.catch_up(cx, sender);
+                self.catch_up(cx, sender, nonce);
             }
             return None;
         }
@@ -623,13 +656,6 @@ impl Change {
             }
         }
         cx.stats.join_requests += 1;
-        if let Admission::Listed(ok) = &cx.cfg.admission {
-            if !ok.contains(&sender) {
-                cx.stats.joins_refused += 1;
-                cx.stats.last_join_refused = Some(sender);
-                return None;
-            }
-        }
         if let Some(r) = rank {
             // A new process with the id of a member of this view (a restart): the old one is
             // gone, and this one takes its place as a joiner. Unless the old one still speaks:
@@ -706,10 +732,35 @@ impl Change {
                 .is_none_or(|x| x == cx.order.pinned()[cx.rank])
     }
 
+    /// A joiner learns a contact's process (a challenge's header), to name it in its requests.
+    pub(crate) fn on_challenge(&mut self, sender: MemberId, process: u64) {
+        if self.status == Status::Joining && self.contacts.contains(&sender) {
+            self.contact_processes.insert(sender, process);
+            // Answer at the next timer tick (requests are repeated every status interval).
+        }
+    }
+
     /// A committed decision (any view: from the leader, or from a member telling a stale one).
-    pub(crate) fn on_commit(&mut self, cx: &mut Ctx<'_>, d: Decision) -> Option<Installing> {
+    pub(crate) fn on_commit(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        d: Decision,
+        to: u64,
+    ) -> Option<Installing> {
         if !self.plausible(cx, &d) {
             cx.stats.bad_control += 1;
+            return None;
+        }
+        // Of this run: addressed to this process, or keeping it by name. Otherwise it may be
+        // a replay of an earlier run's commit, which would make this member leave the group.
+        let mine = cx.order.pinned().get(cx.rank).copied().unwrap_or(0);
+        let keeps_me = d.from == cx.view.id
+            && !d.joiners.contains(&cx.me)
+            && d.next.rank_of(cx.me).is_some()
+            && d.incarnation_of(cx.me) == Some(mine);
+        let joins_me = d.joiners.contains(&cx.me) && d.nonce_of(cx.me) == Some(self.my_nonce);
+        if to != mine && !keeps_me && !joins_me {
+            cx.stats.drop_frame(ProtoDrop::Unconfirmed);
             return None;
         }
         match self.status {

@@ -146,15 +146,33 @@ pub(crate) enum Ctl {
     },
     Commit {
         decision: Decision,
+        /// The process this copy is for, as the sender knows it (0: unknown). A decision that
+        /// does not keep its receiver (or ends a later view than the receiver's) is believed
+        /// only with the receiver's own process here: a commit of an earlier run of the group
+        /// (same key, same view numbers) cannot name a process drawn after it was sent.
+        to: u64,
     },
     /// From a process outside the view that wants in. `nonce`: chosen by the process (at
     /// random, by its host) when it starts to join; tells its requests from those of an
     /// earlier or later process with the same id.
     Join {
         nonce: u64,
+        /// The process of the member this copy is sent to, as the joiner heard it (0: not yet):
+        /// a request of an earlier run of the group, replayed, cannot name it. A member asks
+        /// for it with a [`Ctl::Challenge`].
+        echo: u64,
     },
+    /// To a process asking to join without naming this member's process: the frame's header
+    /// names it (see [`Ctl::Join::echo`]).
+    Challenge,
     /// A member asks to be removed (graceful leave).
     Leave,
+    /// To a process whose frames are refused: another process holds its id's place in this
+    /// view, and it is process `you` (which a replayed frame of an earlier run cannot name).
+    /// It restarted into a view its previous self ran in.
+    Replaced {
+        you: u64,
+    },
     /// A chunk of the application state for a joiner, as of the install of view `view`.
     State {
         view: ViewId,
