@@ -15,7 +15,9 @@
 //! heals (several may join at once), and paused processes (a polling thread descheduled for 1
 //! to 50 ms: frames wait, timers fire late). Joiners get the queue state by state transfer.
 //! The network also has one-way links, frames delayed by several failure timeouts, valid frames
-//! of the run replayed long after, and timer jitter (see [`SimConfig`]).
+//! of the run replayed long after, frames of an earlier run of the group (same key and group
+//! file: [`run_seed`] runs it first, recorded, with other processes, and replays its frames,
+//! half during the first view's start-up), and timer jitter (see [`SimConfig`]).
 //!
 //! Workload: member 0 creates a two-step pipeline's queues; every member subscribes and offers
 //! credits, as an invoker; members push requests; a member assigned a request completes it
