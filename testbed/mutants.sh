@@ -21,6 +21,9 @@ ONLY = set(sys.argv[2:])
 CORE = "dataplane/core/src/"
 
 # (name, file, the line as it is, the line mutated): one line each, found exactly once.
+# Not a mutant: dropping the pins a decision gives (`Order::pin` in `Member::start_view`) is
+# safe, as every rank is then pinned by echo like in a first view; it costs two exchanges after
+# every view change (tried: not caught in 6000 seeds, as expected).
 MUTANTS = [
     ("data-before-stable", "proto/order.rs",
      "Slot::Data(_) => k >= self.stable[r],",
@@ -85,9 +88,6 @@ MUTANTS = [
     ("pin-without-echo", "proto/order.rs",
      "Some(0) if echo.is_some_and(|e| e & !TENTATIVE == me) => {",
      "Some(0) => {"),
-    ("no-pins-from-decision", "proto/member.rs",
-     "                self.order.pin(r, inc);",
-     "                let _ = (r, inc);"),
     ("commit-to-any-process", "proto/membership/change.rs",
      "if to != mine && !keeps_me && !joins_me {",
      "if to != mine && !keeps_me && !joins_me && false {"),

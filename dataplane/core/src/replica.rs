@@ -36,7 +36,8 @@ pub struct ReplicaStats {
     pub malformed_ops: u64,
     /// Requests put back in their queue because their consumer was removed.
     pub requeued: u64,
-    /// States received on joining that did not decode (the queue stays empty).
+    /// States received on joining that did not decode (the process then stops as excluded:
+    /// see [`Member::refuse_state`]).
     pub bad_states: u64,
     /// Snapshots sent to joiners.
     pub states_sent: u64,
@@ -286,7 +287,10 @@ impl Replica {
                 true
             }
             Err(_) => {
+                // An empty queue would diverge from every other replica with the next
+                // delivery: this process stops, and its host joins again with a new one.
                 self.stats.bad_states += 1;
+                self.member.refuse_state();
                 false
             }
         }
@@ -494,6 +498,26 @@ mod tests {
         assert_eq!(net.rs[2].member().restarted_in_view(), None);
         assert_eq!(net.rs[2].view(), net.rs[0].view());
         assert_eq!(net.rs[2].queue().digest(), net.rs[0].queue().digest());
+    }
+
+    #[test]
+    fn a_joiner_whose_state_does_not_decode_stops_and_is_removed() {
+        let mut net = Net::new(3);
+        net.rs[0].submit(&Op::Create(spec())).unwrap();
+        net.run(5_000);
+        let mut j = joiner(0x5eed, net.now);
+        // As if its state had arrived and did not decode: an empty queue would diverge.
+        assert!(!j.on_state(b"not a snapshot"));
+        assert_eq!(j.stats().bad_states, 1);
+        assert_eq!(j.status(), Status::Excluded);
+        net.rs.push(j);
+        net.down.push(false);
+        net.fx.push(Vec::new());
+        net.run(300_000);
+        // It sent nothing and joined nothing; the group went on without it.
+        assert!(net.rs[3].member().poll_timeout() == Instant(u64::MAX));
+        assert_eq!(net.rs[0].view().members.len(), 3);
+        assert_eq!(net.rs[0].status(), Status::Serving);
     }
 
     #[test]

@@ -279,6 +279,15 @@ impl Member {
         ms.leave(&mut cx);
     }
 
+    /// The host could not use the state this joiner received (it does not decode): this
+    /// process holds none of the group's state, so it must not serve. It stops as if
+    /// excluded (nothing more is delivered or sent; the group removes it as silent) and its
+    /// host starts a new process to join again, as after an exclusion.
+    pub fn refuse_state(&mut self) {
+        self.ms.give_up();
+        self.deliveries.clear();
+    }
+
     /// Starts sending `state` (the application's snapshot as of the install of the current
     /// view) to joiner `to`. Called by the host on a view change whose `state_from` is this
     /// member, for each of its `joined`, before handling any later delivery.

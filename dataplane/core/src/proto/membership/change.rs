@@ -732,6 +732,14 @@ impl Change {
                 .is_none_or(|x| x == cx.order.pinned()[cx.rank])
     }
 
+    /// This process cannot serve (its host refused the state it was sent): as excluded.
+    pub(crate) fn give_up(&mut self) {
+        if !self.status.is_final() {
+            self.status = Status::Excluded;
+            self.leading = None;
+        }
+    }
+
     /// A joiner learns a contact's process (a challenge's header), to name it in its requests.
     pub(crate) fn on_challenge(&mut self, sender: MemberId, process: u64) {
         if self.status == Status::Joining && self.contacts.contains(&sender) {
