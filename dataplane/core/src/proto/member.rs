@@ -295,8 +295,14 @@ impl Member {
         if self.view.rank_of(to).is_none() {
             return;
         }
-        self.st
-            .send(to, self.view.id, state, &mut self.tx, &mut self.stats);
+        self.st.send(
+            to,
+            self.view.id,
+            state,
+            self.now,
+            &mut self.tx,
+            &mut self.stats,
+        );
     }
 
     /// Offers a message for ordering.
@@ -628,7 +634,7 @@ impl Member {
             }
             Ctl::StateAck { view, have } => {
                 self.st
-                    .on_ack(sender, view, have, &mut self.tx, &mut self.stats);
+                    .on_ack(sender, view, have, self.now, &mut self.tx, &mut self.stats);
             }
             ctl => {
                 let installing = {

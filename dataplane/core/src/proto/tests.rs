@@ -45,6 +45,8 @@ struct Net {
     out: Vec<Vec<Delivered>>,
     /// Every frame sent, once it is `Some`.
     tape: Option<Vec<Vec<u8>>>,
+    /// Control frames of more than 600 bytes (state chunks) to this index are lost.
+    starve: Option<usize>,
 }
 
 impl Net {
@@ -55,6 +57,7 @@ impl Net {
             now: 0,
             out: vec![Vec::new(); n as usize],
             tape: None,
+            starve: None,
         }
     }
     fn step(&mut self, us: u64) {
@@ -89,6 +92,9 @@ impl Net {
             // As the transports do: a frame larger than max_frame + 64 does not arrive.
             let limit = self.ms[from].config().max_frame + 64;
             for j in dests {
+                if self.starve == Some(j) && t.frame.len() > 600 && t.frame[3] == 3 {
+                    continue;
+                }
                 if j < self.ms.len() && !self.down[j] && t.frame.len() <= limit {
                     self.ms[j].handle_frame(now, &t.frame);
                 }
@@ -268,6 +274,47 @@ fn an_isolated_member_is_a_minority_and_learns_its_exclusion_on_heal() {
     assert_eq!(net.ms[0].status(), Status::Excluded);
     assert_eq!(net.ms[1].view().members, vec![MemberId(1), MemberId(2)]);
     assert!(net.ms[1].stats().dropped_by(ProtoDrop::WrongView) > 0);
+}
+
+/// A joiner that takes none of its state (here its chunks are lost, while everything else
+/// gets through) is removed: until its state is in it holds at most a receive window of each
+/// sender, which would cap the whole group for as long as it stays.
+#[test]
+fn a_joiner_that_takes_no_state_is_removed() {
+    let mut net = Net::new(3, ProtoConfig::default());
+    net.run(2_000);
+    let j = Member::joining(
+        ProtoConfig::default(),
+        Key::from_bytes([1; 32]),
+        GroupId(3),
+        MemberId(3),
+        vec![MemberId(0), MemberId(1), MemberId(2)],
+        77,
+        Instant(net.now),
+    )
+    .unwrap();
+    net.ms.push(j);
+    net.down.push(false);
+    net.out.push(Vec::new());
+    net.starve = Some(3);
+    let mut sent = false;
+    for _ in 0..100 {
+        net.step(500);
+        if !sent && !net.views(0).is_empty() {
+            let v = &net.views(0)[0];
+            assert_eq!(v.joined, vec![MemberId(3)]);
+            let from = v.state_from.unwrap().0 as usize;
+            net.ms[from].send_state(MemberId(3), vec![7; 5000]);
+            sent = true;
+        }
+    }
+    assert!(sent);
+    let timeout = ProtoConfig::default().failure_timeout.as_micros() as u64;
+    net.run(4 * timeout);
+    let views = net.views(0);
+    assert_eq!(views.len(), 2, "{views:?}");
+    assert_eq!(views[1].removed, vec![MemberId(3)]);
+    assert_eq!(net.ms[0].view().members.len(), 3);
 }
 
 #[test]

@@ -396,7 +396,14 @@ impl Change {
         for (m, c) in out {
             cx.emit(Dest::One(m), &c);
         }
-        cx.st.resend(cx.view, cx.tx, cx.stats);
+        let stalled = cx
+            .st
+            .resend(cx.view, cx.now, cx.cfg.failure_timeout, cx.tx, cx.stats);
+        for j in stalled {
+            if let Some(r) = cx.view.rank_of(j) {
+                self.suspect_rank(cx, r, true);
+            }
+        }
     }
 
     /// A minority member hearing again from a member it suspected (a partition healed):

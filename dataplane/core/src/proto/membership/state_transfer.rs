@@ -6,8 +6,9 @@
 use super::Ctl;
 use crate::proto::event::{Dest, Stats};
 use crate::proto::transmit::Transmitter;
-use crate::types::{MemberId, View, ViewId};
+use crate::types::{Instant, MemberId, View, ViewId};
 use crate::wire;
+use core::time::Duration;
 
 /// Chunks in flight before an acknowledgement.
 const WINDOW: usize = 16;
@@ -19,6 +20,8 @@ struct StateOut {
     bytes: Vec<u8>,
     acked: usize,
     sent_to: usize,
+    /// When the joiner last acknowledged more (or the transfer started).
+    progress_at: Instant,
 }
 
 /// A joiner's incoming state: the view it is for, the bytes so far, the total once known.
@@ -101,6 +104,7 @@ impl StateTransfer {
         to: MemberId,
         view: ViewId,
         bytes: Vec<u8>,
+        now: Instant,
         tx: &mut Transmitter,
         stats: &mut Stats,
     ) {
@@ -111,6 +115,7 @@ impl StateTransfer {
             bytes,
             acked: 0,
             sent_to: 0,
+            progress_at: now,
         });
         let i = self.outgoing.len() - 1;
         self.send_chunks(i, tx, stats);
@@ -151,6 +156,7 @@ impl StateTransfer {
         from: MemberId,
         view: ViewId,
         have: u32,
+        now: Instant,
         tx: &mut Transmitter,
         stats: &mut Stats,
     ) {
@@ -162,7 +168,11 @@ impl StateTransfer {
             return;
         };
         let o = &mut self.outgoing[i];
-        o.acked = o.acked.max(have as usize).min(o.bytes.len());
+        let acked = o.acked.max(have as usize).min(o.bytes.len());
+        if acked > o.acked {
+            o.progress_at = now;
+        }
+        o.acked = acked;
         if o.acked >= o.bytes.len() {
             self.outgoing.remove(i);
         } else {
@@ -201,15 +211,32 @@ impl StateTransfer {
 
     /// The membership timer: what is not acknowledged is sent again from the last
     /// acknowledgement; transfers for another view, or to a member no longer in it, stop.
-    pub(crate) fn resend(&mut self, view: &View, tx: &mut Transmitter, stats: &mut Stats) {
+    /// Returns the joiners that acknowledged nothing more for `timeout`: until its state is
+    /// in, a joiner delivers nothing and so holds at most a receive window of each sender,
+    /// which caps the whole group; one that does not take its state is to be suspected.
+    pub(crate) fn resend(
+        &mut self,
+        view: &View,
+        now: Instant,
+        timeout: Duration,
+        tx: &mut Transmitter,
+        stats: &mut Stats,
+    ) -> Vec<MemberId> {
         self.outgoing.retain(|o| o.acked < o.bytes.len().max(1));
         self.outgoing
             .retain(|o| o.view == view.id && view.rank_of(o.to).is_some());
+        let stalled = self
+            .outgoing
+            .iter()
+            .filter(|o| now.saturating_since(o.progress_at) >= timeout)
+            .map(|o| o.to)
+            .collect();
         for i in 0..self.outgoing.len() {
             let o = &mut self.outgoing[i];
             o.sent_to = o.acked;
             self.send_chunks(i, tx, stats);
         }
+        stalled
     }
 
     /// A new view: transfers of the old one stop.
