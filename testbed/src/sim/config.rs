@@ -249,6 +249,19 @@ impl SimConfig {
         if rng.gen_bool(0.15) {
             cfg.earlier_run = rng.gen_range(50..1_000);
         }
+        if cfg.members >= 3 && cfg.crashes.is_empty() && rng.gen_bool(0.1) {
+            // A member crash-looping at start-up: it dies before every member heard it and
+            // its next process starts from the group file. The member it could not reach
+            // until then hears only the new process, the others the old one first.
+            let m = rng.gen_range(0..cfg.members);
+            let cut_off = (m + 1 + rng.gen_range(0..cfg.members - 1)) % cfg.members;
+            let crash = rng.gen_range(500..3_000);
+            let restart = crash + rng.gen_range(500..5_000);
+            cfg.crashes.push((crash, m));
+            cfg.restarts.push((restart, m));
+            cfg.restarts_configured.push(true);
+            cfg.one_way.push((0, restart + 1_000, m, cut_off));
+        }
         cfg
     }
 }
