@@ -46,6 +46,9 @@ pub(crate) struct Chunk {
 pub(crate) struct StateTransfer {
     outgoing: Vec<StateOut>,
     incoming: Option<StateIn>,
+    /// The state this joiner took (its view and size): a resent chunk of it is acknowledged
+    /// whole, so that its sender, whose last acknowledgement was lost, sees the transfer end.
+    taken: Option<(ViewId, u32)>,
     /// Bytes of state per control frame.
     chunk: usize,
 }
@@ -55,6 +58,7 @@ impl StateTransfer {
         StateTransfer {
             outgoing: Vec::new(),
             incoming: None,
+            taken: None,
             chunk: wire::max_payload_for(max_frame, 1)
                 .saturating_sub(32)
                 .max(16),
@@ -93,7 +97,11 @@ impl StateTransfer {
                 bytes,
                 total: Some(total),
                 ..
-            }) if bytes.len() == *total as usize => self.incoming.take().map(|i| i.bytes),
+            }) if bytes.len() == *total as usize => {
+                let i = self.incoming.take()?;
+                self.taken = Some((i.view, i.bytes.len() as u32));
+                Some(i.bytes)
+            }
             _ => None,
         }
     }
@@ -196,6 +204,9 @@ impl StateTransfer {
             bytes: chunk,
         } = chunk;
         let Some(inc) = &mut self.incoming else {
+            if let Some((v, have)) = self.taken.filter(|(v, _)| *v == view) {
+                tx.emit_ctl(Dest::One(from), &Ctl::StateAck { view: v, have }, stats);
+            }
             return;
         };
         if inc.view != view {
