@@ -23,7 +23,10 @@ CORE = "dataplane/core/src/"
 # (name, file, the line as it is, the line mutated): one line each, found exactly once.
 # Not a mutant: dropping the pins a decision gives (`Order::pin` in `Member::start_view`) is
 # safe, as every rank is then pinned by echo like in a first view; it costs two exchanges after
-# every view change (tried: not caught in 6000 seeds, as expected).
+# every view change (tried: not caught in 6000 seeds, as expected). Nor is letting a replayed
+# `Join` evict a live member (`Change::on_join`): the member is removed and rejoins, an
+# execution the protocol allows anyway (as after a false suspicion), so no safety property
+# can fail; the unit test `a_replayed_join_does_not_evict_a_live_member` catches it.
 MUTANTS = [
     ("data-before-stable", "proto/order.rs",
      "Slot::Data(_) => k >= self.stable[r],",
@@ -97,9 +100,6 @@ MUTANTS = [
     ("rows-of-any-process", "proto/order.rs",
      "if row.incarnation(i) == self.pinned[i] {",
      "if row.incarnation(i) != 0 || self.pinned[i] == 0 {"),
-    ("join-evicts-live-member", "proto/membership/change.rs",
-     "            if !alive {\n                self.suspect_rank(cx, r, true);",
-     "            if alive || !alive {\n                self.suspect_rank(cx, r, true);"),
     ("deliver-while-wedged", "proto/member.rs",
      "if self.ms.frozen().is_some() || self.ms.status().is_final() {",
      "if self.ms.status().is_final() {"),
