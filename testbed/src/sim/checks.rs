@@ -40,6 +40,15 @@ impl Sim {
                         ));
                     }
                     let item = Item::View(vc.view.id, vc.view.members.clone());
+                    if self.nodes[i].pos.is_none() && self.cfg.not_admitted == Some(i) {
+                        return Err(self.violation(
+                            "admission",
+                            format!(
+                                "m{i}, not on the admission list, was admitted into view {}",
+                                vc.view.id.0
+                            ),
+                        ));
+                    }
                     if self.nodes[i].pos.is_none() {
                         // A joiner: it starts right after the installation of its first view
                         // (which an old member may install after it, when the member that

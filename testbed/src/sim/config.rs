@@ -2,6 +2,7 @@
 //! seed.
 
 use conveyor_core::proto::ProtoConfig;
+use conveyor_core::types::MemberId;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Duration;
@@ -68,6 +69,10 @@ pub struct SimConfig {
     /// views restart at 1, so its frames are valid again) replayed into this run: half during
     /// the first view's start-up, half at any time. 0: none.
     pub earlier_run: usize,
+    /// A member id left off the admission list (`Admission::Listed` of the others): once its
+    /// first process is gone (crashed, excluded, left), no later process with that id is
+    /// admitted, and the group goes on without it.
+    pub not_admitted: Option<usize>,
 }
 
 /// When the mid-change crash strikes (the process dies as it sends: each of its last frames
@@ -190,6 +195,7 @@ impl SimConfig {
             leaves: Vec::new(),
             replay: 0.0,
             earlier_run: 0,
+            not_admitted: None,
         };
         // Drawn after everything else, so that older seeds keep their draws.
         cfg.proto.startup_grace = cfg.proto.failure_timeout * rng.gen_range(2..20);
@@ -261,6 +267,28 @@ impl SimConfig {
             cfg.restarts.push((restart, m));
             cfg.restarts_configured.push(true);
             cfg.one_way.push((0, restart + 1_000, m, cut_off));
+        }
+        if cfg.members >= 3 && rng.gen_bool(0.1) {
+            // Preferably a member that will ask to join again (restarted as a joiner).
+            let joiners: Vec<usize> = cfg
+                .restarts
+                .iter()
+                .zip(&cfg.restarts_configured)
+                .filter(|(_, configured)| !**configured)
+                .map(|((_, m), _)| *m)
+                .collect();
+            let m = if joiners.is_empty() {
+                rng.gen_range(0..cfg.members)
+            } else {
+                joiners[rng.gen_range(0..joiners.len())]
+            };
+            cfg.not_admitted = Some(m);
+            cfg.proto.admission = conveyor_core::proto::Admission::Listed(
+                (0..cfg.members)
+                    .filter(|&i| i != m)
+                    .map(|i| MemberId(i as u16))
+                    .collect(),
+            );
         }
         cfg
     }

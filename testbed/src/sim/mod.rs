@@ -17,7 +17,10 @@
 //! The network also has one-way links, frames delayed by several failure timeouts, valid frames
 //! of the run replayed long after, frames of an earlier run of the group (same key and group
 //! file: [`run_seed`] runs it first, recorded, with other processes, and replays its frames,
-//! half during the first view's start-up), and timer jitter (see [`SimConfig`]).
+//! half during the first view's start-up), and timer jitter (see [`SimConfig`]). Some seeds
+//! leave a member off the admission list: its later processes must never be admitted, and the
+//! group goes on without it. A member crash-looping at start-up (dead before everyone heard
+//! it, restarted from the group file) leaves members disagreeing on which process the id is.
 //!
 //! Workload: member 0 creates a two-step pipeline's queues; every member subscribes and offers
 //! credits, as an invoker; members push requests; a member assigned a request completes it
@@ -653,11 +656,15 @@ impl Sim {
         let live: Vec<&Node> = self
             .nodes
             .iter()
-            .filter(|n| {
+            .enumerate()
+            .filter(|(i, n)| {
                 n.alive
                     && !(n.replica.member().status().is_final()
                         && self.cfg.rejoin_after_us.is_none())
+                    && !(self.cfg.not_admitted == Some(*i)
+                        && n.replica.member().status() == Status::Joining)
             })
+            .map(|(_, n)| n)
             .collect();
         live.iter().all(|n| {
             n.replica.member().status() == Status::Serving
@@ -1020,6 +1027,7 @@ impl Sim {
             report.dropped_frames += s.dropped_total();
             report.max_batch = report.max_batch.max(s.max_batch);
             report.window_full += s.window_full;
+            report.corners.join_refused += s.joins_refused;
         }
         Ok(report)
     }

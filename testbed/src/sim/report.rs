@@ -78,6 +78,9 @@ pub struct Corners {
     pub replay: u64,
     /// A frame of an earlier run of the group replayed into this one.
     pub earlier_run: u64,
+    /// A join request refused: its id is not on the admission list (counted by the members
+    /// alive at the end).
+    pub join_refused: u64,
     /// A member left gracefully.
     pub leave: u64,
     /// A member paused (descheduled) while others went on.
@@ -99,12 +102,13 @@ impl Corners {
         self.leave += o.leave;
         self.replay += o.replay;
         self.earlier_run += o.earlier_run;
+        self.join_refused += o.join_refused;
         self.configured_restart += o.configured_restart;
         self.restart_detected += o.restart_detected;
     }
 
     /// Each corner with its count.
-    pub fn named(&self) -> [(&'static str, u64); 15] {
+    pub fn named(&self) -> [(&'static str, u64); 16] {
         [
             ("crash during a view change", self.crash_during_change),
             ("leader crash mid-change", self.leader_crash_mid_change),
@@ -125,6 +129,7 @@ impl Corners {
             ("graceful leave", self.leave),
             ("replayed frame", self.replay),
             ("frame of an earlier run", self.earlier_run),
+            ("join refused (admission list)", self.join_refused),
             ("restart with the configured view", self.configured_restart),
             ("restart detected", self.restart_detected),
         ]
