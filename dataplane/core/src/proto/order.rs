@@ -119,6 +119,12 @@ pub(crate) struct Order {
     /// another process with the same id sends its own messages under the same sequence
     /// numbers.
     pinned: Vec<u64>,
+    /// Per rank: the processes its latest row names for every rank. Its counts take part in
+    /// stability and in the null majority only while they are exactly ours: a member that
+    /// takes another process for some rank (one restarted from the group file into this view,
+    /// which we do not know of, or do not know yet) may stand in a view change for what that
+    /// process held, and could not then tell what we delivered (see [`Order::deliver`]).
+    procs: Vec<Vec<u64>>,
     /// Per rank not pinned yet: the process last heard from (echoed, marked [`TENTATIVE`], in
     /// our row's column for it, which is how it proves to us that it is of this run).
     seen: Vec<u64>,
@@ -151,6 +157,7 @@ impl Order {
             rank,
             recv_window,
             seen: vec![0; n],
+            procs: vec![Vec::new(); n],
             pinned,
             logs: (0..n).map(|_| SenderLog::default()).collect(),
             rows: (0..n)
@@ -307,6 +314,9 @@ impl Order {
         let other_process = theirs != 0 && theirs & TENTATIVE == 0 && theirs != self.pinned[me];
         let beyond_sent = row.received(me) > self.logs[me].highest;
         let acked_before = self.rows[r].received[me];
+        let procs = &mut self.procs[r];
+        procs.clear();
+        procs.extend((0..self.logs.len()).map(|i| row.incarnation(i)));
         let known = &mut self.rows[r];
         known.heartbeat = known.heartbeat.max(row.heartbeat);
         known.delivered = known.delivered.max(row.delivered);
@@ -415,8 +425,10 @@ impl Order {
                 .extend(self.rows.iter().enumerate().map(|(m, row)| {
                     if m == me {
                         self.logs[s].contiguous
-                    } else {
+                    } else if self.procs[m] == self.pinned {
                         row.received[s]
+                    } else {
+                        0
                     }
                 }));
             self.stable
@@ -429,7 +441,10 @@ impl Order {
 
     /// Delivers, in slot order, what may be delivered; returns how many messages.
     ///
-    /// A message waits until every member holds it (stability). A null carries nothing and is
+    /// A message waits until every member holds it (stability), counting only the rows of
+    /// members that take the same process as we do for every rank (see `procs`: otherwise a
+    /// process restarted from the group file, unknown to us, could stand in a view change
+    /// for the holdings of the one we counted). A null carries nothing and is
     /// the same wherever it is held: it passes once a majority holds it. Not sooner: a view
     /// change must be able to tell, from the survivors (a majority), that it was a null, or it
     /// could not deliver what a member that passed it went on to deliver (see the cut in
