@@ -289,9 +289,19 @@ fn a_call_past_the_timeout_answers_504_and_the_group_keeps_serving() {
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("no output within 1 s"), "{body}");
     assert!(h(&headers, "X-Call-Id").is_some());
-    std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(
-        curl_i(&["-d", "after", &format!("{base}/function/echo2")]).1,
-        "after"
-    );
+    // The group keeps serving: a later call answers (the slow run may still hold an
+    // invoker for its 1.5 s, longer on a loaded machine, and a call it delays times out).
+    let start = std::time::Instant::now();
+    loop {
+        let (status, body, _) = curl_i(&["-d", "after", &format!("{base}/function/echo2")]);
+        if status == 200 {
+            assert_eq!(body, "after");
+            break;
+        }
+        assert_eq!(status, 504, "{body}");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no answer in 15 s"
+        );
+    }
 }
