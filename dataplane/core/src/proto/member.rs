@@ -31,11 +31,12 @@ pub struct Member {
     /// Per rank: the other process last told it was replaced, and when.
     replaced_told: Vec<Option<(u64, Instant)>>,
     /// This process: drawn at random by the host when it started (a joiner's join nonce).
-    /// Peers take the first process they hear from with an id in a view for that member
-    /// ([`Order::same_process`]) and refuse the frames of any other: a process restarted from
-    /// the group file into a view its previous self ran in would otherwise send its own
-    /// messages under its previous self's sequence numbers, and peers would deliver different
-    /// messages in one slot. It finds out from their rows, which name the process they take.
+    /// Peers take one process per id and view for that member (the one a decision names, or
+    /// in the first view the first whose row proves it heard them: [`Order::admit`]) and
+    /// refuse the frames of any other: a process restarted from the group file into a view its
+    /// previous self ran in would otherwise send its own messages under its previous self's
+    /// sequence numbers, and peers would deliver different messages in one slot. It finds out
+    /// from a peer's [`Ctl::Replaced`] naming it.
     incarnation: u64,
     deliveries: VecDeque<Delivered>,
     pub(super) order: Order,
@@ -196,8 +197,8 @@ impl Member {
     pub fn incarnation(&self) -> u64 {
         self.incarnation
     }
-    /// The process this member takes member `m` of its view for (the first it heard from
-    /// with that id in this view), if it heard from one.
+    /// The process this member takes member `m` of its view for (see `incarnation`'s docs),
+    /// if it took one yet.
     pub fn process_of(&self, m: MemberId) -> Option<u64> {
         let r = self.view.rank_of(m)?;
         self.order.pinned().get(r).copied().filter(|&x| x != 0)
