@@ -26,7 +26,11 @@ CORE = "dataplane/core/src/"
 # every view change (tried: not caught in 6000 seeds, as expected). Nor is letting a replayed
 # `Join` evict a live member (`Change::on_join`): the member is removed and rejoins, an
 # execution the protocol allows anyway (as after a false suspicion), so no safety property
-# can fail; the unit test `a_replayed_join_does_not_evict_a_live_member` catches it.
+# can fail; the unit test `a_replayed_join_does_not_evict_a_live_member` catches it. Nor,
+# since stability counts a row only when it names our process for every rank (`Order::procs`),
+# is merging a row's column of another process (`Order::merge_row`): such a row no longer
+# counts anywhere for safety, only for acknowledgements (tried on eed8ac2: not caught in 6000
+# seeds, 148 s).
 MUTANTS = [
     ("data-before-stable", "proto/order.rs",
      "Slot::Data(_) => k >= self.stable[r],",
@@ -100,9 +104,6 @@ MUTANTS = [
     ("join-without-echo", "proto/membership/change.rs",
      "if echo != cx.order.pinned().get(cx.rank).copied().unwrap_or(0) {",
      "if echo != cx.order.pinned().get(cx.rank).copied().unwrap_or(0) && false {"),
-    ("rows-of-any-process", "proto/order.rs",
-     "if row.incarnation(i) == self.pinned[i] {",
-     "if row.incarnation(i) != 0 || self.pinned[i] == 0 {"),
     ("deliver-while-wedged", "proto/member.rs",
      "if self.ms.frozen().is_some() || self.ms.status().is_final() {",
      "if self.ms.status().is_final() {"),
