@@ -379,23 +379,8 @@ impl Member {
             return;
         }
         let r = self.view.rank_of(h.sender).unwrap_or(0);
-        match self
-            .order
-            .admit(r, h.incarnation, Some(frame.row.incarnation(self.rank)))
-        {
-            Admit::Pinned => {}
-            Admit::Unconfirmed => {
-                // Our next row to it echoes its process: if it is live, its answer counts,
-                // and it resends what we dropped (the row is flagged as reporting a gap).
-                self.stats.drop_frame(ProtoDrop::Unconfirmed);
-                self.tx.resend_request_to(r);
-                return;
-            }
-            Admit::Other => {
-                self.stats.drop_frame(ProtoDrop::OtherIncarnation);
-                self.tell_replaced(r, h.incarnation);
-                return;
-            }
+        if !self.admit(r, h.incarnation, Some(frame.row.incarnation(self.rank))) {
+            return;
         }
         self.ms.heard_in_minority(r, self.view.len());
         if self.ms.last_heard(r).is_none() {
@@ -592,20 +577,8 @@ impl Member {
             }
             return;
         }
-        match self.order.admit(r, inc, None) {
-            Admit::Pinned => {}
-            Admit::Unconfirmed => {
-                // A control frame has no row to prove its process is of this run: it counts
-                // once a data or status frame of that process has (it is sent again).
-                self.stats.drop_frame(ProtoDrop::Unconfirmed);
-                self.tx.status_to(r);
-                return;
-            }
-            Admit::Other => {
-                self.stats.drop_frame(ProtoDrop::OtherIncarnation);
-                self.tell_replaced(r, inc);
-                return;
-            }
+        if !self.admit(r, inc, None) {
+            return;
         }
         self.ms.heard(r, self.now);
         self.ms.heard_in_minority(r, self.view.len());
@@ -650,6 +623,35 @@ impl Member {
             ms.drive(&mut cx)
         };
         self.follow(installing);
+    }
+
+    /// Whether a frame of process `inc` counts for rank `r` ([`Order::admit`]); `echo` is what
+    /// the frame's row says of our own process (control frames have no row). A frame that
+    /// does not count is counted as dropped and answered: an unconfirmed process gets our row
+    /// (which echoes it), another process is told it was replaced.
+    fn admit(&mut self, r: usize, inc: u64, echo: Option<u64>) -> bool {
+        match self.order.admit(r, inc, echo) {
+            Admit::Pinned => true,
+            Admit::Unconfirmed => {
+                self.stats.drop_frame(ProtoDrop::Unconfirmed);
+                if echo.is_some() {
+                    // Its answer to our row counts, and it resends what we dropped (the row
+                    // is flagged as reporting a gap).
+                    self.tx.resend_request_to(r);
+                } else {
+                    // A control frame has no row to prove its process is of this run: it
+                    // counts once a data or status frame of that process has (it is sent
+                    // again).
+                    self.tx.status_to(r);
+                }
+                false
+            }
+            Admit::Other => {
+                self.stats.drop_frame(ProtoDrop::OtherIncarnation);
+                self.tell_replaced(r, inc);
+                false
+            }
+        }
     }
 
     /// Tells process `process`, whose frame of rank `r` was refused, that another process

@@ -112,6 +112,8 @@ pub(crate) struct Order {
     stable: Vec<u64>,
     majority: Vec<u64>,
     held: Vec<u64>,
+    /// Per rank: whether its row counts (it names our process for every rank, see `procs`).
+    counts: Vec<bool>,
     /// Per rank: the process (incarnation) this member takes for it in this view (0: none
     /// yet): its own; after a view change, the ones the decision names; in the group file's
     /// first view, the first process heard whose row shows it heard this process (see
@@ -173,6 +175,7 @@ impl Order {
             stable: Vec::with_capacity(n),
             majority: Vec::with_capacity(n),
             held: Vec::with_capacity(n),
+            counts: Vec::with_capacity(n),
         }
     }
 
@@ -419,13 +422,16 @@ impl Order {
         let me = self.rank;
         self.stable.clear();
         self.majority.clear();
+        self.counts.clear();
+        self.counts
+            .extend(self.procs.iter().map(|p| *p == self.pinned));
         for s in 0..self.logs.len() {
             self.held.clear();
             self.held
                 .extend(self.rows.iter().enumerate().map(|(m, row)| {
                     if m == me {
                         self.logs[s].contiguous
-                    } else if self.procs[m] == self.pinned {
+                    } else if self.counts[m] {
                         row.received[s]
                     } else {
                         0

@@ -106,6 +106,12 @@ impl Net {
             }
         }
     }
+    /// Adds a member (a joiner) at the next index.
+    fn add(&mut self, m: Member) {
+        self.ms.push(m);
+        self.down.push(false);
+        self.out.push(Vec::new());
+    }
     fn run(&mut self, total_us: u64) {
         for _ in 0..total_us / 500 {
             self.step(500);
@@ -293,9 +299,7 @@ fn a_joiner_that_takes_no_state_is_removed() {
         Instant(net.now),
     )
     .unwrap();
-    net.ms.push(j);
-    net.down.push(false);
-    net.out.push(Vec::new());
+    net.add(j);
     net.starve = Some(3);
     let mut sent = false;
     for _ in 0..100 {
@@ -333,9 +337,7 @@ fn a_joiner_gets_the_state_then_the_messages() {
     )
     .unwrap();
     assert_eq!(j.status(), Status::Joining);
-    net.ms.push(j);
-    net.down.push(false);
-    net.out.push(Vec::new());
+    net.add(j);
     let mut sent = false;
     for _ in 0..100 {
         net.step(500);
@@ -376,9 +378,7 @@ fn a_join_not_admitted_is_refused_and_the_group_unchanged() {
         Instant(0),
     )
     .unwrap();
-    net.ms.push(j);
-    net.down.push(false);
-    net.out.push(Vec::new());
+    net.add(j);
     // Member 9's id is beyond the vector: map it to index 2 by giving it a view of ids.
     net.run(20_000);
     assert_eq!(net.ms[0].view().id, ViewId(1));
