@@ -73,6 +73,14 @@ pub struct SimConfig {
     /// first process is gone (crashed, excluded, left), no later process with that id is
     /// admitted, and the group goes on without it.
     pub not_admitted: Option<usize>,
+    /// Leaders cut off mid-change, in this order (empty: never): the next leader whose decision
+    /// just went out ([`CutAt::Decided`]), or that just committed ([`CutAt::Committed`]), each
+    /// of those frames reaching its destination only at random, is cut off from the others
+    /// together with the members they reached (when that is a minority of the view it led in)
+    /// for 2 to 12 failure timeouts. Another leader may then decide otherwise without them,
+    /// and a third meet both accepted decisions when the partition heals: it must adopt the one
+    /// of the highest ballot, which some member may have installed (Paxos value adoption).
+    pub cut_leaders: Vec<CutAt>,
 }
 
 /// When the mid-change crash strikes (the process dies as it sends: each of its last frames
@@ -88,6 +96,15 @@ pub enum MidChange {
     Delivering,
     /// The member that just started sending a joiner its state (the transfer is cut short).
     StateSender,
+}
+
+/// When a leader is cut off (see [`SimConfig::cut_leaders`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CutAt {
+    /// Right after its decision went out (some members may have accepted it).
+    Decided,
+    /// As it commits (it and the members its commits reached have installed the next view).
+    Committed,
 }
 
 impl SimConfig {
@@ -196,6 +213,7 @@ impl SimConfig {
             replay: 0.0,
             earlier_run: 0,
             not_admitted: None,
+            cut_leaders: Vec::new(),
         };
         // Drawn after everything else, so that older seeds keep their draws.
         cfg.proto.startup_grace = cfg.proto.failure_timeout * rng.gen_range(2..20);
@@ -289,6 +307,11 @@ impl SimConfig {
                     .map(|i| MemberId(i as u16))
                     .collect(),
             );
+        }
+        if cfg.members >= 3 && rng.gen_bool(0.4) {
+            // A leader cut off as its decision went out, then the next one as it commits: the
+            // third meets both decisions (once or twice a run).
+            cfg.cut_leaders = [CutAt::Decided, CutAt::Committed].repeat(rng.gen_range(1..=2));
         }
         cfg
     }

@@ -4,16 +4,43 @@
 
 use super::*;
 
+/// What a member just did of a view change (see [`Sim::moment`]).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Moment {
+    decided: bool,
+    committed: bool,
+    sending_state: bool,
+    /// The size of the view the member last led a change in.
+    led: usize,
+}
+
 impl Sim {
-    /// The mid-change crash ([`MidChange`]): whether member `i` dies at the end of this step.
-    /// Once a run (twice in groups of five or more), and only if the others of its view keep a
-    /// majority.
-    pub(super) fn crash_now(&mut self, i: usize, delivered: bool) -> bool {
+    /// What member `i` just did of a view change, in the step that ends now: sent its decision
+    /// as leader, committed one, started sending a joiner its state. Called once per step.
+    pub(super) fn moment(&mut self, i: usize) -> Moment {
         let m = self.nodes[i].replica.member();
-        let (view, leading) = (m.view().clone(), m.leading());
+        let (view, len, leading) = (m.view().id, m.view().len(), m.leading());
         let was = self.nodes[i].was_leading.take();
         let sending_state = std::mem::take(&mut self.nodes[i].sending_state);
         self.nodes[i].was_leading = leading.map(|l| l.1);
+        if leading.is_some() {
+            self.nodes[i].led = len;
+        }
+        let before = std::mem::replace(&mut self.nodes[i].moment_view, view);
+        Moment {
+            led: self.nodes[i].led,
+            decided: leading.is_some_and(|l| l.1) && was != Some(true),
+            // It led with a decision out, and installed a view in this step: it committed.
+            committed: was == Some(true) && leading.is_none() && before < view,
+            sending_state,
+        }
+    }
+
+    /// The mid-change crash ([`MidChange`]): whether member `i` dies at the end of this step.
+    /// Once a run (twice in groups of five or more), and only if the others of its view keep a
+    /// majority.
+    pub(super) fn crash_now(&mut self, i: usize, delivered: bool, moment: Moment) -> bool {
+        let view = self.nodes[i].replica.member().view().clone();
         let Some(when) = self.cfg.crash_mid_change else {
             return false;
         };
@@ -22,12 +49,9 @@ impl Sim {
             return false;
         }
         let moment = match when {
-            MidChange::LeaderDecided => leading.is_some_and(|l| l.1) && was != Some(true),
-            // It led with a decision out, and installed a view in this step: it committed.
-            MidChange::LeaderCommitting => {
-                was == Some(true) && leading.is_none() && self.nodes[i].passed.0 < view.id
-            }
-            MidChange::StateSender => sending_state,
+            MidChange::LeaderDecided => moment.decided,
+            MidChange::LeaderCommitting => moment.committed,
+            MidChange::StateSender => moment.sending_state,
             MidChange::Delivering => {
                 delivered
                     && self.nodes.iter().enumerate().any(|(j, n)| {
@@ -66,6 +90,41 @@ impl Sim {
             _ => self.report.corners.leader_crash_mid_change += 1,
         }
         true
+    }
+
+    /// Whether the member, a leader, may be cut off at the end of this step: the next cut of
+    /// `cfg.cut_leaders` is at what it just did.
+    pub(super) fn cut_now(&self, moment: Moment) -> bool {
+        match self.cfg.cut_leaders.get(self.leaders_cut) {
+            Some(CutAt::Decided) => moment.decided,
+            Some(CutAt::Committed) => moment.committed,
+            None => false,
+        }
+    }
+
+    /// Cuts leader `i` off, with the members its last frames `reached`, for 2 to 12 failure
+    /// timeouts (a leader cut as it commits: also until 2 to 6 after the last cut healed), when they are a minority of the view it led the change in (otherwise the next
+    /// such moment is tried).
+    pub(super) fn cut_off(&mut self, i: usize, reached: BTreeSet<usize>, moment: Moment) {
+        let mut side: Vec<usize> = reached.into_iter().collect();
+        side.push(i);
+        if side.len() * 2 >= moment.led {
+            return;
+        }
+        side.sort_unstable();
+        let ft = self.cfg.proto.failure_timeout.as_micros() as u64;
+        let mut end = self.now + ft * self.rng.gen_range(2..12);
+        if moment.committed {
+            // Past the heal of the leader cut before it (whose decision may differ): the
+            // members left meet that one's promise first.
+            end = end.max(self.leader_cut_end + ft * self.rng.gen_range(2..6));
+        }
+        self.leader_cut_end = end;
+        self.cfg.partitions.push((self.now, end, side));
+        self.schedule(end, Event::Heal);
+        self.last_fault = self.last_fault.max(end);
+        self.leaders_cut += 1;
+        self.report.corners.leader_cut += 1;
     }
 
     /// A leaving member asks to leave once everything it sent is delivered.

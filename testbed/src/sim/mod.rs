@@ -12,7 +12,10 @@
 //! it delivered while another is wedged; the member sending a joiner its state as it starts),
 //! restarts of crashed members as new joiners or from the group file (the first view, as
 //! `conveyor node` starts), graceful leaves, members excluded by a partition rejoining after it
-//! heals (several may join at once), and paused processes (a polling thread descheduled for 1
+//! heals (several may join at once), leaders cut off mid-change (one as its decision goes out,
+//! then the next as it commits, each with the members its last frames reached, the second cut
+//! outlasting the first: the leader after them meets both accepted decisions, and one of them
+//! is installed), and paused processes (a polling thread descheduled for 1
 //! to 50 ms: frames wait, timers fire late). Joiners get the queue state by state transfer.
 //! The network also has one-way links, frames delayed by several failure timeouts, valid frames
 //! of the run replayed long after, frames of an earlier run of the group (same key and group
@@ -66,7 +69,7 @@ mod faults;
 mod network;
 mod report;
 
-pub use config::{MidChange, SimConfig};
+pub use config::{CutAt, MidChange, SimConfig};
 pub use report::{Corners, Report, Totals, Violation};
 
 use conveyor_core::proto::membership::Status;
@@ -160,6 +163,10 @@ struct Node {
     leaving: bool,
     /// It started sending a joiner its state in this step.
     sending_state: bool,
+    /// The size of the view it last led a change in.
+    led: usize,
+    /// Its view when [`Sim::moment`] last looked.
+    moment_view: ViewId,
     /// This incarnation was started with the configured view after a crash: it may rightly
     /// find out that it restarted inside a view.
     configured_restart: bool,
@@ -167,6 +174,8 @@ struct Node {
     timer: (u64, u64),
     rejoin_scheduled: bool,
     trace: String,
+    /// Ballots of this process that met two different accepted decisions, so far.
+    conflicting_accepts: u64,
     /// The view and the slots delivered (messages and nulls) when last looked at.
     passed: (ViewId, u64),
     /// Slots delivered as messages since then (the others passed were nulls).
@@ -192,6 +201,8 @@ impl Node {
             self.executing.clear();
         }
         self.was_leading = None;
+        self.led = 0;
+        self.moment_view = view;
         self.leaving = false;
         self.sending_state = false;
         self.configured_restart = false;
@@ -199,6 +210,7 @@ impl Node {
         self.rejoin_scheduled = false;
         self.passed = (view, 0);
         self.data_slots.clear();
+        self.conflicting_accepts = 0;
     }
 }
 
@@ -234,6 +246,10 @@ pub struct Sim {
     /// Mid-change crashes so far (one a run; two in groups of five or more, so that a leader
     /// may find decisions of two earlier ballots among its promises).
     mid_change_crashes: u32,
+    /// Leaders cut off mid-change so far (at most `cfg.cut_leaders`).
+    leaders_cut: usize,
+    /// When the last of those cuts heals.
+    leader_cut_end: u64,
     /// Requests whose run ended (terminal completion), with count.
     finished: BTreeMap<RequestId, u32>,
     /// Runs admitted: their first push was delivered.
@@ -336,12 +352,15 @@ impl Sim {
                 was_leading: None,
                 leaving: false,
                 sending_state: false,
+                led: 0,
+                moment_view: ViewId(1),
                 configured_restart: false,
                 timer: (u64::MAX, u64::MAX),
                 rejoin_scheduled: false,
                 trace: String::new(),
                 passed: (ViewId(1), 0),
                 data_slots: Vec::new(),
+                conflicting_accepts: 0,
             });
         }
         let last_fault = cfg
@@ -372,6 +391,8 @@ impl Sim {
             completion_exec: BTreeMap::new(),
             credits: BTreeMap::new(),
             mid_change_crashes: 0,
+            leaders_cut: 0,
+            leader_cut_end: 0,
             finished: BTreeMap::new(),
             admitted: BTreeSet::new(),
             rejected: BTreeSet::new(),
@@ -479,8 +500,19 @@ impl Sim {
         self.submit_outbox(i);
         self.check_memory(i)?;
         self.maybe_leave(i);
-        let crash = self.crash_now(i, delivered);
-        self.flush(i, crash);
+        let moment = self.moment(i);
+        let crash = self.crash_now(i, delivered, moment);
+        let cut = !crash && self.cut_now(moment);
+        let reached = self.flush(i, crash || cut);
+        if cut {
+            self.cut_off(i, reached, moment);
+        }
+        let conflicting = self.nodes[i].replica.member().stats().conflicting_accepts;
+        if conflicting > self.nodes[i].conflicting_accepts {
+            self.report.corners.conflicting_accepts +=
+                conflicting - self.nodes[i].conflicting_accepts;
+            self.nodes[i].conflicting_accepts = conflicting;
+        }
         if crash {
             self.crash(i);
             let back = self.now + self.rng.gen_range(50_000..500_000);

@@ -89,8 +89,10 @@ impl Sim {
     }
 
     /// Sends what member `i` has to send through the simulated network (with `partial`, each
-    /// copy reaches its destination only at random: the process dies while sending).
-    pub(super) fn flush(&mut self, i: usize, partial: bool) {
+    /// copy reaches its destination only at random: the process dies, or is cut off, while
+    /// sending). Returns the members that some frame will reach.
+    pub(super) fn flush(&mut self, i: usize, partial: bool) -> BTreeSet<usize> {
+        let mut reached = BTreeSet::new();
         while let Some(t) = self.nodes[i].replica.poll_transmit() {
             if let Some(tape) = self.tape.as_mut().filter(|t| t.len() < TAPE_MAX) {
                 tape.push(t.frame.clone());
@@ -158,10 +160,12 @@ impl Sim {
                             );
                         }
                     }
+                    reached.insert(to);
                     self.schedule(self.now + delay, Event::Arrive { to, frame });
                 }
             }
             self.nodes[i].replica.recycle(t.frame);
         }
+        reached
     }
 }

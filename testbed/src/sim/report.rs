@@ -85,6 +85,10 @@ pub struct Corners {
     pub leave: u64,
     /// A member paused (descheduled) while others went on.
     pub pause: u64,
+    /// A leader cut off mid-change (see `SimConfig::cut_leaders`).
+    pub leader_cut: u64,
+    /// A leader's promises reported two different accepted decisions.
+    pub conflicting_accepts: u64,
 }
 
 impl Corners {
@@ -105,10 +109,12 @@ impl Corners {
         self.join_refused += o.join_refused;
         self.configured_restart += o.configured_restart;
         self.restart_detected += o.restart_detected;
+        self.leader_cut += o.leader_cut;
+        self.conflicting_accepts += o.conflicting_accepts;
     }
 
     /// Each corner with its count.
-    pub fn named(&self) -> [(&'static str, u64); 16] {
+    pub fn named(&self) -> [(&'static str, u64); 18] {
         [
             ("crash during a view change", self.crash_during_change),
             ("leader crash mid-change", self.leader_crash_mid_change),
@@ -132,6 +138,11 @@ impl Corners {
             ("join refused (admission list)", self.join_refused),
             ("restart with the configured view", self.configured_restart),
             ("restart detected", self.restart_detected),
+            ("leader cut off mid-change", self.leader_cut),
+            (
+                "two decisions accepted in one change",
+                self.conflicting_accepts,
+            ),
         ]
     }
 }

@@ -92,6 +92,9 @@ pub struct Stats {
     pub resubmitted: u64,
     /// Ballots this member started as leader.
     pub ballots: u64,
+    /// Ballots whose promises reported two different accepted decisions (earlier leaders cut
+    /// off mid-change): the one of the highest ballot was adopted.
+    pub conflicting_accepts: u64,
     /// Control messages sent in fragments (larger than a frame).
     pub fragmented_control: u64,
     /// Control messages not sent: even in fragments too large (a configuration error; see

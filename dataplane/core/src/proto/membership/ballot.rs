@@ -156,6 +156,12 @@ impl Change {
             self.leading = None;
             return None;
         }
+        let mut accepts = l.promises.values().filter_map(|p| p.accepted.as_ref());
+        if let Some((_, first)) = accepts.next() {
+            if accepts.any(|(_, d)| d != first) {
+                cx.stats.conflicting_accepts += 1;
+            }
+        }
         let adopted = l
             .promises
             .values()
