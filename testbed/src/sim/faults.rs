@@ -65,22 +65,24 @@ impl Sim {
         if !moment {
             return false;
         }
-        let others = view
-            .members
-            .iter()
-            .filter(|m| {
-                let j = usize::from(m.0);
-                // Alive, not out, and not a joiner without its state (which cannot take part
-                // in a view change); it may not have installed this view yet.
-                j != i
-                    && self.nodes.get(j).is_some_and(|n| {
-                        n.alive
-                            && !n.replica.status().is_final()
-                            && n.replica.status() != Status::Joining
-                    })
-            })
-            .count();
-        if others * 2 <= view.len() {
+        // The others of its view (installed or not) that are alive and not out, and whether
+        // one of them has the queue state. Joiners still waiting for theirs take part in the
+        // change (they are left out of the next view and join again): they count for the
+        // crash of their state's sender (the sender and its joiner may be needed for a
+        // majority), not for the other moments (which would crash more often than a run can
+        // keep a majority). If every member left is such a joiner, the group lost its state.
+        let (mut others, mut with_state) = (0, false);
+        for m in &view.members {
+            let j = usize::from(m.0);
+            if let Some(n) = self.nodes.get(j).filter(|n| j != i && n.alive) {
+                let joining = n.replica.status() == Status::Joining;
+                if !n.replica.status().is_final() && (!joining || when == MidChange::StateSender) {
+                    others += 1;
+                    with_state |= !joining;
+                }
+            }
+        }
+        if others * 2 <= view.len() || !with_state {
             return false;
         }
         self.mid_change_crashes += 1;

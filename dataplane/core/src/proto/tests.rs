@@ -857,3 +857,71 @@ mod hops {
         }
     }
 }
+
+/// Two members admit a joiner; the member sending it its state crashes before the state is
+/// in. The other member and the joiner are a majority of the view, but a joiner without its
+/// state cannot serve in the next view: it is left out (it would otherwise install the view
+/// and stop, leaving the member alone as a minority of two, wedged for good), and its next
+/// process joins and gets the state from the member that has it.
+#[test]
+fn the_state_senders_crash_does_not_wedge_the_group() {
+    let joining = |nonce, now| {
+        Member::joining(
+            ProtoConfig::default(),
+            Key::from_bytes([1; 32]),
+            GroupId(3),
+            MemberId(2),
+            vec![MemberId(0), MemberId(1)],
+            nonce,
+            Instant(now),
+        )
+        .unwrap()
+    };
+    let mut net = Net::new(2, ProtoConfig::default());
+    net.run(2_000);
+    net.add(joining(77, net.now));
+    net.starve = Some(2);
+    let mut sent = false;
+    for _ in 0..100 {
+        net.step(500);
+        if !sent && !net.views(0).is_empty() {
+            assert_eq!(net.views(0)[0].state_from, Some(MemberId(0)));
+            net.ms[0].send_state(MemberId(2), vec![7; 5000]);
+            sent = true;
+            net.step(500);
+            assert_eq!(net.ms[2].status(), Status::Joining, "no state yet");
+            net.down[0] = true;
+        }
+    }
+    assert!(sent);
+    let timeout = ProtoConfig::default().failure_timeout.as_micros() as u64;
+    net.run(10 * timeout);
+    assert_eq!(net.ms[1].status(), Status::Serving);
+    assert_eq!(net.ms[1].view().members, vec![MemberId(1)]);
+    let views = net.views(1);
+    assert_eq!(views.len(), 2, "{views:?}");
+    assert_eq!(views[1].removed, vec![MemberId(0), MemberId(2)]);
+    assert!(net.ms[2].status().is_final(), "{:?}", net.ms[2].status());
+    // Its host starts it again: the group admits it, and the member sends the state.
+    net.starve = None;
+    net.ms[2] = joining(78, net.now);
+    net.out[2].clear();
+    let mut sent = false;
+    for _ in 0..200 {
+        net.step(500);
+        if !sent && net.views(1).len() == 3 {
+            assert_eq!(net.views(1)[2].joined, vec![MemberId(2)]);
+            assert_eq!(net.views(1)[2].state_from, Some(MemberId(1)));
+            net.ms[1].send_state(MemberId(2), vec![8; 5000]);
+            sent = true;
+        }
+    }
+    assert!(sent);
+    net.ms[1].submit(b"after".to_vec()).unwrap();
+    net.run(10_000);
+    assert_eq!(net.ms[2].status(), Status::Serving);
+    assert!(net.out[2]
+        .iter()
+        .any(|d| matches!(d, Delivered::State(s) if *s == vec![8; 5000])));
+    assert_eq!(net.payloads(2), vec![b"after".to_vec()]);
+}

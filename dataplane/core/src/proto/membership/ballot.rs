@@ -23,6 +23,8 @@ pub(super) struct Promised {
     pub(super) nulls: Vec<Vec<(u64, u64)>>,
     /// Per rank: the process the promiser takes for it (0: none heard).
     pub(super) pinned: Vec<u64>,
+    /// A joiner still waiting for its state (see [`Ctl::Promise`]).
+    pub(super) awaiting_state: bool,
 }
 
 /// The leader's side of a ballot.
@@ -120,6 +122,7 @@ impl Change {
                 accepted: self.accepted.clone(),
                 nulls,
                 pinned: cx.order.pinned().to_vec(),
+                awaiting_state: cx.st.awaiting(),
             },
         );
         let propose = Ctl::Propose {
@@ -240,6 +243,14 @@ impl Change {
                 .filter(|m| l.members.contains(m) && !l.leaving.contains(m))
                 .filter(|m| cx.view.rank_of(*m).is_none_or(|r| !conflicted[r]))
                 .collect();
+            // A joiner still waiting for its state cannot serve in the next view (it would
+            // have nothing to apply the next messages to): it is left out and joins again,
+            // to get the state from a member that has it. Kept if no member has the state:
+            // then the group has lost it whatever we decide.
+            let awaiting = |m: &MemberId| l.promises.get(m).is_some_and(|p| p.awaiting_state);
+            if next.iter().any(|m| !awaiting(m)) {
+                next.retain(|m| !awaiting(m));
+            }
             // Who each member of the next view is: the process the promisers agree on for a
             // member that stays, a joiner's own (its join nonce is its incarnation).
             let mut incarnations: Vec<(MemberId, u64)> = next

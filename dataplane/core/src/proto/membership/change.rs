@@ -494,6 +494,7 @@ impl Change {
                 accepted,
                 nulls,
                 pinned,
+                awaiting_state,
             } => {
                 let n = cx.n();
                 let plausible = Self::plausible_promise(cx, &received, delivered, &nulls);
@@ -515,6 +516,7 @@ impl Change {
                                 accepted,
                                 nulls,
                                 pinned,
+                                awaiting_state,
                             },
                         );
                     }
@@ -612,6 +614,7 @@ impl Change {
             accepted: self.accepted.clone(),
             nulls,
             pinned: cx.order.pinned().to_vec(),
+            awaiting_state: cx.st.awaiting(),
         };
         cx.emit(Dest::One(sender), &promise);
     }

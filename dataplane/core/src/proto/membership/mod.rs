@@ -132,6 +132,9 @@ pub(crate) enum Ctl {
         /// Per rank: the process the promiser takes for it (whose messages `received`
         /// counts; 0: none heard).
         pinned: Vec<u64>,
+        /// The promiser is a joiner still waiting for its state: it cannot serve in the next
+        /// view, and the leader leaves it out (it joins again, anew).
+        awaiting_state: bool,
     },
     Accept {
         ballot: Ballot,
