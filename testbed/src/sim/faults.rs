@@ -105,8 +105,9 @@ impl Sim {
     }
 
     /// Cuts leader `i` off, with the members its last frames `reached`, for 2 to 12 failure
-    /// timeouts (a leader cut as it commits: also until 2 to 6 after the last cut healed), when they are a minority of the view it led the change in (otherwise the next
-    /// such moment is tried).
+    /// timeouts (a leader cut as it commits: also until 2 to 6 after the last cut healed),
+    /// when they are a minority of the view it led the change in (otherwise the next such
+    /// moment is tried).
     pub(super) fn cut_off(&mut self, i: usize, reached: BTreeSet<usize>, moment: Moment) {
         let mut side: Vec<usize> = reached.into_iter().collect();
         side.push(i);
