@@ -510,6 +510,11 @@ mod tests {
         assert!(!j.on_state(b"not a snapshot"));
         assert_eq!(j.stats().bad_states, 1);
         assert_eq!(j.status(), Status::Excluded);
+        assert_eq!(
+            j.member().stop_reason(),
+            Some(crate::proto::StopReason::StateRefused)
+        );
+        assert!(j.member().stop_reason().is_some_and(|r| r.kept_by_group()));
         net.rs.push(j);
         net.down.push(false);
         net.fx.push(Vec::new());

@@ -9,7 +9,7 @@ use super::{
 use crate::engine::probe::Directive;
 use crate::sys::{poll_readable, EventFd};
 use crate::transport::{RecvBatch, Transport};
-use conveyor_core::proto::membership::Status;
+use conveyor_core::proto::membership::{Status, StopReason};
 use conveyor_core::proto::{Dest, Transmit};
 use conveyor_core::queue::{Effect, Op};
 use conveyor_core::types::{Instant, MemberId};
@@ -246,8 +246,12 @@ impl Engine {
                 Status::Excluded => {
                     self.transmit();
                     error = Some(format!(
-                        "this member is excluded from the group (view {}): a view change removed it (it was suspected, partitioned or too slow); it may come back only as a new member",
+                        "this member is excluded from the group (view {}): {}; it may come back only as a new member",
                         self.replica.member().view().id.0,
+                        match self.replica.member().stop_reason() {
+                            Some(StopReason::Removed) | None => "a view change removed it (it was suspected, partitioned or too slow)",
+                            Some(r) => r.label(),
+                        }
                     ));
                     break;
                 }

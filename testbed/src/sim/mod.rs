@@ -72,7 +72,7 @@ mod report;
 pub use config::{CutAt, MidChange, SimConfig};
 pub use report::{Corners, Report, Totals, Violation};
 
-use conveyor_core::proto::membership::Status;
+use conveyor_core::proto::membership::{Status, StopReason};
 use conveyor_core::proto::{Delivery, Dest, SubmitError};
 use conveyor_core::queue::{Effect, Http, Meta, OnFull, Op, Order, QueueSpec, Request};
 use conveyor_core::types::{GroupId, Instant, MemberId, RequestId, Seq, View, ViewId};
@@ -557,7 +557,11 @@ impl Sim {
     }
 
     /// Whether fewer than a majority of the latest view installed anywhere are alive and
-    /// still in it.
+    /// still in it. A member that stopped itself while the group still counted on it (its
+    /// state had not arrived, or it missed views) is not a fault the simulator made: it counts
+    /// as in the view, so that a group it leaves wedged fails the run (liveness) rather than
+    /// passing as one that lost its majority. One whose host refused its state (a fault the
+    /// simulator injects) counts as lost.
     fn majority_lost(&self) -> bool {
         // The first view is everyone's, installed by none.
         let (id, members) = self
@@ -578,9 +582,13 @@ impl Sim {
             .iter()
             .filter(|m| {
                 let n = &self.nodes[m.0 as usize];
+                let m = n.replica.member();
                 n.alive
-                    && n.replica.member().view().id == id
-                    && !n.replica.member().status().is_final()
+                    && ((m.view().id == id && !m.status().is_final())
+                        || matches!(
+                            m.stop_reason(),
+                            Some(StopReason::StateNotArrived | StopReason::MissedViews)
+                        ))
             })
             .count();
         ok * 2 <= members.len()

@@ -8,7 +8,7 @@ use super::event::{Delivered, Dest, ProtoDrop, Stats, SubmitError, Transmit};
 use super::fragment::Reassembly;
 use super::membership::change::{Change, Ctx, Installed, Installing};
 use super::membership::state_transfer::{Chunk, StateTransfer};
-use super::membership::{Ballot, Ctl, Status};
+use super::membership::{Ballot, Ctl, Status, StopReason};
 use super::order::{Admit, Order, TENTATIVE};
 use super::transmit::{Framing, RtoBounds, Transmitter};
 use crate::types::{GroupId, Instant, MemberId, Seq, View, ViewId};
@@ -221,6 +221,11 @@ impl Member {
     /// When each member was last heard from (own entry: `None`).
     pub fn last_heard(&self, m: MemberId) -> Option<Instant> {
         self.view.rank_of(m).and_then(|r| self.ms.last_heard(r))
+    }
+
+    /// Why this member stopped, once [`Status::is_final`].
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.ms.stop_reason()
     }
 
     /// Where this member stands; hosts check it after every step (see [`Status`]).

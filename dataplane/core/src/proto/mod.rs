@@ -72,4 +72,4 @@ pub use member::Member;
 pub fn draw_incarnation(random: u64) -> u64 {
     (random >> 1).max(1)
 }
-pub use membership::{Ballot, Decision, Status, ViewChange};
+pub use membership::{Ballot, Decision, Status, StopReason, ViewChange};

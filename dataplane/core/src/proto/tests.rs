@@ -278,6 +278,7 @@ fn an_isolated_member_is_a_minority_and_learns_its_exclusion_on_heal() {
     net.down[0] = false;
     net.run(20_000);
     assert_eq!(net.ms[0].status(), Status::Excluded);
+    assert_eq!(net.ms[0].stop_reason(), Some(StopReason::Removed));
     assert_eq!(net.ms[1].view().members, vec![MemberId(1), MemberId(2)]);
     assert!(net.ms[1].stats().dropped_by(ProtoDrop::WrongView) > 0);
 }
@@ -433,6 +434,7 @@ fn a_graceful_leave() {
     net.ms[2].leave();
     net.run(20_000);
     assert_eq!(net.ms[2].status(), Status::Left);
+    assert_eq!(net.ms[2].stop_reason(), Some(StopReason::Left));
     assert_eq!(net.ms[0].view().members, vec![MemberId(0), MemberId(1)]);
     assert_eq!(net.ms[0].stats().suspicions, 0);
 }
@@ -902,6 +904,7 @@ fn the_state_senders_crash_does_not_wedge_the_group() {
     assert_eq!(views.len(), 2, "{views:?}");
     assert_eq!(views[1].removed, vec![MemberId(0), MemberId(2)]);
     assert!(net.ms[2].status().is_final(), "{:?}", net.ms[2].status());
+    assert_eq!(net.ms[2].stop_reason(), Some(StopReason::Removed));
     // Its host starts it again: the group admits it, and the member sends the state.
     net.starve = None;
     net.ms[2] = joining(78, net.now);

@@ -11,7 +11,7 @@
 
 use super::ballot::{Leading, Promised};
 use super::state_transfer::StateTransfer;
-use super::{Ballot, Ctl, Decision, Status, ViewChange};
+use super::{Ballot, Ctl, Decision, Status, StopReason, ViewChange};
 use crate::proto::config::{Admission, ProtoConfig};
 use crate::proto::event::{Dest, ProtoDrop, Stats};
 use crate::proto::order::Order;
@@ -68,6 +68,8 @@ pub(crate) type Frozen = (Vec<u64>, u64);
 #[derive(Debug)]
 pub(crate) struct Change {
     pub(super) status: Status,
+    /// Why the status became final.
+    pub(super) stop: Option<StopReason>,
     /// When each rank was last heard from (own entry: `None`).
     pub(super) last_heard: Vec<Option<Instant>>,
     pub(super) suspected: Vec<bool>,
@@ -116,6 +118,7 @@ impl Change {
     pub(crate) fn new(n: usize, now: Instant, status: Status) -> Change {
         Change {
             status,
+            stop: None,
             last_heard: vec![None; n],
             suspected: vec![false; n],
             suspected_at: vec![None; n],
@@ -152,6 +155,10 @@ impl Change {
 
     pub(crate) fn status(&self) -> Status {
         self.status
+    }
+
+    pub(crate) fn stop_reason(&self) -> Option<StopReason> {
+        self.stop
     }
 
     /// A joiner's state arrived: it serves.
@@ -746,6 +753,7 @@ impl Change {
     pub(crate) fn give_up(&mut self) {
         if !self.status.is_final() {
             self.status = Status::Excluded;
+            self.stop = Some(StopReason::StateRefused);
             self.leading = None;
         }
     }
@@ -799,6 +807,14 @@ impl Change {
                     if d.from > cx.view.id {
                         // The group moved on by more than one view without us.
                         self.status = Status::Excluded;
+                        let kept = !d.joiners.contains(&cx.me)
+                            && d.next.rank_of(cx.me).is_some()
+                            && d.incarnation_of(cx.me) == Some(mine);
+                        self.stop = Some(if kept {
+                            StopReason::MissedViews
+                        } else {
+                            StopReason::Removed
+                        });
                         self.last_commit = Some(d);
                     }
                     None

@@ -3,7 +3,7 @@
 //! the own messages the cut left out handed back for the next view; a joiner's first view.
 
 use super::change::{Change, Ctx, Installed};
-use super::{Decision, Status, ViewChange};
+use super::{Decision, Status, StopReason, ViewChange};
 use crate::proto::config::Sabotage;
 use crate::proto::event::Delivered;
 use crate::types::MemberId;
@@ -53,10 +53,10 @@ impl Change {
         // the group file) into the old view, with none of its previous self's state.
         let me_next = Change::survives(cx, &d);
         if !me_next {
-            self.status = if self.leaving {
-                Status::Left
+            (self.status, self.stop) = if self.leaving {
+                (Status::Left, Some(StopReason::Left))
             } else {
-                Status::Excluded
+                (Status::Excluded, Some(StopReason::Removed))
             };
             self.last_commit = Some(d);
             self.leading = None;
@@ -65,6 +65,7 @@ impl Change {
         if cx.st.awaiting() {
             // Still waiting for our state when the view changed again: we cannot catch up.
             self.status = Status::Excluded;
+            self.stop = Some(StopReason::StateNotArrived);
             self.last_commit = Some(d);
             return None;
         }

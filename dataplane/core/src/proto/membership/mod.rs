@@ -245,6 +245,44 @@ impl Status {
     }
 }
 
+/// Why a member stopped for good ([`Status::is_final`]): hosts log it, and the simulator tells
+/// a member the group removed (or that left) from one that stopped itself while the group's
+/// decision still kept it, which costs the group a member it counts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// A view change removed this process (suspected, partitioned, too slow, or replaced by a
+    /// new incarnation of its id).
+    Removed,
+    /// Removed at its own request.
+    Left,
+    /// Kept by a view change while its state transfer had not arrived: it cannot catch up.
+    StateNotArrived,
+    /// Kept by the group, which moved on by more than one view without it.
+    MissedViews,
+    /// Its host refused the state it was sent (it did not decode).
+    StateRefused,
+}
+
+impl StopReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            StopReason::Removed => "removed by a view change",
+            StopReason::Left => "left",
+            StopReason::StateNotArrived => "kept by a view change before its state arrived",
+            StopReason::MissedViews => "the group moved on by more than one view without it",
+            StopReason::StateRefused => "the state it was sent did not decode",
+        }
+    }
+    /// Whether the group's decision still counted on this member when it stopped (it stopped
+    /// itself, not removed by the group nor at its own request).
+    pub fn kept_by_group(self) -> bool {
+        matches!(
+            self,
+            StopReason::StateNotArrived | StopReason::MissedViews | StopReason::StateRefused
+        )
+    }
+}
+
 /// A new view installed, as delivered in the total order: every message of the old view that
 /// survivors deliver comes before it, every message of the new view after it.
 #[derive(Clone, Debug, PartialEq, Eq)]
