@@ -677,6 +677,25 @@ impl Sim {
                 // the excluded never came back from in time): no liveness is owed. Safety was
                 // checked all along.
                 self.report.majority_lost = true;
+                if trace {
+                    // Who is where, to tell a fault that took the majority from a wedge.
+                    let who: Vec<String> = self
+                        .nodes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| {
+                            let m = n.replica.member();
+                            format!(
+                                "m{i}{} {} view {} {:?}",
+                                if n.alive { "" } else { " (crashed)" },
+                                m.status().label(),
+                                m.view().id.0,
+                                m.stop_reason()
+                            )
+                        })
+                        .collect();
+                    eprintln!("majority lost: {}", who.join(", "));
+                }
                 break;
             }
             if self.now > deadline {
