@@ -7,7 +7,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need_apt=()
-for cmd_pkg in "cc:build-essential" "pkg-config:pkg-config" "git:git" "ip:iproute2" "curl:curl" "redis-server:redis-server" "python3:python3" "clang:clang" "make:make"; do
+for cmd_pkg in "cc:build-essential" "pkg-config:pkg-config" "git:git" "ip:iproute2" "curl:curl" "redis-server:redis-server" "python3:python3" "clang:clang" "make:make" "nft:nftables"; do
   cmd="${cmd_pkg%%:*}"; pkg="${cmd_pkg#*:}"
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

@@ -873,3 +873,25 @@ fn shm_runs_the_demo_and_the_bench_losing_nothing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("use --hosts local"));
 }
+
+#[test]
+fn netloss_is_refused_by_name_where_it_cannot_apply() {
+    for (args, says) in [
+        (
+            vec!["--netloss", "loss=5%"],
+            "--netloss: needs --hosts netns",
+        ),
+        (
+            vec!["--netloss", "loss=5"],
+            "--netloss: \"loss=5\": the value must be a percentage",
+        ),
+    ] {
+        let mut a = vec!["bench", "--duration", "1"];
+        a.extend(args);
+        let out = conveyor(&a);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{says}: {err}");
+        assert!(!err.contains("sent "), "a run started: {err}");
+    }
+}

@@ -104,6 +104,179 @@ fn netem_is_applied_or_its_absence_is_explained() {
     assert!(namespaces("cvtne-").is_empty(), "namespaces left behind");
 }
 
+/// The kernel's loss and duplication (`--netloss`, nftables on each host's egress), measured
+/// with datagrams no Conveyor code touches: about the asked rates arrive, and the rules'
+/// counters agree.
+#[test]
+#[ignore = "needs root"]
+fn netloss_drops_and_duplicates_in_the_kernel() {
+    require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let up = Command::new("bash")
+        .args([
+            &script(),
+            "up",
+            "2",
+            "--prefix",
+            "cvtnl",
+            "--netloss",
+            "loss=30%,dup=20%",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    // A receiver in h1 counts datagrams and distinct ones; a sender in h0 sends 4000, paced.
+    let recv = Command::new("ip")
+        .args(["netns", "exec", "cvtnl-h1", "python3", "-c"])
+        .arg(
+            "import socket\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.bind(('10.77.0.2', 9999)); s.settimeout(2); n = 0; seen = set()\n\
+             print('ready', flush=True)\n\
+             try:\n\
+             \x20   while True:\n\
+             \x20       d = s.recv(64); n += 1; seen.add(d)\n\
+             except socket.timeout: pass\n\
+             print(n, len(seen))\n",
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let send = Command::new("ip")
+        .args(["netns", "exec", "cvtnl-h0", "python3", "-c"])
+        .arg(
+            "import socket, time\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             for i in range(4000):\n\
+             \x20   s.sendto(str(i).encode(), ('10.77.0.2', 9999))\n\
+             \x20   if i % 20 == 0: time.sleep(0.001)\n",
+        )
+        .status()
+        .unwrap();
+    assert!(send.success());
+    let out = recv.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let counts: Vec<f64> = text
+        .lines()
+        .last()
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(counts.len(), 2, "{text}");
+    let (received, distinct) = (counts[0], counts[1]);
+    // 70% arrive (sd about 0.7% of 4000); of those, 20% twice.
+    let arrived = distinct / 4000.0;
+    assert!(
+        (0.64..0.76).contains(&arrived),
+        "{distinct} of 4000 arrived"
+    );
+    let doubled = (received - distinct) / distinct;
+    assert!(
+        (0.12..0.28).contains(&doubled),
+        "{received} received, {distinct} distinct"
+    );
+    let c = Command::new("bash")
+        .args([&script(), "netloss-counters", "--prefix", "cvtnl"])
+        .output()
+        .unwrap();
+    let counters = String::from_utf8_lossy(&c.stdout);
+    let h0 = counters
+        .lines()
+        .find(|l| l.starts_with("cvtnl-h0 "))
+        .unwrap_or_else(|| panic!("{counters}"));
+    let counter = |key: &str| -> f64 {
+        h0.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    // A duplicate goes through the chain again (it may be dropped or doubled in turn): the
+    // drops are the missing datagrams plus at most the duplicates.
+    let (dropped, duplicated) = (counter("dropped="), counter("duplicated="));
+    let missing = 4000.0 - distinct;
+    assert!(
+        dropped >= missing - 40.0 && dropped <= missing + duplicated,
+        "{h0} vs {distinct} arrived"
+    );
+    // Refused with the field named, nothing left behind.
+    let bad = Command::new("bash")
+        .args([
+            &script(),
+            "up",
+            "2",
+            "--prefix",
+            "cvtnl",
+            "--netloss",
+            "loss=20",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("'loss=20' is not KEY=PERCENT%"));
+    Command::new("bash")
+        .args([&script(), "down", "--prefix", "cvtnl"])
+        .output()
+        .unwrap();
+    assert!(namespaces("cvtnl-").is_empty(), "namespaces left behind");
+}
+
+/// Conveyor and Redis over links the kernel makes lossy (every backend of the run gets it):
+/// nothing lost or doubled, and the kernel did drop packets in each run.
+#[test]
+#[ignore = "needs root"]
+fn bench_under_kernel_loss_loses_nothing_on_any_backend() {
+    require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args([
+            "bench",
+            "--hosts",
+            "netns",
+            "--netloss",
+            "loss=5%,dup=2%",
+            "--backend",
+            "conveyor,redis",
+            "--workload",
+            "constant",
+            "--rate",
+            "300",
+            "--duration",
+            "1",
+            "--chain",
+            "2",
+            "--fn-us",
+            "30",
+            "--grace",
+            "20",
+            "--json",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for e in v.as_array().unwrap() {
+        assert_eq!(e["netloss"], "loss=5%,dup=2%", "{e}");
+        assert_eq!(e["completed"], 300, "{e}");
+        assert_eq!(e["lost"], 0, "{e}");
+        assert_eq!(e["duplicates"], 0, "{e}");
+    }
+    let drops: Vec<u64> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("netloss: the kernel dropped "))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(drops.len(), 2, "one count per backend's hosts: {err}");
+    assert!(drops.iter().all(|d| *d > 0), "{err}");
+}
+
 #[test]
 #[ignore = "needs root"]
 fn bench_runs_each_member_in_its_own_namespace() {

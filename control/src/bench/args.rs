@@ -60,6 +60,10 @@ pub struct BenchArgs {
     /// tc netem spec for every link (with --hosts netns).
     #[arg(long)]
     pub netem: Option<String>,
+    /// With --hosts netns: loss and duplication made by the kernel (nftables) on every host's
+    /// egress, for every backend of the run, e.g. "loss=20%,dup=10%".
+    #[arg(long)]
+    pub netloss: Option<String>,
     /// Write the JSON report here (- for stdout).
     #[arg(long)]
     pub json: Option<String>,
@@ -313,6 +317,17 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan> {
     if !partitions.is_empty() && hosts != Hosts::Netns {
         bail!("--fault partition: needs --hosts netns (it cuts the member's links on the namespace bridge)");
     }
+    if let Some(spec) = &args.netloss {
+        parse_netloss(spec).map_err(|e| anyhow::anyhow!("--netloss: {e}"))?;
+        if hosts != Hosts::Netns {
+            bail!("--netloss: needs --hosts netns (the kernel drops and duplicates on each namespace host's egress; on loopback use --impair); nothing was run");
+        }
+        if !std::path::Path::new("/usr/sbin/nft").exists()
+            && !std::path::Path::new("/sbin/nft").exists()
+        {
+            bail!("--netloss: needs nftables (apt-get install nftables); nothing was run");
+        }
+    }
     if args.netem.is_some() {
         bail!("--netem: not available in this version (the kernel of the development machines has no netem); use --impair \"loss=5%,delay=50us\" to inject loss, duplication and delay in Conveyor's transport");
     }
@@ -381,6 +396,7 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan> {
         hosts: hosts.clone(),
         progress: true,
         impair: args.impair.clone(),
+        netloss: args.netloss.clone(),
         kills,
         partitions,
         joins,
@@ -405,4 +421,62 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan> {
         kafka_broker,
         hlog_dir,
     })
+}
+
+/// "loss=20%,dup=10%" -> (loss, duplication) in hundredths of a percent, as `netns.sh` reads it.
+pub(super) fn parse_netloss(spec: &str) -> Result<(u32, u32), String> {
+    let (mut loss, mut dup) = (0, 0);
+    for item in spec.split(',') {
+        let (key, val) = item.split_once('=').ok_or_else(|| {
+            format!("{item:?} is not KEY=PERCENT% (for example loss=20%,dup=10%)")
+        })?;
+        let pct = val
+            .strip_suffix('%')
+            .and_then(|v| {
+                let (whole, frac) = v.split_once('.').unwrap_or((v, ""));
+                let ok = !whole.is_empty()
+                    && whole.bytes().all(|b| b.is_ascii_digit())
+                    && frac.len() <= 2
+                    && frac.bytes().all(|b| b.is_ascii_digit());
+                ok.then(|| {
+                    whole.parse::<u32>().ok().map(|w| {
+                        w.saturating_mul(100) + format!("{frac:0<2}").parse::<u32>().unwrap_or(0)
+                    })
+                })
+                .flatten()
+            })
+            .ok_or_else(|| format!("{item:?}: the value must be a percentage with at most two decimals, like 20% or 0.5%"))?;
+        if pct > 10_000 {
+            return Err(format!("{item:?} is over 100%"));
+        }
+        match key {
+            "loss" => loss = pct,
+            "dup" => dup = pct,
+            other => return Err(format!("unknown key {other:?} (loss, dup)")),
+        }
+    }
+    Ok((loss, dup))
+}
+
+#[cfg(test)]
+mod netloss_tests {
+    use super::parse_netloss;
+
+    #[test]
+    fn netloss_specs() {
+        assert_eq!(parse_netloss("loss=20%,dup=10%"), Ok((2000, 1000)));
+        assert_eq!(parse_netloss("loss=0.5%"), Ok((50, 0)));
+        assert_eq!(parse_netloss("dup=1.25%"), Ok((0, 125)));
+        for bad in [
+            "loss=20",
+            "los=2%",
+            "loss=101%",
+            "loss=1.234%",
+            "loss=%",
+            "loss=-1%",
+            "",
+        ] {
+            assert!(parse_netloss(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -90,6 +90,7 @@ pub fn demo(transport: &str) -> Result<()> {
         progress: true,
         hosts,
         impair: None,
+        netloss: None,
         kills: Vec::new(),
         partitions: Vec::new(),
         joins: Vec::new(),

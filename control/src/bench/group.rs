@@ -33,6 +33,9 @@ pub struct GroupRun {
     pub progress: bool,
     /// `group.impair` for the run.
     pub impair: Option<String>,
+    /// Loss and duplication made by the kernel on every namespace host's egress (netns hosts
+    /// only), e.g. "loss=20%,dup=10%".
+    pub netloss: Option<String>,
     /// (member name, seconds after the load starts): SIGKILL.
     pub kills: Vec<(String, f64)>,
     /// (member name, cut at, healed at), seconds after the load starts (netns hosts only).
@@ -70,6 +73,8 @@ const NETNS_SH: &str = include_str!("netns.sh");
 /// Network namespaces made for one run; removed when dropped, whatever happened.
 pub(super) struct NetnsHosts {
     prefix: String,
+    /// Kernel-made loss rules are on (their counters are printed when the hosts go).
+    netloss: bool,
 }
 
 /// Runs the embedded test bed script with `args`.
@@ -99,7 +104,9 @@ impl NetnsHosts {
         Ok(())
     }
 
-    pub(super) fn up(n: usize) -> Result<NetnsHosts> {
+    /// `n` namespace hosts; with `netloss` ("loss=20%,dup=10%"), the kernel drops and
+    /// duplicates at random every IP packet leaving each host (nftables, see `netns.sh`).
+    pub(super) fn up(n: usize, netloss: Option<&str>) -> Result<NetnsHosts> {
         // Namespaces need root (or CAP_SYS_ADMIN).
         if effective_uid() != 0 {
             bail!(
@@ -107,9 +114,17 @@ impl NetnsHosts {
             );
         }
         let prefix = format!("cvb{}", std::process::id() % 100_000);
-        let out = netns_sh(&["up", &n.to_string(), "--prefix", &prefix])
+        let count = n.to_string();
+        let mut argv = vec!["up", count.as_str(), "--prefix", prefix.as_str()];
+        if let Some(spec) = netloss {
+            argv.extend(["--netloss", spec]);
+        }
+        let out = netns_sh(&argv)
             .context("running bash for the namespace test bed (is iproute2 installed?)")?;
-        let hosts = NetnsHosts { prefix };
+        let hosts = NetnsHosts {
+            prefix,
+            netloss: netloss.is_some(),
+        };
         if !out.status.success() {
             bail!(
                 "creating {n} network namespaces failed: {}",
@@ -125,6 +140,23 @@ impl NetnsHosts {
 
 impl Drop for NetnsHosts {
     fn drop(&mut self) {
+        if self.netloss {
+            // What the kernel's rules did, summed over the hosts.
+            if let Ok(out) = netns_sh(&["netloss-counters", "--prefix", &self.prefix]) {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let sum = |key: &str| -> u64 {
+                    text.split_whitespace()
+                        .filter_map(|w| w.strip_prefix(key))
+                        .filter_map(|v| v.parse::<u64>().ok())
+                        .sum()
+                };
+                eprintln!(
+                    "netloss: the kernel dropped {} and duplicated {} packets on the hosts' egress",
+                    sum("dropped="),
+                    sum("duplicated=")
+                );
+            }
+        }
         let _ = netns_sh(&["down", "--prefix", &self.prefix]);
     }
 }
@@ -222,7 +254,7 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
         .collect();
     let netns = match run.hosts {
         Hosts::Local => None,
-        Hosts::Netns => Some(NetnsHosts::up(names.len())?),
+        Hosts::Netns => Some(NetnsHosts::up(names.len(), run.netloss.as_deref())?),
     };
     let addresses: Vec<String> = match &netns {
         None => free_udp_ports(names.len())?

@@ -86,6 +86,8 @@ pub(super) struct ReportEntry {
     backend: String,
     transport: String,
     hosts: String,
+    /// Kernel-made loss and duplication on every namespace host's egress (`--netloss`).
+    netloss: Option<String>,
     invokers: usize,
     chain: usize,
     fn_us: u64,
@@ -109,6 +111,9 @@ pub(super) struct ReportEntry {
     failover_ms: Option<f64>,
     cdf: Vec<(f64, u64)>,
     retransmitted_slots: u64,
+    /// Views installed at the trigger during the run (Conveyor only): 0 when no member was
+    /// suspected.
+    view_changes: Option<usize>,
     max_batch: u64,
     baseline: Baseline,
     machine: Machine,
@@ -133,6 +138,7 @@ pub(super) fn report_entry(
             "tcp".into()
         },
         hosts: args.hosts.clone(),
+        netloss: args.netloss.clone(),
         invokers: args.invokers,
         chain: args.chain,
         fn_us: args.fn_us,
@@ -168,6 +174,7 @@ pub(super) fn report_entry(
         failover_ms,
         cdf: r.cdf.clone(),
         retransmitted_slots: r.retransmitted_slots,
+        view_changes: (backend == "conveyor").then_some(r.views.len()),
         max_batch: r.max_batch,
         baseline: Baseline {
             udp_rtt_us: rtt,
@@ -239,6 +246,14 @@ pub(super) fn print_summary(r: &TriggerReport, burst: bool) {
         })
         .collect();
     eprintln!("invoker shares: {}", shares.join(", "));
+    if !r.views.is_empty() {
+        let ids: Vec<String> = r.views.iter().map(|v| v.0.to_string()).collect();
+        eprintln!(
+            "view changes during the run: {} (views {})",
+            r.views.len(),
+            ids.join(", ")
+        );
+    }
 }
 
 /// What one backend's run says on the terminal (besides the JSON report).

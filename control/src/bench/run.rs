@@ -61,7 +61,7 @@ fn run_backend(
             // The baselines' hosts: the trigger and the collector in the first, invoker i
             // in host i+1, the broker in the last, as Conveyor's members are placed.
             let hosts_up = match plan.hosts {
-                Hosts::Netns => Some(NetnsHosts::up(args.invokers + 2)?),
+                Hosts::Netns => Some(NetnsHosts::up(args.invokers + 2, args.netloss.as_deref())?),
                 Hosts::Local => None,
             };
             let place = match &hosts_up {
