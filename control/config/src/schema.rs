@@ -133,7 +133,7 @@ fn d_failure_timeout_ms() -> u64 {
     30
 }
 fn d_rto_us() -> u64 {
-    2000
+    500
 }
 fn d_rto_max_ms() -> u64 {
     200

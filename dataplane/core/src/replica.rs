@@ -185,8 +185,9 @@ impl Replica {
         self.member.leave();
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.member.poll_transmit()
+    /// The next frame to send (see [`Member::poll_transmit`]).
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        self.member.poll_transmit(now)
     }
 
     pub fn recycle(&mut self, buf: Vec<u8>) {
@@ -352,7 +353,7 @@ mod tests {
                     if now >= r.poll_timeout() {
                         r.handle_timeout(now);
                     }
-                    while let Some(t) = r.poll_transmit() {
+                    while let Some(t) = r.poll_transmit(now) {
                         frames.push((i, t));
                     }
                 }

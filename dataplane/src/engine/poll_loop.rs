@@ -665,7 +665,8 @@ impl Engine {
         let n = self.replica.member().view().len();
         let me = self.cfg.me;
         let mut frames = std::mem::take(&mut self.tx_frames);
-        while let Some(t) = self.replica.poll_transmit() {
+        let now = self.clock.now();
+        while let Some(t) = self.replica.poll_transmit(now) {
             frames.push(t);
         }
         if frames.is_empty() {

@@ -705,9 +705,13 @@ impl Sim {
                     .enumerate()
                     .map(|(i, n)| {
                         format!(
-                            "m{i}{} {} view {} at {:?}/{} suspecting {:?}",
+                            "m{i}{} {}{} view {} at {:?}/{} suspecting {:?}",
                             if n.alive { "" } else { " (crashed)" },
                             n.replica.member().status().label(),
+                            n.replica
+                                .member()
+                                .stop_reason()
+                                .map_or(String::new(), |r| format!(" ({})", r.label())),
                             n.replica.member().view().id.0,
                             n.pos,
                             self.reference.len(),

@@ -93,7 +93,8 @@ impl Sim {
     /// sending). Returns the members that some frame will reach.
     pub(super) fn flush(&mut self, i: usize, partial: bool) -> BTreeSet<usize> {
         let mut reached = BTreeSet::new();
-        while let Some(t) = self.nodes[i].replica.poll_transmit() {
+        let now = Instant::from_micros(self.now);
+        while let Some(t) = self.nodes[i].replica.poll_transmit(now) {
             if let Some(tape) = self.tape.as_mut().filter(|t| t.len() < TAPE_MAX) {
                 tape.push(t.frame.clone());
             }

@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         }
         m.handle_timeout(Instant(t));
         while m.poll_delivery().is_some() {}
-        while let Some(x) = m.poll_transmit() {
+        while let Some(x) = m.poll_transmit(Instant(t)) {
             m.recycle(x.frame);
         }
     }

@@ -48,7 +48,7 @@ impl Default for ProtoConfig {
             failure_timeout: Duration::from_millis(30),
             startup_grace: Duration::from_secs(20),
             admission: Admission::Any,
-            rto: Duration::from_millis(2),
+            rto: Duration::from_micros(500),
             rto_max: Duration::from_millis(200),
             #[cfg(feature = "sabotage")]
             sabotage: Sabotage::None,

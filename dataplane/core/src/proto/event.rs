@@ -95,6 +95,9 @@ pub struct Stats {
     /// Ballots whose promises reported two different accepted decisions (earlier leaders cut
     /// off mid-change): the one of the highest ballot was adopted.
     pub conflicting_accepts: u64,
+    /// Ballots that found no member with the state for the next view (only joiners still
+    /// waiting for theirs) and decided nothing.
+    pub undecided_without_state: u64,
     /// Control messages sent in fragments (larger than a frame).
     pub fragmented_control: u64,
     /// Control messages not sent: even in fragments too large (a configuration error; see

@@ -13,7 +13,7 @@ use super::order::{Admit, Order, TENTATIVE};
 use super::transmit::{Framing, RtoBounds, Transmitter};
 use crate::types::{GroupId, Instant, MemberId, Seq, View, ViewId};
 use crate::wire::{self, Frame, Key, Kind};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 /// One member of a view running the total-order multicast. See the [module docs](super) for
 /// the order in which a host calls it.
@@ -30,6 +30,9 @@ pub struct Member {
     restarted_by: Option<MemberId>,
     /// Per rank: the other process last told it was replaced, and when.
     replaced_told: Vec<Option<(u64, Instant)>>,
+    /// Per member of a newer view that we heard: when we last sent it our row (it answers
+    /// with the commit we missed, see [`Member::ask_for_commit`]).
+    asked_commit: BTreeMap<MemberId, Instant>,
     /// This process: drawn at random by the host when it started (a joiner's join nonce).
     /// Peers take one process per id and view for that member (the one a decision names, or
     /// in the first view the first whose row proves it heard them: [`Order::admit`]) and
@@ -107,6 +110,7 @@ impl Member {
             stats: Stats::default(),
             restarted_by: None,
             replaced_told: vec![None; n],
+            asked_commit: BTreeMap::new(),
             incarnation,
             cfg,
             key,
@@ -357,11 +361,12 @@ impl Member {
             let (ms, mut cx) = self.split();
             ms.catch_up(&mut cx, h.sender, h.incarnation);
         } else if h.group == self.group && h.view > self.view.id {
-            // A newer view: we may have missed its commit; its members will send it to us
-            // when our frames reach them. Counts as a sign of life.
+            // A newer view: we may have missed its commit. Counts as a sign of life, and we
+            // ask its sender for the commit.
             if let Some(r) = self.view.rank_of(h.sender) {
                 self.ms.heard(r, now);
             }
+            self.ask_for_commit(h.sender);
         }
         let drop = if h.group != self.group {
             Some(ProtoDrop::WrongGroup)
@@ -393,6 +398,7 @@ impl Member {
             self.tx.status_to(r);
         }
         self.ms.heard(r, now);
+        self.tx.on_heard(r);
         let merged = self.order.merge_row(r, &frame.row);
         if (merged.beyond_sent || merged.other_process) && self.restarted_by.is_none() {
             // A peer holds messages of ours that we never sent: this process is a new
@@ -403,7 +409,7 @@ impl Member {
             .on_ack(r, merged.acked_before, merged.acked_after, self.now);
         if h.flags & wire::FLAG_GAP != 0
             && !self.cfg.sabotaged(Sabotage::NoRetransmit)
-            && self.tx.on_gap_report(r, merged.acked_after)
+            && self.tx.on_gap_report(r, merged.acked_after, self.now)
         {
             self.stats.fast_retransmits += 1;
         }
@@ -498,7 +504,12 @@ impl Member {
     }
 
     /// The next frame to send.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+    /// The next frame to send. `now` is the host's clock: new messages are stamped with it
+    /// (their retransmission deadline and round-trip sample), so a member that was quiet does
+    /// not start them from the last instant it was called with (a deadline already past, a
+    /// spurious resend, and an inflated round trip).
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        self.now = self.now.max(now);
         if !self.tx.has_pending() && self.view.len() > 1 && !self.ms.status().is_final() {
             self.tx
                 .produce(&self.order, self.ms.frozen(), self.now, &mut self.stats);
@@ -559,6 +570,9 @@ impl Member {
         let drop = if view < self.view.id {
             let (ms, mut cx) = self.split();
             ms.catch_up(&mut cx, sender, inc);
+            Some(ProtoDrop::WrongView)
+        } else if view > self.view.id {
+            self.ask_for_commit(sender);
             Some(ProtoDrop::WrongView)
         } else if view != self.view.id {
             Some(ProtoDrop::WrongView)
@@ -659,6 +673,27 @@ impl Member {
         }
     }
 
+    /// A member of a newer view was heard: send it our row (at most once per status interval
+    /// and member), so that it tells us how our view ended ([`Change::catch_up`]). Its members
+    /// answer our frames, but ours may go to none of them: a member left alone in its view
+    /// (its only peer crashed after committing the next view, whose commit this member missed)
+    /// sends only to that peer, and would wait for good (simulator seed 5285). A joiner (no view
+    /// yet) has its own way in.
+    fn ask_for_commit(&mut self, to: MemberId) {
+        if self.view.id == ViewId(0) || self.ms.status().is_final() || to == self.me {
+            return;
+        }
+        let due = self
+            .asked_commit
+            .get(&to)
+            .is_none_or(|&t| self.now >= t + self.cfg.status_interval);
+        if due {
+            self.asked_commit.insert(to, self.now);
+            self.tx
+                .status_now(to, &self.order, self.ms.frozen(), &mut self.stats);
+        }
+    }
+
     /// Tells process `process`, whose frame of rank `r` was refused, that another process
     /// holds its place (at most once per status interval and rank).
     fn tell_replaced(&mut self, r: usize, process: u64) {
@@ -714,6 +749,7 @@ impl Member {
         }
         self.tx.reset(&view, self.rank, self.now);
         self.replaced_told = vec![None; n];
+        self.asked_commit.clear();
         self.ms.reset(n, self.rank, self.now);
         self.st.clear_outgoing();
         self.frag.retain(|m| view.rank_of(m).is_some());

@@ -226,9 +226,14 @@ impl Order {
             || (0..self.logs.len()).any(|p| p != self.rank && self.acked_by(p) < unsent)
     }
 
-    /// Whether we hold messages of rank `r` beyond a gap.
-    pub(crate) fn holds_gap(&self, r: usize) -> bool {
-        self.logs.get(r).is_some_and(|l| l.held_end > l.contiguous)
+    /// Whether we miss messages of rank `r` that we know exist: we hold some beyond a gap, or
+    /// a row (the sender's own, or another member's) counts more of them than we hold, within
+    /// our receive window. The second catches a lost last frame, which no later frame reveals.
+    pub(crate) fn misses(&self, r: usize) -> bool {
+        self.logs.get(r).is_some_and(|l| {
+            let known = l.highest.min(l.base.saturating_add(self.recv_window));
+            l.held_end.max(known) > l.contiguous
+        })
     }
 
     /// Own message `seq`, if still held.

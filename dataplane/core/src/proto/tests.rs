@@ -3,7 +3,7 @@
 use super::membership::{Ballot, Ctl};
 use super::*;
 use crate::types::{GroupId, Instant, MemberId, Seq, View, ViewId};
-use crate::wire::Key;
+use crate::wire::{Key, Kind};
 use core::time::Duration;
 fn view(n: u16) -> View {
     View::new(crate::types::ViewId(1), (0..n).map(MemberId).collect())
@@ -71,7 +71,7 @@ impl Net {
             if now >= m.poll_timeout() {
                 m.handle_timeout(now);
             }
-            while let Some(t) = m.poll_transmit() {
+            while let Some(t) = m.poll_transmit(now) {
                 frames.push((i, t));
             }
         }
@@ -268,7 +268,7 @@ fn an_isolated_member_is_a_minority_and_learns_its_exclusion_on_heal() {
         net.step(500);
         t += 500;
         isolated.handle_timeout(Instant(t));
-        while isolated.poll_transmit().is_some() {}
+        while isolated.poll_transmit(Instant(t)).is_some() {}
     }
     assert_eq!(isolated.status(), Status::Minority);
     assert!(isolated.submit(vec![1]).is_err());
@@ -444,7 +444,7 @@ fn pump(ms: &mut [Member], now: u64, rounds: usize) {
     for _ in 0..rounds {
         let mut frames = Vec::new();
         for (i, m) in ms.iter_mut().enumerate() {
-            while let Some(t) = m.poll_transmit() {
+            while let Some(t) = m.poll_transmit(Instant(now)) {
                 frames.push((i, t));
             }
         }
@@ -523,24 +523,137 @@ fn oversized_payload_and_full_window_are_refused() {
     assert_eq!(m.stats().window_full, 1);
 }
 
+/// Two members stepped every 100 us for `until_us`; frames pass unless `lose` says so (called
+/// with the sender's index, the frame's kind byte and the time). Returns when each data frame of
+/// member 0 left.
+fn two_members_with_loss(
+    m: &mut [Member; 2],
+    until_us: u64,
+    mut lose: impl FnMut(usize, u8, u64) -> bool,
+    mut done: impl FnMut(&[Member; 2]) -> bool,
+) -> (Vec<u64>, u64) {
+    let mut sends = Vec::new();
+    let mut t = 0;
+    while t < until_us {
+        t += 100;
+        for i in 0..2 {
+            if m[i].poll_timeout() <= Instant(t) {
+                m[i].handle_timeout(Instant(t));
+            }
+            while let Some(x) = m[i].poll_transmit(Instant(t)) {
+                let kind = x.frame[3];
+                if i == 0 && kind == Kind::Data as u8 {
+                    sends.push(t);
+                }
+                if !lose(i, kind, t) {
+                    m[1 - i].handle_frame(Instant(t), &x.frame);
+                }
+            }
+        }
+        if done(m) {
+            break;
+        }
+    }
+    (sends, t)
+}
+
+/// A receiver repeats its gap report every status period while the gap stays, and the sender
+/// answers each (once per round trip): a lost resend is made good at the next report, long
+/// before the retransmission timeout (here 50 ms, so that only the reports can repair it).
+#[test]
+fn a_lost_resend_is_asked_for_again_at_the_next_status_period() {
+    let cfg = ProtoConfig {
+        rto: Duration::from_millis(50),
+        ..ProtoConfig::default()
+    };
+    let mut m = [member(2, 0, cfg.clone()), member(2, 1, cfg)];
+    m[0].submit(b"first".to_vec()).unwrap();
+    let lost = m[0].poll_transmit(Instant(0)).unwrap();
+    drop(lost);
+    m[0].submit(b"second".to_vec()).unwrap();
+    let mut data = 0;
+    let (sends, t) = two_members_with_loss(
+        &mut m,
+        40_000,
+        |from, kind, _| {
+            // The first resend is lost.
+            from == 0 && kind == Kind::Data as u8 && {
+                data += 1;
+                data == 2
+            }
+        },
+        |m| m[1].has_received(MemberId(0), Seq(0)),
+    );
+    assert!(
+        m[1].has_received(MemberId(0), Seq(0)),
+        "not repaired in 40 ms: {sends:?} {:?} {:?}",
+        m[0].stats(),
+        m[1].stats()
+    );
+    assert!(sends.len() >= 3, "{sends:?}");
+    assert!(
+        t <= 2 * cfg_status_us() + 500,
+        "repaired at {t} us: the second report should have asked again ({sends:?})"
+    );
+    assert!(m[0].stats().fast_retransmits >= 2);
+}
+
+fn cfg_status_us() -> u64 {
+    ProtoConfig::default().status_interval.as_micros() as u64
+}
+
+/// A peer that is heard from lost what it is missing at random: the retransmission timeout is
+/// not doubled for it (back-off is for a silent peer). Here every resend to member 1 is lost
+/// four times running while member 1 keeps sending its rows.
+#[test]
+fn the_retransmission_timeout_does_not_back_off_from_a_peer_that_is_heard_from() {
+    let cfg = ProtoConfig {
+        heartbeat: Duration::from_millis(1),
+        ..ProtoConfig::default()
+    };
+    let rto = cfg.rto.as_micros() as u64;
+    let mut m = [member(2, 0, cfg.clone()), member(2, 1, cfg)];
+    m[0].submit(b"only".to_vec()).unwrap();
+    let mut data = 0;
+    let (sends, _) = two_members_with_loss(
+        &mut m,
+        100_000,
+        |from, kind, _| {
+            from == 0 && kind == Kind::Data as u8 && {
+                data += 1;
+                data <= 5
+            }
+        },
+        |m| m[1].has_received(MemberId(0), Seq(0)),
+    );
+    assert!(m[1].has_received(MemberId(0), Seq(0)));
+    assert_eq!(sends.len(), 6, "{sends:?}");
+    for w in sends.windows(2) {
+        assert!(
+            w[1] - w[0] <= rto + 1_000,
+            "resends {sends:?}: backed off although member 1 was heard from"
+        );
+    }
+}
+
 #[test]
 fn a_reported_gap_is_resent_without_waiting_for_a_timeout() {
     let mut m0 = member(2, 0, ProtoConfig::default());
     let mut m1 = member(2, 1, ProtoConfig::default());
     m0.submit(b"first".to_vec()).unwrap();
-    let lost = m0.poll_transmit().unwrap();
+    let lost = m0.poll_transmit(Instant(0)).unwrap();
     drop(lost);
     m0.submit(b"second".to_vec()).unwrap();
-    let second = m0.poll_transmit().unwrap();
+    let second = m0.poll_transmit(Instant(0)).unwrap();
     m1.handle_frame(Instant(10), &second.frame);
     assert!(!m1.has_received(MemberId(0), Seq(0)));
     // Member 1 reports the gap at once; member 0 resends; no handle_timeout anywhere.
     let mut rounds = 0;
     while !m1.has_received(MemberId(0), Seq(0)) && rounds < 4 {
-        while let Some(t) = m1.poll_transmit() {
+        while let Some(t) = m1.poll_transmit(Instant(0)) {
             m0.handle_frame(Instant(20), &t.frame);
         }
-        while let Some(t) = m0.poll_transmit() {
+        while let Some(t) = m0.poll_transmit(Instant(0)) {
             m1.handle_frame(Instant(30), &t.frame);
         }
         rounds += 1;
@@ -743,7 +856,7 @@ fn a_single_member_delivers_at_once() {
     m.submit(b"b".to_vec()).unwrap();
     let got: Vec<Vec<u8>> = msgs(&mut m).into_iter().map(|d| d.payload).collect();
     assert_eq!(got, vec![b"a".to_vec(), b"b".to_vec()]);
-    assert!(m.poll_transmit().is_none());
+    assert!(m.poll_transmit(Instant(0)).is_none());
 }
 
 #[test]
@@ -772,10 +885,10 @@ fn nothing_is_delivered_before_every_member_holds_it() {
         .map(|i| member(3, i, ProtoConfig::default()))
         .collect();
     ms[0].submit(b"x".to_vec()).unwrap();
-    let t = ms[0].poll_transmit().unwrap();
+    let t = ms[0].poll_transmit(Instant(0)).unwrap();
     // Only member 1 receives it: member 1 must not deliver (member 2 lacks it).
     ms[1].handle_frame(Instant(1), &t.frame);
-    while let Some(t1) = ms[1].poll_transmit() {
+    while let Some(t1) = ms[1].poll_transmit(Instant(0)) {
         ms[0].handle_frame(Instant(1), &t1.frame);
     }
     assert!(msgs(&mut ms[0]).is_empty());
@@ -831,7 +944,7 @@ mod hops {
                 now += 10;
                 let mut frames = Vec::new();
                 for (i, m) in ms.iter_mut().enumerate() {
-                    while let Some(t) = m.poll_transmit() {
+                    while let Some(t) = m.poll_transmit(Instant(now)) {
                         frames.push((i, t));
                     }
                 }
@@ -927,4 +1040,59 @@ fn the_state_senders_crash_does_not_wedge_the_group() {
         .iter()
         .any(|d| matches!(d, Delivered::State(s) if *s == vec![8; 5000])));
     assert_eq!(net.payloads(2), vec![b"after".to_vec()]);
+}
+
+/// Joiners still waiting for their state, with a leaving member, are a majority while the
+/// only other member with the state is cut off: they must not decide a view of themselves
+/// (they would stop at install for want of state, and leave the cut-off member a minority of
+/// the committed view for good, as in simulator seed 160273). The ballot decides nothing until
+/// the member with the state is heard again; then the view keeps it.
+#[test]
+fn joiners_without_state_do_not_decide_a_view_of_their_own() {
+    let joining = |id: u16, nonce, now| {
+        Member::joining(
+            ProtoConfig::default(),
+            Key::from_bytes([1; 32]),
+            GroupId(3),
+            MemberId(id),
+            vec![MemberId(0), MemberId(1)],
+            nonce,
+            Instant(now),
+        )
+        .unwrap()
+    };
+    let mut net = Net::new(2, ProtoConfig::default());
+    net.run(2_000);
+    net.add(joining(2, 77, net.now));
+    net.add(joining(3, 78, net.now));
+    // Admitted (in one view change or two); no state is ever sent to them.
+    for _ in 0..400 {
+        net.step(500);
+        if net.ms[0].view().members.len() == 4 && net.ms[1].view().members.len() == 4 {
+            break;
+        }
+    }
+    assert_eq!(net.ms[0].view().members.len(), 4, "{:?}", net.views(0));
+    assert_eq!(net.ms[2].status(), Status::Joining);
+    assert_eq!(net.ms[3].status(), Status::Joining);
+    // Member 1 leaves while member 0 is cut off: 1, 2 and 3 are three of four.
+    net.ms[1].leave();
+    net.down[0] = true;
+    let timeout = ProtoConfig::default().failure_timeout.as_micros() as u64;
+    net.run(10 * timeout);
+    assert!(
+        !net.ms[2].status().is_final() && !net.ms[3].status().is_final(),
+        "the joiners decided a view without the state: {:?} {:?}",
+        net.ms[2].stop_reason(),
+        net.ms[3].stop_reason()
+    );
+    assert!(net.ms[1..]
+        .iter()
+        .any(|m| m.stats().undecided_without_state > 0));
+    // Member 0 is heard again: the view change goes on with it, and it serves.
+    net.down[0] = false;
+    net.run(20 * timeout);
+    assert_eq!(net.ms[0].status(), Status::Serving, "{:?}", net.views(0));
+    assert_eq!(net.ms[0].view().members, vec![MemberId(0)]);
+    assert_eq!(net.ms[1].status(), Status::Left);
 }

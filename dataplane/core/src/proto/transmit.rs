@@ -38,6 +38,10 @@ struct Retx {
     /// The round trip being timed: acknowledged once the peer holds `seq` messages of ours,
     /// first sent at the instant given. Cleared by a retransmission (Karn's rule).
     sample: Option<(u64, Instant)>,
+    /// The peer was heard from since the last retransmission timeout: it is alive, and what
+    /// went missing was lost at random, so the timeout is not backed off (back-off is for a
+    /// peer that went silent: slow, overloaded or gone).
+    heard: bool,
 }
 
 impl Retx {
@@ -48,6 +52,7 @@ impl Retx {
             srtt_us: None,
             rttvar_us: 0,
             sample: None,
+            heard: false,
         }
     }
 
@@ -117,8 +122,9 @@ pub(crate) struct Transmitter {
     gap_to: Vec<bool>,
     next_status_at: Instant,
     heartbeat: u64,
-    /// Per peer: the acknowledgement from which we last resent because it reported a gap.
-    fast_from: Vec<Option<u64>>,
+    /// Per peer: the acknowledgement from which we last resent because it reported a gap,
+    /// and when.
+    fast_from: Vec<Option<(u64, Instant)>>,
     transmits: VecDeque<Transmit>,
     pool: Vec<Vec<u8>>,
     /// Our row, rebuilt in this buffer for every frame.
@@ -238,17 +244,39 @@ impl Transmitter {
         };
     }
 
-    /// Peer `p` reported a gap in our messages after `acked`: resend from there now, once per
-    /// acknowledgement value. Returns whether a resend was queued.
-    pub(crate) fn on_gap_report(&mut self, p: usize, acked: u64) -> bool {
-        if acked < self.unsent && self.fast_from[p] != Some(acked) {
-            self.fast_from[p] = Some(acked);
+    /// A frame of peer `p` arrived: it is alive (see `Retx::heard`).
+    pub(crate) fn on_heard(&mut self, p: usize) {
+        if let Some(rt) = self.retx.get_mut(p) {
+            rt.heard = true;
+        }
+    }
+
+    /// Peer `p` reported a gap in our messages after `acked`: resend from there now. Once per
+    /// acknowledgement value and round trip: a receiver repeats its report while the gap stays
+    /// (every status interval), so a lost resend is made good at the next report, not at the
+    /// retransmission timeout; reports that cross a resend in flight are not answered twice.
+    /// Returns whether a resend was queued.
+    pub(crate) fn on_gap_report(&mut self, p: usize, acked: u64, now: Instant) -> bool {
+        if acked >= self.unsent {
+            return false;
+        }
+        let rt = &self.retx[p];
+        // A round trip: srtt + 4 rttvar once measured, else a quarter of the floor (at most
+        // 500 us: the reports it gates come once per status period anyway).
+        let gate = match rt.srtt_us {
+            Some(srtt) => Duration::from_micros(srtt + 4 * rt.rttvar_us),
+            None => self.bounds.floor.min(Duration::from_millis(2)) / 4,
+        };
+        let again = match self.fast_from[p] {
+            Some((from, at)) => from != acked || now >= at + gate,
+            None => true,
+        };
+        if again {
+            self.fast_from[p] = Some((acked, now));
             self.retx_queue.push_back((p, acked));
             self.retx[p].sample = None;
-            true
-        } else {
-            false
         }
+        again
     }
 
     /// Timers: status rows (every `status_interval` while `busy`, every `heartbeat` when idle)
@@ -278,7 +306,14 @@ impl Transmitter {
                             self.retx_queue.push_back((p, acked));
                         }
                         rt.sample = None;
-                        rt.rto = (rt.rto * 2).min(self.bounds.ceiling);
+                        // Back off only from a peer that went silent; one that is heard from
+                        // lost this at random, and waiting longer only delays the repair.
+                        rt.rto = if rt.heard {
+                            rt.base_rto(self.bounds.floor, self.bounds.ceiling)
+                        } else {
+                            (rt.rto * 2).min(self.bounds.ceiling)
+                        };
+                        rt.heard = false;
                         rt.deadline = Some(now + rt.rto);
                     } else {
                         rt.deadline = None;
@@ -438,11 +473,19 @@ impl Transmitter {
             self.heartbeat += 1;
             row.heartbeat = self.heartbeat;
             self.emit_status(Dest::All, false, &row, stats);
+            // Messages known to be missing are reported again, to their sender, at every
+            // status period (a negative acknowledgement repeated until the gap is filled: the
+            // report or the resend it asks for may be lost too).
+            for p in 0..self.status_to.len() {
+                if p != self.rank && order.misses(p) {
+                    self.status_to[p] = true;
+                }
+            }
         } else if let Some(p) = self.status_to.iter().position(|&s| s) {
             // ... or to one peer (first contact, or it sent us duplicates or beyond a gap,
             // which the GAP flag tells it).
             self.status_to[p] = false;
-            let gap = order.holds_gap(p);
+            let gap = order.misses(p);
             self.emit_status(Dest::One(self.members[p]), gap, &row, stats);
         }
         self.row = row;
@@ -483,6 +526,20 @@ impl Transmitter {
         stats.bytes_out += buf.len() as u64;
         self.transmits.push_back(Transmit { dest, frame: buf });
         seq
+    }
+
+    /// Our row, now, to member `to` (in our view or not: a member of a newer view that gets
+    /// it tells us how our view ended).
+    pub(crate) fn status_now(
+        &mut self,
+        to: MemberId,
+        order: &Order,
+        frozen: Option<&(Vec<u64>, u64)>,
+        stats: &mut Stats,
+    ) {
+        let row = self.own_row(order, frozen);
+        self.emit_status(Dest::One(to), false, &row, stats);
+        self.row = row;
     }
 
     /// A status frame carrying `row`; `gap`: flagged so the peer resends at once.

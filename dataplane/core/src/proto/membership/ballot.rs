@@ -171,7 +171,9 @@ impl Change {
             .filter_map(|p| p.accepted.clone())
             .max_by_key(|(b, _)| *b)
             .map(|(_, d)| d);
-        let decision = adopted.unwrap_or_else(|| {
+        let decision = if let Some(d) = adopted {
+            d
+        } else {
             // Per rank, the process the promisers take for it; two processes for one rank
             // (one restarted from the group file into this view) is a conflict: what each
             // promiser holds of that rank may be another process's messages.
@@ -245,11 +247,18 @@ impl Change {
                 .collect();
             // A joiner still waiting for its state cannot serve in the next view (it would
             // have nothing to apply the next messages to): it is left out and joins again,
-            // to get the state from a member that has it. Kept if no member has the state:
-            // then the group has lost it whatever we decide.
+            // to get the state from a member that has it. If no member of the next view has
+            // the state, there is no decision: the members that have it are cut off (or
+            // leaving), and a view of joiners without state would stop at install, leaving
+            // the others a minority for good (seed 160273: joiners 0 and 1 with the leaving
+            // member 2 were a majority while 3 and 4 were cut off). The ballot waits; when the
+            // others are heard again a ballot with them follows. If they crashed, the group
+            // lost its state whatever is decided.
             let awaiting = |m: &MemberId| l.promises.get(m).is_some_and(|p| p.awaiting_state);
-            if next.iter().any(|m| !awaiting(m)) {
-                next.retain(|m| !awaiting(m));
+            next.retain(|m| !awaiting(m));
+            if next.is_empty() {
+                cx.stats.undecided_without_state += 1;
+                return None;
             }
             // Who each member of the next view is: the process the promisers agree on for a
             // member that stays, a joiner's own (its join nonce is its incarnation).
@@ -280,7 +289,7 @@ impl Change {
                 nonces,
                 incarnations,
             }
-        });
+        };
         // The leader holds its own decision (adopted, or from promises) to the bounds its
         // acceptors apply.
         if !self.plausible(cx, &decision) {
