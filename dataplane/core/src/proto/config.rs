@@ -29,7 +29,7 @@ pub struct ProtoConfig {
     pub admission: Admission,
     /// Retransmission timeout before any round trip is measured, and its lower bound after.
     pub rto: Duration,
-    /// Upper bound of the retransmission timeout after back-off.
+    /// Upper bound of the retransmission timeout after back-off (towards a peer gone silent).
     pub rto_max: Duration,
     /// Deliberate protocol bugs, for proving that the simulator's checkers catch them. Exists
     /// only with the `sabotage` feature, which only the simulator's tests enable.

@@ -3,14 +3,18 @@
 //!
 //! A receiver reports the contiguous prefix it holds of each sender in its row (a cumulative
 //! acknowledgement). A sender that sees a peer's row lag behind what it sent for longer than
-//! the retransmission timeout resends the gap to that peer, with exponential back-off; a
-//! receiver that holds messages beyond a gap tells the sender at once (a status frame flagged
-//! `GAP`), which resends from the gap without waiting (once per acknowledgement value). The
-//! timeout adapts to each peer's measured round trip (RFC 6298: `srtt + 4 rttvar`, one timed
-//! message per round trip, none timed across a retransmission), never below the configured
-//! `rto`. A receiver that gets a duplicate answers with its row at once, which repairs lost
-//! acknowledgements. Status rows are repeated every `status_interval` while anything is in
-//! flight, and every `heartbeat` when idle.
+//! the retransmission timeout resends the gap to that peer; the timeout doubles (up to
+//! `rto_max`) only towards a peer not heard from since the last one (a silent peer: slow,
+//! overloaded or gone), as a peer that is heard from lost the frame at random. A receiver that
+//! misses messages it knows exist (it holds some beyond a gap, or a row counts more than it
+//! holds) tells the sender at once and again at every status period while it misses them (a
+//! status frame flagged `GAP`, a negative acknowledgement), and the sender resends from the gap
+//! without waiting, once per acknowledgement value and round trip. The timeout adapts to each
+//! peer's measured round trip (RFC 6298: `srtt + 4 rttvar`, one timed message per round trip,
+//! none timed across a retransmission), never below the configured `rto`. A receiver that gets
+//! a duplicate answers with its row at once, which repairs lost acknowledgements. Status rows
+//! are repeated every `status_interval` while anything is in flight, and every `heartbeat` when
+//! idle.
 //!
 //! Batching: whatever was submitted since the previous `poll_transmit` leaves in as few frames
 //! as `max_frame` allows, with no timer: low load sees no added delay, high load gets batches.
