@@ -33,6 +33,9 @@ pub struct Member {
     /// Per member of a newer view that we heard: when we last sent it our row (it answers
     /// with the commit we missed, see [`Member::ask_for_commit`]).
     asked_commit: BTreeMap<MemberId, Instant>,
+    /// The host asked to leave while this member was sending a joiner its state: the leave
+    /// starts once the transfer is over (see [`Member::leave`]).
+    leave_after_state: bool,
     /// This process: drawn at random by the host when it started (a joiner's join nonce).
     /// Peers take one process per id and view for that member (the one a decision names, or
     /// in the first view the first whose row proves it heard them: [`Order::admit`]) and
@@ -111,6 +114,7 @@ impl Member {
             restarted_by: None,
             replaced_told: vec![None; n],
             asked_commit: BTreeMap::new(),
+            leave_after_state: false,
             incarnation,
             cfg,
             key,
@@ -283,8 +287,19 @@ impl Member {
     /// Asks the group to remove this member (graceful leave). Submit nothing more and wait until
     /// [`Member::window_room`] is back to the whole window before calling, or the messages not
     /// yet delivered are lost with the leave. The status becomes [`Status::Left`] once the view
-    /// without this member is committed.
+    /// without this member is committed. While a joiner is taking its state from this member,
+    /// the leave waits for the transfer to end.
     pub fn leave(&mut self) {
+        if self.st.sending() {
+            // A joiner is taking its state from us: leaving now would wedge the view before
+            // the transfer ends, and if we are the only member with the state, no view can
+            // keep both the state and the group (simulator seed 101708: the leaving member's
+            // only peer was the joiner it was sending the state to). The leave starts when the
+            // transfer is over (taken, or the joiner removed).
+            self.leave_after_state = true;
+            return;
+        }
+        self.leave_after_state = false;
         let (ms, mut cx) = self.split();
         ms.leave(&mut cx);
     }
@@ -447,6 +462,9 @@ impl Member {
     /// Advances timers: membership, retransmissions and periodic status rows.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
+        if self.leave_after_state && !self.st.sending() {
+            self.leave();
+        }
         let installing = {
             let (ms, mut cx) = self.split();
             ms.on_timer(&mut cx)

@@ -1096,3 +1096,52 @@ fn joiners_without_state_do_not_decide_a_view_of_their_own() {
     assert_eq!(net.ms[0].view().members, vec![MemberId(0)]);
     assert_eq!(net.ms[1].status(), Status::Left);
 }
+
+/// A member that is asked to leave while it sends a joiner its state (here the only member
+/// with the state) leaves once the transfer is over: the joiner serves with the state, the
+/// member ends Left (simulator seed 101708: the leave wedged the view mid-transfer, and no
+/// view could keep both the state and the group).
+#[test]
+fn a_leave_waits_for_the_state_transfer_it_serves() {
+    let mut net = Net::new(2, ProtoConfig::default());
+    net.run(2_000);
+    net.add(
+        Member::joining(
+            ProtoConfig::default(),
+            Key::from_bytes([1; 32]),
+            GroupId(3),
+            MemberId(2),
+            vec![MemberId(0), MemberId(1)],
+            91,
+            Instant(net.now),
+        )
+        .unwrap(),
+    );
+    let mut sent = false;
+    for _ in 0..400 {
+        net.step(500);
+        if !sent && !net.views(0).is_empty() {
+            let from = net.views(0)[0].state_from.unwrap();
+            let sender = from.0 as usize;
+            // The first chunks are lost.
+            net.starve = Some(2);
+            net.ms[sender].send_state(MemberId(2), vec![5; 20_000]);
+            // The other old member crashes, and the sender is asked to leave at once.
+            net.down[1 - sender] = true;
+            net.ms[sender].leave();
+            sent = true;
+            net.step(500);
+            net.starve = None;
+        }
+    }
+    assert!(sent);
+    let timeout = ProtoConfig::default().failure_timeout.as_micros() as u64;
+    net.run(20 * timeout);
+    assert_eq!(net.ms[2].status(), Status::Serving, "{:?}", net.views(2));
+    assert!(net.out[2]
+        .iter()
+        .any(|d| matches!(d, Delivered::State(s) if *s == vec![5; 20_000])));
+    let sender = net.views(0)[0].state_from.unwrap().0 as usize;
+    assert_eq!(net.ms[sender].status(), Status::Left);
+    assert_eq!(net.ms[2].view().members, vec![MemberId(2)]);
+}
