@@ -135,11 +135,16 @@ fn many_seeds_hold_every_property() {
 ///   view's members, joiners waiting for the state it held, sent to it and waited for a frame
 ///   of its old view to answer with the commit: each waited for the other for good. A member
 ///   that hears a newer view now sends its sender its row, which is answered with the commit.
+/// - 101708, 106799 (the soak of 100000..199999 on d68681c): the only member with the state
+///   was asked to leave while its only peer was the joiner taking that state from it; the leave
+///   wedged the view mid-transfer, and no view could keep both the state and the group. A leave
+///   now waits for the transfer the member serves (unit test
+///   `a_leave_waits_for_the_state_transfer_it_serves`).
 #[test]
 fn the_seeds_that_found_bugs_pass() {
     for seed in [
         213149, 604280, 106118, 477, 1053, 738, 100120, 110199, 118662, 141687, 103355, 109056,
-        109445, 102711, 160273, 5285,
+        109445, 102711, 160273, 5285, 101708, 106799,
     ] {
         if let Err(v) = run_seed(seed, |_| {}) {
             panic!("seed {seed}: {v}");

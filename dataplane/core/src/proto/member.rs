@@ -521,7 +521,6 @@ impl Member {
         self.tx.recycle(buf);
     }
 
-    /// The next frame to send.
     /// The next frame to send. `now` is the host's clock: new messages are stamped with it
     /// (their retransmission deadline and round-trip sample), so a member that was quiet does
     /// not start them from the last instant it was called with (a deadline already past, a
