@@ -226,14 +226,12 @@ impl Order {
             || (0..self.logs.len()).any(|p| p != self.rank && self.acked_by(p) < unsent)
     }
 
-    /// Whether we miss messages of rank `r` that we know exist: we hold some beyond a gap, or
-    /// a row (the sender's own, or another member's) counts more of them than we hold, within
-    /// our receive window. The second catches a lost last frame, which no later frame reveals.
+    /// Whether we miss messages of rank `r`: we hold some beyond a gap. (A row counting more
+    /// than we hold is no proof of loss: on a slow link those frames are still on their way,
+    /// and reporting them made every one of them resent; a lost last frame is left to the
+    /// sender's timeout.)
     pub(crate) fn misses(&self, r: usize) -> bool {
-        self.logs.get(r).is_some_and(|l| {
-            let known = l.highest.min(l.base.saturating_add(self.recv_window));
-            l.held_end.max(known) > l.contiguous
-        })
+        self.logs.get(r).is_some_and(|l| l.held_end > l.contiguous)
     }
 
     /// Own message `seq`, if still held.

@@ -311,8 +311,11 @@ impl Transmitter {
                         }
                         rt.sample = None;
                         // Back off only from a peer that went silent; one that is heard from
-                        // lost this at random, and waiting longer only delays the repair.
-                        rt.rto = if rt.heard {
+                        // lost this at random, and waiting longer only delays the repair. Until
+                        // a round trip is measured, back off anyway (Karn): the round trip may
+                        // be longer than the timeout, and every resend would then clear the
+                        // sample that could tell.
+                        rt.rto = if rt.heard && rt.srtt_us.is_some() {
                             rt.base_rto(self.bounds.floor, self.bounds.ceiling)
                         } else {
                             (rt.rto * 2).min(self.bounds.ceiling)
