@@ -140,11 +140,17 @@ fn many_seeds_hold_every_property() {
 ///   wedged the view mid-transfer, and no view could keep both the state and the group. A leave
 ///   now waits for the transfer the member serves (unit test
 ///   `a_leave_waits_for_the_state_transfer_it_serves`).
+/// - 113199, 139721, 156071, 174543 (the same soak on 6f8cb5f; and 42, 4278, 5609 among CI's
+///   seeds on fbab3a6): a member asked to leave was the last the group could reach with the
+///   state (the other member with it had crashed, the rest were joiners still waiting for
+///   theirs); no view could be decided without it, and the group stayed wedged for good. Such
+///   a member is now kept in the next view and leaves once it has handed the state over (unit
+///   test `a_leaving_member_with_the_only_state_stays_until_it_hands_it_over`).
 #[test]
 fn the_seeds_that_found_bugs_pass() {
     for seed in [
         213149, 604280, 106118, 477, 1053, 738, 100120, 110199, 118662, 141687, 103355, 109056,
-        109445, 102711, 160273, 5285, 101708, 106799,
+        109445, 102711, 160273, 5285, 101708, 106799, 113199, 139721, 156071, 174543,
     ] {
         if let Err(v) = run_seed(seed, |_| {}) {
             panic!("seed {seed}: {v}");
@@ -291,13 +297,13 @@ fn the_retransmission_timeout_adapts_to_a_slow_network() {
     // would be resent; with it, only the first round trips before a measurement exists (and
     // the start-up exchanges in which the processes prove themselves to each other, whose
     // frames are dropped and sent again: 150 requests make them a small part of the run; with
-    // 60, 403 slots were resent for 1,719 delivered). The bound was a fifth until the
-    // loss-recovery changes of stop 26 (gap reports answered again after a round trip, no
-    // back-off from a peer heard from once a round trip is measured): 1,181 resent for 4,230
-    // delivered since, a cause not yet found (the links here reorder, which makes transient
-    // gaps); a third still fails a timeout that does not adapt (nearly every message resent).
+    // 60, 403 slots were resent for 1,719 delivered). The links here also reorder (5 to 6 ms):
+    // a frame overtaken by a later one is not reported missing within a quarter of a round
+    // trip (with reports at once, 1,181 slots were resent for 4,230 delivered), and reports
+    // answered before a round trip is measured back off (the start-up exchanges had every slot
+    // sent ten times); 564 now.
     assert!(
-        r.retransmitted_slots * 3 < r.delivered,
+        r.retransmitted_slots * 5 < r.delivered,
         "{} slots retransmitted for {} delivered",
         r.retransmitted_slots,
         r.delivered

@@ -929,6 +929,8 @@ impl Sim {
             let s = node.replica.member().stats();
             report.delivered += s.delivered;
             report.retransmitted_slots += s.retransmitted_slots;
+            report.fast_retransmits += s.fast_retransmits;
+            report.retransmitted_frames += s.retransmitted_frames;
             report.dropped_frames += s.dropped_total();
             report.max_batch = report.max_batch.max(s.max_batch);
             report.window_full += s.window_full;

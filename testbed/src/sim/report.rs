@@ -25,6 +25,9 @@ impl fmt::Display for Violation {
 pub struct Report {
     pub delivered: u64,
     pub retransmitted_slots: u64,
+    /// Resends answering a peer's gap report (the rest: retransmission timeouts).
+    pub fast_retransmits: u64,
+    pub retransmitted_frames: u64,
     pub dropped_frames: u64,
     pub max_batch: u64,
     pub window_full: u64,

@@ -98,6 +98,8 @@ pub struct Stats {
     /// Ballots that found no member with the state for the next view (only joiners still
     /// waiting for theirs) and decided nothing.
     pub undecided_without_state: u64,
+    /// Decisions that kept leaving members in the next view: no other member had the state.
+    pub leaves_postponed: u64,
     /// Control messages sent in fragments (larger than a frame).
     pub fragmented_control: u64,
     /// Control messages not sent: even in fragments too large (a configuration error; see

@@ -13,7 +13,7 @@ use super::order::{Admit, Order, TENTATIVE};
 use super::transmit::{Framing, RtoBounds, Transmitter};
 use crate::types::{GroupId, Instant, MemberId, Seq, View, ViewId};
 use crate::wire::{self, Frame, Key, Kind};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// One member of a view running the total-order multicast. See the [module docs](super) for
 /// the order in which a host calls it.
@@ -33,9 +33,12 @@ pub struct Member {
     /// Per member of a newer view that we heard: when we last sent it our row (it answers
     /// with the commit we missed, see [`Member::ask_for_commit`]).
     asked_commit: BTreeMap<MemberId, Instant>,
-    /// The host asked to leave while this member was sending a joiner its state: the leave
-    /// starts once the transfer is over (see [`Member::leave`]).
-    leave_after_state: bool,
+    /// The host asked to leave and the leave has not started yet: it starts once this member
+    /// serves no joiner its state (see [`Member::leave`]).
+    leave_pending: bool,
+    /// Joiners of this view this member is to send the state to and has not started on yet
+    /// (the host sends it when it handles the view change).
+    state_owed: BTreeSet<MemberId>,
     /// This process: drawn at random by the host when it started (a joiner's join nonce).
     /// Peers take one process per id and view for that member (the one a decision names, or
     /// in the first view the first whose row proves it heard them: [`Order::admit`]) and
@@ -114,7 +117,8 @@ impl Member {
             restarted_by: None,
             replaced_told: vec![None; n],
             asked_commit: BTreeMap::new(),
-            leave_after_state: false,
+            leave_pending: false,
+            state_owed: BTreeSet::new(),
             incarnation,
             cfg,
             key,
@@ -287,19 +291,35 @@ impl Member {
     /// Asks the group to remove this member (graceful leave). Submit nothing more and wait until
     /// [`Member::window_room`] is back to the whole window before calling, or the messages not
     /// yet delivered are lost with the leave. The status becomes [`Status::Left`] once the view
-    /// without this member is committed. While a joiner is taking its state from this member,
-    /// the leave waits for the transfer to end.
+    /// without this member is committed. The leave waits while a joiner is taking its state
+    /// from this member, while the view has no other member, and while this member is not
+    /// serving (a minority); and if the members the group can go on with are only joiners still
+    /// waiting for their state, the group keeps this member until it has handed the state over.
     pub fn leave(&mut self) {
-        if self.st.sending() {
-            // A joiner is taking its state from us: leaving now would wedge the view before
-            // the transfer ends, and if we are the only member with the state, no view can
-            // keep both the state and the group (simulator seed 101708: the leaving member's
-            // only peer was the joiner it was sending the state to). The leave starts when the
-            // transfer is over (taken, or the joiner removed).
-            self.leave_after_state = true;
+        self.leave_pending = true;
+        self.try_leave();
+    }
+
+    /// Whether the host's leave is pending and nothing holds it back (see [`Member::leave`]).
+    fn may_leave(&self) -> bool {
+        self.leave_pending
+            && !self.st.sending()
+            && self.state_owed.is_empty()
+            && self.view.len() > 1
+            && matches!(self.ms.status(), Status::Serving | Status::Changing)
+    }
+
+    /// Starts the pending leave if nothing holds it back (see [`Member::leave`]).
+    fn try_leave(&mut self) {
+        if !self.may_leave() {
+            // A joiner is taking (or is about to take) its state from us: leaving now would
+            // wedge the view before the transfer ends, and if we are the only member with
+            // the state, no view can keep both the state and the group (simulator seed
+            // 101708: the leaving member's only peer was the joiner it was sending the state
+            // to). The leave starts when the transfer is over (taken, or the joiner removed).
             return;
         }
-        self.leave_after_state = false;
+        self.leave_pending = false;
         let (ms, mut cx) = self.split();
         ms.leave(&mut cx);
     }
@@ -317,6 +337,7 @@ impl Member {
     /// view) to joiner `to`. Called by the host on a view change whose `state_from` is this
     /// member, for each of its `joined`, before handling any later delivery.
     pub fn send_state(&mut self, to: MemberId, state: Vec<u8>) {
+        self.state_owed.remove(&to);
         if self.view.rank_of(to).is_none() {
             return;
         }
@@ -429,13 +450,16 @@ impl Member {
             self.stats.fast_retransmits += 1;
         }
         if h.kind == Kind::Data {
-            let receipt = self.order.receive(r, h.seq.0, &frame, &mut self.stats);
+            let receipt = self
+                .order
+                .receive(r, h.seq.0, &frame, self.now, &mut self.stats);
             if receipt.advanced {
                 self.tx.status_to_all();
             }
             if receipt.answer {
                 self.tx.status_to(r);
             }
+            self.report_gaps();
         }
         if self.ms.frozen().is_none() {
             self.stats.nulls_sent += self.order.fill_nulls();
@@ -462,9 +486,7 @@ impl Member {
     /// Advances timers: membership, retransmissions and periodic status rows.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
-        if self.leave_after_state && !self.st.sending() {
-            self.leave();
-        }
+        self.try_leave();
         let installing = {
             let (ms, mut cx) = self.split();
             ms.on_timer(&mut cx)
@@ -481,6 +503,7 @@ impl Member {
         } else {
             self.cfg.heartbeat
         };
+        self.report_gaps();
         let order = &self.order;
         self.tx.on_timeout(
             self.now,
@@ -495,11 +518,34 @@ impl Member {
         if self.ms.status().is_final() {
             return Instant(u64::MAX);
         }
+        if self.may_leave() {
+            return self.now;
+        }
         let soon = self
             .order
             .busy(self.tx.unsent())
             .then(|| self.now + self.cfg.status_interval);
-        self.tx.deadline(soon).min(self.membership_deadline())
+        let gap = self
+            .order
+            .next_gap_report(|r| self.tx.reorder_window(r))
+            .unwrap_or(Instant(u64::MAX));
+        self.tx
+            .deadline(soon)
+            .min(self.membership_deadline())
+            .min(gap)
+    }
+
+    /// Gaps in peers' messages held long enough to be losses are reported to their senders
+    /// now (a row flagged `GAP`; see `Order::gap_due`).
+    fn report_gaps(&mut self) {
+        for r in 0..self.view.len() {
+            if self
+                .order
+                .take_due_gap(r, self.now, self.tx.reorder_window(r))
+            {
+                self.tx.status_to(r);
+            }
+        }
     }
 
     fn membership_deadline(&self) -> Instant {
@@ -752,7 +798,11 @@ impl Member {
     /// Resets every part for the installed view, reports it, and submits again the own
     /// messages the old view did not deliver.
     fn start_view(&mut self, installed: Installed) {
-        let Installed { change, again } = installed;
+        let Installed {
+            change,
+            again,
+            leave_postponed,
+        } = installed;
         let view = change.view.clone();
         let n = view.len();
         self.rank = view.rank_of(self.me).unwrap_or(0);
@@ -771,6 +821,12 @@ impl Member {
         self.st.clear_outgoing();
         self.frag.retain(|m| view.rank_of(m).is_some());
         self.view = view;
+        self.state_owed = if change.state_from == Some(self.me) {
+            change.joined.iter().copied().collect()
+        } else {
+            BTreeSet::new()
+        };
+        self.leave_pending |= leave_postponed;
         self.deliveries.push_back(Delivered::View(change));
         for p in again {
             self.order.push_own(p);

@@ -9,8 +9,9 @@
 //! they delivered of each sender, which bounds memory per sender.
 
 use super::event::{Delivered, Delivery, Stats};
-use crate::types::{Seq, View};
+use crate::types::{Instant, Seq, View};
 use crate::wire::{Entry, Frame, Row, RowRef};
+use core::time::Duration;
 use std::collections::VecDeque;
 
 #[derive(Debug)]
@@ -93,8 +94,17 @@ pub(crate) struct Receipt {
     /// The contiguous prefix of the sender grew: our row has news for everyone.
     pub(crate) advanced: bool,
     /// The sender should hear our row now: it sent duplicates (our acknowledgement was
-    /// probably lost), or we hold messages beyond a gap (reported once per contiguous count).
+    /// probably lost).
     pub(crate) answer: bool,
+}
+
+/// Messages of one sender held beyond a gap: since when, and whether reported.
+#[derive(Clone, Copy, Debug)]
+struct Gap {
+    /// The sender's contiguous count when the gap was first seen.
+    at: u64,
+    since: Instant,
+    reported: bool,
 }
 
 /// Ordering state of one member in one view. See the module docs.
@@ -106,8 +116,8 @@ pub(crate) struct Order {
     /// Latest known row of every rank (merged monotonically). Our own is built on demand.
     rows: Vec<Row>,
     next_slot: u64,
-    /// Per sender: the contiguous count at which we last reported a gap to it.
-    gap_reported: Vec<Option<u64>>,
+    /// Per sender: messages held beyond a gap (see [`Order::gap_due`]).
+    gaps: Vec<Option<Gap>>,
     /// Scratch reused on every delivery: per-sender stable and majority counts.
     stable: Vec<u64>,
     majority: Vec<u64>,
@@ -171,7 +181,7 @@ impl Order {
                 })
                 .collect(),
             next_slot: 0,
-            gap_reported: vec![None; n],
+            gaps: vec![None; n],
             stable: Vec::with_capacity(n),
             majority: Vec::with_capacity(n),
             held: Vec::with_capacity(n),
@@ -226,12 +236,40 @@ impl Order {
             || (0..self.logs.len()).any(|p| p != self.rank && self.acked_by(p) < unsent)
     }
 
-    /// Whether we miss messages of rank `r`: we hold some beyond a gap. (A row counting more
-    /// than we hold is no proof of loss: on a slow link those frames are still on their way,
-    /// and reporting them made every one of them resent; a lost last frame is left to the
-    /// sender's timeout.)
-    pub(crate) fn misses(&self, r: usize) -> bool {
-        self.logs.get(r).is_some_and(|l| l.held_end > l.contiguous)
+    /// Whether we miss messages of rank `r` and it is time to say so: we hold some beyond a
+    /// gap, and have for `reorder` (a frame overtaken by a later one on the way is not lost:
+    /// reporting at once had every frame a jittery link reordered resent, with all those in
+    /// flight after it). A row counting more than we hold is no proof of loss either: on a slow
+    /// link those frames are still on their way, and reporting them made every one of them
+    /// resent; a lost last frame is left to the sender's timeout.
+    pub(crate) fn gap_due(&self, r: usize, now: Instant, reorder: Duration) -> bool {
+        self.gaps
+            .get(r)
+            .copied()
+            .flatten()
+            .is_some_and(|g| now >= g.since + reorder)
+    }
+
+    /// The earliest instant at which a gap not reported yet is due (see [`Order::gap_due`];
+    /// `reorder` per rank).
+    pub(crate) fn next_gap_report(&self, reorder: impl Fn(usize) -> Duration) -> Option<Instant> {
+        self.gaps
+            .iter()
+            .enumerate()
+            .filter_map(|(r, g)| g.filter(|g| !g.reported).map(|g| g.since + reorder(r)))
+            .min()
+    }
+
+    /// Whether rank `r`'s gap is due and not reported yet; it counts as reported from now on
+    /// (the report is then repeated with every status row: see `Transmitter::produce`).
+    pub(crate) fn take_due_gap(&mut self, r: usize, now: Instant, reorder: Duration) -> bool {
+        match self.gaps.get_mut(r) {
+            Some(Some(g)) if !g.reported && now >= g.since + reorder => {
+                g.reported = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Own message `seq`, if still held.
@@ -356,6 +394,7 @@ impl Order {
         r: usize,
         first: u64,
         frame: &Frame<'_>,
+        now: Instant,
         stats: &mut Stats,
     ) -> Receipt {
         let limit = self.logs[r].base.saturating_add(self.recv_window);
@@ -384,16 +423,24 @@ impl Order {
         // Even slots beyond the window prove they exist: the fill target may move.
         let log = &mut self.logs[r];
         log.highest = log.highest.max(seq.min(limit));
-        let mut receipt = Receipt {
+        let receipt = Receipt {
             advanced: log.contiguous > before,
             answer: dup,
         };
         let log = &self.logs[r];
-        if log.held_end > log.contiguous && self.gap_reported[r] != Some(log.contiguous) {
-            // A gap: report it to the sender now (FLAG_GAP), once per contiguous count.
-            self.gap_reported[r] = Some(log.contiguous);
-            receipt.answer = true;
-        }
+        self.gaps[r] = if log.held_end <= log.contiguous {
+            None
+        } else {
+            match self.gaps[r] {
+                Some(g) if g.at == log.contiguous => Some(g),
+                // A new gap (or the old one partly filled): its own wait before a report.
+                _ => Some(Gap {
+                    at: log.contiguous,
+                    since: now,
+                    reported: false,
+                }),
+            }
+        };
         receipt
     }
 

@@ -6,10 +6,12 @@
 //! the retransmission timeout resends the gap to that peer; the timeout doubles (up to
 //! `rto_max`) only towards a peer not heard from since the last one (a silent peer: slow,
 //! overloaded or gone), as a peer that is heard from lost the frame at random. A receiver that
-//! misses messages it knows exist (it holds some beyond a gap, or a row counts more than it
-//! holds) tells the sender at once and again at every status period while it misses them (a
-//! status frame flagged `GAP`, a negative acknowledgement), and the sender resends from the gap
-//! without waiting, once per acknowledgement value and round trip. The timeout adapts to each
+//! holds messages beyond a gap tells the sender once the gap has lasted a quarter of the round
+//! trip to it (a frame overtaken on the way is not lost: TCP RACK's reordering window), and
+//! again at every status period while it lasts (a status frame flagged `GAP`, a negative
+//! acknowledgement), and the sender resends from the gap without waiting, once per
+//! acknowledgement value and round trip (before a round trip is measured, after a delay that
+//! doubles with every resend from the same acknowledgement). The timeout adapts to each
 //! peer's measured round trip (RFC 6298: `srtt + 4 rttvar`, one timed message per round trip,
 //! none timed across a retransmission), never below the configured `rto`. A receiver that gets
 //! a duplicate answers with its row at once, which repairs lost acknowledgements. Status rows
@@ -127,8 +129,8 @@ pub(crate) struct Transmitter {
     next_status_at: Instant,
     heartbeat: u64,
     /// Per peer: the acknowledgement from which we last resent because it reported a gap,
-    /// and when.
-    fast_from: Vec<Option<(u64, Instant)>>,
+    /// when, and how many times in a row from that acknowledgement.
+    fast_from: Vec<Option<(u64, Instant, u32)>>,
     transmits: VecDeque<Transmit>,
     pool: Vec<Vec<u8>>,
     /// Our row, rebuilt in this buffer for every frame.
@@ -255,6 +257,16 @@ impl Transmitter {
         }
     }
 
+    /// How long a gap in peer `p`'s messages may be a frame overtaken on the way rather than
+    /// lost, before we report it: a quarter of the round trip to it once measured (TCP RACK's
+    /// reordering window), else nothing.
+    pub(crate) fn reorder_window(&self, p: usize) -> Duration {
+        self.retx
+            .get(p)
+            .and_then(|rt| rt.srtt_us)
+            .map_or(Duration::ZERO, |s| Duration::from_micros(s / 4))
+    }
+
     /// Peer `p` reported a gap in our messages after `acked`: resend from there now. Once per
     /// acknowledgement value and round trip: a receiver repeats its report while the gap stays
     /// (every status interval), so a lost resend is made good at the next report, not at the
@@ -265,18 +277,26 @@ impl Transmitter {
             return false;
         }
         let rt = &self.retx[p];
-        // A round trip: srtt + 4 rttvar once measured, else a quarter of the floor (at most
-        // 500 us: the reports it gates come once per status period anyway).
+        let repeats = match self.fast_from[p] {
+            Some((from, _, k)) if from == acked => k,
+            _ => 0,
+        };
+        // A round trip: srtt + 4 rttvar once measured. Before, a quarter of the floor (at most
+        // 500 us: the reports it gates come once per status period anyway), doubled with every
+        // resend from the same acknowledgement (Karn: the round trip may be much longer; on a
+        // 10 ms link the start-up reports of unconfirmed frames had every slot sent ten times).
         let gate = match rt.srtt_us {
             Some(srtt) => Duration::from_micros(srtt + 4 * rt.rttvar_us),
-            None => self.bounds.floor.min(Duration::from_millis(2)) / 4,
+            None => (self.bounds.floor.min(Duration::from_millis(2)) / 4)
+                .saturating_mul(1 << repeats.min(16))
+                .min(self.bounds.ceiling),
         };
         let again = match self.fast_from[p] {
-            Some((from, at)) => from != acked || now >= at + gate,
+            Some((from, at, _)) => from != acked || now >= at + gate,
             None => true,
         };
         if again {
-            self.fast_from[p] = Some((acked, now));
+            self.fast_from[p] = Some((acked, now, repeats.saturating_add(1)));
             self.retx_queue.push_back((p, acked));
             self.retx[p].sample = None;
         }
@@ -484,7 +504,7 @@ impl Transmitter {
             // status period (a negative acknowledgement repeated until the gap is filled: the
             // report or the resend it asks for may be lost too).
             for p in 0..self.status_to.len() {
-                if p != self.rank && order.misses(p) {
+                if p != self.rank && order.gap_due(p, now, self.reorder_window(p)) {
                     self.status_to[p] = true;
                 }
             }
@@ -492,7 +512,7 @@ impl Transmitter {
             // ... or to one peer (first contact, or it sent us duplicates or beyond a gap,
             // which the GAP flag tells it).
             self.status_to[p] = false;
-            let gap = order.misses(p);
+            let gap = order.gap_due(p, now, self.reorder_window(p));
             self.emit_status(Dest::One(self.members[p]), gap, &row, stats);
         }
         self.row = row;

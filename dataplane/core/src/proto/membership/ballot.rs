@@ -237,26 +237,40 @@ impl Change {
                 }
                 cut += 1;
             }
-            let mut next: Vec<MemberId> = cx
-                .view
-                .members
-                .iter()
-                .copied()
-                .filter(|m| l.members.contains(m) && !l.leaving.contains(m))
-                .filter(|m| cx.view.rank_of(*m).is_none_or(|r| !conflicted[r]))
-                .collect();
             // A joiner still waiting for its state cannot serve in the next view (it would
             // have nothing to apply the next messages to): it is left out and joins again,
-            // to get the state from a member that has it. If no member of the next view has
-            // the state, there is no decision: the members that have it are cut off (or
-            // leaving), and a view of joiners without state would stop at install, leaving
-            // the others a minority for good (seed 160273: joiners 0 and 1 with the leaving
-            // member 2 were a majority while 3 and 4 were cut off). The ballot waits; when the
-            // others are heard again a ballot with them follows. If they crashed, the group
-            // lost its state whatever is decided.
+            // to get the state from a member that has it.
             let awaiting = |m: &MemberId| l.promises.get(m).is_some_and(|p| p.awaiting_state);
-            next.retain(|m| !awaiting(m));
+            let staying = |with_leaving: bool| -> Vec<MemberId> {
+                cx.view
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|m| l.members.contains(m))
+                    .filter(|m| with_leaving || !l.leaving.contains(m))
+                    .filter(|m| cx.view.rank_of(*m).is_none_or(|r| !conflicted[r]))
+                    .filter(|m| !awaiting(m))
+                    .collect()
+            };
+            let mut next = staying(false);
             if next.is_empty() {
+                // Only leaving members have the state (seeds 42 and 4278: the member asked to
+                // leave was the last with the state, its peer a joiner still waiting for it
+                // from a member that crashed): they stay, and leave again once they have
+                // handed the state over (see `Change::install`). Leaving now would lose the
+                // state for good.
+                next = staying(true);
+                if !next.is_empty() {
+                    cx.stats.leaves_postponed += 1;
+                }
+            }
+            if next.is_empty() {
+                // No member of the next view has the state: the members that have it are cut
+                // off, and a view of joiners without state would stop at install, leaving the
+                // others a minority for good (seed 160273: joiners 0 and 1 with the leaving
+                // member 2 were a majority while 3 and 4 were cut off). The ballot waits; when
+                // the others are heard again a ballot with them follows. If they crashed, the
+                // group lost its state whatever is decided.
                 cx.stats.undecided_without_state += 1;
                 return None;
             }

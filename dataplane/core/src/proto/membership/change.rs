@@ -59,6 +59,9 @@ pub(crate) enum Installing {
 pub(crate) struct Installed {
     pub(crate) change: ViewChange,
     pub(crate) again: Vec<Vec<u8>>,
+    /// This member was leaving, and the decision kept it (no other member had the state): it
+    /// asks to leave again once it has handed the state over.
+    pub(crate) leave_postponed: bool,
 }
 
 /// Frozen `received` counts and delivered slots, once wedged.

@@ -34,6 +34,7 @@ impl Change {
                 state_from: None,
             },
             again: Vec::new(),
+            leave_postponed: false,
         }
     }
 
@@ -110,6 +111,9 @@ impl Change {
         };
         let next = d.next.clone();
         let resubmitted = again.len() as u64;
+        // Kept while leaving (see `Change::maybe_decide`): this member serves in the next view
+        // and its host's leave starts again later.
+        let leave_postponed = std::mem::take(&mut self.leaving);
         self.joined_now = joined.iter().copied().collect();
         // Requests answered by this view are done; one from another process with a member's
         // id (it restarted meanwhile) still waits.
@@ -133,6 +137,7 @@ impl Change {
                 state_from,
             },
             again,
+            leave_postponed,
         })
     }
 }
