@@ -85,6 +85,33 @@ fn netns_sh(args: &[&str]) -> std::io::Result<std::process::Output> {
         .output()
 }
 
+/// The prefixes of the namespace hosts this process has up: removed on SIGINT or SIGTERM too
+/// (a bench stopped by hand or by a timeout left `cvbPID-*` namespaces behind, with their
+/// members still running, and the next run's tests failed on them).
+static LIVE_PREFIXES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Installs, once, the handler that removes the live namespace hosts and exits on SIGINT or
+/// SIGTERM.
+fn remove_hosts_on_signal() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let installed = ctrlc::set_handler(|| {
+            let prefixes = LIVE_PREFIXES.lock().map(|l| l.clone()).unwrap_or_default();
+            eprintln!(
+                "conveyor bench: interrupted; removing the namespace hosts {}",
+                prefixes.join(", ")
+            );
+            for p in &prefixes {
+                let _ = netns_sh(&["down", "--prefix", p]);
+            }
+            std::process::exit(130);
+        });
+        if let Err(e) = installed {
+            eprintln!("warning: namespace hosts will stay if this bench is interrupted: {e}");
+        }
+    });
+}
+
 impl NetnsHosts {
     /// Cuts (or restores) every link of host `i`: its port on the hub's bridge.
     pub(super) fn set_link(&self, i: usize, up: bool) -> Result<()> {
@@ -121,6 +148,10 @@ impl NetnsHosts {
         }
         let out = netns_sh(&argv)
             .context("running bash for the namespace test bed (is iproute2 installed?)")?;
+        remove_hosts_on_signal();
+        if let Ok(mut live) = LIVE_PREFIXES.lock() {
+            live.push(prefix.clone());
+        }
         let hosts = NetnsHosts {
             prefix,
             netloss: netloss.is_some(),
@@ -158,6 +189,9 @@ impl Drop for NetnsHosts {
             }
         }
         let _ = netns_sh(&["down", "--prefix", &self.prefix]);
+        if let Ok(mut live) = LIVE_PREFIXES.lock() {
+            live.retain(|p| p != &self.prefix);
+        }
     }
 }
 

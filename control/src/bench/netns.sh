@@ -78,6 +78,8 @@ NFT
 
 down() {
   for ns in $(ip netns list | awk '{print $1}' | grep -E "^${prefix}-(h[0-9]+|hub)$" || true); do
+    # What still runs in a host (members of an interrupted bench) goes with it.
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
     ip netns del "$ns"
   done
 }

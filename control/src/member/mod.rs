@@ -8,11 +8,68 @@ use crate::trigger::loadgen::{run_trigger, WorkloadSpec};
 use anyhow::{anyhow, bail, Context, Result};
 use conveyor_core::queue::{Effect, Op};
 use conveyor_core::types::MemberId;
-use conveyor_dataplane::engine::{Clock, EngineHandle};
+use conveyor_dataplane::engine::{Clock, Directive, EngineHandle, Probe, Submitter};
 use conveyor_dataplane::invoker::{run_invoker, InvokerApp};
 use conveyor_dataplane::transport::TransportStats;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a member asked to stop (SIGTERM, SIGINT) waits for the group to let it leave
+/// before it stops anyway.
+const LEAVE_WAIT: Duration = Duration::from_secs(10);
+
+/// SIGTERM and SIGINT (`systemctl stop`, Ctrl-C): the member leaves the group gracefully (a
+/// view change without it, which re-queues what it held at once rather than after a failure
+/// timeout), then ends as usual, with its statistics. Where a leave cannot be (the member is
+/// alone in its view, or not serving: a minority, a joiner), or takes longer than
+/// [`LEAVE_WAIT`], or at a second signal, the engine stops at once. Returns the flag the
+/// handler sets, so that the member's end is not taken for a failure.
+fn leave_on_signal(member: &str, probe: Probe, sub: Submitter) -> Result<Arc<AtomicBool>> {
+    let signalled = Arc::new(AtomicBool::new(false));
+    let flag = signalled.clone();
+    let member = member.to_string();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            tracing::warn!("member {member}: second signal: stopping without leaving");
+            sub.stop_engine();
+            return;
+        }
+        tracing::info!("member {member}: signal received: leaving the group");
+        probe.direct(Directive::Leave);
+        let (probe, sub, member) = (probe.clone(), sub.clone(), member.clone());
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            loop {
+                std::thread::sleep(Duration::from_millis(50));
+                if probe.has_left() || probe.is_finished() {
+                    return;
+                }
+                let live = probe.live();
+                let why = if live.members.len() <= 1 && live.status == "serving" {
+                    Some("alone in its view: there is no group to leave".to_string())
+                } else if matches!(live.status, "minority" | "joining" | "excluded") {
+                    Some(format!(
+                        "{}: no view change can take its leave",
+                        live.status
+                    ))
+                } else if start.elapsed() >= LEAVE_WAIT {
+                    Some(format!("not let go within {}s", LEAVE_WAIT.as_secs()))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    tracing::warn!("member {member}: stopping without leaving: {why}");
+                    sub.stop_engine();
+                    return;
+                }
+            }
+        });
+    })
+    .context("installing the SIGTERM/SIGINT handler")?;
+    Ok(signalled)
+}
 
 pub fn run(
     config: &Path,
@@ -74,6 +131,7 @@ pub fn run(
         None => (EngineHandle::start(ecfg, transport, Clock::new())?, None),
     };
     let _ = submitter.set(handle.submitter());
+    let signalled = leave_on_signal(member, handle.probe(), handle.submitter())?;
     let _reporter = crate::plane::start_reporter(&cfg, idx, handle.probe(), join_token);
     tracing::info!(
         "member {member}: waiting for every member (timeout {}s)",
@@ -97,7 +155,12 @@ pub fn run(
                 }
             );
             if let Some(app) = app {
-                run_invoker(&handle, app)?;
+                match run_invoker(&handle, app) {
+                    Err(_) if signalled.load(Ordering::SeqCst) => {}
+                    r => {
+                        r?;
+                    }
+                }
             }
             let rep = handle.join();
             host.stop();
@@ -120,6 +183,9 @@ pub fn run(
             );
             if let Some(e) = rep.error {
                 bail!("member {member}: {e}");
+            }
+            if signalled.load(Ordering::SeqCst) {
+                tracing::info!("member {member}: stopped at the signal's request");
             }
         }
         Role::Trigger => {
@@ -168,7 +234,12 @@ pub fn run(
                 loop {
                     match handle.next_event(Duration::from_millis(200)) {
                         Some(ev) if matches!(ev.effect, Effect::Shutdown { .. }) => break,
-                        _ if handle.is_finished() => bail!("member {member}: {}", handle.status()),
+                        _ if handle.is_finished() => {
+                            if handle.has_left() || signalled.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            bail!("member {member}: {}", handle.status())
+                        }
                         _ => {}
                     }
                 }

@@ -253,6 +253,7 @@ impl Replica {
             view: vc.view.id.0,
             members: vc.view.members.clone(),
             removed: vc.removed.clone(),
+            left: vc.left.clone(),
             joined: vc.joined.clone(),
             wedged_us: vc.wedged_for.as_micros() as u64,
             suspected_at_us: vc.suspected_at.map(|t| t.as_micros()),

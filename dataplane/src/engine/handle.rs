@@ -311,6 +311,13 @@ impl Submitter {
         Ok(None)
     }
 
+    /// Asks the engine to stop (as [`EngineHandle::stop`] does) from any thread, without
+    /// waiting: whoever holds the handle then sees it finished and joins it.
+    pub fn stop_engine(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.wake.wake();
+    }
+
     /// Offers an operation, waiting while the ring is full (backpressure). Encoded once.
     pub fn submit(&self, op: &Op) -> Result<(), EngineError> {
         let mut bytes = self.encode(op)?;

@@ -588,6 +588,7 @@ impl Engine {
             view,
             members,
             removed,
+            left,
             joined,
             wedged_us,
             cut,
@@ -605,10 +606,28 @@ impl Engine {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let failed: Vec<MemberId> = removed
+            .iter()
+            .copied()
+            .filter(|m| !left.contains(m) && !joined.contains(m))
+            .collect();
+        let rejoined: Vec<MemberId> = removed
+            .iter()
+            .copied()
+            .filter(|m| joined.contains(m))
+            .collect();
+        let new: Vec<MemberId> = joined
+            .iter()
+            .copied()
+            .filter(|m| !removed.contains(m))
+            .collect();
         tracing::info!(
             view,
-            removed = %names(removed),
-            joined = %names(joined),
+            members = %names(members),
+            left = %names(left),
+            failed = %names(&failed),
+            joined = %names(&new),
+            rejoined = %names(&rejoined),
             cut,
             resubmitted,
             wedged_us,

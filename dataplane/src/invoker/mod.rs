@@ -454,6 +454,7 @@ mod tests {
                 view: 5,
                 members: vec![MemberId(0), me],
                 removed: vec![],
+                left: vec![],
                 joined: vec![me],
                 wedged_us: 0,
                 suspected_at_us: None,

@@ -562,6 +562,31 @@ impl Sim {
     /// as in the view, so that a group it leaves wedged fails the run (liveness) rather than
     /// passing as one that lost its majority. One whose host refused its state (a fault the
     /// simulator injects) counts as lost.
+    /// Every member: alive or crashed, status (and why it stopped), view, position in the
+    /// reference order, and whom it suspects.
+    fn who_is_where(&self) -> String {
+        let who: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let m = n.replica.member();
+                format!(
+                    "m{i}{} {}{} view {} at {:?}/{} suspecting {:?}",
+                    if n.alive { "" } else { " (crashed)" },
+                    m.status().label(),
+                    m.stop_reason()
+                        .map_or(String::new(), |r| format!(" ({})", r.label())),
+                    m.view().id.0,
+                    n.pos,
+                    self.reference.len(),
+                    m.suspects()
+                )
+            })
+            .collect();
+        who.join(", ")
+    }
+
     fn majority_lost(&self) -> bool {
         // The first view is everyone's, installed by none.
         let (id, members) = self
@@ -583,12 +608,11 @@ impl Sim {
             .filter(|m| {
                 let n = &self.nodes[m.0 as usize];
                 let m = n.replica.member();
+                // A member that stopped itself while the group's decision counted on it (see
+                // `StopReason::kept_by_group`) is the protocol's doing: it counts as present.
                 n.alive
                     && ((m.view().id == id && !m.status().is_final())
-                        || matches!(
-                            m.stop_reason(),
-                            Some(StopReason::StateNotArrived | StopReason::MissedViews)
-                        ))
+                        || m.stop_reason().is_some_and(StopReason::kept_by_group))
             })
             .count();
         ok * 2 <= members.len()
@@ -679,52 +703,18 @@ impl Sim {
                 self.report.majority_lost = true;
                 if trace {
                     // Who is where, to tell a fault that took the majority from a wedge.
-                    let who: Vec<String> = self
-                        .nodes
-                        .iter()
-                        .enumerate()
-                        .map(|(i, n)| {
-                            let m = n.replica.member();
-                            format!(
-                                "m{i}{} {} view {} {:?}",
-                                if n.alive { "" } else { " (crashed)" },
-                                m.status().label(),
-                                m.view().id.0,
-                                m.stop_reason()
-                            )
-                        })
-                        .collect();
-                    eprintln!("majority lost: {}", who.join(", "));
+                    eprintln!("majority lost: {}", self.who_is_where());
                 }
                 break;
             }
             if self.now > deadline {
-                let stuck: Vec<String> = self
-                    .nodes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| {
-                        format!(
-                            "m{i}{} {}{} view {} at {:?}/{} suspecting {:?}",
-                            if n.alive { "" } else { " (crashed)" },
-                            n.replica.member().status().label(),
-                            n.replica
-                                .member()
-                                .stop_reason()
-                                .map_or(String::new(), |r| format!(" ({})", r.label())),
-                            n.replica.member().view().id.0,
-                            n.pos,
-                            self.reference.len(),
-                            n.replica.member().suspects()
-                        )
-                    })
-                    .collect();
+                let stuck = self.who_is_where();
                 let unfinished = self
                     .admitted
                     .iter()
                     .filter(|id| !self.rejected.contains(id) && !self.finished.contains_key(id))
                     .count();
-                return Err(self.violation("liveness after heal", format!("not finished {}s after the last fault: {}; {unfinished} admitted runs unfinished", self.cfg.settle_us / 1_000_000, stuck.join(", "))));
+                return Err(self.violation("liveness after heal", format!("not finished {}s after the last fault: {stuck}; {unfinished} admitted runs unfinished", self.cfg.settle_us / 1_000_000)));
             }
             let now = Instant::from_micros(self.now);
             if !take_event {

@@ -295,6 +295,8 @@ pub enum Effect {
         view: u32,
         members: Vec<MemberId>,
         removed: Vec<MemberId>,
+        /// Of `removed`, those that left at their request (the others failed).
+        left: Vec<MemberId>,
         joined: Vec<MemberId>,
         /// From wedging to installing, at this member.
         wedged_us: u64,

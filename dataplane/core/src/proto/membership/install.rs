@@ -25,6 +25,7 @@ impl Change {
                 previous: cx.view.clone(),
                 view: next,
                 removed: Vec::new(),
+                left: Vec::new(),
                 joined: vec![cx.me],
                 cut: 0,
                 inferred_nulls: 0,
@@ -86,6 +87,16 @@ impl Change {
             .copied()
             .filter(|m| d.next.rank_of(*m).is_none() || d.joiners.contains(m))
             .collect();
+        let left: Vec<MemberId> = removed
+            .iter()
+            .copied()
+            .filter(|m| {
+                previous
+                    .rank_of(*m)
+                    .is_some_and(|r| self.leaving_ranks.get(r).copied().unwrap_or(false))
+                    && !d.joiners.contains(m)
+            })
+            .collect();
         let joined: Vec<MemberId> = d
             .next
             .members
@@ -128,6 +139,7 @@ impl Change {
                 previous,
                 view: next,
                 removed,
+                left,
                 joined,
                 cut,
                 inferred_nulls: inferred,

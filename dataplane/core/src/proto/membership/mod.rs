@@ -290,6 +290,9 @@ pub struct ViewChange {
     pub previous: View,
     pub view: View,
     pub removed: Vec<MemberId>,
+    /// Of `removed`, those that asked to leave (as far as this member heard; the others
+    /// were suspected, or rejoined as new processes).
+    pub left: Vec<MemberId>,
     pub joined: Vec<MemberId>,
     /// Old-view slots delivered in total (the cut).
     pub cut: u64,
