@@ -30,6 +30,10 @@ impl Procs {
             .status()
             .unwrap()
             .success());
+        self.wait(name)
+    }
+    /// Waits for member `name` to end; returns its exit code.
+    fn wait(&mut self, name: &str) -> Option<i32> {
         let c = &mut self.0.iter_mut().find(|(n, _)| n == name).unwrap().1;
         let start = Instant::now();
         loop {
@@ -38,7 +42,7 @@ impl Procs {
             }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
-                "{name} still runs 20 s after {signal}"
+                "{name} still runs 20 s later"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -82,9 +86,16 @@ fn a_signalled_member_leaves_the_group_and_exits_cleanly() {
         r#"{"name":"p","entry":"a","steps":{"a":{"function":"echo"}}}"#,
     )
     .unwrap();
+    // A function that takes 1.5 s (a process per call), to be in flight at the stop.
+    std::fs::write(
+        dir.join("slow.json"),
+        r#"{"name":"slow","entry":"a","steps":{"a":{"function":"slow","executor":
+            {"kind":"exec","command":["sh","-c","sleep 1.5; cat"],"timeout_ms":5000}}}}"#,
+    )
+    .unwrap();
     let ports = free_udp_ports(3);
     let gw = free_tcp();
-    let mut toml = "[group]\nname = \"g\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000007\"\npipelines = [\"p.json\"]\nstartup_timeout_s = 20\n".to_string();
+    let mut toml = "[group]\nname = \"g\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000007\"\npipelines = [\"p.json\", \"slow.json\"]\nstartup_timeout_s = 20\n".to_string();
     for (i, (name, role)) in [
         ("trigger", "trigger"),
         ("invoker-0", "invoker"),
@@ -144,13 +155,27 @@ fn a_signalled_member_leaves_the_group_and_exits_cleanly() {
         assert_eq!(body, format!("call {i}"));
     }
 
-    // SIGINT to the trigger (Ctrl-C): it leaves too; its gateway stops with it.
-    assert_eq!(
-        procs.stop("trigger", "-INT"),
-        Some(0),
-        "{}",
-        read("trigger")
-    );
+    // SIGINT to the trigger (Ctrl-C) while a call is in flight: the gateway refuses new calls
+    // (503), lets that one finish, then the member leaves; its gateway stops with it.
+    let slow_url = format!("http://127.0.0.1:{gw}/function/slow");
+    let in_flight = {
+        let u = slow_url.clone();
+        std::thread::spawn(move || curl(&["-s", "-w", " %{http_code}", "-d", "late", &u]))
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    let pid = procs.pid("trigger").to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, refused) = curl(&["-s", "-w", " %{http_code}", "-d", "new", &url]);
+    assert!(refused.ends_with(" 503"), "{refused}");
+    assert!(refused.contains("is stopping"), "{refused}");
+    let (_, done) = in_flight.join().unwrap();
+    assert_eq!(done, "late 200", "the call in flight at the stop");
+    assert_eq!(procs.wait("trigger"), Some(0), "{}", read("trigger"));
     assert!(read("trigger").contains("left the group at its request"));
     assert!(!curl(&["-s", "-f", "-m", "2", "-d", "x", &url]).0);
     wait_for("invoker-0's view without the trigger", 10, || {

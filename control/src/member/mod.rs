@@ -20,13 +20,26 @@ use std::time::{Duration, Instant};
 /// before it stops anyway.
 const LEAVE_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a trigger's gateway, asked to stop, lets its pending calls finish before the
+/// member leaves (new calls are refused meanwhile).
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// What a member does on a stop signal before it asks to leave (a gateway lets its calls
+/// finish), set once its role is running.
+type BeforeLeave = Arc<std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>>;
+
 /// SIGTERM and SIGINT (`systemctl stop`, Ctrl-C): the member leaves the group gracefully (a
 /// view change without it, which re-queues what it held at once rather than after a failure
 /// timeout), then ends as usual, with its statistics. Where a leave cannot be (the member is
 /// alone in its view, or not serving: a minority, a joiner), or takes longer than
 /// [`LEAVE_WAIT`], or at a second signal, the engine stops at once. Returns the flag the
 /// handler sets, so that the member's end is not taken for a failure.
-fn leave_on_signal(member: &str, probe: Probe, sub: Submitter) -> Result<Arc<AtomicBool>> {
+fn leave_on_signal(
+    member: &str,
+    probe: Probe,
+    sub: Submitter,
+    before_leave: BeforeLeave,
+) -> Result<Arc<AtomicBool>> {
     let signalled = Arc::new(AtomicBool::new(false));
     let flag = signalled.clone();
     let member = member.to_string();
@@ -37,9 +50,13 @@ fn leave_on_signal(member: &str, probe: Probe, sub: Submitter) -> Result<Arc<Ato
             return;
         }
         tracing::info!("member {member}: signal received: leaving the group");
-        probe.direct(Directive::Leave);
         let (probe, sub, member) = (probe.clone(), sub.clone(), member.clone());
+        let before = before_leave.clone();
         std::thread::spawn(move || {
+            if let Some(f) = before.get() {
+                f();
+            }
+            probe.direct(Directive::Leave);
             let start = Instant::now();
             loop {
                 std::thread::sleep(Duration::from_millis(50));
@@ -131,7 +148,13 @@ pub fn run(
         None => (EngineHandle::start(ecfg, transport, Clock::new())?, None),
     };
     let _ = submitter.set(handle.submitter());
-    let signalled = leave_on_signal(member, handle.probe(), handle.submitter())?;
+    let before_leave: BeforeLeave = Arc::new(std::sync::OnceLock::new());
+    let signalled = leave_on_signal(
+        member,
+        handle.probe(),
+        handle.submitter(),
+        before_leave.clone(),
+    )?;
     let _reporter = crate::plane::start_reporter(&cfg, idx, handle.probe(), join_token);
     tracing::info!(
         "member {member}: waiting for every member (timeout {}s)",
@@ -219,6 +242,17 @@ pub fn run(
                         invokers,
                         max_payload,
                     )?;
+                    let drainer = g.drainer();
+                    let who = member.to_string();
+                    let _ = before_leave.set(Box::new(move || {
+                        let left = drainer.drain(DRAIN_WAIT);
+                        if left > 0 {
+                            tracing::warn!(
+                                "member {who}: {left} call(s) still wait after {}s; they get a 503",
+                                DRAIN_WAIT.as_secs()
+                            );
+                        }
+                    }));
                     let names: Vec<&str> = cfg.pipelines.iter().map(|p| p.name.as_str()).collect();
                     tracing::info!(
                         "member {member}: gateway on http://{} (OpenFaaS routes): POST /function/NAME for {}",

@@ -102,6 +102,8 @@ struct Shared {
     max_payload: usize,
     callbacks: mpsc::Sender<Callback>,
     stop: Arc<AtomicBool>,
+    /// The member is stopping: new calls are refused (503) while the pending ones finish.
+    draining: AtomicBool,
 }
 
 /// A result to POST to a caller's callback URL.
@@ -118,6 +120,56 @@ struct Callback {
 pub struct Gateway {
     threads: Vec<JoinHandle<()>>,
     pub address: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+/// Lets the calls a gateway is serving finish before its member stops (see
+/// [`Gateway::drainer`]).
+/// Holds the gateway weakly: its callbacks thread ends once every strong holder is gone.
+#[derive(Clone)]
+pub struct Drainer(std::sync::Weak<Shared>);
+
+impl std::fmt::Debug for Drainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drainer").finish_non_exhaustive()
+    }
+}
+
+impl Drainer {
+    /// Refuses new calls from now on (503) and waits, at most `max`, until no caller waits
+    /// for an output (synchronous calls, and asynchronous ones with a callback). Returns how
+    /// many still wait.
+    pub fn drain(&self, max: Duration) -> usize {
+        let Some(s) = self.0.upgrade() else {
+            return 0;
+        };
+        s.draining.store(true, Ordering::SeqCst);
+        let start = Instant::now();
+        loop {
+            let waiting = s
+                .pending
+                .lock()
+                .map(|p| {
+                    p.values()
+                        .filter(|w| {
+                            matches!(
+                                w,
+                                Waiter::Sync(_)
+                                    | Waiter::Async {
+                                        callback: Some(_),
+                                        ..
+                                    }
+                            )
+                        })
+                        .count()
+                })
+                .unwrap_or(0);
+            if waiting == 0 || start.elapsed() >= max || s.handle.is_finished() {
+                return waiting;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl std::fmt::Debug for Gateway {
@@ -170,6 +222,7 @@ impl Gateway {
             max_payload,
             callbacks: cb_tx,
             stop: stop.clone(),
+            draining: AtomicBool::new(false),
         });
         let mut threads = Vec::new();
         for i in 0..cfg.workers.max(1) {
@@ -195,12 +248,27 @@ impl Gateway {
                 .name("conveyor-gw-callbacks".into())
                 .spawn(move || callbacks(cb_rx))?,
         );
-        Ok(Gateway { threads, address })
+        Ok(Gateway {
+            threads,
+            address,
+            shared,
+        })
+    }
+
+    /// What lets this gateway's calls finish before its member stops.
+    pub fn drainer(&self) -> Drainer {
+        Drainer(Arc::downgrade(&self.shared))
     }
 
     /// Waits until the member is shut down.
     pub fn wait(self) {
-        for t in self.threads {
+        let Gateway {
+            threads, shared, ..
+        } = self;
+        // Ours must go first: the callbacks thread ends when the last holder of the shared
+        // state (and so of its channel) is gone.
+        drop(shared);
+        for t in threads {
             let _ = t.join();
         }
     }
@@ -445,6 +513,13 @@ fn call(
             &[],
         );
     }
+    if s.draining.load(Ordering::SeqCst) {
+        return reply(
+            503,
+            "this gateway's member is stopping (it leaves the group): call another gateway of the group, or again once it is back\n",
+            &[("Retry-After", "1".to_string())],
+        );
+    }
     let me = s.handle.me();
     let id = RequestId::new(me, s.next_id.fetch_add(1, Ordering::Relaxed));
     let cid = call_id(id);
@@ -635,6 +710,41 @@ fn dispatcher(s: &Shared) {
             }
             // An asynchronous call without a callback, or a later branch of a fan-out.
             _ => {}
+        }
+    }
+    // Whoever still waits gets a clear answer, not a dropped connection or a timeout.
+    let why = if s.handle.has_left() {
+        "this gateway's member left the group before the output arrived"
+    } else {
+        "this gateway's member stopped before the output arrived"
+    };
+    let left: Vec<(RequestId, Waiter)> = s
+        .pending
+        .lock()
+        .map(|mut p| p.drain().collect())
+        .unwrap_or_default();
+    for (_, w) in left {
+        let msg = format!("{why} (the request may still run in the group; its output is lost)");
+        match w {
+            Waiter::Sync(tx) => {
+                let _ = tx.send(Outcome::Failed(503, msg));
+            }
+            Waiter::Async {
+                callback: Some(url),
+                function,
+                call_id,
+                started,
+            } => {
+                let _ = s.callbacks.send(Callback {
+                    url,
+                    function,
+                    call_id,
+                    status: 503,
+                    seconds: started.elapsed().as_secs_f64(),
+                    body: msg.into_bytes(),
+                });
+            }
+            Waiter::Async { .. } => {}
         }
     }
     s.stop.store(true, Ordering::SeqCst);
