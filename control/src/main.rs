@@ -192,7 +192,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("conveyor: error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<node::BadConfig>().is_some() {
+                ExitCode::from(node::BadConfig::EXIT_CODE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

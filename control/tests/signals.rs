@@ -115,9 +115,20 @@ fn a_signalled_member_leaves_the_group_and_exits_cleanly() {
     let cfg = dir.join("group.toml");
     std::fs::write(&cfg, toml).unwrap();
     let log = |name: &str| dir.join(format!("{name}.log"));
+    // invoker-1 tells its "service manager" (this test, as systemd would with Type=notify)
+    // when it serves and when it stops.
+    let notify_path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut procs = Procs(Vec::new());
     for name in ["invoker-0", "invoker-1", "trigger"] {
-        let child = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_conveyor"));
+        if name == "invoker-1" {
+            cmd.env("NOTIFY_SOCKET", &notify_path);
+        }
+        let child = cmd
             .args(["node", "--config", cfg.to_str().unwrap(), "--member", name])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -132,6 +143,10 @@ fn a_signalled_member_leaves_the_group_and_exits_cleanly() {
     });
     let read = |name: &str| strip_ansi(&std::fs::read_to_string(log(name)).unwrap_or_default());
 
+    let mut buf = [0u8; 64];
+    let n = notify.recv(&mut buf).expect("READY=1 from invoker-1");
+    assert_eq!(&buf[..n], b"READY=1");
+
     // SIGTERM to an invoker: it leaves (the others' view says so), prints its statistics, 0.
     assert_eq!(
         procs.stop("invoker-1", "-TERM"),
@@ -139,6 +154,8 @@ fn a_signalled_member_leaves_the_group_and_exits_cleanly() {
         "{}",
         read("invoker-1")
     );
+    let n = notify.recv(&mut buf).expect("STOPPING=1 from invoker-1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
     let gone = read("invoker-1");
     assert!(gone.contains("leaving the group"), "{gone}");
     assert!(gone.contains("left the group at its request"), "{gone}");
@@ -196,5 +213,42 @@ fn a_signalled_member_leaves_the_group_and_exits_cleanly() {
     let last = read("invoker-0");
     assert!(last.contains("alone in its view"), "{last}");
     assert!(last.contains("executed"), "no statistics: {last}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A group file that cannot be used is a configuration error (`EX_CONFIG`, 78: the systemd
+/// unit does not restart on it); a member that fails later exits 1.
+#[test]
+fn a_bad_group_file_exits_78_and_names_the_problem() {
+    let dir = std::env::temp_dir().join(format!("conveyor-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let node = |cfg: &std::path::Path, member: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+            .args([
+                "node",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--member",
+                member,
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = node(&dir.join("missing.toml"), "a");
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("missing.toml"), "{err}");
+    let cfg = dir.join("g.toml");
+    std::fs::write(
+        &cfg,
+        "[group]\nname = \"g\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000008\"\n\n[[member]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nrole = \"invoker\"\n",
+    )
+    .unwrap();
+    let (code, err) = node(&cfg, "nobody");
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("nobody"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

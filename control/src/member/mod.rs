@@ -50,6 +50,7 @@ fn leave_on_signal(
             return;
         }
         tracing::info!("member {member}: signal received: leaving the group");
+        notify_service_manager("STOPPING=1");
         let (probe, sub, member) = (probe.clone(), sub.clone(), member.clone());
         let before = before_leave.clone();
         std::thread::spawn(move || {
@@ -88,6 +89,49 @@ fn leave_on_signal(
     Ok(signalled)
 }
 
+/// The group file is unusable (unreadable, invalid, or without this member): restarting
+/// the member cannot help. `conveyor node` then exits with [`BadConfig::EXIT_CODE`]
+/// (`EX_CONFIG`), which the systemd unit names in `RestartPreventExitStatus`.
+#[derive(Debug)]
+pub struct BadConfig(pub anyhow::Error);
+
+impl BadConfig {
+    pub const EXIT_CODE: u8 = 78;
+}
+
+impl std::fmt::Display for BadConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for BadConfig {}
+
+/// Tells the service manager (systemd's `Type=notify`, through `$NOTIFY_SOCKET`) how the
+/// member stands: `READY=1` once it serves, `STOPPING=1` when it starts to leave. Without
+/// the variable (not started by systemd) it does nothing.
+pub fn notify_service_manager(state: &str) {
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        // An abstract socket (Linux).
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = sent {
+        tracing::warn!("telling the service manager {state:?}: {e}");
+    }
+}
+
 pub fn run(
     config: &Path,
     member: &str,
@@ -95,8 +139,8 @@ pub fn run(
     report: Option<&Path>,
     join_token: Option<String>,
 ) -> Result<()> {
-    let cfg = GroupConfig::load(config)?;
-    let idx = cfg.member_index(member)?;
+    let cfg = GroupConfig::load(config).map_err(|e| BadConfig(e.into()))?;
+    let idx = cfg.member_index(member).map_err(|e| BadConfig(e.into()))?;
     let me = &cfg.file.members[idx];
     let local = cfg.addresses[idx];
     let ecfg = cfg.engine_config(idx);
@@ -164,6 +208,7 @@ pub fn run(
         .wait_ready(startup)
         .map_err(|e| anyhow!("member {member}: {e}"))?;
     tracing::info!("member {member}: all members present");
+    notify_service_manager("READY=1");
     match me.role {
         Role::Invoker => {
             let Some((app, report)) = invoker else {
