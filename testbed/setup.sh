@@ -12,6 +12,8 @@ for cmd_pkg in "cc:build-essential" "pkg-config:pkg-config" "git:git" "ip:iprout
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ! -e /etc/ssl/certs/ca-certificates.crt ]; then need_apt+=(ca-certificates); fi
+# Real HTTP frameworks the executors are tested against (control/tests/real_http.rs).
+if ! python3 -c "import flask" >/dev/null 2>&1; then need_apt+=(python3-flask); fi
 # ebpf/: libbpf (built from libbpf-sys's bundled source) needs libelf and zlib headers; the XDP
 # programs need the kernel's UAPI headers.
 # dataplane/dpdk-sys: DPDK 22.11's headers and libraries (with the PMD plugins), and libclang

@@ -52,6 +52,8 @@ impl Shared {
             }),
             agent: ureq::AgentBuilder::new()
                 .timeout_connect(std::time::Duration::from_secs(2))
+                // A function's redirect is its answer, for its caller to follow or not.
+                .redirects(0)
                 .max_idle_connections_per_host(f.executor.concurrency as usize)
                 .build(),
         }
@@ -184,14 +186,18 @@ impl Shared {
         let status = resp.status();
         let mut headers = Vec::new();
         let mut route = None;
-        for name in resp.headers_names() {
-            let Some(v) = resp.header(&name) else {
-                continue;
-            };
-            if name.eq_ignore_ascii_case(ROUTE_HEADER) {
-                route = Some(v.to_string());
-            } else if !hop_by_hop(&name) && !name.eq_ignore_ascii_case("Date") {
-                headers.push((super::canonical_header(&name), v.to_string()));
+        // Every value of a repeated header (two `Set-Cookie`s are two cookies): the names
+        // come once per line, `all` gives every line's value.
+        let mut names = resp.headers_names();
+        names.sort_by_key(|n| n.to_ascii_lowercase());
+        names.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+        for name in names {
+            for v in resp.all(&name) {
+                if name.eq_ignore_ascii_case(ROUTE_HEADER) {
+                    route = Some(v.to_string());
+                } else if !hop_by_hop(&name) && !name.eq_ignore_ascii_case("Date") {
+                    headers.push((super::canonical_header(&name), v.to_string()));
+                }
             }
         }
         let body = read_limited(resp.into_reader(), job.max_output()).map_err(|e| {

@@ -1,0 +1,88 @@
+//! The `http` executor and the gateway against a real framework no one here wrote (Flask, from
+//! Debian's python3-flask): what the function answers reaches its caller as it is.
+
+mod common;
+use common::{curl_i, free_tcp, wait_for};
+
+use std::process::{Child, Command, Stdio};
+
+struct Procs(Vec<Child>);
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn a_flask_functions_cookies_and_redirects_reach_the_caller_as_they_are() {
+    let dir = std::env::temp_dir().join(format!("conveyor-flask-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testbed/functions/flask_app.py")
+        .canonicalize()
+        .unwrap();
+    std::fs::write(
+        dir.join("p.json"),
+        format!(
+            r#"{{"name":"f","entry":"a","steps":{{"a":{{"function":"flask","executor":
+                {{"kind":"http","command":["python3","{}"],"timeout_ms":5000}}}}}}}}"#,
+            app.display()
+        ),
+    )
+    .unwrap();
+    let udp: Vec<std::net::UdpSocket> = (0..2)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = udp.iter().map(|s| s.local_addr().unwrap().port()).collect();
+    drop(udp);
+    let gw = free_tcp();
+    let toml = format!(
+        "[group]\nname = \"f\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000009\"\npipelines = [\"p.json\"]\nstartup_timeout_s = 20\n\n[[member]]\nname = \"trigger\"\naddress = \"127.0.0.1:{}\"\nrole = \"trigger\"\n[member.gateway]\naddress = \"127.0.0.1:{gw}\"\n\n[[member]]\nname = \"invoker-0\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\n",
+        ports[0], ports[1]
+    );
+    let cfg = dir.join("group.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let mut procs = Procs(Vec::new());
+    for name in ["invoker-0", "trigger"] {
+        procs.0.push(
+            Command::new(env!("CARGO_BIN_EXE_conveyor"))
+                .args(["node", "--config", cfg.to_str().unwrap(), "--member", name])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let base = format!("http://127.0.0.1:{gw}/function/f");
+    wait_for(
+        "the Flask function to answer through the gateway",
+        30,
+        || curl_i(&["-d", "x", &base]).0 == 200,
+    );
+    // Two cookies are two Set-Cookie headers, each with its own value; the body and the
+    // function's own header come back too.
+    let (status, body, headers) = curl_i(&["-H", "X-Test: seen", "-d", "hello", &base]);
+    assert_eq!(status, 200);
+    assert_eq!(body, "hello");
+    let cookies: Vec<&str> = headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookies.len(), 2, "{headers:?}");
+    assert!(cookies[0].starts_with("a=1"), "{cookies:?}");
+    assert!(cookies[1].starts_with("b=2"), "{cookies:?}");
+    assert_eq!(common::h(&headers, "X-Seen"), Some("seen"), "{headers:?}");
+    // A redirect is the function's answer: the caller gets the 302 and its Location.
+    let (status, body, headers) = curl_i(&["-d", "x", &format!("{base}/go")]);
+    assert_eq!(status, 302, "{body}");
+    assert!(
+        common::h(&headers, "Location").is_some_and(|l| l.ends_with("/elsewhere")),
+        "{headers:?}"
+    );
+    assert!(!body.contains("followed"), "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""An http-executor function on Flask (a real framework, Debian's python3-flask), served on
+$PORT by Werkzeug: what a user's Flask function answers must reach its caller as it is.
+
+POST /        -> 200, the body back, two Set-Cookie headers and an X-Seen header
+POST /go      -> 302 to /elsewhere (a redirect is the function's answer, not followed)
+GET  /elsewhere -> 200 "followed" (reached only if someone follows the redirect)
+"""
+import os
+
+from flask import Flask, Response, redirect, request
+
+app = Flask(__name__)
+
+
+@app.post("/")
+def echo():
+    r = Response(request.get_data(), status=200, content_type="text/plain")
+    r.set_cookie("a", "1")
+    r.set_cookie("b", "2")
+    r.headers["X-Seen"] = request.headers.get("X-Test", "")
+    return r
+
+
+@app.post("/go")
+def go():
+    return redirect("/elsewhere", code=302)
+
+
+@app.route("/elsewhere", methods=["GET", "POST"])
+def elsewhere():
+    return "followed"
+
+
+if __name__ == "__main__":
+    app.run(host="127.0.0.1", port=int(os.environ["PORT"]), threaded=True)
