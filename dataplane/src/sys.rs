@@ -182,7 +182,10 @@ pub fn set_net_namespace(ns: &std::fs::File) -> io::Result<()> {
 
 /// Makes a child started by `cmd` the leader of its own process group (so [`kill_group`] ends
 /// whatever it started too) and kills it if this process dies first, so that functions'
-/// processes never outlive their invoker.
+/// processes never outlive their invoker. The kernel's "parent" here is the *thread* that
+/// forks: start such a command with [`spawn_from_a_lasting_thread`], or it is killed when
+/// that thread ends (a pool worker retiring after 30 s idle killed the warm servers it had
+/// started, whatever their keep-warm time).
 pub fn own_group_and_die_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     cmd.process_group(0);
@@ -207,6 +210,39 @@ pub fn own_group_and_die_with_parent(cmd: &mut std::process::Command) {
             Ok(())
         });
     }
+}
+
+/// Starts `cmd` from a thread that lives as long as this process (started at the first call,
+/// in the calling thread's network namespace), so that a child set to die with its parent
+/// ([`own_group_and_die_with_parent`]) dies with the process, not with the caller's thread.
+pub fn spawn_from_a_lasting_thread(cmd: std::process::Command) -> io::Result<std::process::Child> {
+    use std::sync::mpsc;
+    type Request = (
+        std::process::Command,
+        mpsc::Sender<io::Result<std::process::Child>>,
+    );
+    static SPAWNER: std::sync::OnceLock<std::sync::Mutex<mpsc::Sender<Request>>> =
+        std::sync::OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        // Never ends: the static keeps a sender.
+        let _ = std::thread::Builder::new()
+            .name("conveyor-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            });
+        std::sync::Mutex::new(tx)
+    });
+    let (reply, answer) = mpsc::channel();
+    tx.lock()
+        .map_err(|_| io::Error::other("the spawner's lock is poisoned"))?
+        .send((cmd, reply))
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?
 }
 
 /// Sends SIGKILL to the process group `pid` leads (see [`own_group_and_die_with_parent`]).

@@ -440,7 +440,7 @@ impl Proc {
             cmd.current_dir(d);
         }
         conveyor_dataplane::sys::own_group_and_die_with_parent(&mut cmd);
-        let child = cmd.spawn().map_err(|e| {
+        let child = conveyor_dataplane::sys::spawn_from_a_lasting_thread(cmd).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot start {:?}: {e}", f.executor.command.join(" ")),
@@ -529,6 +529,30 @@ mod tests {
     use conveyor_dataplane::engine::Event;
     use conveyor_dataplane::invoker::InvokerApp;
     use std::sync::mpsc;
+
+    /// A function's process lives as long as its invoker, not as long as the thread that
+    /// started it (PR_SET_PDEATHSIG follows the forking thread: warm servers started by a
+    /// pool worker were killed when the worker retired, 30 s into an idle spell).
+    #[test]
+    fn a_functions_process_outlives_the_thread_that_started_it() {
+        let f = External {
+            name: "sleeper".into(),
+            args: Default::default(),
+            executor: serde_json::from_str(r#"{"kind":"exec","command":["sleep","30"]}"#).unwrap(),
+        };
+        let mut p = std::thread::spawn(move || {
+            Proc::spawn(&f, &[], Stdio::null(), Stdio::null(), Stdio::null()).unwrap()
+        })
+        .join()
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            p.exited().is_none(),
+            "killed with the thread that started it"
+        );
+        p.kill();
+        assert!(p.exited().is_some());
+    }
 
     fn host() -> (Arc<FunctionHost>, mpsc::Receiver<Op>) {
         let (tx, rx) = mpsc::channel();
