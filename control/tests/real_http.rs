@@ -84,5 +84,24 @@ fn a_flask_functions_cookies_and_redirects_reach_the_caller_as_they_are() {
         "{headers:?}"
     );
     assert!(!body.contains("followed"), "{body}");
+    // Behind the gateway, the function learns who called, as behind OpenFaaS's.
+    let (status, body, headers) = curl_i(&[
+        "-H",
+        "X-Forwarded-For: 10.1.2.3",
+        "-d",
+        "x",
+        &format!("{base}/headers"),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["X-Forwarded-For"], "10.1.2.3, 127.0.0.1", "{seen}");
+    assert_eq!(
+        seen["X-Forwarded-Host"],
+        format!("127.0.0.1:{gw}"),
+        "{seen}"
+    );
+    assert_eq!(seen["X-Forwarded-Proto"], "http", "{seen}");
+    let cid = common::h(&headers, "X-Call-Id").expect("the call's id");
+    assert_eq!(seen["X-Call-Id"], cid, "{seen}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,10 +5,11 @@ $PORT by Werkzeug: what a user's Flask function answers must reach its caller as
 POST /        -> 200, the body back, two Set-Cookie headers and an X-Seen header
 POST /go      -> 302 to /elsewhere (a redirect is the function's answer, not followed)
 GET  /elsewhere -> 200 "followed" (reached only if someone follows the redirect)
+POST /headers -> 200, JSON of the proxy headers the function got (X-Forwarded-*, X-Call-Id)
 """
 import os
 
-from flask import Flask, Response, redirect, request
+from flask import Flask, Response, jsonify, redirect, request
 
 app = Flask(__name__)
 
@@ -30,6 +31,12 @@ def go():
 @app.route("/elsewhere", methods=["GET", "POST"])
 def elsewhere():
     return "followed"
+
+
+@app.post("/headers")
+def headers():
+    names = ["X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Call-Id"]
+    return jsonify({n: request.headers.get(n) for n in names})
 
 
 if __name__ == "__main__":

@@ -444,6 +444,34 @@ fn request_header(req: &tiny_http::Request, name: &'static str) -> Option<String
         .map(|h| h.value.as_str().to_string())
 }
 
+/// What a function behind a proxy expects to learn of its caller, as OpenFaaS's gateway
+/// passes it on: `X-Forwarded-For` (the caller's address, after any the call already carries),
+/// `X-Forwarded-Host` (the Host it called), `X-Forwarded-Proto`, and the call's `X-Call-Id`.
+fn forwarded(headers: &mut Vec<(String, String)>, req: &tiny_http::Request, cid: &str) {
+    let mut set = |name: &str, value: String| {
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        headers.push((name.to_string(), value));
+    };
+    let client = req.remote_addr().map(|a| a.ip().to_string());
+    let before = request_header(req, "X-Forwarded-For");
+    if let Some(ip) = client {
+        set(
+            "X-Forwarded-For",
+            match before {
+                Some(b) if !b.trim().is_empty() => format!("{}, {ip}", b.trim()),
+                _ => ip,
+            },
+        );
+    }
+    if let Some(host) = request_header(req, "Host") {
+        set("X-Forwarded-Host", host);
+    }
+    if request_header(req, "X-Forwarded-Proto").is_none() {
+        set("X-Forwarded-Proto", "http".to_string());
+    }
+    set("X-Call-Id", cid.to_string());
+}
+
 fn call(
     s: &Shared,
     req: &mut tiny_http::Request,
@@ -459,7 +487,10 @@ fn call(
     let Some((p, _)) = find(s, name) else {
         return reply(404, format!("function {name:?} not found\n"), &[]);
     };
-    let http = Http {
+    let me = s.handle.me();
+    let id = RequestId::new(me, s.next_id.fetch_add(1, Ordering::Relaxed));
+    let cid = call_id(id);
+    let mut http = Http {
         method: req.method().as_str().to_string(),
         path: sub.to_string(),
         query: req
@@ -476,6 +507,7 @@ fn call(
             .collect(),
         status: 0,
     };
+    forwarded(&mut http.headers, req, &cid);
     // The call's details travel with every step's request: they count against what one
     // request carries, and may not take more than a quarter of it.
     let http_size = serde_json::to_vec(&http).map(|v| v.len()).unwrap_or(0);
@@ -520,9 +552,6 @@ fn call(
             &[("Retry-After", "1".to_string())],
         );
     }
-    let me = s.handle.me();
-    let id = RequestId::new(me, s.next_id.fetch_add(1, Ordering::Relaxed));
-    let cid = call_id(id);
     let started = Instant::now();
     let (tx, rx) = mpsc::channel();
     let waiter = if asynchronous {
