@@ -14,6 +14,12 @@ done
 if [ ! -e /etc/ssl/certs/ca-certificates.crt ]; then need_apt+=(ca-certificates); fi
 # Real HTTP frameworks the executors are tested against (control/tests/real_http.rs).
 if ! python3 -c "import flask" >/dev/null 2>&1; then need_apt+=(python3-flask); fi
+# OpenWhisk's Python runtime serves Flask on gevent (control/tests/real_http.rs runs an
+# equivalent): Debian's python3-gevent, for PATH's python3 or Debian's own.
+if ! python3 -c "import gevent, flask" >/dev/null 2>&1 \
+  && ! /usr/bin/python3 -c "import gevent, flask" >/dev/null 2>&1; then
+  need_apt+=(python3-gevent python3-flask)
+fi
 # ebpf/: libbpf (built from libbpf-sys's bundled source) needs libelf and zlib headers; the XDP
 # programs need the kernel's UAPI headers.
 # dataplane/dpdk-sys: DPDK 22.11's headers and libraries (with the PMD plugins), and libclang

@@ -25,11 +25,12 @@ const ACTION: &str = r#"import os, time
 def main(args):
     text = args.get("text", "")
     if text == "notjson":
-        return "this is not a dictionary"
+        return "no dict"
     if text == "hang":
         time.sleep(600)
     if text == "crash":
         os._exit(1)
+    if "web" in args: return args["web"]
     return {"text": text, "summary": " ".join(text.split()[:2]) + " ...",
             "greeting": args.get("greeting"), "pid": os.getpid(),
             "activation": os.environ.get("__OW_ACTIVATION_ID", ""),
@@ -431,13 +432,14 @@ fn bad_functions_fail_their_call_and_nothing_else_is_lost() {
         ("exec1", "hang", 504, "timeout of 4000 ms"),
         ("http1", "hang", 504, "did not answer within"),
         ("http1", "garbage", 502, "no valid HTTP answer"),
-        ("http1", "teapot", 418, "answered 418"),
+        // An error answer is the function's, as it gave it (not the step's error text).
+        ("http1", "teapot", 418, r#""text": "TEAPOT""#),
         ("ow1", "notjson", 502, "did not return a dictionary"),
         ("ow1", "crash", 502, "exited unexpectedly"),
         (
             "ow1",
             "hang",
-            504,
+            502,
             "exceeded its time limits of 4000 milliseconds",
         ),
         ("lambda1", "crash", 502, "Runtime exited with error"),
@@ -480,6 +482,41 @@ fn bad_functions_fail_their_call_and_nothing_else_is_lost() {
         let (st, v, _) = call(&g, &format!("/function/{p}"), r#"{"text":"after"}"#);
         assert_eq!(st, 200, "{p}: {v}");
     }
+    // A web action's result is the HTTP response (called through the gateway), every header
+    // value included; an http function's error answer keeps its own headers.
+    let web = |result: Value| {
+        curl_i(&[
+            "--max-time",
+            "60",
+            "-d",
+            &json!({ "web": result }).to_string(),
+            &format!("{base}/function/ow1"),
+        ])
+    };
+    let (st, out, headers) = web(
+        json!({"statusCode": 201, "body": {"made": "by a web action"},
+        "headers": {"X-Web": "yes", "Set-Cookie": ["a=1", "b=2"]}}),
+    );
+    assert_eq!(st, 201, "{out}");
+    assert_eq!(out, r#"{"made":"by a web action"}"#);
+    assert_eq!(common::h(&headers, "X-Web"), Some("yes"), "{headers:?}");
+    assert_eq!(
+        common::h(&headers, "Content-Type"),
+        Some("application/json"),
+        "{headers:?}"
+    );
+    let cookies = headers.iter().filter(|(k, _)| k == "set-cookie").count();
+    assert_eq!(cookies, 2, "{headers:?}");
+    let (st, out, headers) = web(json!({"statusCode": 422, "body": "{\"detail\": \"no\"}",
+        "headers": {"Content-Type": "application/problem+json"}}));
+    assert_eq!((st, out.as_str()), (422, r#"{"detail": "no"}"#));
+    assert_eq!(
+        common::h(&headers, "Content-Type"),
+        Some("application/problem+json")
+    );
+    let (st, _, headers) = calls(&format!("{base}/function/http1"), "teapot");
+    assert_eq!(st, 418);
+    assert_eq!(common::h(&headers, "X-Shouted"), Some("yes"), "{headers:?}");
     // Killed with their invokers, the functions' processes do not outlive them.
     assert!(
         !tagged(&g.tag).is_empty(),

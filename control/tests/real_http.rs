@@ -16,23 +16,10 @@ impl Drop for Procs {
     }
 }
 
-#[test]
-fn a_flask_functions_cookies_and_redirects_reach_the_caller_as_they_are() {
-    let dir = std::env::temp_dir().join(format!("conveyor-flask-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let app = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testbed/functions/flask_app.py")
-        .canonicalize()
-        .unwrap();
-    std::fs::write(
-        dir.join("p.json"),
-        format!(
-            r#"{{"name":"f","entry":"a","steps":{{"a":{{"function":"flask","executor":
-                {{"kind":"http","command":["python3","{}"],"timeout_ms":5000}}}}}}}}"#,
-            app.display()
-        ),
-    )
-    .unwrap();
+/// A trigger with its gateway and one invoker running pipeline `f` (`pipeline`, JSON) from
+/// `dir`; their logs are `trigger.log` and `invoker-0.log` there. Returns the gateway's port.
+fn start_group(dir: &std::path::Path, pipeline: &str) -> (Procs, u16) {
+    std::fs::write(dir.join("p.json"), pipeline).unwrap();
     let udp: Vec<std::net::UdpSocket> = (0..2)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
         .collect();
@@ -56,6 +43,23 @@ fn a_flask_functions_cookies_and_redirects_reach_the_caller_as_they_are() {
                 .unwrap(),
         );
     }
+    (procs, gw)
+}
+
+#[test]
+fn a_flask_functions_cookies_and_redirects_reach_the_caller_as_they_are() {
+    let dir = std::env::temp_dir().join(format!("conveyor-flask-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testbed/functions/flask_app.py")
+        .canonicalize()
+        .unwrap();
+    let pipeline = format!(
+        r#"{{"name":"f","entry":"a","steps":{{"a":{{"function":"flask","executor":
+            {{"kind":"http","command":["python3","{}"],"timeout_ms":5000}}}}}}}}"#,
+        app.display()
+    );
+    let (procs, gw) = start_group(&dir, &pipeline);
     let base = format!("http://127.0.0.1:{gw}/function/f");
     wait_for(
         "the Flask function to answer through the gateway",
@@ -103,5 +107,82 @@ fn a_flask_functions_cookies_and_redirects_reach_the_caller_as_they_are() {
     assert_eq!(seen["X-Forwarded-Proto"], "http", "{seen}");
     let cid = common::h(&headers, "X-Call-Id").expect("the call's id");
     assert_eq!(seen["X-Call-Id"], cid, "{seen}");
+    // An error answer is the function's, as it gave it: status, type, headers and body.
+    let (status, body, headers) = curl_i(&["-d", "x", &format!("{base}/invalid")]);
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body,
+        "{\"detail\":[{\"loc\":[\"body\",\"n\"],\"msg\":\"field required\"}]}\n"
+    );
+    assert_eq!(
+        common::h(&headers, "Content-Type"),
+        Some("application/json"),
+        "{headers:?}"
+    );
+    assert_eq!(common::h(&headers, "X-Validation"), Some("failed"));
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A Python interpreter with gevent and Flask (testbed/setup.sh installs Debian's): the one on
+/// PATH, or Debian's own when PATH's is another (pyenv).
+fn python_with_gevent() -> String {
+    for py in ["python3", "/usr/bin/python3"] {
+        let ok = Command::new(py)
+            .args(["-c", "import gevent, flask"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return py.to_string();
+        }
+    }
+    panic!("no python3 with gevent and Flask: run testbed/setup.sh (python3-gevent)");
+}
+
+const ACTION: &str = r#"
+def main(args):
+    text = args.get("text", "")
+    if text == "web":
+        return {"statusCode": 201, "headers": {"X-Web": "yes"}, "body": {"made": "here"}}
+    if text == "list":
+        return ["not", "a", "dictionary"]
+    return {"text": text.upper(), "method": args.get("__ow_method")}
+"#;
+
+#[test]
+fn openwhisks_python_runtime_on_gevent_answers_plain_and_web_actions() {
+    let dir = std::env::temp_dir().join(format!("conveyor-owgevent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let proxy = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testbed/functions/ow_actionproxy.py")
+        .canonicalize()
+        .unwrap();
+    let step = serde_json::json!({"function": "ow", "executor": {
+        "kind": "openwhisk", "command": [python_with_gevent(), proxy], "code": ACTION,
+        "timeout_ms": 5000}});
+    let pipeline = serde_json::json!({"name": "f", "entry": "a", "steps": {"a": step}});
+    let (procs, gw) = start_group(&dir, &pipeline.to_string());
+    let base = format!("http://127.0.0.1:{gw}/function/f");
+    wait_for("the action to answer through the gateway", 30, || {
+        curl_i(&["-d", "{}", &base]).0 == 200
+    });
+    // Warm calls on the kept server (it reads FLASK_PROXY_PORT, not PORT).
+    for _ in 0..3 {
+        let (status, body, _) = curl_i(&["-d", r#"{"text":"hi"}"#, &base]);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, r#"{"method":"post","text":"HI"}"#);
+    }
+    let (status, body, headers) = curl_i(&["-d", r#"{"text":"web"}"#, &base]);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body, r#"{"made":"here"}"#);
+    assert_eq!(common::h(&headers, "X-Web"), Some("yes"), "{headers:?}");
+    let (status, body, _) = curl_i(&["-d", r#"{"text":"list"}"#, &base]);
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("did not return a dictionary"), "{body}");
+    drop(procs);
+    // The runtime listens on every interface: the invoker said so, naming the port.
+    let log = std::fs::read_to_string(dir.join("invoker-0.log")).unwrap();
+    assert!(log.contains("listens on 0.0.0.0:"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }

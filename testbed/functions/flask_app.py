@@ -6,6 +6,8 @@ POST /        -> 200, the body back, two Set-Cookie headers and an X-Seen header
 POST /go      -> 302 to /elsewhere (a redirect is the function's answer, not followed)
 GET  /elsewhere -> 200 "followed" (reached only if someone follows the redirect)
 POST /headers -> 200, JSON of the proxy headers the function got (X-Forwarded-*, X-Call-Id)
+POST /invalid -> 422, a JSON error document with its own header (as FastAPI's validation
+                 errors): an error answer reaches the caller as it is
 """
 import os
 
@@ -37,6 +39,14 @@ def elsewhere():
 def headers():
     names = ["X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Call-Id"]
     return jsonify({n: request.headers.get(n) for n in names})
+
+
+@app.post("/invalid")
+def invalid():
+    r = jsonify({"detail": [{"loc": ["body", "n"], "msg": "field required"}]})
+    r.status_code = 422
+    r.headers["X-Validation"] = "failed"
+    return r
 
 
 if __name__ == "__main__":

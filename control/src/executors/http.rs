@@ -2,8 +2,9 @@
 //! runs a function: the call's method, path, query, headers and body are passed on; the
 //! server's status, headers and body come back. The server is started with `PORT` set to a
 //! free port (or reached at `upstream_url`), is ready when it accepts connections, and serves
-//! up to `concurrency` requests of this invoker at once. A status of 400 or more fails the step
-//! with that status. A server that exits is counted as a crash, its request answers 502, and
+//! up to `concurrency` requests of this invoker at once. A status of 400 or more ends the run
+//! with the function's answer as it is (status, headers, body), as OpenFaaS's gateway passes
+//! it on; no later step runs. A server that exits is counted as a crash, its request answers 502, and
 //! the next request starts it again. An `X-Conveyor-Route` response header names the route for
 //! the pipeline's rules.
 
@@ -207,13 +208,6 @@ impl Shared {
                 FunctionError::new(502, format!("{}: {e}", f.name))
             }
         })?;
-        if status >= 400 {
-            let text = String::from_utf8_lossy(&body[..body.len().min(4096)]);
-            return Err(FunctionError::new(
-                status,
-                format!("{} answered {status}: {}", f.name, text.trim()),
-            ));
-        }
         Ok(Output {
             payload: body,
             route,

@@ -1,17 +1,32 @@
 //! `openwhisk`: the OpenWhisk action protocol. Each worker starts an action process (an action
-//! proxy, with `PORT` set to a free port), sends it `POST /init` once with the action's code and
-//! entry point, then `POST /run` per request with `{"value": ..., "namespace", "action_name",
-//! "activation_id", "transaction_id", "deadline", ...}` (the proxy exposes them to the action as
-//! `__OW_*`). The value is the step's `args` overlaid with the input when that is a JSON object;
-//! other input goes in `__ow_body`; a call through the gateway adds `__ow_method`,
-//! `__ow_headers`, `__ow_path` and `__ow_query`, as web actions have them.
+//! proxy, with `PORT` and `FLASK_PROXY_PORT`, which OpenWhisk's own runtimes read, set to a
+//! free port), sends it `POST /init` once with the action's code and entry point, then
+//! `POST /run` per request with `{"value": ..., "namespace", "action_name", "activation_id",
+//! "transaction_id", "deadline", ...}` (the proxy exposes them to the action as `__OW_*`). The
+//! value is the step's `args` overlaid with the input when that is a JSON object; other input
+//! goes in `__ow_body`; a call through the gateway adds `__ow_method`, `__ow_headers`,
+//! `__ow_path` and `__ow_query`, as web actions have them.
 //!
 //! The answer must be a JSON object; anything else fails the step with 502 and OpenWhisk's
 //! messages ("The action did not return a dictionary."); an object with an `error` field is an
-//! application error (502 with the object). Past `timeout_ms` the process is killed (504, "The
-//! action exceeded its time limits of N milliseconds.") and the next request starts a new one.
+//! application error (502 with the object). Past `timeout_ms` the process is killed (502, as
+//! OpenWhisk answers a web action past its limit: "The action exceeded its time limits of N
+//! milliseconds.") and the next request starts a new one.
+//!
+//! A call through the gateway is a web action's: a result with `statusCode`, `headers` or
+//! `body` is the HTTP response, as OpenWhisk's controller makes it ([`web_answer`]); any other
+//! object is the JSON answer. A status of 400 or more ends the run with that answer.
+//!
+//! Each request goes on a connection of its own: OpenWhisk's Python runtime (Flask on gevent's
+//! WSGI server) writes an answer's headers and body apart with Nagle's algorithm on, so on a
+//! kept-alive connection the body waits for the client's delayed acknowledgement, 40 ms on
+//! Linux; a new connection acknowledges at once. On loopback that costs a connect (tens of
+//! microseconds) per call. The runtime also listens on every interface (0.0.0.0): the executor
+//! says so in its log at start, naming the port to firewall.
 
 use super::{free_port, read_limited, wait_listening, Pool, Proc, Warm};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use conveyor_core::pipeline::Output;
 use conveyor_core::queue::Http;
 use conveyor_dataplane::invoker::{FunctionError, Job};
@@ -35,7 +50,10 @@ fn start(pool: &Pool) -> Result<Action, FunctionError> {
     let port = free_port().map_err(|e| FunctionError::new(500, format!("no free port: {e}")))?;
     let mut proc = Proc::spawn(
         f,
-        &[("PORT".into(), port.to_string())],
+        &[
+            ("PORT".into(), port.to_string()),
+            ("FLASK_PROXY_PORT".into(), port.to_string()),
+        ],
         Stdio::null(),
         Stdio::inherit(),
         Stdio::inherit(),
@@ -48,9 +66,18 @@ fn start(pool: &Pool) -> Result<Action, FunctionError> {
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_listening(addr, &mut proc, pool.start_timeout()).map_err(fail)?;
+    if let Some(open) = listening_beyond_loopback(port) {
+        tracing::warn!(
+            "function {}: the action process listens on {open}, reachable from other hosts: \
+             firewall TCP port {port} or give the runtime a loopback address",
+            f.name
+        );
+    }
     let base = format!("http://{addr}");
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(2))
+        // A connection per request: see the module's documentation (delayed ACKs).
+        .max_idle_connections(0)
         .build();
     let init = json!({"value": {
         "name": f.name,
@@ -84,7 +111,7 @@ pub fn value(args: &Map<String, Value>, payload: &[u8], http: Option<&Http>) -> 
         _ => {
             let body = match std::str::from_utf8(payload) {
                 Ok(s) => s.to_string(),
-                Err(_) => base64(payload),
+                Err(_) => B64.encode(payload),
             };
             v.insert("__ow_body".into(), Value::String(body));
         }
@@ -101,24 +128,6 @@ pub fn value(args: &Map<String, Value>, payload: &[u8], http: Option<&Http>) -> 
         v.insert("__ow_query".into(), h.query.clone().into());
     }
     Value::Object(v)
-}
-
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 pub fn call(pool: &Pool, warm: &mut Warm, job: &Job) -> Result<Output, FunctionError> {
@@ -175,7 +184,7 @@ pub fn call(pool: &Pool, warm: &mut Warm, job: &Job) -> Result<Output, FunctionE
             *warm = Warm::None; // killed: a fresh process for the next request
             if timed_out {
                 return Err(FunctionError::new(
-                    504,
+                    502,
                     format!(
                         "The action exceeded its time limits of {} milliseconds.",
                         f.executor.timeout_ms
@@ -200,6 +209,14 @@ pub fn call(pool: &Pool, warm: &mut Warm, job: &Job) -> Result<Output, FunctionE
             502,
             format!("the action failed: {}", Value::Object(o)),
         )),
+        Ok(Value::Object(o))
+            if job.req.http.is_some()
+                && ["statusCode", "headers", "body"]
+                    .iter()
+                    .any(|k| o.contains_key(*k)) =>
+        {
+            web_answer(&o).map_err(|e| FunctionError::new(502, e))
+        }
         Ok(Value::Object(o)) => Ok(Output {
             payload: serde_json::to_vec(&o).unwrap_or_default(),
             route: None,
@@ -214,6 +231,125 @@ pub fn call(pool: &Pool, warm: &mut Warm, job: &Job) -> Result<Output, FunctionE
             "The action did not return a dictionary.",
         )),
     }
+}
+
+/// A web action's HTTP response from its result, as OpenWhisk's controller builds it:
+/// `statusCode` (200, or 204 without a body), `headers` (a value may be a string, number,
+/// boolean, or an array of them for a header given several times), and `body`: without a
+/// declared `Content-Type`, a string is `text/html` and any other value JSON
+/// (`application/json`); with one, a string body of a binary type (not text, JSON, XML,
+/// JavaScript or a form) is base64 that is decoded.
+pub fn web_answer(o: &Map<String, Value>) -> Result<Output, String> {
+    let mut headers: Vec<(String, String)> = Vec::new();
+    match o.get("headers") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(h)) => {
+            for (k, v) in h {
+                let values = match v {
+                    Value::Array(vs) => vs.iter().collect(),
+                    v => vec![v],
+                };
+                for v in values {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Number(_) | Value::Bool(_) => v.to_string(),
+                        _ => return Err(format!("Invalid header value for {k}: {v}")),
+                    };
+                    headers.push((k.clone(), v));
+                }
+            }
+        }
+        Some(h) => return Err(format!("The action's headers are not an object: {h}")),
+    }
+    let ctype = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("Content-Type"))
+        .map(|(_, v)| v.to_ascii_lowercase());
+    let body: Vec<u8> = match (o.get("body"), &ctype) {
+        (None | Some(Value::Null), _) => Vec::new(),
+        (Some(Value::String(s)), None) => {
+            headers.push(("Content-Type".into(), "text/html; charset=UTF-8".into()));
+            s.clone().into_bytes()
+        }
+        (Some(Value::String(s)), Some(t)) if binary(t) => B64
+            .decode(s.trim())
+            .map_err(|e| format!("The action's body is not valid base64 for {t}: {e}"))?,
+        (Some(Value::String(s)), Some(_)) => s.clone().into_bytes(),
+        (Some(v), c) => {
+            if c.is_none() {
+                headers.push(("Content-Type".into(), "application/json".into()));
+            }
+            serde_json::to_vec(v).unwrap_or_default()
+        }
+    };
+    let status = match o.get("statusCode") {
+        None | Some(Value::Null) if body.is_empty() => 204,
+        None | Some(Value::Null) => 200,
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .filter(|c| (100..=599).contains(c))
+            .ok_or_else(|| format!("Invalid HTTP status code: {v}"))? as u16,
+    };
+    Ok(Output {
+        payload: body,
+        route: None,
+        http: Some(Box::new(Http {
+            status,
+            headers,
+            ..Http::default()
+        })),
+    })
+}
+
+/// Whether OpenWhisk takes a body of this content type for binary (sent base64).
+fn binary(ctype: &str) -> bool {
+    let t = ctype.split(';').next().unwrap_or("").trim();
+    !(t.starts_with("text/")
+        || t == "application/json"
+        || t.ends_with("+json")
+        || t == "application/xml"
+        || t.ends_with("+xml")
+        || t == "application/javascript"
+        || t == "application/x-www-form-urlencoded")
+}
+
+/// The address a process listens on at `port` when it is not a loopback one (from
+/// `/proc/net/tcp` and `tcp6`), for a warning.
+fn listening_beyond_loopback(port: u16) -> Option<String> {
+    for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let Ok(table) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in table.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // local address (hex ip:port) and state (0A: LISTEN).
+            let (Some(local), Some(&"0A")) = (cols.get(1), cols.get(3)) else {
+                continue;
+            };
+            let Some((ip, p)) = local.split_once(':') else {
+                continue;
+            };
+            if u16::from_str_radix(p, 16).ok() != Some(port) {
+                continue;
+            }
+            let loopback = if v6 {
+                ip == "00000000000000000000000001000000"
+                    || ip.starts_with("0000000000000000FFFF0000") && ip.ends_with("7F")
+            } else {
+                ip.ends_with("7F")
+            };
+            if !loopback {
+                let any = ip.chars().all(|c| c == '0');
+                return Some(match (any, v6) {
+                    (true, false) => format!("0.0.0.0:{port}"),
+                    (true, true) => format!("[::]:{port}"),
+                    _ => format!("a non-loopback address, port {port}"),
+                });
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -244,6 +380,84 @@ mod tests {
             json!({"__ow_body": "[1]", "__ow_method": "post", "__ow_headers": {"x-thing": "y"},
                    "__ow_path": "/x", "__ow_query": "a=1"})
         );
-        assert_eq!(base64(b"any carnal pleas"), "YW55IGNhcm5hbCBwbGVhcw==");
+    }
+
+    type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
+    fn web(v: Value) -> Result<Answer, String> {
+        let Value::Object(o) = v else { unreachable!() };
+        web_answer(&o).map(|out| {
+            let h = out.http.unwrap();
+            (h.status, h.headers, out.payload)
+        })
+    }
+
+    #[test]
+    fn web_action_results_become_responses_as_openwhisk_makes_them() {
+        let ct = |v: &str| ("Content-Type".to_string(), v.to_string());
+        // A string body without a type is HTML; the status defaults to 200.
+        assert_eq!(
+            web(json!({"body": "<p>hi</p>"})).unwrap(),
+            (
+                200,
+                vec![ct("text/html; charset=UTF-8")],
+                b"<p>hi</p>".to_vec()
+            )
+        );
+        // An object body is JSON; headers with several values give one line each.
+        let (st, h, b) = web(json!({"statusCode": 201, "body": {"a": 1},
+            "headers": {"Set-Cookie": ["a=1", "b=2"], "X-N": 3}}))
+        .unwrap();
+        assert_eq!(st, 201);
+        assert_eq!(b, br#"{"a":1}"#);
+        assert_eq!(
+            h,
+            vec![
+                ("Set-Cookie".into(), "a=1".into()),
+                ("Set-Cookie".into(), "b=2".into()),
+                ("X-N".into(), "3".into()),
+                ct("application/json"),
+            ]
+        );
+        // A binary type's body is base64, decoded; a text type's is kept as it is.
+        let (_, _, b) = web(json!({"headers": {"Content-Type": "image/png"},
+            "body": "iVBORw=="}))
+        .unwrap();
+        assert_eq!(b, [0x89, b'P', b'N', b'G']);
+        let (_, _, b) = web(json!({"headers": {"content-type": "text/plain"},
+            "body": "iVBORw=="}))
+        .unwrap();
+        assert_eq!(b, b"iVBORw==");
+        // No body: 204; a redirect or an error status passes through.
+        assert_eq!(web(json!({"headers": {}})).unwrap().0, 204);
+        let (st, h, _) = web(json!({"statusCode": "302",
+            "headers": {"location": "/x"}}))
+        .unwrap();
+        assert_eq!((st, h), (302, vec![("location".into(), "/x".into())]));
+        // What OpenWhisk refuses, refused with the reason.
+        assert!(web(json!({"statusCode": 42}))
+            .unwrap_err()
+            .contains("status code"));
+        assert!(
+            web(json!({"headers": {"Content-Type": "image/png"}, "body": "%%"}))
+                .unwrap_err()
+                .contains("base64")
+        );
+        assert!(web(json!({"headers": "x"})).is_err());
+    }
+
+    #[test]
+    fn a_loopback_listener_is_not_reported_and_an_open_one_is() {
+        let lo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(
+            listening_beyond_loopback(lo.local_addr().unwrap().port()),
+            None
+        );
+        let any = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = any.local_addr().unwrap().port();
+        assert_eq!(
+            listening_beyond_loopback(port),
+            Some(format!("0.0.0.0:{port}"))
+        );
     }
 }

@@ -5,8 +5,8 @@
 //!   named `{name}` (or, failing that, the one whose entry step is `{name}`) with the request
 //!   body as the entry payload, and answers with the run's output: the last function's status
 //!   and headers when it gave them, else 200 and the request's content type; a failed step's
-//!   status (500 crash, 502 bad output, 504 past the function's timeout, an http function's
-//!   4xx/5xx) and the error; 504 when no output came within the gateway's timeout. The call's
+//!   status (500 crash, 502 bad output, 504 past the function's timeout) and the error; a
+//!   function's own error answer (an http function's or a web action's 4xx/5xx) as it gave it; 504 when no output came within the gateway's timeout. The call's
 //!   method, path, query and headers travel with every step's request ([`Http`]), for the
 //!   functions that read them; headers taking more than a quarter of `max_payload` are 431.
 //! - `POST /async-function/{name}` answers 202 at once with `X-Call-Id`; with `X-Callback-Url`,

@@ -96,7 +96,18 @@ impl Finisher {
         meta.order_us += at_us.saturating_sub(meta.submitted_us);
         meta.handoff_us += t0.saturating_sub(at_us);
         meta.submitted_us = t1;
-        let outputs = p.continuations(&req, &out, meta);
+        // A function's error answer (an HTTP status of 400 or more, as an http function or an
+        // OpenWhisk web action gives it) ends the run: it is the run's answer, status, headers
+        // and body as the function gave them, and no later step runs on it.
+        let refused = out.http.as_ref().is_some_and(|h| h.status >= 400);
+        let outputs = if refused {
+            if let Ok(mut r) = self.report.lock() {
+                r.failed += 1;
+            }
+            Vec::new()
+        } else {
+            p.continuations(&req, &out, meta)
+        };
         let terminal = outputs.is_empty();
         let op = Op::Complete {
             consumer: self.me,
