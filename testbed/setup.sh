@@ -37,13 +37,35 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
-if ! command -v cargo >/dev/null 2>&1; then
-  if [ -x "$HOME/.cargo/bin/cargo" ]; then
-    export PATH="$HOME/.cargo/bin:$PATH"
+# Rust: the workspace's rust-version or newer. Debian 12's rustc (1.63) is far too old, so a
+# machine without a recent toolchain gets rustup's stable one, as Rust users install it
+# (rustup-init from static.rust-lang.org, its SHA-256 checked, into ~/.cargo and ~/.rustup).
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+want="$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' "$(dirname "$0")/../Cargo.toml" | head -n1)"
+rust_ok() {
+  local have
+  have="$(rustc --version 2>/dev/null | awk '{print $2}')" || return 1
+  [ -n "$have" ] && [ "$(printf '%s\n%s\n' "$want" "${have%%-*}" | sort -V | head -n1)" = "$want" ]
+}
+if ! rust_ok; then
+  if command -v rustup >/dev/null 2>&1; then
+    echo "setup: rustc ${want} or newer needed ($(rustc --version 2>/dev/null || echo none)); rustup: installing stable"
+    rustup toolchain install stable --profile minimal -c rustfmt -c clippy
+    rustup default stable
   else
-    echo "setup: no Rust toolchain found; installing Debian's (rustup's stable toolchain is preferred)"
-    $SUDO apt-get install -y -qq --no-install-recommends cargo rustc
+    echo "setup: rustc ${want} or newer needed ($(rustc --version 2>/dev/null || echo none found)); installing rustup's stable toolchain"
+    arch="$(uname -m)-unknown-linux-gnu"
+    url="https://static.rust-lang.org/rustup/dist/${arch}/rustup-init"
+    tmp="$(mktemp -d)"
+    curl --proto '=https' --tlsv1.2 -sSf -o "$tmp/rustup-init" "$url"
+    curl --proto '=https' --tlsv1.2 -sSf -o "$tmp/rustup-init.sha256" "$url.sha256"
+    (cd "$tmp" && echo "$(awk '{print $1}' rustup-init.sha256)  rustup-init" | sha256sum -c --quiet)
+    chmod +x "$tmp/rustup-init"
+    "$tmp/rustup-init" -y --no-modify-path --profile minimal --default-toolchain stable \
+      -c rustfmt -c clippy
+    rm -rf "$tmp"
   fi
+  rust_ok || { echo "setup: still no rustc ${want} or newer on PATH ($PATH)"; exit 1; }
 fi
 
 if command -v rustup >/dev/null 2>&1; then
