@@ -74,6 +74,23 @@ if command -v rustup >/dev/null 2>&1; then
   done
 fi
 
+if [ "${CONVEYOR_SETUP_PY:-0}" = "1" ]; then
+  # Real function runtimes from PyPI for the executors' tests (awslambdaric, Mangum, FastAPI,
+  # uvicorn), pinned in testbed/functions/requirements.txt, in a venv of their own.
+  root="$(cd "$(dirname "$0")/.." && pwd)"
+  venv="$root/target/py-functions"
+  req="$root/testbed/functions/requirements.txt"
+  if ! cmp -s "$req" "$venv/requirements.txt" 2>/dev/null; then
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+      $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends python3-venv
+    fi
+    echo "setup: installing the real function runtimes of $req into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
+    cp "$req" "$venv/requirements.txt"
+  fi
+fi
 if [ "${CONVEYOR_SETUP_FUZZ:-0}" = "1" ] && ! cargo fuzz --version >/dev/null 2>&1; then
   echo "setup: installing cargo-fuzz"
   cargo install cargo-fuzz --locked --version 0.13.2

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-CONVEYOR_SETUP_FUZZ=1 CONVEYOR_SETUP_KAFKA=1 bash testbed/setup.sh
+CONVEYOR_SETUP_FUZZ=1 CONVEYOR_SETUP_KAFKA=1 CONVEYOR_SETUP_PY=1 bash testbed/setup.sh
 # The Kafka-protocol baseline's tests must run here, not skip.
 export CONVEYOR_REQUIRE_TANSU=1
 

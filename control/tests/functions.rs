@@ -313,15 +313,32 @@ fn each_executor_answers_sync_async_and_in_a_mixed_branching_pipeline() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let (st, v, _) = call(&g, "/function/lambda1", r#"{"text":"λ"}"#);
+    let (st, v, hd) = call(&g, "/function/lambda1", r#"{"text":"λ"}"#);
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["event"], json!({"text": "λ"}));
+    assert_eq!(common::h(&hd, "Content-Type"), Some("application/json"));
     assert_eq!(
         (&v["function"], &v["handler"]),
         (&json!("tag"), &json!("tag.handler"))
     );
     let deadline = v["deadline_ms"].as_u64().unwrap();
     assert!(deadline > now_ms && deadline < now_ms + 60_000, "{v}");
+    // As AWS's Invoke: an empty body is the event {}, a body that is not JSON a 400.
+    let (st, v, _) = call(&g, "/function/lambda1", "");
+    assert_eq!((st, &v["event"]), (200, &json!({})), "{v}");
+    let (st, v, hd) = call(&g, "/function/lambda1", "not json");
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Could not parse request body into json"),
+        "{v}"
+    );
+    assert_eq!(
+        common::h(&hd, "x-amzn-ErrorType"),
+        Some("InvalidRequestContentException")
+    );
 
     // The mixed pipeline: the branch follows classify's output.
     let (st, v, _) = call(
@@ -445,9 +462,16 @@ fn bad_functions_fail_their_call_and_nothing_else_is_lost() {
             502,
             "exceeded its time limits of 4000 milliseconds",
         ),
-        ("lambda1", "crash", 502, "Runtime exited with error"),
-        ("lambda1", "fail", 500, "asked to fail"),
-        ("lambda1", "hang", 504, "Task timed out after 4.00 seconds"),
+        // A Lambda function's errors are AWS Invoke's: 200, X-Amz-Function-Error (checked
+        // below) and the error document.
+        (
+            "lambda1",
+            "crash",
+            200,
+            r#""errorType":"Runtime.ExitError""#,
+        ),
+        ("lambda1", "fail", 200, r#""errorMessage":"asked to fail""#),
+        ("lambda1", "hang", 200, "Task timed out after 4.00 seconds"),
     ];
     let mut threads = Vec::new();
     for (p, text, status, part) in bad {
@@ -520,6 +544,18 @@ fn bad_functions_fail_their_call_and_nothing_else_is_lost() {
     let (st, _, headers) = calls(&format!("{base}/function/http1"), "teapot");
     assert_eq!(st, 418);
     assert_eq!(common::h(&headers, "X-Shouted"), Some("yes"), "{headers:?}");
+    let (st, out, headers) = calls(&format!("{base}/function/lambda1"), "fail");
+    assert_eq!(st, 200, "{out}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        doc,
+        json!({"errorMessage": "asked to fail", "errorType": "HandlerError"})
+    );
+    assert_eq!(
+        common::h(&headers, "X-Amz-Function-Error"),
+        Some("Unhandled"),
+        "{headers:?}"
+    );
     // Killed with their invokers, the functions' processes do not outlive them.
     assert!(
         !tagged(&g.tag).is_empty(),

@@ -16,10 +16,14 @@ impl Drop for Procs {
     }
 }
 
-/// A trigger with its gateway and one invoker running pipeline `f` (`pipeline`, JSON) from
+/// A trigger with its gateway and one invoker running `pipelines` (JSON documents) from
 /// `dir`; their logs are `trigger.log` and `invoker-0.log` there. Returns the gateway's port.
-fn start_group(dir: &std::path::Path, pipeline: &str) -> (Procs, u16) {
-    std::fs::write(dir.join("p.json"), pipeline).unwrap();
+fn start_group(dir: &std::path::Path, pipelines: &[String]) -> (Procs, u16) {
+    let mut files = Vec::new();
+    for (i, p) in pipelines.iter().enumerate() {
+        std::fs::write(dir.join(format!("p{i}.json")), p).unwrap();
+        files.push(format!("\"p{i}.json\""));
+    }
     let udp: Vec<std::net::UdpSocket> = (0..2)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
         .collect();
@@ -27,8 +31,10 @@ fn start_group(dir: &std::path::Path, pipeline: &str) -> (Procs, u16) {
     drop(udp);
     let gw = free_tcp();
     let toml = format!(
-        "[group]\nname = \"f\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000009\"\npipelines = [\"p.json\"]\nstartup_timeout_s = 20\n\n[[member]]\nname = \"trigger\"\naddress = \"127.0.0.1:{}\"\nrole = \"trigger\"\n[member.gateway]\naddress = \"127.0.0.1:{gw}\"\n\n[[member]]\nname = \"invoker-0\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\n",
-        ports[0], ports[1]
+        "[group]\nname = \"f\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000009\"\npipelines = [{}]\nstartup_timeout_s = 20\nmax_payload = 7168\n\n[[member]]\nname = \"trigger\"\naddress = \"127.0.0.1:{}\"\nrole = \"trigger\"\n[member.gateway]\naddress = \"127.0.0.1:{gw}\"\n\n[[member]]\nname = \"invoker-0\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\n",
+        files.join(", "),
+        ports[0],
+        ports[1]
     );
     let cfg = dir.join("group.toml");
     std::fs::write(&cfg, toml).unwrap();
@@ -59,7 +65,7 @@ fn a_flask_functions_cookies_and_redirects_reach_the_caller_as_they_are() {
             {{"kind":"http","command":["python3","{}"],"timeout_ms":5000}}}}}}}}"#,
         app.display()
     );
-    let (procs, gw) = start_group(&dir, &pipeline);
+    let (procs, gw) = start_group(&dir, &[pipeline]);
     let base = format!("http://127.0.0.1:{gw}/function/f");
     wait_for(
         "the Flask function to answer through the gateway",
@@ -162,7 +168,7 @@ fn openwhisks_python_runtime_on_gevent_answers_plain_and_web_actions() {
         "kind": "openwhisk", "command": [python_with_gevent(), proxy], "code": ACTION,
         "timeout_ms": 5000}});
     let pipeline = serde_json::json!({"name": "f", "entry": "a", "steps": {"a": step}});
-    let (procs, gw) = start_group(&dir, &pipeline.to_string());
+    let (procs, gw) = start_group(&dir, &[pipeline.to_string()]);
     let base = format!("http://127.0.0.1:{gw}/function/f");
     wait_for("the action to answer through the gateway", 30, || {
         curl_i(&["-d", "{}", &base]).0 == 200
@@ -184,5 +190,201 @@ fn openwhisks_python_runtime_on_gevent_answers_plain_and_web_actions() {
     // The runtime listens on every interface: the invoker said so, naming the port.
     let log = std::fs::read_to_string(dir.join("invoker-0.log")).unwrap();
     assert!(log.contains("listens on 0.0.0.0:"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The venv of real function runtimes from PyPI (testbed/functions/requirements.txt), made by
+/// `CONVEYOR_SETUP_PY=1 bash testbed/setup.sh` (the README's test command does it).
+fn python_from_pypi() -> std::path::PathBuf {
+    let py =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py-functions/bin/python");
+    assert!(
+        py.exists(),
+        "no {}: run CONVEYOR_SETUP_PY=1 bash testbed/setup.sh (awslambdaric, Mangum, FastAPI, \
+         uvicorn from PyPI)",
+        py.display()
+    );
+    py
+}
+
+#[test]
+fn awss_runtime_client_runs_a_fastapi_app_through_mangum_and_a_plain_handler_as_aws_does() {
+    let dir = std::env::temp_dir().join(format!("conveyor-awslambdaric-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let py = python_from_pypi();
+    let functions = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testbed/functions")
+        .canonicalize()
+        .unwrap();
+    let lambda = |name: &str, handler: &str, event: Option<&str>| {
+        let mut ex = serde_json::json!({"kind": "lambda", "dir": functions,
+            "command": [py, "-m", "awslambdaric", handler], "timeout_ms": 10000});
+        if let Some(e) = event {
+            ex["event"] = e.into();
+        }
+        serde_json::json!({"name": name, "entry": "a", "steps": {"a": {"function": name,
+            "executor": ex}}})
+        .to_string()
+    };
+    let uvicorn = serde_json::json!({"name": "uv", "entry": "a", "steps": {"a": {"function": "uv",
+        "executor": {"kind": "http", "dir": functions, "command": [py, "fastapi_app.py"],
+        "timeout_ms": 10000}}}});
+    let (procs, gw) = start_group(
+        &dir,
+        &[
+            lambda("api", "fastapi_app.handler", Some("apigateway-v2")),
+            lambda("plain", "fastapi_app.plain", None),
+            lambda("broken", "fastapi_app.broken", Some("apigateway-v2")),
+            uvicorn.to_string(),
+        ],
+    );
+    let base = format!("http://127.0.0.1:{gw}/function");
+    wait_for("the FastAPI app behind Mangum to answer", 60, || {
+        curl_i(&[&format!("{base}/api/hello/x")]).0 == 200
+    });
+    // API Gateway's event, through Mangum to FastAPI: method, path, query, cookies and the
+    // caller's address in; status, headers, every cookie and the body out.
+    let item = r#"{"name":"box","count":2}"#;
+    for app in ["api", "uv"] {
+        let (status, body, headers) = curl_i(&[
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Cookie: session=abc; theme=dark",
+            "-d",
+            item,
+            &format!("{base}/{app}/items?color=red&size=L"),
+        ]);
+        assert_eq!(status, 201, "{app}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (&v["name"], &v["count"]),
+            (&"box".into(), &2.into()),
+            "{app}: {v}"
+        );
+        assert_eq!(
+            v["query"],
+            serde_json::json!({"color": "red", "size": "L"}),
+            "{app}: {v}"
+        );
+        assert_eq!(
+            (&v["path"], &v["method"]),
+            (&"/items".into(), &"POST".into()),
+            "{app}: {v}"
+        );
+        assert_eq!(
+            v["cookies"],
+            serde_json::json!({"session": "abc", "theme": "dark"}),
+            "{app}: {v}"
+        );
+        assert_eq!(
+            common::h(&headers, "X-Count"),
+            Some("2"),
+            "{app}: {headers:?}"
+        );
+        assert_eq!(
+            common::h(&headers, "Content-Type"),
+            Some("application/json")
+        );
+        let cookies: Vec<&str> = headers
+            .iter()
+            .filter(|(k, _)| k == "set-cookie")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(cookies.len(), 2, "{app}: {headers:?}");
+        assert!(cookies[0].starts_with("made=box"), "{app}: {cookies:?}");
+        assert!(cookies[1].starts_with("count=2"), "{app}: {cookies:?}");
+        // FastAPI's validation error: 422, its JSON and its type, as the app gave them.
+        let (status, body, headers) = curl_i(&[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"name":"box"}"#,
+            &format!("{base}/{app}/items"),
+        ]);
+        assert_eq!(status, 422, "{app}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["detail"][0]["loc"],
+            serde_json::json!(["body", "count"]),
+            "{v}"
+        );
+        assert_eq!(
+            common::h(&headers, "Content-Type"),
+            Some("application/json")
+        );
+        let (status, body, _) = curl_i(&[&format!("{base}/{app}/hello/ann")]);
+        assert_eq!(
+            (status, body.as_str()),
+            (200, r#"{"hello":"ann"}"#),
+            "{app}"
+        );
+    }
+    // The caller's address reaches the app as API Gateway's sourceIp.
+    let (_, body, _) = curl_i(&[
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        item,
+        &format!("{base}/api/items"),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["client"], "127.0.0.1", "{v}");
+    // An exception in the app is Starlette's own 500, passed on as the app gave it; a handler
+    // that fails is API Gateway's 500.
+    let (status, body, headers) = curl_i(&[&format!("{base}/api/fail")]);
+    assert_eq!((status, body.as_str()), (500, "Internal Server Error"));
+    assert!(
+        common::h(&headers, "Content-Type").is_some_and(|t| t.starts_with("text/plain")),
+        "{headers:?}"
+    );
+    let (status, body, _) = curl_i(&[&format!("{base}/broken")]);
+    assert_eq!(
+        (status, body.as_str()),
+        (500, r#"{"message":"Internal Server Error"}"#)
+    );
+
+    // A plain handler, invoked as AWS's Invoke does: the body is the event.
+    let (status, body, headers) = curl_i(&["-d", r#"{"k":[1,2]}"#, &format!("{base}/plain")]);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["event"], serde_json::json!({"k": [1, 2]}), "{v}");
+    assert_eq!(v["function"], "plain", "{v}");
+    assert_eq!(v["request_id"].as_str().unwrap().len(), 36, "{v}");
+    assert_eq!(
+        common::h(&headers, "Content-Type"),
+        Some("application/json")
+    );
+    // An empty body is the event {}; a body that is not JSON is AWS's 400, and the runtime
+    // never sees it.
+    let (status, body, _) = curl_i(&["-X", "POST", &format!("{base}/plain")]);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["event"], serde_json::json!({}), "{v}");
+    let (status, body, headers) = curl_i(&["-d", "k=1", &format!("{base}/plain")]);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        common::h(&headers, "x-amzn-ErrorType"),
+        Some("InvalidRequestContentException")
+    );
+    // The handler's exception: 200, X-Amz-Function-Error and awslambdaric's own error
+    // document (its errorType is the exception's class).
+    let (status, body, headers) = curl_i(&["-d", r#"{"fail":"no box"}"#, &format!("{base}/plain")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        common::h(&headers, "X-Amz-Function-Error"),
+        Some("Unhandled")
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&v["errorType"], &v["errorMessage"]),
+        (&"ValueError".into(), &"no box".into()),
+        "{v}"
+    );
+    assert!(v["stackTrace"].is_array(), "{v}");
+    // The runtime kept serving.
+    let (status, _, _) = curl_i(&["-d", "{}", &format!("{base}/plain")]);
+    assert_eq!(status, 200);
+    drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -163,5 +163,6 @@ pub fn run(pool: &Pool, job: &Job) -> Result<Output, FunctionError> {
             headers: vec![("Content-Type".into(), ctype)],
             ..Http::default()
         })),
+        failed: false,
     })
 }

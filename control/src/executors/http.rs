@@ -216,6 +216,7 @@ impl Shared {
                 headers,
                 ..Http::default()
             })),
+            failed: false,
         })
     }
 

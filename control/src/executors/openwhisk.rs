@@ -225,6 +225,7 @@ pub fn call(pool: &Pool, warm: &mut Warm, job: &Job) -> Result<Output, FunctionE
                 headers: vec![("Content-Type".into(), "application/json".into())],
                 ..Http::default()
             })),
+            failed: false,
         }),
         _ => Err(FunctionError::new(
             502,
@@ -299,6 +300,7 @@ pub fn web_answer(o: &Map<String, Value>) -> Result<Output, String> {
             headers,
             ..Http::default()
         })),
+        failed: false,
     })
 }
 

@@ -97,9 +97,10 @@ impl Finisher {
         meta.handoff_us += t0.saturating_sub(at_us);
         meta.submitted_us = t1;
         // A function's error answer (an HTTP status of 400 or more, as an http function or an
-        // OpenWhisk web action gives it) ends the run: it is the run's answer, status, headers
-        // and body as the function gave them, and no later step runs on it.
-        let refused = out.http.as_ref().is_some_and(|h| h.status >= 400);
+        // OpenWhisk web action gives it; a Lambda function's error document) ends the run: it
+        // is the run's answer, status, headers and body as the function gave them, and no
+        // later step runs on it.
+        let refused = out.ends_the_run();
         let outputs = if refused {
             if let Ok(mut r) = self.report.lock() {
                 r.failed += 1;

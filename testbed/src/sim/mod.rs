@@ -629,7 +629,7 @@ impl Sim {
         let mut iterations = 0u64;
         loop {
             iterations += 1;
-            if trace && iterations % 200_000 == 0 {
+            if trace && iterations.is_multiple_of(200_000) {
                 eprintln!(
                     "t={}us events={} {}",
                     self.now,
@@ -816,7 +816,7 @@ impl Sim {
                             payload: vec![at as u8; (counter % 50) as usize],
                             meta: Meta::default(),
                             // Some runs carry an HTTP call's details, as the gateway's do.
-                            http: (counter % 3 == 0).then(|| {
+                            http: counter.is_multiple_of(3).then(|| {
                                 Box::new(Http {
                                     method: "POST".into(),
                                     path: format!("/p/{counter}"),
@@ -827,7 +827,7 @@ impl Sim {
                             }),
                         };
                         node.outbox.push_back((Op::Push { pusher: me, req }, None));
-                        if counter % 10 == 0 {
+                        if counter.is_multiple_of(10) {
                             // A pipeline change passed on by this member (as members pass on
                             // the control plane's): members race with equal versions and
                             // different contents; the replicas must apply the same one.

@@ -128,6 +128,25 @@ impl ExecutorKind {
     }
 }
 
+/// What a `lambda` function is given, and how its answer is taken.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LambdaEvent {
+    /// As AWS's `Invoke` does: the body is the event (JSON; an empty body is `{}`, anything
+    /// else not JSON is a 400 `InvalidRequestContentException`); the answer is the function's
+    /// output as `application/json`, an error is 200 with `X-Amz-Function-Error: Unhandled` and
+    /// the error document.
+    #[default]
+    #[serde(rename = "invoke")]
+    Invoke,
+    /// As an API Gateway HTTP API's proxy integration (payload format 2.0) does: the call
+    /// becomes an event with its method, path, query, headers, cookies and body (what ASGI and
+    /// WSGI adapters such as Mangum read); the function's `{statusCode, headers, cookies, body,
+    /// isBase64Encoded}` becomes the answer (any other JSON: 200 `application/json`); an error
+    /// is 500 `{"message":"Internal Server Error"}`.
+    #[serde(rename = "apigateway-v2")]
+    ApiGatewayV2,
+}
+
 /// The `executor` of a step that runs an external function.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,6 +175,10 @@ pub struct ExecutorDoc {
     /// lambda: the handler, given to the runtime as `_HANDLER`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handler: Option<String>,
+    /// lambda: the event the function gets, and how its answer becomes the call's (default
+    /// `invoke`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<LambdaEvent>,
     /// exec: the output's Content-Type (default: the request's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
@@ -259,6 +282,7 @@ impl External {
         only("code", ex.code.is_some(), ExecutorKind::Openwhisk)?;
         only("main", ex.main.is_some(), ExecutorKind::Openwhisk)?;
         only("handler", ex.handler.is_some(), ExecutorKind::Lambda)?;
+        only("event", ex.event.is_some(), ExecutorKind::Lambda)?;
         only(
             "content_type",
             ex.content_type.is_some(),
@@ -357,6 +381,17 @@ pub struct Output {
     pub route: Option<String>,
     /// The function's HTTP status and headers (external functions).
     pub http: Option<Box<Http>>,
+    /// The function failed and this is its error answer, as the platform it stands in for
+    /// gives it (a Lambda function's: 200 with `X-Amz-Function-Error` and the error document).
+    /// Like an HTTP status of 400 or more, it ends the run: no continuation.
+    pub failed: bool,
+}
+
+impl Output {
+    /// An error answer: it ends the run ([`Output::failed`], or an HTTP status of 400 or more).
+    pub fn ends_the_run(&self) -> bool {
+        self.failed || self.http.as_ref().is_some_and(|h| h.status >= 400)
+    }
 }
 
 impl Builtin {
@@ -434,7 +469,7 @@ impl Builtin {
                     }
                     .into(),
                 ),
-                http: None,
+                ..Output::default()
             },
         }
     }

@@ -128,6 +128,7 @@ fn rules_look_into_json_outputs_and_the_call_travels_on() {
                 headers: vec![("content-type".into(), "application/json".into())],
                 ..Http::default()
             })),
+            failed: false,
         };
         p.continuations(&r, &out, Meta::default())
     };

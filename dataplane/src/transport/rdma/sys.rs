@@ -347,7 +347,7 @@ impl Verbs for IbvDevice {
     fn read_u64(&self, mr: MrId, off: usize) -> u64 {
         let mrs = self.mrs.lock().unwrap_or_else(|p| p.into_inner());
         let Some(r) = mrs.get(&mr) else { return 0 };
-        if off % 8 != 0 || off + 8 > r.len {
+        if !off.is_multiple_of(8) || off + 8 > r.len {
             return 0;
         }
         // SAFETY: in bounds and 8-aligned (the region is page-aligned); a peer's NIC may be

@@ -9,7 +9,7 @@ fn the_layout_places_everything_apart_inside_the_region() {
     for members in 1..5 {
         for max_frame in [1, 57, 1400, 2000] {
             let l = Layout::new(members, max_frame);
-            assert!(l.slot >= SLOT_HEADER + max_frame && l.slot % CELL == 0);
+            assert!(l.slot >= SLOT_HEADER + max_frame && l.slot.is_multiple_of(CELL));
             let mut spans: Vec<(usize, usize)> = Vec::new();
             for p in 0..members {
                 for k in 0..SLOTS as u64 {

@@ -95,7 +95,7 @@ impl Region {
 
     fn check(&self, off: usize, len: usize, align: usize) -> Option<usize> {
         let end = off.checked_add(len)?;
-        (end <= self.len && off % align == 0).then_some(off)
+        (end <= self.len && off.is_multiple_of(align)).then_some(off)
     }
 
     /// The 8-byte atomic at `off` (8-aligned, inside the mapping).
