@@ -8,7 +8,7 @@ mod common;
 
 use common::{callback_server, curl_i, free_tcp, h, wait_for};
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -125,6 +125,17 @@ fn start_group(name: &str) -> Group {
             one("ow1", "summarize", &ow, json!({"greeting": "hi"})),
         ),
         ("lambda1", one("lambda1", "tag", &la, json!({}))),
+        // One second, then the pid of the invoker that ran it.
+        (
+            "slow1",
+            one(
+                "slow1",
+                "slow",
+                &json!({"kind": "exec", "command": ["sh", "-c", "sleep 1; echo $PPID"],
+                        "env": {"CONVEYOR_TEST_TAG": tag}, "concurrency": 2}),
+                json!({}),
+            ),
+        ),
     ];
     for (n, d) in &docs {
         std::fs::write(dir.join(format!("{n}.json")), d.to_string()).unwrap();
@@ -141,9 +152,9 @@ fn start_group(name: &str) -> Group {
         r#"[group]
 name = "fx"
 key = "{KEY}"
-pipelines = ["mixed.json", "exec1.json", "http1.json", "ow1.json", "lambda1.json"]
+pipelines = ["mixed.json", "exec1.json", "http1.json", "ow1.json", "lambda1.json", "slow1.json"]
 startup_timeout_s = 20
-# The five pipelines name their scripts by absolute path (the checkout's, as long as CI makes
+# The pipelines name their scripts by absolute path (the checkout's, as long as CI makes
 # it): above the 4096 default once the path is long, so room is made for them.
 max_payload = 7168
 # Dozens of Python processes start at once on 2 cores and starve the members' polling
@@ -563,4 +574,35 @@ fn bad_functions_fail_their_call_and_nothing_else_is_lost() {
     );
     g.kill();
     wait_for("no function process left", 10, || tagged(&g.tag).is_empty());
+}
+
+#[test]
+fn an_invoker_takes_no_more_of_a_function_than_it_can_start() {
+    // Two invokers with 16 credits each, a function with concurrency 2: six calls at once are
+    // shared (each invoker starts two, the other two wait in the group's queue for the first
+    // slot freed), not all taken by the invoker that announced its credits first and queued
+    // behind its two slots while the other idles.
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let g = start_group("spread");
+    let url = format!("http://{}/function/slow1", g.gateway);
+    wait_for("the function to answer", 30, || {
+        curl_i(&["--max-time", "20", "-d", "x", &url]).0 == 200
+    });
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || curl_i(&["--max-time", "30", "-d", "x", &url]))
+        })
+        .collect();
+    let mut by = BTreeMap::<String, u32>::new();
+    for c in calls {
+        let (st, out, _) = c.join().unwrap();
+        assert_eq!(st, 200, "{out}");
+        *by.entry(out.trim().to_string()).or_default() += 1;
+    }
+    assert_eq!(by.len(), 2, "both invokers ran some: {by:?}");
+    assert!(
+        by.values().all(|&n| n >= 2),
+        "each took what it could start: {by:?}"
+    );
 }

@@ -244,7 +244,9 @@ impl Pool {
                     (t.exec_mean * 7 + took) / 8
                 };
             }
-            (self.sink)(job.finish(result, t0, t1));
+            for op in job.finish(result, t0, t1) {
+                (self.sink)(op);
+            }
             idle_since = Instant::now();
         }
         if let Ok(mut w) = self.workers.lock() {
@@ -390,14 +392,12 @@ impl Executors for FunctionHost {
     fn dispatch(&self, job: Job) {
         match self.pool(&job.function) {
             Some(p) => p.push(job),
-            None => (self.sink)(job.finish(
-                Err(FunctionError::new(
-                    500,
-                    "the invoker's executors are broken",
-                )),
-                0,
-                0,
-            )),
+            None => {
+                let broken = FunctionError::new(500, "the invoker's executors are broken");
+                for op in job.finish(Err(broken), 0, 0) {
+                    (self.sink)(op);
+                }
+            }
         }
     }
 }
@@ -565,7 +565,23 @@ mod tests {
         (FunctionHost::new(sink, Clock::new()), rx)
     }
 
-    fn assign(app: &mut InvokerApp, p: &Pipeline, i: u64, payload: &[u8]) -> Option<Op> {
+    /// The next completion or failure; the queue credits given back meanwhile are added to
+    /// `freed`, and a completion gives back no generic credit.
+    fn next_done(rx: &mpsc::Receiver<Op>, freed: &mut u32) -> Op {
+        loop {
+            match rx.recv_timeout(Duration::from_secs(20)).unwrap() {
+                Op::ReadyFor { credits, .. } => *freed += credits,
+                op => {
+                    if let Op::Complete { credits, .. } | Op::Fail { credits, .. } = &op {
+                        assert_eq!(*credits, 0, "{op:?}");
+                    }
+                    return op;
+                }
+            }
+        }
+    }
+
+    fn assign(app: &mut InvokerApp, p: &Pipeline, i: u64, payload: &[u8]) -> Vec<Op> {
         let mut req = p.entry_request(RequestId(i), payload.to_vec(), Meta::default());
         req.instance = i;
         let ev = Event {
@@ -591,13 +607,14 @@ mod tests {
         ))
         .unwrap();
         let (h, rx) = host();
+        let mut freed = 0;
         let mut app = InvokerApp::new(MemberId(1), vec![p.clone()], 16, 65536).with_executors(h);
         for i in 0..6 {
-            assert!(assign(&mut app, &p, i, format!("in{i}").as_bytes()).is_none());
+            assert!(assign(&mut app, &p, i, format!("in{i}").as_bytes()).is_empty());
         }
         let mut done = Vec::new();
         for _ in 0..6 {
-            match rx.recv_timeout(Duration::from_secs(20)).unwrap() {
+            match next_done(&rx, &mut freed) {
                 Op::Complete { id, result, .. } => {
                     assert_eq!(result.unwrap(), format!("in{}", id.0).into_bytes());
                     done.push(id.0);
@@ -607,6 +624,17 @@ mod tests {
         }
         done.sort();
         assert_eq!(done, [0, 1, 2, 3, 4, 5]);
+        // Each completion gives its credit back to the function's queue.
+        while freed < 6 {
+            match rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(Op::ReadyFor { queue, credits, .. }) => {
+                    assert_eq!(queue, p.steps["s"].queue.name);
+                    freed += credits;
+                }
+                other => panic!("expected a credit, got {other:?}"),
+            }
+        }
+        assert_eq!(freed, 6);
         let (mut now, mut most) = (0i32, 0i32);
         for l in std::fs::read_to_string(&log).unwrap().lines() {
             now += if l == "s" { 1 } else { -1 };
@@ -625,13 +653,14 @@ mod tests {
         )
         .unwrap();
         let (h, rx) = host();
+        let mut freed = 0;
         let mut app = InvokerApp::new(MemberId(1), vec![p.clone()], 16, 65536).with_executors(h);
         for (i, input) in ["crash\n", "hang\n", "fine\n"].iter().enumerate() {
             assign(&mut app, &p, i as u64, input.as_bytes());
         }
         let mut got = BTreeMap::new();
         for _ in 0..3 {
-            match rx.recv_timeout(Duration::from_secs(20)).unwrap() {
+            match next_done(&rx, &mut freed) {
                 Op::Complete { id, result, .. } => {
                     got.insert(id.0, (200, String::from_utf8(result.unwrap()).unwrap()));
                 }
@@ -666,10 +695,11 @@ mod tests {
         )
         .unwrap();
         let (h, rx) = host();
+        let mut freed = 0;
         let mut app = InvokerApp::new(MemberId(1), vec![p.clone()], 16, 65536).with_executors(h);
         for (i, input) in ["both\n", "one\n"].iter().enumerate() {
             assign(&mut app, &p, i as u64, input.as_bytes());
-            match rx.recv_timeout(Duration::from_secs(20)).unwrap() {
+            match next_done(&rx, &mut freed) {
                 Op::Complete {
                     outputs, result, ..
                 } => {

@@ -56,6 +56,20 @@ struct Finisher {
 }
 
 impl Finisher {
+    /// `op` (a completion or failure) frees no generic credit; the credit goes back to
+    /// `queue`'s, as [`Op::ReadyFor`] after it.
+    fn for_queue(&self, mut op: Op, queue: String) -> [Op; 2] {
+        if let Op::Complete { credits, .. } | Op::Fail { credits, .. } = &mut op {
+            *credits = 0;
+        }
+        let credit = Op::ReadyFor {
+            consumer: self.me,
+            queue,
+            credits: 1,
+        };
+        [op, credit]
+    }
+
     fn fail(&self, req: &Request, status: u16, error: String) -> Op {
         if let Ok(mut r) = self.report.lock() {
             r.failed += 1;
@@ -148,11 +162,16 @@ pub struct Job {
 }
 
 impl Job {
-    /// The operation that completes this job, given what the function did between `t0` and
-    /// `t1` (engine clock): its continuations pushed by the pipeline's rules, or the failure.
-    pub fn finish(self, result: Result<Output, FunctionError>, t0: u64, t1: u64) -> Op {
-        self.finisher
-            .finish(&self.pipeline, self.req, self.at_us, result, t0, t1)
+    /// The operations that complete this job, given what the function did between `t0` and
+    /// `t1` (engine clock), to submit in this order: the completion (its continuations pushed
+    /// by the pipeline's rules, or the failure), then the credit it frees, for its own queue
+    /// (see [`InvokerApp::start_ops`]).
+    pub fn finish(self, result: Result<Output, FunctionError>, t0: u64, t1: u64) -> [Op; 2] {
+        let queue = self.req.queue.clone();
+        let op = self
+            .finisher
+            .finish(&self.pipeline, self.req, self.at_us, result, t0, t1);
+        self.finisher.for_queue(op, queue)
     }
 
     /// The largest output that can be carried on (a completion holds it once per branch).
@@ -209,7 +228,13 @@ impl InvokerApp {
         self.report.clone()
     }
 
-    /// Subscriptions and the first credits.
+    /// Subscriptions and the first credits. A built-in function's queue is subscribed: the
+    /// member's `credits` (generic, [`Op::Ready`]) take from it. An external function's queue
+    /// is not: it gets credits of its own ([`Op::ReadyFor`]), as many as the function's
+    /// `concurrency` (at most `credits`), and each of its completions gives back one of those
+    /// ([`Job::finish`]), so that an invoker never takes more of a function's requests than it
+    /// can start at once; the rest wait in the group's queue for whichever invoker frees a
+    /// slot first, rather than behind a busy one.
     pub fn start_ops(&mut self) -> Vec<Op> {
         self.subscribed.clear();
         let mut ops = self.subscribe_ops();
@@ -220,17 +245,26 @@ impl InvokerApp {
         ops
     }
 
-    /// Subscriptions to the pipelines' queues not yet subscribed.
+    /// Subscriptions to (or credits for) the pipelines' queues not yet announced.
     fn subscribe_ops(&mut self) -> Vec<Op> {
         let mut ops = Vec::new();
         for p in &self.pipelines {
-            for q in p.queue_specs() {
-                if self.subscribed.insert(q.name.clone()) {
-                    ops.push(Op::Subscribe {
-                        consumer: self.me,
-                        queue: q.name,
-                    });
+            for step in p.steps.values() {
+                let queue = step.queue.name.clone();
+                if !self.subscribed.insert(queue.clone()) {
+                    continue;
                 }
+                ops.push(match &step.function {
+                    Function::External(f) => Op::ReadyFor {
+                        consumer: self.me,
+                        queue,
+                        credits: f.executor.concurrency.min(self.credits),
+                    },
+                    Function::Builtin(_) => Op::Subscribe {
+                        consumer: self.me,
+                        queue,
+                    },
+                });
             }
         }
         ops
@@ -286,18 +320,18 @@ impl InvokerApp {
         })
     }
 
-    /// Runs an assigned request; returns the operation that completes it (none when an
+    /// Runs an assigned request; returns the operations that complete it (none when an
     /// executor took it: it submits the completion itself).
-    pub fn handle(&mut self, ev: Event, clock: &Clock) -> Option<Op> {
+    pub fn handle(&mut self, ev: Event, clock: &Clock) -> Vec<Op> {
         let req = match ev.effect {
             Effect::Assigned { req, .. } => req,
             Effect::Shutdown { .. } => {
                 if let Ok(mut r) = self.report.lock() {
                     r.shut_down = true;
                 }
-                return None;
+                return Vec::new();
             }
-            _ => return None,
+            _ => return Vec::new(),
         };
         let Some((p, step)) = self
             .find(&req)
@@ -307,14 +341,14 @@ impl InvokerApp {
                 "no pipeline has step {:?} on queue {:?}",
                 req.step, req.queue
             );
-            return Some(self.finisher.fail(&req, 500, e));
+            return vec![self.finisher.fail(&req, 500, e)];
         };
         match &step.function {
             Function::Builtin(f) => {
                 let t0 = clock.now_us();
                 let out = builtins::run(f, &req.payload);
                 let t1 = clock.now_us();
-                Some(self.finisher.finish(p, req, ev.at_us, Ok(out), t0, t1))
+                vec![self.finisher.finish(p, req, ev.at_us, Ok(out), t0, t1)]
             }
             Function::External(f) => {
                 let Some(executors) = &self.executors else {
@@ -323,7 +357,9 @@ impl InvokerApp {
                         f.name,
                         f.executor.kind.name()
                     );
-                    return Some(self.finisher.fail(&req, 500, e));
+                    let queue = req.queue.clone();
+                    let failed = self.finisher.fail(&req, 500, e);
+                    return self.finisher.for_queue(failed, queue).into();
                 };
                 executors.dispatch(Job {
                     function: f.clone(),
@@ -332,7 +368,7 @@ impl InvokerApp {
                     finisher: self.finisher.clone(),
                     req,
                 });
-                None
+                Vec::new()
             }
         }
     }
@@ -372,7 +408,7 @@ pub fn run_invoker(
         for op in app.bookkeeping(&ev) {
             handle.submit(&op)?;
         }
-        if let Some(op) = app.handle(ev, &clock) {
+        for op in app.handle(ev, &clock) {
             handle.submit(&op)?;
         }
         let r = report.lock().map(|r| r.clone()).unwrap_or_default();
@@ -406,10 +442,71 @@ mod tests {
         }
     }
 
-    fn outputs(op: Option<Op>) -> Vec<String> {
-        match op {
+    fn outputs(ops: Vec<Op>) -> Vec<String> {
+        match ops.into_iter().next() {
             Some(Op::Complete { outputs, .. }) => outputs.into_iter().map(|r| r.step).collect(),
             other => panic!("expected a completion, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_external_functions_queue_gets_as_many_credits_as_it_can_start() {
+        let me = MemberId(1);
+        let p = Pipeline::from_json(
+            r#"{"name":"p","entry":"a","steps":{
+              "a":{"function":"echo","next":[{"to":["b"]}]},
+              "b":{"function":"slow","executor":{"kind":"exec","command":["true"],"concurrency":3}},
+              "c":{"function":"wide","executor":{"kind":"exec","command":["true"],"concurrency":64}}}}"#,
+        )
+        .unwrap();
+        let mut app = InvokerApp::new(me, vec![p], 8, 4096);
+        let start = app.start_ops();
+        let has = |want: &Op| start.iter().any(|o| o == want);
+        assert!(
+            has(&Op::Subscribe {
+                consumer: me,
+                queue: "p.a".into()
+            }),
+            "{start:?}"
+        );
+        let for_b = Op::ReadyFor {
+            consumer: me,
+            queue: "p.b".into(),
+            credits: 3,
+        };
+        assert!(has(&for_b), "{start:?}");
+        // Never more than the member's credits.
+        let for_c = Op::ReadyFor {
+            consumer: me,
+            queue: "p.c".into(),
+            credits: 8,
+        };
+        assert!(has(&for_c), "{start:?}");
+        assert!(
+            has(&Op::Ready {
+                consumer: me,
+                credits: 8
+            }),
+            "{start:?}"
+        );
+        assert_eq!(
+            start.len(),
+            4,
+            "external queues are not subscribed: {start:?}"
+        );
+        // Without executors the step fails, and its credit still goes back to its queue.
+        let ops = app.handle(assigned(me, "b", "p.b"), &Clock::new());
+        match &ops[..] {
+            [Op::Fail {
+                credits: 0,
+                status: 500,
+                ..
+            }, Op::ReadyFor {
+                queue, credits: 1, ..
+            }] => {
+                assert_eq!(queue, "p.b")
+            }
+            other => panic!("{other:?}"),
         }
     }
 
