@@ -75,21 +75,24 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 
 if [ "${CONVEYOR_SETUP_PY:-0}" = "1" ]; then
-  # Real function runtimes from PyPI for the executors' tests (awslambdaric, Mangum, FastAPI,
-  # uvicorn), pinned in testbed/functions/requirements.txt, in a venv of their own.
+  # Real third-party components from PyPI for the tests, each set in a venv of its own (their
+  # pins differ): function runtimes (awslambdaric, Mangum, FastAPI, uvicorn) and Apache
+  # Airflow with its OpenFaaS hook, pinned in testbed/functions/requirements*.txt.
   root="$(cd "$(dirname "$0")/.." && pwd)"
-  venv="$root/target/py-functions"
-  req="$root/testbed/functions/requirements.txt"
-  if ! cmp -s "$req" "$venv/requirements.txt" 2>/dev/null; then
+  pyvenv() {
+    local venv="$root/target/$1" req="$root/testbed/functions/$2"
+    if cmp -s "$req" "$venv/requirements.txt" 2>/dev/null; then return; fi
     if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
       $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends python3-venv
     fi
-    echo "setup: installing the real function runtimes of $req into $venv"
+    echo "setup: installing $req into $venv"
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
     cp "$req" "$venv/requirements.txt"
-  fi
+  }
+  pyvenv py-functions requirements.txt
+  pyvenv py-airflow requirements-airflow.txt
 fi
 if [ "${CONVEYOR_SETUP_FUZZ:-0}" = "1" ] && ! cargo fuzz --version >/dev/null 2>&1; then
   echo "setup: installing cargo-fuzz"

@@ -169,9 +169,15 @@ fn openfaas_routes_answer_through_the_group() {
         curl_i(&["--data-binary", &body_of(limit + 1), &echo2]).0,
         413
     );
+    let (status, _, headers) = curl_i(&[&format!("{base}/async-function/echo2")]);
+    assert_eq!((status, h(&headers, "Allow")), (405, Some("POST")));
+    // HEAD and OPTIONS: answered, with what is allowed.
+    assert_eq!(curl_i(&["-I", &format!("{base}/healthz")]).0, 200);
+    let (status, _, headers) = curl_i(&["-X", "OPTIONS", &format!("{base}/system/functions")]);
+    assert_eq!(status, 204);
     assert_eq!(
-        curl_i(&["-X", "OPTIONS", &format!("{base}/function/echo2")]).0,
-        405
+        h(&headers, "Allow"),
+        Some("GET, HEAD, POST, PUT, DELETE, OPTIONS")
     );
     assert_eq!(curl_i(&[&format!("{base}/nowhere")]).0, 404);
     // The group kept serving after the bad calls.
@@ -304,4 +310,243 @@ fn a_call_past_the_timeout_answers_504_and_the_group_keeps_serving() {
             "no answer in 15 s"
         );
     }
+}
+
+/// A trigger with the gateway (with `auth`, basic auth on its `/system/` API), one invoker and
+/// the control plane, for the OpenFaaS API that changes functions.
+fn start_group_with_control(tag: &str, auth: bool) -> Group {
+    let dir = std::env::temp_dir().join(format!("conveyor-gw-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("echo2.json"), ECHO2).unwrap();
+    std::fs::write(dir.join("password"), "s3cret-pass\n").unwrap();
+    let ports: Vec<u16> = (0..2)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|s| s.local_addr().unwrap().port())
+        .collect();
+    let gw = format!("127.0.0.1:{}", free_tcp());
+    let control = format!("127.0.0.1:{}", free_tcp());
+    let toml = format!(
+        "[group]\nname = \"gw\"\nkey = \"{KEY}\"\npipelines = [\"echo2.json\"]\nstartup_timeout_s = 20\nfailure_timeout_ms = 1000\n\n[control]\naddress = \"{control}\"\ntoken = \"gateway-test-token-0123456\"\n\n[[member]]\nname = \"trigger\"\naddress = \"127.0.0.1:{}\"\nrole = \"trigger\"\n[member.gateway]\naddress = \"{gw}\"\n{}\n[[member]]\nname = \"invoker-0\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\n",
+        ports[0],
+        if auth {
+            "basic_auth_user = \"admin\"\nbasic_auth_password_file = \"password\"\n"
+        } else {
+            ""
+        },
+        ports[1]
+    );
+    std::fs::write(dir.join("conveyor.toml"), toml).unwrap();
+    let mut children = Vec::new();
+    let cfg = dir.join("conveyor.toml");
+    let run = |args: &[&str], log: &str| {
+        let log = std::fs::File::create(dir.join(log)).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_conveyor"))
+            .args(args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let c = cfg.to_str().unwrap();
+    children.push(run(&["control", "--config", c], "control.log"));
+    for m in ["invoker-0", "trigger"] {
+        children.push(run(
+            &["node", "--config", c, "--member", m],
+            &format!("{m}.log"),
+        ));
+    }
+    let g = Group {
+        children,
+        dir,
+        gateway: gw,
+    };
+    let url = format!("http://{}/healthz", g.gateway);
+    wait_for("the gateway answers /healthz", 30, || {
+        curl(&["-s", &url]).1 == "OK"
+    });
+    g
+}
+
+#[test]
+fn openfaas_system_api_deploys_updates_scales_and_deletes_functions() {
+    let g = start_group_with_control("system", true);
+    let base = format!("http://{}", g.gateway);
+    let auth = "admin:s3cret-pass";
+    let sys = |args: &[&str]| {
+        let mut all = vec!["-u", auth];
+        all.extend_from_slice(args);
+        curl_i(&all)
+    };
+    // Basic auth on /system/, as OpenFaaS's gateway with basic_auth on; not on calls.
+    let (status, _, headers) = curl_i(&[&format!("{base}/system/info")]);
+    assert_eq!(status, 401);
+    assert_eq!(
+        h(&headers, "WWW-Authenticate"),
+        Some(r#"Basic realm="Restricted""#)
+    );
+    assert_eq!(
+        curl_i(&["-u", "admin:wrong", &format!("{base}/system/functions")]).0,
+        401
+    );
+    let (status, body, _) = sys(&[&format!("{base}/system/info")]);
+    assert_eq!(status, 200, "{body}");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["provider"]["provider"], "conveyor", "{info}");
+    assert!(info["version"]["release"].is_string(), "{info}");
+    let (status, body, _) = sys(&[&format!("{base}/system/namespaces")]);
+    assert_eq!((status, body.as_str()), (200, r#"["conveyor"]"#));
+    // One function's status; 404 is how clients learn that one does not exist.
+    let (status, body, _) = sys(&[&format!("{base}/system/function/echo2")]);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&v["name"], &v["namespace"]),
+        (&"echo2".into(), &"conveyor".into())
+    );
+    assert_eq!(v["replicas"], 1, "{v}");
+    assert_eq!(sys(&[&format!("{base}/system/function/nope")]).0, 404);
+    assert_eq!(
+        sys(&[&format!(
+            "{base}/system/function/echo2?namespace=openfaas-fn"
+        )])
+        .0,
+        404
+    );
+    assert_eq!(
+        sys(&[&format!("{base}/system/function/echo2?namespace=conveyor")]).0,
+        200
+    );
+    let (status, _, headers) = sys(&["-X", "DELETE", &format!("{base}/system/info")]);
+    assert_eq!(
+        (status, h(&headers, "Allow")),
+        (405, Some("GET, HEAD, OPTIONS"))
+    );
+
+    // Deploy as faas-cli does: PUT (an update) first, POST when that is 404.
+    let functions = format!("{base}/system/functions");
+    let hello = r#"{"service": "hello", "image": "ghcr.io/example/hello:latest",
+        "envProcess": "tr a-z A-Z", "envVars": {"LANG": "C"}}"#;
+    let (status, body, _) = sys(&["-X", "PUT", "-d", hello, &functions]);
+    assert_eq!(status, 404, "{body}");
+    let (status, body, _) = sys(&["-X", "POST", "-d", hello, &functions]);
+    assert_eq!(status, 202, "{body}");
+    let call = |name: &str, body: &str| curl_i(&["-d", body, &format!("{base}/function/{name}")]);
+    wait_for("the deployed function to answer", 30, || {
+        call("hello", "hello").1 == "HELLO"
+    });
+    assert_eq!(call("hello.conveyor", "ns").1, "NS");
+    assert_eq!(call("hello.openfaas-fn", "ns").0, 404);
+    let (status, body, _) = sys(&["-X", "POST", "-d", hello, &functions]);
+    assert_eq!(status, 409, "{body}");
+    // An update applies to the next calls.
+    let (status, body, _) = sys(&[
+        "-X",
+        "PUT",
+        "-d",
+        r#"{"service": "hello", "envProcess": "rev"}"#,
+        &functions,
+    ]);
+    assert_eq!(status, 202, "{body}");
+    wait_for("the updated function to answer", 30, || {
+        call("hello", "hello").1.trim() == "olleh"
+    });
+    // A deployment that cannot run names what is missing.
+    let (status, body, _) = sys(&["-X", "POST", "-d", r#"{"service": "x"}"#, &functions]);
+    assert_eq!(status, 400);
+    assert!(body.starts_with("envProcess: "), "{body}");
+    // A form, as Apache Airflow's OpenFaaS hook posts its dict.
+    let (status, body, _) = sys(&["-d", "service=formed", "-d", "envProcess=cat", &functions]);
+    assert_eq!(status, 202, "{body}");
+    wait_for("the form-deployed function to answer", 30, || {
+        call("formed", "as is").1 == "as is"
+    });
+    // Scale: replicas are the view's invokers; zero is refused.
+    let scale = format!("{base}/system/scale-function/hello");
+    let (status, body, _) = sys(&["-d", r#"{"serviceName": "hello", "replicas": 3}"#, &scale]);
+    assert_eq!(status, 202, "{body}");
+    let (status, body, _) = sys(&["-d", r#"{"serviceName": "hello", "replicas": 0}"#, &scale]);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        sys(&[
+            "-d",
+            r#"{"replicas": 1}"#,
+            &format!("{base}/system/scale-function/nope")
+        ])
+        .0,
+        404
+    );
+    // Delete.
+    let (status, body, _) = sys(&[
+        "-X",
+        "DELETE",
+        "-d",
+        r#"{"functionName": "hello"}"#,
+        &functions,
+    ]);
+    assert_eq!(status, 202, "{body}");
+    wait_for("the deleted function to be gone", 30, || {
+        call("hello", "x").0 == 404
+    });
+    assert_eq!(sys(&[&format!("{base}/system/function/hello")]).0, 404);
+    let (status, _, _) = sys(&[
+        "-X",
+        "DELETE",
+        "-d",
+        r#"{"functionName": "hello"}"#,
+        &functions,
+    ]);
+    assert_eq!(status, 404);
+    // The gateway's metrics, as OpenFaaS's gateway names them, without auth.
+    let (status, text, headers) = curl_i(&[&format!("{base}/metrics")]);
+    assert_eq!(status, 200);
+    assert!(
+        h(&headers, "Content-Type").is_some_and(|t| t.starts_with("application/openmetrics-text")),
+        "{headers:?}"
+    );
+    for want in [
+        r#"gateway_function_invocation_total{function_name="formed.conveyor",code="200"} "#,
+        r#"gateway_function_invocation_started_total{function_name="formed.conveyor"} "#,
+        r#"gateway_functions_seconds_bucket{le="#,
+        r#"gateway_service_count{function_name="echo2.conveyor"} 1"#,
+    ] {
+        assert!(text.contains(want), "{want} not in\n{text}");
+    }
+    // Calls of unknown functions are not counted (their names would grow the metrics).
+    assert!(!text.contains("openfaas-fn"), "{text}");
+}
+
+#[test]
+fn apache_airflows_openfaas_hook_deploys_and_calls_a_function() {
+    let py =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py-airflow/bin/python");
+    assert!(
+        py.exists(),
+        "no {}: run CONVEYOR_SETUP_PY=1 bash testbed/setup.sh (Apache Airflow and its OpenFaaS \
+         hook from PyPI)",
+        py.display()
+    );
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testbed/functions/airflow_openfaas.py");
+    let g = start_group_with_control("airflow", false);
+    let out = Command::new(&py)
+        .arg(&script)
+        .arg(format!("http://{}", g.gateway))
+        .arg("airflowed")
+        .env("AIRFLOW_HOME", g.dir.join("airflow"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("airflow hook: ok"), "{text}");
+    // What the hook did reached the function: the update (rev) applies to the next call.
+    let url = format!("http://{}/function/airflowed", g.gateway);
+    wait_for("the updated function to answer", 30, || {
+        curl_i(&["-d", "abc", &url]).1.trim() == "cba"
+    });
 }

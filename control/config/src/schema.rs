@@ -241,6 +241,14 @@ pub struct GatewaySection {
     /// HTTP worker threads (synchronous calls served at once).
     #[serde(default = "d_gateway_workers")]
     pub workers: usize,
+    /// With `basic_auth_password_file`: the `/system/` API needs HTTP basic auth with this
+    /// user, as OpenFaaS's gateway with `basic_auth` on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth_user: Option<String>,
+    /// The file holding the password (its first line; relative to the group file), as
+    /// OpenFaaS's `basic-auth-password` secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth_password_file: Option<String>,
 }
 
 fn d_gateway_timeout() -> u64 {

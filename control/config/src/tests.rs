@@ -137,6 +137,27 @@ fn errors_name_file_and_field() {
             ),
             "member[0].gateway.workers",
         ),
+        (
+            GOOD.replace(
+                "role = \"trigger\"",
+                "role = \"trigger\"\n[member.gateway]\naddress = \"127.0.0.1:8080\"\nbasic_auth_user = \"admin\"",
+            ),
+            "member[0].gateway.basic_auth_password_file",
+        ),
+        (
+            GOOD.replace(
+                "role = \"trigger\"",
+                "role = \"trigger\"\n[member.gateway]\naddress = \"127.0.0.1:8080\"\nbasic_auth_password_file = \"p\"",
+            ),
+            "member[0].gateway.basic_auth_user",
+        ),
+        (
+            GOOD.replace(
+                "role = \"trigger\"",
+                "role = \"trigger\"\n[member.gateway]\naddress = \"127.0.0.1:8080\"\nbasic_auth_user = \"a:b\"\nbasic_auth_password_file = \"p\"",
+            ),
+            "member[0].gateway.basic_auth_user",
+        ),
     ]);
     for (text, field) in cases {
         let e = parse(&text).unwrap_err();

@@ -294,6 +294,27 @@ fn gateways(file: &GroupFile) -> Result<(), Bad> {
                     "between 1 and 256",
                 ));
             }
+            match (&g.basic_auth_user, &g.basic_auth_password_file) {
+                (Some(u), Some(_)) if u.is_empty() || u.contains(':') => {
+                    return Err(bad(
+                        format!("member[{i}].gateway.basic_auth_user"),
+                        "a user name without ':' is needed",
+                    ));
+                }
+                (Some(_), None) => {
+                    return Err(bad(
+                        format!("member[{i}].gateway.basic_auth_password_file"),
+                        "basic_auth_user needs the file holding its password",
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(bad(
+                        format!("member[{i}].gateway.basic_auth_user"),
+                        "basic_auth_password_file needs the user it is the password of",
+                    ));
+                }
+                _ => {}
+            }
         }
         if m.rdma.as_ref().is_some_and(|r| r.port == 0) {
             return Err(bad(

@@ -3,7 +3,7 @@
 //! (an invoker's functions, a trigger's workload or gateway), with the control plane's agent.
 
 use crate::config::{Executor, GroupConfig, Role};
-use crate::trigger::gateway::{Gateway, GatewayConfig};
+use crate::trigger::gateway::{BasicAuth, ControlPlane, Gateway, GatewayConfig};
 use crate::trigger::loadgen::{run_trigger, WorkloadSpec};
 use anyhow::{anyhow, bail, Context, Result};
 use conveyor_core::queue::{Effect, Op};
@@ -281,6 +281,11 @@ pub fn run(
                             })?,
                             timeout: Duration::from_secs(gw.timeout_s),
                             workers: gw.workers,
+                            control: cfg.file.control.as_ref().map(|c| ControlPlane {
+                                address: c.address.clone(),
+                                token: c.token.clone(),
+                            }),
+                            auth: basic_auth(&cfg, idx, gw)?,
                         },
                         handle.clone(),
                         cfg.pipelines.clone(),
@@ -390,4 +395,34 @@ fn log_transport(member: &str, t: &TransportStats) {
         let x: Vec<String> = t.xdp.iter().map(|(k, v)| format!("{k} {v}")).collect();
         tracing::info!("member {member}: XDP: {}", x.join(", "));
     }
+}
+
+/// The gateway's basic auth: the user, and the first line of its password file (relative to
+/// the group file).
+fn basic_auth(
+    cfg: &GroupConfig,
+    idx: usize,
+    gw: &conveyor_config::GatewaySection,
+) -> Result<Option<BasicAuth>> {
+    let (Some(user), Some(file)) = (&gw.basic_auth_user, &gw.basic_auth_password_file) else {
+        return Ok(None);
+    };
+    let path = cfg.path.parent().unwrap_or(Path::new(".")).join(file);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "member[{idx}].gateway.basic_auth_password_file: {}",
+            path.display()
+        )
+    })?;
+    let password = text.lines().next().unwrap_or("").to_string();
+    if password.is_empty() {
+        bail!(
+            "member[{idx}].gateway.basic_auth_password_file: {} holds no password on its first line",
+            path.display()
+        );
+    }
+    Ok(Some(BasicAuth {
+        user: user.clone(),
+        password,
+    }))
 }

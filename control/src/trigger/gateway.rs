@@ -41,6 +41,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod system;
+pub use system::{BasicAuth, ControlPlane, NAMESPACE};
+
 /// Settings of a trigger's gateway.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
@@ -49,6 +52,10 @@ pub struct GatewayConfig {
     pub timeout: Duration,
     /// HTTP worker threads (each holds one synchronous call at a time).
     pub workers: usize,
+    /// The group's control plane, through which `/system/functions` changes pipelines.
+    pub control: Option<ControlPlane>,
+    /// Basic auth of the `/system/` routes.
+    pub auth: Option<BasicAuth>,
 }
 
 /// How a call ended.
@@ -104,6 +111,8 @@ struct Shared {
     stop: Arc<AtomicBool>,
     /// The member is stopping: new calls are refused (503) while the pending ones finish.
     draining: AtomicBool,
+    /// OpenFaaS's `/system/` API and the metrics.
+    system: system::System,
 }
 
 /// A result to POST to a caller's callback URL.
@@ -223,6 +232,11 @@ impl Gateway {
             callbacks: cb_tx,
             stop: stop.clone(),
             draining: AtomicBool::new(false),
+            system: system::System {
+                control: cfg.control.clone(),
+                auth: cfg.auth.clone(),
+                metrics: system::Metrics::new(),
+            },
         });
         let mut threads = Vec::new();
         for i in 0..cfg.workers.max(1) {
@@ -343,13 +357,17 @@ fn served(me: MemberId, max_payload: usize, ps: Vec<Pipeline>) -> Vec<(Arc<Pipel
         .collect()
 }
 
-/// The pipeline named `name` (or whose entry step is), with its body limit.
+/// The pipeline named `name` (or whose entry step is), with its body limit; `NAME.conveyor`
+/// (OpenFaaS's `NAME.NAMESPACE`) is `NAME`.
 fn find(s: &Shared, name: &str) -> Option<(Arc<Pipeline>, usize)> {
     let ps = s.pipelines.read().ok()?;
-    ps.iter()
-        .find(|(p, _)| p.name == name)
-        .or_else(|| ps.iter().find(|(p, _)| p.entry == name))
-        .cloned()
+    let by = |name: &str| {
+        ps.iter()
+            .find(|(p, _)| p.name == name)
+            .or_else(|| ps.iter().find(|(p, _)| p.entry == name))
+            .cloned()
+    };
+    by(name).or_else(|| by(system::strip_namespace(name)).filter(|_| name.contains('.')))
 }
 
 fn header(name: &str, value: &str) -> Option<tiny_http::Header> {
@@ -375,7 +393,18 @@ fn worker(s: &Shared, server: &tiny_http::Server, timeout: Duration) {
             Ok(None) => continue,
             Err(_) => break,
         };
+        let path = req.url().split('?').next().unwrap_or("").to_string();
+        let function = system::called(s, &path);
+        if let Some(f) = &function {
+            s.system.metrics.started(f);
+        }
+        let t0 = Instant::now();
         let answer = route(s, &mut req, timeout);
+        if let Some(f) = &function {
+            s.system
+                .metrics
+                .finished(f, answer.status_code().0, t0.elapsed());
+        }
         let _ = req.respond(answer);
     }
 }
@@ -383,26 +412,23 @@ fn worker(s: &Shared, server: &tiny_http::Server, timeout: Duration) {
 fn route(s: &Shared, req: &mut tiny_http::Request, timeout: Duration) -> Reply {
     let method = req.method().as_str().to_string();
     let path = req.url().split('?').next().unwrap_or("").to_string();
+    if let Some(r) = system::route(s, req, &method, &path) {
+        return r;
+    }
     match (method.as_str(), path.as_str()) {
-        ("GET", "/healthz") => reply(200, "OK", &[]),
-        ("GET", "/system/functions") => functions(s),
-        ("POST", p) if p.starts_with("/function/") => {
-            call(s, req, &p["/function/".len()..], false, timeout)
+        ("GET" | "HEAD", "/healthz") => reply(200, "OK", &[]),
+        ("OPTIONS", "/healthz") => {
+            reply(204, Vec::new(), &[("Allow", "GET, HEAD, OPTIONS".into())])
         }
+        (_, "/healthz") => system::not_allowed("GET, HEAD, OPTIONS"),
         ("POST", p) if p.starts_with("/async-function/") => {
             call(s, req, &p["/async-function/".len()..], true, timeout)
         }
-        // OpenFaaS passes any method to a function; the group's functions are called by POST,
-        // and GET, PUT, PATCH and DELETE with a body or not are passed on the same way.
-        ("GET" | "PUT" | "PATCH" | "DELETE", p) if p.starts_with("/function/") => {
+        (_, p) if p.starts_with("/async-function/") => system::not_allowed("POST"),
+        // OpenFaaS passes any method to a function: the call's method travels with it.
+        (_, p) if p.starts_with("/function/") => {
             call(s, req, &p["/function/".len()..], false, timeout)
         }
-        (_, "/healthz" | "/system/functions") => reply(405, "method not allowed\n", &[]),
-        (_, p) if p.starts_with("/function/") || p.starts_with("/async-function/") => reply(
-            405,
-            "method not allowed: POST a body to call a function\n",
-            &[],
-        ),
         _ => reply(404, format!("no route {path}\n"), &[]),
     }
 }
