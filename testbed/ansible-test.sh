@@ -115,6 +115,14 @@ run() {
   (cd ansible && ctl ansible-playbook -i inventories/netns/hosts.yml \
     -e "conveyor_binary_src=$work/conveyor" -e "conveyor_verify_results=$work/verify" "$@")
 }
+echo "== a group key published with Conveyor is refused, naming what to do"
+published="$(printf '0%.0s' $(seq 63))1"
+if run site.yml -e "conveyor_group_key=$published" >"$work/refused.log" 2>&1; then
+  echo "ansible-test: site.yml accepted the published group key" >&2
+  exit 1
+fi
+grep -q "conveyor_group_key must be 64 hexadecimal digits" "$work/refused.log" \
+  || { cat "$work/refused.log" >&2; exit 1; }
 echo "== site.yml, first apply"
 run site.yml | tee "$work/apply1.log" | tail -n 6
 echo "== site.yml, second apply: nothing may change"
@@ -145,7 +153,7 @@ echo "== testbed/experiment.sh across the hosts (2 runs), results in one folder"
 ctl bash testbed/experiment.sh -i ansible/inventories/netns/hosts.yml --runs 2 \
   --requests 1000 --rate 1000 --chain 2 --fn-us 20 --out "$work/experiment" \
   -- -e "conveyor_binary_src=$work/conveyor"
-for f in run-1/report.json run-2/report.json run-1/latency.hlog run-2/latency.hlog summary.json summary.md hosts/h0; do
+for f in run-1/report.json run-2/report.json run-1/latency.hlog run-2/latency.hlog run-1/latency.hgrm summary.json summary.md hosts/h0; do
   [ -s "$work/experiment/$f" ] || { echo "ansible-test: the experiment left no $f" >&2; exit 1; }
 done
 grep -q 'HISTF' "$work/experiment/run-1/latency.hlog" || { echo "ansible-test: latency.hlog holds no histogram" >&2; exit 1; }

@@ -3,6 +3,7 @@
 # ansible/site.yml) and collects everything into one results folder:
 #   OUT/run-K/report.json     the trigger's JSON report of run K
 #   OUT/run-K/latency.hlog    its HdrHistogram interval log (end-to-end latency, microseconds)
+#   OUT/run-K/latency.hgrm    its percentile distribution (milliseconds; hdr-plot reads it)
 #   OUT/hosts/HOST.json       each host's description (CPU, kernel, NICs: Ansible facts)
 #   OUT/summary.json, OUT/summary.md   medians over the runs, per-run figures, the command
 #
@@ -121,7 +122,7 @@ lines = [
      for i, r in enumerate(summary["per_run"])] + [
     "", "| host | CPU | vCPUs | memory MB | kernel | OS |", "|---|---|---|---|---|---|",
 ] + [f"| {h} | {d['cpu']} | {d['vcpus']} | {d['memory_mb']} | {d['kernel']} | {d['os']} |" for h, d in hosts.items()] + [
-    "", "Latency interval logs (HdrHistogram): `run-K/latency.hlog`.", ""]
+    "", "Latency interval logs (HdrHistogram): `run-K/latency.hlog`; percentiles: `run-K/latency.hgrm`.", ""]
 open(os.path.join(out, "summary.md"), "w").write("\n".join(lines))
 print(f"experiment: medians latency p50 {m['latency_p50_us']} us, p99 {m['latency_p99_us']} us; lost {summary['lost']}, duplicates {summary['duplicates']}")
 PY

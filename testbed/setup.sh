@@ -94,6 +94,11 @@ if [ "${CONVEYOR_SETUP_PY:-0}" = "1" ]; then
   pyvenv py-functions requirements.txt
   pyvenv py-airflow requirements-airflow.txt
 fi
+if [ "${CONVEYOR_SETUP_LINT:-0}" = "1" ] && ! cargo machete --version >/dev/null 2>&1; then
+  # Dependencies declared and never used (testbed/test.sh fails on any).
+  echo "setup: installing cargo-machete"
+  cargo install cargo-machete --locked --version 0.9.2
+fi
 if [ "${CONVEYOR_SETUP_FUZZ:-0}" = "1" ] && ! cargo fuzz --version >/dev/null 2>&1; then
   echo "setup: installing cargo-fuzz"
   cargo install cargo-fuzz --locked --version 0.13.2

@@ -10,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-CONVEYOR_SETUP_FUZZ=1 CONVEYOR_SETUP_KAFKA=1 CONVEYOR_SETUP_PY=1 bash testbed/setup.sh
+CONVEYOR_SETUP_FUZZ=1 CONVEYOR_SETUP_KAFKA=1 CONVEYOR_SETUP_PY=1 CONVEYOR_SETUP_LINT=1 \
+  bash testbed/setup.sh
 # The Kafka-protocol baseline's tests must run here, not skip.
 export CONVEYOR_REQUIRE_TANSU=1
 
@@ -54,6 +55,9 @@ fi
 if (cd dataplane/core/fuzz && cargo tree -e normal --prefix none) | grep -q '^conveyor-dataplane v'; then
   echo "the fuzz targets depend on conveyor-dataplane"; exit 1
 fi
+section "no unused dependencies (cargo machete)"
+# (cargo deny's advisory check is not run: its database is on GitHub, which CI cannot reach.)
+cargo machete
 section "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 section "cargo build"

@@ -83,6 +83,12 @@ enum Cmd {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Print a new random group key (64 hexadecimal digits, for `group.key`), or with
+    /// `--token` a new random token (for `control.token`, `control.join_token`).
+    Keygen {
+        #[arg(long)]
+        token: bool,
+    },
     /// Ask the control plane: health, view, queues, metrics, pipelines [list|get N|put F|delete N],
     /// admissions, admit N, revoke N, leave N.
     Ctl {
@@ -98,6 +104,19 @@ enum Cmd {
         #[arg(trailing_var_arg = true, required = true)]
         args: Vec<String>,
     },
+}
+
+/// 32 random bytes from the operating system: a group key in hexadecimal, or a token (43
+/// characters of URL-safe base64).
+fn keygen(token: bool) -> anyhow::Result<String> {
+    let mut b = [0u8; 32];
+    getrandom::getrandom(&mut b).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    Ok(if token {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    } else {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    })
 }
 
 fn main() -> ExitCode {
@@ -166,6 +185,7 @@ fn main() -> ExitCode {
                 });
                 control::serve(&c, &state, listen.as_deref())
             }),
+        Cmd::Keygen { token } => keygen(token).map(|k| println!("{k}")),
         Cmd::Ctl {
             control: addr,
             config,

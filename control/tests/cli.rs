@@ -80,6 +80,24 @@ fn constant_bench_completes_every_request_once() {
         intervals >= 2,
         "one-second intervals over a 1.5 s run: {intervals}"
     );
+    // Beside it, the run's percentile distribution (.hgrm, milliseconds): it ends at the
+    // 100th percentile with every request counted.
+    let hgrm = std::fs::read_to_string(hlog_dir.join("conveyor.hgrm")).expect("the .hgrm");
+    assert!(
+        hgrm.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"),
+        "{hgrm}"
+    );
+    let last = hgrm
+        .lines()
+        .rfind(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .unwrap();
+    let cols: Vec<&str> = last.split_whitespace().collect();
+    assert_eq!((cols[1], cols[2]), ("1.000000000000", "600"), "{hgrm}");
+    assert!(
+        cols[0].parse::<f64>().unwrap() >= 0.1,
+        "ms, above two functions' time: {hgrm}"
+    );
+    assert!(hgrm.contains("Total count    =          600]"), "{hgrm}");
     let _ = std::fs::remove_dir_all(&hlog_dir);
     assert_eq!(r["schema"], "conveyor-bench/1");
     assert_eq!(r["sent"], 600);
@@ -899,4 +917,26 @@ fn netloss_is_refused_by_name_where_it_cannot_apply() {
         assert!(err.contains(says), "{says}: {err}");
         assert!(!err.contains("sent "), "a run started: {err}");
     }
+}
+
+#[test]
+fn keygen_prints_fresh_keys_and_tokens() {
+    let line = |args: &[&str]| {
+        let out = conveyor(args);
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let (a, b) = (line(&["keygen"]), line(&["keygen"]));
+    assert_ne!(a, b);
+    for k in [&a, &b] {
+        assert_eq!(k.len(), 64, "{k}");
+        assert!(k.bytes().all(|c| c.is_ascii_hexdigit()), "{k}");
+    }
+    let t = line(&["keygen", "--token"]);
+    assert_eq!(t.len(), 43, "{t}");
+    assert!(
+        t.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'),
+        "{t}"
+    );
 }

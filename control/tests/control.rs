@@ -151,6 +151,44 @@ fn control_plane_api_persistence_metrics_and_outage() {
     assert_eq!(st, 400, "{b}");
     assert!(b.contains("name"), "{b}");
     assert_eq!(http(cport, "PUT", "/v1/pipelines/q", Some(TOKEN), q).0, 201);
+    // A function's environment (secrets, often) is shown only with the token.
+    let s = r#"{"name":"s","entry":"x","steps":{"x":{"function":"f","executor":
+        {"kind":"exec","command":["cat"],"env":{"API_KEY":"hunter2"}}}}}"#;
+    assert_eq!(http(cport, "PUT", "/v1/pipelines/s", Some(TOKEN), s).0, 201);
+    for path in ["/v1/pipelines/s", "/v1/pipelines"] {
+        let (st, b) = http(cport, "GET", path, None, "");
+        assert_eq!(st, 200, "{b}");
+        assert!(!b.contains("hunter2") && b.contains("API_KEY"), "{b}");
+        let (st, b) = http(cport, "GET", path, Some(TOKEN), "");
+        assert_eq!(st, 200, "{b}");
+        assert!(b.contains("hunter2"), "{b}");
+    }
+    assert_eq!(
+        http(cport, "DELETE", "/v1/pipelines/s", Some(TOKEN), "").0,
+        200
+    );
+    // 401 says how to authenticate, 405 what is allowed.
+    let (st, _, headers) = common::curl_i(&[
+        "-X",
+        "PUT",
+        "-d",
+        q,
+        &format!("http://127.0.0.1:{cport}/v1/pipelines/q"),
+    ]);
+    assert_eq!(st, 401);
+    assert_eq!(
+        common::h(&headers, "WWW-Authenticate"),
+        Some(r#"Bearer realm="conveyor control""#)
+    );
+    let (st, _, headers) = common::curl_i(&[
+        "-X",
+        "PATCH",
+        &format!("http://127.0.0.1:{cport}/v1/pipelines/q"),
+    ]);
+    assert_eq!(
+        (st, common::h(&headers, "Allow")),
+        (405, Some("GET, PUT, DELETE"))
+    );
     assert_eq!(http(cport, "GET", "/v1/pipelines/nope", None, "").0, 404);
     assert_eq!(
         http(cport, "DELETE", "/v1/pipelines/nope", Some(TOKEN), "").0,

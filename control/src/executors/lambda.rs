@@ -414,7 +414,7 @@ pub fn call(pool: &Pool, warm: &mut Warm, job: &Job) -> Result<Output, FunctionE
         Ended::Error(doc, kind) => (doc, kind),
         Ended::TooLarge(e) => {
             let message = format!(
-                "Response payload size exceeded maximum allowed payload size ({} bytes): {e}",
+                "Response payload size exceeded maximum allowed payload size ({} bytes, group.max_payload): {e}",
                 job.max_output()
             );
             let doc = error_doc("Function.ResponseSizeTooLarge", &message);

@@ -500,7 +500,8 @@ pub fn read_limited(r: impl Read, limit: usize) -> io::Result<Vec<u8>> {
     r.take(limit as u64 + 1).read_to_end(&mut buf)?;
     if buf.len() > limit {
         return Err(io::Error::other(format!(
-            "the output is larger than {limit} bytes, what one request carries"
+            "the output is larger than {limit} bytes, what one request carries (group.max_payload: \
+             raise it in the group file, with group.max_frame, up to 65000 bytes a frame)"
         )));
     }
     Ok(buf)

@@ -116,7 +116,7 @@ pub fn start_reporter(
                 let retry = submitted
                     .is_none_or(|(v, t)| v != answer.version || t.elapsed() > Duration::from_secs(2));
                 if answer.version > live.pipelines_version && live.status == "serving" && retry {
-                    match fetch_pipelines(&agent, &base, answer.version)
+                    match fetch_pipelines(&agent, &base, &c.token, answer.version)
                         .and_then(|docs| {
                             pipelines_op(MemberId(me as u16), answer.version, &docs, max_payload)
                         }) {
@@ -154,6 +154,7 @@ pub fn start_reporter(
 fn fetch_pipelines(
     agent: &ureq::Agent,
     base: &str,
+    token: &str,
     version: u64,
 ) -> Result<BTreeMap<String, serde_json::Value>, String> {
     #[derive(Deserialize)]
@@ -163,6 +164,8 @@ fn fetch_pipelines(
     }
     let all: All = agent
         .get(&format!("{base}/v1/pipelines"))
+        // With the token: the functions' environment, which others do not see.
+        .set("Authorization", &format!("Bearer {token}"))
         .call()
         .map_err(|e| e.to_string())?
         .into_json()

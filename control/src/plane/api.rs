@@ -30,6 +30,37 @@ pub(super) fn token_ok(expected: &str, header: Option<&str>) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A pipeline document as anyone may see it: its functions' environment values (secrets,
+/// often) hidden; the control token shows them.
+fn redacted(p: &serde_json::Value) -> serde_json::Value {
+    let mut p = p.clone();
+    if let Some(steps) = p.get_mut("steps").and_then(|s| s.as_object_mut()) {
+        for step in steps.values_mut() {
+            if let Some(env) = step
+                .get_mut("executor")
+                .and_then(|e| e.get_mut("env"))
+                .and_then(|e| e.as_object_mut())
+            {
+                for v in env.values_mut() {
+                    *v = "(hidden: the control token shows it)".into();
+                }
+            }
+        }
+    }
+    p
+}
+
+/// The methods a resource takes (for `Allow` on a 405).
+pub(super) fn allowed(path: &str) -> &'static str {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["v1", "pipelines" | "admissions", _] => "GET, PUT, DELETE",
+        ["v1", "report"] => "POST",
+        ["v1", "members", _, "leave"] => "POST",
+        _ => "GET",
+    }
+}
+
 pub(super) fn route(
     state: &Mutex<State>,
     token: &str,
@@ -100,15 +131,25 @@ pub(super) fn route(
                 .unwrap_or_default();
             json(200, serde_json::json!({ "queues": freshest }))
         }
-        ("GET", ["v1", "pipelines"]) => json(
-            200,
-            serde_json::json!({
-                "version": st.persisted.version,
-                "pipelines": st.persisted.pipelines,
-            }),
-        ),
+        ("GET", ["v1", "pipelines"]) => {
+            let full = token_ok(token, auth);
+            let pipelines: BTreeMap<&String, serde_json::Value> = st
+                .persisted
+                .pipelines
+                .iter()
+                .map(|(n, p)| (n, if full { p.clone() } else { redacted(p) }))
+                .collect();
+            json(
+                200,
+                serde_json::json!({
+                    "version": st.persisted.version,
+                    "pipelines": pipelines,
+                }),
+            )
+        }
         ("GET", ["v1", "pipelines", name]) => match st.persisted.pipelines.get(*name) {
-            Some(p) => json(200, p.clone()),
+            Some(p) if token_ok(token, auth) => json(200, p.clone()),
+            Some(p) => json(200, redacted(p)),
             None => error(404, format!("no pipeline named {name:?}")),
         },
         ("PUT", ["v1", "pipelines", name]) => match Pipeline::from_json(body) {

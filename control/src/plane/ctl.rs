@@ -22,8 +22,12 @@ pub fn ctl(address: &str, token: Option<&str>, args: &[String]) -> Result<()> {
         ["view"] => agent.get(&format!("{base}/v1/view")).call(),
         ["queues"] => agent.get(&format!("{base}/v1/queues")).call(),
         ["metrics"] => agent.get(&format!("{base}/metrics")).call(),
-        ["pipelines"] | ["pipelines", "list"] => agent.get(&format!("{base}/v1/pipelines")).call(),
-        ["pipelines", "get", name] => agent.get(&format!("{base}/v1/pipelines/{name}")).call(),
+        ["pipelines"] | ["pipelines", "list"] => {
+            auth(agent.get(&format!("{base}/v1/pipelines"))).call()
+        }
+        ["pipelines", "get", name] => {
+            auth(agent.get(&format!("{base}/v1/pipelines/{name}"))).call()
+        }
         ["pipelines", "put", file] => {
             let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
             let p = Pipeline::from_json(&text).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;

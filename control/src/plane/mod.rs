@@ -212,41 +212,77 @@ pub fn serve(cfg: &GroupConfig, state_path: &Path, listen: Option<&str>) -> Resu
         cfg.file.group.name,
         state_path.display()
     );
-    for mut req in server.incoming_requests() {
-        let method = req.method().as_str().to_string();
-        let url = req.url().to_string();
-        let auth = req
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Authorization"))
-            .map(|h| h.value.as_str().to_string());
-        let mut body = String::new();
-        let answer = if req
-            .as_reader()
-            .take(1 << 20)
-            .read_to_string(&mut body)
-            .is_err()
-        {
-            error(400, "the body is not UTF-8 text")
-        } else {
-            route(&state, &token, &method, &url, auth.as_deref(), &body)
-        };
-        let ctype = if answer.text {
-            "text/plain; version=0.0.4"
-        } else {
-            "application/json"
-        };
-        let resp = tiny_http::Response::from_string(answer.body)
-            .with_status_code(answer.status)
-            .with_header(
-                tiny_http::Header::from_bytes("Content-Type", ctype)
-                    .map_err(|_| anyhow::anyhow!("bad header"))?,
-            );
-        if let Err(e) = req.respond(resp) {
-            tracing::debug!("answering {method} {url}: {e}");
-        }
+    // Several workers: a slow client (a body sent byte by byte) holds one of them, not the
+    // members' reports.
+    let server = Arc::new(server);
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|i| {
+            let (server, state, token) = (server.clone(), state.clone(), token.clone());
+            std::thread::Builder::new()
+                .name(format!("conveyor-control-{i}"))
+                .spawn(move || {
+                    while let Ok(req) = server.recv() {
+                        answer(&state, &token, req);
+                    }
+                })
+        })
+        .collect::<std::io::Result<_>>()?;
+    for w in workers {
+        let _ = w.join();
     }
     Ok(())
+}
+
+/// HTTP workers of the control plane.
+const WORKERS: usize = 8;
+/// The largest body the control plane reads (a pipeline document, a report).
+const MAX_BODY: usize = 1 << 20;
+
+fn answer(state: &Mutex<State>, token: &str, mut req: tiny_http::Request) {
+    let method = req.method().as_str().to_string();
+    let url = req.url().to_string();
+    let auth = req
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .map(|h| h.value.as_str().to_string());
+    let mut body = String::new();
+    let answer = if req.body_length().is_some_and(|n| n > MAX_BODY) {
+        error(413, format!("the body is larger than {MAX_BODY} bytes"))
+    } else {
+        match req
+            .as_reader()
+            .take(MAX_BODY as u64 + 1)
+            .read_to_string(&mut body)
+        {
+            Err(_) => error(400, "the body is not UTF-8 text"),
+            Ok(n) if n > MAX_BODY => {
+                error(413, format!("the body is larger than {MAX_BODY} bytes"))
+            }
+            Ok(_) => route(state, token, &method, &url, auth.as_deref(), &body),
+        }
+    };
+    let ctype = if answer.text {
+        "text/plain; version=0.0.4"
+    } else {
+        "application/json"
+    };
+    let mut resp = tiny_http::Response::from_string(answer.body).with_status_code(answer.status);
+    let allow = api::allowed(url.split('?').next().unwrap_or(""));
+    let headers = [
+        Some(("Content-Type", ctype)),
+        (answer.status == 401)
+            .then_some(("WWW-Authenticate", r#"Bearer realm="conveyor control""#)),
+        (answer.status == 405).then_some(("Allow", allow)),
+    ];
+    for (k, v) in headers.into_iter().flatten() {
+        if let Ok(h) = tiny_http::Header::from_bytes(k, v) {
+            resp.add_header(h);
+        }
+    }
+    if let Err(e) = req.respond(resp) {
+        tracing::debug!("answering {method} {url}: {e}");
+    }
 }
 
 /// Reports younger than 3 s.

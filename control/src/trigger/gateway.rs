@@ -347,6 +347,15 @@ fn body_limit(me: MemberId, max_payload: usize, p: &Pipeline, http: Option<&Http
     max_payload.saturating_sub(overhead + 16) / fan
 }
 
+/// What a 413 says: the limit, and the setting that makes it.
+fn too_large(limit: usize, max_payload: usize) -> String {
+    format!(
+        "the body is larger than {limit} bytes, what one request carries (group.max_payload is \
+         {max_payload}: raise it in the group file, with group.max_frame, up to 65000 bytes a \
+         frame; the transports that write Ethernet frames carry at most one MTU)\n"
+    )
+}
+
 /// The pipelines to serve, each with its body limit.
 fn served(me: MemberId, max_payload: usize, ps: Vec<Pipeline>) -> Vec<(Arc<Pipeline>, usize)> {
     ps.into_iter()
@@ -549,11 +558,7 @@ fn call(
     }
     let limit = body_limit(s.handle.me(), s.max_payload, &p, Some(&http));
     if req.body_length().is_some_and(|n| n > limit) {
-        return reply(
-            413,
-            format!("the body is larger than {limit} bytes, what one request carries\n"),
-            &[],
-        );
+        return reply(413, too_large(limit, s.max_payload), &[]);
     }
     let mut body = Vec::new();
     if req
@@ -565,11 +570,7 @@ fn call(
         return reply(400, "the body could not be read\n", &[]);
     }
     if body.len() > limit {
-        return reply(
-            413,
-            format!("the body is larger than {limit} bytes, what one request carries\n"),
-            &[],
-        );
+        return reply(413, too_large(limit, s.max_payload), &[]);
     }
     if s.draining.load(Ordering::SeqCst) {
         return reply(

@@ -104,7 +104,7 @@ impl Intervals {
         );
         let mut ser = V2DeflateSerializer::new();
         let mut w = IntervalLogWriterBuilder::new()
-            .add_comment("conveyor trigger: end-to-end latency in microseconds")
+            .add_comment("conveyor trigger: end-to-end latency in microseconds (values in us; the .hgrm beside this log is in milliseconds)")
             .with_start_time(start_unix)
             .with_base_time(start_unix)
             .with_max_value_divisor(1.0)
@@ -117,6 +117,64 @@ impl Intervals {
         }
         drop(w);
         std::io::Write::flush(&mut out).with_context(|| format!("writing {path}"))?;
+        // The whole run's percentile distribution beside it, as HdrHistogram's own
+        // `outputPercentileDistribution` writes it (what hdr-plot and the HdrHistogram plotter
+        // read), in milliseconds.
+        let mut all = Histogram::<u64>::new(3).expect("3 significant digits are valid");
+        for h in &self.hists {
+            all.add(h)
+                .map_err(|e| anyhow::anyhow!("merging the intervals of {path}: {e:?}"))?;
+        }
+        let hgrm = std::path::Path::new(path).with_extension("hgrm");
+        std::fs::write(&hgrm, percentile_distribution(&all, 1000.0))
+            .with_context(|| format!("writing {}", hgrm.display()))?;
         Ok(())
     }
+}
+
+/// `h`'s percentile distribution in HdrHistogram's `.hgrm` text format (Java's
+/// `outputPercentileDistribution` with 5 ticks per half distance), values divided by `scale`.
+pub(crate) fn percentile_distribution(h: &Histogram<u64>, scale: f64) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "{:>12} {:>14} {:>10} {:>14}\n\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
+    let mut total = 0u64;
+    if !h.is_empty() {
+        for v in h.iter_quantiles(5) {
+            total += v.count_since_last_iteration();
+            let q = v.quantile_iterated_to();
+            let value = v.value_iterated_to() as f64 / scale;
+            if q < 1.0 {
+                let _ = writeln!(
+                    out,
+                    "{value:12.3} {q:2.12} {total:10} {:14.2}",
+                    1.0 / (1.0 - q)
+                );
+            } else {
+                let _ = writeln!(out, "{value:12.3} {q:2.12} {total:10}");
+            }
+        }
+    }
+    let sub_buckets = (2 * 10u64.pow(3)).next_power_of_two();
+    let _ = writeln!(
+        out,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
+        h.mean() / scale,
+        h.stdev() / scale
+    );
+    let _ = writeln!(
+        out,
+        "#[Max     = {:12.3}, Total count    = {:12}]",
+        h.max() as f64 / scale,
+        h.len()
+    );
+    let _ = writeln!(
+        out,
+        "#[Buckets = {:12}, SubBuckets     = {:12}]",
+        h.buckets(),
+        sub_buckets
+    );
+    out
 }

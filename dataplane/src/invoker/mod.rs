@@ -141,7 +141,8 @@ impl Finisher {
                 &req,
                 500,
                 format!(
-                    "the output makes a completion of {size} bytes, above max_payload {}",
+                    "the output makes a completion of {size} bytes, above group.max_payload {} \
+                     (raise it in the group file, with group.max_frame, up to 65000 bytes a frame)",
                     self.max_payload
                 ),
             );
