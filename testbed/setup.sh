@@ -12,6 +12,11 @@ for cmd_pkg in "cc:build-essential" "pkg-config:pkg-config" "git:git" "ip:iprout
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ! -e /etc/ssl/certs/ca-certificates.crt ]; then need_apt+=(ca-certificates); fi
+# The tests check every /metrics with promtool (Debian's prometheus package; installed for
+# that, not to run).
+if [ "${CONVEYOR_SETUP_LINT:-0}" = "1" ] && ! command -v promtool >/dev/null 2>&1; then
+  need_apt+=(prometheus)
+fi
 # Real HTTP frameworks the executors are tested against (control/tests/real_http.rs).
 if ! python3 -c "import flask" >/dev/null 2>&1; then need_apt+=(python3-flask); fi
 # OpenWhisk's Python runtime serves Flask on gevent (control/tests/real_http.rs runs an
@@ -35,6 +40,10 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+  # prometheus is installed for its promtool (the tests check /metrics with it), not to run.
+  if [[ " ${need_apt[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 # Rust: the workspace's rust-version or newer. Debian 12's rustc (1.63) is far too old, so a

@@ -225,6 +225,16 @@ fn control_plane_api_persistence_metrics_and_outage() {
         m.contains("conveyor_queue_depth{member=\"trigger\",queue="),
         "{m}"
     );
+    // Sent and received are series of their own; every member of the file has its up.
+    for name in [
+        "conveyor_transport_frames_sent_total{member=\"trigger\"}",
+        "conveyor_transport_frames_received_total{member=\"trigger\"}",
+        "conveyor_requeued_requests_total{member=\"trigger\"}",
+        "conveyor_member_up{member=\"invoker-1\"}",
+    ] {
+        assert!(m.contains(name), "{name} not in {m}");
+    }
+    common::promtool_check(&m, &[]);
     // The control plane goes down; the group goes on (an invoker is killed meanwhile and the
     // others change view without it). Restarted, the control plane has its pipelines back
     // and sees the new view.

@@ -259,9 +259,9 @@ fn xdp_drops_outsiders_and_removed_members_and_admits_joiners_in_a_running_group
     let t = |m: &str, c: &str| {
         metric(
             m,
-            "conveyor_transport_frames_total",
+            "conveyor_transport_frames_refused_total",
             "invoker-0",
-            &format!("counter=\"{c}\""),
+            &format!("reason=\"{c}\""),
         )
     };
     assert_eq!(x(&m1, "not_member") - x(&m0, "not_member"), 200, "{m1}");

@@ -24,123 +24,242 @@ pub(super) fn transport_counters(
     .collect()
 }
 
-/// A counter of `/metrics`: name, help, and how to read it from a report.
-type Counter = (&'static str, &'static str, fn(&MemberReport) -> u64);
+/// A member's series are dropped from `/metrics` once it has not reported for this long
+/// (`conveyor_member_up` stays, 0, for every member of the group file).
+const STALE: Duration = Duration::from_secs(60);
 
+/// One family of series, labelled by member and `label` (if any).
+fn family(
+    r: &prometheus::Registry,
+    name: &str,
+    help: &str,
+    label: Option<&str>,
+    gauge: bool,
+) -> Result<prometheus::IntGaugeVec, prometheus::Error> {
+    // Counters are read from the members' reports, which hold their totals: set as gauges
+    // would be, but typed `counter` for Prometheus (rate() and resets apply).
+    let labels: Vec<&str> = std::iter::once("member").chain(label).collect();
+    let v = prometheus::IntGaugeVec::new(prometheus::Opts::new(name, help), &labels)?;
+    r.register(Box::new(Typed {
+        inner: v.clone(),
+        counter: !gauge,
+    }))?;
+    Ok(v)
+}
+
+/// A gauge family exposed as a counter when `counter` (the totals come from the members).
+struct Typed {
+    inner: prometheus::IntGaugeVec,
+    counter: bool,
+}
+
+impl prometheus::core::Collector for Typed {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.inner.desc()
+    }
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut fams = self.inner.collect();
+        if self.counter {
+            for f in &mut fams {
+                f.set_field_type(prometheus::proto::MetricType::COUNTER);
+                for m in f.mut_metric() {
+                    let v = m.get_gauge().get_value();
+                    let mut c = prometheus::proto::Counter::default();
+                    c.set_value(v);
+                    m.set_counter(c);
+                }
+            }
+        }
+        fams
+    }
+}
+
+/// `/metrics` in Prometheus' text format (0.0.4), from the members' latest reports.
 pub(super) fn metrics(st: &State) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let counters: [Counter; 6] = [
+    match encode(st) {
+        Ok(t) => t,
+        Err(e) => format!("# the metrics could not be encoded: {e}\n"),
+    }
+}
+
+type Read = fn(&MemberReport) -> u64;
+
+fn encode(st: &State) -> Result<String, prometheus::Error> {
+    use prometheus::Encoder;
+    let r = prometheus::Registry::new();
+    let live: Vec<(&String, &MemberReport)> = st
+        .reports
+        .iter()
+        .filter(|(_, (t, _))| t.elapsed() < STALE)
+        .map(|(m, (_, rep))| (m, rep))
+        .collect();
+    let scalars: [(&str, &str, bool, Read); 9] = [
         (
             "conveyor_delivered_total",
             "Messages delivered in total order",
+            false,
             |r| r.delivered,
         ),
         (
             "conveyor_retransmitted_slots_total",
             "Slots retransmitted",
+            false,
             |r| r.retransmitted_slots,
         ),
         (
             "conveyor_view_changes_total",
             "Views installed after the first",
+            false,
             |r| r.view_changes,
         ),
         (
-            "conveyor_failovers_total",
-            "Requests re-queued after their invoker was removed",
+            "conveyor_requeued_requests_total",
+            "Requests put back in their queue after the invoker that held them left or failed",
+            false,
             |r| r.requeued,
         ),
         (
             "conveyor_rejoins_total",
-            "Times a member came back as a new member",
+            "Times the member came back as a new member",
+            false,
             |r| r.rejoins,
         ),
         (
             "conveyor_joins_refused_total",
             "Join requests refused (not admitted)",
+            false,
             |r| r.joins_refused,
         ),
+        (
+            "conveyor_view",
+            "The view the member has installed (its id)",
+            true,
+            |r| r.view as u64,
+        ),
+        (
+            "conveyor_pipelines_version",
+            "Version of the pipelines the member runs (0: the group file's)",
+            true,
+            |r| r.pipelines_version,
+        ),
+        (
+            "conveyor_view_members",
+            "Members in the member's view",
+            true,
+            |r| r.members.len() as u64,
+        ),
     ];
-    for (name, help, f) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (m, (_, r)) in &st.reports {
-            let _ = writeln!(out, "{name}{{member=\"{m}\"}} {}", f(r));
+    for (name, help, gauge, read) in scalars {
+        let f = family(&r, name, help, None, gauge)?;
+        for (m, rep) in &live {
+            f.with_label_values(&[m.as_str()]).set(read(rep) as i64);
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP conveyor_frames_dropped_total Frames dropped, by reason\n# TYPE conveyor_frames_dropped_total counter"
-    );
-    for (m, (_, r)) in &st.reports {
-        for (reason, v) in &r.dropped {
-            let _ = writeln!(
-                out,
-                "conveyor_frames_dropped_total{{member=\"{m}\",reason=\"{reason}\"}} {v}"
-            );
+    // The transport's counters, each under a name of its own.
+    let sent = family(
+        &r,
+        "conveyor_transport_frames_sent_total",
+        "Frames the transport sent",
+        None,
+        false,
+    )?;
+    let received = family(
+        &r,
+        "conveyor_transport_frames_received_total",
+        "Frames the transport received",
+        None,
+        false,
+    )?;
+    let send_errors = family(
+        &r,
+        "conveyor_transport_send_errors_total",
+        "Frames the transport failed to send",
+        None,
+        false,
+    )?;
+    let refused = family(
+        &r,
+        "conveyor_transport_frames_refused_total",
+        "Frames the transport dropped before the protocol saw them, by reason",
+        Some("reason"),
+        false,
+    )?;
+    let kernel = family(
+        &r,
+        "conveyor_transport_kernel_path_frames_total",
+        "Frames of the afxdp transport that took the kernel's UDP path, by direction",
+        Some("direction"),
+        false,
+    )?;
+    let device = family(
+        &r,
+        "conveyor_transport_device_events_total",
+        "The dpdk port's own counters, by name",
+        Some("counter"),
+        false,
+    )?;
+    let dropped = family(
+        &r,
+        "conveyor_frames_dropped_total",
+        "Frames the protocol dropped, by reason",
+        Some("reason"),
+        false,
+    )?;
+    let xdp = family(
+        &r,
+        "conveyor_xdp_frames_total",
+        "Frames seen by the XDP program on the member's interface, by verdict (not_member, not_in_view: dropped)",
+        Some("verdict"),
+        false,
+    )?;
+    let depth = family(
+        &r,
+        "conveyor_queue_depth",
+        "Requests waiting, by queue",
+        Some("queue"),
+        true,
+    )?;
+    for (m, rep) in &live {
+        let m = m.as_str();
+        for (c, v) in &rep.transport {
+            let v = *v as i64;
+            match c.as_str() {
+                "frames_sent" => sent.with_label_values(&[m]).set(v),
+                "frames_received" => received.with_label_values(&[m]).set(v),
+                "send_errors" => send_errors.with_label_values(&[m]).set(v),
+                "kernel_path_sent" => kernel.with_label_values(&[m, "sent"]).set(v),
+                "kernel_path_received" => kernel.with_label_values(&[m, "received"]).set(v),
+                other => match other.strip_prefix("device_") {
+                    Some(d) => device.with_label_values(&[m, d]).set(v),
+                    None => refused.with_label_values(&[m, other]).set(v),
+                },
+            }
+        }
+        for (reason, v) in &rep.dropped {
+            dropped.with_label_values(&[m, reason]).set(*v as i64);
+        }
+        for (verdict, v) in &rep.xdp {
+            xdp.with_label_values(&[m, verdict]).set(*v as i64);
+        }
+        for (q, v) in &rep.queues {
+            depth.with_label_values(&[m, q]).set(*v as i64);
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP conveyor_transport_frames_total The transport's frame counters (kernel_path_*: frames of the afxdp transport that took the kernel's UDP path; device_*: the dpdk port's own counters)\n# TYPE conveyor_transport_frames_total counter"
-    );
-    for (m, (_, r)) in &st.reports {
-        for (c, v) in &r.transport {
-            let _ = writeln!(
-                out,
-                "conveyor_transport_frames_total{{member=\"{m}\",counter=\"{c}\"}} {v}"
-            );
-        }
+    let up = family(
+        &r,
+        "conveyor_member_up",
+        "1 if the member reported within the last 3 s",
+        None,
+        true,
+    )?;
+    for m in &st.names {
+        let fresh = st
+            .reports
+            .get(m)
+            .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(3));
+        up.with_label_values(&[m.as_str()]).set(i64::from(fresh));
     }
-    let _ = writeln!(
-        out,
-        "# HELP conveyor_xdp_frames_total Frames seen by the XDP program on the member's interface, by verdict (not_member, not_in_view: dropped)\n# TYPE conveyor_xdp_frames_total counter"
-    );
-    for (m, (_, r)) in &st.reports {
-        for (verdict, v) in &r.xdp {
-            let _ = writeln!(
-                out,
-                "conveyor_xdp_frames_total{{member=\"{m}\",verdict=\"{verdict}\"}} {v}"
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP conveyor_queue_depth Requests waiting, by queue\n# TYPE conveyor_queue_depth gauge"
-    );
-    for (m, (_, r)) in &st.reports {
-        for (q, v) in &r.queues {
-            let _ = writeln!(
-                out,
-                "conveyor_queue_depth{{member=\"{m}\",queue=\"{q}\"}} {v}"
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP conveyor_view Installed view id\n# TYPE conveyor_view gauge"
-    );
-    for (m, (_, r)) in &st.reports {
-        let _ = writeln!(out, "conveyor_view{{member=\"{m}\"}} {}", r.view);
-    }
-    let _ = writeln!(
-        out,
-        "# HELP conveyor_pipelines_version Version of the pipelines the member runs (0: the group file's)\n# TYPE conveyor_pipelines_version gauge"
-    );
-    for (m, (_, r)) in &st.reports {
-        let _ = writeln!(
-            out,
-            "conveyor_pipelines_version{{member=\"{m}\"}} {}",
-            r.pipelines_version
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP conveyor_member_up Reported within the last 3 s\n# TYPE conveyor_member_up gauge"
-    );
-    for (m, (t, _)) in &st.reports {
-        let up = u8::from(t.elapsed() < Duration::from_secs(3));
-        let _ = writeln!(out, "conveyor_member_up{{member=\"{m}\"}} {up}");
-    }
-    out
+    let mut out = Vec::new();
+    prometheus::TextEncoder::new().encode(&r.gather(), &mut out)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }

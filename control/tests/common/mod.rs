@@ -148,3 +148,38 @@ pub fn callback_server(n: usize) -> (String, mpsc::Receiver<Posted>) {
     });
     (url, rx)
 }
+
+/// `promtool check metrics` (Prometheus' own linter, Debian's `prometheus` package, which
+/// testbed/setup.sh installs) passes `text`: it parses, and every series is named and
+/// described as Prometheus' conventions ask, but for the lint findings that start with one of
+/// `allowed` (names another system fixed, that clients rely on).
+pub fn promtool_check(text: &str, allowed: &[&str]) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package: run testbed/setup.sh)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let findings = String::from_utf8_lossy(&out.stdout).to_string();
+    // Exit code 3: lint findings only (the text parsed).
+    let only_allowed = out.status.code() == Some(3)
+        && findings
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .all(|l| allowed.iter().any(|a| l.starts_with(a)));
+    assert!(
+        out.status.success() || only_allowed,
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -21,7 +21,7 @@
 //!   `gateway_function_invocation_started_total{function_name}`,
 //!   `gateway_functions_seconds{function_name, code}` (a histogram) and
 //!   `gateway_service_count{function_name}` as OpenFaaS's gateway names them (`function_name`
-//!   is `NAME.conveyor`), in the OpenMetrics text format (`prometheus-client`);
+//!   is `NAME.conveyor`), in Prometheus' text format (the `prometheus` crate);
 //! - with `basic_auth_user` and `basic_auth_password_file` in the gateway's settings, every
 //!   `/system/` route needs HTTP basic auth (401 with `WWW-Authenticate: Basic
 //!   realm="Restricted"` otherwise), as OpenFaaS's gateway with `basic_auth` on; calls,
@@ -30,12 +30,9 @@
 //! Functions are called as `/function/NAME` or `/function/NAME.conveyor`.
 
 use super::{find, reply, request_header, Reply, Shared};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 use serde_json::{json, Value};
 use std::io::Read;
 use std::sync::atomic::Ordering;
@@ -66,56 +63,62 @@ impl std::fmt::Debug for BasicAuth {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Call {
-    function_name: String,
-    code: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Function {
-    function_name: String,
-}
-
 /// The gateway's metrics, as OpenFaaS's gateway names them.
 pub(super) struct Metrics {
     registry: Registry,
-    invocations: Family<Call, Counter>,
-    started: Family<Function, Counter>,
-    seconds: Family<Call, Histogram>,
-    replicas: Family<Function, Gauge>,
+    invocations: IntCounterVec,
+    started: IntCounterVec,
+    seconds: HistogramVec,
+    replicas: IntGaugeVec,
 }
 
 impl Metrics {
     pub(super) fn new() -> Metrics {
-        let mut registry = Registry::default();
-        let invocations = Family::<Call, Counter>::default();
-        registry.register(
-            "gateway_function_invocation",
-            "Calls of each function, by the HTTP status they answered",
-            invocations.clone(),
-        );
-        let started = Family::<Function, Counter>::default();
-        registry.register(
-            "gateway_function_invocation_started",
-            "Calls of each function started",
-            started.clone(),
-        );
+        let registry = Registry::new();
+        let call = ["function_name", "code"];
+        let invocations = IntCounterVec::new(
+            Opts::new(
+                "gateway_function_invocation_total",
+                "Calls of each function, by the HTTP status they answered",
+            ),
+            &call,
+        )
+        .expect("a valid metric");
+        let started = IntCounterVec::new(
+            Opts::new(
+                "gateway_function_invocation_started_total",
+                "Calls of each function started",
+            ),
+            &["function_name"],
+        )
+        .expect("a valid metric");
         // 0.5 ms to about 16 s.
-        let seconds = Family::<Call, Histogram>::new_with_constructor(
-            (|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))) as fn() -> Histogram,
-        );
-        registry.register(
-            "gateway_functions_seconds",
-            "How long each function's calls took, seconds",
-            seconds.clone(),
-        );
-        let replicas = Family::<Function, Gauge>::default();
-        registry.register(
-            "gateway_service_count",
-            "Replicas of each function: the invokers in the view",
-            replicas.clone(),
-        );
+        let buckets = prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets");
+        let seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_functions_seconds",
+                "How long each function's calls took, seconds",
+            )
+            .buckets(buckets),
+            &call,
+        )
+        .expect("a valid metric");
+        let replicas = IntGaugeVec::new(
+            Opts::new(
+                "gateway_service_count",
+                "Replicas of each function: the invokers in the view",
+            ),
+            &["function_name"],
+        )
+        .expect("a valid metric");
+        for m in [
+            Box::new(invocations.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(started.clone()),
+            Box::new(seconds.clone()),
+            Box::new(replicas.clone()),
+        ] {
+            registry.register(m).expect("metric names are unique");
+        }
         Metrics {
             registry,
             invocations,
@@ -126,22 +129,27 @@ impl Metrics {
     }
 
     pub(super) fn started(&self, function: &str) {
-        self.started
-            .get_or_create(&Function {
-                function_name: format!("{function}.{NAMESPACE}"),
-            })
-            .inc();
+        let name = format!("{function}.{NAMESPACE}");
+        self.started.with_label_values(&[name.as_str()]).inc();
     }
 
     pub(super) fn finished(&self, function: &str, code: u16, took: Duration) {
-        let call = Call {
-            function_name: format!("{function}.{NAMESPACE}"),
-            code: code.to_string(),
-        };
-        self.invocations.get_or_create(&call).inc();
+        let name = format!("{function}.{NAMESPACE}");
+        let code = code.to_string();
+        let labels = [name.as_str(), code.as_str()];
+        self.invocations.with_label_values(&labels).inc();
         self.seconds
-            .get_or_create(&call)
+            .with_label_values(&labels)
             .observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text format (0.0.4).
+    fn text(&self) -> Result<String, String> {
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .map_err(|e| e.to_string())?;
+        String::from_utf8(out).map_err(|e| e.to_string())
     }
 }
 
@@ -297,28 +305,22 @@ pub(super) fn not_allowed(allow: &str) -> Reply {
 fn metrics(s: &Shared) -> Reply {
     let m = &s.system.metrics;
     let replicas = s.invokers.load(Ordering::Relaxed) as i64;
-    m.replicas.clear();
+    // Only the functions served now (a removed one's series goes).
+    m.replicas.reset();
     if let Ok(ps) = s.pipelines.read() {
         for (p, _) in ps.iter() {
-            m.replicas
-                .get_or_create(&Function {
-                    function_name: format!("{}.{NAMESPACE}", p.name),
-                })
-                .set(replicas);
+            let name = format!("{}.{NAMESPACE}", p.name);
+            m.replicas.with_label_values(&[name.as_str()]).set(replicas);
         }
     }
-    let mut text = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &m.registry) {
-        return reply(500, format!("the metrics could not be encoded: {e}\n"), &[]);
+    match m.text() {
+        Ok(text) => reply(
+            200,
+            text,
+            &[("Content-Type", prometheus::TEXT_FORMAT.into())],
+        ),
+        Err(e) => reply(500, format!("the metrics could not be encoded: {e}\n"), &[]),
     }
-    reply(
-        200,
-        text,
-        &[(
-            "Content-Type",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8".into(),
-        )],
-    )
 }
 
 /// A body of at most 64 KiB: a JSON document, or a form (Airflow's hook posts its dict as
@@ -624,13 +626,12 @@ mod tests {
         m.started("hello");
         m.finished("hello", 200, Duration::from_millis(3));
         m.finished("hello", 500, Duration::from_millis(1));
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
+        let text = m.text().unwrap();
         for want in [
-            r#"gateway_function_invocation_total{function_name="hello.conveyor",code="200"} 1"#,
-            r#"gateway_function_invocation_total{function_name="hello.conveyor",code="500"} 1"#,
+            r#"gateway_function_invocation_total{code="200",function_name="hello.conveyor"} 1"#,
+            r#"gateway_function_invocation_total{code="500",function_name="hello.conveyor"} 1"#,
             r#"gateway_function_invocation_started_total{function_name="hello.conveyor"} 1"#,
-            r#"gateway_functions_seconds_count{function_name="hello.conveyor",code="200"} 1"#,
+            r#"gateway_functions_seconds_count{code="200",function_name="hello.conveyor"} 1"#,
         ] {
             assert!(text.contains(want), "{want} not in\n{text}");
         }
