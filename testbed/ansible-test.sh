@@ -25,6 +25,7 @@ need=()
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v start-stop-daemon >/dev/null 2>&1 || need+=(dpkg)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "ansible-test: installing ${need[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -125,6 +126,12 @@ grep -q "conveyor_group_key must be 64 hexadecimal digits" "$work/refused.log" \
   || { cat "$work/refused.log" >&2; exit 1; }
 echo "== site.yml, first apply"
 run site.yml | tee "$work/apply1.log" | tail -n 6
+echo "== the systemd units it wrote pass systemd-analyze verify (no systemd runs them here)"
+for unit in /etc/systemd/system/conveyor-*.service; do
+  grep -q '^User=conveyor$' "$unit" || { echo "ansible-test: $unit runs as root" >&2; exit 1; }
+  found="$(systemd-analyze verify "$unit" 2>&1 | grep -v 'Unit configured to use KillMode=none' || true)"
+  [ -z "$found" ] || { echo "ansible-test: $unit: $found" >&2; exit 1; }
+done
 echo "== site.yml, second apply: nothing may change"
 run site.yml | tee "$work/apply2.log" | tail -n 6
 if grep -E '^h[0-9] +:' "$work/apply2.log" | grep -vqE 'changed=0 .*failed=0'; then
