@@ -31,6 +31,8 @@ struct Group {
     children: Vec<Child>,
     dir: std::path::PathBuf,
     gateway: String,
+    /// The control plane's address, when the group has one.
+    control: Option<String>,
 }
 
 impl Drop for Group {
@@ -88,6 +90,7 @@ fn start_group_with(tag: &str, timeout_s: u64) -> Group {
         children,
         dir,
         gateway: gw,
+        control: None,
     };
     let url = format!("http://{}/healthz", g.gateway);
     wait_for("the gateway answers /healthz", 30, || {
@@ -361,6 +364,7 @@ fn start_group_with_control(tag: &str, auth: bool) -> Group {
         children,
         dir,
         gateway: gw,
+        control: Some(control),
     };
     let url = format!("http://{}/healthz", g.gateway);
     wait_for("the gateway answers /healthz", 30, || {
@@ -515,6 +519,45 @@ fn openfaas_system_api_deploys_updates_scales_and_deletes_functions() {
     }
     // OpenFaaS named a gauge gateway_service_count; its clients read that name.
     common::promtool_check(&text, &["gateway_service_count non-histogram"]);
+    assert!(
+        text.contains(r#"conveyor_gateway_run_stage_seconds_count{stage="function"} "#),
+        "{text}"
+    );
+    // Every series the Grafana dashboard queries is one the gateway or the control plane
+    // serves.
+    let control = g.control.as_ref().unwrap();
+    let cp = format!("http://{control}/metrics");
+    wait_for("the members' counters at the control plane", 20, || {
+        curl(&["-s", &cp]).1.contains("conveyor_delivered_total{")
+    });
+    let served = format!("{text}{}", curl(&["-s", &cp]).1);
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../testbed/grafana/conveyor.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                // Served only by members with an XDP filter (control/tests/xdp.rs reads it).
+                let xdp = word == "conveyor_xdp_frames_total";
+                if (word.starts_with("conveyor_") || word.starts_with("gateway_")) && !xdp {
+                    queried += 1;
+                    assert!(
+                        served.contains(&format!("# TYPE {} ", word.trim_end_matches("_bucket"))),
+                        "panel {:?} queries {word}, which nothing serves",
+                        panel["title"]
+                    );
+                }
+            }
+        }
+    }
+    assert!(queried >= 15, "{queried}");
     // Calls of unknown functions are not counted (their names would grow the metrics).
     assert!(!text.contains("openfaas-fn"), "{text}");
 }

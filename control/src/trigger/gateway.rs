@@ -697,8 +697,12 @@ fn dispatcher(s: &Shared) {
                 terminal: true,
                 result,
                 reply,
+                meta,
                 ..
-            } if id.origin() == me => (id, Outcome::Done(result.unwrap_or_default(), reply)),
+            } if id.origin() == me => {
+                s.system.metrics.stages(&meta);
+                (id, Outcome::Done(result.unwrap_or_default(), reply))
+            }
             Effect::Failed {
                 id,
                 error,

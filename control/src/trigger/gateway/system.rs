@@ -21,7 +21,8 @@
 //!   `gateway_function_invocation_started_total{function_name}`,
 //!   `gateway_functions_seconds{function_name, code}` (a histogram) and
 //!   `gateway_service_count{function_name}` as OpenFaaS's gateway names them (`function_name`
-//!   is `NAME.conveyor`), in Prometheus' text format (the `prometheus` crate);
+//!   is `NAME.conveyor`), and Conveyor's `conveyor_gateway_run_stage_seconds{stage}`
+//!   (ordering, handoff, function), in Prometheus' text format (the `prometheus` crate);
 //! - with `basic_auth_user` and `basic_auth_password_file` in the gateway's settings, every
 //!   `/system/` route needs HTTP basic auth (401 with `WWW-Authenticate: Basic
 //!   realm="Restricted"` otherwise), as OpenFaaS's gateway with `basic_auth` on; calls,
@@ -70,6 +71,7 @@ pub(super) struct Metrics {
     started: IntCounterVec,
     seconds: HistogramVec,
     replicas: IntGaugeVec,
+    stages: HistogramVec,
 }
 
 impl Metrics {
@@ -111,11 +113,26 @@ impl Metrics {
             &["function_name"],
         )
         .expect("a valid metric");
+        // 10 us to about 5 s.
+        let fine = prometheus::exponential_buckets(0.00001, 2.0, 20).expect("valid buckets");
+        let stages = HistogramVec::new(
+            HistogramOpts::new(
+                "conveyor_gateway_run_stage_seconds",
+                "Time of each completed call by stage, summed over its steps: ordering (a \
+                 request's submission to its assignment's delivery; comparable across hosts only \
+                 with synchronised clocks), handoff (delivery to the function's start), function \
+                 (the functions' own time)",
+            )
+            .buckets(fine),
+            &["stage"],
+        )
+        .expect("a valid metric");
         for m in [
             Box::new(invocations.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(started.clone()),
             Box::new(seconds.clone()),
             Box::new(replicas.clone()),
+            Box::new(stages.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -125,6 +142,20 @@ impl Metrics {
             started,
             seconds,
             replicas,
+            stages,
+        }
+    }
+
+    /// A completed call's time by stage.
+    pub(super) fn stages(&self, m: &conveyor_core::queue::Meta) {
+        for (stage, us) in [
+            ("ordering", m.order_us),
+            ("handoff", m.handoff_us),
+            ("function", m.exec_us),
+        ] {
+            self.stages
+                .with_label_values(&[stage])
+                .observe(us as f64 / 1e6);
         }
     }
 
