@@ -72,6 +72,7 @@ fn control_plane_api_persistence_metrics_and_outage() {
     std::fs::create_dir_all(&dir).unwrap();
     let ports = free_ports(3);
     let cport = free_tcp_port();
+    let mport = free_tcp_port();
     std::fs::write(
         dir.join("p.json"),
         r#"{"name":"p","entry":"a","steps":{"a":{"function":"echo"}}}"#,
@@ -90,6 +91,9 @@ fn control_plane_api_persistence_metrics_and_outage() {
             "\n[[member]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\nrole = \"{role}\"\n",
             ports[i]
         ));
+        if *name == "invoker-0" {
+            toml.push_str(&format!("metrics_address = \"127.0.0.1:{mport}\"\n"));
+        }
     }
     let cfg = dir.join("group.toml");
     std::fs::write(&cfg, toml).unwrap();
@@ -235,6 +239,19 @@ fn control_plane_api_persistence_metrics_and_outage() {
         assert!(m.contains(name), "{name} not in {m}");
     }
     common::promtool_check(&m, &[]);
+    // A member's own /metrics: its series, read from its engine at each scrape.
+    let (st, own) = http(mport, "GET", "/metrics", None, "");
+    assert_eq!(st, 200, "{own}");
+    assert!(
+        own.contains("conveyor_delivered_total{member=\"invoker-0\"}"),
+        "{own}"
+    );
+    assert!(
+        own.contains("conveyor_view{member=\"invoker-0\"} 1"),
+        "{own}"
+    );
+    assert!(!own.contains("member=\"trigger\""), "{own}");
+    common::promtool_check(&own, &[]);
     // The control plane goes down; the group goes on (an invoker is killed meanwhile and the
     // others change view without it). Restarted, the control plane has its pipelines back
     // and sees the new view.

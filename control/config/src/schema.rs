@@ -227,6 +227,10 @@ pub struct MemberSection {
     /// Triggers: serve OpenFaaS's HTTP routes in front of the group (see `gateway.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewaySection>,
+    /// host:port where the member serves its own `/metrics` (Prometheus' text format), for a
+    /// scraper that reaches members rather than the control plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<String>,
 }
 
 /// `[member.gateway]`: the trigger's OpenFaaS-compatible HTTP gateway.

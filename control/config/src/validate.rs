@@ -316,6 +316,14 @@ fn gateways(file: &GroupFile) -> Result<(), Bad> {
                 _ => {}
             }
         }
+        if let Some(a) = &m.metrics_address {
+            if a.parse::<SocketAddr>().is_err() {
+                return Err(bad(
+                    format!("member[{i}].metrics_address"),
+                    format!("expected host:port with an IP address, found {a:?}"),
+                ));
+            }
+        }
         if m.rdma.as_ref().is_some_and(|r| r.port == 0) {
             return Err(bad(
                 format!("member[{i}].rdma.port"),

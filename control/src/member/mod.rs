@@ -200,6 +200,15 @@ pub fn run(
         before_leave.clone(),
     )?;
     let _reporter = crate::plane::start_reporter(&cfg, idx, handle.probe(), join_token);
+    let _metrics = match &me.metrics_address {
+        Some(a) => Some(crate::plane::serve_member_metrics(
+            &cfg,
+            idx,
+            handle.probe(),
+            a,
+        )?),
+        None => None,
+    };
     tracing::info!(
         "member {member}: waiting for every member (timeout {}s)",
         startup.as_secs()

@@ -47,40 +47,7 @@ pub fn start_reporter(
                         }
                     }
                 }
-                let report = MemberReport {
-                    member: my_name.clone(),
-                    status: live.status.to_string(),
-                    view: live.view,
-                    members: live
-                        .members
-                        .iter()
-                        .map(|m| names.get(m.0 as usize).cloned().unwrap_or_default())
-                        .collect(),
-                    delivered: live.proto.delivered,
-                    retransmitted_slots: live.proto.retransmitted_slots,
-                    view_changes: live.proto.view_changes,
-                    requeued: live.requeued,
-                    rejoins: live.rejoins,
-                    joins_refused: live.proto.joins_refused,
-                    pipelines_version: live.pipelines_version,
-                    dropped: conveyor_core::wire::WireError::ALL
-                        .iter()
-                        .map(|e| (e.label().to_string(), live.proto.dropped(*e)))
-                        .chain(
-                            conveyor_core::proto::ProtoDrop::ALL
-                                .iter()
-                                .map(|d| (d.label().to_string(), live.proto.dropped_by(*d))),
-                        )
-                        .collect(),
-                    queues: live.queues.iter().map(|(q, d)| (q.clone(), *d as u64)).collect(),
-                    transport: transport_counters(&live.transport),
-                    xdp: live
-                        .transport
-                        .xdp
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), *v))
-                        .collect(),
-                };
+                let report = report_of(&live, &names, &my_name);
                 let r = agent
                     .post(&format!("{base}/v1/report"))
                     .set("Authorization", &format!("Bearer {}", c.token))
@@ -174,4 +141,100 @@ fn fetch_pipelines(
         return Err(format!("changed meanwhile (now version {})", all.version));
     }
     Ok(all.pipelines)
+}
+
+/// What a member reports of itself (to the control plane, and on its own `/metrics`).
+pub(super) fn report_of(
+    live: &conveyor_dataplane::engine::Live,
+    names: &[String],
+    my_name: &str,
+) -> MemberReport {
+    MemberReport {
+        member: my_name.to_string(),
+        status: live.status.to_string(),
+        view: live.view,
+        members: live
+            .members
+            .iter()
+            .map(|m| names.get(m.0 as usize).cloned().unwrap_or_default())
+            .collect(),
+        delivered: live.proto.delivered,
+        retransmitted_slots: live.proto.retransmitted_slots,
+        view_changes: live.proto.view_changes,
+        requeued: live.requeued,
+        rejoins: live.rejoins,
+        joins_refused: live.proto.joins_refused,
+        pipelines_version: live.pipelines_version,
+        dropped: conveyor_core::wire::WireError::ALL
+            .iter()
+            .map(|e| (e.label().to_string(), live.proto.dropped(*e)))
+            .chain(
+                conveyor_core::proto::ProtoDrop::ALL
+                    .iter()
+                    .map(|d| (d.label().to_string(), live.proto.dropped_by(*d))),
+            )
+            .collect(),
+        queues: live
+            .queues
+            .iter()
+            .map(|(q, d)| (q.clone(), *d as u64))
+            .collect(),
+        transport: transport_counters(&live.transport),
+        xdp: live
+            .transport
+            .xdp
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+    }
+}
+
+/// Serves the member's own `/metrics` on `address` (`member.metrics_address`), the same series
+/// as the control plane's for this member, read from the engine at each scrape.
+pub fn serve_member_metrics(
+    cfg: &GroupConfig,
+    me: usize,
+    probe: conveyor_dataplane::engine::Probe,
+    address: &str,
+) -> Result<std::thread::JoinHandle<()>> {
+    let names: Vec<String> = cfg.file.members.iter().map(|m| m.name.clone()).collect();
+    let my_name = names.get(me).cloned().unwrap_or_default();
+    let server = tiny_http::Server::http(address)
+        .map_err(|e| anyhow::anyhow!("member.metrics_address {address}: cannot listen: {e}"))?;
+    tracing::info!("member {my_name}: /metrics on http://{address}");
+    Ok(std::thread::Builder::new()
+        .name("conveyor-metrics".into())
+        .spawn(move || {
+            while !probe.is_finished() {
+                let Ok(Some(rq)) = server.recv_timeout(Duration::from_millis(200)) else {
+                    continue;
+                };
+                let path = rq.url().split('?').next().unwrap_or("").to_string();
+                let method = rq.method().as_str().to_string();
+                let (status, body, ctype) = match (method.as_str(), path.as_str()) {
+                    ("GET" | "HEAD", "/metrics") => {
+                        let report = report_of(&probe.live(), &names, &my_name);
+                        match super::metrics::encode_reports(
+                            &[(my_name.as_str(), &report)],
+                            &[(my_name.as_str(), true)],
+                        ) {
+                            Ok(t) => (200, t, "text/plain; version=0.0.4; charset=utf-8"),
+                            Err(e) => (500, format!("{e}\n"), "text/plain"),
+                        }
+                    }
+                    (_, "/metrics") => (405, "GET /metrics\n".into(), "text/plain"),
+                    _ => (404, "GET /metrics\n".into(), "text/plain"),
+                };
+                let mut r = tiny_http::Response::from_string(body).with_status_code(status);
+                if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", ctype) {
+                    r.add_header(h);
+                }
+                if status == 405 {
+                    if let Ok(h) = tiny_http::Header::from_bytes("Allow", "GET, HEAD") {
+                        r.add_header(h);
+                    }
+                }
+                let _ = rq.respond(r);
+            }
+        })?)
 }

@@ -85,14 +85,33 @@ pub(super) fn metrics(st: &State) -> String {
 type Read = fn(&MemberReport) -> u64;
 
 fn encode(st: &State) -> Result<String, prometheus::Error> {
-    use prometheus::Encoder;
-    let r = prometheus::Registry::new();
-    let live: Vec<(&String, &MemberReport)> = st
+    let live: Vec<(&str, &MemberReport)> = st
         .reports
         .iter()
         .filter(|(_, (t, _))| t.elapsed() < STALE)
-        .map(|(m, (_, rep))| (m, rep))
+        .map(|(m, (_, rep))| (m.as_str(), rep))
         .collect();
+    let up: Vec<(&str, bool)> = st
+        .names
+        .iter()
+        .map(|m| {
+            let fresh = st
+                .reports
+                .get(m)
+                .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(3));
+            (m.as_str(), fresh)
+        })
+        .collect();
+    encode_reports(&live, &up)
+}
+
+/// The series of `live` members' reports, and `up` for each member named.
+pub(super) fn encode_reports(
+    live: &[(&str, &MemberReport)],
+    up_by_name: &[(&str, bool)],
+) -> Result<String, prometheus::Error> {
+    use prometheus::Encoder;
+    let r = prometheus::Registry::new();
     let scalars: [(&str, &str, bool, Read); 9] = [
         (
             "conveyor_delivered_total",
@@ -151,8 +170,8 @@ fn encode(st: &State) -> Result<String, prometheus::Error> {
     ];
     for (name, help, gauge, read) in scalars {
         let f = family(&r, name, help, None, gauge)?;
-        for (m, rep) in &live {
-            f.with_label_values(&[m.as_str()]).set(read(rep) as i64);
+        for (m, rep) in live {
+            f.with_label_values(&[m]).set(read(rep) as i64);
         }
     }
     // The transport's counters, each under a name of its own.
@@ -219,8 +238,8 @@ fn encode(st: &State) -> Result<String, prometheus::Error> {
         Some("queue"),
         true,
     )?;
-    for (m, rep) in &live {
-        let m = m.as_str();
+    for (m, rep) in live {
+        let m = *m;
         for (c, v) in &rep.transport {
             let v = *v as i64;
             match c.as_str() {
@@ -252,12 +271,8 @@ fn encode(st: &State) -> Result<String, prometheus::Error> {
         None,
         true,
     )?;
-    for m in &st.names {
-        let fresh = st
-            .reports
-            .get(m)
-            .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(3));
-        up.with_label_values(&[m.as_str()]).set(i64::from(fresh));
+    for (m, fresh) in up_by_name {
+        up.with_label_values(&[m]).set(i64::from(*fresh));
     }
     let mut out = Vec::new();
     prometheus::TextEncoder::new().encode(&r.gather(), &mut out)?;

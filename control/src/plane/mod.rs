@@ -17,7 +17,7 @@ mod api;
 pub mod ctl;
 mod metrics;
 
-pub use agent::start_reporter;
+pub use agent::{serve_member_metrics, start_reporter};
 pub use ctl::ctl;
 
 use api::{error, route};
