@@ -13,6 +13,7 @@
 
 pub mod bench;
 pub mod executors;
+pub mod http;
 pub mod member;
 pub mod plane;
 pub mod trigger;

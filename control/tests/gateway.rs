@@ -68,7 +68,7 @@ fn start_group_with(tag: &str, timeout_s: u64) -> Group {
         .collect();
     let gw = format!("127.0.0.1:{}", free_tcp());
     let toml = format!(
-        "[group]\nname = \"gw\"\nkey = \"{KEY}\"\npipelines = [\"demo.json\", \"echo2.json\", \"slow.json\"]\nstartup_timeout_s = 20\n\n[[member]]\nname = \"trigger\"\naddress = \"127.0.0.1:{}\"\nrole = \"trigger\"\n[member.gateway]\naddress = \"{gw}\"\ntimeout_s = {timeout_s}\n\n[[member]]\nname = \"invoker-0\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\nexecutor = \"thread\"\n\n[[member]]\nname = \"invoker-1\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\nexecutor = \"thread\"\n",
+        "[group]\nname = \"gw\"\nkey = \"{KEY}\"\npipelines = [\"demo.json\", \"echo2.json\", \"slow.json\"]\nstartup_timeout_s = 20\n\n[[member]]\nname = \"trigger\"\naddress = \"127.0.0.1:{}\"\nrole = \"trigger\"\n[member.gateway]\naddress = \"{gw}\"\ntimeout_s = {timeout_s}\nwrite_timeout_s = 1\n\n[[member]]\nname = \"invoker-0\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\nexecutor = \"thread\"\n\n[[member]]\nname = \"invoker-1\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\nexecutor = \"thread\"\n",
         ports[0], ports[1], ports[2]
     );
     std::fs::write(dir.join("conveyor.toml"), toml).unwrap();
@@ -183,11 +183,19 @@ fn openfaas_routes_answer_through_the_group() {
         Some("GET, HEAD, POST, PUT, DELETE, OPTIONS")
     );
     assert_eq!(curl_i(&[&format!("{base}/nowhere")]).0, 404);
+    // A client that stops half-way through its headers holds no worker: calls go on.
+    let mut stalled = std::net::TcpStream::connect(&g.gateway).unwrap();
+    std::io::Write::write_all(
+        &mut stalled,
+        b"POST /function/echo2 HTTP/1.1\r\nHost: x\r\n",
+    )
+    .unwrap();
     // The group kept serving after the bad calls.
     assert_eq!(
         curl_i(&["-d", "still", &format!("{base}/function/echo2")]).1,
         "still"
     );
+    drop(stalled);
     // The function list, OpenFaaS's shape, with the calls counted.
     let (status, list, _) = curl_i(&[&format!("{base}/system/functions")]);
     assert_eq!(status, 200);

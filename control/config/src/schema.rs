@@ -245,6 +245,9 @@ pub struct GatewaySection {
     /// HTTP worker threads (synchronous calls served at once).
     #[serde(default = "d_gateway_workers")]
     pub workers: usize,
+    /// A client that does not read the answer for this long loses its connection, seconds.
+    #[serde(default = "d_gateway_write_timeout")]
+    pub write_timeout_s: u64,
     /// With `basic_auth_password_file`: the `/system/` API needs HTTP basic auth with this
     /// user, as OpenFaaS's gateway with `basic_auth` on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -260,6 +263,9 @@ fn d_gateway_timeout() -> u64 {
 }
 fn d_gateway_workers() -> usize {
     16
+}
+fn d_gateway_write_timeout() -> u64 {
+    30
 }
 
 /// `[member.rdma]`: which verbs device and port the member uses.

@@ -295,6 +295,7 @@ pub fn run(
                                 token: c.token.clone(),
                             }),
                             auth: basic_auth(&cfg, idx, gw)?,
+                            write_timeout: Duration::from_secs(gw.write_timeout_s),
                         },
                         handle.clone(),
                         cfg.pipelines.clone(),

@@ -205,7 +205,7 @@ pub fn serve(cfg: &GroupConfig, state_path: &Path, listen: Option<&str>) -> Resu
     if let Ok(s) = state.lock() {
         s.save()?;
     }
-    let server = tiny_http::Server::http(&address)
+    let server = crate::http::listen(&address, WRITE_TIMEOUT)
         .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
     tracing::info!(
         "control plane of group {:?} on http://{address}, state in {}",
@@ -235,6 +235,8 @@ pub fn serve(cfg: &GroupConfig, state_path: &Path, listen: Option<&str>) -> Resu
 
 /// HTTP workers of the control plane.
 const WORKERS: usize = 8;
+/// A client that does not read its answer for this long loses its connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest body the control plane reads (a pipeline document, a report).
 const MAX_BODY: usize = 1 << 20;
 

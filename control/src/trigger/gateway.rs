@@ -56,6 +56,8 @@ pub struct GatewayConfig {
     pub control: Option<ControlPlane>,
     /// Basic auth of the `/system/` routes.
     pub auth: Option<BasicAuth>,
+    /// A client that does not read its answer for this long loses its connection.
+    pub write_timeout: Duration,
 }
 
 /// How a call ended.
@@ -204,7 +206,7 @@ impl Gateway {
         max_payload: usize,
     ) -> Result<Gateway> {
         let server = Arc::new(
-            tiny_http::Server::http(cfg.address)
+            crate::http::listen(&cfg.address.to_string(), cfg.write_timeout)
                 .map_err(|e| anyhow!("the gateway cannot listen on {}: {e}", cfg.address))?,
         );
         let address = server
