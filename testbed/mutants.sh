@@ -3,7 +3,7 @@
 # then the simulator alone (testbed's sim-soak, release) on the seeds CI runs, stopping at the
 # first violation. Prints, per mutant, whether it was caught, by which property, at which seed,
 # and how long it took; the last line is `caught C of N`. The source is restored after each
-# mutant (and on any exit).
+# mutant (and on any exit), and sim-soak rebuilt from it at the end.
 #
 #   bash testbed/mutants.sh [SEEDS]          (default: 6000, what CI runs)
 #   bash testbed/mutants.sh [SEEDS] NAME...  (only those mutants)
@@ -184,5 +184,8 @@ try:
             print(f"{name:30} {'NO':7} {'':28} {'':>7} {took:>5.0f}s")
 finally:
     restore()
+    # The source is the original again; the binary is the last mutant's until rebuilt.
+    if total:
+        run(["cargo", "build", "--release", "-q", "-p", "conveyor-testbed", "--bin", "sim-soak"])
 print(f"caught {caught} of {total}")
 EOF
