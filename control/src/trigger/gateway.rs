@@ -12,8 +12,10 @@
 //! - `POST /async-function/{name}` answers 202 at once with `X-Call-Id`; with `X-Callback-Url`,
 //!   the output is then POSTed there with OpenFaaS's `X-Function-Status`, `X-Duration-Seconds`,
 //!   `X-Function-Name` and `X-Call-Id` headers.
-//! - `GET /healthz`, and `GET /system/functions` (OpenFaaS's function list: one entry per
-//!   pipeline, with its invocation count and the invokers in the view as replicas).
+//! - `GET /healthz`; OpenFaaS's `/system/` API (the function list, one entry per pipeline with
+//!   its invocation count and the invokers in the view as replicas; one function; info;
+//!   namespaces; deploy, update and delete through the control plane; scale) and `/metrics`:
+//!   see [`system`].
 //! - An unknown function is 404, a body larger than one request can carry is 413 (the limit
 //!   leaves room for the completions that carry it on, once per branch where a step fans out;
 //!   a function whose output outgrows it fails the call with 500).
@@ -41,7 +43,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-mod system;
+pub mod system;
 pub use system::{BasicAuth, ControlPlane, NAMESPACE};
 
 /// Settings of a trigger's gateway.
