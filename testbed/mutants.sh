@@ -128,6 +128,17 @@ MUTANTS = [
     ("credit-not-spent", "queue/mod.rs",
      "                    self.ready.remove(i);",
      "                    i += 1;"),
+    # Speculation (replica.rs): a delivery confirms only the same request, assigned to this
+    # member; only this member's assignments are speculated.
+    ("confirm-any-step", "replica.rs",
+     "let Some(i) = ahead.pending.iter().position(|p| same_request(&p.req, req)) else {",
+     "let Some(i) = ahead.pending.iter().position(|p| p.req.id == req.id) else {"),
+    ("confirm-others-assignment", "replica.rs",
+     "Effect::Assigned { consumer, req } => (*consumer == me, &*req),",
+     "Effect::Assigned { consumer: _, req } => (true, &*req),"),
+    ("speculate-for-others", "replica.rs",
+     "                if consumer != me {",
+     "                if consumer == MemberId(u16::MAX) {"),
 ]
 
 def run(cmd, **kw):

@@ -25,6 +25,7 @@ fn cfg(me: u16, key: &Key) -> EngineConfig {
         startup_timeout: Duration::from_secs(10),
         linger: Duration::from_millis(100),
         rejoin: false,
+        speculate: false,
         join: false,
     }
 }
@@ -139,4 +140,109 @@ fn requests_flow_and_bad_frames_are_counted_and_dropped() {
         rt.proto
     );
     assert_eq!(rt.transport.unknown_source, 1, "{:?}", rt.transport);
+}
+
+/// Speculation over real sockets: a trigger and two invokers (inline applications), every
+/// request of a chain-2 pipeline completes exactly once; the invokers start most steps before
+/// their assignment is delivered and every speculation is confirmed or discarded, each
+/// execution's completion submitted only for a confirmed one (the replicas stay identical,
+/// and no invoker ran more than it completed plus what was discarded).
+#[test]
+fn speculated_steps_complete_exactly_once() {
+    let key = Key::from_bytes([9; 32]);
+    let socks: Vec<UdpSocket> = (0..3)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: Vec<SocketAddr> = socks.iter().map(|s| s.local_addr().unwrap()).collect();
+    drop(socks);
+    let member = |me: u16| {
+        let mut c = cfg(me, &key);
+        c.view = View::new(ViewId(1), vec![MemberId(0), MemberId(1), MemberId(2)]);
+        c.names = vec!["trigger".into(), "invoker-0".into(), "invoker-1".into()];
+        c.speculate = me != 0;
+        c
+    };
+    let pipeline = Pipeline::chain("t", 2, 20);
+    let mut reports = Vec::new();
+    let mut invokers = Vec::new();
+    for me in [1u16, 2] {
+        let app = InvokerApp::new(MemberId(me), vec![pipeline.clone()], 2, 4096);
+        reports.push(app.report());
+        invokers.push(
+            EngineHandle::start_with(
+                member(me),
+                Box::new(UdpTransport::bind(addrs[me as usize], addrs.clone()).unwrap()),
+                Clock::new(),
+                Some(Box::new(app)),
+            )
+            .unwrap(),
+        );
+    }
+    let trigger = EngineHandle::start(
+        member(0),
+        Box::new(UdpTransport::bind(addrs[0], addrs.clone()).unwrap()),
+        Clock::new(),
+    )
+    .unwrap();
+    trigger.wait_ready(Duration::from_secs(10)).unwrap();
+    for q in pipeline.queue_specs() {
+        trigger.submit(&Op::Create(q)).unwrap();
+    }
+    let n = 300u64;
+    let mut done = std::collections::BTreeSet::new();
+    for i in 0..n {
+        let req =
+            pipeline.entry_request(RequestId::new(MemberId(0), i), vec![1; 16], Meta::default());
+        trigger
+            .submit(&Op::Push {
+                pusher: MemberId(0),
+                req,
+            })
+            .unwrap();
+        // Paced, so that invokers are idle when a push arrives (what speculation is for).
+        std::thread::sleep(Duration::from_micros(300));
+        while let Some(ev) = trigger.next_event(Duration::ZERO) {
+            if let Effect::Completed {
+                id, terminal: true, ..
+            } = ev.effect
+            {
+                assert!(done.insert(id), "{id} completed twice");
+            }
+        }
+    }
+    while done.len() < n as usize {
+        let ev = trigger
+            .next_event(Duration::from_secs(10))
+            .expect("completions keep coming");
+        if let Effect::Completed {
+            id, terminal: true, ..
+        } = ev.effect
+        {
+            assert!(done.insert(id), "{id} completed twice");
+        }
+    }
+    trigger.submit(&Op::Shutdown { by: MemberId(0) }).unwrap();
+    let rt = trigger.join();
+    let ri: Vec<_> = invokers.into_iter().map(|h| h.join()).collect();
+    for r in &ri {
+        assert!(r.error.is_none(), "{r:?}");
+        assert_eq!(r.digest, rt.digest, "replicas differ");
+    }
+    let started: u64 = ri.iter().map(|r| r.speculation.started).sum();
+    let confirmed: u64 = ri.iter().map(|r| r.speculation.confirmed).sum();
+    let discarded: u64 = ri.iter().map(|r| r.speculation.discarded).sum();
+    let executed: u64 = reports.iter().map(|r| r.lock().unwrap().executed).sum();
+    assert_eq!(
+        started,
+        confirmed + discarded,
+        "{:?}",
+        ri.iter().map(|r| r.speculation).collect::<Vec<_>>()
+    );
+    assert!(
+        started >= n,
+        "only {started} of {} steps were speculated",
+        2 * n
+    );
+    // Every step ran once, plus once more for each discarded speculation.
+    assert_eq!(executed, 2 * n + discarded);
 }

@@ -321,6 +321,7 @@ fn engine_cfg(me: u16, key: &Key, n: usize) -> EngineConfig {
         startup_timeout: Duration::from_secs(10),
         linger: Duration::from_millis(100),
         rejoin: false,
+        speculate: false,
         join: false,
     }
 }

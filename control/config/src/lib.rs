@@ -193,6 +193,9 @@ impl GroupConfig {
             rejoin: self.file.members[me]
                 .rejoin
                 .unwrap_or(self.file.members[me].role == Role::Invoker),
+            // Only invokers run what is assigned to them; their application handles the
+            // speculation's effects.
+            speculate: g.speculate && self.file.members[me].role == Role::Invoker,
         }
     }
 

@@ -77,6 +77,11 @@ pub struct GroupSection {
     pub startup_timeout_s: u64,
     #[serde(default = "d_linger_ms")]
     pub linger_ms: u64,
+    /// Invokers start a request as soon as the order they hold assigns it to them, and submit
+    /// its completion once the assignment is delivered (speculation; see
+    /// `conveyor_core::replica`). On by default.
+    #[serde(default = "d_speculate")]
+    pub speculate: bool,
     /// Inject loss, duplication and delay on every member's sends (testing and studies):
     /// e.g. "loss=5%,dup=1%,delay=100us,jitter=50us".
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,6 +148,9 @@ fn d_startup_timeout_s() -> u64 {
 }
 fn d_linger_ms() -> u64 {
     300
+}
+fn d_speculate() -> bool {
+    true
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]

@@ -93,6 +93,11 @@ pub struct BenchArgs {
     /// "loss=5%,dup=1%,delay=100us,jitter=50us" (works where the kernel has no netem).
     #[arg(long)]
     pub impair: Option<String>,
+    /// Speculative execution: invokers start a request as soon as the order they hold assigns
+    /// it to them, and submit its completion once the assignment is delivered (on, the
+    /// default), or only once it is delivered (off).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub speculate: String,
     /// Where invokers run functions: inline (in the polling thread), thread (behind rings), or
     /// auto: inline for functions under 1 ms, thread for longer ones (a long function inline
     /// keeps its member from acknowledging, and total order waits for every member).
@@ -396,6 +401,7 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan> {
         hosts: hosts.clone(),
         progress: true,
         impair: args.impair.clone(),
+        speculate: args.speculate == "on",
         netloss: args.netloss.clone(),
         kills,
         partitions,

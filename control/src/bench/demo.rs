@@ -90,6 +90,7 @@ pub fn demo(transport: &str) -> Result<()> {
         progress: true,
         hosts,
         impair: None,
+        speculate: true,
         netloss: None,
         kills: Vec::new(),
         partitions: Vec::new(),

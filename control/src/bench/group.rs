@@ -33,6 +33,8 @@ pub struct GroupRun {
     pub progress: bool,
     /// `group.impair` for the run.
     pub impair: Option<String>,
+    /// `group.speculate` for the run.
+    pub speculate: bool,
     /// Loss and duplication made by the kernel on every namespace host's egress (netns hosts
     /// only), e.g. "loss=20%,dup=10%".
     pub netloss: Option<String>,
@@ -48,10 +50,49 @@ pub struct GroupRun {
     pub transport: String,
 }
 
+/// The invokers' speculated executions in a run (BENCH.md's `speculation`), from the lines
+/// their members log at exit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Speculation {
+    pub started: u64,
+    pub confirmed: u64,
+    pub discarded: u64,
+}
+
+impl Speculation {
+    /// Adds what one member's log says (`member NAME: speculation: started N, confirmed N,
+    /// discarded N`); a log without the line adds nothing.
+    pub fn add_log(&mut self, log: &str) {
+        let Some(line) = log
+            .lines()
+            .rev()
+            .find(|l| l.contains(": speculation: started "))
+        else {
+            return;
+        };
+        let rest = &line[line.find("speculation: ").map_or(0, |i| i + 13)..];
+        for part in rest.split(", ") {
+            let mut w = part.split_whitespace();
+            let (Some(k), Some(v)) = (w.next(), w.next().and_then(|v| v.parse::<u64>().ok()))
+            else {
+                continue;
+            };
+            match k {
+                "started" => self.started += v,
+                "confirmed" => self.confirmed += v,
+                "discarded" => self.discarded += v,
+                _ => {}
+            }
+        }
+    }
+}
+
 /// What a run measured, with the faults it injected.
 #[derive(Debug)]
 pub struct GroupOutcome {
     pub report: TriggerReport,
+    /// The invokers' speculated executions.
+    pub speculation: Speculation,
     /// When each kill or cut was done (CLOCK_MONOTONIC us), by member name.
     pub killed_at_us: Vec<(String, u64)>,
 }
@@ -366,6 +407,12 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
         &std::fs::read_to_string(dir.join("report.json"))
             .context("reading the trigger's report")?,
     )?;
+    let mut speculation = Speculation::default();
+    for name in names.iter().skip(1) {
+        if let Ok(log) = std::fs::read_to_string(dir.join(format!("{name}.log"))) {
+            speculation.add_log(&log);
+        }
+    }
     if run.keep {
         eprintln!("run directory kept: {}", dir.display());
     } else {
@@ -373,6 +420,7 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
     }
     Ok(GroupOutcome {
         report,
+        speculation,
         killed_at_us,
     })
 }
@@ -397,6 +445,9 @@ fn group_file(run: &GroupRun, names: &[String], addresses: &[String]) -> Result<
     }
     if let Some(spec) = &run.impair {
         toml.push_str(&format!("impair = \"{spec}\"\n"));
+    }
+    if !run.speculate {
+        toml.push_str("speculate = false\n");
     }
     if let Some((spin, yld, slice)) = run.idle {
         toml.push_str(&format!(
@@ -603,4 +654,25 @@ fn supervise(
         }));
     };
     Ok((status, killed_at_us))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Speculation;
+
+    #[test]
+    fn speculation_counts_add_up_from_the_invokers_logs() {
+        let mut s = Speculation::default();
+        s.add_log("x\n\u{1b}[2m2026\u{1b}[0m INFO conveyor_control::member: member invoker-0: speculation: started 10, confirmed 9, discarded 1, lead_us 80\n");
+        s.add_log("member invoker-1: speculation: started 5, confirmed 5, discarded 0, lead_us 70");
+        s.add_log("an invoker killed before it could say");
+        assert_eq!(
+            s,
+            Speculation {
+                started: 15,
+                confirmed: 14,
+                discarded: 1
+            }
+        );
+    }
 }

@@ -114,6 +114,10 @@ pub(super) struct ReportEntry {
     /// Views installed at the trigger during the run (Conveyor only): 0 when no member was
     /// suspected.
     view_changes: Option<usize>,
+    /// The invokers' speculated executions (Conveyor only): started before delivery, and of
+    /// those confirmed or discarded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) speculation: Option<super::group::Speculation>,
     max_batch: u64,
     baseline: Baseline,
     machine: Machine,
@@ -175,6 +179,7 @@ pub(super) fn report_entry(
         cdf: r.cdf.clone(),
         retransmitted_slots: r.retransmitted_slots,
         view_changes: (backend == "conveyor").then_some(r.views.len()),
+        speculation: None,
         max_batch: r.max_batch,
         baseline: Baseline {
             udp_rtt_us: rtt,
@@ -271,6 +276,12 @@ pub(super) fn print_backend(
     );
     if let Some(floor) = entry.drain_floor_s {
         eprintln!("drain floor (functions alone): {floor:.3} s");
+    }
+    if let Some(s) = entry.speculation {
+        eprintln!(
+            "speculation ({}): {} requests started before their assignment was delivered, {} confirmed, {} discarded",
+            args.speculate, s.started, s.confirmed, s.discarded
+        );
     }
     if args.workload == "ramp" {
         for st in &r.steps {

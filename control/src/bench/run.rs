@@ -2,7 +2,7 @@
 //! own members, or a baseline through the middleware harness), the reports and plots.
 
 use super::args::{plan, BenchArgs, Hosts, Plan};
-use super::group::{progress_for, run_group, NetnsHosts};
+use super::group::{progress_for, run_group, NetnsHosts, Speculation};
 use super::report::{compare, print_backend, report_entry, report_faults, udp_rtt_baseline};
 use crate::trigger::loadgen::TriggerReport;
 use anyhow::{bail, Context, Result};
@@ -13,8 +13,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let rtt = udp_rtt_baseline().context("measuring the baseline")?;
     let mut entries = Vec::new();
     for backend in &plan.backends {
-        let (r, failover_ms) = run_backend(args, &plan, backend)?;
-        let entry = report_entry(args, backend, &r, failover_ms, rtt);
+        let (r, failover_ms, speculation) = run_backend(args, &plan, backend)?;
+        let mut entry = report_entry(args, backend, &r, failover_ms, rtt);
+        entry.speculation = speculation;
         print_backend(args, &r, &entry, rtt);
         entries.push(entry);
     }
@@ -39,7 +40,7 @@ fn run_backend(
     args: &BenchArgs,
     plan: &Plan,
     backend: &str,
-) -> Result<(TriggerReport, Option<f64>)> {
+) -> Result<(TriggerReport, Option<f64>, Option<Speculation>)> {
     eprintln!(
         "conveyor bench: {} workload, backend {backend}, transport {}, hosts {}, {} invokers, chain {} x {} us",
         args.workload,
@@ -56,7 +57,7 @@ fn run_backend(
     // Balance: a CPU hog on invoker-0's core (every backend pins invoker i to core
     // i mod cores), for the whole run of this backend.
     let _hog = (args.workload == "balance").then(|| Hog::start(0));
-    let (r, failover_ms) = match backend {
+    let (r, failover_ms, speculation) = match backend {
         "redis" | "kafka" => {
             // The baselines' hosts: the trigger and the collector in the first, invoker i
             // in host i+1, the broker in the last, as Conveyor's members are placed.
@@ -105,16 +106,16 @@ fn run_backend(
                 )?;
                 super::baselines::run(&broker, &mrun).context("the kafka run")?
             };
-            (r, None)
+            (r, None, None)
         }
         _ => {
             let outcome = run_group(&plan.run)?;
             let failover_ms = outcome.failover_ms();
             report_faults(args, &outcome, failover_ms);
-            (outcome.report, failover_ms)
+            (outcome.report, failover_ms, Some(outcome.speculation))
         }
     };
-    Ok((r, failover_ms))
+    Ok((r, failover_ms, speculation))
 }
 
 /// A thread that keeps one core busy (the balance workload's noisy neighbour).

@@ -258,6 +258,14 @@ pub fn run(
                 r.executed,
                 r.failed
             );
+            let s = rep.speculation;
+            tracing::info!(
+                "member {member}: speculation: started {}, confirmed {}, discarded {}, lead_us {}",
+                s.started,
+                s.confirmed,
+                s.discarded,
+                s.lead_us.checked_div(s.confirmed).unwrap_or(0)
+            );
             if let Some(e) = rep.error {
                 bail!("member {member}: {e}");
             }

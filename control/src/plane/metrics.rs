@@ -112,7 +112,7 @@ pub(super) fn encode_reports(
 ) -> Result<String, prometheus::Error> {
     use prometheus::Encoder;
     let r = prometheus::Registry::new();
-    let scalars: [(&str, &str, bool, Read); 9] = [
+    let scalars: [(&str, &str, bool, Read); 12] = [
         (
             "conveyor_delivered_total",
             "Messages delivered in total order",
@@ -136,6 +136,24 @@ pub(super) fn encode_reports(
             "Requests put back in their queue after the invoker that held them left or failed",
             false,
             |r| r.requeued,
+        ),
+        (
+            "conveyor_speculated_requests_total",
+            "Requests started before their assignment was delivered (speculation)",
+            false,
+            |r| r.speculated,
+        ),
+        (
+            "conveyor_speculations_confirmed_total",
+            "Speculated requests whose assignment the delivered order confirmed",
+            false,
+            |r| r.speculations_confirmed,
+        ),
+        (
+            "conveyor_speculations_discarded_total",
+            "Speculated requests whose result was dropped (the delivered order assigned them elsewhere, or a view change came first)",
+            false,
+            |r| r.speculations_discarded,
         ),
         (
             "conveyor_rejoins_total",

@@ -45,6 +45,14 @@ pub struct MemberReport {
     pub view_changes: u64,
     /// Requests re-queued after their invoker was removed.
     pub requeued: u64,
+    /// Requests this member started before their assignment was delivered (speculation),
+    /// and of those, confirmed by the delivered order or discarded (their result dropped).
+    #[serde(default)]
+    pub speculated: u64,
+    #[serde(default)]
+    pub speculations_confirmed: u64,
+    #[serde(default)]
+    pub speculations_discarded: u64,
     pub rejoins: u64,
     /// Join requests this member refused (not admitted).
     #[serde(default)]

@@ -49,7 +49,7 @@ impl EngineHandle {
         clock: Clock,
         inline: Option<Box<dyn InlineApp>>,
     ) -> Result<EngineHandle, EngineError> {
-        let replica = if cfg.join {
+        let mut replica = if cfg.join {
             Replica::joining(
                 cfg.proto.clone(),
                 cfg.key.clone(),
@@ -73,6 +73,7 @@ impl EngineHandle {
             )
         }
         .map_err(|e| EngineError::Startup(e.to_string()))?;
+        replica.set_speculation(cfg.speculate);
         let wake =
             Arc::new(EventFd::new().map_err(|e| EngineError::Startup(format!("eventfd: {e}")))?);
         let cmds = Arc::new(ArrayQueue::new(CMD_RING));

@@ -51,6 +51,11 @@ pub struct EngineConfig {
     pub rejoin: bool,
     /// Not in the first view: start by asking to join (a member added to a running group).
     pub join: bool,
+    /// Speculation (see `conveyor_core::replica`): this member's application is told of the
+    /// requests assigned to it before they are delivered ([`Effect::Speculated`], then
+    /// [`Effect::Confirmed`] or [`Effect::Discarded`]). Only for an application that handles
+    /// those, such as [`crate::invoker::InvokerApp`].
+    pub speculate: bool,
 }
 
 /// An application that runs inside the polling thread (run-to-completion): it sees this
@@ -90,6 +95,19 @@ pub struct EngineReport {
     pub contended_spells: u64,
     /// Times this member was removed and came back as a new member.
     pub rejoins: u64,
+    pub speculation: Speculation,
+}
+
+/// A member's speculated assignments (see `conveyor_core::replica`): started before delivery,
+/// then confirmed by it, or discarded (the execution's result dropped).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Speculation {
+    pub started: u64,
+    pub confirmed: u64,
+    pub discarded: u64,
+    /// Over the confirmed ones: the time from speculation to confirmation, summed
+    /// (microseconds): how much earlier their functions could start.
+    pub lead_us: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,4 +126,8 @@ pub(crate) const CONTENDED_YIELD: Duration = Duration::from_millis(1);
 /// How long to park instead of yielding after seeing such a yield.
 pub(crate) const CONTENDED_FOR: Duration = Duration::from_millis(20);
 pub(crate) const EVENT_RING: usize = 1 << 16;
+/// An inline application's event that took this long ran a function: the polling thread then
+/// yields its core once (members sharing it poll). Shorter ones (a confirmation releasing a
+/// held completion, bookkeeping) do not.
+pub(crate) const INLINE_YIELD_AFTER: Duration = Duration::from_micros(10);
 pub(crate) const RECV_BATCH: usize = 64;

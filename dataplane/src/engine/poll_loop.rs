@@ -3,8 +3,8 @@
 
 use super::probe::Shared;
 use super::{
-    Clock, EngineConfig, EngineError, EngineReport, Event, InlineApp, CONTENDED_FOR,
-    CONTENDED_YIELD, RECV_BATCH,
+    Clock, EngineConfig, EngineError, EngineReport, Event, InlineApp, Speculation, CONTENDED_FOR,
+    CONTENDED_YIELD, INLINE_YIELD_AFTER, RECV_BATCH,
 };
 use crate::engine::probe::Directive;
 use crate::sys::{poll_readable, EventFd};
@@ -59,6 +59,8 @@ pub(super) fn spawn(
         local_ops: VecDeque::new(),
         rejoins: 0,
         requeued: 0,
+        speculation: Speculation::default(),
+        speculated_at: std::collections::HashMap::new(),
         leaving: false,
         joins_refused_said: 0,
         cfg,
@@ -100,6 +102,9 @@ struct Engine {
     local_ops: VecDeque<Vec<u8>>,
     rejoins: u64,
     requeued: u64,
+    speculation: Speculation,
+    /// When each pending speculation was made (engine clock), for its lead.
+    speculated_at: std::collections::HashMap<u64, u64>,
     /// A graceful leave was asked for: it starts once what this member submitted is delivered.
     leaving: bool,
     joins_refused_said: u64,
@@ -278,11 +283,11 @@ impl Engine {
             work |= self.take_commands();
             // Acknowledgements leave before a function runs, so that peers are not held up.
             work |= self.transmit();
-            if self.run_inline() {
+            if let Some(took) = self.run_inline() {
                 work = true;
                 self.take_commands();
                 self.transmit();
-                if self.cfg.idle.yield_us > 0 {
+                if self.cfg.idle.yield_us > 0 && took >= INLINE_YIELD_AFTER {
                     // A function held this core for a while: let other members sharing it poll
                     // (their acknowledgements are what our next delivery waits for).
                     thread::yield_now();
@@ -364,6 +369,7 @@ impl Engine {
             longest_stall_us: longest,
             contended_spells: self.contended_spells,
             rejoins: self.rejoins,
+            speculation: self.speculation,
         }
     }
 
@@ -381,6 +387,7 @@ impl Engine {
                 .collect();
             l.specs = self.replica.queue().specs().cloned().collect();
             l.requeued = self.requeued;
+            l.speculation = self.speculation;
             l.rejoins = self.rejoins;
             l.pipelines_version = self.replica.queue().pipelines_version();
             l.transport = self.transport.stats();
@@ -462,7 +469,8 @@ impl Engine {
             conveyor_core::proto::draw_incarnation(crate::sys::random_u64()),
             self.clock.now(),
         ) {
-            Ok(r) => {
+            Ok(mut r) => {
+                r.set_speculation(self.cfg.speculate);
                 self.malformed_ops += self.replica.stats().malformed_ops;
                 self.replica = r;
                 self.applied = 0;
@@ -555,6 +563,20 @@ impl Engine {
             match &e {
                 Effect::ViewInstalled { .. } => self.on_view_installed(&e),
                 Effect::Requeued { .. } => self.requeued += 1,
+                Effect::Speculated { speculation, .. } => {
+                    self.speculation.started += 1;
+                    self.speculated_at.insert(*speculation, self.clock.now_us());
+                }
+                Effect::Confirmed { speculation, .. } => {
+                    self.speculation.confirmed += 1;
+                    if let Some(at) = self.speculated_at.remove(speculation) {
+                        self.speculation.lead_us += self.clock.now_us().saturating_sub(at);
+                    }
+                }
+                Effect::Discarded { speculation, .. } => {
+                    self.speculation.discarded += 1;
+                    self.speculated_at.remove(speculation);
+                }
                 _ => {}
             }
             if e.concerns(me) {
@@ -647,17 +669,16 @@ impl Engine {
         }
     }
 
-    /// Runs the inline application on one pending event.
-    fn run_inline(&mut self) -> bool {
-        let Some(ev) = self.inline_events.pop_front() else {
-            return false;
-        };
+    /// Runs the inline application on one pending event; returns how long it took.
+    fn run_inline(&mut self) -> Option<std::time::Duration> {
+        let ev = self.inline_events.pop_front()?;
+        let t0 = std::time::Instant::now();
         let mut out = Vec::new();
         if let Some(app) = self.inline.as_mut() {
             app.on_event(ev, &self.clock, &mut out);
         }
         self.queue_local(out);
-        true
+        Some(t0.elapsed())
     }
 
     fn flush_overflow(&mut self) {

@@ -81,6 +81,8 @@ pub struct Live {
     pub specs: Vec<QueueSpec>,
     /// Requests put back in their queue after their invoker was removed (seen here).
     pub requeued: u64,
+    /// This member's speculated assignments (over all its incarnations).
+    pub speculation: super::Speculation,
     pub rejoins: u64,
     /// Version of the pipelines set through the group (0: the group file's).
     pub pipelines_version: u64,

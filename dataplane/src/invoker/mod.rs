@@ -47,6 +47,101 @@ impl FunctionError {
     }
 }
 
+/// Where a speculated execution stands (see `conveyor_core::replica`): its completion goes
+/// out only once the delivered order confirms the assignment.
+#[derive(Debug)]
+enum Gate {
+    /// Running, not confirmed yet.
+    Running,
+    /// Confirmed, as this instance: the completion goes out when the function is done.
+    Confirmed(u64),
+    /// Done, the completion held until the confirmation.
+    Done(Vec<Op>),
+    /// Discarded while running: the completion is dropped when the function is done.
+    Discarded,
+}
+
+/// The speculated executions of an invoker, by speculation number, shared with the executors'
+/// threads (which finish jobs).
+#[derive(Debug, Default)]
+pub struct Gates {
+    by: std::collections::HashMap<u64, Gate>,
+    /// Speculated executions whose result was dropped (the delivered order gave the request
+    /// elsewhere, or a view change came first).
+    pub discarded: u64,
+    /// Speculated executions confirmed.
+    pub confirmed: u64,
+}
+
+/// Sets the request instance that a completion or failure names (a speculated execution is
+/// confirmed as the delivered instance, which differs when the order before it did).
+fn name_instance(ops: &mut [Op], instance: u64) {
+    for op in ops {
+        if let Op::Complete { instance: i, .. } | Op::Fail { instance: i, .. } = op {
+            *i = instance;
+        }
+    }
+}
+
+impl Gates {
+    /// The operations that complete speculation `n`, done: to submit now if confirmed, held if
+    /// not yet, dropped if discarded.
+    fn finished(&mut self, n: u64, mut ops: Vec<Op>) -> Vec<Op> {
+        match self.by.remove(&n) {
+            Some(Gate::Confirmed(instance)) => {
+                name_instance(&mut ops, instance);
+                ops
+            }
+            Some(Gate::Running) => {
+                self.by.insert(n, Gate::Done(ops));
+                Vec::new()
+            }
+            Some(Gate::Discarded) | None => Vec::new(),
+            Some(g @ Gate::Done(_)) => {
+                self.by.insert(n, g);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Speculation `n` confirmed as `instance`: its completion if it is done (to submit now).
+    /// `None` if this invoker knows no such speculation (it runs the request then).
+    fn confirmed(&mut self, n: u64, instance: u64) -> Option<Vec<Op>> {
+        let out = match self.by.remove(&n)? {
+            Gate::Done(mut ops) => {
+                name_instance(&mut ops, instance);
+                ops
+            }
+            Gate::Running => {
+                self.by.insert(n, Gate::Confirmed(instance));
+                Vec::new()
+            }
+            g => {
+                self.by.insert(n, g);
+                return None;
+            }
+        };
+        self.confirmed += 1;
+        Some(out)
+    }
+
+    /// Speculation `n` discarded: a held completion is dropped, a running one will be.
+    fn discard(&mut self, n: u64) {
+        if let Some(Gate::Running) = self.by.remove(&n) {
+            self.by.insert(n, Gate::Discarded);
+        }
+        self.discarded += 1;
+    }
+
+    /// Speculations still open (running, or done and held).
+    pub fn open(&self) -> usize {
+        self.by
+            .values()
+            .filter(|g| matches!(g, Gate::Running | Gate::Done(_)))
+            .count()
+    }
+}
+
 /// What completes a request, wherever its function ran.
 #[derive(Clone, Debug)]
 struct Finisher {
@@ -160,6 +255,8 @@ pub struct Job {
     pub at_us: u64,
     pipeline: Arc<Pipeline>,
     finisher: Finisher,
+    /// A speculated execution: its number, and the invoker's gates.
+    speculation: Option<(u64, Arc<Mutex<Gates>>)>,
 }
 
 impl Job {
@@ -167,12 +264,28 @@ impl Job {
     /// `t1` (engine clock), to submit in this order: the completion (its continuations pushed
     /// by the pipeline's rules, or the failure), then the credit it frees, for its own queue
     /// (see [`InvokerApp::start_ops`]).
-    pub fn finish(self, result: Result<Output, FunctionError>, t0: u64, t1: u64) -> [Op; 2] {
+    ///
+    /// A speculated execution's operations are held until the assignment is confirmed (then
+    /// submitted by the invoker's application) and dropped if it is discarded: this returns
+    /// nothing for it until then.
+    pub fn finish(self, result: Result<Output, FunctionError>, t0: u64, t1: u64) -> Vec<Op> {
         let queue = self.req.queue.clone();
         let op = self
             .finisher
             .finish(&self.pipeline, self.req, self.at_us, result, t0, t1);
-        self.finisher.for_queue(op, queue)
+        let ops = self.finisher.for_queue(op, queue).into();
+        match &self.speculation {
+            Some((n, gates)) => match gates.lock() {
+                Ok(mut g) => g.finished(*n, ops),
+                Err(_) => Vec::new(),
+            },
+            None => ops,
+        }
+    }
+
+    /// Whether this execution is speculated (its assignment not delivered yet).
+    pub fn speculated(&self) -> bool {
+        self.speculation.is_some()
     }
 
     /// The largest output that can be carried on (a completion holds it once per branch).
@@ -198,6 +311,7 @@ pub struct InvokerApp {
     executors: Option<Arc<dyn Executors>>,
     /// Queues this member announced it takes from (since it last joined).
     subscribed: BTreeSet<String>,
+    gates: Arc<Mutex<Gates>>,
 }
 
 impl InvokerApp {
@@ -215,7 +329,13 @@ impl InvokerApp {
             },
             executors: None,
             subscribed: BTreeSet::new(),
+            gates: Arc::default(),
         }
+    }
+
+    /// The speculated executions (counts for reports and metrics).
+    pub fn gates(&self) -> Arc<Mutex<Gates>> {
+        self.gates.clone()
     }
 
     /// Runs the steps with external functions on `executors` (without them, such steps fail).
@@ -322,10 +442,41 @@ impl InvokerApp {
     }
 
     /// Runs an assigned request; returns the operations that complete it (none when an
-    /// executor took it: it submits the completion itself).
+    /// executor took it: it submits the completion itself). A speculated assignment runs the
+    /// same way, its completion held until the assignment is confirmed: then returned (or
+    /// submitted by its executor, if the function is still running), and dropped if the
+    /// speculation is discarded.
     pub fn handle(&mut self, ev: Event, clock: &Clock) -> Vec<Op> {
-        let req = match ev.effect {
-            Effect::Assigned { req, .. } => req,
+        let (req, speculation) = match ev.effect {
+            Effect::Assigned { req, .. } => (req, None),
+            Effect::Speculated {
+                req, speculation, ..
+            } => {
+                if let Ok(mut g) = self.gates.lock() {
+                    g.by.insert(speculation, Gate::Running);
+                }
+                (req, Some((speculation, self.gates.clone())))
+            }
+            Effect::Confirmed {
+                req, speculation, ..
+            } => {
+                let done = self
+                    .gates
+                    .lock()
+                    .ok()
+                    .and_then(|mut g| g.confirmed(speculation, req.instance));
+                match done {
+                    Some(ops) => return ops,
+                    // Not speculated here (this application started after it was): run it.
+                    None => (req, None),
+                }
+            }
+            Effect::Discarded { speculation, .. } => {
+                if let Ok(mut g) = self.gates.lock() {
+                    g.discard(speculation);
+                }
+                return Vec::new();
+            }
             Effect::Shutdown { .. } => {
                 if let Ok(mut r) = self.report.lock() {
                     r.shut_down = true;
@@ -342,14 +493,16 @@ impl InvokerApp {
                 "no pipeline has step {:?} on queue {:?}",
                 req.step, req.queue
             );
-            return vec![self.finisher.fail(&req, 500, e)];
+            let failed = vec![self.finisher.fail(&req, 500, e)];
+            return self.gated(speculation, failed);
         };
         match &step.function {
             Function::Builtin(f) => {
                 let t0 = clock.now_us();
                 let out = builtins::run(f, &req.payload);
                 let t1 = clock.now_us();
-                vec![self.finisher.finish(p, req, ev.at_us, Ok(out), t0, t1)]
+                let done = vec![self.finisher.finish(p, req, ev.at_us, Ok(out), t0, t1)];
+                self.gated(speculation, done)
             }
             Function::External(f) => {
                 let Some(executors) = &self.executors else {
@@ -360,7 +513,8 @@ impl InvokerApp {
                     );
                     let queue = req.queue.clone();
                     let failed = self.finisher.fail(&req, 500, e);
-                    return self.finisher.for_queue(failed, queue).into();
+                    let failed = self.finisher.for_queue(failed, queue).into();
+                    return self.gated(speculation, failed);
                 };
                 executors.dispatch(Job {
                     function: f.clone(),
@@ -368,9 +522,24 @@ impl InvokerApp {
                     pipeline: p.clone(),
                     finisher: self.finisher.clone(),
                     req,
+                    speculation,
                 });
                 Vec::new()
             }
+        }
+    }
+}
+
+impl InvokerApp {
+    /// `ops` complete an execution, speculated or not: to submit now, or held (see
+    /// [`Gates::finished`]).
+    fn gated(&self, speculation: Option<(u64, Arc<Mutex<Gates>>)>, ops: Vec<Op>) -> Vec<Op> {
+        match speculation {
+            Some((n, gates)) => match gates.lock() {
+                Ok(mut g) => g.finished(n, ops),
+                Err(_) => Vec::new(),
+            },
+            None => ops,
         }
     }
 }
@@ -441,6 +610,126 @@ mod tests {
                 },
             },
         }
+    }
+
+    fn speculated(me: MemberId, step: &str, queue: &str, n: u64) -> Event {
+        let Effect::Assigned { consumer, req } = assigned(me, step, queue).effect else {
+            unreachable!()
+        };
+        Event {
+            at_us: 0,
+            effect: Effect::Speculated {
+                consumer,
+                req,
+                speculation: n,
+            },
+        }
+    }
+
+    /// A speculated step's completion is held until confirmed, then names the delivered
+    /// instance; a discarded one's is never given; a confirmation that comes after the
+    /// function ran releases it at once.
+    #[test]
+    fn a_speculated_completion_waits_for_its_confirmation() {
+        let me = MemberId(1);
+        let p = Pipeline::chain("t", 2, 0);
+        let (step, queue) = {
+            let s = &p.steps[&p.entry];
+            (p.entry.clone(), s.queue.name.clone())
+        };
+        let mut app = InvokerApp::new(me, vec![p], 8, 4096);
+        let clock = Clock::new();
+        // Runs at once (built-in), held.
+        assert!(app
+            .handle(speculated(me, &step, &queue, 1), &clock)
+            .is_empty());
+        assert!(app
+            .handle(speculated(me, &step, &queue, 2), &clock)
+            .is_empty());
+        assert_eq!(app.gates().lock().unwrap().open(), 2);
+        // Confirmed as instance 9 (the order before it changed): the completion names it.
+        let Effect::Speculated { mut req, .. } = speculated(me, &step, &queue, 1).effect else {
+            unreachable!()
+        };
+        req.instance = 9;
+        let confirm = Event {
+            at_us: 0,
+            effect: Effect::Confirmed {
+                consumer: me,
+                req,
+                speculation: 1,
+            },
+        };
+        let ops = app.handle(confirm, &clock);
+        assert!(
+            matches!(ops.as_slice(), [Op::Complete { instance: 9, .. }]),
+            "{ops:?}"
+        );
+        let discard = Event {
+            at_us: 0,
+            effect: Effect::Discarded {
+                consumer: me,
+                id: RequestId(7),
+                step: step.clone(),
+                speculation: 2,
+            },
+        };
+        assert!(app.handle(discard, &clock).is_empty());
+        let g = app.gates();
+        let g = g.lock().unwrap();
+        assert_eq!((g.open(), g.confirmed, g.discarded), (0, 1, 1));
+        assert_eq!(app.report().lock().unwrap().executed, 2);
+    }
+
+    /// A job of an external function speculated: its executor gets nothing to submit until the
+    /// confirmation, which then hands the held operations to the application.
+    #[test]
+    fn a_speculated_jobs_completion_is_held_by_finish() {
+        let gates: Arc<Mutex<Gates>> = Arc::default();
+        gates.lock().unwrap().by.insert(5, Gate::Running);
+        let p = Arc::new(
+            Pipeline::from_json(
+                r#"{"name":"p","entry":"b","steps":{
+                  "b":{"function":"f","executor":{"kind":"exec","command":["true"]}}}}"#,
+            )
+            .unwrap(),
+        );
+        let step = p.entry.clone();
+        let queue = p.steps[&step].queue.name.clone();
+        let Function::External(function) = p.steps[&step].function.clone() else {
+            panic!("an external function");
+        };
+        let Effect::Assigned { req, .. } = assigned(MemberId(1), &step, &queue).effect else {
+            unreachable!()
+        };
+        let job = Job {
+            req,
+            function,
+            at_us: 0,
+            pipeline: p,
+            finisher: Finisher {
+                me: MemberId(1),
+                max_payload: 4096,
+                report: Arc::default(),
+            },
+            speculation: Some((5, gates.clone())),
+        };
+        assert!(job.speculated());
+        let out = Output {
+            payload: b"done".to_vec(),
+            route: None,
+            http: None,
+            failed: false,
+        };
+        assert!(job.finish(Ok(out), 0, 1).is_empty());
+        let ops = gates.lock().unwrap().confirmed(5, 11).unwrap();
+        assert!(
+            matches!(
+                ops.as_slice(),
+                [Op::Complete { instance: 11, .. }, Op::ReadyFor { .. }]
+            ),
+            "{ops:?}"
+        );
     }
 
     fn outputs(ops: Vec<Op>) -> Vec<String> {

@@ -67,6 +67,7 @@ impl Sim {
                     self.report.view_changes += 1;
                     self.report.resubmitted += vc.resubmitted;
                 }
+                Applied::Speculated { effects } => self.on_speculated(i, &effects)?,
                 Applied::State { ok, effects } => {
                     if !ok {
                         return Err(self.violation(
@@ -306,7 +307,17 @@ impl Sim {
         }
         for e in effects {
             match e {
-                Effect::Assigned { consumer, req } => {
+                Effect::Discarded {
+                    consumer,
+                    speculation,
+                    ..
+                } if *consumer == me => self.discard(i, *speculation)?,
+                Effect::Speculated { .. } | Effect::Discarded { .. } => {
+                    return Err(
+                        self.violation("speculation", format!("m{i} was told {e:?} by a delivery"))
+                    );
+                }
+                Effect::Assigned { consumer, req } | Effect::Confirmed { consumer, req, .. } => {
                     // An instance is handed out once in a run: a request put back gets a new
                     // one, so a late completion of the old one cannot count.
                     if first
@@ -334,20 +345,25 @@ impl Sim {
                             ));
                         }
                     }
-                    if *consumer == me {
-                        let exec = self.rng.gen_range(self.cfg.exec_us.0..=self.cfg.exec_us.1);
+                    if let Effect::Confirmed {
+                        consumer,
+                        req,
+                        speculation,
+                    } = e
+                    {
+                        if *consumer != me {
+                            return Err(self.violation(
+                                "speculation",
+                                format!("m{i} was told {consumer}'s assignment confirmed"),
+                            ));
+                        }
                         let inc = self.nodes[i].inc;
                         self.exec_of.insert(req.instance, (i, inc));
-                        self.nodes[i].executing.push(Some((inc, req.clone())));
-                        let req_idx = self.nodes[i].executing.len() - 1;
-                        self.schedule(
-                            self.now + exec,
-                            Event::Finish {
-                                at: i,
-                                inc,
-                                req_idx,
-                            },
-                        );
+                        self.confirm(i, req, *speculation)?;
+                    } else if *consumer == me {
+                        let inc = self.nodes[i].inc;
+                        self.exec_of.insert(req.instance, (i, inc));
+                        self.execute(i, req.clone(), None);
                     }
                 }
                 Effect::Requeued { old_instance, .. } if first => {
@@ -416,6 +432,121 @@ impl Sim {
                 _ => {}
             }
         }
+        Ok(())
+    }
+
+    /// Starts executing `req` at member `i` (`speculative`: its completion waits for the
+    /// confirmation).
+    fn execute(&mut self, i: usize, req: Request, speculative: Option<u64>) {
+        let exec = self.rng.gen_range(self.cfg.exec_us.0..=self.cfg.exec_us.1);
+        let inc = self.nodes[i].inc;
+        self.nodes[i].executing.push(Some((inc, req, speculative)));
+        let req_idx = self.nodes[i].executing.len() - 1;
+        self.schedule(
+            self.now + exec,
+            Event::Finish {
+                at: i,
+                inc,
+                req_idx,
+            },
+        );
+    }
+
+    /// Assignments member `i`'s replica speculated: each is new (not told before and not
+    /// resolved), and starts.
+    fn on_speculated(&mut self, i: usize, effects: &[Effect]) -> Result<(), Violation> {
+        let me = MemberId(i as u16);
+        for e in effects {
+            match e {
+                Effect::Speculated {
+                    consumer,
+                    req,
+                    speculation,
+                } if *consumer == me => {
+                    let key = (self.nodes[i].inc, *speculation);
+                    if self.nodes[i].gates.contains_key(&key) {
+                        return Err(self.violation(
+                            "speculation",
+                            format!("m{i} numbered two speculations {speculation}"),
+                        ));
+                    }
+                    self.nodes[i].gates.insert(key, Gate::Running(req.clone()));
+                    self.execute(i, req.clone(), Some(*speculation));
+                }
+                Effect::Discarded {
+                    consumer,
+                    speculation,
+                    ..
+                } if *consumer == me => self.discard(i, *speculation)?,
+                other => {
+                    return Err(self.violation("speculation", format!("m{i} speculated {other:?}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The delivered order confirmed at member `i` the assignment of `req` speculated as
+    /// `speculation`: that speculation exists, unresolved, for the same request; its
+    /// completion goes out (now if it finished, else when it does) for the delivered
+    /// instance.
+    fn confirm(&mut self, i: usize, req: &Request, speculation: u64) -> Result<(), Violation> {
+        let inc = self.nodes[i].inc;
+        let key = (inc, speculation);
+        let same = |r: &Request| {
+            r.id == req.id
+                && r.step == req.step
+                && r.queue == req.queue
+                && r.payload == req.payload
+                && r.http == req.http
+        };
+        let gate = self.nodes[i].gates.remove(&key);
+        match gate {
+            Some(Gate::Running(r)) if same(&r) => {
+                self.nodes[i]
+                    .gates
+                    .insert(key, Gate::Confirmed(req.instance));
+            }
+            Some(Gate::Finished(op)) if matches!(&op, Op::Complete { id, step, .. } if *id == req.id && *step == req.step) =>
+            {
+                self.report.corners.speculation_confirmed += 1;
+                if let Op::Complete { instance, .. } = &op {
+                    if *instance != req.instance {
+                        self.report.corners.speculation_reinstanced += 1;
+                    }
+                }
+                self.submit_completion(i, inc, op, req.instance);
+            }
+            other => {
+                return Err(self.violation(
+                    "speculation",
+                    format!(
+                        "m{i} was told {}/{} (instance {}, speculation {speculation}) confirmed; that speculation is {other:?}",
+                        req.id, req.step, req.instance
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A speculation of member `i` discarded: it exists, unresolved; its completion is
+    /// dropped.
+    fn discard(&mut self, i: usize, speculation: u64) -> Result<(), Violation> {
+        let key = (self.nodes[i].inc, speculation);
+        match self.nodes[i].gates.remove(&key) {
+            Some(Gate::Running(_)) => {
+                self.nodes[i].gates.insert(key, Gate::Discarded);
+            }
+            Some(Gate::Finished(_)) => {}
+            other => {
+                return Err(self.violation(
+                    "speculation",
+                    format!("m{i} was told speculation {speculation} discarded; it is {other:?}"),
+                ));
+            }
+        }
+        self.report.corners.speculation_discarded += 1;
         Ok(())
     }
 

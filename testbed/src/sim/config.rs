@@ -81,6 +81,9 @@ pub struct SimConfig {
     /// and a third meet both accepted decisions when the partition heals: it must adopt the one
     /// of the highest ballot, which some member may have installed (Paxos value adoption).
     pub cut_leaders: Vec<CutAt>,
+    /// Members start the requests their replica speculates assigned to them, and submit the
+    /// completions only once the assignment is confirmed (see `conveyor_core::replica`).
+    pub speculate: bool,
 }
 
 /// When the mid-change crash strikes (the process dies as it sends: each of its last frames
@@ -214,6 +217,7 @@ impl SimConfig {
             earlier_run: 0,
             not_admitted: None,
             cut_leaders: Vec::new(),
+            speculate: false,
         };
         // Drawn after everything else, so that older seeds keep their draws.
         cfg.proto.startup_grace = cfg.proto.failure_timeout * rng.gen_range(2..20);
@@ -313,6 +317,7 @@ impl SimConfig {
             // third meets both decisions (once or twice a run).
             cfg.cut_leaders = [CutAt::Decided, CutAt::Committed].repeat(rng.gen_range(1..=2));
         }
+        cfg.speculate = rng.gen_bool(0.7);
         cfg
     }
 }

@@ -162,6 +162,7 @@ impl Sim {
         let node = &mut self.nodes[i];
         node.alive = false;
         node.executing.clear();
+        node.gates.clear();
         node.outbox.clear();
         self.report.crashes += 1;
     }
@@ -189,7 +190,7 @@ impl Sim {
             .filter(|&j| j as usize != i)
             .map(MemberId)
             .collect();
-        let replica = Replica::joining(
+        let mut replica = Replica::joining(
             self.cfg.proto.clone(),
             self.key.clone(),
             GROUP,
@@ -201,6 +202,7 @@ impl Sim {
             Instant::from_micros(self.now),
         )
         .expect("valid sim config");
+        replica.set_speculation(self.cfg.speculate);
         // A joiner's place in the order is known at its first view.
         self.nodes[i].start_process(replica, None, ViewId(0), zombie);
     }
@@ -213,7 +215,7 @@ impl Sim {
             (0..self.cfg.members as u16).map(MemberId).collect(),
         );
         let me = MemberId(i as u16);
-        let replica = Replica::new(
+        let mut replica = Replica::new(
             self.cfg.proto.clone(),
             self.key.clone(),
             GROUP,
@@ -223,6 +225,7 @@ impl Sim {
             Instant::from_micros(self.now),
         )
         .expect("valid sim config");
+        replica.set_speculation(self.cfg.speculate);
         self.report.corners.configured_restart += 1;
         // Its deliveries, if any, are those of the first view from its start.
         let node = &mut self.nodes[i];

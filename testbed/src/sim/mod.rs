@@ -131,6 +131,19 @@ enum Item {
     View(ViewId, Vec<MemberId>),
 }
 
+/// Where a speculated execution stands (see [`Node::gates`]).
+#[derive(Clone, Debug)]
+enum Gate {
+    /// Running, not confirmed yet.
+    Running(Request),
+    /// Confirmed as this instance; its completion goes out when it finishes.
+    Confirmed(u64),
+    /// Finished, its completion held until the confirmation.
+    Finished(Op),
+    /// Discarded while running: its completion is dropped.
+    Discarded,
+}
+
 struct Node {
     /// The member's process: the protocol core and its queue replica.
     replica: Replica,
@@ -153,7 +166,10 @@ struct Node {
     counter: u64,
     /// Requests being executed, with the incarnation executing them (an excluded process's
     /// executions go on in its next incarnation when the run has zombies).
-    executing: Vec<Option<(u32, Request)>>,
+    executing: Vec<Option<(u32, Request, Option<u64>)>>,
+    /// Speculated executions (the third field of `executing`) by (incarnation, speculation):
+    /// their completion waits for the confirmation.
+    gates: BTreeMap<(u32, u64), Gate>,
     /// Nothing of this process runs before this time (descheduled).
     paused_until: u64,
     /// The view-change ballot this member led after its last step, and whether its decision
@@ -199,6 +215,7 @@ impl Node {
         self.last_from.clear();
         if !zombie {
             self.executing.clear();
+            self.gates.clear();
         }
         self.was_leading = None;
         self.led = 0;
@@ -323,7 +340,7 @@ impl Sim {
         let view = View::new(ViewId(1), (0..cfg.members as u16).map(MemberId).collect());
         let mut nodes = Vec::new();
         for i in 0..cfg.members {
-            let replica = Replica::new(
+            let mut replica = Replica::new(
                 cfg.proto.clone(),
                 key.clone(),
                 GROUP,
@@ -333,6 +350,7 @@ impl Sim {
                 Instant::ZERO,
             )
             .expect("valid sim config");
+            replica.set_speculation(cfg.speculate);
             let me = MemberId(i as u16);
             let mut outbox = VecDeque::new();
             outbox.extend(invoker_ops(me).into_iter().map(|op| (op, None)));
@@ -348,6 +366,7 @@ impl Sim {
                 pushes_left: cfg.requests,
                 counter: 0,
                 executing: Vec::new(),
+                gates: BTreeMap::new(),
                 paused_until: 0,
                 was_leading: None,
                 leaving: false,
@@ -860,11 +879,11 @@ impl Sim {
                     let me = MemberId(at as u16);
                     // The execution of incarnation `inc` (an earlier one's, with zombies: the
                     // current incarnation reports it, late).
-                    let Some(req) = self.nodes[at]
+                    let Some((req, speculative)) = self.nodes[at]
                         .executing
                         .get_mut(req_idx)
-                        .and_then(|e| e.take_if(|(x, _)| *x == inc))
-                        .map(|(_, r)| r)
+                        .and_then(|e| e.take_if(|(x, _, _)| *x == inc))
+                        .map(|(_, r, s)| (r, s))
                     else {
                         continue;
                     };
@@ -888,20 +907,51 @@ impl Sim {
                         meta: Meta::default(),
                         credits: 1,
                     };
-                    let exec = Some((at, inc));
-                    // Some invokers report twice (a retry after a lost answer).
-                    if self.cfg.duplicate_completions > 0.0
-                        && self.rng.gen_bool(self.cfg.duplicate_completions)
-                    {
-                        self.nodes[at].outbox.push_back((complete.clone(), exec));
+                    if let Some(speculative) = speculative {
+                        // Held until the assignment is confirmed, dropped if discarded.
+                        let key = (inc, speculative);
+                        match self.nodes[at].gates.remove(&key) {
+                            Some(Gate::Running(_)) => {
+                                self.nodes[at].gates.insert(key, Gate::Finished(complete));
+                                continue;
+                            }
+                            Some(Gate::Confirmed(instance)) => {
+                                self.submit_completion(at, inc, complete, instance);
+                            }
+                            Some(Gate::Discarded) | None => continue,
+                            Some(g @ Gate::Finished(_)) => {
+                                self.nodes[at].gates.insert(key, g);
+                                continue;
+                            }
+                        }
+                    } else {
+                        let instance = req.instance;
+                        self.submit_completion(at, inc, complete, instance);
                     }
-                    self.nodes[at].outbox.push_back((complete, exec));
                     self.step_member(at)?;
                 }
             }
         }
         if !self.report.majority_lost {
             self.check_validity()?;
+        }
+        // Every speculation of a serving process was confirmed or discarded: none waits for
+        // good with its completion held.
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !n.alive || n.replica.status() != Status::Serving {
+                continue;
+            }
+            let open = n.gates.iter().find(|((inc, _), g)| {
+                *inc == n.inc && matches!(g, Gate::Running(_) | Gate::Finished(_))
+            });
+            if let Some(((_, speculation), g)) = open {
+                return Err(self.violation(
+                    "speculation resolved",
+                    format!(
+                        "m{i}'s speculation {speculation} was never confirmed nor discarded: {g:?}"
+                    ),
+                ));
+            }
         }
         // Exactly once: every run that was admitted finished once.
         for (id, count) in &self.finished {
@@ -927,6 +977,23 @@ impl Sim {
             report.corners.join_refused += s.joins_refused;
         }
         Ok(report)
+    }
+}
+
+impl Sim {
+    /// Queues the completion of an execution of incarnation `inc` of member `at`, for
+    /// `instance` (a speculated execution's is confirmed as possibly another instance).
+    fn submit_completion(&mut self, at: usize, inc: u32, mut complete: Op, instance: u64) {
+        if let Op::Complete { instance: i, .. } = &mut complete {
+            *i = instance;
+        }
+        let exec = Some((at, inc));
+        // Some invokers report twice (a retry after a lost answer).
+        if self.cfg.duplicate_completions > 0.0 && self.rng.gen_bool(self.cfg.duplicate_completions)
+        {
+            self.nodes[at].outbox.push_back((complete.clone(), exec));
+        }
+        self.nodes[at].outbox.push_back((complete, exec));
     }
 }
 

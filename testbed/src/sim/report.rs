@@ -92,6 +92,14 @@ pub struct Corners {
     pub leader_cut: u64,
     /// A leader's promises reported two different accepted decisions.
     pub conflicting_accepts: u64,
+    /// A speculated assignment confirmed by the delivered order after its execution finished
+    /// (its held completion submitted then).
+    pub speculation_confirmed: u64,
+    /// A speculated assignment discarded (its execution's completion dropped).
+    pub speculation_discarded: u64,
+    /// A speculated assignment confirmed as another instance than speculated (the order before
+    /// it changed).
+    pub speculation_reinstanced: u64,
 }
 
 impl Corners {
@@ -114,10 +122,13 @@ impl Corners {
         self.restart_detected += o.restart_detected;
         self.leader_cut += o.leader_cut;
         self.conflicting_accepts += o.conflicting_accepts;
+        self.speculation_confirmed += o.speculation_confirmed;
+        self.speculation_discarded += o.speculation_discarded;
+        self.speculation_reinstanced += o.speculation_reinstanced;
     }
 
     /// Each corner with its count.
-    pub fn named(&self) -> [(&'static str, u64); 18] {
+    pub fn named(&self) -> [(&'static str, u64); 21] {
         [
             ("crash during a view change", self.crash_during_change),
             ("leader crash mid-change", self.leader_crash_mid_change),
@@ -145,6 +156,15 @@ impl Corners {
             (
                 "two decisions accepted in one change",
                 self.conflicting_accepts,
+            ),
+            (
+                "speculation confirmed after it ran",
+                self.speculation_confirmed,
+            ),
+            ("speculation discarded", self.speculation_discarded),
+            (
+                "speculation confirmed as another instance",
+                self.speculation_reinstanced,
             ),
         ]
     }

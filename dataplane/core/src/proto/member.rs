@@ -172,6 +172,20 @@ impl Member {
     pub fn delivered_slots(&self) -> u64 {
         self.order.delivered_slots()
     }
+    /// Slot `g` of the current view as this member holds it, before it is delivered (for
+    /// speculation: see [`crate::replica`]): `Some(Some(payload))` a message, `Some(None)` a
+    /// null; `None` when not held, already delivered, or when nothing may be speculated on
+    /// (not serving: a view change under way, a joiner's state not in yet, stopped).
+    pub fn held_slot(&self, g: u64) -> Option<Option<&[u8]>> {
+        if self.ms.status() != Status::Serving || self.st.awaiting() {
+            return None;
+        }
+        self.order.held_slot(g)
+    }
+    /// One past the last slot of the current view this member holds (for speculation).
+    pub fn held_slots_end(&self) -> u64 {
+        self.order.held_slots_end()
+    }
     /// Own messages (data or null) issued so far.
     pub fn sent(&self) -> u64 {
         self.order.own_highest()

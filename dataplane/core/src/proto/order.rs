@@ -277,6 +277,31 @@ impl Order {
         self.logs[self.rank].get(seq)
     }
 
+    /// Slot `g` of this view if held and not delivered: `Some(Some(payload))` a message,
+    /// `Some(None)` a null (see [`Member::held_slot`](super::Member::held_slot)).
+    pub(crate) fn held_slot(&self, g: u64) -> Option<Option<&[u8]>> {
+        if g < self.next_slot {
+            return None;
+        }
+        let n = self.n();
+        match self.logs[(g % n) as usize].get(g / n)? {
+            Slot::Data(p) => Some(Some(p)),
+            Slot::Null => Some(None),
+        }
+    }
+
+    /// One past the last slot of this view held (of any sender).
+    pub(crate) fn held_slots_end(&self) -> u64 {
+        let n = self.n();
+        self.logs
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.held_end > 0)
+            .map(|(r, l)| (l.held_end - 1) * n + r as u64 + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Per sender, the messages held contiguously (the `received` column of our row).
     pub(crate) fn contiguous(&self) -> Vec<u64> {
         self.logs.iter().map(|l| l.contiguous).collect()

@@ -502,6 +502,15 @@ impl QueueState {
     pub fn specs(&self) -> impl Iterator<Item = &QueueSpec> {
         self.queues.values().map(|q| &q.spec)
     }
+    /// Requests held in all: queued, blocked and in flight (what a copy of the state holds).
+    pub fn size(&self) -> usize {
+        self.in_flight.len()
+            + self
+                .queues
+                .values()
+                .map(|q| q.items.len() + q.blocked.len())
+                .sum::<usize>()
+    }
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }

@@ -289,6 +289,38 @@ pub enum Effect {
         version: u64,
         docs: Vec<String>,
     },
+    /// Not from the queue: speculation (see [`crate::replica`]). `req` is assigned to
+    /// `consumer` by the order this member holds but has not delivered yet: the consumer may
+    /// start it, and must hold back its completion until the assignment is [`Effect::Confirmed`]
+    /// (and drop it if [`Effect::Discarded`]). Only a replica with speculation switched on
+    /// gives these, and only for its own member.
+    Speculated {
+        consumer: MemberId,
+        req: Request,
+        /// Names this speculation in [`Effect::Confirmed`] and [`Effect::Discarded`] (unique
+        /// for the replica's process).
+        speculation: u64,
+    },
+    /// Not from the queue: the delivered order assigned `req` to `consumer`, which speculated
+    /// it as `speculation` (the same request; its instance differs from the speculated one
+    /// when the order before it did). It stands in for [`Effect::Assigned`] (every other replica gives that
+    /// one here): the request is not to be started again, its completion may now be submitted
+    /// (naming `req.instance`).
+    Confirmed {
+        consumer: MemberId,
+        req: Request,
+        speculation: u64,
+    },
+    /// Not from the queue: a speculated assignment (`speculation`, of request `id`'s `step`)
+    /// that the delivered order did not make (it gave the request to another member, or a view change
+    /// or a joiner's state came first). Its execution's completion must never be submitted;
+    /// the request runs wherever the delivered order puts it.
+    Discarded {
+        consumer: MemberId,
+        id: RequestId,
+        step: String,
+        speculation: u64,
+    },
     /// Not from the queue: the replica reports a view installed, at its place in the order
     /// (before the requests the removed members held are put back).
     ViewInstalled {
@@ -316,7 +348,10 @@ impl Effect {
     /// host hands on only these.
     pub fn concerns(&self, me: MemberId) -> bool {
         match self {
-            Effect::Assigned { consumer, .. } => *consumer == me,
+            Effect::Assigned { consumer, .. }
+            | Effect::Speculated { consumer, .. }
+            | Effect::Confirmed { consumer, .. }
+            | Effect::Discarded { consumer, .. } => *consumer == me,
             Effect::Blocked { id, .. }
             | Effect::Accepted { id, .. }
             | Effect::Admitted { id, .. }
