@@ -35,6 +35,14 @@ fn good_config_loads() {
         .contains("trigger, invoker-0"));
     let e = c.engine_config(1);
     assert_eq!(e.view.len(), 2);
+    // Speculation is on by default, for invokers only (a trigger runs no function).
+    assert!(e.speculate);
+    assert!(!c.engine_config(0).speculate);
+    let off = GroupConfig::parse(
+        &GOOD.replace("[group]", "[group]\nspeculate = false"),
+        Path::new("x.toml"),
+    );
+    assert!(!off.unwrap().engine_config(1).speculate);
 }
 
 #[test]

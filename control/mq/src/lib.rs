@@ -161,7 +161,9 @@ fn start_member(path: &std::path::Path, member: &str) -> Result<Client, MqError>
         errno: libc::EINVAL,
         message: e.to_string(),
     })?;
-    let ecfg = cfg.engine_config(idx);
+    let mut ecfg = cfg.engine_config(idx);
+    // This library takes only delivered assignments (not the speculation's effects).
+    ecfg.speculate = false;
     // A medium this build lacks (the library is built without DPDK, libibverbs and libbpf)
     // is said by name here.
     let opened =
