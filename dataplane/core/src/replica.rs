@@ -36,9 +36,8 @@
 //!
 //! When a delivery assigns this member a request it speculated (the same request: the same
 //! run, step, payload and details; its instance may differ if the order before it did), the
-//! replica gives [`Effect::Confirmed`] instead of [`Effect::Assigned`], naming the instance it
-//! was speculated as: the host submits the completion it held back, for the delivered
-//! instance. A speculated request that the delivered order gives to another member, or drops,
+//! replica gives [`Effect::Confirmed`] instead of [`Effect::Assigned`], naming the speculation:
+//! the host submits the completion it held back, for the delivered instance. A speculated request that the delivered order gives to another member, or drops,
 //! and everything speculated when a view is installed or a joiner's state replaces the queue,
 //! is [`Effect::Discarded`]: its completion is never submitted, and the request runs wherever
 //! the delivered order puts it. Only this member's own assignments are speculated; everything
@@ -378,6 +377,10 @@ impl Replica {
         let Some(ahead) = self.ahead.as_deref_mut() else {
             return;
         };
+        if self.member.status() != Status::Serving {
+            // A view change under way (or a joiner's state not in yet): its outcome decides.
+            return;
+        }
         let (view, delivered) = (self.member.view().id, self.member.delivered_slots());
         if ahead.dormant {
             if self.queue.size() > MAX_BACKLOG {
@@ -424,7 +427,7 @@ impl Replica {
             self.rebuild_ahead(view, delivered, false);
             self.effects.extend(self.scratch.drain(..));
         }
-        let Some(ahead) = self.ahead.as_deref_mut() else {
+        let Some(ahead) = self.ahead.as_deref_mut().filter(|a| !a.dormant) else {
             return;
         };
         let n = self.member.view().len() as u64;
