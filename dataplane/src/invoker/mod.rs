@@ -17,7 +17,7 @@ pub mod builtins;
 use crate::engine::{Clock, EngineError, EngineHandle, Event, InlineApp};
 use conveyor_core::pipeline::{External, Function, Output, Pipeline};
 use conveyor_core::queue::{Effect, Op, Request};
-use conveyor_core::types::MemberId;
+use conveyor_core::types::{MemberId, RequestId};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -61,11 +61,16 @@ enum Gate {
     Discarded,
 }
 
-/// The speculated executions of an invoker, by speculation number, shared with the executors'
-/// threads (which finish jobs).
+/// A speculation as the invoker knows it: its number, with the request's run and step (the
+/// number alone is not enough: a replica that rejoins numbers its speculations from 1 again,
+/// while executions of the one before may still be running).
+type SpecKey = (u64, RequestId, String);
+
+/// The speculated executions of an invoker, by [`SpecKey`], shared with the executors' threads
+/// (which finish jobs).
 #[derive(Debug, Default)]
 pub struct Gates {
-    by: std::collections::HashMap<u64, Gate>,
+    by: std::collections::HashMap<SpecKey, Gate>,
     /// Speculated executions whose result was dropped (the delivered order gave the request
     /// elsewhere, or a view change came first).
     pub discarded: u64,
@@ -85,8 +90,8 @@ fn name_instance(ops: &mut [Op], instance: u64) {
 
 impl Gates {
     /// The operations that complete speculation `n`, done: to submit now if confirmed, held if
-    /// not yet, dropped if discarded.
-    fn finished(&mut self, n: u64, mut ops: Vec<Op>) -> Vec<Op> {
+    /// not yet, dropped if discarded (or unknown: a replica before a rejoin speculated it).
+    fn finished(&mut self, n: SpecKey, mut ops: Vec<Op>) -> Vec<Op> {
         match self.by.remove(&n) {
             Some(Gate::Confirmed(instance)) => {
                 name_instance(&mut ops, instance);
@@ -106,7 +111,7 @@ impl Gates {
 
     /// Speculation `n` confirmed as `instance`: its completion if it is done (to submit now).
     /// `None` if this invoker knows no such speculation (it runs the request then).
-    fn confirmed(&mut self, n: u64, instance: u64) -> Option<Vec<Op>> {
+    fn confirmed(&mut self, n: SpecKey, instance: u64) -> Option<Vec<Op>> {
         let out = match self.by.remove(&n)? {
             Gate::Done(mut ops) => {
                 name_instance(&mut ops, instance);
@@ -126,7 +131,7 @@ impl Gates {
     }
 
     /// Speculation `n` discarded: a held completion is dropped, a running one will be.
-    fn discard(&mut self, n: u64) {
+    fn discard(&mut self, n: SpecKey) {
         if let Some(Gate::Running) = self.by.remove(&n) {
             self.by.insert(n, Gate::Discarded);
         }
@@ -255,8 +260,8 @@ pub struct Job {
     pub at_us: u64,
     pipeline: Arc<Pipeline>,
     finisher: Finisher,
-    /// A speculated execution: its number, and the invoker's gates.
-    speculation: Option<(u64, Arc<Mutex<Gates>>)>,
+    /// A speculated execution: which, and the invoker's gates.
+    speculation: Option<(SpecKey, Arc<Mutex<Gates>>)>,
 }
 
 impl Job {
@@ -274,9 +279,9 @@ impl Job {
             .finisher
             .finish(&self.pipeline, self.req, self.at_us, result, t0, t1);
         let ops = self.finisher.for_queue(op, queue).into();
-        match &self.speculation {
+        match self.speculation {
             Some((n, gates)) => match gates.lock() {
-                Ok(mut g) => g.finished(*n, ops),
+                Ok(mut g) => g.finished(n, ops),
                 Err(_) => Vec::new(),
             },
             None => ops,
@@ -452,28 +457,35 @@ impl InvokerApp {
             Effect::Speculated {
                 req, speculation, ..
             } => {
+                let key = (speculation, req.id, req.step.clone());
                 if let Ok(mut g) = self.gates.lock() {
-                    g.by.insert(speculation, Gate::Running);
+                    g.by.insert(key.clone(), Gate::Running);
                 }
-                (req, Some((speculation, self.gates.clone())))
+                (req, Some((key, self.gates.clone())))
             }
             Effect::Confirmed {
                 req, speculation, ..
             } => {
+                let key = (speculation, req.id, req.step.clone());
                 let done = self
                     .gates
                     .lock()
                     .ok()
-                    .and_then(|mut g| g.confirmed(speculation, req.instance));
+                    .and_then(|mut g| g.confirmed(key, req.instance));
                 match done {
                     Some(ops) => return ops,
                     // Not speculated here (this application started after it was): run it.
                     None => (req, None),
                 }
             }
-            Effect::Discarded { speculation, .. } => {
+            Effect::Discarded {
+                speculation,
+                id,
+                step,
+                ..
+            } => {
                 if let Ok(mut g) = self.gates.lock() {
-                    g.discard(speculation);
+                    g.discard((speculation, id, step));
                 }
                 return Vec::new();
             }
@@ -533,7 +545,7 @@ impl InvokerApp {
 impl InvokerApp {
     /// `ops` complete an execution, speculated or not: to submit now, or held (see
     /// [`Gates::finished`]).
-    fn gated(&self, speculation: Option<(u64, Arc<Mutex<Gates>>)>, ops: Vec<Op>) -> Vec<Op> {
+    fn gated(&self, speculation: Option<(SpecKey, Arc<Mutex<Gates>>)>, ops: Vec<Op>) -> Vec<Op> {
         match speculation {
             Some((n, gates)) => match gates.lock() {
                 Ok(mut g) => g.finished(n, ops),
@@ -686,7 +698,8 @@ mod tests {
     #[test]
     fn a_speculated_jobs_completion_is_held_by_finish() {
         let gates: Arc<Mutex<Gates>> = Arc::default();
-        gates.lock().unwrap().by.insert(5, Gate::Running);
+        let key = (5, RequestId(7), "b".to_string());
+        gates.lock().unwrap().by.insert(key.clone(), Gate::Running);
         let p = Arc::new(
             Pipeline::from_json(
                 r#"{"name":"p","entry":"b","steps":{
@@ -712,7 +725,7 @@ mod tests {
                 max_payload: 4096,
                 report: Arc::default(),
             },
-            speculation: Some((5, gates.clone())),
+            speculation: Some((key.clone(), gates.clone())),
         };
         assert!(job.speculated());
         let out = Output {
@@ -722,7 +735,7 @@ mod tests {
             failed: false,
         };
         assert!(job.finish(Ok(out), 0, 1).is_empty());
-        let ops = gates.lock().unwrap().confirmed(5, 11).unwrap();
+        let ops = gates.lock().unwrap().confirmed(key, 11).unwrap();
         assert!(
             matches!(
                 ops.as_slice(),
@@ -730,6 +743,17 @@ mod tests {
             ),
             "{ops:?}"
         );
+        // A job of a replica before a rejoin, finishing under a number the new replica gave
+        // another request: dropped, and the new speculation stays open.
+        let new = (6, RequestId(8), "b".to_string());
+        gates.lock().unwrap().by.insert(new, Gate::Running);
+        let stale = vec![Op::Shutdown { by: MemberId(1) }];
+        let held = gates
+            .lock()
+            .unwrap()
+            .finished((6, RequestId(7), "b".into()), stale);
+        assert!(held.is_empty());
+        assert_eq!(gates.lock().unwrap().open(), 1);
     }
 
     fn outputs(ops: Vec<Op>) -> Vec<String> {
