@@ -477,6 +477,8 @@ impl Engine {
                 self.bad_states_said = 0;
                 self.inline_events.clear();
                 self.local_ops.clear();
+                // The new replica numbers its speculations from 1 again.
+                self.speculated_at.clear();
                 self.rejoins += 1;
             }
             Err(e) => tracing::error!("cannot rejoin: {e}"),
