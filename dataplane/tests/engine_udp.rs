@@ -30,6 +30,16 @@ fn cfg(me: u16, key: &Key) -> EngineConfig {
     }
 }
 
+/// Adds a run's end to `done`; a run that ends twice fails the test.
+fn count_completion(effect: Effect, done: &mut std::collections::BTreeSet<RequestId>) {
+    if let Effect::Completed {
+        id, terminal: true, ..
+    } = effect
+    {
+        assert!(done.insert(id), "{id} completed twice");
+    }
+}
+
 fn frame(key: &Key, group: GroupId) -> Vec<u8> {
     let mut buf = Vec::new();
     let h = Header {
@@ -107,12 +117,7 @@ fn requests_flow_and_bad_frames_are_counted_and_dropped() {
         let ev = trigger
             .next_event(Duration::from_secs(10))
             .expect("completions keep coming");
-        if let Effect::Completed {
-            id, terminal: true, ..
-        } = ev.effect
-        {
-            assert!(done.insert(id), "{id} completed twice");
-        }
+        count_completion(ev.effect, &mut done);
     }
     // An oversized operation is refused to the pusher, not sent.
     let big = pipeline.entry_request(
@@ -202,24 +207,14 @@ fn speculated_steps_complete_exactly_once() {
         // Paced, so that invokers are idle when a push arrives (what speculation is for).
         std::thread::sleep(Duration::from_micros(300));
         while let Some(ev) = trigger.next_event(Duration::ZERO) {
-            if let Effect::Completed {
-                id, terminal: true, ..
-            } = ev.effect
-            {
-                assert!(done.insert(id), "{id} completed twice");
-            }
+            count_completion(ev.effect, &mut done);
         }
     }
     while done.len() < n as usize {
         let ev = trigger
             .next_event(Duration::from_secs(10))
             .expect("completions keep coming");
-        if let Effect::Completed {
-            id, terminal: true, ..
-        } = ev.effect
-        {
-            assert!(done.insert(id), "{id} completed twice");
-        }
+        count_completion(ev.effect, &mut done);
     }
     trigger.submit(&Op::Shutdown { by: MemberId(0) }).unwrap();
     let rt = trigger.join();

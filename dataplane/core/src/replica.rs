@@ -260,11 +260,6 @@ impl Replica {
         }
     }
 
-    /// Whether speculation is on.
-    pub fn speculating(&self) -> bool {
-        self.ahead.is_some()
-    }
-
     /// The protocol member, for its state and counters.
     pub fn member(&self) -> &Member {
         &self.member
@@ -385,17 +380,8 @@ impl Replica {
         if ahead.dormant {
             if self.queue.size() > MAX_BACKLOG {
                 // Speculated before it fell dormant, and passed since: not to be confirmed.
-                let mut i = 0;
-                while i < ahead.pending.len() {
-                    if ahead.pending[i].slot < delivered || ahead.view != view {
-                        if let Some(p) = ahead.pending.remove(i) {
-                            self.stats.discarded += 1;
-                            self.effects.push_back(p.discarded(me));
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
+                let other_view = ahead.view != view;
+                self.discard_pending(|p| other_view || p.slot < delivered);
                 return;
             }
             ahead.queue = self.queue.clone();
@@ -491,16 +477,22 @@ impl Replica {
         // Speculated by an earlier copy at a slot the rebuilt one passed without assigning it
         // here again: the order changed what it does.
         let (generation, next) = (ahead.generation, ahead.next);
+        self.discard_pending(|p| p.generation < generation && p.slot < next);
+    }
+
+    /// Discards the pending speculations `gone` picks ([`Effect::Discarded`], queued now).
+    fn discard_pending(&mut self, gone: impl Fn(&Pending) -> bool) {
+        let me = self.member.id();
+        let Some(ahead) = self.ahead.as_deref_mut() else {
+            return;
+        };
         let mut i = 0;
         while i < ahead.pending.len() {
-            let p = &ahead.pending[i];
-            if p.generation < generation && p.slot < next {
-                if let Some(p) = ahead.pending.remove(i) {
-                    self.stats.discarded += 1;
-                    self.effects.push_back(p.discarded(me));
-                }
-            } else {
+            if !gone(&ahead.pending[i]) {
                 i += 1;
+            } else if let Some(p) = ahead.pending.remove(i) {
+                self.stats.discarded += 1;
+                self.effects.push_back(p.discarded(me));
             }
         }
     }
@@ -885,11 +877,8 @@ mod tests {
             .unwrap();
     }
 
-    /// With speculation on, an invoker is told of its assignment before it is delivered, then
-    /// that the delivery confirmed it (in place of the assignment itself); the others see the
-    /// plain assignment at the same place in the order.
-    #[test]
-    fn a_speculated_assignment_comes_first_and_is_then_confirmed() {
+    /// Three members; member 2 speculates, takes from queue "q" and has 4 credits.
+    fn speculating_net() -> Net {
         let mut net = Net::new(3);
         net.rs[2].set_speculation(true);
         net.rs[0].submit(&Op::Create(spec())).unwrap();
@@ -907,18 +896,40 @@ mod tests {
             })
             .unwrap();
         net.run(5_000);
+        net
+    }
+
+    fn speculated(e: &Effect) -> Option<&Request> {
+        match e {
+            Effect::Speculated { req, .. } => Some(req),
+            _ => None,
+        }
+    }
+    fn confirmed(e: &Effect) -> Option<&Request> {
+        match e {
+            Effect::Confirmed { req, .. } => Some(req),
+            _ => None,
+        }
+    }
+    fn assigned(e: &Effect) -> Option<&Request> {
+        match e {
+            Effect::Assigned { req, .. } => Some(req),
+            _ => None,
+        }
+    }
+
+    /// With speculation on, an invoker is told of its assignment before it is delivered, then
+    /// that the delivery confirmed it (in place of the assignment itself); the others see the
+    /// plain assignment at the same place in the order.
+    #[test]
+    fn a_speculated_assignment_comes_first_and_is_then_confirmed() {
+        let mut net = speculating_net();
         for n in 1..=3 {
             push(&mut net, n);
         }
         // One step: the pushes reach member 2, which cannot have seen them stable yet.
         net.run(500);
-        let spec: Vec<&Request> = net.fx[2]
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Speculated { req, .. } => Some(req),
-                _ => None,
-            })
-            .collect();
+        let spec: Vec<&Request> = net.fx[2].iter().filter_map(speculated).collect();
         // The first is held after every slot before it; the next two after member 1's slots
         // of their rounds, which member 2 does not hold yet and takes for nulls.
         assert_eq!(spec.len(), 3, "{:?}", net.fx[2]);
@@ -926,40 +937,15 @@ mod tests {
             .iter()
             .any(|e| matches!(e, Effect::Confirmed { .. } | Effect::Assigned { .. })));
         net.run(10_000);
-        let confirmed: Vec<&Request> = net.fx[2]
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Confirmed { req, .. } => Some(req),
-                _ => None,
-            })
-            .collect();
-        let assigned: Vec<&Request> = net.fx[0]
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Assigned { req, .. } => Some(req),
-                _ => None,
-            })
-            .collect();
-        let spec: Vec<&Request> = net.fx[2]
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Speculated { req, .. } => Some(req),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(confirmed, assigned);
-        assert_eq!(spec, assigned);
+        let conf: Vec<&Request> = net.fx[2].iter().filter_map(confirmed).collect();
+        let asgn: Vec<&Request> = net.fx[0].iter().filter_map(assigned).collect();
+        let spec: Vec<&Request> = net.fx[2].iter().filter_map(speculated).collect();
+        assert_eq!(conf, asgn);
+        assert_eq!(spec, asgn);
         for r in spec {
             let at =
                 |f: fn(&Effect) -> Option<&Request>| net.fx[2].iter().position(|e| f(e) == Some(r));
-            let s = at(|e| match e {
-                Effect::Speculated { req, .. } => Some(req),
-                _ => None,
-            });
-            let c = at(|e| match e {
-                Effect::Confirmed { req, .. } => Some(req),
-                _ => None,
-            });
+            let (s, c) = (at(speculated), at(confirmed));
             assert!(s < c, "{r:?} speculated at {s:?}, confirmed at {c:?}");
         }
         assert!(!net.fx[2]
@@ -975,23 +961,7 @@ mod tests {
     /// delivered after is assigned as usual.
     #[test]
     fn switching_speculation_off_discards_what_was_not_delivered() {
-        let mut net = Net::new(3);
-        net.rs[2].set_speculation(true);
-        net.rs[0].submit(&Op::Create(spec())).unwrap();
-        net.run(5_000);
-        net.rs[2]
-            .submit(&Op::Subscribe {
-                consumer: MemberId(2),
-                queue: "q".into(),
-            })
-            .unwrap();
-        net.rs[2]
-            .submit(&Op::Ready {
-                consumer: MemberId(2),
-                credits: 4,
-            })
-            .unwrap();
-        net.run(5_000);
+        let mut net = speculating_net();
         push(&mut net, 1);
         net.run(500);
         assert!(matches!(net.fx[2].last(), Some(Effect::Speculated { .. })));
