@@ -68,7 +68,7 @@ fn start_group_with(tag: &str, timeout_s: u64) -> Group {
         .collect();
     let gw = format!("127.0.0.1:{}", free_tcp());
     let toml = format!(
-        "[group]\nname = \"gw\"\nkey = \"{KEY}\"\npipelines = [\"demo.json\", \"echo2.json\", \"slow.json\"]\nstartup_timeout_s = 20\n\n[[member]]\nname = \"trigger\"\naddress = \"127.0.0.1:{}\"\nrole = \"trigger\"\n[member.gateway]\naddress = \"{gw}\"\ntimeout_s = {timeout_s}\nwrite_timeout_s = 1\n\n[[member]]\nname = \"invoker-0\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\nexecutor = \"thread\"\n\n[[member]]\nname = \"invoker-1\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\nexecutor = \"thread\"\n",
+        "[group]\nname = \"gw\"\nkey = \"{KEY}\"\npipelines = [\"demo.json\", \"echo2.json\", \"slow.json\"]\nstartup_timeout_s = 20\n\n[[member]]\nname = \"trigger\"\naddress = \"127.0.0.1:{}\"\nrole = \"trigger\"\n[member.gateway]\naddress = \"{gw}\"\ntimeout_s = {timeout_s}\nwrite_timeout_s = 1\nread_timeout_s = 1\n\n[[member]]\nname = \"invoker-0\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\nexecutor = \"thread\"\n\n[[member]]\nname = \"invoker-1\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\nexecutor = \"thread\"\n",
         ports[0], ports[1], ports[2]
     );
     std::fs::write(dir.join("conveyor.toml"), toml).unwrap();
@@ -195,7 +195,26 @@ fn openfaas_routes_answer_through_the_group() {
         curl_i(&["-d", "still", &format!("{base}/function/echo2")]).1,
         "still"
     );
-    drop(stalled);
+    // The stalled client loses its connection after read_timeout_s (1 s here), and so does one
+    // that stalls in its body (408).
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = std::io::Read::read_to_end(&mut stalled, &mut rest);
+    assert!(closed.is_ok(), "not closed by the gateway: {closed:?}");
+    let mut slow_body = std::net::TcpStream::connect(&g.gateway).unwrap();
+    slow_body
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut slow_body,
+        b"POST /function/echo2 HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut slow_body, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     // The function list, OpenFaaS's shape, with the calls counted.
     let (status, list, _) = curl_i(&[&format!("{base}/system/functions")]);
     assert_eq!(status, 200);

@@ -256,6 +256,11 @@ pub struct GatewaySection {
     /// A client that does not read the answer for this long loses its connection, seconds.
     #[serde(default = "d_gateway_write_timeout")]
     pub write_timeout_s: u64,
+    /// A client that takes longer than this to send a request's head (or to send the next on
+    /// a kept-alive connection), or pauses longer inside a body, loses its connection (408
+    /// for a body), seconds.
+    #[serde(default = "d_gateway_write_timeout")]
+    pub read_timeout_s: u64,
     /// With `basic_auth_password_file`: the `/system/` API needs HTTP basic auth with this
     /// user, as OpenFaaS's gateway with `basic_auth` on.
     #[serde(default, skip_serializing_if = "Option::is_none")]

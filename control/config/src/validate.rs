@@ -294,6 +294,12 @@ fn gateways(file: &GroupFile) -> Result<(), Bad> {
                     "must be at least 1",
                 ));
             }
+            if g.read_timeout_s == 0 {
+                return Err(bad(
+                    format!("member[{i}].gateway.read_timeout_s"),
+                    "must be at least 1",
+                ));
+            }
             if !(1..=256).contains(&g.workers) {
                 return Err(bad(
                     format!("member[{i}].gateway.workers"),

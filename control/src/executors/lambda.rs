@@ -32,7 +32,6 @@ use conveyor_dataplane::invoker::{FunctionError, Job};
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const PREFIX: &str = "/2018-06-01/runtime/";
@@ -75,8 +74,7 @@ struct Api {
 pub struct Runtime {
     proc: Proc,
     api: Arc<Api>,
-    server: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
+    server: crate::http::Server,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -92,19 +90,12 @@ impl Drop for Runtime {
             st.closed = true;
         }
         self.api.changed.notify_all();
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.server.stop();
     }
 }
 
-fn json_reply(status: u16, body: String) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    let mut r = tiny_http::Response::from_data(body.into_bytes()).with_status_code(status);
-    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]) {
-        r.add_header(h);
-    }
-    r
+fn json_reply(status: u16, body: String) -> crate::http::Response {
+    crate::http::Response::new(status, body).with_header("Content-Type", "application/json")
 }
 
 fn error_doc(kind: &str, message: &str) -> String {
@@ -112,11 +103,11 @@ fn error_doc(kind: &str, message: &str) -> String {
 }
 
 impl Api {
-    fn serve(self: &Arc<Self>, mut rq: tiny_http::Request) {
+    fn serve(self: &Arc<Self>, mut rq: crate::http::Request) {
         let url = rq.url().to_string();
-        let method = rq.method().as_str().to_string();
+        let method = rq.method().to_string();
         let Some(path) = url.strip_prefix(PREFIX) else {
-            let _ = rq.respond(json_reply(404, error_doc("NotFound", "no such route")));
+            rq.respond(json_reply(404, error_doc("NotFound", "no such route")));
             return;
         };
         let parts: Vec<&str> = path.split('/').collect();
@@ -130,7 +121,7 @@ impl Api {
                 };
                 if st.in_flight.as_deref() != Some(*id) {
                     drop(st);
-                    let _ = rq.respond(json_reply(
+                    rq.respond(json_reply(
                         400,
                         error_doc("InvalidRequestID", &format!("no invocation {id} in flight")),
                     ));
@@ -138,10 +129,8 @@ impl Api {
                 }
                 st.in_flight = None;
                 let error_type = rq
-                    .headers()
-                    .iter()
-                    .find(|h| h.field.equiv("Lambda-Runtime-Function-Error-Type"))
-                    .map(|h| h.value.as_str().to_string());
+                    .header("Lambda-Runtime-Function-Error-Type")
+                    .map(str::to_string);
                 let (status, reply, result) = match (body, *what) {
                     (Err(e), _) => (
                         413,
@@ -158,7 +147,7 @@ impl Api {
                 st.result = Some(result);
                 drop(st);
                 self.changed.notify_all();
-                let _ = rq.respond(json_reply(status, reply));
+                rq.respond(json_reply(status, reply));
             }
             ("POST", ["init", "error"]) => {
                 let b = read_limited(rq.as_reader(), 4096).unwrap_or_default();
@@ -166,10 +155,10 @@ impl Api {
                     st.init_error = Some(String::from_utf8_lossy(&b).trim().to_string());
                 }
                 self.changed.notify_all();
-                let _ = rq.respond(json_reply(202, r#"{"status":"OK"}"#.into()));
+                rq.respond(json_reply(202, r#"{"status":"OK"}"#.into()));
             }
             _ => {
-                let _ = rq.respond(json_reply(
+                rq.respond(json_reply(
                     404,
                     error_doc("NotFound", &format!("no route {method} {url}")),
                 ));
@@ -178,7 +167,7 @@ impl Api {
     }
 
     /// Long poll: waits for an invocation (or for the runtime to be stopped).
-    fn next(&self, rq: tiny_http::Request) {
+    fn next(&self, rq: crate::http::Request) {
         let Ok(mut st) = self.state.lock() else {
             return;
         };
@@ -187,7 +176,7 @@ impl Api {
         let inv = loop {
             if st.closed {
                 drop(st);
-                let _ = rq.respond(json_reply(
+                rq.respond(json_reply(
                     500,
                     error_doc("ServiceStopping", "the invoker stopped this runtime"),
                 ));
@@ -203,7 +192,7 @@ impl Api {
             };
         };
         drop(st);
-        let mut r = tiny_http::Response::from_data(inv.payload).with_status_code(200);
+        let mut r = crate::http::Response::new(200, inv.payload);
         let arn = format!(
             "arn:aws:lambda:local:000000000000:function:{}",
             self.function
@@ -216,45 +205,37 @@ impl Api {
             ("Lambda-Runtime-Trace-Id", &trace),
             ("Content-Type", "application/json"),
         ] {
-            if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
-                r.add_header(h);
-            }
+            r.add_header(k, v);
         }
         // A runtime that died meanwhile does not get it; the worker sees the exit.
-        let _ = rq.respond(r);
+        rq.respond(r);
     }
 }
 
 fn start(pool: &Pool, max_output: usize) -> Result<Runtime, FunctionError> {
     let f = &pool.f;
     let started = Instant::now();
-    let server = Arc::new(
-        tiny_http::Server::http("127.0.0.1:0")
-            .map_err(|e| FunctionError::new(500, format!("the Runtime API cannot listen: {e}")))?,
-    );
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| FunctionError::new(500, "the Runtime API has no IP address"))?;
     let api = Arc::new(Api {
         state: Mutex::new(State::default()),
         changed: Condvar::new(),
         function: f.name.clone(),
         max_output,
     });
-    let (srv, a) = (server.clone(), api.clone());
-    let thread = std::thread::Builder::new()
-        .name(format!("conveyor-lambda-{}", f.name))
-        .spawn(move || {
-            for rq in srv.incoming_requests() {
-                let a = a.clone();
-                // One thread per request: `next` is a long poll.
-                let _ = std::thread::Builder::new()
-                    .name("conveyor-lambda-rq".into())
-                    .spawn(move || a.serve(rq));
-            }
-        })
-        .map_err(|e| FunctionError::new(500, format!("cannot start a thread: {e}")))?;
+    // The runtime's own connection, on loopback: `next` is a long poll (it holds a worker), and
+    // the connection stays idle while the function runs, however long that is.
+    let opts = crate::http::Options {
+        read_timeout: Duration::from_secs(24 * 3600),
+        ..crate::http::Options::new(4)
+    };
+    let a = api.clone();
+    let server = crate::http::Server::start(
+        "127.0.0.1:0",
+        &format!("conveyor-lambda-{}", f.name),
+        opts,
+        move |rq| a.serve(rq),
+    )
+    .map_err(|e| FunctionError::new(500, format!("the Runtime API cannot listen: {e}")))?;
+    let addr = server.address();
     let dir = f.executor.dir.clone().unwrap_or_else(|| ".".into());
     let env = vec![
         ("AWS_LAMBDA_RUNTIME_API".to_string(), addr.to_string()),
@@ -271,12 +252,7 @@ fn start(pool: &Pool, max_output: usize) -> Result<Runtime, FunctionError> {
     ];
     let proc = Proc::spawn(f, &env, Stdio::null(), Stdio::inherit(), Stdio::inherit())
         .map_err(|e| FunctionError::new(500, e.to_string()))?;
-    let mut rt = Runtime {
-        proc,
-        api,
-        server,
-        thread: Some(thread),
-    };
+    let mut rt = Runtime { proc, api, server };
     // Up when it first asks for work.
     let deadline = Instant::now() + pool.start_timeout();
     let fail = |e: String| {

@@ -304,6 +304,7 @@ pub fn run(
                             }),
                             auth: basic_auth(&cfg, idx, gw)?,
                             write_timeout: Duration::from_secs(gw.write_timeout_s),
+                            read_timeout: Duration::from_secs(gw.read_timeout_s),
                         },
                         handle.clone(),
                         cfg.pipelines.clone(),

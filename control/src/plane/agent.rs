@@ -193,51 +193,40 @@ pub(super) fn report_of(
 }
 
 /// Serves the member's own `/metrics` on `address` (`member.metrics_address`), the same series
-/// as the control plane's for this member, read from the engine at each scrape.
+/// as the control plane's for this member, read from the engine at each scrape; served until
+/// the returned server is dropped.
 pub fn serve_member_metrics(
     cfg: &GroupConfig,
     me: usize,
     probe: conveyor_dataplane::engine::Probe,
     address: &str,
-) -> Result<std::thread::JoinHandle<()>> {
+) -> Result<crate::http::Server> {
     let names: Vec<String> = cfg.file.members.iter().map(|m| m.name.clone()).collect();
     let my_name = names.get(me).cloned().unwrap_or_default();
-    let server = tiny_http::Server::http(address)
-        .map_err(|e| anyhow::anyhow!("member.metrics_address {address}: cannot listen: {e}"))?;
-    tracing::info!("member {my_name}: /metrics on http://{address}");
-    Ok(std::thread::Builder::new()
-        .name("conveyor-metrics".into())
-        .spawn(move || {
-            while !probe.is_finished() {
-                let Ok(Some(rq)) = server.recv_timeout(Duration::from_millis(200)) else {
-                    continue;
-                };
-                let path = rq.url().split('?').next().unwrap_or("").to_string();
-                let method = rq.method().as_str().to_string();
-                let (status, body, ctype) = match (method.as_str(), path.as_str()) {
-                    ("GET" | "HEAD", "/metrics") => {
-                        let report = report_of(&probe.live(), &names, &my_name);
-                        match super::metrics::encode_reports(
-                            &[(my_name.as_str(), &report)],
-                            &[(my_name.as_str(), true)],
-                        ) {
-                            Ok(t) => (200, t, "text/plain; version=0.0.4; charset=utf-8"),
-                            Err(e) => (500, format!("{e}\n"), "text/plain"),
-                        }
-                    }
-                    (_, "/metrics") => (405, "GET /metrics\n".into(), "text/plain"),
-                    _ => (404, "GET /metrics\n".into(), "text/plain"),
-                };
-                let mut r = tiny_http::Response::from_string(body).with_status_code(status);
-                if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", ctype) {
-                    r.add_header(h);
+    let shown = my_name.clone();
+    let opts = crate::http::Options::new(2);
+    let server = crate::http::Server::start(address, "conveyor-metrics", opts, move |rq| {
+        let (status, body, ctype) = match (rq.method(), rq.path()) {
+            ("GET" | "HEAD", "/metrics") => {
+                let report = report_of(&probe.live(), &names, &my_name);
+                match super::metrics::encode_reports(
+                    &[(my_name.as_str(), &report)],
+                    &[(my_name.as_str(), true)],
+                ) {
+                    Ok(t) => (200, t, "text/plain; version=0.0.4; charset=utf-8"),
+                    Err(e) => (500, format!("{e}\n"), "text/plain"),
                 }
-                if status == 405 {
-                    if let Ok(h) = tiny_http::Header::from_bytes("Allow", "GET, HEAD") {
-                        r.add_header(h);
-                    }
-                }
-                let _ = rq.respond(r);
             }
-        })?)
+            (_, "/metrics") => (405, "GET /metrics\n".into(), "text/plain"),
+            _ => (404, "GET /metrics\n".into(), "text/plain"),
+        };
+        let mut r = crate::http::Response::new(status, body).with_header("Content-Type", ctype);
+        if status == 405 {
+            r.add_header("Allow", "GET, HEAD");
+        }
+        rq.respond(r);
+    })
+    .map_err(|e| anyhow::anyhow!("member.metrics_address {address}: cannot listen: {e}"))?;
+    tracing::info!("member {shown}: /metrics on http://{}", server.address());
+    Ok(server)
 }

@@ -27,7 +27,6 @@ use anyhow::{bail, Context, Result};
 use conveyor_core::pipeline::Pipeline;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -213,31 +212,23 @@ pub fn serve(cfg: &GroupConfig, state_path: &Path, listen: Option<&str>) -> Resu
     if let Ok(s) = state.lock() {
         s.save()?;
     }
-    let server = crate::http::listen(&address, WRITE_TIMEOUT)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
+    // Several workers: a client slow in its body holds one of them (at most READ_TIMEOUT
+    // per pause), not the members' reports; one slow in its head holds none.
+    let opts = crate::http::Options {
+        read_timeout: READ_TIMEOUT,
+        write_timeout: WRITE_TIMEOUT,
+        ..crate::http::Options::new(WORKERS)
+    };
+    let server = crate::http::Server::start(&address, "conveyor-control", opts, move |req| {
+        answer(&state, &token, req)
+    })
+    .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
     tracing::info!(
         "control plane of group {:?} on http://{address}, state in {}",
         cfg.file.group.name,
         state_path.display()
     );
-    // Several workers: a slow client (a body sent byte by byte) holds one of them, not the
-    // members' reports.
-    let server = Arc::new(server);
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|i| {
-            let (server, state, token) = (server.clone(), state.clone(), token.clone());
-            std::thread::Builder::new()
-                .name(format!("conveyor-control-{i}"))
-                .spawn(move || {
-                    while let Ok(req) = server.recv() {
-                        answer(&state, &token, req);
-                    }
-                })
-        })
-        .collect::<std::io::Result<_>>()?;
-    for w in workers {
-        let _ = w.join();
-    }
+    server.wait();
     Ok(())
 }
 
@@ -245,39 +236,31 @@ pub fn serve(cfg: &GroupConfig, state_path: &Path, listen: Option<&str>) -> Resu
 const WORKERS: usize = 8;
 /// A client that does not read its answer for this long loses its connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client that takes longer to send a request's head, or pauses longer in its body, loses
+/// its connection (408 for a body).
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest body the control plane reads (a pipeline document, a report).
 const MAX_BODY: usize = 1 << 20;
 
-fn answer(state: &Mutex<State>, token: &str, mut req: tiny_http::Request) {
-    let method = req.method().as_str().to_string();
+fn answer(state: &Mutex<State>, token: &str, mut req: crate::http::Request) {
+    let method = req.method().to_string();
     let url = req.url().to_string();
-    let auth = req
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .map(|h| h.value.as_str().to_string());
-    let mut body = String::new();
-    let answer = if req.body_length().is_some_and(|n| n > MAX_BODY) {
-        error(413, format!("the body is larger than {MAX_BODY} bytes"))
-    } else {
-        match req
-            .as_reader()
-            .take(MAX_BODY as u64 + 1)
-            .read_to_string(&mut body)
-        {
+    let auth = req.header("Authorization").map(str::to_string);
+    let answer = match req.read_body(MAX_BODY) {
+        Err(None) => error(413, format!("the body is larger than {MAX_BODY} bytes")),
+        Err(Some(e)) if e.kind() == std::io::ErrorKind::TimedOut => error(408, e.to_string()),
+        Err(Some(e)) => error(400, format!("the body could not be read: {e}")),
+        Ok(body) => match String::from_utf8(body) {
             Err(_) => error(400, "the body is not UTF-8 text"),
-            Ok(n) if n > MAX_BODY => {
-                error(413, format!("the body is larger than {MAX_BODY} bytes"))
-            }
-            Ok(_) => route(state, token, &method, &url, auth.as_deref(), &body),
-        }
+            Ok(body) => route(state, token, &method, &url, auth.as_deref(), &body),
+        },
     };
     let ctype = if answer.text {
         "text/plain; version=0.0.4"
     } else {
         "application/json"
     };
-    let mut resp = tiny_http::Response::from_string(answer.body).with_status_code(answer.status);
+    let mut resp = crate::http::Response::new(answer.status, answer.body);
     let allow = api::allowed(url.split('?').next().unwrap_or(""));
     let headers = [
         Some(("Content-Type", ctype)),
@@ -286,13 +269,9 @@ fn answer(state: &Mutex<State>, token: &str, mut req: tiny_http::Request) {
         (answer.status == 405).then_some(("Allow", allow)),
     ];
     for (k, v) in headers.into_iter().flatten() {
-        if let Ok(h) = tiny_http::Header::from_bytes(k, v) {
-            resp.add_header(h);
-        }
+        resp.add_header(k, v);
     }
-    if let Err(e) = req.respond(resp) {
-        tracing::debug!("answering {method} {url}: {e}");
-    }
+    req.respond(resp);
 }
 
 /// Reports younger than 3 s.

@@ -29,13 +29,13 @@
 //! submitted, so no completion can come first). Pipelines changed through the control plane
 //! apply to the next call.
 
+use crate::http;
 use anyhow::{anyhow, Result};
 use conveyor_core::pipeline::Pipeline;
 use conveyor_core::queue::{Effect, Http, Meta, Op};
 use conveyor_core::types::{MemberId, RequestId};
 use conveyor_dataplane::engine::{EngineHandle, Event};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -60,6 +60,9 @@ pub struct GatewayConfig {
     pub auth: Option<BasicAuth>,
     /// A client that does not read its answer for this long loses its connection.
     pub write_timeout: Duration,
+    /// A client that takes longer to send a request's head, or pauses longer inside its body,
+    /// loses its connection (408 for a body).
+    pub read_timeout: Duration,
 }
 
 /// How a call ended.
@@ -132,6 +135,8 @@ struct Callback {
 /// A running gateway; [`Gateway::wait`] returns when the member is shut down.
 pub struct Gateway {
     threads: Vec<JoinHandle<()>>,
+    callbacks: JoinHandle<()>,
+    server: Arc<http::Server>,
     pub address: SocketAddr,
     shared: Arc<Shared>,
 }
@@ -207,14 +212,6 @@ impl Gateway {
         invokers: Vec<MemberId>,
         max_payload: usize,
     ) -> Result<Gateway> {
-        let server = Arc::new(
-            crate::http::listen(&cfg.address.to_string(), cfg.write_timeout)
-                .map_err(|e| anyhow!("the gateway cannot listen on {}: {e}", cfg.address))?,
-        );
-        let address = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| anyhow!("the gateway's address is not an IP address"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (cb_tx, cb_rx) = mpsc::channel::<Callback>();
         // Request ids stay unique across restarts of this trigger: the counter starts at the
@@ -242,32 +239,33 @@ impl Gateway {
                 metrics: system::Metrics::new(),
             },
         });
-        let mut threads = Vec::new();
-        for i in 0..cfg.workers.max(1) {
-            let (s, srv, timeout) = (shared.clone(), server.clone(), cfg.timeout);
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("conveyor-gw-{i}"))
-                    .spawn(move || worker(&s, &srv, timeout))?,
-            );
-        }
-        let s = shared.clone();
-        let srv = server.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("conveyor-gw-events".into())
-                .spawn(move || {
-                    dispatcher(&s);
-                    srv.unblock();
-                })?,
+        let opts = http::Options {
+            read_timeout: cfg.read_timeout,
+            write_timeout: cfg.write_timeout,
+            ..http::Options::new(cfg.workers)
+        };
+        let (s, timeout) = (shared.clone(), cfg.timeout);
+        let server = Arc::new(
+            http::Server::start(&cfg.address.to_string(), "conveyor-gw", opts, move |rq| {
+                serve(&s, rq, timeout)
+            })
+            .map_err(|e| anyhow!("the gateway cannot listen on {}: {e}", cfg.address))?,
         );
-        threads.push(
-            std::thread::Builder::new()
-                .name("conveyor-gw-callbacks".into())
-                .spawn(move || callbacks(cb_rx))?,
-        );
+        let address = server.address();
+        let (s, srv) = (shared.clone(), server.clone());
+        let threads = vec![std::thread::Builder::new()
+            .name("conveyor-gw-events".into())
+            .spawn(move || {
+                dispatcher(&s);
+                srv.stop();
+            })?];
+        let callbacks = std::thread::Builder::new()
+            .name("conveyor-gw-callbacks".into())
+            .spawn(move || callbacks(cb_rx))?;
         Ok(Gateway {
             threads,
+            callbacks,
+            server,
             address,
             shared,
         })
@@ -281,14 +279,21 @@ impl Gateway {
     /// Waits until the member is shut down.
     pub fn wait(self) {
         let Gateway {
-            threads, shared, ..
+            threads,
+            callbacks,
+            server,
+            shared,
+            ..
         } = self;
         // Ours must go first: the callbacks thread ends when the last holder of the shared
-        // state (and so of its channel) is gone.
+        // state (and so of its channel) is gone: the dispatcher, then the server's handler
+        // (the dispatcher stops the server when it ends).
         drop(shared);
         for t in threads {
             let _ = t.join();
         }
+        drop(server);
+        let _ = callbacks.join();
     }
 }
 
@@ -383,48 +388,33 @@ fn find(s: &Shared, name: &str) -> Option<(Arc<Pipeline>, usize)> {
     by(name).or_else(|| by(system::strip_namespace(name)).filter(|_| name.contains('.')))
 }
 
-fn header(name: &str, value: &str) -> Option<tiny_http::Header> {
-    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
-}
-
-type Reply = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
+type Reply = http::Response;
 
 fn reply(status: u16, body: impl Into<Vec<u8>>, headers: &[(&str, String)]) -> Reply {
-    let mut r = tiny_http::Response::from_data(body.into()).with_status_code(status);
+    let mut r = http::Response::new(status, body);
     for (k, v) in headers {
-        if let Some(h) = header(k, v) {
-            r.add_header(h);
-        }
+        r.add_header(k, v.clone());
     }
     r
 }
 
-fn worker(s: &Shared, server: &tiny_http::Server, timeout: Duration) {
-    while !s.stop.load(Ordering::SeqCst) {
-        let mut req = match server.recv_timeout(Duration::from_millis(200)) {
-            Ok(Some(r)) => r,
-            Ok(None) => continue,
-            Err(_) => break,
-        };
-        let path = req.url().split('?').next().unwrap_or("").to_string();
-        let function = system::called(s, &path);
-        if let Some(f) = &function {
-            s.system.metrics.started(f);
-        }
-        let t0 = Instant::now();
-        let answer = route(s, &mut req, timeout);
-        if let Some(f) = &function {
-            s.system
-                .metrics
-                .finished(f, answer.status_code().0, t0.elapsed());
-        }
-        let _ = req.respond(answer);
+/// One call, on one of the server's worker threads.
+fn serve(s: &Shared, mut req: http::Request, timeout: Duration) {
+    let function = system::called(s, req.path());
+    if let Some(f) = &function {
+        s.system.metrics.started(f);
     }
+    let t0 = Instant::now();
+    let answer = route(s, &mut req, timeout);
+    if let Some(f) = &function {
+        s.system.metrics.finished(f, answer.status(), t0.elapsed());
+    }
+    req.respond(answer);
 }
 
-fn route(s: &Shared, req: &mut tiny_http::Request, timeout: Duration) -> Reply {
-    let method = req.method().as_str().to_string();
-    let path = req.url().split('?').next().unwrap_or("").to_string();
+fn route(s: &Shared, req: &mut http::Request, timeout: Duration) -> Reply {
+    let method = req.method().to_string();
+    let path = req.path().to_string();
     if let Some(r) = system::route(s, req, &method, &path) {
         return r;
     }
@@ -476,32 +466,27 @@ fn functions(s: &Shared) -> Reply {
     )
 }
 
-fn request_header(req: &tiny_http::Request, name: &'static str) -> Option<String> {
-    req.headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str().to_string())
+fn request_header(req: &http::Request, name: &str) -> Option<String> {
+    req.header(name).map(str::to_string)
 }
 
 /// What a function behind a proxy expects to learn of its caller, as OpenFaaS's gateway
 /// passes it on: `X-Forwarded-For` (the caller's address, after any the call already carries),
 /// `X-Forwarded-Host` (the Host it called), `X-Forwarded-Proto`, and the call's `X-Call-Id`.
-fn forwarded(headers: &mut Vec<(String, String)>, req: &tiny_http::Request, cid: &str) {
+fn forwarded(headers: &mut Vec<(String, String)>, req: &http::Request, cid: &str) {
     let mut set = |name: &str, value: String| {
         headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
         headers.push((name.to_string(), value));
     };
-    let client = req.remote_addr().map(|a| a.ip().to_string());
+    let ip = req.remote_addr().ip().to_string();
     let before = request_header(req, "X-Forwarded-For");
-    if let Some(ip) = client {
-        set(
-            "X-Forwarded-For",
-            match before {
-                Some(b) if !b.trim().is_empty() => format!("{}, {ip}", b.trim()),
-                _ => ip,
-            },
-        );
-    }
+    set(
+        "X-Forwarded-For",
+        match before {
+            Some(b) if !b.trim().is_empty() => format!("{}, {ip}", b.trim()),
+            _ => ip,
+        },
+    );
     if let Some(host) = request_header(req, "Host") {
         set("X-Forwarded-Host", host);
     }
@@ -513,7 +498,7 @@ fn forwarded(headers: &mut Vec<(String, String)>, req: &tiny_http::Request, cid:
 
 fn call(
     s: &Shared,
-    req: &mut tiny_http::Request,
+    req: &mut http::Request,
     name: &str,
     asynchronous: bool,
     timeout: Duration,
@@ -530,19 +515,14 @@ fn call(
     let id = RequestId::new(me, s.next_id.fetch_add(1, Ordering::Relaxed));
     let cid = call_id(id);
     let mut http = Http {
-        method: req.method().as_str().to_string(),
+        method: req.method().to_string(),
         path: sub.to_string(),
-        query: req
-            .url()
-            .split_once('?')
-            .map(|x| x.1)
-            .unwrap_or("")
-            .to_string(),
+        query: req.query().to_string(),
         headers: req
             .headers()
             .iter()
-            .filter(|h| !hop_by_hop(h.field.as_str().as_str()))
-            .map(|h| (h.field.to_string(), h.value.to_string()))
+            .filter(|(k, _)| !hop_by_hop(k))
+            .cloned()
             .collect(),
         status: 0,
     };
@@ -561,21 +541,11 @@ fn call(
         );
     }
     let limit = body_limit(s.handle.me(), s.max_payload, &p, Some(&http));
-    if req.body_length().is_some_and(|n| n > limit) {
-        return reply(413, too_large(limit, s.max_payload), &[]);
-    }
-    let mut body = Vec::new();
-    if req
-        .as_reader()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut body)
-        .is_err()
-    {
-        return reply(400, "the body could not be read\n", &[]);
-    }
-    if body.len() > limit {
-        return reply(413, too_large(limit, s.max_payload), &[]);
-    }
+    let body = match req.read_body(limit) {
+        Ok(b) => b,
+        Err(None) => return reply(413, too_large(limit, s.max_payload), &[]),
+        Err(Some(e)) => return http::unreadable(&e),
+    };
     if s.draining.load(Ordering::SeqCst) {
         return reply(
             503,
@@ -664,9 +634,7 @@ fn call(
             }
             let mut r = reply(status, out, &headers);
             for (k, v) in own {
-                if let Some(h) = header(&k, &v) {
-                    r.add_header(h);
-                }
+                r.add_header(&k, v);
             }
             r
         }

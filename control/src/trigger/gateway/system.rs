@@ -31,11 +31,11 @@
 //! Functions are called as `/function/NAME` or `/function/NAME.conveyor`.
 
 use super::{find, reply, request_header, Reply, Shared};
+use crate::http;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 use serde_json::{json, Value};
-use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -239,7 +239,7 @@ pub(super) fn status(s: &Shared, name: &str) -> Option<Value> {
 /// The `/system/` routes and `/metrics`; `None` for any other path.
 pub(super) fn route(
     s: &Shared,
-    req: &mut tiny_http::Request,
+    req: &mut http::Request,
     method: &str,
     path: &str,
 ) -> Option<Reply> {
@@ -314,9 +314,8 @@ pub(super) fn strip_namespace(name: &str) -> &str {
     name.strip_suffix(".conveyor").unwrap_or(name)
 }
 
-fn query(req: &tiny_http::Request, key: &str) -> Option<String> {
-    let q = req.url().split_once('?')?.1;
-    form_urlencoded::parse(q.as_bytes())
+fn query(req: &http::Request, key: &str) -> Option<String> {
+    form_urlencoded::parse(req.query().as_bytes())
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.into_owned())
 }
@@ -356,21 +355,14 @@ fn metrics(s: &Shared) -> Reply {
 
 /// A body of at most 64 KiB: a JSON document, or a form (Airflow's hook posts its dict as
 /// one).
-fn body(req: &mut tiny_http::Request) -> Result<Value, Reply> {
+fn body(req: &mut http::Request) -> Result<Value, Reply> {
     let form = request_header(req, "Content-Type")
         .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
-    let mut raw = Vec::new();
-    if req
-        .as_reader()
-        .take(64 * 1024 + 1)
-        .read_to_end(&mut raw)
-        .is_err()
-    {
-        return Err(reply(400, "the body could not be read\n", &[]));
-    }
-    if raw.len() > 64 * 1024 {
-        return Err(reply(413, "the body is larger than 64 KiB\n", &[]));
-    }
+    let raw = match req.read_body(64 * 1024) {
+        Ok(b) => b,
+        Err(None) => return Err(reply(413, "the body is larger than 64 KiB\n", &[])),
+        Err(Some(e)) => return Err(http::unreadable(&e)),
+    };
     // A JSON document, whatever its Content-Type says (curl's -d says a form).
     let json = raw.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     if form && !json {
@@ -481,7 +473,7 @@ fn why(body: &str) -> String {
 }
 
 /// Deploy (POST), update (PUT) or delete (DELETE) a function.
-fn change(s: &Shared, req: &mut tiny_http::Request, method: &str) -> Reply {
+fn change(s: &Shared, req: &mut http::Request, method: &str) -> Reply {
     let Some(cp) = &s.system.control else {
         return reply(
             501,
@@ -556,7 +548,7 @@ fn change(s: &Shared, req: &mut tiny_http::Request, method: &str) -> Reply {
     }
 }
 
-fn scale(s: &Shared, req: &mut tiny_http::Request, name: &str) -> Reply {
+fn scale(s: &Shared, req: &mut http::Request, name: &str) -> Reply {
     if find(s, name).is_none() {
         return reply(404, format!("function {name:?} not found\n"), &[]);
     }
@@ -623,9 +615,8 @@ mod tests {
             let Err(r) = pipeline_of(&bad_doc) else {
                 panic!("{bad_doc} was accepted");
             };
-            assert_eq!(r.status_code().0, 400);
-            let mut text = String::new();
-            r.into_reader().read_to_string(&mut text).unwrap();
+            assert_eq!(r.status(), 400);
+            let text = String::from_utf8_lossy(r.body());
             assert!(text.starts_with(&format!("{field}: ")), "{text}");
         }
     }
