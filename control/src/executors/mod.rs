@@ -20,6 +20,7 @@ pub mod exec;
 pub mod http;
 pub mod lambda;
 pub mod openwhisk;
+pub mod quickack;
 
 use conveyor_core::pipeline::{ExecutorKind, External};
 use conveyor_core::queue::Op;
@@ -499,12 +500,17 @@ pub fn read_limited(r: impl Read, limit: usize) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     r.take(limit as u64 + 1).read_to_end(&mut buf)?;
     if buf.len() > limit {
-        return Err(io::Error::other(format!(
-            "the output is larger than {limit} bytes, what one request carries (group.max_payload: \
-             raise it in the group file, with group.max_frame, up to 65000 bytes a frame)"
-        )));
+        return Err(io::Error::other(too_large(limit)));
     }
     Ok(buf)
+}
+
+/// What an output above `limit` bytes is told: the limit and the settings that make it.
+pub fn too_large(limit: usize) -> String {
+    format!(
+        "the output is larger than {limit} bytes, what one request carries (group.max_payload: \
+         raise it in the group file, with group.max_frame, up to 65000 bytes a frame)"
+    )
 }
 
 /// `content-type` as `Content-Type`, as OpenFaaS's watchdog names headers.

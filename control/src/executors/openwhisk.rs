@@ -17,14 +17,15 @@
 //! `body` is the HTTP response, as OpenWhisk's controller makes it ([`web_answer`]); any other
 //! object is the JSON answer. A status of 400 or more ends the run with that answer.
 //!
-//! Each request goes on a connection of its own: OpenWhisk's Python runtime (Flask on gevent's
-//! WSGI server) writes an answer's headers and body apart with Nagle's algorithm on, so on a
-//! kept-alive connection the body waits for the client's delayed acknowledgement, 40 ms on
-//! Linux; a new connection acknowledges at once. On loopback that costs a connect (tens of
-//! microseconds) per call. The runtime also listens on every interface (0.0.0.0): the executor
-//! says so in its log at start, naming the port to firewall.
+//! Requests go on one kept-alive connection per action process that acknowledges every
+//! segment at once ([`quickack`](super::quickack)): OpenWhisk's Python runtime (Flask on
+//! gevent's WSGI server) writes an answer's headers and body apart with Nagle's algorithm on,
+//! so with Linux's delayed acknowledgement the body would wait 40 ms. The runtime also listens
+//! on every interface (0.0.0.0): the executor says so in its log at start, naming the port to
+//! firewall.
 
-use super::{free_port, read_limited, wait_listening, Pool, Proc, Warm};
+use super::quickack::{Client, Error as HttpError};
+use super::{free_port, wait_listening, Pool, Proc, Warm};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use conveyor_core::pipeline::Output;
@@ -40,8 +41,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 #[derive(Debug)]
 pub struct Action {
     proc: Proc,
-    base: String,
-    agent: ureq::Agent,
+    client: Client,
 }
 
 fn start(pool: &Pool) -> Result<Action, FunctionError> {
@@ -73,12 +73,7 @@ fn start(pool: &Pool) -> Result<Action, FunctionError> {
             f.name
         );
     }
-    let base = format!("http://{addr}");
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(2))
-        // A connection per request: see the module's documentation (delayed ACKs).
-        .max_idle_connections(0)
-        .build();
+    let mut client = Client::new(addr, Duration::from_secs(2));
     let init = json!({"value": {
         "name": f.name,
         "main": f.executor.main.as_deref().unwrap_or("main"),
@@ -86,20 +81,14 @@ fn start(pool: &Pool) -> Result<Action, FunctionError> {
         "binary": false,
         "env": f.executor.env,
     }});
-    match agent
-        .post(&format!("{base}/init"))
-        .timeout(pool.start_timeout())
-        .send_json(init)
-    {
+    let init = serde_json::to_vec(&init).unwrap_or_default();
+    match client.post_json("/init", &init, pool.start_timeout(), 64 * 1024) {
         Ok(_) => {}
-        Err(ureq::Error::Status(code, r)) => {
-            let body = r.into_string().unwrap_or_default();
-            return Err(fail(format!("/init answered {code}: {}", body.trim())));
-        }
+        Err(e @ HttpError::Status(..)) => return Err(fail(format!("/init {e}"))),
         Err(e) => return Err(fail(format!("/init: {e}"))),
     }
     pool.started(started.elapsed());
-    Ok(Action { proc, base, agent })
+    Ok(Action { proc, client })
 }
 
 /// The action's input.
@@ -161,24 +150,19 @@ pub fn call(pool: &Pool, warm: &mut Warm, job: &Job) -> Result<Output, FunctionE
         "api_key": "",
     });
     let started = Instant::now();
+    let run = serde_json::to_vec(&run).unwrap_or_default();
     let r = a
-        .agent
-        .post(&format!("{}/run", a.base))
-        .timeout(pool.timeout())
-        .send_json(run);
-    let resp = match r {
-        Ok(r) => r,
-        Err(ureq::Error::Status(code, r)) => {
-            let body = read_limited(r.into_reader(), 4096).unwrap_or_default();
-            return Err(FunctionError::new(
-                502,
-                format!(
-                    "the action answered {code}: {}",
-                    String::from_utf8_lossy(&body).trim()
-                ),
-            ));
+        .client
+        .post_json("/run", &run, pool.timeout(), job.max_output());
+    let body = match r {
+        Ok(b) => b,
+        Err(e @ HttpError::Status(..)) => {
+            return Err(FunctionError::new(502, format!("the action {e}")));
         }
-        Err(e) => {
+        Err(e @ HttpError::TooLarge(_)) => {
+            return Err(FunctionError::new(502, format!("the action's answer: {e}")));
+        }
+        Err(HttpError::Io(e)) => {
             let timed_out = started.elapsed() >= pool.timeout();
             let exited = a.proc.exited();
             *warm = Warm::None; // killed: a fresh process for the next request
@@ -202,8 +186,6 @@ pub fn call(pool: &Pool, warm: &mut Warm, job: &Job) -> Result<Output, FunctionE
             ));
         }
     };
-    let body = read_limited(resp.into_reader(), job.max_output())
-        .map_err(|e| FunctionError::new(502, format!("the action's answer: {e}")))?;
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(o)) if o.contains_key("error") => Err(FunctionError::new(
             502,
