@@ -19,6 +19,15 @@ impl Drop for Procs {
 /// A trigger with its gateway and one invoker running `pipelines` (JSON documents) from
 /// `dir`; their logs are `trigger.log` and `invoker-0.log` there. Returns the gateway's port.
 fn start_group(dir: &std::path::Path, pipelines: &[String]) -> (Procs, u16) {
+    start_group_in(dir, pipelines, None)
+}
+
+/// [`start_group`] in network namespace `netns` (its gateway then listens on every address).
+fn start_group_in(
+    dir: &std::path::Path,
+    pipelines: &[String],
+    netns: Option<&str>,
+) -> (Procs, u16) {
     let mut files = Vec::new();
     for (i, p) in pipelines.iter().enumerate() {
         std::fs::write(dir.join(format!("p{i}.json")), p).unwrap();
@@ -31,9 +40,10 @@ fn start_group(dir: &std::path::Path, pipelines: &[String]) -> (Procs, u16) {
     drop(udp);
     let gw = free_tcp();
     let toml = format!(
-        "[group]\nname = \"f\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000009\"\npipelines = [{}]\nstartup_timeout_s = 20\nmax_payload = 7168\n\n[[member]]\nname = \"trigger\"\naddress = \"127.0.0.1:{}\"\nrole = \"trigger\"\n[member.gateway]\naddress = \"127.0.0.1:{gw}\"\n\n[[member]]\nname = \"invoker-0\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\n",
+        "[group]\nname = \"f\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000009\"\npipelines = [{}]\nstartup_timeout_s = 20\nmax_payload = 7168\n\n[[member]]\nname = \"trigger\"\naddress = \"127.0.0.1:{}\"\nrole = \"trigger\"\n[member.gateway]\naddress = \"{}:{gw}\"\n\n[[member]]\nname = \"invoker-0\"\naddress = \"127.0.0.1:{}\"\nrole = \"invoker\"\n",
         files.join(", "),
         ports[0],
+        if netns.is_some() { "0.0.0.0" } else { "127.0.0.1" },
         ports[1]
     );
     let cfg = dir.join("group.toml");
@@ -41,7 +51,7 @@ fn start_group(dir: &std::path::Path, pipelines: &[String]) -> (Procs, u16) {
     let mut procs = Procs(Vec::new());
     for name in ["invoker-0", "trigger"] {
         procs.0.push(
-            Command::new(env!("CARGO_BIN_EXE_conveyor"))
+            in_netns(netns, env!("CARGO_BIN_EXE_conveyor"))
                 .args(["node", "--config", cfg.to_str().unwrap(), "--member", name])
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
@@ -50,6 +60,18 @@ fn start_group(dir: &std::path::Path, pipelines: &[String]) -> (Procs, u16) {
         );
     }
     (procs, gw)
+}
+
+/// `program`, in network namespace `netns` when there is one.
+fn in_netns(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 #[test]
@@ -187,9 +209,123 @@ fn openwhisks_python_runtime_on_gevent_answers_plain_and_web_actions() {
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("did not return a dictionary"), "{body}");
     drop(procs);
-    // The runtime listens on every interface: the invoker said so, naming the port.
+    // The runtime listens on every interface: the invoker said so, naming the port, and
+    // firewalled it when it could (root).
     let log = std::fs::read_to_string(dir.join("invoker-0.log")).unwrap();
     assert!(log.contains("listens on 0.0.0.0:"), "{log}");
+    assert_eq!(
+        log.contains("firewalled to loopback"),
+        common::is_root(),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// curl in `ns`: the status, 0 when nothing answered within 2 s.
+fn status_in(ns: &str, method_args: &[&str], url: &str) -> u16 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-s", "-o", "/dev/null"])
+        .args(["-w", "%{http_code}", "--max-time", "2"])
+        .args(method_args)
+        .arg(url)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "needs root"]
+fn an_openwhisk_runtimes_port_is_reachable_from_its_invoker_only() {
+    common::require_root();
+    let netns = format!("{}/../testbed/netns.sh", env!("CARGO_MANIFEST_DIR"));
+    let bed = |args: &[&str]| {
+        let out = Command::new("bash")
+            .arg(&netns)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    bed(&["up", "2", "--prefix", "cvfw"]);
+    struct Down(Box<dyn Fn()>);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let _down = Down(Box::new(move || {
+        let _ = Command::new("bash")
+            .args([&netns, "down", "--prefix", "cvfw"])
+            .output();
+    }));
+    let dir = std::env::temp_dir().join(format!("conveyor-owfw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let proxy = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testbed/functions/ow_actionproxy.py")
+        .canonicalize()
+        .unwrap();
+    // Kept warm through the checks (idle, it would be stopped after its start-up time).
+    let step = serde_json::json!({"function": "ow", "executor": {
+        "kind": "openwhisk", "command": [python_with_gevent(), proxy], "code": ACTION,
+        "timeout_ms": 5000, "keep_warm_ms": 60000}});
+    let pipeline = serde_json::json!({"name": "f", "entry": "a", "steps": {"a": step}});
+    let (mut procs, gw) = start_group_in(&dir, &[pipeline.to_string()], Some("cvfw-h0"));
+    let call = ["-d", "{}"];
+    wait_for("the action to answer through the gateway", 30, || {
+        status_in(
+            "cvfw-h0",
+            &call,
+            &format!("http://127.0.0.1:{gw}/function/f"),
+        ) == 200
+    });
+    let log = std::fs::read_to_string(dir.join("invoker-0.log")).unwrap();
+    let port: u16 = log
+        .split("listens on 0.0.0.0:")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no firewalled port in the log: {log}"));
+    // Host h1 reaches h0's gateway (0.0.0.0) but not the action's port; h0 itself does.
+    let h0 = "10.77.0.1";
+    assert_eq!(
+        status_in("cvfw-h1", &call, &format!("http://{h0}:{gw}/function/f")),
+        200
+    );
+    assert_eq!(
+        status_in("cvfw-h1", &[], &format!("http://{h0}:{port}/")),
+        0
+    );
+    assert_ne!(
+        status_in("cvfw-h0", &[], &format!("http://127.0.0.1:{port}/")),
+        0
+    );
+    // A member stopped cleanly takes its table away with its action process.
+    let tables = || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", "cvfw-h0", "nft", "list", "tables"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        tables().contains(&format!("conveyor_action_{port}")),
+        "{}",
+        tables()
+    );
+    let invoker = procs.0.remove(0);
+    let _ = Command::new("kill")
+        .args(["-TERM", &invoker.id().to_string()])
+        .status();
+    let _ = invoker.wait_with_output();
+    assert!(!tables().contains("conveyor_action_"), "{}", tables());
+    drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -377,14 +377,30 @@ impl FunctionHost {
             .unwrap_or_default()
     }
 
-    /// Stops the workers and every process they started.
+    /// Stops the workers and every process they started, and waits (at most 2 s) for the
+    /// workers to leave: each drops its warm process and what goes with it (an openwhisk
+    /// action's firewall table). A worker still inside a call after that is left; its process
+    /// dies with the invoker's (PR_SET_PDEATHSIG).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Ok(pools) = self.pools.lock() {
-            for p in pools.values() {
-                p.ready.notify_all();
-                p.http.stop();
-            }
+        let pools: Vec<Arc<Pool>> = self
+            .pools
+            .lock()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default();
+        for p in &pools {
+            p.ready.notify_all();
+            p.http.stop();
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let running = || {
+            pools
+                .iter()
+                .map(|p| p.workers.lock().map(|w| w.0).unwrap_or(0))
+                .sum::<u32>()
+        };
+        while running() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }

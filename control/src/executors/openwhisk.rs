@@ -21,8 +21,10 @@
 //! segment at once ([`quickack`](super::quickack)): OpenWhisk's Python runtime (Flask on
 //! gevent's WSGI server) writes an answer's headers and body apart with Nagle's algorithm on,
 //! so with Linux's delayed acknowledgement the body would wait 40 ms. The runtime also listens
-//! on every interface (0.0.0.0): the executor says so in its log at start, naming the port to
-//! firewall.
+//! on every interface (0.0.0.0), as it may in OpenWhisk's container: an invoker with
+//! CAP_NET_ADMIN (root) and `nft` drops TCP to the action's port from any interface but
+//! loopback (a table of its own per action process, made before the process starts and deleted
+//! after it ends); without them, the log says the port is open, naming it.
 
 use super::quickack::{Client, Error as HttpError};
 use super::{free_port, wait_listening, Pool, Proc, Warm};
@@ -42,12 +44,75 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub struct Action {
     proc: Proc,
     client: Client,
+    /// Dropped after the process: the rule goes once nothing listens.
+    _firewall: Option<LoopbackOnly>,
+}
+
+/// An nftables table of its own that drops TCP to `port` arriving on any interface but
+/// loopback; deleted when dropped. OpenWhisk's runtimes listen on every interface (in
+/// OpenWhisk, a container's); this keeps an action process reachable only from its invoker.
+#[derive(Debug)]
+struct LoopbackOnly {
+    table: String,
+}
+
+impl LoopbackOnly {
+    /// Needs `nft` and CAP_NET_ADMIN (root); the error says why not.
+    fn new(port: u16) -> Result<LoopbackOnly, String> {
+        let table = format!("conveyor_action_{port}");
+        // Created empty and deleted first, so a table left by a killed invoker goes too; one
+        // transaction.
+        let rules = format!(
+            "table inet {table} {{}}\ndelete table inet {table}\ntable inet {table} {{\n  \
+             chain input {{\n    type filter hook input priority -10; policy accept;\n    \
+             iifname != \"lo\" tcp dport {port} drop\n  }}\n}}\n"
+        );
+        nft(&rules)?;
+        Ok(LoopbackOnly { table })
+    }
+}
+
+impl Drop for LoopbackOnly {
+    fn drop(&mut self) {
+        if let Err(e) = nft(&format!("delete table inet {}\n", self.table)) {
+            tracing::warn!("nftables table {} not deleted: {e}", self.table);
+        }
+    }
+}
+
+/// Runs `nft -f -` on `rules`.
+fn nft(rules: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("nft: {e}"))?;
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(rules.as_bytes())
+            .map_err(|e| format!("nft: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 fn start(pool: &Pool) -> Result<Action, FunctionError> {
     let f = &pool.f;
     let started = Instant::now();
     let port = free_port().map_err(|e| FunctionError::new(500, format!("no free port: {e}")))?;
+    // Before the process starts, so that its port is never open to other hosts.
+    let firewall = LoopbackOnly::new(port)
+        .map_err(|e| tracing::debug!("function {}: port {port} not firewalled: {e}", f.name))
+        .ok();
     let mut proc = Proc::spawn(
         f,
         &[
@@ -66,12 +131,20 @@ fn start(pool: &Pool) -> Result<Action, FunctionError> {
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_listening(addr, &mut proc, pool.start_timeout()).map_err(fail)?;
-    if let Some(open) = listening_beyond_loopback(port) {
-        tracing::warn!(
+    match (listening_beyond_loopback(port), &firewall) {
+        (Some(open), Some(fw)) => tracing::info!(
+            "function {}: the action process listens on {open}; firewalled to loopback \
+             (nftables table {})",
+            f.name,
+            fw.table
+        ),
+        (Some(open), None) => tracing::warn!(
             "function {}: the action process listens on {open}, reachable from other hosts: \
-             firewall TCP port {port} or give the runtime a loopback address",
+             firewall TCP port {port} or give the runtime a loopback address (the invoker \
+             does it with nftables when it has CAP_NET_ADMIN)",
             f.name
-        );
+        ),
+        (None, _) => {}
     }
     let mut client = Client::new(addr, Duration::from_secs(2));
     let init = json!({"value": {
@@ -88,7 +161,11 @@ fn start(pool: &Pool) -> Result<Action, FunctionError> {
         Err(e) => return Err(fail(format!("/init: {e}"))),
     }
     pool.started(started.elapsed());
-    Ok(Action { proc, client })
+    Ok(Action {
+        proc,
+        client,
+        _firewall: firewall,
+    })
 }
 
 /// The action's input.
