@@ -143,6 +143,22 @@ MUTANTS = [
     ("discard-untold", "replica.rs",
      "            self.scratch.splice(at..at, discarded);",
      "            self.scratch.splice(at..at, discarded.take(0));"),
+    # A member back after a removal: pushes the group holds pushed again; the outcomes before
+    # its return told again; its position taken from a joiner that never got its state. (Not a
+    # mutant the simulator can catch: dropping a joiner's outcomes at its own view, which makes
+    # the returning member lose track of what it missed; it then pushes nothing again and its
+    # callers get "outcome unknown", a degraded answer the checks allow. Tried: not caught in
+    # 6000 seeds. The replica's unit test `a_removed_origin_that_comes_back_is_told_what_it_missed`
+    # catches it.)
+    ("repush-held", "replica.rs",
+     "                if pending.contains(&id) {",
+     "                if pending.contains(&id) && false {"),
+    ("retell-outcomes", "queue/outcomes.rs",
+     "            .filter(|(at, _)| *at > since)",
+     "            .filter(|(at, _)| *at + 1 > since)"),
+    ("position-of-a-stateless-joiner", "replica.rs",
+     "            Some((since, _)) => *since,",
+     "            Some(_) => self.queue.applied(),"),
 ]
 
 def run(cmd, **kw):

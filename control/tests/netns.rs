@@ -469,6 +469,53 @@ fn a_partitioned_invoker_is_removed_then_rejoins_and_works_again() {
     assert!(namespaces("cvb").is_empty());
 }
 
+/// The trigger's links go dark for a second, far past the failure timeout: the others remove
+/// it and go on with what it had pushed; it comes back as a new member, is told the outcomes
+/// it missed, and pushes again what never reached the order. Nothing lost or doubled.
+#[test]
+#[ignore = "needs root"]
+fn a_trigger_cut_off_past_the_failure_timeout_comes_back_and_loses_nothing() {
+    require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args([
+            "bench",
+            "--hosts",
+            "netns",
+            "--invokers",
+            "2",
+            "--workload",
+            "constant",
+            "--rate",
+            "500",
+            "--duration",
+            "3",
+            "--chain",
+            "2",
+            "--fn-us",
+            "40",
+            "--fault",
+            "partition:trigger@0.5-1.5",
+            "--json",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &v[0];
+    assert_eq!(r["completed"], 1500, "{r}\n{stderr}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(
+        stderr.contains("back in the group after a removal"),
+        "{stderr}"
+    );
+    assert!(namespaces("cvb").is_empty());
+}
+
 #[test]
 #[ignore = "needs root"]
 fn baselines_run_inside_namespace_hosts_and_leave_none_behind() {

@@ -190,9 +190,9 @@ impl GroupConfig {
             core: self.file.members[me].core,
             startup_timeout: Duration::from_secs(g.startup_timeout_s),
             linger: Duration::from_millis(g.linger_ms),
-            rejoin: self.file.members[me]
-                .rejoin
-                .unwrap_or(self.file.members[me].role == Role::Invoker),
+            // Triggers too: a trigger that comes back is told what became of its requests
+            // while it was out and pushes again those the group never ordered.
+            rejoin: self.file.members[me].rejoin.unwrap_or(true),
             // Only invokers run what is assigned to them; their application handles the
             // speculation's effects.
             speculate: g.speculate && self.file.members[me].role == Role::Invoker,

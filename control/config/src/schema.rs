@@ -210,8 +210,8 @@ pub struct MemberSection {
     /// Invokers: run functions `inline` in the polling thread, or in a `thread` fed by rings.
     #[serde(default)]
     pub executor: Executor,
-    /// Come back as a new member after a view change removed this one (default: invokers
-    /// do, the trigger does not).
+    /// Come back as a new member after a view change removed this one (default: yes; a
+    /// member used by the C library does not, unless this says so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejoin: Option<bool>,
     /// Not in the group's first view: this member joins a running group when started.

@@ -164,6 +164,9 @@ fn start_member(path: &std::path::Path, member: &str) -> Result<Client, MqError>
     let mut ecfg = cfg.engine_config(idx);
     // This library takes only delivered assignments (not the speculation's effects).
     ecfg.speculate = false;
+    // Nor does it push again what a removal kept from the order: unless the group file
+    // says otherwise, its member stops when removed (its calls then fail).
+    ecfg.rejoin = cfg.file.members[idx].rejoin.unwrap_or(false);
     // A medium this build lacks (the library is built without DPDK, libibverbs and libbpf)
     // is said by name here.
     let opened =

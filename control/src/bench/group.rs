@@ -407,6 +407,15 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
         &std::fs::read_to_string(dir.join("report.json"))
             .context("reading the trigger's report")?,
     )?;
+    // A trigger cut off past the failure timeout comes back: say so, with what it pushed again.
+    if let Ok(log) = std::fs::read_to_string(dir.join(format!("{}.log", names[0]))) {
+        for line in log
+            .lines()
+            .filter(|l| l.contains("back in the group after a removal"))
+        {
+            eprintln!("{}: {}", names[0], without_colours(line));
+        }
+    }
     let mut speculation = Speculation::default();
     for name in names.iter().skip(1) {
         if let Ok(log) = std::fs::read_to_string(dir.join(format!("{name}.log"))) {
@@ -423,6 +432,24 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
         speculation,
         killed_at_us,
     })
+}
+
+/// `line` without its terminal colour sequences (ESC [ ... m).
+fn without_colours(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The run's group file: its members on `addresses`, the transport's settings, the faults'

@@ -565,9 +565,6 @@ fn call(
     } else {
         Waiter::Sync(tx)
     };
-    if let Ok(mut pending) = s.pending.lock() {
-        pending.insert(id, waiter);
-    }
     let meta = Meta {
         sent_us: s.handle.clock().now_us(),
         submitted_us: s.handle.clock().now_us(),
@@ -575,6 +572,9 @@ fn call(
     };
     let mut entry = p.entry_request(id, body, meta);
     entry.http = Some(Box::new(http));
+    if let Ok(mut pending) = s.pending.lock() {
+        pending.insert(id, waiter);
+    }
     let op = Op::Push {
         pusher: me,
         req: entry,
@@ -692,6 +692,33 @@ fn dispatcher(s: &Shared) {
                     format!("step {step:?} failed: {error}"),
                 ),
             ),
+            Effect::Rejected {
+                id, queue, reason, ..
+            } if id.origin() == me => (
+                id,
+                Outcome::Failed(
+                    503,
+                    format!("queue {queue:?} refused the request ({reason:?}): try again later"),
+                ),
+            ),
+            Effect::Overwritten { id, queue, .. } if id.origin() == me => (
+                id,
+                Outcome::Failed(
+                    503,
+                    format!(
+                        "queue {queue:?} was full and dropped this request for a newer one \
+                         (its policy is to overwrite)"
+                    ),
+                ),
+            ),
+            Effect::Rejoined {
+                pending,
+                outcomes_dropped,
+                ..
+            } => {
+                rejoined(s, &pending, outcomes_dropped);
+                continue;
+            }
             Effect::Pipelines { docs, .. } => {
                 let parsed: Result<Vec<Pipeline>, _> =
                     docs.iter().map(|d| Pipeline::from_json(d)).collect();
@@ -750,12 +777,12 @@ fn dispatcher(s: &Shared) {
     } else {
         "this gateway's member stopped before the output arrived"
     };
-    let left: Vec<(RequestId, Waiter)> = s
+    let left: Vec<Waiter> = s
         .pending
         .lock()
-        .map(|mut p| p.drain().collect())
+        .map(|mut p| p.drain().map(|(_, w)| w).collect())
         .unwrap_or_default();
-    for (_, w) in left {
+    for w in left {
         let msg = format!("{why} (the request may still run in the group; its output is lost)");
         match w {
             Waiter::Sync(tx) => {
@@ -780,6 +807,61 @@ fn dispatcher(s: &Shared) {
         }
     }
     s.stop.store(true, Ordering::SeqCst);
+}
+
+/// This trigger came back after a view change removed it (its links went dark past the failure
+/// timeout) and was told the outcomes it missed, handed to their callers like any other; its
+/// engine pushed again what the group never ordered. `pending` names every request of this
+/// trigger the group holds or was given again. If the group dropped outcomes while this trigger
+/// was out (more than it keeps), a call waiting for a request not in `pending` cannot be told
+/// apart from a finished one: it fails with 503 saying so.
+fn rejoined(s: &Shared, pending: &[RequestId], outcomes_dropped: bool) {
+    let unknown: Vec<RequestId> = if outcomes_dropped {
+        s.pending
+            .lock()
+            .map(|p| {
+                p.keys()
+                    .filter(|id| pending.binary_search(id).is_err())
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    tracing::warn!(
+        "gateway: back in the group after a removal; {} of its calls failed (outcome unknown)",
+        unknown.len()
+    );
+    for id in unknown {
+        let waiter = s.pending.lock().ok().and_then(|mut p| p.remove(&id));
+        let msg = format!(
+            "this gateway's member was out of the group while more than {} outcomes of its \
+             calls were applied (what the group keeps): whether this call ran is unknown",
+            conveyor_core::queue::KEPT_OUTCOMES
+        );
+        match waiter {
+            Some(Waiter::Sync(tx)) => {
+                let _ = tx.send(Outcome::Failed(503, msg));
+            }
+            Some(Waiter::Async {
+                callback: Some(url),
+                function,
+                call_id,
+                started,
+            }) => {
+                let _ = s.callbacks.send(Callback {
+                    url,
+                    function,
+                    call_id,
+                    status: 503,
+                    seconds: started.elapsed().as_secs_f64(),
+                    body: msg.into_bytes(),
+                });
+            }
+            _ => {}
+        }
+    }
 }
 
 /// POSTs asynchronous results to their callback URLs, one at a time, in order.

@@ -210,6 +210,23 @@ impl Tally {
                     suspected_at_us.map(|s| ev.at_us.saturating_sub(s)),
                 ));
             }
+            // Back after a removal; its engine pushed again what the group never ordered. If
+            // the group dropped outcomes meanwhile, a request not pending and not done cannot
+            // be told apart from a finished one: counted as an error.
+            Effect::Rejoined {
+                pending,
+                outcomes_dropped: true,
+                ..
+            } => {
+                let held: std::collections::BTreeSet<u64> =
+                    pending.iter().map(|p| p.counter()).collect();
+                for (i, f) in self.finals.iter_mut().enumerate() {
+                    if *f == 0 && self.submitted_at[i] != 0 && !held.contains(&(i as u64)) {
+                        *f = ERRORED;
+                        self.errors += 1;
+                    }
+                }
+            }
             Effect::Failed { id, .. }
             | Effect::Rejected { id, .. }
             | Effect::Overwritten { id, .. } => {

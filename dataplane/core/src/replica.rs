@@ -48,9 +48,9 @@ use crate::proto::{
     Transmit, ViewChange,
 };
 use crate::queue::{Effect, Op, QueueState, Request};
-use crate::types::{GroupId, Instant, MemberId, Seq, View, ViewId};
+use crate::types::{GroupId, Instant, MemberId, RequestId, Seq, View, ViewId};
 use crate::wire::Key;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Counters of the replica's own work (the member keeps the protocol's).
 #[derive(Clone, Debug, Default)]
@@ -179,6 +179,15 @@ pub struct Replica {
     scratch: Vec<Effect>,
     stats: ReplicaStats,
     ahead: Option<Box<Ahead>>,
+    /// A joiner that is a removed member coming back: the operations its previous incarnation
+    /// applied, and the pushes it left unanswered (see [`Replica::set_rejoining`]).
+    rejoining: Option<(u64, BTreeMap<RequestId, Vec<u8>>)>,
+    /// Each push this replica (or, after a rejoin, the incarnation before it) submitted,
+    /// encoded, until the first outcome of its run is applied here.
+    unanswered: BTreeMap<RequestId, Vec<u8>>,
+    /// Pushes of the incarnation before that never reached the order, to submit again as the
+    /// window allows.
+    resubmit: VecDeque<Vec<u8>>,
 }
 
 impl Replica {
@@ -228,7 +237,45 @@ impl Replica {
             scratch: Vec::new(),
             stats: ReplicaStats::default(),
             ahead: None,
+            rejoining: None,
+            unanswered: BTreeMap::new(),
+            resubmit: VecDeque::new(),
         }
+    }
+
+    /// For a joiner that is a member removed by a view change coming back in the same host
+    /// process: its previous incarnation's replica had applied `applied` operations
+    /// ([`QueueState::applied`]) and left `unanswered` pushes ([`Replica::take_unanswered`]).
+    /// When its state arrives, it is told the outcomes of its requests applied after those,
+    /// submits again the unanswered pushes the group does not hold (they never reached the
+    /// order), and tells [`Effect::Rejoined`] (see `queue::outcomes`).
+    pub fn set_rejoining(&mut self, applied: u64, unanswered: BTreeMap<RequestId, Vec<u8>>) {
+        self.rejoining = Some((applied, unanswered));
+    }
+
+    /// The pushes submitted here whose run has not told an outcome here yet (encoded), for
+    /// the next incarnation ([`Replica::set_rejoining`]).
+    pub fn take_unanswered(&mut self) -> BTreeMap<RequestId, Vec<u8>> {
+        let mut all = std::mem::take(&mut self.unanswered);
+        if let Some((_, before)) = self.rejoining.take() {
+            all.extend(before);
+        }
+        all
+    }
+
+    /// Operations this process has applied, for [`Replica::set_rejoining`]: its queue's, or,
+    /// while it is a joiner coming back whose state has not arrived, the incarnation before's.
+    pub fn applied(&self) -> u64 {
+        match &self.rejoining {
+            Some((since, _)) => *since,
+            None => self.queue.applied(),
+        }
+    }
+
+    /// Pushes submitted and not answered yet (see [`Replica::take_unanswered`]), with those
+    /// of the incarnation before while its state has not arrived.
+    pub fn unanswered(&self) -> usize {
+        self.unanswered.len() + self.rejoining.as_ref().map_or(0, |r| r.1.len())
     }
 
     /// Switches speculation on or off (off by default; see the module docs). Switching it off
@@ -295,12 +342,33 @@ impl Replica {
 
     /// Offers an operation for ordering (`WindowFull` is backpressure: retry later).
     pub fn submit(&mut self, op: &Op) -> Result<Seq, SubmitError> {
-        self.member.submit(op.encode())
+        self.submit_encoded(op.encode())
     }
 
     /// Offers an operation encoded by [`Op::encode`] (hosts encode off the polling thread).
+    /// A push is kept until its run's first outcome (see [`Replica::take_unanswered`]).
     pub fn submit_encoded(&mut self, op: Vec<u8>) -> Result<Seq, SubmitError> {
-        self.member.submit(op)
+        let push = Op::pushed_id(&op).map(|id| (id, op.clone()));
+        let seq = self.member.submit(op)?;
+        if let Some((id, op)) = push {
+            self.unanswered.insert(id, op);
+        }
+        Ok(seq)
+    }
+
+    /// Submits the pushes waiting to go again, as the window allows.
+    fn resubmit(&mut self) {
+        while !self.resubmit.is_empty() && self.member.window_room() > 0 {
+            let Some(op) = self.resubmit.pop_front() else {
+                break;
+            };
+            if let Err(e) = self.member.submit(op.clone()) {
+                if !matches!(e, SubmitError::TooLarge { .. }) {
+                    self.resubmit.push_front(op);
+                }
+                break;
+            }
+        }
     }
 
     /// Own operations that can still be submitted before the window is full.
@@ -320,6 +388,9 @@ impl Replica {
 
     /// The next frame to send (see [`Member::poll_transmit`]).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        if !self.resubmit.is_empty() {
+            self.resubmit();
+        }
         self.member.poll_transmit(now)
     }
 
@@ -647,6 +718,12 @@ impl Replica {
             }
             Delivered::State(bytes) => Step::State(self.on_state(&bytes)),
         };
+        if !self.unanswered.is_empty() {
+            let me = self.member.id();
+            for e in &self.scratch {
+                answered(&mut self.unanswered, me, e);
+            }
+        }
         self.effects.extend(self.scratch.drain(..));
         self.stats.applied += 1;
         Some(step)
@@ -666,6 +743,14 @@ impl Replica {
             cut: vc.cut,
             resubmitted: vc.resubmitted,
         });
+        let survivors: Vec<MemberId> = vc
+            .view
+            .members
+            .iter()
+            .filter(|m| !vc.joined.contains(m))
+            .copied()
+            .collect();
+        self.queue.view_installed(&survivors);
         let before = self.scratch.len();
         self.queue.remove_members(&vc.removed, &mut self.scratch);
         self.stats.requeued += self.scratch[before..]
@@ -684,11 +769,57 @@ impl Replica {
         }
     }
 
+    /// Back after a removal, with the state: the outcomes missed are told (and answer their
+    /// pushes); the pushes still unanswered that the group does not hold never reached the
+    /// order and go again, unless outcomes were dropped (see [`Effect::Rejoined`]).
+    /// `before`: the pushes the incarnation before left unanswered (those this one submitted
+    /// since are in the order, not lost).
+    fn rejoined(&mut self, back: Vec<Effect>, mut before: BTreeMap<RequestId, Vec<u8>>) {
+        for e in back {
+            let Effect::Rejoined {
+                origin,
+                pending,
+                outcomes_dropped,
+                ..
+            } = e
+            else {
+                answered(&mut before, self.member.id(), &e);
+                answered(&mut self.unanswered, self.member.id(), &e);
+                self.scratch.push(e);
+                continue;
+            };
+            let mut pending: BTreeSet<RequestId> = pending.into_iter().collect();
+            let mut pushed_again = 0;
+            for (id, op) in std::mem::take(&mut before) {
+                if pending.contains(&id) {
+                    self.unanswered.insert(id, op);
+                } else if !outcomes_dropped {
+                    self.resubmit.push_back(op.clone());
+                    self.unanswered.insert(id, op);
+                    pending.insert(id);
+                    pushed_again += 1;
+                }
+            }
+            // Pushed by this incarnation since it installed its first view: in the order.
+            pending.extend(self.unanswered.keys().copied());
+            self.scratch.push(Effect::Rejoined {
+                origin,
+                pending: pending.into_iter().collect(),
+                pushed_again,
+                outcomes_dropped,
+            });
+        }
+    }
+
     /// A joiner's state: the queue replica as of its first view, and the pipelines it holds.
     fn on_state(&mut self, bytes: &[u8]) -> bool {
         match QueueState::from_snapshot(bytes) {
             Ok(q) => {
                 self.queue = q;
+                if let Some((since, before)) = self.rejoining.take() {
+                    let back = self.queue.rejoined(self.member.id(), since);
+                    self.rejoined(back, before);
+                }
                 let view = self.member.view().id;
                 self.rebuild_ahead(view, 0, true);
                 if let Some((version, docs)) = self.queue.pipeline_docs() {
@@ -707,6 +838,23 @@ impl Replica {
                 false
             }
         }
+    }
+}
+
+/// An outcome of one of `me`'s runs answers its push.
+fn answered(unanswered: &mut BTreeMap<RequestId, Vec<u8>>, me: MemberId, e: &Effect) {
+    match e {
+        Effect::Completed {
+            id, terminal: true, ..
+        }
+        | Effect::Failed { id, .. }
+        | Effect::Rejected { id, .. }
+        | Effect::Overwritten { id, .. }
+            if id.origin() == me =>
+        {
+            unanswered.remove(id);
+        }
+        _ => {}
     }
 }
 
@@ -1059,6 +1207,141 @@ mod tests {
         assert!(net.rs[3].member().poll_timeout() == Instant(u64::MAX));
         assert_eq!(net.rs[0].view().members.len(), 3);
         assert_eq!(net.rs[0].status(), Status::Serving);
+    }
+
+    /// A member removed by a view change (its links dark past the failure timeout) while
+    /// requests it pushed are queued and running comes back as a joiner in the same process:
+    /// it is told the outcomes it missed, then which of its requests the group still holds.
+    #[test]
+    fn a_removed_origin_that_comes_back_is_told_what_it_missed() {
+        let mut net = Net::new(3);
+        net.rs[0].submit(&Op::Create(spec())).unwrap();
+        net.rs[1]
+            .submit(&Op::Subscribe {
+                consumer: MemberId(1),
+                queue: "q".into(),
+            })
+            .unwrap();
+        net.run(5_000);
+        let origin = MemberId(2);
+        let req = |n: u64| Request {
+            id: RequestId::new(origin, n),
+            instance: 0,
+            step: "s".into(),
+            queue: "q".into(),
+            payload: vec![n as u8],
+            meta: Meta::default(),
+            http: None,
+        };
+        for n in 1..=3 {
+            net.rs[2]
+                .submit(&Op::Push {
+                    pusher: origin,
+                    req: req(n),
+                })
+                .unwrap();
+        }
+        net.run(5_000);
+        // Member 2 goes dark with request 4 submitted but never ordered.
+        net.down[2] = true;
+        net.rs[2]
+            .submit(&Op::Push {
+                pusher: origin,
+                req: req(4),
+            })
+            .unwrap();
+        let since = net.rs[2].queue().applied();
+        net.run(300_000);
+        assert!(!net.rs[0].member().view().members.contains(&origin));
+        // Without it, request 1 completes and request 2 fails; 3 stays queued.
+        let assigned = |fx: &[Effect]| -> Vec<Request> {
+            fx.iter()
+                .filter_map(|e| match e {
+                    Effect::Assigned { consumer, req } if *consumer == MemberId(1) => {
+                        Some(req.clone())
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        net.rs[1]
+            .submit(&Op::Ready {
+                consumer: MemberId(1),
+                credits: 1,
+            })
+            .unwrap();
+        net.run(5_000);
+        let a = assigned(&net.fx[1]).pop().unwrap();
+        assert_eq!(a.id, req(1).id);
+        net.rs[1]
+            .submit(&Op::Complete {
+                consumer: MemberId(1),
+                id: a.id,
+                instance: a.instance,
+                step: a.step.clone(),
+                outputs: Vec::new(),
+                result: Some(b"one".to_vec()),
+                reply: None,
+                meta: Meta::default(),
+                credits: 1,
+            })
+            .unwrap();
+        net.run(5_000);
+        let b = assigned(&net.fx[1]).pop().unwrap();
+        assert_eq!(b.id, req(2).id);
+        net.rs[1]
+            .submit(&Op::Fail {
+                consumer: MemberId(1),
+                id: b.id,
+                instance: b.instance,
+                step: b.step.clone(),
+                error: "two failed".into(),
+                status: 500,
+                credits: 0,
+            })
+            .unwrap();
+        net.run(5_000);
+        // Back, in the same process: a joiner that knows what its replica had applied.
+        let mut j = joiner(0xbac, net.now);
+        let unanswered = net.rs[2].take_unanswered();
+        assert_eq!(
+            unanswered.len(),
+            4,
+            "four pushes, none answered before it went dark"
+        );
+        j.set_rejoining(since, unanswered);
+        net.rs[2] = j;
+        net.down[2] = false;
+        net.fx[2].clear();
+        net.run(100_000);
+        assert_eq!(net.rs[2].status(), Status::Serving);
+        assert_eq!(net.rs[2].queue().digest(), net.rs[0].queue().digest());
+        let told: Vec<&Effect> = net.fx[2]
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Effect::Completed { .. } | Effect::Failed { .. } | Effect::Rejoined { .. }
+                )
+            })
+            .collect();
+        assert!(
+            matches!(
+                told.as_slice(),
+                [
+                    Effect::Completed { id: i1, result: Some(r), terminal: true, .. },
+                    Effect::Failed { id: i2, error, .. },
+                    Effect::Rejoined { origin: o, pending, pushed_again: 1, outcomes_dropped: false },
+                ] if *i1 == req(1).id && r == b"one" && *i2 == req(2).id
+                    && error == "two failed" && *o == origin
+                    && *pending == vec![req(3).id, req(4).id]
+            ),
+            "{told:?}"
+        );
+        // Request 4 never reached the order: pushed again, it is queued behind 3, once.
+        assert_eq!(net.rs[2].unanswered(), 2);
+        assert_eq!(net.rs[0].queue().queue_depth("q"), Some(2));
+        assert_eq!(net.rs[2].queue().digest(), net.rs[0].queue().digest());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::transport::{RecvBatch, Transport};
 use conveyor_core::proto::membership::{Status, StopReason};
 use conveyor_core::proto::{Dest, Transmit};
 use conveyor_core::queue::{Effect, Op};
-use conveyor_core::types::{Instant, MemberId};
+use conveyor_core::types::{Instant, MemberId, RequestId};
 use conveyor_core::Replica;
 use crossbeam_queue::ArrayQueue;
 use std::collections::VecDeque;
@@ -57,6 +57,7 @@ pub(super) fn spawn(
         tx_frames: Vec::new(),
         inline_events: VecDeque::new(),
         local_ops: VecDeque::new(),
+        set_aside: VecDeque::new(),
         rejoins: 0,
         requeued: 0,
         speculation: Speculation::default(),
@@ -100,11 +101,15 @@ struct Engine {
     tx_frames: Vec<Transmit>,
     /// Encoded operations of the inline application waiting for window room.
     local_ops: VecDeque<Vec<u8>>,
+    /// Operations of the application taken from the command ring on a return after a removal
+    /// (see `on_rejoined`), submitted before the ring's; kept across further removals.
+    set_aside: VecDeque<Vec<u8>>,
     rejoins: u64,
     requeued: u64,
     speculation: Speculation,
     /// When each pending speculation was made (engine clock), for its lead.
     speculated_at: std::collections::HashMap<u64, u64>,
+
     /// A graceful leave was asked for: it starts once what this member submitted is delivered.
     leaving: bool,
     joins_refused_said: u64,
@@ -418,6 +423,7 @@ impl Engine {
         }
         if self.leaving
             && self.local_ops.is_empty()
+            && self.set_aside.is_empty()
             && self.cmds.is_empty()
             && self.replica.window_room() == self.cfg.proto.window
         {
@@ -460,6 +466,10 @@ impl Engine {
             view_changes = s.view_changes,
             "counters of the removed incarnation"
         );
+        // What the removed incarnation applied: the new one is told the outcomes of this
+        // member's requests after it, then which of them the group holds (`Effect::Rejoined`).
+        let applied = self.replica.applied();
+        let unanswered = self.replica.take_unanswered();
         match Replica::joining(
             self.cfg.proto.clone(),
             self.cfg.key.clone(),
@@ -471,6 +481,7 @@ impl Engine {
         ) {
             Ok(mut r) => {
                 r.set_speculation(self.cfg.speculate);
+                r.set_rejoining(applied, unanswered);
                 self.malformed_ops += self.replica.stats().malformed_ops;
                 self.replica = r;
                 self.applied = 0;
@@ -525,9 +536,15 @@ impl Engine {
             return false;
         }
         while self.replica.window_room() > 0 {
-            let Some(op) = self.local_ops.pop_front().or_else(|| self.cmds.pop()) else {
+            let Some(op) = self
+                .local_ops
+                .pop_front()
+                .or_else(|| self.set_aside.pop_front())
+                .or_else(|| self.cmds.pop())
+            else {
                 break;
             };
+
             match self.replica.submit_encoded(op) {
                 Ok(_) => work = true,
                 // The handle checks sizes before the ring; count anything that slips through.
@@ -561,8 +578,9 @@ impl Engine {
     /// Applies what the group delivered and hands this member's effects to the application.
     fn apply_deliveries(&mut self) -> bool {
         let me = self.cfg.me;
-        while let Some(e) = self.replica.poll_effect() {
+        while let Some(mut e) = self.replica.poll_effect() {
             match &e {
+                Effect::Rejoined { origin, .. } if *origin == me => e = self.on_rejoined(e),
                 Effect::ViewInstalled { .. } => self.on_view_installed(&e),
                 Effect::Requeued { .. } => self.requeued += 1,
                 Effect::Speculated { speculation, .. } => {
@@ -603,6 +621,52 @@ impl Engine {
             self.wake_app();
         }
         any
+    }
+
+    /// Back in the group after a removal, with the state: the replica told the outcomes
+    /// missed and pushed again what never reached the order (see
+    /// `conveyor_core::queue::outcomes`). Operations the application submitted meanwhile wait
+    /// in the command ring: their requests are added to the effect's `pending` (they will be
+    /// submitted), so that an application told `outcomes_dropped` fails only what it can no
+    /// longer hear of.
+    fn on_rejoined(&mut self, e: Effect) -> Effect {
+        let Effect::Rejoined {
+            origin,
+            pending,
+            pushed_again,
+            outcomes_dropped,
+        } = e
+        else {
+            return e;
+        };
+        while let Some(op) = self.cmds.pop() {
+            self.set_aside.push_back(op);
+        }
+        let mut all: std::collections::BTreeSet<RequestId> = pending.iter().copied().collect();
+        all.extend(
+            self.local_ops
+                .iter()
+                .chain(&self.set_aside)
+                .filter_map(|op| Op::pushed_id(op)),
+        );
+        let msg = format!(
+            "back in the group after a removal: {} requests of this member held by the group \
+             or pushed again ({pushed_again} never reached the order){}",
+            pending.len(),
+            if outcomes_dropped {
+                "; the group dropped outcomes of its requests meanwhile: those it waits for \
+                 and does not hold have an unknown fate"
+            } else {
+                ""
+            }
+        );
+        tracing::warn!("{msg}");
+        Effect::Rejoined {
+            origin,
+            pending: all.into_iter().collect(),
+            pushed_again,
+            outcomes_dropped,
+        }
     }
 
     /// A view installed: the transport (and its XDP member filter) follows it, and it is

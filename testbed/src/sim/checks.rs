@@ -102,6 +102,7 @@ impl Sim {
                     if told.is_some() {
                         self.report.pipelines_after_state += 1;
                     }
+                    self.told_on_return(i, &effects)?;
                     self.report.joins += 1;
                     let me = MemberId(i as u16);
                     self.nodes[i]
@@ -306,6 +307,7 @@ impl Sim {
             self.count_credits(&cause);
         }
         for e in effects {
+            self.note_told(i, e)?;
             match e {
                 Effect::Discarded {
                     consumer,
@@ -431,6 +433,59 @@ impl Sim {
                 }
                 _ => {}
             }
+        }
+        Ok(())
+    }
+
+    /// What a member coming back in the same process is told with its state: only outcomes of
+    /// its own runs that did happen (a run finished, a push rejected), then its return.
+    fn told_on_return(&mut self, i: usize, effects: &[Effect]) -> Result<(), Violation> {
+        let me = MemberId(i as u16);
+        for e in effects {
+            let real = match e {
+                Effect::Completed {
+                    id, terminal: true, ..
+                } => id.origin() == me && self.finished.contains_key(id),
+                Effect::Failed { id, .. } => id.origin() == me,
+                Effect::Rejected { id, .. } => id.origin() == me && self.rejected.contains(id),
+                Effect::Rejoined {
+                    origin,
+                    pushed_again,
+                    ..
+                } => {
+                    if *pushed_again > 0 {
+                        self.report.corners.pushed_again += 1;
+                    }
+                    *origin == me
+                }
+                Effect::Completed { .. } | Effect::Overwritten { .. } => false,
+                _ => true,
+            };
+            if !real {
+                return Err(self.violation("origin told", format!("m{i}, back, was told {e:?}")));
+            }
+            self.note_told(i, e)?;
+        }
+        Ok(())
+    }
+
+    /// An end of one of its runs told to member `i`'s process: never twice (a process that
+    /// comes back is told only what it missed).
+    fn note_told(&mut self, i: usize, e: &Effect) -> Result<(), Violation> {
+        let id = match e {
+            Effect::Completed {
+                id, terminal: true, ..
+            }
+            | Effect::Failed { id, .. } => *id,
+            // Not a queue's settings refused (no run).
+            Effect::Rejected { id, pusher, .. } if *pusher != MemberId(u16::MAX) => *id,
+            _ => return Ok(()),
+        };
+        if id.origin() == MemberId(i as u16) && !self.nodes[i].told.insert(id) {
+            return Err(self.violation(
+                "origin told",
+                format!("m{i} was told the end of run {id} twice"),
+            ));
         }
         Ok(())
     }

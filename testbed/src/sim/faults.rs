@@ -203,8 +203,22 @@ impl Sim {
         )
         .expect("valid sim config");
         replica.set_speculation(self.cfg.speculate);
+        // The same process coming back (as the engine does): the new replica is told what the
+        // old one applied and which pushes it left unanswered; it tells the outcomes missed and
+        // pushes again what never reached the order. Its pushes still waiting to be submitted
+        // stay (the engine's command ring).
+        let same_process = n.alive && !restarted;
+        if same_process {
+            let old = &mut self.nodes[i].replica;
+            let applied = old.applied();
+            let unanswered = old.take_unanswered();
+            if !unanswered.is_empty() {
+                self.report.corners.origin_came_back += 1;
+            }
+            replica.set_rejoining(applied, unanswered);
+        }
         // A joiner's place in the order is known at its first view.
-        self.nodes[i].start_process(replica, None, ViewId(0), zombie);
+        self.nodes[i].start_process(replica, None, ViewId(0), zombie, same_process);
     }
 
     /// A crashed member's process starts again with the group file's view, as `conveyor node`
@@ -229,7 +243,7 @@ impl Sim {
         self.report.corners.configured_restart += 1;
         // Its deliveries, if any, are those of the first view from its start.
         let node = &mut self.nodes[i];
-        node.start_process(replica, Some(0), ViewId(1), false);
+        node.start_process(replica, Some(0), ViewId(1), false, false);
         node.configured_restart = true;
         node.outbox
             .extend(invoker_ops(me).into_iter().map(|op| (op, None)));

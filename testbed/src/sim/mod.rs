@@ -53,11 +53,16 @@
 //! - exactly once, as it happens: an instance completes once, a run ends once, and a
 //!   completion counts only from the execution its instance was assigned to (never from a
 //!   zombie's late report);
-//! - no member wrongly concludes that it restarted inside the view.
+//! - no member wrongly concludes that it restarted inside the view;
+//! - origin told: a member removed while requests it pushed were unanswered comes back in the
+//!   same process (as the engine does); with its state it is told only ends of its own runs
+//!   that happened, never one twice (across its incarnations), and its pushes that never
+//!   reached the order go again (an extra push would be a run finished twice).
 //!
 //! After the last fault the run continues until every live member serves in one view, has
 //! delivered everything, and every run the group admitted (its first push delivered) finished
-//! exactly once: no loss and no duplicate effect, whoever crashed (liveness once a majority is
+//! exactly once, and every live process heard the end of every run it pushed: no loss and no
+//! duplicate effect, whoever crashed (liveness once a majority is
 //! connected); a deadline, and a budget of steps against livelocks, turn a stall into a
 //! failure. At the end, validity: what a live, serving process submitted was delivered.
 //!
@@ -163,6 +168,8 @@ struct Node {
     /// Per origin (node, incarnation): last message counter delivered.
     last_from: BTreeMap<(usize, u32), u64>,
     pushes_left: usize,
+    /// Runs of its own this process was told the end of (by any of its incarnations).
+    told: BTreeSet<RequestId>,
     counter: u64,
     /// Requests being executed, with the incarnation executing them (an excluded process's
     /// executions go on in its next incarnation when the run has zombies).
@@ -204,11 +211,24 @@ impl Node {
     /// view); `view`: the view it starts in. With `zombie`, the previous process's executions
     /// go on and their completions not yet submitted wait for this one to serve; otherwise
     /// they die with it.
-    fn start_process(&mut self, replica: Replica, pos: Option<usize>, view: ViewId, zombie: bool) {
+    fn start_process(
+        &mut self,
+        replica: Replica,
+        pos: Option<usize>,
+        view: ViewId,
+        zombie: bool,
+        keep_pushes: bool,
+    ) {
         self.replica = replica;
         self.inc += 1;
         self.alive = true;
-        self.outbox.retain(|(_, exec)| zombie && exec.is_some());
+        if !keep_pushes {
+            // A new process: nothing it was told survives.
+            self.told.clear();
+        }
+        self.outbox.retain(|(op, exec)| {
+            (zombie && exec.is_some()) || (keep_pushes && matches!(op, Op::Push { .. }))
+        });
         self.pos = pos;
         self.first_view = None;
         self.seen.clear();
@@ -364,6 +384,7 @@ impl Sim {
                 seen: BTreeSet::new(),
                 last_from: BTreeMap::new(),
                 pushes_left: cfg.requests,
+                told: BTreeSet::new(),
                 counter: 0,
                 executing: Vec::new(),
                 gates: BTreeMap::new(),
@@ -566,6 +587,7 @@ impl Sim {
                 && n.executing.iter().all(Option::is_none)
                 && n.pos == Some(self.reference.len())
                 && n.replica.member().window_room() == n.replica.member().config().window
+                && n.replica.unanswered() == 0
         }) && live
             .windows(2)
             .all(|w| w[0].replica.view() == w[1].replica.view())

@@ -100,6 +100,11 @@ pub struct Corners {
     /// A speculated assignment confirmed as another instance than speculated (the order before
     /// it changed).
     pub speculation_reinstanced: u64,
+    /// A member removed while pushes of its own were unanswered came back in the same process
+    /// (it is told the outcomes it missed).
+    pub origin_came_back: u64,
+    /// Such a member pushed again requests that never reached the order.
+    pub pushed_again: u64,
 }
 
 impl Corners {
@@ -125,10 +130,12 @@ impl Corners {
         self.speculation_confirmed += o.speculation_confirmed;
         self.speculation_discarded += o.speculation_discarded;
         self.speculation_reinstanced += o.speculation_reinstanced;
+        self.origin_came_back += o.origin_came_back;
+        self.pushed_again += o.pushed_again;
     }
 
     /// Each corner with its count.
-    pub fn named(&self) -> [(&'static str, u64); 21] {
+    pub fn named(&self) -> [(&'static str, u64); 23] {
         [
             ("crash during a view change", self.crash_during_change),
             ("leader crash mid-change", self.leader_crash_mid_change),
@@ -165,6 +172,11 @@ impl Corners {
             (
                 "speculation confirmed as another instance",
                 self.speculation_reinstanced,
+            ),
+            ("origin back with unanswered pushes", self.origin_came_back),
+            (
+                "pushes that never reached the order, again",
+                self.pushed_again,
             ),
         ]
     }

@@ -17,8 +17,10 @@
 //! instance: a step reached twice in one run has two instances).
 
 mod op;
+mod outcomes;
 
 pub use op::{Effect, Http, Meta, OnFull, Op, Order, QueueSpec, RejectReason, Request};
+pub use outcomes::KEPT_OUTCOMES;
 
 use crate::types::{MemberId, RequestId};
 use serde::{Deserialize, Serialize};
@@ -77,6 +79,10 @@ pub struct QueueState {
     /// The pipelines set by [`Op::Pipelines`] (version 0: the group file's, not kept here).
     pipelines_version: u64,
     pipeline_docs: Vec<String>,
+    /// Operations applied: the position of each in the order, the same on every replica.
+    applied: u64,
+    /// Each origin's last outcomes, for an origin that comes back ([`outcomes`]).
+    outcomes: outcomes::Outcomes,
 }
 
 impl QueueState {
@@ -143,6 +149,49 @@ impl QueueState {
 
     /// Applies one operation, appending its effects.
     pub fn apply(&mut self, op: Op, effects: &mut Vec<Effect>) {
+        self.applied += 1;
+        let before = effects.len();
+        self.apply_op(op, effects);
+        self.outcomes.record(self.applied, &effects[before..]);
+    }
+
+    /// A view installed, at its place in the order: `survivors` (members of the view before and
+    /// of this one) delivered everything before it, so the outcomes kept for them go (see
+    /// [`outcomes`]); the state joiners are sent stays small.
+    pub fn view_installed(&mut self, survivors: &[MemberId]) {
+        for m in survivors {
+            self.outcomes.delivered_by(*m, self.applied);
+        }
+    }
+
+    /// Operations applied so far (the same count on every replica at the same point).
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// What a member that comes back as a joiner is told once it has this state, when its
+    /// previous incarnation applied `since` operations: the outcomes of its requests applied
+    /// after those (in order), then [`Effect::Rejoined`] naming those of its requests the state
+    /// holds.
+    pub fn rejoined(&self, origin: MemberId, since: u64) -> Vec<Effect> {
+        let (mut effects, dropped) = self.outcomes.after(origin, since);
+        let mut pending = BTreeSet::new();
+        for q in self.queues.values() {
+            pending.extend(q.items.iter().map(|(_, r)| r.id));
+            pending.extend(q.blocked.iter().map(|(_, r)| r.id));
+        }
+        pending.extend(self.in_flight.values().map(|(_, r, _)| r.id));
+        pending.retain(|id: &RequestId| id.origin() == origin);
+        effects.push(Effect::Rejoined {
+            origin,
+            pending: pending.into_iter().collect(),
+            pushed_again: 0,
+            outcomes_dropped: dropped,
+        });
+        effects
+    }
+
+    fn apply_op(&mut self, op: Op, effects: &mut Vec<Effect>) {
         match op {
             Op::Create(spec) => match self.queues.get(&spec.name) {
                 Some(q) if q.spec == spec => {}

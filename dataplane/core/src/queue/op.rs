@@ -191,6 +191,18 @@ impl Op {
     pub fn decode(bytes: &[u8]) -> Result<Op, postcard::Error> {
         postcard::from_bytes(bytes)
     }
+
+    /// The request an encoded [`Op::Push`] or [`Op::TryPush`] pushes, read from its first
+    /// fields only (its sender's engine keeps each push until its outcome, and a whole decode
+    /// would copy the payload); `None` for any other operation.
+    pub fn pushed_id(bytes: &[u8]) -> Option<RequestId> {
+        /// The variant's index, then `pusher`, then `req.id` (postcard writes fields in order).
+        #[derive(Deserialize)]
+        struct Head(u32, #[allow(dead_code)] MemberId, RequestId);
+        let (Head(variant, _, id), _) = postcard::take_from_bytes::<Head>(bytes).ok()?;
+        // Push and TryPush are the third and fourth variants.
+        matches!(variant, 2 | 3).then_some(id)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,6 +333,21 @@ pub enum Effect {
         step: String,
         speculation: u64,
     },
+    /// Not from the queue: this member came back as a joiner and has its state. Told after the
+    /// outcomes of its requests it missed (the effects it would have delivered), as its host
+    /// asked ([`crate::replica::Replica::set_rejoining`]). `pending`, in order: its requests
+    /// the group holds (queued, waiting for room, or running) and those its previous
+    /// incarnation pushed that never reached the order, which the replica pushes again
+    /// (`pushed_again` of them). Unless `outcomes_dropped`: more of its requests ended while
+    /// it was out than the group keeps ([`crate::queue::KEPT_OUTCOMES`]), so a push not held
+    /// cannot be told apart from a finished one; none is pushed again, and whatever waits for a
+    /// request neither in `pending` nor told its outcome will not hear of it.
+    Rejoined {
+        origin: MemberId,
+        pending: Vec<RequestId>,
+        pushed_again: usize,
+        outcomes_dropped: bool,
+    },
     /// Not from the queue: the replica reports a view installed, at its place in the order
     /// (before the requests the removed members held are put back).
     ViewInstalled {
@@ -352,6 +379,7 @@ impl Effect {
             | Effect::Speculated { consumer, .. }
             | Effect::Confirmed { consumer, .. }
             | Effect::Discarded { consumer, .. } => *consumer == me,
+            Effect::Rejoined { origin, .. } => *origin == me,
             Effect::Blocked { id, .. }
             | Effect::Accepted { id, .. }
             | Effect::Admitted { id, .. }
@@ -367,5 +395,59 @@ impl Effect {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pushs_request_is_read_from_its_head() {
+        let req = Request {
+            id: RequestId::new(MemberId(300), 1 << 40),
+            instance: 0,
+            step: "s".into(),
+            queue: "q".into(),
+            payload: vec![7; 1000],
+            meta: Meta::default(),
+            http: None,
+        };
+        let pusher = MemberId(300);
+        for (op, want) in [
+            (
+                Op::Push {
+                    pusher,
+                    req: req.clone(),
+                },
+                Some(req.id),
+            ),
+            (
+                Op::TryPush {
+                    pusher,
+                    req: req.clone(),
+                },
+                Some(req.id),
+            ),
+            (
+                Op::Subscribe {
+                    consumer: pusher,
+                    queue: "q".into(),
+                },
+                None,
+            ),
+            (
+                Op::Ready {
+                    consumer: pusher,
+                    credits: 3,
+                },
+                None,
+            ),
+            (Op::Shutdown { by: pusher }, None),
+        ] {
+            assert_eq!(Op::pushed_id(&op.encode()), want, "{op:?}");
+        }
+        assert_eq!(Op::pushed_id(&[2]), None);
+        assert_eq!(Op::pushed_id(&[]), None);
     }
 }
