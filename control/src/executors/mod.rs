@@ -250,6 +250,9 @@ impl Pool {
             }
             idle_since = Instant::now();
         }
+        // The warm process (and what goes with it) goes before the worker counts itself out:
+        // `FunctionHost::stop` waits for that count.
+        drop(warm);
         if let Ok(mut w) = self.workers.lock() {
             w.0 -= 1;
         }

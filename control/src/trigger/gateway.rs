@@ -836,8 +836,9 @@ fn rejoined(s: &Shared, pending: &[RequestId], outcomes_dropped: bool) {
     for id in unknown {
         let waiter = s.pending.lock().ok().and_then(|mut p| p.remove(&id));
         let msg = format!(
-            "this gateway's member was out of the group while more than {} outcomes of its \
-             calls were applied (what the group keeps): whether this call ran is unknown",
+            "this gateway's member was out of the group, and the group no longer holds what \
+             became of this call (it keeps the last {} outcomes of each member's calls): \
+             whether it ran is unknown",
             conveyor_core::queue::KEPT_OUTCOMES
         );
         match waiter {

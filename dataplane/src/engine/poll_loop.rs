@@ -109,7 +109,6 @@ struct Engine {
     speculation: Speculation,
     /// When each pending speculation was made (engine clock), for its lead.
     speculated_at: std::collections::HashMap<u64, u64>,
-
     /// A graceful leave was asked for: it starts once what this member submitted is delivered.
     leaving: bool,
     joins_refused_said: u64,
@@ -544,7 +543,6 @@ impl Engine {
             else {
                 break;
             };
-
             match self.replica.submit_encoded(op) {
                 Ok(_) => work = true,
                 // The handle checks sizes before the ring; count anything that slips through.
