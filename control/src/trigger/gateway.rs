@@ -784,29 +784,34 @@ fn dispatcher(s: &Shared) {
         .unwrap_or_default();
     for w in left {
         let msg = format!("{why} (the request may still run in the group; its output is lost)");
-        match w {
-            Waiter::Sync(tx) => {
-                let _ = tx.send(Outcome::Failed(503, msg));
-            }
-            Waiter::Async {
-                callback: Some(url),
-                function,
-                call_id,
-                started,
-            } => {
-                let _ = s.callbacks.send(Callback {
-                    url,
-                    function,
-                    call_id,
-                    status: 503,
-                    seconds: started.elapsed().as_secs_f64(),
-                    body: msg.into_bytes(),
-                });
-            }
-            Waiter::Async { .. } => {}
-        }
+        fail(s, w, msg);
     }
     s.stop.store(true, Ordering::SeqCst);
+}
+
+/// Answers a waiting call 503 with `msg` (an asynchronous one through its callback, if any).
+fn fail(s: &Shared, w: Waiter, msg: String) {
+    match w {
+        Waiter::Sync(tx) => {
+            let _ = tx.send(Outcome::Failed(503, msg));
+        }
+        Waiter::Async {
+            callback: Some(url),
+            function,
+            call_id,
+            started,
+        } => {
+            let _ = s.callbacks.send(Callback {
+                url,
+                function,
+                call_id,
+                status: 503,
+                seconds: started.elapsed().as_secs_f64(),
+                body: msg.into_bytes(),
+            });
+        }
+        Waiter::Async { .. } => {}
+    }
 }
 
 /// This trigger came back after a view change removed it (its links went dark past the failure
@@ -841,26 +846,8 @@ fn rejoined(s: &Shared, pending: &[RequestId], outcomes_dropped: bool) {
              whether it ran is unknown",
             conveyor_core::queue::KEPT_OUTCOMES
         );
-        match waiter {
-            Some(Waiter::Sync(tx)) => {
-                let _ = tx.send(Outcome::Failed(503, msg));
-            }
-            Some(Waiter::Async {
-                callback: Some(url),
-                function,
-                call_id,
-                started,
-            }) => {
-                let _ = s.callbacks.send(Callback {
-                    url,
-                    function,
-                    call_id,
-                    status: 503,
-                    seconds: started.elapsed().as_secs_f64(),
-                    body: msg.into_bytes(),
-                });
-            }
-            _ => {}
+        if let Some(w) = waiter {
+            fail(s, w, msg);
         }
     }
 }

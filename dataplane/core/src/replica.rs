@@ -843,23 +843,8 @@ impl Replica {
 
 /// An outcome of one of `me`'s runs answers its push.
 fn answered(unanswered: &mut BTreeMap<RequestId, Vec<u8>>, me: MemberId, e: &Effect) {
-    match e {
-        // A queue's settings refused: no run (its id is 0, which may be a real run's).
-        Effect::Rejected {
-            pusher: MemberId(u16::MAX),
-            ..
-        } => {}
-        Effect::Completed {
-            id, terminal: true, ..
-        }
-        | Effect::Failed { id, .. }
-        | Effect::Rejected { id, .. }
-        | Effect::Overwritten { id, .. }
-            if id.origin() == me =>
-        {
-            unanswered.remove(id);
-        }
-        _ => {}
+    if let Some(id) = crate::queue::ended(e).filter(|id| id.origin() == me) {
+        unanswered.remove(&id);
     }
 }
 

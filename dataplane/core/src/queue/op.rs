@@ -212,8 +212,9 @@ pub enum RejectReason {
     SpecConflict,
 }
 
-/// What applying an operation did; every replica computes the same effects.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What applying an operation did; every replica computes the same effects. (Serializable:
+/// the ends of runs are kept in the replicated state, see `outcomes`.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {
     Created {
         queue: String,

@@ -18,7 +18,7 @@
 //! Whatever a member delivered was delivered by every survivor (virtual synchrony), so the
 //! positions of the removed incarnation and of the group agree up to `since`.
 
-use super::{Effect, Http, Meta, RejectReason};
+use super::Effect;
 use crate::types::{MemberId, RequestId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -27,159 +27,21 @@ use std::collections::{BTreeMap, VecDeque};
 /// requests it has in flight end while it is away) without losing track of any.
 pub const KEPT_OUTCOMES: usize = 4096;
 
-/// An end of one of an origin's requests, as kept.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-enum Outcome {
-    Completed {
-        consumer: MemberId,
-        id: RequestId,
-        instance: u64,
-        step: String,
-        result: Option<Vec<u8>>,
-        reply: Option<Box<Http>>,
-        meta: Meta,
-    },
-    Failed {
-        consumer: MemberId,
-        id: RequestId,
-        instance: u64,
-        step: String,
-        error: String,
-        status: u16,
-    },
-    Rejected {
-        pusher: MemberId,
-        id: RequestId,
-        step: String,
-        queue: String,
-        reason: RejectReason,
-    },
-    Overwritten {
-        id: RequestId,
-        step: String,
-        queue: String,
-    },
-}
-
-impl Outcome {
-    /// The outcome an effect reports, if it is one.
-    fn of(e: &Effect) -> Option<Outcome> {
-        Some(match e.clone() {
-            Effect::Completed {
-                consumer,
-                id,
-                instance,
-                step,
-                terminal: true,
-                result,
-                reply,
-                meta,
-            } => Outcome::Completed {
-                consumer,
-                id,
-                instance,
-                step,
-                result,
-                reply,
-                meta,
-            },
-            Effect::Failed {
-                consumer,
-                id,
-                instance,
-                step,
-                error,
-                status,
-            } => Outcome::Failed {
-                consumer,
-                id,
-                instance,
-                step,
-                error,
-                status,
-            },
-            // A queue's settings refused (no request: no origin).
-            Effect::Rejected {
-                pusher: MemberId(u16::MAX),
-                ..
-            } => return None,
-            Effect::Rejected {
-                pusher,
-                id,
-                step,
-                queue,
-                reason,
-            } => Outcome::Rejected {
-                pusher,
-                id,
-                step,
-                queue,
-                reason,
-            },
-            Effect::Overwritten { id, step, queue } => Outcome::Overwritten { id, step, queue },
-            _ => return None,
-        })
-    }
-
-    fn id(&self) -> RequestId {
-        match self {
-            Outcome::Completed { id, .. }
-            | Outcome::Failed { id, .. }
-            | Outcome::Rejected { id, .. }
-            | Outcome::Overwritten { id, .. } => *id,
+/// The run an effect reports the end of, if it does: a run's terminal completion, a failure, a
+/// push refused (not a queue's settings refused: no run) or overwritten.
+pub(crate) fn ended(e: &Effect) -> Option<RequestId> {
+    match e {
+        Effect::Rejected {
+            pusher: MemberId(u16::MAX),
+            ..
+        } => None,
+        Effect::Completed {
+            id, terminal: true, ..
         }
-    }
-
-    fn effect(&self) -> Effect {
-        match self.clone() {
-            Outcome::Completed {
-                consumer,
-                id,
-                instance,
-                step,
-                result,
-                reply,
-                meta,
-            } => Effect::Completed {
-                consumer,
-                id,
-                instance,
-                step,
-                terminal: true,
-                result,
-                reply,
-                meta,
-            },
-            Outcome::Failed {
-                consumer,
-                id,
-                instance,
-                step,
-                error,
-                status,
-            } => Effect::Failed {
-                consumer,
-                id,
-                instance,
-                step,
-                error,
-                status,
-            },
-            Outcome::Rejected {
-                pusher,
-                id,
-                step,
-                queue,
-                reason,
-            } => Effect::Rejected {
-                pusher,
-                id,
-                step,
-                queue,
-                reason,
-            },
-            Outcome::Overwritten { id, step, queue } => Effect::Overwritten { id, step, queue },
-        }
+        | Effect::Failed { id, .. }
+        | Effect::Rejected { id, .. }
+        | Effect::Overwritten { id, .. } => Some(*id),
+        _ => None,
     }
 }
 
@@ -188,8 +50,8 @@ impl Outcome {
 struct Kept {
     /// The position of the newest outcome dropped (0: none).
     dropped_at: u64,
-    /// (position, outcome), oldest first.
-    list: VecDeque<(u64, Outcome)>,
+    /// (position, the effect that reported it), oldest first.
+    list: VecDeque<(u64, Effect)>,
 }
 
 /// The outcomes kept, by origin (see the module docs).
@@ -201,9 +63,10 @@ pub(super) struct Outcomes {
 impl Outcomes {
     /// Keeps the outcomes among `effects`, applied at position `at`.
     pub(super) fn record(&mut self, at: u64, effects: &[Effect]) {
-        for o in effects.iter().filter_map(Outcome::of) {
-            let kept = self.by_origin.entry(o.id().origin()).or_default();
-            kept.list.push_back((at, o));
+        for e in effects {
+            let Some(id) = ended(e) else { continue };
+            let kept = self.by_origin.entry(id.origin()).or_default();
+            kept.list.push_back((at, e.clone()));
             while kept.list.len() > KEPT_OUTCOMES {
                 if let Some((pos, _)) = kept.list.pop_front() {
                     kept.dropped_at = pos;
@@ -233,7 +96,7 @@ impl Outcomes {
             .list
             .iter()
             .filter(|(at, _)| *at > since)
-            .map(|(_, o)| o.effect())
+            .map(|(_, e)| e.clone())
             .collect();
         (effects, kept.dropped_at > since)
     }
@@ -242,6 +105,7 @@ impl Outcomes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::Meta;
 
     fn completed(origin: u16, n: u64) -> Effect {
         Effect::Completed {
