@@ -31,14 +31,17 @@ if [ "$(id -u)" -eq 0 ]; then
   [ -e target/debug ] || shared="$PWD/target"  # a fresh clone (CI): build once, here
   CARGO_TARGET_DIR_NO_SYSTEM_LIBS="$shared" bash testbed/no-system-libs.sh 2>&1 \
     | grep -E '^no-system-libs|^test result|^error' || { echo "no-system-libs.sh failed"; exit 1; }
+  lean_so="${shared:-$PWD/target/no-system-libs}/debug/libconveyor.so"
 else
   echo "NOT RUN: testbed/no-system-libs.sh needs root (a mount namespace)"
   cargo build -p conveyor-mq --locked
+  lean_so=target/debug/libconveyor.so
 fi
 section "libconveyor.so on its own: none of DPDK, libibverbs, libbpf, nor the bench's crates"
-# As built alone (just above; a workspace build unifies the dataplane's features and links
-# DPDK into it).
-if ldd target/debug/libconveyor.so | grep -E 'librte|libibverbs|librdmacm|libelf|libbpf|librdkafka|libz'; then
+# As built alone (just above, in whichever target directory that was; a workspace build unifies
+# the dataplane's features and links DPDK into target/debug's, so a second run of this script
+# must not look there).
+if ldd "$lean_so" | grep -E 'librte|libibverbs|librdmacm|libelf|libbpf|librdkafka|libz'; then
   echo "libconveyor.so needs the libraries above"; exit 1
 fi
 if cargo tree -p conveyor-mq -e normal --prefix none --locked | grep -E '^(rdkafka|redis|plotters|indicatif|libbpf-rs|dpdk-sys|rdma-sys) v'; then
