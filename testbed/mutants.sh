@@ -128,19 +128,19 @@ MUTANTS = [
     ("credit-not-spent", "queue/mod.rs",
      "                    self.ready.remove(i);",
      "                    i += 1;"),
-    # Speculation (replica.rs): a delivery confirms only a request assigned to this member;
+    # Speculation (replica/ahead.rs): a delivery confirms only a request assigned to this member;
     # only this member's assignments are speculated; a speculation dropped at a view change is
     # told. (Not a mutant here: confirming by run id alone, not the whole request. The
     # simulator's pipeline is a chain, so one run has one step in flight at a time and no
     # other request of the same run can be confirmed in its place; tried: not caught in 6000
     # seeds.)
-    ("confirm-others-assignment", "replica.rs",
+    ("confirm-others-assignment", "replica/ahead.rs",
      "Effect::Assigned { consumer, req } => (*consumer == me, &*req),",
      "Effect::Assigned { consumer: _, req } => (true, &*req),"),
-    ("speculate-for-others", "replica.rs",
+    ("speculate-for-others", "replica/ahead.rs",
      "                if consumer != me {",
      "                if consumer == MemberId(u16::MAX) {"),
-    ("discard-untold", "replica.rs",
+    ("discard-untold", "replica/ahead.rs",
      "            self.scratch.splice(at..at, discarded);",
      "            self.scratch.splice(at..at, discarded.take(0));"),
     # A member back after a removal: pushes the group holds pushed again; the outcomes before
@@ -150,13 +150,13 @@ MUTANTS = [
     # callers get "outcome unknown", a degraded answer the checks allow. Tried: not caught in
     # 6000 seeds. The replica's unit test `a_removed_origin_that_comes_back_is_told_what_it_missed`
     # catches it.)
-    ("repush-held", "replica.rs",
+    ("repush-held", "replica/mod.rs",
      "                if pending.contains(&id) {",
      "                if pending.contains(&id) && false {"),
     ("retell-outcomes", "queue/outcomes.rs",
      "            .filter(|(at, _)| *at > since)",
      "            .filter(|(at, _)| *at + 1 > since)"),
-    ("position-of-a-stateless-joiner", "replica.rs",
+    ("position-of-a-stateless-joiner", "replica/mod.rs",
      "            Some((since, _)) => *since,",
      "            Some(_) => self.queue.applied(),"),
 ]

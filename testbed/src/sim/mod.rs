@@ -72,7 +72,10 @@ mod checks;
 mod config;
 mod faults;
 mod network;
+mod node;
 mod report;
+
+use node::{Gate, Node};
 
 pub use config::{CutAt, MidChange, SimConfig};
 pub use report::{Corners, Report, Totals, Violation};
@@ -134,121 +137,6 @@ enum Event {
 enum Item {
     Msg(u64),
     View(ViewId, Vec<MemberId>),
-}
-
-/// Where a speculated execution stands (see [`Node::gates`]).
-#[derive(Clone, Debug)]
-enum Gate {
-    /// Running, not confirmed yet.
-    Running(Request),
-    /// Confirmed as this instance; its completion goes out when it finishes.
-    Confirmed(u64),
-    /// Finished, its completion held until the confirmation.
-    Finished(Op),
-    /// Discarded while running: its completion is dropped.
-    Discarded,
-}
-
-struct Node {
-    /// The member's process: the protocol core and its queue replica.
-    replica: Replica,
-    /// Process incarnation (0 for the original; each rejoin is a new process).
-    inc: u32,
-    alive: bool,
-    /// Ops waiting for window room (or for the member to serve), in order, each with the
-    /// execution (node, incarnation) whose completion it is, if it is one.
-    outbox: VecDeque<(Op, Option<Exec>)>,
-    /// Position in the reference order of the next item this incarnation delivers; `None`
-    /// for a joiner before its first view.
-    pos: Option<usize>,
-    /// A joiner's first view, until its place in the reference is known.
-    first_view: Option<Item>,
-    /// Message ids this incarnation delivered.
-    seen: BTreeSet<u64>,
-    /// Per origin (node, incarnation): last message counter delivered.
-    last_from: BTreeMap<(usize, u32), u64>,
-    pushes_left: usize,
-    /// Runs of its own this process was told the end of (by any of its incarnations).
-    told: BTreeSet<RequestId>,
-    counter: u64,
-    /// Requests being executed, with the incarnation executing them (an excluded process's
-    /// executions go on in its next incarnation when the run has zombies).
-    executing: Vec<Option<(u32, Request, Option<u64>)>>,
-    /// Speculated executions (the third field of `executing`) by (incarnation, speculation):
-    /// their completion waits for the confirmation.
-    gates: BTreeMap<(u32, u64), Gate>,
-    /// Nothing of this process runs before this time (descheduled).
-    paused_until: u64,
-    /// The view-change ballot this member led after its last step, and whether its decision
-    /// was out.
-    was_leading: Option<bool>,
-    /// Leaving gracefully: submits nothing more, asks to leave once what it sent is delivered.
-    leaving: bool,
-    /// It started sending a joiner its state in this step.
-    sending_state: bool,
-    /// The size of the view it last led a change in.
-    led: usize,
-    /// Its view when [`Sim::moment`] last looked.
-    moment_view: ViewId,
-    /// This incarnation was started with the configured view after a crash: it may rightly
-    /// find out that it restarted inside a view.
-    configured_restart: bool,
-    /// The timer deadline the replica last asked for, and when it really fires (jitter).
-    timer: (u64, u64),
-    rejoin_scheduled: bool,
-    trace: String,
-    /// Ballots of this process that met two different accepted decisions, so far.
-    conflicting_accepts: u64,
-    /// The view and the slots delivered (messages and nulls) when last looked at.
-    passed: (ViewId, u64),
-    /// Slots delivered as messages since then (the others passed were nulls).
-    data_slots: Vec<u64>,
-}
-
-impl Node {
-    /// A new process of this member, running `replica` (its workload goes on: pushes left,
-    /// counter). `pos`: where it starts in the reference (`None` for a joiner, until its first
-    /// view); `view`: the view it starts in. With `zombie`, the previous process's executions
-    /// go on and their completions not yet submitted wait for this one to serve; otherwise
-    /// they die with it.
-    fn start_process(
-        &mut self,
-        replica: Replica,
-        pos: Option<usize>,
-        view: ViewId,
-        zombie: bool,
-        keep_pushes: bool,
-    ) {
-        self.replica = replica;
-        self.inc += 1;
-        self.alive = true;
-        if !keep_pushes {
-            // A new process: nothing it was told survives.
-            self.told.clear();
-        }
-        self.outbox.retain(|(op, exec)| {
-            (zombie && exec.is_some()) || (keep_pushes && matches!(op, Op::Push { .. }))
-        });
-        self.pos = pos;
-        self.first_view = None;
-        self.seen.clear();
-        self.last_from.clear();
-        if !zombie {
-            self.executing.clear();
-            self.gates.clear();
-        }
-        self.was_leading = None;
-        self.led = 0;
-        self.moment_view = view;
-        self.leaving = false;
-        self.sending_state = false;
-        self.configured_restart = false;
-        self.timer = (u64::MAX, u64::MAX);
-        self.rejoin_scheduled = false;
-        self.passed = (view, 0);
-        self.data_slots.clear();
-        self.conflicting_accepts = 0;
-    }
 }
 
 /// One seeded run.
