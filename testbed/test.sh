@@ -90,7 +90,7 @@ bash testbed/ansible-test.sh
 section "fuzz targets, ${FUZZ_SECONDS}s each"
 (
   cd dataplane/core
-  for target in frame member; do
+  for target in frame member log; do
     # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable compiler accept them.
     RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 2>&1 | tail -n 2
   done

@@ -8,6 +8,8 @@
 //! - [`engine`]: the pinned polling thread driving a `conveyor_core::Replica` over a
 //!   transport, with lock-free rings to application threads and a configurable idle policy;
 //! - [`invoker`]: the invoker role: takes requests, runs functions, pushes continuations;
+//! - [`durable`]: a member's data directory: the log of delivered operations (group commit,
+//!   torn tails cut, corruption refused by file and offset) and its snapshots;
 //! - [`sys`]: the engine's system calls (eventfd, poll, timer slack, CPU clocks).
 //!
 //! Unsafe code lives only in `sys` and in each medium's `sys` module (and the verbs binding),
@@ -16,6 +18,7 @@
 //! What this crate does not do: decide anything of the protocol (that is `conveyor-core`),
 //! parse TOML, or own processes (the `conveyor` binary in `control/`).
 
+pub mod durable;
 pub mod engine;
 pub mod invoker;
 pub mod sys;

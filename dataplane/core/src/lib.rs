@@ -8,7 +8,8 @@
 //! - [`queue`]: the replicated function-request queue state machine;
 //! - [`pipeline`]: association rules (JSON) and the built-in functions' outputs;
 //! - [`replica`]: [`Replica`], the member and the queue it applies the order to: the one node
-//!   that the engine and the simulator both drive.
+//!   that the engine and the simulator both drive;
+//! - [`durable`]: the on-disk formats of durable queues' logs and snapshots (no I/O).
 //!
 //! What this crate does not do, and what enforces it: no unsafe code (`forbid(unsafe_code)`);
 //! no clock, no sleeping, no threads, no randomness (time comes in as [`types::Instant`], and
@@ -16,10 +17,12 @@
 //! thread RNGs); no hash maps whose iteration order could differ between replicas; no sockets,
 //! no transport, no libc (CI checks with `cargo tree` that none of dpdk-sys, rdma-sys, libbpf,
 //! libc, crossbeam or tracing is a dependency). Its dependencies are serde, postcard, blake3,
-//! thiserror, serde_json, and serde_path_to_error to name the field of a malformed pipeline.
+//! thiserror, serde_json, serde_path_to_error to name the field of a malformed pipeline, and
+//! crc32fast for the log's record checksums.
 
 #![forbid(unsafe_code)]
 
+pub mod durable;
 pub mod pipeline;
 pub mod proto;
 pub mod queue;

@@ -1,0 +1,68 @@
+//! The on-disk formats of durable queues (layout 1): the log's segments and the snapshots
+//! behind them, encoded and checked here without I/O; the engine's `durable` module does the
+//! files, the group commit and the syncs.
+//!
+//! A member of a group with durable queues appends the operations it delivers to a log in its
+//! data directory, in delivery order, each at its position (the number of operations applied
+//! before it). The log is a sequence of segment files, each a [`log::SegmentHeader`] (which
+//! group, which layout, the position of its first record) followed by records; a record is its
+//! length, a CRC-32 of its body, and the body (position, kind, flags, payload). Records are
+//! written in batches, one write and one `fdatasync` per batch (group commit); the first record
+//! of a batch carries [`log::BATCH_START`].
+//!
+//! Reading a segment back ([`log::scan`]) tells a torn write from corruption. A crash can tear
+//! only the batch being written when it struck, the last one in the file: a later batch is
+//! written only once the one before it is synced. So a record that does not check (short, bad
+//! length, bad checksum, a position out of sequence) is a torn tail if no valid record that
+//! starts a batch follows it (the log is cut there, with a warning), and corruption if one does
+//! (an earlier, synced batch changed on disk: the member stops and names the file and the
+//! offset, never skipping what it cannot read).
+//!
+//! A snapshot ([`snapshot`]) is the replicated state as of a position, written to a temporary
+//! file, synced and renamed into place, so a snapshot file is whole or absent; segments whose
+//! records all lie behind the newest snapshot are deleted.
+
+pub mod log;
+pub mod snapshot;
+
+/// The layout this build writes and reads. A data directory of another layout is refused.
+pub const LAYOUT: u32 = 1;
+
+/// What is wrong with a segment's or a snapshot's bytes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("not a Conveyor {what}: it starts with {found:02x?}")]
+    NotOurs { what: &'static str, found: Vec<u8> },
+    #[error("written in layout {found}; this build reads layout {LAYOUT}")]
+    Layout { found: u32 },
+    #[error("it belongs to group {found:#x}; this member's group is {expected:#x}")]
+    OtherGroup { found: u32, expected: u32 },
+    #[error("{what} header checksum does not match (offset 0)")]
+    HeaderChecksum { what: &'static str },
+    #[error("{len} bytes: too short for a {what} header ({need} bytes)")]
+    Short {
+        what: &'static str,
+        len: usize,
+        need: usize,
+    },
+    #[error(
+        "corrupt record at offset {offset} ({reason}), followed by later batches that are \
+         intact: not a torn write at the tail"
+    )]
+    Corrupt { offset: u64, reason: String },
+    #[error("snapshot body checksum does not match (offset {offset})")]
+    SnapshotChecksum { offset: u64 },
+}
+
+/// CRC-32 (IEEE) of `bytes`.
+pub(crate) fn crc(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
+}
+
+pub(crate) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+pub(crate) fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
