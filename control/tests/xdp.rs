@@ -172,6 +172,7 @@ fn status_frame(sender: u16) -> Vec<u8> {
     let row = Row {
         heartbeat: 1,
         delivered: 0,
+        persisted: 0,
         received: vec![0; 4],
         incarnations: Vec::new(),
     };

@@ -55,6 +55,7 @@ fn frame(key: &Key, group: GroupId) -> Vec<u8> {
     let row = Row {
         heartbeat: 1,
         delivered: 0,
+        persisted: 0,
         received: vec![0, 0],
         incarnations: Vec::new(),
     };

@@ -112,6 +112,7 @@ fn frame(sender: u16) -> Vec<u8> {
     let row = Row {
         heartbeat: 1,
         delivered: 0,
+        persisted: 0,
         received: vec![0, 0, 0],
         incarnations: Vec::new(),
     };

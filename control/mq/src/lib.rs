@@ -460,6 +460,7 @@ pub fn open(name: &str, oflag: i32, attr: Option<Attr>) -> Result<i32, MqError> 
             capacity: maxmsg,
             order: Order::Fifo,
             on_full: OnFull::Block,
+            durability: Default::default(),
         }))?;
     }
     // A queue just created (here or by another member) shows within a publication.

@@ -28,8 +28,8 @@
 //! message, encoded by `proto::membership`; its row is a placeholder of one rank):
 //!
 //! ```text
-//! row:    n u16 | reserved u16 | heartbeat u64 | delivered u64 | received[n] u64
-//!         | incarnation[n] u64
+//! row:    n u16 | reserved u16 | heartbeat u64 | delivered u64 | persisted u64
+//!         | received[n] u64 | incarnation[n] u64
 //! entry:  tag u8 = 0 (data) | len u32 | payload       -- one message, occupies one sequence number
 //!         tag u8 = 1 (nulls) | run u32 (>= 1)          -- `run` null messages (empty slots)
 //! ```
@@ -43,7 +43,7 @@ use core::fmt;
 use thiserror::Error;
 
 pub const MAGIC: u16 = 0x5643;
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 pub const HEADER_LEN: usize = 40;
 pub const MAC_LEN: usize = 16;
 /// Bytes a frame needs besides its row and entries.
@@ -51,7 +51,7 @@ pub const OVERHEAD: usize = HEADER_LEN + MAC_LEN;
 /// Bytes of a data entry besides its payload.
 pub const DATA_ENTRY_OVERHEAD: usize = 5;
 const NULL_ENTRY_LEN: usize = 5;
-const ROW_FIXED: usize = 20;
+const ROW_FIXED: usize = 28;
 /// Members a status row may describe; bounds every row allocation.
 pub const MAX_MEMBERS: usize = 1024;
 /// Header flag of a status frame sent to one member: "I hold messages of yours beyond the
@@ -217,6 +217,11 @@ pub struct Row {
     pub heartbeat: u64,
     /// Global delivery slots the sender has delivered.
     pub delivered: u64,
+    /// Where the sender's durable log reaches: every step of the order before this position
+    /// (operations and views, counted as `QueueState::applied` counts them) is on its disk. 0
+    /// for a member without a log. Carried for the layer above (the replica's majority rule
+    /// for durable queues); the protocol itself does not read it.
+    pub persisted: u64,
     /// Per view rank: contiguous messages received from that member (its own: messages sent).
     pub received: Vec<u64>,
     /// Per view rank: the process whose messages `received` counts (its incarnation; 0: none
@@ -236,6 +241,7 @@ impl Row {
 pub struct RowRef<'a> {
     pub heartbeat: u64,
     pub delivered: u64,
+    pub persisted: u64,
     received: &'a [u8],
     incarnations: &'a [u8],
 }
@@ -262,6 +268,7 @@ impl<'a> RowRef<'a> {
         Row {
             heartbeat: self.heartbeat,
             delivered: self.delivered,
+            persisted: self.persisted,
             received: (0..self.len()).map(|i| self.received(i)).collect(),
             incarnations: (0..self.len()).map(|i| self.incarnation(i)).collect(),
         }
@@ -359,6 +366,7 @@ impl<'a> Frame<'a> {
         let row = RowRef {
             heartbeat: le_u64(&body[4..12]),
             delivered: le_u64(&body[12..20]),
+            persisted: le_u64(&body[20..28]),
             received: &body[ROW_FIXED..ROW_FIXED + 8 * n],
             incarnations: &body[ROW_FIXED + 8 * n..row_len],
         };
@@ -488,6 +496,7 @@ impl<'b> FrameWriter<'b> {
         buf.extend_from_slice(&0u16.to_le_bytes());
         buf.extend_from_slice(&row.heartbeat.to_le_bytes());
         buf.extend_from_slice(&row.delivered.to_le_bytes());
+        buf.extend_from_slice(&row.persisted.to_le_bytes());
         for r in &row.received {
             buf.extend_from_slice(&r.to_le_bytes());
         }
@@ -609,6 +618,7 @@ mod tests {
         Row {
             heartbeat: 5,
             delivered: 6,
+            persisted: 7,
             received: (0..n as u64).collect(),
             incarnations: (0..n as u64).map(|i| 100 + i).collect(),
         }

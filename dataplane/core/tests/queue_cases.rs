@@ -28,6 +28,7 @@ fn first_ready_consumer_is_served_first_and_fifo_lifo_hold() {
                 capacity: 10,
                 order,
                 on_full: OnFull::Reject,
+                durability: Default::default(),
             }),
             &mut fx,
         );
@@ -136,6 +137,7 @@ fn two_instances_of_one_step_of_one_run_both_complete() {
                 capacity: 10,
                 order: Order::Fifo,
                 on_full: OnFull::Reject,
+                durability: Default::default(),
             }),
             &mut fx,
         );
@@ -272,6 +274,7 @@ fn a_removed_invokers_requests_go_back_to_the_head() {
                 capacity: 100,
                 order,
                 on_full: OnFull::Reject,
+                durability: Default::default(),
             }),
             &mut fx,
         );
@@ -422,6 +425,7 @@ fn the_oldest_run_goes_first_between_queues() {
                 capacity: 10,
                 order: Order::Fifo,
                 on_full: OnFull::Reject,
+                durability: Default::default(),
             }),
             &mut fx,
         );
@@ -505,6 +509,7 @@ fn a_credit_for_one_queue_takes_only_from_it_and_try_push_never_blocks() {
                 capacity: 1,
                 order: Order::Fifo,
                 on_full: OnFull::Block,
+                durability: Default::default(),
             }),
             &mut fx,
         );

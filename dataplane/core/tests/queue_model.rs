@@ -379,6 +379,7 @@ proptest! {
                     name: format!("q{q}"), capacity: cap,
                     order: if lifo { Order::Lifo } else { Order::Fifo },
                     on_full: [OnFull::Block, OnFull::Reject, OnFull::OverwriteOldest][f as usize],
+                    durability: Default::default(),
                 }),
                 Gen::Subscribe(c, q) => Op::Subscribe { consumer: MemberId(c), queue: format!("q{q}") },
                 Gen::Push(q) => { next_id += 1; Op::Push { pusher: MemberId(9), req: req(next_id, q) } }
@@ -402,6 +403,7 @@ proptest! {
                         name: format!("q{q}"), capacity: cap,
                         order: if lifo { Order::Lifo } else { Order::Fifo },
                         on_full: [OnFull::Block, OnFull::Reject, OnFull::OverwriteOldest][f as usize],
+                        durability: Default::default(),
                     }],
                     docs: vec![format!("doc {v}")],
                 },

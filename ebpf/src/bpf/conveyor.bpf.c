@@ -3,7 +3,7 @@
 // Conveyor's XDP program: one per member interface, two jobs.
 //
 // 1. Member filter. Frames of the appliance's protocol (UDP whose payload starts with the frame
-//    header: magic "CV", version 3, a kind, this group's id) pass only if their source (IPv4
+//    header: magic "CV", version 4, a kind, this group's id) pass only if their source (IPv4
 //    address, UDP port) may send that kind: members of the current view send every kind;
 //    candidates (members of the group file that are not in the view: joiners, and removed
 //    members that come back) send only control frames (join requests), which the protocol
@@ -140,8 +140,8 @@ int conveyor_xdp(struct xdp_md *ctx)
 	__u8 *h = (void *)(udp + 1);
 	if ((void *)(h + 8) > end)
 		goto other;
-	// Frame header: magic 0x5643 little endian ("CV"), version 3, kind, group (u32 LE).
-	if (h[0] != 0x43 || h[1] != 0x56 || h[2] != 3 || h[3] > 7)
+	// Frame header: magic 0x5643 little endian ("CV"), version 4, kind, group (u32 LE).
+	if (h[0] != 0x43 || h[1] != 0x56 || h[2] != 4 || h[3] > 7)
 		goto other;
 	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg)

@@ -68,6 +68,14 @@ impl Sim {
                     self.report.resubmitted += vc.resubmitted;
                 }
                 Applied::Speculated { effects } => self.on_speculated(i, &effects)?,
+                // The simulator does not switch durable logging on yet (no disks modelled):
+                // nothing may wait for disks.
+                Applied::Persisted { effects } => {
+                    return Err(self.violation(
+                        "durability",
+                        format!("m{i} released effects held for disks it has not: {effects:?}"),
+                    ))
+                }
                 Applied::State { ok, effects } => {
                     if !ok {
                         return Err(self.violation(

@@ -220,6 +220,7 @@ fn spec(name: &str) -> QueueSpec {
         capacity: 1 << 16,
         order: Order::Fifo,
         on_full: OnFull::Block,
+        durability: Default::default(),
     }
 }
 

@@ -52,6 +52,7 @@ impl Sim {
                 let row = Row {
                     heartbeat: 1,
                     delivered: 0,
+                    persisted: 0,
                     received: vec![0; n],
                     incarnations: Vec::new(),
                 };

@@ -30,12 +30,15 @@ pub const BATCH_START: u8 = 1;
 pub enum RecordKind {
     /// A delivered operation, as its encoding ([`crate::queue::Op::encode`]).
     Op = 1,
+    /// A view installed ([`super::ViewRecord`]).
+    View = 2,
 }
 
 impl RecordKind {
     fn from_u8(b: u8) -> Option<RecordKind> {
         match b {
             1 => Some(RecordKind::Op),
+            2 => Some(RecordKind::View),
             _ => None,
         }
     }

@@ -25,6 +25,11 @@
 pub mod log;
 pub mod snapshot;
 
+use crate::queue::{Op, QueueState};
+use crate::types::MemberId;
+use log::RecordKind;
+use serde::{Deserialize, Serialize};
+
 /// The layout this build writes and reads. A data directory of another layout is refused.
 pub const LAYOUT: u32 = 1;
 
@@ -52,6 +57,72 @@ pub enum FormatError {
     Corrupt { offset: u64, reason: String },
     #[error("snapshot body checksum does not match (offset {offset})")]
     SnapshotChecksum { offset: u64 },
+}
+
+/// A view's step of the order, as the log records it: what
+/// [`QueueState::install_view`] applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewRecord {
+    pub survivors: Vec<MemberId>,
+    pub removed: Vec<MemberId>,
+}
+
+impl ViewRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+    pub fn decode(b: &[u8]) -> Result<ViewRecord, postcard::Error> {
+        postcard::from_bytes(b)
+    }
+}
+
+/// Why a log does not replay.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    #[error("the snapshot does not decode: {0}")]
+    Snapshot(String),
+    #[error("record at position {found}, where the state is at {expected}")]
+    Position { expected: u64, found: u64 },
+    #[error("record at position {position} does not decode: {reason}")]
+    Record { position: u64, reason: String },
+}
+
+/// Rebuilds the queue state a member's log describes: `snapshot` (or an empty state), then
+/// each record, which must be at the position the state has reached. The state is the one
+/// the member had when it wrote the last record (with its consumers' requests still in
+/// flight: a whole-group restart puts those back in their queues).
+pub fn replay<'a>(
+    snapshot: Option<&[u8]>,
+    records: impl IntoIterator<Item = (u64, RecordKind, &'a [u8])>,
+) -> Result<QueueState, ReplayError> {
+    let mut q = match snapshot {
+        Some(b) => {
+            QueueState::from_snapshot(b).map_err(|e| ReplayError::Snapshot(e.to_string()))?
+        }
+        None => QueueState::new(),
+    };
+    let mut effects = Vec::new();
+    for (position, kind, bytes) in records {
+        if position != q.applied() {
+            return Err(ReplayError::Position {
+                expected: q.applied(),
+                found: position,
+            });
+        }
+        let bad = |e: &dyn std::fmt::Display| ReplayError::Record {
+            position,
+            reason: e.to_string(),
+        };
+        match kind {
+            RecordKind::Op => q.apply(Op::decode(bytes).map_err(|e| bad(&e))?, &mut effects),
+            RecordKind::View => {
+                let v = ViewRecord::decode(bytes).map_err(|e| bad(&e))?;
+                q.install_view(&v.survivors, &v.removed, &mut effects);
+            }
+        }
+        effects.clear();
+    }
+    Ok(q)
 }
 
 /// CRC-32 (IEEE) of `bytes`.

@@ -15,7 +15,8 @@
 //! ```
 //!
 //! Each step names its function, optionally its input queue (default `<pipeline>.<step>`) and
-//! queue options, and its continuations: rules tried in order; the first whose `route` equals
+//! queue options (`capacity`, `order`, `on_full`, and `durability`: `"memory"`, the default;
+//! `"log"` is refused until members write their logs), and its continuations: rules tried in order; the first whose `route` equals
 //! the route the function's output chose (a rule without `route` matches any output) sends the
 //! output to every step in `to` (fan-out). No matching rule, or no `next`: the run ends there.
 //! Cycles are refused. Errors name the offending field (`steps.a.next[0].to[1]`).
@@ -35,7 +36,7 @@
 //!                         "timeout_ms": 2000, "concurrency": 4}}
 //! ```
 
-use crate::queue::{Http, Meta, OnFull, Order, QueueSpec, Request};
+use crate::queue::{Durability, Http, Meta, OnFull, Order, QueueSpec, Request};
 use crate::types::RequestId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -65,6 +66,9 @@ pub struct QueueOptions {
     pub order: Order,
     #[serde(default)]
     pub on_full: OnFull,
+    /// `"memory"` (the default) or `"log"` (see [`Durability`]).
+    #[serde(default)]
+    pub durability: Durability,
 }
 
 fn default_capacity() -> u32 {
@@ -77,6 +81,7 @@ impl Default for QueueOptions {
             capacity: default_capacity(),
             order: Order::Fifo,
             on_full: OnFull::Block,
+            durability: Durability::Memory,
         }
     }
 }
@@ -578,6 +583,20 @@ impl Pipeline {
                 .queue_options
                 .clone()
                 .unwrap_or(doc.queue_defaults.clone());
+            if opts.durability == Durability::Log {
+                let field = if s.queue_options.is_some() {
+                    format!("steps.{name}.queue_options.durability")
+                } else {
+                    "queue_defaults.durability".to_string()
+                };
+                // The replica logs and holds answers for the disks (replica/durable.rs), but
+                // members do not write logs or recover from them yet: a "log" queue would
+                // be told accepted on disks no one writes.
+                return Err(err(
+                    field,
+                    "\"log\" is not served yet: members do not write their logs yet (issue 21); use \"memory\"",
+                ));
+            }
             steps.insert(
                 name.clone(),
                 Step {
@@ -588,6 +607,7 @@ impl Pipeline {
                         capacity: opts.capacity,
                         order: opts.order,
                         on_full: opts.on_full,
+                        durability: opts.durability,
                     },
                     next: s.next.clone(),
                 },

@@ -237,3 +237,27 @@ fn spin_asks_for_its_cpu_time_and_echoes() {
     assert_eq!(b.output(b"x").payload, b"x".to_vec());
     assert_eq!(Builtin::Echo.cpu_time(), None);
 }
+
+#[test]
+fn durable_queues_are_refused_until_members_write_logs() {
+    let doc = r#"{"name": "p", "entry": "a",
+        "steps": {"a": {"function": "echo", "queue_options": {"durability": "log"}}}}"#;
+    let e = Pipeline::from_json(doc).unwrap_err();
+    assert_eq!(e.field, "steps.a.queue_options.durability");
+    assert!(e.message.contains("not served yet"), "{}", e.message);
+    let doc = r#"{"name": "p", "entry": "a", "queue_defaults": {"durability": "log"},
+        "steps": {"a": {"function": "echo"}}}"#;
+    assert_eq!(
+        Pipeline::from_json(doc).unwrap_err().field,
+        "queue_defaults.durability"
+    );
+    let doc = r#"{"name": "p", "entry": "a", "queue_defaults": {"durability": "memory"},
+        "steps": {"a": {"function": "echo"}}}"#;
+    assert!(Pipeline::from_json(doc).is_ok());
+    let doc = r#"{"name": "p", "entry": "a", "queue_defaults": {"durability": "disk"},
+        "steps": {"a": {"function": "echo"}}}"#;
+    assert_eq!(
+        Pipeline::from_json(doc).unwrap_err().field,
+        "queue_defaults.durability"
+    );
+}

@@ -28,6 +28,8 @@ pub struct Member {
     now: Instant,
     stats: Stats,
     restarted_by: Option<MemberId>,
+    /// Where this member's durable log reaches (see [`Member::set_persisted`]).
+    persisted: u64,
     /// Per rank: the other process last told it was replaced, and when.
     replaced_told: Vec<Option<(u64, Instant)>>,
     /// Per member of a newer view that we heard: when we last sent it our row (it answers
@@ -94,6 +96,7 @@ impl Member {
             ceiling: cfg.rto_max,
         };
         Ok(Member {
+            persisted: 0,
             order: Order::new(n, rank, cfg.recv_window(), incarnation),
             tx: Transmitter::new(
                 Framing {
@@ -171,6 +174,19 @@ impl Member {
     /// Global slots delivered so far.
     pub fn delivered_slots(&self) -> u64 {
         self.order.delivered_slots()
+    }
+    /// Where this member's durable log reaches (see [`crate::wire::Row::persisted`]; it never
+    /// goes back), told to the others in its rows.
+    pub fn set_persisted(&mut self, position: u64) {
+        self.persisted = self.persisted.max(position);
+        self.order.set_persisted(self.persisted);
+    }
+    /// Per rank of the current view, where that member's durable log reaches: this member's
+    /// as set, the others' as their rows last said (0 before any).
+    pub fn persisted(&self) -> Vec<u64> {
+        (0..self.view.len())
+            .map(|r| self.order.persisted(r))
+            .collect()
     }
     /// Slot `g` of the current view as this member holds it, before it is delivered (for
     /// speculation: see [`crate::replica`]): `Some(Some(payload))` a message, `Some(None)` a
@@ -821,6 +837,7 @@ impl Member {
         let n = view.len();
         self.rank = view.rank_of(self.me).unwrap_or(0);
         self.order = Order::new(n, self.rank, self.cfg.recv_window(), self.incarnation);
+        self.order.set_persisted(self.persisted);
         // The processes the decision names are the view's: no other counts in it (a frame of
         // an earlier run, with the same view number, names another).
         for (m, inc) in self.ms.decided_incarnations() {

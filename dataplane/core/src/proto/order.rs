@@ -115,6 +115,8 @@ pub(crate) struct Order {
     logs: Vec<SenderLog>,
     /// Latest known row of every rank (merged monotonically). Our own is built on demand.
     rows: Vec<Row>,
+    /// Where our durable log reaches (see [`Row::persisted`]), for our rows.
+    persisted: u64,
     next_slot: u64,
     /// Per sender: messages held beyond a gap (see [`Order::gap_due`]).
     gaps: Vec<Option<Gap>>,
@@ -176,10 +178,12 @@ impl Order {
                 .map(|_| Row {
                     heartbeat: 0,
                     delivered: 0,
+                    persisted: 0,
                     received: vec![0; n],
                     incarnations: Vec::new(),
                 })
                 .collect(),
+            persisted: 0,
             next_slot: 0,
             gaps: vec![None; n],
             stable: Vec::with_capacity(n),
@@ -345,6 +349,23 @@ impl Order {
         }
     }
 
+    pub(crate) fn set_persisted(&mut self, p: u64) {
+        self.persisted = p;
+    }
+
+    pub(crate) fn own_persisted(&self) -> u64 {
+        self.persisted
+    }
+
+    /// Where rank `r`'s durable log reaches: ours as set, a peer's as its rows last said.
+    pub(crate) fn persisted(&self, r: usize) -> u64 {
+        if r == self.rank {
+            self.persisted
+        } else {
+            self.rows.get(r).map_or(0, |row| row.persisted)
+        }
+    }
+
     /// Fills `row` with our current counts (the heartbeat is the transmitter's; the processes
     /// counted are [`Order::pinned`]).
     pub(crate) fn row_into(&self, row: &mut Row) {
@@ -389,6 +410,7 @@ impl Order {
         let known = &mut self.rows[r];
         known.heartbeat = known.heartbeat.max(row.heartbeat);
         known.delivered = known.delivered.max(row.delivered);
+        known.persisted = known.persisted.max(row.persisted);
         // A column counts only if the peer counts the messages of the process we take for
         // that rank (a count of another process's messages says nothing of the ones we hold).
         for (i, v) in known.received.iter_mut().enumerate() {

@@ -179,6 +179,7 @@ impl Transmitter {
             row: Row {
                 heartbeat: 0,
                 delivered: 0,
+                persisted: 0,
                 received: Vec::with_capacity(n),
                 incarnations: Vec::with_capacity(n),
             },
@@ -394,6 +395,7 @@ impl Transmitter {
     fn own_row(&mut self, order: &Order, frozen: Option<&(Vec<u64>, u64)>) -> Row {
         let mut row = std::mem::take(&mut self.row);
         row.heartbeat = self.heartbeat;
+        row.persisted = order.own_persisted();
         row.received.clear();
         order.incarnations_into(&mut row);
         if let Some((received, delivered)) = frozen {
@@ -617,6 +619,7 @@ impl Transmitter {
         let row = Row {
             heartbeat: self.heartbeat,
             delivered: 0,
+            persisted: 0,
             received: vec![0],
             incarnations: vec![self.incarnation],
         };

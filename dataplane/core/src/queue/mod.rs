@@ -19,7 +19,7 @@
 mod op;
 mod outcomes;
 
-pub use op::{Effect, Http, Meta, OnFull, Op, Order, QueueSpec, RejectReason, Request};
+pub use op::{Durability, Effect, Http, Meta, OnFull, Op, Order, QueueSpec, RejectReason, Request};
 pub(crate) use outcomes::ended;
 pub use outcomes::KEPT_OUTCOMES;
 
@@ -165,9 +165,52 @@ impl QueueState {
         }
     }
 
-    /// Operations applied so far (the same count on every replica at the same point).
+    /// A view installed, as one step of the order (it counts in [`QueueState::applied`], and a
+    /// durable log records it): [`QueueState::view_installed`] for `survivors`, then
+    /// [`QueueState::remove_members`] for `removed`.
+    pub fn install_view(
+        &mut self,
+        survivors: &[MemberId],
+        removed: &[MemberId],
+        effects: &mut Vec<Effect>,
+    ) {
+        self.view_installed(survivors);
+        self.remove_members(removed, effects);
+        self.applied += 1;
+    }
+
+    /// Steps of the order applied so far, operations and views (the same count on every
+    /// replica at the same point): the position of the next one.
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    /// Whether `queue` is durable ([`Durability::Log`]).
+    pub fn is_durable(&self, queue: &str) -> bool {
+        self.queues
+            .get(queue)
+            .is_some_and(|q| q.spec.durability == Durability::Log)
+    }
+
+    /// Whether applying `op` now pushes into, or ends a request of, a durable queue: what it
+    /// tells its pusher or its origin waits for a majority's disks.
+    pub fn touches_durable(&self, op: &Op) -> bool {
+        match op {
+            Op::Push { req, .. } | Op::TryPush { req, .. } => self.is_durable(&req.queue),
+            Op::Complete {
+                instance, outputs, ..
+            } => {
+                self.in_flight
+                    .get(instance)
+                    .is_some_and(|(_, r, _)| self.is_durable(&r.queue))
+                    || outputs.iter().any(|r| self.is_durable(&r.queue))
+            }
+            Op::Fail { instance, .. } => self
+                .in_flight
+                .get(instance)
+                .is_some_and(|(_, r, _)| self.is_durable(&r.queue)),
+            _ => false,
+        }
     }
 
     /// What a member that comes back as a joiner is told once it has this state, when its

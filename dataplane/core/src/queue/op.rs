@@ -30,6 +30,19 @@ pub struct QueueSpec {
     pub capacity: u32,
     pub order: Order,
     pub on_full: OnFull,
+    pub durability: Durability,
+}
+
+/// Whether a queue's requests survive a crash of the whole group (see [`crate::durable`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// In the members' memory: survives any minority of failures.
+    #[default]
+    Memory,
+    /// Also in every member's log on disk: a push is told accepted, and a run's end reported,
+    /// once a majority of the members has it on disk.
+    Log,
 }
 
 /// Timing carried by a request along its pipeline, for measurement.

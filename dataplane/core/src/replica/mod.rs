@@ -21,6 +21,8 @@
 //! Speculation (this member's own assignments run ahead of the delivered order, from
 //! [`Replica::set_speculation`]) is described and built in `replica/ahead.rs`.
 
+use crate::durable::log::RecordKind;
+use crate::durable::ViewRecord;
 use crate::proto::{
     Admission, ConfigError, Delivered, Delivery, Member, ProtoConfig, Status, SubmitError,
     Transmit, ViewChange,
@@ -31,10 +33,13 @@ use crate::wire::Key;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 mod ahead;
+mod durable;
 #[cfg(test)]
 mod tests;
 
 use ahead::Ahead;
+use durable::Durable;
+pub use durable::Persist;
 
 /// Counters of the replica's own work (the member keeps the protocol's).
 #[derive(Clone, Debug, Default)]
@@ -78,6 +83,9 @@ pub enum Applied {
     /// Not a delivery: speculation ran ahead of the delivered order (`replica/ahead.rs`) and
     /// assigned these requests to this member ([`Effect::Speculated`]).
     Speculated { effects: Vec<Effect> },
+    /// Not a delivery: a majority of the members now has on disk the steps these effects
+    /// waited for (durable queues, `replica/durable.rs`).
+    Persisted { effects: Vec<Effect> },
 }
 
 /// What one delivery was, once applied.
@@ -105,6 +113,8 @@ pub struct Replica {
     /// Pushes of the incarnation before that never reached the order, to submit again as the
     /// window allows.
     resubmit: VecDeque<Vec<u8>>,
+    /// Durable logging, when on (see `replica/durable.rs`).
+    durable: Option<Box<Durable>>,
 }
 
 impl Replica {
@@ -157,6 +167,7 @@ impl Replica {
             rejoining: None,
             unanswered: BTreeMap::new(),
             resubmit: VecDeque::new(),
+            durable: None,
         }
     }
 
@@ -289,6 +300,10 @@ impl Replica {
     /// The next effect, in the agreed order, applying deliveries as needed; then, with
     /// speculation on, the assignments speculated beyond them.
     pub fn poll_effect(&mut self) -> Option<Effect> {
+        if self.durable.is_some() {
+            let released = self.release_held();
+            self.effects.extend(released);
+        }
         loop {
             if let Some(e) = self.effects.pop_front() {
                 return Some(e);
@@ -303,6 +318,9 @@ impl Replica {
     /// Applies the next delivery, if any, and says what it was with its effects; once none is
     /// left, with speculation on, what was speculated beyond them.
     pub fn poll_applied(&mut self) -> Option<Applied> {
+        if let Some(a) = self.released() {
+            return Some(a);
+        }
         let Some(step) = self.advance() else {
             self.speculate();
             if self.effects.is_empty() {
@@ -325,11 +343,17 @@ impl Replica {
 
     /// Takes one delivery from the member and applies it; its effects are queued.
     fn advance(&mut self) -> Option<Step> {
+        let mut persist = None;
         let step = match self.member.poll_delivery()? {
             Delivered::Message(d) => {
                 let malformed = match Op::decode(&d.payload) {
                     Ok(op) => {
+                        let position = self.queue.applied();
+                        let gated = self.durable_step(Some(&op));
                         self.queue.apply(op, &mut self.scratch);
+                        if self.durable.is_some() {
+                            persist = Some((position, d.payload.to_vec(), gated));
+                        }
                         false
                     }
                     Err(_) => {
@@ -351,6 +375,9 @@ impl Replica {
             for e in &self.scratch {
                 answered(&mut self.unanswered, me, e);
             }
+        }
+        if let Some((position, bytes, gated)) = persist {
+            self.persist_step(position, RecordKind::Op, bytes, gated);
         }
         self.effects.extend(self.scratch.drain(..));
         self.stats.applied += 1;
@@ -378,9 +405,17 @@ impl Replica {
             .filter(|m| !vc.joined.contains(m))
             .copied()
             .collect();
-        self.queue.view_installed(&survivors);
         let before = self.scratch.len();
-        self.queue.remove_members(&vc.removed, &mut self.scratch);
+        let position = self.queue.applied();
+        self.queue
+            .install_view(&survivors, &vc.removed, &mut self.scratch);
+        self.persist_view(
+            position,
+            ViewRecord {
+                survivors,
+                removed: vc.removed.clone(),
+            },
+        );
         self.stats.requeued += self.scratch[before..]
             .iter()
             .filter(|e| matches!(e, Effect::Requeued { .. }))
@@ -444,6 +479,7 @@ impl Replica {
         match QueueState::from_snapshot(bytes) {
             Ok(q) => {
                 self.queue = q;
+                self.persist_state();
                 if let Some((since, before)) = self.rejoining.take() {
                     let back = self.queue.rejoined(self.member.id(), since);
                     self.rejoined(back, before);

@@ -83,6 +83,7 @@ fn spec() -> QueueSpec {
         capacity: 16,
         order: Order::Fifo,
         on_full: OnFull::Block,
+        durability: Default::default(),
     }
 }
 
@@ -511,4 +512,131 @@ fn a_joiner_gets_the_queue_and_is_told_its_pipelines() {
         "{:?}",
         net.fx[2]
     );
+}
+
+fn push_to(net: &mut Net, queue: &str, n: u64) {
+    let req = Request {
+        id: RequestId::new(MemberId(0), n),
+        instance: 0,
+        step: "s".into(),
+        queue: queue.into(),
+        payload: vec![n as u8],
+        meta: Meta::default(),
+        http: None,
+    };
+    net.rs[0]
+        .submit(&Op::Push {
+            pusher: MemberId(0),
+            req,
+        })
+        .unwrap();
+}
+
+fn accepted(fx: &[Effect], n: u64) -> bool {
+    fx.iter()
+        .any(|e| matches!(e, Effect::Accepted { id, .. } if *id == RequestId::new(MemberId(0), n)))
+}
+
+/// What member `i` has to write so far (and the position after its last record).
+fn drain_log(net: &mut Net, i: usize, log: &mut Vec<Persist>) -> u64 {
+    while let Some(p) = net.rs[i].poll_persist() {
+        log.push(p);
+    }
+    match log.last() {
+        Some(Persist::Record { position, .. }) => position + 1,
+        Some(Persist::Snapshot { position, .. }) => *position,
+        None => 0,
+    }
+}
+
+/// A member's log replayed: the state it describes.
+fn replayed(log: &[Persist]) -> QueueState {
+    let start = log
+        .iter()
+        .rposition(|p| matches!(p, Persist::Snapshot { .. }))
+        .expect("a log starts with a snapshot");
+    let Persist::Snapshot { state, .. } = &log[start] else {
+        unreachable!()
+    };
+    let records = log[start + 1..].iter().map(|p| match p {
+        Persist::Record {
+            position,
+            kind,
+            bytes,
+        } => (*position, *kind, bytes.as_slice()),
+        Persist::Snapshot { .. } => panic!("one snapshot only here"),
+    });
+    crate::durable::replay(Some(state), records).unwrap()
+}
+
+/// Durable queues: every member hands every step of the order to its log, at consecutive
+/// positions after a first snapshot (views too); a push into a durable queue is told accepted
+/// only once a majority of the view has it on disk (a memory queue's at once); a member's log
+/// replayed is its queue's state.
+#[test]
+fn a_durable_push_is_accepted_once_a_majority_has_it_on_disk() {
+    let mut net = Net::new(3);
+    for r in &mut net.rs {
+        r.set_durable(true);
+    }
+    let durable = QueueSpec {
+        name: "d".into(),
+        durability: crate::queue::Durability::Log,
+        ..spec()
+    };
+    net.rs[0].submit(&Op::Create(spec())).unwrap();
+    net.rs[0].submit(&Op::Create(durable)).unwrap();
+    net.run(5_000);
+    push_to(&mut net, "q", 1);
+    push_to(&mut net, "d", 2);
+    net.run(10_000);
+    assert!(
+        accepted(&net.fx[0], 1),
+        "a memory queue's push is accepted at once"
+    );
+    assert!(!accepted(&net.fx[0], 2), "no disk said anything yet");
+    assert_eq!(net.rs[0].held_for_disks(), 1);
+    let mut logs = vec![Vec::new(), Vec::new(), Vec::new()];
+    let ends: Vec<u64> = (0..3)
+        .map(|i| drain_log(&mut net, i, &mut logs[i]))
+        .collect();
+    assert_eq!(ends, vec![4; 3], "two creates and two pushes");
+    for log in &logs {
+        assert!(matches!(log[0], Persist::Snapshot { position: 0, .. }));
+        let pos: Vec<u64> = log[1..]
+            .iter()
+            .map(|p| match p {
+                Persist::Record { position, .. } => *position,
+                Persist::Snapshot { .. } => u64::MAX,
+            })
+            .collect();
+        assert_eq!(pos, vec![0, 1, 2, 3]);
+    }
+    // One disk is not a majority of three.
+    net.rs[0].persisted(ends[0]);
+    net.run(5_000);
+    assert!(!accepted(&net.fx[0], 2));
+    // A second member's disk, below the push, is not enough either.
+    net.rs[2].persisted(3);
+    net.run(5_000);
+    assert!(!accepted(&net.fx[0], 2));
+    assert_eq!(net.rs[0].majority_persisted(), 3);
+    net.rs[2].persisted(ends[2]);
+    net.run(5_000);
+    assert!(accepted(&net.fx[0], 2), "two of three disks hold the push");
+    assert_eq!(net.rs[0].held_for_disks(), 0);
+    // A view change is a step of the log too; the logs replay to the members' states.
+    net.down[1] = true;
+    net.run(200_000);
+    for i in [0, 2] {
+        drain_log(&mut net, i, &mut logs[i]);
+        assert!(logs[i].iter().any(|p| matches!(
+            p,
+            Persist::Record {
+                kind: RecordKind::View,
+                ..
+            }
+        )));
+        assert_eq!(replayed(&logs[i]).digest(), net.rs[i].queue().digest());
+    }
 }

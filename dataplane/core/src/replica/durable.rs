@@ -1,0 +1,164 @@
+//! Durable queues in the replica: what the host writes to its log, and what waits for a
+//! majority of the members' disks.
+//!
+//! With [`Replica::set_durable`] on, every step of the order the replica applies (an
+//! operation, a view) is handed to the host to append to its log ([`Replica::poll_persist`]),
+//! at its position ([`QueueState::applied`] before it); when the queue is replaced by a state
+//! (a joiner's), or when logging starts, the host is asked for a snapshot instead. The host
+//! says how far its log is on disk ([`Replica::persisted`]); members tell each other in their
+//! status rows ([`crate::wire::Row::persisted`]).
+//!
+//! What a step that pushes into a durable queue, or ends a request of one, tells outside the
+//! group waits until a majority of the current view has that step on disk: the pusher's
+//! [`Effect::Accepted`], and the end of a run (its result, failure or refusal; see
+//! `queue::ended`). A whole-group crash then cannot take back what anyone was told: a
+//! majority holds it, and any majority that restarts includes one of them. Everything else
+//! (assignments, views) is told at once: a function may run before its request is on disk,
+//! and runs again after a crash that lost it (the docs already say a function may run again).
+
+use super::{Applied, Replica};
+use crate::durable::log::RecordKind;
+use crate::durable::ViewRecord;
+use crate::queue::{ended, Effect};
+use std::collections::VecDeque;
+
+/// What the host writes to its log next (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Persist {
+    /// A step of the order at `position`: an operation (its encoding) or a view
+    /// ([`ViewRecord`]).
+    Record {
+        position: u64,
+        kind: RecordKind,
+        bytes: Vec<u8>,
+    },
+    /// The state as of `position` (the log goes on from there): written as a snapshot before
+    /// the records after it.
+    Snapshot { position: u64, state: Vec<u8> },
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Durable {
+    to_persist: VecDeque<Persist>,
+    /// Effects waiting for a majority's disks, with the position the log must reach.
+    held: VecDeque<(u64, Effect)>,
+}
+
+impl Replica {
+    /// Switches durable logging on or off (off by default; see `replica/durable.rs`). On, the
+    /// first thing to persist is a snapshot of the state as of now.
+    pub fn set_durable(&mut self, on: bool) {
+        match (on, self.durable.is_some()) {
+            (true, false) => {
+                let mut d = Durable::default();
+                d.to_persist.push_back(Persist::Snapshot {
+                    position: self.queue.applied(),
+                    state: self.queue.snapshot(),
+                });
+                self.durable = Some(Box::new(d));
+            }
+            (false, true) => {
+                if let Some(d) = self.durable.take() {
+                    self.effects.extend(d.held.into_iter().map(|(_, e)| e));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The next thing to write to the log, in order.
+    pub fn poll_persist(&mut self) -> Option<Persist> {
+        self.durable.as_mut()?.to_persist.pop_front()
+    }
+
+    /// Every step before `position` is on this member's disk (it never goes back); told to the
+    /// other members in this member's rows.
+    pub fn persisted(&mut self, position: u64) {
+        self.member.set_persisted(position);
+    }
+
+    /// The position a majority of the current view has on disk (by the rows last heard).
+    pub fn majority_persisted(&self) -> u64 {
+        let mut p = self.member.persisted();
+        if p.is_empty() {
+            return 0;
+        }
+        p.sort_unstable_by(|a, b| b.cmp(a));
+        p[p.len() / 2]
+    }
+
+    /// Effects held for a majority's disks.
+    pub fn held_for_disks(&self) -> usize {
+        self.durable.as_ref().map_or(0, |d| d.held.len())
+    }
+
+    /// Before a step at `position` is applied: whether what it tells waits for the disks.
+    pub(super) fn durable_step(&self, op: Option<&crate::queue::Op>) -> bool {
+        self.durable.is_some() && op.is_some_and(|op| self.queue.touches_durable(op))
+    }
+
+    /// After a step at `position` was applied (its effects in `scratch`): it is to be
+    /// persisted, and with `gated`, what it tells outside the group is held.
+    pub(super) fn persist_step(
+        &mut self,
+        position: u64,
+        kind: RecordKind,
+        bytes: Vec<u8>,
+        gated: bool,
+    ) {
+        let Some(d) = self.durable.as_mut() else {
+            return;
+        };
+        d.to_persist.push_back(Persist::Record {
+            position,
+            kind,
+            bytes,
+        });
+        if gated {
+            let mut i = 0;
+            while i < self.scratch.len() {
+                let e = &self.scratch[i];
+                if matches!(e, Effect::Accepted { .. }) || ended(e).is_some() {
+                    d.held.push_back((position + 1, self.scratch.remove(i)));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    /// A view installed at `position`.
+    pub(super) fn persist_view(&mut self, position: u64, view: ViewRecord) {
+        self.persist_step(position, RecordKind::View, view.encode(), false);
+    }
+
+    /// The queue was replaced by a state: the log goes on from a snapshot of it.
+    pub(super) fn persist_state(&mut self) {
+        let (position, state) = (self.queue.applied(), self.queue.snapshot());
+        if let Some(d) = self.durable.as_mut() {
+            d.to_persist
+                .push_back(Persist::Snapshot { position, state });
+        }
+    }
+
+    /// Effects whose step a majority now has on disk, in order.
+    pub(super) fn release_held(&mut self) -> Vec<Effect> {
+        let m = self.majority_persisted();
+        let Some(d) = self.durable.as_mut() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        while d.held.front().is_some_and(|(p, _)| *p <= m) {
+            if let Some((_, e)) = d.held.pop_front() {
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    /// For [`Replica::poll_applied`]: the effects released by the disks, if any.
+    pub(super) fn released(&mut self) -> Option<Applied> {
+        let effects = self.release_held();
+        (!effects.is_empty()).then_some(Applied::Persisted { effects })
+    }
+}
