@@ -159,6 +159,20 @@ MUTANTS = [
     ("position-of-a-stateless-joiner", "replica/mod.rs",
      "            Some((since, _)) => *since,",
      "            Some(_) => self.queue.applied(),"),
+    # Durable queues (replica/durable.rs): what a step into a durable queue tells outside waits
+    # for a majority's disks, to the step's own position; a view is a step of the log.
+    ("tell-before-disks", "replica/durable.rs",
+     "            hold(d, &mut self.scratch, position + 1, told, keep);",
+     "            hold(d, &mut self.scratch, position + 1, |_| false, keep);"),
+    ("release-before-the-step", "replica/durable.rs",
+     "            hold(d, &mut self.scratch, position + 1, told, keep);",
+     "            hold(d, &mut self.scratch, position, told, keep);"),
+    ("one-disk-is-a-majority", "replica/durable.rs",
+     "        p[p.len() / 2]",
+     "        p[0]"),
+    ("view-not-a-step", "queue/mod.rs",
+     "        self.remove_members(removed, effects);\n        self.applied += 1;",
+     "        self.remove_members(removed, effects);"),
 ]
 
 def run(cmd, **kw):

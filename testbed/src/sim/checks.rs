@@ -13,7 +13,14 @@ impl Sim {
     /// Lets member `i`'s replica apply its deliveries, one at a time, and checks every
     /// property after each.
     pub(super) fn deliver(&mut self, i: usize) -> Result<(), Violation> {
-        while let Some(applied) = self.nodes[i].replica.poll_applied() {
+        loop {
+            let held = self.nodes[i].replica.held_for_disks();
+            let Some(applied) = self.nodes[i].replica.poll_applied() else {
+                break;
+            };
+            // This step's acceptances and ends wait for the disks: they count as told when
+            // released, not now.
+            self.gated_step = self.nodes[i].replica.held_for_disks() > held;
             match applied {
                 Applied::Message {
                     delivery,
@@ -68,14 +75,7 @@ impl Sim {
                     self.report.resubmitted += vc.resubmitted;
                 }
                 Applied::Speculated { effects } => self.on_speculated(i, &effects)?,
-                // The simulator does not switch durable logging on yet (no disks modelled):
-                // nothing may wait for disks.
-                Applied::Persisted { effects } => {
-                    return Err(self.violation(
-                        "durability",
-                        format!("m{i} released effects held for disks it has not: {effects:?}"),
-                    ))
-                }
+                Applied::Persisted { effects } => self.on_persisted(i, effects)?,
                 Applied::State { ok, effects } => {
                     if !ok {
                         return Err(self.violation(
@@ -113,9 +113,11 @@ impl Sim {
                     self.told_on_return(i, &effects)?;
                     self.report.joins += 1;
                     let me = MemberId(i as u16);
-                    self.nodes[i]
-                        .outbox
-                        .extend(invoker_ops(me).into_iter().map(|op| (op, None)));
+                    self.nodes[i].outbox.extend(
+                        invoker_ops(me, self.cfg.durable)
+                            .into_iter()
+                            .map(|op| (op, None)),
+                    );
                 }
             }
         }
@@ -314,8 +316,19 @@ impl Sim {
         if first {
             self.count_credits(&cause);
         }
+        let end = self.nodes[i].replica.queue().applied();
         for e in effects {
-            self.note_told(i, e)?;
+            if self.cfg.durable && told_outside(e) {
+                if self.gated_step {
+                    self.nodes[i].awaiting_disks.push_back((end, e.clone()));
+                } else {
+                    // Told now: the step must be on a majority's disks already.
+                    self.check_on_disks(i, end, e)?;
+                }
+            }
+            if !(self.gated_step && told_outside(e)) {
+                self.note_told(i, e)?;
+            }
             match e {
                 Effect::Discarded {
                     consumer,
@@ -494,6 +507,161 @@ impl Sim {
                 "origin told",
                 format!("m{i} was told the end of run {id} twice"),
             ));
+        }
+        Ok(())
+    }
+
+    /// Effects member `i`'s replica held until a majority of its view had their step on disk:
+    /// by then, a majority of the view's hosts must hold the step on disk (the model's truth,
+    /// not what the rows said); then they count as told.
+    fn on_persisted(&mut self, i: usize, effects: Vec<(u64, Effect)>) -> Result<(), Violation> {
+        for (p, e) in effects {
+            // The position the simulator saw the step end at, not the replica's word for it.
+            let seen = self.nodes[i]
+                .awaiting_disks
+                .iter()
+                .position(|(_, a)| *a == e);
+            let p = match seen {
+                Some(k) => {
+                    let (end, _) = self.nodes[i]
+                        .awaiting_disks
+                        .remove(k)
+                        .unwrap_or((p, e.clone()));
+                    if p < end {
+                        return Err(self.violation(
+                            "durable",
+                            format!("m{i} released {e:?} at position {p}; its step ends at {end}"),
+                        ));
+                    }
+                    end
+                }
+                // Ends told on a return, with the state (they lie before its position).
+                None => p,
+            };
+            self.check_on_disks(i, p, &e)?;
+            if !told_outside(&e) {
+                return Err(self.violation(
+                    "durable",
+                    format!("m{i} held {e:?} for the disks, which tells nothing outside"),
+                ));
+            }
+            self.report.corners.told_after_disks += 1;
+            self.note_told(i, &e)?;
+        }
+        Ok(())
+    }
+
+    /// `e`, told by member `i` now, needs the disks to reach `p`: a majority of its view's
+    /// hosts must have synced that far (the model's truth, not what the rows said).
+    fn check_on_disks(&self, i: usize, p: u64, e: &Effect) -> Result<(), Violation> {
+        let view = self.nodes[i].replica.view();
+        let on_disk = view
+            .members
+            .iter()
+            .filter(|m| {
+                self.nodes
+                    .get(usize::from(m.0))
+                    .is_some_and(|n| n.synced_ever >= p)
+            })
+            .count();
+        if on_disk <= view.len() / 2 {
+            return Err(self.violation(
+                "durable",
+                format!(
+                    "m{i} told {e:?} with its step (to position {p}) on {on_disk} of the {} disks of view {}",
+                    view.len(),
+                    view.id.0
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Member `i`'s process writes what its replica hands it to its log (a snapshot first,
+    /// then records at consecutive positions); its disk syncs at random moments, and the
+    /// replica is told how far. A crash loses what was not synced (the process's log goes with
+    /// it; what it synced stays on the host's disk: `synced_ever`).
+    pub(super) fn write_log(&mut self, i: usize) -> Result<(), Violation> {
+        if !self.cfg.durable {
+            return Ok(());
+        }
+        while let Some(p) = self.nodes[i].replica.poll_persist() {
+            let d = &mut self.nodes[i].disk;
+            match &p {
+                Persist::Snapshot { position, .. } => {
+                    // Written whole (a temporary file, synced, renamed) before the log goes on.
+                    d.log.clear();
+                    d.written = *position;
+                    d.synced = *position;
+                }
+                Persist::Record { position, .. } => {
+                    if d.log.is_empty() || *position != d.written {
+                        let (due, first) = (d.written, d.log.is_empty());
+                        return Err(self.violation(
+                            "log",
+                            format!(
+                                "m{i}'s log: a record at position {position} where {due} was due{}",
+                                if first {
+                                    " (no snapshot before it)"
+                                } else {
+                                    ""
+                                }
+                            ),
+                        ));
+                    }
+                    d.written += 1;
+                }
+            }
+            d.log.push(p);
+        }
+        let n = &mut self.nodes[i];
+        n.synced_ever = n.synced_ever.max(n.disk.synced);
+        if n.disk.synced < n.disk.written && self.rng.gen_bool(0.5) {
+            n.disk.synced = n.disk.written;
+            n.synced_ever = n.synced_ever.max(n.disk.synced);
+            n.replica.persisted(n.disk.synced);
+        }
+        Ok(())
+    }
+
+    /// At the end of a durable run: every serving member's log replays to its queue's state.
+    pub(super) fn check_logs(&mut self) -> Result<(), Violation> {
+        if !self.cfg.durable {
+            return Ok(());
+        }
+        for i in 0..self.nodes.len() {
+            let n = &self.nodes[i];
+            if !n.alive || n.replica.status() != Status::Serving || n.disk.log.is_empty() {
+                continue;
+            }
+            let Some(Persist::Snapshot { state, .. }) = n.disk.log.first() else {
+                return Err(
+                    self.violation("log", format!("m{i}'s log does not start with a snapshot"))
+                );
+            };
+            let records = n.disk.log[1..].iter().filter_map(|p| match p {
+                Persist::Record {
+                    position,
+                    kind,
+                    bytes,
+                } => Some((*position, *kind, bytes.as_slice())),
+                Persist::Snapshot { .. } => None,
+            });
+            let replayed = conveyor_core::durable::replay(Some(state), records);
+            let ok = replayed
+                .as_ref()
+                .is_ok_and(|q| q.digest() == n.replica.queue().digest());
+            if !ok {
+                let why = match replayed {
+                    Ok(_) => "a different state".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(self.violation(
+                    "log replays",
+                    format!("m{i}'s log does not replay to its queue's state: {why}"),
+                ));
+            }
+            self.report.corners.logs_replayed += 1;
         }
         Ok(())
     }
@@ -770,4 +938,10 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// Whether an effect is told outside the group (and so, on a durable queue, waits for the
+/// disks): a push accepted, a run's end.
+fn told_outside(e: &Effect) -> bool {
+    matches!(e, Effect::Accepted { .. }) || conveyor_core::queue::ended(e).is_some()
 }

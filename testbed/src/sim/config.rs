@@ -84,6 +84,11 @@ pub struct SimConfig {
     /// Members start the requests their replica speculates assigned to them, and submit the
     /// completions only once the assignment is confirmed (see `conveyor_core::replica`).
     pub speculate: bool,
+    /// Durable queues: every queue is `durability: log`, every member writes its log to a
+    /// modelled disk that syncs at random moments (a crash loses what was not synced), and
+    /// nothing of a durable queue is told outside the group before a majority of the view has
+    /// its step on disk.
+    pub durable: bool,
 }
 
 /// When the mid-change crash strikes (the process dies as it sends: each of its last frames
@@ -218,6 +223,7 @@ impl SimConfig {
             not_admitted: None,
             cut_leaders: Vec::new(),
             speculate: false,
+            durable: false,
         };
         // Drawn after everything else, so that older seeds keep their draws.
         cfg.proto.startup_grace = cfg.proto.failure_timeout * rng.gen_range(2..20);
@@ -318,6 +324,8 @@ impl SimConfig {
             cfg.cut_leaders = [CutAt::Decided, CutAt::Committed].repeat(rng.gen_range(1..=2));
         }
         cfg.speculate = rng.gen_bool(0.7);
+        // Drawn last: the seeds before it keep their draws.
+        cfg.durable = rng.gen_bool(0.5);
         cfg
     }
 }

@@ -203,6 +203,7 @@ impl Sim {
         )
         .expect("valid sim config");
         replica.set_speculation(self.cfg.speculate);
+        replica.set_durable(self.cfg.durable);
         // The same process coming back (as the engine does): the new replica is told what the
         // old one applied and which pushes it left unanswered; it tells the outcomes missed and
         // pushes again what never reached the order. Its pushes still waiting to be submitted
@@ -240,12 +241,16 @@ impl Sim {
         )
         .expect("valid sim config");
         replica.set_speculation(self.cfg.speculate);
+        replica.set_durable(self.cfg.durable);
         self.report.corners.configured_restart += 1;
         // Its deliveries, if any, are those of the first view from its start.
         let node = &mut self.nodes[i];
         node.start_process(replica, Some(0), ViewId(1), false, false);
         node.configured_restart = true;
-        node.outbox
-            .extend(invoker_ops(me).into_iter().map(|op| (op, None)));
+        node.outbox.extend(
+            invoker_ops(me, self.cfg.durable)
+                .into_iter()
+                .map(|op| (op, None)),
+        );
     }
 }

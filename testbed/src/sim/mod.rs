@@ -57,7 +57,13 @@
 //! - origin told: a member removed while requests it pushed were unanswered comes back in the
 //!   same process (as the engine does); with its state it is told only ends of its own runs
 //!   that happened, never one twice (across its incarnations), and its pushes that never
-//!   reached the order go again (an extra push would be a run finished twice).
+//!   reached the order go again (an extra push would be a run finished twice);
+//! - durable (half the seeds: every queue `durability: log`, each member's log on a modelled
+//!   disk that syncs at random moments, what was not synced lost in a crash): every log is a
+//!   snapshot then records at consecutive positions; a push's acceptance or a run's end is told
+//!   only once a majority of the teller's view has synced the step that made it (the model's
+//!   disks, and the position the simulator saw the step end at: not the replica's word); at
+//!   the end, every serving member's log replays to its queue's state.
 //!
 //! After the last fault the run continues until every live member serves in one view, has
 //! delivered everything, and every run the group admitted (its first push delivered) finished
@@ -75,17 +81,17 @@ mod network;
 mod node;
 mod report;
 
-use node::{Gate, Node};
+use node::{Disk, Gate, Node};
 
 pub use config::{CutAt, MidChange, SimConfig};
 pub use report::{Corners, Report, Totals, Violation};
 
 use conveyor_core::proto::membership::{Status, StopReason};
 use conveyor_core::proto::{Delivery, Dest, SubmitError};
-use conveyor_core::queue::{Effect, Http, Meta, OnFull, Op, Order, QueueSpec, Request};
+use conveyor_core::queue::{Durability, Effect, Http, Meta, OnFull, Op, Order, QueueSpec, Request};
 use conveyor_core::types::{GroupId, Instant, MemberId, RequestId, Seq, View, ViewId};
 use conveyor_core::wire::{FrameWriter, Header, Key, Kind, Row};
-use conveyor_core::{Applied, Replica};
+use conveyor_core::{Applied, Persist, Replica};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
@@ -149,6 +155,8 @@ pub struct Sim {
     nodes: Vec<Node>,
     events: BinaryHeap<Reverse<(u64, u64, Event)>>,
     event_seq: u64,
+    /// The step being checked held its acceptances and ends for the disks (durable runs).
+    gated_step: bool,
     /// Every submission: id -> (node, incarnation, counter, payload).
     submitted: BTreeMap<u64, (usize, u32, u64, Vec<u8>)>,
     /// Per (node, incarnation): submission counter.
@@ -214,19 +222,26 @@ type Exec = (usize, u32);
 /// (a livelock with timers that do advance), reported as a liveness failure.
 const STEP_BUDGET: u64 = 40_000_000;
 
-fn spec(name: &str) -> QueueSpec {
+fn spec(name: &str, durable: bool) -> QueueSpec {
     QueueSpec {
         name: name.into(),
         capacity: 1 << 16,
         order: Order::Fifo,
         on_full: OnFull::Block,
-        durability: Default::default(),
+        durability: if durable {
+            Durability::Log
+        } else {
+            Durability::Memory
+        },
     }
 }
 
 /// Every member creates the queues (idempotent), subscribes to them and offers credits.
-fn invoker_ops(me: MemberId) -> Vec<Op> {
-    let mut ops = vec![Op::Create(spec("s0")), Op::Create(spec("s1"))];
+fn invoker_ops(me: MemberId, durable: bool) -> Vec<Op> {
+    let mut ops = vec![
+        Op::Create(spec("s0", durable)),
+        Op::Create(spec("s1", durable)),
+    ];
     ops.extend(["s0", "s1"].iter().map(|q| Op::Subscribe {
         consumer: me,
         queue: (*q).into(),
@@ -262,7 +277,12 @@ impl Sim {
             replica.set_speculation(cfg.speculate);
             let me = MemberId(i as u16);
             let mut outbox = VecDeque::new();
-            outbox.extend(invoker_ops(me).into_iter().map(|op| (op, None)));
+            replica.set_durable(cfg.durable);
+            outbox.extend(
+                invoker_ops(me, cfg.durable)
+                    .into_iter()
+                    .map(|op| (op, None)),
+            );
             nodes.push(Node {
                 replica,
                 inc: 0,
@@ -290,6 +310,9 @@ impl Sim {
                 passed: (ViewId(1), 0),
                 data_slots: Vec::new(),
                 conflicting_accepts: 0,
+                disk: Disk::default(),
+                synced_ever: 0,
+                awaiting_disks: VecDeque::new(),
             });
         }
         let last_fault = cfg
@@ -309,6 +332,7 @@ impl Sim {
             nodes,
             events: BinaryHeap::new(),
             event_seq: 0,
+            gated_step: false,
             submitted: BTreeMap::new(),
             sub_counter: BTreeMap::new(),
             next_msg: run << 40,
@@ -424,6 +448,7 @@ impl Sim {
         self.submit_outbox(i);
         let seen = self.nodes[i].seen.len();
         self.deliver(i)?;
+        self.write_log(i)?;
         let delivered = self.nodes[i].seen.len() > seen;
         self.check_nulls(i)?;
         self.submit_outbox(i);
@@ -762,7 +787,7 @@ impl Sim {
                             // the control plane's): members race with equal versions and
                             // different contents; the replicas must apply the same one.
                             let version = counter / 10;
-                            let mut q = spec("s1");
+                            let mut q = spec("s1", self.cfg.durable);
                             q.capacity -= (version % 7) as u32;
                             node.outbox.push_back((
                                 Op::Pipelines {
@@ -846,6 +871,7 @@ impl Sim {
         if !self.report.majority_lost {
             self.check_validity()?;
         }
+        self.check_logs()?;
         // Every speculation of a serving process was confirmed or discarded: none waits for
         // good with its completion held.
         for (i, n) in self.nodes.iter().enumerate() {

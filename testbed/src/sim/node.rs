@@ -2,9 +2,9 @@
 //! workload, executions, speculations held for their confirmation, and what it delivered).
 
 use super::{Exec, Item};
-use conveyor_core::queue::{Op, Request};
+use conveyor_core::queue::{Effect, Op, Request};
 use conveyor_core::types::{RequestId, ViewId};
-use conveyor_core::Replica;
+use conveyor_core::{Persist, Replica};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Where a speculated execution stands (see [`Node::gates`]).
@@ -74,6 +74,24 @@ pub(super) struct Node {
     pub(super) passed: (ViewId, u64),
     /// Slots delivered as messages since then (the others passed were nulls).
     pub(super) data_slots: Vec<u64>,
+    /// This process's log (durable runs).
+    pub(super) disk: Disk,
+    /// The furthest position any process of this member had synced on the host's disk (it
+    /// survives the processes).
+    pub(super) synced_ever: u64,
+    /// Acceptances and ends this process's replica held for the disks, with the position the
+    /// disks must reach (the end of the step that made them), as the simulator saw them made.
+    pub(super) awaiting_disks: VecDeque<(u64, Effect)>,
+}
+
+/// A process's log on its host's disk, in a durable run (see `SimConfig::durable`).
+#[derive(Debug, Default)]
+pub(super) struct Disk {
+    /// What the process's replica handed it, from its last snapshot on.
+    pub(super) log: Vec<Persist>,
+    /// The position after the last record written, and after the last one synced.
+    pub(super) written: u64,
+    pub(super) synced: u64,
 }
 
 impl Node {
@@ -118,6 +136,8 @@ impl Node {
         self.rejoin_scheduled = false;
         self.passed = (view, 0);
         self.data_slots.clear();
+        self.disk = Disk::default();
+        self.awaiting_disks.clear();
         self.conflicting_accepts = 0;
     }
 }

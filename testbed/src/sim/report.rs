@@ -105,6 +105,10 @@ pub struct Corners {
     pub origin_came_back: u64,
     /// Such a member pushed again requests that never reached the order.
     pub pushed_again: u64,
+    /// Durable runs: an acceptance or a run's end told once a majority had its step on disk.
+    pub told_after_disks: u64,
+    /// Durable runs: a serving member's log replayed, at the end, to its queue's state.
+    pub logs_replayed: u64,
 }
 
 impl Corners {
@@ -131,11 +135,13 @@ impl Corners {
         self.speculation_discarded += o.speculation_discarded;
         self.speculation_reinstanced += o.speculation_reinstanced;
         self.origin_came_back += o.origin_came_back;
+        self.told_after_disks += o.told_after_disks;
+        self.logs_replayed += o.logs_replayed;
         self.pushed_again += o.pushed_again;
     }
 
     /// Each corner with its count.
-    pub fn named(&self) -> [(&'static str, u64); 23] {
+    pub fn named(&self) -> [(&'static str, u64); 25] {
         [
             ("crash during a view change", self.crash_during_change),
             ("leader crash mid-change", self.leader_crash_mid_change),
@@ -178,6 +184,11 @@ impl Corners {
                 "pushes that never reached the order, again",
                 self.pushed_again,
             ),
+            (
+                "told once a majority's disks held it",
+                self.told_after_disks,
+            ),
+            ("logs replayed to their member's state", self.logs_replayed),
         ]
     }
 }

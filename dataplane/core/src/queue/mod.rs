@@ -20,7 +20,7 @@ mod op;
 mod outcomes;
 
 pub use op::{Durability, Effect, Http, Meta, OnFull, Op, Order, QueueSpec, RejectReason, Request};
-pub(crate) use outcomes::ended;
+pub use outcomes::ended;
 pub use outcomes::KEPT_OUTCOMES;
 
 use crate::types::{MemberId, RequestId};

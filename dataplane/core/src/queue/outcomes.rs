@@ -29,7 +29,7 @@ pub const KEPT_OUTCOMES: usize = 4096;
 
 /// The run an effect reports the end of, if it does: a run's terminal completion, a failure, a
 /// push refused (not a queue's settings refused: no run) or overwritten.
-pub(crate) fn ended(e: &Effect) -> Option<RequestId> {
+pub fn ended(e: &Effect) -> Option<RequestId> {
     match e {
         Effect::Rejected {
             pusher: MemberId(u16::MAX),

@@ -98,13 +98,15 @@ impl Replica {
     }
 
     /// After a step at `position` was applied (its effects in `scratch`): it is to be
-    /// persisted, and with `gated`, what it tells outside the group is held.
+    /// persisted, and with `gated`, what it tells outside the group is held (with `keep`, a
+    /// copy: the effects stay in `scratch` as well).
     pub(super) fn persist_step(
         &mut self,
         position: u64,
         kind: RecordKind,
         bytes: Vec<u8>,
         gated: bool,
+        keep: bool,
     ) {
         let Some(d) = self.durable.as_mut() else {
             return;
@@ -115,21 +117,27 @@ impl Replica {
             bytes,
         });
         if gated {
-            let mut i = 0;
-            while i < self.scratch.len() {
-                let e = &self.scratch[i];
-                if matches!(e, Effect::Accepted { .. }) || ended(e).is_some() {
-                    d.held.push_back((position + 1, self.scratch.remove(i)));
-                } else {
-                    i += 1;
-                }
-            }
+            let told = |e: &Effect| matches!(e, Effect::Accepted { .. }) || ended(e).is_some();
+            hold(d, &mut self.scratch, position + 1, told, keep);
+        }
+    }
+
+    /// Ends of runs among the effects in `scratch` wait until the disks reach `position`.
+    pub(super) fn hold_ends(&mut self, position: u64) {
+        if let Some(d) = self.durable.as_mut() {
+            hold(
+                d,
+                &mut self.scratch,
+                position,
+                |e| ended(e).is_some(),
+                false,
+            );
         }
     }
 
     /// A view installed at `position`.
     pub(super) fn persist_view(&mut self, position: u64, view: ViewRecord) {
-        self.persist_step(position, RecordKind::View, view.encode(), false);
+        self.persist_step(position, RecordKind::View, view.encode(), false, false);
     }
 
     /// The queue was replaced by a state: the log goes on from a snapshot of it.
@@ -141,17 +149,15 @@ impl Replica {
         }
     }
 
-    /// Effects whose step a majority now has on disk, in order.
-    pub(super) fn release_held(&mut self) -> Vec<Effect> {
+    /// Effects whose step a majority now has on disk, in order, with the position.
+    pub(super) fn release_held(&mut self) -> Vec<(u64, Effect)> {
         let m = self.majority_persisted();
         let Some(d) = self.durable.as_mut() else {
             return Vec::new();
         };
         let mut out = Vec::new();
         while d.held.front().is_some_and(|(p, _)| *p <= m) {
-            if let Some((_, e)) = d.held.pop_front() {
-                out.push(e);
-            }
+            out.extend(d.held.pop_front());
         }
         out
     }
@@ -160,5 +166,27 @@ impl Replica {
     pub(super) fn released(&mut self) -> Option<Applied> {
         let effects = self.release_held();
         (!effects.is_empty()).then_some(Applied::Persisted { effects })
+    }
+}
+
+/// Moves (or with `keep`, copies) the effects `which` picks from `scratch` to the held ones,
+/// to be released once the disks reach `position`.
+fn hold(
+    d: &mut Durable,
+    scratch: &mut Vec<Effect>,
+    position: u64,
+    which: impl Fn(&Effect) -> bool,
+    keep: bool,
+) {
+    let mut i = 0;
+    while i < scratch.len() {
+        if !which(&scratch[i]) {
+            i += 1;
+        } else if keep {
+            d.held.push_back((position, scratch[i].clone()));
+            i += 1;
+        } else {
+            d.held.push_back((position, scratch.remove(i)));
+        }
     }
 }

@@ -84,8 +84,10 @@ pub enum Applied {
     /// assigned these requests to this member ([`Effect::Speculated`]).
     Speculated { effects: Vec<Effect> },
     /// Not a delivery: a majority of the members now has on disk the steps these effects
-    /// waited for (durable queues, `replica/durable.rs`).
-    Persisted { effects: Vec<Effect> },
+    /// waited for (durable queues, `replica/durable.rs`), each with the position the disks
+    /// had to reach. They were also among the effects of their step, where the host that
+    /// sees every step ([`Replica::poll_applied`]) saw them first.
+    Persisted { effects: Vec<(u64, Effect)> },
 }
 
 /// What one delivery was, once applied.
@@ -302,13 +304,13 @@ impl Replica {
     pub fn poll_effect(&mut self) -> Option<Effect> {
         if self.durable.is_some() {
             let released = self.release_held();
-            self.effects.extend(released);
+            self.effects.extend(released.into_iter().map(|(_, e)| e));
         }
         loop {
             if let Some(e) = self.effects.pop_front() {
                 return Some(e);
             }
-            if self.advance().is_none() {
+            if self.advance(false).is_none() {
                 self.speculate();
                 return self.effects.pop_front();
             }
@@ -321,7 +323,7 @@ impl Replica {
         if let Some(a) = self.released() {
             return Some(a);
         }
-        let Some(step) = self.advance() else {
+        let Some(step) = self.advance(true) else {
             self.speculate();
             if self.effects.is_empty() {
                 return None;
@@ -342,7 +344,9 @@ impl Replica {
     }
 
     /// Takes one delivery from the member and applies it; its effects are queued.
-    fn advance(&mut self) -> Option<Step> {
+    /// `keep`: effects held for the disks stay in the step's effects too (a host that sees
+    /// what every step did, [`Replica::poll_applied`], is also told when they are released).
+    fn advance(&mut self, keep: bool) -> Option<Step> {
         let mut persist = None;
         let step = match self.member.poll_delivery()? {
             Delivered::Message(d) => {
@@ -377,7 +381,7 @@ impl Replica {
             }
         }
         if let Some((position, bytes, gated)) = persist {
-            self.persist_step(position, RecordKind::Op, bytes, gated);
+            self.persist_step(position, RecordKind::Op, bytes, gated, keep);
         }
         self.effects.extend(self.scratch.drain(..));
         self.stats.applied += 1;
@@ -483,6 +487,9 @@ impl Replica {
                 if let Some((since, before)) = self.rejoining.take() {
                     let back = self.queue.rejoined(self.member.id(), since);
                     self.rejoined(back, before);
+                    // Ends it missed: told once the state's position is on a majority's
+                    // disks (they all lie before it).
+                    self.hold_ends(self.queue.applied());
                 }
                 let view = self.member.view().id;
                 self.rebuild_ahead(view, 0, true);
