@@ -544,6 +544,42 @@ fn redis_streams_baseline_runs_beside_conveyor_in_one_invocation() {
     let _ = std::fs::remove_dir_all(&hlog_dir);
 }
 
+/// `--redis-aof always`: the redis-server the bench starts keeps its append-only file and syncs
+/// it on every write (the bench checks with `CONFIG GET` before the run, and refuses to run
+/// otherwise); the report says so.
+#[test]
+fn the_redis_baseline_runs_with_its_append_only_file_as_asked() {
+    let _turn = whole_group();
+    let out = conveyor(&[
+        "bench",
+        "--backend",
+        "redis",
+        "--redis-aof",
+        "always",
+        "--workload",
+        "burst",
+        "--requests",
+        "200",
+        "--chain",
+        "2",
+        "--fn-us",
+        "20",
+        "--json",
+        "-",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("append-only file, appendfsync always"),
+        "{err}"
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = &v.as_array().unwrap()[0];
+    assert_eq!(e["redis_aof"], "always", "{e}");
+    assert_eq!(e["completed"], 200, "{e}");
+    assert_eq!(e["lost"], 0, "{e}");
+}
+
 #[test]
 fn redis_backend_problems_are_refused_before_anything_runs() {
     // No redis-server on PATH.
@@ -573,6 +609,9 @@ fn redis_backend_problems_are_refused_before_anything_runs() {
     let out = conveyor(&["bench", "--backend", "conveyor", "--redis-port", "7000"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("only with --backend redis"));
+    let out = conveyor(&["bench", "--backend", "conveyor", "--redis-aof", "always"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--redis-aof: only with --backend redis"));
     // A port in use.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();

@@ -20,6 +20,11 @@ pub struct BenchArgs {
     /// Port of the redis-server the bench starts (0: a free one).
     #[arg(long = "redis-port", default_value_t = 0)]
     pub redis_port: u16,
+    /// The redis-server's append-only file: off (in memory only, as DIFFUSE ran it), or on
+    /// with `appendfsync` always (every write synced before the answer), everysec or no (the
+    /// kernel's schedule).
+    #[arg(long = "redis-aof", default_value = "off", value_parser = ["off", "always", "everysec", "no"])]
+    pub redis_aof: String,
     /// Port of the tansu broker the bench starts for --backend kafka (0: a free one).
     #[arg(long = "kafka-port", default_value_t = 0)]
     pub kafka_port: u16,
@@ -246,6 +251,9 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan> {
     }
     if !backends.contains(&"redis") && args.redis_port != 0 {
         bail!("--redis-port: only with --backend redis");
+    }
+    if !backends.contains(&"redis") && args.redis_aof != "off" {
+        bail!("--redis-aof: only with --backend redis");
     }
     if !backends.contains(&"kafka") && args.kafka_port != 0 {
         bail!("--kafka-port: only with --backend kafka");

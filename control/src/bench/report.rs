@@ -88,6 +88,9 @@ pub(super) struct ReportEntry {
     hosts: String,
     /// Kernel-made loss and duplication on every namespace host's egress (`--netloss`).
     netloss: Option<String>,
+    /// The redis backend's append-only file (`--redis-aof`: off, always, everysec, no).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_aof: Option<String>,
     invokers: usize,
     chain: usize,
     fn_us: u64,
@@ -143,6 +146,7 @@ pub(super) fn report_entry(
         },
         hosts: args.hosts.clone(),
         netloss: args.netloss.clone(),
+        redis_aof: (backend == "redis").then(|| args.redis_aof.clone()),
         invokers: args.invokers,
         chain: args.chain,
         fn_us: args.fn_us,

@@ -45,9 +45,10 @@ fn run_backend(
         "conveyor bench: {} workload, backend {backend}, transport {}, hosts {}, {} invokers, chain {} x {} us",
         args.workload,
         match backend {
-            "conveyor" => args.transport.as_str(),
-            "redis" => "tcp (redis protocol)",
-            _ => "tcp (kafka protocol, tansu broker)",
+            "conveyor" => args.transport.clone(),
+            "redis" if args.redis_aof == "off" => "tcp (redis protocol, in memory)".to_string(),
+            "redis" => format!("tcp (redis protocol, append-only file, appendfsync {})", args.redis_aof),
+            _ => "tcp (kafka protocol, tansu broker)".to_string(),
         },
         args.hosts,
         args.invokers,
@@ -91,8 +92,12 @@ fn run_backend(
                 let Some(server) = &plan.redis_server else {
                     bail!("redis-server was not found");
                 };
-                let server =
-                    super::baselines::redis::RedisServer::start(server, &place, args.redis_port)?;
+                let server = super::baselines::redis::RedisServer::start(
+                    server,
+                    &place,
+                    args.redis_port,
+                    &args.redis_aof,
+                )?;
                 super::baselines::run(&server, &mrun).context("the redis run")?
             } else {
                 let Some(broker) = &plan.kafka_broker else {

@@ -92,11 +92,12 @@ impl DataDir {
         match fs::read_to_string(&id) {
             Ok(text) => dir.check_identity(&text)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // (A temporary file is a first open that a crash cut: not someone else's.)
                 let stray = fs::read_dir(path)
                     .map_err(io_err(path, "list"))?
                     .filter_map(Result::ok)
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .next();
+                    .find(|name| !name.ends_with(".tmp"));
                 if let Some(name) = stray {
                     return Err(DurableError::NotADataDir {
                         dir: dir.path,

@@ -169,6 +169,15 @@ fn another_groups_or_layouts_directory_is_refused_by_name() {
     .unwrap();
     let e = DataDir::open(t.path(), G).unwrap_err();
     assert!(matches!(e, DurableError::Layout { found: 9, .. }), "{e}");
+    // A first open cut by a crash (its identity file still temporary) is opened again.
+    let cut = tempfile::tempdir().unwrap();
+    fs::write(cut.path().join("CONVEYOR.tmp"), "conveyor data").unwrap();
+    DataDir::open(cut.path(), G).unwrap();
+    assert!(recover(&DataDir::open(cut.path(), G).unwrap()).is_ok());
+    assert!(
+        !cut.path().join("CONVEYOR.tmp").exists(),
+        "recovery removes temporary files"
+    );
     // A directory holding other files is not taken over.
     let other = tempfile::tempdir().unwrap();
     fs::write(other.path().join("notes.txt"), "mine").unwrap();

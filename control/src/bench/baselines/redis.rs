@@ -8,8 +8,9 @@
 //! results stream the collector reads.
 //!
 //! The bench starts and stops a real `redis-server` (Debian's package) itself, without
-//! persistence (as DIFFUSE ran it: in memory), on loopback or, with `--hosts netns`, inside
-//! a namespace host of its own. The trigger, the collector and the invokers are threads of the
+//! persistence by default (as DIFFUSE ran it: in memory), or with its append-only file and
+//! the `appendfsync` policy `--redis-aof` names (checked with `CONFIG GET` once it answers),
+//! on loopback or, with `--hosts netns`, inside a namespace host of its own. The trigger, the collector and the invokers are threads of the
 //! bench process (with `--hosts netns`, each inside its own namespace host), each with its
 //! own connection.
 
@@ -38,9 +39,10 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts `redis-server` at `place` on `port` (0: a free port), in memory only, and waits
-    /// until it answers. A port in use is an error before anything runs.
-    pub fn start(server: &Path, place: &Place, port: u16) -> Result<RedisServer> {
+    /// Starts `redis-server` at `place` on `port` (0: a free port), in memory only (`aof`
+    /// "off") or with its append-only file synced as `aof` says (`always`, `everysec`, `no`),
+    /// and waits until it answers. A port in use is an error before anything runs.
+    pub fn start(server: &Path, place: &Place, port: u16, aof: &str) -> Result<RedisServer> {
         let port = place.port(port, "--redis-port")?;
         let dir =
             std::env::temp_dir().join(format!("conveyor-redis-{}-{port}", std::process::id()));
@@ -55,9 +57,11 @@ impl RedisServer {
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                if aof == "off" { "no" } else { "yes" },
+                "--appendfsync",
+                if aof == "off" { "everysec" } else { aof },
                 "--protected-mode",
-                "no",
+                if aof == "off" { "no" } else { "yes" },
                 "--dir",
                 &dir.to_string_lossy(),
             ])
@@ -82,6 +86,7 @@ impl RedisServer {
                 Ok(redis::cmd("PING").query::<String>(&mut c)?)
             });
             if ping.is_ok() {
+                s.check_aof(aof)?;
                 return Ok(s);
             }
             if t.elapsed() > Duration::from_secs(10) {
@@ -89,6 +94,24 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The server runs with the persistence asked for (`CONFIG GET`), or an error.
+    fn check_aof(&self, aof: &str) -> Result<()> {
+        let client = self.client()?;
+        let (appendonly, appendfsync) = self.place.within(|| -> Result<(String, String)> {
+            let mut c = client.get_connection()?;
+            let get = |c: &mut redis::Connection, key: &str| -> Result<String> {
+                let v: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(key).query(c)?;
+                Ok(v.get(1).cloned().unwrap_or_default())
+            };
+            Ok((get(&mut c, "appendonly")?, get(&mut c, "appendfsync")?))
+        })?;
+        let want_on = aof != "off";
+        if (appendonly == "yes") != want_on || (want_on && appendfsync != aof) {
+            bail!("redis-server runs with appendonly {appendonly}, appendfsync {appendfsync}; --redis-aof {aof} asked otherwise");
+        }
+        Ok(())
     }
 
     fn client(&self) -> Result<redis::Client> {

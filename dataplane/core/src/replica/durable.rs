@@ -58,6 +58,8 @@ impl Replica {
                 self.durable = Some(Box::new(d));
             }
             (false, true) => {
+                // What was held is told now (to a host of `poll_effect`; one of
+                // `poll_applied` saw it in its step already).
                 if let Some(d) = self.durable.take() {
                     self.effects.extend(d.held.into_iter().map(|(_, e)| e));
                 }
@@ -92,9 +94,9 @@ impl Replica {
         self.durable.as_ref().map_or(0, |d| d.held.len())
     }
 
-    /// Before a step at `position` is applied: whether what it tells waits for the disks.
-    pub(super) fn durable_step(&self, op: Option<&crate::queue::Op>) -> bool {
-        self.durable.is_some() && op.is_some_and(|op| self.queue.touches_durable(op))
+    /// Before `op` is applied: whether what it tells outside the group waits for the disks.
+    pub(super) fn durable_step(&self, op: &crate::queue::Op) -> bool {
+        self.durable.is_some() && self.queue.touches_durable(op)
     }
 
     /// After a step at `position` was applied (its effects in `scratch`): it is to be

@@ -353,7 +353,7 @@ impl Replica {
                 let malformed = match Op::decode(&d.payload) {
                     Ok(op) => {
                         let position = self.queue.applied();
-                        let gated = self.durable_step(Some(&op));
+                        let gated = self.durable_step(&op);
                         self.queue.apply(op, &mut self.scratch);
                         if self.durable.is_some() {
                             persist = Some((position, d.payload.to_vec(), gated));
