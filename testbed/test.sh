@@ -95,4 +95,8 @@ section "fuzz targets, ${FUZZ_SECONDS}s each"
     RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 2>&1 | tail -n 2
   done
 )
+(
+  cd control/resp
+  RUSTC_BOOTSTRAP=1 cargo fuzz run request -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 2>&1 | tail -n 2
+)
 section "all tests passed"
