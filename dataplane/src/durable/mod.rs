@@ -286,8 +286,11 @@ pub fn recover(dir: &DataDir) -> Result<Recovered, DurableError> {
             Err(e) => return Err(format(e)),
         };
         let first = scan.header.first;
+        let snapshot_at = out.snapshot.as_ref().map_or(0, |s| s.0);
         if let Some(exp) = expected {
-            if first != exp {
+            // A segment goes on from the one before, or from a snapshot that jumped ahead of
+            // it (a joiner's state): what lies between is in the snapshot.
+            if first != exp && !(first > exp && first <= snapshot_at) {
                 return Err(DurableError::Gap {
                     file: path.clone(),
                     expected: exp,
@@ -453,9 +456,13 @@ impl LogWriter {
     /// Writes a snapshot of the state as of `position` once every record before it is on
     /// disk, then deletes the segments and snapshots it makes useless. Blocks while the
     /// writer's queue is full.
+    /// A snapshot ahead of the log (a joiner's state) makes the log go on from its position,
+    /// in a new segment.
     pub fn snapshot(&mut self, position: u64, state: Vec<u8>) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Cmd::Snapshot(position, state));
+            if tx.send(Cmd::Snapshot(position, state)).is_ok() {
+                self.next = self.next.max(position);
+            }
         }
     }
 
@@ -693,6 +700,16 @@ impl Writer {
     fn write_snapshot(&mut self, position: u64, state: &[u8]) -> Result<(), DurableError> {
         let bytes = snapshot::encode(self.dir.group, position, state);
         write_durably(&self.dir.path, &snapshot_name(position), &bytes)?;
+        if position > self.next {
+            // Ahead of the log (a joiner's state): the log goes on from it, in a segment of
+            // its own; every step before it is on disk now.
+            let (file, path, len) = new_segment(&self.dir, position)?;
+            (self.file, self.path, self.len) = (file, path, len);
+            self.stats.segments.fetch_add(1, Ordering::Relaxed);
+            self.next = position;
+            self.batch_first = position;
+            self.persisted.store(position, Ordering::Release);
+        }
         for (p, path) in self.dir.snapshots()? {
             if p < position {
                 fs::remove_file(&path).map_err(io_err(&path, "remove"))?;

@@ -229,6 +229,28 @@ fn segments_rotate_and_a_snapshot_lets_the_ones_behind_it_go() {
     );
 }
 
+/// A joiner's state is a snapshot ahead of its log: the log goes on from it, and recovery
+/// reads the snapshot and what follows.
+#[test]
+fn a_snapshot_ahead_of_the_log_starts_it_again_from_there() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = DataDir::open(t.path(), G).unwrap();
+    let mut w = LogWriter::start(&dir, 0, LogOptions::default()).unwrap();
+    append_all(&mut w, 0..50);
+    w.snapshot(80, b"state at 80".to_vec());
+    append_all(&mut w, 80..100);
+    wait_persisted(&w, 100);
+    w.stop().unwrap();
+    let r = recover(&dir).unwrap();
+    assert_eq!(r.snapshot, Some((80, b"state at 80".to_vec())));
+    assert_eq!(positions(&r), (80..100).collect::<Vec<_>>());
+    check_ops(&r);
+    assert_eq!(r.next, 100);
+    let segs = dir.segments().unwrap();
+    assert_eq!(segs.len(), 1, "the segment before the jump goes: {segs:?}");
+    assert_eq!(segs[0].0, 80);
+}
+
 #[test]
 fn a_missing_segment_is_a_gap_not_a_shorter_log() {
     let t = tempfile::tempdir().unwrap();

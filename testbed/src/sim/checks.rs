@@ -321,8 +321,15 @@ impl Sim {
             if self.cfg.durable && told_outside(e) {
                 if self.gated_step {
                     self.nodes[i].awaiting_disks.push_back((end, e.clone()));
-                } else {
-                    // Told now: the step must be on a majority's disks already.
+                } else if !matches!(
+                    e,
+                    Effect::Rejected {
+                        reason: RejectReason::NoSuchQueue,
+                        ..
+                    }
+                ) {
+                    // Told now (a push into no queue at all has nothing to keep, and is told
+                    // at once): the step must be on a majority's disks already.
                     self.check_on_disks(i, end, e)?;
                 }
             }

@@ -88,7 +88,9 @@ pub use report::{Corners, Report, Totals, Violation};
 
 use conveyor_core::proto::membership::{Status, StopReason};
 use conveyor_core::proto::{Delivery, Dest, SubmitError};
-use conveyor_core::queue::{Durability, Effect, Http, Meta, OnFull, Op, Order, QueueSpec, Request};
+use conveyor_core::queue::{
+    Durability, Effect, Http, Meta, OnFull, Op, Order, QueueSpec, RejectReason, Request,
+};
 use conveyor_core::types::{GroupId, Instant, MemberId, RequestId, Seq, View, ViewId};
 use conveyor_core::wire::{FrameWriter, Header, Key, Kind, Row};
 use conveyor_core::{Applied, Persist, Replica};
