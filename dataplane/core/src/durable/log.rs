@@ -11,7 +11,7 @@
 //! Integers are little-endian. Positions run on without a gap from the header's first
 //! position, across segments too.
 
-use super::{crc, u32_at, u64_at, FormatError, LAYOUT};
+use super::{check_header, crc, u32_at, u64_at, FormatError, LAYOUT};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"CVYLOG\0\x01";
 pub const HEADER_LEN: usize = 32;
@@ -66,35 +66,7 @@ impl SegmentHeader {
 
     /// Parses a header, checking it is a segment of layout [`LAYOUT`] of `group`.
     pub fn parse(b: &[u8], group: u32) -> Result<SegmentHeader, FormatError> {
-        if b.len() < HEADER_LEN {
-            return Err(FormatError::Short {
-                what: "log segment",
-                len: b.len(),
-                need: HEADER_LEN,
-            });
-        }
-        if b[..8] != SEGMENT_MAGIC[..] {
-            return Err(FormatError::NotOurs {
-                what: "log segment",
-                found: b[..8].to_vec(),
-            });
-        }
-        if u32_at(b, 28) != Some(crc(&b[..28])) {
-            return Err(FormatError::HeaderChecksum {
-                what: "log segment",
-            });
-        }
-        let layout = u32_at(b, 8).unwrap_or(0);
-        if layout != LAYOUT {
-            return Err(FormatError::Layout { found: layout });
-        }
-        let found = u32_at(b, 12).unwrap_or(0);
-        if found != group {
-            return Err(FormatError::OtherGroup {
-                found,
-                expected: group,
-            });
-        }
+        check_header(b, "log segment", &SEGMENT_MAGIC, HEADER_LEN, 28, group)?;
         Ok(SegmentHeader {
             group,
             first: u64_at(b, 16).unwrap_or(0),

@@ -125,6 +125,47 @@ pub fn replay<'a>(
     Ok(q)
 }
 
+/// Checks the header that starts a segment or a snapshot (`what`): at least `len` bytes,
+/// `magic` first, the header's CRC-32 at `crc_at` over the bytes before it, layout
+/// [`LAYOUT`] at offset 8 and `group` at offset 12.
+pub(crate) fn check_header(
+    b: &[u8],
+    what: &'static str,
+    magic: &[u8; 8],
+    len: usize,
+    crc_at: usize,
+    group: u32,
+) -> Result<(), FormatError> {
+    if b.len() < len {
+        return Err(FormatError::Short {
+            what,
+            len: b.len(),
+            need: len,
+        });
+    }
+    if b[..8] != magic[..] {
+        return Err(FormatError::NotOurs {
+            what,
+            found: b[..8].to_vec(),
+        });
+    }
+    if u32_at(b, crc_at) != Some(crc(&b[..crc_at])) {
+        return Err(FormatError::HeaderChecksum { what });
+    }
+    let layout = u32_at(b, 8).unwrap_or(0);
+    if layout != LAYOUT {
+        return Err(FormatError::Layout { found: layout });
+    }
+    let found = u32_at(b, 12).unwrap_or(0);
+    if found != group {
+        return Err(FormatError::OtherGroup {
+            found,
+            expected: group,
+        });
+    }
+    Ok(())
+}
+
 /// CRC-32 (IEEE) of `bytes`.
 pub(crate) fn crc(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)

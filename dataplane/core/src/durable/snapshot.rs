@@ -8,7 +8,7 @@
 //!
 //! `position` is the number of operations the state has applied: the log resumes there.
 
-use super::{crc, u32_at, u64_at, FormatError, LAYOUT};
+use super::{check_header, crc, u32_at, u64_at, FormatError, LAYOUT};
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CVYSNAP\x01";
 pub const HEADER_LEN: usize = 40;
@@ -37,33 +37,7 @@ pub struct Snapshot<'a> {
 
 /// Parses a snapshot of `group`, checking both checksums.
 pub fn parse(b: &[u8], group: u32) -> Result<Snapshot<'_>, FormatError> {
-    if b.len() < HEADER_LEN {
-        return Err(FormatError::Short {
-            what: "snapshot",
-            len: b.len(),
-            need: HEADER_LEN,
-        });
-    }
-    if b[..8] != SNAPSHOT_MAGIC[..] {
-        return Err(FormatError::NotOurs {
-            what: "snapshot",
-            found: b[..8].to_vec(),
-        });
-    }
-    if u32_at(b, 36) != Some(crc(&b[..36])) {
-        return Err(FormatError::HeaderChecksum { what: "snapshot" });
-    }
-    let layout = u32_at(b, 8).unwrap_or(0);
-    if layout != LAYOUT {
-        return Err(FormatError::Layout { found: layout });
-    }
-    let found = u32_at(b, 12).unwrap_or(0);
-    if found != group {
-        return Err(FormatError::OtherGroup {
-            found,
-            expected: group,
-        });
-    }
+    check_header(b, "snapshot", &SNAPSHOT_MAGIC, HEADER_LEN, 36, group)?;
     let len = u64_at(b, 24).unwrap_or(0);
     let body = &b[HEADER_LEN..];
     if body.len() as u64 != len || u32_at(b, 32) != Some(crc(body)) {

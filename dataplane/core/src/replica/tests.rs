@@ -149,21 +149,7 @@ fn a_view_is_reported_before_the_removed_members_requests_go_back() {
 }
 
 fn push(net: &mut Net, n: u64) {
-    let req = Request {
-        id: RequestId::new(MemberId(0), n),
-        instance: 0,
-        step: "s".into(),
-        queue: "q".into(),
-        payload: vec![n as u8],
-        meta: Meta::default(),
-        http: None,
-    };
-    net.rs[0]
-        .submit(&Op::Push {
-            pusher: MemberId(0),
-            req,
-        })
-        .unwrap();
+    push_to(net, "q", n);
 }
 
 /// Three members; member 2 speculates, takes from queue "q" and has 4 credits.
