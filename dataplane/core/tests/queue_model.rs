@@ -300,6 +300,8 @@ impl Model {
                     fx.push(Effect::Pipelines { version, docs });
                 }
             }
+            // The replica's (a restart's claim), never a queue's.
+            Op::Recovered { .. } => {}
         }
         // Serve ready consumers in order.
         let mut i = 0;

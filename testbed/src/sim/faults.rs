@@ -15,6 +15,11 @@ pub(super) struct Moment {
 }
 
 impl Sim {
+    /// The group file's members.
+    pub(super) fn configured(&self) -> Vec<MemberId> {
+        (0..self.cfg.members as u16).map(MemberId).collect()
+    }
+
     /// What member `i` just did of a view change, in the step that ends now: sent its decision
     /// as leader, committed one, started sending a joiner its state. Called once per step.
     pub(super) fn moment(&mut self, i: usize) -> Moment {
@@ -203,7 +208,7 @@ impl Sim {
         )
         .expect("valid sim config");
         replica.set_speculation(self.cfg.speculate);
-        replica.set_durable(self.cfg.durable);
+        replica.set_durable(self.cfg.durable, &self.configured());
         // The same process coming back (as the engine does): the new replica is told what the
         // old one applied and which pushes it left unanswered; it tells the outcomes missed and
         // pushes again what never reached the order. Its pushes still waiting to be submitted
@@ -241,7 +246,7 @@ impl Sim {
         )
         .expect("valid sim config");
         replica.set_speculation(self.cfg.speculate);
-        replica.set_durable(self.cfg.durable);
+        replica.set_durable(self.cfg.durable, &self.configured());
         self.report.corners.configured_restart += 1;
         // Its deliveries, if any, are those of the first view from its start.
         let node = &mut self.nodes[i];

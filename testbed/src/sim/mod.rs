@@ -279,7 +279,7 @@ impl Sim {
             replica.set_speculation(cfg.speculate);
             let me = MemberId(i as u16);
             let mut outbox = VecDeque::new();
-            replica.set_durable(cfg.durable);
+            replica.set_durable(cfg.durable, &view.members);
             outbox.extend(
                 invoker_ops(me, cfg.durable)
                     .into_iter()

@@ -50,6 +50,8 @@ pub struct Member {
     /// from a peer's [`Ctl::Replaced`] naming it.
     incarnation: u64,
     deliveries: VecDeque<Delivered>,
+    /// Deliveries that came before [`Member::expect_state`] and follow the state.
+    after_state: VecDeque<Delivered>,
     pub(super) order: Order,
     pub(super) tx: Transmitter,
     pub(super) ms: Change,
@@ -115,6 +117,7 @@ impl Member {
             st: StateTransfer::new(cfg.max_frame),
             frag: Reassembly::default(),
             deliveries: VecDeque::new(),
+            after_state: VecDeque::new(),
             now,
             stats: Stats::default(),
             restarted_by: None,
@@ -181,6 +184,13 @@ impl Member {
         self.persisted = self.persisted.max(position);
         self.order.set_persisted(self.persisted);
     }
+    /// This member's log was replaced (it took a state and its log starts again from it):
+    /// its rows say `position` from now on, even if that is less than they said before.
+    pub fn reset_persisted(&mut self, position: u64) {
+        self.persisted = position;
+        self.order.set_persisted(position);
+    }
+
     /// Per rank of the current view, where that member's durable log reaches: this member's
     /// as set, the others' as their rows last said (0 before any).
     pub fn persisted(&self) -> Vec<u64> {
@@ -363,6 +373,20 @@ impl Member {
         self.deliveries.clear();
     }
 
+    /// A member of the view (not a joiner) is to be sent the application's state as of the
+    /// last delivery it was handed (a whole-group restart's recovery, see
+    /// `replica/recovery.rs`): nothing more is delivered before the state
+    /// ([`Delivered::State`]), and what was waiting to be taken comes after it.
+    pub fn expect_state(&mut self) {
+        self.st.expect(self.view.id);
+        self.after_state.extend(self.deliveries.drain(..));
+    }
+
+    /// Whether this member waits for a state ([`Member::expect_state`], or a joiner's).
+    pub fn awaiting_state(&self) -> bool {
+        self.st.awaiting()
+    }
+
     /// Starts sending `state` (the application's snapshot as of the install of the current
     /// view) to joiner `to`. Called by the host on a view change whose `state_from` is this
     /// member, for each of its `joined`, before handling any later delivery.
@@ -504,6 +528,7 @@ impl Member {
         }
         if let Some(bytes) = self.st.take_complete() {
             self.deliveries.push_back(Delivered::State(bytes));
+            self.deliveries.extend(self.after_state.drain(..));
             self.ms.state_arrived();
         }
         if self.st.awaiting() {

@@ -139,6 +139,17 @@ impl QueueState {
         self.dispatch(effects);
     }
 
+    /// Every member the state holds something of as a consumer (a subscription, credits, a
+    /// request in flight), in order: after a whole-group restart none of their processes
+    /// lives (see [`QueueState::install_view`]).
+    pub fn consumers(&self) -> Vec<MemberId> {
+        let mut all: BTreeSet<MemberId> = self.subscriptions.keys().copied().collect();
+        all.extend(self.credits.keys().copied());
+        all.extend(self.ready.iter().map(|(c, _)| *c));
+        all.extend(self.in_flight.values().map(|(c, _, _)| *c));
+        all.into_iter().collect()
+    }
+
     /// Encodes the whole state for a joiner (state transfer).
     pub fn snapshot(&self) -> Vec<u8> {
         postcard::to_allocvec(self).unwrap_or_default()
@@ -260,6 +271,8 @@ impl QueueState {
                     );
                 }
             },
+            // The replica's, never applied to a queue (see `replica/recovery.rs`).
+            Op::Recovered { .. } => {}
             Op::Pipelines {
                 version,
                 queues,

@@ -195,6 +195,13 @@ pub enum Op {
         /// parse them.
         docs: Vec<String>,
     },
+    /// A member restarted from its data directory after the whole group went down, with its
+    /// log reaching `position`: its claim in the group's recovery (see `replica/recovery.rs`).
+    /// The replica handles it; it is no step of the queue's order and no log records it.
+    Recovered {
+        member: MemberId,
+        position: u64,
+    },
 }
 
 impl Op {

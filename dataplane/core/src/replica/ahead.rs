@@ -133,6 +133,9 @@ impl Replica {
     /// every delivery applied.
     pub(super) fn speculate(&mut self) {
         let me = self.member.id();
+        if !self.recovered() {
+            return;
+        }
         let Some(ahead) = self.ahead.as_deref_mut() else {
             return;
         };
@@ -247,6 +250,9 @@ impl Replica {
     /// Discards the pending speculations `gone` picks ([`Effect::Discarded`], queued now).
     fn discard_pending(&mut self, gone: impl Fn(&Pending) -> bool) {
         let me = self.member.id();
+        if !self.recovered() {
+            return;
+        }
         let Some(ahead) = self.ahead.as_deref_mut() else {
             return;
         };
@@ -268,6 +274,9 @@ impl Replica {
     /// if level, or is rebuilt if it took the slot for something else).
     pub(super) fn follow_delivery(&mut self, view: ViewId, g: u64, payload: &[u8]) {
         let me = self.member.id();
+        if !self.recovered() {
+            return;
+        }
         let Some(ahead) = self.ahead.as_deref_mut() else {
             return;
         };

@@ -20,6 +20,7 @@ use super::{Applied, Replica};
 use crate::durable::log::RecordKind;
 use crate::durable::ViewRecord;
 use crate::queue::{ended, Effect};
+use crate::types::MemberId;
 use std::collections::VecDeque;
 
 /// What the host writes to its log next (see the module docs).
@@ -39,6 +40,8 @@ pub enum Persist {
 
 #[derive(Debug, Default)]
 pub(super) struct Durable {
+    /// The group file's members: a majority of them must have a step on disk.
+    configured: Vec<MemberId>,
     to_persist: VecDeque<Persist>,
     /// Effects waiting for a majority's disks, with the position the log must reach.
     held: VecDeque<(u64, Effect)>,
@@ -46,11 +49,16 @@ pub(super) struct Durable {
 
 impl Replica {
     /// Switches durable logging on or off (off by default; see `replica/durable.rs`). On, the
-    /// first thing to persist is a snapshot of the state as of now.
-    pub fn set_durable(&mut self, on: bool) {
+    /// first thing to persist is a snapshot of the state as of now. `configured`: the group
+    /// file's members; what is held waits for a majority of them (not of the view: a
+    /// whole-group restart counts on any majority of them, see `replica/recovery.rs`).
+    pub fn set_durable(&mut self, on: bool, configured: &[MemberId]) {
         match (on, self.durable.is_some()) {
             (true, false) => {
-                let mut d = Durable::default();
+                let mut d = Durable {
+                    configured: configured.to_vec(),
+                    ..Durable::default()
+                };
                 d.to_persist.push_back(Persist::Snapshot {
                     position: self.queue.applied(),
                     state: self.queue.snapshot(),
@@ -68,20 +76,39 @@ impl Replica {
         }
     }
 
-    /// The next thing to write to the log, in order.
+    /// The next thing to write to the log, in order. A snapshot means the log goes on from
+    /// its position: what the log held at or after it is not the group's (a joiner's or a
+    /// restarted member's old log) and goes.
     pub fn poll_persist(&mut self) -> Option<Persist> {
-        self.durable.as_mut()?.to_persist.pop_front()
+        let p = self.durable.as_mut()?.to_persist.pop_front();
+        if matches!(p, Some(Persist::Snapshot { .. })) {
+            self.reset_taken();
+        }
+        p
     }
 
     /// Every step before `position` is on this member's disk (it never goes back); told to the
-    /// other members in this member's rows.
+    /// other members in this member's rows. (Ignored while a restarted member's log is not
+    /// the group's yet: see `replica/recovery.rs`.)
     pub fn persisted(&mut self, position: u64) {
-        self.member.set_persisted(position);
+        if self.own_log_counts() {
+            self.member.set_persisted(position);
+        }
     }
 
-    /// The position a majority of the current view has on disk (by the rows last heard).
+    /// The position a majority of the group file's members has on disk, by the rows last
+    /// heard (a member not in the view counts as nothing on disk). Without the group file's
+    /// members, a majority of the view's.
     pub fn majority_persisted(&self) -> u64 {
-        let mut p = self.member.persisted();
+        let by_rank = self.member.persisted();
+        let view = self.member.view();
+        let mut p: Vec<u64> = match self.durable.as_ref().map(|d| &d.configured) {
+            Some(c) if !c.is_empty() => c
+                .iter()
+                .map(|m| view.rank_of(*m).map_or(0, |r| by_rank[r]))
+                .collect(),
+            _ => by_rank,
+        };
         if p.is_empty() {
             return 0;
         }

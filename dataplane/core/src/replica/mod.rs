@@ -34,12 +34,15 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 mod ahead;
 mod durable;
+mod recovery;
 #[cfg(test)]
 mod tests;
 
 use ahead::Ahead;
 use durable::Durable;
 pub use durable::Persist;
+use recovery::Recovery;
+pub use recovery::{Decision, Stage as RecoveryStage};
 
 /// Counters of the replica's own work (the member keeps the protocol's).
 #[derive(Clone, Debug, Default)]
@@ -62,6 +65,12 @@ pub struct ReplicaStats {
     pub discarded: u64,
     /// Deliveries that did not match what the copy ahead had applied (the copy was rebuilt).
     pub speculation_resets: u64,
+    /// Operations delivered before this replica held the group's state after a whole-group
+    /// restart (dropped: the state it takes covers them; see `replica/recovery.rs`).
+    pub dropped_recovering: u64,
+    /// Views that came while this replica waited for the group's state after a restart (it
+    /// stopped; its host starts it again as a joiner).
+    pub recoveries_abandoned: u64,
 }
 
 /// One delivery applied, with its effects (see [`Replica::poll_applied`]).
@@ -117,6 +126,9 @@ pub struct Replica {
     resubmit: VecDeque<Vec<u8>>,
     /// Durable logging, when on (see `replica/durable.rs`).
     durable: Option<Box<Durable>>,
+    /// A whole-group restart's recovery, for a replica restarted from its log (see
+    /// `replica/recovery.rs`).
+    recovery: Option<Box<Recovery>>,
 }
 
 impl Replica {
@@ -170,6 +182,7 @@ impl Replica {
             unanswered: BTreeMap::new(),
             resubmit: VecDeque::new(),
             durable: None,
+            recovery: None,
         }
     }
 
@@ -249,6 +262,9 @@ impl Replica {
     /// Offers an operation encoded by [`Op::encode`] (hosts encode off the polling thread).
     /// A push is kept until its run's first outcome (see [`Replica::take_unanswered`]).
     pub fn submit_encoded(&mut self, op: Vec<u8>) -> Result<Seq, SubmitError> {
+        if !self.recovered() {
+            return Err(SubmitError::NotServing("recovering"));
+        }
         let push = Op::pushed_id(&op).map(|id| (id, op.clone()));
         let seq = self.member.submit(op)?;
         if let Some((id, op)) = push {
@@ -279,7 +295,9 @@ impl Replica {
 
     /// Who may join from now on.
     pub fn set_admission(&mut self, admission: Admission) {
-        self.member.set_admission(admission);
+        if let Some(a) = self.admission_while_recovering(admission) {
+            self.member.set_admission(a);
+        }
     }
 
     /// Leaves the group gracefully (see [`Member::leave`]).
@@ -351,6 +369,15 @@ impl Replica {
         let step = match self.member.poll_delivery()? {
             Delivered::Message(d) => {
                 let malformed = match Op::decode(&d.payload) {
+                    Ok(Op::Recovered { member, position }) => {
+                        self.on_claim(member, position);
+                        false
+                    }
+                    Ok(_) if !self.recovered() => {
+                        // Before this replica holds the group's state (see `recovery`).
+                        self.stats.dropped_recovering += 1;
+                        false
+                    }
                     Ok(op) => {
                         let position = self.queue.applied();
                         let gated = self.durable_step(&op);
@@ -372,7 +399,13 @@ impl Replica {
                 self.on_view(&vc);
                 Step::View(vc)
             }
-            Delivered::State(bytes) => Step::State(self.on_state(&bytes)),
+            Delivered::State(bytes) => {
+                let ok = self.on_state(&bytes);
+                if ok {
+                    self.recovery_state_arrived();
+                }
+                Step::State(ok)
+            }
         };
         if !self.unanswered.is_empty() {
             let me = self.member.id();
@@ -402,6 +435,10 @@ impl Replica {
             cut: vc.cut,
             resubmitted: vc.resubmitted,
         });
+        if !self.recovery_view(&vc.view) {
+            // Not the group's state yet: nothing to apply, log or send.
+            return;
+        }
         let survivors: Vec<MemberId> = vc
             .view
             .members

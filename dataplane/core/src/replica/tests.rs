@@ -563,7 +563,7 @@ fn replayed(log: &[Persist]) -> QueueState {
 fn a_durable_push_is_accepted_once_a_majority_has_it_on_disk() {
     let mut net = Net::new(3);
     for r in &mut net.rs {
-        r.set_durable(true);
+        r.set_durable(true, &[MemberId(0), MemberId(1), MemberId(2)]);
     }
     let durable = QueueSpec {
         name: "d".into(),
@@ -625,4 +625,210 @@ fn a_durable_push_is_accepted_once_a_majority_has_it_on_disk() {
         )));
         assert_eq!(replayed(&logs[i]).digest(), net.rs[i].queue().digest());
     }
+}
+
+impl Net {
+    /// Members 0..n restarted from their logs after the whole group went down (`None`: a
+    /// member that stays down).
+    fn recovering(states: Vec<Option<QueueState>>, now: u64) -> Net {
+        let n = states.len() as u16;
+        let members: Vec<MemberId> = (0..n).map(MemberId).collect();
+        let view = View::new(ViewId(1), members.clone());
+        let down: Vec<bool> = states.iter().map(Option::is_none).collect();
+        let rs = states
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut r = Replica::recovering(
+                    ProtoConfig::default(),
+                    key(),
+                    GroupId(7),
+                    view.clone(),
+                    MemberId(i as u16),
+                    0x200 + i as u64,
+                    Instant(now),
+                    s.unwrap_or_default(),
+                )
+                .unwrap();
+                r.set_durable(true, &members);
+                r
+            })
+            .collect();
+        Net {
+            rs,
+            down,
+            now,
+            fx: vec![Vec::new(); n as usize],
+        }
+    }
+}
+
+fn durable_spec() -> QueueSpec {
+    QueueSpec {
+        name: "d".into(),
+        durability: crate::queue::Durability::Log,
+        ..spec()
+    }
+}
+
+/// A durable group with three requests accepted, one of them in flight at member 2, every
+/// log on disk; the members' logs.
+fn durable_run() -> (Net, Vec<Vec<Persist>>) {
+    let mut net = Net::new(3);
+    let members = [MemberId(0), MemberId(1), MemberId(2)];
+    for r in &mut net.rs {
+        r.set_durable(true, &members);
+    }
+    net.rs[0].submit(&Op::Create(durable_spec())).unwrap();
+    net.rs[2]
+        .submit(&Op::Subscribe {
+            consumer: MemberId(2),
+            queue: "d".into(),
+        })
+        .unwrap();
+    net.rs[2]
+        .submit(&Op::Ready {
+            consumer: MemberId(2),
+            credits: 1,
+        })
+        .unwrap();
+    net.run(5_000);
+    for n in 1..=3 {
+        push_to(&mut net, "d", n);
+    }
+    net.run(10_000);
+    let logs: Vec<Vec<Persist>> = (0..3)
+        .map(|i| {
+            let mut log = Vec::new();
+            let end = drain_log(&mut net, i, &mut log);
+            net.rs[i].persisted(end);
+            log
+        })
+        .collect();
+    net.run(10_000);
+    for n in 1..=3 {
+        assert!(accepted(&net.fx[0], n), "push {n} told accepted");
+    }
+    assert!(net.fx[2]
+        .iter()
+        .any(|e| matches!(e, Effect::Assigned { consumer, .. } if *consumer == MemberId(2))));
+    (net, logs)
+}
+
+fn assigned_to(fx: &[Effect], to: MemberId) -> Vec<RequestId> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Assigned { consumer, req } if *consumer == to => Some(req.id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The whole group goes down and restarts from its logs, one of which lost its last records
+/// (not synced): the members decide on the longest log of the majority that claims first,
+/// the member behind takes the state from a holder, every replica ends with the same queue,
+/// the request that was in flight is queued again, and every accepted request is taken once
+/// by a new consumer. Nothing is taken from the host before the decision.
+#[test]
+fn after_a_whole_group_restart_the_members_go_on_from_the_longest_log() {
+    let (old, mut logs) = durable_run();
+    let end = old.rs[0].queue().applied();
+    // Member 1's disk had not synced its last two records when the power went.
+    let cut = logs[1].len() - 2;
+    logs[1].truncate(cut);
+    let states: Vec<Option<QueueState>> = logs.iter().map(|l| Some(replayed(l))).collect();
+    assert_eq!(states[1].as_ref().unwrap().applied(), end - 2);
+    let mut net = Net::recovering(states, old.now);
+    assert_eq!(
+        net.rs[0].submit(&Op::Create(spec())),
+        Err(SubmitError::NotServing("recovering")),
+        "nothing is taken before the group has decided"
+    );
+    net.run(20_000);
+    for r in &net.rs {
+        let (stage, d) = r.recovery().unwrap();
+        assert_eq!(stage, RecoveryStage::Recovered);
+        assert_eq!(d.unwrap().position, end, "the longest log decides");
+    }
+    assert_eq!(
+        net.rs[0].stats().states_sent,
+        1,
+        "the lowest-ranked holder sends"
+    );
+    assert_eq!(net.rs[1].stats().dropped_recovering, 0);
+    let digest = net.rs[0].queue().digest();
+    for r in &net.rs {
+        assert_eq!(r.queue().digest(), digest, "one state everywhere");
+        assert_eq!(r.queue().applied(), end + 1, "the restart is a step");
+    }
+    assert!(net.fx[0]
+        .iter()
+        .any(|e| matches!(e, Effect::Requeued { from, .. } if *from == MemberId(2))));
+    // Member 1's log starts again from the group's state; the holders' go on.
+    let mut log1 = Vec::new();
+    drain_log(&mut net, 1, &mut log1);
+    assert!(
+        matches!(log1.last(), Some(Persist::Snapshot { position, .. }) if *position == end + 1)
+    );
+    let mut log0 = Vec::new();
+    drain_log(&mut net, 0, &mut log0);
+    assert!(matches!(
+        log0.as_slice(),
+        [Persist::Snapshot { position: p, .. }, Persist::Record { position: q, kind: RecordKind::View, .. }]
+            if *p == end && *q == end
+    ));
+    // A new consumer takes all three, each once.
+    net.rs[1]
+        .submit(&Op::Subscribe {
+            consumer: MemberId(1),
+            queue: "d".into(),
+        })
+        .unwrap();
+    net.rs[1]
+        .submit(&Op::Ready {
+            consumer: MemberId(1),
+            credits: 10,
+        })
+        .unwrap();
+    net.run(10_000);
+    let mut got = assigned_to(&net.fx[0], MemberId(1));
+    got.sort();
+    let want: Vec<RequestId> = (1..=3).map(|n| RequestId::new(MemberId(0), n)).collect();
+    assert_eq!(got, want);
+    for i in 1..3 {
+        assert_eq!(assigned_to(&net.fx[i], MemberId(1)).len(), 3);
+    }
+}
+
+/// A member that does not come back: the two others are a majority of the group file's
+/// members, and decide on their longer log once the view no longer waits for the third.
+/// What the host says is on disk counts only once the log is the group's.
+#[test]
+fn a_majority_recovers_without_the_third_member() {
+    let (old, mut logs) = durable_run();
+    let end = old.rs[0].queue().applied();
+    let cut = logs[2].len() - 1;
+    logs[2].truncate(cut);
+    let states = vec![None, Some(replayed(&logs[1])), Some(replayed(&logs[2]))];
+    let mut net = Net::recovering(states, old.now);
+    net.rs[1].persisted(end);
+    assert_eq!(
+        net.rs[1].member().persisted()[1],
+        0,
+        "not the group's log yet"
+    );
+    // The first view waits for a member never heard from for the start-up grace (20 s).
+    net.run(21_000_000);
+    for i in [1, 2] {
+        let (stage, d) = net.rs[i].recovery().unwrap();
+        assert_eq!(stage, RecoveryStage::Recovered, "member {i}");
+        assert_eq!(d.unwrap().position, end);
+        assert_eq!(net.rs[i].view().members, vec![MemberId(1), MemberId(2)]);
+    }
+    assert_eq!(net.rs[1].queue().digest(), net.rs[2].queue().digest());
+    // Member 2 took member 1's state; once its host took the snapshot, its disk counts.
+    let mut log2 = Vec::new();
+    let at = drain_log(&mut net, 2, &mut log2);
+    net.rs[2].persisted(at);
+    assert_eq!(net.rs[2].member().persisted()[1], at);
 }

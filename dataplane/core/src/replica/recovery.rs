@@ -1,0 +1,307 @@
+//! Recovery after a whole-group restart: the members agree on the state a majority's disks
+//! hold, and every member goes on from it.
+//!
+//! A member restarted from its data directory ([`Replica::recovering`]) starts in the group
+//! file's view with the state its log replays to, at the position its log reached, and submits
+//! its claim ([`Op::Recovered`]: who it is, that position) before anything else; it takes no
+//! operation from its host, and admits no joiner, until the group has decided.
+//!
+//! Why a majority of the group file's members suffices: what a durable queue told anyone
+//! (an acceptance, the end of a run) was told only once a majority of the group file's members
+//! had the step on disk ([`Replica::majority_persisted`] counts those members only), and all
+//! logs are prefixes of the one order. So among the claims of any such majority, the longest
+//! log holds every step anyone was told of.
+//!
+//! The decision is taken where the order puts it, so every replica takes the same one: at the
+//! delivery of the claim that makes the claimants in the view a majority of the group file's
+//! members. `P` is the largest position they claim; the members whose own log reached `P`
+//! (the holders; all at `P` hold the same state) apply one more step, the restart: every
+//! consumer's requests go back to their queues (none of the processes that took them lives),
+//! logged like a view. Every other member (behind, or ahead with steps no majority held,
+//! which no one was told of) applies nothing from then on and takes the state from a holder:
+//! the lowest-ranked holder in the view sends its state as of the decision to those whose claim
+//! came before it, and as of their claim's delivery to those whose claim comes later. A view
+//! change while a member waits for its state stops it (its host starts it again as a joiner).
+//!
+//! Until it holds the group's state, a member's log is not the group's: its rows say nothing
+//! is on disk (0) until its host has taken the state's snapshot (the log starts again from it);
+//! views before the decision are not applied to the queue nor logged.
+
+use super::Replica;
+use crate::durable::ViewRecord;
+use crate::proto::{Admission, ConfigError, ProtoConfig};
+use crate::queue::{Op, QueueState};
+use crate::types::{GroupId, Instant, MemberId, View};
+use crate::wire::Key;
+
+/// Where a recovering member stands (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Claims are being ordered; nothing is decided.
+    Claiming,
+    /// Decided, and this member's log is not at the decided position: deliveries are dropped
+    /// until its own claim is delivered.
+    Behind,
+    /// Waiting for the state from a holder.
+    Awaiting,
+    /// This member holds the group's state and serves.
+    Recovered,
+}
+
+/// What the group decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The longest log among the claims that decided.
+    pub position: u64,
+    /// Members known to hold the decided state (their claim was at `position`).
+    pub holders: Vec<MemberId>,
+}
+
+#[derive(Debug)]
+pub(super) struct Recovery {
+    /// The group file's members.
+    configured: Vec<MemberId>,
+    /// Where this member's own log reached when it restarted.
+    mine: u64,
+    /// Claims delivered, the first of each member, in order.
+    claims: Vec<(MemberId, u64)>,
+    stage: Stage,
+    decided: Option<Decision>,
+    /// Who may join once decided (the host's setting).
+    admission: Admission,
+    /// The state's snapshot is queued for the host's log: what the host says is on disk
+    /// is its old log's until it takes it.
+    reset_pending: bool,
+}
+
+impl Replica {
+    /// A member restarted from its data directory after the whole group went down: a member
+    /// of `view` (the group file's) whose log replays to `state` (see the module docs). The
+    /// host switches durable logging on ([`Replica::set_durable`]) as for any member.
+    #[allow(clippy::too_many_arguments)]
+    pub fn recovering(
+        cfg: ProtoConfig,
+        key: Key,
+        group: GroupId,
+        view: View,
+        me: MemberId,
+        incarnation: u64,
+        now: Instant,
+        state: QueueState,
+    ) -> Result<Replica, ConfigError> {
+        let admission = cfg.admission.clone();
+        let mut r = Replica::new(cfg, key, group, view.clone(), me, incarnation, now)?;
+        let mine = state.applied();
+        r.queue = state;
+        r.member
+            .set_admission(Admission::Listed(Default::default()));
+        r.recovery = Some(Box::new(Recovery {
+            configured: view.members.clone(),
+            mine,
+            claims: Vec::new(),
+            stage: Stage::Claiming,
+            decided: None,
+            admission,
+            reset_pending: false,
+        }));
+        let claim = Op::Recovered {
+            member: me,
+            position: mine,
+        };
+        // The first message of a new member: the window is empty.
+        let _ = r.member.submit(claim.encode());
+        Ok(r)
+    }
+
+    /// Where the recovery stands (`None`: this replica did not restart from a log).
+    pub fn recovery(&self) -> Option<(Stage, Option<&Decision>)> {
+        self.recovery
+            .as_ref()
+            .map(|r| (r.stage, r.decided.as_ref()))
+    }
+
+    /// Whether this replica takes operations and applies deliveries (not before it holds
+    /// the group's state after a restart).
+    pub(super) fn recovered(&self) -> bool {
+        self.recovery
+            .as_ref()
+            .is_none_or(|r| r.stage == Stage::Recovered)
+    }
+
+    /// The host's admission, kept until the recovery is decided.
+    pub(super) fn admission_while_recovering(&mut self, admission: Admission) -> Option<Admission> {
+        match self.recovery.as_mut() {
+            Some(r) if r.stage == Stage::Claiming => {
+                r.admission = admission;
+                None
+            }
+            _ => Some(admission),
+        }
+    }
+
+    /// Whether what the host says is on disk is the group's log (see the module docs).
+    pub(super) fn own_log_counts(&self) -> bool {
+        self.recovery
+            .as_ref()
+            .is_none_or(|r| r.stage == Stage::Recovered && !r.reset_pending)
+    }
+
+    /// The host took the state's snapshot: its log is the group's from now on.
+    pub(super) fn reset_taken(&mut self) {
+        if let Some(r) = self.recovery.as_mut() {
+            r.reset_pending = false;
+        }
+    }
+
+    /// The state arrived (it was applied by `on_state`).
+    pub(super) fn recovery_state_arrived(&mut self) {
+        if let Some(r) = self.recovery.as_mut() {
+            if r.stage == Stage::Awaiting {
+                r.stage = Stage::Recovered;
+                r.reset_pending = true;
+                let admission = r.admission.clone();
+                self.member.set_admission(admission);
+            }
+        }
+    }
+
+    /// A view installed before this member holds the group's state: claims of members that
+    /// left it no longer count; one waiting for its state stops. Returns whether the view is
+    /// to be applied to the queue (only once recovered).
+    pub(super) fn recovery_view(&mut self, view: &View) -> bool {
+        let Some(r) = self.recovery.as_mut() else {
+            return true;
+        };
+        match r.stage {
+            Stage::Recovered => true,
+            Stage::Claiming => {
+                r.claims.retain(|(m, _)| view.rank_of(*m).is_some());
+                false
+            }
+            Stage::Behind => false,
+            Stage::Awaiting => {
+                self.stats.recoveries_abandoned += 1;
+                self.member.refuse_state();
+                false
+            }
+        }
+    }
+
+    /// A claim delivered (see the module docs).
+    pub(super) fn on_claim(&mut self, member: MemberId, position: u64) {
+        let me = self.member.id();
+        let view = self.member.view().clone();
+        let Some(r) = self.recovery.as_mut() else {
+            // A replica that joined after the decision: holders serve late claims.
+            return;
+        };
+        if r.claims.iter().any(|(m, _)| *m == member) {
+            return;
+        }
+        r.claims.push((member, position));
+        match r.stage {
+            Stage::Claiming => {
+                let counted = r
+                    .claims
+                    .iter()
+                    .filter(|(m, _)| r.configured.contains(m) && view.rank_of(*m).is_some())
+                    .count();
+                if counted > r.configured.len() / 2 {
+                    self.decide();
+                }
+            }
+            Stage::Behind if member == me => self.await_state(),
+            Stage::Recovered => {
+                let Some(d) = r.decided.as_mut() else { return };
+                if position == d.position {
+                    d.holders.push(member);
+                } else if sender(d, &view) == Some(me) {
+                    self.send_recovery_state(&[member]);
+                }
+            }
+            Stage::Behind | Stage::Awaiting => {}
+        }
+    }
+
+    fn decide(&mut self) {
+        let me = self.member.id();
+        let view = self.member.view().clone();
+        let Some(r) = self.recovery.as_mut() else {
+            return;
+        };
+        let position = r.claims.iter().map(|(_, p)| *p).max().unwrap_or(0);
+        let decision = Decision {
+            position,
+            holders: r
+                .claims
+                .iter()
+                .filter(|(_, p)| *p == position)
+                .map(|(m, _)| *m)
+                .collect(),
+        };
+        let behind: Vec<MemberId> = r
+            .claims
+            .iter()
+            .filter(|(m, p)| *p != position && view.rank_of(*m).is_some())
+            .map(|(m, _)| *m)
+            .collect();
+        let claimed = r.claims.iter().any(|(m, _)| *m == me);
+        let sends = sender(&decision, &view) == Some(me);
+        r.decided = Some(decision);
+        if r.mine != position {
+            r.stage = Stage::Behind;
+            if claimed {
+                self.await_state();
+            }
+            return;
+        }
+        r.stage = Stage::Recovered;
+        let admission = r.admission.clone();
+        self.member.set_admission(admission);
+        // The restart: no process that took a request lives.
+        let at = self.queue.applied();
+        let removed = self.queue.consumers();
+        self.queue.install_view(&[], &removed, &mut self.scratch);
+        self.persist_view(
+            at,
+            ViewRecord {
+                survivors: Vec::new(),
+                removed,
+            },
+        );
+        self.stats.requeued += self
+            .scratch
+            .iter()
+            .filter(|e| matches!(e, crate::queue::Effect::Requeued { .. }))
+            .count() as u64;
+        let view_id = self.member.view().id;
+        self.rebuild_ahead(view_id, 0, true);
+        if sends {
+            self.send_recovery_state(&behind);
+        }
+    }
+
+    fn await_state(&mut self) {
+        if let Some(r) = self.recovery.as_mut() {
+            r.stage = Stage::Awaiting;
+        }
+        self.member.reset_persisted(0);
+        self.member.expect_state();
+    }
+
+    fn send_recovery_state(&mut self, to: &[MemberId]) {
+        if to.is_empty() {
+            return;
+        }
+        let snap = self.queue.snapshot();
+        for m in to {
+            self.member.send_state(*m, snap.clone());
+            self.stats.states_sent += 1;
+        }
+    }
+}
+
+/// The holder that sends the state: the lowest-ranked one in the view.
+fn sender(d: &Decision, view: &View) -> Option<MemberId> {
+    view.members.iter().find(|m| d.holders.contains(m)).copied()
+}
