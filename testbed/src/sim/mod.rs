@@ -61,7 +61,7 @@
 //! - durable (half the seeds: every queue `durability: log`, each member's log on a modelled
 //!   disk that syncs at random moments, what was not synced lost in a crash): every log is a
 //!   snapshot then records at consecutive positions; a push's acceptance or a run's end is told
-//!   only once a majority of the teller's view has synced the step that made it (the model's
+//!   only once a majority of the group file's members has synced the step that made it (the model's
 //!   disks, and the position the simulator saw the step end at: not the replica's word); at
 //!   the end, every serving member's log replays to its queue's state.
 //!

@@ -116,6 +116,14 @@ impl Replica {
         p[p.len() / 2]
     }
 
+    /// The group file's members, as [`Replica::set_durable`] was told.
+    pub(super) fn durable_configured(&self) -> Vec<MemberId> {
+        self.durable
+            .as_ref()
+            .map(|d| d.configured.clone())
+            .unwrap_or_default()
+    }
+
     /// Effects held for a majority's disks.
     pub fn held_for_disks(&self) -> usize {
         self.durable.as_ref().map_or(0, |d| d.held.len())

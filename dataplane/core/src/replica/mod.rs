@@ -129,6 +129,8 @@ pub struct Replica {
     /// A whole-group restart's recovery, for a replica restarted from its log (see
     /// `replica/recovery.rs`).
     recovery: Option<Box<Recovery>>,
+    /// A joiner's own log's state (see [`Replica::set_log_state`]).
+    log_state: Option<QueueState>,
 }
 
 impl Replica {
@@ -183,6 +185,7 @@ impl Replica {
             resubmit: VecDeque::new(),
             durable: None,
             recovery: None,
+            log_state: None,
         }
     }
 
@@ -262,7 +265,7 @@ impl Replica {
     /// Offers an operation encoded by [`Op::encode`] (hosts encode off the polling thread).
     /// A push is kept until its run's first outcome (see [`Replica::take_unanswered`]).
     pub fn submit_encoded(&mut self, op: Vec<u8>) -> Result<Seq, SubmitError> {
-        if !self.recovered() {
+        if !self.may_submit(&op) {
             return Err(SubmitError::NotServing("recovering"));
         }
         let push = Op::pushed_id(&op).map(|id| (id, op.clone()));
@@ -295,9 +298,7 @@ impl Replica {
 
     /// Who may join from now on.
     pub fn set_admission(&mut self, admission: Admission) {
-        if let Some(a) = self.admission_while_recovering(admission) {
-            self.member.set_admission(a);
-        }
+        self.member.set_admission(admission);
     }
 
     /// Leaves the group gracefully (see [`Member::leave`]).
@@ -436,7 +437,10 @@ impl Replica {
             resubmitted: vc.resubmitted,
         });
         if !self.recovery_view(&vc.view) {
-            // Not the group's state yet: nothing to apply, log or send.
+            // Not the group's state yet: nothing to apply or log; joiners are told to claim.
+            if vc.state_from == Some(self.member.id()) {
+                self.send_claims(&vc.joined);
+            }
             return;
         }
         let survivors: Vec<MemberId> = vc
@@ -517,6 +521,9 @@ impl Replica {
 
     /// A joiner's state: the queue replica as of its first view, and the pipelines it holds.
     fn on_state(&mut self, bytes: &[u8]) -> bool {
+        if let Some(claims) = recovery::claims_in(bytes) {
+            return self.claim_as_joiner(claims);
+        }
         match QueueState::from_snapshot(bytes) {
             Ok(q) => {
                 self.queue = q;

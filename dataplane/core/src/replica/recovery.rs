@@ -3,8 +3,11 @@
 //!
 //! A member restarted from its data directory ([`Replica::recovering`]) starts in the group
 //! file's view with the state its log replays to, at the position its log reached, and submits
-//! its claim ([`Op::Recovered`]: who it is, that position) before anything else; it takes no
-//! operation from its host, and admits no joiner, until the group has decided.
+//! its claim ([`Replica::claim`], an [`Op::Recovered`]: who it is, that position; the host
+//! submits it first) before anything else; it takes no other operation from its host until
+//! the group has decided. A joiner admitted before then (a member the view had left out, its
+//! host restarting it from its data directory as a joiner) is sent the claims so far instead
+//! of a state, and claims from its own log ([`Replica::set_log_state`]).
 //!
 //! Why a majority of the group file's members suffices: what a durable queue told anyone
 //! (an acceptance, the end of a run) was told only once a majority of the group file's members
@@ -29,7 +32,7 @@
 
 use super::Replica;
 use crate::durable::ViewRecord;
-use crate::proto::{Admission, ConfigError, ProtoConfig};
+use crate::proto::{ConfigError, ProtoConfig};
 use crate::queue::{Op, QueueState};
 use crate::types::{GroupId, Instant, MemberId, View};
 use crate::wire::Key;
@@ -67,11 +70,11 @@ pub(super) struct Recovery {
     claims: Vec<(MemberId, u64)>,
     stage: Stage,
     decided: Option<Decision>,
-    /// Who may join once decided (the host's setting).
-    admission: Admission,
     /// The state's snapshot is queued for the host's log: what the host says is on disk
     /// is its old log's until it takes it.
     reset_pending: bool,
+    /// The host submitted this member's claim.
+    claimed: bool,
 }
 
 impl Replica {
@@ -89,28 +92,45 @@ impl Replica {
         now: Instant,
         state: QueueState,
     ) -> Result<Replica, ConfigError> {
-        let admission = cfg.admission.clone();
         let mut r = Replica::new(cfg, key, group, view.clone(), me, incarnation, now)?;
         let mine = state.applied();
         r.queue = state;
-        r.member
-            .set_admission(Admission::Listed(Default::default()));
         r.recovery = Some(Box::new(Recovery {
             configured: view.members.clone(),
             mine,
             claims: Vec::new(),
             stage: Stage::Claiming,
             decided: None,
-            admission,
             reset_pending: false,
+            claimed: false,
         }));
-        let claim = Op::Recovered {
-            member: me,
-            position: mine,
-        };
-        // The first message of a new member: the window is empty.
-        let _ = r.member.submit(claim.encode());
         Ok(r)
+    }
+
+    /// The claim a recovering replica's host is to submit before anything else (the only
+    /// operation taken before the decision): who this member is and where its log reached.
+    /// `None` once submitted, or when there is none to make: at the start of a recovering
+    /// replica, and after the state step of a joiner admitted before the decision.
+    pub fn claim(&self) -> Option<Op> {
+        let r = self.recovery.as_ref()?;
+        (!r.claimed && r.stage != Stage::Recovered).then_some(Op::Recovered {
+            member: self.member.id(),
+            position: r.mine,
+        })
+    }
+
+    /// Whether `op` (encoded) may be submitted now: anything once recovered, only this
+    /// member's claim before (noted as made).
+    pub(super) fn may_submit(&mut self, op: &[u8]) -> bool {
+        if self.recovered() {
+            return true;
+        }
+        let me = self.member.id();
+        let claim = matches!(Op::decode(op), Ok(Op::Recovered { member, .. }) if member == me);
+        if let (true, Some(r)) = (claim, self.recovery.as_mut()) {
+            r.claimed = true;
+        }
+        claim
     }
 
     /// Where the recovery stands (`None`: this replica did not restart from a log).
@@ -126,17 +146,6 @@ impl Replica {
         self.recovery
             .as_ref()
             .is_none_or(|r| r.stage == Stage::Recovered)
-    }
-
-    /// The host's admission, kept until the recovery is decided.
-    pub(super) fn admission_while_recovering(&mut self, admission: Admission) -> Option<Admission> {
-        match self.recovery.as_mut() {
-            Some(r) if r.stage == Stage::Claiming => {
-                r.admission = admission;
-                None
-            }
-            _ => Some(admission),
-        }
     }
 
     /// Whether what the host says is on disk is the group's log (see the module docs).
@@ -159,8 +168,6 @@ impl Replica {
             if r.stage == Stage::Awaiting {
                 r.stage = Stage::Recovered;
                 r.reset_pending = true;
-                let admission = r.admission.clone();
-                self.member.set_admission(admission);
             }
         }
     }
@@ -256,8 +263,6 @@ impl Replica {
             return;
         }
         r.stage = Stage::Recovered;
-        let admission = r.admission.clone();
-        self.member.set_admission(admission);
         // The restart: no process that took a request lives.
         let at = self.queue.applied();
         let removed = self.queue.consumers();
@@ -298,6 +303,64 @@ impl Replica {
             self.member.send_state(*m, snap.clone());
             self.stats.states_sent += 1;
         }
+    }
+}
+
+/// What a joiner admitted before the decision is sent in place of a state: the claims so
+/// far, after this marker. It recovers from its own log then, as a member restarted in the
+/// view would (see [`Replica::set_log_state`]).
+const CLAIMS: &[u8; 8] = b"CVYCLAIM";
+
+/// The claims a joiner was sent, if `bytes` are claims and not a state.
+pub(super) fn claims_in(bytes: &[u8]) -> Option<Vec<(MemberId, u64)>> {
+    postcard::from_bytes(bytes.strip_prefix(CLAIMS)?).ok()
+}
+
+impl Replica {
+    /// For a joiner (its host restarted it from its data directory): the state its log
+    /// replays to. Admitted while a restarted group has not decided yet, it claims with it
+    /// (see the module docs); otherwise it takes the group's state as any joiner.
+    pub fn set_log_state(&mut self, state: QueueState) {
+        self.log_state = Some(state);
+    }
+
+    /// Sends joiners admitted before the decision the claims so far (once decided, a member
+    /// without the group's state sends nothing: the joiner is left out and joins again).
+    pub(super) fn send_claims(&mut self, joined: &[MemberId]) {
+        let Some(r) = self
+            .recovery
+            .as_ref()
+            .filter(|r| r.stage == Stage::Claiming)
+        else {
+            return;
+        };
+        let mut bytes = CLAIMS.to_vec();
+        bytes.extend(postcard::to_allocvec(&r.claims).unwrap_or_default());
+        for j in joined {
+            self.member.send_state(*j, bytes.clone());
+            self.stats.states_sent += 1;
+        }
+    }
+
+    /// A joiner sent the claims: it recovers from its own log, with the claims so far, and
+    /// claims in turn (its host submits [`Replica::claim`] on seeing the state step).
+    pub(super) fn claim_as_joiner(&mut self, claims: Vec<(MemberId, u64)>) -> bool {
+        let state = self.log_state.take().unwrap_or_default();
+        let configured = self.durable_configured();
+        let mine = state.applied();
+        self.queue = state;
+        // Its log goes on from its own state (the group's, if it holds the decided one).
+        self.persist_state();
+        self.recovery = Some(Box::new(Recovery {
+            configured,
+            mine,
+            claims,
+            stage: Stage::Claiming,
+            decided: None,
+            reset_pending: false,
+            claimed: false,
+        }));
+        true
     }
 }
 

@@ -651,6 +651,8 @@ impl Net {
                 )
                 .unwrap();
                 r.set_durable(true, &members);
+                let claim = r.claim().unwrap();
+                r.submit(&claim).unwrap();
                 r
             })
             .collect();
