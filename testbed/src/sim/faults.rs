@@ -20,6 +20,25 @@ impl Sim {
         (0..self.cfg.members as u16).map(MemberId).collect()
     }
 
+    /// The state member `i`'s log replays to, from what its last process synced (what a
+    /// process restarted from the data directory recovers).
+    pub(super) fn synced_state(&self, i: usize) -> conveyor_core::queue::QueueState {
+        let d = &self.nodes[i].disk;
+        let Some(Persist::Snapshot { state, .. }) = d.log.first() else {
+            return Default::default();
+        };
+        let records = d.log[1..].iter().filter_map(|p| match p {
+            Persist::Record {
+                position,
+                kind,
+                bytes,
+            } if *position < d.synced => Some((*position, *kind, bytes.as_slice())),
+            _ => None,
+        });
+        conveyor_core::durable::replay(Some(state), records)
+            .expect("a log the simulator checked replays")
+    }
+
     /// What member `i` just did of a view change, in the step that ends now: sent its decision
     /// as leader, committed one, started sending a joiner its state. Called once per step.
     pub(super) fn moment(&mut self, i: usize) -> Moment {
@@ -209,6 +228,10 @@ impl Sim {
         .expect("valid sim config");
         replica.set_speculation(self.cfg.speculate);
         replica.set_durable(self.cfg.durable, &self.configured());
+        if self.cfg.durable {
+            // From its data directory, in case the group has not decided a state yet.
+            replica.set_log_state(self.synced_state(i));
+        }
         // The same process coming back (as the engine does): the new replica is told what the
         // old one applied and which pushes it left unanswered; it tells the outcomes missed and
         // pushes again what never reached the order. Its pushes still waiting to be submitted
@@ -235,23 +258,44 @@ impl Sim {
             (0..self.cfg.members as u16).map(MemberId).collect(),
         );
         let me = MemberId(i as u16);
-        let mut replica = Replica::new(
-            self.cfg.proto.clone(),
-            self.key.clone(),
-            GROUP,
-            view,
-            me,
-            incarnation(self.run, i, self.nodes[i].inc + 1),
-            Instant::from_micros(self.now),
-        )
+        let inc = incarnation(self.run, i, self.nodes[i].inc + 1);
+        let now = Instant::from_micros(self.now);
+        let mut replica = if self.cfg.durable {
+            // From its data directory: what its last process had synced.
+            let state = self.synced_state(i);
+            self.report.corners.restart_from_log += 1;
+            Replica::recovering(
+                self.cfg.proto.clone(),
+                self.key.clone(),
+                GROUP,
+                view,
+                me,
+                inc,
+                now,
+                state,
+            )
+        } else {
+            Replica::new(
+                self.cfg.proto.clone(),
+                self.key.clone(),
+                GROUP,
+                view,
+                me,
+                inc,
+                now,
+            )
+        }
         .expect("valid sim config");
         replica.set_speculation(self.cfg.speculate);
         replica.set_durable(self.cfg.durable, &self.configured());
         self.report.corners.configured_restart += 1;
         // Its deliveries, if any, are those of the first view from its start.
         let node = &mut self.nodes[i];
+        let claim = replica.claim();
         node.start_process(replica, Some(0), ViewId(1), false, false);
         node.configured_restart = true;
+        // Its claim goes before anything else (a recovering member takes nothing else).
+        node.outbox.extend(claim.map(|c| (c, None)));
         node.outbox.extend(
             invoker_ops(me, self.cfg.durable)
                 .into_iter()

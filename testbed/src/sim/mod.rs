@@ -61,9 +61,15 @@
 //! - durable (half the seeds: every queue `durability: log`, each member's log on a modelled
 //!   disk that syncs at random moments, what was not synced lost in a crash): every log is a
 //!   snapshot then records at consecutive positions; a push's acceptance or a run's end is told
-//!   only once a majority of the group file's members has synced the step that made it (the model's
-//!   disks, and the position the simulator saw the step end at: not the replica's word); at
-//!   the end, every serving member's log replays to its queue's state.
+//!   only once a majority of the group file's members has synced the step that made it (the
+//!   model's disks, and the position the simulator saw the step end at: not the replica's
+//!   word); at the end, every serving member's log replays to its queue's state. Members start
+//!   as restarted from their data directories (`Replica::recovering`: they order their claims
+//!   and decide on a state before serving); a crashed member restarted from the group file
+//!   recovers from what its last process synced, and a joiner carries its log's state (sent
+//!   the claims if admitted before the decision, it claims too); the replica-digest checks
+//!   skip a replica until it holds the group's state. A durable group serves only with a
+//!   majority of the group file's members: a run that ends with fewer owes no liveness.
 //!
 //! After the last fault the run continues until every live member serves in one view, has
 //! delivered everything, and every run the group admitted (its first push delivered) finished
@@ -93,7 +99,7 @@ use conveyor_core::queue::{
 };
 use conveyor_core::types::{GroupId, Instant, MemberId, RequestId, Seq, View, ViewId};
 use conveyor_core::wire::{FrameWriter, Header, Key, Kind, Row};
-use conveyor_core::{Applied, Persist, Replica};
+use conveyor_core::{Applied, Persist, RecoveryStage, Replica};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
@@ -166,7 +172,7 @@ pub struct Sim {
     next_msg: u64,
     /// The agreed order, and the queue digest after each of its items.
     reference: Vec<Item>,
-    digests: Vec<[u8; 32]>,
+    digests: Vec<Option<[u8; 32]>>,
     /// Request instances assigned and not yet finished or put back.
     assigned: BTreeSet<u64>,
     /// Every request instance ever assigned (an instance is handed out once in a run).
@@ -266,20 +272,36 @@ impl Sim {
         let view = View::new(ViewId(1), (0..cfg.members as u16).map(MemberId).collect());
         let mut nodes = Vec::new();
         for i in 0..cfg.members {
-            let mut replica = Replica::new(
-                cfg.proto.clone(),
-                key.clone(),
-                GROUP,
-                view.clone(),
-                MemberId(i as u16),
-                incarnation(run, i, 0),
-                Instant::ZERO,
-            )
+            // A durable group's members start as from their (empty) data directories: they
+            // agree on a state before serving (see `conveyor_core::replica::recovery`).
+            let mut replica = if cfg.durable {
+                Replica::recovering(
+                    cfg.proto.clone(),
+                    key.clone(),
+                    GROUP,
+                    view.clone(),
+                    MemberId(i as u16),
+                    incarnation(run, i, 0),
+                    Instant::ZERO,
+                    Default::default(),
+                )
+            } else {
+                Replica::new(
+                    cfg.proto.clone(),
+                    key.clone(),
+                    GROUP,
+                    view.clone(),
+                    MemberId(i as u16),
+                    incarnation(run, i, 0),
+                    Instant::ZERO,
+                )
+            }
             .expect("valid sim config");
             replica.set_speculation(cfg.speculate);
             let me = MemberId(i as u16);
             let mut outbox = VecDeque::new();
             replica.set_durable(cfg.durable, &view.members);
+            outbox.extend(replica.claim().map(|c| (c, None)));
             outbox.extend(
                 invoker_ops(me, cfg.durable)
                     .into_iter()
@@ -572,7 +594,15 @@ impl Sim {
                         || m.stop_reason().is_some_and(StopReason::kept_by_group))
             })
             .count();
-        ok * 2 <= members.len()
+        // A durable group serves only with a majority of the group file's members (what it
+        // tells waits for their disks; a restarted group decides with them): members left
+        // out that are not joining again take it away.
+        let joining = self
+            .nodes
+            .iter()
+            .filter(|n| n.alive && n.replica.status() == Status::Joining)
+            .count();
+        ok * 2 <= members.len() || (self.cfg.durable && (ok + joining) * 2 <= self.cfg.members)
     }
 
     /// Runs to the end; `Ok` when every property held and everything finished.

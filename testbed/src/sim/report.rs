@@ -109,6 +109,14 @@ pub struct Corners {
     pub told_after_disks: u64,
     /// Durable runs: a serving member's log replayed, at the end, to its queue's state.
     pub logs_replayed: u64,
+    /// Durable runs: a crashed member restarted from its data directory (recovering).
+    pub restart_from_log: u64,
+    /// Durable runs: a recovering member behind (or ahead of) the decided log took the
+    /// group's state from a holder.
+    pub recovery_state: u64,
+    /// Durable runs: a joiner admitted before the group decided was sent the claims and
+    /// claimed from its own log.
+    pub joiner_claims: u64,
 }
 
 impl Corners {
@@ -137,11 +145,14 @@ impl Corners {
         self.origin_came_back += o.origin_came_back;
         self.told_after_disks += o.told_after_disks;
         self.logs_replayed += o.logs_replayed;
+        self.restart_from_log += o.restart_from_log;
+        self.recovery_state += o.recovery_state;
+        self.joiner_claims += o.joiner_claims;
         self.pushed_again += o.pushed_again;
     }
 
     /// Each corner with its count.
-    pub fn named(&self) -> [(&'static str, u64); 25] {
+    pub fn named(&self) -> [(&'static str, u64); 27] {
         [
             ("crash during a view change", self.crash_during_change),
             ("leader crash mid-change", self.leader_crash_mid_change),
@@ -189,6 +200,8 @@ impl Corners {
                 self.told_after_disks,
             ),
             ("logs replayed to their member's state", self.logs_replayed),
+            ("restart from the data directory", self.restart_from_log),
+            ("joiner claimed before the decision", self.joiner_claims),
         ]
     }
 }

@@ -527,6 +527,8 @@ impl Replica {
         match QueueState::from_snapshot(bytes) {
             Ok(q) => {
                 self.queue = q;
+                // The group's state: the joiner's own log no longer matters.
+                self.log_state = None;
                 self.persist_state();
                 if let Some((since, before)) = self.rejoining.take() {
                     let back = self.queue.rejoined(self.member.id(), since);

@@ -64,6 +64,9 @@ pub struct Decision {
 pub(super) struct Recovery {
     /// The group file's members.
     configured: Vec<MemberId>,
+    /// The members of the view the deliveries applied so far were in (the member's own view
+    /// may be newer: deliveries of the view before can still be waiting to be applied).
+    view: Vec<MemberId>,
     /// Where this member's own log reached when it restarted.
     mine: u64,
     /// Claims delivered, the first of each member, in order.
@@ -97,6 +100,7 @@ impl Replica {
         r.queue = state;
         r.recovery = Some(Box::new(Recovery {
             configured: view.members.clone(),
+            view: view.members.clone(),
             mine,
             claims: Vec::new(),
             stage: Stage::Claiming,
@@ -122,6 +126,11 @@ impl Replica {
     /// Whether `op` (encoded) may be submitted now: anything once recovered, only this
     /// member's claim before (noted as made).
     pub(super) fn may_submit(&mut self, op: &[u8]) -> bool {
+        if self.log_state.is_some() {
+            // A joiner from its data directory before its state: it may have to claim, and
+            // what it submitted before would be dropped by a group still claiming.
+            return false;
+        }
         if self.recovered() {
             return true;
         }
@@ -179,10 +188,11 @@ impl Replica {
         let Some(r) = self.recovery.as_mut() else {
             return true;
         };
+        r.view = view.members.clone();
         match r.stage {
             Stage::Recovered => true,
             Stage::Claiming => {
-                r.claims.retain(|(m, _)| view.rank_of(*m).is_some());
+                r.claims.retain(|(m, _)| view.members.contains(m));
                 false
             }
             Stage::Behind => false,
@@ -197,11 +207,11 @@ impl Replica {
     /// A claim delivered (see the module docs).
     pub(super) fn on_claim(&mut self, member: MemberId, position: u64) {
         let me = self.member.id();
-        let view = self.member.view().clone();
         let Some(r) = self.recovery.as_mut() else {
             // A replica that joined after the decision: holders serve late claims.
             return;
         };
+        let view = r.view.clone();
         if r.claims.iter().any(|(m, _)| *m == member) {
             return;
         }
@@ -211,7 +221,7 @@ impl Replica {
                 let counted = r
                     .claims
                     .iter()
-                    .filter(|(m, _)| r.configured.contains(m) && view.rank_of(*m).is_some())
+                    .filter(|(m, _)| r.configured.contains(m) && view.contains(m))
                     .count();
                 if counted > r.configured.len() / 2 {
                     self.decide();
@@ -232,10 +242,10 @@ impl Replica {
 
     fn decide(&mut self) {
         let me = self.member.id();
-        let view = self.member.view().clone();
         let Some(r) = self.recovery.as_mut() else {
             return;
         };
+        let view = r.view.clone();
         let position = r.claims.iter().map(|(_, p)| *p).max().unwrap_or(0);
         let decision = Decision {
             position,
@@ -249,7 +259,7 @@ impl Replica {
         let behind: Vec<MemberId> = r
             .claims
             .iter()
-            .filter(|(m, p)| *p != position && view.rank_of(*m).is_some())
+            .filter(|(m, p)| *p != position && view.contains(m))
             .map(|(m, _)| *m)
             .collect();
         let claimed = r.claims.iter().any(|(m, _)| *m == me);
@@ -345,14 +355,20 @@ impl Replica {
     /// A joiner sent the claims: it recovers from its own log, with the claims so far, and
     /// claims in turn (its host submits [`Replica::claim`] on seeing the state step).
     pub(super) fn claim_as_joiner(&mut self, claims: Vec<(MemberId, u64)>) -> bool {
+        // The same process coming back while the group still claims: its incarnation
+        // before was claiming too (once decided, joiners are sent states), so it applied
+        // nothing of the group's and pushed nothing.
+        self.rejoining = None;
         let state = self.log_state.take().unwrap_or_default();
         let configured = self.durable_configured();
         let mine = state.applied();
         self.queue = state;
         // Its log goes on from its own state (the group's, if it holds the decided one).
         self.persist_state();
+        let view = self.member.view().members.clone();
         self.recovery = Some(Box::new(Recovery {
             configured,
+            view,
             mine,
             claims,
             stage: Stage::Claiming,
@@ -365,6 +381,6 @@ impl Replica {
 }
 
 /// The holder that sends the state: the lowest-ranked one in the view.
-fn sender(d: &Decision, view: &View) -> Option<MemberId> {
-    view.members.iter().find(|m| d.holders.contains(m)).copied()
+fn sender(d: &Decision, view: &[MemberId]) -> Option<MemberId> {
+    view.iter().find(|m| d.holders.contains(m)).copied()
 }
