@@ -30,4 +30,4 @@ pub mod replica;
 pub mod types;
 pub mod wire;
 
-pub use replica::{Applied, Decision, Persist, RecoveryStage, Replica, ReplicaStats};
+pub use replica::{Applied, Claim, Decision, Persist, RecoveryStage, Replica, ReplicaStats};

@@ -26,7 +26,19 @@ impl Sim {
                     delivery,
                     malformed,
                     effects,
-                } => self.on_message(i, delivery, malformed, &effects)?,
+                } => {
+                    if self.epoch.awaiting_decision {
+                        // The first replica to hold the restarted group's state: the step it
+                        // just applied decided (its effects are the new history's).
+                        if let Some((RecoveryStage::Recovered, Some(d))) =
+                            self.nodes[i].replica.recovery()
+                        {
+                            let at = d.at;
+                            self.decided(at)?;
+                        }
+                    }
+                    self.on_message(i, delivery, malformed, &effects)?
+                }
                 Applied::View {
                     change: vc,
                     effects,
@@ -109,7 +121,8 @@ impl Sim {
                         Effect::Pipelines { version, docs } => Some((*version, docs.clone())),
                         _ => None,
                     });
-                    if told != carried {
+                    // (A joiner sent the claims holds its own log's state, not the group's.)
+                    if holds && told != carried {
                         return Err(self.violation(
                             "pipelines after state transfer",
                             format!(
@@ -294,11 +307,23 @@ impl Sim {
             return Err(self.violation("integrity", format!("m{i} delivered an undecodable op")));
         };
         if let Op::Push { req, .. } = &op {
-            if req.step == "s0" {
+            if req.step == "s0" && self.holds(i) {
                 self.admitted.insert(req.id);
+                let q = self.nodes[i].replica.queue();
+                let at = (q.epoch(), q.applied());
+                self.epoch.admitted_at.entry(req.id).or_insert(at);
             }
         }
         self.after_apply(i, effects, Cause::Msg(id, &op))
+    }
+
+    /// Whether member `i`'s replica holds the group's state (not a restarted one still
+    /// recovering).
+    fn holds(&self, i: usize) -> bool {
+        self.nodes[i]
+            .replica
+            .recovery()
+            .is_none_or(|(stage, _)| stage == RecoveryStage::Recovered)
     }
 
     /// Replica digests, exactly one consumer, credits, completions by their executors, and the
@@ -312,24 +337,31 @@ impl Sim {
         let me = MemberId(i as u16);
         let pos = self.nodes[i].pos.unwrap_or(1) - 1;
         // A restarted member holds the group's state only once recovered (see
-        // `conveyor_core::replica::recovery`): until then its queue is its own log's.
-        let holds = self.nodes[i]
-            .replica
-            .recovery()
-            .is_none_or(|(stage, _)| stage == RecoveryStage::Recovered);
-        let digest = holds.then(|| self.nodes[i].replica.queue().digest());
-        let first = self.digests.len() == pos;
-        match self.digests.get_mut(pos) {
-            Some(Some(dg)) if digest.is_some_and(|d| d != *dg) => {
-                return Err(self.violation(
-                    "replicas identical",
-                    format!("m{i}'s queue state differs at position {pos}"),
-                ));
+        // `conveyor_core::replica::recovery`): until then its queue is its own log's, and it
+        // applies nothing. The first replica holding the group's state to reach a position
+        // counts its effects.
+        let digest = self
+            .holds(i)
+            .then(|| self.nodes[i].replica.queue().digest());
+        let first = match self.digests.get_mut(pos) {
+            Some(Some(dg)) => {
+                if digest.is_some_and(|d| d != *dg) {
+                    return Err(self.violation(
+                        "replicas identical",
+                        format!("m{i}'s queue state differs at position {pos}"),
+                    ));
+                }
+                false
             }
-            Some(slot @ None) => *slot = digest,
-            Some(_) => {}
-            None => self.digests.push(digest),
-        }
+            Some(slot @ None) => {
+                *slot = digest;
+                digest.is_some()
+            }
+            None => {
+                self.digests.push(digest);
+                digest.is_some()
+            }
+        };
         if first {
             self.count_credits(&cause);
         }
@@ -447,6 +479,8 @@ impl Sim {
                         ));
                     }
                     if *terminal {
+                        let epoch = self.nodes[i].replica.queue().epoch();
+                        self.epoch.ended_at.insert(*id, (epoch, end));
                         let n = {
                             let n = self.finished.entry(*id).or_insert(0);
                             *n += 1;
@@ -462,6 +496,8 @@ impl Sim {
                 }
                 Effect::Rejected { id, .. } if first => {
                     self.rejected.insert(*id);
+                    let epoch = self.nodes[i].replica.queue().epoch();
+                    self.epoch.rejected_at.entry(*id).or_insert((epoch, end));
                 }
                 Effect::DuplicateCompletion { .. } if first => {
                     // Refused: reported twice, or by an earlier incarnation after its request
@@ -517,6 +553,9 @@ impl Sim {
     /// An end of one of its runs told to member `i`'s process: never twice (a process that
     /// comes back is told only what it missed).
     fn note_told(&mut self, i: usize, e: &Effect) -> Result<(), Violation> {
+        if let Effect::Accepted { id, .. } = e {
+            self.epoch.told_accepted.insert(*id);
+        }
         let id = match e {
             Effect::Completed {
                 id, terminal: true, ..
@@ -526,6 +565,7 @@ impl Sim {
             Effect::Rejected { id, pusher, .. } if *pusher != MemberId(u16::MAX) => *id,
             _ => return Ok(()),
         };
+        self.epoch.told_ended.insert(id);
         if id.origin() == MemberId(i as u16) && !self.nodes[i].told.insert(id) {
             return Err(self.violation(
                 "origin told",

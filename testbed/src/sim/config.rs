@@ -86,9 +86,13 @@ pub struct SimConfig {
     pub speculate: bool,
     /// Durable queues: every queue is `durability: log`, every member writes its log to a
     /// modelled disk that syncs at random moments (a crash loses what was not synced), and
-    /// nothing of a durable queue is told outside the group before a majority of the view has
-    /// its step on disk.
+    /// nothing of a durable queue is told outside the group before a majority of the group
+    /// file's members has its step on disk.
     pub durable: bool,
+    /// Durable runs: moments the whole group goes down at once (every process killed, what
+    /// its disk had not synced lost) and every member restarts from its data directory a few
+    /// milliseconds later, each at its own moment.
+    pub group_restarts: Vec<u64>,
 }
 
 /// When the mid-change crash strikes (the process dies as it sends: each of its last frames
@@ -224,6 +228,7 @@ impl SimConfig {
             cut_leaders: Vec::new(),
             speculate: false,
             durable: false,
+            group_restarts: Vec::new(),
         };
         // Drawn after everything else, so that older seeds keep their draws.
         cfg.proto.startup_grace = cfg.proto.failure_timeout * rng.gen_range(2..20);
@@ -326,6 +331,14 @@ impl SimConfig {
         cfg.speculate = rng.gen_bool(0.7);
         // Drawn last: the seeds before it keep their draws.
         cfg.durable = rng.gen_bool(0.5);
+        if cfg.durable && rng.gen_bool(0.4) {
+            let horizon = cfg.requests as u64 * cfg.push_gap_us.1 + 10_000;
+            let mut at: Vec<u64> = (0..rng.gen_range(1..=2))
+                .map(|_| rng.gen_range(horizon / 8..horizon))
+                .collect();
+            at.sort_unstable();
+            cfg.group_restarts = at;
+        }
         cfg
     }
 }

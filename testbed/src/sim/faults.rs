@@ -25,7 +25,7 @@ impl Sim {
     pub(super) fn synced_state(&self, i: usize) -> conveyor_core::queue::QueueState {
         let d = &self.nodes[i].disk;
         let Some(Persist::Snapshot { state, .. }) = d.log.first() else {
-            return Default::default();
+            return conveyor_core::queue::QueueState::new();
         };
         let records = d.log[1..].iter().filter_map(|p| match p {
             Persist::Record {
@@ -189,6 +189,77 @@ impl Sim {
         node.gates.clear();
         node.outbox.clear();
         self.report.crashes += 1;
+    }
+
+    /// Every process of the group is killed at once (what the disks had not synced is lost);
+    /// each member restarts from its data directory soon after, as `conveyor node` does. A
+    /// new history starts from what the restarted members decide (see [`Sim::decided`]): the
+    /// checks of one history (the reference order, instances, credits) start again.
+    pub(super) fn group_down(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].alive {
+                self.crash(i);
+            }
+            let at = self.now + self.rng.gen_range(0..GROUP_RESTART_SPREAD_US);
+            self.schedule(at, Event::Restart { at: i });
+        }
+        self.report.corners.group_restart += 1;
+        self.reference.clear();
+        self.digests.clear();
+        self.cuts.clear();
+        self.assigned.clear();
+        self.ever_assigned.clear();
+        self.exec_of.clear();
+        self.credits.clear();
+        self.completed.clear();
+        self.epoch.awaiting_decision = true;
+    }
+
+    /// A restarted group decided to go on from `position`: runs admitted, ended or refused at
+    /// or after it never were (what anyone was told must lie before it: that is the durable
+    /// promise), and no disk holds this history beyond it.
+    pub(super) fn decided(&mut self, at: conveyor_core::Claim) -> Result<(), Violation> {
+        self.epoch.awaiting_decision = false;
+        let kept = |p: &(u64, u64)| p.0 < at.epoch || (p.0 == at.epoch && p.1 <= at.position);
+        let position = at.position;
+        let e = &self.epoch;
+        let lost = |m: &BTreeMap<RequestId, (u64, u64)>, id: &RequestId| {
+            m.get(id).is_none_or(|p| !kept(p))
+        };
+        if let Some(id) = e
+            .told_ended
+            .iter()
+            .find(|id| lost(&e.ended_at, id) && lost(&e.rejected_at, id))
+        {
+            return Err(self.violation(
+                "durable",
+                format!(
+                    "run {id} was told ended (its step ends at {:?}), yet the restarted group goes on from {at:?}",
+                    e.ended_at.get(id)
+                ),
+            ));
+        }
+        if let Some(id) = e.told_accepted.iter().find(|id| lost(&e.admitted_at, id)) {
+            return Err(self.violation(
+                "durable",
+                format!(
+                    "push {id} was told accepted (its step ends at {:?}), yet the restarted group goes on from {at:?}",
+                    e.admitted_at.get(id)
+                ),
+            ));
+        }
+        let keep = |m: &mut BTreeMap<RequestId, (u64, u64)>| m.retain(|_, p| kept(p));
+        keep(&mut self.epoch.admitted_at);
+        keep(&mut self.epoch.ended_at);
+        keep(&mut self.epoch.rejected_at);
+        let e = &self.epoch;
+        self.finished.retain(|id, _| e.ended_at.contains_key(id));
+        self.admitted.retain(|id| e.admitted_at.contains_key(id));
+        self.rejected.retain(|id| e.rejected_at.contains_key(id));
+        for n in &mut self.nodes {
+            n.synced_ever = n.synced_ever.min(position);
+        }
+        Ok(())
     }
 
     /// Whether some live member is in the middle of a view change.

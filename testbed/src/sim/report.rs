@@ -117,6 +117,11 @@ pub struct Corners {
     /// Durable runs: a joiner admitted before the group decided was sent the claims and
     /// claimed from its own log.
     pub joiner_claims: u64,
+    /// Durable runs: the whole group went down and restarted from its data directories.
+    pub group_restart: u64,
+    /// Durable runs: a recovering member's state could not come (the holder died, or a view
+    /// change): restarted from its data directory.
+    pub recovery_abandoned: u64,
 }
 
 impl Corners {
@@ -148,11 +153,13 @@ impl Corners {
         self.restart_from_log += o.restart_from_log;
         self.recovery_state += o.recovery_state;
         self.joiner_claims += o.joiner_claims;
+        self.group_restart += o.group_restart;
+        self.recovery_abandoned += o.recovery_abandoned;
         self.pushed_again += o.pushed_again;
     }
 
     /// Each corner with its count.
-    pub fn named(&self) -> [(&'static str, u64); 27] {
+    pub fn named(&self) -> [(&'static str, u64); 29] {
         [
             ("crash during a view change", self.crash_during_change),
             ("leader crash mid-change", self.leader_crash_mid_change),
@@ -202,6 +209,14 @@ impl Corners {
             ("logs replayed to their member's state", self.logs_replayed),
             ("restart from the data directory", self.restart_from_log),
             ("joiner claimed before the decision", self.joiner_claims),
+            (
+                "whole group down, restarted from its disks",
+                self.group_restart,
+            ),
+            (
+                "recovering member took the group's state",
+                self.recovery_state,
+            ),
         ]
     }
 }

@@ -32,6 +32,8 @@ pub enum RecordKind {
     Op = 1,
     /// A view installed ([`super::ViewRecord`]).
     View = 2,
+    /// The restart a restarted group decided on ([`super::RestartRecord`]).
+    Restart = 3,
 }
 
 impl RecordKind {
@@ -39,6 +41,7 @@ impl RecordKind {
         match b {
             1 => Some(RecordKind::Op),
             2 => Some(RecordKind::View),
+            3 => Some(RecordKind::Restart),
             _ => None,
         }
     }
@@ -277,12 +280,12 @@ mod tests {
             }
         );
         let mut other = b.clone();
-        other[8] = 2; // layout 2
+        other[8] = 1; // layout 1 (before claims had epochs)
         let c = crc(&other[..28]);
         other[28..32].copy_from_slice(&c.to_le_bytes());
         assert_eq!(
             scan(&other, G).unwrap_err(),
-            FormatError::Layout { found: 2 }
+            FormatError::Layout { found: 1 }
         );
         let mut flipped = b.clone();
         flipped[17] ^= 1;

@@ -31,7 +31,7 @@ use log::RecordKind;
 use serde::{Deserialize, Serialize};
 
 /// The layout this build writes and reads. A data directory of another layout is refused.
-pub const LAYOUT: u32 = 1;
+pub const LAYOUT: u32 = 2;
 
 /// What is wrong with a segment's or a snapshot's bytes.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +72,25 @@ impl ViewRecord {
         postcard::to_allocvec(self).unwrap_or_default()
     }
     pub fn decode(b: &[u8]) -> Result<ViewRecord, postcard::Error> {
+        postcard::from_bytes(b)
+    }
+}
+
+/// The step a whole-group restart adds to the order where the restarted members decided
+/// (see `replica/recovery.rs`): the state's new epoch, and the consumers whose requests went
+/// back to their queues.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartRecord {
+    pub epoch: u64,
+    pub removed: Vec<MemberId>,
+}
+
+impl RestartRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(b: &[u8]) -> Result<RestartRecord, postcard::Error> {
         postcard::from_bytes(b)
     }
 }
@@ -118,6 +137,10 @@ pub fn replay<'a>(
             RecordKind::View => {
                 let v = ViewRecord::decode(bytes).map_err(|e| bad(&e))?;
                 q.install_view(&v.survivors, &v.removed, &mut effects);
+            }
+            RecordKind::Restart => {
+                let r = RestartRecord::decode(bytes).map_err(|e| bad(&e))?;
+                q.restart(r.epoch, &r.removed, &mut effects);
             }
         }
         effects.clear();

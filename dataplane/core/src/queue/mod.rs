@@ -58,8 +58,8 @@ pub const MAX_CREDITS: u32 = 1024;
 /// down, so that they are taken before anything admitted normally.
 const STAMP_BASE: u64 = 1 << 62;
 
-/// The replicated state. See the module docs.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// The replicated state. See the module docs. (`Default` is [`QueueState::new`].)
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QueueState {
     queues: BTreeMap<String, Queue>,
     subscriptions: BTreeMap<MemberId, BTreeSet<String>>,
@@ -84,15 +84,34 @@ pub struct QueueState {
     applied: u64,
     /// Each origin's last outcomes, for an origin that comes back ([`outcomes`]).
     outcomes: outcomes::Outcomes,
+    /// Whole-group restarts decided so far (see [`QueueState::restart`]).
+    epoch: u64,
+}
+
+impl Default for QueueState {
+    fn default() -> Self {
+        QueueState {
+            queues: BTreeMap::new(),
+            subscriptions: BTreeMap::new(),
+            ready: VecDeque::new(),
+            credits: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            next_instance: 0,
+            stamp: STAMP_BASE,
+            head_stamp: STAMP_BASE,
+            shut_down: false,
+            pipelines_version: 0,
+            pipeline_docs: Vec::new(),
+            applied: 0,
+            outcomes: outcomes::Outcomes::default(),
+            epoch: 0,
+        }
+    }
 }
 
 impl QueueState {
     pub fn new() -> Self {
-        QueueState {
-            stamp: STAMP_BASE,
-            head_stamp: STAMP_BASE,
-            ..Self::default()
-        }
+        Self::default()
     }
 
     /// Applies a view change, at its place in the total order: the members removed stop being
@@ -188,6 +207,21 @@ impl QueueState {
         self.view_installed(survivors);
         self.remove_members(removed, effects);
         self.applied += 1;
+    }
+
+    /// The restart a restarted group decided on, as one step of the order (it counts in
+    /// [`QueueState::applied`]; a durable log records it): the state enters `epoch`, and
+    /// `removed` (every consumer it knew, [`QueueState::consumers`]: none of their processes
+    /// lives) stop being consumers, their requests back in their queues.
+    pub fn restart(&mut self, epoch: u64, removed: &[MemberId], effects: &mut Vec<Effect>) {
+        self.epoch = epoch;
+        self.install_view(&[], removed, effects);
+    }
+
+    /// Whole-group restarts this state went through: with [`QueueState::applied`], where a
+    /// log stands in the group's history (a longer log of an earlier epoch is not ahead).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Steps of the order applied so far, operations and views (the same count on every

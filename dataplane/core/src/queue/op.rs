@@ -196,10 +196,12 @@ pub enum Op {
         docs: Vec<String>,
     },
     /// A member restarted from its data directory after the whole group went down, with its
-    /// log reaching `position`: its claim in the group's recovery (see `replica/recovery.rs`).
-    /// The replica handles it; it is no step of the queue's order and no log records it.
+    /// log reaching `position` in `epoch` (restarts its state went through): its claim in the
+    /// group's recovery (see `replica/recovery.rs`). The replica handles it; it is no step of
+    /// the queue's order and no log records it.
     Recovered {
         member: MemberId,
+        epoch: u64,
         position: u64,
     },
 }

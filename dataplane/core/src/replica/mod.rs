@@ -42,7 +42,7 @@ use ahead::Ahead;
 use durable::Durable;
 pub use durable::Persist;
 use recovery::Recovery;
-pub use recovery::{Decision, Stage as RecoveryStage};
+pub use recovery::{Claim, Decision, Stage as RecoveryStage};
 
 /// Counters of the replica's own work (the member keeps the protocol's).
 #[derive(Clone, Debug, Default)]
@@ -68,8 +68,9 @@ pub struct ReplicaStats {
     /// Operations delivered before this replica held the group's state after a whole-group
     /// restart (dropped: the state it takes covers them; see `replica/recovery.rs`).
     pub dropped_recovering: u64,
-    /// Views that came while this replica waited for the group's state after a restart (it
-    /// stopped; its host starts it again as a joiner).
+    /// Recoveries given up while waiting for the group's state after a restart (a view
+    /// change, or the holder sending it suspected): the process stopped, and its host starts
+    /// it again from its data directory.
     pub recoveries_abandoned: u64,
 }
 
@@ -251,6 +252,7 @@ impl Replica {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.member.handle_timeout(now);
+        self.check_recovery();
     }
 
     pub fn poll_timeout(&self) -> Instant {
@@ -370,8 +372,12 @@ impl Replica {
         let step = match self.member.poll_delivery()? {
             Delivered::Message(d) => {
                 let malformed = match Op::decode(&d.payload) {
-                    Ok(Op::Recovered { member, position }) => {
-                        self.on_claim(member, position);
+                    Ok(Op::Recovered {
+                        member,
+                        epoch,
+                        position,
+                    }) => {
+                        self.on_claim(member, recovery::Claim { epoch, position });
                         false
                     }
                     Ok(_) if !self.recovered() => {

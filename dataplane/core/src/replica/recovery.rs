@@ -2,8 +2,8 @@
 //! hold, and every member goes on from it.
 //!
 //! A member restarted from its data directory ([`Replica::recovering`]) starts in the group
-//! file's view with the state its log replays to, at the position its log reached, and submits
-//! its claim ([`Replica::claim`], an [`Op::Recovered`]: who it is, that position; the host
+//! file's view with the state its log replays to, where its log reached, and submits its claim
+//! ([`Replica::claim`], an [`Op::Recovered`]: who it is, the state's epoch and position; the host
 //! submits it first) before anything else; it takes no other operation from its host until
 //! the group has decided. A joiner admitted before then (a member the view had left out, its
 //! host restarting it from its data directory as a joiner) is sent the claims so far instead
@@ -12,15 +12,18 @@
 //! Why a majority of the group file's members suffices: what a durable queue told anyone
 //! (an acceptance, the end of a run) was told only once a majority of the group file's members
 //! had the step on disk ([`Replica::majority_persisted`] counts those members only), and all
-//! logs are prefixes of the one order. So among the claims of any such majority, the longest
-//! log holds every step anyone was told of.
+//! logs of one epoch (the restarts a state went through, [`QueueState::epoch`]) are prefixes of
+//! that epoch's order, which holds everything told before it. So among the claims of any such
+//! majority, the longest log of the latest epoch holds every step anyone was told of: claims
+//! compare by epoch, then position (a longer log of an earlier epoch holds steps of a history
+//! that a restart left behind).
 //!
 //! The decision is taken where the order puts it, so every replica takes the same one: at the
 //! delivery of the claim that makes the claimants in the view a majority of the group file's
-//! members. `P` is the largest position they claim; the members whose own log reached `P`
-//! (the holders; all at `P` hold the same state) apply one more step, the restart: every
-//! consumer's requests go back to their queues (none of the processes that took them lives),
-//! logged like a view. Every other member (behind, or ahead with steps no majority held,
+//! members. `P` is the largest (epoch, position) they claim; the members whose own log is at
+//! `P` (the holders; all at `P` hold the same state) apply one more step, the restart
+//! ([`QueueState::restart`]): the state enters the next epoch, and every consumer's requests
+//! go back to their queues (none of the processes that took them lives). Every other member (behind, or ahead with steps no majority held,
 //! which no one was told of) applies nothing from then on and takes the state from a holder:
 //! the lowest-ranked holder in the view sends its state as of the decision to those whose claim
 //! came before it, and as of their claim's delivery to those whose claim comes later. A view
@@ -31,7 +34,8 @@
 //! views before the decision are not applied to the queue nor logged.
 
 use super::Replica;
-use crate::durable::ViewRecord;
+use crate::durable::log::RecordKind;
+use crate::durable::RestartRecord;
 use crate::proto::{ConfigError, ProtoConfig};
 use crate::queue::{Op, QueueState};
 use crate::types::{GroupId, Instant, MemberId, View};
@@ -49,14 +53,29 @@ pub enum Stage {
     Awaiting,
     /// This member holds the group's state and serves.
     Recovered,
+    /// Its state could not come (a view change while waiting, or the holder sending it is
+    /// suspected): this process stopped, and its host starts it again from its data
+    /// directory (a group that went on without it then has it rejoin; a group whose holders
+    /// all died decides again, from the logs that are left).
+    Abandoned,
+}
+
+/// Where a log stands: claims compare by epoch, then position.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct Claim {
+    pub epoch: u64,
+    pub position: u64,
 }
 
 /// What the group decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
-    /// The longest log among the claims that decided.
-    pub position: u64,
-    /// Members known to hold the decided state (their claim was at `position`).
+    /// The latest log among the claims that decided (the restart step comes at its
+    /// position, and starts epoch `at.epoch + 1`).
+    pub at: Claim,
+    /// Members known to hold the decided state (their claim was `at`).
     pub holders: Vec<MemberId>,
 }
 
@@ -68,9 +87,9 @@ pub(super) struct Recovery {
     /// may be newer: deliveries of the view before can still be waiting to be applied).
     view: Vec<MemberId>,
     /// Where this member's own log reached when it restarted.
-    mine: u64,
+    mine: Claim,
     /// Claims delivered, the first of each member, in order.
-    claims: Vec<(MemberId, u64)>,
+    claims: Vec<(MemberId, Claim)>,
     stage: Stage,
     decided: Option<Decision>,
     /// The state's snapshot is queued for the host's log: what the host says is on disk
@@ -96,7 +115,7 @@ impl Replica {
         state: QueueState,
     ) -> Result<Replica, ConfigError> {
         let mut r = Replica::new(cfg, key, group, view.clone(), me, incarnation, now)?;
-        let mine = state.applied();
+        let mine = claim_of(&state);
         r.queue = state;
         r.recovery = Some(Box::new(Recovery {
             configured: view.members.clone(),
@@ -119,7 +138,8 @@ impl Replica {
         let r = self.recovery.as_ref()?;
         (!r.claimed && r.stage != Stage::Recovered).then_some(Op::Recovered {
             member: self.member.id(),
-            position: r.mine,
+            epoch: r.mine.epoch,
+            position: r.mine.position,
         })
     }
 
@@ -195,17 +215,40 @@ impl Replica {
                 r.claims.retain(|(m, _)| view.members.contains(m));
                 false
             }
-            Stage::Behind => false,
+            Stage::Behind | Stage::Abandoned => false,
             Stage::Awaiting => {
-                self.stats.recoveries_abandoned += 1;
-                self.member.refuse_state();
+                self.abandon();
                 false
             }
         }
     }
 
+    /// Waiting for the state while the holder that sends it is suspected: no view can form
+    /// without it if every other member waits too (a view needs a member with the state), so
+    /// this process gives up (see [`Stage::Abandoned`]).
+    pub(super) fn check_recovery(&mut self) {
+        let Some(r) = self.recovery.as_ref() else {
+            return;
+        };
+        if r.stage != Stage::Awaiting {
+            return;
+        }
+        let from = r.decided.as_ref().and_then(|d| sender(d, &r.view));
+        if from.is_none_or(|s| self.member.suspects().contains(&s)) {
+            self.abandon();
+        }
+    }
+
+    fn abandon(&mut self) {
+        if let Some(r) = self.recovery.as_mut() {
+            r.stage = Stage::Abandoned;
+        }
+        self.stats.recoveries_abandoned += 1;
+        self.member.refuse_state();
+    }
+
     /// A claim delivered (see the module docs).
-    pub(super) fn on_claim(&mut self, member: MemberId, position: u64) {
+    pub(super) fn on_claim(&mut self, member: MemberId, claim: Claim) {
         let me = self.member.id();
         let Some(r) = self.recovery.as_mut() else {
             // A replica that joined after the decision: holders serve late claims.
@@ -215,7 +258,7 @@ impl Replica {
         if r.claims.iter().any(|(m, _)| *m == member) {
             return;
         }
-        r.claims.push((member, position));
+        r.claims.push((member, claim));
         match r.stage {
             Stage::Claiming => {
                 let counted = r
@@ -230,13 +273,13 @@ impl Replica {
             Stage::Behind if member == me => self.await_state(),
             Stage::Recovered => {
                 let Some(d) = r.decided.as_mut() else { return };
-                if position == d.position {
+                if claim == d.at {
                     d.holders.push(member);
                 } else if sender(d, &view) == Some(me) {
                     self.send_recovery_state(&[member]);
                 }
             }
-            Stage::Behind | Stage::Awaiting => {}
+            Stage::Behind | Stage::Awaiting | Stage::Abandoned => {}
         }
     }
 
@@ -246,26 +289,28 @@ impl Replica {
             return;
         };
         let view = r.view.clone();
-        let position = r.claims.iter().map(|(_, p)| *p).max().unwrap_or(0);
+        let Some(at) = r.claims.iter().map(|(_, c)| *c).max() else {
+            return;
+        };
         let decision = Decision {
-            position,
+            at,
             holders: r
                 .claims
                 .iter()
-                .filter(|(_, p)| *p == position)
+                .filter(|(_, c)| *c == at)
                 .map(|(m, _)| *m)
                 .collect(),
         };
         let behind: Vec<MemberId> = r
             .claims
             .iter()
-            .filter(|(m, p)| *p != position && view.contains(m))
+            .filter(|(m, c)| *c != at && view.contains(m))
             .map(|(m, _)| *m)
             .collect();
         let claimed = r.claims.iter().any(|(m, _)| *m == me);
         let sends = sender(&decision, &view) == Some(me);
         r.decided = Some(decision);
-        if r.mine != position {
+        if r.mine != at {
             r.stage = Stage::Behind;
             if claimed {
                 self.await_state();
@@ -273,16 +318,17 @@ impl Replica {
             return;
         }
         r.stage = Stage::Recovered;
-        // The restart: no process that took a request lives.
-        let at = self.queue.applied();
+        // The restart: a new epoch, and no process that took a request lives.
+        let position = self.queue.applied();
         let removed = self.queue.consumers();
-        self.queue.install_view(&[], &removed, &mut self.scratch);
-        self.persist_view(
-            at,
-            ViewRecord {
-                survivors: Vec::new(),
-                removed,
-            },
+        let epoch = at.epoch + 1;
+        self.queue.restart(epoch, &removed, &mut self.scratch);
+        self.persist_step(
+            position,
+            RecordKind::Restart,
+            RestartRecord { epoch, removed }.encode(),
+            false,
+            false,
         );
         self.stats.requeued += self
             .scratch
@@ -291,6 +337,13 @@ impl Replica {
             .count() as u64;
         let view_id = self.member.view().id;
         self.rebuild_ahead(view_id, 0, true);
+        // The group's pipelines are those of the state it goes on from.
+        if let Some((version, docs)) = self.queue.pipeline_docs() {
+            self.scratch.push(crate::queue::Effect::Pipelines {
+                version,
+                docs: docs.to_vec(),
+            });
+        }
         if sends {
             self.send_recovery_state(&behind);
         }
@@ -322,7 +375,7 @@ impl Replica {
 const CLAIMS: &[u8; 8] = b"CVYCLAIM";
 
 /// The claims a joiner was sent, if `bytes` are claims and not a state.
-pub(super) fn claims_in(bytes: &[u8]) -> Option<Vec<(MemberId, u64)>> {
+pub(super) fn claims_in(bytes: &[u8]) -> Option<Vec<(MemberId, Claim)>> {
     postcard::from_bytes(bytes.strip_prefix(CLAIMS)?).ok()
 }
 
@@ -354,14 +407,14 @@ impl Replica {
 
     /// A joiner sent the claims: it recovers from its own log, with the claims so far, and
     /// claims in turn (its host submits [`Replica::claim`] on seeing the state step).
-    pub(super) fn claim_as_joiner(&mut self, claims: Vec<(MemberId, u64)>) -> bool {
+    pub(super) fn claim_as_joiner(&mut self, claims: Vec<(MemberId, Claim)>) -> bool {
         // The same process coming back while the group still claims: its incarnation
         // before was claiming too (once decided, joiners are sent states), so it applied
         // nothing of the group's and pushed nothing.
         self.rejoining = None;
         let state = self.log_state.take().unwrap_or_default();
         let configured = self.durable_configured();
-        let mine = state.applied();
+        let mine = claim_of(&state);
         self.queue = state;
         // Its log goes on from its own state (the group's, if it holds the decided one).
         self.persist_state();
@@ -377,6 +430,14 @@ impl Replica {
             claimed: false,
         }));
         true
+    }
+}
+
+/// Where the log a state was replayed from stands.
+fn claim_of(state: &QueueState) -> Claim {
+    Claim {
+        epoch: state.epoch(),
+        position: state.applied(),
     }
 }
 

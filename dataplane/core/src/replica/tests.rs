@@ -647,7 +647,7 @@ impl Net {
                     MemberId(i as u16),
                     0x200 + i as u64,
                     Instant(now),
-                    s.unwrap_or_default(),
+                    s.unwrap_or_else(QueueState::new),
                 )
                 .unwrap();
                 r.set_durable(true, &members);
@@ -750,7 +750,7 @@ fn after_a_whole_group_restart_the_members_go_on_from_the_longest_log() {
     for r in &net.rs {
         let (stage, d) = r.recovery().unwrap();
         assert_eq!(stage, RecoveryStage::Recovered);
-        assert_eq!(d.unwrap().position, end, "the longest log decides");
+        assert_eq!(d.unwrap().at.position, end, "the longest log decides");
     }
     assert_eq!(
         net.rs[0].stats().states_sent,
@@ -776,7 +776,7 @@ fn after_a_whole_group_restart_the_members_go_on_from_the_longest_log() {
     drain_log(&mut net, 0, &mut log0);
     assert!(matches!(
         log0.as_slice(),
-        [Persist::Snapshot { position: p, .. }, Persist::Record { position: q, kind: RecordKind::View, .. }]
+        [Persist::Snapshot { position: p, .. }, Persist::Record { position: q, kind: RecordKind::Restart, .. }]
             if *p == end && *q == end
     ));
     // A new consumer takes all three, each once.
@@ -824,7 +824,7 @@ fn a_majority_recovers_without_the_third_member() {
     for i in [1, 2] {
         let (stage, d) = net.rs[i].recovery().unwrap();
         assert_eq!(stage, RecoveryStage::Recovered, "member {i}");
-        assert_eq!(d.unwrap().position, end);
+        assert_eq!(d.unwrap().at.position, end);
         assert_eq!(net.rs[i].view().members, vec![MemberId(1), MemberId(2)]);
     }
     assert_eq!(net.rs[1].queue().digest(), net.rs[2].queue().digest());
