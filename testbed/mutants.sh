@@ -173,6 +173,28 @@ MUTANTS = [
     ("view-not-a-step", "queue/mod.rs",
      "        self.remove_members(removed, effects);\n        self.applied += 1;",
      "        self.remove_members(removed, effects);"),
+    # Recovery after a whole-group restart (replica/recovery.rs).
+    ("decide-on-the-shortest-log", "replica/recovery.rs",
+     "        let Some(at) = r.claims.iter().map(|(_, c)| *c).max() else {",
+     "        let Some(at) = r.claims.iter().map(|(_, c)| *c).min() else {"),
+    ("claims-ignore-the-epoch", "replica/recovery.rs",
+     "        let Some(at) = r.claims.iter().map(|(_, c)| *c).max() else {",
+     "        let Some(at) = r.claims.iter().map(|(_, c)| *c).max_by_key(|c| c.position) else {"),
+    ("decide-on-one-claim", "replica/recovery.rs",
+     "                if counted > r.configured.len() / 2 {",
+     "                if counted >= 1 {"),
+    ("behind-keeps-its-own-state", "replica/recovery.rs",
+     "        if r.mine != at {",
+     "        if r.mine < at {"),
+    ("majority-of-the-view-not-the-group", "replica/durable.rs",
+     "            Some(c) if !c.is_empty() => c",
+     "            Some(c) if c.is_empty() => c"),
+    ("old-log-counts-before-the-state", "replica/durable.rs",
+     "        if self.own_log_counts() {",
+     "        if self.own_log_counts() || self.recovery().is_some() {"),
+    ("restart-keeps-the-consumers", "replica/recovery.rs",
+     "        let removed = self.queue.consumers();",
+     "        let removed: Vec<MemberId> = Vec::new();"),
 ]
 
 def run(cmd, **kw):

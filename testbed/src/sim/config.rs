@@ -337,6 +337,11 @@ impl SimConfig {
                 .map(|_| rng.gen_range(horizon / 8..horizon))
                 .collect();
             at.sort_unstable();
+            if at.len() == 2 && rng.gen_bool(0.5) {
+                // The second soon after the first: while a member that came back late may
+                // still be down, or still waiting for the state.
+                at[1] = at[0] + rng.gen_range(5_000..100_000);
+            }
             cfg.group_restarts = at;
         }
         cfg

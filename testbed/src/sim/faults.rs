@@ -196,11 +196,24 @@ impl Sim {
     /// new history starts from what the restarted members decide (see [`Sim::decided`]): the
     /// checks of one history (the reference order, instances, credits) start again.
     pub(super) fn group_down(&mut self) {
+        // Sometimes one member comes back late (a slow host): the others decide without it,
+        // and its log (perhaps longer, of the history before) is what a later restart meets.
+        let late = if self.rng.gen_bool(0.3) {
+            Some(self.rng.gen_range(0..self.nodes.len()))
+        } else {
+            None
+        };
         for i in 0..self.nodes.len() {
             if self.nodes[i].alive {
                 self.crash(i);
             }
-            let at = self.now + self.rng.gen_range(0..GROUP_RESTART_SPREAD_US);
+            let at = if late == Some(i) {
+                self.report.corners.late_restart += 1;
+                self.now + self.rng.gen_range(20_000..200_000)
+            } else {
+                self.now + self.rng.gen_range(0..GROUP_RESTART_SPREAD_US)
+            };
+            self.last_fault = self.last_fault.max(at);
             self.schedule(at, Event::Restart { at: i });
         }
         self.report.corners.group_restart += 1;

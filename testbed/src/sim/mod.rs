@@ -536,9 +536,10 @@ impl Sim {
             self.last_fault = self.last_fault.max(back);
             self.schedule(back, Event::Rejoin { at: i });
         } else if self.nodes[i].replica.recovery().map(|r| r.0) == Some(RecoveryStage::Abandoned) {
-            // Its state could not come: its host starts it again from its data directory.
+            // Its state could not come: its host starts it again as a joiner carrying its
+            // log's state (whatever the run's rejoin setting, as the engine does).
             self.report.corners.recovery_abandoned += 1;
-            self.restart_configured(i);
+            self.rejoin(i);
         }
         Ok(())
     }
@@ -645,7 +646,19 @@ impl Sim {
             .iter()
             .filter(|n| n.alive && n.replica.status() == Status::Joining)
             .count();
-        ok * 2 <= members.len() || (self.cfg.durable && (ok + joining) * 2 <= self.cfg.members)
+        // A restarted group whose holders of the decided state all died before handing it
+        // over waits for them (see `RecoveryStage::Abandoned`): no liveness is owed while no
+        // live process holds the group's state.
+        let holder = self.nodes.iter().any(|n| {
+            n.alive
+                && !n.replica.status().is_final()
+                && n.replica.status() != Status::Joining
+                && n.replica
+                    .recovery()
+                    .is_none_or(|(s, _)| s == RecoveryStage::Recovered)
+        });
+        ok * 2 <= members.len()
+            || (self.cfg.durable && ((ok + joining) * 2 <= self.cfg.members || !holder))
     }
 
     /// Runs to the end; `Ok` when every property held and everything finished.

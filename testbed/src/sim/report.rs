@@ -122,6 +122,8 @@ pub struct Corners {
     /// Durable runs: a recovering member's state could not come (the holder died, or a view
     /// change): restarted from its data directory.
     pub recovery_abandoned: u64,
+    /// Durable runs: a member restarted long after the rest of a group that went down.
+    pub late_restart: u64,
 }
 
 impl Corners {
@@ -155,11 +157,12 @@ impl Corners {
         self.joiner_claims += o.joiner_claims;
         self.group_restart += o.group_restart;
         self.recovery_abandoned += o.recovery_abandoned;
+        self.late_restart += o.late_restart;
         self.pushed_again += o.pushed_again;
     }
 
     /// Each corner with its count.
-    pub fn named(&self) -> [(&'static str, u64); 29] {
+    pub fn named(&self) -> [(&'static str, u64); 30] {
         [
             ("crash during a view change", self.crash_during_change),
             ("leader crash mid-change", self.leader_crash_mid_change),
@@ -216,6 +219,10 @@ impl Corners {
             (
                 "recovering member took the group's state",
                 self.recovery_state,
+            ),
+            (
+                "member restarted late after the group went down",
+                self.late_restart,
             ),
         ]
     }

@@ -377,7 +377,7 @@ impl Replica {
                         epoch,
                         position,
                     }) => {
-                        self.on_claim(member, recovery::Claim { epoch, position });
+                        self.on_claim(member, recovery::Claim { epoch, position }, d.view);
                         false
                     }
                     Ok(_) if !self.recovered() => {

@@ -38,7 +38,7 @@ use crate::durable::log::RecordKind;
 use crate::durable::RestartRecord;
 use crate::proto::{ConfigError, ProtoConfig};
 use crate::queue::{Op, QueueState};
-use crate::types::{GroupId, Instant, MemberId, View};
+use crate::types::{GroupId, Instant, MemberId, View, ViewId};
 use crate::wire::Key;
 
 /// Where a recovering member stands (see the module docs).
@@ -54,9 +54,12 @@ pub enum Stage {
     /// This member holds the group's state and serves.
     Recovered,
     /// Its state could not come (a view change while waiting, or the holder sending it is
-    /// suspected): this process stopped, and its host starts it again from its data
-    /// directory (a group that went on without it then has it rejoin; a group whose holders
-    /// all died decides again, from the logs that are left).
+    /// suspected): this process stopped, and its host starts it again as a joiner carrying
+    /// its log's state ([`Replica::set_log_state`]): the group, if it serves, sends it the
+    /// state. (Not as a member of the group file's view: a holder may still run in that view,
+    /// and a new process there could be taken for the old one.) If every holder died before
+    /// handing the state over, the group waits until they come back (a holder restarted
+    /// from its data directory claims again) or until an operator restarts the group.
     Abandoned,
 }
 
@@ -97,6 +100,9 @@ pub(super) struct Recovery {
     reset_pending: bool,
     /// The host submitted this member's claim.
     claimed: bool,
+    /// The member's view when it started waiting for the state: a state transfer does not
+    /// outlive a view change (see [`Replica::check_recovery`]).
+    awaiting_in: Option<ViewId>,
 }
 
 impl Replica {
@@ -126,6 +132,7 @@ impl Replica {
             decided: None,
             reset_pending: false,
             claimed: false,
+            awaiting_in: None,
         }));
         Ok(r)
     }
@@ -223,9 +230,11 @@ impl Replica {
         }
     }
 
-    /// Waiting for the state while the holder that sends it is suspected: no view can form
-    /// without it if every other member waits too (a view needs a member with the state), so
-    /// this process gives up (see [`Stage::Abandoned`]).
+    /// Waiting for the state while the holder that sends it is suspected (no view can form
+    /// without it if every other member waits too: a view needs a member with the state), or
+    /// once the member's view changed (a state transfer ends with its view; the view change
+    /// itself may be among the deliveries that wait for the state): this process gives up
+    /// (see [`Stage::Abandoned`]).
     pub(super) fn check_recovery(&mut self) {
         let Some(r) = self.recovery.as_ref() else {
             return;
@@ -234,7 +243,8 @@ impl Replica {
             return;
         }
         let from = r.decided.as_ref().and_then(|d| sender(d, &r.view));
-        if from.is_none_or(|s| self.member.suspects().contains(&s)) {
+        let moved = r.awaiting_in != Some(self.member.view().id);
+        if moved || from.is_none_or(|s| self.member.suspects().contains(&s)) {
             self.abandon();
         }
     }
@@ -248,7 +258,7 @@ impl Replica {
     }
 
     /// A claim delivered (see the module docs).
-    pub(super) fn on_claim(&mut self, member: MemberId, claim: Claim) {
+    pub(super) fn on_claim(&mut self, member: MemberId, claim: Claim, in_view: ViewId) {
         let me = self.member.id();
         let Some(r) = self.recovery.as_mut() else {
             // A replica that joined after the decision: holders serve late claims.
@@ -267,23 +277,23 @@ impl Replica {
                     .filter(|(m, _)| r.configured.contains(m) && view.contains(m))
                     .count();
                 if counted > r.configured.len() / 2 {
-                    self.decide();
+                    self.decide(in_view);
                 }
             }
-            Stage::Behind if member == me => self.await_state(),
+            Stage::Behind if member == me => self.await_state(in_view),
             Stage::Recovered => {
                 let Some(d) = r.decided.as_mut() else { return };
                 if claim == d.at {
                     d.holders.push(member);
                 } else if sender(d, &view) == Some(me) {
-                    self.send_recovery_state(&[member]);
+                    self.send_recovery_state(&[member], in_view);
                 }
             }
             Stage::Behind | Stage::Awaiting | Stage::Abandoned => {}
         }
     }
 
-    fn decide(&mut self) {
+    fn decide(&mut self, in_view: ViewId) {
         let me = self.member.id();
         let Some(r) = self.recovery.as_mut() else {
             return;
@@ -313,7 +323,7 @@ impl Replica {
         if r.mine != at {
             r.stage = Stage::Behind;
             if claimed {
-                self.await_state();
+                self.await_state(in_view);
             }
             return;
         }
@@ -345,20 +355,24 @@ impl Replica {
             });
         }
         if sends {
-            self.send_recovery_state(&behind);
+            self.send_recovery_state(&behind, in_view);
         }
     }
 
-    fn await_state(&mut self) {
+    /// Waits for the state as of the claim delivered in `view`.
+    fn await_state(&mut self, view: ViewId) {
         if let Some(r) = self.recovery.as_mut() {
             r.stage = Stage::Awaiting;
+            r.awaiting_in = Some(view);
         }
         self.member.reset_persisted(0);
         self.member.expect_state();
     }
 
-    fn send_recovery_state(&mut self, to: &[MemberId]) {
-        if to.is_empty() {
+    /// Sends the state as of the claim delivered in `view` (a member already in a later view
+    /// sends nothing: the transfer would not outlive the change, and the receiver gives up).
+    fn send_recovery_state(&mut self, to: &[MemberId], view: ViewId) {
+        if to.is_empty() || self.member.view().id != view {
             return;
         }
         let snap = self.queue.snapshot();
@@ -428,6 +442,7 @@ impl Replica {
             decided: None,
             reset_pending: false,
             claimed: false,
+            awaiting_in: None,
         }));
         true
     }
