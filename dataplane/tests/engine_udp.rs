@@ -26,6 +26,7 @@ fn cfg(me: u16, key: &Key) -> EngineConfig {
         linger: Duration::from_millis(100),
         rejoin: false,
         speculate: false,
+        data_dir: None,
         join: false,
     }
 }

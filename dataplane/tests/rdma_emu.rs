@@ -322,6 +322,7 @@ fn engine_cfg(me: u16, key: &Key, n: usize) -> EngineConfig {
         linger: Duration::from_millis(100),
         rejoin: false,
         speculate: false,
+        data_dir: None,
         join: false,
     }
 }

@@ -81,6 +81,25 @@ impl GroupConfig {
         })?;
         let checked = validate::check(&mut file).map_err(|b| fail(&b.field, b.message))?;
         let pipelines = load_pipelines(&file, path)?;
+        // A durable queue is told accepted once a majority of the members have it on disk:
+        // every member needs a data directory to write it to.
+        let durable = pipelines.iter().find_map(|p| {
+            p.queue_specs()
+                .into_iter()
+                .find(|q| q.durability == conveyor_core::queue::Durability::Log)
+                .map(|q| (p.name.clone(), q.name))
+        });
+        if let Some((pipeline, queue)) = durable {
+            if let Some(i) = file.members.iter().position(|m| m.data_dir.is_none()) {
+                return Err(fail(
+                    &format!("member[{i}].data_dir"),
+                    format!(
+                        "pipeline {pipeline:?} has a durable queue ({queue:?}, durability \"log\"): every member needs a data directory; {:?} has none",
+                        file.members[i].name
+                    ),
+                ));
+            }
+        }
         Ok(GroupConfig {
             file,
             path: path.to_path_buf(),
@@ -196,6 +215,7 @@ impl GroupConfig {
             // Only invokers run what is assigned to them; their application handles the
             // speculation's effects.
             speculate: g.speculate && self.file.members[me].role == Role::Invoker,
+            data_dir: self.file.members[me].data_dir.clone(),
         }
     }
 

@@ -239,6 +239,13 @@ pub struct MemberSection {
     /// scraper that reaches members rather than the control plane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_address: Option<String>,
+    /// The member's data directory: every step of the order is logged there, pushes to
+    /// durable queues (`durability = "log"`) are told accepted once a majority of the group
+    /// file's members have them on disk, and a member started again recovers from it (the
+    /// whole group restarting loses nothing it was told). Made if missing; another group's
+    /// directory is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// `[member.gateway]`: the trigger's OpenFaaS-compatible HTTP gateway.

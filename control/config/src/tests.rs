@@ -212,3 +212,38 @@ fn sample_config_is_valid() {
     let c = GroupConfig::load(&path).unwrap();
     assert!(!c.pipelines.is_empty());
 }
+
+/// A pipeline with a durable queue needs every member to have a data directory (the field
+/// of the first one without is named); with them, each member's engine logs there.
+#[test]
+fn a_durable_queue_needs_every_member_to_have_a_data_directory() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(
+        t.path().join("p.json"),
+        r#"{"name": "p", "entry": "a", "queue_defaults": {"durability": "log"},
+            "steps": {"a": {"function": "echo"}}}"#,
+    )
+    .unwrap();
+    let path = t.path().join("conveyor.toml");
+    let text = GOOD.replace("name = \"g\"", "name = \"g\"\npipelines = [\"p.json\"]");
+    let with_dir = text.replacen(
+        "role = \"trigger\"",
+        "role = \"trigger\"\ndata_dir = \"/var/lib/conveyor\"",
+        1,
+    );
+    let e = GroupConfig::parse(&with_dir, &path).unwrap_err();
+    assert_eq!(e.field, "member[1].data_dir", "{e}");
+    assert!(e.message.contains("\"invoker-0\" has none"), "{e}");
+    let both = with_dir.replacen(
+        "role = \"invoker\"",
+        "role = \"invoker\"\ndata_dir = \"/var/lib/conveyor-1\"",
+        1,
+    );
+    let c = GroupConfig::parse(&both, &path).unwrap();
+    assert_eq!(
+        c.engine_config(1).data_dir.as_deref(),
+        Some(Path::new("/var/lib/conveyor-1"))
+    );
+    // Without a durable queue, no data directory is needed.
+    assert!(GroupConfig::parse(GOOD, &path).is_ok());
+}

@@ -16,8 +16,13 @@
 //!   disk stops the frontier, not the process: the batch is taken back off the file, the error
 //!   is logged once and counted, and the write is tried again until space comes back.
 //!
-//! Files: `log-<first position, 20 digits>.cvl` segments, `snapshot-<position>.cvs`
-//! snapshots (written to `.tmp`, synced, renamed, the directory synced).
+//! Files: `log-<generation>-<first position>.cvl` segments and
+//! `snapshot-<generation>-<position>.cvs` snapshots (written to `.tmp`, synced, renamed, the
+//! directory synced). A generation is one history of the log: a member that takes a state it
+//! did not make itself (a joiner's, or the group's after a whole-group restart) may hold a log
+//! of another history at the same positions, so the state's snapshot starts the next
+//! generation, and the files of the ones before go once it is on disk. Recovery reads only the
+//! newest generation (what a crash left of older ones is removed).
 
 use conveyor_core::durable::log::{self as seg, RecordKind, SegmentHeader, Tail, BATCH_START};
 use conveyor_core::durable::{snapshot, FormatError, LAYOUT};
@@ -157,39 +162,75 @@ impl DataDir {
         self.group
     }
 
-    /// Files named `prefix<20 digits>suffix`, by their number.
-    fn numbered(&self, prefix: &str, suffix: &str) -> Result<Vec<(u64, PathBuf)>, DurableError> {
+    /// Files named `prefix<generation>-<number>suffix`, by generation and number.
+    fn numbered(
+        &self,
+        prefix: &str,
+        suffix: &str,
+    ) -> Result<Vec<(u64, u64, PathBuf)>, DurableError> {
         let mut out = Vec::new();
         for e in fs::read_dir(&self.path).map_err(io_err(&self.path, "list"))? {
             let e = e.map_err(io_err(&self.path, "list"))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(n) = name
+            let parsed = name
                 .strip_prefix(prefix)
                 .and_then(|r| r.strip_suffix(suffix))
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                out.push((n, e.path()));
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(g, n)| Some((g.parse::<u64>().ok()?, n.parse::<u64>().ok()?)));
+            if let Some((g, n)) = parsed {
+                out.push((g, n, e.path()));
             }
         }
         out.sort();
         Ok(out)
     }
 
+    /// The newest generation any file belongs to (0 for none).
+    fn generation(&self) -> Result<u64, DurableError> {
+        let segs = self.numbered("log-", ".cvl")?;
+        let snaps = self.numbered("snapshot-", ".cvs")?;
+        Ok(segs.iter().chain(&snaps).map(|f| f.0).max().unwrap_or(0))
+    }
+
+    /// Files of generations before `generation` (left by a crash in the middle of starting
+    /// a new one).
+    fn older_than(&self, generation: u64) -> Result<Vec<PathBuf>, DurableError> {
+        let mut old = self.numbered("log-", ".cvl")?;
+        old.extend(self.numbered("snapshot-", ".cvs")?);
+        Ok(old
+            .into_iter()
+            .filter(|f| f.0 < generation)
+            .map(|f| f.2)
+            .collect())
+    }
+
+    fn of_newest(&self, prefix: &str, suffix: &str) -> Result<Vec<(u64, PathBuf)>, DurableError> {
+        let g = self.generation()?;
+        Ok(self
+            .numbered(prefix, suffix)?
+            .into_iter()
+            .filter(|f| f.0 == g)
+            .map(|(_, n, p)| (n, p))
+            .collect())
+    }
+
+    /// The newest generation's segments, by first position.
     fn segments(&self) -> Result<Vec<(u64, PathBuf)>, DurableError> {
-        self.numbered("log-", ".cvl")
+        self.of_newest("log-", ".cvl")
     }
 
+    /// The newest generation's snapshots, by position.
     fn snapshots(&self) -> Result<Vec<(u64, PathBuf)>, DurableError> {
-        self.numbered("snapshot-", ".cvs")
+        self.of_newest("snapshot-", ".cvs")
     }
 }
 
-fn segment_name(first: u64) -> String {
-    format!("log-{first:020}.cvl")
+fn segment_name(generation: u64, first: u64) -> String {
+    format!("log-{generation:010}-{first:020}.cvl")
 }
 
-fn snapshot_name(position: u64) -> String {
-    format!("snapshot-{position:020}.cvs")
+fn snapshot_name(generation: u64, position: u64) -> String {
+    format!("snapshot-{generation:010}-{position:020}.cvs")
 }
 
 /// Writes `name` in `dir` whole or not at all: a temporary file, synced, renamed, the
@@ -225,10 +266,12 @@ pub struct Cut {
 pub struct Recovered {
     /// The newest snapshot: its position and the state's bytes.
     pub snapshot: Option<(u64, Vec<u8>)>,
-    /// Log records after it (or from 0), in order: (position, operation's encoding).
-    pub records: Vec<(u64, Vec<u8>)>,
+    /// Log records after it (or from 0), in order: (position, kind, bytes).
+    pub records: Vec<(u64, RecordKind, Vec<u8>)>,
     /// The next position to write.
     pub next: u64,
+    /// The generation read (the writer goes on in it).
+    pub generation: u64,
     /// A torn tail cut off the newest segment (also logged as a warning).
     pub cut: Option<Cut>,
 }
@@ -244,6 +287,16 @@ pub fn recover(dir: &DataDir) -> Result<Recovered, DurableError> {
             fs::remove_file(&p).map_err(io_err(&p, "remove"))?;
         }
     }
+    // What a crash left of older generations (a new one's snapshot is on disk).
+    let generation = dir.generation()?;
+    for p in dir.older_than(generation)? {
+        tracing::info!(
+            "{}: of an older generation of the log; removed",
+            p.display()
+        );
+        fs::remove_file(&p).map_err(io_err(&p, "remove"))?;
+    }
+    out.generation = generation;
     if let Some((_, path)) = dir.snapshots()?.pop() {
         let bytes = fs::read(&path).map_err(io_err(&path, "read"))?;
         let s = snapshot::parse(&bytes, dir.group).map_err(|source| DurableError::Format {
@@ -306,8 +359,8 @@ pub fn recover(dir: &DataDir) -> Result<Recovered, DurableError> {
             });
         }
         for r in &scan.records {
-            if r.kind == RecordKind::Op && r.position >= out.next {
-                out.records.push((r.position, r.payload.to_vec()));
+            if r.position >= out.next {
+                out.records.push((r.position, r.kind, r.payload.to_vec()));
             }
         }
         expected = Some(scan.next_position());
@@ -392,7 +445,7 @@ pub struct LogStats {
 }
 
 enum Cmd {
-    Record(u64, Vec<u8>),
+    Record(u64, RecordKind, Vec<u8>),
     Snapshot(u64, Vec<u8>),
 }
 
@@ -405,26 +458,44 @@ pub struct LogWriter {
     stats: Arc<LogStats>,
     thread: Option<JoinHandle<Result<(), DurableError>>>,
     next: u64,
+    /// Snapshots that start a new generation, queued, and those the writer has written: the
+    /// persisted position is the old history's until they are equal.
+    resets_sent: u64,
+    resets_done: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Cmd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Cmd::Record(p, b) => write!(f, "Record({p}, {} bytes)", b.len()),
+            Cmd::Record(p, k, b) => write!(f, "Record({p}, {k:?}, {} bytes)", b.len()),
             Cmd::Snapshot(p, b) => write!(f, "Snapshot({p}, {} bytes)", b.len()),
         }
     }
 }
 
 impl LogWriter {
-    /// Starts the writer on `dir`, appending from position `next` (what [`recover`] said). A
-    /// log that starts after position 0 needs a snapshot at or after its start: write one
-    /// ([`LogWriter::snapshot`]) before the first record.
-    pub fn start(dir: &DataDir, next: u64, opts: LogOptions) -> Result<LogWriter, DurableError> {
+    /// Starts the writer on `dir`, appending from position `next` in `generation` (what
+    /// [`recover`] said). A log that starts after position 0 needs a snapshot at or after its
+    /// start: write one ([`LogWriter::snapshot`]) before the first record.
+    pub fn start(
+        dir: &DataDir,
+        next: u64,
+        generation: u64,
+        opts: LogOptions,
+    ) -> Result<LogWriter, DurableError> {
         let (tx, rx) = mpsc::sync_channel(opts.queue_records.max(1));
         let persisted = Arc::new(AtomicU64::new(next));
         let stats = Arc::new(LogStats::default());
-        let mut w = Writer::open(dir.clone(), next, opts, persisted.clone(), stats.clone())?;
+        let resets_done = Arc::new(AtomicU64::new(0));
+        let mut w = Writer::open(
+            dir.clone(),
+            next,
+            generation,
+            opts,
+            persisted.clone(),
+            stats.clone(),
+            resets_done.clone(),
+        )?;
         let thread = thread::Builder::new()
             .name("conveyor-log".into())
             .spawn(move || w.run(rx))
@@ -435,39 +506,66 @@ impl LogWriter {
             stats,
             thread: Some(thread),
             next,
+            resets_sent: 0,
+            resets_done,
         })
     }
 
-    /// Queues the operation `op` (its encoding) at `position`, which must be the next one.
-    pub fn append(&mut self, position: u64, op: Vec<u8>) -> Appended {
+    /// Queues a step of the order (`kind`, its encoding) at `position`, which must be the
+    /// next one.
+    pub fn append(&mut self, position: u64, kind: RecordKind, bytes: Vec<u8>) -> Appended {
+        match self.offer(position, kind, bytes) {
+            Ok(()) => Appended::Queued,
+            Err(_) => Appended::Full,
+        }
+    }
+
+    /// [`LogWriter::append`], handing the bytes back when the queue is full.
+    pub fn offer(
+        &mut self,
+        position: u64,
+        kind: RecordKind,
+        bytes: Vec<u8>,
+    ) -> Result<(), Vec<u8>> {
         debug_assert_eq!(position, self.next, "log positions run on without a gap");
         let Some(tx) = &self.tx else {
-            return Appended::Full;
+            return Err(bytes);
         };
-        match tx.try_send(Cmd::Record(position, op)) {
+        match tx.try_send(Cmd::Record(position, kind, bytes)) {
             Ok(()) => {
                 self.next = position + 1;
-                Appended::Queued
+                Ok(())
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Appended::Full,
+            Err(TrySendError::Full(c) | TrySendError::Disconnected(c)) => match c {
+                Cmd::Record(_, _, b) => Err(b),
+                Cmd::Snapshot(_, b) => Err(b),
+            },
         }
     }
 
     /// Writes a snapshot of the state as of `position` once every record before it is on
     /// disk, then deletes the segments and snapshots it makes useless. Blocks while the
     /// writer's queue is full.
-    /// A snapshot ahead of the log (a joiner's state) makes the log go on from its position,
-    /// in a new segment.
+    /// A snapshot anywhere else than where the log is (a state this member did not make: a
+    /// joiner's, or the group's after a restart) starts a new generation: the log goes on from
+    /// its position, and the older generations go once it is on disk.
     pub fn snapshot(&mut self, position: u64, state: Vec<u8>) {
         if let Some(tx) = &self.tx {
             if tx.send(Cmd::Snapshot(position, state)).is_ok() {
-                self.next = self.next.max(position);
+                if position != self.next {
+                    self.resets_sent += 1;
+                }
+                self.next = position;
             }
         }
     }
 
-    /// Every record before this position is on disk (synced).
+    /// Every record before this position is on disk (synced), in the history being written
+    /// (0 while a new generation's snapshot is not on disk yet).
     pub fn persisted(&self) -> u64 {
+        if self.resets_done.load(Ordering::Acquire) < self.resets_sent {
+            return 0;
+        }
         self.persisted.load(Ordering::Acquire)
     }
 
@@ -519,6 +617,8 @@ impl Drop for LogWriter {
 /// The writer thread's state.
 struct Writer {
     dir: DataDir,
+    generation: u64,
+    resets_done: Arc<AtomicU64>,
     opts: LogOptions,
     persisted: Arc<AtomicU64>,
     stats: Arc<LogStats>,
@@ -536,9 +636,11 @@ impl Writer {
     fn open(
         dir: DataDir,
         next: u64,
+        generation: u64,
         opts: LogOptions,
         persisted: Arc<AtomicU64>,
         stats: Arc<LogStats>,
+        resets_done: Arc<AtomicU64>,
     ) -> Result<Writer, DurableError> {
         // Append to the newest segment if it continues at `next`, else start one.
         let newest = dir.segments()?.pop();
@@ -561,14 +663,16 @@ impl Writer {
                         .map_err(io_err(&path, "seek"))?;
                     (f, path, len)
                 } else {
-                    new_segment(&dir, next)?
+                    new_segment(&dir, generation, next)?
                 }
             }
-            None => new_segment(&dir, next)?,
+            None => new_segment(&dir, generation, next)?,
         };
         stats.segments.fetch_add(1, Ordering::Relaxed);
         Ok(Writer {
             dir,
+            generation,
+            resets_done,
             opts,
             persisted,
             stats,
@@ -593,13 +697,13 @@ impl Writer {
             };
             let snap = match first {
                 Cmd::Snapshot(p, s) => Some((p, s)),
-                Cmd::Record(p, op) => {
-                    self.add(p, &op, true);
+                Cmd::Record(p, kind, op) => {
+                    self.add(p, kind, &op, true);
                     // Everything else already queued joins this batch.
                     let mut snap = None;
                     while self.buf.len() < self.opts.batch_bytes {
                         match rx.try_recv() {
-                            Ok(Cmd::Record(p, op)) => self.add(p, &op, false),
+                            Ok(Cmd::Record(p, kind, op)) => self.add(p, kind, &op, false),
                             Ok(Cmd::Snapshot(p, s)) => {
                                 snap = Some((p, s));
                                 break;
@@ -622,13 +726,13 @@ impl Writer {
         }
     }
 
-    fn add(&mut self, position: u64, op: &[u8], first: bool) {
+    fn add(&mut self, position: u64, kind: RecordKind, bytes: &[u8], first: bool) {
         debug_assert_eq!(position, self.next);
         if first {
             self.batch_first = position;
         }
         let flags = if first { BATCH_START } else { 0 };
-        seg::encode_record(&mut self.buf, position, RecordKind::Op, flags, op);
+        seg::encode_record(&mut self.buf, position, kind, flags, bytes);
         self.next = position + 1;
         self.stats.records.fetch_add(1, Ordering::Relaxed);
     }
@@ -685,7 +789,7 @@ impl Writer {
             && self.len + self.buf.len() as u64 > self.opts.segment_bytes
         {
             // The current segment is synced whole: start the next at this batch.
-            let (file, path, len) = new_segment(&self.dir, self.batch_first)?;
+            let (file, path, len) = new_segment(&self.dir, self.generation, self.batch_first)?;
             (self.file, self.path, self.len) = (file, path, len);
             self.stats.segments.fetch_add(1, Ordering::Relaxed);
         }
@@ -696,20 +800,36 @@ impl Writer {
     }
 
     /// Writes a snapshot as of `position` (every record before it is synced: batches are
-    /// written in order), then removes older snapshots and the segments wholly before it.
+    /// written in order), then removes older snapshots and the segments wholly before it. A
+    /// snapshot elsewhere than the log's end starts a new generation (see the module docs).
     fn write_snapshot(&mut self, position: u64, state: &[u8]) -> Result<(), DurableError> {
         let bytes = snapshot::encode(self.dir.group, position, state);
-        write_durably(&self.dir.path, &snapshot_name(position), &bytes)?;
-        if position > self.next {
-            // Ahead of the log (a joiner's state): the log goes on from it, in a segment of
-            // its own; every step before it is on disk now.
-            let (file, path, len) = new_segment(&self.dir, position)?;
+        if position != self.next {
+            // A state this member did not make: its log may hold another history at these
+            // positions. The snapshot starts the next generation; once it is on disk, the
+            // older ones go (a crash in between leaves them to recovery, which reads only
+            // the newest).
+            let generation = self.generation + 1;
+            write_durably(&self.dir.path, &snapshot_name(generation, position), &bytes)?;
+            let (file, path, len) = new_segment(&self.dir, generation, position)?;
             (self.file, self.path, self.len) = (file, path, len);
+            self.generation = generation;
             self.stats.segments.fetch_add(1, Ordering::Relaxed);
             self.next = position;
             self.batch_first = position;
+            for p in self.dir.older_than(generation)? {
+                fs::remove_file(&p).map_err(io_err(&p, "remove"))?;
+            }
+            sync_dir(&self.dir.path)?;
             self.persisted.store(position, Ordering::Release);
+            self.resets_done.fetch_add(1, Ordering::AcqRel);
+            return Ok(());
         }
+        write_durably(
+            &self.dir.path,
+            &snapshot_name(self.generation, position),
+            &bytes,
+        )?;
         for (p, path) in self.dir.snapshots()? {
             if p < position {
                 fs::remove_file(&path).map_err(io_err(&path, "remove"))?;
@@ -728,8 +848,12 @@ impl Writer {
 
 /// Creates the segment starting at `first`: its header written and synced, the directory
 /// synced.
-fn new_segment(dir: &DataDir, first: u64) -> Result<(File, PathBuf, u64), DurableError> {
-    let path = dir.path.join(segment_name(first));
+fn new_segment(
+    dir: &DataDir,
+    generation: u64,
+    first: u64,
+) -> Result<(File, PathBuf, u64), DurableError> {
+    let path = dir.path.join(segment_name(generation, first));
     let mut f = OpenOptions::new()
         .create(true)
         .truncate(true)

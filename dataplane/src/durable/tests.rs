@@ -27,18 +27,19 @@ fn wait_persisted(w: &LogWriter, upto: u64) {
 
 fn append_all(w: &mut LogWriter, range: std::ops::Range<u64>) {
     for i in range {
-        while w.append(i, op(i)) == Appended::Full {
+        while w.append(i, RecordKind::Op, op(i)) == Appended::Full {
             thread::sleep(Duration::from_millis(1));
         }
     }
 }
 
 fn positions(r: &Recovered) -> Vec<u64> {
-    r.records.iter().map(|(p, _)| *p).collect()
+    r.records.iter().map(|(p, _, _)| *p).collect()
 }
 
 fn check_ops(r: &Recovered) {
-    for (p, bytes) in &r.records {
+    for (p, kind, bytes) in &r.records {
+        assert_eq!(*kind, RecordKind::Op);
         assert_eq!(bytes, &op(*p), "record {p}");
     }
 }
@@ -52,7 +53,7 @@ fn records_come_back_in_order_written_in_fewer_syncs_than_records() {
         (r.next, r.records.len(), r.snapshot.is_none()),
         (0, 0, true)
     );
-    let mut w = LogWriter::start(&dir, 0, LogOptions::default()).unwrap();
+    let mut w = LogWriter::start(&dir, 0, 0, LogOptions::default()).unwrap();
     append_all(&mut w, 0..5000);
     wait_persisted(&w, 5000);
     let batches = w.stats().batches.load(Ordering::Relaxed);
@@ -64,7 +65,7 @@ fn records_come_back_in_order_written_in_fewer_syncs_than_records() {
     check_ops(&r);
     assert_eq!((r.next, r.cut.clone()), (5000, None));
     // Reopened, it appends after what it holds.
-    let mut w = LogWriter::start(&dir, r.next, LogOptions::default()).unwrap();
+    let mut w = LogWriter::start(&dir, r.next, r.generation, LogOptions::default()).unwrap();
     append_all(&mut w, 5000..5010);
     w.stop().unwrap();
     let r = recover(&dir).unwrap();
@@ -76,7 +77,7 @@ fn records_come_back_in_order_written_in_fewer_syncs_than_records() {
 fn a_log_cut_mid_record_loses_that_record_only_and_goes_on_after_it() {
     let t = tempfile::tempdir().unwrap();
     let dir = DataDir::open(t.path(), G).unwrap();
-    let mut w = LogWriter::start(&dir, 0, LogOptions::default()).unwrap();
+    let mut w = LogWriter::start(&dir, 0, 0, LogOptions::default()).unwrap();
     append_all(&mut w, 0..100);
     w.stop().unwrap();
     let (_, path) = dir.segments().unwrap().pop().unwrap();
@@ -103,7 +104,7 @@ fn a_log_cut_mid_record_loses_that_record_only_and_goes_on_after_it() {
         "cut on disk too"
     );
     // Position 99 is written again, after the cut.
-    let mut w = LogWriter::start(&dir, r.next, LogOptions::default()).unwrap();
+    let mut w = LogWriter::start(&dir, r.next, r.generation, LogOptions::default()).unwrap();
     append_all(&mut w, 99..120);
     w.stop().unwrap();
     let r = recover(&dir).unwrap();
@@ -116,7 +117,7 @@ fn a_log_cut_mid_record_loses_that_record_only_and_goes_on_after_it() {
 fn corruption_before_the_tail_is_an_error_naming_the_file_and_the_offset() {
     let t = tempfile::tempdir().unwrap();
     let dir = DataDir::open(t.path(), G).unwrap();
-    let mut w = LogWriter::start(&dir, 0, LogOptions::default()).unwrap();
+    let mut w = LogWriter::start(&dir, 0, 0, LogOptions::default()).unwrap();
     // Two batches at least: wait for the first before the second.
     append_all(&mut w, 0..10);
     wait_persisted(&w, 10);
@@ -193,7 +194,7 @@ fn segments_rotate_and_a_snapshot_lets_the_ones_behind_it_go() {
         segment_bytes: 2000,
         ..LogOptions::default()
     };
-    let mut w = LogWriter::start(&dir, 0, opts).unwrap();
+    let mut w = LogWriter::start(&dir, 0, 0, opts).unwrap();
     for i in 0..300 {
         append_all(&mut w, i..i + 1);
         wait_persisted(&w, i + 1); // one batch each: segments fill one record at a time
@@ -202,7 +203,8 @@ fn segments_rotate_and_a_snapshot_lets_the_ones_behind_it_go() {
     assert!(segs.len() > 5, "{} segments", segs.len());
     let r = recover(&dir).unwrap();
     assert_eq!(positions(&r), (0..300).collect::<Vec<_>>());
-    w.snapshot(200, b"state at 200".to_vec());
+    // The state as of the log's end (what the replica hands over: its state now).
+    w.snapshot(300, b"state at 300".to_vec());
     append_all(&mut w, 300..310);
     w.stop().unwrap();
     let left = dir.segments().unwrap();
@@ -212,13 +214,14 @@ fn segments_rotate_and_a_snapshot_lets_the_ones_behind_it_go() {
         left.len(),
         segs.len()
     );
-    assert!(left[0].0 <= 200, "the segment holding 200 stays");
+    assert!(left[0].0 <= 300, "the segment holding 300 stays");
     let r = recover(&dir).unwrap();
-    assert_eq!(r.snapshot, Some((200, b"state at 200".to_vec())));
-    assert_eq!(positions(&r), (200..310).collect::<Vec<_>>());
+    assert_eq!(r.generation, 0, "the same history goes on");
+    assert_eq!(r.snapshot, Some((300, b"state at 300".to_vec())));
+    assert_eq!(positions(&r), (300..310).collect::<Vec<_>>());
     check_ops(&r);
     // A second snapshot replaces the first.
-    let mut w = LogWriter::start(&dir, r.next, opts).unwrap();
+    let mut w = LogWriter::start(&dir, r.next, r.generation, opts).unwrap();
     w.snapshot(310, b"state at 310".to_vec());
     w.stop().unwrap();
     assert_eq!(dir.snapshots().unwrap().len(), 1);
@@ -235,7 +238,7 @@ fn segments_rotate_and_a_snapshot_lets_the_ones_behind_it_go() {
 fn a_snapshot_ahead_of_the_log_starts_it_again_from_there() {
     let t = tempfile::tempdir().unwrap();
     let dir = DataDir::open(t.path(), G).unwrap();
-    let mut w = LogWriter::start(&dir, 0, LogOptions::default()).unwrap();
+    let mut w = LogWriter::start(&dir, 0, 0, LogOptions::default()).unwrap();
     append_all(&mut w, 0..50);
     w.snapshot(80, b"state at 80".to_vec());
     append_all(&mut w, 80..100);
@@ -251,6 +254,48 @@ fn a_snapshot_ahead_of_the_log_starts_it_again_from_there() {
     assert_eq!(segs[0].0, 80);
 }
 
+/// The group's state after a restart can lie behind this member's log, which then holds
+/// another history at those positions: the snapshot starts a new generation, the log goes on
+/// from it, and nothing of the old one is read again. What the writer says is on disk is 0
+/// until the snapshot is (never the old history's end).
+#[test]
+fn a_snapshot_behind_the_log_starts_a_new_generation() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = DataDir::open(t.path(), G).unwrap();
+    let mut w = LogWriter::start(&dir, 0, 0, LogOptions::default()).unwrap();
+    append_all(&mut w, 0..50);
+    wait_persisted(&w, 50);
+    w.snapshot(20, b"the group's state at 20".to_vec());
+    assert!(w.persisted() == 0 || w.persisted() == 20);
+    append_all(&mut w, 20..30);
+    wait_persisted(&w, 30);
+    w.stop().unwrap();
+    let r = recover(&dir).unwrap();
+    assert_eq!(r.generation, 1);
+    assert_eq!(r.snapshot, Some((20, b"the group's state at 20".to_vec())));
+    assert_eq!(positions(&r), (20..30).collect::<Vec<_>>());
+    check_ops(&r);
+    assert!(
+        dir.older_than(1).unwrap().is_empty(),
+        "generation 0 is gone"
+    );
+    // A crash right after a newer generation's snapshot reached the disk: recovery reads it
+    // and removes the rest.
+    let state = b"state of generation 2".to_vec();
+    let bytes = conveyor_core::durable::snapshot::encode(G, 7, &state);
+    write_durably(&dir.path, &snapshot_name(2, 7), &bytes).unwrap();
+    let r = recover(&dir).unwrap();
+    assert_eq!((r.generation, r.next), (2, 7));
+    assert_eq!(r.snapshot, Some((7, state)));
+    assert!(r.records.is_empty());
+    assert!(dir.older_than(2).unwrap().is_empty());
+    let mut w = LogWriter::start(&dir, r.next, r.generation, LogOptions::default()).unwrap();
+    append_all(&mut w, 7..9);
+    wait_persisted(&w, 9);
+    w.stop().unwrap();
+    assert_eq!(positions(&recover(&dir).unwrap()), vec![7, 8]);
+}
+
 #[test]
 fn a_missing_segment_is_a_gap_not_a_shorter_log() {
     let t = tempfile::tempdir().unwrap();
@@ -259,7 +304,7 @@ fn a_missing_segment_is_a_gap_not_a_shorter_log() {
         segment_bytes: 500,
         ..LogOptions::default()
     };
-    let mut w = LogWriter::start(&dir, 0, opts).unwrap();
+    let mut w = LogWriter::start(&dir, 0, 0, opts).unwrap();
     for i in 0..60 {
         append_all(&mut w, i..i + 1);
         wait_persisted(&w, i + 1);
@@ -280,10 +325,10 @@ fn a_missing_segment_is_a_gap_not_a_shorter_log() {
 fn a_segment_whose_creation_a_crash_cut_is_removed() {
     let t = tempfile::tempdir().unwrap();
     let dir = DataDir::open(t.path(), G).unwrap();
-    let mut w = LogWriter::start(&dir, 0, LogOptions::default()).unwrap();
+    let mut w = LogWriter::start(&dir, 0, 0, LogOptions::default()).unwrap();
     append_all(&mut w, 0..5);
     w.stop().unwrap();
-    fs::write(t.path().join(segment_name(5)), b"CVYLOG\0\x01\x01").unwrap();
+    fs::write(t.path().join(segment_name(0, 5)), b"CVYLOG\0\x01\x01").unwrap();
     let r = recover(&dir).unwrap();
     assert_eq!(positions(&r), (0..5).collect::<Vec<_>>());
     assert_eq!(r.cut.map(|c| c.offset), Some(0));
@@ -331,7 +376,7 @@ fn a_full_disk_holds_the_frontier_back_and_loses_nothing() {
         retry: Duration::from_millis(20),
         ..LogOptions::default()
     };
-    let mut w = LogWriter::start(&dir, 0, opts).unwrap();
+    let mut w = LogWriter::start(&dir, 0, 0, opts).unwrap();
     append_all(&mut w, 0..100);
     wait_persisted(&w, 100);
     // Fill the rest of the file system.

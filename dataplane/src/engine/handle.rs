@@ -49,7 +49,27 @@ impl EngineHandle {
         clock: Clock,
         inline: Option<Box<dyn InlineApp>>,
     ) -> Result<EngineHandle, EngineError> {
-        let mut replica = if cfg.join {
+        let (log, recovered) = match &cfg.data_dir {
+            Some(path) => {
+                let (log, state) =
+                    super::log::EngineLog::open(path, cfg.group.0).map_err(EngineError::Startup)?;
+                (Some(log), Some(state))
+            }
+            None => (None, None),
+        };
+        let mut replica = if let (Some(state), false) = (&recovered, cfg.join) {
+            // From the data directory: the group decides which log it goes on from.
+            Replica::recovering(
+                cfg.proto.clone(),
+                cfg.key.clone(),
+                cfg.group,
+                cfg.view.clone(),
+                cfg.me,
+                conveyor_core::proto::draw_incarnation(crate::sys::random_u64()),
+                clock.now(),
+                state.clone(),
+            )
+        } else if cfg.join {
             Replica::joining(
                 cfg.proto.clone(),
                 cfg.key.clone(),
@@ -74,6 +94,16 @@ impl EngineHandle {
         }
         .map_err(|e| EngineError::Startup(e.to_string()))?;
         replica.set_speculation(cfg.speculate);
+        if let Some(state) = recovered {
+            replica.set_durable(true, &cfg.view.members);
+            if cfg.join {
+                replica.set_log_state(state);
+            } else if let Some(claim) = replica.claim() {
+                replica
+                    .submit(&claim)
+                    .map_err(|e| EngineError::Startup(format!("the recovery claim: {e}")))?;
+            }
+        }
         let wake =
             Arc::new(EventFd::new().map_err(|e| EngineError::Startup(format!("eventfd: {e}")))?);
         let cmds = Arc::new(ArrayQueue::new(CMD_RING));
@@ -94,6 +124,7 @@ impl EngineHandle {
             },
             clock,
             inline,
+            log,
         )?;
         Ok(EngineHandle {
             sub: Submitter {

@@ -16,6 +16,7 @@
 
 pub mod handle;
 pub mod idle;
+mod log;
 mod poll_loop;
 pub mod probe;
 
@@ -56,6 +57,11 @@ pub struct EngineConfig {
     /// [`Effect::Confirmed`] or [`Effect::Discarded`]). Only for an application that handles
     /// those, such as [`crate::invoker::InvokerApp`].
     pub speculate: bool,
+    /// The data directory (`[member] data_dir`): every step of the order is logged there,
+    /// what a durable queue tells waits for a majority of the group file's members' disks,
+    /// and a member started from it recovers (see `conveyor_core::replica`, "recovery"): the
+    /// whole group restarting from its data directories loses nothing it was told.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// An application that runs inside the polling thread (run-to-completion): it sees this

@@ -13,7 +13,7 @@ use conveyor_core::proto::membership::{Status, StopReason};
 use conveyor_core::proto::{Dest, Transmit};
 use conveyor_core::queue::{Effect, Op};
 use conveyor_core::types::{Instant, MemberId, RequestId};
-use conveyor_core::Replica;
+use conveyor_core::{RecoveryStage, Replica};
 use crossbeam_queue::ArrayQueue;
 use std::collections::VecDeque;
 use std::sync::atomic::{fence, Ordering};
@@ -37,10 +37,12 @@ pub(super) fn spawn(
     rings: Rings,
     clock: Clock,
     inline: Option<Box<dyn InlineApp>>,
+    log: Option<super::log::EngineLog>,
 ) -> Result<JoinHandle<EngineReport>, EngineError> {
     let me = cfg.me;
     let mut engine = Engine {
         replica,
+        log,
         transport,
         cmds: rings.cmds,
         events: rings.events,
@@ -76,6 +78,8 @@ struct Engine {
     cfg: EngineConfig,
     /// The protocol member and the queue replica (see `conveyor_core::replica`).
     replica: Replica,
+    /// The data directory's log, when configured (see `engine/log.rs`).
+    log: Option<super::log::EngineLog>,
     transport: Box<dyn Transport>,
     cmds: Arc<ArrayQueue<Vec<u8>>>,
     events: Arc<ArrayQueue<Event>>,
@@ -229,7 +233,10 @@ impl Engine {
                 // commits a view without itself queued the commit for the others).
                 self.transmit();
             }
-            if removed && self.cfg.rejoin {
+            // A recovery given up starts again from the data directory whatever `rejoin` says:
+            // it is how a restarted group gets past a sender that failed.
+            let abandoned = matches!(self.replica.recovery(), Some((RecoveryStage::Abandoned, _)));
+            if removed && (self.cfg.rejoin || abandoned) {
                 self.rejoin();
                 continue;
             }
@@ -282,6 +289,13 @@ impl Engine {
                 work = true;
                 if self.replica.queue().is_shut_down() && shutdown_at.is_none() {
                     shutdown_at = Some(std::time::Instant::now());
+                }
+            }
+            match self.persist() {
+                Ok(w) => work |= w,
+                Err(e) => {
+                    error = Some(e);
+                    break;
                 }
             }
             work |= self.take_commands();
@@ -353,6 +367,9 @@ impl Engine {
         if let Some(e) = &error {
             self.set_status(e.clone());
             tracing::error!("{e}");
+        }
+        if let Some(log) = self.log.as_mut() {
+            log.stop();
         }
         self.shared.finished.store(true, Ordering::Release);
         self.wake_app();
@@ -446,8 +463,37 @@ impl Engine {
         }
     }
 
+    /// Hands the log what the replica has to persist, and the replica what is on disk.
+    fn persist(&mut self) -> Result<bool, String> {
+        let Some(log) = self.log.as_mut() else {
+            return Ok(false);
+        };
+        let work = log.drive(&mut self.replica).map_err(|e| {
+            format!(
+                "the log writer stopped: {e}; this member stops (its disk no longer takes the log)"
+            )
+        })?;
+        if work {
+            // What the disks held may release acceptances and ends.
+            self.apply_deliveries();
+        }
+        Ok(work)
+    }
+
+    /// Whether the replica takes the application's operations: not while a member restarted
+    /// from its data directory has not recovered the group's state.
+    fn recovering(&self) -> bool {
+        self.replica
+            .recovery()
+            .is_some_and(|(stage, _)| stage != RecoveryStage::Recovered)
+    }
+
     /// Starts over as a joiner: a new member process as far as the group is concerned.
     fn rejoin(&mut self) {
+        if self.log.is_some() {
+            self.restart_from_log();
+            return;
+        }
         let msg = format!(
             "removed from the group (view {}); rejoining as a new member",
             self.replica.member().view().id.0
@@ -481,18 +527,71 @@ impl Engine {
             Ok(mut r) => {
                 r.set_speculation(self.cfg.speculate);
                 r.set_rejoining(applied, unanswered);
-                self.malformed_ops += self.replica.stats().malformed_ops;
-                self.replica = r;
-                self.applied = 0;
-                self.bad_states_said = 0;
-                self.inline_events.clear();
-                self.local_ops.clear();
-                // The new replica numbers its speculations from 1 again.
-                self.speculated_at.clear();
-                self.rejoins += 1;
+                self.replace(r);
             }
             Err(e) => tracing::error!("cannot rejoin: {e}"),
         }
+    }
+
+    /// The new process's replica takes the old one's place.
+    fn replace(&mut self, r: Replica) {
+        self.malformed_ops += self.replica.stats().malformed_ops;
+        self.replica = r;
+        self.applied = 0;
+        self.bad_states_said = 0;
+        self.inline_events.clear();
+        self.local_ops.clear();
+        // The new replica numbers its speculations from 1 again.
+        self.speculated_at.clear();
+        self.rejoins += 1;
+    }
+
+    /// With a data directory: a new process from what the log holds, a joiner that carries
+    /// its log's state (it claims with it if a restarted group has not decided yet, and takes
+    /// the group's state otherwise). Also after a recovery given up (see
+    /// `RecoveryStage::Abandoned`).
+    fn restart_from_log(&mut self) {
+        let abandoned = matches!(self.replica.recovery(), Some((RecoveryStage::Abandoned, _)));
+        let state = match self.log.as_mut().map(|l| l.reopen()) {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                tracing::error!("cannot read the data directory back: {e}");
+                self.shared.stop.store(true, Ordering::Release);
+                return;
+            }
+            None => return,
+        };
+        let msg = if abandoned {
+            "the group's state could not come (its sender failed, or the view changed): joining again, from the data directory"
+        } else {
+            "removed from the group; rejoining as a new member, from the data directory"
+        };
+        tracing::warn!("{msg}");
+        self.set_status(msg.into());
+        let contacts: Vec<MemberId> = (0..self.cfg.names.len() as u16)
+            .map(MemberId)
+            .filter(|m| *m != self.cfg.me)
+            .collect();
+        let mut r = match Replica::joining(
+            self.cfg.proto.clone(),
+            self.cfg.key.clone(),
+            self.cfg.group,
+            self.cfg.me,
+            contacts,
+            conveyor_core::proto::draw_incarnation(crate::sys::random_u64()),
+            self.clock.now(),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("cannot rejoin: {e}");
+                return;
+            }
+        };
+        r.set_log_state(state);
+        r.set_speculation(self.cfg.speculate);
+        r.set_durable(true, &self.cfg.view.members);
+        r.set_rejoining(self.replica.applied(), self.replica.take_unanswered());
+        self.replace(r);
     }
 
     fn park(&mut self) {
@@ -530,7 +629,8 @@ impl Engine {
         if !matches!(
             self.replica.member().status(),
             Status::Serving | Status::Changing
-        ) {
+        ) || self.recovering()
+        {
             // Joining, or in a minority: operations wait (the ring fills: backpressure).
             return false;
         }
@@ -576,6 +676,10 @@ impl Engine {
     /// Applies what the group delivered and hands this member's effects to the application.
     fn apply_deliveries(&mut self) -> bool {
         let me = self.cfg.me;
+        if self.log.as_ref().is_some_and(|l| l.backed_up()) {
+            // The disk is behind: nothing more is applied until the log takes it.
+            return false;
+        }
         while let Some(mut e) = self.replica.poll_effect() {
             match &e {
                 Effect::Rejoined { origin, .. } if *origin == me => e = self.on_rejoined(e),

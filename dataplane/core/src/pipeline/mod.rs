@@ -583,20 +583,6 @@ impl Pipeline {
                 .queue_options
                 .clone()
                 .unwrap_or(doc.queue_defaults.clone());
-            if opts.durability == Durability::Log {
-                let field = if s.queue_options.is_some() {
-                    format!("steps.{name}.queue_options.durability")
-                } else {
-                    "queue_defaults.durability".to_string()
-                };
-                // The replica logs and holds answers for the disks (replica/durable.rs), but
-                // members do not write logs or recover from them yet: a "log" queue would
-                // be told accepted on disks no one writes.
-                return Err(err(
-                    field,
-                    "\"log\" is not served yet: members do not write their logs yet (issue 21); use \"memory\"",
-                ));
-            }
             steps.insert(
                 name.clone(),
                 Step {

@@ -239,18 +239,21 @@ fn spin_asks_for_its_cpu_time_and_echoes() {
 }
 
 #[test]
-fn durable_queues_are_refused_until_members_write_logs() {
+fn queue_durability_is_read_from_the_step_or_the_defaults() {
+    let durable = |doc: &str| {
+        Pipeline::from_json(doc)
+            .unwrap()
+            .queue_specs()
+            .iter()
+            .map(|q| q.durability)
+            .collect::<Vec<_>>()
+    };
     let doc = r#"{"name": "p", "entry": "a",
         "steps": {"a": {"function": "echo", "queue_options": {"durability": "log"}}}}"#;
-    let e = Pipeline::from_json(doc).unwrap_err();
-    assert_eq!(e.field, "steps.a.queue_options.durability");
-    assert!(e.message.contains("not served yet"), "{}", e.message);
+    assert_eq!(durable(doc), vec![Durability::Log]);
     let doc = r#"{"name": "p", "entry": "a", "queue_defaults": {"durability": "log"},
         "steps": {"a": {"function": "echo"}}}"#;
-    assert_eq!(
-        Pipeline::from_json(doc).unwrap_err().field,
-        "queue_defaults.durability"
-    );
+    assert_eq!(durable(doc), vec![Durability::Log]);
     let doc = r#"{"name": "p", "entry": "a", "queue_defaults": {"durability": "memory"},
         "steps": {"a": {"function": "echo"}}}"#;
     assert!(Pipeline::from_json(doc).is_ok());

@@ -1,0 +1,143 @@
+//! The engine's durable log: what the replica hands the host to persist goes to the data
+//! directory's [`LogWriter`], and what the disk holds goes back to the replica (see
+//! `conveyor_core::replica` "durable" and "recovery"). At start, and whenever the process's
+//! replica is replaced (a rejoin, a recovery given up), the log is read back and replayed: the
+//! state a restarted member claims with (or, for a joiner, claims with if the group has not
+//! decided yet).
+
+use crate::durable::{recover, DataDir, DurableError, LogOptions, LogWriter};
+use conveyor_core::durable::replay;
+use conveyor_core::queue::QueueState;
+use conveyor_core::{Persist, Replica};
+use std::path::Path;
+
+/// A member's log, open for writing.
+#[derive(Debug)]
+pub(super) struct EngineLog {
+    dir: DataDir,
+    writer: Option<LogWriter>,
+    opts: LogOptions,
+    /// A record the writer's queue had no room for: offered again before anything else, and
+    /// until it is taken the replica applies nothing more (the disk is the bottleneck; the
+    /// group slows down rather than this member buffering without bound).
+    pending: Option<Persist>,
+    /// The disk-full state last said (logged once per change).
+    said_full: bool,
+}
+
+impl EngineLog {
+    /// Opens `path` for `group`, reads it back and starts writing after it; the state the
+    /// log replays to.
+    pub(super) fn open(path: &Path, group: u32) -> Result<(EngineLog, QueueState), String> {
+        let dir = DataDir::open(path, group).map_err(|e| e.to_string())?;
+        let mut log = EngineLog {
+            dir,
+            writer: None,
+            opts: LogOptions::default(),
+            pending: None,
+            said_full: false,
+        };
+        let state = log.reopen()?;
+        Ok((log, state))
+    }
+
+    /// Stops the writer (what it holds reaches the disk), reads the directory back and
+    /// starts writing after it; the state the log replays to. The replica that used it is
+    /// being replaced: what it had not handed over yet is dropped with it.
+    pub(super) fn reopen(&mut self) -> Result<QueueState, String> {
+        self.pending = None;
+        if let Some(w) = self.writer.take() {
+            w.stop().map_err(|e| e.to_string())?;
+        }
+        let r = recover(&self.dir).map_err(|e| e.to_string())?;
+        if let Some(cut) = &r.cut {
+            tracing::warn!(
+                "{}: a torn write at offset {} cut off ({} bytes): {}",
+                cut.file.display(),
+                cut.offset,
+                cut.bytes,
+                cut.reason
+            );
+        }
+        let state = replay(
+            r.snapshot.as_ref().map(|s| s.1.as_slice()),
+            r.records.iter().map(|(p, k, b)| (*p, *k, b.as_slice())),
+        )
+        .map_err(|e| {
+            format!(
+                "{}: the log does not replay: {e}",
+                self.dir.path().display()
+            )
+        })?;
+        tracing::info!(
+            "{}: recovered {} records (generation {}), the state at position {} (epoch {})",
+            self.dir.path().display(),
+            r.records.len(),
+            r.generation,
+            state.applied(),
+            state.epoch()
+        );
+        self.writer = Some(
+            LogWriter::start(&self.dir, r.next, r.generation, self.opts)
+                .map_err(|e| e.to_string())?,
+        );
+        Ok(state)
+    }
+
+    /// Whether a record waits for room in the writer's queue (apply nothing more meanwhile).
+    pub(super) fn backed_up(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Hands the writer what the replica has to persist, and tells the replica what is on
+    /// disk. The writer's error, if it stopped on one (the member must stop: its disk no
+    /// longer takes the log).
+    pub(super) fn drive(&mut self, replica: &mut Replica) -> Result<bool, DurableError> {
+        let Some(w) = self.writer.as_mut() else {
+            return Ok(false);
+        };
+        let mut work = false;
+        while let Some(p) = self.pending.take().or_else(|| replica.poll_persist()) {
+            match p {
+                Persist::Record {
+                    position,
+                    kind,
+                    bytes,
+                } => {
+                    if let Err(bytes) = w.offer(position, kind, bytes) {
+                        self.pending = Some(Persist::Record {
+                            position,
+                            kind,
+                            bytes,
+                        });
+                        break;
+                    }
+                }
+                Persist::Snapshot { position, state } => w.snapshot(position, state),
+            }
+            work = true;
+        }
+        w.check()?;
+        let full = w
+            .stats()
+            .disk_full
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if full != self.said_full {
+            self.said_full = full;
+            if !full {
+                tracing::info!("the data directory takes the log again");
+            }
+        }
+        replica.persisted(w.persisted());
+        Ok(work)
+    }
+
+    /// Stops the writer: what it holds reaches the disk.
+    pub(super) fn stop(&mut self) {
+        if let Some(w) = self.writer.take() {
+            if let Err(e) = w.stop() {
+                tracing::error!("log writer: {e}");
+            }
+        }
+    }
+}
