@@ -173,7 +173,18 @@ MUTANTS = [
     ("view-not-a-step", "queue/mod.rs",
      "        self.remove_members(removed, effects);\n        self.applied += 1;",
      "        self.remove_members(removed, effects);"),
-    # Recovery after a whole-group restart (replica/recovery.rs).
+    # Recovery after a whole-group restart (replica/recovery.rs). On 004158b (6000 seeds):
+    # caught decide-on-the-shortest-log (durable, seed 23), decide-on-one-claim (durable, 5),
+    # behind-keeps-its-own-state (replicas identical, 26), majority-of-the-view-not-the-group
+    # (durable, 4), restart-keeps-the-consumers (liveness, 5). Not caught by the simulator:
+    # claims-ignore-the-epoch (it needs a member down through one restart with a longer log
+    # of the history before, among the claims that decide the next one; the unit test
+    # `a_longer_log_of_an_earlier_epoch_does_not_win` catches it) and
+    # old-log-counts-before-the-state (also not after the model's disks stopped counting a
+    # restarted member's old log as the group's, see `write_log`: it matters only for a member
+    # ahead of the decision whose rows tip a majority before the others sync, which the seeds
+    # do not produce; the unit test `a_majority_recovers_without_the_third_member` catches
+    # it).
     ("decide-on-the-shortest-log", "replica/recovery.rs",
      "        let Some(at) = r.claims.iter().map(|(_, c)| *c).max() else {",
      "        let Some(at) = r.claims.iter().map(|(_, c)| *c).min() else {"),

@@ -21,8 +21,6 @@ pub(super) struct EngineLog {
     /// until it is taken the replica applies nothing more (the disk is the bottleneck; the
     /// group slows down rather than this member buffering without bound).
     pending: Option<Persist>,
-    /// The disk-full state last said (logged once per change).
-    said_full: bool,
 }
 
 impl EngineLog {
@@ -35,7 +33,6 @@ impl EngineLog {
             writer: None,
             opts: LogOptions::default(),
             pending: None,
-            said_full: false,
         };
         let state = log.reopen()?;
         Ok((log, state))
@@ -117,17 +114,9 @@ impl EngineLog {
             }
             work = true;
         }
+        // (A full disk is said by the writer's thread, which tries again until space is back:
+        // meanwhile what waits for the disks waits, and this member applies nothing more.)
         w.check()?;
-        let full = w
-            .stats()
-            .disk_full
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if full != self.said_full {
-            self.said_full = full;
-            if !full {
-                tracing::info!("the data directory takes the log again");
-            }
-        }
         replica.persisted(w.persisted());
         Ok(work)
     }

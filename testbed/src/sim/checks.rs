@@ -669,11 +669,19 @@ impl Sim {
             }
             d.log.push(p);
         }
+        // What a restarted member's disk holds counts for the group only once its replica
+        // holds the group's state (before, it is its own log's history, which may differ at
+        // the same positions); the replica is told either way, and must not count it.
+        let holds = self.holds(i);
         let n = &mut self.nodes[i];
-        n.synced_ever = n.synced_ever.max(n.disk.synced);
+        if holds {
+            n.synced_ever = n.synced_ever.max(n.disk.synced);
+        }
         if n.disk.synced < n.disk.written && self.rng.gen_bool(0.5) {
             n.disk.synced = n.disk.written;
-            n.synced_ever = n.synced_ever.max(n.disk.synced);
+            if holds {
+                n.synced_ever = n.synced_ever.max(n.disk.synced);
+            }
             n.replica.persisted(n.disk.synced);
         }
         Ok(())

@@ -23,11 +23,13 @@
 //! members. `P` is the largest (epoch, position) they claim; the members whose own log is at
 //! `P` (the holders; all at `P` hold the same state) apply one more step, the restart
 //! ([`QueueState::restart`]): the state enters the next epoch, and every consumer's requests
-//! go back to their queues (none of the processes that took them lives). Every other member (behind, or ahead with steps no majority held,
-//! which no one was told of) applies nothing from then on and takes the state from a holder:
-//! the lowest-ranked holder in the view sends its state as of the decision to those whose claim
-//! came before it, and as of their claim's delivery to those whose claim comes later. A view
-//! change while a member waits for its state stops it (its host starts it again as a joiner).
+//! go back to their queues (none of the processes that took them lives). Every other member
+//! (behind, or ahead with steps no majority held, which no one was told of) applies nothing
+//! from then on and takes the state from a holder: the lowest-ranked holder in the view sends
+//! its state as of the decision to those whose claim came before it, and as of their claim's
+//! delivery to those whose claim comes later. A view change while a member waits for its
+//! state, or its sender suspected, stops it ([`Stage::Abandoned`]: its host starts it again as
+//! a joiner carrying its log's state).
 //!
 //! Until it holds the group's state, a member's log is not the group's: its rows say nothing
 //! is on disk (0) until its host has taken the state's snapshot (the log starts again from it);
@@ -100,8 +102,8 @@ pub(super) struct Recovery {
     reset_pending: bool,
     /// The host submitted this member's claim.
     claimed: bool,
-    /// The member's view when it started waiting for the state: a state transfer does not
-    /// outlive a view change (see [`Replica::check_recovery`]).
+    /// The view of the claim's delivery it waits for the state as of: a state transfer does
+    /// not outlive a view change (see [`Replica::check_recovery`]).
     awaiting_in: Option<ViewId>,
 }
 

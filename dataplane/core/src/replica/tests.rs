@@ -834,3 +834,55 @@ fn a_majority_recovers_without_the_third_member() {
     net.rs[2].persisted(at);
     assert_eq!(net.rs[2].member().persisted()[1], at);
 }
+
+/// Claims compare by epoch before position: two members whose logs went through a restart
+/// (epoch 1) hold what the group was told since; a third, down through that restart, has a
+/// longer log of the history before it, which must not win (it takes the state instead).
+#[test]
+fn a_longer_log_of_an_earlier_epoch_does_not_win() {
+    let mut before = QueueState::new();
+    let mut fx = Vec::new();
+    before.apply(Op::Create(durable_spec()), &mut fx);
+    let mut stale = before.clone();
+    for _ in 0..20 {
+        stale.apply(
+            Op::Ready {
+                consumer: MemberId(2),
+                credits: 1,
+            },
+            &mut fx,
+        );
+    }
+    let mut restarted = before;
+    restarted.restart(1, &[], &mut fx);
+    restarted.apply(
+        Op::Ready {
+            consumer: MemberId(0),
+            credits: 1,
+        },
+        &mut fx,
+    );
+    assert!(stale.applied() > restarted.applied());
+    let mut net = Net::recovering(
+        vec![
+            Some(restarted.clone()),
+            Some(stale),
+            Some(restarted.clone()),
+        ],
+        0,
+    );
+    net.run(20_000);
+    for r in &net.rs {
+        let (stage, d) = r.recovery().unwrap();
+        assert_eq!(stage, RecoveryStage::Recovered);
+        assert_eq!(
+            d.unwrap().at,
+            Claim {
+                epoch: 1,
+                position: restarted.applied()
+            }
+        );
+        assert_eq!(r.queue().epoch(), 2);
+    }
+    assert_eq!(net.rs[1].queue().digest(), net.rs[0].queue().digest());
+}
