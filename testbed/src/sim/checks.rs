@@ -575,9 +575,9 @@ impl Sim {
         Ok(())
     }
 
-    /// Effects member `i`'s replica held until a majority of its view had their step on disk:
-    /// by then, a majority of the view's hosts must hold the step on disk (the model's truth,
-    /// not what the rows said); then they count as told.
+    /// Effects member `i`'s replica held until a majority of the group had their step on
+    /// disk: by then, a majority of the group file's hosts must hold the step on disk (the
+    /// model's truth, not what the rows said); then they count as told.
     fn on_persisted(&mut self, i: usize, effects: Vec<(u64, Effect)>) -> Result<(), Violation> {
         for (p, e) in effects {
             // The position the simulator saw the step end at, not the replica's word for it.
@@ -615,8 +615,8 @@ impl Sim {
         Ok(())
     }
 
-    /// `e`, told by member `i` now, needs the disks to reach `p`: a majority of its view's
-    /// hosts must have synced that far (the model's truth, not what the rows said).
+    /// `e`, told by member `i` now, needs the disks to reach `p`: a majority of the group
+    /// file's hosts must have synced that far (the model's truth, not what the rows said).
     fn check_on_disks(&self, i: usize, p: u64, e: &Effect) -> Result<(), Violation> {
         // A majority of the group file's members (any majority that restarts meets it).
         let on_disk = self.nodes.iter().filter(|n| n.synced_ever >= p).count();

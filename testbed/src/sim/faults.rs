@@ -228,9 +228,10 @@ impl Sim {
         self.epoch.awaiting_decision = true;
     }
 
-    /// A restarted group decided to go on from `position`: runs admitted, ended or refused at
-    /// or after it never were (what anyone was told must lie before it: that is the durable
-    /// promise), and no disk holds this history beyond it.
+    /// A restarted group decided to go on from the log at `at` (an epoch and a position): runs
+    /// admitted, ended or refused in a later epoch, or in that one at or after the position,
+    /// never were (what anyone was told must lie before it: that is the durable promise), and
+    /// no disk holds this history beyond it.
     pub(super) fn decided(&mut self, at: conveyor_core::Claim) -> Result<(), Violation> {
         self.epoch.awaiting_decision = false;
         let kept = |p: &(u64, u64)| p.0 < at.epoch || (p.0 == at.epoch && p.1 <= at.position);

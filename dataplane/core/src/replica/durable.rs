@@ -9,10 +9,12 @@
 //! status rows ([`crate::wire::Row::persisted`]).
 //!
 //! What a step that pushes into a durable queue, or ends a request of one, tells outside the
-//! group waits until a majority of the current view has that step on disk: the pusher's
-//! [`Effect::Accepted`], and the end of a run (its result, failure or refusal; see
-//! `queue::ended`). A whole-group crash then cannot take back what anyone was told: a
-//! majority holds it, and any majority that restarts includes one of them. Everything else
+//! group waits until a majority of the group file's members has that step on disk (not of the
+//! view: a restarted group decides with a majority of the group file's members, see
+//! `replica/recovery.rs`): the pusher's [`Effect::Accepted`], and the end of a run (its
+//! result, failure or refusal; see `queue::ended`). A whole-group crash then cannot take back
+//! what anyone was told: a majority holds it, and any majority that restarts includes one of
+//! them. Everything else
 //! (assignments, views) is told at once: a function may run before its request is on disk,
 //! and runs again after a crash that lost it (the docs already say a function may run again).
 

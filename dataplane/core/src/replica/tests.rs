@@ -557,7 +557,7 @@ fn replayed(log: &[Persist]) -> QueueState {
 
 /// Durable queues: every member hands every step of the order to its log, at consecutive
 /// positions after a first snapshot (views too); a push into a durable queue is told accepted
-/// only once a majority of the view has it on disk (a memory queue's at once); a member's log
+/// only once a majority of the group has it on disk (a memory queue's at once); a member's log
 /// replayed is its queue's state.
 #[test]
 fn a_durable_push_is_accepted_once_a_majority_has_it_on_disk() {
