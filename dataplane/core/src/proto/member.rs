@@ -371,6 +371,7 @@ impl Member {
     pub fn refuse_state(&mut self) {
         self.ms.give_up();
         self.deliveries.clear();
+        self.after_state.clear();
     }
 
     /// A member of the view (not a joiner) is to be sent the application's state as of the
@@ -380,11 +381,6 @@ impl Member {
     pub fn expect_state(&mut self) {
         self.st.expect(self.view.id);
         self.after_state.extend(self.deliveries.drain(..));
-    }
-
-    /// Whether this member waits for a state ([`Member::expect_state`], or a joiner's).
-    pub fn awaiting_state(&self) -> bool {
-        self.st.awaiting()
     }
 
     /// Starts sending `state` (the application's snapshot as of the install of the current

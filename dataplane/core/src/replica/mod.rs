@@ -70,7 +70,7 @@ pub struct ReplicaStats {
     pub dropped_recovering: u64,
     /// Recoveries given up while waiting for the group's state after a restart (a view
     /// change, or the holder sending it suspected): the process stopped, and its host starts
-    /// it again from its data directory.
+    /// it again as a joiner carrying its log's state.
     pub recoveries_abandoned: u64,
 }
 
