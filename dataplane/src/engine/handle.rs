@@ -57,19 +57,7 @@ impl EngineHandle {
             }
             None => (None, None),
         };
-        let mut replica = if let (Some(state), false) = (&recovered, cfg.join) {
-            // From the data directory: the group decides which log it goes on from.
-            Replica::recovering(
-                cfg.proto.clone(),
-                cfg.key.clone(),
-                cfg.group,
-                cfg.view.clone(),
-                cfg.me,
-                conveyor_core::proto::draw_incarnation(crate::sys::random_u64()),
-                clock.now(),
-                state.clone(),
-            )
-        } else if cfg.join {
+        let mut replica = if cfg.join {
             Replica::joining(
                 cfg.proto.clone(),
                 cfg.key.clone(),
@@ -95,10 +83,14 @@ impl EngineHandle {
         .map_err(|e| EngineError::Startup(e.to_string()))?;
         replica.set_speculation(cfg.speculate);
         if let Some(state) = recovered {
-            replica.set_durable(true, &cfg.view.members);
             if cfg.join {
                 replica.set_log_state(state);
-            } else if let Some(claim) = replica.claim() {
+            } else {
+                // From the data directory: the group decides which log it goes on from.
+                replica.recover_from(state);
+            }
+            replica.set_durable(true, &cfg.view.members);
+            if let Some(claim) = replica.claim() {
                 replica
                     .submit(&claim)
                     .map_err(|e| EngineError::Startup(format!("the recovery claim: {e}")))?;

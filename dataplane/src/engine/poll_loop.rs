@@ -488,16 +488,29 @@ impl Engine {
             .is_some_and(|(stage, _)| stage != RecoveryStage::Recovered)
     }
 
-    /// Starts over as a joiner: a new member process as far as the group is concerned.
+    /// Starts over as a joiner: a new member process as far as the group is concerned. With a
+    /// data directory, the joiner carries its log's state (it claims with it if a restarted
+    /// group has not decided yet, and takes the group's state otherwise); that is also how a
+    /// recovery given up starts again (see `RecoveryStage::Abandoned`).
     fn rejoin(&mut self) {
-        if self.log.is_some() {
-            self.restart_from_log();
-            return;
-        }
-        let msg = format!(
-            "removed from the group (view {}); rejoining as a new member",
-            self.replica.member().view().id.0
-        );
+        let log_state = match self.log.as_mut().map(|l| l.reopen()) {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                tracing::error!("cannot read the data directory back: {e}");
+                self.shared.stop.store(true, Ordering::Release);
+                return;
+            }
+            None => None,
+        };
+        let abandoned = matches!(self.replica.recovery(), Some((RecoveryStage::Abandoned, _)));
+        let msg = if abandoned {
+            "the group's state could not come (its sender failed, or the view changed); joining again".to_string()
+        } else {
+            format!(
+                "removed from the group (view {}); rejoining as a new member",
+                self.replica.member().view().id.0
+            )
+        };
         tracing::warn!("{msg}");
         self.set_status(msg);
         let contacts: Vec<MemberId> = (0..self.cfg.names.len() as u16)
@@ -527,6 +540,10 @@ impl Engine {
             Ok(mut r) => {
                 r.set_speculation(self.cfg.speculate);
                 r.set_rejoining(applied, unanswered);
+                if let Some(state) = log_state {
+                    r.set_log_state(state);
+                    r.set_durable(true, &self.cfg.view.members);
+                }
                 self.replace(r);
             }
             Err(e) => tracing::error!("cannot rejoin: {e}"),
@@ -544,54 +561,6 @@ impl Engine {
         // The new replica numbers its speculations from 1 again.
         self.speculated_at.clear();
         self.rejoins += 1;
-    }
-
-    /// With a data directory: a new process from what the log holds, a joiner that carries
-    /// its log's state (it claims with it if a restarted group has not decided yet, and takes
-    /// the group's state otherwise). Also after a recovery given up (see
-    /// `RecoveryStage::Abandoned`).
-    fn restart_from_log(&mut self) {
-        let abandoned = matches!(self.replica.recovery(), Some((RecoveryStage::Abandoned, _)));
-        let state = match self.log.as_mut().map(|l| l.reopen()) {
-            Some(Ok(s)) => s,
-            Some(Err(e)) => {
-                tracing::error!("cannot read the data directory back: {e}");
-                self.shared.stop.store(true, Ordering::Release);
-                return;
-            }
-            None => return,
-        };
-        let msg = if abandoned {
-            "the group's state could not come (its sender failed, or the view changed): joining again, from the data directory"
-        } else {
-            "removed from the group; rejoining as a new member, from the data directory"
-        };
-        tracing::warn!("{msg}");
-        self.set_status(msg.into());
-        let contacts: Vec<MemberId> = (0..self.cfg.names.len() as u16)
-            .map(MemberId)
-            .filter(|m| *m != self.cfg.me)
-            .collect();
-        let mut r = match Replica::joining(
-            self.cfg.proto.clone(),
-            self.cfg.key.clone(),
-            self.cfg.group,
-            self.cfg.me,
-            contacts,
-            conveyor_core::proto::draw_incarnation(crate::sys::random_u64()),
-            self.clock.now(),
-        ) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!("cannot rejoin: {e}");
-                return;
-            }
-        };
-        r.set_log_state(state);
-        r.set_speculation(self.cfg.speculate);
-        r.set_durable(true, &self.cfg.view.members);
-        r.set_rejoining(self.replica.applied(), self.replica.take_unanswered());
-        self.replace(r);
     }
 
     fn park(&mut self) {

@@ -343,34 +343,21 @@ impl Sim {
             (0..self.cfg.members as u16).map(MemberId).collect(),
         );
         let me = MemberId(i as u16);
-        let inc = incarnation(self.run, i, self.nodes[i].inc + 1);
-        let now = Instant::from_micros(self.now);
-        let mut replica = if self.cfg.durable {
-            // From its data directory: what its last process had synced.
-            let state = self.synced_state(i);
-            self.report.corners.restart_from_log += 1;
-            Replica::recovering(
-                self.cfg.proto.clone(),
-                self.key.clone(),
-                GROUP,
-                view,
-                me,
-                inc,
-                now,
-                state,
-            )
-        } else {
-            Replica::new(
-                self.cfg.proto.clone(),
-                self.key.clone(),
-                GROUP,
-                view,
-                me,
-                inc,
-                now,
-            )
-        }
+        let mut replica = Replica::new(
+            self.cfg.proto.clone(),
+            self.key.clone(),
+            GROUP,
+            view,
+            me,
+            incarnation(self.run, i, self.nodes[i].inc + 1),
+            Instant::from_micros(self.now),
+        )
         .expect("valid sim config");
+        if self.cfg.durable {
+            // From its data directory: what its last process had synced.
+            replica.recover_from(self.synced_state(i));
+            self.report.corners.restart_from_log += 1;
+        }
         replica.set_speculation(self.cfg.speculate);
         replica.set_durable(self.cfg.durable, &self.configured());
         self.report.corners.configured_restart += 1;

@@ -64,7 +64,7 @@
 //!   only once a majority of the group file's members has synced the step that made it (the
 //!   model's disks, and the position the simulator saw the step end at: not the replica's
 //!   word); at the end, every serving member's log replays to its queue's state. Members start
-//!   as restarted from their data directories (`Replica::recovering`: they order their claims
+//!   as restarted from their data directories (`Replica::recover_from`: they order their claims
 //!   and decide on a state before serving); a crashed member restarted from the group file
 //!   recovers from what its last process synced, and a joiner carries its log's state (sent
 //!   the claims if admitted before the decision, it claims too); the replica-digest checks
@@ -304,29 +304,19 @@ impl Sim {
         for i in 0..cfg.members {
             // A durable group's members start as from their (empty) data directories: they
             // agree on a state before serving (see `conveyor_core::replica::recovery`).
-            let mut replica = if cfg.durable {
-                Replica::recovering(
-                    cfg.proto.clone(),
-                    key.clone(),
-                    GROUP,
-                    view.clone(),
-                    MemberId(i as u16),
-                    incarnation(run, i, 0),
-                    Instant::ZERO,
-                    conveyor_core::queue::QueueState::new(),
-                )
-            } else {
-                Replica::new(
-                    cfg.proto.clone(),
-                    key.clone(),
-                    GROUP,
-                    view.clone(),
-                    MemberId(i as u16),
-                    incarnation(run, i, 0),
-                    Instant::ZERO,
-                )
-            }
+            let mut replica = Replica::new(
+                cfg.proto.clone(),
+                key.clone(),
+                GROUP,
+                view.clone(),
+                MemberId(i as u16),
+                incarnation(run, i, 0),
+                Instant::ZERO,
+            )
             .expect("valid sim config");
+            if cfg.durable {
+                replica.recover_from(conveyor_core::queue::QueueState::new());
+            }
             replica.set_speculation(cfg.speculate);
             let me = MemberId(i as u16);
             let mut outbox = VecDeque::new();

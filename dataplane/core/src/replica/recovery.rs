@@ -1,7 +1,7 @@
 //! Recovery after a whole-group restart: the members agree on the state a majority's disks
 //! hold, and every member goes on from it.
 //!
-//! A member restarted from its data directory ([`Replica::recovering`]) starts in the group
+//! A member restarted from its data directory ([`Replica::recover_from`]) starts in the group
 //! file's view with the state its log replays to, where its log reached, and submits its claim
 //! ([`Replica::claim`], an [`Op::Recovered`]: who it is, the state's epoch and position; the host
 //! submits it first) before anything else; it takes no other operation from its host until
@@ -38,10 +38,8 @@
 use super::Replica;
 use crate::durable::log::RecordKind;
 use crate::durable::RestartRecord;
-use crate::proto::{ConfigError, ProtoConfig};
 use crate::queue::{Op, QueueState};
-use crate::types::{GroupId, Instant, MemberId, View, ViewId};
-use crate::wire::Key;
+use crate::types::{MemberId, View, ViewId};
 
 /// Where a recovering member stands (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,26 +106,22 @@ pub(super) struct Recovery {
 }
 
 impl Replica {
-    /// A member restarted from its data directory after the whole group went down: a member
-    /// of `view` (the group file's) whose log replays to `state` (see the module docs). The
-    /// host switches durable logging on ([`Replica::set_durable`]) as for any member.
-    #[allow(clippy::too_many_arguments)]
-    pub fn recovering(
-        cfg: ProtoConfig,
-        key: Key,
-        group: GroupId,
-        view: View,
-        me: MemberId,
-        incarnation: u64,
-        now: Instant,
-        state: QueueState,
-    ) -> Result<Replica, ConfigError> {
-        let mut r = Replica::new(cfg, key, group, view.clone(), me, incarnation, now)?;
+    /// This replica, just made with [`Replica::new`] in the group file's view, is a member
+    /// restarted from its data directory after the whole group went down, whose log replays
+    /// to `state` (see the module docs). The host then switches durable logging on
+    /// ([`Replica::set_durable`], after this: its first snapshot is of `state`), and submits
+    /// [`Replica::claim`] first.
+    pub fn recover_from(&mut self, state: QueueState) {
+        debug_assert!(
+            self.durable.is_none(),
+            "recover_from comes before set_durable (the log would start from the empty state)"
+        );
+        let members = self.member.view().members.clone();
         let mine = claim_of(&state);
-        r.queue = state;
-        r.recovery = Some(Box::new(Recovery {
-            configured: view.members.clone(),
-            view: view.members.clone(),
+        self.queue = state;
+        self.recovery = Some(Box::new(Recovery {
+            configured: members.clone(),
+            view: members,
             mine,
             claims: Vec::new(),
             stage: Stage::Claiming,
@@ -136,7 +130,6 @@ impl Replica {
             claimed: false,
             awaiting_in: None,
         }));
-        Ok(r)
     }
 
     /// The claim a recovering replica's host is to submit before anything else (the only

@@ -639,7 +639,7 @@ impl Net {
             .into_iter()
             .enumerate()
             .map(|(i, s)| {
-                let mut r = Replica::recovering(
+                let mut r = Replica::new(
                     ProtoConfig::default(),
                     key(),
                     GroupId(7),
@@ -647,9 +647,9 @@ impl Net {
                     MemberId(i as u16),
                     0x200 + i as u64,
                     Instant(now),
-                    s.unwrap_or_else(QueueState::new),
                 )
                 .unwrap();
+                r.recover_from(s.unwrap_or_default());
                 r.set_durable(true, &members);
                 let claim = r.claim().unwrap();
                 r.submit(&claim).unwrap();
