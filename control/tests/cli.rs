@@ -433,6 +433,46 @@ fn killing_an_invoker_loses_and_doubles_nothing() {
     );
 }
 
+/// Durable queues and the whole group SIGKILLed mid-burst, twice, one member's log torn
+/// mid-record before each restart: every member starts again from its data directory, the
+/// trigger picks the run up from its journal, and every request completes exactly once.
+#[test]
+fn killing_the_whole_group_twice_loses_and_doubles_nothing() {
+    let _turn = whole_group();
+    let out = conveyor(&[
+        "bench",
+        "--workload",
+        "burst",
+        "--requests",
+        "3000",
+        "--chain",
+        "3",
+        "--fn-us",
+        "40",
+        "--durable",
+        "--fault",
+        "kill:all@0.2",
+        "--fault",
+        "kill:all@0.8",
+        "--fault",
+        "tear:invoker-0",
+        "--json",
+        "-",
+    ]);
+    let r = report(&out);
+    assert_eq!(r["completed"], 3000, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["durable"], true);
+    let each = r["recoveries_ms"].as_array().expect("recoveries_ms");
+    assert_eq!(each.len(), 2, "{r}");
+    assert!(r["recovery_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{r}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invoker-0's log torn"), "{stderr}");
+    assert!(stderr.contains("the trigger restarted 2 times"), "{stderr}");
+}
+
 #[test]
 fn bad_fault_specs_are_refused_naming_the_problem() {
     for (spec, says) in [
@@ -443,6 +483,9 @@ fn bad_fault_specs_are_refused_naming_the_problem() {
         ("explode:invoker-0@1", "unknown fault"),
         ("partition:invoker-0@1", "needs --hosts netns"),
         ("partition:invoker-0@2-1", "must heal after it starts"),
+        ("kill:all@1", "needs --durable"),
+        ("tear:invoker-0", "only with kill:all"),
+        ("tear:invoker-9", "no member"),
     ] {
         let out = conveyor(&["bench", "--fault", spec]);
         assert!(!out.status.success(), "{spec} was accepted");

@@ -81,6 +81,13 @@ impl GroupConfig {
         })?;
         let checked = validate::check(&mut file).map_err(|b| fail(&b.field, b.message))?;
         let pipelines = load_pipelines(&file, path)?;
+        // A relative data directory is relative to the group file's folder, as pipelines are.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for m in &mut file.members {
+            if let Some(d) = m.data_dir.as_mut().filter(|d| d.is_relative()) {
+                *d = base.join(&*d);
+            }
+        }
         // A durable queue is told accepted once a majority of the members have it on disk:
         // every member needs a data directory to write it to.
         let durable = pipelines.iter().find_map(|p| {

@@ -243,7 +243,7 @@ pub struct MemberSection {
     /// durable queues (`durability = "log"`) are told accepted once a majority of the group
     /// file's members have them on disk, and a member started again recovers from it (the
     /// whole group restarting loses nothing it was told). Made if missing; another group's
-    /// directory is refused.
+    /// directory is refused. A relative path is relative to the group file's folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<std::path::PathBuf>,
 }

@@ -244,6 +244,10 @@ fn a_durable_queue_needs_every_member_to_have_a_data_directory() {
         c.engine_config(1).data_dir.as_deref(),
         Some(Path::new("/var/lib/conveyor-1"))
     );
+    // A relative one is relative to the group file's folder.
+    let relative = both.replace("data_dir = \"/var/lib/conveyor\"", "data_dir = \"data/t\"");
+    let c = GroupConfig::parse(&relative, &path).unwrap();
+    assert_eq!(c.engine_config(0).data_dir, Some(t.path().join("data/t")));
     // Without a durable queue, no data directory is needed.
     assert!(GroupConfig::parse(GOOD, &path).is_ok());
 }

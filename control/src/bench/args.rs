@@ -59,9 +59,16 @@ pub struct BenchArgs {
     /// Requests (burst).
     #[arg(long, default_value_t = 10_000)]
     pub requests: u64,
-    /// kill:MEMBER@S or partition:MEMBER@S (repeatable).
+    /// kill:MEMBER@S, partition:MEMBER@S[-E], join:MEMBER@S, kill:all@S (every member
+    /// SIGKILLed, then restarted from its data directory; needs --durable) and tear:MEMBER
+    /// (with kill:all: MEMBER's log loses the end of its last record before the restart), all
+    /// repeatable.
     #[arg(long)]
     pub fault: Vec<String>,
+    /// Durable queues: every queue of the pipeline logged to its members' data directories
+    /// (under the run's directory), what they tell waiting for a majority's disks.
+    #[arg(long)]
+    pub durable: bool,
     /// tc netem spec for every link (with --hosts netns).
     #[arg(long)]
     pub netem: Option<String>,
@@ -113,12 +120,20 @@ pub struct BenchArgs {
     #[arg(long, default_value = "auto")]
     pub pin: String,
 }
-/// A run's faults: kills, partitions (member, cut at, healed at), and late joins.
-pub type Faults = (
-    Vec<(String, f64)>,
-    Vec<(String, f64, f64)>,
-    Vec<(String, f64)>,
-);
+/// A run's faults.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// (member, seconds): SIGKILL.
+    pub kills: Vec<(String, f64)>,
+    /// (member, cut at, healed at).
+    pub partitions: Vec<(String, f64, f64)>,
+    /// (member, seconds): started late, joining the running group.
+    pub joins: Vec<(String, f64)>,
+    /// Seconds: every member SIGKILLed, then restarted from its data directory.
+    pub kill_all: Vec<f64>,
+    /// Members whose log loses the end of its last record before each restart.
+    pub tears: Vec<String>,
+}
 
 /// Parses `--fault` specs against the run's member names. A partition heals 1 s after it
 /// starts, or at `E` with `partition:MEMBER@S-E`.
@@ -126,7 +141,29 @@ pub fn parse_faults(specs: &[String], invokers: usize) -> Result<Faults> {
     let mut kills = Vec::new();
     let mut parts = Vec::new();
     let mut joins = Vec::new();
+    let mut kill_all = Vec::new();
+    let mut tears = Vec::new();
     for spec in specs {
+        if let Some(member) = spec.strip_prefix("tear:") {
+            let known =
+                member == "trigger" || (0..invokers).any(|i| member == format!("invoker-{i}"));
+            if !known {
+                bail!("--fault {spec:?}: no member {member:?}; the members are trigger and invoker-0 .. invoker-{}", invokers.saturating_sub(1));
+            }
+            tears.push(member.to_string());
+            continue;
+        }
+        if let Some(at) = spec.strip_prefix("kill:all@") {
+            let at: f64 = at
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--fault {spec:?}: {at:?} is not a number of seconds")
+                })?;
+            kill_all.push(at);
+            continue;
+        }
         let (kind, rest) = spec.split_once(':').ok_or_else(|| {
             anyhow::anyhow!(
                 "--fault {spec:?}: expected kill:MEMBER@SECONDS or partition:MEMBER@SECONDS"
@@ -181,7 +218,26 @@ pub fn parse_faults(specs: &[String], invokers: usize) -> Result<Faults> {
     if (kills.len() + parts.len()) * 2 >= total {
         bail!("--fault: {} kills leave no majority of the {total} members; the group would stop (by design)", kills.len());
     }
-    Ok((kills, parts, joins))
+    if !tears.is_empty() && kill_all.is_empty() {
+        bail!(
+            "--fault tear:MEMBER: only with kill:all@S (the log is torn while the group is down)"
+        );
+    }
+    kill_all.sort_by(f64::total_cmp);
+    if kill_all.windows(2).any(|w| w[1] - w[0] < 0.2) {
+        bail!("--fault kill:all: restarts less than 0.2 s apart; the group needs the time to start again");
+    }
+    let others = !kills.is_empty() || !parts.is_empty() || !joins.is_empty();
+    if !kill_all.is_empty() && others {
+        bail!("--fault kill:all: not with other faults in the same run");
+    }
+    Ok(Faults {
+        kills,
+        partitions: parts,
+        joins,
+        kill_all,
+        tears,
+    })
 }
 
 /// Where a run's members live.
@@ -328,7 +384,19 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan> {
         "netns" => Hosts::Netns,
         other => bail!("--hosts: expected local or netns, found {other:?}"),
     };
-    let (kills, partitions, joins) = parse_faults(&args.fault, args.invokers)?;
+    let Faults {
+        kills,
+        partitions,
+        joins,
+        kill_all,
+        tears,
+    } = parse_faults(&args.fault, args.invokers)?;
+    if !kill_all.is_empty() && !args.durable {
+        bail!("--fault kill:all: needs --durable (a group that restarts from nothing has nothing to recover); nothing was run");
+    }
+    if !kill_all.is_empty() && args.workload == "ramp" {
+        bail!("--fault kill:all: with the constant or burst workload (a ramp's steps would be judged across the restart)");
+    }
     if !partitions.is_empty() && hosts != Hosts::Netns {
         bail!("--fault partition: needs --hosts netns (it cuts the member's links on the namespace bridge)");
     }
@@ -378,9 +446,16 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan> {
         bail!("--rate and --duration must be positive");
     }
     let pipeline = Pipeline::chain("bench", args.chain, args.fn_us);
+    let mut pipeline_json = pipeline.to_json();
+    if args.durable {
+        pipeline_json = durable_pipeline(&pipeline_json)?;
+    }
     let run = GroupRun {
         invokers: args.invokers,
-        pipeline_json: pipeline.to_json(),
+        pipeline_json,
+        durable: args.durable,
+        kill_all,
+        tears,
         spec: WorkloadSpec {
             // Balance is a constant load while a hog shares invoker-0's core.
             workload: if args.workload == "balance" {
@@ -398,6 +473,8 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan> {
             start_file: None,
             hlog: hlog_path(hlog_dir.as_deref(), "conveyor"),
             progress_file: None,
+            journal: None,
+            kills_file: None,
         },
         keep: args.keep,
         credits: args.credits,
@@ -437,6 +514,25 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan> {
         kafka_broker,
         hlog_dir,
     })
+}
+
+/// The pipeline's document with every queue durable (`queue_defaults.durability = "log"`).
+fn durable_pipeline(json: &str) -> Result<String> {
+    let mut doc: serde_json::Value = serde_json::from_str(json)?;
+    let obj = doc
+        .as_object_mut()
+        .context("the bench's pipeline is not a JSON object")?;
+    let defaults = obj
+        .entry("queue_defaults")
+        .or_insert_with(|| serde_json::json!({}));
+    defaults
+        .as_object_mut()
+        .context("queue_defaults is not an object")?
+        .insert("durability".into(), "log".into());
+    let out = serde_json::to_string_pretty(&doc)?;
+    // What the members will read must read.
+    Pipeline::from_json(&out).map_err(|e| anyhow::anyhow!("the durable pipeline: {e}"))?;
+    Ok(out)
 }
 
 /// "loss=20%,dup=10%" -> (loss, duplication) in hundredths of a percent, as `netns.sh` reads it.

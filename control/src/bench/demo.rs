@@ -80,6 +80,8 @@ pub fn demo(transport: &str) -> Result<()> {
             start_file: None,
             hlog: None,
             progress_file: None,
+            journal: None,
+            kills_file: None,
         },
         keep: false,
         idle: None,
@@ -95,6 +97,9 @@ pub fn demo(transport: &str) -> Result<()> {
         kills: Vec::new(),
         partitions: Vec::new(),
         joins: Vec::new(),
+        durable: false,
+        kill_all: Vec::new(),
+        tears: Vec::new(),
         transport: transport.to_string(),
     };
     let r = run_local_group(&run)?;

@@ -48,6 +48,15 @@ pub struct GroupRun {
     /// `group.transport`: udp, shm (local hosts), or afxdp / dpdk (netns hosts: each member
     /// drives its host's eth0 through an AF_XDP socket or DPDK's af_packet PMD).
     pub transport: String,
+    /// Every member has a data directory (`data/NAME` in the run's directory; the pipeline's
+    /// queues are durable when its document says so).
+    pub durable: bool,
+    /// Seconds after the load starts: every member SIGKILLed, then restarted from its data
+    /// directory (the trigger picks the run up from its journal).
+    pub kill_all: Vec<f64>,
+    /// Members whose newest log file loses its last 3 bytes (the end of its last record)
+    /// before each restart.
+    pub tears: Vec<String>,
 }
 
 /// The invokers' speculated executions in a run (BENCH.md's `speculation`), from the lines
@@ -95,12 +104,19 @@ pub struct GroupOutcome {
     pub speculation: Speculation,
     /// When each kill or cut was done (CLOCK_MONOTONIC us), by member name.
     pub killed_at_us: Vec<(String, u64)>,
+    /// With `kill:all`: each time the whole group was killed (us), and how long until the
+    /// first completion after it (BENCH.md's `recovery_ms`).
+    pub recoveries_ms: Vec<f64>,
 }
 
 impl GroupOutcome {
     /// BENCH.md's `failover_ms`: from the first kill to the first completion of a re-queued
-    /// request, or to the new view, whichever is later.
+    /// request, or to the new view, whichever is later (not for a whole group killed: see
+    /// `recoveries_ms`).
     pub fn failover_ms(&self) -> Option<f64> {
+        if !self.recoveries_ms.is_empty() {
+            return None;
+        }
         let kill = self.killed_at_us.iter().map(|k| k.1).min()?;
         let view = self.report.views.iter().map(|v| v.1).find(|&t| t >= kill)?;
         let done = self.report.first_requeued_done_us.unwrap_or(view);
@@ -275,7 +291,11 @@ pub(super) fn tail(path: &Path, lines: usize) -> String {
 /// Makes `cmd` (the conveyor binary, behind any prefix) run member `name` of the group file in
 /// `dir`, its output going to `dir/NAME.log`.
 pub(crate) fn node_command(cmd: &mut Command, dir: &Path, name: &str) -> Result<()> {
-    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    // Appended to: a member restarted in the run (kill:all) goes on in the same log.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))?;
     cmd.arg("node")
         .arg("--config")
         .arg(dir.join("conveyor.toml"))
@@ -354,6 +374,10 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
     let mut spec = run.spec.clone();
     spec.start_file = Some(dir.join("started").display().to_string());
     spec.progress_file = Some(dir.join("progress").display().to_string());
+    if !run.kill_all.is_empty() {
+        spec.journal = Some(dir.join("trigger.journal").display().to_string());
+        spec.kills_file = Some(dir.join("kills").display().to_string());
+    }
     std::fs::write(
         dir.join("workload.json"),
         serde_json::to_string_pretty(&spec)?,
@@ -427,10 +451,16 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
     } else {
         let _ = std::fs::remove_dir_all(&dir);
     }
+    let recoveries_ms = report
+        .recoveries_us
+        .iter()
+        .map(|us| (*us as f64 / 100.0).round() / 10.0)
+        .collect();
     Ok(GroupOutcome {
         report,
         speculation,
         killed_at_us,
+        recoveries_ms,
     })
 }
 
@@ -509,6 +539,9 @@ fn group_file(run: &GroupRun, names: &[String], addresses: &[String]) -> Result<
         if run.joins.iter().any(|j| &j.0 == name) {
             toml.push_str("join = true\n");
         }
+        if run.durable {
+            toml.push_str(&format!("data_dir = \"data/{name}\"\n"));
+        }
         if dpdk {
             // DPDK's af_packet PMD on the namespace host's veth, on ordinary memory (the
             // hosts share the machine's hugepages, if it has any). Last: a table ends the
@@ -569,6 +602,67 @@ impl Launcher<'_> {
     }
 }
 
+/// `kill:all`: every member SIGKILLed at once (the time is written to the run's `kills`
+/// file for the trigger's report), the logs of `tears` torn, every member started again from
+/// its data directory. Returns when the kill was done (CLOCK_MONOTONIC us).
+fn kill_all_and_restart(l: &Launcher<'_>, members: &mut Members) -> Result<u64> {
+    for (_, c) in &mut members.children {
+        let _ = c.kill();
+    }
+    let at = conveyor_dataplane::sys::monotonic_us();
+    for (_, c) in &mut members.children {
+        let _ = c.wait();
+    }
+    tracing::info!("fault: killed every member (SIGKILL)");
+    eprintln!("kill:all: every member killed; starting them again from their data directories");
+    let mut kills = std::fs::read_to_string(l.dir.join("kills")).unwrap_or_default();
+    kills.push_str(&format!("{at}\n"));
+    std::fs::write(l.dir.join("kills"), kills)?;
+    for name in &l.run.tears {
+        let torn = tear_log(&l.dir.join("data").join(name))?;
+        eprintln!("kill:all: {name}'s log torn: {}", torn.display());
+    }
+    let names: Vec<String> = members.children.drain(..).map(|(n, _)| n).collect();
+    // Invokers first, the trigger last (as at the start).
+    let mut order: Vec<&String> = names.iter().filter(|n| *n != "trigger").collect();
+    order.extend(names.iter().filter(|n| *n == "trigger"));
+    for name in order {
+        let child = l.spawn(name)?;
+        members.children.push((name.clone(), child));
+    }
+    Ok(at)
+}
+
+/// Cuts the last 3 bytes of the newest log file in `data_dir` (the end of its last record,
+/// as a crash in the middle of a write leaves it); returns the file.
+fn tear_log(data_dir: &Path) -> Result<PathBuf> {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(data_dir)
+        .with_context(|| format!("reading {}", data_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "cvl"))
+        .collect();
+    // log-<generation>-<first>.cvl: the newest generation's, then the latest start.
+    logs.sort_by_key(|p| {
+        let name = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut parts = name
+            .split('-')
+            .skip(1)
+            .map(|x| x.parse::<u64>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    });
+    let Some(newest) = logs.pop() else {
+        bail!("tear: no log file in {}", data_dir.display());
+    };
+    let len = std::fs::metadata(&newest)?.len();
+    let f = std::fs::OpenOptions::new().write(true).open(&newest)?;
+    f.set_len(len.saturating_sub(3))?;
+    f.sync_all()?;
+    Ok(newest)
+}
+
 /// Watches the members until the trigger ends: the progress bar, the faults at their time
 /// (cuts and heals, late joins, kills), a member failing, the time budget. Returns the
 /// trigger's exit status and when each kill or cut was done.
@@ -581,7 +675,8 @@ fn supervise(
     let start_file = l.dir.join("started");
     let progress_file = l.dir.join("progress");
     let budget = Duration::from_secs_f64(
-        30.0 + run.spec.grace_s
+        30.0 + 30.0 * run.kill_all.len() as f64
+            + run.spec.grace_s
             + if run.spec.workload == "burst" {
                 run.spec.requests as f64 / 500.0
             } else {
@@ -590,7 +685,8 @@ fn supervise(
     );
     let start = Instant::now();
     let mut bar_read = Instant::now();
-    let trigger_idx = members.children.len() - 1;
+    let mut trigger_idx = members.children.len() - 1;
+    let mut killed_all = 0;
     let mut killed_at_us: Vec<(String, u64)> = Vec::new();
     let mut healed: Vec<String> = Vec::new();
     let mut load_start_us: Option<u64> = None;
@@ -640,6 +736,18 @@ fn supervise(
                     let child = l.spawn(name)?;
                     members.children.push((name.clone(), child));
                     tracing::info!("fault: started {name}, which joins the running group");
+                }
+            }
+            if let Some(&at) = run.kill_all.get(killed_all) {
+                if now >= t0 + (at * 1e6) as u64 {
+                    let t = kill_all_and_restart(l, members)?;
+                    killed_at_us.push(("all".into(), t));
+                    killed_all += 1;
+                    trigger_idx = members
+                        .children
+                        .iter()
+                        .position(|(n, _)| n == "trigger")
+                        .unwrap_or(0);
                 }
             }
             for (name, at) in &run.kills {

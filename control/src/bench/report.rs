@@ -112,6 +112,18 @@ pub(super) struct ReportEntry {
     critical_rate_rps: Option<f64>,
     steps: Option<Vec<serde_json::Value>>,
     failover_ms: Option<f64>,
+    /// Durable queues (`--durable`, Conveyor only).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    durable: bool,
+    /// With `--fault kill:all@S`: from the kill to the first completion after the group
+    /// restarted from its data directories, the longest of the run's restarts (ms), and each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovery_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    recoveries_ms: Vec<f64>,
+    /// Requests the restarted trigger pushed again (sent, but never ordered before the kill).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pushed_again: Option<u64>,
     cdf: Vec<(f64, u64)>,
     retransmitted_slots: u64,
     /// Views installed at the trigger during the run (Conveyor only): 0 when no member was
@@ -180,6 +192,18 @@ pub(super) fn report_entry(
                 .collect()
         }),
         failover_ms,
+        durable: backend == "conveyor" && args.durable,
+        recovery_ms: r
+            .recoveries_us
+            .iter()
+            .max()
+            .map(|us| (*us as f64 / 100.0).round() / 10.0),
+        recoveries_ms: r
+            .recoveries_us
+            .iter()
+            .map(|us| (*us as f64 / 100.0).round() / 10.0)
+            .collect(),
+        pushed_again: (r.restarts > 0).then_some(r.pushed_again),
         cdf: r.cdf.clone(),
         retransmitted_slots: r.retransmitted_slots,
         view_changes: (backend == "conveyor").then_some(r.views.len()),
@@ -198,7 +222,7 @@ pub(super) fn report_entry(
 /// What the faults of a Conveyor run did.
 pub(super) fn report_faults(args: &BenchArgs, outcome: &GroupOutcome, failover_ms: Option<f64>) {
     let r = &outcome.report;
-    for (name, at) in &outcome.killed_at_us {
+    for (name, at) in outcome.killed_at_us.iter().filter(|k| k.0 != "all") {
         let view = r.views.iter().find(|v| v.1 >= *at);
         eprintln!(
             "fault: {name} {}; view {} installed at the trigger {:.2} ms later ({} from suspicion to install); {} requests re-queued; failover {} ms",
@@ -212,6 +236,19 @@ pub(super) fn report_faults(args: &BenchArgs, outcome: &GroupOutcome, failover_m
             view.and_then(|v| v.2).map_or("n/a".into(), |us| format!("{us} us")),
             r.requeued,
             failover_ms.map_or("n/a".into(), |f| format!("{f:.2}"))
+        );
+    }
+    for (i, ms) in outcome.recoveries_ms.iter().enumerate() {
+        eprintln!(
+            "fault: the whole group killed ({} of {}); first completion {ms:.1} ms after the kill (the members restarted from their data directories and recovered)",
+            i + 1,
+            outcome.recoveries_ms.len()
+        );
+    }
+    if r.restarts > 0 {
+        eprintln!(
+            "the trigger restarted {} times and picked the run up from its journal; it pushed {} requests again (sent, never ordered)",
+            r.restarts, r.pushed_again
         );
     }
     for (name, n) in &r.work_after_rejoin {

@@ -39,6 +39,14 @@ pub struct WorkloadSpec {
     /// times a second), for the bench's progress bar.
     #[serde(default)]
     pub progress_file: Option<String>,
+    /// Keep a journal here, and pick the run up from it if it holds one (a trigger restarted
+    /// mid-run: see `trigger::journal`).
+    #[serde(default)]
+    pub journal: Option<String>,
+    /// A file the bench writes the times (CLOCK_MONOTONIC us, one per line) it killed the
+    /// whole group at: the report gives, for each, the time to the next completion.
+    #[serde(default)]
+    pub kills_file: Option<String>,
 }
 
 /// Writes the completed count to the progress file at most every 250 ms.
@@ -111,6 +119,16 @@ pub struct TriggerReport {
     pub steps: Vec<crate::trigger::ramp::StepReport>,
     #[serde(default)]
     pub critical_rate_rps: Option<f64>,
+    /// Times this trigger was restarted mid-run (it picked the run up from its journal).
+    #[serde(default)]
+    pub restarts: u64,
+    /// For each time the whole group was killed (`kills_file`): microseconds from the kill to
+    /// the first completion after it (the group restarted, recovered, and ran a request).
+    #[serde(default)]
+    pub recoveries_us: Vec<u64>,
+    /// Requests the trigger pushed again after a restart: sent, never ordered.
+    #[serde(default)]
+    pub pushed_again: u64,
 }
 
 /// Marks a request that ended in an error (failed, rejected or overwritten) in `Tally::finals`.
@@ -140,6 +158,10 @@ struct Tally {
     after_join: BTreeMap<u16, u64>,
     /// Latencies per interval of the run (for the interval log), if asked for.
     intervals: Option<Intervals>,
+    /// The instance whose terminal completion was counted, per request: the same end told
+    /// again (to a restarted trigger) is not a duplicate.
+    done_instance: Vec<u64>,
+    pushed_again: u64,
 }
 
 impl Tally {
@@ -149,6 +171,7 @@ impl Tally {
             Effect::Completed {
                 consumer,
                 id,
+                instance,
                 terminal,
                 meta,
                 ..
@@ -169,8 +192,13 @@ impl Tally {
                 if *f == ERRORED {
                     return;
                 }
+                if *f >= 1 && self.done_instance[idx(id)] == instance {
+                    // Told again after a restart: already counted.
+                    return;
+                }
                 *f += 1;
                 if *f == 1 {
+                    self.done_instance[idx(id)] = instance;
                     let lat = ev.at_us.saturating_sub(self.sent_at[idx(id)]);
                     let _ = self.latency.record(lat.max(1));
                     self.done_at[idx(id)] = ev.at_us.max(1);
@@ -213,6 +241,11 @@ impl Tally {
             // Back after a removal; its engine pushed again what the group never ordered. If
             // the group dropped outcomes meanwhile, a request not pending and not done cannot
             // be told apart from a finished one: counted as an error.
+            Effect::Rejoined {
+                pushed_again,
+                outcomes_dropped: false,
+                ..
+            } => self.pushed_again += pushed_again as u64,
             Effect::Rejoined {
                 pending,
                 outcomes_dropped: true,
@@ -290,19 +323,77 @@ pub fn run_trigger(
         joined_at: BTreeMap::new(),
         after_join: BTreeMap::new(),
         intervals: None,
+        done_instance: vec![0; n as usize],
+        pushed_again: 0,
     };
+    let (mut ears, replayed) = Ears::open(spec.journal.as_deref())?;
     let burst = spec.workload == "burst";
-    let start = clock.now_us() + 2_000;
+    let resumed = replayed.start_us.is_some();
+    let start = replayed.start_us.unwrap_or(clock.now_us() + 2_000);
     let start_unix = std::time::SystemTime::now() + Duration::from_micros(2_000);
     if spec.hlog.is_some() {
         let run_s = if burst { 10.0 } else { spec.duration_s };
         t.intervals = Some(Intervals::new(start, run_s));
     }
-    if let Some(f) = &spec.start_file {
-        std::fs::write(f, start.to_string()).with_context(|| format!("writing {f}"))?;
+    // What the request `i` sent at `intended` and submitted at `submitted` is.
+    let push = |i: u64, intended: u64, submitted: u64| -> Op {
+        let len = if spec.vary_payload && i % 2 == 1 {
+            spec.payload / 2
+        } else {
+            spec.payload
+        };
+        let mut payload = vec![0u8; len];
+        for (j, b) in payload.iter_mut().enumerate() {
+            *b = (i as usize + j) as u8;
+        }
+        let req = pipeline.entry_request(
+            RequestId::new(me, i),
+            payload,
+            Meta {
+                sent_us: intended,
+                submitted_us: submitted,
+                ..Meta::default()
+            },
+        );
+        Op::Push { pusher: me, req }
+    };
+    // Restarted mid-run: what the journal says was sent and heard is counted again, and the
+    // engine is told what this trigger still waits for (see `trigger::journal`).
+    let mut sent = 0u64;
+    if resumed {
+        for &(i, intended, submitted) in &replayed.sent {
+            if let Some(slot) = t.sent_at.get_mut(i as usize) {
+                *slot = intended;
+                t.submitted_at[i as usize] = submitted;
+                sent = sent.max(i + 1);
+            }
+        }
+        for ev in replayed.events {
+            t.on(ev);
+        }
+        let unanswered: std::collections::BTreeMap<RequestId, Vec<u8>> = replayed
+            .sent
+            .iter()
+            .filter(|(i, ..)| t.finals.get(*i as usize) == Some(&0))
+            .map(|&(i, intended, submitted)| {
+                (RequestId::new(me, i), push(i, intended, submitted).encode())
+            })
+            .collect();
+        tracing::warn!(
+            restarts = replayed.restarts + 1,
+            sent,
+            completed = t.completed,
+            waiting = unanswered.len(),
+            "the trigger restarted mid-run: picking the run up from its journal"
+        );
+        handle.resume(replayed.told_through.unwrap_or(0), unanswered);
+    } else {
+        ears.started(start)?;
+        if let Some(f) = &spec.start_file {
+            std::fs::write(f, start.to_string()).with_context(|| format!("writing {f}"))?;
+        }
     }
     let mut steps = Vec::new();
-    let mut sent = 0u64;
     let mut base = start;
     let mut progress = ProgressFile {
         path: spec.progress_file.clone(),
@@ -311,47 +402,35 @@ pub fn run_trigger(
     'steps: for &(rate, count) in &plan {
         let gap_us = if rate.is_finite() { 1e6 / rate } else { 0.0 };
         let first = sent;
+        let first = if ramp { first } else { 0 };
         for j in 0..count {
             let i = first + j;
+            if !ramp && i < sent {
+                // Sent before a restart.
+                continue;
+            }
             let intended = base + (j as f64 * gap_us) as u64;
+            let mut heard = Ok(false);
             wait_until(
                 intended,
                 || clock.now_us(),
                 || {
-                    while let Some(ev) = handle.try_event() {
-                        t.on(ev);
+                    if heard.is_ok() {
+                        heard = ears.drain(handle, |ev| t.on(ev));
                     }
                     progress.tick(clock.now_us(), t.completed);
                 },
             );
-            let len = if spec.vary_payload && i % 2 == 1 {
-                spec.payload / 2
-            } else {
-                spec.payload
-            };
-            let mut payload = vec![0u8; len];
-            for (j, b) in payload.iter_mut().enumerate() {
-                *b = (i as usize + j) as u8;
-            }
+            heard?;
             let submitted = clock.now_us();
-            let req = pipeline.entry_request(
-                RequestId::new(me, i),
-                payload,
-                Meta {
-                    sent_us: intended,
-                    submitted_us: submitted,
-                    ..Meta::default()
-                },
-            );
             t.sent_at[i as usize] = intended;
             t.submitted_at[i as usize] = submitted;
-            let op = Op::Push { pusher: me, req };
+            let op = push(i, intended, submitted);
+            ears.sent(i, intended, submitted)?;
             while !handle.try_submit(&op)? {
                 // Backpressure: the ring is full. Collect completions, then sleep rather than spin:
                 // on a small machine this thread's spinning would take a core from the members.
-                while let Some(ev) = handle.try_event() {
-                    t.on(ev);
-                }
+                ears.drain(handle, |ev| t.on(ev))?;
                 std::thread::sleep(Duration::from_micros(200));
             }
             sent = i + 1;
@@ -363,11 +442,7 @@ pub fn run_trigger(
             let until = clock.now_us() + settle;
             while t.done_at[a..b].contains(&0) && clock.now_us() < until {
                 progress.tick(clock.now_us(), t.completed);
-                let mut any = false;
-                while let Some(ev) = handle.try_event() {
-                    t.on(ev);
-                    any = true;
-                }
+                let any = ears.drain(handle, |ev| t.on(ev))?;
                 if !any {
                     std::thread::sleep(Duration::from_micros(500));
                 }
@@ -397,11 +472,7 @@ pub fn run_trigger(
     // it sleeps between looks rather than taking a core from the members.
     while t.outstanding(n) > 0 && clock.now_us() < deadline {
         progress.tick(clock.now_us(), t.completed);
-        let mut any = false;
-        while let Some(ev) = handle.try_event() {
-            t.on(ev);
-            any = true;
-        }
+        let any = ears.drain(handle, |ev| t.on(ev))?;
         if !any {
             if handle.is_finished() {
                 bail!("the engine stopped: {}", handle.status());
@@ -409,9 +480,8 @@ pub fn run_trigger(
             std::thread::sleep(Duration::from_micros(500));
         }
     }
-    while let Some(ev) = handle.try_event() {
-        t.on(ev);
-    }
+    ears.drain(handle, |ev| t.on(ev))?;
+    let recoveries_us = recoveries(spec.kills_file.as_deref(), &t.done_at);
     let end = if t.last_done_us > 0 {
         t.last_done_us
     } else {
@@ -476,6 +546,9 @@ pub fn run_trigger(
                 )
             })
             .collect(),
+        restarts: replayed.restarts + u64::from(resumed),
+        recoveries_us,
+        pushed_again: t.pushed_again,
         critical_rate_rps: if ramp {
             crate::trigger::ramp::critical_rate(&steps)
         } else {
@@ -483,4 +556,56 @@ pub fn run_trigger(
         },
         steps,
     })
+}
+
+/// For each kill time in `kills_file` (CLOCK_MONOTONIC us, one per line), the time from it to
+/// the first completion after it.
+fn recoveries(kills_file: Option<&str>, done_at: &[u64]) -> Vec<u64> {
+    let Some(text) = kills_file.and_then(|f| std::fs::read_to_string(f).ok()) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .filter_map(|k| done_at.iter().filter(|&&d| d > k).min().map(|d| d - k))
+        .collect()
+}
+
+/// Where the trigger hears its events: straight from the engine, or through its journal.
+struct Ears {
+    journal: Option<crate::trigger::journal::Journal>,
+}
+
+impl Ears {
+    fn open(path: Option<&str>) -> Result<(Ears, crate::trigger::journal::Replayed)> {
+        match path {
+            None => Ok((Ears { journal: None }, Default::default())),
+            Some(p) => {
+                let (j, r) = crate::trigger::journal::Journal::open(std::path::Path::new(p))?;
+                Ok((Ears { journal: Some(j) }, r))
+            }
+        }
+    }
+    fn drain(&mut self, handle: &EngineHandle, mut on: impl FnMut(Event)) -> Result<bool> {
+        match &mut self.journal {
+            Some(j) => j.drain(handle, on),
+            None => {
+                let mut any = false;
+                while let Some(ev) = handle.try_event() {
+                    on(ev);
+                    any = true;
+                }
+                Ok(any)
+            }
+        }
+    }
+    fn started(&mut self, start_us: u64) -> Result<()> {
+        self.journal
+            .as_mut()
+            .map_or(Ok(()), |j| j.started(start_us))
+    }
+    fn sent(&mut self, i: u64, intended: u64, submitted: u64) -> Result<()> {
+        self.journal
+            .as_mut()
+            .map_or(Ok(()), |j| j.sent(i, intended, submitted))
+    }
 }

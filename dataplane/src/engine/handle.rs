@@ -260,6 +260,30 @@ impl EngineHandle {
         self.shared.delivered.load(Ordering::Relaxed)
     }
 
+    /// How far this member's application has been handed the ends of its runs: read this,
+    /// then drain the events; once drained, every end applied at a position up to the value
+    /// read has been seen (see [`conveyor_core::replica::Replica::told_through`]). An
+    /// application that records it, restarted, gets the rest with [`EngineHandle::resume`].
+    /// `None` until the member holds the group's state.
+    pub fn told_through(&self) -> Option<u64> {
+        self.shared
+            .told_through
+            .load(Ordering::Acquire)
+            .checked_sub(1)
+    }
+
+    /// A restarted application resumes: see [`Directive::Resume`] (taken within about
+    /// 200 ms).
+    pub fn resume(
+        &self,
+        since: u64,
+        unanswered: std::collections::BTreeMap<conveyor_core::types::RequestId, Vec<u8>>,
+    ) {
+        if let Ok(mut v) = self.shared.directives.lock() {
+            v.push(super::Directive::Resume { since, unanswered });
+        }
+    }
+
     pub fn is_finished(&self) -> bool {
         self.shared.finished.load(Ordering::Acquire)
     }

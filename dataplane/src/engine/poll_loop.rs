@@ -61,6 +61,7 @@ pub(super) fn spawn(
         local_ops: VecDeque::new(),
         set_aside: VecDeque::new(),
         rejoins: 0,
+        resuming: false,
         requeued: 0,
         speculation: Speculation::default(),
         speculated_at: std::collections::HashMap::new(),
@@ -109,6 +110,9 @@ struct Engine {
     /// (see `on_rejoined`), submitted before the ring's; kept across further removals.
     set_aside: VecDeque<Vec<u8>>,
     rejoins: u64,
+    /// The application resumed after a restart ([`Directive::Resume`]): the next
+    /// `Effect::Rejoined` answers it.
+    resuming: bool,
     requeued: u64,
     speculation: Speculation,
     /// When each pending speculation was made (engine clock), for its lead.
@@ -435,6 +439,15 @@ impl Engine {
                     tracing::warn!("leaving the group (asked by the control plane)");
                     self.leaving = true;
                 }
+                Directive::Resume { since, unanswered } => {
+                    tracing::info!(
+                        since,
+                        unanswered = unanswered.len(),
+                        "the application resumes: it is told what it missed"
+                    );
+                    self.resuming = true;
+                    self.replica.resume(since, unanswered);
+                }
             }
         }
         if self.leaving
@@ -677,6 +690,10 @@ impl Engine {
                 });
             }
         }
+        if let Some(t) = self.replica.told_through() {
+            // After the events it covers went to the ring (the application reads this first).
+            self.shared.told_through.store(t + 1, Ordering::Release);
+        }
         let bad = self.replica.stats().bad_states;
         if bad > self.bad_states_said {
             self.bad_states_said = bad;
@@ -721,8 +738,13 @@ impl Engine {
                 .filter_map(|op| Op::pushed_id(op)),
         );
         let msg = format!(
-            "back in the group after a removal: {} requests of this member held by the group \
-             or pushed again ({pushed_again} never reached the order){}",
+            "{}: {} requests of this member held by the group or pushed again ({pushed_again} \
+             never reached the order){}",
+            if std::mem::take(&mut self.resuming) {
+                "the restarted application is told what it missed"
+            } else {
+                "back in the group after a removal"
+            },
             pending.len(),
             if outcomes_dropped {
                 "; the group dropped outcomes of its requests meanwhile: those it waits for \

@@ -25,6 +25,9 @@ pub(super) struct Shared {
     pub(super) left: AtomicBool,
     /// Requests from other threads (the control plane's agent), taken a few times a second.
     pub(super) directives: Mutex<Vec<Directive>>,
+    /// [`conveyor_core::replica::Replica::told_through`] plus one, stored once the effects up
+    /// to it are in the event ring (0: none yet).
+    pub(super) told_through: AtomicU64,
 }
 
 /// What another thread (the member's control-plane agent) may ask of a running engine. Taken
@@ -37,6 +40,13 @@ pub enum Directive {
     Admit(Admission),
     /// Leave the group gracefully.
     Leave,
+    /// This member's application restarted and kept a record of what it heard: see
+    /// [`conveyor_core::replica::Replica::resume`] (`since`: the position it was told
+    /// through; `unanswered`: its pushes, encoded, it still waits for).
+    Resume {
+        since: u64,
+        unanswered: std::collections::BTreeMap<conveyor_core::types::RequestId, Vec<u8>>,
+    },
 }
 
 /// Observes a running engine from another thread.

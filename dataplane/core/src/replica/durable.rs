@@ -49,6 +49,13 @@ pub(super) struct Durable {
     held: VecDeque<(u64, Effect)>,
 }
 
+impl Durable {
+    /// The position the oldest held effect waits for.
+    pub(super) fn first_held(&self) -> Option<u64> {
+        self.held.front().map(|(p, _)| *p)
+    }
+}
+
 impl Replica {
     /// Switches durable logging on or off (off by default; see `replica/durable.rs`). On, the
     /// first thing to persist is a snapshot of the state as of now. `configured`: the group
@@ -161,14 +168,17 @@ impl Replica {
         }
     }
 
-    /// Ends of runs among the effects in `scratch` wait until the disks reach `position`.
+    /// Ends of runs among the effects in `scratch` wait until the disks reach `position`, and
+    /// if there are any, the [`Effect::Rejoined`] that follows them waits behind them (it
+    /// says which of the origin's requests are unknown: not before their ends are told).
     pub(super) fn hold_ends(&mut self, position: u64) {
+        let any = self.scratch.iter().any(|e| ended(e).is_some());
         if let Some(d) = self.durable.as_mut() {
             hold(
                 d,
                 &mut self.scratch,
                 position,
-                |e| ended(e).is_some(),
+                |e| ended(e).is_some() || (any && matches!(e, Effect::Rejoined { .. })),
                 false,
             );
         }

@@ -200,6 +200,26 @@ impl Replica {
         self.rejoining = Some((applied, unanswered));
     }
 
+    /// A host that restarted (its process killed, the group perhaps restarted too) and kept
+    /// a record of what it heard: it had been told every end of its runs up to position
+    /// `since` ([`Replica::told_through`]) and still waits for `unanswered` (its pushes,
+    /// encoded). It is told the ends after `since`, its pushes the group does not hold go
+    /// again, and [`Effect::Rejoined`] follows, as for [`Replica::set_rejoining`]: now if this
+    /// replica holds the group's state, else once it does.
+    pub fn resume(&mut self, since: u64, unanswered: BTreeMap<RequestId, Vec<u8>>) {
+        let (since, mut before) = match self.rejoining.take() {
+            Some((s, b)) => (s.min(since), b),
+            None => (since, BTreeMap::new()),
+        };
+        before.extend(unanswered);
+        let now = self.told_through().is_some();
+        self.rejoining = Some((since, before));
+        if now {
+            self.tell_rejoining();
+            self.effects.extend(self.scratch.drain(..));
+        }
+    }
+
     /// The pushes submitted here whose run has not told an outcome here yet (encoded), for
     /// the next incarnation ([`Replica::set_rejoining`]).
     pub fn take_unanswered(&mut self) -> BTreeMap<RequestId, Vec<u8>> {
@@ -217,6 +237,25 @@ impl Replica {
             Some((since, _)) => *since,
             None => self.queue.applied(),
         }
+    }
+
+    /// How far this replica has told its host the ends of its runs: every one applied at a
+    /// position up to this (see `queue::outcomes`) was among the effects [`Replica::poll_effect`]
+    /// returned, once it returned `None`; `None` while the replica does not hold the group's
+    /// state, or has not told what a process coming back missed. A host that records it with
+    /// what it heard can, restarted, be told the rest ([`Replica::set_rejoining`]).
+    pub fn told_through(&self) -> Option<u64> {
+        if self.rejoining.is_some() || !self.recovered() || self.log_state.is_some() {
+            return None;
+        }
+        if !matches!(self.member.status(), Status::Serving | Status::Changing) {
+            return None;
+        }
+        let applied = self.queue.applied();
+        Some(match self.durable.as_ref().and_then(|d| d.first_held()) {
+            Some(p) => applied.min(p.saturating_sub(1)),
+            None => applied,
+        })
     }
 
     /// Pushes submitted and not answered yet (see [`Replica::take_unanswered`]), with those
@@ -483,6 +522,18 @@ impl Replica {
         }
     }
 
+    /// Holding the group's state (sent to this joiner, or the one a restarted group decided
+    /// on): a process coming back ([`Replica::set_rejoining`]) is told what it missed.
+    pub(super) fn tell_rejoining(&mut self) {
+        if let Some((since, before)) = self.rejoining.take() {
+            let back = self.queue.rejoined(self.member.id(), since);
+            self.rejoined(back, before);
+            // Ends it missed: told once the state's position is on a majority's disks (they
+            // all lie before it).
+            self.hold_ends(self.queue.applied());
+        }
+    }
+
     /// Back after a removal, with the state: the outcomes missed are told (and answer their
     /// pushes); the pushes still unanswered that the group does not hold never reached the
     /// order and go again, unless outcomes were dropped (see [`Effect::Rejoined`]).
@@ -536,13 +587,7 @@ impl Replica {
                 // The group's state: the joiner's own log no longer matters.
                 self.log_state = None;
                 self.persist_state();
-                if let Some((since, before)) = self.rejoining.take() {
-                    let back = self.queue.rejoined(self.member.id(), since);
-                    self.rejoined(back, before);
-                    // Ends it missed: told once the state's position is on a majority's
-                    // disks (they all lie before it).
-                    self.hold_ends(self.queue.applied());
-                }
+                self.tell_rejoining();
                 let view = self.member.view().id;
                 self.rebuild_ahead(view, 0, true);
                 if let Some((version, docs)) = self.queue.pipeline_docs() {

@@ -340,6 +340,7 @@ impl Replica {
             .iter()
             .filter(|e| matches!(e, crate::queue::Effect::Requeued { .. }))
             .count() as u64;
+        self.tell_rejoining();
         let view_id = self.member.view().id;
         self.rebuild_ahead(view_id, 0, true);
         // The group's pipelines are those of the state it goes on from.
@@ -419,8 +420,8 @@ impl Replica {
     pub(super) fn claim_as_joiner(&mut self, claims: Vec<(MemberId, Claim)>) -> bool {
         // The same process coming back while the group still claims: its incarnation
         // before was claiming too (once decided, joiners are sent states), so it applied
-        // nothing of the group's and pushed nothing.
-        self.rejoining = None;
+        // nothing of the group's and pushed nothing; what its host left unanswered before the
+        // restart (`Replica::set_rejoining`) is settled once it holds the group's state.
         let state = self.log_state.take().unwrap_or_default();
         let configured = self.durable_configured();
         let mine = claim_of(&state);

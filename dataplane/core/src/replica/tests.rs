@@ -886,3 +886,122 @@ fn a_longer_log_of_an_earlier_epoch_does_not_win() {
     }
     assert_eq!(net.rs[1].queue().digest(), net.rs[0].queue().digest());
 }
+
+/// A process restarted from its data directory after the whole group went down, whose host
+/// recorded how far it had been told ends ([`Replica::told_through`]) and which pushes it still
+/// waits for: once the group has decided, it is told the ends after that position (a run that
+/// completed just before the crash), and its push that never reached the order goes again.
+#[test]
+fn a_restarted_origin_is_told_what_it_missed_and_pushes_again_what_was_lost() {
+    let (mut old, logs) = durable_run();
+    // Its host drained every effect: it has heard every end so far.
+    while old.rs[0].poll_effect().is_some() {}
+    let since = old.rs[0].told_through().expect("member 0 serves");
+    assert!(since <= old.rs[0].queue().applied());
+    // Member 2 completes request 1; the end is on every disk, but member 0's host is killed
+    // before it hears of it (the completion stays unread), with push 4 never ordered.
+    let a = assigned_to(&old.fx[2], MemberId(2))[0];
+    let instance = old.fx[2]
+        .iter()
+        .find_map(|e| match e {
+            Effect::Assigned { req, .. } if req.id == a => Some(req.instance),
+            _ => None,
+        })
+        .unwrap();
+    old.rs[2]
+        .submit(&Op::Complete {
+            consumer: MemberId(2),
+            id: a,
+            instance,
+            step: "s".into(),
+            outputs: Vec::new(),
+            result: Some(b"done".to_vec()),
+            reply: None,
+            meta: Meta::default(),
+            credits: 0,
+        })
+        .unwrap();
+    old.run(5_000);
+    let mut logs = logs;
+    for (i, log) in logs.iter_mut().enumerate() {
+        let end = drain_log(&mut old, i, log);
+        old.rs[i].persisted(end);
+    }
+    let op4 = |n: u64| {
+        Op::Push {
+            pusher: MemberId(0),
+            req: Request {
+                id: RequestId::new(MemberId(0), n),
+                instance: 0,
+                step: "s".into(),
+                queue: "d".into(),
+                payload: vec![n as u8],
+                meta: Meta::default(),
+                http: None,
+            },
+        }
+        .encode()
+    };
+    let unanswered: BTreeMap<RequestId, Vec<u8>> = (1..=4)
+        .map(|n| (RequestId::new(MemberId(0), n), op4(n)))
+        .collect();
+    let states: Vec<Option<QueueState>> = logs.iter().map(|l| Some(replayed(l))).collect();
+    let mut net = Net::recovering(states, old.now);
+    assert_eq!(net.rs[0].told_through(), None, "not before the decision");
+    net.rs[0].resume(since, unanswered);
+    net.run(20_000);
+    // The disks take the decided state: the ends it missed are told once they hold it.
+    for _ in 0..3 {
+        for i in 0..3 {
+            let end = drain_log(&mut net, i, &mut Vec::new());
+            if end > 0 {
+                net.rs[i].persisted(end);
+            }
+        }
+        net.run(5_000);
+    }
+    let told: Vec<&Effect> = net.fx[0]
+        .iter()
+        .filter(|e| matches!(e, Effect::Completed { .. } | Effect::Rejoined { .. }))
+        .collect();
+    assert!(
+        matches!(
+            told.as_slice(),
+            [
+                Effect::Completed { id, result: Some(r), terminal: true, .. },
+                Effect::Rejoined { pending, pushed_again: 1, outcomes_dropped: false, .. },
+            ] if *id == a && r == b"done"
+                && pending.len() == 3 && pending.contains(&RequestId::new(MemberId(0), 4))
+        ),
+        "{told:?}"
+    );
+    let through = net.rs[0].told_through().expect("told what it missed");
+    assert_eq!(
+        net.rs[0].queue().queue_depth("d"),
+        Some(3),
+        "2, 3 and 4 queued"
+    );
+    assert_eq!(net.rs[1].queue().digest(), net.rs[0].queue().digest());
+    // A host resuming once the replica serves is answered at once: push 5 never reached the
+    // order and goes again.
+    net.fx[0].clear();
+    let five: BTreeMap<RequestId, Vec<u8>> = [(RequestId::new(MemberId(0), 5), op4(5))].into();
+    net.rs[0].resume(through, five);
+    net.run(20_000);
+    assert!(
+        net.fx[0].iter().any(|e| matches!(
+            e,
+            Effect::Rejoined {
+                pushed_again: 1,
+                outcomes_dropped: false,
+                ..
+            }
+        )),
+        "{:?}",
+        net.fx[0]
+    );
+    assert!(!net.fx[0]
+        .iter()
+        .any(|e| matches!(e, Effect::Completed { .. })));
+    assert_eq!(net.rs[1].queue().queue_depth("d"), Some(4));
+}
