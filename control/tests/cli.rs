@@ -433,27 +433,30 @@ fn killing_an_invoker_loses_and_doubles_nothing() {
     );
 }
 
-/// Durable queues and the whole group SIGKILLed mid-burst, twice, one member's log torn
-/// mid-record before each restart: every member starts again from its data directory, the
-/// trigger picks the run up from its journal, and every request completes exactly once.
+/// Durable queues and the whole group SIGKILLed mid-run, twice (the load goes on after
+/// each), one member's log torn mid-record before each restart: every member starts again
+/// from its data directory, the trigger picks the run up from its journal, and every request
+/// completes exactly once.
 #[test]
 fn killing_the_whole_group_twice_loses_and_doubles_nothing() {
     let _turn = whole_group();
     let out = conveyor(&[
         "bench",
         "--workload",
-        "burst",
-        "--requests",
-        "3000",
+        "constant",
+        "--rate",
+        "1500",
+        "--duration",
+        "2",
         "--chain",
         "3",
         "--fn-us",
         "40",
         "--durable",
         "--fault",
-        "kill:all@0.2",
+        "kill:all@0.5",
         "--fault",
-        "kill:all@0.8",
+        "kill:all@1.2",
         "--fault",
         "tear:invoker-0",
         "--json",
@@ -461,6 +464,7 @@ fn killing_the_whole_group_twice_loses_and_doubles_nothing() {
     ]);
     let r = report(&out);
     assert_eq!(r["completed"], 3000, "{r}");
+    assert_eq!(r["sent"], 3000, "{r}");
     assert_eq!(r["lost"], 0, "{r}");
     assert_eq!(r["duplicates"], 0, "{r}");
     assert_eq!(r["errors"], 0, "{r}");

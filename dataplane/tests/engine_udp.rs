@@ -27,6 +27,7 @@ fn cfg(me: u16, key: &Key) -> EngineConfig {
         rejoin: false,
         speculate: false,
         data_dir: None,
+        log_segment_bytes: None,
         join: false,
     }
 }

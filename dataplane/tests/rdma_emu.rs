@@ -323,6 +323,7 @@ fn engine_cfg(me: u16, key: &Key, n: usize) -> EngineConfig {
         rejoin: false,
         speculate: false,
         data_dir: None,
+        log_segment_bytes: None,
         join: false,
     }
 }

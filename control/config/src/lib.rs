@@ -223,6 +223,7 @@ impl GroupConfig {
             // speculation's effects.
             speculate: g.speculate && self.file.members[me].role == Role::Invoker,
             data_dir: self.file.members[me].data_dir.clone(),
+            log_segment_bytes: None,
         }
     }
 

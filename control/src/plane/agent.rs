@@ -189,6 +189,23 @@ pub(super) fn report_of(
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect(),
+        log: live
+            .log
+            .map(|g| {
+                [
+                    ("persisted", g.persisted),
+                    ("held_for_disks", g.held_for_disks),
+                    ("disk_full", u64::from(g.disk_full)),
+                    ("failed_writes", g.failed_writes),
+                    ("records", g.records),
+                    ("bytes", g.bytes),
+                    ("snapshots", g.snapshots),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 

@@ -249,6 +249,28 @@ pub(super) fn encode_reports(
         Some("verdict"),
         false,
     )?;
+    // The durable log's series, for members with a data directory: (key in the report,
+    // name, help, gauge).
+    let log_series = [
+        ("persisted", "conveyor_log_persisted_position", "Every step of the order before this position is on the member's disk", true),
+        ("held_for_disks", "conveyor_log_held_for_disks", "Acceptances and ends of runs of durable queues waiting for a majority's disks", true),
+        ("disk_full", "conveyor_log_disk_full", "1 while the member's data directory is full: its writer retries, the member applies nothing more, pushes wait", true),
+        ("failed_writes", "conveyor_log_failed_writes_total", "Log writes that failed (a full disk, an I/O error) and were tried again", false),
+        ("records", "conveyor_log_records_total", "Records written to the member's log", false),
+        ("bytes", "conveyor_log_bytes_total", "Bytes written to the member's log", false),
+        ("snapshots", "conveyor_log_snapshots_total", "Snapshots of the state written to the member's data directory", false),
+    ];
+    for (key, name, help, gauge) in log_series {
+        if !live.iter().any(|(_, rep)| rep.log.contains_key(key)) {
+            continue;
+        }
+        let f = family(&r, name, help, None, gauge)?;
+        for (m, rep) in live {
+            if let Some(v) = rep.log.get(key) {
+                f.with_label_values(&[m]).set(*v as i64);
+            }
+        }
+    }
     let depth = family(
         &r,
         "conveyor_queue_depth",

@@ -68,6 +68,11 @@ pub struct MemberReport {
     /// The XDP program's counters on the member's interface, by verdict (empty without one).
     #[serde(default)]
     pub xdp: BTreeMap<String, u64>,
+    /// The durable log (a member with a data directory): `persisted` (position on disk),
+    /// `held_for_disks`, `disk_full` (0 or 1), `failed_writes`, `records`, `bytes`,
+    /// `snapshots`. Empty without one.
+    #[serde(default)]
+    pub log: BTreeMap<String, u64>,
 }
 
 /// What the control plane answers a member's report: what the member should follow.

@@ -31,7 +31,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -462,6 +462,20 @@ pub struct LogWriter {
     /// persisted position is the old history's until they are equal.
     resets_sent: u64,
     resets_done: Arc<AtomicU64>,
+    waker: Arc<OnceLock<Waker>>,
+    /// Set when the writer is stopped: a write that waits for space gives up then.
+    stopping: Arc<AtomicBool>,
+}
+
+/// Called by the writer's thread each time the persisted position moves (see
+/// [`LogWriter::on_persisted`]).
+#[derive(Clone)]
+pub struct Waker(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Waker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Waker")
+    }
 }
 
 impl std::fmt::Debug for Cmd {
@@ -487,6 +501,7 @@ impl LogWriter {
         let persisted = Arc::new(AtomicU64::new(next));
         let stats = Arc::new(LogStats::default());
         let resets_done = Arc::new(AtomicU64::new(0));
+        let waker: Arc<OnceLock<Waker>> = Arc::new(OnceLock::new());
         let mut w = Writer::open(
             dir.clone(),
             next,
@@ -496,6 +511,9 @@ impl LogWriter {
             stats.clone(),
             resets_done.clone(),
         )?;
+        w.waker = waker.clone();
+        let stopping = Arc::new(AtomicBool::new(false));
+        w.stopping = stopping.clone();
         let thread = thread::Builder::new()
             .name("conveyor-log".into())
             .spawn(move || w.run(rx))
@@ -508,7 +526,16 @@ impl LogWriter {
             next,
             resets_sent: 0,
             resets_done,
+            waker,
+            stopping,
         })
+    }
+
+    /// Has the writer's thread call `wake` each time the persisted position moves (a polling
+    /// thread that parks is woken to tell the others: what waits for the disks waits for
+    /// that). Once per writer.
+    pub fn on_persisted(&self, wake: Waker) {
+        let _ = self.waker.set(wake);
     }
 
     /// Queues a step of the order (`kind`, its encoding) at `position`, which must be the
@@ -593,6 +620,7 @@ impl LogWriter {
     }
 
     fn shutdown(&mut self) -> Result<(), DurableError> {
+        self.stopping.store(true, Ordering::Release);
         self.tx = None;
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(r)) => r,
@@ -616,6 +644,8 @@ impl Drop for LogWriter {
 
 /// The writer thread's state.
 struct Writer {
+    waker: Arc<OnceLock<Waker>>,
+    stopping: Arc<AtomicBool>,
     dir: DataDir,
     generation: u64,
     resets_done: Arc<AtomicU64>,
@@ -670,6 +700,8 @@ impl Writer {
         };
         stats.segments.fetch_add(1, Ordering::Relaxed);
         Ok(Writer {
+            waker: Arc::new(OnceLock::new()),
+            stopping: Arc::new(AtomicBool::new(false)),
             dir,
             generation,
             resets_done,
@@ -748,9 +780,9 @@ impl Writer {
                 Ok(()) => break,
                 Err(e) => e,
             };
-            let full = matches!(&e, DurableError::Io { source, .. }
-                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)));
-            if !full {
+            // Stopped while the disk is full: what was not written is given up (nothing of
+            // it was told outside: it waited for the disks), and said.
+            if !is_full(&e) || self.stopping.load(Ordering::Acquire) {
                 return Err(e);
             }
             self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
@@ -781,6 +813,7 @@ impl Writer {
         self.len += self.buf.len() as u64;
         self.buf.clear();
         self.persisted.store(self.next, Ordering::Release);
+        self.wake();
         Ok(())
     }
 
@@ -804,32 +837,23 @@ impl Writer {
     /// snapshot elsewhere than the log's end starts a new generation (see the module docs).
     fn write_snapshot(&mut self, position: u64, state: &[u8]) -> Result<(), DurableError> {
         let bytes = snapshot::encode(self.dir.group, position, state);
-        if position != self.next {
-            // A state this member did not make: its log may hold another history at these
-            // positions. The snapshot starts the next generation; once it is on disk, the
-            // older ones go (a crash in between leaves them to recovery, which reads only
-            // the newest).
-            let generation = self.generation + 1;
-            write_durably(&self.dir.path, &snapshot_name(generation, position), &bytes)?;
-            let (file, path, len) = new_segment(&self.dir, generation, position)?;
-            (self.file, self.path, self.len) = (file, path, len);
-            self.generation = generation;
-            self.stats.segments.fetch_add(1, Ordering::Relaxed);
-            self.next = position;
-            self.batch_first = position;
-            for p in self.dir.older_than(generation)? {
-                fs::remove_file(&p).map_err(io_err(&p, "remove"))?;
+        if position == self.next {
+            // At the log's end, the snapshot only lets older segments go: on a full disk it
+            // is left out (the log holds everything), said and counted.
+            let name = snapshot_name(self.generation, position);
+            if let Err(e) = write_durably(&self.dir.path, &name, &bytes) {
+                if !is_full(&e) {
+                    return Err(e);
+                }
+                let _ = fs::remove_file(self.dir.path.join(format!("{name}.tmp")));
+                self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("{e}: the disk is full; the snapshot at position {position} is left out (the log behind it stays)");
+                return Ok(());
             }
-            sync_dir(&self.dir.path)?;
-            self.persisted.store(position, Ordering::Release);
-            self.resets_done.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.write_new_generation(position, &bytes)?;
             return Ok(());
         }
-        write_durably(
-            &self.dir.path,
-            &snapshot_name(self.generation, position),
-            &bytes,
-        )?;
         for (p, path) in self.dir.snapshots()? {
             if p < position {
                 fs::remove_file(&path).map_err(io_err(&path, "remove"))?;
@@ -844,6 +868,64 @@ impl Writer {
         }
         sync_dir(&self.dir.path)
     }
+
+    /// A snapshot elsewhere than the log's end (see [`LogWriter::snapshot`]): the next
+    /// generation starts from it. On a full disk it is tried again until there is room (the
+    /// member's log cannot go on without it).
+    fn write_new_generation(&mut self, position: u64, bytes: &[u8]) -> Result<(), DurableError> {
+        let generation = self.generation + 1;
+        let name = snapshot_name(generation, position);
+        let mut said = false;
+        while let Err(e) = write_durably(&self.dir.path, &name, bytes) {
+            let _ = fs::remove_file(self.dir.path.join(format!("{name}.tmp")));
+            if !is_full(&e) || self.stopping.load(Ordering::Acquire) {
+                return Err(e);
+            }
+            self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
+            self.stats.disk_full.store(true, Ordering::Relaxed);
+            if !said {
+                said = true;
+                tracing::error!(
+                    "{e}: the disk is full; the state's snapshot is tried again every {:?}",
+                    self.opts.retry
+                );
+            }
+            thread::sleep(self.opts.retry);
+        }
+        self.stats.disk_full.store(false, Ordering::Relaxed);
+        {
+            // A state this member did not make: its log may hold another history at these
+            // positions. The snapshot starts the next generation; once it is on disk, the
+            // older ones go (a crash in between leaves them to recovery, which reads only
+            // the newest).
+            let (file, path, len) = new_segment(&self.dir, generation, position)?;
+            (self.file, self.path, self.len) = (file, path, len);
+            self.generation = generation;
+            self.stats.segments.fetch_add(1, Ordering::Relaxed);
+            self.next = position;
+            self.batch_first = position;
+            for p in self.dir.older_than(generation)? {
+                fs::remove_file(&p).map_err(io_err(&p, "remove"))?;
+            }
+            sync_dir(&self.dir.path)?;
+            self.persisted.store(position, Ordering::Release);
+            self.resets_done.fetch_add(1, Ordering::AcqRel);
+            self.wake();
+        }
+        Ok(())
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.get() {
+            (w.0)();
+        }
+    }
+}
+
+/// Whether a write failed for want of space (ENOSPC, EDQUOT): tried again later, not fatal.
+fn is_full(e: &DurableError) -> bool {
+    matches!(e, DurableError::Io { source, .. }
+        if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
 }
 
 /// Creates the segment starting at `first`: its header written and synced, the directory

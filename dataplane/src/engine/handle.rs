@@ -52,7 +52,8 @@ impl EngineHandle {
         let (log, recovered) = match &cfg.data_dir {
             Some(path) => {
                 let (log, state) =
-                    super::log::EngineLog::open(path, cfg.group.0).map_err(EngineError::Startup)?;
+                    super::log::EngineLog::open(path, cfg.group.0, cfg.log_segment_bytes)
+                        .map_err(EngineError::Startup)?;
                 (Some(log), Some(state))
             }
             None => (None, None),
@@ -101,6 +102,15 @@ impl EngineHandle {
         let cmds = Arc::new(ArrayQueue::new(CMD_RING));
         let events = Arc::new(ArrayQueue::new(EVENT_RING));
         let shared = Arc::new(Shared::default());
+        let mut log = log;
+        if let Some(l) = log.as_mut() {
+            let (wake, shared) = (wake.clone(), shared.clone());
+            l.wake_with(crate::durable::Waker(Arc::new(move || {
+                if shared.engine_parked.load(Ordering::SeqCst) {
+                    wake.wake();
+                }
+            })));
+        }
         let max_payload = cfg.proto.max_payload;
         let idle = cfg.idle;
         let me = cfg.me;

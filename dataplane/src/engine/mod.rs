@@ -22,7 +22,7 @@ pub mod probe;
 
 pub use handle::{EngineHandle, Submitter};
 pub use idle::{Clock, IdlePolicy};
-pub use probe::{Directive, Live, Probe};
+pub use probe::{Directive, Live, LogLive, Probe};
 
 use crate::transport::TransportStats;
 use conveyor_core::proto::{ProtoConfig, Stats, SubmitError};
@@ -62,6 +62,10 @@ pub struct EngineConfig {
     /// and a member started from it recovers (see `conveyor_core::replica`, "recovery"): the
     /// whole group restarting from its data directories loses nothing it was told.
     pub data_dir: Option<std::path::PathBuf>,
+    /// The log's segment size (default 64 MiB); a snapshot of the state is taken each time
+    /// the log has grown by this much, and the segments wholly before it are deleted, so the
+    /// data directory holds about two segments and a snapshot.
+    pub log_segment_bytes: Option<u64>,
 }
 
 /// An application that runs inside the polling thread (run-to-completion): it sees this

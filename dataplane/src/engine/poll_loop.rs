@@ -416,6 +416,11 @@ impl Engine {
             l.rejoins = self.rejoins;
             l.pipelines_version = self.replica.queue().pipelines_version();
             l.transport = self.transport.stats();
+            l.log = self.log.as_ref().map(|g| {
+                let mut live = g.live();
+                live.held_for_disks = self.replica.held_for_disks() as u64;
+                live
+            });
         }
     }
 

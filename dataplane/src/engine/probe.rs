@@ -98,4 +98,23 @@ pub struct Live {
     pub pipelines_version: u64,
     /// The transport's counters (and its XDP program's, if any).
     pub transport: TransportStats,
+    /// The durable log's figures, for a member with a data directory.
+    pub log: Option<LogLive>,
+}
+
+/// A member's durable log, as [`Live`] shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogLive {
+    /// Every step before this position is on this member's disk.
+    pub persisted: u64,
+    /// Effects (acceptances, ends of runs) waiting for a majority's disks.
+    pub held_for_disks: u64,
+    /// The disk is full now: the writer retries, the member applies nothing more meanwhile,
+    /// and pushes wait (backpressure).
+    pub disk_full: bool,
+    /// Writes that failed (a full disk, an I/O error) and were tried again.
+    pub failed_writes: u64,
+    pub records: u64,
+    pub bytes: u64,
+    pub snapshots: u64,
 }

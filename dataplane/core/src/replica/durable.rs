@@ -21,6 +21,7 @@
 use super::{Applied, Replica};
 use crate::durable::log::RecordKind;
 use crate::durable::ViewRecord;
+use crate::proto::Status;
 use crate::queue::{ended, Effect};
 use crate::types::MemberId;
 use std::collections::VecDeque;
@@ -94,6 +95,23 @@ impl Replica {
             self.reset_taken();
         }
         p
+    }
+
+    /// Asks the host for a snapshot of the state as of now, at the end of the log it was
+    /// handed (so its log may drop what lies before; the disk stays bounded). Only while the
+    /// replica logs and holds the group's state; whether it was asked.
+    pub fn snapshot_now(&mut self) -> bool {
+        let serving = matches!(self.member.status(), Status::Serving | Status::Changing);
+        if !serving || !self.recovered() || self.log_state.is_some() {
+            return false;
+        }
+        let (position, state) = (self.queue.applied(), self.queue.snapshot());
+        let Some(d) = self.durable.as_mut() else {
+            return false;
+        };
+        d.to_persist
+            .push_back(Persist::Snapshot { position, state });
+        true
     }
 
     /// Every step before `position` is on this member's disk (it never goes back); told to the
