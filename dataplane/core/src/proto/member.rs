@@ -181,6 +181,12 @@ impl Member {
     /// Where this member's durable log reaches (see [`crate::wire::Row::persisted`]; it never
     /// goes back), told to the others in its rows.
     pub fn set_persisted(&mut self, position: u64) {
+        if position > self.persisted {
+            // What waits for a majority's disks (a pusher's acceptance, a run's end) waits
+            // for this row: it goes at the next chance, not at the next status period (an
+            // idle group's heartbeat).
+            self.tx.status_to_all();
+        }
         self.persisted = self.persisted.max(position);
         self.order.set_persisted(self.persisted);
     }

@@ -90,6 +90,14 @@ impl Replica {
     /// its position: what the log held at or after it is not the group's (a joiner's or a
     /// restarted member's old log) and goes.
     pub fn poll_persist(&mut self) -> Option<Persist> {
+        if self.log_state.is_some() {
+            // A joiner carrying its log's state, before the group's state (or claims) came:
+            // what it applies meanwhile is not the group's history, and its log stays as it is
+            // (writing its empty queue's snapshot would wipe the log it may have to claim
+            // from, or hand over after another whole-group restart). Dropped when the state
+            // comes (see `Replica::discard_unpersisted`).
+            return None;
+        }
         let p = self.durable.as_mut()?.to_persist.pop_front();
         if matches!(p, Some(Persist::Snapshot { .. })) {
             self.reset_taken();
@@ -205,6 +213,14 @@ impl Replica {
     /// A view installed at `position`.
     pub(super) fn persist_view(&mut self, position: u64, view: ViewRecord) {
         self.persist_step(position, RecordKind::View, view.encode(), false, false);
+    }
+
+    /// What a joiner carrying its log's state applied before its state came, not written
+    /// (see [`Replica::poll_persist`]): dropped.
+    pub(super) fn discard_unpersisted(&mut self) {
+        if let Some(d) = self.durable.as_mut() {
+            d.to_persist.clear();
+        }
     }
 
     /// The queue was replaced by a state: the log goes on from a snapshot of it.

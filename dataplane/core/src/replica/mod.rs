@@ -585,7 +585,9 @@ impl Replica {
             Ok(q) => {
                 self.queue = q;
                 // The group's state: the joiner's own log no longer matters.
-                self.log_state = None;
+                if self.log_state.take().is_some() {
+                    self.discard_unpersisted();
+                }
                 self.persist_state();
                 self.tell_rejoining();
                 let view = self.member.view().id;

@@ -181,9 +181,12 @@ impl Replica {
 
     /// Whether what the host says is on disk is the group's log (see the module docs).
     pub(super) fn own_log_counts(&self) -> bool {
-        self.recovery
-            .as_ref()
-            .is_none_or(|r| r.stage == Stage::Recovered && !r.reset_pending)
+        // (A joiner carrying its log's state: that log is not the group's either.)
+        self.log_state.is_none()
+            && self
+                .recovery
+                .as_ref()
+                .is_none_or(|r| r.stage == Stage::Recovered && !r.reset_pending)
     }
 
     /// The host took the state's snapshot: its log is the group's from now on.
@@ -422,7 +425,13 @@ impl Replica {
         // before was claiming too (once decided, joiners are sent states), so it applied
         // nothing of the group's and pushed nothing; what its host left unanswered before the
         // restart (`Replica::set_rejoining`) is settled once it holds the group's state.
-        let state = self.log_state.take().unwrap_or_default();
+        let state = match self.log_state.take() {
+            Some(s) => {
+                self.discard_unpersisted();
+                s
+            }
+            None => QueueState::default(),
+        };
         let configured = self.durable_configured();
         let mine = claim_of(&state);
         self.queue = state;

@@ -1005,3 +1005,38 @@ fn a_restarted_origin_is_told_what_it_missed_and_pushes_again_what_was_lost() {
         .any(|e| matches!(e, Effect::Completed { .. })));
     assert_eq!(net.rs[1].queue().queue_depth("d"), Some(4));
 }
+
+/// A member that comes back as a joiner carrying its log's state (removed, or restarted out
+/// of the view) writes nothing until the group's state comes: it would otherwise start its log
+/// again from its empty queue, wiping what it may have to claim from after another
+/// whole-group restart (the simulator found a told acceptance lost that way: seed 786 with
+/// rows sent as soon as the disk moves). Its old log does not count for the group either. Once
+/// the state comes, its log starts again from it.
+#[test]
+fn a_joiner_carrying_its_log_writes_nothing_before_the_state() {
+    let (mut old, _) = durable_run();
+    let members = [MemberId(0), MemberId(1), MemberId(2)];
+    let logged = old.rs[2].queue().clone();
+    let mut j = joiner(0x10c, old.now);
+    j.set_durable(true, &members);
+    j.set_log_state(logged.clone());
+    j.persisted(logged.applied());
+    old.down[2] = true;
+    old.run(200_000);
+    assert_eq!(j.poll_persist(), None, "its log stays as it is");
+    assert_eq!(
+        j.member().persisted()[j.member().view().rank_of(MemberId(2)).unwrap_or(0)],
+        0
+    );
+    old.rs[2] = j;
+    old.down[2] = false;
+    old.run(100_000);
+    assert_eq!(old.rs[2].status(), Status::Serving);
+    let mut log = Vec::new();
+    drain_log(&mut old, 2, &mut log);
+    assert!(
+        matches!(log.first(), Some(Persist::Snapshot { position, .. }) if *position >= logged.applied()),
+        "{log:?}"
+    );
+    assert_eq!(old.rs[2].queue().digest(), old.rs[0].queue().digest());
+}
