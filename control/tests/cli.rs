@@ -1,7 +1,10 @@
 //! The `conveyor` binary end to end: real member processes over loopback UDP.
 
+mod common;
+
+use common::{conveyor, report};
 use serde_json::Value;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -11,24 +14,6 @@ use std::time::{Duration, Instant};
 fn whole_group() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn conveyor(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_conveyor"))
-        .args(args)
-        .output()
-        .expect("run conveyor")
-}
-
-fn report(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "conveyor failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON report on stdout");
-    v.as_array().expect("an array")[0].clone()
 }
 
 #[test]
@@ -431,50 +416,6 @@ fn killing_an_invoker_loses_and_doubles_nothing() {
         stderr.contains("fault: invoker-1 killed; view 2 installed"),
         "{stderr}"
     );
-}
-
-/// Durable queues and the whole group SIGKILLed mid-run, twice (the load goes on after
-/// each), one member's log torn mid-record before each restart: every member starts again
-/// from its data directory, the trigger picks the run up from its journal, and every request
-/// completes exactly once.
-#[test]
-fn killing_the_whole_group_twice_loses_and_doubles_nothing() {
-    let _turn = whole_group();
-    let out = conveyor(&[
-        "bench",
-        "--workload",
-        "constant",
-        "--rate",
-        "1500",
-        "--duration",
-        "2",
-        "--chain",
-        "3",
-        "--fn-us",
-        "40",
-        "--durable",
-        "--fault",
-        "kill:all@0.5",
-        "--fault",
-        "kill:all@1.2",
-        "--fault",
-        "tear:invoker-0",
-        "--json",
-        "-",
-    ]);
-    let r = report(&out);
-    assert_eq!(r["completed"], 3000, "{r}");
-    assert_eq!(r["sent"], 3000, "{r}");
-    assert_eq!(r["lost"], 0, "{r}");
-    assert_eq!(r["duplicates"], 0, "{r}");
-    assert_eq!(r["errors"], 0, "{r}");
-    assert_eq!(r["durable"], true);
-    let each = r["recoveries_ms"].as_array().expect("recoveries_ms");
-    assert_eq!(each.len(), 2, "{r}");
-    assert!(r["recovery_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{r}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("invoker-0's log torn"), "{stderr}");
-    assert!(stderr.contains("the trigger restarted 2 times"), "{stderr}");
 }
 
 #[test]

@@ -122,6 +122,19 @@ pub fn burn_cpu(d: Duration) {
     }
 }
 
+/// Whether this process runs as root (its effective uid is 0, from `/proc/self/status`):
+/// tests that mount file systems or make namespaces need it.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
 /// CLOCK_MONOTONIC in microseconds: one clock for every process of a host, so that stamps taken
 /// by different members on one host can be subtracted.
 pub fn monotonic_us() -> u64 {

@@ -91,45 +91,14 @@ fn a_whole_group_restart_from_data_directories_loses_no_accepted_request() {
         q.durability = Durability::Log;
         hs[0].submit(&Op::Create(q)).unwrap();
     }
-    for i in 0..n {
-        let req =
-            pipeline.entry_request(RequestId::new(MemberId(0), i), vec![7; 32], Meta::default());
-        hs[0]
-            .submit(&Op::Push {
-                pusher: MemberId(0),
-                req,
-            })
-            .unwrap();
-    }
-    let mut accepted = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while (accepted.len() as u64) < n {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {n} accepted",
-            accepted.len()
-        );
-        if let Some(ev) = hs[0].next_event(Duration::from_millis(100)) {
-            if let Effect::Accepted { id, .. } = ev.effect {
-                accepted.insert(id);
-            }
-        }
-    }
+    let accepted = push_accepted(&hs[0], &pipeline, 0, n, 32);
     // The whole group goes down.
     for h in hs {
         let r = h.stop();
         assert!(r.error.is_none(), "{r:?}");
     }
     // Invoker 1's log loses the end of its last record (a write a power cut tore).
-    let dir = t.path().join("member-2");
-    let mut segs: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "cvl"))
-        .collect();
-    segs.sort();
-    let last = segs.pop().expect("a log segment");
+    let last = files(t.path(), 2, "cvl").pop().expect("a log segment");
     let len = std::fs::metadata(&last).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
@@ -141,26 +110,7 @@ fn a_whole_group_restart_from_data_directories_loses_no_accepted_request() {
     // request completes once.
     let hs = start(&key, t.path(), &pipeline, true);
     hs[0].wait_ready(Duration::from_secs(10)).unwrap();
-    let mut done = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while done.len() < accepted.len() {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} accepted requests done after the restart: {}",
-            done.len(),
-            accepted.len(),
-            hs[0].status()
-        );
-        if let Some(ev) = hs[0].next_event(Duration::from_millis(100)) {
-            if let Effect::Completed {
-                id, terminal: true, ..
-            } = ev.effect
-            {
-                assert!(done.insert(id), "{id} completed twice");
-            }
-        }
-    }
-    assert_eq!(done, accepted);
+    complete_once(&hs[0], &accepted);
     hs[0].submit(&Op::Shutdown { by: MemberId(0) }).unwrap();
     let reports: Vec<_> = hs.into_iter().map(|h| h.join()).collect();
     for r in &reports {
@@ -169,13 +119,19 @@ fn a_whole_group_restart_from_data_directories_loses_no_accepted_request() {
     }
 }
 
-/// Pushes `n` requests into the pipeline's queues (made durable) and waits until each is told
-/// accepted.
-fn push_accepted(h: &EngineHandle, pipeline: &Pipeline, from: u64, n: u64) -> BTreeSet<RequestId> {
+/// Pushes requests `from .. from + n` (payloads of `len` bytes) into the pipeline's durable
+/// queues and waits (20 s at most) until each is told accepted.
+fn push_accepted(
+    h: &EngineHandle,
+    pipeline: &Pipeline,
+    from: u64,
+    n: u64,
+    len: usize,
+) -> BTreeSet<RequestId> {
     for i in from..from + n {
         let req = pipeline.entry_request(
             RequestId::new(MemberId(0), i),
-            vec![7; 200],
+            vec![7; len],
             Meta::default(),
         );
         h.submit(&Op::Push {
@@ -185,7 +141,7 @@ fn push_accepted(h: &EngineHandle, pipeline: &Pipeline, from: u64, n: u64) -> BT
         .unwrap();
     }
     let mut accepted = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while (accepted.len() as u64) < n {
         assert!(
             Instant::now() < deadline,
@@ -199,6 +155,31 @@ fn push_accepted(h: &EngineHandle, pipeline: &Pipeline, from: u64, n: u64) -> BT
         }
     }
     accepted
+}
+
+/// Waits (30 s at most) until every request of `accepted` completed, each once, and nothing
+/// else did.
+fn complete_once(h: &EngineHandle, accepted: &BTreeSet<RequestId>) {
+    let mut done = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while done.len() < accepted.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} accepted requests done after the restart: {}",
+            done.len(),
+            accepted.len(),
+            h.status()
+        );
+        if let Some(ev) = h.next_event(Duration::from_millis(100)) {
+            if let Effect::Completed {
+                id, terminal: true, ..
+            } = ev.effect
+            {
+                assert!(done.insert(id), "{id} completed twice");
+            }
+        }
+    }
+    assert_eq!(&done, accepted);
 }
 
 /// The files of member `m`'s data directory with this extension.
@@ -231,7 +212,7 @@ fn snapshots_keep_the_log_bounded_and_recovery_starts_from_them() {
     }
     let mut accepted = BTreeSet::new();
     for round in 0..3 {
-        accepted.extend(push_accepted(&hs[0], &pipeline, round * 1000, 1000));
+        accepted.extend(push_accepted(&hs[0], &pipeline, round * 1000, 1000, 200));
     }
     for h in hs {
         let r = h.stop();
@@ -263,41 +244,11 @@ fn snapshots_keep_the_log_bounded_and_recovery_starts_from_them() {
     // The group restarts from the snapshots and their tails: all 3000 are still queued.
     let hs = start_with(&key, t.path(), &pipeline, true, segment);
     hs[0].wait_ready(Duration::from_secs(10)).unwrap();
-    let mut done = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while done.len() < accepted.len() {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} done after the restart: {}",
-            done.len(),
-            accepted.len(),
-            hs[0].status()
-        );
-        if let Some(ev) = hs[0].next_event(Duration::from_millis(100)) {
-            if let Effect::Completed {
-                id, terminal: true, ..
-            } = ev.effect
-            {
-                assert!(done.insert(id), "{id} completed twice");
-            }
-        }
-    }
-    assert_eq!(done, accepted);
+    complete_once(&hs[0], &accepted);
     hs[0].submit(&Op::Shutdown { by: MemberId(0) }).unwrap();
     for h in hs {
         assert!(h.join().error.is_none());
     }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 /// The three members' data directories on one 2 MiB tmpfs, a filler taking the rest of it:
@@ -309,7 +260,7 @@ fn is_root() -> bool {
 #[ignore = "needs root"]
 fn a_full_disk_holds_pushes_back_and_loses_none() {
     assert!(
-        is_root(),
+        conveyor_dataplane::sys::is_root(),
         "this test needs root (it mounts a tmpfs): run it as root"
     );
     let t = tempfile::tempdir().unwrap();
@@ -340,7 +291,7 @@ fn a_full_disk_holds_pushes_back_and_loses_none() {
         q.capacity = 100_000;
         hs[0].submit(&Op::Create(q)).unwrap();
     }
-    let mut accepted = push_accepted(&hs[0], &pipeline, 0, 100);
+    let mut accepted = push_accepted(&hs[0], &pipeline, 0, 100, 200);
     // The rest of the file system goes to a filler.
     let filler = mnt.join("filler");
     {

@@ -135,6 +135,25 @@ pub struct Faults {
     pub tears: Vec<String>,
 }
 
+/// `member` names a member of the run (`trigger`, `invoker-0` ..).
+fn known_member(spec: &str, member: &str, invokers: usize) -> Result<()> {
+    if member == "trigger" || (0..invokers).any(|i| member == format!("invoker-{i}")) {
+        return Ok(());
+    }
+    bail!(
+        "--fault {spec:?}: no member {member:?}; the members are trigger and invoker-0 .. invoker-{}",
+        invokers.saturating_sub(1)
+    )
+}
+
+/// A fault's time: `at` seconds (finite, not negative) from the start of the load.
+fn seconds(spec: &str, at: &str) -> Result<f64> {
+    at.parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+        .ok_or_else(|| anyhow::anyhow!("--fault {spec:?}: {at:?} is not a number of seconds"))
+}
+
 /// Parses `--fault` specs against the run's member names. A partition heals 1 s after it
 /// starts, or at `E` with `partition:MEMBER@S-E`.
 pub fn parse_faults(specs: &[String], invokers: usize) -> Result<Faults> {
@@ -145,23 +164,12 @@ pub fn parse_faults(specs: &[String], invokers: usize) -> Result<Faults> {
     let mut tears = Vec::new();
     for spec in specs {
         if let Some(member) = spec.strip_prefix("tear:") {
-            let known =
-                member == "trigger" || (0..invokers).any(|i| member == format!("invoker-{i}"));
-            if !known {
-                bail!("--fault {spec:?}: no member {member:?}; the members are trigger and invoker-0 .. invoker-{}", invokers.saturating_sub(1));
-            }
+            known_member(spec, member, invokers)?;
             tears.push(member.to_string());
             continue;
         }
         if let Some(at) = spec.strip_prefix("kill:all@") {
-            let at: f64 = at
-                .parse()
-                .ok()
-                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                .ok_or_else(|| {
-                    anyhow::anyhow!("--fault {spec:?}: {at:?} is not a number of seconds")
-                })?;
-            kill_all.push(at);
+            kill_all.push(seconds(spec, at)?);
             continue;
         }
         let (kind, rest) = spec.split_once(':').ok_or_else(|| {
@@ -183,22 +191,13 @@ pub fn parse_faults(specs: &[String], invokers: usize) -> Result<Faults> {
                 )?),
                 None => None,
             };
-        let at: f64 = at
-            .parse()
-            .ok()
-            .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-            .ok_or_else(|| {
-                anyhow::anyhow!("--fault {spec:?}: {at:?} is not a number of seconds")
-            })?;
-        let known = member == "trigger" || (0..invokers).any(|i| member == format!("invoker-{i}"));
+        let at = seconds(spec, at)?;
         // The trigger's links may go dark (it comes back and is told what it missed); it
         // measures the run, so it is not killed.
         if member == "trigger" && kind != "partition" {
             bail!("--fault {spec:?}: the trigger measures the run and cannot be the one that fails; name an invoker (invoker-0 .. invoker-{}), or partition the trigger", invokers.saturating_sub(1));
         }
-        if !known {
-            bail!("--fault {spec:?}: no member {member:?}; the members are trigger and invoker-0 .. invoker-{}", invokers.saturating_sub(1));
-        }
+        known_member(spec, member, invokers)?;
         match kind {
             "kill" => kills.push((member.to_string(), at)),
             "join" => joins.push((member.to_string(), at)),

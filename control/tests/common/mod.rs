@@ -48,6 +48,26 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Runs the `conveyor` binary with `args`.
+pub fn conveyor(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args(args)
+        .output()
+        .expect("run conveyor")
+}
+
+/// The first entry of the JSON report a successful `conveyor bench --json -` printed.
+pub fn report(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "conveyor failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report on stdout");
+    v.as_array().expect("an array")[0].clone()
+}
+
 /// Polls `f` every 100 ms until it holds; fails the test after `secs` seconds.
 pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let start = Instant::now();

@@ -780,21 +780,13 @@ impl Writer {
                 Ok(()) => break,
                 Err(e) => e,
             };
-            // Stopped while the disk is full: what was not written is given up (nothing of
-            // it was told outside: it waited for the disks), and said.
-            if !is_full(&e) || self.stopping.load(Ordering::Acquire) {
-                return Err(e);
-            }
-            self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
-            self.stats.disk_full.store(true, Ordering::Relaxed);
-            if !said {
-                said = true;
-                tracing::error!(
-                    "{e}: the disk is full; {} records wait (pushes to durable queues are held back) and the write is tried again every {:?}",
+            self.retry_when_full(e, &mut said, || {
+                format!(
+                    "{} records wait (pushes to durable queues are held back) and the write is tried again every {:?}",
                     self.next - self.batch_first,
                     self.opts.retry
-                );
-            }
+                )
+            })?;
             // Take the partial batch back off the file: records stay whole and in sequence.
             self.file
                 .set_len(self.len)
@@ -878,18 +870,12 @@ impl Writer {
         let mut said = false;
         while let Err(e) = write_durably(&self.dir.path, &name, bytes) {
             let _ = fs::remove_file(self.dir.path.join(format!("{name}.tmp")));
-            if !is_full(&e) || self.stopping.load(Ordering::Acquire) {
-                return Err(e);
-            }
-            self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
-            self.stats.disk_full.store(true, Ordering::Relaxed);
-            if !said {
-                said = true;
-                tracing::error!(
-                    "{e}: the disk is full; the state's snapshot is tried again every {:?}",
+            self.retry_when_full(e, &mut said, || {
+                format!(
+                    "the state's snapshot is tried again every {:?}",
                     self.opts.retry
-                );
-            }
+                )
+            })?;
             thread::sleep(self.opts.retry);
         }
         self.stats.disk_full.store(false, Ordering::Relaxed);
@@ -911,6 +897,28 @@ impl Writer {
             self.persisted.store(position, Ordering::Release);
             self.resets_done.fetch_add(1, Ordering::AcqRel);
             self.wake();
+        }
+        Ok(())
+    }
+
+    /// A write failed with `e`: a full disk is counted, said once (`what` waits), and the
+    /// write is to be tried again; any other error, or a full disk while the writer is
+    /// stopped, is returned (what was not written is given up: nothing of it was told
+    /// outside, it waited for the disks).
+    fn retry_when_full(
+        &self,
+        e: DurableError,
+        said: &mut bool,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), DurableError> {
+        if !is_full(&e) || self.stopping.load(Ordering::Acquire) {
+            return Err(e);
+        }
+        self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
+        self.stats.disk_full.store(true, Ordering::Relaxed);
+        if !*said {
+            *said = true;
+            tracing::error!("{e}: the disk is full; {}", what());
         }
         Ok(())
     }

@@ -335,17 +335,6 @@ fn a_segment_whose_creation_a_crash_cut_is_removed() {
     assert_eq!(dir.segments().unwrap().len(), 1);
 }
 
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 /// A data directory on a 1 MiB tmpfs: a filler takes the space, the writer's frontier stops
 /// (no panic, no lost record, the error counted and said), and once space is back every
 /// record appended is on disk, whole and in order.
@@ -353,7 +342,7 @@ fn is_root() -> bool {
 #[ignore = "needs root"]
 fn a_full_disk_holds_the_frontier_back_and_loses_nothing() {
     assert!(
-        is_root(),
+        crate::sys::is_root(),
         "this test needs root (it mounts a tmpfs): run it as root"
     );
     let t = tempfile::tempdir().unwrap();

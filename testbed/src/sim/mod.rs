@@ -88,6 +88,7 @@
 
 mod checks;
 mod config;
+mod disks;
 mod faults;
 mod network;
 mod node;
