@@ -6,7 +6,9 @@
 
 use conveyor_core::pipeline::Pipeline;
 use conveyor_core::proto::ProtoConfig;
-use conveyor_core::queue::{Durability, Effect, Meta, Op};
+use conveyor_core::queue::{
+    Durability, Effect, Meta, OnFull, Op, Order, QueueSpec, RejectReason, Request,
+};
 use conveyor_core::types::{GroupId, MemberId, RequestId, View, ViewId};
 use conveyor_core::wire::Key;
 use conveyor_dataplane::engine::{Clock, EngineConfig, EngineHandle, IdlePolicy};
@@ -253,8 +255,10 @@ fn snapshots_keep_the_log_bounded_and_recovery_starts_from_them() {
 
 /// The three members' data directories on one 2 MiB tmpfs, a filler taking the rest of it:
 /// pushes into a durable queue are held (not told accepted; the members say their disk is
-/// full in `Live`, the `/metrics` source), nothing is lost or stopped; once space is back
-/// every push is told accepted, once, and every replica holds all of them. (A member stopped
+/// full in `Live`, the `/metrics` source), nothing is lost or stopped, and pushes into a
+/// durable queue whose policy is reject are refused at once (each told, and counted); once
+/// space is back every held push is told accepted, once, every replica holds all of them, and
+/// the reject queue takes pushes again. (A member stopped
 /// while its disk is full stops: its writer gives up what it could not write.)
 #[test]
 #[ignore = "needs root"]
@@ -291,6 +295,32 @@ fn a_full_disk_holds_pushes_back_and_loses_none() {
         q.capacity = 100_000;
         hs[0].submit(&Op::Create(q)).unwrap();
     }
+    // A durable queue whose policy is reject: its pushes are refused while the disks are full.
+    let reject = QueueSpec {
+        name: "rq".into(),
+        capacity: 100_000,
+        order: Order::Fifo,
+        on_full: OnFull::Reject,
+        durability: Durability::Log,
+    };
+    hs[0].submit(&Op::Create(reject)).unwrap();
+    let push_rq = |i: u64| {
+        let req = Request {
+            id: RequestId::new(MemberId(0), 1_000_000 + i),
+            instance: 0,
+            step: "rq".into(),
+            queue: "rq".into(),
+            payload: vec![1; 20],
+            meta: Meta::default(),
+            http: None,
+        };
+        hs[0]
+            .submit(&Op::Push {
+                pusher: MemberId(0),
+                req,
+            })
+            .unwrap();
+    };
     let mut accepted = push_accepted(&hs[0], &pipeline, 0, 100, 200);
     // The rest of the file system goes to a filler.
     let filler = mnt.join("filler");
@@ -337,6 +367,33 @@ fn a_full_disk_holds_pushes_back_and_loses_none() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Pushes into the reject queue are refused at once, each told to its pusher.
+    for i in 0..50 {
+        push_rq(i);
+    }
+    let mut refused = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused.len() < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 50 pushes into the reject queue refused",
+            refused.len()
+        );
+        if let Some(ev) = hs[0].next_event(Duration::from_millis(100)) {
+            match ev.effect {
+                Effect::Accepted { id, .. } if id.counter() >= 1_000_000 => {
+                    panic!("{id} accepted into the reject queue with the disks full")
+                }
+                Effect::Accepted { id, .. } => assert!(accepted.insert(id), "{id} accepted twice"),
+                Effect::Rejected {
+                    id,
+                    reason: RejectReason::DisksFull,
+                    ..
+                } => assert!(refused.insert(id), "{id} refused twice"),
+                _ => {}
+            }
+        }
+    }
     std::thread::sleep(Duration::from_millis(500));
     while let Some(ev) = hs[0].try_event() {
         if let Effect::Accepted { id, .. } = ev.effect {
@@ -350,7 +407,7 @@ fn a_full_disk_holds_pushes_back_and_loses_none() {
     );
     let live = hs[0].live().log.unwrap();
     assert!(
-        live.failed_writes > 0 && live.held_for_disks > 0,
+        live.failed_writes > 0 && live.held_for_disks > 0 && live.refused_for_disks == 50,
         "{live:?}"
     );
     for h in &hs {
@@ -388,6 +445,22 @@ fn a_full_disk_holds_pushes_back_and_loses_none() {
                 l.log
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // With space back, the reject queue takes pushes again.
+    push_rq(50);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no answer to a push into the reject queue"
+        );
+        if let Some(ev) = hs[0].next_event(Duration::from_millis(100)) {
+            match ev.effect {
+                Effect::Accepted { id, .. } if id.counter() == 1_000_050 => break,
+                Effect::Rejected { id, reason, .. } => panic!("{id} refused: {reason}"),
+                _ => {}
+            }
         }
     }
     hs[0].submit(&Op::Shutdown { by: MemberId(0) }).unwrap();

@@ -14,6 +14,7 @@ pub use schema::*;
 
 use conveyor_core::pipeline::Pipeline;
 use conveyor_core::proto::{Admission, ProtoConfig};
+use conveyor_core::queue::Durability;
 use conveyor_core::types::{GroupId, MemberId, View, ViewId};
 use conveyor_core::wire::Key;
 use conveyor_dataplane::engine::{EngineConfig, IdlePolicy};
@@ -93,15 +94,24 @@ impl GroupConfig {
         let durable = pipelines.iter().find_map(|p| {
             p.queue_specs()
                 .into_iter()
-                .find(|q| q.durability == conveyor_core::queue::Durability::Log)
-                .map(|q| (p.name.clone(), q.name))
+                .find(|q| q.durability == Durability::Log)
+                .map(|q| {
+                    format!(
+                        "pipeline {:?} has a durable queue ({:?}, durability \"log\")",
+                        p.name, q.name
+                    )
+                })
         });
-        if let Some((pipeline, queue)) = durable {
+        let durable = durable.or_else(|| {
+            (file.group.durability == Durability::Log)
+                .then(|| "group.durability is \"log\"".to_string())
+        });
+        if let Some(why) = durable {
             if let Some(i) = file.members.iter().position(|m| m.data_dir.is_none()) {
                 return Err(fail(
                     &format!("member[{i}].data_dir"),
                     format!(
-                        "pipeline {pipeline:?} has a durable queue ({queue:?}, durability \"log\"): every member needs a data directory; {:?} has none",
+                        "{why}: every member needs a data directory; {:?} has none",
                         file.members[i].name
                     ),
                 ));
@@ -343,10 +353,12 @@ fn load_pipelines(file: &GroupFile, path: &Path) -> Result<Vec<Pipeline>, Config
             field: format!("group.pipelines[{i}]"),
             message: format!("cannot read {}: {e}", pp.display()),
         })?;
-        let pipeline = Pipeline::from_json(&text).map_err(|e| ConfigError {
-            file: pp.display().to_string(),
-            field: e.field,
-            message: e.message,
+        let pipeline = Pipeline::from_json_in_group(&text, file.group.durability).map_err(|e| {
+            ConfigError {
+                file: pp.display().to_string(),
+                field: e.field,
+                message: e.message,
+            }
         })?;
         pipelines.push(pipeline);
     }

@@ -82,6 +82,13 @@ pub struct GroupSection {
     /// `conveyor_core::replica`). On by default.
     #[serde(default = "d_speculate")]
     pub speculate: bool,
+    /// The durability of the queues whose pipeline does not say (`"memory"`, the default, or
+    /// `"log"`: every member writes them to its log in `[member] data_dir`, and a push is told
+    /// accepted once a majority has it on disk). Written into each pipeline's document as the
+    /// group installs it (loaded from this file or put through the control plane), so every
+    /// member reads the same; a queue that exists keeps the options it was created with.
+    #[serde(default)]
+    pub durability: conveyor_core::queue::Durability,
     /// Inject loss, duplication and delay on every member's sends (testing and studies):
     /// e.g. "loss=5%,dup=1%,delay=100us,jitter=50us".
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -251,3 +251,43 @@ fn a_durable_queue_needs_every_member_to_have_a_data_directory() {
     // Without a durable queue, no data directory is needed.
     assert!(GroupConfig::parse(GOOD, &path).is_ok());
 }
+
+/// `[group] durability` is the default of the pipelines that do not say: written into their
+/// documents at load, it needs every member's data directory even with no pipeline yet (the
+/// control plane may install one), and a bad value is refused by name.
+#[test]
+fn the_group_durability_is_the_pipelines_default() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(
+        t.path().join("p.json"),
+        r#"{"name": "p", "entry": "a", "steps": {"a": {"function": "echo", "next": [{"to": ["b"]}]},
+            "b": {"function": "echo", "queue_options": {"durability": "memory"}}}}"#,
+    )
+    .unwrap();
+    let path = t.path().join("conveyor.toml");
+    let durable = GOOD.replace("name = \"g\"", "name = \"g\"\ndurability = \"log\"");
+    let e = GroupConfig::parse(&durable, &path).unwrap_err();
+    assert_eq!(e.field, "member[0].data_dir", "{e}");
+    assert!(e.message.contains("group.durability is \"log\""), "{e}");
+    let with_dirs = durable
+        .replace(
+            "role = \"trigger\"",
+            "role = \"trigger\"\ndata_dir = \"d0\"",
+        )
+        .replace(
+            "role = \"invoker\"",
+            "role = \"invoker\"\ndata_dir = \"d1\"",
+        )
+        .replace("name = \"g\"", "name = \"g\"\npipelines = [\"p.json\"]");
+    let c = GroupConfig::parse(&with_dirs, &path).unwrap();
+    let specs = c.pipelines[0].queue_specs();
+    let by = |n: &str| specs.iter().find(|q| q.name == n).unwrap().durability;
+    assert_eq!(by("p.a"), Durability::Log);
+    assert_eq!(by("p.b"), Durability::Memory);
+    // The document the group is handed says it (members read it without the group file).
+    let doc: serde_json::Value = serde_json::from_str(&c.pipelines[0].to_json()).unwrap();
+    assert_eq!(doc["queue_defaults"]["durability"], "log");
+    let bad = GOOD.replace("name = \"g\"", "name = \"g\"\ndurability = \"disk\"");
+    let e = GroupConfig::parse(&bad, &path).unwrap_err();
+    assert_eq!(e.field, "group.durability", "{e}");
+}

@@ -610,6 +610,12 @@ pub fn send(mqd: i32, msg: &[u8], prio: u32, deadline: Option<SystemTime>) -> Re
                 }
                 backoff = (backoff * 2).min(Duration::from_millis(20));
             }
+            Fate::Rejected(RejectReason::DisksFull) => {
+                return fail(
+                    libc::EAGAIN,
+                    "the members' disks do not take the queue's log",
+                )
+            }
             Fate::Rejected(_) => return fail(libc::EBADF, "the queue no longer exists"),
             Fate::Pending | Fate::Blocked => return fail(libc::EIO, "unreachable fate"),
         }

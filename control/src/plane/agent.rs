@@ -195,6 +195,7 @@ pub(super) fn report_of(
                 [
                     ("persisted", g.persisted),
                     ("held_for_disks", g.held_for_disks),
+                    ("refused_for_disks", g.refused_for_disks),
                     ("disk_full", u64::from(g.disk_full)),
                     ("failed_writes", g.failed_writes),
                     ("records", g.records),

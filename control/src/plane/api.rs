@@ -152,37 +152,39 @@ pub(super) fn route(
             Some(p) => json(200, redacted(p)),
             None => error(404, format!("no pipeline named {name:?}")),
         },
-        ("PUT", ["v1", "pipelines", name]) => match Pipeline::from_json(body) {
-            Err(e) => error(400, e.to_string()),
-            Ok(p) if p.name != *name => error(
-                400,
-                format!("name: the document names {:?}, the URL {name:?}", p.name),
-            ),
-            Ok(p) => {
-                let created = !st.persisted.pipelines.contains_key(*name);
-                let value = serde_json::from_str(&p.to_json()).unwrap_or_default();
-                let mut next = st.persisted.pipelines.clone();
-                next.insert(name.to_string(), value);
-                let v = st.persisted.version + 1;
-                if let Err(e) = pipelines_op(
-                    conveyor_core::types::MemberId(u16::MAX),
-                    v,
-                    &next,
-                    st.max_payload,
-                ) {
-                    return error(409, e);
-                }
-                st.persisted.pipelines = next;
-                st.persisted.version = v;
-                match st.save() {
-                    Ok(()) => json(
-                        if created { 201 } else { 200 },
-                        serde_json::json!({ "version": st.persisted.version }),
-                    ),
-                    Err(e) => error(500, format!("{e:#}")),
+        ("PUT", ["v1", "pipelines", name]) => {
+            match Pipeline::from_json_in_group(body, st.durability) {
+                Err(e) => error(400, e.to_string()),
+                Ok(p) if p.name != *name => error(
+                    400,
+                    format!("name: the document names {:?}, the URL {name:?}", p.name),
+                ),
+                Ok(p) => {
+                    let created = !st.persisted.pipelines.contains_key(*name);
+                    let value = serde_json::from_str(&p.to_json()).unwrap_or_default();
+                    let mut next = st.persisted.pipelines.clone();
+                    next.insert(name.to_string(), value);
+                    let v = st.persisted.version + 1;
+                    if let Err(e) = pipelines_op(
+                        conveyor_core::types::MemberId(u16::MAX),
+                        v,
+                        &next,
+                        st.max_payload,
+                    ) {
+                        return error(409, e);
+                    }
+                    st.persisted.pipelines = next;
+                    st.persisted.version = v;
+                    match st.save() {
+                        Ok(()) => json(
+                            if created { 201 } else { 200 },
+                            serde_json::json!({ "version": st.persisted.version }),
+                        ),
+                        Err(e) => error(500, format!("{e:#}")),
+                    }
                 }
             }
-        },
+        }
         ("DELETE", ["v1", "pipelines", name]) => {
             if st.persisted.pipelines.remove(*name).is_none() {
                 return error(404, format!("no pipeline named {name:?}"));
@@ -266,5 +268,71 @@ pub(super) fn route(
             error(405, format!("{method} is not allowed on {path}"))
         }
         _ => error(404, format!("no such resource: {path}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{pipelines_op, Persisted, State};
+    use super::*;
+    use conveyor_core::queue::{Durability, Op};
+    use conveyor_core::types::MemberId;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// A pipeline put through the API gets the group's default durability written into the
+    /// document it stores (and so into the operation the members order), unless it says its
+    /// own.
+    #[test]
+    fn a_pipeline_put_gets_the_group_default_durability() {
+        let dir = std::env::temp_dir().join(format!("conveyor-plane-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = Mutex::new(State {
+            persisted: Persisted::default(),
+            path: dir.join("state.json"),
+            reports: BTreeMap::new(),
+            names: vec!["trigger".into()],
+            join_token: None,
+            max_payload: 60_000,
+            durability: Durability::Log,
+            leave: BTreeSet::new(),
+        });
+        let token = "0123456789abcdef0123";
+        let put = |name: &str, doc: &str| {
+            let a = route(
+                &state,
+                token,
+                "PUT",
+                &format!("/v1/pipelines/{name}"),
+                Some(&format!("Bearer {token}")),
+                doc,
+            );
+            assert_eq!(a.status, 201, "{}", a.body);
+        };
+        put(
+            "q",
+            r#"{"name":"q","entry":"x","steps":{"x":{"function":"echo"}}}"#,
+        );
+        put(
+            "m",
+            r#"{"name":"m","entry":"x","queue_defaults":{"durability":"memory"},"steps":{"x":{"function":"echo"}}}"#,
+        );
+        let st = state.lock().unwrap();
+        assert_eq!(
+            st.persisted.pipelines["q"]["queue_defaults"]["durability"],
+            "log"
+        );
+        let Op::Pipelines { queues, .. } =
+            pipelines_op(MemberId(0), 1, &st.persisted.pipelines, 60_000).unwrap()
+        else {
+            panic!("not a pipelines operation");
+        };
+        let by: BTreeMap<_, _> = queues
+            .iter()
+            .map(|q| (q.name.as_str(), q.durability))
+            .collect();
+        assert_eq!(by["q.x"], Durability::Log);
+        assert_eq!(by["m.x"], Durability::Memory);
+        drop(st);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -254,7 +254,8 @@ pub(super) fn encode_reports(
     let log_series = [
         ("persisted", "conveyor_log_persisted_position", "Every step of the order before this position is on the member's disk", true),
         ("held_for_disks", "conveyor_log_held_for_disks", "Acceptances and ends of runs of durable queues waiting for a majority's disks", true),
-        ("disk_full", "conveyor_log_disk_full", "1 while the member's data directory is full: its writer retries, the member applies nothing more, pushes wait", true),
+        ("disk_full", "conveyor_log_disk_full", "1 while the member's data directory is full: its writer retries, the member applies nothing more, pushes wait (or, into a queue whose policy is reject, are refused)", true),
+        ("refused_for_disks", "conveyor_log_refused_pushes_total", "Pushes into durable queues whose policy is reject, refused while the disks did not take the log", false),
         ("failed_writes", "conveyor_log_failed_writes_total", "Log writes that failed (a full disk, an I/O error) and were tried again", false),
         ("records", "conveyor_log_records_total", "Records written to the member's log", false),
         ("bytes", "conveyor_log_bytes_total", "Bytes written to the member's log", false),

@@ -69,8 +69,8 @@ pub struct MemberReport {
     #[serde(default)]
     pub xdp: BTreeMap<String, u64>,
     /// The durable log (a member with a data directory): `persisted` (position on disk),
-    /// `held_for_disks`, `disk_full` (0 or 1), `failed_writes`, `records`, `bytes`,
-    /// `snapshots`. Empty without one.
+    /// `held_for_disks`, `refused_for_disks`, `disk_full` (0 or 1), `failed_writes`,
+    /// `records`, `bytes`, `snapshots`. Empty without one.
     #[serde(default)]
     pub log: BTreeMap<String, u64>,
 }
@@ -105,6 +105,9 @@ struct State {
     names: Vec<String>,
     join_token: Option<String>,
     max_payload: usize,
+    /// `[group] durability`: written into the pipelines put through the API (see
+    /// `conveyor_core::pipeline::settle_durability`).
+    durability: conveyor_core::queue::Durability,
     /// Leaves asked for and not yet passed on to the member.
     leave: BTreeSet<String>,
 }
@@ -212,6 +215,7 @@ pub fn serve(cfg: &GroupConfig, state_path: &Path, listen: Option<&str>) -> Resu
         names,
         join_token: ctl.and_then(|c| c.join_token),
         max_payload: cfg.file.group.max_payload,
+        durability: cfg.file.group.durability,
         leave: BTreeSet::new(),
     }));
     if let Ok(s) = state.lock() {

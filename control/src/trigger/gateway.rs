@@ -698,7 +698,7 @@ fn dispatcher(s: &Shared) {
                 id,
                 Outcome::Failed(
                     503,
-                    format!("queue {queue:?} refused the request ({reason:?}): try again later"),
+                    format!("queue {queue:?} refused the request ({reason}): try again later"),
                 ),
             ),
             Effect::Overwritten { id, queue, .. } if id.origin() == me => (

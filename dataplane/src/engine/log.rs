@@ -136,6 +136,7 @@ impl EngineLog {
         super::LogLive {
             persisted: w.persisted(),
             held_for_disks: 0,
+            refused_for_disks: 0,
             disk_full: s.disk_full.load(Ordering::Relaxed),
             failed_writes: s.failed_writes.load(Ordering::Relaxed) + self.failed_before,
             records: s.records.load(Ordering::Relaxed) + self.records_before,
@@ -190,6 +191,7 @@ impl EngineLog {
         // (A full disk is said by the writer's thread, which tries again until space is back:
         // meanwhile what waits for the disks waits, and this member applies nothing more.)
         w.check()?;
+        replica.set_disk_full(w.stats().disk_full.load(Ordering::Relaxed));
         replica.persisted(w.persisted());
         Ok(work)
     }

@@ -10,7 +10,7 @@ use crate::engine::probe::Directive;
 use crate::sys::{poll_readable, EventFd};
 use crate::transport::{RecvBatch, Transport};
 use conveyor_core::proto::membership::{Status, StopReason};
-use conveyor_core::proto::{Dest, Transmit};
+use conveyor_core::proto::{Dest, SubmitError, Transmit};
 use conveyor_core::queue::{Effect, Op};
 use conveyor_core::types::{Instant, MemberId, RequestId};
 use conveyor_core::{RecoveryStage, Replica};
@@ -63,6 +63,7 @@ pub(super) fn spawn(
         rejoins: 0,
         resuming: false,
         requeued: 0,
+        refused_for_disks: 0,
         speculation: Speculation::default(),
         speculated_at: std::collections::HashMap::new(),
         leaving: false,
@@ -114,6 +115,8 @@ struct Engine {
     /// `Effect::Rejoined` answers it.
     resuming: bool,
     requeued: u64,
+    /// Pushes refused while the disks did not take the log (see `Replica::submit_encoded`).
+    refused_for_disks: u64,
     speculation: Speculation,
     /// When each pending speculation was made (engine clock), for its lead.
     speculated_at: std::collections::HashMap<u64, u64>,
@@ -419,6 +422,7 @@ impl Engine {
             l.log = self.log.as_ref().map(|g| {
                 let mut live = g.live();
                 live.held_for_disks = self.replica.held_for_disks() as u64;
+                live.refused_for_disks = self.refused_for_disks;
                 live
             });
         }
@@ -632,6 +636,20 @@ impl Engine {
             };
             match self.replica.submit_encoded(op) {
                 Ok(_) => work = true,
+                Err(SubmitError::DisksFull { queue, effect }) => {
+                    // Told to the pusher as a rejection (nothing was ordered).
+                    if self.refused_for_disks == 0 {
+                        tracing::warn!(
+                            "the disks do not take the log: pushes into {queue:?} (policy reject) are refused until they do"
+                        );
+                    }
+                    self.refused_for_disks += 1;
+                    self.route(Event {
+                        at_us: self.clock.now_us(),
+                        effect: *effect,
+                    });
+                    work = true;
+                }
                 // The handle checks sizes before the ring; count anything that slips through.
                 Err(_) => self.malformed_ops += 1,
             }

@@ -109,6 +109,9 @@ pub struct LogLive {
     pub persisted: u64,
     /// Effects (acceptances, ends of runs) waiting for a majority's disks.
     pub held_for_disks: u64,
+    /// Pushes refused because the disks did not take the log (durable queues whose policy is
+    /// `reject`; see `Replica::submit_encoded`).
+    pub refused_for_disks: u64,
     /// The disk is full now: the writer retries, the member applies nothing more meanwhile,
     /// and pushes wait (backpressure).
     pub disk_full: bool,

@@ -15,8 +15,9 @@
 //! ```
 //!
 //! Each step names its function, optionally its input queue (default `<pipeline>.<step>`) and
-//! queue options (`capacity`, `order`, `on_full`, and `durability`: `"memory"`, the default;
-//! `"log"` is refused until members write their logs), and its continuations: rules tried in order; the first whose `route` equals
+//! queue options (`capacity`, `order`, `on_full`, and `durability`: `"memory"` or `"log"`, see
+//! [`Pipeline::from_json_in_group`] for where it comes from when absent), and its continuations:
+//! rules tried in order; the first whose `route` equals
 //! the route the function's output chose (a rule without `route` matches any output) sends the
 //! output to every step in `to` (fan-out). No matching rule, or no `next`: the run ends there.
 //! Cycles are refused. Errors name the offending field (`steps.a.next[0].to[1]`).
@@ -505,7 +506,50 @@ fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// Writes the durability every queue of a pipeline document gets into the document itself, so
+/// that what the group orders says it (and every member reads the same, whatever its group
+/// file says): the pipeline's `queue_defaults.durability`, or `group` (the group file's
+/// `[group] durability`) when absent; and a step's `queue_options` without a durability takes
+/// that one (its other options do not inherit: a step's `queue_options` replace the defaults).
+/// A document of the wrong shape is left as it is (parsing it says what is wrong).
+pub fn settle_durability(doc: &mut serde_json::Value, group: Durability) {
+    let Some(obj) = doc.as_object_mut() else {
+        return;
+    };
+    let group = serde_json::to_value(group).unwrap_or_default();
+    let defaults = obj
+        .entry("queue_defaults")
+        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    let Some(defaults) = defaults.as_object_mut() else {
+        return;
+    };
+    let d = defaults.entry("durability").or_insert(group).clone();
+    if let Some(steps) = obj.get_mut("steps").and_then(|s| s.as_object_mut()) {
+        for step in steps.values_mut() {
+            if let Some(q) = step
+                .get_mut("queue_options")
+                .and_then(|q| q.as_object_mut())
+            {
+                q.entry("durability").or_insert_with(|| d.clone());
+            }
+        }
+    }
+}
+
 impl Pipeline {
+    /// Parses and validates a JSON document as the group installs it: with every queue's
+    /// durability written into the document ([`settle_durability`]; the group's default is
+    /// `group`). [`Pipeline::to_json`] then gives the settled document.
+    pub fn from_json_in_group(text: &str, group: Durability) -> Result<Pipeline, PipelineError> {
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(mut v) => {
+                settle_durability(&mut v, group);
+                Pipeline::from_json(&v.to_string())
+            }
+            Err(_) => Pipeline::from_json(text),
+        }
+    }
+
     /// Parses and validates a JSON document.
     pub fn from_json(text: &str) -> Result<Pipeline, PipelineError> {
         let de = &mut serde_json::Deserializer::from_str(text);

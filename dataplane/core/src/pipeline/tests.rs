@@ -264,3 +264,45 @@ fn queue_durability_is_read_from_the_step_or_the_defaults() {
         "queue_defaults.durability"
     );
 }
+
+#[test]
+fn the_group_default_durability_is_written_into_the_document() {
+    let durable = |doc: &str, group| {
+        let p = Pipeline::from_json_in_group(doc, group).unwrap();
+        // What the group orders is the settled document: read alone, it says the same.
+        let again = Pipeline::from_json(&p.to_json()).unwrap();
+        assert_eq!(again.queue_specs(), p.queue_specs());
+        p.queue_specs()
+            .iter()
+            .map(|q| (q.name.clone(), q.durability))
+            .collect::<Vec<_>>()
+    };
+    let (m, l) = (Durability::Memory, Durability::Log);
+    let q = |a, b| vec![("p.a".to_string(), a), ("p.b".to_string(), b)];
+    // Nothing said: the group's default, for steps with and without queue options.
+    let doc = r#"{"name": "p", "entry": "a", "steps": {"a": {"function": "echo",
+        "queue_options": {"capacity": 8}, "next": [{"to": ["b"]}]}, "b": {"function": "echo"}}}"#;
+    assert_eq!(durable(doc, l), q(l, l));
+    assert_eq!(durable(doc, m), q(m, m));
+    // The pipeline's default wins over the group's, and a step's queue options inherit it.
+    let doc = r#"{"name": "p", "entry": "a", "queue_defaults": {"durability": "memory"},
+        "steps": {"a": {"function": "echo", "queue_options": {"capacity": 8},
+        "next": [{"to": ["b"]}]}, "b": {"function": "echo"}}}"#;
+    assert_eq!(durable(doc, l), q(m, m));
+    // A step's own setting wins over both.
+    let doc = r#"{"name": "p", "entry": "a", "queue_defaults": {"durability": "memory"},
+        "steps": {"a": {"function": "echo", "queue_options": {"durability": "log"},
+        "next": [{"to": ["b"]}]}, "b": {"function": "echo"}}}"#;
+    assert_eq!(durable(doc, m), q(l, m));
+    // A document of the wrong shape is refused by name as before.
+    let doc =
+        r#"{"name": "p", "entry": "a", "queue_defaults": 3, "steps": {"a": {"function": "echo"}}}"#;
+    assert_eq!(
+        Pipeline::from_json_in_group(doc, l).unwrap_err().field,
+        "queue_defaults"
+    );
+    assert_eq!(
+        Pipeline::from_json_in_group("{", l).unwrap_err(),
+        Pipeline::from_json("{").unwrap_err()
+    );
+}

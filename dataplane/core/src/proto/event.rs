@@ -14,6 +14,13 @@ pub enum SubmitError {
     WindowFull,
     #[error("this member is not serving ({0})")]
     NotServing(&'static str),
+    /// A push into a durable queue whose policy is `reject`, refused while the disks do not
+    /// take the log; `effect` is what to tell its pusher (an [`crate::queue::Effect::Rejected`]).
+    #[error("the disks do not take the log of queue {queue:?}: the push is refused (the queue's policy is reject)")]
+    DisksFull {
+        queue: String,
+        effect: Box<crate::queue::Effect>,
+    },
 }
 
 /// Why the protocol dropped an authenticated, well-formed frame.

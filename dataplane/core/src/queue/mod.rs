@@ -237,6 +237,14 @@ impl QueueState {
             .is_some_and(|q| q.spec.durability == Durability::Log)
     }
 
+    /// Whether `queue` is durable and its policy when full is to reject: a push into it is
+    /// refused while the disks do not take the log (see `Replica::submit_encoded`).
+    pub fn rejects_without_disks(&self, queue: &str) -> bool {
+        self.queues.get(queue).is_some_and(|q| {
+            q.spec.durability == Durability::Log && q.spec.on_full == OnFull::Reject
+        })
+    }
+
     /// Whether applying `op` now pushes into, or ends a request of, a durable queue: what it
     /// tells its pusher or its origin waits for a majority's disks.
     pub fn touches_durable(&self, op: &Op) -> bool {

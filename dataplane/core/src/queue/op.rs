@@ -232,6 +232,20 @@ pub enum RejectReason {
     Full,
     NoSuchQueue,
     SpecConflict,
+    /// Not ordered: the pusher's member refused a push into a durable queue whose policy is
+    /// `reject` while the disks did not take the log (see `Replica::submit_encoded`).
+    DisksFull,
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RejectReason::Full => "the queue is full",
+            RejectReason::NoSuchQueue => "no such queue",
+            RejectReason::SpecConflict => "the queue exists with other options",
+            RejectReason::DisksFull => "the members' disks do not take the queue's log",
+        })
+    }
 }
 
 /// What applying an operation did; every replica computes the same effects. (Serializable:

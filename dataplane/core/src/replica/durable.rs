@@ -22,8 +22,8 @@ use super::{Applied, Replica};
 use crate::durable::log::RecordKind;
 use crate::durable::ViewRecord;
 use crate::proto::Status;
-use crate::queue::{ended, Effect};
-use crate::types::MemberId;
+use crate::queue::{ended, Effect, Op, RejectReason};
+use crate::types::{Instant, MemberId};
 use std::collections::VecDeque;
 
 /// What the host writes to its log next (see the module docs).
@@ -41,6 +41,11 @@ pub enum Persist {
     Snapshot { position: u64, state: Vec<u8> },
 }
 
+/// How long the oldest effect held for the disks may wait, the disks taking nothing, before
+/// the disks count as full: pushes into durable queues whose policy is `reject` are then
+/// refused (see [`Replica::submit_encoded`]). A healthy disk syncs in well under a second.
+pub const DISKS_STALLED: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, Default)]
 pub(super) struct Durable {
     /// The group file's members: a majority of them must have a step on disk.
@@ -48,6 +53,12 @@ pub(super) struct Durable {
     to_persist: VecDeque<Persist>,
     /// Effects waiting for a majority's disks, with the position the log must reach.
     held: VecDeque<(u64, Effect)>,
+    /// The host says its disk is full (see [`Replica::set_disk_full`]).
+    disk_full: bool,
+    /// The oldest held effect's position, since when it has been the oldest, and the time
+    /// last seen (see [`Replica::disks_refuse`]).
+    oldest: Option<(u64, Instant)>,
+    now: Instant,
 }
 
 impl Durable {
@@ -157,6 +168,61 @@ impl Replica {
             .as_ref()
             .map(|d| d.configured.clone())
             .unwrap_or_default()
+    }
+
+    /// The host's disk is full (`true`) or takes the log again (see [`Replica::disks_refuse`]).
+    pub fn set_disk_full(&mut self, full: bool) {
+        if let Some(d) = self.durable.as_mut() {
+            d.disk_full = full;
+        }
+    }
+
+    /// Follows how long the oldest held effect has waited (called with each frame and timeout).
+    pub(super) fn watch_disks(&mut self, now: Instant) {
+        let Some(d) = self.durable.as_mut() else {
+            return;
+        };
+        d.now = now;
+        d.oldest = match (d.held.front(), d.oldest) {
+            (None, _) => None,
+            (Some((p, _)), Some((q, since))) if *p == q => Some((q, since)),
+            (Some((p, _)), _) => Some((*p, now)),
+        };
+    }
+
+    /// Whether the disks do not take the log now: this member's is full, or the oldest effect
+    /// held for a majority's disks has waited [`DISKS_STALLED`] without them taking it (their
+    /// rows say nothing new: other members' disks are full, or they are gone).
+    pub fn disks_refuse(&self) -> bool {
+        self.durable.as_ref().is_some_and(|d| {
+            d.disk_full
+                || d.oldest
+                    .is_some_and(|(_, since)| d.now.saturating_since(since) >= DISKS_STALLED)
+        })
+    }
+
+    /// A push refused while the disks do not take the log, if `op` is one into a durable queue
+    /// whose policy is `reject`: what to tell its pusher.
+    pub(super) fn refused_for_disks(&self, op: &[u8]) -> Option<crate::proto::SubmitError> {
+        if !self.disks_refuse() {
+            return None;
+        }
+        let (Op::Push { pusher, req } | Op::TryPush { pusher, req }) = Op::decode(op).ok()? else {
+            return None;
+        };
+        if !self.queue.rejects_without_disks(&req.queue) {
+            return None;
+        }
+        Some(crate::proto::SubmitError::DisksFull {
+            queue: req.queue.clone(),
+            effect: Box::new(Effect::Rejected {
+                pusher,
+                id: req.id,
+                step: req.step,
+                queue: req.queue,
+                reason: RejectReason::DisksFull,
+            }),
+        })
     }
 
     /// Effects held for a majority's disks.

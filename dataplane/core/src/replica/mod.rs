@@ -287,11 +287,13 @@ impl Replica {
 
     pub fn handle_frame(&mut self, now: Instant, bytes: &[u8]) {
         self.member.handle_frame(now, bytes);
+        self.watch_disks(now);
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.member.handle_timeout(now);
         self.check_recovery();
+        self.watch_disks(now);
     }
 
     pub fn poll_timeout(&self) -> Instant {
@@ -305,9 +307,17 @@ impl Replica {
 
     /// Offers an operation encoded by [`Op::encode`] (hosts encode off the polling thread).
     /// A push is kept until its run's first outcome (see [`Replica::take_unanswered`]).
+    ///
+    /// A push into a durable queue whose policy when full is `reject` is refused while the
+    /// disks do not take the log ([`Replica::disks_refuse`]): [`SubmitError::DisksFull`] says
+    /// what to tell its pusher (nothing was ordered). Into any other queue a push waits for the
+    /// disks (it is told accepted once a majority has it), as do completions.
     pub fn submit_encoded(&mut self, op: Vec<u8>) -> Result<Seq, SubmitError> {
         if !self.may_submit(&op) {
             return Err(SubmitError::NotServing("recovering"));
+        }
+        if let Some(refused) = self.refused_for_disks(&op) {
+            return Err(refused);
         }
         let push = Op::pushed_id(&op).map(|id| (id, op.clone()));
         let seq = self.member.submit(op)?;

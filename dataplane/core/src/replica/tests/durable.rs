@@ -3,6 +3,7 @@
 //! that carries its log.
 
 use super::*;
+use crate::queue::RejectReason;
 
 fn accepted(fx: &[Effect], n: u64) -> bool {
     fx.iter()
@@ -525,4 +526,91 @@ fn a_joiner_carrying_its_log_writes_nothing_before_the_state() {
         "{log:?}"
     );
     assert_eq!(old.rs[2].queue().digest(), old.rs[0].queue().digest());
+}
+
+/// A push into a durable queue whose policy is `reject` is refused, not ordered, while the
+/// disks do not take the log: this member's disk is full, or the oldest acceptance held for a
+/// majority's disks has waited `DISKS_STALLED` with no disk saying more. Other queues' pushes
+/// still go (they wait for the disks), and once the disks take the log again pushes go too.
+#[test]
+fn a_reject_queue_refuses_pushes_while_the_disks_do_not_take_the_log() {
+    let mut net = Net::new(3);
+    let all = [MemberId(0), MemberId(1), MemberId(2)];
+    for r in &mut net.rs {
+        r.set_durable(true, &all);
+    }
+    let reject = QueueSpec {
+        name: "r".into(),
+        durability: crate::queue::Durability::Log,
+        on_full: OnFull::Reject,
+        ..spec()
+    };
+    let block = QueueSpec {
+        name: "b".into(),
+        durability: crate::queue::Durability::Log,
+        ..spec()
+    };
+    for s in [reject, block] {
+        net.rs[0].submit(&Op::Create(s)).unwrap();
+    }
+    net.run(5_000);
+    let push = |net: &mut Net, queue: &str, n: u64| {
+        let req = Request {
+            id: RequestId::new(MemberId(0), n),
+            instance: 0,
+            step: "s".into(),
+            queue: queue.into(),
+            payload: vec![n as u8],
+            meta: Meta::default(),
+            http: None,
+        };
+        net.rs[0].submit(&Op::Push {
+            pusher: MemberId(0),
+            req,
+        })
+    };
+    let refused = |r: Result<Seq, SubmitError>, n: u64| match r {
+        Err(SubmitError::DisksFull { queue, effect }) => {
+            assert_eq!(queue, "r");
+            assert!(
+                matches!(*effect, Effect::Rejected { id, reason: RejectReason::DisksFull, .. } if id == RequestId::new(MemberId(0), n)),
+                "{effect:?}"
+            );
+        }
+        other => panic!("push {n} not refused: {other:?}"),
+    };
+    // No disk has said anything: the first push waits; half a second is not a stall.
+    push(&mut net, "r", 1).unwrap();
+    net.run(500_000);
+    assert!(!accepted(&net.fx[0], 1));
+    assert!(!net.rs[0].disks_refuse());
+    push(&mut net, "r", 2).unwrap();
+    // A second later the disks still took nothing: refused, nothing ordered or kept.
+    net.run(600_000);
+    assert!(net.rs[0].disks_refuse());
+    let unanswered = net.rs[0].unanswered();
+    refused(push(&mut net, "r", 3), 3);
+    assert_eq!(net.rs[0].unanswered(), unanswered);
+    push(&mut net, "b", 4).expect("a block queue's push waits instead");
+    push_to(&mut net, "q", 5);
+    net.run(5_000);
+    // The disks take the log: what waited is accepted, and pushes go again.
+    for i in 0..3 {
+        let end = drain_log(&mut net, i, &mut Vec::new());
+        net.rs[i].persisted(end);
+    }
+    net.run(5_000);
+    for n in [1, 2, 4] {
+        assert!(accepted(&net.fx[0], n), "push {n} accepted");
+    }
+    assert!(!net.fx[0].iter().any(
+        |e| matches!(e, Effect::Accepted { id, .. } | Effect::Rejected { id, .. } if *id == RequestId::new(MemberId(0), 3))
+    ), "the refused push was never ordered");
+    assert!(!net.rs[0].disks_refuse());
+    push(&mut net, "r", 6).unwrap();
+    // This member's own disk full: refused at once, until it takes the log again.
+    net.rs[0].set_disk_full(true);
+    refused(push(&mut net, "r", 7), 7);
+    net.rs[0].set_disk_full(false);
+    push(&mut net, "r", 8).unwrap();
 }
