@@ -4,6 +4,7 @@
 //!   each member runs to report to it and follow it, and `conveyor ctl`, its client;
 //! - [`trigger`]: what pushes work into the group: the OpenFaaS-compatible gateway, the load
 //!   generator and its ramp, and the measurements they share;
+//! - [`resp`]: the Redis protocol server (stream commands on the replicated state);
 //! - [`executors`]: how invokers run unmodified functions (exec, http, openwhisk, lambda);
 //! - [`bench`]: `conveyor bench`, `demo` and `plot`: the group launcher, the runs, the report,
 //!   the plots, and the baselines (Redis Streams, a Kafka-protocol broker).
@@ -16,6 +17,7 @@ pub mod executors;
 pub mod http;
 pub mod member;
 pub mod plane;
+pub mod resp;
 pub mod trigger;
 
 pub use conveyor_config as config;

@@ -9,7 +9,9 @@
 //! - [`pipeline`]: association rules (JSON) and the built-in functions' outputs;
 //! - [`replica`]: [`Replica`], the member and the queue it applies the order to: the one node
 //!   that the engine and the simulator both drive;
-//! - [`durable`]: the on-disk formats of durable queues' logs and snapshots (no I/O).
+//! - [`durable`]: the on-disk formats of durable queues' logs and snapshots (no I/O);
+//! - [`streams`]: Redis Streams with consumer groups, run by every replica in the group's
+//!   order (the RESP server's commands, as [`queue::Op::Redis`]).
 //!
 //! What this crate does not do, and what enforces it: no unsafe code (`forbid(unsafe_code)`);
 //! no clock, no sleeping, no threads, no randomness (time comes in as [`types::Instant`], and
@@ -27,6 +29,7 @@ pub mod pipeline;
 pub mod proto;
 pub mod queue;
 pub mod replica;
+pub mod streams;
 pub mod types;
 pub mod wire;
 

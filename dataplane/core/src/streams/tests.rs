@@ -1,0 +1,114 @@
+//! The state machine alone; `control/tests/resp_streams.rs` compares it with `redis-server`.
+
+use super::*;
+
+fn run(s: &mut Streams, now: u64, cmd: &str) -> Value {
+    let args: Vec<Vec<u8>> = cmd.split(' ').map(|w| w.as_bytes().to_vec()).collect();
+    s.execute(MemberId(0), now, &args)
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    let Value::Array(items) = v else {
+        panic!("not an array: {v:?}")
+    };
+    items
+        .iter()
+        .map(|e| match e {
+            Value::Array(p) => match &p[0] {
+                Value::Bulk(b) => String::from_utf8(b.clone()).unwrap(),
+                x => panic!("{x:?}"),
+            },
+            x => panic!("{x:?}"),
+        })
+        .collect()
+}
+
+/// Entries are shared by a group's consumers, each once; acknowledged ones leave the
+/// pending list; `*` ids follow the clock and never go back.
+#[test]
+fn a_group_shares_entries_once_each() {
+    let mut s = Streams::default();
+    assert_eq!(run(&mut s, 1000, "XADD k * f 1"), Value::bulk("1000-0"));
+    assert_eq!(run(&mut s, 1000, "XADD k * f 2"), Value::bulk("1000-1"));
+    assert_eq!(run(&mut s, 999, "XADD k * f 3"), Value::bulk("1000-2"));
+    assert_eq!(run(&mut s, 1001, "XADD k * f 4"), Value::bulk("1001-0"));
+    assert_eq!(run(&mut s, 1001, "XGROUP CREATE k g 0"), Value::ok());
+    let a = run(&mut s, 1002, "XREADGROUP GROUP g a COUNT 3 STREAMS k >");
+    let b = run(&mut s, 1002, "XREADGROUP GROUP g b COUNT 3 STREAMS k >");
+    let Value::ByKey(a) = a else { panic!("{a:?}") };
+    let Value::ByKey(b) = b else { panic!("{b:?}") };
+    assert_eq!(ids(&a[0].1), ["1000-0", "1000-1", "1000-2"]);
+    assert_eq!(ids(&b[0].1), ["1001-0"]);
+    assert_eq!(
+        run(&mut s, 1003, "XREADGROUP GROUP g c STREAMS k >"),
+        Value::NullArray
+    );
+    assert_eq!(
+        run(&mut s, 1003, "XACK k g 1000-0 1000-0 1001-0"),
+        Value::Int(2)
+    );
+    let Value::Array(summary) = run(&mut s, 1003, "XPENDING k g") else {
+        panic!()
+    };
+    assert_eq!(summary[0], Value::Int(2));
+    assert_eq!(
+        run(&mut s, 1003, "XADD k 5-0 f x"),
+        Value::err(
+            "ERR The ID specified in XADD is equal or smaller than the target stream top item"
+        )
+    );
+}
+
+/// A removed member's consumers give their pending entries back: the next read takes them
+/// first, with their delivery counts; an acknowledgement before that still counts.
+#[test]
+fn a_removed_members_pending_entries_go_back_to_the_group() {
+    let mut s = Streams::default();
+    for i in 1..=3 {
+        run(&mut s, 10, &format!("XADD k {i}-0 f {i}"));
+    }
+    run(&mut s, 10, "XGROUP CREATE k g 0");
+    let args: Vec<Vec<u8>> = "XREADGROUP GROUP g gone STREAMS k >"
+        .split(' ')
+        .map(|w| w.as_bytes().to_vec())
+        .collect();
+    s.execute(MemberId(2), 11, &args);
+    s.members_removed(&[MemberId(2)]);
+    assert!(s.readable(b"k", b"g"));
+    assert_eq!(run(&mut s, 12, "XACK k g 3-0"), Value::Int(1));
+    let Value::ByKey(r) = run(&mut s, 12, "XREADGROUP GROUP g other STREAMS k >") else {
+        panic!()
+    };
+    assert_eq!(ids(&r[0].1), ["1-0", "2-0"]);
+    let Value::Array(p) = run(&mut s, 12, "XPENDING k g - + 10") else {
+        panic!()
+    };
+    assert_eq!(
+        p[0],
+        Value::Array(vec![
+            Value::bulk("1-0"),
+            Value::bulk("other"),
+            Value::Int(0),
+            Value::Int(2)
+        ])
+    );
+    assert!(!s.readable(b"k", b"g"));
+}
+
+#[test]
+fn errors_name_what_redis_names() {
+    let mut s = Streams::default();
+    assert_eq!(
+        run(&mut s, 1, "XADD k"),
+        Value::err("ERR wrong number of arguments for 'xadd' command")
+    );
+    assert_eq!(
+        run(&mut s, 1, "XREADGROUP GROUP g c STREAMS k >"),
+        Value::err("NOGROUP No such key 'k' or consumer group 'g' in XREADGROUP with GROUP option")
+    );
+    assert_eq!(
+        run(&mut s, 1, "XGROUP FOO k g"),
+        Value::err("ERR unknown subcommand 'FOO'. Try XGROUP HELP.")
+    );
+    assert_eq!(run(&mut s, 1, "XRANGE k (- +"), Value::err(INVALID_ID));
+}
