@@ -301,7 +301,7 @@ impl Model {
                 }
             }
             // The replica's (a restart's claim), never a queue's.
-            Op::Recovered { .. } => {}
+            Op::Recovered { .. } | Op::Redis { .. } => {}
         }
         // Serve ready consumers in order.
         let mut i = 0;

@@ -1,4 +1,4 @@
-//! The on-disk formats of durable queues (layout 1): the log's segments and the snapshots
+//! The on-disk formats of durable queues (layout 3: the state includes the Redis streams): the log's segments and the snapshots
 //! behind them, encoded and checked here without I/O; the engine's `durable` module does the
 //! files, the group commit and the syncs.
 //!
@@ -31,7 +31,7 @@ use log::RecordKind;
 use serde::{Deserialize, Serialize};
 
 /// The layout this build writes and reads. A data directory of another layout is refused.
-pub const LAYOUT: u32 = 2;
+pub const LAYOUT: u32 = 3;
 
 /// What is wrong with a segment's or a snapshot's bytes.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

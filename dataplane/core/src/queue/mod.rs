@@ -86,6 +86,8 @@ pub struct QueueState {
     outcomes: outcomes::Outcomes,
     /// Whole-group restarts decided so far (see [`QueueState::restart`]).
     epoch: u64,
+    /// The Redis streams ([`Op::Redis`]).
+    streams: crate::streams::Streams,
 }
 
 impl Default for QueueState {
@@ -105,6 +107,7 @@ impl Default for QueueState {
             applied: 0,
             outcomes: outcomes::Outcomes::default(),
             epoch: 0,
+            streams: crate::streams::Streams::default(),
         }
     }
 }
@@ -114,6 +117,52 @@ impl QueueState {
         Self::default()
     }
 
+    /// A copy of the queues without the streams, which may be large and do not assign
+    /// requests: what speculation runs ahead on (`replica/ahead.rs`, which skips
+    /// [`Op::Redis`]).
+    pub fn copy_without_streams(&self) -> QueueState {
+        let streams = crate::streams::Streams::default();
+        let QueueState {
+            queues,
+            subscriptions,
+            ready,
+            credits,
+            in_flight,
+            next_instance,
+            stamp,
+            head_stamp,
+            shut_down,
+            pipelines_version,
+            pipeline_docs,
+            applied,
+            outcomes,
+            epoch,
+            streams: _,
+        } = self;
+        QueueState {
+            queues: queues.clone(),
+            subscriptions: subscriptions.clone(),
+            ready: ready.clone(),
+            credits: credits.clone(),
+            in_flight: in_flight.clone(),
+            next_instance: *next_instance,
+            stamp: *stamp,
+            head_stamp: *head_stamp,
+            shut_down: *shut_down,
+            pipelines_version: *pipelines_version,
+            pipeline_docs: pipeline_docs.clone(),
+            applied: *applied,
+            outcomes: outcomes.clone(),
+            epoch: *epoch,
+            streams,
+        }
+    }
+
+    /// The group's Redis streams.
+    pub fn streams(&self) -> &crate::streams::Streams {
+        &self.streams
+    }
+
     /// Applies a view change, at its place in the total order: the members removed stop being
     /// consumers (subscriptions and credits dropped) and every request in flight at one of them
     /// goes back to the head of its queue, in the order they were assigned, with a new
@@ -121,6 +170,9 @@ impl QueueState {
     pub fn remove_members(&mut self, removed: &[MemberId], effects: &mut Vec<Effect>) {
         if removed.is_empty() {
             return;
+        }
+        for key in self.streams.members_removed(removed) {
+            effects.push(Effect::StreamWritten { key });
         }
         for m in removed {
             self.subscriptions.remove(m);
@@ -262,6 +314,9 @@ impl QueueState {
                 .in_flight
                 .get(instance)
                 .is_some_and(|(_, r, _)| self.is_durable(&r.queue)),
+            // The streams are as durable as the members' logs: a member that logs tells a
+            // Redis client its reply once a majority has the command on disk.
+            Op::Redis { .. } => true,
             _ => false,
         }
     }
@@ -290,6 +345,23 @@ impl QueueState {
 
     fn apply_op(&mut self, op: Op, effects: &mut Vec<Effect>) {
         match op {
+            Op::Redis {
+                origin,
+                token,
+                now_ms,
+                args,
+            } => {
+                let reply = self.streams.execute(origin, now_ms, &args);
+                let written = crate::streams::makes_readable(&args, &reply);
+                effects.push(Effect::Redis {
+                    origin,
+                    token,
+                    reply,
+                });
+                if let Some(key) = written {
+                    effects.push(Effect::StreamWritten { key });
+                }
+            }
             Op::Create(spec) => match self.queues.get(&spec.name) {
                 Some(q) if q.spec == spec => {}
                 Some(_) => effects.push(Effect::Rejected {

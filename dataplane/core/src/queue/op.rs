@@ -204,6 +204,16 @@ pub enum Op {
         epoch: u64,
         position: u64,
     },
+    /// A Redis command (`args[0]` its name; one of [`crate::streams::COMMANDS`]) a client of
+    /// `origin`'s RESP server sent, run by every replica on the group's streams at this place
+    /// in the order; `now_ms` is `origin`'s clock (for `*` ids and idle times), `token` names
+    /// the request for `origin`'s server ([`Effect::Redis`]).
+    Redis {
+        origin: MemberId,
+        token: u64,
+        now_ms: u64,
+        args: Vec<Vec<u8>>,
+    },
 }
 
 impl Op {
@@ -403,6 +413,18 @@ pub enum Effect {
         /// Own messages submitted again in the new view.
         resubmitted: u64,
     },
+    /// The reply to [`Op::Redis`] `token` of `origin`'s server.
+    Redis {
+        origin: MemberId,
+        token: u64,
+        reply: crate::streams::Value,
+    },
+    /// Stream `key` has something new for its groups (an entry added, a group's position
+    /// moved, or pending entries given back): told to every member, whose server may have
+    /// blocked reads on it.
+    StreamWritten {
+        key: Vec<u8>,
+    },
 }
 
 impl Effect {
@@ -416,7 +438,8 @@ impl Effect {
             | Effect::Speculated { consumer, .. }
             | Effect::Confirmed { consumer, .. }
             | Effect::Discarded { consumer, .. } => *consumer == me,
-            Effect::Rejoined { origin, .. } => *origin == me,
+            Effect::Rejoined { origin, .. } | Effect::Redis { origin, .. } => *origin == me,
+            Effect::StreamWritten { .. } => true,
             Effect::Blocked { id, .. }
             | Effect::Accepted { id, .. }
             | Effect::Admitted { id, .. }

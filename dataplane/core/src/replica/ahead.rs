@@ -151,7 +151,7 @@ impl Replica {
                 self.discard_pending(|p| other_view || p.slot < delivered);
                 return;
             }
-            ahead.queue = self.queue.clone();
+            ahead.queue = self.queue.copy_without_streams();
             ahead.dormant = false;
             ahead.view = view;
             ahead.next = delivered;
@@ -198,7 +198,7 @@ impl Replica {
                 None => break,
             };
             ahead.next += 1;
-            let Some(op) = op else {
+            let Some(op) = op.filter(|op| !matches!(op, Op::Redis { .. })) else {
                 continue;
             };
             ahead.queue.apply(op, &mut ahead.scratch);
@@ -356,7 +356,9 @@ impl Replica {
         }
         // Level and behind: apply it too.
         if let Ok(op) = Op::decode(payload) {
-            ahead.queue.apply(op, &mut ahead.scratch);
+            if !matches!(op, Op::Redis { .. }) {
+                ahead.queue.apply(op, &mut ahead.scratch);
+            }
             ahead.scratch.clear();
         }
         ahead.next = g + 1;
@@ -388,7 +390,7 @@ impl Replica {
         ahead.queue = if ahead.dormant {
             QueueState::new()
         } else {
-            self.queue.clone()
+            self.queue.copy_without_streams()
         };
         ahead.view = view;
         ahead.next = next;

@@ -255,7 +255,9 @@ impl Replica {
             bytes,
         });
         if gated {
-            let told = |e: &Effect| matches!(e, Effect::Accepted { .. }) || ended(e).is_some();
+            let told = |e: &Effect| {
+                matches!(e, Effect::Accepted { .. } | Effect::Redis { .. }) || ended(e).is_some()
+            };
             hold(d, &mut self.scratch, position + 1, told, keep);
         }
     }

@@ -519,3 +519,4 @@ fn push_to(net: &mut Net, queue: &str, n: u64) {
 }
 
 mod durable;
+mod streams;

@@ -100,6 +100,19 @@ pub fn is_stream_command(name: &[u8]) -> bool {
         .any(|c| c.as_bytes().eq_ignore_ascii_case(name))
 }
 
+/// The key a command's success gave blocked readers something to read on: an entry added, or
+/// a group's position set (see [`crate::queue::Effect::StreamWritten`]).
+pub fn makes_readable(args: &[Vec<u8>], reply: &Value) -> Option<Vec<u8>> {
+    let name = args.first()?;
+    match reply {
+        Value::Bulk(_) if is(name, "xadd") => args.get(1).cloned(),
+        Value::Simple(_) if is(name, "xgroup") && args.get(1).is_some_and(|s| is(s, "setid")) => {
+            args.get(2).cloned()
+        }
+        _ => None,
+    }
+}
+
 /// A pending entry: who has it, since when, how many times it was delivered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Nack {
@@ -327,9 +340,11 @@ impl Streams {
     }
 
     /// Members removed from the group: the pending entries of the consumers they served go
-    /// back to their groups (see the module docs).
-    pub fn members_removed(&mut self, removed: &[MemberId]) {
-        for s in self.keys.values_mut() {
+    /// back to their groups (see the module docs); the keys that got some back.
+    pub fn members_removed(&mut self, removed: &[MemberId]) -> Vec<Vec<u8>> {
+        let mut keys = Vec::new();
+        for (key, s) in self.keys.iter_mut() {
+            let before: usize = s.groups.values().map(|g| g.requeued.len()).sum();
             for g in s.groups.values_mut() {
                 for c in g.consumers.values_mut() {
                     if !c.member.is_some_and(|m| removed.contains(&m)) {
@@ -343,7 +358,12 @@ impl Streams {
                     }
                 }
             }
+            let after: usize = s.groups.values().map(|g| g.requeued.len()).sum();
+            if after > before {
+                keys.push(key.clone());
+            }
         }
+        keys
     }
 
     /// Whether `key` holds a stream with an entry after what `group` delivered, or entries

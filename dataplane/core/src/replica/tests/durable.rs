@@ -614,3 +614,38 @@ fn a_reject_queue_refuses_pushes_while_the_disks_do_not_take_the_log() {
     net.rs[0].set_disk_full(false);
     push(&mut net, "r", 8).unwrap();
 }
+
+/// With durable logging, a Redis command's reply waits for a majority's disks like a push's
+/// acceptance (`XADD` returns once the entry is on disk at a majority).
+#[test]
+fn a_redis_reply_waits_for_a_majority_of_disks() {
+    let mut net = Net::new(3);
+    for r in &mut net.rs {
+        r.set_durable(true, &[MemberId(0), MemberId(1), MemberId(2)]);
+    }
+    let args = ["XADD", "s", "1-1", "f", "v"]
+        .iter()
+        .map(|w| w.as_bytes().to_vec())
+        .collect();
+    net.rs[0]
+        .submit(&Op::Redis {
+            origin: MemberId(0),
+            token: 9,
+            now_ms: 5,
+            args,
+        })
+        .unwrap();
+    net.run(10_000);
+    let told = |net: &Net| {
+        net.fx[0]
+            .iter()
+            .any(|e| matches!(e, Effect::Redis { token: 9, .. }))
+    };
+    assert!(!told(&net), "told before any disk held it");
+    for i in [0, 1] {
+        let end = drain_log(&mut net, i, &mut Vec::new());
+        net.rs[i].persisted(end);
+    }
+    net.run(5_000);
+    assert!(told(&net), "two of three disks hold it");
+}
