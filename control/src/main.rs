@@ -34,6 +34,10 @@ enum Cmd {
         /// --serve: where the gateway listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         address: String,
+        /// --serve: where the trigger serves the Redis protocol (streams and consumer groups
+        /// on the group's replicated state; no AUTH needed on loopback).
+        #[arg(long, default_value = "127.0.0.1:6390")]
+        resp_address: String,
     },
     /// Run one member of a group.
     Node {
@@ -138,7 +142,8 @@ fn main() -> ExitCode {
             transport,
             serve: true,
             address,
-        } => serve::demo_serve(&transport, &address),
+            resp_address,
+        } => serve::demo_serve(&transport, &address, &resp_address),
         Cmd::Demo { transport, .. } => bench::demo(&transport),
         Cmd::Node {
             config,

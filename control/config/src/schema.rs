@@ -242,6 +242,10 @@ pub struct MemberSection {
     /// Triggers: serve OpenFaaS's HTTP routes in front of the group (see `gateway.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewaySection>,
+    /// Triggers: serve the Redis protocol (streams and consumer groups on the group's
+    /// replicated state; see `control/src/resp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resp: Option<RespSection>,
     /// host:port where the member serves its own `/metrics` (Prometheus' text format), for a
     /// scraper that reaches members rather than the control plane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,6 +287,18 @@ pub struct GatewaySection {
     /// OpenFaaS's `basic-auth-password` secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth_password_file: Option<String>,
+}
+
+/// `[member.resp]`: where the member serves the Redis protocol.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespSection {
+    /// host:port to listen on, e.g. "127.0.0.1:6390".
+    pub address: String,
+    /// What `AUTH` must give (at least 16 characters) before any other command. Needed
+    /// unless the address is a loopback one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 fn d_gateway_timeout() -> u64 {

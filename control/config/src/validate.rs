@@ -263,9 +263,43 @@ fn media(file: &GroupFile) -> Result<(), Bad> {
     Ok(())
 }
 
-/// The trigger's gateway, and the rdma port numbers.
+/// The trigger's gateway, its Redis protocol server, and the rdma port numbers.
 fn gateways(file: &GroupFile) -> Result<(), Bad> {
     for (i, m) in file.members.iter().enumerate() {
+        if let Some(r) = &m.resp {
+            if m.role != Role::Trigger {
+                return Err(bad(
+                    format!("member[{i}].resp"),
+                    "only a trigger serves the Redis protocol (an invoker's events go to its functions)",
+                ));
+            }
+            let Ok(a) = r.address.parse::<SocketAddr>() else {
+                return Err(bad(
+                    format!("member[{i}].resp.address"),
+                    format!(
+                        "expected host:port with an IP address, found {:?}",
+                        r.address
+                    ),
+                ));
+            };
+            match &r.token {
+                Some(t) if t.len() < 16 => {
+                    return Err(bad(
+                        format!("member[{i}].resp.token"),
+                        "at least 16 characters",
+                    ))
+                }
+                None if !a.ip().is_loopback() => {
+                    return Err(bad(
+                        format!("member[{i}].resp.token"),
+                        format!(
+                            "needed to serve on {a}, which is not a loopback address (clients then AUTH with it)"
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
         if let Some(g) = &m.gateway {
             if m.role != Role::Trigger {
                 return Err(bad(

@@ -135,7 +135,7 @@ pub fn demo(transport: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn demo_serve(transport: &str, address: &str) -> Result<()> {
+pub fn demo_serve(transport: &str, address: &str, resp_address: &str) -> Result<()> {
     if !matches!(transport, "udp" | "shm") {
         bail!("conveyor demo --serve runs on this host over udp or shm, not {transport:?}; nothing was run");
     }
@@ -144,6 +144,15 @@ pub fn demo_serve(transport: &str, address: &str) -> Result<()> {
         .map_err(|e| anyhow!("--address {address:?}: {e}"))?;
     if std::net::TcpListener::bind(addr).is_err() {
         bail!("--address {address}: the port is taken (another gateway or program); choose another with --address; nothing was run");
+    }
+    let resp: std::net::SocketAddr = resp_address
+        .parse()
+        .map_err(|e| anyhow!("--resp-address {resp_address:?}: {e}"))?;
+    if !resp.ip().is_loopback() {
+        bail!("--resp-address {resp_address}: the demo serves the Redis protocol without AUTH, so only on a loopback address; nothing was run");
+    }
+    if std::net::TcpListener::bind(resp).is_err() {
+        bail!("--resp-address {resp_address}: the port is taken (a redis-server?); choose another with --resp-address; nothing was run");
     }
     let dir = std::env::temp_dir().join(format!("conveyor-serve-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -163,7 +172,9 @@ pub fn demo_serve(transport: &str, address: &str) -> Result<()> {
             "\n[[member]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\nrole = \"{role}\"\n"
         ));
         if role == "trigger" {
-            toml.push_str(&format!("[member.gateway]\naddress = \"{addr}\"\n"));
+            toml.push_str(&format!(
+                "[member.gateway]\naddress = \"{addr}\"\n[member.resp]\naddress = \"{resp}\"\n"
+            ));
         }
     }
     std::fs::write(dir.join("conveyor.toml"), toml)?;
@@ -211,6 +222,18 @@ pub fn demo_serve(transport: &str, address: &str) -> Result<()> {
     println!("  curl -d 'hello conveyor' http://{addr}/function/demo");
     println!("  curl -i -d 'hello' -H 'X-Callback-Url: http://127.0.0.1:9000/' http://{addr}/async-function/demo");
     println!("  curl http://{addr}/system/functions");
+    println!();
+    println!("Redis Streams on the group's replicated state (the Redis protocol, on {resp}):");
+    println!();
+    println!("  redis-cli -p {} XADD jobs '*' task resize", resp.port());
+    println!(
+        "  redis-cli -p {} XGROUP CREATE jobs workers 0",
+        resp.port()
+    );
+    println!(
+        "  redis-cli -p {} XREADGROUP GROUP workers w1 COUNT 1 STREAMS jobs '>'",
+        resp.port()
+    );
     println!();
     println!("Members' logs: {}. Ctrl-C stops the group.", dir.display());
     while !stop.load(Ordering::SeqCst) {

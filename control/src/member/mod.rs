@@ -281,6 +281,31 @@ pub fn run(
                         handle.submit(&Op::Create(q))?;
                     }
                 }
+                let resp = match &me.resp {
+                    Some(r) => {
+                        let server = crate::resp::RespServer::start(
+                            crate::resp::RespConfig {
+                                address: r.address.parse().map_err(|e| {
+                                    anyhow!("member[{idx}].resp.address {:?}: {e}", r.address)
+                                })?,
+                                token: r.token.clone(),
+                                max_payload,
+                                group: cfg.file.group.name.clone(),
+                                member: member.to_string(),
+                            },
+                            handle.me(),
+                            handle.submitter(),
+                        )?;
+                        tracing::info!(
+                            "member {member}: Redis protocol on {} (try: redis-cli -p {} XADD s '*' f v)",
+                            server.address,
+                            server.address.port()
+                        );
+                        Some(server)
+                    }
+                    None => None,
+                };
+                let resp_hub = resp.as_ref().map(|r| r.hub.clone());
                 if let Some(gw) = &me.gateway {
                     let handle = std::sync::Arc::new(handle);
                     let invokers = cfg
@@ -305,6 +330,7 @@ pub fn run(
                             auth: basic_auth(&cfg, idx, gw)?,
                             write_timeout: Duration::from_secs(gw.write_timeout_s),
                             read_timeout: Duration::from_secs(gw.read_timeout_s),
+                            resp: resp_hub.clone(),
                         },
                         handle.clone(),
                         cfg.pipelines.clone(),
@@ -337,6 +363,7 @@ pub fn run(
                 loop {
                     match handle.next_event(Duration::from_millis(200)) {
                         Some(ev) if matches!(ev.effect, Effect::Shutdown { .. }) => break,
+                        Some(ev) if resp_hub.as_ref().is_some_and(|h| h.on_effect(&ev.effect)) => {}
                         _ if handle.is_finished() => {
                             if handle.has_left() || signalled.load(Ordering::SeqCst) {
                                 break;

@@ -1,10 +1,34 @@
-//! The Redis protocol server (issue 23): what a member with `[member.resp]` serves. The stream
-//! commands run in the group's order on every replica ([`conveyor_core::streams`]); this side
-//! reads requests ([`conveyor_resp::parse`]), answers the connection's own commands, submits
-//! the others and encodes the replies for the connection's protocol version.
+//! The Redis protocol server (issue 23): what a member with `[member.resp]` serves, and
+//! `conveyor demo --serve`. The stream commands run in the group's order on every replica
+//! ([`conveyor_core::streams`], as `Op::Redis`); this side reads requests
+//! ([`conveyor_resp::parse`]), answers the connection's own commands (`HELLO`, `AUTH`, `PING`,
+//! `SELECT`, `CLIENT`, `INFO`, `QUIT`...), submits the others to the group, waits for their
+//! replies ([`Hub`]) and encodes them for the connection's protocol version.
+//!
+//! One thread per connection, requests served in order (pipelining: replies in order), at most
+//! [`MAX_CLIENTS`] connections, a request at most the group's `max_payload` (a larger one gets
+//! an error and the connection closes, as a malformed one does). `XREADGROUP ... BLOCK` waits
+//! here, on this member, for `Effect::StreamWritten` of one of its keys, then asks again.
 
-use conveyor_core::streams::Value;
-use conveyor_resp::{Proto, Reply};
+use anyhow::{Context, Result};
+use conveyor_core::queue::{Effect, Op};
+use conveyor_core::streams::{self, Value};
+use conveyor_core::types::MemberId;
+use conveyor_dataplane::engine::Submitter;
+use conveyor_resp::{parse, Limits, Parsed, Proto, Reply};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Connections served at once; one more is told `ERR max number of clients reached`.
+pub const MAX_CLIENTS: usize = 1024;
+
+/// How long a command waits for the group to order it before the client is told to try again
+/// (the member is cut off from a majority, or stopping).
+const ORDER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A replicated reply, as the RESP codec encodes it for `proto`.
 pub fn reply(v: &Value, proto: Proto) -> Reply {
@@ -27,5 +51,562 @@ pub fn reply(v: &Value, proto: Proto) -> Reply {
                 .map(|(k, v)| Reply::Array(vec![reply(k), reply(v)]))
                 .collect(),
         ),
+    }
+}
+
+/// Where replies and stream news meet the connections waiting for them: fed by whoever reads
+/// the member's events ([`Hub::on_effect`]).
+#[derive(Debug, Default)]
+pub struct Hub {
+    waiting: Mutex<HashMap<u64, mpsc::Sender<Value>>>,
+    /// Per stream key, how many times it was written: blocked reads wait for a change.
+    written: Mutex<HashMap<Vec<u8>, u64>>,
+    news: Condvar,
+    next: AtomicU64,
+    stopped: AtomicBool,
+}
+
+impl Hub {
+    /// Takes the effects meant for the RESP server (whether it was one of them).
+    pub fn on_effect(&self, e: &Effect) -> bool {
+        match e {
+            Effect::Redis { token, reply, .. } => {
+                let tx = self.waiting.lock().ok().and_then(|mut w| w.remove(token));
+                if let Some(tx) = tx {
+                    let _ = tx.send(reply.clone());
+                }
+                true
+            }
+            Effect::StreamWritten { key } => {
+                if let Ok(mut w) = self.written.lock() {
+                    *w.entry(key.clone()).or_default() += 1;
+                }
+                self.news.notify_all();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The member's engine stopped: everyone waiting is told.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        if let Ok(mut w) = self.waiting.lock() {
+            w.clear();
+        }
+        self.news.notify_all();
+    }
+
+    fn generation(&self, keys: &[Vec<u8>]) -> u64 {
+        let w = self.written.lock().map(|w| w.clone()).unwrap_or_default();
+        keys.iter().map(|k| w.get(k).copied().unwrap_or(0)).sum()
+    }
+
+    /// Waits until one of `keys` is written after `generation`, or `until`.
+    fn wait_written(&self, keys: &[Vec<u8>], generation: u64, until: Option<Instant>) {
+        let Ok(mut w) = self.written.lock() else {
+            return;
+        };
+        // A slice at most: a request put back by a removed member's consumer is told too, but
+        // asking again now and then costs little and covers what no news says.
+        let slice = Instant::now() + Duration::from_millis(500);
+        loop {
+            let g: u64 = keys.iter().map(|k| w.get(k).copied().unwrap_or(0)).sum();
+            if g != generation || self.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            let deadline = until.map_or(slice, |u| u.min(slice));
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            w = match self.news.wait_timeout(w, deadline - now) {
+                Ok((g, _)) => g,
+                Err(_) => return,
+            };
+        }
+    }
+}
+
+/// What a server needs from its member.
+#[derive(Clone)]
+pub struct RespConfig {
+    pub address: SocketAddr,
+    /// `AUTH` must give it before anything else (`None`: no authentication).
+    pub token: Option<String>,
+    /// The group's largest operation: a larger request is refused.
+    pub max_payload: usize,
+    /// For `INFO`.
+    pub group: String,
+    pub member: String,
+}
+
+impl std::fmt::Debug for RespConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RespConfig")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .field("max_payload", &self.max_payload)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct RespServer {
+    pub address: SocketAddr,
+    pub hub: Arc<Hub>,
+    stop: Arc<AtomicBool>,
+}
+
+struct Shared {
+    cfg: RespConfig,
+    me: MemberId,
+    submitter: Submitter,
+    hub: Arc<Hub>,
+    clients: AtomicUsize,
+    next_client: AtomicU64,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+}
+
+impl RespServer {
+    /// Listens on `cfg.address` and serves until [`RespServer::stop`]. Replies come through
+    /// the returned server's [`Hub`], which the member's event reader must feed.
+    pub fn start(cfg: RespConfig, me: MemberId, submitter: Submitter) -> Result<RespServer> {
+        let listener = TcpListener::bind(cfg.address)
+            .with_context(|| format!("the RESP server cannot listen on {}", cfg.address))?;
+        let address = listener.local_addr()?;
+        let hub = Arc::new(Hub::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            cfg,
+            me,
+            submitter,
+            hub: hub.clone(),
+            clients: AtomicUsize::new(0),
+            next_client: AtomicU64::new(1),
+            stop: stop.clone(),
+            started: Instant::now(),
+        });
+        std::thread::Builder::new()
+            .name("resp-accept".into())
+            .spawn(move || accept(listener, shared))?;
+        Ok(RespServer { address, hub, stop })
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.hub.stop();
+        // Wake the accepting thread.
+        let _ = TcpStream::connect(self.address);
+    }
+}
+
+impl Drop for RespServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn accept(listener: TcpListener, s: Arc<Shared>) {
+    for conn in listener.incoming() {
+        if s.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(mut conn) = conn else {
+            continue;
+        };
+        if s.clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+            s.clients.fetch_sub(1, Ordering::SeqCst);
+            let _ = conn.write_all(b"-ERR max number of clients reached\r\n");
+            continue;
+        }
+        let s2 = s.clone();
+        let spawned = std::thread::Builder::new()
+            .name("resp-client".into())
+            .spawn(move || {
+                let _ = serve(&s2, conn);
+                s2.clients.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            s.clients.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// One connection's state.
+struct Client {
+    id: u64,
+    proto: Proto,
+    authenticated: bool,
+    name: Option<Vec<u8>>,
+}
+
+enum Next {
+    Reply(Reply),
+    /// Reply, then close the connection.
+    Close(Reply),
+}
+
+fn serve(s: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
+    conn.set_nodelay(true)?;
+    let mut client = Client {
+        id: s.next_client.fetch_add(1, Ordering::Relaxed),
+        proto: Proto::Resp2,
+        authenticated: s.cfg.token.is_none(),
+        name: None,
+    };
+    let limits = Limits {
+        max_bulk: s.cfg.max_payload.max(1024),
+        ..Limits::default()
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut out = Vec::new();
+    // Reads time out now and then to notice a stopped server.
+    conn.set_read_timeout(Some(Duration::from_millis(500)))?;
+    loop {
+        // Every whole request in the buffer, in order; their replies go out together.
+        let mut at = 0;
+        let mut close = false;
+        loop {
+            match parse(&buf[at..], &limits) {
+                Ok(Parsed::Incomplete) => break,
+                Ok(Parsed::Skip(n)) => at += n,
+                Ok(Parsed::Request(args, n)) => {
+                    at += n;
+                    match command(s, &mut client, &args) {
+                        Next::Reply(r) => r.encode(client.proto, &mut out),
+                        Next::Close(r) => {
+                            r.encode(client.proto, &mut out);
+                            close = true;
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // As Redis: the error, then the connection closes.
+                    Reply::err(format!("ERR {e}")).encode(client.proto, &mut out);
+                    close = true;
+                    break;
+                }
+            }
+        }
+        buf.drain(..at);
+        if !out.is_empty() {
+            conn.write_all(&out)?;
+            out.clear();
+        }
+        if close {
+            return Ok(());
+        }
+        let n = loop {
+            if s.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            match conn.read(&mut chunk) {
+                Ok(n) => break n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn lower(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_ascii_lowercase()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn arity(name: &str) -> Reply {
+    Reply::err(format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ))
+}
+
+/// Redis's answer to a command it does not know.
+fn unknown(args: &[Vec<u8>]) -> Reply {
+    let mut m = format!(
+        "ERR unknown command '{}', with args beginning with: ",
+        text(&args[0]).chars().take(128).collect::<String>()
+    );
+    for a in args[1..].iter() {
+        m.push_str(&format!(
+            "'{}' ",
+            text(a).chars().take(128).collect::<String>()
+        ));
+    }
+    Reply::err(m)
+}
+
+fn command(s: &Shared, c: &mut Client, args: &[Vec<u8>]) -> Next {
+    let name = lower(&args[0]);
+    // Before authentication only these (as Redis: HELLO may carry AUTH).
+    if !c.authenticated && !matches!(name.as_str(), "auth" | "hello" | "quit") {
+        return Next::Reply(Reply::err("NOAUTH Authentication required."));
+    }
+    let r = match name.as_str() {
+        "ping" => match args.len() {
+            1 => Reply::Simple("PONG".into()),
+            2 => Reply::Bulk(args[1].clone()),
+            _ => arity("ping"),
+        },
+        "echo" if args.len() == 2 => Reply::Bulk(args[1].clone()),
+        "echo" => arity("echo"),
+        "quit" => return Next::Close(Reply::ok()),
+        "auth" => match args.len() {
+            2 | 3 => auth(s, c, args.last().expect("two or three")),
+            _ => Reply::err("ERR syntax error"),
+        },
+        "hello" => hello(s, c, args),
+        "select" if args.len() == 2 => match args[1].as_slice() {
+            b"0" => Reply::ok(),
+            x if std::str::from_utf8(x)
+                .ok()
+                .and_then(|t| t.parse::<i64>().ok())
+                .is_some() =>
+            {
+                Reply::err("ERR DB index is out of range")
+            }
+            _ => Reply::err("ERR value is not an integer or out of range"),
+        },
+        "select" => arity("select"),
+        "client" => client(c, args),
+        "info" => Reply::Verbatim("txt", info(s)),
+        "command" => Reply::Array(Vec::new()),
+        n if streams::is_stream_command(n.as_bytes()) => ordered(s, c, args),
+        _ => unknown(args),
+    };
+    Next::Reply(r)
+}
+
+fn auth(s: &Shared, c: &mut Client, given: &[u8]) -> Reply {
+    match &s.cfg.token {
+        None => Reply::err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
+        Some(t) if t.as_bytes() == given => {
+            c.authenticated = true;
+            Reply::ok()
+        }
+        Some(_) => Reply::err("WRONGPASS invalid username-password pair or user is disabled."),
+    }
+}
+
+fn hello(s: &Shared, c: &mut Client, args: &[Vec<u8>]) -> Reply {
+    let mut proto = c.proto;
+    let mut i = 1;
+    if let Some(v) = args.get(1) {
+        match v.as_slice() {
+            b"2" => proto = Proto::Resp2,
+            b"3" => proto = Proto::Resp3,
+            x if std::str::from_utf8(x)
+                .ok()
+                .and_then(|t| t.parse::<i64>().ok())
+                .is_some() =>
+            {
+                return Reply::err("NOPROTO unsupported protocol version")
+            }
+            _ => return Reply::err("ERR Protocol version is not an integer or out of range"),
+        }
+        i = 2;
+    }
+    let mut name = None;
+    while i < args.len() {
+        let more = args.len() - 1 - i;
+        match lower(&args[i]).as_str() {
+            "auth" if more >= 2 => {
+                let r = auth(s, c, &args[i + 2]);
+                if matches!(r, Reply::Error(_)) {
+                    return r;
+                }
+                i += 3;
+            }
+            "setname" if more >= 1 => {
+                name = Some(args[i + 1].clone());
+                i += 2;
+            }
+            _ => {
+                return Reply::err(format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    text(&args[i])
+                ))
+            }
+        }
+    }
+    if !c.authenticated {
+        return Reply::err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+    }
+    c.proto = proto;
+    if name.is_some() {
+        c.name = name;
+    }
+    let b = |s: &str| Reply::bulk(s);
+    Reply::Map(vec![
+        (b("server"), b("redis")),
+        (b("version"), b("7.0.15")),
+        (
+            b("proto"),
+            Reply::Integer(if proto == Proto::Resp3 { 3 } else { 2 }),
+        ),
+        (b("id"), Reply::Integer(c.id as i64)),
+        (b("mode"), b("standalone")),
+        (b("role"), b("master")),
+        (b("modules"), Reply::Array(Vec::new())),
+    ])
+}
+
+fn client(c: &mut Client, args: &[Vec<u8>]) -> Reply {
+    let Some(sub) = args.get(1) else {
+        return arity("client");
+    };
+    match (lower(sub).as_str(), args.len()) {
+        ("setname", 3) => {
+            if args[2].iter().any(|b| *b <= b' ' || *b > b'~') {
+                return Reply::err(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
+            c.name = (!args[2].is_empty()).then(|| args[2].clone());
+            Reply::ok()
+        }
+        ("getname", 2) => c.name.clone().map_or(Reply::Null, Reply::Bulk),
+        ("id", 2) => Reply::Integer(c.id as i64),
+        // redis-py and others announce their library; nothing to keep.
+        ("setinfo", 4) => Reply::ok(),
+        (s @ ("setname" | "getname" | "id" | "setinfo"), _) => arity(&format!("client|{s}")),
+        _ => Reply::err(format!(
+            "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+            text(sub)
+        )),
+    }
+}
+
+fn info(s: &Shared) -> String {
+    format!(
+        "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\nconveyor_group:{}\r\nconveyor_member:{}\r\nuptime_in_seconds:{}\r\ntcp_port:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Replication\r\nrole:master\r\n",
+        s.cfg.group,
+        s.cfg.member,
+        s.started.elapsed().as_secs(),
+        s.cfg.address.port(),
+        s.clients.load(Ordering::Relaxed),
+    )
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The keys and the block of an `XREADGROUP ... BLOCK ms STREAMS k.. >..` (`None` unless it
+/// blocks and reads new entries): the keys, and how long (`None`: for ever).
+fn blocking(args: &[Vec<u8>]) -> Option<(Vec<Vec<u8>>, Option<Duration>)> {
+    if lower(&args[0]) != "xreadgroup" {
+        return None;
+    }
+    let mut block = None;
+    let mut i = 1;
+    while i < args.len() {
+        match lower(&args[i]).as_str() {
+            "block" => {
+                let ms: u64 = std::str::from_utf8(args.get(i + 1)?).ok()?.parse().ok()?;
+                block = Some(ms);
+                i += 2;
+            }
+            "group" => i += 3,
+            "count" => i += 2,
+            "streams" => {
+                let rest = &args[i + 1..];
+                let n = rest.len() / 2;
+                let ms = block?;
+                if rest[n..].iter().any(|id| id.as_slice() != b">") {
+                    return None;
+                }
+                let keys = rest[..n].to_vec();
+                return Some((keys, (ms > 0).then(|| Duration::from_millis(ms))));
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// A stream command: ordered through the group, its reply awaited; a blocking read asks
+/// again each time one of its streams is written, until it gets entries or its time is up.
+fn ordered(s: &Shared, c: &Client, args: &[Vec<u8>]) -> Reply {
+    let block = blocking(args);
+    let until = block
+        .as_ref()
+        .and_then(|(_, d)| d.map(|d| Instant::now() + d));
+    loop {
+        let generation = block.as_ref().map(|(k, _)| s.hub.generation(k));
+        let v = match submit(s, args) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let Some((keys, _)) = &block else {
+            return reply(&v, c.proto);
+        };
+        if v != Value::NullArray {
+            return reply(&v, c.proto);
+        }
+        if until.is_some_and(|u| Instant::now() >= u) || s.stop.load(Ordering::SeqCst) {
+            return Reply::NullArray;
+        }
+        s.hub.wait_written(keys, generation.unwrap_or(0), until);
+        if until.is_some_and(|u| Instant::now() >= u) {
+            return Reply::NullArray;
+        }
+    }
+}
+
+/// Submits one command and waits for its reply.
+fn submit(s: &Shared, args: &[Vec<u8>]) -> Result<Value, Reply> {
+    let token = s.hub.next.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel();
+    if let Ok(mut w) = s.hub.waiting.lock() {
+        w.insert(token, tx);
+    }
+    let op = Op::Redis {
+        origin: s.me,
+        token,
+        now_ms: now_ms(),
+        args: args.to_vec(),
+    };
+    let forget = || {
+        if let Ok(mut w) = s.hub.waiting.lock() {
+            w.remove(&token);
+        }
+    };
+    if let Err(e) = s.submitter.submit(&op) {
+        forget();
+        return Err(Reply::err(format!(
+            "ERR this member cannot take the command: {e}"
+        )));
+    }
+    match rx.recv_timeout(ORDER_TIMEOUT) {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            forget();
+            Err(Reply::err(format!(
+                "TRYAGAIN the group did not order the command within {} s (this member may be cut off from a majority, or stopping): try another member",
+                ORDER_TIMEOUT.as_secs()
+            )))
+        }
     }
 }

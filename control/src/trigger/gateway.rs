@@ -63,6 +63,9 @@ pub struct GatewayConfig {
     /// A client that takes longer to send a request's head, or pauses longer inside its body,
     /// loses its connection (408 for a body).
     pub read_timeout: Duration,
+    /// The member's Redis protocol server, if any: its replies and stream news come through
+    /// the events this gateway reads.
+    pub resp: Option<Arc<crate::resp::Hub>>,
 }
 
 /// How a call ended.
@@ -120,6 +123,8 @@ struct Shared {
     draining: AtomicBool,
     /// OpenFaaS's `/system/` API and the metrics.
     system: system::System,
+    /// The member's Redis protocol server's replies and news.
+    resp: Option<Arc<crate::resp::Hub>>,
 }
 
 /// A result to POST to a caller's callback URL.
@@ -238,6 +243,7 @@ impl Gateway {
                 auth: cfg.auth.clone(),
                 metrics: system::Metrics::new(),
             },
+            resp: cfg.resp.clone(),
         });
         let opts = http::Options {
             read_timeout: cfg.read_timeout,
@@ -663,6 +669,9 @@ fn dispatcher(s: &Shared) {
             }
             continue;
         };
+        if s.resp.as_ref().is_some_and(|h| h.on_effect(&effect)) {
+            continue;
+        }
         let (id, outcome) = match effect {
             Effect::Completed {
                 id,
