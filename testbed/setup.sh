@@ -25,6 +25,12 @@ if ! python3 -c "import gevent, flask" >/dev/null 2>&1 \
   && ! /usr/bin/python3 -c "import gevent, flask" >/dev/null 2>&1; then
   need_apt+=(python3-gevent python3-flask)
 fi
+# redis-py (Debian's python3-redis), a Redis client no one here wrote, talks to Conveyor's
+# Redis protocol server (control/tests/resp_clients.rs), for PATH's python3 or Debian's own.
+if ! python3 -c "import redis" >/dev/null 2>&1 \
+  && ! /usr/bin/python3 -c "import redis" >/dev/null 2>&1; then
+  need_apt+=(python3-redis)
+fi
 # ebpf/: libbpf (built from libbpf-sys's bundled source) needs libelf and zlib headers; the XDP
 # programs need the kernel's UAPI headers.
 # dataplane/dpdk-sys: DPDK 22.11's headers and libraries (with the PMD plugins), and libclang

@@ -11,44 +11,7 @@ use conveyor_core::types::MemberId;
 use conveyor_resp::Proto;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-struct Server(Child, u16, std::path::PathBuf);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.2);
-    }
-}
-
-fn redis_server() -> Server {
-    let port = common::free_tcp();
-    let dir = std::env::temp_dir().join(format!("conveyor-streams-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--dir"])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect(
-            "redis-server (Debian: apt-get install redis-server; testbed/setup.sh installs it)",
-        );
-    let s = Server(child, port, dir);
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "redis-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    s
-}
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A reply as parsed off the wire (RESP2 and the RESP3 types streams use).
 #[derive(Clone, Debug, PartialEq)]
@@ -378,7 +341,7 @@ const SCRIPT: &[&str] = &[
 ];
 
 fn run_script(proto: Proto) {
-    let server = redis_server();
+    let server = common::redis_server();
     let mut c = Conn(
         TcpStream::connect(("127.0.0.1", server.1)).unwrap(),
         Vec::new(),

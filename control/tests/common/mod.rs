@@ -203,3 +203,40 @@ pub fn promtool_check(text: &str, allowed: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A `redis-server` of our own (no persistence) on a free loopback port; killed on drop.
+pub struct RedisServer(std::process::Child, pub u16, std::path::PathBuf);
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.2);
+    }
+}
+
+pub fn redis_server() -> RedisServer {
+    let port = free_tcp();
+    let dir = std::env::temp_dir().join(format!("conveyor-redis-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect(
+            "redis-server (Debian: apt-get install redis-server; testbed/setup.sh installs it)",
+        );
+    let s = RedisServer(child, port, dir);
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "redis-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s
+}

@@ -7,10 +7,11 @@
 //! checked by running the same script against both (`control/tests/resp_streams.rs`). Time
 //! (`*` ids, idle times) is the serving member's clock, carried in the command, so every
 //! replica computes the same. Where Conveyor differs:
-//! - a consumer is bound to the member that served its last read or claim; when that member
-//!   is removed from the group (it failed), the consumer's pending entries go back to the
-//!   group, and the group's next `XREADGROUP ... >` delivers them first (Redis leaves them to
-//!   `XAUTOCLAIM`); an `XACK` of such an entry before it is delivered again still counts;
+//! - a pending entry remembers the member whose client it was last delivered to (by a read or
+//!   a claim); when that member is removed from the group (it failed), the entry goes back to
+//!   the group (its client may never have got it, or died with the member), and the group's
+//!   next `XREADGROUP ... >` delivers it first (Redis leaves such entries to `XAUTOCLAIM`);
+//!   an `XACK` of it before it is delivered again still counts, once;
 //! - `MAXLEN ~` and `MINID ~` trim exactly (Redis trims whole nodes only, so at least as much
 //!   is kept there); `LIMIT` is accepted and ignored;
 //! - `XINFO STREAM`'s `radix-tree-keys` and `radix-tree-nodes` describe no radix tree (one
@@ -119,13 +120,13 @@ struct Nack {
     consumer: Vec<u8>,
     delivered_ms: u64,
     count: u64,
+    /// The member whose client it was last delivered to (see the module docs).
+    via: Option<MemberId>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Consumer {
     seen_ms: u64,
-    /// The member that served its last read or claim (see the module docs).
-    member: Option<MemberId>,
     pel: BTreeSet<StreamId>,
 }
 
@@ -344,22 +345,25 @@ impl Streams {
     pub fn members_removed(&mut self, removed: &[MemberId]) -> Vec<Vec<u8>> {
         let mut keys = Vec::new();
         for (key, s) in self.keys.iter_mut() {
-            let before: usize = s.groups.values().map(|g| g.requeued.len()).sum();
+            let mut back = false;
             for g in s.groups.values_mut() {
-                for c in g.consumers.values_mut() {
-                    if !c.member.is_some_and(|m| removed.contains(&m)) {
-                        continue;
-                    }
-                    c.member = None;
-                    for id in std::mem::take(&mut c.pel) {
-                        if let Some(n) = g.pel.remove(&id) {
-                            g.requeued.insert(id, n.count);
+                let gone: Vec<StreamId> = g
+                    .pel
+                    .iter()
+                    .filter(|(_, n)| n.via.is_some_and(|m| removed.contains(&m)))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in gone {
+                    if let Some(n) = g.pel.remove(&id) {
+                        if let Some(c) = g.consumers.get_mut(&n.consumer) {
+                            c.pel.remove(&id);
                         }
+                        g.requeued.insert(id, n.count);
+                        back = true;
                     }
                 }
             }
-            let after: usize = s.groups.values().map(|g| g.requeued.len()).sum();
-            if after > before {
+            if back {
                 keys.push(key.clone());
             }
         }
@@ -822,7 +826,6 @@ impl Streams {
             }
             let c = g.consumers.entry(cname.clone()).or_default();
             c.seen_ms = now_ms;
-            c.member = Some(member);
             match want {
                 Some(after) => {
                     // The consumer's own pending entries after `after`.
@@ -843,6 +846,7 @@ impl Streams {
                                 if let Some(nack) = g.pel.get_mut(&id) {
                                     nack.delivered_ms = now_ms;
                                     nack.count += 1;
+                                    nack.via = Some(member);
                                 }
                             }
                             None => items.push(Value::Array(vec![Value::id(id), Value::NullArray])),
@@ -868,6 +872,7 @@ impl Streams {
                                     consumer: cname.clone(),
                                     delivered_ms: now_ms,
                                     count: n + 1,
+                                    via: Some(member),
                                 },
                             );
                             g.consumers
@@ -910,6 +915,7 @@ impl Streams {
                                     consumer: cname.clone(),
                                     delivered_ms: now_ms,
                                     count: 1,
+                                    via: Some(member),
                                 },
                             );
                             g.requeued.remove(&id);
@@ -1146,6 +1152,7 @@ impl Streams {
                             consumer: Vec::new(),
                             delivered_ms: 0,
                             count,
+                            via: None,
                         },
                     );
                 } else if force {
@@ -1156,6 +1163,7 @@ impl Streams {
                             consumer: Vec::new(),
                             delivered_ms: 0,
                             count: 1,
+                            via: None,
                         },
                     );
                     created = true;
@@ -1170,6 +1178,7 @@ impl Streams {
             }
             let old = std::mem::replace(&mut n.consumer, cname.clone());
             n.delivered_ms = delivered_ms;
+            n.via = Some(member);
             match retry {
                 Some(r) => n.count = r.max(0) as u64,
                 None if !justid => n.count += 1,
@@ -1182,7 +1191,6 @@ impl Streams {
             }
             let c = g.consumers.entry(cname.clone()).or_default();
             c.seen_ms = now_ms;
-            c.member = Some(member);
             c.pel.insert(id);
             out.push(if justid {
                 Value::id(id)
@@ -1246,6 +1254,7 @@ impl Streams {
                     consumer: Vec::new(),
                     delivered_ms: 0,
                     count,
+                    via: None,
                 },
             );
         }
@@ -1274,6 +1283,7 @@ impl Streams {
             }
             let old = std::mem::replace(&mut n.consumer, cname.clone());
             n.delivered_ms = now_ms;
+            n.via = Some(member);
             if !justid {
                 n.count += 1;
             }
@@ -1284,7 +1294,6 @@ impl Streams {
             }
             let c = g.consumers.entry(cname.clone()).or_default();
             c.seen_ms = now_ms;
-            c.member = Some(member);
             c.pel.insert(id);
             claimed.push(if justid {
                 Value::id(id)

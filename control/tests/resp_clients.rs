@@ -1,0 +1,474 @@
+//! Conveyor's Redis protocol with clients no one here wrote: the Rust `redis` crate, Debian's
+//! `redis-cli`, and `redis-py` (Debian's python3-redis). A group of three members (processes,
+//! UDP on loopback), each serving RESP; a producer and three consumers share 10,000 entries,
+//! each delivered and acknowledged once; a member killed mid-run loses nothing and its
+//! consumers go on through another member.
+
+mod common;
+
+use redis::{Commands, Value as R};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "resp-token-0123456789";
+
+struct Group {
+    dir: PathBuf,
+    members: Vec<Option<Child>>,
+    /// Each member's RESP port.
+    ports: Vec<u16>,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for c in self.members.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Group {
+    /// Three triggers serving RESP on loopback; the last one also wants `AUTH`.
+    fn start(name: &str) -> Group {
+        let dir = std::env::temp_dir().join(format!("conveyor-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let udp: Vec<std::net::UdpSocket> = (0..3)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports: Vec<u16> = (0..3).map(|_| common::free_tcp()).collect();
+        let mut toml = String::from("[group]\nname = \"resp\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000023\"\nstartup_timeout_s = 30\nfailure_timeout_ms = 300\n");
+        for i in 0..3 {
+            toml.push_str(&format!(
+                "\n[[member]]\nname = \"m{i}\"\naddress = \"{}\"\nrole = \"trigger\"\n[member.resp]\naddress = \"127.0.0.1:{}\"\n",
+                udp[i].local_addr().unwrap(),
+                ports[i]
+            ));
+            if i == 2 {
+                toml.push_str(&format!("token = \"{TOKEN}\"\n"));
+            }
+        }
+        drop(udp);
+        std::fs::write(dir.join("group.toml"), toml).unwrap();
+        let mut g = Group {
+            dir,
+            members: Vec::new(),
+            ports,
+        };
+        for i in 0..3 {
+            let log = std::fs::File::create(g.dir.join(format!("m{i}.log"))).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+                .args(["node", "--config"])
+                .arg(g.dir.join("group.toml"))
+                .args(["--member", &format!("m{i}")])
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            g.members.push(Some(child));
+        }
+        for i in 0..3 {
+            let url = g.url(i);
+            common::wait_for(&format!("m{i} answering PING"), 30, || {
+                redis::Client::open(url.as_str())
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                    .is_ok()
+            });
+        }
+        g
+    }
+
+    fn url(&self, i: usize) -> String {
+        if i == 2 {
+            format!("redis://:{TOKEN}@127.0.0.1:{}/", self.ports[i])
+        } else {
+            format!("redis://127.0.0.1:{}/", self.ports[i])
+        }
+    }
+
+    fn conn(&self, i: usize) -> redis::Connection {
+        let c = redis::Client::open(self.url(i).as_str()).unwrap();
+        c.get_connection_with_timeout(Duration::from_secs(5))
+            .unwrap()
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("m{i}.log"))).unwrap_or_default()
+    }
+}
+
+/// The ids of an XREADGROUP reply (RESP2: [[key, [[id, fields]...]]...]; nil: none).
+fn read_ids(v: &R) -> Vec<String> {
+    let mut out = Vec::new();
+    let R::Array(keys) = v else {
+        return out;
+    };
+    for k in keys {
+        let R::Array(kv) = k else { continue };
+        let Some(R::Array(entries)) = kv.get(1) else {
+            continue;
+        };
+        for e in entries {
+            if let R::Array(p) = e {
+                if let Some(R::BulkString(id)) = p.first() {
+                    out.push(String::from_utf8_lossy(id).into_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Consumers `names` read group `g` of stream `s` through the members `via` (a consumer
+/// whose member fails goes on through the next), acknowledging each batch, until every one of
+/// `want` entries was delivered and the group has nothing pending (an entry leaves the pending
+/// list only by an acknowledgement); returns (how many times each id was delivered, how many
+/// acknowledgements counted for it). An acknowledgement whose reply was lost with a member
+/// counts 0 when sent again: an entry may show none, never two.
+fn consume(
+    g: &Group,
+    names: &[&str],
+    via: &[usize],
+    want: usize,
+    slow: Duration,
+) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
+    let delivered = Mutex::new(BTreeMap::<String, usize>::new());
+    let acked = Mutex::new(BTreeMap::<String, usize>::new());
+    let done = AtomicBool::new(false);
+    let urls: Vec<String> = (0..3).map(|i| g.url(i)).collect();
+    let connect = |at: usize| {
+        redis::Client::open(urls[at].as_str())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+    };
+    std::thread::scope(|sc| {
+        for (k, name) in names.iter().enumerate() {
+            let (delivered, acked, done, connect) = (&delivered, &acked, &done, &connect);
+            let mut at = via[k];
+            sc.spawn(move || {
+                let mut conn = connect(at).unwrap();
+                // What was read and not yet acknowledged (acknowledged after a reconnect).
+                let mut unacked: Vec<String> = Vec::new();
+                while !done.load(Ordering::SeqCst) {
+                    let step = (|| -> redis::RedisResult<()> {
+                        if unacked.is_empty() {
+                            let v: R = redis::cmd("XREADGROUP")
+                                .arg(&[
+                                    "GROUP", "g", name, "COUNT", "25", "BLOCK", "300", "STREAMS",
+                                    "s", ">",
+                                ])
+                                .query(&mut conn)?;
+                            let ids = read_ids(&v);
+                            let mut d = delivered.lock().unwrap();
+                            for id in &ids {
+                                *d.entry(id.clone()).or_default() += 1;
+                            }
+                            drop(d);
+                            unacked = ids;
+                            std::thread::sleep(slow);
+                        }
+                        if unacked.is_empty() {
+                            return Ok(());
+                        }
+                        // One XACK per id, to tell which counted.
+                        let mut p = redis::pipe();
+                        for id in &unacked {
+                            p.cmd("XACK").arg("s").arg("g").arg(id);
+                        }
+                        let counted: Vec<i64> = p.query(&mut conn)?;
+                        let mut a = acked.lock().unwrap();
+                        for (id, n) in unacked.iter().zip(counted) {
+                            if n == 1 {
+                                *a.entry(id.clone()).or_default() += 1;
+                            }
+                        }
+                        unacked.clear();
+                        Ok(())
+                    })();
+                    if step.is_err() {
+                        // The member is gone: go on through the next one.
+                        at = (at + 1) % 3;
+                        std::thread::sleep(Duration::from_millis(100));
+                        if let Ok(c) = connect(at) {
+                            conn = c;
+                        }
+                    }
+                }
+            });
+        }
+        // Done once every entry was delivered and nothing is pending (asked of whichever
+        // member answers).
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut at = 0;
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let seen = delivered.lock().unwrap().len();
+            if Instant::now() > deadline {
+                done.store(true, Ordering::SeqCst);
+                panic!("{seen} of {want} delivered, or some still pending, after 90 s");
+            }
+            if seen < want {
+                continue;
+            }
+            let pending = connect(at)
+                .and_then(|mut c| redis::cmd("XPENDING").arg(&["s", "g"]).query::<R>(&mut c));
+            match pending {
+                Ok(R::Array(summary)) if summary.first() == Some(&R::Int(0)) => break,
+                Ok(_) => {}
+                Err(_) => at = (at + 1) % 3,
+            }
+        }
+        done.store(true, Ordering::SeqCst);
+    });
+    let d = delivered.into_inner().unwrap();
+    let a = acked.into_inner().unwrap();
+    (d, a)
+}
+
+/// The Rust `redis` crate: a producer (pipelined XADD through one member) and three consumers
+/// (one per member, one of them authenticating) share 10,000 entries: each delivered once and
+/// acknowledged once, nothing pending at the end; replies the crate reads as it reads Redis's.
+#[test]
+fn three_consumers_share_ten_thousand_entries_through_the_redis_crate() {
+    let g = Group::start("resp-share");
+    let mut p = g.conn(0);
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "s", "g", "$", "MKSTREAM"])
+        .query(&mut p)
+        .unwrap();
+    // The member that wants AUTH refuses a client without it.
+    let mut bare = redis::Client::open(format!("redis://127.0.0.1:{}/", g.ports[2]).as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let e = redis::cmd("XLEN")
+        .arg("s")
+        .query::<i64>(&mut bare)
+        .unwrap_err();
+    assert!(e.to_string().contains("NOAUTH"), "{e}");
+    let n = 10_000usize;
+    let producer = std::thread::spawn(move || {
+        for chunk in 0..n / 100 {
+            let mut pipe = redis::pipe();
+            for i in 0..100 {
+                pipe.cmd("XADD")
+                    .arg("s")
+                    .arg("*")
+                    .arg("n")
+                    .arg(chunk * 100 + i);
+            }
+            let ids: Vec<String> = pipe.query(&mut p).unwrap();
+            assert_eq!(ids.len(), 100);
+        }
+        p
+    });
+    let (delivered, acked) = consume(&g, &["c0", "c1", "c2"], &[0, 1, 2], n, Duration::ZERO);
+    let mut p = producer.join().unwrap();
+    assert_eq!(delivered.len(), n, "every entry delivered");
+    assert!(
+        delivered.values().all(|&k| k == 1),
+        "an entry delivered twice"
+    );
+    assert_eq!(acked.len(), n);
+    assert!(acked.values().all(|&k| k == 1));
+    let len: i64 = p.xlen("s").unwrap();
+    assert_eq!(len, n as i64);
+    let pending: R = redis::cmd("XPENDING")
+        .arg(&["s", "g"])
+        .query(&mut p)
+        .unwrap();
+    let R::Array(summary) = pending else {
+        panic!("{pending:?}")
+    };
+    assert_eq!(summary[0], R::Int(0), "nothing pending: {summary:?}");
+    // The entries are in order, the same through every member.
+    let first: Vec<(String, BTreeMap<String, i64>)> = {
+        let r: redis::streams::StreamRangeReply = p.xrange_count("s", "-", "+", 5).unwrap();
+        r.ids
+            .iter()
+            .map(|e| {
+                (
+                    e.id.clone(),
+                    e.map
+                        .iter()
+                        .map(|(k, v)| (k.clone(), redis::from_redis_value(v).unwrap()))
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(first[0].1["n"], 0);
+    assert_eq!(first[4].1["n"], 4);
+    let mut other = g.conn(1);
+    let r: redis::streams::StreamRangeReply = other.xrange_count("s", "-", "+", 5).unwrap();
+    assert_eq!(
+        r.ids.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        first.iter().map(|e| e.0.clone()).collect::<Vec<_>>()
+    );
+    // redis-cli, the same group: RESP2 and RESP3, AUTH, pipelining of its own.
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(args)
+            .output()
+            .expect("redis-cli (Debian: apt-get install redis-tools)");
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let p0 = g.ports[0].to_string();
+    assert_eq!(cli(&["-p", &p0, "XLEN", "s"]), "10000");
+    assert_eq!(cli(&["-p", &p0, "TYPE", "s"]), "stream");
+    assert_eq!(cli(&["-p", &p0, "XADD", "cli", "5-1", "k", "v"]), "5-1");
+    assert_eq!(cli(&["-p", &p0, "XGROUP", "CREATE", "cli", "w", "0"]), "OK");
+    let read = cli(&[
+        "-3",
+        "-p",
+        &p0,
+        "XREADGROUP",
+        "GROUP",
+        "w",
+        "a",
+        "STREAMS",
+        "cli",
+        ">",
+    ]);
+    assert!(read.contains("5-1") && read.contains("cli"), "{read}");
+    let p2 = g.ports[2].to_string();
+    let denied = cli(&["-p", &p2, "XLEN", "cli"]);
+    assert!(denied.contains("NOAUTH"), "{denied}");
+    let with = cli(&[
+        "-p",
+        &p2,
+        "--no-auth-warning",
+        "-a",
+        TOKEN,
+        "XPENDING",
+        "cli",
+        "w",
+    ]);
+    assert!(with.starts_with("1\n5-1\n5-1\na\n1"), "{with}");
+    let err = cli(&["-p", &p0, "XADD", "cli", "1-1", "k", "v"]);
+    assert!(err.contains("equal or smaller"), "{err}");
+}
+
+/// A member killed (SIGKILL) while consumers read through it: its consumers reconnect to
+/// another member, the entries its consumers held go back to the group once the view drops
+/// it, and every entry is acknowledged exactly once.
+#[test]
+fn a_killed_members_consumers_go_on_elsewhere_and_nothing_is_lost() {
+    let mut g = Group::start("resp-kill");
+    let n = 3000usize;
+    let mut p = g.conn(0);
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "s", "g", "0", "MKSTREAM"])
+        .query(&mut p)
+        .unwrap();
+    for chunk in 0..n / 100 {
+        let mut pipe = redis::pipe();
+        for i in 0..100 {
+            pipe.cmd("XADD")
+                .arg("s")
+                .arg("*")
+                .arg("n")
+                .arg(chunk * 100 + i);
+        }
+        let _: Vec<String> = pipe.query(&mut p).unwrap();
+    }
+    let killed = Arc::new(AtomicBool::new(false));
+    let victim = g.members[1].take().unwrap();
+    let k = killed.clone();
+    let killer = std::thread::spawn(move || {
+        let mut victim = victim;
+        std::thread::sleep(Duration::from_millis(500));
+        victim.kill().unwrap();
+        victim.wait().unwrap();
+        k.store(true, Ordering::SeqCst);
+    });
+    // Two consumers read through member 1 (the one killed), one through member 0; slowly,
+    // so that member 1's consumers hold entries when it dies.
+    let (delivered, acked) = consume(
+        &g,
+        &["a", "b", "c"],
+        &[1, 1, 0],
+        n,
+        Duration::from_millis(50),
+    );
+    killer.join().unwrap();
+    assert!(killed.load(Ordering::SeqCst));
+    // Nothing pending (consume waited for it) and every entry delivered: each was
+    // acknowledged; none twice.
+    assert_eq!(delivered.len(), n, "every entry delivered");
+    assert!(
+        acked.values().all(|&k| k == 1),
+        "an entry acknowledged twice"
+    );
+    let lost_replies = n - acked.len();
+    let again = delivered.values().filter(|&&k| k > 1).count();
+    let mut c = g.conn(0);
+    let pending: R = redis::cmd("XPENDING")
+        .arg(&["s", "g"])
+        .query(&mut c)
+        .unwrap();
+    let R::Array(summary) = pending else {
+        panic!("{pending:?}")
+    };
+    assert_eq!(summary[0], R::Int(0), "nothing pending: {summary:?}");
+    assert!(
+        g.log(0).contains("view installed"),
+        "the survivors installed a view without member 1"
+    );
+    eprintln!("{n} entries, each acknowledged once ({lost_replies} acknowledgements' replies died with member 1); {again} delivered again after member 1 died");
+}
+
+/// A Python interpreter with redis-py (PATH's, or Debian's own).
+fn python_with_redis() -> &'static str {
+    for py in ["python3", "/usr/bin/python3"] {
+        let ok = Command::new(py)
+            .args(["-c", "import redis"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return py;
+        }
+    }
+    panic!("redis-py is not installed (Debian: apt-get install python3-redis; testbed/setup.sh installs it)");
+}
+
+/// redis-py: the same consumer-group script through its own methods (XPENDING in both forms,
+/// XCLAIM with its options, XAUTOCLAIM, XINFO...) answers on Conveyor as on a real
+/// redis-server, field by field; and its producer and three consumers share 10,000 entries,
+/// each delivered and acknowledged once.
+#[test]
+fn redis_py_answers_as_on_redis_server_and_shares_ten_thousand_entries() {
+    let g = Group::start("resp-py");
+    let server = common::redis_server();
+    let py = python_with_redis();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/redis_py_streams.py");
+    let run = |args: &[String]| {
+        let out = Command::new(py).arg(script).args(args).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "redis_py_streams.py {args:?}:\n{text}"
+        );
+        text
+    };
+    let compared = run(&[
+        "compare".into(),
+        g.ports[0].to_string(),
+        server.1.to_string(),
+    ]);
+    assert!(compared.contains(", 0 differ"), "{compared}");
+    let shared = run(&["share".into(), g.ports[1].to_string(), "10000".into()]);
+    eprint!("{compared}{shared}");
+}
