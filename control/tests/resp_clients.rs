@@ -472,3 +472,83 @@ fn redis_py_answers_as_on_redis_server_and_shares_ten_thousand_entries() {
     let shared = run(&["share".into(), g.ports[1].to_string(), "10000".into()]);
     eprint!("{compared}{shared}");
 }
+
+/// The bench's own Redis baseline, unchanged, through Conveyor's Redis protocol: pointed at a
+/// member with `--redis-url`, and with `--backend resp` (a group the bench starts); DIFFUSE's
+/// burst workload completes, nothing lost or doubled, each figure next to Conveyor's native
+/// path in the same invocation.
+#[test]
+fn the_benchs_redis_baseline_runs_through_conveyors_redis_protocol() {
+    let g = Group::start("resp-bench");
+    let url = format!("redis://127.0.0.1:{}", g.ports[0]);
+    let out = common::conveyor(&[
+        "bench",
+        "--backend",
+        "redis",
+        "--redis-url",
+        &url,
+        "--workload",
+        "burst",
+        "--requests",
+        "500",
+        "--chain",
+        "2",
+        "--json",
+        "-",
+    ]);
+    let r = common::report(&out);
+    assert_eq!(r["backend"], "redis");
+    assert_eq!(
+        (
+            r["completed"].as_u64(),
+            r["lost"].as_u64(),
+            r["duplicates"].as_u64()
+        ),
+        (Some(500), Some(0), Some(0)),
+        "{r}"
+    );
+    let out = common::conveyor(&[
+        "bench",
+        "--backend",
+        "conveyor,resp",
+        "--workload",
+        "burst",
+        "--requests",
+        "500",
+        "--chain",
+        "2",
+        "--json",
+        "-",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = all.as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for r in runs {
+        assert_eq!(
+            (
+                r["completed"].as_u64(),
+                r["lost"].as_u64(),
+                r["duplicates"].as_u64()
+            ),
+            (Some(500), Some(0), Some(0)),
+            "{r}"
+        );
+    }
+    assert_eq!(runs[1]["backend"], "resp");
+    // Refused by name: a URL that is not loopback, and --redis-url without redis.
+    let bad = common::conveyor(&[
+        "bench",
+        "--backend",
+        "redis",
+        "--redis-url",
+        "redis://10.1.2.3:6379",
+    ]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a loopback address"));
+    let bad = common::conveyor(&["bench", "--backend", "conveyor", "--redis-url", &url]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--redis-url: only with --backend redis"));
+}

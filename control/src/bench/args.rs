@@ -25,6 +25,11 @@ pub struct BenchArgs {
     /// kernel's schedule).
     #[arg(long = "redis-aof", default_value = "off", value_parser = ["off", "always", "everysec", "no"])]
     pub redis_aof: String,
+    /// --backend redis against this Redis-protocol server instead of a redis-server the bench
+    /// starts (redis://HOST:PORT, loopback hosts only): for example a Conveyor member's RESP
+    /// port. The bench deletes its own streams there first (stage0.., results).
+    #[arg(long = "redis-url")]
+    pub redis_url: Option<String>,
     /// Port of the tansu broker the bench starts for --backend kafka (0: a free one).
     #[arg(long = "kafka-port", default_value_t = 0)]
     pub kafka_port: u16,
@@ -280,12 +285,12 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan> {
     let mut backends: Vec<&str> = Vec::new();
     for b in args.backend.split(',').map(str::trim) {
         match b {
-            "conveyor" | "redis" | "kafka" => {
+            "conveyor" | "redis" | "kafka" | "resp" => {
                 if !backends.contains(&b) {
                     backends.push(b);
                 }
             }
-            other => bail!("--backend: unknown backend {other:?}; known: conveyor, redis, kafka"),
+            other => bail!("--backend: unknown backend {other:?}; known: conveyor, redis, kafka, resp (the Redis baseline through a Conveyor group's Redis protocol)"),
         }
     }
     let baselines: Vec<&str> = backends
@@ -310,6 +315,21 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan> {
     if !backends.contains(&"redis") && args.redis_aof != "off" {
         bail!("--redis-aof: only with --backend redis");
     }
+    if let Some(url) = &args.redis_url {
+        if !backends.contains(&"redis") {
+            bail!("--redis-url: only with --backend redis");
+        }
+        if args.redis_port != 0 || args.redis_aof != "off" {
+            bail!("--redis-url: the bench starts no redis-server then; --redis-port and --redis-aof do not apply");
+        }
+        if args.hosts != "local" {
+            bail!("--redis-url: with --hosts local only (the namespace hosts cannot reach this host's loopback); nothing was run");
+        }
+        super::baselines::redis::check_url(url)?;
+    }
+    if backends.contains(&"resp") && args.hosts != "local" {
+        bail!("--backend resp: with --hosts local only for now (its group runs on this host's loopback); nothing was run");
+    }
     if !backends.contains(&"kafka") && args.kafka_port != 0 {
         bail!("--kafka-port: only with --backend kafka");
     }
@@ -331,7 +351,7 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan> {
             }
         }
     }
-    let redis_server = if backends.contains(&"redis") {
+    let redis_server = if backends.contains(&"redis") && args.redis_url.is_none() {
         Some(super::baselines::redis::find_server()?)
     } else {
         None

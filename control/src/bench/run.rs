@@ -46,6 +46,11 @@ fn run_backend(
         args.workload,
         match backend {
             "conveyor" => args.transport.clone(),
+            "redis" if args.redis_url.is_some() => format!(
+                "tcp (redis protocol, {})",
+                args.redis_url.as_deref().unwrap_or_default()
+            ),
+            "resp" => "tcp (redis protocol, a Conveyor group of 3 members over udp)".to_string(),
             "redis" if args.redis_aof == "off" => "tcp (redis protocol, in memory)".to_string(),
             "redis" => format!("tcp (redis protocol, append-only file, appendfsync {})", args.redis_aof),
             _ => "tcp (kafka protocol, tansu broker)".to_string(),
@@ -59,7 +64,7 @@ fn run_backend(
     // i mod cores), for the whole run of this backend.
     let _hog = (args.workload == "balance").then(|| Hog::start(0));
     let (r, failover_ms, speculation) = match backend {
-        "redis" | "kafka" => {
+        "redis" | "kafka" | "resp" => {
             // The baselines' hosts: the trigger and the collector in the first, invoker i
             // in host i+1, the broker in the last, as Conveyor's members are placed.
             let hosts_up = match plan.hosts {
@@ -88,7 +93,13 @@ fn run_backend(
                     .map(|h| (0..=args.invokers).map(|i| h.namespace(i)).collect()),
                 progress: Some(&progress),
             };
-            let r = if backend == "redis" {
+            let r = if backend == "resp" {
+                let group = super::baselines::redis::RespTarget::conveyor_group()?;
+                super::baselines::run(&group, &mrun).context("the resp run")?
+            } else if let (true, Some(url)) = (backend == "redis", &args.redis_url) {
+                let target = super::baselines::redis::RespTarget::url(url);
+                super::baselines::run(&target, &mrun).context("the redis run")?
+            } else if backend == "redis" {
                 let Some(server) = &plan.redis_server else {
                     bail!("redis-server was not found");
                 };

@@ -513,12 +513,15 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The keys and the block of an `XREADGROUP ... BLOCK ms STREAMS k.. >..` (`None` unless it
-/// blocks and reads new entries): the keys, and how long (`None`: for ever).
+/// The keys and the block of an `XREADGROUP ... BLOCK ms STREAMS k.. >..` or an
+/// `XREAD ... BLOCK ms STREAMS k.. id..` (`None` unless it blocks, and for XREADGROUP reads
+/// new entries): the keys, and how long (`None`: for ever).
 fn blocking(args: &[Vec<u8>]) -> Option<(Vec<Vec<u8>>, Option<Duration>)> {
-    if lower(&args[0]) != "xreadgroup" {
-        return None;
-    }
+    let group = match lower(&args[0]).as_str() {
+        "xreadgroup" => true,
+        "xread" => false,
+        _ => return None,
+    };
     let mut block = None;
     let mut i = 1;
     while i < args.len() {
@@ -534,7 +537,7 @@ fn blocking(args: &[Vec<u8>]) -> Option<(Vec<Vec<u8>>, Option<Duration>)> {
                 let rest = &args[i + 1..];
                 let n = rest.len() / 2;
                 let ms = block?;
-                if rest[n..].iter().any(|id| id.as_slice() != b">") {
+                if group && rest[n..].iter().any(|id| id.as_slice() != b">") {
                     return None;
                 }
                 let keys = rest[..n].to_vec();
@@ -553,6 +556,36 @@ fn ordered(s: &Shared, c: &Client, args: &[Vec<u8>]) -> Reply {
     let until = block
         .as_ref()
         .and_then(|(_, d)| d.map(|d| Instant::now() + d));
+    let mut args = args.to_vec();
+    if let (Some((keys, _)), "xread") = (&block, lower(&args[0]).as_str()) {
+        // A blocking XREAD's `$`: the stream's last id now, so that entries added while it
+        // waits are read (asked of the group like anything else).
+        let at = args.len() - keys.len();
+        for (k, key) in keys.iter().enumerate() {
+            if args[at + k].as_slice() != b"$" {
+                continue;
+            }
+            let last: Vec<Vec<u8>> = ["XREVRANGE", "", "+", "-", "COUNT", "1"]
+                .iter()
+                .map(|w| w.as_bytes().to_vec())
+                .collect();
+            let mut last = last;
+            last[1] = key.clone();
+            let id = match submit(s, &last) {
+                Ok(Value::Array(items)) => match items.first() {
+                    Some(Value::Array(e)) => match e.first() {
+                        Some(Value::Bulk(id)) => id.clone(),
+                        _ => b"0-0".to_vec(),
+                    },
+                    _ => b"0-0".to_vec(),
+                },
+                Ok(_) => b"0-0".to_vec(),
+                Err(r) => return r,
+            };
+            args[at + k] = id;
+        }
+    }
+    let args = &args[..];
     loop {
         let generation = block.as_ref().map(|(k, _)| s.hub.generation(k));
         let v = match submit(s, args) {

@@ -130,6 +130,157 @@ impl Drop for RedisServer {
     }
 }
 
+/// `--redis-url`: redis://HOST:PORT on a loopback address.
+pub fn check_url(url: &str) -> Result<()> {
+    let addr = url
+        .strip_prefix("redis://")
+        .map(|r| r.trim_end_matches('/'))
+        .and_then(|r| r.rsplit('@').next())
+        .and_then(|r| r.parse::<std::net::SocketAddr>().ok());
+    match addr {
+        Some(a) if a.ip().is_loopback() => Ok(()),
+        Some(a) => bail!("--redis-url {url}: {a} is not a loopback address (the bench's hosts are this host); nothing was run"),
+        None => bail!("--redis-url {url:?}: expected redis://HOST:PORT with an IP address; nothing was run"),
+    }
+}
+
+/// A Redis-protocol server the bench did not start as a `redis-server`: one given with
+/// `--redis-url`, or a Conveyor group serving the Redis protocol (`--backend resp`: three
+/// members, processes on loopback over UDP, each serving RESP; the trigger and the collector
+/// talk to the first, invoker i to member i mod 3).
+pub struct RespTarget {
+    name: &'static str,
+    urls: Vec<String>,
+    group: Option<(crate::bench::group::Members, PathBuf)>,
+}
+
+impl RespTarget {
+    pub fn url(url: &str) -> RespTarget {
+        RespTarget {
+            name: "redis",
+            urls: vec![url.to_string()],
+            group: None,
+        }
+    }
+
+    /// Starts a Conveyor group of three members serving RESP and waits until each answers.
+    pub fn conveyor_group() -> Result<RespTarget> {
+        let dir = std::env::temp_dir().join(format!("conveyor-resp-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let udp = crate::bench::group::free_udp_ports(3)?;
+        let tcp: Vec<u16> = (0..3)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+            })
+            .collect::<std::io::Result<_>>()?;
+        let mut toml = format!(
+            "# Written by conveyor bench --backend resp.\n[group]\nname = \"resp\"\nkey = \"{}\"\nstartup_timeout_s = 20\n",
+            crate::config::fresh_key()?
+        );
+        for i in 0..3 {
+            toml.push_str(&format!(
+                "\n[[member]]\nname = \"m{i}\"\naddress = \"127.0.0.1:{}\"\nrole = \"trigger\"\n[member.resp]\naddress = \"127.0.0.1:{}\"\n",
+                udp[i], tcp[i]
+            ));
+        }
+        std::fs::write(dir.join("conveyor.toml"), toml)?;
+        let exe = std::env::current_exe().context("locating the conveyor binary")?;
+        let mut members = crate::bench::group::Members {
+            children: Vec::new(),
+        };
+        for i in 0..3 {
+            let name = format!("m{i}");
+            let mut cmd = std::process::Command::new(&exe);
+            crate::bench::group::node_command(&mut cmd, &dir, &name)?;
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("starting member {name}"))?;
+            members.children.push((name, child));
+        }
+        let urls: Vec<String> = tcp
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}/"))
+            .collect();
+        let t = Instant::now();
+        for (i, url) in urls.iter().enumerate() {
+            loop {
+                let pong = redis::Client::open(url.as_str())
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+                if pong.is_ok() {
+                    break;
+                }
+                if let Some((_, c)) = members.children.get_mut(i) {
+                    if let Ok(Some(st)) = c.try_wait() {
+                        bail!(
+                            "member m{i} of the resp group ended ({st}): {}",
+                            crate::bench::group::tail(&dir.join(format!("m{i}.log")), 5)
+                        );
+                    }
+                }
+                if t.elapsed() > Duration::from_secs(30) {
+                    bail!(
+                        "the resp group did not answer within 30 s; logs in {}",
+                        dir.display()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(RespTarget {
+            name: "resp",
+            urls,
+            group: Some((members, dir)),
+        })
+    }
+}
+
+impl Drop for RespTarget {
+    fn drop(&mut self) {
+        if let Some((members, dir)) = self.group.take() {
+            drop(members);
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl Middleware for RespTarget {
+    type Conn = RedisConn;
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The bench's streams, fresh: deleted first (the server may hold an earlier run's).
+    fn create_channels(&self, chain: usize, _invokers: usize) -> Result<()> {
+        let mut con = redis::Client::open(self.urls[0].as_str())?.get_connection()?;
+        let mut keys: Vec<String> = (0..chain).map(|s| stream(Dest::Stage(s))).collect();
+        keys.push(RESULTS.to_string());
+        let _: () = redis::cmd("DEL").arg(&keys).query(&mut con)?;
+        for s in 0..chain {
+            let _: () = con.xgroup_create_mkstream(stream(Dest::Stage(s)), GROUP, "$")?;
+        }
+        Ok(())
+    }
+
+    fn connect(&self, role: Role, chain: usize) -> Result<RedisConn> {
+        let url = match role {
+            Role::Invoker(i) => &self.urls[i % self.urls.len()],
+            Role::Trigger | Role::Collector => &self.urls[0],
+        };
+        Ok(RedisConn {
+            con: redis::Client::open(url.as_str())?
+                .get_connection()
+                .with_context(|| format!("connecting to {url}"))?,
+            role,
+            stages: (0..chain).map(|s| stream(Dest::Stage(s))).collect(),
+            last_result: "0".into(),
+        })
+    }
+}
+
 const GROUP: &str = "conveyor";
 const RESULTS: &str = "results";
 

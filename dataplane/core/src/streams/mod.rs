@@ -74,13 +74,14 @@ const SYNTAX: &str = "ERR syntax error";
 const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 
 /// The commands this state machine runs (lowercase): what a server hands to the group's order.
-pub const COMMANDS: [&str; 17] = [
+pub const COMMANDS: [&str; 18] = [
     "xadd",
     "xlen",
     "xrange",
     "xrevrange",
     "xgroup",
     "xreadgroup",
+    "xread",
     "xack",
     "xpending",
     "xclaim",
@@ -290,6 +291,7 @@ impl Streams {
             "xrange" | "xrevrange" | "xack" | "xtrim" => -4,
             "xgroup" | "xinfo" | "del" | "exists" | "unlink" => -2,
             "xreadgroup" => -7,
+            "xread" => -4,
             "xpending" | "xdel" => -3,
             "xclaim" | "xautoclaim" => -6,
             _ => {
@@ -308,6 +310,7 @@ impl Streams {
             "xrevrange" => self.xrange(args, true),
             "xgroup" => self.xgroup(args),
             "xreadgroup" => self.xreadgroup(member, now_ms, args),
+            "xread" => self.xread(args),
             "xack" => self.xack(args),
             "xpending" => self.xpending(now_ms, args),
             "xclaim" => self.xclaim(member, now_ms, args),
@@ -932,6 +935,88 @@ impl Streams {
                 }
             }
             s.groups.insert(gname.clone(), taken);
+        }
+        if out.is_empty() {
+            Ok(Value::NullArray)
+        } else {
+            Ok(Value::ByKey(out))
+        }
+    }
+
+    /// `XREAD [COUNT n] [BLOCK ms] STREAMS key.. id..`: entries after each id (`$`: after the
+    /// stream's last id, so none; a blocking server resolves it first). BLOCK is the server's.
+    fn xread(&self, a: &[Vec<u8>]) -> Result<Value, Value> {
+        let mut count: i64 = 0;
+        let mut streams_at = 0;
+        let mut i = 1;
+        while i < a.len() {
+            let more = a.len() - 1 - i;
+            let o = &a[i];
+            if is(o, "block") && more > 0 {
+                i += 1;
+                let t = int(&a[i], "ERR timeout is not an integer or out of range")?;
+                if t < 0 {
+                    return Err(Value::err("ERR timeout is negative"));
+                }
+            } else if is(o, "count") && more > 0 {
+                i += 1;
+                count = int(&a[i], NOT_INTEGER)?.max(0);
+            } else if is(o, "streams") && more > 0 {
+                streams_at = i + 1;
+                if !(a.len() - streams_at).is_multiple_of(2) {
+                    return Err(Value::err("ERR Unbalanced 'xread' list of streams: for each stream key an ID or '$' must be specified."));
+                }
+                break;
+            } else if is(o, "group") && more >= 2 {
+                return Err(Value::err(
+                    "ERR The GROUP option is only supported by XREADGROUP. You called XREAD instead.",
+                ));
+            } else if is(o, "noack") {
+                return Err(Value::err(
+                    "ERR The NOACK option is only supported by XREADGROUP. You called XREAD instead.",
+                ));
+            } else {
+                return Err(Value::err(SYNTAX));
+            }
+            i += 1;
+        }
+        if streams_at == 0 {
+            return Err(Value::err(SYNTAX));
+        }
+        let n = (a.len() - streams_at) / 2;
+        let mut after = Vec::with_capacity(n);
+        for k in 0..n {
+            let key = &a[streams_at + k];
+            let idarg = &a[streams_at + n + k];
+            after.push(match idarg.as_slice() {
+                b"$" => self.keys.get(key).map_or(StreamId::MIN, |s| s.last_id),
+                b">" => return Err(Value::err("ERR The > ID can be specified only when calling XREADGROUP using the GROUP <group> <consumer> option.")),
+                _ => parse_id(idarg, 0, true).map_err(Value::err)?,
+            });
+        }
+        let limit = if count == 0 {
+            usize::MAX
+        } else {
+            count as usize
+        };
+        let mut out = Vec::new();
+        for (k, after) in after.into_iter().enumerate() {
+            let key = &a[streams_at + k];
+            let Some(s) = self.keys.get(key) else {
+                continue;
+            };
+            let Some(from) = after.next() else {
+                continue;
+            };
+            let items: Vec<Value> = s
+                .entries
+                .range(from..)
+                .take(limit)
+                .filter_map(|(id, _)| s.entry(*id))
+                .collect();
+            if !items.is_empty() {
+                out.push((Value::bulk(key), Value::Array(items)));
+            }
         }
         if out.is_empty() {
             Ok(Value::NullArray)
