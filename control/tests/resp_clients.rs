@@ -552,3 +552,112 @@ fn the_benchs_redis_baseline_runs_through_conveyors_redis_protocol() {
     let bad = common::conveyor(&["bench", "--backend", "conveyor", "--redis-url", &url]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--redis-url: only with --backend redis"));
 }
+
+/// What redis-server's parser would refuse, sent to a member: each gets Redis's protocol error
+/// and its connection closes; a request larger than the group's operations is refused before
+/// its bytes are read; a frame cut short waits (and its connection closes with nothing
+/// served); the member serves everyone else throughout, and nothing it holds grows.
+#[test]
+fn malformed_requests_get_an_error_and_the_member_keeps_serving() {
+    use std::io::{Read, Write};
+    let g = Group::start("resp-bad");
+    let port = g.ports[0];
+    let ask = |bytes: &[u8]| -> String {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = c.write_all(bytes);
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let cases: &[(&[u8], &str)] = &[
+        (
+            b"*1\r\n*1\r\n",
+            "-ERR Protocol error: expected '$', got '*'\r\n",
+        ),
+        (
+            b"*1\r\n$-5\r\n",
+            "-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*99999999999\r\n",
+            "-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"*x\r\n",
+            "-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        // Larger than the group's max_payload (4096 by default): refused at its header.
+        (
+            b"*3\r\n$4\r\nXADD\r\n$1\r\ns\r\n$99999999\r\n",
+            "-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"PING \"unbalanced\r\n",
+            "-ERR Protocol error: unbalanced quotes in request\r\n",
+        ),
+        // Pipelined: the good request is answered, then the bad one closes the connection.
+        (
+            b"PING\r\n*1\r\n*1\r\n",
+            "+PONG\r\n-ERR Protocol error: expected '$', got '*'\r\n",
+        ),
+    ];
+    for (bytes, want) in cases {
+        assert_eq!(
+            ask(bytes),
+            *want,
+            "for {:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    // Cut short: nothing is answered; the client gives up and the member goes on.
+    {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"*2\r\n$4\r\nXLEN\r\n$10\r\nabc").unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut b = [0u8; 64];
+        assert!(c.read(&mut b).is_err(), "a cut request was answered");
+    }
+    // Many small arguments adding up to more than any operation of the group: refused once
+    // the bytes pass the bound, not buffered for ever.
+    let mut many = b"*200000\r\n".to_vec();
+    many.extend(b"$4\r\nXADD\r\n".repeat(30_000));
+    let got = ask(&many);
+    assert!(
+        got.starts_with("-ERR Protocol error: request of more than"),
+        "{got}"
+    );
+    // Nested arrays thousands deep, and many connections at once sending garbage.
+    let deep = "*1\r\n".repeat(10_000);
+    assert!(ask(deep.as_bytes()).starts_with("-ERR Protocol error"));
+    let threads: Vec<_> = (0..50)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                let junk: Vec<u8> = (0..4096u32).map(|k| ((k * 31 + i) % 251) as u8).collect();
+                let _ = c.write_all(&junk);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut c = g.conn(0);
+    let pong: String = redis::cmd("PING").query(&mut c).unwrap();
+    assert_eq!(pong, "PONG");
+    let id: String = redis::cmd("XADD")
+        .arg(&["s", "1-1", "f", "v"])
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(id, "1-1");
+    // The member's memory stayed put (RSS under 100 MiB after all that).
+    let pid = g.members[0].as_ref().unwrap().id();
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(rss_kib < 100 * 1024, "member RSS {rss_kib} KiB");
+}

@@ -261,6 +261,7 @@ fn serve(s: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
         max_bulk: s.cfg.max_payload.max(1024),
         ..Limits::default()
     };
+    let max_request = s.cfg.max_payload + 64 * 1024;
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 16 * 1024];
     let mut out = Vec::new();
@@ -294,11 +295,36 @@ fn serve(s: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
             }
         }
         buf.drain(..at);
+        if !close && buf.len() > max_request {
+            // A request the group could never order (its operations are at most
+            // max_payload): refused before it fills the memory.
+            Reply::err(format!(
+                "ERR Protocol error: request of more than {max_request} bytes (the group's operations are at most {} bytes)",
+                s.cfg.max_payload
+            ))
+            .encode(client.proto, &mut out);
+            close = true;
+        }
         if !out.is_empty() {
             conn.write_all(&out)?;
             out.clear();
         }
         if close {
+            // What the client still sends is read and dropped a moment, so that closing with
+            // it unread does not reset the connection before the error is read.
+            let _ = conn.shutdown(std::net::Shutdown::Write);
+            let until = Instant::now() + Duration::from_millis(200);
+            conn.set_read_timeout(Some(Duration::from_millis(50)))?;
+            while Instant::now() < until {
+                match conn.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(_) => break,
+                }
+            }
             return Ok(());
         }
         let n = loop {
