@@ -247,6 +247,34 @@ enum Next {
     Reply(Reply),
     /// Reply, then close the connection.
     Close(Reply),
+    /// Submitted to the group: the reply comes later (pipelined commands are submitted
+    /// together and their replies collected in order).
+    Later(Pending),
+}
+
+/// A submitted command's reply to come.
+struct Pending {
+    token: u64,
+    rx: mpsc::Receiver<Value>,
+}
+
+/// A reply to write, in the order the requests came.
+enum Slot {
+    Ready(Reply, Proto),
+    Later(Pending, Proto),
+}
+
+/// Encodes every slot, waiting for the replies still to come.
+fn flush(s: &Shared, slots: &mut Vec<Slot>, out: &mut Vec<u8>) {
+    for slot in slots.drain(..) {
+        match slot {
+            Slot::Ready(r, proto) => r.encode(proto, out),
+            Slot::Later(p, proto) => match wait(s, p) {
+                Ok(v) => reply(&v, proto).encode(proto, out),
+                Err(r) => r.encode(proto, out),
+            },
+        }
+    }
 }
 
 fn serve(s: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
@@ -265,6 +293,7 @@ fn serve(s: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 16 * 1024];
     let mut out = Vec::new();
+    let mut slots: Vec<Slot> = Vec::new();
     // Reads time out now and then to notice a stopped server.
     conn.set_read_timeout(Some(Duration::from_millis(500)))?;
     loop {
@@ -277,10 +306,16 @@ fn serve(s: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
                 Ok(Parsed::Skip(n)) => at += n,
                 Ok(Parsed::Request(args, n)) => {
                     at += n;
+                    if blocking(&args).is_some() {
+                        // Waits for other clients: what came before it is answered first.
+                        flush(s, &mut slots, &mut out);
+                    }
+                    let proto = client.proto;
                     match command(s, &mut client, &args) {
-                        Next::Reply(r) => r.encode(client.proto, &mut out),
+                        Next::Reply(r) => slots.push(Slot::Ready(r, proto)),
+                        Next::Later(p) => slots.push(Slot::Later(p, proto)),
                         Next::Close(r) => {
-                            r.encode(client.proto, &mut out);
+                            slots.push(Slot::Ready(r, proto));
                             close = true;
                             break;
                         }
@@ -288,12 +323,13 @@ fn serve(s: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
                 }
                 Err(e) => {
                     // As Redis: the error, then the connection closes.
-                    Reply::err(format!("ERR {e}")).encode(client.proto, &mut out);
+                    slots.push(Slot::Ready(Reply::err(format!("ERR {e}")), client.proto));
                     close = true;
                     break;
                 }
             }
         }
+        flush(s, &mut slots, &mut out);
         buf.drain(..at);
         if !close && buf.len() > max_request {
             // A request the group could never order (its operations are at most
@@ -415,7 +451,16 @@ fn command(s: &Shared, c: &mut Client, args: &[Vec<u8>]) -> Next {
         "client" => client(c, args),
         "info" => Reply::Verbatim("txt", info(s)),
         "command" => Reply::Array(Vec::new()),
-        n if streams::is_stream_command(n.as_bytes()) => ordered(s, c, args),
+        n if streams::is_stream_command(n.as_bytes()) => {
+            if blocking(args).is_some() {
+                ordered(s, c, args)
+            } else {
+                match send(s, args) {
+                    Ok(p) => return Next::Later(p),
+                    Err(r) => r,
+                }
+            }
+        }
         _ => unknown(args),
     };
     Next::Reply(r)
@@ -636,6 +681,27 @@ fn ordered(s: &Shared, c: &Client, args: &[Vec<u8>]) -> Reply {
 
 /// Submits one command and waits for its reply.
 fn submit(s: &Shared, args: &[Vec<u8>]) -> Result<Value, Reply> {
+    wait(s, send(s, args)?)
+}
+
+/// Waits for a submitted command's reply.
+fn wait(s: &Shared, p: Pending) -> Result<Value, Reply> {
+    match p.rx.recv_timeout(ORDER_TIMEOUT) {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            if let Ok(mut w) = s.hub.waiting.lock() {
+                w.remove(&p.token);
+            }
+            Err(Reply::err(format!(
+                "TRYAGAIN the group did not order the command within {} s (this member may be cut off from a majority, or stopping): try another member",
+                ORDER_TIMEOUT.as_secs()
+            )))
+        }
+    }
+}
+
+/// Submits one command to the group.
+fn send(s: &Shared, args: &[Vec<u8>]) -> Result<Pending, Reply> {
     let token = s.hub.next.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel();
     if let Ok(mut w) = s.hub.waiting.lock() {
@@ -658,14 +724,5 @@ fn submit(s: &Shared, args: &[Vec<u8>]) -> Result<Value, Reply> {
             "ERR this member cannot take the command: {e}"
         )));
     }
-    match rx.recv_timeout(ORDER_TIMEOUT) {
-        Ok(v) => Ok(v),
-        Err(_) => {
-            forget();
-            Err(Reply::err(format!(
-                "TRYAGAIN the group did not order the command within {} s (this member may be cut off from a majority, or stopping): try another member",
-                ORDER_TIMEOUT.as_secs()
-            )))
-        }
-    }
+    Ok(Pending { token, rx })
 }
