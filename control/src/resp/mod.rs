@@ -7,8 +7,9 @@
 //!
 //! One thread per connection, requests served in order (pipelining: replies in order), at most
 //! [`MAX_CLIENTS`] connections, a request at most the group's `max_payload` (a larger one gets
-//! an error and the connection closes, as a malformed one does). `XREADGROUP ... BLOCK` waits
-//! here, on this member, for `Effect::StreamWritten` of one of its keys, then asks again.
+//! an error and the connection closes, as a malformed one does). A blocked `XREADGROUP` or
+//! `XREAD` waits in the group's replicated state, served in the order when an entry for it
+//! comes; when its time is up the server asks the group to end it.
 
 use anyhow::{Context, Result};
 use conveyor_core::queue::{Effect, Op};
@@ -20,7 +21,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Connections served at once; one more is told `ERR max number of clients reached`.
@@ -54,14 +55,11 @@ pub fn reply(v: &Value, proto: Proto) -> Reply {
     }
 }
 
-/// Where replies and stream news meet the connections waiting for them: fed by whoever reads
-/// the member's events ([`Hub::on_effect`]).
+/// Where replies meet the connections waiting for them: fed by whoever reads the member's
+/// events ([`Hub::on_effect`]).
 #[derive(Debug, Default)]
 pub struct Hub {
     waiting: Mutex<HashMap<u64, mpsc::Sender<Value>>>,
-    /// Per stream key, how many times it was written: blocked reads wait for a change.
-    written: Mutex<HashMap<Vec<u8>, u64>>,
-    news: Condvar,
     next: AtomicU64,
     stopped: AtomicBool,
 }
@@ -77,13 +75,6 @@ impl Hub {
                 }
                 true
             }
-            Effect::StreamWritten { key } => {
-                if let Ok(mut w) = self.written.lock() {
-                    *w.entry(key.clone()).or_default() += 1;
-                }
-                self.news.notify_all();
-                true
-            }
             _ => false,
         }
     }
@@ -93,37 +84,6 @@ impl Hub {
         self.stopped.store(true, Ordering::SeqCst);
         if let Ok(mut w) = self.waiting.lock() {
             w.clear();
-        }
-        self.news.notify_all();
-    }
-
-    fn generation(&self, keys: &[Vec<u8>]) -> u64 {
-        let w = self.written.lock().map(|w| w.clone()).unwrap_or_default();
-        keys.iter().map(|k| w.get(k).copied().unwrap_or(0)).sum()
-    }
-
-    /// Waits until one of `keys` is written after `generation`, or `until`.
-    fn wait_written(&self, keys: &[Vec<u8>], generation: u64, until: Option<Instant>) {
-        let Ok(mut w) = self.written.lock() else {
-            return;
-        };
-        // A slice at most: a request put back by a removed member's consumer is told too, but
-        // asking again now and then costs little and covers what no news says.
-        let slice = Instant::now() + Duration::from_millis(500);
-        loop {
-            let g: u64 = keys.iter().map(|k| w.get(k).copied().unwrap_or(0)).sum();
-            if g != generation || self.stopped.load(Ordering::SeqCst) {
-                return;
-            }
-            let deadline = until.map_or(slice, |u| u.min(slice));
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            w = match self.news.wait_timeout(w, deadline - now) {
-                Ok((g, _)) => g,
-                Err(_) => return,
-            };
         }
     }
 }
@@ -584,104 +544,59 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The keys and the block of an `XREADGROUP ... BLOCK ms STREAMS k.. >..` or an
-/// `XREAD ... BLOCK ms STREAMS k.. id..` (`None` unless it blocks, and for XREADGROUP reads
-/// new entries): the keys, and how long (`None`: for ever).
-fn blocking(args: &[Vec<u8>]) -> Option<(Vec<Vec<u8>>, Option<Duration>)> {
-    let group = match lower(&args[0]).as_str() {
-        "xreadgroup" => true,
-        "xread" => false,
-        _ => return None,
-    };
-    let mut block = None;
-    let mut i = 1;
-    while i < args.len() {
-        match lower(&args[i]).as_str() {
-            "block" => {
-                let ms: u64 = std::str::from_utf8(args.get(i + 1)?).ok()?.parse().ok()?;
-                block = Some(ms);
-                i += 2;
-            }
-            "group" => i += 3,
-            "count" => i += 2,
-            "streams" => {
-                let rest = &args[i + 1..];
-                let n = rest.len() / 2;
-                let ms = block?;
-                if group && rest[n..].iter().any(|id| id.as_slice() != b">") {
-                    return None;
-                }
-                let keys = rest[..n].to_vec();
-                return Some((keys, (ms > 0).then(|| Duration::from_millis(ms))));
-            }
-            _ => i += 1,
-        }
-    }
-    None
+/// Whether a command is a read that blocks (see [`streams::blocking`]).
+fn blocking(args: &[Vec<u8>]) -> Option<(Vec<Vec<u8>>, u64)> {
+    streams::blocking(args)
 }
 
-/// A stream command: ordered through the group, its reply awaited; a blocking read asks
-/// again each time one of its streams is written, until it gets entries or its time is up.
+/// A read that blocks: it waits in the group's state (every replica serves it when an entry
+/// for it is applied); when its time is up (or the server stops) this server asks the group
+/// to end it, and the reply is whichever came first in the order: entries, or nil.
 fn ordered(s: &Shared, c: &Client, args: &[Vec<u8>]) -> Reply {
-    let block = blocking(args);
-    let until = block
-        .as_ref()
-        .and_then(|(_, d)| d.map(|d| Instant::now() + d));
-    let mut args = args.to_vec();
-    if let (Some((keys, _)), "xread") = (&block, lower(&args[0]).as_str()) {
-        // A blocking XREAD's `$`: the stream's last id now, so that entries added while it
-        // waits are read (asked of the group like anything else).
-        let at = args.len() - keys.len();
-        for (k, key) in keys.iter().enumerate() {
-            if args[at + k].as_slice() != b"$" {
-                continue;
+    let block_ms = blocking(args).map_or(0, |(_, ms)| ms);
+    let until = (block_ms > 0).then(|| Instant::now() + Duration::from_millis(block_ms));
+    let p = match send(s, args) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    loop {
+        let slice = Duration::from_millis(500);
+        let wait = until.map_or(slice, |u| {
+            u.saturating_duration_since(Instant::now()).min(slice)
+        });
+        match p.rx.recv_timeout(wait) {
+            Ok(v) => {
+                forget(s, p.token);
+                return reply(&v, c.proto);
             }
-            let last: Vec<Vec<u8>> = ["XREVRANGE", "", "+", "-", "COUNT", "1"]
-                .iter()
-                .map(|w| w.as_bytes().to_vec())
-                .collect();
-            let mut last = last;
-            last[1] = key.clone();
-            let id = match submit(s, &last) {
-                Ok(Value::Array(items)) => match items.first() {
-                    Some(Value::Array(e)) => match e.first() {
-                        Some(Value::Bulk(id)) => id.clone(),
-                        _ => b"0-0".to_vec(),
-                    },
-                    _ => b"0-0".to_vec(),
-                },
-                Ok(_) => b"0-0".to_vec(),
-                Err(r) => return r,
-            };
-            args[at + k] = id;
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Reply::err("ERR this member stopped while the read waited")
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let stopping = s.stop.load(Ordering::SeqCst) || s.hub.stopped.load(Ordering::SeqCst);
+        if until.is_some_and(|u| Instant::now() >= u) || stopping {
+            break;
         }
     }
-    let args = &args[..];
-    loop {
-        let generation = block.as_ref().map(|(k, _)| s.hub.generation(k));
-        let v = match submit(s, args) {
-            Ok(v) => v,
-            Err(r) => return r,
-        };
-        let Some((keys, _)) = &block else {
-            return reply(&v, c.proto);
-        };
-        if v != Value::NullArray {
-            return reply(&v, c.proto);
-        }
-        if until.is_some_and(|u| Instant::now() >= u) || s.stop.load(Ordering::SeqCst) {
-            return Reply::NullArray;
-        }
-        s.hub.wait_written(keys, generation.unwrap_or(0), until);
-        if until.is_some_and(|u| Instant::now() >= u) {
-            return Reply::NullArray;
-        }
+    // Time is up: the group ends the read unless an entry came first.
+    let unblock = [
+        streams::UNBLOCK.as_bytes().to_vec(),
+        p.token.to_string().into_bytes(),
+    ];
+    if let Ok(u) = send(s, &unblock) {
+        forget(s, u.token);
+    }
+    match wait(s, p) {
+        Ok(v) => reply(&v, c.proto),
+        Err(r) => r,
     }
 }
 
-/// Submits one command and waits for its reply.
-fn submit(s: &Shared, args: &[Vec<u8>]) -> Result<Value, Reply> {
-    wait(s, send(s, args)?)
+fn forget(s: &Shared, token: u64) {
+    if let Ok(mut w) = s.hub.waiting.lock() {
+        w.remove(&token);
+    }
 }
 
 /// Waits for a submitted command's reply.

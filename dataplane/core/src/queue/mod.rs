@@ -171,8 +171,12 @@ impl QueueState {
         if removed.is_empty() {
             return;
         }
-        for key in self.streams.members_removed(removed) {
-            effects.push(Effect::StreamWritten { key });
+        for (origin, token, reply) in self.streams.members_removed(removed) {
+            effects.push(Effect::Redis {
+                origin,
+                token,
+                reply,
+            });
         }
         for m in removed {
             self.subscriptions.remove(m);
@@ -267,6 +271,8 @@ impl QueueState {
     /// lives) stop being consumers, their requests back in their queues.
     pub fn restart(&mut self, epoch: u64, removed: &[MemberId], effects: &mut Vec<Effect>) {
         self.epoch = epoch;
+        // No server whose reads were blocked lives.
+        self.streams.drop_waiters();
         self.install_view(&[], removed, effects);
     }
 
@@ -351,15 +357,12 @@ impl QueueState {
                 now_ms,
                 args,
             } => {
-                let reply = self.streams.execute(origin, now_ms, &args);
-                let written = crate::streams::makes_readable(&args, &reply);
-                effects.push(Effect::Redis {
-                    origin,
-                    token,
-                    reply,
-                });
-                if let Some(key) = written {
-                    effects.push(Effect::StreamWritten { key });
+                for (origin, token, reply) in self.streams.run(origin, token, now_ms, &args) {
+                    effects.push(Effect::Redis {
+                        origin,
+                        token,
+                        reply,
+                    });
                 }
             }
             Op::Create(spec) => match self.queues.get(&spec.name) {

@@ -413,17 +413,12 @@ pub enum Effect {
         /// Own messages submitted again in the new view.
         resubmitted: u64,
     },
-    /// The reply to [`Op::Redis`] `token` of `origin`'s server.
+    /// The reply to [`Op::Redis`] `token` of `origin`'s server (a blocked read's comes when
+    /// an entry for it is applied, or its server gives up on it).
     Redis {
         origin: MemberId,
         token: u64,
         reply: crate::streams::Value,
-    },
-    /// Stream `key` has something new for its groups (an entry added, a group's position
-    /// moved, or pending entries given back): told to every member, whose server may have
-    /// blocked reads on it.
-    StreamWritten {
-        key: Vec<u8>,
     },
 }
 
@@ -439,7 +434,6 @@ impl Effect {
             | Effect::Confirmed { consumer, .. }
             | Effect::Discarded { consumer, .. } => *consumer == me,
             Effect::Rejoined { origin, .. } | Effect::Redis { origin, .. } => *origin == me,
-            Effect::StreamWritten { .. } => true,
             Effect::Blocked { id, .. }
             | Effect::Accepted { id, .. }
             | Effect::Admitted { id, .. }

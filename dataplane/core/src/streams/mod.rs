@@ -102,17 +102,71 @@ pub fn is_stream_command(name: &[u8]) -> bool {
         .any(|c| c.as_bytes().eq_ignore_ascii_case(name))
 }
 
-/// The key a command's success gave blocked readers something to read on: an entry added, or
-/// a group's position set (see [`crate::queue::Effect::StreamWritten`]).
-pub fn makes_readable(args: &[Vec<u8>], reply: &Value) -> Option<Vec<u8>> {
-    let name = args.first()?;
+/// The keys a command's success may have given blocked reads something on: an entry added, a
+/// group's position set, a stream deleted (its readers are told).
+fn written(args: &[Vec<u8>], reply: &Value) -> Vec<Vec<u8>> {
+    let Some(name) = args.first() else {
+        return Vec::new();
+    };
     match reply {
-        Value::Bulk(_) if is(name, "xadd") => args.get(1).cloned(),
+        Value::Bulk(_) if is(name, "xadd") => args.get(1).cloned().into_iter().collect(),
         Value::Simple(_) if is(name, "xgroup") && args.get(1).is_some_and(|s| is(s, "setid")) => {
-            args.get(2).cloned()
+            args.get(2).cloned().into_iter().collect()
         }
-        _ => None,
+        Value::Int(n) if *n > 0 && (is(name, "del") || is(name, "unlink")) => args[1..].to_vec(),
+        _ => Vec::new(),
     }
+}
+
+/// The name of the command a server sends when a blocked read's time is up (`[UNBLOCK,
+/// token]`): not one of [`COMMANDS`], so no client can send it.
+pub const UNBLOCK: &str = "conveyor-unblock";
+
+/// The keys of a read that blocks (`XREADGROUP ... BLOCK ms ... STREAMS k.. >..` or `XREAD
+/// ... BLOCK ms STREAMS k.. id..`) and its timeout in milliseconds (0: for ever); `None` for
+/// anything else (an XREADGROUP of a consumer's history is served at once, as in Redis).
+pub fn blocking(args: &[Vec<u8>]) -> Option<(Vec<Vec<u8>>, u64)> {
+    let group = match lower(args.first()?).as_str() {
+        "xreadgroup" => true,
+        "xread" => false,
+        _ => return None,
+    };
+    let mut block = None;
+    let mut i = 1;
+    while i < args.len() {
+        match lower(&args[i]).as_str() {
+            "block" => {
+                block = std::str::from_utf8(args.get(i + 1)?)
+                    .ok()?
+                    .parse::<u64>()
+                    .ok();
+                i += 2;
+            }
+            "group" => i += 3,
+            "count" => i += 2,
+            "streams" => {
+                let rest = &args[i + 1..];
+                let n = rest.len() / 2;
+                let ms = block?;
+                if group && rest[n..].iter().any(|id| id.as_slice() != b">") {
+                    return None;
+                }
+                return Some((rest[..n].to_vec(), ms));
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// A blocked read waiting in the state for an entry (see [`Streams::run`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Waiter {
+    origin: MemberId,
+    token: u64,
+    keys: Vec<Vec<u8>>,
+    /// The command, run again when one of `keys` is written (an XREAD's `$` resolved).
+    args: Vec<Vec<u8>>,
 }
 
 /// A pending entry: who has it, since when, how many times it was delivered.
@@ -232,6 +286,11 @@ impl Stream {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Streams {
     keys: BTreeMap<Vec<u8>, Stream>,
+    /// Blocked reads, oldest first (served in that order, as Redis serves its clients).
+    waiters: Vec<Waiter>,
+    /// The time of the last command run (what a view change's service of blocked reads
+    /// counts as now).
+    last_ms: u64,
 }
 
 fn lower(b: &[u8]) -> String {
@@ -278,6 +337,116 @@ fn arity_ok(n: usize, spec: i64) -> bool {
 }
 
 impl Streams {
+    /// Runs the command `token` of `origin`'s server at `now_ms` (`origin`'s clock) and
+    /// returns the replies it gives, each to its (server, token): the command's own (none if
+    /// it is a read that blocks: it waits here, in the state, and every replica serves it at
+    /// the same place in the order, when an entry for it comes), then those of blocked reads
+    /// it served. [`UNBLOCK`] ends a blocked read (its reply: nil) if it still waits.
+    pub fn run(
+        &mut self,
+        origin: MemberId,
+        token: u64,
+        now_ms: u64,
+        args: &[Vec<u8>],
+    ) -> Vec<(MemberId, u64, Value)> {
+        self.last_ms = now_ms;
+        if args
+            .first()
+            .is_some_and(|a| a.as_slice() == UNBLOCK.as_bytes())
+        {
+            let which = args
+                .get(1)
+                .and_then(|t| std::str::from_utf8(t).ok()?.parse::<u64>().ok());
+            let at = self
+                .waiters
+                .iter()
+                .position(|w| w.origin == origin && Some(w.token) == which);
+            return match at {
+                Some(i) => {
+                    let w = self.waiters.remove(i);
+                    vec![(w.origin, w.token, Value::NullArray)]
+                }
+                None => Vec::new(),
+            };
+        }
+        let reply = self.execute(origin, now_ms, args);
+        let mut out = Vec::new();
+        match (reply, blocking(args)) {
+            (Value::NullArray, Some((keys, _))) => {
+                let args = self.resolve_last(args, keys.len());
+                self.waiters.push(Waiter {
+                    origin,
+                    token,
+                    keys,
+                    args,
+                });
+            }
+            (reply, _) => {
+                let keys = written(args, &reply);
+                out.push((origin, token, reply));
+                self.serve_waiters(&keys, now_ms, &mut out);
+            }
+        }
+        out
+    }
+
+    /// An XREAD's `$` ids as the streams' last ids now (entries added later are after it).
+    fn resolve_last(&self, args: &[Vec<u8>], n: usize) -> Vec<Vec<u8>> {
+        let mut args = args.to_vec();
+        if !is(&args[0], "xread") {
+            return args;
+        }
+        let at = args.len() - n;
+        for k in 0..n {
+            if args[at + k].as_slice() == b"$" {
+                let last = self
+                    .keys
+                    .get(&args[at - n + k])
+                    .map(|s| s.last_id)
+                    .unwrap_or_default();
+                args[at + k] = last.to_string().into_bytes();
+            }
+        }
+        args
+    }
+
+    /// Runs again, oldest first, the blocked reads on `keys`; those served leave.
+    fn serve_waiters(
+        &mut self,
+        keys: &[Vec<u8>],
+        now_ms: u64,
+        out: &mut Vec<(MemberId, u64, Value)>,
+    ) {
+        if keys.is_empty() || self.waiters.is_empty() {
+            return;
+        }
+        let mut i = 0;
+        while i < self.waiters.len() {
+            if !self.waiters[i].keys.iter().any(|k| keys.contains(k)) {
+                i += 1;
+                continue;
+            }
+            let w = self.waiters[i].clone();
+            match self.execute(w.origin, now_ms, &w.args) {
+                Value::NullArray => i += 1,
+                reply => {
+                    self.waiters.remove(i);
+                    out.push((w.origin, w.token, reply));
+                }
+            }
+        }
+    }
+
+    /// Blocked reads waiting.
+    pub fn blocked(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// The whole group restarted: no server that waited lives.
+    pub fn drop_waiters(&mut self) {
+        self.waiters.clear();
+    }
+
     /// Runs one command (`args[0]` its name) for a client served by `member`, at `now_ms` (the
     /// serving member's clock). Deterministic: every replica computes the same reply.
     pub fn execute(&mut self, member: MemberId, now_ms: u64, args: &[Vec<u8>]) -> Value {
@@ -343,9 +512,13 @@ impl Streams {
         r.unwrap_or_else(|e| e)
     }
 
-    /// Members removed from the group: the pending entries of the consumers they served go
-    /// back to their groups (see the module docs); the keys that got some back.
-    pub fn members_removed(&mut self, removed: &[MemberId]) -> Vec<Vec<u8>> {
+    /// Members removed from the group: the pending entries last delivered through them go
+    /// back to their groups (see the module docs), their servers' blocked reads go, and the
+    /// blocked reads of others that can now read are served (at the last command's time;
+    /// replies as [`Streams::run`]'s).
+    pub fn members_removed(&mut self, removed: &[MemberId]) -> Vec<(MemberId, u64, Value)> {
+        let now_ms = self.last_ms;
+        self.waiters.retain(|w| !removed.contains(&w.origin));
         let mut keys = Vec::new();
         for (key, s) in self.keys.iter_mut() {
             let mut back = false;
@@ -370,18 +543,9 @@ impl Streams {
                 keys.push(key.clone());
             }
         }
-        keys
-    }
-
-    /// Whether `key` holds a stream with an entry after what `group` delivered, or entries
-    /// given back to it (a blocked `XREADGROUP ... >` has something to read).
-    pub fn readable(&self, key: &[u8], group: &[u8]) -> bool {
-        self.keys.get(key).is_some_and(|s| {
-            s.groups.get(group).is_some_and(|g| {
-                !g.requeued.is_empty()
-                    || s.entries.keys().next_back().is_some_and(|l| *l > g.last_id)
-            })
-        })
+        let mut out = Vec::new();
+        self.serve_waiters(&keys, now_ms, &mut out);
+        out
     }
 
     /// How many streams there are.

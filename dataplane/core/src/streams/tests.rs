@@ -74,7 +74,6 @@ fn a_removed_members_pending_entries_go_back_to_the_group() {
         .collect();
     s.execute(MemberId(2), 11, &args);
     s.members_removed(&[MemberId(2)]);
-    assert!(s.readable(b"k", b"g"));
     assert_eq!(run(&mut s, 12, "XACK k g 3-0"), Value::Int(1));
     let Value::ByKey(r) = run(&mut s, 12, "XREADGROUP GROUP g other STREAMS k >") else {
         panic!()
@@ -92,7 +91,10 @@ fn a_removed_members_pending_entries_go_back_to_the_group() {
             Value::Int(2)
         ])
     );
-    assert!(!s.readable(b"k", b"g"));
+    assert_eq!(
+        run(&mut s, 13, "XREADGROUP GROUP g other STREAMS k >"),
+        Value::NullArray
+    );
 }
 
 #[test]
@@ -111,4 +113,79 @@ fn errors_name_what_redis_names() {
         Value::err("ERR unknown subcommand 'FOO'. Try XGROUP HELP.")
     );
     assert_eq!(run(&mut s, 1, "XRANGE k (- +"), Value::err(INVALID_ID));
+}
+
+fn words(cmd: &str) -> Vec<Vec<u8>> {
+    cmd.split(' ').map(|w| w.as_bytes().to_vec()).collect()
+}
+
+/// A read that blocks waits in the state and is served, oldest first, by the command that
+/// gives it something (an XADD; a removed member's entries given back); its server's UNBLOCK
+/// ends it with nil unless it was served first; a removed member's waiting reads go.
+#[test]
+fn blocked_reads_wait_in_the_state_and_are_served_in_order() {
+    let mut s = Streams::default();
+    let (m0, m1, m2) = (MemberId(0), MemberId(1), MemberId(2));
+    assert_eq!(
+        s.run(m0, 1, 5, &words("XGROUP CREATE k g $ MKSTREAM"))
+            .len(),
+        1
+    );
+    // Two consumers block (on two members), and an XREAD with `$`.
+    assert!(s
+        .run(m0, 2, 6, &words("XREADGROUP GROUP g a BLOCK 0 STREAMS k >"))
+        .is_empty());
+    assert!(s
+        .run(
+            m1,
+            3,
+            6,
+            &words("XREADGROUP GROUP g b COUNT 5 BLOCK 100 STREAMS k >")
+        )
+        .is_empty());
+    assert!(s
+        .run(m2, 4, 6, &words("XREAD BLOCK 0 STREAMS k $"))
+        .is_empty());
+    assert_eq!(s.blocked(), 3);
+    // A history read and a non-blocking one answer at once.
+    assert_eq!(
+        s.run(m1, 5, 6, &words("XREADGROUP GROUP g c STREAMS k >")),
+        vec![(m1, 5, Value::NullArray)]
+    );
+    // One entry: the XADD's reply, then the oldest group read (the group's one entry) and the
+    // XREAD (every reader of the stream sees it); b still waits.
+    let out = s.run(m0, 6, 7, &words("XADD k 1-1 f v"));
+    let tokens: Vec<(MemberId, u64)> = out.iter().map(|(m, t, _)| (*m, *t)).collect();
+    assert_eq!(tokens, vec![(m0, 6), (m0, 2), (m2, 4)]);
+    assert!(matches!(&out[1].2, Value::ByKey(k) if ids(&k[0].1) == ["1-1"]));
+    assert!(matches!(&out[2].2, Value::ByKey(k) if ids(&k[0].1) == ["1-1"]));
+    assert_eq!(s.blocked(), 1);
+    // b's server gives up: nil, once; a second UNBLOCK finds nothing.
+    assert_eq!(
+        s.run(m1, 7, 8, &words("conveyor-unblock 3")),
+        vec![(m1, 3, Value::NullArray)]
+    );
+    assert!(s.run(m1, 8, 8, &words("conveyor-unblock 3")).is_empty());
+    // The entry a (through m0) holds goes back when m0 is removed, to a reader waiting.
+    assert!(s
+        .run(m1, 9, 9, &words("XREADGROUP GROUP g d BLOCK 0 STREAMS k >"))
+        .is_empty());
+    assert!(s
+        .run(
+            m0,
+            10,
+            9,
+            &words("XREADGROUP GROUP g e BLOCK 0 STREAMS k >")
+        )
+        .is_empty());
+    let out = s.members_removed(&[m0]);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!((out[0].0, out[0].1), (m1, 9));
+    assert_eq!(s.blocked(), 0, "m0's own waiting read went with it");
+    // A restart of the whole group: no waiting read survives it.
+    assert!(s
+        .run(m1, 11, 10, &words("XREAD BLOCK 0 STREAMS k $"))
+        .is_empty());
+    s.drop_waiters();
+    assert_eq!(s.blocked(), 0);
 }
