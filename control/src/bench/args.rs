@@ -14,7 +14,9 @@ pub struct BenchArgs {
     pub workload: String,
     /// Comma list of backends, run one after the other in this invocation: conveyor, redis
     /// (Redis Streams; the bench starts redis-server itself), kafka (the Kafka protocol through
-    /// librdkafka, to a tansu broker the bench starts itself: tansu, not Apache Kafka).
+    /// librdkafka, to a tansu broker the bench starts itself: tansu, not Apache Kafka), resp
+    /// (the same Redis Streams harness against a Conveyor group of three members serving the
+    /// Redis protocol, which the bench starts itself; --hosts local).
     #[arg(long, default_value = "conveyor")]
     pub backend: String,
     /// Port of the redis-server the bench starts (0: a free one).
