@@ -35,6 +35,11 @@ impl Drop for Group {
 impl Group {
     /// Three triggers serving RESP on loopback; the last one also wants `AUTH`.
     fn start(name: &str) -> Group {
+        Group::start_as(name, ["role = \"trigger\""; 3])
+    }
+
+    /// Three members serving RESP, each with these lines for its role.
+    fn start_as(name: &str, roles: [&str; 3]) -> Group {
         let dir = std::env::temp_dir().join(format!("conveyor-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -45,8 +50,9 @@ impl Group {
         let mut toml = String::from("[group]\nname = \"resp\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000023\"\nstartup_timeout_s = 30\nfailure_timeout_ms = 300\n");
         for i in 0..3 {
             toml.push_str(&format!(
-                "\n[[member]]\nname = \"m{i}\"\naddress = \"{}\"\nrole = \"trigger\"\n[member.resp]\naddress = \"127.0.0.1:{}\"\n",
+                "\n[[member]]\nname = \"m{i}\"\naddress = \"{}\"\n{}\n[member.resp]\naddress = \"127.0.0.1:{}\"\n",
                 udp[i].local_addr().unwrap(),
+                roles[i],
                 ports[i]
             ));
             if i == 2 {
@@ -660,4 +666,56 @@ fn malformed_requests_get_an_error_and_the_member_keeps_serving() {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap();
     assert!(rss_kib < 100 * 1024, "member RSS {rss_kib} KiB");
+}
+
+/// Invokers serve the Redis protocol too, whether their functions run inline in the polling
+/// thread or in an application thread: a read blocked on one invoker is served by an XADD
+/// through the other, and the group's pipelines still run beside it.
+#[test]
+fn invokers_serve_the_redis_protocol_too() {
+    let g = Group::start_as(
+        "resp-inv",
+        [
+            "role = \"trigger\"",
+            "role = \"invoker\"",
+            "role = \"invoker\"\nexecutor = \"thread\"",
+        ],
+    );
+    let mut a = g.conn(1);
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "s", "g", "$", "MKSTREAM"])
+        .query(&mut a)
+        .unwrap();
+    let url = g.url(1);
+    let reader = std::thread::spawn(move || {
+        let mut c = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let t = Instant::now();
+        let v: R = redis::cmd("XREADGROUP")
+            .arg(&["GROUP", "g", "c", "BLOCK", "5000", "STREAMS", "s", ">"])
+            .query(&mut c)
+            .unwrap();
+        (read_ids(&v), t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut b = g.conn(2);
+    let id: String = redis::cmd("XADD")
+        .arg(&["s", "7-1", "f", "v"])
+        .query(&mut b)
+        .unwrap();
+    assert_eq!(id, "7-1");
+    let (ids, waited) = reader.join().unwrap();
+    assert_eq!(ids, ["7-1"]);
+    assert!(
+        waited < Duration::from_secs(4),
+        "served by the XADD, not by its timeout"
+    );
+    // A blocked read whose time is up gets nil, through the thread-executor invoker.
+    let v: R = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", "g", "d", "BLOCK", "200", "STREAMS", "s", ">"])
+        .query(&mut b)
+        .unwrap();
+    assert_eq!(v, R::Nil);
 }

@@ -242,8 +242,8 @@ pub struct MemberSection {
     /// Triggers: serve OpenFaaS's HTTP routes in front of the group (see `gateway.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewaySection>,
-    /// Triggers: serve the Redis protocol (streams and consumer groups on the group's
-    /// replicated state; see `control/src/resp`).
+    /// Serve the Redis protocol (streams and consumer groups on the group's replicated state;
+    /// see `control/src/resp`): any member (a trigger serving, or any invoker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resp: Option<RespSection>,
     /// host:port where the member serves its own `/metrics` (Prometheus' text format), for a

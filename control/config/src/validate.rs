@@ -267,12 +267,6 @@ fn media(file: &GroupFile) -> Result<(), Bad> {
 fn gateways(file: &GroupFile) -> Result<(), Bad> {
     for (i, m) in file.members.iter().enumerate() {
         if let Some(r) = &m.resp {
-            if m.role != Role::Trigger {
-                return Err(bad(
-                    format!("member[{i}].resp"),
-                    "only a trigger serves the Redis protocol (an invoker's events go to its functions)",
-                ));
-            }
             let Ok(a) = r.address.parse::<SocketAddr>() else {
                 return Err(bad(
                     format!("member[{i}].resp.address"),

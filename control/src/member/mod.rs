@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use conveyor_core::queue::{Effect, Op};
 use conveyor_core::types::MemberId;
 use conveyor_dataplane::engine::{Clock, Directive, EngineHandle, Probe, Submitter};
-use conveyor_dataplane::invoker::{run_invoker, InvokerApp};
+use conveyor_dataplane::invoker::{run_invoker_with, InvokerApp};
 use conveyor_dataplane::transport::TransportStats;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -223,6 +223,8 @@ pub fn run(
             let Some((app, report)) = invoker else {
                 bail!("member {member}: invoker without its application");
             };
+            let resp = start_resp(&cfg, idx, member, &handle, max_payload)?;
+            let resp_hub = resp.as_ref().map(|r| r.hub.clone());
             tracing::info!(
                 "member {member}: functions run {}",
                 if inline {
@@ -231,14 +233,31 @@ pub fn run(
                     "in an application thread"
                 }
             );
-            if let Some(app) = app {
-                match run_invoker(&handle, app) {
-                    Err(_) if signalled.load(Ordering::SeqCst) => {}
-                    r => {
-                        r?;
+            std::thread::scope(|sc| -> Result<()> {
+                if let (Some(hub), None) = (&resp_hub, &app) {
+                    // Functions inline: the ring carries only the Redis server's replies.
+                    let handle = &handle;
+                    sc.spawn(move || {
+                        while !handle.is_finished() {
+                            if let Some(ev) = handle.next_event(Duration::from_millis(200)) {
+                                hub.on_effect(&ev.effect);
+                            }
+                        }
+                    });
+                }
+                if let Some(app) = app {
+                    let hub = resp_hub.clone();
+                    let also = move |e: &Effect| hub.as_ref().is_some_and(|h| h.on_effect(e));
+                    match run_invoker_with(&handle, app, also) {
+                        Err(_) if signalled.load(Ordering::SeqCst) => {}
+                        r => {
+                            r?;
+                        }
                     }
                 }
-            }
+                Ok(())
+            })?;
+            drop(resp);
             let rep = handle.join();
             host.stop();
             for line in host.summary() {
@@ -281,30 +300,7 @@ pub fn run(
                         handle.submit(&Op::Create(q))?;
                     }
                 }
-                let resp = match &me.resp {
-                    Some(r) => {
-                        let server = crate::resp::RespServer::start(
-                            crate::resp::RespConfig {
-                                address: r.address.parse().map_err(|e| {
-                                    anyhow!("member[{idx}].resp.address {:?}: {e}", r.address)
-                                })?,
-                                token: r.token.clone(),
-                                max_payload,
-                                group: cfg.file.group.name.clone(),
-                                member: member.to_string(),
-                            },
-                            handle.me(),
-                            handle.submitter(),
-                        )?;
-                        tracing::info!(
-                            "member {member}: Redis protocol on {} (try: redis-cli -p {} XADD s '*' f v)",
-                            server.address,
-                            server.address.port()
-                        );
-                        Some(server)
-                    }
-                    None => None,
-                };
+                let resp = start_resp(&cfg, idx, member, &handle, max_payload)?;
                 let resp_hub = resp.as_ref().map(|r| r.hub.clone());
                 if let Some(gw) = &me.gateway {
                     let handle = std::sync::Arc::new(handle);
@@ -471,4 +467,37 @@ fn basic_auth(
         user: user.clone(),
         password,
     }))
+}
+
+/// The member's Redis protocol server, if its section asks for one.
+fn start_resp(
+    cfg: &GroupConfig,
+    idx: usize,
+    member: &str,
+    handle: &EngineHandle,
+    max_payload: usize,
+) -> Result<Option<crate::resp::RespServer>> {
+    let Some(r) = &cfg.file.members[idx].resp else {
+        return Ok(None);
+    };
+    let server = crate::resp::RespServer::start(
+        crate::resp::RespConfig {
+            address: r
+                .address
+                .parse()
+                .map_err(|e| anyhow!("member[{idx}].resp.address {:?}: {e}", r.address))?,
+            token: r.token.clone(),
+            max_payload,
+            group: cfg.file.group.name.clone(),
+            member: member.to_string(),
+        },
+        handle.me(),
+        handle.submitter(),
+    )?;
+    tracing::info!(
+        "member {member}: Redis protocol on {} (try: redis-cli -p {} XADD s '*' f v)",
+        server.address,
+        server.address.port()
+    );
+    Ok(Some(server))
 }

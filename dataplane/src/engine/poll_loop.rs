@@ -842,7 +842,10 @@ impl Engine {
 
     /// Hands an effect for this member to the application.
     fn route(&mut self, ev: Event) {
-        if self.inline.is_some() && self.inline_started {
+        // A Redis reply goes to the member's server, which reads the ring, even when the
+        // functions run inline (only a member serving RESP submits Redis commands).
+        let redis = matches!(ev.effect, Effect::Redis { .. });
+        if self.inline.is_some() && self.inline_started && !redis {
             self.inline_events.push_back(ev);
         } else if !self.overflow.is_empty() {
             self.overflow.push_back(ev);

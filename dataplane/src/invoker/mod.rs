@@ -568,9 +568,16 @@ impl InlineApp for InvokerApp {
 
 /// Runs the invoker in the calling thread, fed through the engine's rings, until a shutdown is
 /// delivered or the engine stops.
-pub fn run_invoker(
+pub fn run_invoker(handle: &EngineHandle, app: InvokerApp) -> Result<InvokerReport, EngineError> {
+    run_invoker_with(handle, app, |_| false)
+}
+
+/// [`run_invoker`], handing each event first to `also` (which says whether it took it: the
+/// member's Redis protocol server takes its replies).
+pub fn run_invoker_with(
     handle: &EngineHandle,
     mut app: InvokerApp,
+    also: impl Fn(&Effect) -> bool,
 ) -> Result<InvokerReport, EngineError> {
     let clock = handle.clock();
     for op in app.start_ops() {
@@ -587,6 +594,9 @@ pub fn run_invoker(
             }
             continue;
         };
+        if also(&ev.effect) {
+            continue;
+        }
         for op in app.bookkeeping(&ev) {
             handle.submit(&op)?;
         }
