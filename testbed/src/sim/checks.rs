@@ -291,6 +291,11 @@ impl Sim {
                 if known.is_some_and(|x| x != m.incarnation()) {
                     continue;
                 }
+                // Not a member of the delivering view (a process of an earlier history, after
+                // a whole-group restart, may sit in a view with the same id).
+                if me.view().id == d.view && !me.view().members.contains(&MemberId(j as u16)) {
+                    continue;
+                }
                 if m.view().id == d.view && !m.has_received(d.sender, d.seq) {
                     return Err(self.violation(
                         "stability before delivery",
@@ -551,9 +556,113 @@ impl Sim {
         Ok(())
     }
 
+    /// A member's stream client, at its `counter`th push: adds an entry (the stream kept to
+    /// 20), reads for its consumer (every third read blocks, for ever, until an entry comes
+    /// or its next turn gives up on it); what it reads it acknowledges.
+    pub(super) fn stream_ops(&mut self, at: usize, counter: u64) {
+        let me = MemberId(at as u16);
+        let now_ms = self.now / 1000;
+        let node = &mut self.nodes[at];
+        // A read still blocked since the last turn: given up on.
+        let blocked: Vec<u64> = node
+            .redis
+            .iter()
+            .filter(|(_, a)| matches!(a, RedisAsk::Read(true)))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in blocked {
+            node.redis_token += 1;
+            let op = redis_op(
+                me,
+                node.redis_token,
+                now_ms,
+                &format!("conveyor-unblock {t}"),
+            );
+            node.outbox.push_back((op, None));
+        }
+        let ask = |node: &mut Node, a: RedisAsk, cmd: String| {
+            node.redis_token += 1;
+            node.redis.insert(node.redis_token, a);
+            let op = redis_op(me, node.redis_token, now_ms, &cmd);
+            node.outbox.push_back((op, None));
+        };
+        ask(
+            node,
+            RedisAsk::Other,
+            format!("XADD st MAXLEN 20 * n {at}-{counter}"),
+        );
+        let block = counter.is_multiple_of(3);
+        let cmd = if block {
+            format!("XREADGROUP GROUP g c{at} COUNT 2 BLOCK 0 STREAMS st >")
+        } else {
+            format!("XREADGROUP GROUP g c{at} COUNT 2 STREAMS st >")
+        };
+        ask(node, RedisAsk::Read(block), cmd);
+    }
+
+    /// A Redis reply member `i`'s client was told: entries read are acknowledged, and no
+    /// entry is acknowledged twice in the run (property "streams").
+    fn on_redis_reply(&mut self, i: usize, token: u64, reply: &Value) -> Result<(), Violation> {
+        let me = MemberId(i as u16);
+        let Some(ask) = self.nodes[i].redis.remove(&token) else {
+            return Ok(());
+        };
+        match (ask, reply) {
+            (RedisAsk::Read(blocked), Value::ByKey(keys)) => {
+                if blocked {
+                    self.report.corners.stream_blocked_served += 1;
+                }
+                let now_ms = self.now / 1000;
+                for (_, entries) in keys {
+                    let Value::Array(entries) = entries else {
+                        continue;
+                    };
+                    for e in entries {
+                        let Value::Array(p) = e else { continue };
+                        let Some(Value::Bulk(id)) = p.first() else {
+                            continue;
+                        };
+                        let node = &mut self.nodes[i];
+                        node.redis_token += 1;
+                        node.redis
+                            .insert(node.redis_token, RedisAsk::Ack(id.clone()));
+                        let cmd = format!("XACK st g {}", String::from_utf8_lossy(id));
+                        let op = redis_op(me, node.redis_token, now_ms, &cmd);
+                        node.outbox.push_back((op, None));
+                    }
+                }
+            }
+            (RedisAsk::Ack(id), Value::Int(1)) => {
+                if !self.stream_acked.insert(id.clone()) {
+                    return Err(self.violation(
+                        "streams",
+                        format!(
+                            "m{i} was told entry {} acknowledged, a second time in the run",
+                            String::from_utf8_lossy(&id)
+                        ),
+                    ));
+                }
+                self.report.corners.stream_acks += 1;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// An end of one of its runs told to member `i`'s process: never twice (a process that
     /// comes back is told only what it missed).
     pub(super) fn note_told(&mut self, i: usize, e: &Effect) -> Result<(), Violation> {
+        if let Effect::Redis {
+            origin,
+            token,
+            reply,
+        } = e
+        {
+            if usize::from(origin.0) == i {
+                return self.on_redis_reply(i, *token, reply);
+            }
+            return Ok(());
+        }
         if let Effect::Accepted { id, .. } = e {
             self.epoch.told_accepted.insert(*id);
         }

@@ -169,5 +169,6 @@ impl Sim {
 /// Whether an effect is told outside the group (and so, on a durable queue, waits for the
 /// disks): a push accepted, a run's end.
 pub(super) fn told_outside(e: &Effect) -> bool {
-    matches!(e, Effect::Accepted { .. }) || conveyor_core::queue::ended(e).is_some()
+    matches!(e, Effect::Accepted { .. } | Effect::Redis { .. })
+        || conveyor_core::queue::ended(e).is_some()
 }

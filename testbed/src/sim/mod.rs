@@ -29,7 +29,10 @@
 //! credits, as an invoker; members push requests; a member assigned a request completes it
 //! after a simulated execution time, pushing the continuation (step `s0` to `s1`) atomically.
 //! Some completions are reported twice; with zombies, an excluded process's executions go on
-//! and its next incarnation reports them late, after the group put the requests back.
+//! and its next incarnation reports them late, after the group put the requests back. At every
+//! other push a member's Redis client adds an entry to a stream (kept to 20) and reads for its
+//! consumer of one group (every third read blocks until an entry comes, or its next turn gives
+//! up on it), and acknowledges what it reads (Redis commands in the order, `Op::Redis`).
 //!
 //! Checkers run after every step (one packet arrival, timer or workload action at one member):
 //! - integrity: every delivery was submitted with that payload, and no member delivers a
@@ -54,6 +57,11 @@
 //!   completion counts only from the execution its instance was assigned to (never from a
 //!   zombie's late report);
 //! - no member wrongly concludes that it restarted inside the view;
+//! - streams: no stream entry is told acknowledged twice in a run (an entry given back after
+//!   the member it went through was removed, or after a whole-group restart, and read again,
+//!   is acknowledged once); the streams are part of the replicas' digests, so every replica
+//!   runs every command alike, and Redis replies of a durable group are told only once a
+//!   majority's disks hold their step;
 //! - origin told: a member removed while requests it pushed were unanswered comes back in the
 //!   same process (as the engine does); with its state it is told only ends of its own runs
 //!   that happened, never one twice (across its incarnations), and its pushes that never
@@ -94,7 +102,7 @@ mod network;
 mod node;
 mod report;
 
-use node::{Disk, Gate, Node};
+use node::{Disk, Gate, Node, RedisAsk};
 
 pub use config::{CutAt, MidChange, SimConfig};
 pub use report::{Corners, Report, Totals, Violation};
@@ -104,6 +112,7 @@ use conveyor_core::proto::{Delivery, Dest, SubmitError};
 use conveyor_core::queue::{
     Durability, Effect, Http, Meta, OnFull, Op, Order, QueueSpec, RejectReason, Request,
 };
+use conveyor_core::streams::Value;
 use conveyor_core::types::{GroupId, Instant, MemberId, RequestId, Seq, View, ViewId};
 use conveyor_core::wire::{FrameWriter, Header, Key, Kind, Row};
 use conveyor_core::{Applied, Persist, RecoveryStage, Replica};
@@ -175,6 +184,8 @@ pub struct Sim {
     event_seq: u64,
     /// The step being checked held its acceptances and ends for the disks (durable runs).
     gated_step: bool,
+    /// Stream entries told acknowledged (an entry is acknowledged once in a run).
+    stream_acked: BTreeSet<Vec<u8>>,
     /// Every submission: id -> (node, incarnation, counter, payload).
     submitted: BTreeMap<u64, (usize, u32, u64, Vec<u8>)>,
     /// Per (node, incarnation): submission counter.
@@ -280,6 +291,9 @@ fn invoker_ops(me: MemberId, durable: bool) -> Vec<Op> {
     let mut ops = vec![
         Op::Create(spec("s0", durable)),
         Op::Create(spec("s1", durable)),
+        // The stream every member adds to and reads with one consumer group (Redis commands
+        // in the order: see `Sim::stream_ops`); all but the first are BUSYGROUP.
+        redis_op(me, 0, 0, "XGROUP CREATE st g $ MKSTREAM"),
     ];
     ops.extend(["s0", "s1"].iter().map(|q| Op::Subscribe {
         consumer: me,
@@ -290,6 +304,16 @@ fn invoker_ops(me: MemberId, durable: bool) -> Vec<Op> {
         credits: 2,
     });
     ops
+}
+
+/// A Redis command of member `me`'s client (`token` 0: its reply is not followed).
+fn redis_op(me: MemberId, token: u64, now_ms: u64, cmd: &str) -> Op {
+    Op::Redis {
+        origin: me,
+        token,
+        now_ms,
+        args: cmd.split(' ').map(|w| w.as_bytes().to_vec()).collect(),
+    }
 }
 
 impl Sim {
@@ -358,6 +382,8 @@ impl Sim {
                 disk: Disk::default(),
                 synced_ever: 0,
                 awaiting_disks: VecDeque::new(),
+                redis: BTreeMap::new(),
+                redis_token: 0,
             });
         }
         let last_fault = cfg
@@ -383,6 +409,7 @@ impl Sim {
             events: BinaryHeap::new(),
             event_seq: 0,
             gated_step: false,
+            stream_acked: BTreeSet::new(),
             submitted: BTreeMap::new(),
             sub_counter: BTreeMap::new(),
             next_msg: run << 40,
@@ -848,6 +875,7 @@ impl Sim {
                 }
                 Event::Push { at } => {
                     let me = MemberId(at as u16);
+                    let mut stream_turn = None;
                     let node = &mut self.nodes[at];
                     if node.pushes_left > 0 && node.alive {
                         node.pushes_left -= 1;
@@ -872,6 +900,7 @@ impl Sim {
                             }),
                         };
                         node.outbox.push_back((Op::Push { pusher: me, req }, None));
+                        stream_turn = counter.is_multiple_of(2).then_some(counter);
                         if counter.is_multiple_of(10) {
                             // A pipeline change passed on by this member (as members pass on
                             // the control plane's): members race with equal versions and
@@ -895,6 +924,9 @@ impl Sim {
                             .rng
                             .gen_range(self.cfg.push_gap_us.0..=self.cfg.push_gap_us.1);
                         self.schedule(self.now + gap, Event::Push { at });
+                    }
+                    if let Some(counter) = stream_turn {
+                        self.stream_ops(at, counter);
                     }
                     self.step_member(at)?;
                 }

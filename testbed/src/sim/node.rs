@@ -82,6 +82,20 @@ pub(super) struct Node {
     /// Acceptances and ends this process's replica held for the disks, with the position the
     /// disks must reach (the end of the step that made them), as the simulator saw them made.
     pub(super) awaiting_disks: VecDeque<(u64, Effect)>,
+    /// This process's Redis commands waiting for their replies, by token (see
+    /// `Sim::stream_ops`).
+    pub(super) redis: BTreeMap<u64, RedisAsk>,
+    pub(super) redis_token: u64,
+}
+
+/// What a Redis command of the simulated client asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum RedisAsk {
+    /// A read (blocking or not): its entries are acknowledged.
+    Read(bool),
+    /// An acknowledgement of this entry.
+    Ack(Vec<u8>),
+    Other,
 }
 
 /// A process's log on its host's disk, in a durable run (see `SimConfig::durable`).
@@ -139,5 +153,8 @@ impl Node {
         self.disk = Disk::default();
         self.awaiting_disks.clear();
         self.conflicting_accepts = 0;
+        // Its commands' replies went with the process (a blocked read of it is dropped at its
+        // removal, or at a whole-group restart).
+        self.redis.clear();
     }
 }

@@ -124,6 +124,10 @@ pub struct Corners {
     pub recovery_abandoned: u64,
     /// Durable runs: a member restarted long after the rest of a group that went down.
     pub late_restart: u64,
+    /// A stream entry acknowledged (Redis commands in the order; never twice in a run).
+    pub stream_acks: u64,
+    /// A blocked stream read served by an entry that came after it.
+    pub stream_blocked_served: u64,
 }
 
 impl Corners {
@@ -158,11 +162,13 @@ impl Corners {
         self.group_restart += o.group_restart;
         self.recovery_abandoned += o.recovery_abandoned;
         self.late_restart += o.late_restart;
+        self.stream_acks += o.stream_acks;
+        self.stream_blocked_served += o.stream_blocked_served;
         self.pushed_again += o.pushed_again;
     }
 
     /// Each corner with its count.
-    pub fn named(&self) -> [(&'static str, u64); 30] {
+    pub fn named(&self) -> [(&'static str, u64); 32] {
         [
             ("crash during a view change", self.crash_during_change),
             ("leader crash mid-change", self.leader_crash_mid_change),
@@ -224,6 +230,8 @@ impl Corners {
                 "member restarted late after the group went down",
                 self.late_restart,
             ),
+            ("stream entries acknowledged", self.stream_acks),
+            ("blocked stream reads served", self.stream_blocked_served),
         ]
     }
 }

@@ -271,8 +271,9 @@ impl QueueState {
     /// lives) stop being consumers, their requests back in their queues.
     pub fn restart(&mut self, epoch: u64, removed: &[MemberId], effects: &mut Vec<Effect>) {
         self.epoch = epoch;
-        // No server whose reads were blocked lives.
+        // No server whose reads were blocked lives, nor any through which an entry went.
         self.streams.drop_waiters();
+        self.streams.requeue_all();
         self.install_view(&[], removed, effects);
     }
 

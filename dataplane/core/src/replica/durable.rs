@@ -278,9 +278,10 @@ impl Replica {
         }
     }
 
-    /// A view installed at `position`.
+    /// A view installed at `position`. What it tells outside (the replies of blocked Redis
+    /// reads it served with entries given back by a removed member) waits for the disks.
     pub(super) fn persist_view(&mut self, position: u64, view: ViewRecord) {
-        self.persist_step(position, RecordKind::View, view.encode(), false, false);
+        self.persist_step(position, RecordKind::View, view.encode(), true, false);
     }
 
     /// What a joiner carrying its log's state applied before its state came, not written

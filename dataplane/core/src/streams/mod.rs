@@ -447,6 +447,21 @@ impl Streams {
         self.waiters.clear();
     }
 
+    /// The whole group restarted: every pending entry went through a member that is gone,
+    /// and goes back to its group (as at a member's removal).
+    pub fn requeue_all(&mut self) {
+        for s in self.keys.values_mut() {
+            for g in s.groups.values_mut() {
+                for (id, n) in std::mem::take(&mut g.pel) {
+                    g.requeued.insert(id, n.count);
+                }
+                for c in g.consumers.values_mut() {
+                    c.pel.clear();
+                }
+            }
+        }
+    }
+
     /// Runs one command (`args[0]` its name) for a client served by `member`, at `now_ms` (the
     /// serving member's clock). Deterministic: every replica computes the same reply.
     pub fn execute(&mut self, member: MemberId, now_ms: u64, args: &[Vec<u8>]) -> Value {

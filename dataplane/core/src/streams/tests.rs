@@ -189,3 +189,27 @@ fn blocked_reads_wait_in_the_state_and_are_served_in_order() {
     s.drop_waiters();
     assert_eq!(s.blocked(), 0);
 }
+
+/// After a whole-group restart every pending entry goes back to its group (no member through
+/// which one went lives): read again, acknowledged once.
+#[test]
+fn a_restart_gives_every_pending_entry_back() {
+    let mut s = Streams::default();
+    run(&mut s, 1, "XADD k 1-1 f v");
+    run(&mut s, 1, "XGROUP CREATE k g 0");
+    let Value::ByKey(r) = run(&mut s, 2, "XREADGROUP GROUP g a STREAMS k >") else {
+        panic!()
+    };
+    assert_eq!(ids(&r[0].1), ["1-1"]);
+    s.requeue_all();
+    let Value::Array(p) = run(&mut s, 3, "XPENDING k g") else {
+        panic!()
+    };
+    assert_eq!(p[0], Value::Int(0));
+    let Value::ByKey(r) = run(&mut s, 3, "XREADGROUP GROUP g b STREAMS k >") else {
+        panic!()
+    };
+    assert_eq!(ids(&r[0].1), ["1-1"]);
+    assert_eq!(run(&mut s, 4, "XACK k g 1-1"), Value::Int(1));
+    assert_eq!(run(&mut s, 4, "XACK k g 1-1"), Value::Int(0));
+}
