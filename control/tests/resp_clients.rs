@@ -431,9 +431,14 @@ fn a_killed_members_consumers_go_on_elsewhere_and_nothing_is_lost() {
     eprintln!("{n} entries, each acknowledged once ({lost_replies} acknowledgements' replies died with member 1); {again} delivered again after member 1 died");
 }
 
-/// A Python interpreter with redis-py (PATH's, or Debian's own).
+/// A Python interpreter with redis-py: PyPI's, in the venv `CONVEYOR_SETUP_PY=1 bash
+/// testbed/setup.sh` makes (testbed/functions/requirements.txt), else a system one's.
 fn python_with_redis() -> &'static str {
-    for py in ["python3", "/usr/bin/python3"] {
+    let venv = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/py-functions/bin/python"
+    );
+    for py in [venv, "python3", "/usr/bin/python3"] {
         let ok = Command::new(py)
             .args(["-c", "import redis"])
             .stderr(Stdio::null())
@@ -443,7 +448,7 @@ fn python_with_redis() -> &'static str {
             return py;
         }
     }
-    panic!("redis-py is not installed (Debian: apt-get install python3-redis; testbed/setup.sh installs it)");
+    panic!("redis-py is not installed (CONVEYOR_SETUP_PY=1 bash testbed/setup.sh installs PyPI's)");
 }
 
 /// redis-py: the same consumer-group script through its own methods (XPENDING in both forms,
@@ -469,6 +474,14 @@ fn redis_py_answers_as_on_redis_server_and_shares_ten_thousand_entries() {
         );
         text
     };
+    let version = Command::new(py)
+        .args(["-c", "import redis; print(redis.__version__)"])
+        .output()
+        .unwrap();
+    eprintln!(
+        "redis-py {}",
+        String::from_utf8_lossy(&version.stdout).trim()
+    );
     let compared = run(&[
         "compare".into(),
         g.ports[0].to_string(),
@@ -718,4 +731,112 @@ fn invokers_serve_the_redis_protocol_too() {
         .query(&mut b)
         .unwrap();
     assert_eq!(v, R::Nil);
+}
+
+/// redis-cli (Debian's), a producer and three consumers in one group: 10,000 entries added
+/// through its standard input, then read in batches by three consumers (one redis-cli call
+/// per batch, through three members) and acknowledged; each entry read once and acknowledged
+/// once.
+#[test]
+fn redis_cli_producer_and_three_consumers_share_ten_thousand_entries() {
+    use std::io::Write;
+    let g = Group::start("resp-cli");
+    let port = |i: usize| g.ports[i].to_string();
+    let cli = |i: usize, args: &[&str]| -> String {
+        let mut c = Command::new("redis-cli");
+        c.args(["-p", &port(i)]);
+        if i == 2 {
+            c.args(["--no-auth-warning", "-a", TOKEN]);
+        }
+        let out = c
+            .args(args)
+            .output()
+            .expect("redis-cli (Debian: apt-get install redis-tools)");
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        cli(0, &["XGROUP", "CREATE", "s", "g", "$", "MKSTREAM"]).trim(),
+        "OK"
+    );
+    let n = 10_000;
+    let mut producer = Command::new("redis-cli")
+        .args(["-p", &port(0)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = producer.stdin.take().unwrap();
+        let mut lines = String::new();
+        for i in 0..n {
+            lines.push_str(&format!("XADD s * n {i}\n"));
+        }
+        stdin.write_all(lines.as_bytes()).unwrap();
+    }
+    let out = producer.wait_with_output().unwrap();
+    let added = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| is_id(l))
+        .count();
+    assert_eq!(added, n, "entries added");
+    let read = Mutex::new(BTreeMap::<String, usize>::new());
+    let acked = Mutex::new(0usize);
+    std::thread::scope(|sc| {
+        for k in 0..3usize {
+            let (read, acked, cli) = (&read, &acked, &cli);
+            sc.spawn(move || {
+                let name = format!("c{k}");
+                loop {
+                    let got = cli(
+                        k,
+                        &[
+                            "XREADGROUP",
+                            "GROUP",
+                            "g",
+                            &name,
+                            "COUNT",
+                            "200",
+                            "STREAMS",
+                            "s",
+                            ">",
+                        ],
+                    );
+                    let ids: Vec<String> = got
+                        .lines()
+                        .filter(|l| is_id(l))
+                        .map(str::to_string)
+                        .collect();
+                    if ids.is_empty() {
+                        return;
+                    }
+                    let mut r = read.lock().unwrap();
+                    for id in &ids {
+                        *r.entry(id.clone()).or_default() += 1;
+                    }
+                    drop(r);
+                    let mut args = vec!["XACK", "s", "g"];
+                    args.extend(ids.iter().map(String::as_str));
+                    let counted: usize = cli(k, &args).trim().parse().unwrap();
+                    *acked.lock().unwrap() += counted;
+                }
+            });
+        }
+    });
+    let read = read.into_inner().unwrap();
+    assert_eq!(read.len(), n, "every entry read");
+    assert!(read.values().all(|&k| k == 1), "an entry read twice");
+    assert_eq!(
+        acked.into_inner().unwrap(),
+        n,
+        "every entry acknowledged once"
+    );
+    assert!(cli(1, &["XPENDING", "s", "g"]).starts_with("0\n"));
+}
+
+/// A stream entry id as redis-cli prints it: `<ms>-<seq>`.
+fn is_id(l: &str) -> bool {
+    l.split_once('-').is_some_and(|(a, b)| {
+        !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
+    })
 }
