@@ -766,15 +766,18 @@ fn redis_cli_producer_and_three_consumers_share_ten_thousand_entries() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    {
-        let mut stdin = producer.stdin.take().unwrap();
+    // Written from a thread: redis-cli answers as it reads, and its replies must be read
+    // meanwhile (a full pipe would stop both).
+    let mut stdin = producer.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
         let mut lines = String::new();
         for i in 0..n {
             lines.push_str(&format!("XADD s * n {i}\n"));
         }
         stdin.write_all(lines.as_bytes()).unwrap();
-    }
+    });
     let out = producer.wait_with_output().unwrap();
+    writer.join().unwrap();
     let added = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| is_id(l))
@@ -839,4 +842,27 @@ fn is_id(l: &str) -> bool {
     l.split_once('-').is_some_and(|(a, b)| {
         !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
     })
+}
+
+/// HELLO answers in the protocol version it chooses, as Redis does (redis-py 8 starts every
+/// connection with `HELLO 3` and reads a map).
+#[test]
+fn hello_answers_in_the_version_it_chooses() {
+    use std::io::{Read, Write};
+    let g = Group::start("resp-hello");
+    let ask = |bytes: &[u8]| -> String {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", g.ports[0])).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(bytes).unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let three = ask(b"HELLO 3\r\nQUIT\r\n");
+    assert!(three.starts_with("%7\r\n"), "{three:?}");
+    assert!(three.contains("$5\r\nproto\r\n:3\r\n"), "{three:?}");
+    let two = ask(b"HELLO 3\r\nHELLO 2\r\nQUIT\r\n");
+    let second = &two[two.find("*14\r\n").expect("HELLO 2's flat array")..];
+    assert!(second.contains("$5\r\nproto\r\n:2\r\n"), "{two:?}");
+    assert!(two.ends_with("+OK\r\n"), "{two:?}");
 }

@@ -115,6 +115,9 @@ fn mask(t: T, command: &str) -> T {
             }
             T::Array(out)
         }
+        // XINFO STREAM FULL's delivery times: each side's clock when the read ran (they may
+        // fall in different milliseconds).
+        T::Int(t) if command == "xinfo" && t > 1_000_000_000_000 => T::Any,
         other => other,
     }
 }

@@ -270,8 +270,10 @@ fn serve(s: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
                         // Waits for other clients: what came before it is answered first.
                         flush(s, &mut slots, &mut out);
                     }
+                    let next = command(s, &mut client, &args);
+                    // After the command: HELLO answers in the version it chose (as Redis).
                     let proto = client.proto;
-                    match command(s, &mut client, &args) {
+                    match next {
                         Next::Reply(r) => slots.push(Slot::Ready(r, proto)),
                         Next::Later(p) => slots.push(Slot::Later(p, proto)),
                         Next::Close(r) => {
