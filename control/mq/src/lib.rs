@@ -203,6 +203,7 @@ fn start_member(path: &std::path::Path, member: &str) -> Result<Client, MqError>
                 submitted_us: u64::MAX,
                 order_us: u64::MAX,
                 handoff_us: u64::MAX,
+                origin_shard: Some(conveyor_core::shard::ShardId(u16::MAX)),
             },
             http: None,
         },

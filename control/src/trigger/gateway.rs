@@ -314,6 +314,7 @@ fn body_limit(me: MemberId, max_payload: usize, p: &Pipeline, http: Option<&Http
         submitted_us: u64::MAX,
         order_us: u64::MAX,
         handoff_us: u64::MAX,
+        origin_shard: Some(conveyor_core::shard::ShardId(u16::MAX)),
     };
     let mut entry = p.entry_request(RequestId(u64::MAX), Vec::new(), big);
     entry.http = http.map(|h| Box::new(h.clone()));

@@ -10,6 +10,8 @@
 //! - [`replica`]: [`Replica`], the member and the queue it applies the order to: the one node
 //!   that the engine and the simulator both drive;
 //! - [`durable`]: the on-disk formats of durable queues' logs and snapshots (no I/O);
+//! - [`shard`]: the shard map (which group owns which queue) and the outbox and inbox that
+//!   carry continuations between shards exactly once;
 //! - [`streams`]: Redis Streams with consumer groups, run by every replica in the group's
 //!   order (the RESP server's commands, as [`queue::Op::Redis`]).
 //!
@@ -29,6 +31,7 @@ pub mod pipeline;
 pub mod proto;
 pub mod queue;
 pub mod replica;
+pub mod shard;
 pub mod streams;
 pub mod types;
 pub mod wire;

@@ -23,6 +23,7 @@ pub use op::{Durability, Effect, Http, Meta, OnFull, Op, Order, QueueSpec, Rejec
 pub use outcomes::ended;
 pub use outcomes::KEPT_OUTCOMES;
 
+use crate::shard::{Forward, ShardId, Shards, Take};
 use crate::types::{MemberId, RequestId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -50,6 +51,10 @@ impl Queue {
         }
     }
 }
+
+/// The pusher named in the effects of a push forwarded from another shard (no member of this
+/// group pushed it).
+pub const FORWARDER: MemberId = MemberId(u16::MAX - 1);
 
 /// Most credits a consumer may hold; bounds the in-flight requests of one consumer.
 pub const MAX_CREDITS: u32 = 1024;
@@ -88,6 +93,12 @@ pub struct QueueState {
     epoch: u64,
     /// The Redis streams ([`Op::Redis`]).
     streams: crate::streams::Streams,
+    /// This group's shard, the map, the outbox and the inbox ([`crate::shard`]).
+    shards: Shards,
+    /// While an operation applies: the ends of runs among its effects that began in another
+    /// shard (the effect's index, that shard); they go to the outbox instead.
+    #[serde(skip)]
+    routed: Vec<(usize, ShardId)>,
 }
 
 impl Default for QueueState {
@@ -108,6 +119,8 @@ impl Default for QueueState {
             outcomes: outcomes::Outcomes::default(),
             epoch: 0,
             streams: crate::streams::Streams::default(),
+            shards: Shards::default(),
+            routed: Vec::new(),
         }
     }
 }
@@ -138,6 +151,8 @@ impl QueueState {
             outcomes,
             epoch,
             streams: _,
+            shards,
+            routed: _,
         } = self;
         QueueState {
             queues: queues.clone(),
@@ -155,6 +170,8 @@ impl QueueState {
             outcomes: outcomes.clone(),
             epoch: *epoch,
             streams,
+            shards: shards.clone(),
+            routed: Vec::new(),
         }
     }
 
@@ -239,6 +256,18 @@ impl QueueState {
         self.applied += 1;
         let before = effects.len();
         self.apply_op(op, effects);
+        // The ends of runs that began in another shard are told there.
+        for (i, to) in std::mem::take(&mut self.routed) {
+            let end = std::mem::replace(
+                &mut effects[i],
+                Effect::Empty {
+                    consumer: FORWARDER,
+                },
+            );
+            let entry = Forward::Outcome(Box::new(end));
+            let seq = self.shards.append(to, entry.clone());
+            effects[i] = Effect::Outbox { to, seq, entry };
+        }
         self.outcomes.record(self.applied, &effects[before..]);
     }
 
@@ -307,6 +336,22 @@ impl QueueState {
     /// Whether applying `op` now pushes into, or ends a request of, a durable queue: what it
     /// tells its pusher or its origin waits for a majority's disks.
     pub fn touches_durable(&self, op: &Op) -> bool {
+        // In a sharded deployment, whatever may number an outbox entry or move an inbox's
+        // watermark: a restart that lost the step could give the number to another entry,
+        // which the destination would take for a duplicate (whatever the queues' durability).
+        if self.shards.me().is_some()
+            && matches!(
+                op,
+                Op::Push { .. }
+                    | Op::TryPush { .. }
+                    | Op::Complete { .. }
+                    | Op::Fail { .. }
+                    | Op::Forwarded { .. }
+                    | Op::ShardMap { .. }
+            )
+        {
+            return true;
+        }
         match op {
             Op::Push { req, .. } | Op::TryPush { req, .. } => self.is_durable(&req.queue),
             Op::Complete {
@@ -324,6 +369,7 @@ impl QueueState {
             // The streams are as durable as the members' logs: a member that logs tells a
             // Redis client its reply once a majority has the command on disk.
             Op::Redis { .. } => true,
+            // Taken from another shard's outbox, which drops it once told.
             _ => false,
         }
     }
@@ -335,11 +381,34 @@ impl QueueState {
     pub fn rejoined(&self, origin: MemberId, since: u64) -> Vec<Effect> {
         let (mut effects, dropped) = self.outcomes.after(origin, since);
         let mut pending = BTreeSet::new();
+        // Runs of this shard's (a run from another shard names an origin of its group).
+        let me = self.shards.me();
+        let ours = |r: &Request| r.meta.origin_shard.is_none_or(|s| Some(s) == me);
         for q in self.queues.values() {
-            pending.extend(q.items.iter().map(|(_, r)| r.id));
-            pending.extend(q.blocked.iter().map(|(_, r)| r.id));
+            pending.extend(
+                q.items
+                    .iter()
+                    .map(|(_, r)| r)
+                    .filter(|r| ours(r))
+                    .map(|r| r.id),
+            );
+            pending.extend(
+                q.blocked
+                    .iter()
+                    .map(|(_, r)| r)
+                    .filter(|r| ours(r))
+                    .map(|r| r.id),
+            );
         }
-        pending.extend(self.in_flight.values().map(|(_, r, _)| r.id));
+        pending.extend(
+            self.in_flight
+                .values()
+                .map(|(_, r, _)| r)
+                .filter(|r| ours(r))
+                .map(|r| r.id),
+        );
+        // Away in other shards: held by the deployment.
+        pending.extend(self.shards.away());
         pending.retain(|id: &RequestId| id.origin() == origin);
         effects.push(Effect::Rejoined {
             origin,
@@ -391,6 +460,69 @@ impl QueueState {
             },
             // The replica's, never applied to a queue (see `replica/recovery.rs`).
             Op::Recovered { .. } => {}
+            Op::ShardMap { me, map, .. } => {
+                let version = map.version;
+                if !self.shards.set_map(me, map) {
+                    return;
+                }
+                let mut moved = 0;
+                let names: Vec<String> = self.queues.keys().cloned().collect();
+                for name in names {
+                    let Some(to) = self.shards.elsewhere(&name) else {
+                        continue;
+                    };
+                    let Some(q) = self.queues.get_mut(&name) else {
+                        continue;
+                    };
+                    // In the order they would have been taken, then the waiting pushes (now
+                    // admitted: to the outbox).
+                    let mut items: Vec<Request> = match q.spec.order {
+                        Order::Fifo => q.items.drain(..).map(|(_, r)| r).collect(),
+                        Order::Lifo => q.items.drain(..).rev().map(|(_, r)| r).collect(),
+                    };
+                    for (pusher, req) in q.blocked.drain(..) {
+                        effects.push(Effect::Admitted {
+                            pusher,
+                            id: req.id,
+                            step: req.step.clone(),
+                        });
+                        items.push(req);
+                    }
+                    moved += items.len();
+                    for req in items {
+                        self.to_outbox(to, req, effects);
+                    }
+                }
+                effects.push(Effect::ShardMap { me, version, moved });
+            }
+            Op::Forwarded { from, seq, entry } => {
+                if self.shards.take(from, seq) == Take::Next {
+                    match entry {
+                        Forward::Push(req) => {
+                            if req.meta.origin_shard == self.shards.me() {
+                                self.shards.returned(req.id);
+                            }
+                            // A continuation: admitted now, told to no pusher.
+                            self.stamp += 1;
+                            let stamp = self.stamp;
+                            self.push(FORWARDER, req, Some(stamp), false, effects);
+                        }
+                        // The end of a run of this shard's: told here (and kept for an origin
+                        // that comes back).
+                        Forward::Outcome(end) => {
+                            if let Some(id) = ended(&end) {
+                                self.shards.returned(id);
+                            }
+                            effects.push(*end);
+                        }
+                    }
+                }
+                effects.push(Effect::Inbox {
+                    from,
+                    upto: self.shards.watermark(from),
+                });
+            }
+            Op::ForwardAck { to, upto } => self.shards.acknowledged(to, upto),
             Op::Pipelines {
                 version,
                 queues,
@@ -470,10 +602,14 @@ impl QueueState {
                 meta,
                 credits,
             } => {
-                if let Some(run) = self.finish(consumer, instance, id, &step) {
+                if let Some((run, origin)) = self.finish(consumer, instance, id, &step) {
                     let terminal = outputs.is_empty();
-                    for out in outputs {
+                    for mut out in outputs {
+                        out.meta.origin_shard = origin;
                         self.push(consumer, out, Some(run), false, effects);
+                    }
+                    if terminal {
+                        self.route_end(origin, effects);
                     }
                     effects.push(Effect::Completed {
                         consumer,
@@ -504,7 +640,8 @@ impl QueueState {
                 status,
                 credits,
             } => {
-                if self.finish(consumer, instance, id, &step).is_some() {
+                if let Some((_, origin)) = self.finish(consumer, instance, id, &step) {
+                    self.route_end(origin, effects);
                     effects.push(Effect::Failed {
                         consumer,
                         id,
@@ -542,21 +679,30 @@ impl QueueState {
 
     /// Removes `instance` from the in-flight set if it is in flight at `consumer` and is the
     /// request `id` at `step` (anything else is a duplicate or a confused completion: ignored).
-    /// The finished request's stamp, or `None` for a duplicate or confused completion.
+    /// The finished request's stamp and origin shard ([`Meta::origin_shard`], which its
+    /// continuations keep), or `None` for a duplicate or confused completion.
     fn finish(
         &mut self,
         consumer: MemberId,
         instance: u64,
         id: RequestId,
         step: &str,
-    ) -> Option<u64> {
+    ) -> Option<(u64, Option<ShardId>)> {
         match self.in_flight.get(&instance) {
             Some((c, r, stamp)) if *c == consumer && r.id == id && r.step == step => {
-                let stamp = *stamp;
+                let found = (*stamp, r.meta.origin_shard);
                 self.in_flight.remove(&instance);
-                Some(stamp)
+                Some(found)
             }
             _ => None,
+        }
+    }
+
+    /// The end of a run about to be pushed onto `effects` is told in its origin shard, if that
+    /// is another one (see [`QueueState::apply`]).
+    fn route_end(&mut self, origin: Option<ShardId>, effects: &[Effect]) {
+        if let Some(to) = origin.filter(|s| self.shards.me() != Some(*s)) {
+            self.routed.push((effects.len(), to));
         }
     }
 
@@ -574,9 +720,20 @@ impl QueueState {
         refuse: bool,
         effects: &mut Vec<Effect>,
     ) {
+        if let Some(to) = self.shards.elsewhere(&req.queue) {
+            // Another shard's queue: it goes there through the outbox, whose entries are
+            // taken there once each (see `crate::shard`); a pusher's push is accepted now.
+            if run.is_none() {
+                effects.push(Effect::Accepted { pusher, id: req.id });
+            }
+            self.to_outbox(to, req, effects);
+            return;
+        }
         self.next_instance += 1;
         req.instance = self.next_instance;
+        let origin = req.meta.origin_shard;
         let Some(q) = self.queues.get_mut(&req.queue) else {
+            self.route_end(origin, effects);
             effects.push(Effect::Rejected {
                 pusher,
                 id: req.id,
@@ -585,6 +742,14 @@ impl QueueState {
                 reason: RejectReason::NoSuchQueue,
             });
             return;
+        };
+        // The ends told here (refusal, overwrites) go to their runs' origin shards.
+        let me = self.shards.me();
+        let routed = &mut self.routed;
+        let mut route = |origin: Option<ShardId>, at: usize| {
+            if let Some(to) = origin.filter(|s| me != Some(*s)) {
+                routed.push((at, to));
+            }
         };
         let stamp = match run {
             Some(s) => s,
@@ -607,13 +772,16 @@ impl QueueState {
             q.spec.on_full
         };
         match on_full {
-            OnFull::Reject => effects.push(Effect::Rejected {
-                pusher,
-                id: req.id,
-                step: req.step,
-                queue: req.queue,
-                reason: RejectReason::Full,
-            }),
+            OnFull::Reject => {
+                route(origin, effects.len());
+                effects.push(Effect::Rejected {
+                    pusher,
+                    id: req.id,
+                    step: req.step,
+                    queue: req.queue,
+                    reason: RejectReason::Full,
+                })
+            }
             OnFull::Block => {
                 effects.push(Effect::Blocked {
                     pusher,
@@ -625,6 +793,7 @@ impl QueueState {
             OnFull::OverwriteOldest => {
                 // The oldest by admission, whatever the take order.
                 if let Some((_, old)) = q.items.pop_front() {
+                    route(old.meta.origin_shard, effects.len());
                     effects.push(Effect::Overwritten {
                         id: old.id,
                         step: old.step,
@@ -632,6 +801,7 @@ impl QueueState {
                     });
                 }
                 if q.spec.capacity == 0 {
+                    route(origin, effects.len());
                     effects.push(Effect::Overwritten {
                         id: req.id,
                         step: req.step,
@@ -643,6 +813,16 @@ impl QueueState {
                 }
             }
         }
+    }
+
+    /// Appends `req` to the outbox for `to` (its instance there is the destination's to
+    /// give; a run of this shard's carries this shard as its origin).
+    fn to_outbox(&mut self, to: ShardId, mut req: Request, effects: &mut Vec<Effect>) {
+        req.instance = 0;
+        req.meta.origin_shard = req.meta.origin_shard.or(self.shards.me());
+        let entry = Forward::Push(req);
+        let seq = self.shards.append(to, entry.clone());
+        effects.push(Effect::Outbox { to, seq, entry });
     }
 
     /// The request `consumer` would take now: among its subscribed queues, the head with the
@@ -751,6 +931,10 @@ impl QueueState {
     /// The pipelines' documents set through the group, if any.
     pub fn pipeline_docs(&self) -> Option<(u64, &[String])> {
         (self.pipelines_version > 0).then_some((self.pipelines_version, &self.pipeline_docs[..]))
+    }
+    /// This group's shard, the map and the cross-shard outbox and inbox ([`crate::shard`]).
+    pub fn shards(&self) -> &Shards {
+        &self.shards
     }
     /// A digest of the whole state; equal on replicas that applied the same operations.
     pub fn digest(&self) -> [u8; 32] {

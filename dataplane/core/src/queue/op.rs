@@ -1,6 +1,7 @@
 //! The replicated queue's vocabulary: queue settings, requests, the operations ordered
 //! through the group ([`Op`]) and what applying them does ([`Effect`]).
 
+use crate::shard::{Forward, ShardId, ShardMap};
 use crate::types::{MemberId, RequestId};
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +63,9 @@ pub struct Meta {
     /// Sum over the stages so far of delivery of the assignment to the start of the function:
     /// the engine-to-application hand-off.
     pub handoff_us: u64,
+    /// The shard whose member pushed the run (set when the run first leaves it for another
+    /// shard; `None`: this group's own): where the run's end is told (see [`crate::shard`]).
+    pub origin_shard: Option<ShardId>,
 }
 
 /// HTTP details of a call that came through the gateway: carried with each step's request (the
@@ -214,6 +218,30 @@ pub enum Op {
         now_ms: u64,
         args: Vec<Vec<u8>>,
     },
+    /// This group is shard `me` of a sharded deployment and queues are placed by `map` (see
+    /// [`crate::shard`]), from this place in the order; applied only if the map is newer than
+    /// the group's and `me` is the group's shard (a group stays one shard). The waiting
+    /// requests of queues the map gives to another shard move to the outbox for it.
+    ShardMap {
+        by: MemberId,
+        me: ShardId,
+        map: ShardMap,
+    },
+    /// Entry `seq` of shard `from`'s outbox for this shard, submitted by a forwarder: if it is
+    /// the next one from `from`, a request is pushed (or forwarded on, if this shard no longer
+    /// owns its queue) and a run's end is told here; else it is ignored. [`Effect::Inbox`]
+    /// either way.
+    Forwarded {
+        from: ShardId,
+        seq: u64,
+        entry: Forward,
+    },
+    /// Shard `to` took every entry of this shard's outbox for it up to `upto` (its
+    /// [`Effect::Inbox`], submitted by a forwarder): they are dropped.
+    ForwardAck {
+        to: ShardId,
+        upto: u64,
+    },
 }
 
 impl Op {
@@ -348,6 +376,28 @@ pub enum Effect {
         version: u64,
         docs: Vec<String>,
     },
+    /// [`Op::ShardMap`] applied: this group is shard `me` under map `version`; `moved`
+    /// waiting requests went to the outbox with their queues.
+    ShardMap {
+        me: ShardId,
+        version: u64,
+        moved: usize,
+    },
+    /// Entry `seq` of this shard's outbox for shard `to`: a request for a queue `to` owns
+    /// (a pusher's push that went to the outbox is [`Effect::Accepted`] too: it will reach
+    /// its queue), or the end of a run that began there (told there, not here). A forwarder
+    /// submits it there ([`Op::Forwarded`]).
+    Outbox {
+        to: ShardId,
+        seq: u64,
+        entry: Forward,
+    },
+    /// This shard took every entry of shard `from`'s outbox up to `upto` (the answer to an
+    /// [`Op::Forwarded`]): a forwarder submits it to `from` ([`Op::ForwardAck`]).
+    Inbox {
+        from: ShardId,
+        upto: u64,
+    },
     /// Not from the queue: speculation (see [`crate::replica`]). `req` is assigned to
     /// `consumer` by the order this member holds but has not delivered yet: the consumer may
     /// start it, and must hold back its completion until the assignment is [`Effect::Confirmed`]
@@ -442,9 +492,13 @@ impl Effect {
             | Effect::Completed { id, .. }
             | Effect::Failed { id, .. }
             | Effect::Requeued { id, .. } => id.origin() == me,
-            Effect::Shutdown { .. } | Effect::ViewInstalled { .. } | Effect::Pipelines { .. } => {
-                true
-            }
+            // Which member forwards between shards is the host's choice.
+            Effect::Shutdown { .. }
+            | Effect::ViewInstalled { .. }
+            | Effect::Pipelines { .. }
+            | Effect::ShardMap { .. }
+            | Effect::Outbox { .. }
+            | Effect::Inbox { .. } => true,
             Effect::Created { .. } | Effect::Empty { .. } | Effect::DuplicateCompletion { .. } => {
                 false
             }

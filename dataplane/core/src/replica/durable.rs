@@ -12,7 +12,8 @@
 //! group waits until a majority of the group file's members has that step on disk (not of the
 //! view: a restarted group decides with a majority of the group file's members, see
 //! `replica/recovery.rs`): the pusher's [`Effect::Accepted`], and the end of a run (its
-//! result, failure or refusal; see `queue::ended`). A whole-group crash then cannot take back
+//! result, failure or refusal; see `queue::ended`), and between shards an outbox entry
+//! ([`Effect::Outbox`]) and an inbox's watermark ([`Effect::Inbox`]). A whole-group crash then cannot take back
 //! what anyone was told: a majority holds it, and any majority that restarts includes one of
 //! them. Everything else
 //! (assignments, views) is told at once: a function may run before its request is on disk,
@@ -256,7 +257,16 @@ impl Replica {
         });
         if gated {
             let told = |e: &Effect| {
-                matches!(e, Effect::Accepted { .. } | Effect::Redis { .. }) || ended(e).is_some()
+                // An outbox entry is not forwarded, nor an inbox's watermark told, before a
+                // majority has it on disk: a whole-group restart could give the number to
+                // another entry, or forget an entry its source dropped.
+                matches!(
+                    e,
+                    Effect::Accepted { .. }
+                        | Effect::Redis { .. }
+                        | Effect::Outbox { .. }
+                        | Effect::Inbox { .. }
+                ) || ended(e).is_some()
             };
             hold(d, &mut self.scratch, position + 1, told, keep);
         }

@@ -649,3 +649,81 @@ fn a_redis_reply_waits_for_a_majority_of_disks() {
     net.run(5_000);
     assert!(told(&net), "two of three disks hold it");
 }
+
+/// Between shards, with durable logging: an outbox entry is not handed to a forwarder, nor an
+/// inbox's watermark told, before a majority has the step on disk (a whole-group restart could
+/// otherwise give the entry's number to another entry, or forget an entry its source dropped).
+#[test]
+fn an_outbox_entry_waits_for_a_majority_of_disks() {
+    use crate::shard::{Forward, ShardId, ShardMap};
+    let mut net = Net::new(3);
+    for r in &mut net.rs {
+        r.set_durable(true, &[MemberId(0), MemberId(1), MemberId(2)]);
+    }
+    net.rs[0].submit(&Op::Create(spec())).unwrap();
+    let map = ShardMap::hashed(1, 2).with_override(&spec().name, ShardId(1));
+    net.rs[0]
+        .submit(&Op::ShardMap {
+            by: MemberId(0),
+            me: ShardId(0),
+            map,
+        })
+        .unwrap();
+    push_to(&mut net, &spec().name, 1);
+    net.run(10_000);
+    let outbox = |net: &Net| {
+        net.fx[1].iter().any(|e| {
+            matches!(e, Effect::Outbox { to: ShardId(1), seq: 1, entry: Forward::Push(r) } if r.id == RequestId::new(MemberId(0), 1))
+        })
+    };
+    assert!(
+        !outbox(&net),
+        "handed to a forwarder before any disk held it"
+    );
+    assert!(!accepted(&net.fx[0], 1));
+    for i in [0, 2] {
+        let end = drain_log(&mut net, i, &mut Vec::new());
+        net.rs[i].persisted(end);
+    }
+    net.run(5_000);
+    assert!(outbox(&net), "two of three disks hold it");
+    assert!(
+        accepted(&net.fx[0], 1),
+        "the push went to the outbox: accepted"
+    );
+    // The other shard's side: an entry taken is told once on disk there too.
+    net.rs[2]
+        .submit(&Op::Forwarded {
+            from: ShardId(1),
+            seq: 1,
+            entry: Forward::Push(Request {
+                id: RequestId::new(MemberId(5), 7),
+                instance: 0,
+                step: "s".into(),
+                queue: spec().name,
+                payload: Vec::new(),
+                meta: Meta::default(),
+                http: None,
+            }),
+        })
+        .unwrap();
+    net.run(10_000);
+    let inbox = |net: &Net| {
+        net.fx[2].iter().any(|e| {
+            matches!(
+                e,
+                Effect::Inbox {
+                    from: ShardId(1),
+                    upto: 1
+                }
+            )
+        })
+    };
+    assert!(!inbox(&net));
+    for i in [1, 2] {
+        let end = drain_log(&mut net, i, &mut Vec::new());
+        net.rs[i].persisted(end);
+    }
+    net.run(5_000);
+    assert!(inbox(&net), "told once two disks hold it");
+}

@@ -1,0 +1,402 @@
+//! Shards: a deployment of several total-order groups, each queue owned by one of them, and
+//! the replicated state that carries a continuation from one shard's group to another's
+//! exactly once.
+//!
+//! **The map.** A [`ShardMap`] says which shard owns a queue: an explicit override if it has
+//! one, else jump consistent hashing (Lamping and Veach) of the queue's name over the shards,
+//! which moves only about `1/n` of the queues when an `n`-th shard is added. The map is
+//! versioned and applied to every shard's group as one ordered operation
+//! ([`crate::queue::Op::ShardMap`]): each group switches at a known position in its own order,
+//! and a newer version never gives way to an older one.
+//!
+//! **Exactly once across shards.** Shard A's replicas hold an outbox per destination shard: a
+//! completion in A whose continuation goes into a queue that B owns does not push it, it
+//! appends it to A's outbox for B under the next sequence number (one per destination, the
+//! same at every replica of A, since they apply the same order). A forwarder (a process with a
+//! member in A and a way to submit to B; which one is the host's choice, any number may act at
+//! once) submits each entry to B as [`crate::queue::Op::Forwarded`] `{from: A, seq, req}`. B's
+//! replicas keep, per source shard, the highest sequence number taken so far (the inbox's
+//! watermark): an entry is taken only if it is the next one (`seq == watermark + 1`), so that
+//! duplicates (two forwarders, a retransmission, a forwarder that failed and a successor that
+//! starts again) are ignored and a gap (an earlier entry lost on its way) is refused until the
+//! missing entry comes. Either way B tells the watermark ([`crate::queue::Effect::Inbox`]), and
+//! the forwarder submits it to A ([`crate::queue::Op::ForwardAck`]), whose replicas drop the
+//! entries up to it; anything above it is forwarded again. The key that B deduplicates on is
+//! `(A, seq)`: each sequence number is one output of one completion of one request instance in
+//! A (completions are deduplicated by instance there), so it names `(request, step instance)`
+//! with a bounded memory (one number per source shard, not a set of keys).
+//!
+//! Nothing is lost when a member of A or B, or the forwarder, fails: the outbox and the inbox
+//! are replicated state (state transfer, snapshots and the durable log carry them), and a new
+//! forwarder starts from A's outbox.
+//!
+//! **Moving a queue.** When a new map gives one of A's queues to B, A's replicas take its
+//! waiting requests (queued and blocked pushes) out of the queue at the map's position, in
+//! order, and put them in the outbox for B: they move with the queue, neither lost nor
+//! doubled. Requests of that queue in flight at A's consumers finish in A; their continuations
+//! go wherever the map then says. A shard that is forwarded an entry for a queue it no longer
+//! owns (its map moved on) takes it (the watermark moves) and forwards it on through its own
+//! outbox.
+
+use crate::queue::{Effect, Request};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A shard: one total-order group of the deployment (`0..shards`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ShardId(pub u16);
+
+impl fmt::Display for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "shard {}", self.0)
+    }
+}
+
+/// Which shard owns each queue, at one version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMap {
+    /// Increases with every change; a group applies a map only if it is newer than its own.
+    pub version: u64,
+    /// The number of shards (at least 1).
+    pub shards: u16,
+    /// Queues placed by hand, whatever their hash says.
+    pub overrides: BTreeMap<String, ShardId>,
+}
+
+/// A map that cannot be applied, naming what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardMapError {
+    #[error("shards: a deployment has at least one shard")]
+    NoShards,
+    #[error("overrides.{queue}: {shard} does not exist (shards = {shards})")]
+    NoSuchShard {
+        queue: String,
+        shard: ShardId,
+        shards: u16,
+    },
+}
+
+impl Default for ShardMap {
+    /// One shard owning every queue (version 0: a group that was never given a map).
+    fn default() -> Self {
+        ShardMap {
+            version: 0,
+            shards: 1,
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
+impl ShardMap {
+    /// `shards` shards, every queue placed by its hash.
+    pub fn hashed(version: u64, shards: u16) -> Self {
+        ShardMap {
+            version,
+            shards,
+            overrides: BTreeMap::new(),
+        }
+    }
+
+    /// The same map with `queue` placed on `shard`.
+    pub fn with_override(mut self, queue: &str, shard: ShardId) -> Self {
+        self.overrides.insert(queue.to_string(), shard);
+        self
+    }
+
+    pub fn validate(&self) -> Result<(), ShardMapError> {
+        if self.shards == 0 {
+            return Err(ShardMapError::NoShards);
+        }
+        for (queue, &shard) in &self.overrides {
+            if shard.0 >= self.shards {
+                return Err(ShardMapError::NoSuchShard {
+                    queue: queue.clone(),
+                    shard,
+                    shards: self.shards,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The shard that owns `queue`.
+    pub fn owner(&self, queue: &str) -> ShardId {
+        if let Some(&s) = self.overrides.get(queue) {
+            return s;
+        }
+        ShardId(jump_hash(fnv1a(queue.as_bytes()), self.shards.max(1) as u32) as u16)
+    }
+}
+
+/// FNV-1a, 64 bits: a stable hash of a queue's name (the same on every host and build, unlike
+/// the standard library's).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Jump consistent hash (Lamping and Veach, 2014): a bucket in `0..buckets` for `key`; going
+/// from `n` to `n + 1` buckets moves a key only into the new bucket, about `1/(n+1)` of them.
+fn jump_hash(mut key: u64, buckets: u32) -> u32 {
+    let (mut b, mut j): (i64, i64) = (-1, 0);
+    while j < buckets as i64 {
+        b = j;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        j = (((b + 1) as f64) * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
+    }
+    b as u32
+}
+
+/// What an outbox entry carries to another shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Forward {
+    /// A request for a queue the destination owns.
+    Push(Request),
+    /// The end of a run that began in the destination (its origin shard): a terminal
+    /// completion, a failure, a refusal or an overwrite, told to the run's origin there.
+    Outcome(Box<Effect>),
+}
+
+/// Entries for one destination shard not yet known taken there.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Outbox {
+    /// The last sequence number given (the first entry is 1).
+    last: u64,
+    entries: BTreeMap<u64, Forward>,
+}
+
+/// One shard's cross-shard state, part of its group's replicated state
+/// ([`crate::queue::QueueState`]). See the module docs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shards {
+    /// This group's shard (`None`: never given a map: one group owns every queue).
+    me: Option<ShardId>,
+    map: ShardMap,
+    outbox: BTreeMap<ShardId, Outbox>,
+    /// Per source shard, the highest sequence number taken.
+    inbox: BTreeMap<ShardId, u64>,
+    /// Runs of this shard's origins that went to another shard, with how many of their
+    /// branches are away: held by the deployment though not by this group (a returning origin
+    /// does not push them again; see `QueueState::rejoined`).
+    away: BTreeMap<crate::types::RequestId, u32>,
+}
+
+/// What [`Shards::take`] decided about a forwarded entry.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Take {
+    /// The next entry from its source: to be pushed (or forwarded on).
+    Next,
+    /// Taken before, or after a gap: ignored.
+    Ignore,
+}
+
+impl Shards {
+    /// This group's shard, if it was given a map.
+    pub fn me(&self) -> Option<ShardId> {
+        self.me
+    }
+
+    pub fn map(&self) -> &ShardMap {
+        &self.map
+    }
+
+    /// The shard other than this one that owns `queue`, if another does.
+    pub fn elsewhere(&self, queue: &str) -> Option<ShardId> {
+        let me = self.me?;
+        let owner = self.map.owner(queue);
+        (owner != me).then_some(owner)
+    }
+
+    /// Applies a map, if newer than the current one and meant for this shard (a group is one
+    /// shard for its lifetime). Whether it was applied.
+    pub fn set_map(&mut self, me: ShardId, map: ShardMap) -> bool {
+        if map.version <= self.map.version
+            || self.me.is_some_and(|m| m != me)
+            || map.validate().is_err()
+        {
+            return false;
+        }
+        self.me = Some(me);
+        self.map = map;
+        true
+    }
+
+    /// Appends `entry` to the outbox for `to`: its sequence number. A push of a run of this
+    /// shard's counts as away until it comes back, as a push or as its end.
+    pub fn append(&mut self, to: ShardId, entry: Forward) -> u64 {
+        if let Forward::Push(req) = &entry {
+            if req.meta.origin_shard == self.me {
+                *self.away.entry(req.id).or_default() += 1;
+            }
+        }
+        let out = self.outbox.entry(to).or_default();
+        out.last += 1;
+        out.entries.insert(out.last, entry);
+        out.last
+    }
+
+    /// A branch of run `id` of this shard's origins came back (its push, or its end).
+    pub fn returned(&mut self, id: crate::types::RequestId) {
+        if let Some(n) = self.away.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                self.away.remove(&id);
+            }
+        }
+    }
+
+    /// Runs of this shard's origins away in other shards.
+    pub fn away(&self) -> impl Iterator<Item = crate::types::RequestId> + '_ {
+        self.away.keys().copied()
+    }
+
+    /// `to` took every entry up to `upto`: they go.
+    pub fn acknowledged(&mut self, to: ShardId, upto: u64) {
+        if let Some(out) = self.outbox.get_mut(&to) {
+            out.entries = out.entries.split_off(&(upto + 1));
+        }
+    }
+
+    /// Whether entry `seq` from `from` is the next one; the watermark moves if so.
+    pub fn take(&mut self, from: ShardId, seq: u64) -> Take {
+        let mark = self.inbox.entry(from).or_insert(0);
+        if seq == *mark + 1 {
+            *mark = seq;
+            Take::Next
+        } else {
+            Take::Ignore
+        }
+    }
+
+    /// The highest sequence number taken from `from`.
+    pub fn watermark(&self, from: ShardId) -> u64 {
+        self.inbox.get(&from).copied().unwrap_or(0)
+    }
+
+    /// The entries for `to` not yet acknowledged, in order: what a forwarder sends (again).
+    pub fn outbox(&self, to: ShardId) -> impl Iterator<Item = (u64, &Forward)> {
+        self.outbox
+            .get(&to)
+            .into_iter()
+            .flat_map(|o| o.entries.iter().map(|(s, r)| (*s, r)))
+    }
+
+    /// The destinations with entries waiting.
+    pub fn destinations(&self) -> impl Iterator<Item = ShardId> + '_ {
+        self.outbox
+            .iter()
+            .filter(|(_, o)| !o.entries.is_empty())
+            .map(|(s, _)| *s)
+    }
+
+    /// Entries waiting in every outbox.
+    pub fn waiting(&self) -> usize {
+        self.outbox.values().map(|o| o.entries.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jump_hash_spreads_and_moves_little_when_a_shard_is_added() {
+        let names: Vec<String> = (0..4000).map(|i| format!("step-{i}")).collect();
+        let four = ShardMap::hashed(1, 4);
+        let five = ShardMap::hashed(2, 5);
+        let mut per = [0usize; 4];
+        let mut moved = 0;
+        for n in &names {
+            let a = four.owner(n);
+            per[a.0 as usize] += 1;
+            let b = five.owner(n);
+            if a != b {
+                assert_eq!(b, ShardId(4), "{n} moved between old shards");
+                moved += 1;
+            }
+        }
+        for p in per {
+            assert!((800..1200).contains(&p), "{per:?}");
+        }
+        // About a fifth move, all to the new shard.
+        assert!((600..1000).contains(&moved), "{moved}");
+        // Stable across builds and hosts: pinned values.
+        assert_eq!(ShardMap::hashed(1, 1).owner("anything"), ShardId(0));
+        assert_eq!(
+            (0..8)
+                .map(|i| four.owner(&format!("q{i}")).0)
+                .collect::<Vec<_>>(),
+            PINNED
+        );
+    }
+    const PINNED: [u16; 8] = [0, 0, 2, 2, 0, 2, 1, 3];
+
+    #[test]
+    fn jump_hash_answers_as_the_papers_algorithm() {
+        // Published values of the reference implementation (as ClickHouse's
+        // jumpConsistentHash tests list them).
+        for (key, buckets, want) in [
+            (1, 1, 0),
+            (42, 57, 43),
+            (256, 1024, 520),
+            (3_735_883_980, 1, 0),
+            (3_735_883_980, 666, 361),
+            (16_045_690_984_833_335_023, 255, 237),
+        ] {
+            assert_eq!(jump_hash(key, buckets), want, "jump({key}, {buckets})");
+        }
+    }
+
+    #[test]
+    fn overrides_win_and_bad_maps_are_named() {
+        let m = ShardMap::hashed(1, 2).with_override("a", ShardId(1));
+        assert_eq!(m.owner("a"), ShardId(1));
+        let m2 = ShardMap::hashed(1, 2).with_override("a", ShardId(0));
+        assert_eq!(m2.owner("a"), ShardId(0));
+        let bad = ShardMap::hashed(1, 2).with_override("resize", ShardId(2));
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "overrides.resize: shard 2 does not exist (shards = 2)"
+        );
+        assert_eq!(
+            ShardMap::hashed(1, 0).validate().unwrap_err(),
+            ShardMapError::NoShards
+        );
+    }
+
+    #[test]
+    fn maps_apply_newer_only_and_to_one_shard() {
+        let mut s = Shards::default();
+        assert_eq!(s.elsewhere("x"), None);
+        assert!(s.set_map(ShardId(1), ShardMap::hashed(3, 2)));
+        assert!(!s.set_map(ShardId(1), ShardMap::hashed(2, 2)), "older");
+        assert!(!s.set_map(ShardId(1), ShardMap::hashed(3, 2)), "same");
+        assert!(
+            !s.set_map(ShardId(0), ShardMap::hashed(4, 2)),
+            "other shard"
+        );
+        assert!(!s.set_map(ShardId(1), ShardMap::hashed(4, 0)), "invalid");
+        assert!(s.set_map(
+            ShardId(1),
+            ShardMap::hashed(4, 2).with_override("x", ShardId(0))
+        ));
+        assert_eq!(s.elsewhere("x"), Some(ShardId(0)));
+    }
+
+    #[test]
+    fn the_inbox_takes_each_entry_once_in_order() {
+        let mut s = Shards::default();
+        let a = ShardId(0);
+        assert_eq!(s.take(a, 2), Take::Ignore, "a gap");
+        assert_eq!(s.take(a, 1), Take::Next);
+        assert_eq!(s.take(a, 1), Take::Ignore, "a duplicate");
+        assert_eq!(s.take(a, 2), Take::Next);
+        assert_eq!(s.watermark(a), 2);
+        assert_eq!(s.watermark(ShardId(5)), 0);
+    }
+}
