@@ -300,8 +300,13 @@ impl Model {
                     fx.push(Effect::Pipelines { version, docs });
                 }
             }
-            // The replica's (a restart's claim), never a queue's.
-            Op::Recovered { .. } | Op::Redis { .. } => {}
+            // A restart's claim (the replica's, never a queue's), and what this model does not
+            // generate: Redis commands, and the shards' operations (tests/shards.rs).
+            Op::Recovered { .. }
+            | Op::Redis { .. }
+            | Op::ShardMap { .. }
+            | Op::Forwarded { .. }
+            | Op::ForwardAck { .. } => {}
         }
         // Serve ready consumers in order.
         let mut i = 0;

@@ -421,8 +421,8 @@ fn run(seed: u64, requests: u64, steps: usize, loss: u64, remap: bool) -> World 
             },
         );
     }
-    for i in 0..2 {
-        if remap && !mapped[i] {
+    for (i, done) in mapped.into_iter().enumerate() {
+        if remap && !done {
             let me = w.shards[i].me;
             let by = w.shards[i].consumer;
             w.apply(

@@ -490,7 +490,7 @@ impl QueueState {
                     }
                     moved += items.len();
                     for req in items {
-                        self.to_outbox(to, req, effects);
+                        self.send_away(to, req, effects);
                     }
                 }
                 effects.push(Effect::ShardMap { me, version, moved });
@@ -726,7 +726,7 @@ impl QueueState {
             if run.is_none() {
                 effects.push(Effect::Accepted { pusher, id: req.id });
             }
-            self.to_outbox(to, req, effects);
+            self.send_away(to, req, effects);
             return;
         }
         self.next_instance += 1;
@@ -817,7 +817,7 @@ impl QueueState {
 
     /// Appends `req` to the outbox for `to` (its instance there is the destination's to
     /// give; a run of this shard's carries this shard as its origin).
-    fn to_outbox(&mut self, to: ShardId, mut req: Request, effects: &mut Vec<Effect>) {
+    fn send_away(&mut self, to: ShardId, mut req: Request, effects: &mut Vec<Effect>) {
         req.instance = 0;
         req.meta.origin_shard = req.meta.origin_shard.or(self.shards.me());
         let entry = Forward::Push(req);
