@@ -59,10 +59,26 @@ fn start_with(
     run: bool,
     segment: Option<u64>,
 ) -> Vec<EngineHandle> {
-    let a = addrs();
+    // The ports addrs() found free may be taken by a test running beside this one before
+    // they are bound again: then three others.
+    let mut transports = Vec::new();
+    for attempt in 1.. {
+        let a = addrs();
+        match (0..3)
+            .map(|me| UdpTransport::bind(a[me], a.clone()))
+            .collect::<std::io::Result<Vec<_>>>()
+        {
+            Ok(t) => {
+                transports = t;
+                break;
+            }
+            Err(e) if attempt < 20 && e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => panic!("binding the members' ports: {e}"),
+        }
+    }
     let mut hs = Vec::new();
-    for me in 0..3u16 {
-        let transport = Box::new(UdpTransport::bind(a[me as usize], a.clone()).unwrap());
+    for (me, transport) in (0..3u16).zip(transports) {
+        let transport = Box::new(transport);
         let app = (me > 0 && run).then(|| {
             Box::new(InvokerApp::new(
                 MemberId(me),
