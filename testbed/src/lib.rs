@@ -2,4 +2,5 @@
 //! checkers for every property of the total-order multicast and the replicated queue. The
 //! network-namespace scripts live beside this crate (`testbed/*.sh`).
 
+pub mod scale;
 pub mod sim;

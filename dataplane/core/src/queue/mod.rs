@@ -878,7 +878,17 @@ impl QueueState {
     /// Serves ready consumers in the order they became ready.
     fn dispatch(&mut self, effects: &mut Vec<Effect>) {
         let mut i = 0;
+        // A credit (a consumer, with its queue if it named one) that found nothing finds
+        // nothing again in this pass: a take only removes requests, and a blocked push it
+        // admits goes into the queue it took from, which that credit did not find empty. So
+        // the consumer's other credits are skipped, not tried again (a consumer may hold
+        // `MAX_CREDITS` of them: trying each made every push cost that many lookups).
+        let mut dry: Vec<(MemberId, Option<String>)> = Vec::new();
         while i < self.ready.len() {
+            if dry.contains(&self.ready[i]) {
+                i += 1;
+                continue;
+            }
             let (consumer, only) = self.ready[i].clone();
             match self.take_for(consumer, only.as_deref(), effects) {
                 Some(req) => {
@@ -888,7 +898,10 @@ impl QueueState {
                     }
                     self.assign(consumer, req, effects);
                 }
-                None => i += 1,
+                None => {
+                    dry.push((consumer, only));
+                    i += 1;
+                }
             }
         }
     }
