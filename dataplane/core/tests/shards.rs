@@ -65,6 +65,8 @@ struct Shard {
     /// Completed per (request, step): counted from the order's effects.
     done: BTreeMap<(RequestId, String), usize>,
     consumer: MemberId,
+    /// Every effect its order produced, in order.
+    log: Vec<Effect>,
 }
 
 /// Messages between shards, in flight through the forwarders: entries and watermarks.
@@ -113,6 +115,7 @@ impl World {
             running: Vec::new(),
             done: BTreeMap::new(),
             consumer: MemberId(1),
+            log: Vec::new(),
         };
         let mut w = World {
             shards: [mk(A), mk(B)],
@@ -174,6 +177,7 @@ impl World {
                 self.seen.forwarded_on += 1;
             }
         }
+        self.shards[i].log.extend(fx.iter().cloned());
         for e in fx {
             if let Effect::Outbox {
                 entry: Forward::Outcome(end),
@@ -570,4 +574,155 @@ fn a_returning_origin_counts_its_runs_away_as_held_and_hears_their_ends() {
                 if *id == RequestId::new(TRIGGER, 1) && step == "two")),
         "{told:?}"
     );
+}
+
+/// Request ids are unique within a shard, not across shards: a run begun in A by member 9 may
+/// meet, in B, a member 9 of B's own. The news of that run in B (its second step completed and
+/// continued back into A) is for nobody in B; its pusher in A hears its push accepted and its
+/// run's end.
+#[test]
+fn a_foreign_run_sharing_a_local_members_id_concerns_nobody_there() {
+    let mut w = World::new(5);
+    let flush = |w: &mut World| {
+        while let Some(m) = (!w.wire.is_empty()).then(|| w.wire.remove(0)) {
+            w.deliver(m);
+        }
+    };
+    w.apply(
+        0,
+        Op::Push {
+            pusher: TRIGGER,
+            req: request(1),
+        },
+    );
+    w.complete(0, 0, false);
+    flush(&mut w);
+    // Step two, in B, continues to a third step in A.
+    let (instance, req) = w.shards[1].running.remove(0);
+    let consumer = w.shards[1].consumer;
+    w.apply(
+        1,
+        Op::Complete {
+            consumer,
+            id: req.id,
+            instance,
+            step: req.step.clone(),
+            outputs: vec![Request {
+                step: "three".into(),
+                queue: "s1".into(),
+                instance: 0,
+                ..req.clone()
+            }],
+            result: None,
+            reply: None,
+            meta: Meta::default(),
+            credits: 1,
+        },
+    );
+    flush(&mut w);
+    w.complete(0, 0, false);
+    flush(&mut w);
+    let id = RequestId::new(TRIGGER, 1);
+    let about = |e: &Effect| match e {
+        Effect::Accepted { id: i, .. }
+        | Effect::Completed { id: i, .. }
+        | Effect::Failed { id: i, .. }
+        | Effect::Requeued { id: i, .. } => *i == id,
+        _ => false,
+    };
+    let in_b: Vec<&Effect> = w.shards[1].log.iter().filter(|e| about(e)).collect();
+    assert!(
+        in_b.iter().any(|e| matches!(
+            e,
+            Effect::Completed {
+                terminal: false,
+                ..
+            }
+        )),
+        "{in_b:?}"
+    );
+    for e in &in_b {
+        assert!(!e.concerns(TRIGGER, Some(B)), "told in B: {e:?}");
+    }
+    // In A, the pusher hears its push accepted and its run's end, once.
+    let in_a: Vec<&Effect> = w.shards[0].log.iter().filter(|e| about(e)).collect();
+    let told: Vec<&&Effect> = in_a
+        .iter()
+        .filter(|e| e.concerns(TRIGGER, Some(A)))
+        .collect();
+    assert!(
+        told.iter().any(|e| matches!(e, Effect::Accepted { .. })),
+        "{in_a:?}"
+    );
+    assert_eq!(
+        told.iter()
+            .filter(|e| matches!(
+                e,
+                Effect::Completed { terminal: true, .. } | Effect::Failed { .. }
+            ))
+            .count(),
+        1,
+        "{in_a:?}"
+    );
+    // A member of another id hears none of it.
+    assert!(in_a.iter().all(|e| !e.concerns(MemberId(1), Some(A))));
+}
+
+/// A requeued foreign request (its consumer in B failed) is B's business, not B's member 9's.
+#[test]
+fn a_foreign_request_requeued_concerns_nobody_there() {
+    let mut w = World::new(6);
+    w.apply(
+        0,
+        Op::Push {
+            pusher: TRIGGER,
+            req: request(1),
+        },
+    );
+    w.complete(0, 0, false);
+    while let Some(m) = (!w.wire.is_empty()).then(|| w.wire.remove(0)) {
+        w.deliver(m);
+    }
+    assert_eq!(w.shards[1].running.len(), 1);
+    let mut fx = Vec::new();
+    let c = w.shards[1].consumer;
+    w.shards[1].state.remove_members(&[c], &mut fx);
+    let re: Vec<&Effect> = fx
+        .iter()
+        .filter(|e| matches!(e, Effect::Requeued { .. }))
+        .collect();
+    assert_eq!(re.len(), 1, "{fx:?}");
+    assert!(!re[0].concerns(TRIGGER, Some(B)));
+    // Not sharded, the same effect would be the pusher's (ids unique in the group).
+    let mut s = QueueState::new();
+    s.apply(Op::Create(spec("s1")), &mut fx);
+    let mut fx = Vec::new();
+    s.apply(
+        Op::Subscribe {
+            consumer: MemberId(1),
+            queue: "s1".into(),
+        },
+        &mut fx,
+    );
+    s.apply(
+        Op::Ready {
+            consumer: MemberId(1),
+            credits: 1,
+        },
+        &mut fx,
+    );
+    s.apply(
+        Op::Push {
+            pusher: TRIGGER,
+            req: request(2),
+        },
+        &mut fx,
+    );
+    fx.clear();
+    s.remove_members(&[MemberId(1)], &mut fx);
+    let local = fx
+        .iter()
+        .find(|e| matches!(e, Effect::Requeued { .. }))
+        .expect("requeued");
+    assert!(local.concerns(TRIGGER, None));
 }

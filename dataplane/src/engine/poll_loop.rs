@@ -706,7 +706,7 @@ impl Engine {
                 }
                 _ => {}
             }
-            if e.concerns(me) {
+            if e.concerns(me, self.replica.queue().shards().me()) {
                 self.route(Event {
                     at_us: self.clock.now_us(),
                     effect: e,

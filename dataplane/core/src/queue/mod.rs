@@ -219,6 +219,7 @@ impl QueueState {
                 id: req.id,
                 step: req.step.clone(),
                 queue: req.queue.clone(),
+                origin_shard: req.meta.origin_shard,
             });
             if let Some(q) = self.queues.get_mut(&req.queue) {
                 self.head_stamp -= 1;
@@ -611,6 +612,12 @@ impl QueueState {
                     if terminal {
                         self.route_end(origin, effects);
                     }
+                    // Which shard's run this is, whatever the consumer said (see
+                    // `Effect::concerns`).
+                    let meta = Meta {
+                        origin_shard: origin,
+                        ..meta
+                    };
                     effects.push(Effect::Completed {
                         consumer,
                         id,

@@ -369,6 +369,8 @@ pub enum Effect {
         id: RequestId,
         step: String,
         queue: String,
+        /// The shard its run began in, if another shard's (see [`Meta::origin_shard`]).
+        origin_shard: Option<ShardId>,
     },
     /// The group's pipelines changed (applied [`Op::Pipelines`], or the state a joiner
     /// received carries them).
@@ -473,25 +475,38 @@ pub enum Effect {
 }
 
 impl Effect {
-    /// Whether this effect is for member `me`'s application: a request assigned to it, what
-    /// happened to the runs it started (their requests carry its id), and group-wide news (a
-    /// view, new pipelines, a shutdown). Every replica computes every effect; each member's
-    /// host hands on only these.
-    pub fn concerns(&self, me: MemberId) -> bool {
+    /// Whether this effect is for member `me`'s application, in a group that is shard `shard`
+    /// of a sharded deployment (`None`: not sharded): a request assigned to it, what happened
+    /// to the runs it started (their requests carry its id), and group-wide news (a view, new
+    /// pipelines, a shutdown). Every replica computes every effect; each member's host hands
+    /// on only these.
+    ///
+    /// Request ids are unique within a group (the origin member's id and its counter), not
+    /// across shards: a run another shard started may carry the id of one of this shard's
+    /// members. Its requests say which shard they began in ([`Meta::origin_shard`]; a
+    /// forwarded push's pusher is [`crate::queue::FORWARDER`]), and the news of such a run is
+    /// for nobody here (its end goes back to its shard through the outbox).
+    pub fn concerns(&self, me: MemberId, shard: Option<ShardId>) -> bool {
+        let ours = |id: &RequestId, origin: &Option<ShardId>| {
+            id.origin() == me && origin.is_none_or(|s| Some(s) == shard)
+        };
         match self {
             Effect::Assigned { consumer, .. }
             | Effect::Speculated { consumer, .. }
             | Effect::Confirmed { consumer, .. }
             | Effect::Discarded { consumer, .. } => *consumer == me,
             Effect::Rejoined { origin, .. } | Effect::Redis { origin, .. } => *origin == me,
-            Effect::Blocked { id, .. }
-            | Effect::Accepted { id, .. }
-            | Effect::Admitted { id, .. }
-            | Effect::Rejected { id, .. }
-            | Effect::Overwritten { id, .. }
-            | Effect::Completed { id, .. }
-            | Effect::Failed { id, .. }
-            | Effect::Requeued { id, .. } => id.origin() == me,
+            Effect::Blocked { pusher, id, .. }
+            | Effect::Admitted { pusher, id, .. }
+            | Effect::Rejected { pusher, id, .. }
+            | Effect::Accepted { pusher, id } => {
+                *pusher != crate::queue::FORWARDER && id.origin() == me
+            }
+            Effect::Completed { id, meta, .. } => ours(id, &meta.origin_shard),
+            Effect::Requeued {
+                id, origin_shard, ..
+            } => ours(id, origin_shard),
+            Effect::Overwritten { id, .. } | Effect::Failed { id, .. } => id.origin() == me,
             // Which member forwards between shards is the host's choice.
             Effect::Shutdown { .. }
             | Effect::ViewInstalled { .. }

@@ -245,7 +245,7 @@ fn switching_speculation_off_discards_what_was_not_delivered() {
     let tail: Vec<&Effect> = net.fx[2]
         .iter()
         .skip_while(|e| !matches!(e, Effect::Speculated { .. }))
-        .filter(|e| e.concerns(MemberId(2)) && !matches!(e, Effect::Accepted { .. }))
+        .filter(|e| e.concerns(MemberId(2), None) && !matches!(e, Effect::Accepted { .. }))
         .collect();
     assert!(
         matches!(
