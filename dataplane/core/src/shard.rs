@@ -39,6 +39,8 @@
 //! outbox.
 
 use crate::queue::{Effect, Request};
+use crate::types::Instant;
+use core::time::Duration;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -286,6 +288,21 @@ impl Shards {
             .flat_map(|o| o.entries.iter().map(|(s, r)| (*s, r)))
     }
 
+    /// The entries for `to` after sequence number `after`, in order.
+    pub fn outbox_after(&self, to: ShardId, after: u64) -> impl Iterator<Item = (u64, &Forward)> {
+        self.outbox
+            .get(&to)
+            .into_iter()
+            .flat_map(move |o| o.entries.range(after + 1..).map(|(s, r)| (*s, r)))
+    }
+
+    /// The highest sequence number for `to` acknowledged (dropped from the outbox).
+    pub fn acknowledged_upto(&self, to: ShardId) -> u64 {
+        self.outbox.get(&to).map_or(0, |o| {
+            o.entries.keys().next().map_or(o.last, |first| first - 1)
+        })
+    }
+
     /// The destinations with entries waiting.
     pub fn destinations(&self) -> impl Iterator<Item = ShardId> + '_ {
         self.outbox
@@ -297,6 +314,213 @@ impl Shards {
     /// Entries waiting in every outbox.
     pub fn waiting(&self) -> usize {
         self.outbox.values().map(|o| o.entries.len()).sum()
+    }
+}
+
+/// How a [`Forwarder`] paces itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwarderConfig {
+    /// Entries sent beyond the destination's watermark, at most.
+    pub window: u64,
+    /// Entries sent and the destination's watermark still for this long: send again from
+    /// the watermark (go-back-N: the destination takes only the next entry, so whatever
+    /// followed a lost one must go again). Also how long an acknowledgement is left to be
+    /// ordered before it is submitted again.
+    pub resend_after: Duration,
+    /// Acknowledge (at the source) once this many entries were taken since the last
+    /// acknowledgement ...
+    pub ack_every: u64,
+    /// ... or once the oldest entry taken and not acknowledged was taken this long ago.
+    pub ack_after: Duration,
+}
+
+impl Default for ForwarderConfig {
+    fn default() -> Self {
+        ForwarderConfig {
+            window: 256,
+            resend_after: Duration::from_millis(5),
+            ack_every: 32,
+            ack_after: Duration::from_millis(1),
+        }
+    }
+}
+
+/// An operation a [`Forwarder`] asks its host to submit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Forwarding {
+    /// To the destination shard's group: an [`crate::queue::Op::Forwarded`].
+    ToDestination(crate::queue::Op),
+    /// To the source shard's group: an [`crate::queue::Op::ForwardAck`].
+    ToSource(crate::queue::Op),
+}
+
+/// Counters of a forwarder's work.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ForwarderStats {
+    pub sent: u64,
+    /// Times it went back to the destination's watermark (a timeout, or a refused submit).
+    pub went_back: u64,
+    pub acks: u64,
+}
+
+/// Carries one source shard's outbox for one destination into the destination's order, and
+/// the destination's watermark back (see the module docs). Sans-IO and deterministic: a host
+/// with a member in the source and one in the destination calls [`Forwarder::poll`] with the
+/// replicated state of both as its members hold them (after applying their effects), submits
+/// what it returns to the group it names, and calls it again at [`Forwarder::poll_timeout`].
+///
+/// The forwarder keeps no state that matters for correctness: everything it sends is in the
+/// source's outbox, and what was taken is the destination's watermark, both replicated. A
+/// forwarder that starts (a new process, another member chosen) begins at the watermark; two
+/// at once only cost duplicates, which the destination ignores. What it keeps is pacing: how
+/// far it sent (at most `window` entries beyond the watermark), when the watermark last moved
+/// (still for `resend_after` with entries out: it goes back to the watermark), and the
+/// acknowledgements it submitted (batched: `ack_every` entries, or `ack_after`).
+#[derive(Clone, Debug)]
+pub struct Forwarder {
+    from: ShardId,
+    to: ShardId,
+    cfg: ForwarderConfig,
+    /// Entries up to this one were sent (or are known taken).
+    sent: u64,
+    /// The destination's watermark when last looked, and since when it has not moved.
+    taken: u64,
+    still_since: Instant,
+    /// The last acknowledgement submitted, and when.
+    ack_sent: u64,
+    ack_sent_at: Instant,
+    /// The last acknowledgement submitted is not yet seen dropping the source's entries.
+    ack_open: bool,
+    /// Since when entries were taken and not acknowledged (nor an acknowledgement submitted).
+    unacked_since: Option<Instant>,
+    stats: ForwarderStats,
+}
+
+impl Forwarder {
+    pub fn new(from: ShardId, to: ShardId, cfg: ForwarderConfig, now: Instant) -> Forwarder {
+        Forwarder {
+            from,
+            to,
+            cfg,
+            sent: 0,
+            taken: 0,
+            still_since: now,
+            ack_sent: 0,
+            ack_sent_at: now,
+            ack_open: false,
+            unacked_since: None,
+            stats: ForwarderStats::default(),
+        }
+    }
+
+    pub fn from(&self) -> ShardId {
+        self.from
+    }
+
+    pub fn to(&self) -> ShardId {
+        self.to
+    }
+
+    pub fn stats(&self) -> &ForwarderStats {
+        &self.stats
+    }
+
+    /// What to submit now, appended to `out`: entries of `source`'s outbox for the destination
+    /// (at most `dest_room`: what the destination member's window takes), and an
+    /// acknowledgement of the destination's watermark for the source (if `source_room > 0`).
+    /// `source` and `dest` are the shards' replicated states as this host's members hold them.
+    pub fn poll(
+        &mut self,
+        now: Instant,
+        source: &Shards,
+        dest: &Shards,
+        dest_room: usize,
+        source_room: usize,
+        out: &mut Vec<Forwarding>,
+    ) {
+        let taken = dest.watermark(self.from);
+        if taken > self.taken {
+            self.taken = taken;
+            self.still_since = now;
+        }
+        // Taken by the destination as its member holds it: whoever sent them.
+        self.sent = self.sent.max(self.taken);
+        if self.sent > self.taken && now.saturating_since(self.still_since) >= self.cfg.resend_after
+        {
+            self.sent = self.taken;
+            self.still_since = now;
+            self.stats.went_back += 1;
+        }
+        let limit = self.taken + self.cfg.window;
+        for (seq, entry) in source
+            .outbox_after(self.to, self.sent)
+            .take_while(|(seq, _)| *seq <= limit)
+            .take(dest_room)
+        {
+            out.push(Forwarding::ToDestination(crate::queue::Op::Forwarded {
+                from: self.from,
+                seq,
+                entry: entry.clone(),
+            }));
+            self.sent = seq;
+            self.stats.sent += 1;
+        }
+        // Acknowledgements: what the source has dropped, or what was submitted lately.
+        let acked = source.acknowledged_upto(self.to);
+        if acked >= self.ack_sent {
+            self.ack_open = false;
+        }
+        let recent = now.saturating_since(self.ack_sent_at) < self.cfg.resend_after;
+        let base = if recent {
+            acked.max(self.ack_sent)
+        } else {
+            acked
+        };
+        if self.taken <= base {
+            self.unacked_since = None;
+            return;
+        }
+        let since = *self.unacked_since.get_or_insert(now);
+        let due = self.taken - base >= self.cfg.ack_every
+            || now.saturating_since(since) >= self.cfg.ack_after;
+        if due && source_room > 0 {
+            out.push(Forwarding::ToSource(crate::queue::Op::ForwardAck {
+                to: self.to,
+                upto: self.taken,
+            }));
+            self.ack_sent = self.taken;
+            self.ack_sent_at = now;
+            self.ack_open = true;
+            self.unacked_since = None;
+            self.stats.acks += 1;
+        }
+    }
+
+    /// The host could not submit `f` (a full window, a member not serving): it goes again.
+    pub fn refused(&mut self, f: &Forwarding) {
+        match f {
+            Forwarding::ToDestination(crate::queue::Op::Forwarded { seq, .. }) => {
+                if *seq <= self.sent {
+                    self.sent = seq.saturating_sub(1).max(self.taken);
+                    self.stats.went_back += 1;
+                }
+            }
+            _ => {
+                self.ack_sent = 0;
+                self.ack_sent_at = Instant::ZERO;
+            }
+        }
+    }
+
+    /// When [`Forwarder::poll`] has something to do without new state: a resend or an
+    /// acknowledgement due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let resend = (self.sent > self.taken).then(|| self.still_since + self.cfg.resend_after);
+        let ack = self.unacked_since.map(|t| t + self.cfg.ack_after);
+        let again = self
+            .ack_open
+            .then(|| self.ack_sent_at + self.cfg.resend_after);
+        [resend, ack, again].into_iter().flatten().min()
     }
 }
 
