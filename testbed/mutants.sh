@@ -206,6 +206,28 @@ MUTANTS = [
     ("restart-keeps-the-consumers", "replica/recovery.rs",
      "        let removed = self.queue.consumers();",
      "        let removed: Vec<MemberId> = Vec::new();"),
+    # Shards, under the sharded-deployment simulator (shard-sim, on the same number of seeds):
+    # an entry is taken only if it is the next from its source; the source drops only what
+    # was acknowledged; a forwarder goes back to the watermark; a member is told only of runs
+    # of its own shard.
+    ("take-a-duplicate", "shard.rs",
+     "if seq == *mark + 1 {",
+     "if seq == *mark + 1 || seq == *mark {", "shard-sim"),
+    ("take-after-a-gap", "shard.rs",
+     "if seq == *mark + 1 {",
+     "if seq > *mark {", "shard-sim"),
+    ("drop-one-too-far", "shard.rs",
+     "out.entries = out.entries.split_off(&(upto + 1));",
+     "out.entries = out.entries.split_off(&(upto + 2));", "shard-sim"),
+    ("forwarder-never-goes-back", "shard.rs",
+     "            self.sent = self.taken;",
+     "            let _ = self.taken;", "shard-sim"),
+    ("ends-told-in-any-shard", "queue/op.rs",
+     "id.origin() == me && origin.is_none_or(|s| Some(s) == shard)",
+     "id.origin() == me", "shard-sim"),
+    ("forwarded-push-told-to-its-id", "queue/op.rs",
+     "*pusher != crate::queue::FORWARDER && id.origin() == me",
+     "id.origin() == me", "shard-sim"),
 ]
 
 def run(cmd, **kw):
@@ -226,10 +248,16 @@ if b.returncode != 0:
 base = run(["target/release/sim-soak", "0", str(SEEDS), "--stop"])
 if base.returncode != 0:
     sys.exit("the unmutated core fails the simulator:\n" + base.stdout)
+b = run(["cargo", "build", "--release", "-q", "-p", "conveyor-testbed", "--bin", "shard-sim"])
+base = run(["target/release/shard-sim", "0", str(SEEDS), "--stop"])
+if b.returncode != 0 or base.returncode != 0:
+    sys.exit("the unmutated core fails the sharded simulator:\n" + b.stderr + base.stdout)
 print(f"{'mutant':30} {'caught':7} {'property':28} {'seed':>7} {'time':>6}")
 caught = total = 0
 try:
-    for name, rel, old, new in MUTANTS:
+    for mutant in MUTANTS:
+        name, rel, old, new = mutant[:4]
+        tool = mutant[4] if len(mutant) > 4 else "sim-soak"
         if ONLY and name not in ONLY:
             continue
         path = CORE + rel
@@ -241,13 +269,13 @@ try:
             f.write(text.replace(old, new))
         total += 1
         t0 = time.time()
-        b = run(["cargo", "build", "--release", "-q", "-p", "conveyor-testbed", "--bin", "sim-soak"])
+        b = run(["cargo", "build", "--release", "-q", "-p", "conveyor-testbed", "--bin", tool])
         if b.returncode != 0:
             restore()
             print(f"{name:30} {'BUILD':7} {b.stderr.strip().splitlines()[0][:60]}")
             continue
         try:
-            r = run(["target/release/sim-soak", "0", str(SEEDS), "--stop"], timeout=1800)
+            r = run([f"target/release/{tool}", "0", str(SEEDS), "--stop"], timeout=1800)
         except subprocess.TimeoutExpired:
             restore()
             print(f"{name:30} {'NO':7} {'(no end in 30 min)':28} {'':>7} {time.time() - t0:>5.0f}s")
@@ -264,6 +292,6 @@ finally:
     restore()
     # The source is the original again; the binary is the last mutant's until rebuilt.
     if total:
-        run(["cargo", "build", "--release", "-q", "-p", "conveyor-testbed", "--bin", "sim-soak"])
+        run(["cargo", "build", "--release", "-q", "-p", "conveyor-testbed", "--bin", "sim-soak", "--bin", "shard-sim"])
 print(f"caught {caught} of {total}")
 EOF

@@ -75,6 +75,8 @@ else
 fi
 section "simulator totals (the seeds above: views, joins, re-queues, each corner's count)"
 cat "${CARGO_TARGET_DIR:-target}/tmp/sim-totals.txt"
+section "sharded-deployment simulator totals (forwarding, faults, map moves)"
+cat "${CARGO_TARGET_DIR:-target}/tmp/shard-sim-totals.txt"
 section "the latency-study suite, quick (every backend, the report and its plots)"
 suite_out="$(mktemp -d)/suite"
 bash testbed/suite.sh --quick --out "$suite_out" --conveyor target/debug/conveyor

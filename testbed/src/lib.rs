@@ -3,4 +3,5 @@
 //! network-namespace scripts live beside this crate (`testbed/*.sh`).
 
 pub mod scale;
+pub mod shardsim;
 pub mod sim;

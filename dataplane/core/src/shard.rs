@@ -393,6 +393,10 @@ pub struct Forwarder {
     ack_open: bool,
     /// Since when entries were taken and not acknowledged (nor an acknowledgement submitted).
     unacked_since: Option<Instant>,
+    /// When to look whether the acknowledgement last submitted was ordered.
+    recheck: Option<Instant>,
+    /// The last poll could not do what was due for want of room or of the destination's map.
+    blocked: bool,
     stats: ForwarderStats,
 }
 
@@ -409,6 +413,8 @@ impl Forwarder {
             ack_sent_at: now,
             ack_open: false,
             unacked_since: None,
+            recheck: None,
+            blocked: false,
             stats: ForwarderStats::default(),
         }
     }
@@ -438,6 +444,13 @@ impl Forwarder {
         source_room: usize,
         out: &mut Vec<Forwarding>,
     ) {
+        // A destination not yet given its map is not yet a shard of the deployment (its queues
+        // may not exist yet: what it took would be refused): wait for it.
+        self.blocked = false;
+        if dest.me() != Some(self.to) {
+            self.blocked = true;
+            return;
+        }
         let taken = dest.watermark(self.from);
         if taken > self.taken {
             self.taken = taken;
@@ -455,8 +468,16 @@ impl Forwarder {
         for (seq, entry) in source
             .outbox_after(self.to, self.sent)
             .take_while(|(seq, _)| *seq <= limit)
-            .take(dest_room)
+            .take(dest_room.max(1))
         {
+            if dest_room == 0 {
+                self.blocked = true;
+                break;
+            }
+            if self.sent == self.taken {
+                // Nothing was out: the wait for the watermark starts now.
+                self.still_since = now;
+            }
             out.push(Forwarding::ToDestination(crate::queue::Op::Forwarded {
                 from: self.from,
                 seq,
@@ -471,6 +492,9 @@ impl Forwarder {
             self.ack_open = false;
         }
         let recent = now.saturating_since(self.ack_sent_at) < self.cfg.resend_after;
+        // While an acknowledgement submitted lately may still be ordered, look again when that
+        // time is up.
+        self.recheck = (recent && self.ack_open).then(|| self.ack_sent_at + self.cfg.resend_after);
         let base = if recent {
             acked.max(self.ack_sent)
         } else {
@@ -483,6 +507,9 @@ impl Forwarder {
         let since = *self.unacked_since.get_or_insert(now);
         let due = self.taken - base >= self.cfg.ack_every
             || now.saturating_since(since) >= self.cfg.ack_after;
+        if due && source_room == 0 {
+            self.blocked = true;
+        }
         if due && source_room > 0 {
             out.push(Forwarding::ToSource(crate::queue::Op::ForwardAck {
                 to: self.to,
@@ -492,6 +519,7 @@ impl Forwarder {
             self.ack_sent_at = now;
             self.ack_open = true;
             self.unacked_since = None;
+            self.recheck = Some(now + self.cfg.resend_after);
             self.stats.acks += 1;
         }
     }
@@ -508,19 +536,23 @@ impl Forwarder {
             _ => {
                 self.ack_sent = 0;
                 self.ack_sent_at = Instant::ZERO;
+                self.ack_open = false;
+                self.recheck = None;
             }
         }
     }
 
     /// When [`Forwarder::poll`] has something to do without new state: a resend or an
-    /// acknowledgement due.
+    /// acknowledgement due. `None` while it waits for the state to change (the destination not
+    /// yet given its map, a full window): the host polls again after its members apply
+    /// something, as it does anyway.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.blocked {
+            return None;
+        }
         let resend = (self.sent > self.taken).then(|| self.still_since + self.cfg.resend_after);
         let ack = self.unacked_since.map(|t| t + self.cfg.ack_after);
-        let again = self
-            .ack_open
-            .then(|| self.ack_sent_at + self.cfg.resend_after);
-        [resend, ack, again].into_iter().flatten().min()
+        [resend, ack, self.recheck].into_iter().flatten().min()
     }
 }
 

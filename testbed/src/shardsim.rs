@@ -1,0 +1,1231 @@
+//! A deterministic simulator of a sharded deployment: several total-order groups (shards), each
+//! of real [`Replica`]s over its own simulated network, the hosts that run a member of every
+//! shard, and the forwarders ([`Forwarder`]) that carry continuations and ends between them.
+//!
+//! One seed decides everything: the number of shards (2 or 3), loss, duplication, delay and
+//! reordering on every link, the protocol's windows and timeouts, a host crashing (its member
+//! of every shard at once) or one member of one shard crashing, and whether they come back (as
+//! new joiners, their shard's state transferred, outbox and inbox included), a host cut off
+//! from the others for longer than the failure timeout (its members excluded; they rejoin as
+//! the same processes), forwarders restarted (a new one starts at the destination's
+//! watermark), completions reported twice, and the shard map moving a queue to another shard
+//! mid-run (each shard switching at its own point of its order).
+//!
+//! Workload: a three-step pipeline `q0 -> q1 -> q2` whose steps live in different shards
+//! (`q0` in shard 0, `q1` in shard 1, `q2` in shard 2, or back in shard 0 with two shards),
+//! so that every run crosses shards twice and its end comes back to shard 0; each host's
+//! trigger pushes requests into shard 0 through its member there, and every member of every
+//! shard is an invoker of that shard's queues. The forwarder from shard `a` to shard `b` runs
+//! on the lowest host that is a member of both shards' views (as its own members see them),
+//! its members of both serving; any number may run at once during a change.
+//!
+//! Checks, as it happens: replicas of a shard hold identical states at the same position of
+//! their order; a step of a run completes once in the whole deployment (counted from each
+//! shard's order, not from any one replica); a run's end is told in its origin shard only; a
+//! member is told only of the runs it started (request ids are unique per shard, not across
+//! shards); a trigger is told a run's end once. At the end, once the faults stop: every run
+//! that shard 0 admitted has completed each of its three steps exactly once and ended once,
+//! every outbox is empty, every queue drained, and every trigger whose process survived was
+//! told the end of every run it pushed that was admitted.
+
+use conveyor_core::proto::{Dest, ProtoConfig, Status, SubmitError};
+use conveyor_core::queue::{Durability, Effect, Meta, OnFull, Op, Order, QueueSpec, Request};
+use conveyor_core::shard::{Forwarder, ForwarderConfig, Forwarding, ShardId, ShardMap};
+use conveyor_core::types::{GroupId, Instant, MemberId, RequestId, View, ViewId};
+use conveyor_core::wire::Key;
+use conveyor_core::{Applied, Replica};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::time::Duration;
+
+/// The pipeline's steps and their queues.
+const STEPS: [(&str, &str); 3] = [("s0", "q0"), ("s1", "q1"), ("s2", "q2")];
+
+/// What one seed draws.
+#[derive(Clone, Debug)]
+pub struct ShardSimConfig {
+    pub shards: usize,
+    /// Members per shard, and hosts (host `h` runs member `h` of every shard).
+    pub members: usize,
+    /// Requests each host's trigger pushes.
+    pub requests: u64,
+    pub push_gap_us: (u64, u64),
+    pub exec_us: (u64, u64),
+    pub loss: f64,
+    pub duplicate: f64,
+    pub delay_us: (u64, u64),
+    /// Share of frames delayed by 1 to 5 ms (reordered far).
+    pub slow: f64,
+    /// A host crashes (every member it runs) at a time, and comes back (new processes that
+    /// join) at a later one, or not.
+    pub host_crash: Option<(u64, usize, Option<u64>)>,
+    /// One member of one shard crashes (its process alone), and may come back.
+    pub member_crash: Option<(u64, usize, usize, Option<u64>)>,
+    /// A host cut off from every other (every shard) from one time to another.
+    pub cut: Option<(u64, u64, usize)>,
+    /// Times at which one host's forwarders are restarted.
+    pub forwarder_resets: Vec<u64>,
+    /// Share of completions reported twice.
+    pub twice: f64,
+    /// The map's second version (queue `q1` moves to another shard) is submitted to each
+    /// shard around this time.
+    pub move_at: Option<u64>,
+    pub proto: ProtoConfig,
+    pub forwarder: ForwarderConfig,
+    /// How long after the last fault everything must be done.
+    pub settle_us: u64,
+}
+
+impl ShardSimConfig {
+    pub fn from_seed(seed: u64) -> ShardSimConfig {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5a4d_5348_4152_4453);
+        let shards = rng.gen_range(2..=3);
+        let members = 3;
+        let loss = [0.0, 0.01, 0.05, 0.1, 0.2][rng.gen_range(0..5)];
+        let failure_timeout = Duration::from_millis(rng.gen_range(20..60));
+        let proto = ProtoConfig {
+            window: [4u64, 16, 64][rng.gen_range(0..3)],
+            max_frame: 1500,
+            max_payload: conveyor_core::wire::max_payload_for(1500, members),
+            status_interval: Duration::from_micros(rng.gen_range(500..2000)),
+            heartbeat: failure_timeout / 6,
+            failure_timeout,
+            startup_grace: failure_timeout * 4,
+            rto: Duration::from_micros(rng.gen_range(300..2000)),
+            rto_max: Duration::from_millis(rng.gen_range(10..50)),
+            ..ProtoConfig::default()
+        };
+        let crash_at = rng.gen_range(3_000..40_000);
+        let back = rng
+            .gen_bool(0.6)
+            .then(|| crash_at + rng.gen_range(60_000..200_000));
+        let (host_crash, member_crash) = match rng.gen_range(0..4) {
+            0 => (Some((crash_at, rng.gen_range(0..members), back)), None),
+            1 => (
+                None,
+                Some((
+                    crash_at,
+                    rng.gen_range(0..shards),
+                    rng.gen_range(0..members),
+                    back,
+                )),
+            ),
+            _ => (None, None),
+        };
+        let cut =
+            (host_crash.is_none() && member_crash.is_none() && rng.gen_bool(0.5)).then(|| {
+                let start = rng.gen_range(3_000..40_000);
+                // Longer than the failure timeout half the time: the host's members are excluded.
+                let len = if rng.gen_bool(0.5) {
+                    rng.gen_range(1_000..failure_timeout.as_micros() as u64 / 2)
+                } else {
+                    failure_timeout.as_micros() as u64 * rng.gen_range(2..5)
+                };
+                (start, start + len, rng.gen_range(0..members))
+            });
+        let forwarder_resets = (0..rng.gen_range(0..4))
+            .map(|_| rng.gen_range(2_000..60_000))
+            .collect();
+        let forwarder = ForwarderConfig {
+            window: [2u64, 8, 256][rng.gen_range(0..3)],
+            resend_after: Duration::from_micros(rng.gen_range(1_000..8_000)),
+            ack_every: [1u64, 4, 32][rng.gen_range(0..3)],
+            ack_after: Duration::from_micros(rng.gen_range(200..2_000)),
+        };
+        ShardSimConfig {
+            shards,
+            members,
+            requests: rng.gen_range(10..40),
+            push_gap_us: (50, rng.gen_range(100..2_000)),
+            exec_us: (10, rng.gen_range(20..500)),
+            loss,
+            duplicate: if rng.gen_bool(0.5) { 0.02 } else { 0.0 },
+            delay_us: (5, rng.gen_range(10..200)),
+            slow: if rng.gen_bool(0.3) { 0.01 } else { 0.0 },
+            host_crash,
+            member_crash,
+            cut,
+            forwarder_resets,
+            twice: if rng.gen_bool(0.3) { 0.05 } else { 0.0 },
+            move_at: rng.gen_bool(0.5).then(|| rng.gen_range(2_000..50_000)),
+            proto,
+            forwarder,
+            settle_us: 20_000_000,
+        }
+    }
+
+    fn last_fault(&self) -> u64 {
+        let mut t = self.move_at.map_or(0, |m| m + 10_000);
+        if let Some((a, _, b)) = self.host_crash {
+            t = t.max(b.unwrap_or(a));
+        }
+        if let Some((a, _, _, b)) = self.member_crash {
+            t = t.max(b.unwrap_or(a));
+        }
+        if let Some((_, e, _)) = self.cut {
+            t = t.max(e);
+        }
+        t.max(self.forwarder_resets.iter().copied().max().unwrap_or(0))
+    }
+}
+
+/// A property that did not hold.
+#[derive(Clone, Debug)]
+pub struct ShardViolation {
+    pub property: &'static str,
+    pub at_us: u64,
+    pub detail: String,
+}
+
+impl std::fmt::Display for ShardViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} violated at {} us: {}",
+            self.property, self.at_us, self.detail
+        )
+    }
+}
+
+/// What one run did.
+#[derive(Clone, Debug, Default)]
+pub struct ShardReport {
+    pub shards: usize,
+    pub admitted: usize,
+    pub ended: usize,
+    /// Entries taken by destination shards (first replica to apply each).
+    pub forwarded: u64,
+    pub acks: u64,
+    pub view_changes: u64,
+    pub joins: u64,
+    pub requeued: u64,
+    pub duplicate_completions: u64,
+    /// Requests moved with their queue by the map's second version.
+    pub moved: u64,
+    pub forwarder_went_back: u64,
+    pub forwarder_resets: u64,
+    /// Shards that applied the map's second version.
+    pub remapped: u64,
+    pub end_us: u64,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Arrive {
+        s: usize,
+        to: usize,
+        frame: Vec<u8>,
+    },
+    Timer {
+        s: usize,
+        m: usize,
+        inc: u32,
+    },
+    Push {
+        h: usize,
+        inc: u32,
+    },
+    /// An execution ends (`job`: the request, kept in `ShardSim::jobs`).
+    Finish {
+        s: usize,
+        m: usize,
+        inc: u32,
+        job: u64,
+    },
+    HostCrash {
+        h: usize,
+    },
+    HostBack {
+        h: usize,
+    },
+    MemberCrash {
+        s: usize,
+        m: usize,
+    },
+    MemberBack {
+        s: usize,
+        m: usize,
+    },
+    Forward {
+        h: usize,
+    },
+    /// The same process of member `m` of shard `s` joins again after it was excluded.
+    Rejoin {
+        s: usize,
+        m: usize,
+        inc: u32,
+    },
+    ResetForwarders {
+        h: usize,
+    },
+    Move {
+        s: usize,
+    },
+    Look,
+}
+
+struct Member {
+    replica: Replica,
+    alive: bool,
+    inc: u32,
+    /// Operations waiting for the window (or for the member to serve), in order.
+    outbox: VecDeque<Op>,
+    /// The timer deadline scheduled.
+    timer: u64,
+    /// A rejoin is scheduled.
+    rejoining: bool,
+    /// It holds its shard's state (a joiner: once its state arrived).
+    holds_state: bool,
+}
+
+struct Host {
+    /// The trigger's process (its member of shard 0): incarnation, and whether it ever
+    /// crashed (what it was told then is gone).
+    crashed: bool,
+    counter: u64,
+    pushes_left: u64,
+    /// Runs it pushed that shard 0 admitted, and how often it was told each one's end.
+    accepted: BTreeSet<RequestId>,
+    told: BTreeMap<RequestId, u32>,
+    /// Forwarders by (source, destination) shard.
+    forwarders: BTreeMap<(usize, usize), Forwarder>,
+    forward_at: u64,
+}
+
+/// One seeded run of a sharded deployment. See the module docs.
+#[allow(missing_debug_implementations)]
+pub struct ShardSim {
+    cfg: ShardSimConfig,
+    rng: ChaCha8Rng,
+    now: u64,
+    keys: Vec<Key>,
+    /// `members[s][m]`: member `m` of shard `s`.
+    members: Vec<Vec<Member>>,
+    hosts: Vec<Host>,
+    events: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    event_seq: u64,
+    /// Per shard: the position of the order whose effects were counted, and the digest of the
+    /// state after each position.
+    counted: Vec<u64>,
+    digests: Vec<BTreeMap<u64, [u8; 32]>>,
+    admitted: BTreeSet<RequestId>,
+    completions: BTreeMap<(RequestId, String), u32>,
+    ended: BTreeMap<RequestId, u32>,
+    report: ShardReport,
+    map2: ShardMap,
+    /// Requests being executed, by job number: (instance, request).
+    jobs: BTreeMap<u64, (u64, Request)>,
+}
+
+fn group(s: usize) -> GroupId {
+    GroupId(0x5100 + s as u32)
+}
+
+fn spec(name: &str) -> QueueSpec {
+    QueueSpec {
+        name: name.into(),
+        capacity: 1 << 16,
+        order: Order::Fifo,
+        on_full: OnFull::Block,
+        durability: Durability::Memory,
+    }
+}
+
+fn invoker_ops(me: MemberId) -> Vec<Op> {
+    let mut ops: Vec<Op> = STEPS
+        .iter()
+        .map(|(_, q)| Op::Subscribe {
+            consumer: me,
+            queue: (*q).into(),
+        })
+        .collect();
+    ops.push(Op::Ready {
+        consumer: me,
+        credits: 2,
+    });
+    ops
+}
+
+impl ShardSim {
+    pub fn new(seed: u64, cfg: ShardSimConfig) -> ShardSim {
+        let n = cfg.members;
+        let map1 = {
+            let mut m = ShardMap::hashed(1, cfg.shards as u16)
+                .with_override("q0", ShardId(0))
+                .with_override("q1", ShardId(1));
+            m = m.with_override("q2", ShardId((2 % cfg.shards) as u16));
+            m
+        };
+        // The second version moves q1 to the last shard other than 1.
+        let map2 = {
+            let mut m = map1.clone();
+            m.version = 2;
+            let to = if cfg.shards == 3 { 2 } else { 0 };
+            m.overrides.insert("q1".into(), ShardId(to));
+            m
+        };
+        let keys: Vec<Key> = (0..cfg.shards)
+            .map(|s| Key::from_bytes([0x30 + s as u8; 32]))
+            .collect();
+        let view = View::new(ViewId(1), (0..n as u16).map(MemberId).collect());
+        let mut members = Vec::new();
+        for (s, key) in keys.iter().enumerate() {
+            let mut row = Vec::new();
+            for m in 0..n {
+                let me = MemberId(m as u16);
+                let replica = Replica::new(
+                    cfg.proto.clone(),
+                    key.clone(),
+                    group(s),
+                    view.clone(),
+                    me,
+                    ((s as u64) << 40) | ((m as u64) << 20) | 1,
+                    Instant::ZERO,
+                )
+                .expect("valid shard sim config");
+                let mut outbox: VecDeque<Op> =
+                    STEPS.iter().map(|(_, q)| Op::Create(spec(q))).collect();
+                outbox.push_back(Op::ShardMap {
+                    by: me,
+                    me: ShardId(s as u16),
+                    map: map1.clone(),
+                });
+                outbox.extend(invoker_ops(me));
+                row.push(Member {
+                    replica,
+                    alive: true,
+                    inc: 0,
+                    outbox,
+                    // Armed at 0 (scheduled below).
+                    timer: 0,
+                    rejoining: false,
+                    holds_state: true,
+                });
+            }
+            members.push(row);
+        }
+        let hosts = (0..n)
+            .map(|_| Host {
+                crashed: false,
+                counter: 0,
+                pushes_left: cfg.requests,
+                accepted: BTreeSet::new(),
+                told: BTreeMap::new(),
+                forwarders: BTreeMap::new(),
+                forward_at: u64::MAX,
+            })
+            .collect();
+        let mut sim = ShardSim {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            now: 0,
+            keys,
+            members,
+            hosts,
+            events: BinaryHeap::new(),
+            event_seq: 0,
+            counted: vec![0; cfg.shards],
+            digests: vec![BTreeMap::new(); cfg.shards],
+            admitted: BTreeSet::new(),
+            completions: BTreeMap::new(),
+            ended: BTreeMap::new(),
+            report: ShardReport {
+                shards: cfg.shards,
+                ..ShardReport::default()
+            },
+            map2,
+            jobs: BTreeMap::new(),
+            cfg,
+        };
+        for s in 0..sim.cfg.shards {
+            for m in 0..n {
+                sim.schedule(0, Event::Timer { s, m, inc: 0 });
+            }
+        }
+        for h in 0..n {
+            let t = sim.rng.gen_range(1_000..3_000);
+            sim.schedule(t, Event::Push { h, inc: 0 });
+        }
+        if let Some((at, h, back)) = sim.cfg.host_crash {
+            sim.schedule(at, Event::HostCrash { h });
+            if let Some(b) = back {
+                sim.schedule(b, Event::HostBack { h });
+            }
+        }
+        if let Some((at, s, m, back)) = sim.cfg.member_crash {
+            sim.schedule(at, Event::MemberCrash { s, m });
+            if let Some(b) = back {
+                sim.schedule(b, Event::MemberBack { s, m });
+            }
+        }
+        for t in sim.cfg.forwarder_resets.clone() {
+            let h = sim.rng.gen_range(0..n);
+            sim.schedule(t, Event::ResetForwarders { h });
+        }
+        if let Some(t) = sim.cfg.move_at {
+            for s in 0..sim.cfg.shards {
+                let at = t + sim.rng.gen_range(0..5_000);
+                sim.schedule(at, Event::Move { s });
+            }
+        }
+        sim.schedule(1_000, Event::Look);
+        sim
+    }
+
+    fn schedule(&mut self, at: u64, e: Event) {
+        self.event_seq += 1;
+        self.events.push(Reverse((at, self.event_seq, e)));
+    }
+
+    fn violation(&self, property: &'static str, detail: String) -> ShardViolation {
+        ShardViolation {
+            property,
+            at_us: self.now,
+            detail,
+        }
+    }
+
+    fn cut(&self, a: usize, b: usize) -> bool {
+        self.cfg
+            .cut
+            .is_some_and(|(s, e, h)| self.now >= s && self.now < e && (a == h) != (b == h))
+    }
+
+    /// Runs to the end: `Ok` with the report, or the first property that failed.
+    pub fn run(mut self) -> Result<ShardReport, ShardViolation> {
+        let deadline = self.cfg.last_fault() + self.cfg.settle_us;
+        let mut steps: u64 = 0;
+        while let Some(Reverse((t, _, e))) = self.events.pop() {
+            steps += 1;
+            if steps > 20_000_000 {
+                let what = match &e {
+                    Event::Arrive { s, to, .. } => format!("a frame to s{s}m{to}"),
+                    other => format!("{other:?}"),
+                };
+                return Err(self.violation(
+                    "liveness",
+                    format!("step budget spent (a livelock), last event: {what}"),
+                ));
+            }
+            self.now = t;
+            if t > deadline {
+                return Err(self.violation("liveness", self.pending()));
+            }
+            match e {
+                Event::Arrive { s, to, frame } => {
+                    if self.members[s][to].alive {
+                        let now = Instant::from_micros(self.now);
+                        self.members[s][to].replica.handle_frame(now, &frame);
+                        self.step(s, to)?;
+                    }
+                }
+                Event::Timer { s, m, inc } => {
+                    let x = &mut self.members[s][m];
+                    if x.alive && x.inc == inc && x.timer <= self.now {
+                        x.timer = u64::MAX;
+                        x.replica.handle_timeout(Instant::from_micros(self.now));
+                        self.step(s, m)?;
+                    }
+                }
+                Event::Push { h, inc } => self.push(h, inc),
+                Event::Finish { s, m, inc, job } => {
+                    if let Some((instance, req)) = self.jobs.remove(&job) {
+                        self.finish(s, m, inc, instance, req);
+                    }
+                }
+                Event::HostCrash { h } => {
+                    for s in 0..self.cfg.shards {
+                        self.crash(s, h);
+                    }
+                }
+                Event::HostBack { h } => {
+                    for s in 0..self.cfg.shards {
+                        self.join(s, h, false);
+                    }
+                }
+                Event::MemberCrash { s, m } => self.crash(s, m),
+                Event::MemberBack { s, m } => self.join(s, m, false),
+                Event::Forward { h } => {
+                    // Only the earliest scheduled counts (the others were superseded).
+                    if self.hosts[h].forward_at == t {
+                        self.hosts[h].forward_at = u64::MAX;
+                        self.forward(h)?;
+                    }
+                }
+                Event::Rejoin { s, m, inc } => {
+                    if self.members[s][m].alive && self.members[s][m].inc == inc {
+                        self.join(s, m, true);
+                    }
+                }
+                Event::ResetForwarders { h } => {
+                    for f in std::mem::take(&mut self.hosts[h].forwarders).into_values() {
+                        self.report.forwarder_went_back += f.stats().went_back;
+                        self.report.acks += f.stats().acks;
+                    }
+                    self.report.forwarder_resets += 1;
+                }
+                Event::Move { s } => {
+                    // Through the lowest live member (an operator's call to any of them), again
+                    // until the shard has applied it, as the control plane does: until every
+                    // shard has, shards that disagree on an owner pass its entries back and
+                    // forth.
+                    let applied = self.members[s].iter().any(|x| {
+                        x.alive && x.holds_state && x.replica.queue().shards().map().version >= 2
+                    });
+                    if applied {
+                        continue;
+                    }
+                    self.schedule(self.now + 20_000, Event::Move { s });
+                    if let Some(m) = (0..self.cfg.members).find(|&m| self.members[s][m].alive) {
+                        let op = Op::ShardMap {
+                            by: MemberId(m as u16),
+                            me: ShardId(s as u16),
+                            map: self.map2.clone(),
+                        };
+                        self.members[s][m].outbox.push_back(op);
+                        self.step(s, m)?;
+                    }
+                }
+                Event::Look => {
+                    if self.now > self.cfg.last_fault() && self.done() {
+                        return self.finish_checks();
+                    }
+                    self.schedule(self.now + 1_000, Event::Look);
+                }
+            }
+        }
+        Err(self.violation("liveness", "no events left".into()))
+    }
+
+    /// The trigger of host `h` (in its member of shard 0's process) pushes its next request.
+    fn push(&mut self, h: usize, inc: u32) {
+        let x = &self.members[0][h];
+        if !x.alive || x.inc != inc || self.hosts[h].pushes_left == 0 {
+            return;
+        }
+        let host = &mut self.hosts[h];
+        host.pushes_left -= 1;
+        host.counter += 1;
+        let id = RequestId::new(MemberId(h as u16), host.counter);
+        let req = Request {
+            id,
+            instance: 0,
+            step: STEPS[0].0.into(),
+            queue: STEPS[0].1.into(),
+            payload: id.0.to_le_bytes().to_vec(),
+            meta: Meta::default(),
+            http: None,
+        };
+        self.members[0][h].outbox.push_back(Op::Push {
+            pusher: MemberId(h as u16),
+            req,
+        });
+        let _ = self.step(0, h);
+        if self.hosts[h].pushes_left > 0 {
+            let gap = self
+                .rng
+                .gen_range(self.cfg.push_gap_us.0..=self.cfg.push_gap_us.1);
+            self.schedule(self.now + gap, Event::Push { h, inc });
+        }
+    }
+
+    /// Member `m` of shard `s` finished executing `req`: it completes it (the continuation
+    /// goes to the next step's queue, wherever the map puts it), sometimes twice.
+    fn finish(&mut self, s: usize, m: usize, inc: u32, instance: u64, req: Request) {
+        if !self.members[s][m].alive || self.members[s][m].inc != inc {
+            return;
+        }
+        let k = STEPS
+            .iter()
+            .position(|(st, _)| *st == req.step)
+            .unwrap_or(STEPS.len() - 1);
+        let outputs = match STEPS.get(k + 1) {
+            Some((step, queue)) => vec![Request {
+                step: (*step).into(),
+                queue: (*queue).into(),
+                instance: 0,
+                ..req.clone()
+            }],
+            None => Vec::new(),
+        };
+        let op = Op::Complete {
+            consumer: MemberId(m as u16),
+            id: req.id,
+            instance,
+            step: req.step.clone(),
+            result: outputs.is_empty().then(|| req.payload.clone()),
+            outputs,
+            reply: None,
+            meta: Meta::default(),
+            credits: 1,
+        };
+        if self.rng.gen_bool(self.cfg.twice) {
+            self.members[s][m].outbox.push_back(op.clone());
+        }
+        self.members[s][m].outbox.push_back(op);
+        let _ = self.step(s, m);
+    }
+
+    fn crash(&mut self, s: usize, m: usize) {
+        let x = &mut self.members[s][m];
+        if !x.alive {
+            return;
+        }
+        x.alive = false;
+        x.outbox.clear();
+        if s == 0 {
+            self.hosts[m].crashed = true;
+        }
+        self.hosts[m]
+            .forwarders
+            .retain(|(a, b), _| *a != s && *b != s);
+    }
+
+    /// Member `m` of shard `s` joins again: a new process (after a crash), or the same one
+    /// after it was excluded (its trigger goes on; it is told what it missed).
+    fn join(&mut self, s: usize, m: usize, same_process: bool) {
+        let contacts: Vec<MemberId> = (0..self.cfg.members as u16)
+            .filter(|&j| j as usize != m)
+            .map(MemberId)
+            .collect();
+        let inc = self.members[s][m].inc + 1;
+        let mut replica = Replica::joining(
+            self.cfg.proto.clone(),
+            self.keys[s].clone(),
+            group(s),
+            MemberId(m as u16),
+            contacts,
+            ((s as u64) << 40) | ((m as u64) << 20) | (u64::from(inc) + 1),
+            Instant::from_micros(self.now),
+        )
+        .expect("valid shard sim config");
+        let x = &mut self.members[s][m];
+        if same_process {
+            let applied = x.replica.applied();
+            let unanswered = x.replica.take_unanswered();
+            replica.set_rejoining(applied, unanswered);
+        } else {
+            x.outbox.clear();
+        }
+        x.replica = replica;
+        x.inc = inc;
+        x.alive = true;
+        x.rejoining = false;
+        x.holds_state = false;
+        x.timer = u64::MAX;
+        x.outbox.extend(invoker_ops(MemberId(m as u16)));
+        self.report.joins += 1;
+        self.hosts[m]
+            .forwarders
+            .retain(|(a, b), _| *a != s && *b != s);
+        if s == 0 && !same_process && self.hosts[m].pushes_left > 0 {
+            // A new trigger process goes on with the pushes left.
+            let at = self.now + 1_000;
+            self.schedule(at, Event::Push { h: m, inc });
+        }
+        self.schedule(self.now, Event::Timer { s, m, inc });
+        self.members[s][m].timer = self.now;
+    }
+
+    fn submit_outbox(&mut self, s: usize, m: usize) {
+        let x = &mut self.members[s][m];
+        while let Some(op) = x.outbox.pop_front() {
+            match x.replica.submit(&op) {
+                Ok(_) => {}
+                Err(SubmitError::WindowFull) | Err(SubmitError::NotServing(_)) => {
+                    x.outbox.push_front(op);
+                    break;
+                }
+                Err(e) => panic!("shard sim op refused: {e}"),
+            }
+        }
+    }
+
+    /// After an input at member `m` of shard `s`: submits, applies and checks what was
+    /// delivered, acts on its effects, sends, re-arms its timer and polls its host's
+    /// forwarders.
+    fn step(&mut self, s: usize, m: usize) -> Result<(), ShardViolation> {
+        self.submit_outbox(s, m);
+        while let Some(applied) = self.members[s][m].replica.poll_applied() {
+            let effects = match applied {
+                Applied::Message { effects, .. } => effects,
+                Applied::View { effects, .. } => {
+                    self.count_step(s, m, &effects)?;
+                    self.act(s, m, effects)?;
+                    continue;
+                }
+                Applied::State { ok, effects } => {
+                    if !ok {
+                        return Err(self.violation(
+                            "state transfer",
+                            format!("shard {s} member {m} received a state that does not decode"),
+                        ));
+                    }
+                    self.members[s][m].holds_state = true;
+                    let q = self.members[s][m].replica.queue();
+                    let (pos, digest) = (q.applied(), q.digest());
+                    if self.digests[s].get(&pos).is_some_and(|d| *d != digest) {
+                        return Err(self.violation(
+                            "replicas identical",
+                            format!("shard {s} member {m}'s transferred state differs at {pos}"),
+                        ));
+                    }
+                    self.act(s, m, effects)?;
+                    continue;
+                }
+                Applied::Speculated { effects } => effects,
+                Applied::Persisted { effects } => effects.into_iter().map(|(_, e)| e).collect(),
+            };
+            self.count_step(s, m, &effects)?;
+            self.act(s, m, effects)?;
+        }
+        self.submit_outbox(s, m);
+        self.flush(s, m);
+        let status = self.members[s][m].replica.status();
+        if status.is_final() && !self.members[s][m].rejoining && self.members[s][m].alive {
+            // Excluded (cut off, or suspected): the same process comes back as a joiner.
+            self.members[s][m].rejoining = true;
+            let inc = self.members[s][m].inc;
+            self.schedule(self.now + 2_000, Event::Rejoin { s, m, inc });
+        }
+        self.rearm(s, m);
+        let h = m;
+        let wake = self.now + 5;
+        if self.hosts[h].forward_at > wake {
+            self.hosts[h].forward_at = wake;
+            self.schedule(wake, Event::Forward { h });
+        }
+        Ok(())
+    }
+
+    fn rearm(&mut self, s: usize, m: usize) {
+        let x = &mut self.members[s][m];
+        if !x.alive {
+            return;
+        }
+        let t = x.replica.poll_timeout().as_micros().max(self.now);
+        if t < x.timer {
+            x.timer = t;
+            let inc = x.inc;
+            self.schedule(t, Event::Timer { s, m, inc });
+        }
+    }
+
+    /// Sends what member `m` of shard `s` has to send through its shard's network.
+    fn flush(&mut self, s: usize, m: usize) {
+        let now = Instant::from_micros(self.now);
+        while let Some(t) = self.members[s][m].replica.poll_transmit(now) {
+            let dests: Vec<usize> = match t.dest {
+                Dest::All => self.members[s][m]
+                    .replica
+                    .view()
+                    .members
+                    .iter()
+                    .map(|x| x.0 as usize)
+                    .filter(|&j| j != m)
+                    .collect(),
+                Dest::One(x) => vec![x.0 as usize],
+            };
+            for to in dests {
+                if to >= self.cfg.members || self.cut(m, to) || self.rng.gen_bool(self.cfg.loss) {
+                    continue;
+                }
+                let copies = if self.rng.gen_bool(self.cfg.duplicate) {
+                    2
+                } else {
+                    1
+                };
+                for _ in 0..copies {
+                    let delay = if self.rng.gen_bool(self.cfg.slow) {
+                        self.rng.gen_range(1_000..5_000)
+                    } else {
+                        self.rng
+                            .gen_range(self.cfg.delay_us.0..=self.cfg.delay_us.1)
+                    };
+                    let frame = t.frame.clone();
+                    self.schedule(self.now + delay, Event::Arrive { s, to, frame });
+                }
+            }
+            self.members[s][m].replica.recycle(t.frame);
+        }
+    }
+
+    /// Counts the effects of the step member `m` of shard `s` just applied, if it is the first
+    /// replica of its shard to apply that position; checks the replicas' states agree.
+    fn count_step(&mut self, s: usize, m: usize, effects: &[Effect]) -> Result<(), ShardViolation> {
+        if !self.members[s][m].holds_state {
+            return Ok(());
+        }
+        let q = self.members[s][m].replica.queue();
+        let pos = q.applied();
+        let digest = q.digest();
+        match self.digests[s].get(&pos) {
+            Some(d) if *d != digest => {
+                return Err(self.violation(
+                    "replicas identical",
+                    format!("shard {s} member {m} differs from another replica at position {pos}"),
+                ))
+            }
+            Some(_) => {}
+            None => {
+                self.digests[s].insert(pos, digest);
+            }
+        }
+        if pos <= self.counted[s] {
+            return Ok(());
+        }
+        self.counted[s] = pos;
+        if std::env::var_os("SHARD_TRACE").is_some() {
+            for e in effects {
+                eprintln!("t={} shard {s} pos {pos} (m{m}): {e:?}", self.now);
+            }
+        }
+        for e in effects {
+            match e {
+                Effect::Accepted { pusher, id } if *pusher != conveyor_core::queue::FORWARDER => {
+                    if s != 0 {
+                        return Err(self.violation(
+                            "pushes",
+                            format!("run {id:?} accepted in shard {s}: triggers push to shard 0"),
+                        ));
+                    }
+                    self.admitted.insert(*id);
+                }
+                Effect::Completed {
+                    id, step, terminal, ..
+                } => {
+                    if !self.admitted.contains(id) {
+                        return Err(self.violation(
+                            "validity",
+                            format!("shard {s} completed {step} of {id:?}, never admitted"),
+                        ));
+                    }
+                    let n = {
+                        let n = self.completions.entry((*id, step.clone())).or_default();
+                        *n += 1;
+                        *n
+                    };
+                    if n > 1 {
+                        return Err(self.violation(
+                            "exactly once",
+                            format!("step {step} of {id:?} completed {n} times (now in shard {s})"),
+                        ));
+                    }
+                    if *terminal {
+                        if s != 0 {
+                            return Err(self.violation(
+                                "end in origin shard",
+                                format!("{id:?} ended in shard {s}, not its origin shard 0"),
+                            ));
+                        }
+                        *self.ended.entry(*id).or_default() += 1;
+                    }
+                }
+                Effect::Failed { id, .. } | Effect::Rejected { id, .. } => {
+                    return Err(self.violation("failures", format!("{id:?} failed: {e:?}")))
+                }
+                Effect::Inbox { .. } => {}
+                Effect::Requeued { .. } => self.report.requeued += 1,
+                Effect::DuplicateCompletion { .. } => self.report.duplicate_completions += 1,
+                Effect::ShardMap { moved, version, .. } => {
+                    self.report.moved += *moved as u64;
+                    self.report.remapped += u64::from(*version == 2);
+                }
+                Effect::ViewInstalled { .. } => self.report.view_changes += 1,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// What member `m` of shard `s`'s application does with the effects that concern it.
+    fn act(&mut self, s: usize, m: usize, effects: Vec<Effect>) -> Result<(), ShardViolation> {
+        let me = MemberId(m as u16);
+        let shard = Some(ShardId(s as u16));
+        for e in effects {
+            if !e.concerns(me, shard) {
+                continue;
+            }
+            let id = match &e {
+                Effect::Accepted { id, .. }
+                | Effect::Completed { id, .. }
+                | Effect::Failed { id, .. }
+                | Effect::Requeued { id, .. }
+                | Effect::Blocked { id, .. }
+                | Effect::Admitted { id, .. }
+                | Effect::Rejected { id, .. } => Some(*id),
+                _ => None,
+            };
+            if let Some(id) = id {
+                if s != 0 || id.origin() != me {
+                    return Err(self.violation(
+                        "told the right member",
+                        format!(
+                            "member {m} of shard {s} told of {id:?}, a run it did not start: {e:?}"
+                        ),
+                    ));
+                }
+            }
+            match e {
+                Effect::Assigned { req, .. } => {
+                    let exec = self.rng.gen_range(self.cfg.exec_us.0..=self.cfg.exec_us.1);
+                    let inc = self.members[s][m].inc;
+                    let job = self.event_seq;
+                    self.jobs.insert(job, (req.instance, req));
+                    self.schedule(self.now + exec, Event::Finish { s, m, inc, job });
+                }
+                Effect::Accepted { id, .. } => {
+                    self.hosts[m].accepted.insert(id);
+                }
+                Effect::Completed {
+                    id, terminal: true, ..
+                } => {
+                    if self.ended.get(&id).copied().unwrap_or(0) == 0 {
+                        return Err(self.violation(
+                            "told ends happened",
+                            format!("trigger {m} told {id:?} ended before the order ended it"),
+                        ));
+                    }
+                    let n = {
+                        let n = self.hosts[m].told.entry(id).or_default();
+                        *n += 1;
+                        *n
+                    };
+                    if n > 1 && !self.hosts[m].crashed {
+                        return Err(self.violation(
+                            "told once",
+                            format!("trigger {m} told the end of {id:?} {n} times"),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Host `h`'s forwarders: the one from `a` to `b` runs while its members of `a` and `b`
+    /// serve and `h` is the lowest member of both views (as those members see them): a host
+    /// with a live member in each shard, the same one at every host once the views agree.
+    fn forward(&mut self, h: usize) -> Result<(), ShardViolation> {
+        let n = self.cfg.shards;
+        let now = Instant::from_micros(self.now);
+        let mut out = Vec::new();
+        let mut touched = BTreeSet::new();
+        for a in 0..n {
+            for b in 0..n {
+                if a == b {
+                    continue;
+                }
+                let (src, dst) = (&self.members[a][h], &self.members[b][h]);
+                let active = src.alive
+                    && dst.alive
+                    && src.replica.status() == Status::Serving
+                    && dst.replica.status() == Status::Serving
+                    && src
+                        .replica
+                        .view()
+                        .members
+                        .iter()
+                        .filter(|x| dst.replica.view().members.contains(x))
+                        .min()
+                        == Some(&MemberId(h as u16));
+                if !active {
+                    if let Some(f) = self.hosts[h].forwarders.remove(&(a, b)) {
+                        self.report.forwarder_went_back += f.stats().went_back;
+                        self.report.acks += f.stats().acks;
+                    }
+                    continue;
+                }
+                let cfg = self.cfg.forwarder.clone();
+                let f = self.hosts[h].forwarders.entry((a, b)).or_insert_with(|| {
+                    Forwarder::new(ShardId(a as u16), ShardId(b as u16), cfg, now)
+                });
+                let dst_room = self.members[b][h].replica.window_room() as usize;
+                let src_room = self.members[a][h].replica.window_room() as usize;
+                f.poll(
+                    now,
+                    self.members[a][h].replica.queue().shards(),
+                    self.members[b][h].replica.queue().shards(),
+                    dst_room,
+                    src_room,
+                    &mut out,
+                );
+                if std::env::var_os("SHARD_TRACE").is_some() {
+                    eprintln!(
+                        "t={} h{h} forwarder {a}->{b}: {} ops, waiting {}, dest mark {} me {:?}, rooms {dst_room}/{src_room} {:?}",
+                        self.now,
+                        out.len(),
+                        self.members[a][h].replica.queue().shards().waiting(),
+                        self.members[b][h].replica.queue().shards().watermark(ShardId(a as u16)),
+                        self.members[b][h].replica.queue().shards().me(),
+                        f
+                    );
+                }
+                for fw in out.drain(..) {
+                    let (to, op) = match &fw {
+                        Forwarding::ToDestination(op) => (b, op),
+                        Forwarding::ToSource(op) => (a, op),
+                    };
+                    if self.members[to][h].replica.submit(op).is_err() {
+                        f.refused(&fw);
+                    } else {
+                        touched.insert(to);
+                    }
+                }
+            }
+        }
+        for s in touched {
+            self.flush(s, h);
+            self.rearm(s, h);
+        }
+        // A forwarder's timer is always ahead of the poll that set it (else a host that sleeps
+        // until it would spin).
+        if let Some(f) = self.hosts[h]
+            .forwarders
+            .values()
+            .find(|f| f.poll_timeout().is_some_and(|t| t.as_micros() <= self.now))
+        {
+            return Err(self.violation(
+                "forwarder timer",
+                format!("a forwarder's timer is not ahead of its poll: {f:?}"),
+            ));
+        }
+        let next = self.hosts[h]
+            .forwarders
+            .values()
+            .filter_map(|f| f.poll_timeout())
+            .map(|t| t.as_micros().max(self.now + 1))
+            .min();
+        if let Some(t) = next {
+            if t < self.hosts[h].forward_at {
+                self.hosts[h].forward_at = t;
+                self.schedule(t, Event::Forward { h });
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything is done: every trigger pushed everything (or its process died), every
+    /// admitted run ended, every live member serves with nothing waiting.
+    fn done(&self) -> bool {
+        let pushed = (0..self.cfg.members)
+            .all(|h| self.hosts[h].pushes_left == 0 || !self.members[0][h].alive);
+        let ended = self
+            .admitted
+            .iter()
+            .all(|id| self.ended.get(id).copied().unwrap_or(0) >= 1);
+        let quiet = self.members.iter().flatten().all(|x| {
+            !x.alive
+                || (x.replica.status() == Status::Serving
+                    && x.outbox.is_empty()
+                    && x.replica.queue().shards().waiting() == 0
+                    && x.replica.queue().size() == 0)
+        });
+        let told = (0..self.cfg.members).all(|h| {
+            let host = &self.hosts[h];
+            host.crashed
+                || host
+                    .accepted
+                    .iter()
+                    .all(|id| host.told.get(id).copied().unwrap_or(0) >= 1)
+        });
+        pushed && ended && quiet && told
+    }
+
+    fn pending(&self) -> String {
+        let unended: Vec<&RequestId> = self
+            .admitted
+            .iter()
+            .filter(|id| self.ended.get(id).copied().unwrap_or(0) == 0)
+            .take(5)
+            .collect();
+        let members: Vec<String> = self
+            .members
+            .iter()
+            .enumerate()
+            .flat_map(|(s, row)| {
+                row.iter().enumerate().map(move |(m, x)| {
+                    format!(
+                        "s{s}m{m}: {} {} view {:?} outbox {} waiting {} size {}",
+                        if x.alive { "alive" } else { "dead" },
+                        x.replica.status().label(),
+                        x.replica.view().members,
+                        x.outbox.len(),
+                        x.replica.queue().shards().waiting(),
+                        x.replica.queue().size()
+                    )
+                })
+            })
+            .collect();
+        format!(
+            "not done: {} of {} admitted runs not ended (e.g. {unended:?}); {}",
+            self.admitted.len() - self.ended.len(),
+            self.admitted.len(),
+            members.join("; ")
+        )
+    }
+
+    fn finish_checks(mut self) -> Result<ShardReport, ShardViolation> {
+        for id in &self.admitted {
+            for (step, _) in STEPS {
+                let n = self
+                    .completions
+                    .get(&(*id, step.to_string()))
+                    .copied()
+                    .unwrap_or(0);
+                if n != 1 {
+                    return Err(self.violation(
+                        "exactly once",
+                        format!("step {step} of admitted {id:?} completed {n} times"),
+                    ));
+                }
+            }
+            if self.ended.get(id) != Some(&1) {
+                return Err(self.violation(
+                    "exactly once",
+                    format!("{id:?} ended {:?} times", self.ended.get(id)),
+                ));
+            }
+        }
+        for h in 0..self.cfg.members {
+            if let Some((id, n)) = self.hosts[h].told.iter().find(|(_, n)| **n > 1) {
+                if !self.hosts[h].crashed {
+                    return Err(
+                        self.violation("told once", format!("trigger {h} told {id:?} {n} times"))
+                    );
+                }
+            }
+        }
+        // Entries each shard took from the others, as its most advanced live replica holds it.
+        for (b, row) in self.members.iter().enumerate() {
+            self.report.forwarded += row
+                .iter()
+                .filter(|x| x.alive)
+                .map(|x| {
+                    (0..self.cfg.shards)
+                        .filter(|&a| a != b)
+                        .map(|a| x.replica.queue().shards().watermark(ShardId(a as u16)))
+                        .sum::<u64>()
+                })
+                .max()
+                .unwrap_or(0);
+        }
+        for host in &self.hosts {
+            for f in host.forwarders.values() {
+                self.report.forwarder_went_back += f.stats().went_back;
+                self.report.acks += f.stats().acks;
+            }
+        }
+        self.report.admitted = self.admitted.len();
+        self.report.ended = self.ended.len();
+        self.report.end_us = self.now;
+        Ok(self.report)
+    }
+}
+
+/// Runs seed `seed` with its drawn configuration.
+pub fn run_seed(seed: u64) -> Result<ShardReport, ShardViolation> {
+    ShardSim::new(seed, ShardSimConfig::from_seed(seed)).run()
+}
