@@ -208,26 +208,26 @@ MUTANTS = [
      "        let removed: Vec<MemberId> = Vec::new();"),
     # Shards, under the sharded-deployment simulator (shard-sim, on the same number of seeds):
     # an entry is taken only if it is the next from its source; the source drops only what
-    # was acknowledged; a forwarder goes back to the watermark; a member is told only of runs
-    # of its own shard.
+    # was acknowledged; a member is told only of runs of its own shard. (Not caught by
+    # shard-sim, both caught by the core's tests/shards.rs: taking an entry after a gap, since
+    # each forwarder submits in order through one member, whose messages the order keeps in
+    # order, and stops at the first refused one, so no gap ever reaches a destination; and a
+    # forwarder that never goes back to the watermark on its timeout, since in the simulator
+    # every forwarded submission either is ordered or goes with its forwarder, whose successor
+    # starts at the watermark: the timeout is a safety net for a submission path that loses
+    # one and carries on. Tried with 2000 seeds.)
     ("take-a-duplicate", "shard.rs",
      "if seq == *mark + 1 {",
      "if seq == *mark + 1 || seq == *mark {", "shard-sim"),
-    ("take-after-a-gap", "shard.rs",
-     "if seq == *mark + 1 {",
-     "if seq > *mark {", "shard-sim"),
     ("drop-one-too-far", "shard.rs",
      "out.entries = out.entries.split_off(&(upto + 1));",
      "out.entries = out.entries.split_off(&(upto + 2));", "shard-sim"),
-    ("forwarder-never-goes-back", "shard.rs",
-     "            self.sent = self.taken;",
-     "            let _ = self.taken;", "shard-sim"),
     ("ends-told-in-any-shard", "queue/op.rs",
      "id.origin() == me && origin.is_none_or(|s| Some(s) == shard)",
      "id.origin() == me", "shard-sim"),
-    ("forwarded-push-told-to-its-id", "queue/op.rs",
-     "*pusher != crate::queue::FORWARDER && id.origin() == me",
-     "id.origin() == me", "shard-sim"),
+    ("blocked-told-in-any-shard", "queue/op.rs",
+     "} => *pusher != crate::queue::FORWARDER && ours(id, origin_shard),",
+     "} => *pusher != crate::queue::FORWARDER && id.origin() == me,", "shard-sim"),
 ]
 
 def run(cmd, **kw):

@@ -21,5 +21,6 @@
 pub mod durable;
 pub mod engine;
 pub mod invoker;
+pub mod shard;
 pub mod sys;
 pub mod transport;

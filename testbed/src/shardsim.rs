@@ -69,6 +69,14 @@ pub struct ShardSimConfig {
     pub forwarder_resets: Vec<u64>,
     /// Share of completions reported twice.
     pub twice: f64,
+    /// A forwarder lives on while its role is interrupted (its member excluded and back, a
+    /// view without it): it resumes with what it had sent, unaware of what was lost meanwhile
+    /// (as a process that looks at its role now and then may), and only its timeout brings it
+    /// back to the watermark.
+    pub keep_forwarders: bool,
+    /// Each queue's capacity: small ones block pushes (a trigger's, and forwarded ones) until
+    /// there is room.
+    pub capacity: u32,
     /// The map's second version (queue `q1` moves to another shard) is submitted to each
     /// shard around this time.
     pub move_at: Option<u64>,
@@ -134,7 +142,7 @@ impl ShardSimConfig {
             ack_every: [1u64, 4, 32][rng.gen_range(0..3)],
             ack_after: Duration::from_micros(rng.gen_range(200..2_000)),
         };
-        ShardSimConfig {
+        let mut cfg = ShardSimConfig {
             shards,
             members,
             requests: rng.gen_range(10..40),
@@ -149,11 +157,19 @@ impl ShardSimConfig {
             cut,
             forwarder_resets,
             twice: if rng.gen_bool(0.3) { 0.05 } else { 0.0 },
+            keep_forwarders: false,
+            capacity: 1 << 16,
             move_at: rng.gen_bool(0.5).then(|| rng.gen_range(2_000..50_000)),
             proto,
             forwarder,
             settle_us: 20_000_000,
+        };
+        // Drawn last, so that the draws above stay what they were.
+        cfg.keep_forwarders = rng.gen_bool(0.5);
+        if rng.gen_bool(0.5) {
+            cfg.capacity = rng.gen_range(2..16);
         }
+        cfg
     }
 
     fn last_fault(&self) -> u64 {
@@ -206,6 +222,8 @@ pub struct ShardReport {
     pub moved: u64,
     pub forwarder_went_back: u64,
     pub forwarder_resets: u64,
+    /// Pushes (a trigger's, a continuation, a forwarded one) that waited for room.
+    pub blocked: u64,
     /// Shards that applied the map's second version.
     pub remapped: u64,
     pub end_us: u64,
@@ -323,10 +341,10 @@ fn group(s: usize) -> GroupId {
     GroupId(0x5100 + s as u32)
 }
 
-fn spec(name: &str) -> QueueSpec {
+fn spec(name: &str, capacity: u32) -> QueueSpec {
     QueueSpec {
         name: name.into(),
-        capacity: 1 << 16,
+        capacity,
         order: Order::Fifo,
         on_full: OnFull::Block,
         durability: Durability::Memory,
@@ -385,8 +403,10 @@ impl ShardSim {
                     Instant::ZERO,
                 )
                 .expect("valid shard sim config");
-                let mut outbox: VecDeque<Op> =
-                    STEPS.iter().map(|(_, q)| Op::Create(spec(q))).collect();
+                let mut outbox: VecDeque<Op> = STEPS
+                    .iter()
+                    .map(|(_, q)| Op::Create(spec(q, cfg.capacity)))
+                    .collect();
                 outbox.push_back(Op::ShardMap {
                     by: me,
                     me: ShardId(s as u16),
@@ -716,9 +736,11 @@ impl ShardSim {
         x.timer = u64::MAX;
         x.outbox.extend(invoker_ops(MemberId(m as u16)));
         self.report.joins += 1;
-        self.hosts[m]
-            .forwarders
-            .retain(|(a, b), _| *a != s && *b != s);
+        if !(same_process && self.cfg.keep_forwarders) {
+            self.hosts[m]
+                .forwarders
+                .retain(|(a, b), _| *a != s && *b != s);
+        }
         if s == 0 && !same_process && self.hosts[m].pushes_left > 0 {
             // A new trigger process goes on with the pushes left.
             let at = self.now + 1_000;
@@ -883,7 +905,12 @@ impl ShardSim {
         }
         for e in effects {
             match e {
-                Effect::Accepted { pusher, id } if *pusher != conveyor_core::queue::FORWARDER => {
+                // A trigger's push taken (at once, or after it waited for room); a blocked
+                // continuation admitted is no new run.
+                Effect::Accepted { pusher, id } | Effect::Admitted { pusher, id, .. }
+                    if *pusher != conveyor_core::queue::FORWARDER
+                        && !matches!(e, Effect::Admitted { step, .. } if step != STEPS[0].0) =>
+                {
                     if s != 0 {
                         return Err(self.violation(
                             "pushes",
@@ -927,6 +954,7 @@ impl ShardSim {
                 }
                 Effect::Inbox { .. } => {}
                 Effect::Requeued { .. } => self.report.requeued += 1,
+                Effect::Blocked { .. } => self.report.blocked += 1,
                 Effect::DuplicateCompletion { .. } => self.report.duplicate_completions += 1,
                 Effect::ShardMap { moved, version, .. } => {
                     self.report.moved += *moved as u64;
@@ -978,6 +1006,9 @@ impl ShardSim {
                 Effect::Accepted { id, .. } => {
                     self.hosts[m].accepted.insert(id);
                 }
+                Effect::Admitted { id, step, .. } if step == STEPS[0].0 => {
+                    self.hosts[m].accepted.insert(id);
+                }
                 Effect::Completed {
                     id, terminal: true, ..
                 } => {
@@ -1013,6 +1044,7 @@ impl ShardSim {
         let now = Instant::from_micros(self.now);
         let mut out = Vec::new();
         let mut touched = BTreeSet::new();
+        let mut polled = BTreeSet::new();
         for a in 0..n {
             for b in 0..n {
                 if a == b {
@@ -1031,6 +1063,9 @@ impl ShardSim {
                         .filter(|x| dst.replica.view().members.contains(x))
                         .min()
                         == Some(&MemberId(h as u16));
+                if !active && self.cfg.keep_forwarders {
+                    continue;
+                }
                 if !active {
                     if let Some(f) = self.hosts[h].forwarders.remove(&(a, b)) {
                         self.report.forwarder_went_back += f.stats().went_back;
@@ -1038,6 +1073,7 @@ impl ShardSim {
                     }
                     continue;
                 }
+                polled.insert((a, b));
                 let cfg = self.cfg.forwarder.clone();
                 let f = self.hosts[h].forwarders.entry((a, b)).or_insert_with(|| {
                     Forwarder::new(ShardId(a as u16), ShardId(b as u16), cfg, now)
@@ -1063,13 +1099,20 @@ impl ShardSim {
                         f
                     );
                 }
+                // After one is refused, the ones behind it are not submitted (as the engine's
+                // forwarders do: they would come after a gap).
+                let mut refused = [false; 2];
                 for fw in out.drain(..) {
-                    let (to, op) = match &fw {
-                        Forwarding::ToDestination(op) => (b, op),
-                        Forwarding::ToSource(op) => (a, op),
+                    let (to, side, op) = match &fw {
+                        Forwarding::ToDestination(op) => (b, 0, op),
+                        Forwarding::ToSource(op) => (a, 1, op),
                     };
+                    if refused[side] {
+                        continue;
+                    }
                     if self.members[to][h].replica.submit(op).is_err() {
                         f.refused(&fw);
+                        refused[side] = true;
                     } else {
                         touched.insert(to);
                     }
@@ -1084,7 +1127,9 @@ impl ShardSim {
         // until it would spin).
         if let Some(f) = self.hosts[h]
             .forwarders
-            .values()
+            .iter()
+            .filter(|(k, _)| polled.contains(*k))
+            .map(|(_, f)| f)
             .find(|f| f.poll_timeout().is_some_and(|t| t.as_micros() <= self.now))
         {
             return Err(self.violation(
@@ -1094,7 +1139,9 @@ impl ShardSim {
         }
         let next = self.hosts[h]
             .forwarders
-            .values()
+            .iter()
+            .filter(|(k, _)| polled.contains(*k))
+            .map(|(_, f)| f)
             .filter_map(|f| f.poll_timeout())
             .map(|t| t.as_micros().max(self.now + 1))
             .min();

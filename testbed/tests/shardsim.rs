@@ -49,7 +49,7 @@ fn many_seeds_of_sharded_deployments_hold_every_property() {
     let r = reports.into_inner().unwrap();
     let sum = |f: fn(&ShardReport) -> u64| r.iter().map(f).sum::<u64>();
     let line = format!(
-        "runs {}, forwarded {}, acks {}, forwarders went back {}, restarted {}, view changes {}, joins {}, requeued {}, duplicate completions {}, moved {}, remapped {}, three-shard seeds {}",
+        "runs {}, forwarded {}, acks {}, forwarders went back {}, restarted {}, view changes {}, joins {}, requeued {}, duplicate completions {}, moved {}, remapped {}, blocked {}, three-shard seeds {}",
         sum(|x| x.admitted as u64),
         sum(|x| x.forwarded),
         sum(|x| x.acks),
@@ -61,6 +61,7 @@ fn many_seeds_of_sharded_deployments_hold_every_property() {
         sum(|x| x.duplicate_completions),
         sum(|x| x.moved),
         sum(|x| x.remapped),
+        sum(|x| x.blocked),
         r.iter().filter(|x| x.shards == 3).count(),
     );
     eprintln!("{line}");
@@ -80,6 +81,7 @@ fn many_seeds_of_sharded_deployments_hold_every_property() {
         ("duplicate completions", sum(|x| x.duplicate_completions)),
         ("requests moved with their queue", sum(|x| x.moved)),
         ("shards remapped", sum(|x| x.remapped)),
+        ("pushes blocked", sum(|x| x.blocked)),
         (
             "three-shard seeds",
             r.iter().filter(|x| x.shards == 3).count() as u64,

@@ -311,6 +311,28 @@ impl Shards {
             .map(|(s, _)| *s)
     }
 
+    /// A number that changes whenever what a forwarder reads changes (the map's version, an
+    /// outbox's last and first entries, a watermark): a host republishes the state for its
+    /// forwarders only then.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut mix = |x: u64| {
+            h ^= x;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        };
+        mix(self.map.version);
+        for (to, o) in &self.outbox {
+            mix(u64::from(to.0));
+            mix(o.last);
+            mix(o.entries.keys().next().copied().unwrap_or(0));
+        }
+        for (from, mark) in &self.inbox {
+            mix(u64::from(from.0) | 1 << 32);
+            mix(*mark);
+        }
+        h
+    }
+
     /// Entries waiting in every outbox.
     pub fn waiting(&self) -> usize {
         self.outbox.values().map(|o| o.entries.len()).sum()

@@ -45,6 +45,7 @@ impl Model {
                 step: req.step,
                 queue: req.queue,
                 reason: RejectReason::NoSuchQueue,
+                origin_shard: None,
             });
             return;
         };
@@ -70,12 +71,14 @@ impl Model {
                 step: req.step,
                 queue: req.queue,
                 reason: RejectReason::Full,
+                origin_shard: None,
             }),
             OnFull::Block => {
                 fx.push(Effect::Blocked {
                     pusher,
                     id: req.id,
                     step: req.step.clone(),
+                    origin_shard: None,
                 });
                 blocked.push((pusher, req));
             }
@@ -138,6 +141,7 @@ impl Model {
                 pusher: p,
                 id: w.id,
                 step: w.step.clone(),
+                origin_shard: None,
             });
             self.stamp += 1;
             items.push((self.stamp, w));
@@ -171,6 +175,7 @@ impl Model {
                     step: String::new(),
                     queue: spec.name,
                     reason: RejectReason::SpecConflict,
+                    origin_shard: None,
                 }),
                 None => {
                     fx.push(Effect::Created {
@@ -284,6 +289,7 @@ impl Model {
                                         pusher: p,
                                         id: w.id,
                                         step: w.step.clone(),
+                                        origin_shard: None,
                                     });
                                     self.stamp += 1;
                                     items.push((self.stamp, w));

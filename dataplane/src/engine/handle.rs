@@ -376,6 +376,13 @@ impl Submitter {
         self.wake.wake();
     }
 
+    /// Offers an operation for ordering. A full ring is backpressure: the operation comes back
+    /// (`false`).
+    pub fn try_submit(&self, op: &Op) -> Result<bool, EngineError> {
+        let bytes = self.encode(op)?;
+        self.offer(bytes).map(|back| back.is_none())
+    }
+
     /// Offers an operation, waiting while the ring is full (backpressure). Encoded once.
     pub fn submit(&self, op: &Op) -> Result<(), EngineError> {
         let mut bytes = self.encode(op)?;

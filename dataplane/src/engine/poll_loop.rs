@@ -68,6 +68,7 @@ pub(super) fn spawn(
         speculated_at: std::collections::HashMap::new(),
         leaving: false,
         joins_refused_said: 0,
+        shards_published: 0,
         cfg,
     };
     thread::Builder::new()
@@ -87,6 +88,8 @@ struct Engine {
     events: Arc<ArrayQueue<Event>>,
     wake: Arc<EventFd>,
     shared: Arc<Shared>,
+    /// The fingerprint of the cross-shard state last published (0: none).
+    shards_published: u64,
     clock: Clock,
     /// Events that did not fit the event ring.
     overflow: VecDeque<Event>,
@@ -711,6 +714,16 @@ impl Engine {
                     at_us: self.clock.now_us(),
                     effect: e,
                 });
+            }
+        }
+        let shards = self.replica.queue().shards();
+        if shards.me().is_some() {
+            let fp = shards.fingerprint();
+            if fp != self.shards_published {
+                self.shards_published = fp;
+                if let Ok(mut s) = self.shared.shards.lock() {
+                    *s = Some(Arc::new(shards.clone()));
+                }
             }
         }
         if let Some(t) = self.replica.told_through() {

@@ -28,6 +28,9 @@ pub(super) struct Shared {
     /// [`conveyor_core::replica::Replica::told_through`] plus one, stored once the effects up
     /// to it are in the event ring (0: none yet).
     pub(super) told_through: AtomicU64,
+    /// The group's cross-shard state (`conveyor_core::shard::Shards`), republished when it
+    /// changes, once the group was given a shard map: what this process's forwarders read.
+    pub(super) shards: Mutex<Option<Arc<conveyor_core::shard::Shards>>>,
 }
 
 /// What another thread (the member's control-plane agent) may ask of a running engine. Taken
@@ -65,6 +68,11 @@ impl Probe {
     }
     pub fn is_finished(&self) -> bool {
         self.shared.finished.load(Ordering::Acquire)
+    }
+    /// The group's cross-shard state as this member last applied it, once the group was given
+    /// a shard map (see [`crate::shard`]).
+    pub fn shards(&self) -> Option<Arc<conveyor_core::shard::Shards>> {
+        self.shared.shards.lock().ok().and_then(|s| s.clone())
     }
     /// Whether the engine stopped because this member left the group (a graceful leave).
     pub fn has_left(&self) -> bool {

@@ -78,7 +78,7 @@ fn main() {
         }
     );
     println!(
-        "runs admitted {}, forwarded entries {}, acks {}, forwarders went back {}, view changes {}, joins {}, requeued {}, duplicate completions {}, moved with their queue {}, shards remapped {}, forwarders restarted {}, three-shard runs {}",
+        "runs admitted {}, forwarded entries {}, acks {}, forwarders went back {}, view changes {}, joins {}, requeued {}, duplicate completions {}, moved with their queue {}, shards remapped {}, forwarders restarted {}, pushes blocked {}, three-shard runs {}",
         sum(|r| r.admitted as u64),
         sum(|r| r.forwarded),
         sum(|r| r.acks),
@@ -90,6 +90,7 @@ fn main() {
         sum(|r| r.moved),
         sum(|r| r.remapped),
         sum(|r| r.forwarder_resets),
+        sum(|r| r.blocked),
         reports.iter().filter(|r| r.shards == 3).count(),
     );
     if !failures.is_empty() {

@@ -31,7 +31,9 @@ use log::RecordKind;
 use serde::{Deserialize, Serialize};
 
 /// The layout this build writes and reads. A data directory of another layout is refused.
-pub const LAYOUT: u32 = 3;
+/// 4: shards (the map, outboxes and inbox watermarks in the state; a request's origin shard;
+/// effects that name it).
+pub const LAYOUT: u32 = 4;
 
 /// What is wrong with a segment's or a snapshot's bytes.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

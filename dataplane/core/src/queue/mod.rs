@@ -444,6 +444,7 @@ impl QueueState {
                     step: String::new(),
                     queue: spec.name,
                     reason: RejectReason::SpecConflict,
+                    origin_shard: None,
                 }),
                 None => {
                     effects.push(Effect::Created {
@@ -486,6 +487,7 @@ impl QueueState {
                             pusher,
                             id: req.id,
                             step: req.step.clone(),
+                            origin_shard: req.meta.origin_shard,
                         });
                         items.push(req);
                     }
@@ -548,6 +550,7 @@ impl QueueState {
                                     pusher,
                                     id: waiting.id,
                                     step: waiting.step.clone(),
+                                    origin_shard: waiting.meta.origin_shard,
                                 });
                                 self.stamp += 1;
                                 q.items.push_back((self.stamp, waiting));
@@ -747,6 +750,7 @@ impl QueueState {
                 step: req.step,
                 queue: req.queue,
                 reason: RejectReason::NoSuchQueue,
+                origin_shard: origin,
             });
             return;
         };
@@ -787,6 +791,7 @@ impl QueueState {
                     step: req.step,
                     queue: req.queue,
                     reason: RejectReason::Full,
+                    origin_shard: origin,
                 })
             }
             OnFull::Block => {
@@ -794,6 +799,7 @@ impl QueueState {
                     pusher,
                     id: req.id,
                     step: req.step.clone(),
+                    origin_shard: req.meta.origin_shard,
                 });
                 q.blocked.push_back((pusher, req));
             }
@@ -863,6 +869,7 @@ impl QueueState {
                     pusher,
                     id: waiting.id,
                     step: waiting.step.clone(),
+                    origin_shard: waiting.meta.origin_shard,
                 });
                 self.stamp += 1;
                 q.items.push_back((self.stamp, waiting));

@@ -302,12 +302,15 @@ pub enum Effect {
         pusher: MemberId,
         id: RequestId,
         step: String,
+        /// The shard its run began in, if another shard's (see [`Meta::origin_shard`]).
+        origin_shard: Option<ShardId>,
     },
     /// A blocked push got room.
     Admitted {
         pusher: MemberId,
         id: RequestId,
         step: String,
+        origin_shard: Option<ShardId>,
     },
     Rejected {
         pusher: MemberId,
@@ -315,6 +318,7 @@ pub enum Effect {
         step: String,
         queue: String,
         reason: RejectReason,
+        origin_shard: Option<ShardId>,
     },
     Overwritten {
         id: RequestId,
@@ -496,10 +500,25 @@ impl Effect {
             | Effect::Confirmed { consumer, .. }
             | Effect::Discarded { consumer, .. } => *consumer == me,
             Effect::Rejoined { origin, .. } | Effect::Redis { origin, .. } => *origin == me,
-            Effect::Blocked { pusher, id, .. }
-            | Effect::Admitted { pusher, id, .. }
-            | Effect::Rejected { pusher, id, .. }
-            | Effect::Accepted { pusher, id } => {
+            Effect::Blocked {
+                pusher,
+                id,
+                origin_shard,
+                ..
+            }
+            | Effect::Admitted {
+                pusher,
+                id,
+                origin_shard,
+                ..
+            }
+            | Effect::Rejected {
+                pusher,
+                id,
+                origin_shard,
+                ..
+            } => *pusher != crate::queue::FORWARDER && ours(id, origin_shard),
+            Effect::Accepted { pusher, id } => {
                 *pusher != crate::queue::FORWARDER && id.origin() == me
             }
             Effect::Completed { id, meta, .. } => ours(id, &meta.origin_shard),

@@ -222,6 +222,7 @@ impl Replica {
                 step: req.step,
                 queue: req.queue,
                 reason: RejectReason::DisksFull,
+                origin_shard: req.meta.origin_shard,
             }),
         })
     }
