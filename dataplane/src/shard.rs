@@ -6,10 +6,15 @@
 //! Which process forwards from shard `a` to shard `b`: the one whose members of both serve and
 //! whose member id is the lowest of the members both views share (as its own members see the
 //! views). Member ids name hosts across shards: member `i` of every shard runs on host `i`
-//! (the layout `conveyor check` accepts for a sharded group file). Once the views agree every
+//! (the layout a sharded group file is to require). Once the views agree every
 //! process picks the same one; during a change two may forward at once, which costs duplicates
 //! the destination ignores, or none for a moment. A process that takes the role starts at the
 //! destination's watermark: nothing the previous one did is needed.
+//!
+//! Known costs of this first driver: it polls (every `idle` when there is nothing to do: 20
+//! us in `examples/shard_hop.rs`) instead of being woken by the engines' outbox effects, and an
+//! engine republishes its whole cross-shard state (outboxes included) after each batch of
+//! deliveries that changed it.
 
 use crate::engine::{Clock, Probe, Submitter};
 use conveyor_core::shard::{Forwarder, ForwarderConfig, ForwarderStats, Forwarding, ShardId};
