@@ -27,6 +27,10 @@
 //! that shard 0 admitted has completed each of its three steps exactly once and ended once,
 //! every outbox is empty, every queue drained, and every trigger whose process survived was
 //! told the end of every run it pushed that was admitted.
+//!
+//! Replay a seed with `shard-sim --seed SEED` (its configuration, then its report or the
+//! property that failed); with `SHARD_TRACE=1` it also prints every effect of each shard's
+//! order (as first applied) and every forwarder's poll.
 
 use conveyor_core::proto::{Dest, ProtoConfig, Status, SubmitError};
 use conveyor_core::queue::{Durability, Effect, Meta, OnFull, Op, Order, QueueSpec, Request};
