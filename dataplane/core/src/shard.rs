@@ -677,4 +677,109 @@ mod tests {
         assert_eq!(s.watermark(a), 2);
         assert_eq!(s.watermark(ShardId(5)), 0);
     }
+
+    fn push(n: u64) -> Forward {
+        Forward::Push(Request {
+            id: crate::types::RequestId::new(crate::types::MemberId(1), n),
+            instance: 0,
+            step: "s".into(),
+            queue: "q".into(),
+            payload: Vec::new(),
+            meta: crate::queue::Meta::default(),
+            http: None,
+        })
+    }
+
+    #[test]
+    fn the_fingerprint_follows_what_a_forwarder_reads() {
+        let mut a = Shards::default();
+        assert!(a.set_map(ShardId(0), ShardMap::hashed(1, 2)));
+        let mut seen = vec![a.fingerprint()];
+        a.append(ShardId(1), push(1));
+        seen.push(a.fingerprint());
+        a.append(ShardId(1), push(2));
+        seen.push(a.fingerprint());
+        assert_eq!(a.acknowledged_upto(ShardId(1)), 0);
+        a.acknowledged(ShardId(1), 1);
+        assert_eq!(a.acknowledged_upto(ShardId(1)), 1);
+        seen.push(a.fingerprint());
+        assert_eq!(a.take(ShardId(1), 1), Take::Next);
+        seen.push(a.fingerprint());
+        assert!(a.set_map(ShardId(0), ShardMap::hashed(2, 2)));
+        seen.push(a.fingerprint());
+        let distinct: std::collections::BTreeSet<u64> = seen.iter().copied().collect();
+        assert_eq!(distinct.len(), seen.len(), "{seen:?}");
+        // Entries after a number, in order; everything acknowledged: the last number.
+        assert_eq!(
+            a.outbox_after(ShardId(1), 0)
+                .map(|(s, _)| s)
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
+        a.acknowledged(ShardId(1), 2);
+        assert_eq!(a.acknowledged_upto(ShardId(1)), 2);
+        assert_eq!(a.outbox_after(ShardId(1), 0).count(), 0);
+    }
+
+    proptest::proptest! {
+        /// Whatever the states and rooms it is polled with, a forwarder's timer after a poll
+        /// lies ahead of the poll (a host that sleeps until it never spins), and it never
+        /// sends an entry at or below the destination's watermark nor beyond its window, nor
+        /// acknowledges beyond the watermark (some of its acknowledgements lost).
+        #[test]
+        fn a_forwarders_timer_is_ahead_of_its_poll(
+            steps in proptest::collection::vec((0u64..3, 0u64..4, 0usize..3, 0usize..2, 0u64..3000), 1..60),
+        ) {
+            let cfg = ForwarderConfig {
+                window: 4,
+                resend_after: Duration::from_micros(1000),
+                ack_every: 2,
+                ack_after: Duration::from_micros(300),
+            };
+            let mut src = Shards::default();
+            let mut dst = Shards::default();
+            src.set_map(ShardId(0), ShardMap::hashed(1, 2));
+            dst.set_map(ShardId(1), ShardMap::hashed(1, 2));
+            let mut now = Instant::from_micros(1);
+            let mut f = Forwarder::new(ShardId(0), ShardId(1), cfg.clone(), now);
+            let mut n = 0;
+            let mut out = Vec::new();
+            for (append, take, dst_room, src_room, wait) in steps {
+                for _ in 0..append {
+                    n += 1;
+                    src.append(ShardId(1), push(n));
+                }
+                // The destination takes some of what is out, the source drops what was
+                // acknowledged by the forwarder's last acknowledgement.
+                for _ in 0..take {
+                    let next = dst.watermark(ShardId(0)) + 1;
+                    if next <= n {
+                        dst.take(ShardId(0), next);
+                    }
+                }
+                now = now + Duration::from_micros(wait);
+                out.clear();
+                f.poll(now, &src, &dst, dst_room, src_room, &mut out);
+                let mark = dst.watermark(ShardId(0));
+                for fw in &out {
+                    match fw {
+                        Forwarding::ToDestination(crate::queue::Op::Forwarded { seq, .. }) => {
+                            proptest::prop_assert!(*seq > mark && *seq <= mark + cfg.window);
+                        }
+                        Forwarding::ToSource(crate::queue::Op::ForwardAck { upto, .. }) => {
+                            proptest::prop_assert!(*upto <= mark);
+                            // Some acknowledgements are lost on their way into the order.
+                            if wait % 3 != 0 {
+                                src.acknowledged(ShardId(1), *upto);
+                            }
+                        }
+                        other => proptest::prop_assert!(false, "{other:?}"),
+                    }
+                }
+                if let Some(t) = f.poll_timeout() {
+                    proptest::prop_assert!(t > now, "timer {t:?} at {now:?}: {f:?}");
+                }
+            }
+        }
+    }
 }
