@@ -32,9 +32,9 @@
 //! property that failed); with `SHARD_TRACE=1` it also prints every effect of each shard's
 //! order (as first applied) and every forwarder's poll.
 
-use conveyor_core::proto::{Dest, ProtoConfig, Status, SubmitError};
-use conveyor_core::queue::{Durability, Effect, Meta, OnFull, Op, Order, QueueSpec, Request};
-use conveyor_core::shard::{Forwarder, ForwarderConfig, Forwarding, ShardId, ShardMap};
+use conveyor_core::proto::{Dest, Status, SubmitError};
+use conveyor_core::queue::{Durability, Meta, OnFull, Op, Order, QueueSpec, Request};
+use conveyor_core::shard::{Forwarder, Forwarding, ShardId, ShardMap};
 use conveyor_core::types::{GroupId, Instant, MemberId, RequestId, View, ViewId};
 use conveyor_core::wire::Key;
 use conveyor_core::{Applied, Replica};
@@ -42,196 +42,16 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
-use std::time::Duration;
+
+mod checks;
+mod config;
+mod report;
+
+pub use config::ShardSimConfig;
+pub use report::{ShardReport, ShardViolation};
 
 /// The pipeline's steps and their queues.
 const STEPS: [(&str, &str); 3] = [("s0", "q0"), ("s1", "q1"), ("s2", "q2")];
-
-/// What one seed draws.
-#[derive(Clone, Debug)]
-pub struct ShardSimConfig {
-    pub shards: usize,
-    /// Members per shard, and hosts (host `h` runs member `h` of every shard).
-    pub members: usize,
-    /// Requests each host's trigger pushes.
-    pub requests: u64,
-    pub push_gap_us: (u64, u64),
-    pub exec_us: (u64, u64),
-    pub loss: f64,
-    pub duplicate: f64,
-    pub delay_us: (u64, u64),
-    /// Share of frames delayed by 1 to 5 ms (reordered far).
-    pub slow: f64,
-    /// A host crashes (every member it runs) at a time, and comes back (new processes that
-    /// join) at a later one, or not.
-    pub host_crash: Option<(u64, usize, Option<u64>)>,
-    /// One member of one shard crashes (its process alone), and may come back.
-    pub member_crash: Option<(u64, usize, usize, Option<u64>)>,
-    /// A host cut off from every other (every shard) from one time to another.
-    pub cut: Option<(u64, u64, usize)>,
-    /// Times at which one host's forwarders are restarted.
-    pub forwarder_resets: Vec<u64>,
-    /// Share of completions reported twice.
-    pub twice: f64,
-    /// A forwarder lives on while its role is interrupted (its member excluded and back, a
-    /// view without it): it resumes with what it had sent, unaware of what was lost meanwhile
-    /// (as a process that looks at its role now and then may), and only its timeout brings it
-    /// back to the watermark.
-    pub keep_forwarders: bool,
-    /// Each queue's capacity: small ones block pushes (a trigger's, and forwarded ones) until
-    /// there is room.
-    pub capacity: u32,
-    /// The map's second version (queue `q1` moves to another shard) is submitted to each
-    /// shard around this time.
-    pub move_at: Option<u64>,
-    pub proto: ProtoConfig,
-    pub forwarder: ForwarderConfig,
-    /// How long after the last fault everything must be done.
-    pub settle_us: u64,
-}
-
-impl ShardSimConfig {
-    pub fn from_seed(seed: u64) -> ShardSimConfig {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5a4d_5348_4152_4453);
-        let shards = rng.gen_range(2..=3);
-        let members = 3;
-        let loss = [0.0, 0.01, 0.05, 0.1, 0.2][rng.gen_range(0..5)];
-        let failure_timeout = Duration::from_millis(rng.gen_range(20..60));
-        let proto = ProtoConfig {
-            window: [4u64, 16, 64][rng.gen_range(0..3)],
-            max_frame: 1500,
-            max_payload: conveyor_core::wire::max_payload_for(1500, members),
-            status_interval: Duration::from_micros(rng.gen_range(500..2000)),
-            heartbeat: failure_timeout / 6,
-            failure_timeout,
-            startup_grace: failure_timeout * 4,
-            rto: Duration::from_micros(rng.gen_range(300..2000)),
-            rto_max: Duration::from_millis(rng.gen_range(10..50)),
-            ..ProtoConfig::default()
-        };
-        let crash_at = rng.gen_range(3_000..40_000);
-        let back = rng
-            .gen_bool(0.6)
-            .then(|| crash_at + rng.gen_range(60_000..200_000));
-        let (host_crash, member_crash) = match rng.gen_range(0..4) {
-            0 => (Some((crash_at, rng.gen_range(0..members), back)), None),
-            1 => (
-                None,
-                Some((
-                    crash_at,
-                    rng.gen_range(0..shards),
-                    rng.gen_range(0..members),
-                    back,
-                )),
-            ),
-            _ => (None, None),
-        };
-        let cut =
-            (host_crash.is_none() && member_crash.is_none() && rng.gen_bool(0.5)).then(|| {
-                let start = rng.gen_range(3_000..40_000);
-                // Longer than the failure timeout half the time: the host's members are excluded.
-                let len = if rng.gen_bool(0.5) {
-                    rng.gen_range(1_000..failure_timeout.as_micros() as u64 / 2)
-                } else {
-                    failure_timeout.as_micros() as u64 * rng.gen_range(2..5)
-                };
-                (start, start + len, rng.gen_range(0..members))
-            });
-        let forwarder_resets = (0..rng.gen_range(0..4))
-            .map(|_| rng.gen_range(2_000..60_000))
-            .collect();
-        let forwarder = ForwarderConfig {
-            window: [2u64, 8, 256][rng.gen_range(0..3)],
-            resend_after: Duration::from_micros(rng.gen_range(1_000..8_000)),
-            ack_every: [1u64, 4, 32][rng.gen_range(0..3)],
-            ack_after: Duration::from_micros(rng.gen_range(200..2_000)),
-        };
-        let mut cfg = ShardSimConfig {
-            shards,
-            members,
-            requests: rng.gen_range(10..40),
-            push_gap_us: (50, rng.gen_range(100..2_000)),
-            exec_us: (10, rng.gen_range(20..500)),
-            loss,
-            duplicate: if rng.gen_bool(0.5) { 0.02 } else { 0.0 },
-            delay_us: (5, rng.gen_range(10..200)),
-            slow: if rng.gen_bool(0.3) { 0.01 } else { 0.0 },
-            host_crash,
-            member_crash,
-            cut,
-            forwarder_resets,
-            twice: if rng.gen_bool(0.3) { 0.05 } else { 0.0 },
-            keep_forwarders: false,
-            capacity: 1 << 16,
-            move_at: rng.gen_bool(0.5).then(|| rng.gen_range(2_000..50_000)),
-            proto,
-            forwarder,
-            settle_us: 20_000_000,
-        };
-        // Drawn last, so that the draws above stay what they were.
-        cfg.keep_forwarders = rng.gen_bool(0.5);
-        if rng.gen_bool(0.5) {
-            cfg.capacity = rng.gen_range(2..16);
-        }
-        cfg
-    }
-
-    fn last_fault(&self) -> u64 {
-        let mut t = self.move_at.map_or(0, |m| m + 10_000);
-        if let Some((a, _, b)) = self.host_crash {
-            t = t.max(b.unwrap_or(a));
-        }
-        if let Some((a, _, _, b)) = self.member_crash {
-            t = t.max(b.unwrap_or(a));
-        }
-        if let Some((_, e, _)) = self.cut {
-            t = t.max(e);
-        }
-        t.max(self.forwarder_resets.iter().copied().max().unwrap_or(0))
-    }
-}
-
-/// A property that did not hold.
-#[derive(Clone, Debug)]
-pub struct ShardViolation {
-    pub property: &'static str,
-    pub at_us: u64,
-    pub detail: String,
-}
-
-impl std::fmt::Display for ShardViolation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} violated at {} us: {}",
-            self.property, self.at_us, self.detail
-        )
-    }
-}
-
-/// What one run did.
-#[derive(Clone, Debug, Default)]
-pub struct ShardReport {
-    pub shards: usize,
-    pub admitted: usize,
-    pub ended: usize,
-    /// Entries taken by destination shards (first replica to apply each).
-    pub forwarded: u64,
-    pub acks: u64,
-    pub view_changes: u64,
-    pub joins: u64,
-    pub requeued: u64,
-    pub duplicate_completions: u64,
-    /// Requests moved with their queue by the map's second version.
-    pub moved: u64,
-    pub forwarder_went_back: u64,
-    pub forwarder_resets: u64,
-    /// Pushes (a trigger's, a continuation, a forwarded one) that waited for room.
-    pub blocked: u64,
-    /// Shards that applied the map's second version.
-    pub remapped: u64,
-    pub end_us: u64,
-}
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
@@ -339,6 +159,8 @@ pub struct ShardSim {
     map2: ShardMap,
     /// Requests being executed, by job number: (instance, request).
     jobs: BTreeMap<u64, (u64, Request)>,
+    /// `SHARD_TRACE` is set: print each shard's counted effects and every forwarder's poll.
+    trace: bool,
 }
 
 fn group(s: usize) -> GroupId {
@@ -460,6 +282,7 @@ impl ShardSim {
             },
             map2,
             jobs: BTreeMap::new(),
+            trace: std::env::var_os("SHARD_TRACE").is_some(),
             cfg,
         };
         for s in 0..sim.cfg.shards {
@@ -877,169 +700,6 @@ impl ShardSim {
         }
     }
 
-    /// Counts the effects of the step member `m` of shard `s` just applied, if it is the first
-    /// replica of its shard to apply that position; checks the replicas' states agree.
-    fn count_step(&mut self, s: usize, m: usize, effects: &[Effect]) -> Result<(), ShardViolation> {
-        if !self.members[s][m].holds_state {
-            return Ok(());
-        }
-        let q = self.members[s][m].replica.queue();
-        let pos = q.applied();
-        let digest = q.digest();
-        match self.digests[s].get(&pos) {
-            Some(d) if *d != digest => {
-                return Err(self.violation(
-                    "replicas identical",
-                    format!("shard {s} member {m} differs from another replica at position {pos}"),
-                ))
-            }
-            Some(_) => {}
-            None => {
-                self.digests[s].insert(pos, digest);
-            }
-        }
-        if pos <= self.counted[s] {
-            return Ok(());
-        }
-        self.counted[s] = pos;
-        if std::env::var_os("SHARD_TRACE").is_some() {
-            for e in effects {
-                eprintln!("t={} shard {s} pos {pos} (m{m}): {e:?}", self.now);
-            }
-        }
-        for e in effects {
-            match e {
-                // A trigger's push taken (at once, or after it waited for room); a blocked
-                // continuation admitted is no new run.
-                Effect::Accepted { pusher, id } | Effect::Admitted { pusher, id, .. }
-                    if *pusher != conveyor_core::queue::FORWARDER
-                        && !matches!(e, Effect::Admitted { step, .. } if step != STEPS[0].0) =>
-                {
-                    if s != 0 {
-                        return Err(self.violation(
-                            "pushes",
-                            format!("run {id:?} accepted in shard {s}: triggers push to shard 0"),
-                        ));
-                    }
-                    self.admitted.insert(*id);
-                }
-                Effect::Completed {
-                    id, step, terminal, ..
-                } => {
-                    if !self.admitted.contains(id) {
-                        return Err(self.violation(
-                            "validity",
-                            format!("shard {s} completed {step} of {id:?}, never admitted"),
-                        ));
-                    }
-                    let n = {
-                        let n = self.completions.entry((*id, step.clone())).or_default();
-                        *n += 1;
-                        *n
-                    };
-                    if n > 1 {
-                        return Err(self.violation(
-                            "exactly once",
-                            format!("step {step} of {id:?} completed {n} times (now in shard {s})"),
-                        ));
-                    }
-                    if *terminal {
-                        if s != 0 {
-                            return Err(self.violation(
-                                "end in origin shard",
-                                format!("{id:?} ended in shard {s}, not its origin shard 0"),
-                            ));
-                        }
-                        *self.ended.entry(*id).or_default() += 1;
-                    }
-                }
-                Effect::Failed { id, .. } | Effect::Rejected { id, .. } => {
-                    return Err(self.violation("failures", format!("{id:?} failed: {e:?}")))
-                }
-                Effect::Inbox { .. } => {}
-                Effect::Requeued { .. } => self.report.requeued += 1,
-                Effect::Blocked { .. } => self.report.blocked += 1,
-                Effect::DuplicateCompletion { .. } => self.report.duplicate_completions += 1,
-                Effect::ShardMap { moved, version, .. } => {
-                    self.report.moved += *moved as u64;
-                    self.report.remapped += u64::from(*version == 2);
-                }
-                Effect::ViewInstalled { .. } => self.report.view_changes += 1,
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// What member `m` of shard `s`'s application does with the effects that concern it.
-    fn act(&mut self, s: usize, m: usize, effects: Vec<Effect>) -> Result<(), ShardViolation> {
-        let me = MemberId(m as u16);
-        let shard = Some(ShardId(s as u16));
-        for e in effects {
-            if !e.concerns(me, shard) {
-                continue;
-            }
-            let id = match &e {
-                Effect::Accepted { id, .. }
-                | Effect::Completed { id, .. }
-                | Effect::Failed { id, .. }
-                | Effect::Requeued { id, .. }
-                | Effect::Blocked { id, .. }
-                | Effect::Admitted { id, .. }
-                | Effect::Rejected { id, .. } => Some(*id),
-                _ => None,
-            };
-            if let Some(id) = id {
-                if s != 0 || id.origin() != me {
-                    return Err(self.violation(
-                        "told the right member",
-                        format!(
-                            "member {m} of shard {s} told of {id:?}, a run it did not start: {e:?}"
-                        ),
-                    ));
-                }
-            }
-            match e {
-                Effect::Assigned { req, .. } => {
-                    let exec = self.rng.gen_range(self.cfg.exec_us.0..=self.cfg.exec_us.1);
-                    let inc = self.members[s][m].inc;
-                    let job = self.event_seq;
-                    self.jobs.insert(job, (req.instance, req));
-                    self.schedule(self.now + exec, Event::Finish { s, m, inc, job });
-                }
-                Effect::Accepted { id, .. } => {
-                    self.hosts[m].accepted.insert(id);
-                }
-                Effect::Admitted { id, step, .. } if step == STEPS[0].0 => {
-                    self.hosts[m].accepted.insert(id);
-                }
-                Effect::Completed {
-                    id, terminal: true, ..
-                } => {
-                    if self.ended.get(&id).copied().unwrap_or(0) == 0 {
-                        return Err(self.violation(
-                            "told ends happened",
-                            format!("trigger {m} told {id:?} ended before the order ended it"),
-                        ));
-                    }
-                    let n = {
-                        let n = self.hosts[m].told.entry(id).or_default();
-                        *n += 1;
-                        *n
-                    };
-                    if n > 1 && !self.hosts[m].crashed {
-                        return Err(self.violation(
-                            "told once",
-                            format!("trigger {m} told the end of {id:?} {n} times"),
-                        ));
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
     /// Host `h`'s forwarders: the one from `a` to `b` runs while its members of `a` and `b`
     /// serve and `h` is the lowest member of both views (as those members see them): a host
     /// with a live member in each shard, the same one at every host once the views agree.
@@ -1092,7 +752,7 @@ impl ShardSim {
                     src_room,
                     &mut out,
                 );
-                if std::env::var_os("SHARD_TRACE").is_some() {
+                if self.trace {
                     eprintln!(
                         "t={} h{h} forwarder {a}->{b}: {} ops, waiting {}, dest mark {} me {:?}, rooms {dst_room}/{src_room} {:?}",
                         self.now,
@@ -1156,123 +816,6 @@ impl ShardSim {
             }
         }
         Ok(())
-    }
-
-    /// Everything is done: every trigger pushed everything (or its process died), every
-    /// admitted run ended, every live member serves with nothing waiting.
-    fn done(&self) -> bool {
-        let pushed = (0..self.cfg.members)
-            .all(|h| self.hosts[h].pushes_left == 0 || !self.members[0][h].alive);
-        let ended = self
-            .admitted
-            .iter()
-            .all(|id| self.ended.get(id).copied().unwrap_or(0) >= 1);
-        let quiet = self.members.iter().flatten().all(|x| {
-            !x.alive
-                || (x.replica.status() == Status::Serving
-                    && x.outbox.is_empty()
-                    && x.replica.queue().shards().waiting() == 0
-                    && x.replica.queue().size() == 0)
-        });
-        let told = (0..self.cfg.members).all(|h| {
-            let host = &self.hosts[h];
-            host.crashed
-                || host
-                    .accepted
-                    .iter()
-                    .all(|id| host.told.get(id).copied().unwrap_or(0) >= 1)
-        });
-        pushed && ended && quiet && told
-    }
-
-    fn pending(&self) -> String {
-        let unended: Vec<&RequestId> = self
-            .admitted
-            .iter()
-            .filter(|id| self.ended.get(id).copied().unwrap_or(0) == 0)
-            .take(5)
-            .collect();
-        let members: Vec<String> = self
-            .members
-            .iter()
-            .enumerate()
-            .flat_map(|(s, row)| {
-                row.iter().enumerate().map(move |(m, x)| {
-                    format!(
-                        "s{s}m{m}: {} {} view {:?} outbox {} waiting {} size {}",
-                        if x.alive { "alive" } else { "dead" },
-                        x.replica.status().label(),
-                        x.replica.view().members,
-                        x.outbox.len(),
-                        x.replica.queue().shards().waiting(),
-                        x.replica.queue().size()
-                    )
-                })
-            })
-            .collect();
-        format!(
-            "not done: {} of {} admitted runs not ended (e.g. {unended:?}); {}",
-            self.admitted.len() - self.ended.len(),
-            self.admitted.len(),
-            members.join("; ")
-        )
-    }
-
-    fn finish_checks(mut self) -> Result<ShardReport, ShardViolation> {
-        for id in &self.admitted {
-            for (step, _) in STEPS {
-                let n = self
-                    .completions
-                    .get(&(*id, step.to_string()))
-                    .copied()
-                    .unwrap_or(0);
-                if n != 1 {
-                    return Err(self.violation(
-                        "exactly once",
-                        format!("step {step} of admitted {id:?} completed {n} times"),
-                    ));
-                }
-            }
-            if self.ended.get(id) != Some(&1) {
-                return Err(self.violation(
-                    "exactly once",
-                    format!("{id:?} ended {:?} times", self.ended.get(id)),
-                ));
-            }
-        }
-        for h in 0..self.cfg.members {
-            if let Some((id, n)) = self.hosts[h].told.iter().find(|(_, n)| **n > 1) {
-                if !self.hosts[h].crashed {
-                    return Err(
-                        self.violation("told once", format!("trigger {h} told {id:?} {n} times"))
-                    );
-                }
-            }
-        }
-        // Entries each shard took from the others, as its most advanced live replica holds it.
-        for (b, row) in self.members.iter().enumerate() {
-            self.report.forwarded += row
-                .iter()
-                .filter(|x| x.alive)
-                .map(|x| {
-                    (0..self.cfg.shards)
-                        .filter(|&a| a != b)
-                        .map(|a| x.replica.queue().shards().watermark(ShardId(a as u16)))
-                        .sum::<u64>()
-                })
-                .max()
-                .unwrap_or(0);
-        }
-        for host in &self.hosts {
-            for f in host.forwarders.values() {
-                self.report.forwarder_went_back += f.stats().went_back;
-                self.report.acks += f.stats().acks;
-            }
-        }
-        self.report.admitted = self.admitted.len();
-        self.report.ended = self.ended.len();
-        self.report.end_us = self.now;
-        Ok(self.report)
     }
 }
 
