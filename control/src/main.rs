@@ -173,6 +173,35 @@ fn main() -> ExitCode {
                 for p in &c.pipelines {
                     println!("pipeline {} ({} steps)", p.name, p.steps.len());
                 }
+                if c.shard_count() > 1 {
+                    // Each shard's own group and ports, then where each queue is ordered.
+                    for s in 0..c.shard_count() {
+                        let sc = c.for_shard(s);
+                        let ports: Vec<String> =
+                            sc.addresses.iter().map(|a| a.port().to_string()).collect();
+                        println!(
+                            "shard {s}: group {:?}, ports {}",
+                            sc.file.group.name,
+                            ports.join(" ")
+                        );
+                    }
+                    let map = c.shard_map();
+                    for p in &c.pipelines {
+                        for q in p.queue_specs() {
+                            let placed = c
+                                .file
+                                .shards
+                                .as_ref()
+                                .is_some_and(|s| s.place.contains_key(&q.name));
+                            println!(
+                                "queue {} on shard {} ({})",
+                                q.name,
+                                map.owner(&q.name).0,
+                                if placed { "placed" } else { "hashed" }
+                            );
+                        }
+                    }
+                }
             })
             .map_err(Into::into),
         Cmd::Control {

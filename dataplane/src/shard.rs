@@ -177,6 +177,12 @@ impl Forwarders {
             let now = clock.now_us();
             let (did, next) = self.poll(now);
             if !did {
+                // A process with no pair to forward for only looks at the views again.
+                let idle_us = if self.roles.is_empty() {
+                    ROLES_EVERY_US
+                } else {
+                    idle_us
+                };
                 let until = next.map_or(now + idle_us, |t| t.min(now + idle_us));
                 let wait = until.saturating_sub(clock.now_us());
                 if wait > 0 {

@@ -15,6 +15,7 @@ pub use schema::*;
 use conveyor_core::pipeline::Pipeline;
 use conveyor_core::proto::{Admission, ProtoConfig};
 use conveyor_core::queue::Durability;
+use conveyor_core::shard::{ShardId, ShardMap};
 use conveyor_core::types::{GroupId, MemberId, View, ViewId};
 use conveyor_core::wire::Key;
 use conveyor_dataplane::engine::{EngineConfig, IdlePolicy};
@@ -117,6 +118,21 @@ impl GroupConfig {
                 ));
             }
         }
+        if let Some(sh) = &file.shards {
+            let queues: Vec<String> = pipelines
+                .iter()
+                .flat_map(|p| p.queue_specs().into_iter().map(|q| q.name))
+                .collect();
+            if let Some(q) = sh.place.keys().find(|q| !queues.contains(q)) {
+                return Err(fail(
+                    &format!("shards.place.{q}"),
+                    format!(
+                        "no pipeline of the group has a queue {q:?}; its queues are {}",
+                        queues.join(", ")
+                    ),
+                ));
+            }
+        }
         Ok(GroupConfig {
             file,
             path: path.to_path_buf(),
@@ -161,6 +177,52 @@ impl GroupConfig {
                         .join(", ")
                 ),
             })
+    }
+
+    /// How many shards the group is (1 without `[shards]`).
+    pub fn shard_count(&self) -> u16 {
+        self.file.shards.as_ref().map_or(1, |s| s.count)
+    }
+
+    /// The shard map the file describes (version 1): the queues of `[shards] place` where it
+    /// puts them, the others by their name's hash.
+    pub fn shard_map(&self) -> ShardMap {
+        let mut map = ShardMap::hashed(1, self.shard_count());
+        if let Some(sh) = &self.file.shards {
+            for (q, &s) in &sh.place {
+                map = map.with_override(q, ShardId(s));
+            }
+        }
+        map
+    }
+
+    /// Shard `s` of the group as a group of its own: shard 0 is the file as written; shard
+    /// `s > 0` is named `NAME#s` (its own group id and shared-memory names), has its own key
+    /// (derived from the group's: frames of one shard are not taken by another), listens on
+    /// each member's port plus `s * port_stride` and keeps its log in `data_dir/shard-s`. The
+    /// gateway and metrics stay with shard 0's.
+    pub fn for_shard(&self, s: u16) -> GroupConfig {
+        let mut c = self.clone();
+        if s == 0 {
+            return c;
+        }
+        let stride = self.file.shards.as_ref().map_or(1, |x| x.port_stride);
+        let offset = s.saturating_mul(stride);
+        c.file.group.name = format!("{}#{s}", self.file.group.name);
+        let mut h = blake3::Hasher::new_derive_key("conveyor 2026-12 shard key");
+        h.update(self.file.group.key.as_bytes());
+        h.update(&s.to_le_bytes());
+        c.key = Key::from_bytes(*h.finalize().as_bytes());
+        c.file.group.key = c.key.to_hex();
+        for (a, m) in c.addresses.iter_mut().zip(c.file.members.iter_mut()) {
+            a.set_port(a.port().saturating_add(offset));
+            m.address = a.to_string();
+            m.data_dir = m.data_dir.take().map(|d| d.join(format!("shard-{s}")));
+            m.metrics_address = None;
+            m.gateway = None;
+            m.resp = None;
+        }
+        c
     }
 
     pub fn group_id(&self) -> GroupId {

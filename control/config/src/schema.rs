@@ -17,6 +17,33 @@ pub struct GroupFile {
     /// The control plane (optional): where it listens and the token changes need.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<ControlSection>,
+    /// Shards (optional): the group is several total-order groups, one per shard, each
+    /// ordering the queues the shard map places on it. Every member hosts a member of every
+    /// shard (member `i` of each shard runs in member `i`'s process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardsSection>,
+}
+
+/// `[shards]`: how many shards, where each member's shards listen, and the queues placed by
+/// hand (the others by their name's hash: `conveyor_core::shard::ShardMap`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardsSection {
+    /// Shards, 1 to 64.
+    pub count: u16,
+    /// Shard `s` of a member listens on its `address`'s port plus `s * port_stride`.
+    #[serde(default = "d_port_stride")]
+    pub port_stride: u16,
+    /// Queue name to shard, whatever the name's hash says.
+    #[serde(default)]
+    pub place: std::collections::BTreeMap<String, u16>,
+}
+
+/// The most shards a group file may have.
+pub const MAX_SHARDS: u16 = 64;
+
+fn d_port_stride() -> u16 {
+    1
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

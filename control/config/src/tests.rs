@@ -291,3 +291,82 @@ fn the_group_durability_is_the_pipelines_default() {
     let e = GroupConfig::parse(&bad, &path).unwrap_err();
     assert_eq!(e.field, "group.durability", "{e}");
 }
+
+#[test]
+fn a_sharded_group_is_one_group_per_shard() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(
+        t.path().join("p.json"),
+        r#"{"name": "p", "entry": "a", "steps": {
+            "a": {"function": "echo", "next": [{"to": ["b"]}]}, "b": {"function": "echo"}}}"#,
+    )
+    .unwrap();
+    let path = t.path().join("conveyor.toml");
+    let sharded = GOOD.replace("name = \"g\"", "name = \"g\"\npipelines = [\"p.json\"]")
+        + "\n[shards]\ncount = 3\nport_stride = 100\nplace = { \"p.b\" = 2 }\n";
+    let c = GroupConfig::parse(&sharded, &path).unwrap();
+    assert_eq!(c.shard_count(), 3);
+    let map = c.shard_map();
+    assert_eq!(map.version, 1);
+    assert_eq!(map.owner("p.b"), ShardId(2));
+    let s0 = c.for_shard(0);
+    let s2 = c.for_shard(2);
+    assert_eq!(s0.addresses, c.addresses);
+    assert_eq!(s2.addresses[1].port(), 7201);
+    assert_eq!(s2.file.members[1].address, "127.0.0.1:7201");
+    // Each shard is its own group: id and key differ, the same file gives the same ones.
+    assert_ne!(s0.group_id(), s2.group_id());
+    assert_ne!(c.for_shard(1).group_id(), s2.group_id());
+    assert_ne!(s0.key.to_hex(), s2.key.to_hex());
+    assert_ne!(c.for_shard(1).key.to_hex(), s2.key.to_hex());
+    assert_eq!(c.for_shard(2).key.to_hex(), s2.key.to_hex());
+    assert_eq!(s2.transport_spec(1).addresses[1].port(), 7201);
+    // Without [shards]: one shard owning everything.
+    let one = GroupConfig::parse(
+        &GOOD.replace("name = \"g\"", "name = \"g\"\npipelines = [\"p.json\"]"),
+        &path,
+    )
+    .unwrap();
+    assert_eq!(one.shard_count(), 1);
+    assert_eq!(one.shard_map().owner("p.b"), ShardId(0));
+    // Bad sections name their field.
+    let cases = [
+        (sharded.replace("count = 3", "count = 0"), "shards.count"),
+        (sharded.replace("count = 3", "count = 65"), "shards.count"),
+        (
+            sharded.replace("port_stride = 100", "port_stride = 0"),
+            "shards.port_stride",
+        ),
+        (
+            sharded.replace("\"p.b\" = 2", "\"p.b\" = 3"),
+            "shards.place.p.b",
+        ),
+        (
+            sharded.replace("\"p.b\" = 2", "\"p.c\" = 1"),
+            "shards.place.p.c",
+        ),
+        (
+            sharded.replace("port_stride = 100", "port_stride = 30000"),
+            "member[0].address",
+        ),
+        (
+            sharded.replace("name = \"g\"", "name = \"g\"\ntransport = \"afxdp\""),
+            "group.transport",
+        ),
+        (
+            sharded.replace(
+                "role = \"trigger\"",
+                "role = \"trigger\"\n[member.gateway]\naddress = \"127.0.0.1:8080\"",
+            ),
+            "member[0].gateway",
+        ),
+        (
+            sharded.replace("count = 3", "count = 3\nsize = 2"),
+            "shards",
+        ),
+    ];
+    for (text, field) in cases {
+        let e = GroupConfig::parse(&text, &path).unwrap_err();
+        assert!(e.field.starts_with(field), "{field}: {e}");
+    }
+}

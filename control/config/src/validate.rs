@@ -1,7 +1,7 @@
 //! The group file's checks beyond its schema: each names the offending field. They run in
 //! this order, and the first that fails is reported.
 
-use crate::schema::{GroupFile, Role, MAX_AFXDP_FRAME, MAX_DPDK_FRAME};
+use crate::schema::{GroupFile, Role, MAX_AFXDP_FRAME, MAX_DPDK_FRAME, MAX_SHARDS};
 use conveyor_core::wire::{self, Key};
 use conveyor_dataplane::transport::impair::ImpairSpec;
 use conveyor_dataplane::transport::open::MEDIA;
@@ -35,6 +35,7 @@ pub(crate) fn check(file: &mut GroupFile) -> Result<Checked, Bad> {
     group(file)?;
     joins(file)?;
     control(file)?;
+    shards(file)?;
     media(file)?;
     gateways(file)?;
     one_host(file)?;
@@ -398,6 +399,69 @@ fn one_host(file: &GroupFile) -> Result<(), Bad> {
                 g.max_frame
             ),
         ));
+    }
+    Ok(())
+}
+
+/// `[shards]`: a count in range, ports that exist, transports and roles that run sharded (the
+/// placements' queue names are checked against the pipelines once they are loaded).
+fn shards(file: &GroupFile) -> Result<(), Bad> {
+    let Some(sh) = &file.shards else {
+        return Ok(());
+    };
+    if !(1..=MAX_SHARDS).contains(&sh.count) {
+        return Err(bad("shards.count", format!("between 1 and {MAX_SHARDS}")));
+    }
+    if sh.port_stride == 0 {
+        return Err(bad("shards.port_stride", "must be at least 1"));
+    }
+    for (q, &s) in &sh.place {
+        if s >= sh.count {
+            return Err(bad(
+                format!("shards.place.{q}"),
+                format!("there is no shard {s}: shards are 0 to {}", sh.count - 1),
+            ));
+        }
+    }
+    if sh.count == 1 {
+        return Ok(());
+    }
+    let t = file.group.transport.as_str();
+    if !matches!(t, "udp" | "shm") {
+        return Err(bad(
+            "group.transport",
+            format!("a sharded group runs on udp or shm; {t} carries one group per device queue or port, not one per shard (not built yet)"),
+        ));
+    }
+    for (i, m) in file.members.iter().enumerate() {
+        let last = usize::from(sh.port_stride) * usize::from(sh.count - 1);
+        if let Ok(a) = m.address.parse::<SocketAddr>() {
+            if usize::from(a.port()) + last > 65_535 {
+                return Err(bad(
+                    format!("member[{i}].address"),
+                    format!(
+                        "shard {} would listen on port {}: past 65535",
+                        sh.count - 1,
+                        usize::from(a.port()) + last
+                    ),
+                ));
+            }
+        }
+        if m.gateway.is_some() || m.resp.is_some() {
+            return Err(bad(
+                format!(
+                    "member[{i}].{}",
+                    if m.gateway.is_some() { "gateway" } else { "resp" }
+                ),
+                "not served by a sharded group yet: its callers would need routing to each queue's shard",
+            ));
+        }
+        if m.interface.is_some() {
+            return Err(bad(
+                format!("member[{i}].interface"),
+                "the XDP program filters one group per interface; a sharded group's members share it (not built yet)",
+            ));
+        }
     }
     Ok(())
 }

@@ -67,9 +67,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10_000)]
     pub requests: u64,
     /// kill:MEMBER@S, partition:MEMBER@S[-E], join:MEMBER@S, kill:all@S (every member
-    /// SIGKILLed, then restarted from its data directory; needs --durable) and tear:MEMBER
-    /// (with kill:all: MEMBER's log loses the end of its last record before the restart), all
-    /// repeatable.
+    /// SIGKILLed, then restarted from its data directory; needs --durable), tear:MEMBER
+    /// (with kill:all: MEMBER's log loses the end of its last record before the restart) and,
+    /// with --shards, move:QUEUE@S (the queue goes to the next shard) or move:QUEUE=SHARD@S;
+    /// all repeatable.
     #[arg(long)]
     pub fault: Vec<String>,
     /// Durable queues: every queue of the pipeline logged to its members' data directories
@@ -126,6 +127,76 @@ pub struct BenchArgs {
     /// the trigger left to the scheduler) or none.
     #[arg(long, default_value = "auto")]
     pub pin: String,
+    /// Shards (Conveyor only): the group runs this many total-order groups, every member
+    /// process a member of each, and the pipeline's steps alternate shards (step k on shard
+    /// k mod N), so every continuation crosses to another shard.
+    #[arg(long, default_value_t = 1)]
+    pub shards: u16,
+}
+
+/// `move:QUEUE@S` or `move:QUEUE=SHARD@S` against the run's queues and shards (`placed`:
+/// where each queue starts); without `=SHARD` the queue goes to the shard after its own.
+pub fn parse_moves(
+    specs: &[String],
+    placed: &[(String, u16)],
+    shards: u16,
+) -> Result<Vec<crate::trigger::loadgen::ShardMove>> {
+    let mut moves = Vec::new();
+    let mut now: std::collections::BTreeMap<&str, u16> =
+        placed.iter().map(|(q, s)| (q.as_str(), *s)).collect();
+    let mut parsed = Vec::new();
+    for spec in specs {
+        let Some(rest) = spec.strip_prefix("move:") else {
+            continue;
+        };
+        if shards < 2 {
+            bail!("--fault {spec:?}: moving a queue needs --shards 2 or more");
+        }
+        let (what, at) = rest
+            .rsplit_once('@')
+            .ok_or_else(|| anyhow::anyhow!("--fault {spec:?}: expected move:QUEUE@SECONDS"))?;
+        let at = seconds(spec, at)?;
+        let (queue, to) = match what.split_once('=') {
+            Some((q, t)) => (
+                q,
+                Some(
+                    t.parse::<u16>()
+                        .ok()
+                        .filter(|&t| t < shards)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "--fault {spec:?}: {t:?} is not a shard (0 to {})",
+                                shards - 1
+                            )
+                        })?,
+                ),
+            ),
+            None => (what, None),
+        };
+        if !now.contains_key(queue) {
+            bail!(
+                "--fault {spec:?}: no queue {queue:?}; the run's queues are {}",
+                placed
+                    .iter()
+                    .map(|p| p.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        parsed.push((at, queue, to));
+    }
+    parsed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (at, queue, to) in parsed {
+        let from = now[queue];
+        let to = to.unwrap_or((from + 1) % shards);
+        now.insert(queue, to);
+        moves.push(crate::trigger::loadgen::ShardMove {
+            queue: queue.to_string(),
+            to,
+            at_s: at,
+        });
+    }
+    Ok(moves)
 }
 /// A run's faults.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -170,6 +241,10 @@ pub fn parse_faults(specs: &[String], invokers: usize) -> Result<Faults> {
     let mut kill_all = Vec::new();
     let mut tears = Vec::new();
     for spec in specs {
+        if spec.starts_with("move:") {
+            // A shard map's change (`parse_moves`), not a member's fault.
+            continue;
+        }
         if let Some(member) = spec.strip_prefix("tear:") {
             known_member(spec, member, invokers)?;
             tears.push(member.to_string());
@@ -466,7 +541,39 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan> {
     if args.workload == "constant" && (args.rate <= 0.0 || args.duration <= 0.0) {
         bail!("--rate and --duration must be positive");
     }
+    if args.shards == 0 || args.shards > crate::config::MAX_SHARDS {
+        bail!("--shards: between 1 and {}", crate::config::MAX_SHARDS);
+    }
+    if args.shards > 1 {
+        if backends.iter().any(|b| *b != "conveyor") {
+            bail!(
+                "--shards: Conveyor only (the other backends have no shards here); nothing was run"
+            );
+        }
+        if !matches!(args.transport.as_str(), "udp" | "shm") {
+            bail!("--shards: with --transport udp or shm (a sharded group's other transports are not built yet); nothing was run");
+        }
+        if !kill_all.is_empty() || !joins.is_empty() {
+            bail!("--shards: kill:all and join: are not run with shards yet; nothing was run");
+        }
+    }
     let pipeline = Pipeline::chain("bench", args.chain, args.fn_us);
+    // Steps alternate shards: step k's queue on shard k mod N.
+    let placement: Vec<(String, u16)> = if args.shards > 1 {
+        (0..args.chain)
+            .map(|k| {
+                let q = pipeline
+                    .steps
+                    .get(&format!("f{k}"))
+                    .map(|s| s.queue.name.clone())
+                    .unwrap_or_default();
+                (q, (k % usize::from(args.shards)) as u16)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let moves = parse_moves(&args.fault, &placement, args.shards)?;
     let mut pipeline_json = pipeline.to_json();
     if args.durable {
         pipeline_json = durable_pipeline(&pipeline_json)?;
@@ -496,7 +603,10 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan> {
             progress_file: None,
             journal: None,
             kills_file: None,
+            moves,
         },
+        shards: args.shards,
+        placement,
         keep: args.keep,
         credits: args.credits,
         executor: match args.executor.as_str() {

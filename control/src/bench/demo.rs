@@ -82,6 +82,7 @@ pub fn demo(transport: &str) -> Result<()> {
             progress_file: None,
             journal: None,
             kills_file: None,
+            moves: Vec::new(),
         },
         keep: false,
         idle: None,
@@ -100,6 +101,8 @@ pub fn demo(transport: &str) -> Result<()> {
         durable: false,
         kill_all: Vec::new(),
         tears: Vec::new(),
+        shards: 1,
+        placement: Vec::new(),
         transport: transport.to_string(),
     };
     let r = run_local_group(&run)?;

@@ -57,6 +57,10 @@ pub struct GroupRun {
     /// Members whose newest log file loses its last 3 bytes (the end of its last record)
     /// before each restart.
     pub tears: Vec<String>,
+    /// Shards (1: a group without `[shards]`).
+    pub shards: u16,
+    /// Where the queues are placed (queue, shard) with shards.
+    pub placement: Vec<(String, u16)>,
 }
 
 /// The invokers' speculated executions in a run (BENCH.md's `speculation`), from the lines
@@ -272,6 +276,27 @@ pub(crate) fn free_udp_ports(n: usize) -> Result<Vec<u16>> {
     socks.iter().map(|s| Ok(s.local_addr()?.port())).collect()
 }
 
+/// Ports for `members` members of `shards` shards on loopback: member `i` of shard `s` on
+/// `base + i + s * members`, every one of them free when looked at. Returns shard 0's; the
+/// group file's `port_stride` is `members`.
+fn free_port_block(members: usize, shards: u16) -> Result<Vec<u16>> {
+    let n = members * usize::from(shards);
+    for _ in 0..200 {
+        // A base from a free port the kernel hands out (in its ephemeral range).
+        let base = free_udp_ports(1)?[0];
+        if usize::from(base) + n > 65_535 {
+            continue;
+        }
+        let socks: std::io::Result<Vec<UdpSocket>> = (0..n)
+            .map(|k| UdpSocket::bind(("127.0.0.1", base + k as u16)))
+            .collect();
+        if socks.is_ok() {
+            return Ok((0..members).map(|i| base + i as u16).collect());
+        }
+    }
+    bail!("no block of {n} free UDP ports on 127.0.0.1 found")
+}
+
 fn run_dir() -> Result<PathBuf> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -352,6 +377,10 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
         Hosts::Netns => Some(NetnsHosts::up(names.len(), run.netloss.as_deref())?),
     };
     let addresses: Vec<String> = match &netns {
+        None if run.shards > 1 => free_port_block(names.len(), run.shards)?
+            .into_iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect(),
         None => free_udp_ports(names.len())?
             .into_iter()
             .map(|p| format!("127.0.0.1:{p}"))
@@ -510,6 +539,22 @@ fn group_file(run: &GroupRun, names: &[String], addresses: &[String]) -> Result<
         toml.push_str(&format!(
             "\n[idle]\nspin_us = {spin}\nyield_us = {yld}\nslice_us = {slice}\n"
         ));
+    }
+    if run.shards > 1 {
+        // Loopback: shard s of member i at base + i + s * members (free_port_block); a
+        // namespace host has its own ports: 7400 + s.
+        let stride = if addresses.iter().all(|a| a.starts_with("127.")) {
+            names.len()
+        } else {
+            1
+        };
+        toml.push_str(&format!(
+            "\n[shards]\ncount = {}\nport_stride = {stride}\n\n[shards.place]\n",
+            run.shards
+        ));
+        for (q, s) in &run.placement {
+            toml.push_str(&format!("{q:?} = {s}\n"));
+        }
     }
     for (name, address) in names.iter().zip(addresses) {
         let role = if name == "trigger" {

@@ -112,6 +112,12 @@ pub(super) struct ReportEntry {
     critical_rate_rps: Option<f64>,
     steps: Option<Vec<serde_json::Value>>,
     failover_ms: Option<f64>,
+    /// Shards the group ran as (`--shards`, Conveyor only; left out for 1), and the queues
+    /// moved between shards during the run (`--fault move:`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shards: Option<u16>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    shard_moves: Vec<crate::trigger::loadgen::ShardMove>,
     /// Durable queues (`--durable`, Conveyor only).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     durable: bool,
@@ -192,6 +198,12 @@ pub(super) fn report_entry(
                 .collect()
         }),
         failover_ms,
+        shards: (backend == "conveyor" && r.shards > 1).then_some(r.shards),
+        shard_moves: if backend == "conveyor" {
+            r.moves.clone()
+        } else {
+            Vec::new()
+        },
         durable: backend == "conveyor" && args.durable,
         recovery_ms: r
             .recoveries_us

@@ -2,6 +2,8 @@
 //! transport (opened by the dataplane's factory from the file's spec), its engine, and its role
 //! (an invoker's functions, a trigger's workload or gateway), with the control plane's agent.
 
+mod sharded;
+
 use crate::config::{Executor, GroupConfig, Role};
 use crate::trigger::gateway::{BasicAuth, ControlPlane, Gateway, GatewayConfig};
 use crate::trigger::loadgen::{run_trigger, WorkloadSpec};
@@ -141,6 +143,9 @@ pub fn run(
 ) -> Result<()> {
     let cfg = GroupConfig::load(config).map_err(|e| BadConfig(e.into()))?;
     let idx = cfg.member_index(member).map_err(|e| BadConfig(e.into()))?;
+    if cfg.shard_count() > 1 {
+        return sharded::run(&cfg, idx, member, workload, report, join_token);
+    }
     let me = &cfg.file.members[idx];
     let local = cfg.addresses[idx];
     let ecfg = cfg.engine_config(idx);
@@ -389,7 +394,7 @@ pub fn run(
                     )
                 })?;
             let names: Vec<String> = cfg.file.members.iter().map(|m| m.name.clone()).collect();
-            let mut rep = run_trigger(&handle, pipeline, &spec, &names)?;
+            let mut rep = run_trigger(&[&handle], &cfg.shard_map(), pipeline, &spec, &names)?;
             handle.submit(&Op::Shutdown { by: handle.me() })?;
             let er = handle.join();
             log_transport(member, &er.transport);

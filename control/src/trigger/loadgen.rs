@@ -6,6 +6,7 @@ use crate::trigger::measure::{cdf, wait_until, Breakdown, Intervals, Percentiles
 use anyhow::{bail, Context, Result};
 use conveyor_core::pipeline::Pipeline;
 use conveyor_core::queue::{Effect, Meta, Op};
+use conveyor_core::shard::{ShardId, ShardMap};
 use conveyor_core::types::RequestId;
 use conveyor_dataplane::engine::{EngineHandle, Event};
 use hdrhistogram::Histogram;
@@ -47,20 +48,87 @@ pub struct WorkloadSpec {
     /// whole group at: the report gives, for each, the time to the next completion.
     #[serde(default)]
     pub kills_file: Option<String>,
+    /// Queues moved to another shard during the run (a sharded group): the trigger submits
+    /// each new map to every shard at its time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<ShardMove>,
 }
 
-/// Writes the completed count to the progress file at most every 250 ms.
+/// `--fault move:QUEUE@S`: the queue goes to shard `to` at `at_s` seconds after the load
+/// starts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardMove {
+    pub queue: String,
+    pub to: u16,
+    pub at_s: f64,
+}
+
+/// Where a sharded trigger pushes: the engine of the shard that owns the pipeline's entry
+/// queue, by the newest map every shard has applied (read from the engines a hundred times a
+/// second). A push that reaches a shard no longer owning the queue is forwarded by that
+/// shard, so routing by a stale map costs a hop, never a request.
+struct Router {
+    map: ShardMap,
+    entry: String,
+    read_at: u64,
+}
+
+impl Router {
+    fn shard(&self) -> usize {
+        usize::from(self.map.owner(&self.entry).0)
+    }
+    fn refresh(&mut self, handles: &[&EngineHandle], now_us: u64) {
+        if handles.len() < 2 || now_us < self.read_at + 10_000 {
+            return;
+        }
+        self.read_at = now_us;
+        let maps: Vec<Option<ShardMap>> = handles
+            .iter()
+            .map(|h| h.probe().shards().map(|s| s.map().clone()))
+            .collect();
+        let Some(Some(first)) = maps.first() else {
+            return;
+        };
+        if first.version > self.map.version
+            && maps
+                .iter()
+                .all(|m| m.as_ref().is_some_and(|m| m.version >= first.version))
+        {
+            self.map = first.clone();
+        }
+    }
+}
+
+/// Writes the completed count to the progress file at most every 250 ms: in place, at the
+/// start of a file opened once, padded to a fixed width. Rewriting it whole (truncate, write)
+/// made ext4 wait for its journal now and then, for up to a third of a second measured here,
+/// and the trigger's sends waited with it.
 struct ProgressFile {
-    path: Option<String>,
+    file: Option<std::fs::File>,
     next_us: u64,
 }
 
 impl ProgressFile {
+    fn open(path: Option<&str>) -> Result<ProgressFile> {
+        let file = match path {
+            None => None,
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(true)
+                    .open(p)
+                    .with_context(|| format!("opening {p}"))?,
+            ),
+        };
+        Ok(ProgressFile { file, next_us: 0 })
+    }
     fn tick(&mut self, now_us: u64, completed: u64) {
-        if let Some(p) = &self.path {
+        use std::os::unix::fs::FileExt;
+        if let Some(f) = &self.file {
             if now_us >= self.next_us {
                 self.next_us = now_us + 250_000;
-                let _ = std::fs::write(p, completed.to_string());
+                let _ = f.write_at(format!("{completed:<20}\n").as_bytes(), 0);
             }
         }
     }
@@ -80,6 +148,12 @@ pub(crate) fn plan(spec: &WorkloadSpec) -> Result<Vec<(f64, u64)>> {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TriggerReport {
     pub sent: u64,
+    /// The shards the trigger pushed across (1: a group without shards).
+    #[serde(default = "one_shard")]
+    pub shards: u16,
+    /// The queues moved between shards during the run, as submitted.
+    #[serde(default)]
+    pub moves: Vec<ShardMove>,
     pub completed: u64,
     pub lost: u64,
     pub duplicates: u64,
@@ -280,18 +354,72 @@ impl Tally {
 
 /// Runs `spec` from this trigger member; returns its measurements. Creates the pipeline's
 /// queues first.
+///
+/// `handles`: this trigger's member of each shard, by shard (one for a group without shards).
+/// With several, `map` is the deployment's first shard map: submitted to every shard before
+/// the load, and the pushes go to the shard owning the entry queue.
 pub fn run_trigger(
-    handle: &EngineHandle,
+    handles: &[&EngineHandle],
+    map: &ShardMap,
     pipeline: &Pipeline,
     spec: &WorkloadSpec,
     names: &[String],
 ) -> Result<TriggerReport> {
+    let Some(handle) = handles.first() else {
+        bail!("a trigger needs an engine");
+    };
     let me = handle.me();
     let clock = handle.clock();
     conveyor_dataplane::sys::set_timer_slack_ns(1000);
-    for q in pipeline.queue_specs() {
-        handle.submit(&Op::Create(q)).context("creating queues")?;
+    if handles.len() > 1 && spec.journal.is_some() {
+        bail!("a sharded trigger keeps no journal yet (kill:all is not run with shards)");
     }
+    if !spec.moves.is_empty() && handles.len() < 2 {
+        bail!("moving a queue to another shard needs a sharded group");
+    }
+    for h in handles {
+        for q in pipeline.queue_specs() {
+            h.submit(&Op::Create(q)).context("creating queues")?;
+        }
+    }
+    if handles.len() > 1 {
+        for (s, h) in handles.iter().enumerate() {
+            h.submit(&Op::ShardMap {
+                by: me,
+                me: ShardId(s as u16),
+                map: map.clone(),
+            })
+            .context("submitting the shard map")?;
+        }
+    }
+    let mut router = Router {
+        map: map.clone(),
+        entry: pipeline
+            .entry_request(RequestId::new(me, 0), Vec::new(), Meta::default())
+            .queue,
+        read_at: 0,
+    };
+    // The maps the run's moves submit, in time order, each from the one before.
+    let mut moves: Vec<(u64, ShardMap)> = Vec::new();
+    {
+        let mut m = map.clone();
+        let mut sorted = spec.moves.clone();
+        sorted.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+        for mv in sorted {
+            if mv.to >= m.shards {
+                bail!(
+                    "move:{}: there is no shard {} ({} shards)",
+                    mv.queue,
+                    mv.to,
+                    m.shards
+                );
+            }
+            m = m.with_override(&mv.queue, ShardId(mv.to));
+            m.version += 1;
+            moves.push(((mv.at_s * 1e6) as u64, m.clone()));
+        }
+    }
+    let mut moved = 0usize;
     let plan = plan(spec)?;
     let ramp = spec.workload == "ramp";
     let n: u64 = plan.iter().map(|s| s.1).sum();
@@ -395,10 +523,7 @@ pub fn run_trigger(
     }
     let mut steps = Vec::new();
     let mut base = start;
-    let mut progress = ProgressFile {
-        path: spec.progress_file.clone(),
-        next_us: 0,
-    };
+    let mut progress = ProgressFile::open(spec.progress_file.as_deref())?;
     'steps: for &(rate, count) in &plan {
         let gap_us = if rate.is_finite() { 1e6 / rate } else { 0.0 };
         let first = sent;
@@ -416,12 +541,20 @@ pub fn run_trigger(
                 || clock.now_us(),
                 || {
                     if heard.is_ok() {
-                        heard = ears.drain(handle, |ev| t.on(ev));
+                        heard = ears.drain(handles, |ev| t.on(ev));
                     }
                     progress.tick(clock.now_us(), t.completed);
                 },
             );
             heard?;
+            submit_moves(
+                handles,
+                &moves,
+                &mut moved,
+                clock.now_us().saturating_sub(start),
+            )?;
+            router.refresh(handles, clock.now_us());
+            let handle = &handles[router.shard().min(handles.len() - 1)];
             let submitted = clock.now_us();
             t.sent_at[i as usize] = intended;
             t.submitted_at[i as usize] = submitted;
@@ -430,7 +563,7 @@ pub fn run_trigger(
             while !handle.try_submit(&op)? {
                 // Backpressure: the ring is full. Collect completions, then sleep rather than spin:
                 // on a small machine this thread's spinning would take a core from the members.
-                ears.drain(handle, |ev| t.on(ev))?;
+                ears.drain(handles, |ev| t.on(ev))?;
                 std::thread::sleep(Duration::from_micros(200));
             }
             sent = i + 1;
@@ -442,7 +575,7 @@ pub fn run_trigger(
             let until = clock.now_us() + settle;
             while t.done_at[a..b].contains(&0) && clock.now_us() < until {
                 progress.tick(clock.now_us(), t.completed);
-                let any = ears.drain(handle, |ev| t.on(ev))?;
+                let any = ears.drain(handles, |ev| t.on(ev))?;
                 if !any {
                     std::thread::sleep(Duration::from_micros(500));
                 }
@@ -470,17 +603,23 @@ pub fn run_trigger(
     let deadline = last_sent + (spec.grace_s * 1e6) as u64;
     // Completions are stamped by the engine when delivered, so this thread need not wake fast:
     // it sleeps between looks rather than taking a core from the members.
-    while t.outstanding(n) > 0 && clock.now_us() < deadline {
+    while (t.outstanding(n) > 0 || moved < moves.len()) && clock.now_us() < deadline {
         progress.tick(clock.now_us(), t.completed);
-        let any = ears.drain(handle, |ev| t.on(ev))?;
+        submit_moves(
+            handles,
+            &moves,
+            &mut moved,
+            clock.now_us().saturating_sub(start),
+        )?;
+        let any = ears.drain(handles, |ev| t.on(ev))?;
         if !any {
-            if handle.is_finished() {
-                bail!("the engine stopped: {}", handle.status());
+            if let Some(h) = handles.iter().find(|h| h.is_finished()) {
+                bail!("the engine stopped: {}", h.status());
             }
             std::thread::sleep(Duration::from_micros(500));
         }
     }
-    ears.drain(handle, |ev| t.on(ev))?;
+    ears.drain(handles, |ev| t.on(ev))?;
     let recoveries_us = recoveries(spec.kills_file.as_deref(), &t.done_at);
     let end = if t.last_done_us > 0 {
         t.last_done_us
@@ -494,6 +633,8 @@ pub fn run_trigger(
     let cdf = cdf(&t.latency);
     Ok(TriggerReport {
         sent: n,
+        shards: handles.len() as u16,
+        moves: spec.moves[..].iter().take(moved).cloned().collect(),
         completed: t.completed,
         lost: n - t.completed - t.errors,
         duplicates: t.duplicates,
@@ -558,6 +699,35 @@ pub fn run_trigger(
     })
 }
 
+fn one_shard() -> u16 {
+    1
+}
+
+/// Submits to every shard the maps of `moves` (time after the start, map) due at `since_us`
+/// from `*moved` on.
+fn submit_moves(
+    handles: &[&EngineHandle],
+    moves: &[(u64, ShardMap)],
+    moved: &mut usize,
+    since_us: u64,
+) -> Result<()> {
+    while let Some((at, m)) = moves.get(*moved) {
+        if since_us < *at {
+            break;
+        }
+        for (s, h) in handles.iter().enumerate() {
+            h.submit(&Op::ShardMap {
+                by: h.me(),
+                me: ShardId(s as u16),
+                map: m.clone(),
+            })?;
+        }
+        tracing::info!(version = m.version, "fault: the shard map moves a queue");
+        *moved += 1;
+    }
+    Ok(())
+}
+
 /// For each kill time in `kills_file` (CLOCK_MONOTONIC us, one per line), the time from it to
 /// the first completion after it.
 fn recoveries(kills_file: Option<&str>, done_at: &[u64]) -> Vec<u64> {
@@ -585,14 +755,17 @@ impl Ears {
             }
         }
     }
-    fn drain(&mut self, handle: &EngineHandle, mut on: impl FnMut(Event)) -> Result<bool> {
+    fn drain(&mut self, handles: &[&EngineHandle], mut on: impl FnMut(Event)) -> Result<bool> {
         match &mut self.journal {
-            Some(j) => j.drain(handle, on),
+            // One engine (checked at the start).
+            Some(j) => j.drain(handles[0], on),
             None => {
                 let mut any = false;
-                while let Some(ev) = handle.try_event() {
-                    on(ev);
-                    any = true;
+                for h in handles {
+                    while let Some(ev) = h.try_event() {
+                        on(ev);
+                        any = true;
+                    }
                 }
                 Ok(any)
             }

@@ -1,0 +1,364 @@
+//! `conveyor node` for a sharded group (`[shards]` in the group file): the member runs a
+//! member of every shard in one process, each shard its own engine on its own transport (its
+//! own group: view, key, epoch, membership; see `GroupConfig::for_shard`), and the process's
+//! forwarders carry continuations between its shards (`conveyor_dataplane::shard`). An
+//! invoker runs the pipelines' functions in every shard (each shard dispatches only the queues
+//! the map gives it); a trigger creates the queues in every shard, submits the file's shard
+//! map to each, and pushes each request to the shard owning its entry queue.
+//!
+//! Not yet with shards (refused by the group file's checks): the gateway, the Redis protocol,
+//! XDP and the afxdp/dpdk/rdma transports; the control plane hears shard 0 only, and
+//! `metrics_address` serves shard 0's series.
+
+use super::{log_transport, notify_service_manager, LEAVE_WAIT};
+use crate::config::{Executor, GroupConfig, Role};
+use crate::trigger::loadgen::{run_trigger, WorkloadSpec};
+use anyhow::{anyhow, Context, Result};
+use conveyor_core::queue::{Effect, Op};
+use conveyor_core::shard::{ForwarderConfig, ShardId};
+use conveyor_dataplane::engine::{Clock, Directive, EngineHandle, EngineReport};
+use conveyor_dataplane::invoker::{run_invoker_with, InvokerApp, InvokerReport};
+use conveyor_dataplane::shard::{Forwarders, ShardMember};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long the forwarders sleep when they have nothing to send (they see new outbox entries
+/// at their next look; a hop waits this much at most for it).
+const FORWARDER_IDLE: Duration = Duration::from_micros(50);
+
+/// One shard's member in this process.
+struct Shard {
+    handle: EngineHandle,
+    /// An invoker's application when it runs on its own thread, and what it executed.
+    app: Option<InvokerApp>,
+    report: Option<Arc<Mutex<InvokerReport>>>,
+    host: Option<Arc<crate::executors::FunctionHost>>,
+}
+
+pub(super) fn run(
+    cfg: &GroupConfig,
+    idx: usize,
+    member: &str,
+    workload: Option<&Path>,
+    report: Option<&Path>,
+    join_token: Option<String>,
+) -> Result<()> {
+    let count = cfg.shard_count();
+    let me = &cfg.file.members[idx];
+    let inline = me.executor == Executor::Inline;
+    let mut shards: Vec<Shard> = Vec::new();
+    for s in 0..count {
+        let scfg = cfg.for_shard(s);
+        let ecfg = scfg.engine_config(idx);
+        let opened = conveyor_dataplane::transport::open(&scfg.transport_spec(idx))
+            .with_context(|| format!("shard {s}'s transport"))?;
+        tracing::info!(
+            "member {member}, shard {s} of {count} (group {:?}): transport {} on {}",
+            scfg.file.group.name,
+            opened.description,
+            scfg.addresses[idx]
+        );
+        let submitter = Arc::new(std::sync::OnceLock::new());
+        let host = crate::executors::FunctionHost::for_engine(submitter.clone(), Clock::new());
+        let app = (me.role == Role::Invoker).then(|| {
+            InvokerApp::new(
+                ecfg.me,
+                cfg.pipelines.clone(),
+                me.credits,
+                ecfg.proto.max_payload,
+            )
+            .with_executors(host.clone())
+        });
+        let report = app.as_ref().map(|a| a.report());
+        let (handle, app) = match app {
+            Some(a) if inline => (
+                EngineHandle::start_with(ecfg, opened.transport, Clock::new(), Some(Box::new(a)))?,
+                None,
+            ),
+            a => (
+                EngineHandle::start(ecfg, opened.transport, Clock::new())?,
+                a,
+            ),
+        };
+        let _ = submitter.set(handle.submitter());
+        shards.push(Shard {
+            handle,
+            app,
+            report,
+            host: (me.role == Role::Invoker).then_some(host),
+        });
+    }
+    let signalled = leave_all_on_signal(member, &shards)?;
+    let _reporter = crate::plane::start_reporter(cfg, idx, shards[0].handle.probe(), join_token);
+    let _metrics = match &me.metrics_address {
+        Some(a) => Some(crate::plane::serve_member_metrics(
+            cfg,
+            idx,
+            shards[0].handle.probe(),
+            a,
+        )?),
+        None => None,
+    };
+    let startup = Duration::from_secs(cfg.file.group.startup_timeout_s);
+    for (s, sh) in shards.iter().enumerate() {
+        sh.handle
+            .wait_ready(startup)
+            .map_err(|e| anyhow!("member {member}, shard {s}: {e}"))?;
+    }
+    tracing::info!("member {member}: all members present in its {count} shards");
+    notify_service_manager("READY=1");
+    // The forwarders, over this process's members of every shard.
+    let stop_forwarders = Arc::new(AtomicBool::new(false));
+    let members: Vec<ShardMember> = shards
+        .iter()
+        .enumerate()
+        .map(|(s, sh)| ShardMember {
+            shard: ShardId(s as u16),
+            me: sh.handle.me(),
+            probe: sh.handle.probe(),
+            submitter: sh.handle.submitter(),
+        })
+        .collect();
+    let forwarders = {
+        let stop = stop_forwarders.clone();
+        let cfg = ForwarderConfig {
+            resend_after: Duration::from_millis(20),
+            ..ForwarderConfig::default()
+        };
+        std::thread::Builder::new()
+            .name("forwarders".into())
+            .spawn(move || {
+                Forwarders::new(members, cfg).run(&Clock::new(), FORWARDER_IDLE, &stop)
+            })?
+    };
+    let outcome = match me.role {
+        Role::Invoker => invoke(member, &mut shards, &signalled),
+        Role::Trigger => trigger(cfg, member, &shards, workload, report),
+    };
+    // Every shard's engine ends (a shutdown delivered, a leave, a failure) before the
+    // forwarders stop: until then a continuation may still have to cross.
+    let mut reports: Vec<(usize, EngineReport, Option<InvokerReport>)> = Vec::new();
+    let mut hosts = Vec::new();
+    for (s, sh) in shards.into_iter().enumerate() {
+        let rep = if outcome.is_err() {
+            sh.handle.stop()
+        } else {
+            sh.handle.join()
+        };
+        let inv = sh.report.and_then(|r| r.lock().ok().map(|r| r.clone()));
+        hosts.extend(sh.host);
+        reports.push((s, rep, inv));
+    }
+    stop_forwarders.store(true, Ordering::Release);
+    let fw = forwarders
+        .join()
+        .map_err(|_| anyhow!("member {member}: the forwarders' thread panicked"))?;
+    tracing::info!(
+        "member {member}: forwarders sent {} entries ({} times back to a watermark), {} acknowledgements",
+        fw.sent,
+        fw.went_back,
+        fw.acks
+    );
+    for h in hosts {
+        h.stop();
+        for line in h.summary() {
+            tracing::info!("member {member}: {line}");
+        }
+    }
+    let mut error = None;
+    let (mut started, mut confirmed, mut discarded, mut lead) = (0, 0, 0, 0);
+    for (_, rep, _) in &reports {
+        started += rep.speculation.started;
+        confirmed += rep.speculation.confirmed;
+        discarded += rep.speculation.discarded;
+        lead += rep.speculation.lead_us;
+    }
+    if me.role == Role::Invoker {
+        // The line the bench reads (summed over the shards, as an unsharded member says it).
+        tracing::info!(
+            "member {member}: speculation: started {started}, confirmed {confirmed}, discarded {discarded}, lead_us {}",
+            lead.checked_div(confirmed).unwrap_or(0)
+        );
+    }
+    for (s, rep, inv) in reports {
+        log_transport(&format!("{member} (shard {s})"), &rep.transport);
+        if let Some(r) = inv {
+            tracing::info!(
+                "member {member}, shard {s}: executed {} requests, {} failed; retransmitted {} slots",
+                r.executed,
+                r.failed,
+                rep.proto.retransmitted_slots
+            );
+        }
+        if let Some(e) = rep.error {
+            if !signalled.load(Ordering::SeqCst) {
+                error.get_or_insert(anyhow!("member {member}, shard {s}: {e}"));
+            }
+        }
+    }
+    outcome?;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    if signalled.load(Ordering::SeqCst) {
+        tracing::info!("member {member}: stopped at the signal's request");
+    }
+    Ok(())
+}
+
+/// An invoker: the functions of every shard, inline in each engine's polling thread or on an
+/// application thread per shard; returns when every shard's engine ended.
+fn invoke(member: &str, shards: &mut [Shard], signalled: &AtomicBool) -> Result<()> {
+    std::thread::scope(|sc| -> Result<()> {
+        let mut threads = Vec::new();
+        for (s, sh) in shards.iter_mut().enumerate() {
+            let handle = &sh.handle;
+            match sh.app.take() {
+                Some(app) => threads.push((
+                    s,
+                    sc.spawn(move || run_invoker_with(handle, app, |_: &Effect| false).map(|_| ())),
+                )),
+                None => threads.push((
+                    s,
+                    sc.spawn(move || {
+                        while !handle.is_finished() {
+                            // Functions inline: nothing to do with the events but drop them.
+                            let _ = handle.next_event(Duration::from_millis(200));
+                        }
+                        Ok(())
+                    }),
+                )),
+            }
+        }
+        for (s, t) in threads {
+            match t.join() {
+                Ok(Err(_)) if signalled.load(Ordering::SeqCst) => {}
+                Ok(r) => r.map_err(|e| anyhow!("member {member}, shard {s}: {e}"))?,
+                Err(_) => return Err(anyhow!("member {member}, shard {s}: invoker panicked")),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A trigger: with a workload, runs it across the shards and shuts every shard down; without,
+/// creates the queues and submits the map in every shard, then waits for the shutdowns.
+fn trigger(
+    cfg: &GroupConfig,
+    member: &str,
+    shards: &[Shard],
+    workload: Option<&Path>,
+    report: Option<&Path>,
+) -> Result<()> {
+    let map = cfg.shard_map();
+    let Some(wpath) = workload else {
+        for (s, sh) in shards.iter().enumerate() {
+            for p in &cfg.pipelines {
+                for q in p.queue_specs() {
+                    sh.handle.submit(&Op::Create(q))?;
+                }
+            }
+            sh.handle.submit(&Op::ShardMap {
+                by: sh.handle.me(),
+                me: ShardId(s as u16),
+                map: map.clone(),
+            })?;
+        }
+        for sh in shards {
+            while !sh.handle.is_finished() {
+                match sh.handle.next_event(Duration::from_millis(200)) {
+                    Some(ev) if matches!(ev.effect, Effect::Shutdown { .. }) => break,
+                    _ => {}
+                }
+            }
+        }
+        return Ok(());
+    };
+    let spec: WorkloadSpec = serde_json::from_str(
+        &std::fs::read_to_string(wpath).with_context(|| format!("reading {}", wpath.display()))?,
+    )
+    .with_context(|| format!("parsing {}", wpath.display()))?;
+    let pipeline = cfg
+        .pipelines
+        .iter()
+        .find(|p| p.name == spec.pipeline)
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: no pipeline named {:?} in the group configuration",
+                wpath.display(),
+                spec.pipeline
+            )
+        })?;
+    let names: Vec<String> = cfg.file.members.iter().map(|m| m.name.clone()).collect();
+    let engines: Vec<&EngineHandle> = shards.iter().map(|s| &s.handle).collect();
+    let rep = run_trigger(&engines, &map, pipeline, &spec, &names)?;
+    for sh in shards {
+        sh.handle.submit(&Op::Shutdown { by: sh.handle.me() })?;
+    }
+    tracing::info!("member {member}: the run is over; every shard shuts down");
+    let json = serde_json::to_string_pretty(&rep)?;
+    match report {
+        Some(p) => std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?,
+        None => println!("{json}"),
+    }
+    Ok(())
+}
+
+/// SIGTERM and SIGINT: the member leaves every shard's group; where a shard cannot let it go
+/// within [`LEAVE_WAIT`] (or at a second signal) its engine stops at once.
+fn leave_all_on_signal(member: &str, shards: &[Shard]) -> Result<Arc<AtomicBool>> {
+    let signalled = Arc::new(AtomicBool::new(false));
+    let flag = signalled.clone();
+    let member = member.to_string();
+    let engines: Vec<_> = shards
+        .iter()
+        .map(|s| (s.handle.probe(), s.handle.submitter()))
+        .collect();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            tracing::warn!("member {member}: second signal: stopping without leaving");
+            for (_, sub) in &engines {
+                sub.stop_engine();
+            }
+            return;
+        }
+        tracing::info!("member {member}: signal received: leaving every shard");
+        notify_service_manager("STOPPING=1");
+        let (engines, member) = (engines.clone(), member.clone());
+        std::thread::spawn(move || {
+            for (probe, _) in &engines {
+                probe.direct(Directive::Leave);
+            }
+            let start = Instant::now();
+            loop {
+                std::thread::sleep(Duration::from_millis(50));
+                let waiting: Vec<usize> = engines
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (p, _))| !p.has_left() && !p.is_finished())
+                    .map(|(s, _)| s)
+                    .collect();
+                if waiting.is_empty() {
+                    return;
+                }
+                if start.elapsed() >= LEAVE_WAIT
+                    || waiting.iter().any(|&s| {
+                        let live = engines[s].0.live();
+                        (live.members.len() <= 1 && live.status == "serving")
+                            || matches!(live.status, "minority" | "joining" | "excluded")
+                    })
+                {
+                    tracing::warn!("member {member}: stopping shards {waiting:?} without leaving");
+                    for s in waiting {
+                        engines[s].1.stop_engine();
+                    }
+                    return;
+                }
+            }
+        });
+    })
+    .context("installing the SIGTERM/SIGINT handler")?;
+    Ok(signalled)
+}
