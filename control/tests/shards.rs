@@ -172,3 +172,141 @@ fn four_shards_on_namespace_hosts_with_an_invoker_killed_and_a_queue_moved() {
     assert_eq!(r["shards"], 4, "{r}");
     assert!(r["view_changes"].as_u64().unwrap() >= 4, "{r}");
 }
+
+/// `n` consecutive free UDP ports on loopback (the first one's number).
+fn free_block(n: u16) -> u16 {
+    for _ in 0..200 {
+        let base = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if u32::from(base) + u32::from(n) > 65_535 {
+            continue;
+        }
+        let all: std::io::Result<Vec<_>> = (0..n)
+            .map(|k| std::net::UdpSocket::bind(("127.0.0.1", base + k)))
+            .collect();
+        if all.is_ok() {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free UDP ports");
+}
+
+/// A trigger serving the gateway and two invokers, as `conveyor node` processes, in two
+/// shards: the pipeline's entry step on shard 1, its second step on shard 0. Each call goes to
+/// shard 1 (where its entry queue is), crosses to shard 0 and back, and its output is answered
+/// to its caller.
+#[test]
+fn a_gateway_over_two_shards_routes_each_call_and_answers_it() {
+    let dir = std::env::temp_dir().join(format!("conveyor-shards-gw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("echo2.json"),
+        r#"{"name": "echo2", "entry": "first", "steps": {
+            "first": {"function": "echo", "next": [{"to": ["second"]}]},
+            "second": {"function": "spin", "args": {"us": 50}}}}"#,
+    )
+    .unwrap();
+    let base = free_block(6);
+    let gw = format!("127.0.0.1:{}", common::free_tcp());
+    let toml = format!(
+        r#"[group]
+name = "sgw"
+key = "00000000000000000000000000000000000000000000000000000000000000cc"
+pipelines = ["echo2.json"]
+startup_timeout_s = 20
+
+[shards]
+count = 2
+port_stride = 3
+place = {{ "echo2.first" = 1, "echo2.second" = 0 }}
+
+[[member]]
+name = "trigger"
+address = "127.0.0.1:{}"
+role = "trigger"
+[member.gateway]
+address = "{gw}"
+
+[[member]]
+name = "invoker-0"
+address = "127.0.0.1:{}"
+role = "invoker"
+
+[[member]]
+name = "invoker-1"
+address = "127.0.0.1:{}"
+role = "invoker"
+"#,
+        base,
+        base + 1,
+        base + 2
+    );
+    std::fs::write(dir.join("conveyor.toml"), toml).unwrap();
+    struct Kill(Vec<std::process::Child>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut children = Kill(Vec::new());
+    for m in ["invoker-0", "invoker-1", "trigger"] {
+        let log = std::fs::File::create(dir.join(format!("{m}.log"))).unwrap();
+        children.0.push(
+            std::process::Command::new(env!("CARGO_BIN_EXE_conveyor"))
+                .args(["node", "--config"])
+                .arg(dir.join("conveyor.toml"))
+                .args(["--member", m])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let url = format!("http://{gw}/healthz");
+    common::wait_for("the gateway answers /healthz", 30, || {
+        common::curl(&["-s", &url]).1 == "OK"
+    });
+    for i in 0..40 {
+        let body = format!("call {i} through two shards");
+        let (status, out, headers) =
+            common::curl_i(&["-d", &body, &format!("http://{gw}/function/echo2")]);
+        let log = std::fs::read_to_string(dir.join("trigger.log")).unwrap_or_default();
+        assert_eq!(
+            (status, out.as_str()),
+            (200, body.as_str()),
+            "{headers:?}\n{log}"
+        );
+    }
+    // Every call crossed twice (shard 1 to 0 and back): the forwarders say so when the
+    // members stop (SIGTERM: each leaves its shards).
+    for c in children.0.iter().rev() {
+        sigterm(c.id());
+    }
+    for c in &mut children.0 {
+        let _ = c.wait();
+    }
+    let logs: String = ["trigger", "invoker-0", "invoker-1"]
+        .iter()
+        .map(|m| std::fs::read_to_string(dir.join(format!("{m}.log"))).unwrap_or_default())
+        .collect();
+    let sent: u64 = logs
+        .lines()
+        .filter_map(|l| l.split("forwarders sent ").nth(1))
+        .filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert!(sent >= 80, "forwarded {sent} entries:\n{logs}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGTERM to `pid` through kill(1) (no unsafe code in the tests).
+fn sigterm(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}

@@ -447,13 +447,10 @@ fn shards(file: &GroupFile) -> Result<(), Bad> {
                 ));
             }
         }
-        if m.gateway.is_some() || m.resp.is_some() {
+        if m.resp.is_some() {
             return Err(bad(
-                format!(
-                    "member[{i}].{}",
-                    if m.gateway.is_some() { "gateway" } else { "resp" }
-                ),
-                "not served by a sharded group yet: its callers would need routing to each queue's shard",
+                format!("member[{i}].resp"),
+                "not served by a sharded group yet: a stream's commands would need routing to its shard",
             ));
         }
         if m.interface.is_some() {

@@ -309,30 +309,9 @@ pub fn run(
                 let resp_hub = resp.as_ref().map(|r| r.hub.clone());
                 if let Some(gw) = &me.gateway {
                     let handle = std::sync::Arc::new(handle);
-                    let invokers = cfg
-                        .file
-                        .members
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, m)| m.role == Role::Invoker)
-                        .map(|(i, _)| MemberId(i as u16))
-                        .collect();
+                    let invokers = invoker_ids(&cfg);
                     let g = Gateway::start(
-                        &GatewayConfig {
-                            address: gw.address.parse().map_err(|e| {
-                                anyhow!("member[{idx}].gateway.address {:?}: {e}", gw.address)
-                            })?,
-                            timeout: Duration::from_secs(gw.timeout_s),
-                            workers: gw.workers,
-                            control: cfg.file.control.as_ref().map(|c| ControlPlane {
-                                address: c.address.clone(),
-                                token: c.token.clone(),
-                            }),
-                            auth: basic_auth(&cfg, idx, gw)?,
-                            write_timeout: Duration::from_secs(gw.write_timeout_s),
-                            read_timeout: Duration::from_secs(gw.read_timeout_s),
-                            resp: resp_hub.clone(),
-                        },
+                        &gateway_config(&cfg, idx, gw, resp_hub.clone())?,
                         handle.clone(),
                         cfg.pipelines.clone(),
                         invokers,
@@ -442,6 +421,42 @@ fn log_transport(member: &str, t: &TransportStats) {
         let x: Vec<String> = t.xdp.iter().map(|(k, v)| format!("{k} {v}")).collect();
         tracing::info!("member {member}: XDP: {}", x.join(", "));
     }
+}
+
+/// The gateway's settings from member `idx`'s `[member.gateway]`.
+fn gateway_config(
+    cfg: &GroupConfig,
+    idx: usize,
+    gw: &conveyor_config::GatewaySection,
+    resp: Option<Arc<crate::resp::Hub>>,
+) -> Result<GatewayConfig> {
+    Ok(GatewayConfig {
+        address: gw
+            .address
+            .parse()
+            .map_err(|e| anyhow!("member[{idx}].gateway.address {:?}: {e}", gw.address))?,
+        timeout: Duration::from_secs(gw.timeout_s),
+        workers: gw.workers,
+        control: cfg.file.control.as_ref().map(|c| ControlPlane {
+            address: c.address.clone(),
+            token: c.token.clone(),
+        }),
+        auth: basic_auth(cfg, idx, gw)?,
+        write_timeout: Duration::from_secs(gw.write_timeout_s),
+        read_timeout: Duration::from_secs(gw.read_timeout_s),
+        resp,
+    })
+}
+
+/// The member's invokers, by member id.
+fn invoker_ids(cfg: &GroupConfig) -> Vec<MemberId> {
+    cfg.file
+        .members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.role == Role::Invoker)
+        .map(|(i, _)| MemberId(i as u16))
+        .collect()
 }
 
 /// The gateway's basic auth: the user, and the first line of its password file (relative to

@@ -6,12 +6,19 @@
 //! the map gives it); a trigger creates the queues in every shard, submits the file's shard
 //! map to each, and pushes each request to the shard owning its entry queue.
 //!
-//! Not yet with shards (refused by the group file's checks): the gateway, the Redis protocol,
+//! A trigger's gateway serves every shard: a call goes to the shard owning its pipeline's
+//! entry queue, and its output comes back there.
+//!
+//! Not yet with shards (refused by the group file's checks): the Redis protocol,
 //! XDP and the afxdp/dpdk/rdma transports; the control plane hears shard 0 only, and
 //! `metrics_address` serves shard 0's series.
 
-use super::{log_transport, notify_service_manager, LEAVE_WAIT};
+use super::{
+    gateway_config, invoker_ids, log_transport, notify_service_manager, BeforeLeave, DRAIN_WAIT,
+    LEAVE_WAIT,
+};
 use crate::config::{Executor, GroupConfig, Role};
+use crate::trigger::gateway::Gateway;
 use crate::trigger::loadgen::{run_trigger, WorkloadSpec};
 use anyhow::{anyhow, Context, Result};
 use conveyor_core::queue::{Effect, Op};
@@ -30,7 +37,7 @@ const FORWARDER_IDLE: Duration = Duration::from_micros(50);
 
 /// One shard's member in this process.
 struct Shard {
-    handle: EngineHandle,
+    handle: Arc<EngineHandle>,
     /// An invoker's application when it runs on its own thread, and what it executed.
     app: Option<InvokerApp>,
     report: Option<Arc<Mutex<InvokerReport>>>,
@@ -84,13 +91,14 @@ pub(super) fn run(
         };
         let _ = submitter.set(handle.submitter());
         shards.push(Shard {
-            handle,
+            handle: Arc::new(handle),
             app,
             report,
             host: (me.role == Role::Invoker).then_some(host),
         });
     }
-    let signalled = leave_all_on_signal(member, &shards)?;
+    let before_leave: BeforeLeave = Arc::new(std::sync::OnceLock::new());
+    let signalled = leave_all_on_signal(member, &shards, before_leave.clone())?;
     let _reporter = crate::plane::start_reporter(cfg, idx, shards[0].handle.probe(), join_token);
     let _metrics = match &me.metrics_address {
         Some(a) => Some(crate::plane::serve_member_metrics(
@@ -135,17 +143,21 @@ pub(super) fn run(
     };
     let outcome = match me.role {
         Role::Invoker => invoke(member, &mut shards, &signalled),
-        Role::Trigger => trigger(cfg, member, &shards, workload, report),
+        Role::Trigger => trigger(cfg, idx, member, &shards, workload, report, &before_leave),
     };
     // Every shard's engine ends (a shutdown delivered, a leave, a failure) before the
     // forwarders stop: until then a continuation may still have to cross.
     let mut reports: Vec<(usize, EngineReport, Option<InvokerReport>)> = Vec::new();
     let mut hosts = Vec::new();
     for (s, sh) in shards.into_iter().enumerate() {
+        // The gateway's threads hold the members until it ends.
+        let Ok(handle) = Arc::try_unwrap(sh.handle) else {
+            return Err(anyhow!("member {member}: shard {s}'s engine is still held"));
+        };
         let rep = if outcome.is_err() {
-            sh.handle.stop()
+            handle.stop()
         } else {
-            sh.handle.join()
+            handle.join()
         };
         let inv = sh.report.and_then(|r| r.lock().ok().map(|r| r.clone()));
         hosts.extend(sh.host);
@@ -247,10 +259,12 @@ fn invoke(member: &str, shards: &mut [Shard], signalled: &AtomicBool) -> Result<
 /// creates the queues and submits the map in every shard, then waits for the shutdowns.
 fn trigger(
     cfg: &GroupConfig,
+    idx: usize,
     member: &str,
     shards: &[Shard],
     workload: Option<&Path>,
     report: Option<&Path>,
+    before_leave: &BeforeLeave,
 ) -> Result<()> {
     let map = cfg.shard_map();
     let Some(wpath) = workload else {
@@ -265,6 +279,35 @@ fn trigger(
                 me: ShardId(s as u16),
                 map: map.clone(),
             })?;
+        }
+        if let Some(gw) = &cfg.file.members[idx].gateway {
+            let handles: Vec<Arc<EngineHandle>> = shards.iter().map(|s| s.handle.clone()).collect();
+            let g = Gateway::start_sharded(
+                &gateway_config(cfg, idx, gw, None)?,
+                handles,
+                map,
+                cfg.pipelines.clone(),
+                invoker_ids(cfg),
+                cfg.for_shard(0).engine_config(idx).proto.max_payload,
+            )?;
+            let drainer = g.drainer();
+            let who = member.to_string();
+            let _ = before_leave.set(Box::new(move || {
+                let left = drainer.drain(DRAIN_WAIT);
+                if left > 0 {
+                    tracing::warn!(
+                        "member {who}: {left} call(s) still wait after {}s; they get a 503",
+                        DRAIN_WAIT.as_secs()
+                    );
+                }
+            }));
+            tracing::info!(
+                "member {member}: gateway on http://{} (OpenFaaS routes) over {} shards",
+                g.address,
+                shards.len()
+            );
+            g.wait();
+            return Ok(());
         }
         for sh in shards {
             while !sh.handle.is_finished() {
@@ -292,7 +335,7 @@ fn trigger(
             )
         })?;
     let names: Vec<String> = cfg.file.members.iter().map(|m| m.name.clone()).collect();
-    let engines: Vec<&EngineHandle> = shards.iter().map(|s| &s.handle).collect();
+    let engines: Vec<&EngineHandle> = shards.iter().map(|s| &*s.handle).collect();
     let rep = run_trigger(&engines, &map, pipeline, &spec, &names)?;
     for sh in shards {
         sh.handle.submit(&Op::Shutdown { by: sh.handle.me() })?;
@@ -308,7 +351,11 @@ fn trigger(
 
 /// SIGTERM and SIGINT: the member leaves every shard's group; where a shard cannot let it go
 /// within [`LEAVE_WAIT`] (or at a second signal) its engine stops at once.
-fn leave_all_on_signal(member: &str, shards: &[Shard]) -> Result<Arc<AtomicBool>> {
+fn leave_all_on_signal(
+    member: &str,
+    shards: &[Shard],
+    before_leave: BeforeLeave,
+) -> Result<Arc<AtomicBool>> {
     let signalled = Arc::new(AtomicBool::new(false));
     let flag = signalled.clone();
     let member = member.to_string();
@@ -327,7 +374,11 @@ fn leave_all_on_signal(member: &str, shards: &[Shard]) -> Result<Arc<AtomicBool>
         tracing::info!("member {member}: signal received: leaving every shard");
         notify_service_manager("STOPPING=1");
         let (engines, member) = (engines.clone(), member.clone());
+        let before = before_leave.clone();
         std::thread::spawn(move || {
+            if let Some(f) = before.get() {
+                f();
+            }
             for (probe, _) in &engines {
                 probe.direct(Directive::Leave);
             }

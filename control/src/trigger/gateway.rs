@@ -33,6 +33,7 @@ use crate::http;
 use anyhow::{anyhow, Result};
 use conveyor_core::pipeline::Pipeline;
 use conveyor_core::queue::{Effect, Http, Meta, Op};
+use conveyor_core::shard::ShardMap;
 use conveyor_core::types::{MemberId, RequestId};
 use conveyor_dataplane::engine::{EngineHandle, Event};
 use std::collections::{BTreeMap, HashMap};
@@ -106,7 +107,14 @@ enum Waiter {
 
 /// What the threads share.
 struct Shared {
+    /// Shard 0's member (the only one without shards): whose id names the calls, whose views
+    /// count the invokers and whose pipelines are followed.
     handle: Arc<EngineHandle>,
+    /// This process's member of each shard, by shard: a call is pushed to the shard owning
+    /// its pipeline's entry queue, and its output comes back there.
+    shards: Vec<Arc<EngineHandle>>,
+    /// The shard map calls are routed by, and when it was last read from the members.
+    map: Mutex<(u64, ShardMap)>,
     /// The pipelines served, each with its body limit (computed when they are installed).
     pipelines: RwLock<Vec<(Arc<Pipeline>, usize)>>,
     pending: Mutex<HashMap<RequestId, Waiter>>,
@@ -217,6 +225,31 @@ impl Gateway {
         invokers: Vec<MemberId>,
         max_payload: usize,
     ) -> Result<Gateway> {
+        Self::start_sharded(
+            cfg,
+            vec![handle],
+            ShardMap::default(),
+            pipelines,
+            invokers,
+            max_payload,
+        )
+    }
+
+    /// [`Gateway::start`] for a sharded group: `shards` holds this process's member of each
+    /// shard (by shard), `map` the map to route by until the members show a newer one that
+    /// every shard applied.
+    pub fn start_sharded(
+        cfg: &GatewayConfig,
+        shards: Vec<Arc<EngineHandle>>,
+        map: ShardMap,
+        pipelines: Vec<Pipeline>,
+        invokers: Vec<MemberId>,
+        max_payload: usize,
+    ) -> Result<Gateway> {
+        let handle = shards
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow!("a gateway needs a member"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (cb_tx, cb_rx) = mpsc::channel::<Callback>();
         // Request ids stay unique across restarts of this trigger: the counter starts at the
@@ -228,6 +261,8 @@ impl Gateway {
         let me = handle.me();
         let shared = Arc::new(Shared {
             handle,
+            shards,
+            map: Mutex::new((0, map)),
             pipelines: RwLock::new(served(me, max_payload, pipelines)),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(start),
@@ -262,7 +297,20 @@ impl Gateway {
         let threads = vec![std::thread::Builder::new()
             .name("conveyor-gw-events".into())
             .spawn(move || {
-                dispatcher(&s);
+                // One reader per shard; when one ends (its shard shut down, its member
+                // stopped) the others follow.
+                std::thread::scope(|sc| {
+                    for k in 1..s.shards.len() {
+                        let s = &s;
+                        sc.spawn(move || {
+                            dispatcher(s, k);
+                            s.stop.store(true, Ordering::SeqCst);
+                        });
+                    }
+                    dispatcher(&s, 0);
+                    s.stop.store(true, Ordering::SeqCst);
+                });
+                answer_the_rest(&s);
                 srv.stop();
             })?];
         let callbacks = std::thread::Builder::new()
@@ -582,11 +630,12 @@ fn call(
     if let Ok(mut pending) = s.pending.lock() {
         pending.insert(id, waiter);
     }
+    let queue = entry.queue.clone();
     let op = Op::Push {
         pusher: me,
         req: entry,
     };
-    if let Err(e) = s.handle.submit(&op) {
+    if let Err(e) = owner(s, &queue).submit(&op) {
         if let Ok(mut pending) = s.pending.lock() {
             pending.remove(&id);
         }
@@ -661,15 +710,25 @@ fn call(
 
 /// Reads the member's events: hands this trigger's outputs to their callers, follows pipeline
 /// changes and the view's invokers. Returns at shutdown.
-fn dispatcher(s: &Shared) {
+fn dispatcher(s: &Shared, shard: usize) {
     let me = s.handle.me();
+    let handle = &s.shards[shard];
     while !s.stop.load(Ordering::SeqCst) {
-        let Some(Event { effect, .. }) = s.handle.next_event(Duration::from_millis(100)) else {
-            if s.handle.is_finished() {
+        let Some(Event { effect, .. }) = handle.next_event(Duration::from_millis(100)) else {
+            if handle.is_finished() {
                 break;
             }
             continue;
         };
+        if shard > 0
+            && matches!(
+                effect,
+                Effect::Pipelines { .. } | Effect::ViewInstalled { .. }
+            )
+        {
+            // Shard 0's pipelines and invokers are the ones shown.
+            continue;
+        }
         if s.resp.as_ref().is_some_and(|h| h.on_effect(&effect)) {
             continue;
         }
@@ -781,7 +840,44 @@ fn dispatcher(s: &Shared) {
             _ => {}
         }
     }
-    // Whoever still waits gets a clear answer, not a dropped connection or a timeout.
+}
+
+/// Where a call into `queue` goes: the member of the shard owning it, by the newest map every
+/// shard applied (read from the members at most a hundred times a second). A push into a
+/// shard that no longer owns the queue is forwarded by it: a stale map costs a hop, never the
+/// call.
+fn owner<'a>(s: &'a Shared, queue: &str) -> &'a EngineHandle {
+    if s.shards.len() < 2 {
+        return &s.handle;
+    }
+    let Ok(mut m) = s.map.lock() else {
+        return &s.handle;
+    };
+    let now = s.handle.clock().now_us();
+    if now >= m.0 + 10_000 {
+        m.0 = now;
+        let maps: Vec<Option<ShardMap>> = s
+            .shards
+            .iter()
+            .map(|h| h.probe().shards().map(|x| x.map().clone()))
+            .collect();
+        if let Some(Some(first)) = maps.first() {
+            if first.version > m.1.version
+                && maps
+                    .iter()
+                    .all(|x| x.as_ref().is_some_and(|x| x.version >= first.version))
+            {
+                m.1 = first.clone();
+            }
+        }
+    }
+    let k = usize::from(m.1.owner(queue).0);
+    s.shards.get(k).unwrap_or(&s.handle)
+}
+
+/// Whoever still waits when the gateway's member stops gets a clear answer, not a dropped
+/// connection or a timeout.
+fn answer_the_rest(s: &Shared) {
     let why = if s.handle.has_left() {
         "this gateway's member left the group before the output arrived"
     } else {
