@@ -197,7 +197,8 @@ fn free_block(n: u16) -> u16 {
 /// A trigger serving the gateway and two invokers, as `conveyor node` processes, in two
 /// shards: the pipeline's entry step on shard 1, its second step on shard 0. Each call goes to
 /// shard 1 (where its entry queue is), crosses to shard 0 and back, and its output is answered
-/// to its caller.
+/// to its caller; then the entry queue moves to shard 0 through the control plane
+/// (`conveyor ctl shard move`), every shard applies the new map, and calls go on.
 #[test]
 fn a_gateway_over_two_shards_routes_each_call_and_answers_it() {
     let dir = std::env::temp_dir().join(format!("conveyor-shards-gw-{}", std::process::id()));
@@ -211,6 +212,7 @@ fn a_gateway_over_two_shards_routes_each_call_and_answers_it() {
     .unwrap();
     let base = free_block(6);
     let gw = format!("127.0.0.1:{}", common::free_tcp());
+    let control = format!("127.0.0.1:{}", common::free_tcp());
     let toml = format!(
         r#"[group]
 name = "sgw"
@@ -222,6 +224,10 @@ startup_timeout_s = 20
 count = 2
 port_stride = 3
 place = {{ "echo2.first" = 1, "echo2.second" = 0 }}
+
+[control]
+address = "{control}"
+token = "a-control-token-for-the-shards-test"
 
 [[member]]
 name = "trigger"
@@ -255,6 +261,16 @@ role = "invoker"
         }
     }
     let mut children = Kill(Vec::new());
+    let cfg = dir.join("conveyor.toml");
+    let cfg = cfg.to_str().unwrap();
+    children.0.push(
+        std::process::Command::new(env!("CARGO_BIN_EXE_conveyor"))
+            .args(["control", "--config", cfg])
+            .stdout(std::fs::File::create(dir.join("control.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("control.err")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     for m in ["invoker-0", "invoker-1", "trigger"] {
         let log = std::fs::File::create(dir.join(format!("{m}.log"))).unwrap();
         children.0.push(
@@ -272,7 +288,7 @@ role = "invoker"
     common::wait_for("the gateway answers /healthz", 30, || {
         common::curl(&["-s", &url]).1 == "OK"
     });
-    for i in 0..40 {
+    let call = |i: usize| {
         let body = format!("call {i} through two shards");
         let (status, out, headers) =
             common::curl_i(&["-d", &body, &format!("http://{gw}/function/echo2")]);
@@ -282,13 +298,42 @@ role = "invoker"
             (200, body.as_str()),
             "{headers:?}\n{log}"
         );
+    };
+    for i in 0..40 {
+        call(i);
+    }
+    // The control plane shows both shards, each having applied the file's map.
+    let shards = |what: &str, want: u64| {
+        common::wait_for(what, 20, || {
+            let out = conveyor(&["ctl", "--config", cfg, "shards"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v["shards"].as_array().is_some_and(|s| {
+                s.len() == 2
+                    && s.iter().all(|x| {
+                        x["map_version"] == want && x["members"].as_array().map(Vec::len) == Some(3)
+                    })
+            })
+        })
+    };
+    shards("both shards report map version 1", 1);
+    // Moved through the control plane: the entry queue goes to shard 0, each member's reporter
+    // submits the new map to its shard, and calls go on (now crossing no shard).
+    let out = conveyor(&["ctl", "--config", cfg, "shard", "move", "echo2.first", "0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    shards("both shards apply map version 2", 2);
+    for i in 40..60 {
+        call(i);
     }
     // Every call crossed twice (shard 1 to 0 and back): the forwarders say so when the
     // members stop (SIGTERM: each leaves its shards).
-    for c in children.0.iter().rev() {
+    for c in children.0.iter().skip(1).rev() {
         sigterm(c.id());
     }
-    for c in &mut children.0 {
+    for c in children.0.iter_mut().skip(1) {
         let _ = c.wait();
     }
     let logs: String = ["trigger", "invoker-0", "invoker-1"]

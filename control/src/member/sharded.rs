@@ -10,8 +10,8 @@
 //! entry queue, and its output comes back there.
 //!
 //! Not yet with shards (refused by the group file's checks): the Redis protocol,
-//! XDP and the afxdp/dpdk/rdma transports; the control plane hears shard 0 only, and
-//! `metrics_address` serves shard 0's series.
+//! XDP and the afxdp/dpdk/rdma transports. The member reports each shard to the control plane
+//! (and follows its shard map); `metrics_address` serves shard 0's series only.
 
 use super::{
     gateway_config, invoker_ids, log_transport, notify_service_manager, BeforeLeave, DRAIN_WAIT,
@@ -99,7 +99,19 @@ pub(super) fn run(
     }
     let before_leave: BeforeLeave = Arc::new(std::sync::OnceLock::new());
     let signalled = leave_all_on_signal(member, &shards, before_leave.clone())?;
-    let _reporter = crate::plane::start_reporter(cfg, idx, shards[0].handle.probe(), join_token);
+    let _reporters: Vec<_> = shards
+        .iter()
+        .enumerate()
+        .map(|(s, sh)| {
+            crate::plane::start_shard_reporter(
+                cfg,
+                idx,
+                sh.handle.probe(),
+                join_token.clone(),
+                s as u16,
+            )
+        })
+        .collect();
     let _metrics = match &me.metrics_address {
         Some(a) => Some(crate::plane::serve_member_metrics(
             cfg,

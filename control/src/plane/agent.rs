@@ -15,6 +15,19 @@ pub fn start_reporter(
     handle: conveyor_dataplane::engine::Probe,
     join_token: Option<String>,
 ) -> Option<std::thread::JoinHandle<()>> {
+    start_shard_reporter(cfg, me, handle, join_token, 0)
+}
+
+/// [`start_reporter`] for the member's member of shard `shard` (a sharded group: one
+/// reporter per shard). It also follows the control plane's shard map: while its shard has
+/// applied an older one, it submits the newer to its shard (again every 2 s until applied).
+pub fn start_shard_reporter(
+    cfg: &GroupConfig,
+    me: usize,
+    handle: conveyor_dataplane::engine::Probe,
+    join_token: Option<String>,
+    shard: u16,
+) -> Option<std::thread::JoinHandle<()>> {
     use conveyor_core::proto::Admission;
     use conveyor_core::types::MemberId;
     use conveyor_dataplane::engine::Directive;
@@ -34,6 +47,8 @@ pub fn start_reporter(
             // The pipelines version last submitted, and when (a lost submission is retried).
             let mut submitted: Option<(u64, Instant)> = None;
             let mut version_said = 0u64;
+            // The shard map last submitted, and when.
+            let mut map_submitted: Option<(u64, Instant)> = None;
             while !handle.is_finished() {
                 let live = handle.live();
                 if live.status == "joining" && by_control {
@@ -47,7 +62,8 @@ pub fn start_reporter(
                         }
                     }
                 }
-                let report = report_of(&live, &names, &my_name);
+                let applied = handle.shards().map_or(0, |s| s.map().version);
+                let report = report_of(&live, &names, &my_name, shard, applied);
                 let r = agent
                     .post(&format!("{base}/v1/report"))
                     .set("Authorization", &format!("Bearer {}", c.token))
@@ -79,6 +95,24 @@ pub fn start_reporter(
                 }
                 if answer.leave {
                     handle.direct(Directive::Leave);
+                }
+                if let Some(map) = answer.shard_map.filter(|m| m.version > applied) {
+                    let again = map_submitted.is_none_or(|(v, t)| {
+                        v != map.version || t.elapsed() > Duration::from_secs(2)
+                    });
+                    if live.status == "serving" && again {
+                        tracing::info!(
+                            version = map.version,
+                            shard,
+                            "passing the control plane's shard map on to the shard"
+                        );
+                        map_submitted = Some((map.version, Instant::now()));
+                        handle.direct(Directive::Submit(conveyor_core::queue::Op::ShardMap {
+                            by: MemberId(me as u16),
+                            me: conveyor_core::shard::ShardId(shard),
+                            map,
+                        }));
+                    }
                 }
                 let retry = submitted
                     .is_none_or(|(v, t)| v != answer.version || t.elapsed() > Duration::from_secs(2));
@@ -148,9 +182,13 @@ pub(super) fn report_of(
     live: &conveyor_dataplane::engine::Live,
     names: &[String],
     my_name: &str,
+    shard: u16,
+    shard_map_version: u64,
 ) -> MemberReport {
     MemberReport {
         member: my_name.to_string(),
+        shard,
+        shard_map_version,
         status: live.status.to_string(),
         view: live.view,
         members: live
@@ -226,10 +264,12 @@ pub fn serve_member_metrics(
     let server = crate::http::Server::start(address, "conveyor-metrics", opts, move |rq| {
         let (status, body, ctype) = match (rq.method(), rq.path()) {
             ("GET" | "HEAD", "/metrics") => {
-                let report = report_of(&probe.live(), &names, &my_name);
+                let version = probe.shards().map_or(0, |s| s.map().version);
+                let report = report_of(&probe.live(), &names, &my_name, 0, version);
                 match super::metrics::encode_reports(
                     &[(my_name.as_str(), &report)],
                     &[(my_name.as_str(), true)],
+                    false,
                 ) {
                     Ok(t) => (200, t, "text/plain; version=0.0.4; charset=utf-8"),
                     Err(e) => (500, format!("{e}\n"), "text/plain"),

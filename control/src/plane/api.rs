@@ -56,6 +56,7 @@ pub(super) fn allowed(path: &str) -> &'static str {
     match parts.as_slice() {
         ["v1", "pipelines" | "admissions", _] => "GET, PUT, DELETE",
         ["v1", "report"] => "POST",
+        ["v1", "shards", "queues", _] => "PUT",
         ["v1", "members", _, "leave"] => "POST",
         _ => "GET",
     }
@@ -105,7 +106,8 @@ pub(super) fn route(
             let by: BTreeMap<&str, serde_json::Value> = st
                 .reports
                 .iter()
-                .map(|(n, (t, r))| {
+                .filter(|((_, s), _)| *s == 0)
+                .map(|((n, _), (t, r))| {
                     (
                         n.as_str(),
                         serde_json::json!({
@@ -125,7 +127,7 @@ pub(super) fn route(
             let freshest = st
                 .reports
                 .values()
-                .filter(|(_, r)| r.status == "serving")
+                .filter(|(_, r)| r.status == "serving" && r.shard == 0)
                 .max_by_key(|(t, r)| (r.view, *t))
                 .map(|(_, r)| r.queues.clone())
                 .unwrap_or_default();
@@ -203,13 +205,22 @@ pub(super) fn route(
                     404,
                     format!("member: {:?} is not a member of the group file", r.member),
                 ),
+                Ok(r) if r.shard >= st.shards => error(
+                    404,
+                    format!(
+                        "shard: the group has no shard {} ({} shards)",
+                        r.shard, st.shards
+                    ),
+                ),
                 Ok(r) => {
-                    let leave = st.leave.remove(&r.member);
-                    st.reports.insert(r.member.clone(), (Instant::now(), r));
+                    let leave = st.leave.remove(&(r.member.clone(), r.shard));
+                    st.reports
+                        .insert((r.member.clone(), r.shard), (Instant::now(), r));
                     let answer = ReportAnswer {
                         version: st.persisted.version,
                         admitted: st.admitted(),
                         leave,
+                        shard_map: st.persisted.shard_map.clone(),
                     };
                     json(200, serde_json::to_value(answer).unwrap_or_default())
                 }
@@ -248,9 +259,98 @@ pub(super) fn route(
             if !st.names.iter().any(|n| n == name) {
                 return error(404, format!("{name:?} is not a member of the group file"));
             }
-            st.leave.insert(name.to_string());
+            for shard in 0..st.shards {
+                st.leave.insert((name.to_string(), shard));
+            }
             tracing::info!("{name} asked to leave the group (passed on at its next report)");
             json(202, serde_json::json!({ "leaving": name }))
+        }
+        ("GET", ["v1", "shards"]) => {
+            let Some(map) = st.persisted.shard_map.clone() else {
+                return error(
+                    404,
+                    "the group has no shards (no [shards] in its group file)",
+                );
+            };
+            let shards: Vec<serde_json::Value> = (0..st.shards)
+                .map(|s| {
+                    let reports = fresh_of(&st, s);
+                    let view = reports.iter().map(|r| r.1.view).max().unwrap_or(0);
+                    let members = reports
+                        .iter()
+                        .find(|r| r.1.view == view)
+                        .map(|r| r.1.members.clone())
+                        .unwrap_or_default();
+                    let applied = reports
+                        .iter()
+                        .filter(|r| r.1.status == "serving")
+                        .map(|r| r.1.shard_map_version)
+                        .max()
+                        .unwrap_or(0);
+                    let queues = reports
+                        .iter()
+                        .filter(|r| r.1.status == "serving")
+                        .max_by_key(|r| r.1.view)
+                        .map(|r| r.1.queues.clone())
+                        .unwrap_or_default();
+                    serde_json::json!({
+                        "shard": s,
+                        "view": view,
+                        "members": members,
+                        "map_version": applied,
+                        "queues": queues,
+                    })
+                })
+                .collect();
+            json(200, serde_json::json!({ "map": map, "shards": shards }))
+        }
+        ("PUT", ["v1", "shards", "queues", queue]) => {
+            let Some(map) = st.persisted.shard_map.clone() else {
+                return error(
+                    404,
+                    "the group has no shards (no [shards] in its group file)",
+                );
+            };
+            let Ok(to) = body.trim().parse::<u16>() else {
+                return error(
+                    400,
+                    format!("the body must be a shard number, found {:?}", body.trim()),
+                );
+            };
+            if to >= map.shards {
+                return error(
+                    400,
+                    format!("there is no shard {to}: shards are 0 to {}", map.shards - 1),
+                );
+            }
+            let known = st.persisted.pipelines.values().any(|p| {
+                Pipeline::from_json(&p.to_string())
+                    .is_ok_and(|p| p.queue_specs().iter().any(|q| q.name == *queue))
+            });
+            if !known {
+                return error(404, format!("no pipeline has a queue {queue:?}"));
+            }
+            if map.owner(queue).0 == to {
+                return json(
+                    200,
+                    serde_json::json!({ "version": map.version, "moved": false }),
+                );
+            }
+            let mut next = map.with_override(queue, conveyor_core::shard::ShardId(to));
+            next.version += 1;
+            tracing::info!(
+                "queue {queue} moves to shard {to} (map version {})",
+                next.version
+            );
+            let version = next.version;
+            st.persisted.shard_map = Some(next);
+            match st.save() {
+                Ok(()) => json(
+                    200,
+                    serde_json::json!({ "version": version, "moved": true }),
+                ),
+                Err(e) => error(500, format!("{e:#}")),
+            }
         }
         ("GET", ["metrics"]) => Answer {
             status: 200,
@@ -261,8 +361,9 @@ pub(super) fn route(
             _,
             ["health"]
             | ["metrics"]
-            | ["v1", "view" | "queues" | "pipelines" | "report" | "admissions"],
+            | ["v1", "view" | "queues" | "pipelines" | "report" | "admissions" | "shards"],
         )
+        | (_, ["v1", "shards", "queues", _])
         | (_, ["v1", "pipelines" | "admissions", _])
         | (_, ["v1", "members", _, "leave"]) => {
             error(405, format!("{method} is not allowed on {path}"))
@@ -290,6 +391,7 @@ mod tests {
             persisted: Persisted::default(),
             path: dir.join("state.json"),
             reports: BTreeMap::new(),
+            shards: 1,
             names: vec!["trigger".into()],
             join_token: None,
             max_payload: 60_000,
@@ -333,6 +435,103 @@ mod tests {
         assert_eq!(by["q.x"], Durability::Log);
         assert_eq!(by["m.x"], Durability::Memory);
         drop(st);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A sharded group's map through the API: shown with each shard's view, a queue moved by
+    /// name (a new version, saved), bad moves refused by name, and the map handed to every
+    /// reporting member of every shard (a report of a shard the group lacks is refused).
+    #[test]
+    fn the_shard_map_is_shown_moved_and_handed_to_every_shard() {
+        let dir = std::env::temp_dir().join(format!("conveyor-plane-sh-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut persisted = Persisted::default();
+        let p = conveyor_core::pipeline::Pipeline::chain("p", 2, 10);
+        persisted
+            .pipelines
+            .insert("p".into(), serde_json::from_str(&p.to_json()).unwrap());
+        persisted.shard_map = Some(conveyor_core::shard::ShardMap::hashed(1, 2));
+        let state = Mutex::new(State {
+            persisted,
+            path: dir.join("state.json"),
+            reports: BTreeMap::new(),
+            shards: 2,
+            names: vec!["trigger".into()],
+            join_token: None,
+            max_payload: 60_000,
+            durability: Durability::Memory,
+            leave: BTreeSet::new(),
+        });
+        let token = "0123456789abcdef0123";
+        let call = |method: &str, url: &str, body: &str| {
+            let a = route(
+                &state,
+                token,
+                method,
+                url,
+                Some(&format!("Bearer {token}")),
+                body,
+            );
+            (
+                a.status,
+                serde_json::from_str::<serde_json::Value>(&a.body).unwrap_or_default(),
+            )
+        };
+        let (st, v) = call("GET", "/v1/shards", "");
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["map"]["version"], 1);
+        assert_eq!(v["shards"].as_array().unwrap().len(), 2);
+        let owner = conveyor_core::shard::ShardMap::hashed(1, 2).owner("p.f0").0;
+        let to = 1 - owner;
+        let (st, v) = call("PUT", "/v1/shards/queues/p.f0", &to.to_string());
+        assert_eq!(
+            (st, &v["version"], &v["moved"]),
+            (200, &2.into(), &true.into()),
+            "{v}"
+        );
+        // Already there: nothing changes.
+        let (st, v) = call("PUT", "/v1/shards/queues/p.f0", &to.to_string());
+        assert_eq!(
+            (st, &v["version"], &v["moved"]),
+            (200, &2.into(), &false.into()),
+            "{v}"
+        );
+        for (url, body, status) in [
+            ("/v1/shards/queues/p.f0", "2", 400),
+            ("/v1/shards/queues/p.f0", "x", 400),
+            ("/v1/shards/queues/nope", "1", 404),
+        ] {
+            assert_eq!(call("PUT", url, body).0, status, "{url} {body}");
+        }
+        let unauth = route(&state, token, "PUT", "/v1/shards/queues/p.f0", None, "0");
+        assert_eq!(unauth.status, 401);
+        // Saved: a restarted control plane keeps the move.
+        let saved: Persisted =
+            serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+        let map = saved.shard_map.unwrap();
+        assert_eq!((map.version, map.owner("p.f0").0), (2, to));
+        // Each shard's member gets the map with the answer to its report.
+        for shard in 0..2u16 {
+            let report = serde_json::json!({"member": "trigger", "shard": shard,
+                "status": "serving", "view": 1, "members": ["trigger"], "delivered": 0,
+                "retransmitted_slots": 0, "view_changes": 0, "requeued": 0, "rejoins": 0,
+                "dropped": {}, "queues": {}});
+            let (st, v) = call("POST", "/v1/report", &report.to_string());
+            assert_eq!(st, 200, "{v}");
+            assert_eq!(v["shard_map"]["version"], 2, "{v}");
+        }
+        let bad = serde_json::json!({"member": "trigger", "shard": 2, "status": "serving",
+            "view": 1, "members": [], "delivered": 0, "retransmitted_slots": 0,
+            "view_changes": 0, "requeued": 0, "rejoins": 0, "dropped": {}, "queues": {}});
+        assert_eq!(call("POST", "/v1/report", &bad.to_string()).0, 404);
+        // /metrics labels the series by shard.
+        let m = route(&state, token, "GET", "/metrics", None, "");
+        assert!(
+            m.body
+                .contains(r#"conveyor_view{member="trigger",shard="1"} 1"#),
+            "{}",
+            m.body
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -39,8 +39,12 @@ pub fn ctl(address: &str, token: Option<&str>, args: &[String]) -> Result<()> {
         ["admissions"] => agent.get(&format!("{base}/v1/admissions")).call(),
         ["admit", name] => auth(agent.put(&format!("{base}/v1/admissions/{name}"))).call(),
         ["revoke", name] => auth(agent.delete(&format!("{base}/v1/admissions/{name}"))).call(),
+        ["shards"] => agent.get(&format!("{base}/v1/shards")).call(),
+        ["shard", "move", queue, to] => {
+            auth(agent.put(&format!("{base}/v1/shards/queues/{queue}"))).send_string(to)
+        }
         ["leave", name] => auth(agent.post(&format!("{base}/v1/members/{name}/leave"))).call(),
-        _ => bail!("usage: conveyor ctl [--control ADDR] [--token T] health | view | queues | metrics | pipelines [list | get NAME | put FILE | delete NAME] | admissions | admit NAME | revoke NAME | leave NAME"),
+        _ => bail!("usage: conveyor ctl [--control ADDR] [--token T] health | view | queues | metrics | pipelines [list | get NAME | put FILE | delete NAME] | admissions | admit NAME | revoke NAME | leave NAME | shards | shard move QUEUE SHARD"),
     };
     match resp {
         Ok(r) => {

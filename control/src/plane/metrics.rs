@@ -28,17 +28,21 @@ pub(super) fn transport_counters(
 /// (`conveyor_member_up` stays, 0, for every member of the group file).
 const STALE: Duration = Duration::from_secs(60);
 
-/// One family of series, labelled by member and `label` (if any).
+/// One family of series, labelled by member, shard (a sharded group's) and `label` (if any).
 fn family(
     r: &prometheus::Registry,
     name: &str,
     help: &str,
     label: Option<&str>,
     gauge: bool,
+    sharded: bool,
 ) -> Result<prometheus::IntGaugeVec, prometheus::Error> {
     // Counters are read from the members' reports, which hold their totals: set as gauges
     // would be, but typed `counter` for Prometheus (rate() and resets apply).
-    let labels: Vec<&str> = std::iter::once("member").chain(label).collect();
+    let labels: Vec<&str> = std::iter::once("member")
+        .chain(sharded.then_some("shard"))
+        .chain(label)
+        .collect();
     let v = prometheus::IntGaugeVec::new(prometheus::Opts::new(name, help), &labels)?;
     r.register(Box::new(Typed {
         inner: v.clone(),
@@ -89,29 +93,45 @@ fn encode(st: &State) -> Result<String, prometheus::Error> {
         .reports
         .iter()
         .filter(|(_, (t, _))| t.elapsed() < STALE)
-        .map(|(m, (_, rep))| (m.as_str(), rep))
+        .map(|((m, _), (_, rep))| (m.as_str(), rep))
         .collect();
+    // Up: every shard of the member reported within 3 s.
     let up: Vec<(&str, bool)> = st
         .names
         .iter()
         .map(|m| {
-            let fresh = st
-                .reports
-                .get(m)
-                .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(3));
+            let fresh = (0..st.shards).all(|s| {
+                st.reports
+                    .get(&(m.clone(), s))
+                    .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(3))
+            });
             (m.as_str(), fresh)
         })
         .collect();
-    encode_reports(&live, &up)
+    encode_reports(&live, &up, st.shards > 1)
 }
 
 /// The series of `live` members' reports, and `up` for each member named.
+///
+/// `sharded`: every series but `conveyor_member_up` is labelled by shard too (each member
+/// reports once per shard).
 pub(super) fn encode_reports(
     live: &[(&str, &MemberReport)],
     up_by_name: &[(&str, bool)],
+    sharded: bool,
 ) -> Result<String, prometheus::Error> {
     use prometheus::Encoder;
     let r = prometheus::Registry::new();
+    let fam = |name: &str, help: &str, label: Option<&str>, gauge: bool| {
+        family(&r, name, help, label, gauge, sharded)
+    };
+    // The labels of a member's series: its name, its shard (if sharded), then `rest`.
+    let labels = |m: &str, rep: &MemberReport, rest: &[&str]| -> Vec<String> {
+        std::iter::once(m.to_string())
+            .chain(sharded.then(|| rep.shard.to_string()))
+            .chain(rest.iter().map(|x| x.to_string()))
+            .collect()
+    };
     let scalars: [(&str, &str, bool, Read); 12] = [
         (
             "conveyor_delivered_total",
@@ -187,64 +207,56 @@ pub(super) fn encode_reports(
         ),
     ];
     for (name, help, gauge, read) in scalars {
-        let f = family(&r, name, help, None, gauge)?;
+        let f = fam(name, help, None, gauge)?;
         for (m, rep) in live {
-            f.with_label_values(&[m]).set(read(rep) as i64);
+            f.with_label_values(&labels(m, rep, &[]))
+                .set(read(rep) as i64);
         }
     }
     // The transport's counters, each under a name of its own.
-    let sent = family(
-        &r,
+    let sent = fam(
         "conveyor_transport_frames_sent_total",
         "Frames the transport sent",
         None,
         false,
     )?;
-    let received = family(
-        &r,
+    let received = fam(
         "conveyor_transport_frames_received_total",
         "Frames the transport received",
         None,
         false,
     )?;
-    let send_errors = family(
-        &r,
+    let send_errors = fam(
         "conveyor_transport_send_errors_total",
         "Frames the transport failed to send",
         None,
         false,
     )?;
-    let refused = family(
-        &r,
+    let refused = fam(
         "conveyor_transport_frames_refused_total",
         "Frames the transport dropped before the protocol saw them, by reason",
         Some("reason"),
         false,
     )?;
-    let kernel = family(
-        &r,
+    let kernel = fam(
         "conveyor_transport_kernel_path_frames_total",
         "Frames of the afxdp transport that took the kernel's UDP path, by direction",
         Some("direction"),
         false,
     )?;
-    let device = family(
-        &r,
+    let device = fam(
         "conveyor_transport_device_events_total",
         "The dpdk port's own counters, by name",
         Some("counter"),
         false,
     )?;
-    let dropped = family(
-        &r,
+    let dropped = fam(
         "conveyor_frames_dropped_total",
         "Frames the protocol dropped, by reason",
         Some("reason"),
         false,
     )?;
-    let xdp = family(
-        &r,
-        "conveyor_xdp_frames_total",
+    let xdp = fam("conveyor_xdp_frames_total",
         "Frames seen by the XDP program on the member's interface, by verdict (not_member, not_in_view: dropped)",
         Some("verdict"),
         false,
@@ -265,15 +277,14 @@ pub(super) fn encode_reports(
         if !live.iter().any(|(_, rep)| rep.log.contains_key(key)) {
             continue;
         }
-        let f = family(&r, name, help, None, gauge)?;
+        let f = fam(name, help, None, gauge)?;
         for (m, rep) in live {
             if let Some(v) = rep.log.get(key) {
-                f.with_label_values(&[m]).set(*v as i64);
+                f.with_label_values(&labels(m, rep, &[])).set(*v as i64);
             }
         }
     }
-    let depth = family(
-        &r,
+    let depth = fam(
         "conveyor_queue_depth",
         "Requests waiting, by queue",
         Some("queue"),
@@ -284,25 +295,32 @@ pub(super) fn encode_reports(
         for (c, v) in &rep.transport {
             let v = *v as i64;
             match c.as_str() {
-                "frames_sent" => sent.with_label_values(&[m]).set(v),
-                "frames_received" => received.with_label_values(&[m]).set(v),
-                "send_errors" => send_errors.with_label_values(&[m]).set(v),
-                "kernel_path_sent" => kernel.with_label_values(&[m, "sent"]).set(v),
-                "kernel_path_received" => kernel.with_label_values(&[m, "received"]).set(v),
+                "frames_sent" => sent.with_label_values(&labels(m, rep, &[])).set(v),
+                "frames_received" => received.with_label_values(&labels(m, rep, &[])).set(v),
+                "send_errors" => send_errors.with_label_values(&labels(m, rep, &[])).set(v),
+                "kernel_path_sent" => kernel.with_label_values(&labels(m, rep, &["sent"])).set(v),
+                "kernel_path_received" => kernel
+                    .with_label_values(&labels(m, rep, &["received"]))
+                    .set(v),
                 other => match other.strip_prefix("device_") {
-                    Some(d) => device.with_label_values(&[m, d]).set(v),
-                    None => refused.with_label_values(&[m, other]).set(v),
+                    Some(d) => device.with_label_values(&labels(m, rep, &[d])).set(v),
+                    None => refused.with_label_values(&labels(m, rep, &[other])).set(v),
                 },
             }
         }
         for (reason, v) in &rep.dropped {
-            dropped.with_label_values(&[m, reason]).set(*v as i64);
+            dropped
+                .with_label_values(&labels(m, rep, &[reason]))
+                .set(*v as i64);
         }
         for (verdict, v) in &rep.xdp {
-            xdp.with_label_values(&[m, verdict]).set(*v as i64);
+            xdp.with_label_values(&labels(m, rep, &[verdict]))
+                .set(*v as i64);
         }
         for (q, v) in &rep.queues {
-            depth.with_label_values(&[m, q]).set(*v as i64);
+            depth
+                .with_label_values(&labels(m, rep, &[q]))
+                .set(*v as i64);
         }
     }
     let up = family(
@@ -311,6 +329,7 @@ pub(super) fn encode_reports(
         "1 if the member reported within the last 3 s",
         None,
         true,
+        false,
     )?;
     for (m, fresh) in up_by_name {
         up.with_label_values(&[m]).set(i64::from(*fresh));

@@ -17,7 +17,7 @@ mod api;
 pub mod ctl;
 mod metrics;
 
-pub use agent::{serve_member_metrics, start_reporter};
+pub use agent::{serve_member_metrics, start_reporter, start_shard_reporter};
 pub use ctl::ctl;
 
 use api::{error, route};
@@ -36,6 +36,12 @@ use std::time::{Duration, Instant};
 #[serde(deny_unknown_fields)]
 pub struct MemberReport {
     pub member: String,
+    /// The shard this report is of (a sharded group: one report per shard and member).
+    #[serde(default)]
+    pub shard: u16,
+    /// The version of the shard map the member's shard applied (0: none).
+    #[serde(default)]
+    pub shard_map_version: u64,
     pub status: String,
     pub view: u32,
     pub members: Vec<String>,
@@ -84,6 +90,10 @@ pub struct ReportAnswer {
     pub admitted: Vec<String>,
     /// The operator asked this member to leave the group.
     pub leave: bool,
+    /// The control plane's shard map (a sharded group): a member whose shard applied an older
+    /// one submits it to its shard, again until the shard applies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_map: Option<conveyor_core::shard::ShardMap>,
 }
 
 /// The persisted part: pipelines by name, a version bumped on every change of them, and the
@@ -95,12 +105,19 @@ struct Persisted {
     /// Absent in state files written before admission existed: then the configured list.
     #[serde(default)]
     admitted: Option<BTreeSet<String>>,
+    /// A sharded group's map (from the group file at the first start; changed by
+    /// `PUT /v1/shards/queues/QUEUE`, each change a new version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shard_map: Option<conveyor_core::shard::ShardMap>,
 }
 
 struct State {
     persisted: Persisted,
     path: PathBuf,
-    reports: BTreeMap<String, (Instant, MemberReport)>,
+    /// The members' latest reports, by member and shard (0 without shards).
+    reports: BTreeMap<(String, u16), (Instant, MemberReport)>,
+    /// Shards of the group (1 without `[shards]`).
+    shards: u16,
     /// Members of the group file, by name.
     names: Vec<String>,
     join_token: Option<String>,
@@ -108,8 +125,8 @@ struct State {
     /// `[group] durability`: written into the pipelines put through the API (see
     /// `conveyor_core::pipeline::settle_durability`).
     durability: conveyor_core::queue::Durability,
-    /// Leaves asked for and not yet passed on to the member.
-    leave: BTreeSet<String>,
+    /// Leaves asked for and not yet passed on to the member's member of a shard.
+    leave: BTreeSet<(String, u16)>,
 }
 
 impl State {
@@ -202,6 +219,9 @@ pub fn serve(cfg: &GroupConfig, state_path: &Path, listen: Option<&str>) -> Resu
     let mut persisted = persisted;
     let names: Vec<String> = cfg.file.members.iter().map(|m| m.name.clone()).collect();
     let ctl = cfg.file.control.clone();
+    if cfg.shard_count() > 1 && persisted.shard_map.is_none() {
+        persisted.shard_map = Some(cfg.shard_map());
+    }
     if persisted.admitted.is_none() {
         persisted.admitted = Some(match ctl.as_ref().and_then(|c| c.admit.clone()) {
             Some(list) => list.into_iter().collect(),
@@ -212,6 +232,7 @@ pub fn serve(cfg: &GroupConfig, state_path: &Path, listen: Option<&str>) -> Resu
         persisted,
         path: state_path.to_path_buf(),
         reports: BTreeMap::new(),
+        shards: cfg.shard_count(),
         names,
         join_token: ctl.and_then(|c| c.join_token),
         max_payload: cfg.file.group.max_payload,
@@ -283,11 +304,16 @@ fn answer(state: &Mutex<State>, token: &str, mut req: crate::http::Request) {
     req.respond(resp);
 }
 
-/// Reports younger than 3 s.
+/// Shard 0's reports younger than 3 s.
 fn fresh(st: &State) -> Vec<(&String, &MemberReport)> {
+    fresh_of(st, 0)
+}
+
+/// Shard `shard`'s reports younger than 3 s.
+fn fresh_of(st: &State, shard: u16) -> Vec<(&String, &MemberReport)> {
     st.reports
         .iter()
-        .filter(|(_, (t, _))| t.elapsed() < Duration::from_secs(3))
-        .map(|(n, (_, r))| (n, r))
+        .filter(|((_, s), (t, _))| *s == shard && t.elapsed() < Duration::from_secs(3))
+        .map(|((n, _), (_, r))| (n, r))
         .collect()
 }
