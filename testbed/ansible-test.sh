@@ -164,4 +164,28 @@ for f in run-1/report.json run-2/report.json run-1/latency.hlog run-2/latency.hl
   [ -s "$work/experiment/$f" ] || { echo "ansible-test: the experiment left no $f" >&2; exit 1; }
 done
 grep -q 'HISTF' "$work/experiment/run-1/latency.hlog" || { echo "ansible-test: latency.hlog holds no histogram" >&2; exit 1; }
+echo "== site.yml with two shards: every member runs a member of each, the control plane shows both"
+# The namespace hosts share one /etc: the first host's apply rewrites the group file for all,
+# so the others see no change and would not restart. Stopped first, every service is started
+# by the apply with the new file (on real hosts the template's change restarts each).
+for svc in control trigger invoker-0 invoker-1; do /usr/local/sbin/conveyor-service stop "$svc" || true; done
+run site.yml -e conveyor_shards=2 -e '{"conveyor_shard_place": {"demo.classify": 1}}' \
+  | tee "$work/apply-shards.log" | tail -n 6
+if grep -E '^h[0-9] +:' "$work/apply-shards.log" | grep -vqE 'failed=0'; then
+  echo "ansible-test: the sharded apply failed" >&2; exit 1
+fi
+ip netns exec "$prefix-h0" /opt/conveyor/bin/conveyor check --config /etc/conveyor/group.toml \
+  | tee "$work/check-shards.log"
+grep -q 'queue demo.classify on shard 1 (placed)' "$work/check-shards.log" \
+  || { echo "ansible-test: the group file has no shards" >&2; exit 1; }
+ok=0
+for _ in $(seq 150); do
+  if ctl curl -sf "http://10.77.0.1:7500/v1/shards" 2>/dev/null | python3 -c 2>/dev/null '
+import json, sys
+d = json.load(sys.stdin)
+sys.exit(not (len(d["shards"]) == 2 and all(sorted(s["members"]) == ["invoker-0", "invoker-1", "trigger"] and s["map_version"] == 1 for s in d["shards"])))'; then ok=1; break; fi
+  sleep 0.2
+done
+ctl curl -sf "http://10.77.0.1:7500/v1/shards" | head -c 600 || true; echo
+[ "$ok" = 1 ] || { echo "ansible-test: the sharded group did not form two views of three with the map" >&2; for f in /var/log/conveyor/*.log; do echo "-- $f" >&2; tail -n 20 "$f" >&2; done; exit 1; }
 echo "== ansible: all passed"

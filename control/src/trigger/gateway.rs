@@ -115,6 +115,9 @@ struct Shared {
     shards: Vec<Arc<EngineHandle>>,
     /// The shard map calls are routed by, and when it was last read from the members.
     map: Mutex<(u64, ShardMap)>,
+    /// With shards: the shard each waiting call was pushed into (a member back in one shard's
+    /// group after a removal answers for that shard's calls only).
+    pushed_to: Mutex<HashMap<RequestId, usize>>,
     /// The pipelines served, each with its body limit (computed when they are installed).
     pipelines: RwLock<Vec<(Arc<Pipeline>, usize)>>,
     pending: Mutex<HashMap<RequestId, Waiter>>,
@@ -263,6 +266,7 @@ impl Gateway {
             handle,
             shards,
             map: Mutex::new((0, map)),
+            pushed_to: Mutex::new(HashMap::new()),
             pipelines: RwLock::new(served(me, max_payload, pipelines)),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(start),
@@ -635,10 +639,14 @@ fn call(
         pusher: me,
         req: entry,
     };
-    if let Err(e) = owner(s, &queue).submit(&op) {
-        if let Ok(mut pending) = s.pending.lock() {
-            pending.remove(&id);
+    let (k, target) = owner(s, &queue);
+    if s.shards.len() > 1 {
+        if let Ok(mut p) = s.pushed_to.lock() {
+            p.insert(id, k);
         }
+    }
+    if let Err(e) = target.submit(&op) {
+        forget(s, id);
         return reply(
             503,
             format!("the member cannot take requests now: {e}\n"),
@@ -696,9 +704,7 @@ fn call(
         }
         Ok(Outcome::Failed(status, e)) => reply(status, format!("{e}\n"), &headers),
         Err(_) => {
-            if let Ok(mut pending) = s.pending.lock() {
-                pending.remove(&id);
-            }
+            forget(s, id);
             reply(
                 504,
                 format!("no output within {} s\n", timeout.as_secs_f64()),
@@ -785,7 +791,7 @@ fn dispatcher(s: &Shared, shard: usize) {
                 outcomes_dropped,
                 ..
             } => {
-                rejoined(s, &pending, outcomes_dropped);
+                rejoined(s, shard, &pending, outcomes_dropped);
                 continue;
             }
             Effect::Pipelines { docs, .. } => {
@@ -807,7 +813,7 @@ fn dispatcher(s: &Shared, shard: usize) {
             Effect::Shutdown { .. } => break,
             _ => continue,
         };
-        let waiter = s.pending.lock().ok().and_then(|mut p| p.remove(&id));
+        let waiter = forget(s, id);
         match waiter {
             Some(Waiter::Sync(tx)) => {
                 let _ = tx.send(outcome);
@@ -846,12 +852,12 @@ fn dispatcher(s: &Shared, shard: usize) {
 /// shard applied (read from the members at most a hundred times a second). A push into a
 /// shard that no longer owns the queue is forwarded by it: a stale map costs a hop, never the
 /// call.
-fn owner<'a>(s: &'a Shared, queue: &str) -> &'a EngineHandle {
+fn owner<'a>(s: &'a Shared, queue: &str) -> (usize, &'a EngineHandle) {
     if s.shards.len() < 2 {
-        return &s.handle;
+        return (0, &s.handle);
     }
     let Ok(mut m) = s.map.lock() else {
-        return &s.handle;
+        return (0, &s.handle);
     };
     let now = s.handle.clock().now_us();
     if now >= m.0 + 10_000 {
@@ -871,8 +877,16 @@ fn owner<'a>(s: &'a Shared, queue: &str) -> &'a EngineHandle {
             }
         }
     }
-    let k = usize::from(m.1.owner(queue).0);
-    s.shards.get(k).unwrap_or(&s.handle)
+    let k = usize::from(m.1.owner(queue).0).min(s.shards.len() - 1);
+    (k, &s.shards[k])
+}
+
+/// Takes call `id`'s waiter away (its answer given, or given up), with the shard it went to.
+fn forget(s: &Shared, id: RequestId) -> Option<Waiter> {
+    if let Ok(mut p) = s.pushed_to.lock() {
+        p.remove(&id);
+    }
+    s.pending.lock().ok().and_then(|mut p| p.remove(&id))
 }
 
 /// Whoever still waits when the gateway's member stops gets a clear answer, not a dropped
@@ -926,13 +940,17 @@ fn fail(s: &Shared, w: Waiter, msg: String) {
 /// trigger the group holds or was given again. If the group dropped outcomes while this trigger
 /// was out (more than it keeps), a call waiting for a request not in `pending` cannot be told
 /// apart from a finished one: it fails with 503 saying so.
-fn rejoined(s: &Shared, pending: &[RequestId], outcomes_dropped: bool) {
+fn rejoined(s: &Shared, shard: usize, pending: &[RequestId], outcomes_dropped: bool) {
+    let sharded = s.shards.len() > 1;
+    let pushed_to = s.pushed_to.lock().map(|p| p.clone()).unwrap_or_default();
     let unknown: Vec<RequestId> = if outcomes_dropped {
         s.pending
             .lock()
             .map(|p| {
                 p.keys()
                     .filter(|id| pending.binary_search(id).is_err())
+                    // With shards, only the calls pushed into the shard it is back in.
+                    .filter(|id| !sharded || pushed_to.get(id) == Some(&shard))
                     .copied()
                     .collect()
             })
@@ -945,7 +963,7 @@ fn rejoined(s: &Shared, pending: &[RequestId], outcomes_dropped: bool) {
         unknown.len()
     );
     for id in unknown {
-        let waiter = s.pending.lock().ok().and_then(|mut p| p.remove(&id));
+        let waiter = forget(s, id);
         let msg = format!(
             "this gateway's member was out of the group, and the group no longer holds what \
              became of this call (it keeps the last {} outcomes of each member's calls): \

@@ -401,11 +401,11 @@ pub fn run_trigger(
     };
     // The maps the run's moves submit, in time order, each from the one before.
     let mut moves: Vec<(u64, ShardMap)> = Vec::new();
+    let mut sorted_moves = spec.moves.clone();
+    sorted_moves.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
     {
         let mut m = map.clone();
-        let mut sorted = spec.moves.clone();
-        sorted.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
-        for mv in sorted {
+        for mv in &sorted_moves {
             if mv.to >= m.shards {
                 bail!(
                     "move:{}: there is no shard {} ({} shards)",
@@ -634,7 +634,7 @@ pub fn run_trigger(
     Ok(TriggerReport {
         sent: n,
         shards: handles.len() as u16,
-        moves: spec.moves[..].iter().take(moved).cloned().collect(),
+        moves: sorted_moves.iter().take(moved).cloned().collect(),
         completed: t.completed,
         lost: n - t.completed - t.errors,
         duplicates: t.duplicates,
