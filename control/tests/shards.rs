@@ -213,6 +213,7 @@ fn a_gateway_over_two_shards_routes_each_call_and_answers_it() {
     let base = free_block(6);
     let gw = format!("127.0.0.1:{}", common::free_tcp());
     let control = format!("127.0.0.1:{}", common::free_tcp());
+    let metrics = format!("127.0.0.1:{}", common::free_tcp());
     let toml = format!(
         r#"[group]
 name = "sgw"
@@ -233,6 +234,7 @@ token = "a-control-token-for-the-shards-test"
 name = "trigger"
 address = "127.0.0.1:{}"
 role = "trigger"
+metrics_address = "{metrics}"
 [member.gateway]
 address = "{gw}"
 
@@ -327,6 +329,13 @@ role = "invoker"
     shards("both shards apply map version 2", 2);
     for i in 40..60 {
         call(i);
+    }
+    // The member's own /metrics has each shard's series, labelled by shard.
+    let (ok, text) = common::curl(&["-s", &format!("http://{metrics}/metrics")]);
+    assert!(ok, "{text}");
+    for shard in ["0", "1"] {
+        let line = format!(r#"conveyor_view_members{{member="trigger",shard="{shard}"}} 3"#);
+        assert!(text.contains(&line), "{line} not in:\n{text}");
     }
     // Every call crossed twice (shard 1 to 0 and back): the forwarders say so when the
     // members stop (SIGTERM: each leaves its shards).

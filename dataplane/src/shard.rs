@@ -11,12 +11,12 @@
 //! the destination ignores, or none for a moment. A process that takes the role starts at the
 //! destination's watermark: nothing the previous one did is needed.
 //!
-//! Known costs of this first driver: it polls (every `idle` when there is nothing to do: 20
-//! us in `examples/shard_hop.rs`) instead of being woken by the engines' outbox effects, and an
-//! engine republishes its whole cross-shard state (outboxes included) after each batch of
-//! deliveries that changed it.
+//! The driver sleeps when it has nothing to send, until an engine republishes its cross-shard
+//! state (after a batch of deliveries that changed it: an outbox grew, a watermark moved) rings
+//! its [`Bell`], or its next timer, or `idle` at most. Known cost: an engine republishes its
+//! whole cross-shard state (outboxes included) each time.
 
-use crate::engine::{Clock, Probe, Submitter};
+use crate::engine::{Bell, Clock, Probe, Submitter};
 use conveyor_core::shard::{Forwarder, ForwarderConfig, ForwarderStats, Forwarding, ShardId};
 use conveyor_core::types::{Instant, MemberId};
 use std::collections::BTreeMap;
@@ -43,6 +43,8 @@ pub struct Forwarders {
     roles_at: u64,
     stats: ForwarderStats,
     out: Vec<Forwarding>,
+    /// Rung by every member's engine when it republishes its cross-shard state.
+    bell: std::sync::Arc<Bell>,
 }
 
 /// How often the roles are decided again from the members' views.
@@ -53,7 +55,12 @@ const PER_PASS: usize = 64;
 
 impl Forwarders {
     pub fn new(members: Vec<ShardMember>, cfg: ForwarderConfig) -> Forwarders {
+        let bell = std::sync::Arc::new(Bell::default());
+        for m in &members {
+            m.probe.ring_on_shards(bell.clone());
+        }
         Forwarders {
+            bell,
             members,
             cfg,
             forwarders: BTreeMap::new(),
@@ -169,8 +176,8 @@ impl Forwarders {
         (did, next)
     }
 
-    /// Polls until `stop`: after a pass that submitted nothing, sleeps until the next timeout
-    /// or `idle` at most (new state shows only in the next pass). Returns what it did.
+    /// Polls until `stop`: after a pass that submitted nothing, waits until an engine
+    /// republishes its state, the next timeout, or `idle` at most. Returns what it did.
     pub fn run(mut self, clock: &Clock, idle: Duration, stop: &AtomicBool) -> ForwarderStats {
         let idle_us = idle.as_micros() as u64;
         while !stop.load(Ordering::Acquire) {
@@ -185,8 +192,11 @@ impl Forwarders {
                 };
                 let until = next.map_or(now + idle_us, |t| t.min(now + idle_us));
                 let wait = until.saturating_sub(clock.now_us());
-                if wait > 0 {
+                if wait > 0 && self.roles.is_empty() {
                     std::thread::sleep(Duration::from_micros(wait));
+                } else if wait > 0 {
+                    // Woken early when an engine republishes its state.
+                    self.bell.wait(Duration::from_micros(wait));
                 }
             }
         }

@@ -470,9 +470,17 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
         }
     }
     let mut speculation = Speculation::default();
+    let mut report = report;
     for name in names.iter().skip(1) {
         if let Ok(log) = std::fs::read_to_string(dir.join(format!("{name}.log"))) {
             speculation.add_log(&log);
+            // With shards the trigger is told the completions of its own shards' steps only:
+            // the invokers' own counts, over every shard, say what each ran.
+            if run.shards > 1 {
+                if let Some(n) = executed_in_shards(&log) {
+                    report.per_invoker.insert(name.clone(), n);
+                }
+            }
         }
     }
     if run.keep {
@@ -491,6 +499,24 @@ pub fn run_group(run: &GroupRun) -> Result<GroupOutcome> {
         killed_at_us,
         recoveries_ms,
     })
+}
+
+/// What a sharded invoker's log says it executed, over its shards (`member NAME, shard S:
+/// executed N requests`); none without such a line (a member killed before it could say).
+fn executed_in_shards(log: &str) -> Option<u64> {
+    let counts: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains(", shard ") && l.contains(": executed "))
+        .filter_map(|l| {
+            l.split(": executed ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    (!counts.is_empty()).then(|| counts.iter().sum())
 }
 
 /// `line` without its terminal colour sequences (ESC [ ... m).
@@ -839,6 +865,18 @@ fn supervise(
 #[cfg(test)]
 mod tests {
     use super::Speculation;
+
+    #[test]
+    fn a_sharded_invokers_executions_add_up_over_its_shards() {
+        let log = "x INFO member invoker-0, shard 0: executed 1496 requests, 0 failed; retransmitted 29 slots\n\
+                   y INFO member invoker-0 (shard 1): transport sent 17566 frames\n\
+                   z INFO member invoker-0, shard 1: executed 745 requests, 0 failed; retransmitted 22 slots\n";
+        assert_eq!(super::executed_in_shards(log), Some(2241));
+        assert_eq!(
+            super::executed_in_shards("killed before it could say"),
+            None
+        );
+    }
 
     #[test]
     fn speculation_counts_add_up_from_the_invokers_logs() {

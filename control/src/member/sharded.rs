@@ -11,7 +11,7 @@
 //!
 //! Not yet with shards (refused by the group file's checks): the Redis protocol,
 //! XDP and the afxdp/dpdk/rdma transports. The member reports each shard to the control plane
-//! (and follows its shard map); `metrics_address` serves shard 0's series only.
+//! (and follows its shard map); `metrics_address` serves every shard's series, by shard.
 
 use super::{
     gateway_config, invoker_ids, log_transport, notify_service_manager, BeforeLeave, DRAIN_WAIT,
@@ -31,9 +31,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long the forwarders sleep when they have nothing to send (they see new outbox entries
-/// at their next look; a hop waits this much at most for it).
-const FORWARDER_IDLE: Duration = Duration::from_micros(50);
+/// How long the forwarders wait at most when they have nothing to send: an engine that
+/// republishes its cross-shard state (a new outbox entry, a watermark moved) wakes them at once.
+const FORWARDER_IDLE: Duration = Duration::from_millis(1);
 
 /// One shard's member in this process.
 struct Shard {
@@ -113,10 +113,10 @@ pub(super) fn run(
         })
         .collect();
     let _metrics = match &me.metrics_address {
-        Some(a) => Some(crate::plane::serve_member_metrics(
+        Some(a) => Some(crate::plane::serve_shard_metrics(
             cfg,
             idx,
-            shards[0].handle.probe(),
+            shards.iter().map(|s| s.handle.probe()).collect(),
             a,
         )?),
         None => None,

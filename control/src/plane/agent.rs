@@ -257,6 +257,17 @@ pub fn serve_member_metrics(
     probe: conveyor_dataplane::engine::Probe,
     address: &str,
 ) -> Result<crate::http::Server> {
+    serve_shard_metrics(cfg, me, vec![probe], address)
+}
+
+/// [`serve_member_metrics`] for a member of several shards: `probes` by shard, every series
+/// labelled by shard when there are several.
+pub fn serve_shard_metrics(
+    cfg: &GroupConfig,
+    me: usize,
+    probes: Vec<conveyor_dataplane::engine::Probe>,
+    address: &str,
+) -> Result<crate::http::Server> {
     let names: Vec<String> = cfg.file.members.iter().map(|m| m.name.clone()).collect();
     let my_name = names.get(me).cloned().unwrap_or_default();
     let shown = my_name.clone();
@@ -264,12 +275,20 @@ pub fn serve_member_metrics(
     let server = crate::http::Server::start(address, "conveyor-metrics", opts, move |rq| {
         let (status, body, ctype) = match (rq.method(), rq.path()) {
             ("GET" | "HEAD", "/metrics") => {
-                let version = probe.shards().map_or(0, |s| s.map().version);
-                let report = report_of(&probe.live(), &names, &my_name, 0, version);
+                let reports: Vec<MemberReport> = probes
+                    .iter()
+                    .enumerate()
+                    .map(|(s, probe)| {
+                        let version = probe.shards().map_or(0, |x| x.map().version);
+                        report_of(&probe.live(), &names, &my_name, s as u16, version)
+                    })
+                    .collect();
+                let live: Vec<(&str, &MemberReport)> =
+                    reports.iter().map(|r| (my_name.as_str(), r)).collect();
                 match super::metrics::encode_reports(
-                    &[(my_name.as_str(), &report)],
+                    &live,
                     &[(my_name.as_str(), true)],
-                    false,
+                    probes.len() > 1,
                 ) {
                     Ok(t) => (200, t, "text/plain; version=0.0.4; charset=utf-8"),
                     Err(e) => (500, format!("{e}\n"), "text/plain"),

@@ -17,7 +17,7 @@ mod api;
 pub mod ctl;
 mod metrics;
 
-pub use agent::{serve_member_metrics, start_reporter, start_shard_reporter};
+pub use agent::{serve_member_metrics, serve_shard_metrics, start_reporter, start_shard_reporter};
 pub use ctl::ctl;
 
 use api::{error, route};

@@ -22,7 +22,7 @@ pub mod probe;
 
 pub use handle::{EngineHandle, Submitter};
 pub use idle::{Clock, IdlePolicy};
-pub use probe::{Directive, Live, LogLive, Probe};
+pub use probe::{Bell, Directive, Live, LogLive, Probe};
 
 use crate::transport::TransportStats;
 use conveyor_core::proto::{ProtoConfig, Stats, SubmitError};

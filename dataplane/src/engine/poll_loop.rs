@@ -724,6 +724,11 @@ impl Engine {
                 if let Ok(mut s) = self.shared.shards.lock() {
                     *s = Some(Arc::new(shards.clone()));
                 }
+                if let Ok(bells) = self.shared.shards_bells.lock() {
+                    for b in bells.iter() {
+                        b.ring();
+                    }
+                }
             }
         }
         if let Some(t) = self.replica.told_through() {

@@ -31,6 +31,37 @@ pub(super) struct Shared {
     /// The group's cross-shard state (`conveyor_core::shard::Shards`), republished when it
     /// changes, once the group was given a shard map: what this process's forwarders read.
     pub(super) shards: Mutex<Option<Arc<conveyor_core::shard::Shards>>>,
+    /// Rung each time `shards` is republished (the forwarders wait on them).
+    pub(super) shards_bells: Mutex<Vec<Arc<Bell>>>,
+}
+
+/// Wakes a thread waiting for something another thread publishes (an engine's cross-shard
+/// state, for the forwarders): rung by the publisher, waited on with a timeout. A ring while
+/// no one waits is kept for the next wait.
+#[derive(Debug, Default)]
+pub struct Bell {
+    rung: Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Bell {
+    pub fn ring(&self) {
+        if let Ok(mut r) = self.rung.lock() {
+            *r = true;
+            self.cv.notify_all();
+        }
+    }
+
+    /// Waits until rung or `timeout` passed; returns whether it was rung (and clears it).
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let Ok(guard) = self.rung.lock() else {
+            return false;
+        };
+        match self.cv.wait_timeout_while(guard, timeout, |r| !*r) {
+            Ok((mut r, _)) => std::mem::replace(&mut *r, false),
+            Err(_) => false,
+        }
+    }
 }
 
 /// What another thread (the member's control-plane agent) may ask of a running engine. Taken
@@ -73,6 +104,12 @@ impl Probe {
     /// a shard map (see [`crate::shard`]).
     pub fn shards(&self) -> Option<Arc<conveyor_core::shard::Shards>> {
         self.shared.shards.lock().ok().and_then(|s| s.clone())
+    }
+    /// Rings `bell` each time the engine republishes its cross-shard state ([`Probe::shards`]).
+    pub fn ring_on_shards(&self, bell: Arc<Bell>) {
+        if let Ok(mut b) = self.shared.shards_bells.lock() {
+            b.push(bell);
+        }
     }
     /// Whether the engine stopped because this member left the group (a graceful leave).
     pub fn has_left(&self) -> bool {
