@@ -186,19 +186,25 @@ fn main() -> ExitCode {
                         );
                     }
                     let map = c.shard_map();
+                    let placed = c.file.shards.as_ref().map(|s| &s.place);
+                    let mut named = std::collections::BTreeSet::new();
                     for p in &c.pipelines {
                         for q in p.queue_specs() {
-                            let placed = c
-                                .file
-                                .shards
-                                .as_ref()
-                                .is_some_and(|s| s.place.contains_key(&q.name));
+                            let by_hand = placed.is_some_and(|s| s.contains_key(&q.name));
                             println!(
                                 "queue {} on shard {} ({})",
                                 q.name,
                                 map.owner(&q.name).0,
-                                if placed { "placed" } else { "hashed" }
+                                if by_hand { "placed" } else { "hashed" }
                             );
+                            named.insert(q.name);
+                        }
+                    }
+                    // Placed queues no pipeline has: made at run time (the C library's, a
+                    // stream's), or a name mistyped.
+                    for (q, s) in placed.into_iter().flatten() {
+                        if !named.contains(q) {
+                            println!("queue {q} on shard {s} (placed; no pipeline has it)");
                         }
                     }
                 }

@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -65,22 +64,31 @@ fn wait(c: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
 /// Starts a group of a `conveyor node` member and one C process per `(member, args)`; waits
 /// for each C process to exit successfully, and returns the directory of their outputs.
 fn run_group(tag: &str, exe: &Path, dir: &Path, c: &[(&str, &[&str])]) {
-    let socks: Vec<UdpSocket> = (0..=c.len())
-        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
+    run_sharded_group(tag, exe, dir, c, 1)
+}
+
+/// [`run_group`] with `shards` shards (every process a member of each).
+fn run_sharded_group(tag: &str, exe: &Path, dir: &Path, c: &[(&str, &[&str])], shards: u16) {
+    let members = c.len() as u16 + 1;
+    let base = common::free_udp_block(members * shards);
     let mut toml = format!(
         "[group]\nname = \"{tag}\"\nkey = \"00000000000000000000000000000000000000000000000000000000000000dd\"\nstartup_timeout_s = 30\n"
     );
+    if shards > 1 {
+        toml.push_str(&format!(
+            "\n[shards]\ncount = {shards}\nport_stride = {members}\nplace = {{ \"work\" = {} }}\n",
+            shards - 1
+        ));
+    }
     let names: Vec<&str> = std::iter::once("peer")
         .chain(c.iter().map(|x| x.0))
         .collect();
-    for (n, s) in names.iter().zip(&socks) {
+    for (i, n) in names.iter().enumerate() {
         toml.push_str(&format!(
-            "\n[[member]]\nname = \"{n}\"\naddress = \"{}\"\nrole = \"trigger\"\n",
-            s.local_addr().unwrap()
+            "\n[[member]]\nname = \"{n}\"\naddress = \"127.0.0.1:{}\"\nrole = \"trigger\"\n",
+            base + i as u16
         ));
     }
-    drop(socks);
     let cfg = dir.join(format!("{tag}.toml"));
     std::fs::write(&cfg, toml).unwrap();
     let log = |n: &str| std::fs::File::create(dir.join(format!("{n}.err"))).unwrap();
@@ -148,5 +156,37 @@ fn a_c_program_sends_and_receives_through_the_library() {
     let want: BTreeSet<String> = (0..200).map(|i| format!("m{i}")).collect();
     assert_eq!(seen, want);
     assert_eq!(total, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same producer and receivers in a sharded group of three shards: each C process is a
+/// member of every shard, and the library pushes to and asks of the shard owning the queue
+/// (shard 2: placed there by the group file). Each message exactly once.
+#[test]
+fn the_library_routes_to_the_shard_owning_the_queue() {
+    let dir = std::env::temp_dir().join(format!("conveyor-mq-sh-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = compile(&dir);
+    let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap_or_default();
+    run_sharded_group(
+        "swork",
+        &exe,
+        &dir,
+        &[
+            ("producer", &["produce", "200"]),
+            ("consumer-a", &["consume"]),
+            ("consumer-b", &["consume"]),
+        ],
+        3,
+    );
+    assert_eq!(read("producer.out").trim(), "produced 200");
+    let mut seen = BTreeSet::new();
+    for c in ["consumer-a", "consumer-b"] {
+        for line in read(&format!("{c}.out")).lines() {
+            assert!(seen.insert(line.to_string()), "{line} received twice");
+        }
+    }
+    let want: BTreeSet<String> = (0..200).map(|i| format!("m{i}")).collect();
+    assert_eq!(seen, want);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -173,27 +173,6 @@ fn four_shards_on_namespace_hosts_with_an_invoker_killed_and_a_queue_moved() {
     assert!(r["view_changes"].as_u64().unwrap() >= 4, "{r}");
 }
 
-/// `n` consecutive free UDP ports on loopback (the first one's number).
-fn free_block(n: u16) -> u16 {
-    for _ in 0..200 {
-        let base = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if u32::from(base) + u32::from(n) > 65_535 {
-            continue;
-        }
-        let all: std::io::Result<Vec<_>> = (0..n)
-            .map(|k| std::net::UdpSocket::bind(("127.0.0.1", base + k)))
-            .collect();
-        if all.is_ok() {
-            return base;
-        }
-    }
-    panic!("no {n} consecutive free UDP ports");
-}
-
 /// A trigger serving the gateway and two invokers, as `conveyor node` processes, in two
 /// shards: the pipeline's entry step on shard 1, its second step on shard 0. Each call goes to
 /// shard 1 (where its entry queue is), crosses to shard 0 and back, and its output is answered
@@ -210,7 +189,7 @@ fn a_gateway_over_two_shards_routes_each_call_and_answers_it() {
             "second": {"function": "spin", "args": {"us": 50}}}}"#,
     )
     .unwrap();
-    let base = free_block(6);
+    let base = common::free_udp_block(6);
     let gw = format!("127.0.0.1:{}", common::free_tcp());
     let control = format!("127.0.0.1:{}", common::free_tcp());
     let metrics = format!("127.0.0.1:{}", common::free_tcp());

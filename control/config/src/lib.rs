@@ -118,21 +118,6 @@ impl GroupConfig {
                 ));
             }
         }
-        if let Some(sh) = &file.shards {
-            let queues: Vec<String> = pipelines
-                .iter()
-                .flat_map(|p| p.queue_specs().into_iter().map(|q| q.name))
-                .collect();
-            if let Some(q) = sh.place.keys().find(|q| !queues.contains(q)) {
-                return Err(fail(
-                    &format!("shards.place.{q}"),
-                    format!(
-                        "no pipeline of the group has a queue {q:?}; its queues are {}",
-                        queues.join(", ")
-                    ),
-                ));
-            }
-        }
         Ok(GroupConfig {
             file,
             path: path.to_path_buf(),

@@ -342,10 +342,6 @@ fn a_sharded_group_is_one_group_per_shard() {
             "shards.place.p.b",
         ),
         (
-            sharded.replace("\"p.b\" = 2", "\"p.c\" = 1"),
-            "shards.place.p.c",
-        ),
-        (
             sharded.replace("port_stride = 100", "port_stride = 30000"),
             "member[0].address",
         ),

@@ -27,6 +27,7 @@ pub mod ffi;
 
 use conveyor_config::GroupConfig;
 use conveyor_core::queue::{Effect, Meta, OnFull, Op, Order, QueueSpec, RejectReason, Request};
+use conveyor_core::shard::{ShardId, ShardMap};
 use conveyor_core::types::{MemberId, RequestId};
 use conveyor_dataplane::engine::EngineHandle;
 use conveyor_dataplane::engine::Event;
@@ -82,8 +83,9 @@ struct Local {
     credit_out: bool,
     /// Keep a message fetched ahead (someone polls the fd).
     prefetch: bool,
-    /// Messages assigned to this member and not yet received.
-    fetched: VecDeque<Request>,
+    /// Messages assigned to this member and not yet received, with the shard that assigned
+    /// each (where it is taken or put back).
+    fetched: VecDeque<(usize, Request)>,
     /// Readable while `fetched` is not empty.
     ready: Arc<EventFd>,
 }
@@ -95,10 +97,14 @@ struct State {
     stopped: Option<String>,
 }
 
-/// The process's member.
+/// The process's member: of each shard, in a sharded group (a queue is then pushed to, and
+/// asked of, the shard owning it by the newest map every shard applied).
 #[derive(Debug)]
 struct Client {
-    handle: EngineHandle,
+    /// By shard (one without shards).
+    handles: Vec<EngineHandle>,
+    /// When the map was last read, and the map routed by.
+    map: Mutex<(u64, ShardMap)>,
     me: MemberId,
     next_id: AtomicU64,
     st: Mutex<State>,
@@ -151,7 +157,8 @@ fn start() -> Result<Client, MqError> {
     start_member(std::path::Path::new(&path), &member)
 }
 
-/// Starts member `member` of the group file at `path`.
+/// Starts member `member` of the group file at `path`: its member of every shard, with the
+/// process's forwarders between them, in a sharded group.
 fn start_member(path: &std::path::Path, member: &str) -> Result<Client, MqError> {
     let cfg = GroupConfig::load(path).map_err(|e| MqError {
         errno: libc::EINVAL,
@@ -161,32 +168,85 @@ fn start_member(path: &std::path::Path, member: &str) -> Result<Client, MqError>
         errno: libc::EINVAL,
         message: e.to_string(),
     })?;
-    let mut ecfg = cfg.engine_config(idx);
-    // This library takes only delivered assignments (not the speculation's effects).
-    ecfg.speculate = false;
-    // Nor does it push again what a removal kept from the order: unless the group file
-    // says otherwise, its member stops when removed (its calls then fail).
-    ecfg.rejoin = cfg.file.members[idx].rejoin.unwrap_or(false);
-    // A medium this build lacks (the library is built without DPDK, libibverbs and libbpf)
-    // is said by name here.
-    let opened =
-        conveyor_dataplane::transport::open(&cfg.transport_spec(idx)).map_err(|e| MqError {
-            errno: libc::EIO,
-            message: e.to_string(),
-        })?;
-    let transport = opened.transport;
-    let startup = ecfg.startup_timeout;
-    let max_payload = ecfg.proto.max_payload;
-    let me = ecfg.me;
-    let handle = EngineHandle::start(ecfg, transport, conveyor_dataplane::engine::Clock::new())
+    let mut handles = Vec::new();
+    let mut me = conveyor_core::types::MemberId(idx as u16);
+    let mut max_payload = usize::MAX;
+    for shard in 0..cfg.shard_count() {
+        let scfg = cfg.for_shard(shard);
+        let mut ecfg = scfg.engine_config(idx);
+        // This library takes only delivered assignments (not the speculation's effects).
+        ecfg.speculate = false;
+        // Nor does it push again what a removal kept from the order: unless the group file
+        // says otherwise, its member stops when removed (its calls then fail).
+        ecfg.rejoin = cfg.file.members[idx].rejoin.unwrap_or(false);
+        // A medium this build lacks (the library is built without DPDK, libibverbs and
+        // libbpf) is said by name here.
+        let opened =
+            conveyor_dataplane::transport::open(&scfg.transport_spec(idx)).map_err(|e| {
+                MqError {
+                    errno: libc::EIO,
+                    message: e.to_string(),
+                }
+            })?;
+        let startup = ecfg.startup_timeout;
+        max_payload = max_payload.min(ecfg.proto.max_payload);
+        me = ecfg.me;
+        let handle = EngineHandle::start(
+            ecfg,
+            opened.transport,
+            conveyor_dataplane::engine::Clock::new(),
+        )
         .map_err(|e| MqError {
             errno: libc::EIO,
             message: format!("member {member}: {e}"),
         })?;
-    handle.wait_ready(startup).map_err(|e| MqError {
-        errno: libc::EIO,
-        message: format!("member {member}: {e}"),
-    })?;
+        handle.wait_ready(startup).map_err(|e| MqError {
+            errno: libc::EIO,
+            message: format!("member {member}, shard {shard}: {e}"),
+        })?;
+        handles.push(handle);
+    }
+    let map = cfg.shard_map();
+    if handles.len() > 1 {
+        // The file's map in every shard (a shard that has it, or a newer one, ignores it),
+        // and this process's forwarders, for as long as it lives.
+        for (s, h) in handles.iter().enumerate() {
+            h.submit(&Op::ShardMap {
+                by: me,
+                me: ShardId(s as u16),
+                map: map.clone(),
+            })
+            .map_err(|e| MqError {
+                errno: libc::EIO,
+                message: e.to_string(),
+            })?;
+        }
+        let members: Vec<conveyor_dataplane::shard::ShardMember> = handles
+            .iter()
+            .enumerate()
+            .map(|(s, h)| conveyor_dataplane::shard::ShardMember {
+                shard: ShardId(s as u16),
+                me,
+                probe: h.probe(),
+                submitter: h.submitter(),
+            })
+            .collect();
+        let cfg = conveyor_core::shard::ForwarderConfig {
+            resend_after: Duration::from_millis(20),
+            ..Default::default()
+        };
+        let _ = std::thread::Builder::new()
+            .name("conveyor-mq-fwd".into())
+            .spawn(move || {
+                static NEVER: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                conveyor_dataplane::shard::Forwarders::new(members, cfg).run(
+                    &conveyor_dataplane::engine::Clock::new(),
+                    Duration::from_millis(1),
+                    &NEVER,
+                )
+            });
+    }
     // The largest payload: what one push carries once its own fields are encoded.
     let probe = Op::Push {
         pusher: me,
@@ -214,7 +274,8 @@ fn start_member(path: &std::path::Path, member: &str) -> Result<Client, MqError>
         .map(|d| d.as_micros() as u64)
         .unwrap_or(1);
     let c = Client {
-        handle,
+        handles,
+        map: Mutex::new((0, map)),
         me,
         // Unique across restarts of this member.
         next_id: AtomicU64::new(now),
@@ -229,20 +290,23 @@ fn start_member(path: &std::path::Path, member: &str) -> Result<Client, MqError>
 fn events_thread(c: &Arc<Client>) {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
-        let c = c.clone();
-        let _ = std::thread::Builder::new()
-            .name("conveyor-mq".into())
-            .spawn(move || c.events());
+        for shard in 0..c.handles.len() {
+            let c = c.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("conveyor-mq-{shard}"))
+                .spawn(move || c.events(shard));
+        }
     });
 }
 
 impl Client {
-    fn events(&self) {
+    /// Reads shard `shard`'s events.
+    fn events(&self, shard: usize) {
+        let handle = &self.handles[shard];
         loop {
-            let Some(Event { effect, .. }) = self.handle.next_event(Duration::from_millis(100))
-            else {
-                if self.handle.is_finished() {
-                    lock(&self.st).stopped = Some(self.handle.status());
+            let Some(Event { effect, .. }) = handle.next_event(Duration::from_millis(100)) else {
+                if handle.is_finished() {
+                    lock(&self.st).stopped = Some(handle.status());
                     self.changed.notify_all();
                     return;
                 }
@@ -269,13 +333,13 @@ impl Client {
                     };
                     if reading {
                         if let Some(l) = st.queues.get_mut(&req.queue) {
-                            l.fetched.push_back(req);
+                            l.fetched.push_back((shard, req));
                             l.ready.wake();
                         }
                     } else {
                         // Nobody reads it here any more: back to the tail of its queue.
                         drop(st);
-                        self.put_back(req);
+                        self.put_back(shard, req);
                         continue;
                     }
                 }
@@ -289,11 +353,12 @@ impl Client {
         }
     }
 
-    /// Completes a fetched message with itself as the continuation: it goes back to its queue.
-    fn put_back(&self, req: Request) {
+    /// Completes a fetched message (assigned by shard `shard`) with itself as the
+    /// continuation: it goes back to its queue.
+    fn put_back(&self, shard: usize, req: Request) {
         let mut again = req.clone();
         again.instance = 0;
-        let _ = self.handle.submit(&Op::Complete {
+        let _ = self.handles[shard].submit(&Op::Complete {
             consumer: self.me,
             id: req.id,
             instance: req.instance,
@@ -306,11 +371,57 @@ impl Client {
         });
     }
 
-    fn submit(&self, op: &Op) -> Result<(), MqError> {
-        self.handle.submit(op).map_err(|e| MqError {
+    /// Submits `op` to shard `shard`.
+    fn submit_to(&self, shard: usize, op: &Op) -> Result<(), MqError> {
+        self.handles[shard].submit(op).map_err(|e| MqError {
             errno: libc::EIO,
             message: e.to_string(),
         })
+    }
+
+    /// The shard owning `queue` (0 without shards), by the newest map every shard applied
+    /// (read at most a hundred times a second). When that map changes, the credits out for
+    /// queues are asked again (in their owner now): one left in a shard no longer owning its
+    /// queue finds nothing there.
+    fn owner(&self, queue: &str) -> usize {
+        if self.handles.len() < 2 {
+            return 0;
+        }
+        let changed = {
+            let Ok(mut m) = self.map.lock() else {
+                return 0;
+            };
+            let now = self.handles[0].clock().now_us();
+            let mut changed = false;
+            if now >= m.0 + 10_000 {
+                m.0 = now;
+                let maps: Vec<Option<ShardMap>> = self
+                    .handles
+                    .iter()
+                    .map(|h| h.probe().shards().map(|x| x.map().clone()))
+                    .collect();
+                if let Some(Some(first)) = maps.first() {
+                    if first.version > m.1.version
+                        && maps
+                            .iter()
+                            .all(|x| x.as_ref().is_some_and(|x| x.version >= first.version))
+                    {
+                        m.1 = first.clone();
+                        changed = true;
+                    }
+                }
+            }
+            let k = usize::from(m.1.owner(queue).0).min(self.handles.len() - 1);
+            (changed, k)
+        };
+        if changed.0 {
+            if let Ok(mut st) = self.st.try_lock() {
+                for l in st.queues.values_mut() {
+                    l.credit_out = false;
+                }
+            }
+        }
+        changed.1
     }
 
     /// Asks for one message of `queue` if none is fetched or asked for.
@@ -320,17 +431,20 @@ impl Client {
         };
         if l.readers > 0 && !l.credit_out && l.fetched.is_empty() {
             l.credit_out = true;
-            self.submit(&Op::ReadyFor {
-                consumer: self.me,
-                queue: queue.to_string(),
-                credits: 1,
-            })?;
+            self.submit_to(
+                self.owner(queue),
+                &Op::ReadyFor {
+                    consumer: self.me,
+                    queue: queue.to_string(),
+                    credits: 1,
+                },
+            )?;
         }
         Ok(())
     }
 
     fn spec(&self, queue: &str) -> Option<(QueueSpec, usize)> {
-        let live = self.handle.probe().live();
+        let live = self.handles[self.owner(queue)].probe().live();
         let i = live.specs.iter().position(|s| s.name == queue)?;
         let depth = live
             .queues
@@ -456,13 +570,20 @@ pub fn open(name: &str, oflag: i32, attr: Option<Attr>) -> Result<i32, MqError> 
             Some(a) => a.maxmsg as u32,
             None => DEFAULT_MAXMSG,
         };
-        c.submit(&Op::Create(QueueSpec {
-            name: queue.clone(),
-            capacity: maxmsg,
-            order: Order::Fifo,
-            on_full: OnFull::Block,
-            durability: Default::default(),
-        }))?;
+        // In every shard: the one owning it takes its messages; another holds its settings
+        // for when the map gives it the queue.
+        for shard in 0..c.handles.len() {
+            c.submit_to(
+                shard,
+                &Op::Create(QueueSpec {
+                    name: queue.clone(),
+                    capacity: maxmsg,
+                    order: Order::Fifo,
+                    on_full: OnFull::Block,
+                    durability: Default::default(),
+                }),
+            )?;
+        }
     }
     // A queue just created (here or by another member) shows within a publication.
     let within = if create {
@@ -532,7 +653,7 @@ pub fn close(mqd: i32) -> Result<(), MqError> {
     })?;
     if d.read {
         let c = client()?;
-        let back: Vec<Request> = {
+        let back: Vec<(usize, Request)> = {
             let mut st = lock(&c.st);
             match st.queues.get_mut(&d.queue) {
                 Some(l) => {
@@ -548,8 +669,8 @@ pub fn close(mqd: i32) -> Result<(), MqError> {
                 None => Vec::new(),
             }
         };
-        for r in back {
-            c.put_back(r);
+        for (shard, r) in back {
+            c.put_back(shard, r);
         }
     }
     Ok(())
@@ -587,11 +708,14 @@ pub fn send(mqd: i32, msg: &[u8], prio: u32, deadline: Option<SystemTime>) -> Re
         // A blocking send without a deadline waits in the group's order for room; the others
         // must not leave a push behind them, so they are refused when the queue is full.
         let wait_in_group = !d.nonblock && deadline.is_none();
-        c.submit(&if wait_in_group {
-            Op::Push { pusher: c.me, req }
-        } else {
-            Op::TryPush { pusher: c.me, req }
-        })?;
+        c.submit_to(
+            c.owner(&d.queue),
+            &if wait_in_group {
+                Op::Push { pusher: c.me, req }
+            } else {
+                Op::TryPush { pusher: c.me, req }
+            },
+        )?;
         match c.fate(id, None)? {
             Fate::Accepted => return Ok(()),
             Fate::Rejected(RejectReason::Full) if d.nonblock => {
@@ -641,7 +765,7 @@ pub fn receive(
         let Some(l) = st.queues.get_mut(&d.queue) else {
             return fail(libc::EBADF, "the queue is not open here");
         };
-        if let Some(next) = l.fetched.front() {
+        if let Some((_, next)) = l.fetched.front() {
             if next.payload.len() > capacity {
                 return fail(
                     libc::EMSGSIZE,
@@ -651,7 +775,7 @@ pub fn receive(
                     ),
                 );
             }
-            let req = l.fetched.pop_front().ok_or(MqError {
+            let (shard, req) = l.fetched.pop_front().ok_or(MqError {
                 errno: libc::EIO,
                 message: "no message".into(),
             })?;
@@ -662,18 +786,21 @@ pub fn receive(
                 c.want(&mut st, &d.queue)?;
             }
             drop(st);
-            // Taken: it leaves the group's in-flight set.
-            c.submit(&Op::Complete {
-                consumer: c.me,
-                id: req.id,
-                instance: req.instance,
-                step: req.step.clone(),
-                outputs: Vec::new(),
-                result: None,
-                reply: None,
-                meta: req.meta,
-                credits: 0,
-            })?;
+            // Taken: it leaves the in-flight set of the shard that assigned it.
+            c.submit_to(
+                shard,
+                &Op::Complete {
+                    consumer: c.me,
+                    id: req.id,
+                    instance: req.instance,
+                    step: req.step.clone(),
+                    outputs: Vec::new(),
+                    result: None,
+                    reply: None,
+                    meta: req.meta,
+                    credits: 0,
+                },
+            )?;
             let prio = req
                 .step
                 .strip_prefix('p')

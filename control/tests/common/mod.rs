@@ -240,3 +240,26 @@ pub fn redis_server() -> RedisServer {
     }
     s
 }
+
+/// `n` consecutive free UDP ports on loopback (the first one's number): a sharded group's
+/// members on loopback, shard `s` of member `i` at `first + i + s * members`.
+#[allow(dead_code)]
+pub fn free_udp_block(n: u16) -> u16 {
+    for _ in 0..200 {
+        let base = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if u32::from(base) + u32::from(n) > 65_535 {
+            continue;
+        }
+        let all: std::io::Result<Vec<_>> = (0..n)
+            .map(|k| std::net::UdpSocket::bind(("127.0.0.1", base + k)))
+            .collect();
+        if all.is_ok() {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free UDP ports");
+}
