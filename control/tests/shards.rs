@@ -51,6 +51,26 @@ fn two_shards_on_loopback_with_a_queue_moved_mid_run() {
 }
 
 #[test]
+fn an_invoker_joins_every_shard_mid_run_and_works_in_them() {
+    let r = bench(&[
+        "--chain",
+        "3",
+        "--shards",
+        "2",
+        "--invokers",
+        "3",
+        "--fault",
+        "join:invoker-2@0.05",
+    ]);
+    exactly_once(&r, 1500);
+    // What it says it executed, over both shards (the bench reads the invokers' logs).
+    assert!(
+        r["per_invoker"]["invoker-2"].as_u64().unwrap_or(0) > 0,
+        "{r}"
+    );
+}
+
+#[test]
 fn bad_shard_options_are_refused_before_anything_runs() {
     for (args, says) in [
         (vec!["--shards", "0"], "--shards"),
@@ -65,6 +85,10 @@ fn bad_shard_options_are_refused_before_anything_runs() {
             "not a shard",
         ),
         (vec!["--fault", "move:bench.f1@1"], "--shards 2"),
+        (
+            vec!["--shards", "2", "--durable", "--fault", "kill:all@1"],
+            "kill:all",
+        ),
     ] {
         let mut all = vec!["bench", "--duration", "1"];
         all.extend(args.iter().copied());
