@@ -17,11 +17,27 @@
 //! whole cross-shard state (outboxes included) each time.
 
 use crate::engine::{Bell, Clock, Probe, Submitter};
-use conveyor_core::shard::{Forwarder, ForwarderConfig, ForwarderStats, Forwarding, ShardId};
+use conveyor_core::shard::{
+    Forwarder, ForwarderConfig, ForwarderStats, Forwarding, ShardId, ShardMap,
+};
 use conveyor_core::types::{Instant, MemberId};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// The newest shard map every one of `probes` (this process's members of each shard) has
+/// applied: what to route pushes by (a shard that has not applied it yet would pass a push
+/// back). None until every shard has one.
+pub fn applied_map(probes: impl IntoIterator<Item = Probe>) -> Option<ShardMap> {
+    let mut oldest: Option<ShardMap> = None;
+    for p in probes {
+        let m = p.shards()?.map().clone();
+        if oldest.as_ref().is_none_or(|o| m.version < o.version) {
+            oldest = Some(m);
+        }
+    }
+    oldest
+}
 
 /// This process's member of one shard.
 #[derive(Clone, Debug)]

@@ -395,20 +395,12 @@ impl Client {
             let mut changed = false;
             if now >= m.0 + 10_000 {
                 m.0 = now;
-                let maps: Vec<Option<ShardMap>> = self
-                    .handles
-                    .iter()
-                    .map(|h| h.probe().shards().map(|x| x.map().clone()))
-                    .collect();
-                if let Some(Some(first)) = maps.first() {
-                    if first.version > m.1.version
-                        && maps
-                            .iter()
-                            .all(|x| x.as_ref().is_some_and(|x| x.version >= first.version))
-                    {
-                        m.1 = first.clone();
-                        changed = true;
-                    }
+                let probes = self.handles.iter().map(|h| h.probe());
+                if let Some(newer) = conveyor_dataplane::shard::applied_map(probes)
+                    .filter(|x| x.version > m.1.version)
+                {
+                    m.1 = newer;
+                    changed = true;
                 }
             }
             let k = usize::from(m.1.owner(queue).0).min(self.handles.len() - 1);

@@ -862,19 +862,11 @@ fn owner<'a>(s: &'a Shared, queue: &str) -> (usize, &'a EngineHandle) {
     let now = s.handle.clock().now_us();
     if now >= m.0 + 10_000 {
         m.0 = now;
-        let maps: Vec<Option<ShardMap>> = s
-            .shards
-            .iter()
-            .map(|h| h.probe().shards().map(|x| x.map().clone()))
-            .collect();
-        if let Some(Some(first)) = maps.first() {
-            if first.version > m.1.version
-                && maps
-                    .iter()
-                    .all(|x| x.as_ref().is_some_and(|x| x.version >= first.version))
-            {
-                m.1 = first.clone();
-            }
+        if let Some(newer) =
+            conveyor_dataplane::shard::applied_map(s.shards.iter().map(|h| h.probe()))
+                .filter(|x| x.version > m.1.version)
+        {
+            m.1 = newer;
         }
     }
     let k = usize::from(m.1.owner(queue).0).min(s.shards.len() - 1);

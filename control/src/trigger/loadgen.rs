@@ -9,6 +9,7 @@ use conveyor_core::queue::{Effect, Meta, Op};
 use conveyor_core::shard::{ShardId, ShardMap};
 use conveyor_core::types::RequestId;
 use conveyor_dataplane::engine::{EngineHandle, Event};
+use conveyor_dataplane::shard::applied_map;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -82,19 +83,10 @@ impl Router {
             return;
         }
         self.read_at = now_us;
-        let maps: Vec<Option<ShardMap>> = handles
-            .iter()
-            .map(|h| h.probe().shards().map(|s| s.map().clone()))
-            .collect();
-        let Some(Some(first)) = maps.first() else {
-            return;
-        };
-        if first.version > self.map.version
-            && maps
-                .iter()
-                .all(|m| m.as_ref().is_some_and(|m| m.version >= first.version))
-        {
-            self.map = first.clone();
+        if let Some(m) = applied_map(handles.iter().map(|h| h.probe())) {
+            if m.version > self.map.version {
+                self.map = m;
+            }
         }
     }
 }
