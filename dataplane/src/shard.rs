@@ -16,7 +16,7 @@
 //! its [`Bell`], or its next timer, or `idle` at most. Known cost: an engine republishes its
 //! whole cross-shard state (outboxes included) each time.
 
-use crate::engine::{Bell, Clock, Probe, Submitter};
+use crate::engine::{Bell, Clock, EngineError, EngineHandle, Probe, Submitter};
 use conveyor_core::shard::{
     Forwarder, ForwarderConfig, ForwarderStats, Forwarding, ShardId, ShardMap,
 };
@@ -37,6 +37,24 @@ pub fn applied_map(probes: impl IntoIterator<Item = Probe>) -> Option<ShardMap> 
         }
     }
     oldest
+}
+
+/// Submits `map` in every shard, through this process's member of each (`handles[s]` is its
+/// member of shard `s`). A shard that has applied this version or a newer one ignores it; the
+/// shards apply it each at its own position, and routing follows it once all have
+/// ([`applied_map`]).
+pub fn submit_map<'a>(
+    handles: impl IntoIterator<Item = &'a EngineHandle>,
+    map: &ShardMap,
+) -> Result<(), EngineError> {
+    for (s, h) in handles.into_iter().enumerate() {
+        h.submit(&conveyor_core::queue::Op::ShardMap {
+            by: h.me(),
+            me: ShardId(s as u16),
+            map: map.clone(),
+        })?;
+    }
+    Ok(())
 }
 
 /// This process's member of one shard.

@@ -210,17 +210,10 @@ fn start_member(path: &std::path::Path, member: &str) -> Result<Client, MqError>
     if handles.len() > 1 {
         // The file's map in every shard (a shard that has it, or a newer one, ignores it),
         // and this process's forwarders, for as long as it lives.
-        for (s, h) in handles.iter().enumerate() {
-            h.submit(&Op::ShardMap {
-                by: me,
-                me: ShardId(s as u16),
-                map: map.clone(),
-            })
-            .map_err(|e| MqError {
-                errno: libc::EIO,
-                message: e.to_string(),
-            })?;
-        }
+        conveyor_dataplane::shard::submit_map(&handles, &map).map_err(|e| MqError {
+            errno: libc::EIO,
+            message: e.to_string(),
+        })?;
         let members: Vec<conveyor_dataplane::shard::ShardMember> = handles
             .iter()
             .enumerate()

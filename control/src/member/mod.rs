@@ -356,22 +356,7 @@ pub fn run(
                 handle.join();
                 return Ok(());
             };
-            let spec: WorkloadSpec = serde_json::from_str(
-                &std::fs::read_to_string(wpath)
-                    .with_context(|| format!("reading {}", wpath.display()))?,
-            )
-            .with_context(|| format!("parsing {}", wpath.display()))?;
-            let pipeline = cfg
-                .pipelines
-                .iter()
-                .find(|p| p.name == spec.pipeline)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "{}: no pipeline named {:?} in the group configuration",
-                        wpath.display(),
-                        spec.pipeline
-                    )
-                })?;
+            let (spec, pipeline) = load_workload(&cfg, wpath)?;
             let names: Vec<String> = cfg.file.members.iter().map(|m| m.name.clone()).collect();
             let mut rep = run_trigger(&[&handle], &cfg.shard_map(), pipeline, &spec, &names)?;
             handle.submit(&Op::Shutdown { by: handle.me() })?;
@@ -387,14 +372,41 @@ pub fn run(
             rep.retransmitted_slots = er.proto.retransmitted_slots;
             rep.dropped_frames = er.proto.dropped_total();
             rep.max_batch = er.proto.max_batch;
-            let json = serde_json::to_string_pretty(&rep)?;
-            match report {
-                Some(p) => {
-                    std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?
-                }
-                None => println!("{json}"),
-            }
+            write_report(report, &rep)?;
         }
+    }
+    Ok(())
+}
+
+/// A trigger's workload file (JSON, see `WorkloadSpec`) and the group's pipeline it names.
+fn load_workload<'a>(
+    cfg: &'a GroupConfig,
+    path: &Path,
+) -> Result<(WorkloadSpec, &'a conveyor_core::pipeline::Pipeline)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let spec: WorkloadSpec =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let pipeline = cfg
+        .pipelines
+        .iter()
+        .find(|p| p.name == spec.pipeline)
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: no pipeline named {:?} in the group configuration",
+                path.display(),
+                spec.pipeline
+            )
+        })?;
+    Ok((spec, pipeline))
+}
+
+/// A trigger's run report, as pretty JSON, to `report` or else to stdout.
+fn write_report<T: serde::Serialize>(report: Option<&Path>, rep: &T) -> Result<()> {
+    let json = serde_json::to_string_pretty(rep)?;
+    match report {
+        Some(p) => std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?,
+        None => println!("{json}"),
     }
     Ok(())
 }

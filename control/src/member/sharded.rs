@@ -19,7 +19,7 @@ use super::{
 };
 use crate::config::{Executor, GroupConfig, Role};
 use crate::trigger::gateway::Gateway;
-use crate::trigger::loadgen::{run_trigger, WorkloadSpec};
+use crate::trigger::loadgen::run_trigger;
 use anyhow::{anyhow, Context, Result};
 use conveyor_core::queue::{Effect, Op};
 use conveyor_core::shard::{ForwarderConfig, ShardId};
@@ -280,18 +280,14 @@ fn trigger(
 ) -> Result<()> {
     let map = cfg.shard_map();
     let Some(wpath) = workload else {
-        for (s, sh) in shards.iter().enumerate() {
+        for sh in shards {
             for p in &cfg.pipelines {
                 for q in p.queue_specs() {
                     sh.handle.submit(&Op::Create(q))?;
                 }
             }
-            sh.handle.submit(&Op::ShardMap {
-                by: sh.handle.me(),
-                me: ShardId(s as u16),
-                map: map.clone(),
-            })?;
         }
+        conveyor_dataplane::shard::submit_map(shards.iter().map(|sh| &*sh.handle), &map)?;
         if let Some(gw) = &cfg.file.members[idx].gateway {
             let handles: Vec<Arc<EngineHandle>> = shards.iter().map(|s| s.handle.clone()).collect();
             let g = Gateway::start_sharded(
@@ -331,21 +327,7 @@ fn trigger(
         }
         return Ok(());
     };
-    let spec: WorkloadSpec = serde_json::from_str(
-        &std::fs::read_to_string(wpath).with_context(|| format!("reading {}", wpath.display()))?,
-    )
-    .with_context(|| format!("parsing {}", wpath.display()))?;
-    let pipeline = cfg
-        .pipelines
-        .iter()
-        .find(|p| p.name == spec.pipeline)
-        .ok_or_else(|| {
-            anyhow!(
-                "{}: no pipeline named {:?} in the group configuration",
-                wpath.display(),
-                spec.pipeline
-            )
-        })?;
+    let (spec, pipeline) = super::load_workload(cfg, wpath)?;
     let names: Vec<String> = cfg.file.members.iter().map(|m| m.name.clone()).collect();
     let engines: Vec<&EngineHandle> = shards.iter().map(|s| &*s.handle).collect();
     let rep = run_trigger(&engines, &map, pipeline, &spec, &names)?;
@@ -353,12 +335,7 @@ fn trigger(
         sh.handle.submit(&Op::Shutdown { by: sh.handle.me() })?;
     }
     tracing::info!("member {member}: the run is over; every shard shuts down");
-    let json = serde_json::to_string_pretty(&rep)?;
-    match report {
-        Some(p) => std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?,
-        None => println!("{json}"),
-    }
-    Ok(())
+    super::write_report(report, &rep)
 }
 
 /// SIGTERM and SIGINT: the member leaves every shard's group; where a shard cannot let it go

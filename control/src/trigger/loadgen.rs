@@ -375,14 +375,8 @@ pub fn run_trigger(
         }
     }
     if handles.len() > 1 {
-        for (s, h) in handles.iter().enumerate() {
-            h.submit(&Op::ShardMap {
-                by: me,
-                me: ShardId(s as u16),
-                map: map.clone(),
-            })
+        conveyor_dataplane::shard::submit_map(handles.iter().copied(), map)
             .context("submitting the shard map")?;
-        }
     }
     let mut router = Router {
         map: map.clone(),
@@ -707,13 +701,7 @@ fn submit_moves(
         if since_us < *at {
             break;
         }
-        for (s, h) in handles.iter().enumerate() {
-            h.submit(&Op::ShardMap {
-                by: h.me(),
-                me: ShardId(s as u16),
-                map: m.clone(),
-            })?;
-        }
+        conveyor_dataplane::shard::submit_map(handles.iter().copied(), m)?;
         tracing::info!(version = m.version, "fault: the shard map moves a queue");
         *moved += 1;
     }
