@@ -690,8 +690,15 @@ fn kill_all_and_restart(l: &Launcher<'_>, members: &mut Members) -> Result<u64> 
     kills.push_str(&format!("{at}\n"));
     std::fs::write(l.dir.join("kills"), kills)?;
     for name in &l.run.tears {
-        let torn = tear_log(&l.dir.join("data").join(name))?;
-        eprintln!("kill:all: {name}'s log torn: {}", torn.display());
+        // Every shard's log (shard s > 0 keeps its own in data/NAME/shard-s).
+        for s in 0..l.run.shards.max(1) {
+            let mut dir = l.dir.join("data").join(name);
+            if s > 0 {
+                dir = dir.join(format!("shard-{s}"));
+            }
+            let torn = tear_log(&dir)?;
+            eprintln!("kill:all: {name}'s log torn: {}", torn.display());
+        }
     }
     let names: Vec<String> = members.children.drain(..).map(|(n, _)| n).collect();
     // Invokers first, the trigger last (as at the start).

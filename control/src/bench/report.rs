@@ -303,7 +303,14 @@ pub(super) fn print_summary(r: &TriggerReport, burst: bool) {
             )
         })
         .collect();
-    eprintln!("invoker shares: {}", shares.join(", "));
+    // A sharded run's counts are the invokers' own, logged when they stop: a member killed
+    // by SIGKILL never logs its count, so after kill:all only the last incarnation's show.
+    let since = if r.shards > 1 && r.restarts > 0 {
+        " (counted by the invokers since the group's last restart)"
+    } else {
+        ""
+    };
+    eprintln!("invoker shares: {}{since}", shares.join(", "));
     if !r.views.is_empty() {
         let ids: Vec<String> = r.views.iter().map(|v| v.0.to_string()).collect();
         eprintln!(

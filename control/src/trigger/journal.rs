@@ -4,21 +4,26 @@
 //! of the run once.
 //!
 //! One line per fact, written before the fact can matter: a request's line (`S`) before it
-//! is submitted (a request the journal does not name was never submitted, so it is sent as
-//! new; a request it names is never sent twice under another id), each event heard (`E`:
-//! completions, failures, refusals, re-queues, views; with its engine timestamp) once it is
-//! taken from the ring, and how far the engine had told this member the ends of its runs
-//! (`T`, [`EngineHandle::told_through`]) once the events up to it are written. Lines go to
-//! the kernel at once (no buffer in the process), so a SIGKILL loses none; a line torn by a
-//! crash of the machine itself is the journal's last, and is ignored.
+//! is submitted, with the shard it is submitted to (a request the journal does not name was
+//! never submitted, so it is sent as new; a request it names is never sent twice under another
+//! id), each event heard (`E`: completions, failures, refusals, re-queues, views; with its
+//! engine timestamp) once it is taken from the ring, and how far each shard's engine had told
+//! this member the ends of its runs (`T`, [`EngineHandle::told_through`]) once the events up to
+//! it are written. Lines go to the kernel at once (no buffer in the process), so a SIGKILL
+//! loses none; a line torn by a crash of the machine itself is the journal's last, and is
+//! ignored.
 //!
-//! Restarted, the trigger replays the journal into its tally, and asks its engine
-//! ([`EngineHandle::resume`]) to tell it the ends after the last `T` and to push again those of
-//! its unanswered requests that never reached the order.
+//! Restarted, the trigger replays the journal into its tally, and asks each shard's engine
+//! ([`EngineHandle::resume`]) to tell it the ends after that shard's last `T` and to push again
+//! those of the unanswered requests it submitted there that never reached the order. A run's
+//! end is told in the shard it was submitted to (its origin shard: an end in another shard is
+//! forwarded back there, and a run away in another shard counts as held; see
+//! `conveyor_core::shard`), so each shard answers for its own.
 
 use anyhow::{Context, Result};
 use conveyor_core::queue::Effect;
 use conveyor_dataplane::engine::{EngineHandle, Event};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -27,12 +32,12 @@ use std::path::Path;
 pub struct Replayed {
     /// When the run's load started (CLOCK_MONOTONIC us), if it had.
     pub start_us: Option<u64>,
-    /// Requests sent: (index, intended send time, submitted at).
-    pub sent: Vec<(u64, u64, u64)>,
+    /// Requests sent: (index, intended send time, submitted at, shard submitted to).
+    pub sent: Vec<(u64, u64, u64, u16)>,
     /// Events heard, in order.
     pub events: Vec<Event>,
-    /// The last position the engine had told this member through.
-    pub told_through: Option<u64>,
+    /// Per shard, the last position its engine had told this member through.
+    pub told_through: BTreeMap<u16, u64>,
     /// Times the trigger restarted before this one.
     pub restarts: u64,
 }
@@ -42,7 +47,7 @@ pub struct Replayed {
 pub struct Journal {
     file: std::fs::File,
     line: Vec<u8>,
-    told: Option<u64>,
+    told: BTreeMap<u16, u64>,
 }
 
 impl Journal {
@@ -73,7 +78,7 @@ impl Journal {
         let mut j = Journal {
             file,
             line: Vec::new(),
-            told: replayed.told_through,
+            told: replayed.told_through.clone(),
         };
         if replayed.start_us.is_some() {
             j.write(format_args!("R\n"))?;
@@ -94,9 +99,9 @@ impl Journal {
         self.write(format_args!("B {start_us}\n"))
     }
 
-    /// Request `i` is about to be submitted.
-    pub fn sent(&mut self, i: u64, intended: u64, submitted: u64) -> Result<()> {
-        self.write(format_args!("S {i} {intended} {submitted}\n"))
+    /// Request `i` is about to be submitted to `shard` (0 for a group of one shard).
+    pub fn sent(&mut self, i: u64, intended: u64, submitted: u64, shard: u16) -> Result<()> {
+        self.write(format_args!("S {i} {intended} {submitted} {shard}\n"))
     }
 
     /// An event was taken from the ring (those the tally counts are kept; a result's bytes
@@ -119,19 +124,26 @@ impl Journal {
         self.write(format_args!("E {} {json}\n", ev.at_us))
     }
 
-    /// `told` was read before the events just written were drained: every end up to it has
-    /// been heard (and written).
-    pub fn told_through(&mut self, told: Option<u64>) -> Result<()> {
-        if told.is_some() && told != self.told {
-            self.told = told;
-            self.write(format_args!("T {}\n", told.unwrap_or(0)))?;
+    /// `told` (of `shard`'s engine) was read before the events just written were drained:
+    /// every end up to it has been heard (and written).
+    pub fn told_through(&mut self, shard: u16, told: Option<u64>) -> Result<()> {
+        if let Some(t) = told {
+            if self.told.get(&shard) != Some(&t) {
+                self.told.insert(shard, t);
+                self.write(format_args!("T {shard} {t}\n"))?;
+            }
         }
         Ok(())
     }
 
-    /// Drains the engine's events into `on` (the tally), journalling each, and notes how far
-    /// the engine had told this member.
-    pub fn drain(&mut self, handle: &EngineHandle, mut on: impl FnMut(Event)) -> Result<bool> {
+    /// Drains `shard`'s engine's events into `on` (the tally), journalling each, and notes how
+    /// far the engine had told this member.
+    pub fn drain(
+        &mut self,
+        shard: u16,
+        handle: &EngineHandle,
+        mut on: impl FnMut(Event),
+    ) -> Result<bool> {
         let told = handle.told_through();
         let mut any = false;
         while let Some(ev) = handle.try_event() {
@@ -139,7 +151,7 @@ impl Journal {
             on(ev);
             any = true;
         }
-        self.told_through(told)?;
+        self.told_through(shard, told)?;
         Ok(any)
     }
 }
@@ -156,8 +168,9 @@ impl Replayed {
             "B" => self.start_us = Some(num(Some(rest))?),
             "S" => {
                 let mut w = rest.split(' ');
-                self.sent
-                    .push((num(w.next())?, num(w.next())?, num(w.next())?));
+                let (i, intended, submitted) = (num(w.next())?, num(w.next())?, num(w.next())?);
+                let shard = u16::try_from(num(w.next())?).context("not a shard")?;
+                self.sent.push((i, intended, submitted, shard));
             }
             "E" => {
                 let (at, json) = rest.split_once(' ').context("an event without its time")?;
@@ -166,7 +179,11 @@ impl Replayed {
                     effect: serde_json::from_str(json)?,
                 });
             }
-            "T" => self.told_through = Some(num(Some(rest))?),
+            "T" => {
+                let mut w = rest.split(' ');
+                let shard = u16::try_from(num(w.next())?).context("not a shard")?;
+                self.told_through.insert(shard, num(w.next())?);
+            }
             "R" => self.restarts += 1,
             other => anyhow::bail!("unknown line kind {other:?}"),
         }
@@ -189,8 +206,8 @@ mod tests {
         let (mut j, r) = Journal::open(&path).unwrap();
         assert!(r.start_us.is_none() && r.sent.is_empty());
         j.started(100).unwrap();
-        j.sent(0, 100, 105).unwrap();
-        j.sent(1, 100, 107).unwrap();
+        j.sent(0, 100, 105, 0).unwrap();
+        j.sent(1, 100, 107, 1).unwrap();
         let done = Event {
             at_us: 900,
             effect: Effect::Completed {
@@ -212,20 +229,21 @@ mod tests {
             },
         })
         .unwrap();
-        j.told_through(Some(42)).unwrap();
-        j.told_through(Some(42)).unwrap();
-        j.told_through(None).unwrap();
+        j.told_through(0, Some(42)).unwrap();
+        j.told_through(0, Some(42)).unwrap();
+        j.told_through(0, None).unwrap();
+        j.told_through(1, Some(9)).unwrap();
         drop(j);
         // A crash tore the next line.
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .unwrap();
-        f.write_all(b"S 2 100 1").unwrap();
+        f.write_all(b"S 2 100 1 0").unwrap();
         drop(f);
         let (_, r) = Journal::open(&path).unwrap();
         assert_eq!(r.start_us, Some(100));
-        assert_eq!(r.sent, vec![(0, 100, 105), (1, 100, 107)]);
+        assert_eq!(r.sent, vec![(0, 100, 105, 0), (1, 100, 107, 1)]);
         assert_eq!(r.events.len(), 1, "only what the tally counts");
         assert_eq!(r.events[0].at_us, 900);
         assert!(matches!(
@@ -236,10 +254,10 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(r.told_through, Some(42));
+        assert_eq!(r.told_through, BTreeMap::from([(0, 42), (1, 9)]));
         assert_eq!(r.restarts, 0);
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text.matches("T 42").count(), 1);
+        assert_eq!(text.matches("T 0 42").count(), 1);
         let (_, r) = Journal::open(&path).unwrap();
         assert_eq!(r.restarts, 1, "the second open was a restart");
         let _ = std::fs::remove_dir_all(&dir);

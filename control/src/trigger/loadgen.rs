@@ -363,9 +363,6 @@ pub fn run_trigger(
     let me = handle.me();
     let clock = handle.clock();
     conveyor_dataplane::sys::set_timer_slack_ns(1000);
-    if handles.len() > 1 && spec.journal.is_some() {
-        bail!("a sharded trigger keeps no journal yet (kill:all is not run with shards)");
-    }
     if !spec.moves.is_empty() && handles.len() < 2 {
         bail!("moving a queue to another shard needs a sharded group");
     }
@@ -475,7 +472,7 @@ pub fn run_trigger(
     // engine is told what this trigger still waits for (see `trigger::journal`).
     let mut sent = 0u64;
     if resumed {
-        for &(i, intended, submitted) in &replayed.sent {
+        for &(i, intended, submitted, _) in &replayed.sent {
             if let Some(slot) = t.sent_at.get_mut(i as usize) {
                 *slot = intended;
                 t.submitted_at[i as usize] = submitted;
@@ -485,22 +482,32 @@ pub fn run_trigger(
         for ev in replayed.events {
             t.on(ev);
         }
-        let unanswered: std::collections::BTreeMap<RequestId, Vec<u8>> = replayed
-            .sent
-            .iter()
-            .filter(|(i, ..)| t.finals.get(*i as usize) == Some(&0))
-            .map(|&(i, intended, submitted)| {
-                (RequestId::new(me, i), push(i, intended, submitted).encode())
-            })
-            .collect();
+        // Each shard answers for the runs submitted to it (their origin shard).
+        let mut unanswered: Vec<BTreeMap<RequestId, Vec<u8>>> =
+            vec![BTreeMap::new(); handles.len()];
+        for &(i, intended, submitted, shard) in &replayed.sent {
+            if t.finals.get(i as usize) != Some(&0) {
+                continue;
+            }
+            let Some(u) = unanswered.get_mut(shard as usize) else {
+                bail!(
+                    "the journal says request {i} went to shard {shard}; this trigger has {}",
+                    handles.len()
+                );
+            };
+            u.insert(RequestId::new(me, i), push(i, intended, submitted).encode());
+        }
         tracing::warn!(
             restarts = replayed.restarts + 1,
             sent,
             completed = t.completed,
-            waiting = unanswered.len(),
+            waiting = unanswered.iter().map(|u| u.len()).sum::<usize>(),
             "the trigger restarted mid-run: picking the run up from its journal"
         );
-        handle.resume(replayed.told_through.unwrap_or(0), unanswered);
+        for (s, (h, u)) in handles.iter().zip(unanswered).enumerate() {
+            let since = replayed.told_through.get(&(s as u16)).copied().unwrap_or(0);
+            h.resume(since, u);
+        }
     } else {
         ears.started(start)?;
         if let Some(f) = &spec.start_file {
@@ -540,12 +547,13 @@ pub fn run_trigger(
                 clock.now_us().saturating_sub(start),
             )?;
             router.refresh(handles, clock.now_us());
-            let handle = &handles[router.shard().min(handles.len() - 1)];
+            let shard = router.shard().min(handles.len() - 1);
+            let handle = &handles[shard];
             let submitted = clock.now_us();
             t.sent_at[i as usize] = intended;
             t.submitted_at[i as usize] = submitted;
             let op = push(i, intended, submitted);
-            ears.sent(i, intended, submitted)?;
+            ears.sent(i, intended, submitted, shard as u16)?;
             while !handle.try_submit(&op)? {
                 // Backpressure: the ring is full. Collect completions, then sleep rather than spin:
                 // on a small machine this thread's spinning would take a core from the members.
@@ -737,8 +745,13 @@ impl Ears {
     }
     fn drain(&mut self, handles: &[&EngineHandle], mut on: impl FnMut(Event)) -> Result<bool> {
         match &mut self.journal {
-            // One engine (checked at the start).
-            Some(j) => j.drain(handles[0], on),
+            Some(j) => {
+                let mut any = false;
+                for (s, h) in handles.iter().enumerate() {
+                    any |= j.drain(s as u16, h, &mut on)?;
+                }
+                Ok(any)
+            }
             None => {
                 let mut any = false;
                 for h in handles {
@@ -756,9 +769,9 @@ impl Ears {
             .as_mut()
             .map_or(Ok(()), |j| j.started(start_us))
     }
-    fn sent(&mut self, i: u64, intended: u64, submitted: u64) -> Result<()> {
+    fn sent(&mut self, i: u64, intended: u64, submitted: u64, shard: u16) -> Result<()> {
         self.journal
             .as_mut()
-            .map_or(Ok(()), |j| j.sent(i, intended, submitted))
+            .map_or(Ok(()), |j| j.sent(i, intended, submitted, shard))
     }
 }

@@ -337,6 +337,81 @@ impl Shards {
     pub fn waiting(&self) -> usize {
         self.outbox.values().map(|o| o.entries.len()).sum()
     }
+
+    /// What a forwarder acts on: each outbox's last sequence number and each inbox's watermark.
+    pub fn marks(&self) -> Marks {
+        Marks {
+            outbox: self.outbox.iter().map(|(s, o)| (*s, o.last)).collect(),
+            inbox: self.inbox.clone(),
+        }
+    }
+
+    /// This state as a forwarder may act on it when only `stable` is known to survive a
+    /// restart of the whole group (see [`Marks`]): the outbox entries numbered after the
+    /// stable last ones left out, the watermarks lowered to the stable ones.
+    pub fn as_of(&self, stable: &Marks) -> Shards {
+        let mut s = Shards {
+            me: self.me,
+            map: self.map.clone(),
+            outbox: BTreeMap::new(),
+            inbox: BTreeMap::new(),
+            away: BTreeMap::new(),
+        };
+        for (to, o) in &self.outbox {
+            let last = o.last.min(stable.outbox.get(to).copied().unwrap_or(0));
+            s.outbox.insert(
+                *to,
+                Outbox {
+                    last,
+                    entries: o
+                        .entries
+                        .range(..=last)
+                        .map(|(k, v)| (*k, v.clone()))
+                        .collect(),
+                },
+            );
+        }
+        for (from, mark) in &self.inbox {
+            let m = (*mark).min(stable.inbox.get(from).copied().unwrap_or(0));
+            s.inbox.insert(*from, m);
+        }
+        s
+    }
+}
+
+/// The numbers a forwarder acts on ([`Shards::marks`]): per destination the last outbox entry's
+/// sequence number, per source the inbox's watermark.
+///
+/// With durable queues, a forwarder must act only on marks a majority of the group's disks
+/// hold (`Replica::shards_to_forward`): an entry forwarded before that could be lost by a
+/// restart of the whole source group, which would then give its number to another entry (that
+/// the destination ignores as taken); a watermark acknowledged before that could be lost by a
+/// restart of the whole destination group, which would then wait for entries its source has
+/// dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Marks {
+    pub outbox: BTreeMap<ShardId, u64>,
+    pub inbox: BTreeMap<ShardId, u64>,
+}
+
+impl Marks {
+    /// A number that changes when the marks do.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h: u64 = 0x8422_2325_cbf2_9ce4;
+        let mut mix = |x: u64| {
+            h ^= x;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        };
+        for (to, last) in &self.outbox {
+            mix(u64::from(to.0));
+            mix(*last);
+        }
+        for (from, mark) in &self.inbox {
+            mix(u64::from(from.0) | 1 << 32);
+            mix(*mark);
+        }
+        h
+    }
 }
 
 /// How a [`Forwarder`] paces itself.

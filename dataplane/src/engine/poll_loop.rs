@@ -716,13 +716,15 @@ impl Engine {
                 });
             }
         }
-        let shards = self.replica.queue().shards();
-        if shards.me().is_some() {
-            let fp = shards.fingerprint();
+        if self.replica.queue().shards().me().is_some() {
+            // What the forwarders may act on: with durable queues, what a majority's disks
+            // hold (see `Replica::shards_to_forward`).
+            let fp = self.replica.shards_fingerprint();
             if fp != self.shards_published {
                 self.shards_published = fp;
+                let shards = self.replica.shards_to_forward().into_owned();
                 if let Ok(mut s) = self.shared.shards.lock() {
-                    *s = Some(Arc::new(shards.clone()));
+                    *s = Some(Arc::new(shards));
                 }
                 if let Ok(bells) = self.shared.shards_bells.lock() {
                     for b in bells.iter() {

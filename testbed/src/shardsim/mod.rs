@@ -744,14 +744,12 @@ impl ShardSim {
                 });
                 let dst_room = self.members[b][h].replica.window_room() as usize;
                 let src_room = self.members[a][h].replica.window_room() as usize;
-                f.poll(
-                    now,
-                    self.members[a][h].replica.queue().shards(),
-                    self.members[b][h].replica.queue().shards(),
-                    dst_room,
-                    src_room,
-                    &mut out,
-                );
+                // What the engine publishes for its forwarders (the applied state, or with
+                // durable queues what the disks hold).
+                let (ma, mb) = pair_mut(&mut self.members, a, b);
+                let src = ma[h].replica.shards_to_forward();
+                let dst = mb[h].replica.shards_to_forward();
+                f.poll(now, &src, &dst, dst_room, src_room, &mut out);
                 if self.trace {
                     eprintln!(
                         "t={} h{h} forwarder {a}->{b}: {} ops, waiting {}, dest mark {} me {:?}, rooms {dst_room}/{src_room} {:?}",
@@ -822,4 +820,16 @@ impl ShardSim {
 /// Runs seed `seed` with its drawn configuration.
 pub fn run_seed(seed: u64) -> Result<ShardReport, ShardViolation> {
     ShardSim::new(seed, ShardSimConfig::from_seed(seed)).run()
+}
+
+/// Two distinct elements of `v`, both mutable.
+fn pair_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
+    assert_ne!(a, b);
+    if a < b {
+        let (x, y) = v.split_at_mut(b);
+        (&mut x[a], &mut y[0])
+    } else {
+        let (x, y) = v.split_at_mut(a);
+        (&mut y[0], &mut x[b])
+    }
 }

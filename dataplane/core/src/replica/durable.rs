@@ -24,6 +24,7 @@ use crate::durable::log::RecordKind;
 use crate::durable::ViewRecord;
 use crate::proto::Status;
 use crate::queue::{ended, Effect, Op, RejectReason};
+use crate::shard::{Marks, Shards};
 use crate::types::{Instant, MemberId};
 use std::collections::VecDeque;
 
@@ -60,6 +61,14 @@ pub(super) struct Durable {
     /// last seen (see [`Replica::disks_refuse`]).
     oldest: Option<(u64, Instant)>,
     now: Instant,
+    /// The cross-shard marks noted at each position they changed at (see
+    /// [`Replica::shards_to_forward`]), until a majority's disks reach it.
+    marks: VecDeque<(u64, Marks)>,
+    /// The position and the shards' fingerprint when the marks were last noted.
+    marks_at: u64,
+    marks_seen: u64,
+    /// The newest marks a majority's disks hold.
+    stable: Marks,
 }
 
 impl Durable {
@@ -70,6 +79,62 @@ impl Durable {
 }
 
 impl Replica {
+    /// The cross-shard state ([`crate::shard::Shards`]) as a forwarder may act on it: with
+    /// durable logging, only the outbox entries and the inbox watermarks a majority of the
+    /// group file's members has on disk (see [`Marks`]: a restart of the whole group keeps
+    /// them); without, the state as applied. Call it (or [`Replica::shards_fingerprint`]) after
+    /// each batch of steps: what changed is noted at the position applied then.
+    pub fn shards_to_forward(&mut self) -> std::borrow::Cow<'_, Shards> {
+        match self.stable_marks() {
+            Some(stable) => {
+                let stable = stable.clone();
+                std::borrow::Cow::Owned(self.queue.shards().as_of(&stable))
+            }
+            None => std::borrow::Cow::Borrowed(self.queue.shards()),
+        }
+    }
+
+    /// A number that changes whenever [`Replica::shards_to_forward`] would (a host republishes
+    /// the state for its forwarders only then).
+    pub fn shards_fingerprint(&mut self) -> u64 {
+        let fp = self.queue.shards().fingerprint();
+        match self.stable_marks() {
+            Some(stable) => fp ^ stable.fingerprint().rotate_left(17),
+            None => fp,
+        }
+    }
+
+    /// Notes the marks if they changed, and releases those a majority's disks now hold: the
+    /// stable marks (None without durable logging).
+    fn stable_marks(&mut self) -> Option<&Marks> {
+        let majority = self.majority_persisted();
+        let applied = self.queue.applied();
+        let fp = self.queue.shards().fingerprint();
+        let d = self.durable.as_mut()?;
+        if applied < d.marks_at {
+            // The state was replaced by an older one (a joiner's log state by the group's):
+            // nothing noted of it counts; its own marks are stable once on the disks.
+            d.marks.clear();
+            d.stable = Marks::default();
+            d.marks_seen = 0;
+        }
+        d.marks_at = applied;
+        if fp != d.marks_seen {
+            d.marks_seen = fp;
+            let now = self.queue.shards().marks();
+            let last = d.marks.back().map_or(&d.stable, |(_, m)| m);
+            if *last != now {
+                d.marks.push_back((applied, now));
+            }
+        }
+        while d.marks.front().is_some_and(|(p, _)| *p <= majority) {
+            if let Some((_, m)) = d.marks.pop_front() {
+                d.stable = m;
+            }
+        }
+        Some(&d.stable)
+    }
+
     /// Switches durable logging on or off (off by default; see `replica/durable.rs`). On, the
     /// first thing to persist is a snapshot of the state as of now. `configured`: the group
     /// file's members; what is held waits for a majority of them (not of the view: a

@@ -681,12 +681,31 @@ fn an_outbox_entry_waits_for_a_majority_of_disks() {
         "handed to a forwarder before any disk held it"
     );
     assert!(!accepted(&net.fx[0], 1));
+    // What a forwarder reads (the engine publishes this, not the effects): the entry is in
+    // the applied state, not in what may be forwarded.
+    assert_eq!(net.rs[1].queue().shards().outbox(ShardId(1)).count(), 1);
+    let fp = net.rs[1].shards_fingerprint();
+    let fwd = net.rs[1].shards_to_forward();
+    assert_eq!(fwd.outbox_after(ShardId(1), 0).count(), 0, "{fwd:?}");
+    assert_eq!(fwd.acknowledged_upto(ShardId(1)), 0);
     for i in [0, 2] {
         let end = drain_log(&mut net, i, &mut Vec::new());
         net.rs[i].persisted(end);
     }
     net.run(5_000);
     assert!(outbox(&net), "two of three disks hold it");
+    assert_ne!(
+        net.rs[1].shards_fingerprint(),
+        fp,
+        "republished once on the disks"
+    );
+    let fwd = net.rs[1].shards_to_forward();
+    assert_eq!(
+        fwd.outbox_after(ShardId(1), 0)
+            .map(|(s, _)| s)
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
     assert!(
         accepted(&net.fx[0], 1),
         "the push went to the outbox: accepted"
@@ -720,10 +739,25 @@ fn an_outbox_entry_waits_for_a_majority_of_disks() {
         })
     };
     assert!(!inbox(&net));
+    assert_eq!(net.rs[2].queue().shards().watermark(ShardId(1)), 1);
+    assert_eq!(
+        net.rs[2].shards_to_forward().watermark(ShardId(1)),
+        0,
+        "a forwarder would acknowledge an entry a whole-group restart could forget"
+    );
     for i in [1, 2] {
         let end = drain_log(&mut net, i, &mut Vec::new());
         net.rs[i].persisted(end);
     }
     net.run(5_000);
     assert!(inbox(&net), "told once two disks hold it");
+    assert_eq!(net.rs[2].shards_to_forward().watermark(ShardId(1)), 1);
+    // Without durable logging, the state as applied.
+    let mut plain = Net::new(1);
+    plain.rs[0].submit(&Op::Create(spec())).unwrap();
+    plain.run(5_000);
+    assert!(matches!(
+        plain.rs[0].shards_to_forward(),
+        std::borrow::Cow::Borrowed(_)
+    ));
 }
