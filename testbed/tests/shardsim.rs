@@ -1,6 +1,7 @@
 //! Sharded deployments under the deterministic simulator (`conveyor_testbed::shardsim`): two or
 //! three shards of real replicas, forwarders between them, loss, duplication, crashes, rejoins,
-//! hosts cut off, forwarders restarted and the map moving a queue mid-run.
+//! hosts cut off, forwarders restarted, the map moving a queue mid-run, and durable queues with
+//! the whole deployment killed and restarted from its disks.
 //!
 //! `SHARD_SEEDS` (default 3000) seeds run in CI. A failing seed prints itself; replay it with
 //! `cargo run --release -p conveyor-testbed --bin shard-sim -- --seed SEED`.
@@ -64,6 +65,13 @@ fn many_seeds_of_sharded_deployments_hold_every_property() {
         sum(|x| x.blocked),
         r.iter().filter(|x| x.shards == 3).count(),
     );
+    let line = format!(
+        "{line}; durable: deployments killed whole {}, restarts from disk {}, shards deciding again {}, steps taken back {}",
+        sum(|x| x.deployment_restarts),
+        sum(|x| x.restarts_from_disk),
+        sum(|x| x.decided),
+        sum(|x| x.undone),
+    );
     eprintln!("{line}");
     let _ = std::fs::write(
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("shard-sim-totals.txt"),
@@ -82,6 +90,13 @@ fn many_seeds_of_sharded_deployments_hold_every_property() {
         ("requests moved with their queue", sum(|x| x.moved)),
         ("shards remapped", sum(|x| x.remapped)),
         ("pushes blocked", sum(|x| x.blocked)),
+        ("deployments killed whole", sum(|x| x.deployment_restarts)),
+        (
+            "members restarted from their disks",
+            sum(|x| x.restarts_from_disk),
+        ),
+        ("shards deciding again after a restart", sum(|x| x.decided)),
+        ("counted steps a restart took back", sum(|x| x.undone)),
         (
             "three-shard seeds",
             r.iter().filter(|x| x.shards == 3).count() as u64,

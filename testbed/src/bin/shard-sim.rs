@@ -93,6 +93,13 @@ fn main() {
         sum(|r| r.blocked),
         reports.iter().filter(|r| r.shards == 3).count(),
     );
+    println!(
+        "durable: deployments killed whole {}, members restarted from their disks {}, shards that decided again {}, counted steps taken back by a restart {}",
+        sum(|r| r.deployment_restarts),
+        sum(|r| r.restarts_from_disk),
+        sum(|r| r.decided),
+        sum(|r| r.undone),
+    );
     if !failures.is_empty() {
         std::process::exit(1);
     }

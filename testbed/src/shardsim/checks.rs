@@ -1,11 +1,12 @@
 //! The checks of the sharded-deployment simulator: counting each shard's order once (the first
 //! replica to apply each position), what a member's application is told, and the end of a run.
 
-use super::{Event, ShardReport, ShardSim, ShardViolation, STEPS};
+use super::{Counted, Event, ShardReport, ShardSim, ShardViolation, STEPS};
 use conveyor_core::proto::Status;
 use conveyor_core::queue::Effect;
 use conveyor_core::shard::ShardId;
 use conveyor_core::types::{MemberId, RequestId};
+use conveyor_core::Claim;
 use rand::Rng;
 
 impl ShardSim {
@@ -39,6 +40,7 @@ impl ShardSim {
             return Ok(());
         }
         self.counted[s] = pos;
+        let key = (q.epoch(), pos);
         if self.trace {
             for e in effects {
                 eprintln!("t={} shard {s} pos {pos} (m{m}): {e:?}", self.now);
@@ -59,6 +61,7 @@ impl ShardSim {
                         ));
                     }
                     self.admitted.insert(*id);
+                    self.note(s, key, Counted::Admitted(*id));
                 }
                 Effect::Completed {
                     id, step, terminal, ..
@@ -80,6 +83,7 @@ impl ShardSim {
                             format!("step {step} of {id:?} completed {n} times (now in shard {s})"),
                         ));
                     }
+                    self.note(s, key, Counted::Completed(*id, step.clone()));
                     if *terminal {
                         if s != 0 {
                             return Err(self.violation(
@@ -88,6 +92,7 @@ impl ShardSim {
                             ));
                         }
                         *self.ended.entry(*id).or_default() += 1;
+                        self.note(s, key, Counted::Ended(*id));
                     }
                 }
                 Effect::Failed { id, .. } | Effect::Rejected { id, .. } => {
@@ -103,6 +108,80 @@ impl ShardSim {
                 }
                 Effect::ViewInstalled { .. } => self.report.view_changes += 1,
                 _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Durable runs: what was counted at `key` (epoch, position) of shard `s`'s order, to be
+    /// taken back if a restarted shard goes on from before it.
+    fn note(&mut self, s: usize, key: (u64, u64), c: Counted) {
+        if self.cfg.durable {
+            self.history[s].entry(key).or_default().push(c);
+        }
+    }
+
+    /// Restarted shard `s` decided to go on from the logs at `at` (an epoch and a position):
+    /// what was counted in a later epoch, or in that one after the position, never was; what
+    /// anyone was told must lie before it (the durable promise: an acceptance, an end).
+    pub(super) fn decided(&mut self, s: usize, at: Claim) -> Result<(), ShardViolation> {
+        self.awaiting[s] = false;
+        self.report.decided += 1;
+        let kept = |k: &(u64, u64)| k.0 < at.epoch || (k.0 == at.epoch && k.1 <= at.position);
+        let lost: Vec<Counted> = self.history[s]
+            .iter()
+            .filter(|(k, _)| !kept(k))
+            .flat_map(|(_, v)| v.iter().cloned())
+            .collect();
+        self.history[s].retain(|k, _| kept(k));
+        if self.trace {
+            eprintln!(
+                "t={} shard {s} decided {at:?}: {} counted effects taken back",
+                self.now,
+                lost.len()
+            );
+        }
+        self.report.undone += lost.len() as u64;
+        for c in lost {
+            match c {
+                Counted::Admitted(id) => {
+                    self.admitted.remove(&id);
+                }
+                Counted::Completed(id, step) => {
+                    if let Some(n) = self.completions.get_mut(&(id, step)) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+                Counted::Ended(id) => {
+                    if let Some(n) = self.ended.get_mut(&id) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+            }
+        }
+        self.counted[s] = at.position;
+        self.digests[s].retain(|p, _| *p <= at.position);
+        for h in 0..self.cfg.members {
+            let host = &self.hosts[h];
+            if let Some(id) = host
+                .told_accepted
+                .iter()
+                .find(|id| !self.admitted.contains(id))
+            {
+                return Err(self.violation(
+                    "durable",
+                    format!("trigger {h} was told {id:?} accepted; shard {s} restarted from {at:?} without it"),
+                ));
+            }
+            if let Some(id) = host
+                .told
+                .keys()
+                .find(|id| self.ended.get(id).copied().unwrap_or(0) == 0)
+            {
+                return Err(self.violation(
+                    "durable",
+                    format!("trigger {h} was told {id:?} ended; shard {s} restarted from {at:?} without its end"),
+                ));
             }
         }
         Ok(())
@@ -151,6 +230,7 @@ impl ShardSim {
                 }
                 Effect::Accepted { id, .. } => {
                     self.hosts[m].accepted.insert(id);
+                    self.hosts[m].told_accepted.insert(id);
                 }
                 Effect::Admitted { id, step, .. } if step == STEPS[0].0 => {
                     self.hosts[m].accepted.insert(id);
@@ -234,10 +314,31 @@ impl ShardSim {
                 })
             })
             .collect();
+        let hosts: Vec<String> = self
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(h, host)| {
+                let untold = host
+                    .accepted
+                    .iter()
+                    .filter(|id| host.told.get(id).copied().unwrap_or(0) == 0)
+                    .count();
+                format!(
+                    "host {h}: {} pushes left, {untold} accepted runs' ends not told{}",
+                    host.pushes_left,
+                    if host.crashed { " (crashed)" } else { "" }
+                )
+            })
+            .collect();
         format!(
-            "not done: {} of {} admitted runs not ended (e.g. {unended:?}); {}",
-            self.admitted.len() - self.ended.len(),
+            "not done: {} of {} admitted runs not ended (e.g. {unended:?}); {}; {}",
+            self.admitted
+                .iter()
+                .filter(|id| self.ended.get(id).copied().unwrap_or(0) == 0)
+                .count(),
             self.admitted.len(),
+            hosts.join("; "),
             members.join("; ")
         )
     }

@@ -47,7 +47,19 @@ pub struct ShardSimConfig {
     pub forwarder: ForwarderConfig,
     /// How long after the last fault everything must be done.
     pub settle_us: u64,
+    /// Durable queues: every member logs its shard's order to its host's disk (synced at
+    /// random moments; a crash loses what was not synced), and what is told outside a shard,
+    /// or forwarded out of it, waits for a majority's disks.
+    pub durable: bool,
+    /// With durable queues: every process of the deployment is killed at this time (every
+    /// member of every shard), and each host starts its members again from their disks within
+    /// `RESTART_SPREAD_US`; each shard's members agree again on a state (see
+    /// `conveyor_core::replica::recovery`).
+    pub deployment_down: Option<u64>,
 }
+
+/// After the whole deployment went down, each host restarts within this long.
+pub const RESTART_SPREAD_US: u64 = 10_000;
 
 impl ShardSimConfig {
     pub fn from_seed(seed: u64) -> ShardSimConfig {
@@ -126,11 +138,21 @@ impl ShardSimConfig {
             proto,
             forwarder,
             settle_us: 20_000_000,
+            durable: false,
+            deployment_down: None,
         };
         // Drawn last, so that the draws above stay what they were.
         cfg.keep_forwarders = rng.gen_bool(0.5);
         if rng.gen_bool(0.5) {
             cfg.capacity = rng.gen_range(2..16);
+        }
+        cfg.durable = rng.gen_bool(0.5);
+        if cfg.durable && rng.gen_bool(0.6) {
+            // The whole deployment down once, instead of the other process faults.
+            cfg.deployment_down = Some(rng.gen_range(4_000..40_000));
+            cfg.host_crash = None;
+            cfg.member_crash = None;
+            cfg.cut = None;
         }
         cfg
     }
@@ -145,6 +167,9 @@ impl ShardSimConfig {
         }
         if let Some((_, e, _)) = self.cut {
             t = t.max(e);
+        }
+        if let Some(d) = self.deployment_down {
+            t = t.max(d + RESTART_SPREAD_US);
         }
         t.max(self.forwarder_resets.iter().copied().max().unwrap_or(0))
     }

@@ -9,7 +9,13 @@
 //! from the others for longer than the failure timeout (its members excluded; they rejoin as
 //! the same processes), forwarders restarted (a new one starts at the destination's
 //! watermark), completions reported twice, and the shard map moving a queue to another shard
-//! mid-run (each shard switching at its own point of its order).
+//! mid-run (each shard switching at its own point of its order). Half the seeds keep durable
+//! queues: every member logs its shard's order to its host's disk, synced at random moments (a
+//! crash loses what was not synced), and tells its replica how far; in most of those the whole
+//! deployment is killed once and every host restarts its members from their disks, each shard's
+//! members agreeing again on a state (`conveyor_core::replica::recovery`). The forwarders read
+//! what the engine publishes for them (`Replica::shards_to_forward`: with durable queues, only
+//! what a majority's disks hold).
 //!
 //! Workload: a three-step pipeline `q0 -> q1 -> q2` whose steps live in different shards
 //! (`q0` in shard 0, `q1` in shard 1, `q2` in shard 2, or back in shard 0 with two shards),
@@ -26,18 +32,21 @@
 //! shards); a trigger is told a run's end once. At the end, once the faults stop: every run
 //! that shard 0 admitted has completed each of its three steps exactly once and ended once,
 //! every outbox is empty, every queue drained, and every trigger whose process survived was
-//! told the end of every run it pushed that was admitted.
+//! told the end of every run it pushed that was admitted. With durable queues, when a
+//! restarted shard decides where its history goes on from, what was counted after that
+//! position never was (it is taken back), and nothing anyone was told may be among it: a
+//! trigger told a run accepted, or told its end.
 //!
 //! Replay a seed with `shard-sim --seed SEED` (its configuration, then its report or the
 //! property that failed); with `SHARD_TRACE=1` it also prints every effect of each shard's
 //! order (as first applied) and every forwarder's poll.
 
 use conveyor_core::proto::{Dest, Status, SubmitError};
-use conveyor_core::queue::{Durability, Meta, OnFull, Op, Order, QueueSpec, Request};
+use conveyor_core::queue::{Durability, Effect, Meta, OnFull, Op, Order, QueueSpec, Request};
 use conveyor_core::shard::{Forwarder, Forwarding, ShardId, ShardMap};
 use conveyor_core::types::{GroupId, Instant, MemberId, RequestId, View, ViewId};
 use conveyor_core::wire::Key;
-use conveyor_core::{Applied, Replica};
+use conveyor_core::{Applied, Persist, RecoveryStage, Replica};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
@@ -102,6 +111,12 @@ enum Event {
     ResetForwarders {
         h: usize,
     },
+    /// Every process of the deployment killed (durable runs).
+    DeploymentDown,
+    /// Host `h` starts its members of every shard again from their disks.
+    HostRestart {
+        h: usize,
+    },
     Move {
         s: usize,
     },
@@ -120,6 +135,30 @@ struct Member {
     rejoining: bool,
     /// It holds its shard's state (a joiner: once its state arrived).
     holds_state: bool,
+    /// Restarted from its disk: it holds its shard's state once its group has decided.
+    recovering: bool,
+    /// Its log on its host's disk (durable runs).
+    disk: Disk,
+}
+
+/// A member's log on its host's disk, in a durable run.
+#[derive(Default)]
+struct Disk {
+    log: Vec<Persist>,
+    /// The position after the last record written, and after the last one synced; how far
+    /// the replica was told.
+    written: u64,
+    synced: u64,
+    told: u64,
+}
+
+/// What the checks counted at one position of a shard's order (undone when a restarted
+/// shard goes on from an earlier position: that history never was).
+#[derive(Clone, Debug)]
+enum Counted {
+    Admitted(RequestId),
+    Completed(RequestId, String),
+    Ended(RequestId),
 }
 
 struct Host {
@@ -131,6 +170,9 @@ struct Host {
     /// Runs it pushed that shard 0 admitted, and how often it was told each one's end.
     accepted: BTreeSet<RequestId>,
     told: BTreeMap<RequestId, u32>,
+    /// Runs it was told accepted (`Effect::Accepted`: with durable queues, a promise that a
+    /// restart of the whole deployment keeps them).
+    told_accepted: BTreeSet<RequestId>,
     /// Forwarders by (source, destination) shard.
     forwarders: BTreeMap<(usize, usize), Forwarder>,
     forward_at: u64,
@@ -156,25 +198,56 @@ pub struct ShardSim {
     completions: BTreeMap<(RequestId, String), u32>,
     ended: BTreeMap<RequestId, u32>,
     report: ShardReport,
+    map1: ShardMap,
     map2: ShardMap,
     /// Requests being executed, by job number: (instance, request).
     jobs: BTreeMap<u64, (u64, Request)>,
     /// `SHARD_TRACE` is set: print each shard's counted effects and every forwarder's poll.
     trace: bool,
+    /// Durable runs: per shard, what was counted at each (epoch, position) of its order, and
+    /// whether it went down and has not decided on a state again.
+    history: Vec<BTreeMap<(u64, u64), Vec<Counted>>>,
+    awaiting: Vec<bool>,
+}
+
+/// The group file's members.
+fn configured(n: usize) -> Vec<MemberId> {
+    (0..n as u16).map(MemberId).collect()
 }
 
 fn group(s: usize) -> GroupId {
     GroupId(0x5100 + s as u32)
 }
 
-fn spec(name: &str, capacity: u32) -> QueueSpec {
+fn spec(name: &str, capacity: u32, durable: bool) -> QueueSpec {
     QueueSpec {
         name: name.into(),
         capacity,
         order: Order::Fifo,
         on_full: OnFull::Block,
-        durability: Durability::Memory,
+        durability: if durable {
+            Durability::Log
+        } else {
+            Durability::Memory
+        },
     }
+}
+
+/// The ops every member's host submits when it starts: the queues, the first map (a host
+/// that restarts submits them again; a shard that has them ignores them) and its invoker's
+/// subscriptions.
+fn start_ops(s: usize, me: MemberId, capacity: u32, durable: bool, map: &ShardMap) -> Vec<Op> {
+    let mut ops: Vec<Op> = STEPS
+        .iter()
+        .map(|(_, q)| Op::Create(spec(q, capacity, durable)))
+        .collect();
+    ops.push(Op::ShardMap {
+        by: me,
+        me: ShardId(s as u16),
+        map: map.clone(),
+    });
+    ops.extend(invoker_ops(me));
+    ops
 }
 
 fn invoker_ops(me: MemberId) -> Vec<Op> {
@@ -229,16 +302,10 @@ impl ShardSim {
                     Instant::ZERO,
                 )
                 .expect("valid shard sim config");
-                let mut outbox: VecDeque<Op> = STEPS
-                    .iter()
-                    .map(|(_, q)| Op::Create(spec(q, cfg.capacity)))
-                    .collect();
-                outbox.push_back(Op::ShardMap {
-                    by: me,
-                    me: ShardId(s as u16),
-                    map: map1.clone(),
-                });
-                outbox.extend(invoker_ops(me));
+                let mut replica = replica;
+                replica.set_durable(cfg.durable, &configured(n));
+                let outbox: VecDeque<Op> =
+                    start_ops(s, me, cfg.capacity, cfg.durable, &map1).into();
                 row.push(Member {
                     replica,
                     alive: true,
@@ -248,6 +315,8 @@ impl ShardSim {
                     timer: 0,
                     rejoining: false,
                     holds_state: true,
+                    recovering: false,
+                    disk: Disk::default(),
                 });
             }
             members.push(row);
@@ -259,6 +328,7 @@ impl ShardSim {
                 pushes_left: cfg.requests,
                 accepted: BTreeSet::new(),
                 told: BTreeMap::new(),
+                told_accepted: BTreeSet::new(),
                 forwarders: BTreeMap::new(),
                 forward_at: u64::MAX,
             })
@@ -281,8 +351,11 @@ impl ShardSim {
                 ..ShardReport::default()
             },
             map2,
+            map1,
             jobs: BTreeMap::new(),
             trace: std::env::var_os("SHARD_TRACE").is_some(),
+            history: vec![BTreeMap::new(); cfg.shards],
+            awaiting: vec![false; cfg.shards],
             cfg,
         };
         for s in 0..sim.cfg.shards {
@@ -309,6 +382,9 @@ impl ShardSim {
         for t in sim.cfg.forwarder_resets.clone() {
             let h = sim.rng.gen_range(0..n);
             sim.schedule(t, Event::ResetForwarders { h });
+        }
+        if let Some(t) = sim.cfg.deployment_down {
+            sim.schedule(t, Event::DeploymentDown);
         }
         if let Some(t) = sim.cfg.move_at {
             for s in 0..sim.cfg.shards {
@@ -411,6 +487,31 @@ impl ShardSim {
                         self.report.acks += f.stats().acks;
                     }
                     self.report.forwarder_resets += 1;
+                }
+                Event::DeploymentDown => {
+                    for h in 0..self.cfg.members {
+                        for s in 0..self.cfg.shards {
+                            self.crash(s, h);
+                        }
+                        let at = self.now + self.rng.gen_range(0..config::RESTART_SPREAD_US);
+                        self.schedule(at, Event::HostRestart { h });
+                    }
+                    self.awaiting = vec![true; self.cfg.shards];
+                    self.report.deployment_restarts += 1;
+                    // The operator's move, if it was made, is made again until every shard
+                    // has applied it (as the control plane does): a restart may have taken
+                    // it back where it was not yet on a majority's disks.
+                    if self.cfg.move_at.is_some_and(|t| t <= self.now) {
+                        for s in 0..self.cfg.shards {
+                            let at = self.now + config::RESTART_SPREAD_US + 20_000;
+                            self.schedule(at, Event::Move { s });
+                        }
+                    }
+                }
+                Event::HostRestart { h } => {
+                    for s in 0..self.cfg.shards {
+                        self.restart_from_disk(s, h);
+                    }
                 }
                 Event::Move { s } => {
                     // Through the lowest live member (an operator's call to any of them), again
@@ -521,6 +622,14 @@ impl ShardSim {
         }
         x.alive = false;
         x.outbox.clear();
+        // What was written and not synced is gone with the process.
+        let synced = x.disk.synced;
+        x.disk.log.retain(|p| match p {
+            Persist::Record { position, .. } => *position < synced,
+            Persist::Snapshot { .. } => true,
+        });
+        x.disk.written = synced;
+        x.disk.told = 0;
         if s == 0 {
             self.hosts[m].crashed = true;
         }
@@ -547,6 +656,11 @@ impl ShardSim {
             Instant::from_micros(self.now),
         )
         .expect("valid shard sim config");
+        replica.set_durable(self.cfg.durable, &configured(self.cfg.members));
+        if self.cfg.durable {
+            // From its data directory, in case its group has not decided a state yet.
+            replica.set_log_state(self.synced_state(s, m));
+        }
         let x = &mut self.members[s][m];
         if same_process {
             let applied = x.replica.applied();
@@ -560,6 +674,8 @@ impl ShardSim {
         x.alive = true;
         x.rejoining = false;
         x.holds_state = false;
+        x.recovering = false;
+        x.disk.told = 0;
         x.timer = u64::MAX;
         x.outbox.extend(invoker_ops(MemberId(m as u16)));
         self.report.joins += 1;
@@ -596,8 +712,55 @@ impl ShardSim {
     /// forwarders.
     fn step(&mut self, s: usize, m: usize) -> Result<(), ShardViolation> {
         self.submit_outbox(s, m);
-        while let Some(applied) = self.members[s][m].replica.poll_applied() {
+        loop {
+            self.apply(s, m)?;
+            // Its host writes the log; when the disk syncs, held effects may be released.
+            if !self.write_log(s, m)? {
+                break;
+            }
+        }
+        self.submit_outbox(s, m);
+        self.flush(s, m);
+        let x = &self.members[s][m];
+        let abandoned =
+            x.recovering && matches!(x.replica.recovery(), Some((RecoveryStage::Abandoned, _)));
+        let status = x.replica.status();
+        if (status.is_final() || abandoned) && !x.rejoining && x.alive {
+            // Excluded (cut off, or suspected), or its recovery's state could not come: the
+            // same process comes back as a joiner.
+            self.members[s][m].rejoining = true;
+            let inc = self.members[s][m].inc;
+            self.schedule(self.now + 2_000, Event::Rejoin { s, m, inc });
+        }
+        self.rearm(s, m);
+        let h = m;
+        let wake = self.now + 5;
+        if self.hosts[h].forward_at > wake {
+            self.hosts[h].forward_at = wake;
+            self.schedule(wake, Event::Forward { h });
+        }
+        Ok(())
+    }
+
+    /// Applies and checks what member `m` of shard `s` delivered, and acts on its effects.
+    fn apply(&mut self, s: usize, m: usize) -> Result<(), ShardViolation> {
+        loop {
+            let held = self.members[s][m].replica.held_for_disks();
+            let Some(applied) = self.members[s][m].replica.poll_applied() else {
+                break;
+            };
+            // A step whose acceptances, ends and cross-shard marks wait for the disks: they
+            // are counted with the order now, and told when the disks release them.
+            let gated = self.members[s][m].replica.held_for_disks() > held;
+            self.note_recovery(s, m)?;
             let effects = match applied {
+                Applied::Message { effects, .. } if gated => {
+                    self.count_step(s, m, &effects)?;
+                    let now: Vec<Effect> =
+                        effects.into_iter().filter(|e| !held_for_disks(e)).collect();
+                    self.act(s, m, now)?;
+                    continue;
+                }
                 Applied::Message { effects, .. } => effects,
                 Applied::View { effects, .. } => {
                     self.count_step(s, m, &effects)?;
@@ -624,28 +787,133 @@ impl ShardSim {
                     continue;
                 }
                 Applied::Speculated { effects } => effects,
-                Applied::Persisted { effects } => effects.into_iter().map(|(_, e)| e).collect(),
+                Applied::Persisted { effects } => {
+                    self.act(s, m, effects.into_iter().map(|(_, e)| e).collect())?;
+                    continue;
+                }
             };
             self.count_step(s, m, &effects)?;
             self.act(s, m, effects)?;
         }
-        self.submit_outbox(s, m);
-        self.flush(s, m);
-        let status = self.members[s][m].replica.status();
-        if status.is_final() && !self.members[s][m].rejoining && self.members[s][m].alive {
-            // Excluded (cut off, or suspected): the same process comes back as a joiner.
-            self.members[s][m].rejoining = true;
-            let inc = self.members[s][m].inc;
-            self.schedule(self.now + 2_000, Event::Rejoin { s, m, inc });
+        Ok(())
+    }
+
+    /// A member restarted from its disk holds its shard's state once its group decided; the
+    /// first to, decides for the checks where the shard's history goes on from.
+    fn note_recovery(&mut self, s: usize, m: usize) -> Result<(), ShardViolation> {
+        let x = &mut self.members[s][m];
+        if !x.recovering {
+            return Ok(());
         }
-        self.rearm(s, m);
-        let h = m;
-        let wake = self.now + 5;
-        if self.hosts[h].forward_at > wake {
-            self.hosts[h].forward_at = wake;
-            self.schedule(wake, Event::Forward { h });
+        let Some((RecoveryStage::Recovered, decision)) = x.replica.recovery() else {
+            return Ok(());
+        };
+        let at = decision.map(|d| d.at);
+        x.recovering = false;
+        x.holds_state = true;
+        if let (true, Some(at)) = (self.awaiting[s], at) {
+            self.decided(s, at)?;
         }
         Ok(())
+    }
+
+    /// Host `h` starts its member of shard `s` again from its data directory, as a member of
+    /// the group file's view, as `conveyor node` does: its claim first, then what its host
+    /// submits at every start.
+    fn restart_from_disk(&mut self, s: usize, h: usize) {
+        let n = self.cfg.members;
+        let me = MemberId(h as u16);
+        let inc = self.members[s][h].inc + 1;
+        let mut replica = Replica::new(
+            self.cfg.proto.clone(),
+            self.keys[s].clone(),
+            group(s),
+            View::new(ViewId(1), configured(n)),
+            me,
+            ((s as u64) << 40) | ((h as u64) << 20) | (u64::from(inc) + 1),
+            Instant::from_micros(self.now),
+        )
+        .expect("valid shard sim config");
+        replica.recover_from(self.synced_state(s, h));
+        replica.set_durable(true, &configured(n));
+        let claim = replica.claim();
+        let ops = start_ops(s, me, self.cfg.capacity, true, &self.map1);
+        let x = &mut self.members[s][h];
+        x.replica = replica;
+        x.inc = inc;
+        x.alive = true;
+        x.rejoining = false;
+        x.holds_state = false;
+        x.recovering = true;
+        x.outbox = claim.into_iter().chain(ops).collect();
+        x.timer = self.now;
+        self.report.restarts_from_disk += 1;
+        if s == 0 && self.hosts[h].pushes_left > 0 {
+            // A new trigger process goes on with the pushes left.
+            self.schedule(self.now + 1_000, Event::Push { h, inc });
+        }
+        self.schedule(self.now, Event::Timer { s, m: h, inc });
+    }
+
+    /// What member `m` of shard `s`'s log replays to, as far as its disk synced.
+    fn synced_state(&self, s: usize, m: usize) -> conveyor_core::queue::QueueState {
+        let d = &self.members[s][m].disk;
+        let Some(Persist::Snapshot { state, .. }) = d.log.first() else {
+            return conveyor_core::queue::QueueState::new();
+        };
+        let records = d.log[1..].iter().filter_map(|p| match p {
+            Persist::Record {
+                position,
+                kind,
+                bytes,
+            } if *position < d.synced => Some((*position, *kind, bytes.as_slice())),
+            _ => None,
+        });
+        conveyor_core::durable::replay(Some(state), records)
+            .expect("a log the simulator checked replays")
+    }
+
+    /// Member `m` of shard `s`'s host writes what its replica hands it to its log (a snapshot
+    /// first, then records at consecutive positions); the disk syncs at random moments, and
+    /// the replica is told how far. Whether it was told anything new.
+    fn write_log(&mut self, s: usize, m: usize) -> Result<bool, ShardViolation> {
+        if !self.cfg.durable || !self.members[s][m].alive {
+            return Ok(false);
+        }
+        let sync = self.rng.gen_bool(0.5);
+        let x = &mut self.members[s][m];
+        while let Some(p) = x.replica.poll_persist() {
+            let d = &mut x.disk;
+            match &p {
+                Persist::Snapshot { position, .. } => {
+                    // Written whole (a temporary file, synced, renamed) before the log goes on.
+                    d.log.clear();
+                    d.written = *position;
+                    d.synced = *position;
+                }
+                Persist::Record { position, .. } => {
+                    if d.log.is_empty() || *position != d.written {
+                        let due = d.written;
+                        return Err(self.violation(
+                            "log",
+                            format!("s{s}m{m}'s log: a record at position {position} where {due} was due"),
+                        ));
+                    }
+                    d.written += 1;
+                }
+            }
+            d.log.push(p);
+        }
+        let d = &mut x.disk;
+        if sync {
+            d.synced = d.written;
+        }
+        if d.synced > d.told {
+            d.told = d.synced;
+            x.replica.persisted(d.synced);
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     fn rearm(&mut self, s: usize, m: usize) {
@@ -832,4 +1100,16 @@ fn pair_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
         let (x, y) = v.split_at_mut(a);
         (&mut y[0], &mut x[b])
     }
+}
+
+/// What a step of a durable queue tells outside its shard only once a majority's disks hold
+/// it (see `conveyor_core::replica::durable`).
+fn held_for_disks(e: &Effect) -> bool {
+    matches!(
+        e,
+        Effect::Accepted { .. }
+            | Effect::Redis { .. }
+            | Effect::Outbox { .. }
+            | Effect::Inbox { .. }
+    ) || conveyor_core::queue::ended(e).is_some()
 }

@@ -40,5 +40,12 @@ pub struct ShardReport {
     pub blocked: u64,
     /// Shards that applied the map's second version.
     pub remapped: u64,
+    /// Durable runs: the whole deployment went down; members restarted from their disks;
+    /// shards that decided on a state again; counted steps a restart took back (never told
+    /// to anyone).
+    pub deployment_restarts: u64,
+    pub restarts_from_disk: u64,
+    pub decided: u64,
+    pub undone: u64,
     pub end_us: u64,
 }

@@ -230,12 +230,21 @@ impl Replica {
         all
     }
 
-    /// Operations this process has applied, for [`Replica::set_rejoining`]: its queue's, or,
-    /// while it is a joiner coming back whose state has not arrived, the incarnation before's.
+    /// How far this process was told the ends of its runs, for [`Replica::set_rejoining`]: the
+    /// operations its queue applied, less those whose ends still wait for the disks (durable
+    /// queues: a process removed before they were released is told them again by its next
+    /// incarnation, not never), or, while it is a joiner coming back whose state has not
+    /// arrived, the incarnation before's.
     pub fn applied(&self) -> u64 {
         match &self.rejoining {
             Some((since, _)) => *since,
-            None => self.queue.applied(),
+            None => {
+                let applied = self.queue.applied();
+                match self.durable.as_ref().and_then(|d| d.first_held()) {
+                    Some(p) => applied.min(p.saturating_sub(1)),
+                    None => applied,
+                }
+            }
         }
     }
 
