@@ -238,7 +238,7 @@ MUTANTS = [
      "let m = (*mark).min(stable.inbox.get(from).copied().unwrap_or(0));",
      "let m = *mark;", "shard-sim"),
     ("rejoin-forgets-held-ends", "replica/mod.rs",
-     "Some(p) => applied.min(p.saturating_sub(1)),",
+     "Some(held) => applied.min(held.saturating_sub(1)),",
      "Some(_) => applied,", "shard-sim"),
 ]
 

@@ -56,6 +56,9 @@ pub struct ShardSimConfig {
     /// `RESTART_SPREAD_US`; each shard's members agree again on a state (see
     /// `conveyor_core::replica::recovery`).
     pub deployment_down: Option<u64>,
+    /// Durable runs: the chance that a member's disk syncs what was written, at each step
+    /// (a slow disk leaves more for a crash to lose).
+    pub sync_chance: f64,
 }
 
 /// After the whole deployment went down, each host restarts within this long.
@@ -140,6 +143,7 @@ impl ShardSimConfig {
             settle_us: 20_000_000,
             durable: false,
             deployment_down: None,
+            sync_chance: 0.5,
         };
         // Drawn last, so that the draws above stay what they were.
         cfg.keep_forwarders = rng.gen_bool(0.5);
@@ -154,6 +158,7 @@ impl ShardSimConfig {
             cfg.member_crash = None;
             cfg.cut = None;
         }
+        cfg.sync_chance = [0.05, 0.2, 0.5][rng.gen_range(0..3)];
         cfg
     }
 

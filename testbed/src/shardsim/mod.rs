@@ -880,7 +880,7 @@ impl ShardSim {
         if !self.cfg.durable || !self.members[s][m].alive {
             return Ok(false);
         }
-        let sync = self.rng.gen_bool(0.5);
+        let sync = self.rng.gen_bool(self.cfg.sync_chance);
         let x = &mut self.members[s][m];
         while let Some(p) = x.replica.poll_persist() {
             let d = &mut x.disk;

@@ -241,7 +241,7 @@ impl Replica {
             None => {
                 let applied = self.queue.applied();
                 match self.durable.as_ref().and_then(|d| d.first_held()) {
-                    Some(p) => applied.min(p.saturating_sub(1)),
+                    Some(held) => applied.min(held.saturating_sub(1)),
                     None => applied,
                 }
             }
