@@ -40,18 +40,23 @@ impl Group {
 
     /// Three members serving RESP, each with these lines for its role.
     fn start_as(name: &str, roles: [&str; 3]) -> Group {
+        Group::start_with(name, roles, "")
+    }
+
+    /// Three members serving RESP, with `sections` after `[group]` (`[shards]`, say).
+    fn start_with(name: &str, roles: [&str; 3], sections: &str) -> Group {
         let dir = std::env::temp_dir().join(format!("conveyor-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let udp: Vec<std::net::UdpSocket> = (0..3)
-            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
-            .collect();
+        // Consecutive ports: shard s of member i on base + 3s + i.
+        let base = common::free_udp_block(9);
         let ports: Vec<u16> = (0..3).map(|_| common::free_tcp()).collect();
         let mut toml = String::from("[group]\nname = \"resp\"\nkey = \"0000000000000000000000000000000000000000000000000000000000000023\"\nstartup_timeout_s = 30\nfailure_timeout_ms = 300\n");
+        toml.push_str(sections);
         for i in 0..3 {
             toml.push_str(&format!(
-                "\n[[member]]\nname = \"m{i}\"\naddress = \"{}\"\n{}\n[member.resp]\naddress = \"127.0.0.1:{}\"\n",
-                udp[i].local_addr().unwrap(),
+                "\n[[member]]\nname = \"m{i}\"\naddress = \"127.0.0.1:{}\"\n{}\n[member.resp]\naddress = \"127.0.0.1:{}\"\n",
+                base + i as u16,
                 roles[i],
                 ports[i]
             ));
@@ -59,7 +64,6 @@ impl Group {
                 toml.push_str(&format!("token = \"{TOKEN}\"\n"));
             }
         }
-        drop(udp);
         std::fs::write(dir.join("group.toml"), toml).unwrap();
         let mut g = Group {
             dir,
@@ -865,4 +869,105 @@ fn hello_answers_in_the_version_it_chooses() {
     let second = &two[two.find("*14\r\n").expect("HELLO 2's flat array")..];
     assert!(second.contains("$5\r\nproto\r\n:2\r\n"), "{two:?}");
     assert!(two.ends_with("+OK\r\n"), "{two:?}");
+}
+
+/// A sharded deployment (two shards) serving the Redis protocol from every member: stream `s`
+/// is placed on shard 1 and `t` on shard 0, so a command is ordered in the shard owning its
+/// stream. A producer and three consumers (one per member) share 3000 entries of `s`, each
+/// delivered once and acknowledged once; a blocked read on `s` is served by an `XADD` through
+/// another member; a read of `s` and `t` together is refused as Redis Cluster refuses it.
+#[test]
+fn a_sharded_deployment_serves_each_stream_from_its_shard() {
+    let metrics = format!("127.0.0.1:{}", common::free_tcp());
+    let m0 = format!("role = \"trigger\"\nmetrics_address = \"{metrics}\"");
+    let g = Group::start_with(
+        "resp-shards",
+        [m0.as_str(), "role = \"trigger\"", "role = \"trigger\""],
+        "\n[shards]\ncount = 2\nport_stride = 3\n[shards.place]\n\"s\" = 1\n\"t\" = 0\n",
+    );
+    let mut p = g.conn(0);
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", "s", "g", "$", "MKSTREAM"])
+        .query(&mut p)
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&["t", "*", "f", "v"])
+        .query(&mut p)
+        .unwrap();
+    // Streams in two shards: one command cannot span them.
+    let cross = redis::cmd("XREAD")
+        .arg(&["STREAMS", "s", "t", "0", "0"])
+        .query::<R>(&mut p)
+        .unwrap_err();
+    // The crate reads it as Redis Cluster's own error.
+    assert!(cross.to_string().contains("CrossSlot"), "{cross}");
+    let del = redis::cmd("DEL")
+        .arg(&["s", "t"])
+        .query::<R>(&mut p)
+        .unwrap_err();
+    assert!(del.to_string().contains("CrossSlot"), "{del}");
+    // A read blocked in shard 1 through m1, served by an XADD through m2.
+    let blocked = std::thread::spawn({
+        let mut c = g.conn(1);
+        move || -> R {
+            redis::cmd("XREAD")
+                .arg(&["BLOCK", "10000", "STREAMS", "s", "$"])
+                .query(&mut c)
+                .unwrap()
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut m2 = g.conn(2);
+    let first: String = redis::cmd("XADD")
+        .arg(&["s", "*", "n", "first"])
+        .query(&mut m2)
+        .unwrap();
+    let got = blocked.join().unwrap();
+    assert_eq!(read_ids(&got), vec![first.clone()], "{got:?}");
+    // 3000 entries more, pipelined through m0; three consumers share them.
+    for chunk in 0..30 {
+        let mut pipe = redis::pipe();
+        for k in 0..100 {
+            pipe.cmd("XADD")
+                .arg("s")
+                .arg("*")
+                .arg("n")
+                .arg(chunk * 100 + k);
+        }
+        let _: Vec<String> = pipe.query(&mut p).unwrap();
+    }
+    let (delivered, acked) = consume(&g, &["c0", "c1", "c2"], &[0, 1, 2], 3001, Duration::ZERO);
+    assert_eq!(delivered.len(), 3001);
+    assert!(
+        delivered.values().all(|n| *n == 1),
+        "an entry delivered twice"
+    );
+    assert!(
+        acked.values().all(|n| *n == 1),
+        "an entry acknowledged twice"
+    );
+    for i in 0..3 {
+        let mut c = g.conn(i);
+        assert_eq!(
+            redis::cmd("XLEN").arg("s").query::<i64>(&mut c).unwrap(),
+            3001
+        );
+        assert_eq!(redis::cmd("XLEN").arg("t").query::<i64>(&mut c).unwrap(), 1);
+    }
+    // Ordered where placed: shard 1 (stream s) delivered the 3001 XADDs, the reads and the
+    // acknowledgements; shard 0 (stream t) little beyond its start.
+    let (ok, text) = common::curl(&["-s", &format!("http://{metrics}/metrics")]);
+    assert!(ok, "{text}");
+    let delivered = |shard: &str| -> u64 {
+        let label = format!("shard=\"{shard}\"");
+        text.lines()
+            .find(|l| l.starts_with("conveyor_delivered_total{") && l.contains(&label))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no delivered count for shard {shard}: {text}"))
+    };
+    let (d0, d1) = (delivered("0"), delivered("1"));
+    assert!(
+        d1 > 3001 && d0 < 500,
+        "shard 0 delivered {d0}, shard 1 {d1}"
+    );
 }

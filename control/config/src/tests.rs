@@ -350,13 +350,6 @@ fn a_sharded_group_is_one_group_per_shard() {
             "group.transport",
         ),
         (
-            sharded.replace(
-                "role = \"trigger\"",
-                "role = \"trigger\"\n[member.resp]\naddress = \"127.0.0.1:6380\"",
-            ),
-            "member[0].resp",
-        ),
-        (
             sharded.replace("count = 3", "count = 3\nsize = 2"),
             "shards",
         ),

@@ -447,12 +447,6 @@ fn shards(file: &GroupFile) -> Result<(), Bad> {
                 ));
             }
         }
-        if m.resp.is_some() {
-            return Err(bad(
-                format!("member[{i}].resp"),
-                "not served by a sharded group yet: a stream's commands would need routing to its shard",
-            ));
-        }
         if m.interface.is_some() {
             return Err(bad(
                 format!("member[{i}].interface"),

@@ -228,7 +228,14 @@ pub fn run(
             let Some((app, report)) = invoker else {
                 bail!("member {member}: invoker without its application");
             };
-            let resp = start_resp(&cfg, idx, member, &handle, max_payload)?;
+            let resp = start_resp(
+                &cfg,
+                idx,
+                member,
+                handle.me(),
+                crate::resp::Routing::one(handle.submitter()),
+                max_payload,
+            )?;
             let resp_hub = resp.as_ref().map(|r| r.hub.clone());
             tracing::info!(
                 "member {member}: functions run {}",
@@ -305,7 +312,14 @@ pub fn run(
                         handle.submit(&Op::Create(q))?;
                     }
                 }
-                let resp = start_resp(&cfg, idx, member, &handle, max_payload)?;
+                let resp = start_resp(
+                    &cfg,
+                    idx,
+                    member,
+                    handle.me(),
+                    crate::resp::Routing::one(handle.submitter()),
+                    max_payload,
+                )?;
                 let resp_hub = resp.as_ref().map(|r| r.hub.clone());
                 if let Some(gw) = &me.gateway {
                     let handle = std::sync::Arc::new(handle);
@@ -502,11 +516,12 @@ fn basic_auth(
 }
 
 /// The member's Redis protocol server, if its section asks for one.
-fn start_resp(
+pub(super) fn start_resp(
     cfg: &GroupConfig,
     idx: usize,
     member: &str,
-    handle: &EngineHandle,
+    me: conveyor_core::types::MemberId,
+    routing: crate::resp::Routing,
     max_payload: usize,
 ) -> Result<Option<crate::resp::RespServer>> {
     let Some(r) = &cfg.file.members[idx].resp else {
@@ -523,8 +538,8 @@ fn start_resp(
             group: cfg.file.group.name.clone(),
             member: member.to_string(),
         },
-        handle.me(),
-        handle.submitter(),
+        me,
+        routing,
     )?;
     tracing::info!(
         "member {member}: Redis protocol on {} (try: redis-cli -p {} XADD s '*' f v)",

@@ -153,10 +153,38 @@ pub(super) fn run(
                 Forwarders::new(members, cfg).run(&Clock::new(), FORWARDER_IDLE, &stop)
             })?
     };
-    let outcome = match me.role {
-        Role::Invoker => invoke(member, &mut shards, &signalled),
-        Role::Trigger => trigger(cfg, idx, member, &shards, workload, report, &before_leave),
+    // The Redis protocol, over every shard: each command ordered in the shard owning its
+    // streams; every shard's event reader hands the replies to its hub.
+    let resp = if me.resp.is_some() && !(me.role == Role::Trigger && workload.is_some()) {
+        super::start_resp(
+            cfg,
+            idx,
+            member,
+            shards[0].handle.me(),
+            crate::resp::Routing {
+                submitters: shards.iter().map(|s| s.handle.submitter()).collect(),
+                map: cfg.shard_map(),
+            },
+            cfg.for_shard(0).engine_config(idx).proto.max_payload,
+        )?
+    } else {
+        None
     };
+    let hub = resp.as_ref().map(|r| r.hub.clone());
+    let outcome = match me.role {
+        Role::Invoker => invoke(member, &mut shards, &signalled, hub.as_deref()),
+        Role::Trigger => trigger(
+            cfg,
+            idx,
+            member,
+            &shards,
+            workload,
+            report,
+            &before_leave,
+            hub.clone(),
+        ),
+    };
+    drop(resp);
     // Every shard's engine ends (a shutdown delivered, a leave, a failure) before the
     // forwarders stop: until then a continuation may still have to cross.
     let mut reports: Vec<(usize, EngineReport, Option<InvokerReport>)> = Vec::new();
@@ -234,7 +262,14 @@ pub(super) fn run(
 
 /// An invoker: the functions of every shard, inline in each engine's polling thread or on an
 /// application thread per shard; returns when every shard's engine ended.
-fn invoke(member: &str, shards: &mut [Shard], signalled: &AtomicBool) -> Result<()> {
+fn invoke(
+    member: &str,
+    shards: &mut [Shard],
+    signalled: &AtomicBool,
+    hub: Option<&crate::resp::Hub>,
+) -> Result<()> {
+    // The Redis server's replies, from whichever shard ordered the command.
+    let to_hub = move |e: &Effect| hub.is_some_and(|h| h.on_effect(e));
     std::thread::scope(|sc| -> Result<()> {
         let mut threads = Vec::new();
         for (s, sh) in shards.iter_mut().enumerate() {
@@ -242,14 +277,16 @@ fn invoke(member: &str, shards: &mut [Shard], signalled: &AtomicBool) -> Result<
             match sh.app.take() {
                 Some(app) => threads.push((
                     s,
-                    sc.spawn(move || run_invoker_with(handle, app, |_: &Effect| false).map(|_| ())),
+                    sc.spawn(move || run_invoker_with(handle, app, to_hub).map(|_| ())),
                 )),
                 None => threads.push((
                     s,
                     sc.spawn(move || {
                         while !handle.is_finished() {
-                            // Functions inline: nothing to do with the events but drop them.
-                            let _ = handle.next_event(Duration::from_millis(200));
+                            // Functions inline: the ring carries only the Redis replies.
+                            if let Some(ev) = handle.next_event(Duration::from_millis(200)) {
+                                to_hub(&ev.effect);
+                            }
                         }
                         Ok(())
                     }),
@@ -268,7 +305,9 @@ fn invoke(member: &str, shards: &mut [Shard], signalled: &AtomicBool) -> Result<
 }
 
 /// A trigger: with a workload, runs it across the shards and shuts every shard down; without,
-/// creates the queues and submits the map in every shard, then waits for the shutdowns.
+/// creates the queues and submits the map in every shard, then serves (its gateway, its Redis
+/// protocol) until the shutdowns.
+#[allow(clippy::too_many_arguments)]
 fn trigger(
     cfg: &GroupConfig,
     idx: usize,
@@ -277,6 +316,7 @@ fn trigger(
     workload: Option<&Path>,
     report: Option<&Path>,
     before_leave: &BeforeLeave,
+    hub: Option<Arc<crate::resp::Hub>>,
 ) -> Result<()> {
     let map = cfg.shard_map();
     let Some(wpath) = workload else {
@@ -291,7 +331,7 @@ fn trigger(
         if let Some(gw) = &cfg.file.members[idx].gateway {
             let handles: Vec<Arc<EngineHandle>> = shards.iter().map(|s| s.handle.clone()).collect();
             let g = Gateway::start_sharded(
-                &gateway_config(cfg, idx, gw, None)?,
+                &gateway_config(cfg, idx, gw, hub)?,
                 handles,
                 map,
                 cfg.pipelines.clone(),
@@ -317,14 +357,25 @@ fn trigger(
             g.wait();
             return Ok(());
         }
-        for sh in shards {
-            while !sh.handle.is_finished() {
-                match sh.handle.next_event(Duration::from_millis(200)) {
-                    Some(ev) if matches!(ev.effect, Effect::Shutdown { .. }) => break,
-                    _ => {}
-                }
+        // Every shard's events at once (a Redis reply may come from any of them).
+        std::thread::scope(|sc| {
+            for sh in shards {
+                let hub = hub.clone();
+                sc.spawn(move || {
+                    while !sh.handle.is_finished() {
+                        match sh.handle.next_event(Duration::from_millis(200)) {
+                            Some(ev) if matches!(ev.effect, Effect::Shutdown { .. }) => break,
+                            Some(ev) => {
+                                if let Some(h) = &hub {
+                                    h.on_effect(&ev.effect);
+                                }
+                            }
+                            None => {}
+                        }
+                    }
+                });
             }
-        }
+        });
         return Ok(());
     };
     let (spec, pipeline) = super::load_workload(cfg, wpath)?;

@@ -10,9 +10,15 @@
 //! an error and the connection closes, as a malformed one does). A blocked `XREADGROUP` or
 //! `XREAD` waits in the group's replicated state, served in the order when an entry for it
 //! comes; when its time is up the server asks the group to end it.
+//!
+//! In a sharded deployment (`[shards]`), the server is the process's member of every shard: a
+//! command is ordered in the shard that owns its streams by the group file's placement (the
+//! same hash and overrides as queues; see [`Routing`]), and a command whose streams live in
+//! several shards is refused as Redis Cluster refuses it (`CROSSSLOT`).
 
 use anyhow::{Context, Result};
 use conveyor_core::queue::{Effect, Op};
+use conveyor_core::shard::ShardMap;
 use conveyor_core::streams::{self, Value};
 use conveyor_core::types::MemberId;
 use conveyor_dataplane::engine::Submitter;
@@ -119,10 +125,52 @@ pub struct RespServer {
     stop: Arc<AtomicBool>,
 }
 
+/// Where a server orders each command: its member's group, or in a sharded deployment the
+/// shard owning the command's streams.
+#[derive(Clone, Debug)]
+pub struct Routing {
+    /// This process's member of each shard (one without shards).
+    pub submitters: Vec<Submitter>,
+    /// Which shard owns each stream: the group file's placement. Fixed for the server's life:
+    /// a stream's entries live in its shard's replicated state, and a map change moves
+    /// queues' waiting requests, not streams (`conveyor ctl shard move` of a stream's name
+    /// would strand its entries in the old shard; the checks do not stop it).
+    pub map: ShardMap,
+}
+
+impl Routing {
+    /// One group: everything in it.
+    pub fn one(submitter: Submitter) -> Routing {
+        Routing {
+            submitters: vec![submitter],
+            map: ShardMap::default(),
+        }
+    }
+
+    /// The shard a command is ordered in: the one owning its streams (shard 0 for a command
+    /// without any), or Redis Cluster's `CROSSSLOT` error if they live in several.
+    fn shard(&self, args: &[Vec<u8>]) -> Result<usize, Reply> {
+        if self.submitters.len() < 2 {
+            return Ok(0);
+        }
+        let mut owner = None;
+        for k in streams::keys(args) {
+            let s = self.map.owner(&String::from_utf8_lossy(k)).0 as usize;
+            if owner.is_some_and(|o| o != s) {
+                return Err(Reply::err(
+                    "CROSSSLOT Keys in request don't hash to the same slot (they live in different shards of this Conveyor deployment)",
+                ));
+            }
+            owner = Some(s);
+        }
+        Ok(owner.unwrap_or(0).min(self.submitters.len() - 1))
+    }
+}
+
 struct Shared {
     cfg: RespConfig,
     me: MemberId,
-    submitter: Submitter,
+    routing: Routing,
     hub: Arc<Hub>,
     clients: AtomicUsize,
     next_client: AtomicU64,
@@ -132,8 +180,9 @@ struct Shared {
 
 impl RespServer {
     /// Listens on `cfg.address` and serves until [`RespServer::stop`]. Replies come through
-    /// the returned server's [`Hub`], which the member's event reader must feed.
-    pub fn start(cfg: RespConfig, me: MemberId, submitter: Submitter) -> Result<RespServer> {
+    /// the returned server's [`Hub`], which the member's event readers (every shard's) must
+    /// feed.
+    pub fn start(cfg: RespConfig, me: MemberId, routing: Routing) -> Result<RespServer> {
         let listener = TcpListener::bind(cfg.address)
             .with_context(|| format!("the RESP server cannot listen on {}", cfg.address))?;
         let address = listener.local_addr()?;
@@ -142,7 +191,7 @@ impl RespServer {
         let shared = Arc::new(Shared {
             cfg,
             me,
-            submitter,
+            routing,
             hub: hub.clone(),
             clients: AtomicUsize::new(0),
             next_client: AtomicU64::new(1),
@@ -557,7 +606,11 @@ fn blocking(args: &[Vec<u8>]) -> Option<(Vec<Vec<u8>>, u64)> {
 fn ordered(s: &Shared, c: &Client, args: &[Vec<u8>]) -> Reply {
     let block_ms = blocking(args).map_or(0, |(_, ms)| ms);
     let until = (block_ms > 0).then(|| Instant::now() + Duration::from_millis(block_ms));
-    let p = match send(s, args) {
+    let shard = match s.routing.shard(args) {
+        Ok(shard) => shard,
+        Err(r) => return r,
+    };
+    let p = match send_to(s, shard, args) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -586,7 +639,8 @@ fn ordered(s: &Shared, c: &Client, args: &[Vec<u8>]) -> Reply {
         streams::UNBLOCK.as_bytes().to_vec(),
         p.token.to_string().into_bytes(),
     ];
-    if let Ok(u) = send(s, &unblock) {
+    // In the shard the read waits in.
+    if let Ok(u) = send_to(s, shard, &unblock) {
         forget(s, u.token);
     }
     match wait(s, p) {
@@ -617,8 +671,13 @@ fn wait(s: &Shared, p: Pending) -> Result<Value, Reply> {
     }
 }
 
-/// Submits one command to the group.
+/// Submits one command to the group (the shard owning its streams).
 fn send(s: &Shared, args: &[Vec<u8>]) -> Result<Pending, Reply> {
+    send_to(s, s.routing.shard(args)?, args)
+}
+
+/// Submits one command to shard `shard`'s group.
+fn send_to(s: &Shared, shard: usize, args: &[Vec<u8>]) -> Result<Pending, Reply> {
     let token = s.hub.next.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel();
     if let Ok(mut w) = s.hub.waiting.lock() {
@@ -635,7 +694,7 @@ fn send(s: &Shared, args: &[Vec<u8>]) -> Result<Pending, Reply> {
             w.remove(&token);
         }
     };
-    if let Err(e) = s.submitter.submit(&op) {
+    if let Err(e) = s.routing.submitters[shard].submit(&op) {
         forget();
         return Err(Reply::err(format!(
             "ERR this member cannot take the command: {e}"

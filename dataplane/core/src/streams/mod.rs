@@ -95,6 +95,44 @@ pub const COMMANDS: [&str; 18] = [
     "unlink",
 ];
 
+/// The keys (stream names) a command of [`COMMANDS`] reads or writes, as Redis Cluster would
+/// route it: a sharded deployment orders the command in the shard owning them, and refuses
+/// one whose keys live in several shards. Empty for a command without keys (`XGROUP HELP`)
+/// or too short to name one (the state machine answers its arity error).
+pub fn keys(args: &[Vec<u8>]) -> Vec<&[u8]> {
+    let Some(name) = args.first() else {
+        return Vec::new();
+    };
+    let at = |i: usize| args.get(i).map(|k| k.as_slice()).into_iter().collect();
+    match lower(name).as_str() {
+        "xgroup" | "xinfo" => match args.get(1).map(|sub| lower(sub)).as_deref() {
+            Some("help") | None => Vec::new(),
+            Some(_) => at(2),
+        },
+        "xread" | "xreadgroup" => {
+            // The options before STREAMS (a group or consumer may be called "streams").
+            let mut i = 1;
+            while i < args.len() {
+                match lower(&args[i]).as_str() {
+                    "group" => i += 3,
+                    "count" | "block" => i += 2,
+                    "streams" => {
+                        let rest = &args[i + 1..];
+                        return rest[..rest.len() / 2]
+                            .iter()
+                            .map(|k| k.as_slice())
+                            .collect();
+                    }
+                    _ => i += 1,
+                }
+            }
+            Vec::new()
+        }
+        "del" | "exists" | "unlink" => args[1..].iter().map(|k| k.as_slice()).collect(),
+        _ => at(1),
+    }
+}
+
 /// Whether `name` (any case) is one of [`COMMANDS`].
 pub fn is_stream_command(name: &[u8]) -> bool {
     COMMANDS

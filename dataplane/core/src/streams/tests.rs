@@ -213,3 +213,30 @@ fn a_restart_gives_every_pending_entry_back() {
     assert_eq!(run(&mut s, 4, "XACK k g 1-1"), Value::Int(1));
     assert_eq!(run(&mut s, 4, "XACK k g 1-1"), Value::Int(0));
 }
+
+#[test]
+fn keys_are_the_streams_a_command_names_as_redis_cluster_routes_it() {
+    let k = |line: &str| {
+        let w = words(line);
+        keys(&w)
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(k("XADD s * f v"), ["s"]);
+    assert_eq!(k("xlen s"), ["s"]);
+    assert_eq!(k("XACK s g 1-1 2-2"), ["s"]);
+    assert_eq!(k("XGROUP CREATE s g $ MKSTREAM"), ["s"]);
+    assert_eq!(k("XGROUP HELP"), Vec::<String>::new());
+    assert_eq!(k("XINFO STREAM s"), ["s"]);
+    assert_eq!(k("XREAD COUNT 2 BLOCK 10 STREAMS a b 0 0"), ["a", "b"]);
+    // A group or consumer called "streams" is not where the keys start.
+    assert_eq!(
+        k("XREADGROUP GROUP streams STREAMS COUNT 1 STREAMS s t > >"),
+        ["s", "t"]
+    );
+    assert_eq!(k("DEL a b c"), ["a", "b", "c"]);
+    assert_eq!(k("TYPE a"), ["a"]);
+    assert_eq!(k("XADD"), Vec::<String>::new());
+    assert_eq!(k("XREAD STREAMS"), Vec::<String>::new());
+}
