@@ -1,5 +1,7 @@
-//! Two shards, each a group of three engines over real UDP sockets, on three "hosts" (member
-//! `i` of each shard; the engines of one host share its forwarders, `conveyor_dataplane::shard`).
+//! Two shards, each a group of three engines over real UDP sockets (and again over the `rdma`
+//! transport on the emulated fabric: each shard's members their own device contexts, queue
+//! pairs and side channels, as a sharded group file gives them), on three "hosts" (member `i`
+//! of each shard; the engines of one host share its forwarders, `conveyor_dataplane::shard`).
 //! A three-step pipeline whose steps alternate shards (shard 0, shard 1, shard 0): every run's
 //! continuations cross to the other shard and back through the forwarders, and its end is told
 //! to its pusher in shard 0. Every run completes exactly once, also when an invoker of each
@@ -14,7 +16,10 @@ use conveyor_core::wire::Key;
 use conveyor_dataplane::engine::{Clock, EngineConfig, EngineHandle, IdlePolicy};
 use conveyor_dataplane::invoker::InvokerApp;
 use conveyor_dataplane::shard::{Forwarders, ShardMember};
+use conveyor_dataplane::transport::rdma::emu::Fabric;
+use conveyor_dataplane::transport::rdma::{RdmaConfig, RdmaTransport};
 use conveyor_dataplane::transport::udp::UdpTransport;
+use conveyor_dataplane::transport::Transport;
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,9 +46,51 @@ fn cfg(shard: u16, me: u16, key: &Key) -> EngineConfig {
     }
 }
 
-/// One shard's three engines on fresh ports: member 0 a trigger (no application), members 1
-/// and 2 invokers running the pipeline.
-fn start_shard(shard: u16, key: &Key, pipeline: &Pipeline) -> Vec<EngineHandle> {
+/// What the shards' members talk over.
+#[derive(Clone, Copy, Debug)]
+enum Medium {
+    Udp,
+    /// The `rdma` transport on one emulated fabric (every member of every shard a device of
+    /// its own on it).
+    Rdma,
+}
+
+/// Three free TCP ports on loopback (the rdma transport's side channels).
+fn free_tcp3() -> Vec<SocketAddr> {
+    let ls: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    ls.iter().map(|l| l.local_addr().unwrap()).collect()
+}
+
+/// One shard's transports: UDP sockets on fresh ports, or rdma on `fabric`.
+fn transports(shard: u16, medium: Medium, fabric: &Fabric) -> Vec<Box<dyn Transport>> {
+    match medium {
+        Medium::Udp => udp3().into_iter().map(|t| Box::new(t) as _).collect(),
+        Medium::Rdma => {
+            let a = free_tcp3();
+            (0..3)
+                .map(|me| {
+                    let t = RdmaTransport::open(
+                        &RdmaConfig {
+                            group: format!("shard{shard}"),
+                            me,
+                            peers: a.clone(),
+                            // The protocol's frames (the group's max_frame).
+                            max_frame: ProtoConfig::default().max_frame,
+                            poll_us: 50,
+                        },
+                        fabric.device(),
+                    )
+                    .unwrap();
+                    Box::new(t) as _
+                })
+                .collect()
+        }
+    }
+}
+
+fn udp3() -> Vec<UdpTransport> {
     let mut transports = Vec::new();
     for attempt in 1.. {
         let socks: Vec<UdpSocket> = (0..3)
@@ -63,8 +110,20 @@ fn start_shard(shard: u16, key: &Key, pipeline: &Pipeline) -> Vec<EngineHandle> 
             Err(e) => panic!("binding the members' ports: {e}"),
         }
     }
+    transports
+}
+
+/// One shard's three engines: member 0 a trigger (no application), members 1 and 2 invokers
+/// running the pipeline.
+fn start_shard(
+    shard: u16,
+    key: &Key,
+    pipeline: &Pipeline,
+    medium: Medium,
+    fabric: &Fabric,
+) -> Vec<EngineHandle> {
     (0..3u16)
-        .zip(transports)
+        .zip(transports(shard, medium, fabric))
         .map(|(me, t)| {
             let app = (me > 0).then(|| {
                 Box::new(InvokerApp::new(
@@ -74,13 +133,23 @@ fn start_shard(shard: u16, key: &Key, pipeline: &Pipeline) -> Vec<EngineHandle> 
                     4096,
                 )) as Box<dyn conveyor_dataplane::engine::InlineApp>
             });
-            EngineHandle::start_with(cfg(shard, me, key), Box::new(t), Clock::new(), app).unwrap()
+            EngineHandle::start_with(cfg(shard, me, key), t, Clock::new(), app).unwrap()
         })
         .collect()
 }
 
 #[test]
 fn runs_cross_shards_through_the_forwarders_exactly_once_also_when_invokers_stop() {
+    runs_cross_shards(Medium::Udp);
+}
+
+#[test]
+fn over_the_rdma_transport_too() {
+    runs_cross_shards(Medium::Rdma);
+}
+
+fn runs_cross_shards(medium: Medium) {
+    let fabric = Fabric::new();
     let key = Key::from_bytes([0x44; 32]);
     let pipeline = Pipeline::chain("x", 3, 300);
     let queues: Vec<String> = pipeline.queue_specs().into_iter().map(|q| q.name).collect();
@@ -92,7 +161,7 @@ fn runs_cross_shards_through_the_forwarders_exactly_once_also_when_invokers_stop
     }
     let mut shards: Vec<Vec<Option<EngineHandle>>> = (0..2u16)
         .map(|s| {
-            start_shard(s, &key, &pipeline)
+            start_shard(s, &key, &pipeline, medium, &fabric)
                 .into_iter()
                 .map(Some)
                 .collect()

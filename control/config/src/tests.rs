@@ -321,6 +321,22 @@ fn a_sharded_group_is_one_group_per_shard() {
     assert_ne!(c.for_shard(1).key.to_hex(), s2.key.to_hex());
     assert_eq!(c.for_shard(2).key.to_hex(), s2.key.to_hex());
     assert_eq!(s2.transport_spec(1).addresses[1].port(), 7201);
+    // Over rdma each shard is its own set of queue pairs: a side channel on the shard's port,
+    // its own group tag (the device and port the member's).
+    let rdma = GroupConfig::parse(
+        &sharded.replace("name = \"g\"", "name = \"g\"\ntransport = \"rdma\""),
+        &path,
+    )
+    .unwrap();
+    let tag = |s: u16| match rdma.for_shard(s).transport_spec(1).medium {
+        conveyor_dataplane::transport::open::Medium::Rdma { tag, .. } => tag,
+        other => panic!("{other:?}"),
+    };
+    assert_ne!(tag(0), tag(2));
+    assert_eq!(
+        rdma.for_shard(2).transport_spec(1).addresses[1].port(),
+        7201
+    );
     // Without [shards]: one shard owning everything.
     let one = GroupConfig::parse(
         &GOOD.replace("name = \"g\"", "name = \"g\"\npipelines = [\"p.json\"]"),
