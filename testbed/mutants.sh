@@ -230,13 +230,18 @@ MUTANTS = [
      "} => *pusher != crate::queue::FORWARDER && id.origin() == me,", "shard-sim"),
     # Durable shards (shard-sim's durable seeds: the whole deployment killed and restarted from
     # the disks): a forwarder acts only on outbox entries and watermarks a majority's disks
-    # hold; a member removed and back is told again the ends its disks had not released.
+    # hold, and only on a member holding its group's state (not a restarted member's own log
+    # before its group decided); a member removed and back is told again the ends its disks
+    # had not released.
     ("forward-unsynced-outbox", "shard.rs",
      "let last = o.last.min(stable.outbox.get(to).copied().unwrap_or(0));",
      "let last = o.last;", "shard-sim"),
     ("acknowledge-unsynced-watermark", "shard.rs",
      "let m = (*mark).min(stable.inbox.get(from).copied().unwrap_or(0));",
      "let m = *mark;", "shard-sim"),
+    ("forward-from-an-unrecovered-log", "replica/durable.rs",
+     "        if self.recovered() && self.log_state.is_none() {",
+     "        if true {", "shard-sim"),
     ("rejoin-forgets-held-ends", "replica/mod.rs",
      "Some(held) => applied.min(held.saturating_sub(1)),",
      "Some(_) => applied,", "shard-sim"),

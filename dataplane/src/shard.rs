@@ -4,8 +4,8 @@
 //! submitting through each engine's [`Submitter`].
 //!
 //! Which process forwards from shard `a` to shard `b`: the one whose members of both serve and
-//! whose member id is the lowest of the members both views share (as its own members see the
-//! views). Member ids name hosts across shards: member `i` of every shard runs on host `i`
+//! whose member id [`forwarder_for`] picks among the members both views share (as its own
+//! members see the views; the pairs spread over the hosts, not all on the lowest id). Member ids name hosts across shards: member `i` of every shard runs on host `i`
 //! (the layout a sharded group file is to require). Once the views agree every
 //! process picks the same one; during a change two may forward at once, which costs duplicates
 //! the destination ignores, or none for a moment. A process that takes the role starts at the
@@ -18,7 +18,7 @@
 
 use crate::engine::{Bell, Clock, EngineError, EngineHandle, Probe, Submitter};
 use conveyor_core::shard::{
-    Forwarder, ForwarderConfig, ForwarderStats, Forwarding, ShardId, ShardMap,
+    forwarder_for, Forwarder, ForwarderConfig, ForwarderStats, Forwarding, ShardId, ShardMap,
 };
 use conveyor_core::types::{Instant, MemberId};
 use std::collections::BTreeMap;
@@ -129,12 +129,19 @@ impl Forwarders {
                 if a == b || live[a].status != "serving" || live[b].status != "serving" {
                     continue;
                 }
-                let lowest = live[a]
+                let shared: Vec<MemberId> = live[a]
                     .members
                     .iter()
                     .filter(|x| live[b].members.contains(x))
-                    .min();
-                if lowest == Some(&self.members[a].me) && self.members[a].me == self.members[b].me {
+                    .copied()
+                    .collect();
+                let chosen = forwarder_for(
+                    self.members[a].shard,
+                    self.members[b].shard,
+                    self.members.len() as u16,
+                    &shared,
+                );
+                if chosen == Some(self.members[a].me) && self.members[a].me == self.members[b].me {
                     roles.push((a, b));
                 }
             }

@@ -39,7 +39,7 @@
 //! outbox.
 
 use crate::queue::{Effect, Request};
-use crate::types::Instant;
+use crate::types::{Instant, MemberId};
 use core::time::Duration;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -129,6 +129,27 @@ impl ShardMap {
         }
         ShardId(jump_hash(fnv1a(queue.as_bytes()), self.shards.max(1) as u32) as u16)
     }
+}
+
+/// Which member forwards from shard `from` to shard `to` in a deployment of `shards` shards:
+/// one of `shared`, the members both shards' views hold (member `i` of every shard runs on
+/// host `i`), chosen so that the pairs spread over them (the `(from * shards + to)`-th in id
+/// order, modulo their number) instead of every pair falling to one host. Every process that
+/// sees the same views picks the same one. `None` if the views share no member.
+pub fn forwarder_for(
+    from: ShardId,
+    to: ShardId,
+    shards: u16,
+    shared: &[MemberId],
+) -> Option<MemberId> {
+    if shared.is_empty() {
+        return None;
+    }
+    let mut ids = shared.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let k = usize::from(from.0) * usize::from(shards.max(1)) + usize::from(to.0);
+    Some(ids[k % ids.len()])
 }
 
 /// FNV-1a, 64 bits: a stable hash of a queue's name (the same on every host and build, unlike
@@ -656,6 +677,37 @@ impl Forwarder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_forwarder_roles_spread_over_the_hosts_and_every_process_picks_the_same() {
+        let m = |ids: &[u16]| ids.iter().map(|&i| MemberId(i)).collect::<Vec<_>>();
+        let all = m(&[0, 1, 2]);
+        // Two shards, three hosts: the two directions on two different hosts.
+        let a = forwarder_for(ShardId(0), ShardId(1), 2, &all);
+        let b = forwarder_for(ShardId(1), ShardId(0), 2, &all);
+        assert_ne!(a, b);
+        // Three shards: six pairs, two on each host.
+        let mut per_host = BTreeMap::new();
+        for x in 0..3u16 {
+            for y in (0..3u16).filter(|y| *y != x) {
+                let h = forwarder_for(ShardId(x), ShardId(y), 3, &all).unwrap();
+                *per_host.entry(h).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(
+            per_host.values().copied().collect::<Vec<_>>(),
+            vec![2, 2, 2]
+        );
+        // The order the view lists its members in does not matter; a member not shared is
+        // never picked; no shared member, no forwarder.
+        assert_eq!(forwarder_for(ShardId(0), ShardId(1), 2, &m(&[2, 0, 1])), a);
+        let two = m(&[0, 2]);
+        for x in 0..2u16 {
+            let h = forwarder_for(ShardId(x), ShardId(1 - x), 2, &two).unwrap();
+            assert!(two.contains(&h));
+        }
+        assert_eq!(forwarder_for(ShardId(0), ShardId(1), 2, &[]), None);
+    }
 
     #[test]
     fn jump_hash_spreads_and_moves_little_when_a_shard_is_added() {

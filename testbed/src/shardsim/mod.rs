@@ -22,7 +22,8 @@
 //! so that every run crosses shards twice and its end comes back to shard 0; each host's
 //! trigger pushes requests into shard 0 through its member there, and every member of every
 //! shard is an invoker of that shard's queues. The forwarder from shard `a` to shard `b` runs
-//! on the lowest host that is a member of both shards' views (as its own members see them),
+//! on the host `forwarder_for` picks among the members of both shards' views (as its own
+//! members see them; the pairs spread over the hosts),
 //! its members of both serving; any number may run at once during a change.
 //!
 //! Checks, as it happens: replicas of a shard hold identical states at the same position of
@@ -43,7 +44,7 @@
 
 use conveyor_core::proto::{Dest, Status, SubmitError};
 use conveyor_core::queue::{Durability, Effect, Meta, OnFull, Op, Order, QueueSpec, Request};
-use conveyor_core::shard::{Forwarder, Forwarding, ShardId, ShardMap};
+use conveyor_core::shard::{forwarder_for, Forwarder, Forwarding, ShardId, ShardMap};
 use conveyor_core::types::{GroupId, Instant, MemberId, RequestId, View, ViewId};
 use conveyor_core::wire::Key;
 use conveyor_core::{Applied, Persist, RecoveryStage, Replica};
@@ -969,8 +970,9 @@ impl ShardSim {
     }
 
     /// Host `h`'s forwarders: the one from `a` to `b` runs while its members of `a` and `b`
-    /// serve and `h` is the lowest member of both views (as those members see them): a host
-    /// with a live member in each shard, the same one at every host once the views agree.
+    /// serve and `forwarder_for` picks `h` among the members of both views (as those members
+    /// see them): a host with a live member in each shard, the same one at every host once the
+    /// views agree, the pairs spread over the hosts.
     fn forward(&mut self, h: usize) -> Result<(), ShardViolation> {
         let n = self.cfg.shards;
         let now = Instant::from_micros(self.now);
@@ -987,14 +989,18 @@ impl ShardSim {
                     && dst.alive
                     && src.replica.status() == Status::Serving
                     && dst.replica.status() == Status::Serving
-                    && src
-                        .replica
-                        .view()
-                        .members
-                        .iter()
-                        .filter(|x| dst.replica.view().members.contains(x))
-                        .min()
-                        == Some(&MemberId(h as u16));
+                    && forwarder_for(
+                        ShardId(a as u16),
+                        ShardId(b as u16),
+                        n as u16,
+                        &src.replica
+                            .view()
+                            .members
+                            .iter()
+                            .filter(|x| dst.replica.view().members.contains(x))
+                            .copied()
+                            .collect::<Vec<_>>(),
+                    ) == Some(MemberId(h as u16));
                 if !active && self.cfg.keep_forwarders {
                     continue;
                 }

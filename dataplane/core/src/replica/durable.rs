@@ -85,6 +85,10 @@ impl Replica {
     /// them); without, the state as applied. Call it (or [`Replica::shards_fingerprint`]) after
     /// each batch of steps: what changed is noted at the position applied then.
     pub fn shards_to_forward(&mut self) -> std::borrow::Cow<'_, Shards> {
+        if !self.holds_group_state() {
+            // Its queue is its own log's history, not the group's: nothing to act on.
+            return std::borrow::Cow::Owned(Shards::default());
+        }
         match self.stable_marks() {
             Some(stable) => {
                 let stable = stable.clone();
@@ -97,11 +101,30 @@ impl Replica {
     /// A number that changes whenever [`Replica::shards_to_forward`] would (a host republishes
     /// the state for its forwarders only then).
     pub fn shards_fingerprint(&mut self) -> u64 {
+        if !self.holds_group_state() {
+            return 0;
+        }
         let fp = self.queue.shards().fingerprint();
         match self.stable_marks() {
             Some(stable) => fp ^ stable.fingerprint().rotate_left(17),
             None => fp,
         }
+    }
+
+    /// Whether the queue is the group's state: not while a member restarted from its disk has
+    /// not recovered, nor while a joiner carries its own log's state (either may hold steps
+    /// no majority ever had, which a forwarder must not act on). What was noted before goes.
+    fn holds_group_state(&mut self) -> bool {
+        if self.recovered() && self.log_state.is_none() {
+            return true;
+        }
+        if let Some(d) = self.durable.as_mut() {
+            d.marks.clear();
+            d.stable = Marks::default();
+            d.marks_seen = 0;
+            d.marks_at = 0;
+        }
+        false
     }
 
     /// Notes the marks if they changed, and releases those a majority's disks now hold: the
