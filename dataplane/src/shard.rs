@@ -5,8 +5,9 @@
 //!
 //! Which process forwards from shard `a` to shard `b`: the one whose members of both serve and
 //! whose member id [`forwarder_for`] picks among the members both views share (as its own
-//! members see the views; the pairs spread over the hosts, not all on the lowest id). Member ids name hosts across shards: member `i` of every shard runs on host `i`
-//! (the layout a sharded group file is to require). Once the views agree every
+//! members see the views; the pairs spread over the hosts, not all on the lowest id). Member
+//! ids name hosts across shards: member `i` of every shard runs on host `i` (the layout a
+//! sharded group file is to require). Once the views agree every
 //! process picks the same one; during a change two may forward at once, which costs duplicates
 //! the destination ignores, or none for a moment. A process that takes the role starts at the
 //! destination's watermark: nothing the previous one did is needed.

@@ -130,7 +130,8 @@ impl Replica {
     /// Notes the marks if they changed, and releases those a majority's disks now hold: the
     /// stable marks (None without durable logging).
     fn stable_marks(&mut self) -> Option<&Marks> {
-        let majority = self.majority_persisted();
+        // (Called by the engine's polling loop after every batch: nothing allocated unless
+        // marks wait for the disks.)
         let applied = self.queue.applied();
         let fp = self.queue.shards().fingerprint();
         let d = self.durable.as_mut()?;
@@ -150,12 +151,16 @@ impl Replica {
                 d.marks.push_back((applied, now));
             }
         }
-        while d.marks.front().is_some_and(|(p, _)| *p <= majority) {
-            if let Some((_, m)) = d.marks.pop_front() {
-                d.stable = m;
+        if !d.marks.is_empty() {
+            let majority = self.majority_persisted();
+            let d = self.durable.as_mut()?;
+            while d.marks.front().is_some_and(|(p, _)| *p <= majority) {
+                if let Some((_, m)) = d.marks.pop_front() {
+                    d.stable = m;
+                }
             }
         }
-        Some(&d.stable)
+        self.durable.as_ref().map(|d| &d.stable)
     }
 
     /// Switches durable logging on or off (off by default; see `replica/durable.rs`). On, the
