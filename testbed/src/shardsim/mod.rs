@@ -42,12 +42,13 @@
 //! property that failed); with `SHARD_TRACE=1` it also prints every effect of each shard's
 //! order (as first applied) and every forwarder's poll.
 
+use crate::disk::LogDisk;
 use conveyor_core::proto::{Dest, Status, SubmitError};
 use conveyor_core::queue::{Durability, Effect, Meta, OnFull, Op, Order, QueueSpec, Request};
 use conveyor_core::shard::{forwarder_for, Forwarder, Forwarding, ShardId, ShardMap};
 use conveyor_core::types::{GroupId, Instant, MemberId, RequestId, View, ViewId};
 use conveyor_core::wire::Key;
-use conveyor_core::{Applied, Persist, RecoveryStage, Replica};
+use conveyor_core::{Applied, RecoveryStage, Replica};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
@@ -55,6 +56,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 mod checks;
 mod config;
+mod disks;
 mod report;
 
 pub use config::ShardSimConfig;
@@ -138,19 +140,9 @@ struct Member {
     holds_state: bool,
     /// Restarted from its disk: it holds its shard's state once its group has decided.
     recovering: bool,
-    /// Its log on its host's disk (durable runs).
-    disk: Disk,
-}
-
-/// A member's log on its host's disk, in a durable run.
-#[derive(Default)]
-struct Disk {
-    log: Vec<Persist>,
-    /// The position after the last record written, and after the last one synced; how far
-    /// the replica was told.
-    written: u64,
-    synced: u64,
-    told: u64,
+    /// Its log on its host's disk (durable runs), and how far its replica was told it synced.
+    disk: LogDisk,
+    disk_told: u64,
 }
 
 /// What the checks counted at one position of a shard's order (undone when a restarted
@@ -317,7 +309,8 @@ impl ShardSim {
                     rejoining: false,
                     holds_state: true,
                     recovering: false,
-                    disk: Disk::default(),
+                    disk: LogDisk::default(),
+                    disk_told: 0,
                 });
             }
             members.push(row);
@@ -624,13 +617,8 @@ impl ShardSim {
         x.alive = false;
         x.outbox.clear();
         // What was written and not synced is gone with the process.
-        let synced = x.disk.synced;
-        x.disk.log.retain(|p| match p {
-            Persist::Record { position, .. } => *position < synced,
-            Persist::Snapshot { .. } => true,
-        });
-        x.disk.written = synced;
-        x.disk.told = 0;
+        x.disk.crash();
+        x.disk_told = 0;
         if s == 0 {
             self.hosts[m].crashed = true;
         }
@@ -660,7 +648,7 @@ impl ShardSim {
         replica.set_durable(self.cfg.durable, &configured(self.cfg.members));
         if self.cfg.durable {
             // From its data directory, in case its group has not decided a state yet.
-            replica.set_log_state(self.synced_state(s, m));
+            replica.set_log_state(self.members[s][m].disk.synced_state());
         }
         let x = &mut self.members[s][m];
         if same_process {
@@ -676,7 +664,7 @@ impl ShardSim {
         x.rejoining = false;
         x.holds_state = false;
         x.recovering = false;
-        x.disk.told = 0;
+        x.disk_told = 0;
         x.timer = u64::MAX;
         x.outbox.extend(invoker_ops(MemberId(m as u16)));
         self.report.joins += 1;
@@ -757,8 +745,10 @@ impl ShardSim {
             let effects = match applied {
                 Applied::Message { effects, .. } if gated => {
                     self.count_step(s, m, &effects)?;
-                    let now: Vec<Effect> =
-                        effects.into_iter().filter(|e| !held_for_disks(e)).collect();
+                    let now: Vec<Effect> = effects
+                        .into_iter()
+                        .filter(|e| !disks::held_for_disks(e))
+                        .collect();
                     self.act(s, m, now)?;
                     continue;
                 }
@@ -797,124 +787,6 @@ impl ShardSim {
             self.act(s, m, effects)?;
         }
         Ok(())
-    }
-
-    /// A member restarted from its disk holds its shard's state once its group decided; the
-    /// first to, decides for the checks where the shard's history goes on from.
-    fn note_recovery(&mut self, s: usize, m: usize) -> Result<(), ShardViolation> {
-        let x = &mut self.members[s][m];
-        if !x.recovering {
-            return Ok(());
-        }
-        let Some((RecoveryStage::Recovered, decision)) = x.replica.recovery() else {
-            return Ok(());
-        };
-        let at = decision.map(|d| d.at);
-        x.recovering = false;
-        x.holds_state = true;
-        if let (true, Some(at)) = (self.awaiting[s], at) {
-            self.decided(s, at)?;
-        }
-        Ok(())
-    }
-
-    /// Host `h` starts its member of shard `s` again from its data directory, as a member of
-    /// the group file's view, as `conveyor node` does: its claim first, then what its host
-    /// submits at every start.
-    fn restart_from_disk(&mut self, s: usize, h: usize) {
-        let n = self.cfg.members;
-        let me = MemberId(h as u16);
-        let inc = self.members[s][h].inc + 1;
-        let mut replica = Replica::new(
-            self.cfg.proto.clone(),
-            self.keys[s].clone(),
-            group(s),
-            View::new(ViewId(1), configured(n)),
-            me,
-            ((s as u64) << 40) | ((h as u64) << 20) | (u64::from(inc) + 1),
-            Instant::from_micros(self.now),
-        )
-        .expect("valid shard sim config");
-        replica.recover_from(self.synced_state(s, h));
-        replica.set_durable(true, &configured(n));
-        let claim = replica.claim();
-        let ops = start_ops(s, me, self.cfg.capacity, true, &self.map1);
-        let x = &mut self.members[s][h];
-        x.replica = replica;
-        x.inc = inc;
-        x.alive = true;
-        x.rejoining = false;
-        x.holds_state = false;
-        x.recovering = true;
-        x.outbox = claim.into_iter().chain(ops).collect();
-        x.timer = self.now;
-        self.report.restarts_from_disk += 1;
-        if s == 0 && self.hosts[h].pushes_left > 0 {
-            // A new trigger process goes on with the pushes left.
-            self.schedule(self.now + 1_000, Event::Push { h, inc });
-        }
-        self.schedule(self.now, Event::Timer { s, m: h, inc });
-    }
-
-    /// What member `m` of shard `s`'s log replays to, as far as its disk synced.
-    fn synced_state(&self, s: usize, m: usize) -> conveyor_core::queue::QueueState {
-        let d = &self.members[s][m].disk;
-        let Some(Persist::Snapshot { state, .. }) = d.log.first() else {
-            return conveyor_core::queue::QueueState::new();
-        };
-        let records = d.log[1..].iter().filter_map(|p| match p {
-            Persist::Record {
-                position,
-                kind,
-                bytes,
-            } if *position < d.synced => Some((*position, *kind, bytes.as_slice())),
-            _ => None,
-        });
-        conveyor_core::durable::replay(Some(state), records)
-            .expect("a log the simulator checked replays")
-    }
-
-    /// Member `m` of shard `s`'s host writes what its replica hands it to its log (a snapshot
-    /// first, then records at consecutive positions); the disk syncs at random moments, and
-    /// the replica is told how far. Whether it was told anything new.
-    fn write_log(&mut self, s: usize, m: usize) -> Result<bool, ShardViolation> {
-        if !self.cfg.durable || !self.members[s][m].alive {
-            return Ok(false);
-        }
-        let sync = self.rng.gen_bool(self.cfg.sync_chance);
-        let x = &mut self.members[s][m];
-        while let Some(p) = x.replica.poll_persist() {
-            let d = &mut x.disk;
-            match &p {
-                Persist::Snapshot { position, .. } => {
-                    // Written whole (a temporary file, synced, renamed) before the log goes on.
-                    d.log.clear();
-                    d.written = *position;
-                    d.synced = *position;
-                }
-                Persist::Record { position, .. } => {
-                    if d.log.is_empty() || *position != d.written {
-                        let due = d.written;
-                        return Err(self.violation(
-                            "log",
-                            format!("s{s}m{m}'s log: a record at position {position} where {due} was due"),
-                        ));
-                    }
-                    d.written += 1;
-                }
-            }
-            d.log.push(p);
-        }
-        let d = &mut x.disk;
-        if sync {
-            d.synced = d.written;
-        }
-        if d.synced > d.told {
-            d.told = d.synced;
-            x.replica.persisted(d.synced);
-            return Ok(true);
-        }
-        Ok(false)
     }
 
     fn rearm(&mut self, s: usize, m: usize) {
@@ -1106,16 +978,4 @@ fn pair_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
         let (x, y) = v.split_at_mut(a);
         (&mut y[0], &mut x[b])
     }
-}
-
-/// What a step of a durable queue tells outside its shard only once a majority's disks hold
-/// it (see `conveyor_core::replica::durable`).
-fn held_for_disks(e: &Effect) -> bool {
-    matches!(
-        e,
-        Effect::Accepted { .. }
-            | Effect::Redis { .. }
-            | Effect::Outbox { .. }
-            | Effect::Inbox { .. }
-    ) || conveyor_core::queue::ended(e).is_some()
 }

@@ -23,20 +23,7 @@ impl Sim {
     /// The state member `i`'s log replays to, from what its last process synced (what a
     /// process restarted from the data directory recovers).
     pub(super) fn synced_state(&self, i: usize) -> conveyor_core::queue::QueueState {
-        let d = &self.nodes[i].disk;
-        let Some(Persist::Snapshot { state, .. }) = d.log.first() else {
-            return conveyor_core::queue::QueueState::new();
-        };
-        let records = d.log[1..].iter().filter_map(|p| match p {
-            Persist::Record {
-                position,
-                kind,
-                bytes,
-            } if *position < d.synced => Some((*position, *kind, bytes.as_slice())),
-            _ => None,
-        });
-        conveyor_core::durable::replay(Some(state), records)
-            .expect("a log the simulator checked replays")
+        self.nodes[i].disk.synced_state()
     }
 
     /// What member `i` just did of a view change, in the step that ends now: sent its decision

@@ -4,7 +4,7 @@
 use super::{Exec, Item};
 use conveyor_core::queue::{Effect, Op, Request};
 use conveyor_core::types::{RequestId, ViewId};
-use conveyor_core::{Persist, Replica};
+use conveyor_core::Replica;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Where a speculated execution stands (see [`Node::gates`]).
@@ -99,14 +99,7 @@ pub(super) enum RedisAsk {
 }
 
 /// A process's log on its host's disk, in a durable run (see `SimConfig::durable`).
-#[derive(Debug, Default)]
-pub(super) struct Disk {
-    /// What the process's replica handed it, from its last snapshot on.
-    pub(super) log: Vec<Persist>,
-    /// The position after the last record written, and after the last one synced.
-    pub(super) written: u64,
-    pub(super) synced: u64,
-}
+pub(super) type Disk = crate::disk::LogDisk;
 
 impl Node {
     /// A new process of this member, running `replica` (its workload goes on: pushes left,
