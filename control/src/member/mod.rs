@@ -228,14 +228,7 @@ pub fn run(
             let Some((app, report)) = invoker else {
                 bail!("member {member}: invoker without its application");
             };
-            let resp = start_resp(
-                &cfg,
-                idx,
-                member,
-                handle.me(),
-                crate::resp::Routing::one(handle.submitter()),
-                max_payload,
-            )?;
+            let resp = start_resp(&cfg, idx, member, &[&handle], max_payload)?;
             let resp_hub = resp.as_ref().map(|r| r.hub.clone());
             tracing::info!(
                 "member {member}: functions run {}",
@@ -312,14 +305,7 @@ pub fn run(
                         handle.submit(&Op::Create(q))?;
                     }
                 }
-                let resp = start_resp(
-                    &cfg,
-                    idx,
-                    member,
-                    handle.me(),
-                    crate::resp::Routing::one(handle.submitter()),
-                    max_payload,
-                )?;
+                let resp = start_resp(&cfg, idx, member, &[&handle], max_payload)?;
                 let resp_hub = resp.as_ref().map(|r| r.hub.clone());
                 if let Some(gw) = &me.gateway {
                     let handle = std::sync::Arc::new(handle);
@@ -516,16 +502,25 @@ fn basic_auth(
 }
 
 /// The member's Redis protocol server, if its section asks for one.
+/// The member's Redis protocol server, if its `[member.resp]` asks for one: over its engine,
+/// or with shards over its engine of each shard (`handles[s]`), a command ordered in the shard
+/// owning its streams by the group file's map.
 pub(super) fn start_resp(
     cfg: &GroupConfig,
     idx: usize,
     member: &str,
-    me: conveyor_core::types::MemberId,
-    routing: crate::resp::Routing,
+    handles: &[&EngineHandle],
     max_payload: usize,
 ) -> Result<Option<crate::resp::RespServer>> {
     let Some(r) = &cfg.file.members[idx].resp else {
         return Ok(None);
+    };
+    let Some(first) = handles.first() else {
+        bail!("member {member}: the Redis protocol needs an engine");
+    };
+    let routing = crate::resp::Routing {
+        submitters: handles.iter().map(|h| h.submitter()).collect(),
+        map: cfg.shard_map(),
     };
     let server = crate::resp::RespServer::start(
         crate::resp::RespConfig {
@@ -538,7 +533,7 @@ pub(super) fn start_resp(
             group: cfg.file.group.name.clone(),
             member: member.to_string(),
         },
-        me,
+        first.me(),
         routing,
     )?;
     tracing::info!(

@@ -160,11 +160,7 @@ pub(super) fn run(
             cfg,
             idx,
             member,
-            shards[0].handle.me(),
-            crate::resp::Routing {
-                submitters: shards.iter().map(|s| s.handle.submitter()).collect(),
-                map: cfg.shard_map(),
-            },
+            &shards.iter().map(|s| &*s.handle).collect::<Vec<_>>(),
             cfg.for_shard(0).engine_config(idx).proto.max_payload,
         )?
     } else {

@@ -139,14 +139,6 @@ pub struct Routing {
 }
 
 impl Routing {
-    /// One group: everything in it.
-    pub fn one(submitter: Submitter) -> Routing {
-        Routing {
-            submitters: vec![submitter],
-            map: ShardMap::default(),
-        }
-    }
-
     /// The shard a command is ordered in: the one owning its streams (shard 0 for a command
     /// without any), or Redis Cluster's `CROSSSLOT` error if they live in several.
     fn shard(&self, args: &[Vec<u8>]) -> Result<usize, Reply> {
