@@ -487,12 +487,55 @@ impl Drop for Proc {
     }
 }
 
-/// A free TCP port on loopback, for a function server to listen on.
+/// A free TCP port on loopback, for a function server to listen on. Found free, then closed
+/// for the server to take: meanwhile another listener must not take it, or `wait_listening`
+/// would take that one for the server (seen: an http function's requests answered by the
+/// Lambda runtime API's server of the same process, which binds port 0). So the port is drawn
+/// below the kernel's ephemeral range, where `bind` to port 0 never lands, and this process
+/// does not hand the same port out again within `PORT_REUSE_AFTER`.
 pub fn free_port() -> io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static GIVEN: Mutex<VecDeque<(u16, std::time::Instant)>> = Mutex::new(VecDeque::new());
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (20_000u16, ephemeral_from);
+    if hi <= lo + 1000 {
+        // An ephemeral range that leaves no room below it: the kernel's choice.
+        return Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port());
+    }
+    let mut given = GIVEN
+        .lock()
+        .map_err(|_| io::Error::other("port table poisoned"))?;
+    while given
+        .front()
+        .is_some_and(|(_, at)| at.elapsed() > PORT_REUSE_AFTER)
+    {
+        given.pop_front();
+    }
+    let seed = std::collections::hash_map::RandomState::new();
+    for attempt in 0u64..1000 {
+        use std::hash::BuildHasher;
+        let port = lo + (seed.hash_one(attempt) % u64::from(hi - lo)) as u16;
+        if given.iter().any(|(p, _)| *p == port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push_back((port, std::time::Instant::now()));
+            return Ok(port);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("no free port between {lo} and {hi} on 127.0.0.1 after 1000 tries"),
+    ))
 }
+
+/// How long a port [`free_port`] handed out is not handed out again (its server had that long
+/// to start and take it).
+const PORT_REUSE_AFTER: Duration = Duration::from_secs(60);
 
 /// Waits until something listens on `addr`, failing early if `proc` exits.
 pub fn wait_listening(addr: SocketAddr, proc: &mut Proc, within: Duration) -> Result<(), String> {
@@ -559,6 +602,24 @@ mod tests {
     /// A function's process lives as long as its invoker, not as long as the thread that
     /// started it (PR_SET_PDEATHSIG follows the forking thread: warm servers started by a
     /// pool worker were killed when the worker retired, 30 s into an idle spell).
+    #[test]
+    fn a_function_servers_port_is_never_one_a_bind_to_port_0_could_take_nor_given_twice() {
+        let from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32768);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let p = free_port().unwrap();
+            if from > 21_000 {
+                assert!((20_000..from).contains(&p), "{p} (ephemeral from {from})");
+            }
+            assert!(seen.insert(p), "{p} handed out twice");
+            // Free when handed out.
+            drop(std::net::TcpListener::bind(("127.0.0.1", p)).unwrap());
+        }
+    }
+
     #[test]
     fn a_functions_process_outlives_the_thread_that_started_it() {
         let f = External {
