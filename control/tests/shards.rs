@@ -248,6 +248,61 @@ fn four_shards_on_namespace_hosts_with_an_invoker_killed_and_a_queue_moved() {
     assert!(r["view_changes"].as_u64().unwrap() >= 4, "{r}");
 }
 
+/// The dpdk transport with shards: each namespace host's process drives its veth through one
+/// DPDK port (af_packet PMD) shared by its two shards, each shard on its own UDP port; an
+/// invoker killed and a queue moved mid-run, as over udp above.
+#[test]
+#[ignore = "needs root"]
+fn two_shards_share_each_hosts_dpdk_port() {
+    require_root();
+    let out = conveyor(&[
+        "bench",
+        "--transport",
+        "dpdk",
+        "--hosts",
+        "netns",
+        "--shards",
+        "2",
+        "--workload",
+        "burst",
+        "--requests",
+        "1500",
+        "--fn-us",
+        "40",
+        "--chain",
+        "3",
+        "--invokers",
+        "3",
+        "--fault",
+        "kill:invoker-1@0.1",
+        "--fault",
+        "move:bench.f1@0.2",
+        "--keep",
+        "--json",
+        "-",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let r = report(&out);
+    exactly_once(&r, 1500);
+    assert_eq!(r["transport"], "dpdk", "{r}");
+    assert!(r["view_changes"].as_u64().unwrap() >= 2, "{r}");
+    let dir = stderr
+        .lines()
+        .find_map(|l| l.split("run directory kept: ").nth(1).map(str::trim))
+        .unwrap_or_else(|| panic!("--keep printed no directory: {stderr}"));
+    let log = std::fs::read_to_string(format!("{dir}/invoker-0.log")).unwrap();
+    for (s, port) in [(0, 7400), (1, 7401)] {
+        assert!(
+            log.contains(&format!(
+                "shard {s} of 2 (group {:?}): transport dpdk (port net_af_packet0",
+                if s == 0 { "bench" } else { "bench#1" }
+            )) && log.contains(&format!("shared by 2 shards (this one on port {port})")),
+            "{log}"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// A trigger serving the gateway and two invokers, as `conveyor node` processes, in two
 /// shards: the pipeline's entry step on shard 1, its second step on shard 0. Each call goes to
 /// shard 1 (where its entry queue is), crosses to shard 0 and back, and its output is answered

@@ -427,10 +427,10 @@ fn shards(file: &GroupFile) -> Result<(), Bad> {
         return Ok(());
     }
     let t = file.group.transport.as_str();
-    if !matches!(t, "udp" | "shm" | "rdma") {
+    if !matches!(t, "udp" | "shm" | "rdma" | "dpdk") {
         return Err(bad(
             "group.transport",
-            format!("a sharded group runs on udp, shm or rdma; {t} carries one group per device queue or port, not one per shard (not built yet)"),
+            format!("a sharded group runs on udp, shm, rdma or dpdk; {t} carries one group per interface queue, not one per shard (not built yet)"),
         ));
     }
     for (i, m) in file.members.iter().enumerate() {

@@ -550,8 +550,8 @@ pub(super) fn plan(args: &BenchArgs) -> Result<Plan> {
                 "--shards: Conveyor only (the other backends have no shards here); nothing was run"
             );
         }
-        if !matches!(args.transport.as_str(), "udp" | "shm" | "rdma") {
-            bail!("--shards: with --transport udp, shm or rdma (afxdp and dpdk carry one group per device queue or port; sharing them among shards is not built yet); nothing was run");
+        if !matches!(args.transport.as_str(), "udp" | "shm" | "rdma" | "dpdk") {
+            bail!("--shards: with --transport udp, shm, rdma or dpdk (afxdp carries one group per interface queue; sharing it among shards is not built yet); nothing was run");
         }
     }
     let pipeline = Pipeline::chain("bench", args.chain, args.fn_us);

@@ -425,6 +425,12 @@ fn log_transport(member: &str, t: &TransportStats) {
         t.not_for_us,
         t.unresolved
     );
+    if t.shared_overflow > 0 {
+        tracing::warn!(
+            "member {member}: {} frames dropped on the shared device: the shard's engine fell behind (the protocol retransmitted them)",
+            t.shared_overflow
+        );
+    }
     if !t.device.is_empty() {
         let x: Vec<String> = t.device.iter().map(|(k, v)| format!("{k} {v}")).collect();
         tracing::info!("member {member}: device: {}", x.join(", "));

@@ -9,8 +9,9 @@
 //! A trigger's gateway serves every shard: a call goes to the shard owning its pipeline's
 //! entry queue, and its output comes back there.
 //!
-//! Not yet with shards (refused by the group file's checks): the Redis protocol,
-//! XDP and the afxdp/dpdk/rdma transports. The member reports each shard to the control plane
+//! With the dpdk transport the shards share the process's one port (`transport::shared`).
+//! Not yet with shards (refused by the group file's checks): the XDP member filter and the
+//! afxdp transport. The member reports each shard to the control plane
 //! (and follows its shard map); `metrics_address` serves every shard's series, by shard.
 
 use super::{
@@ -56,11 +57,15 @@ pub(super) fn run(
     let me = &cfg.file.members[idx];
     let inline = me.executor == Executor::Inline;
     let mut shards: Vec<Shard> = Vec::new();
-    for s in 0..count {
+    // One transport per shard, or one device shared by them all (dpdk: one port per process).
+    let specs: Vec<_> = (0..count)
+        .map(|s| cfg.for_shard(s).transport_spec(idx))
+        .collect();
+    let opened =
+        conveyor_dataplane::transport::open_all(&specs).context("the shards' transports")?;
+    for (s, opened) in (0..count).zip(opened) {
         let scfg = cfg.for_shard(s);
         let ecfg = scfg.engine_config(idx);
-        let opened = conveyor_dataplane::transport::open(&scfg.transport_spec(idx))
-            .with_context(|| format!("shard {s}'s transport"))?;
         tracing::info!(
             "member {member}, shard {s} of {count} (group {:?}): transport {} on {}",
             scfg.file.group.name,

@@ -17,6 +17,7 @@ pub(super) fn transport_counters(
         ("kernel_path_received", t.kernel_path_received),
         ("not_for_us", t.not_for_us),
         ("unresolved", t.unresolved),
+        ("shared_overflow", t.shared_overflow),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

@@ -16,7 +16,8 @@
 //! - [`rdma`]: one-sided RDMA WRITEs over reliable-connected queue pairs (libibverbs with the
 //!   `rdma` feature, or an in-process emulation of the verbs, always).
 //!
-//! Beside them: [`impair`], a wrapper over any transport that injects loss, duplication and
+//! Beside them: [`shared`], one device (a DPDK port) shared by a sharded member's shards;
+//! [`impair`], a wrapper over any transport that injects loss, duplication and
 //! delay; `eth`, the Ethernet/IPv4/UDP framing afxdp and dpdk share; and [`open`], the one
 //! factory that opens a member's transport from its [`open::TransportSpec`].
 
@@ -28,10 +29,11 @@ mod eth;
 pub mod impair;
 pub mod open;
 pub mod rdma;
+pub mod shared;
 pub mod shm;
 pub mod udp;
 
-pub use open::{open, Medium, OpenError, Opened, TransportSpec};
+pub use open::{open, open_all, Medium, OpenError, Opened, TransportSpec};
 
 use std::io;
 use std::os::fd::RawFd;
@@ -110,6 +112,9 @@ pub struct TransportStats {
     /// `dpdk`: frames not sent because the peer's MAC address is not known yet (ARP pending;
     /// the protocol retransmits).
     pub unresolved: u64,
+    /// A device shared by a member's shards ([`shared`]): frames dropped because their
+    /// shard's engine had not taken the ones before them (its queue was full).
+    pub shared_overflow: u64,
     /// Counters of the XDP program on the member's interface, by verdict (empty without one).
     pub xdp: Vec<(&'static str, u64)>,
     /// The device's own counters (`dpdk`: the port's rte_eth_stats).

@@ -186,6 +186,122 @@ impl TransportSpec {
     }
 }
 
+/// Opens a sharded member's transports, one per shard (`specs[s]`: shard `s`'s, as
+/// `GroupConfig::for_shard` makes them: the same members, each shard on its own ports). Media
+/// that own a whole device per process (`dpdk`: one EAL, one port) are opened once with every
+/// shard's peers and shared among the shards ([`super::shared`]); the others are opened once
+/// per shard.
+pub fn open_all(specs: &[TransportSpec]) -> Result<Vec<Opened>, OpenError> {
+    let Some(first) = specs.first() else {
+        return Ok(Vec::new());
+    };
+    if specs.len() == 1 || !matches!(first.medium, Medium::Dpdk(_)) {
+        return specs.iter().map(open).collect();
+    }
+    if let Some(s) = specs.iter().find(|s| s.xdp.is_some()) {
+        return Err(
+            s.invalid("the XDP member filter with a shared device (several shards) is not built")
+        );
+    }
+    let n = first.addresses.len();
+    if specs
+        .iter()
+        .any(|s| s.addresses.len() != n || s.me != first.me)
+    {
+        return Err(first.invalid("the shards do not have the same members"));
+    }
+    let mut local_ports = Vec::with_capacity(n * specs.len());
+    let mut addresses = Vec::with_capacity(n * specs.len());
+    for s in specs {
+        let local = s.local_v4()?;
+        local_ports.extend(std::iter::repeat_n(local.port(), n));
+        addresses.extend(s.addresses.iter().copied());
+    }
+    let device = SharedSpec {
+        addresses,
+        local_ports,
+    };
+    let (inner, description) = open_device(first, &device)?;
+    let ports = super::shared::split(inner, specs.len(), n, first.max_frame + 64);
+    Ok(ports
+        .into_iter()
+        .zip(specs)
+        .map(|(port, spec)| {
+            let t: Box<dyn Transport> = match &spec.impair {
+                None => Box::new(port),
+                Some(i) => Box::new(Impaired::new(Box::new(port), i.clone())),
+            };
+            Opened {
+                transport: t,
+                description: format!(
+                    "{description}, shared by {} shards (this one on port {})",
+                    specs.len(),
+                    spec.local().port()
+                ),
+            }
+        })
+        .collect())
+}
+
+/// Every shard's peers in one list, and this member's port toward each.
+struct SharedSpec {
+    addresses: Vec<SocketAddr>,
+    local_ports: Vec<u16>,
+}
+
+/// A device for several shards (only `dpdk` is opened this way).
+fn open_device(
+    spec: &TransportSpec,
+    shared: &SharedSpec,
+) -> Result<(Box<dyn Transport>, String), OpenError> {
+    match &spec.medium {
+        #[cfg(feature = "dpdk")]
+        Medium::Dpdk(d) => {
+            let t = dpdk(
+                spec,
+                d,
+                shared.addresses.clone(),
+                shared.local_ports.clone(),
+            )?;
+            let desc = format!("dpdk (port {})", t.describe());
+            Ok((Box::new(t), desc))
+        }
+        #[cfg(not(feature = "dpdk"))]
+        Medium::Dpdk(_) => {
+            let _ = shared;
+            Err(spec.not_built("dpdk", "dpdk"))
+        }
+        m => Err(spec.invalid(format!(
+            "the {} transport is not shared among shards",
+            m.name()
+        ))),
+    }
+}
+
+#[cfg(feature = "dpdk")]
+fn dpdk(
+    spec: &TransportSpec,
+    d: &DpdkSpec,
+    peers: Vec<SocketAddr>,
+    local_ports: Vec<u16>,
+) -> Result<super::dpdk::DpdkTransport, OpenError> {
+    use super::dpdk::{DpdkConfig, DpdkTransport};
+    let dcfg = DpdkConfig {
+        port: d.port.clone(),
+        max_frame: spec.max_frame,
+        rx_descriptors: d.rx_descriptors,
+        tx_descriptors: d.tx_descriptors,
+        mbufs: d.mbufs,
+        poll_us: d.poll_us,
+        local_ports,
+        ..DpdkConfig::new(d.eal.clone(), spec.local_v4()?, peers)
+    };
+    DpdkTransport::open(&dcfg).map_err(spec.io(format!(
+        "starting the dpdk transport (member[{}].dpdk)",
+        spec.me
+    )))
+}
+
 /// Opens the member's transport as `spec` says. See the module docs.
 pub fn open(spec: &TransportSpec) -> Result<Opened, OpenError> {
     if spec.me >= spec.addresses.len() {
@@ -234,20 +350,7 @@ pub fn open(spec: &TransportSpec) -> Result<Opened, OpenError> {
         Medium::AfXdp { .. } => return Err(spec.not_built("afxdp", "xdp")),
         #[cfg(feature = "dpdk")]
         Medium::Dpdk(d) => {
-            use super::dpdk::{DpdkConfig, DpdkTransport};
-            let dcfg = DpdkConfig {
-                port: d.port.clone(),
-                max_frame: spec.max_frame,
-                rx_descriptors: d.rx_descriptors,
-                tx_descriptors: d.tx_descriptors,
-                mbufs: d.mbufs,
-                poll_us: d.poll_us,
-                ..DpdkConfig::new(d.eal.clone(), spec.local_v4()?, spec.addresses.clone())
-            };
-            let t = DpdkTransport::open(&dcfg).map_err(spec.io(format!(
-                "starting the dpdk transport (member[{}].dpdk)",
-                spec.me
-            )))?;
+            let t = dpdk(spec, d, spec.addresses.clone(), Vec::new())?;
             let d = format!("dpdk (port {})", t.describe());
             (Box::new(t), d)
         }

@@ -142,6 +142,10 @@ pub struct DpdkConfig {
     pub local: SocketAddrV4,
     /// Every member's address, by index (this member's included).
     pub peers: Vec<SocketAddr>,
+    /// Several groups on the port (a sharded member's shards, see `transport::shared`): the
+    /// UDP port of this member that each peer talks to (sends from, receives at), by peer
+    /// index. Empty: `local`'s port for every peer.
+    pub local_ports: Vec<u16>,
     /// The largest frame the protocol sends (`max_frame`): checked against the port's MTU.
     pub max_frame: usize,
     pub rx_descriptors: u16,
@@ -164,6 +168,7 @@ impl DpdkConfig {
             port: None,
             local,
             peers,
+            local_ports: Vec::new(),
             max_frame: 1400,
             rx_descriptors: 1024,
             tx_descriptors: 1024,

@@ -134,6 +134,10 @@ pub struct DpdkTransport {
     info: PortInfo,
     local: SocketAddrV4,
     peers: Vec<SocketAddrV4>,
+    /// This member's address toward each peer (its group's port: see `local_ports`).
+    sources: Vec<SocketAddrV4>,
+    /// Every address of this member (one per group on the port).
+    locals: Vec<SocketAddrV4>,
     by_addr: HashMap<SocketAddrV4, usize>,
     /// Each peer's MAC address, once known (None for this member itself too).
     macs: Vec<Option<[u8; 6]>>,
@@ -146,7 +150,7 @@ pub struct DpdkTransport {
     ip_id: u16,
     max_payload: usize,
     poll_us: u64,
-    _reserved: Option<std::net::UdpSocket>,
+    _reserved: Vec<std::net::UdpSocket>,
     stats: TransportStats,
     /// Declared last: freed after everything that holds its mbufs.
     pool: Pool,
@@ -177,10 +181,33 @@ impl DpdkTransport {
     /// Opens the transport on a port the EAL already has (tests wire ring ports).
     fn on_port(mut port: Port, cfg: &DpdkConfig) -> io::Result<DpdkTransport> {
         let peers = cfg.peers.iter().map(v4).collect::<io::Result<Vec<_>>>()?;
+        let sources: Vec<SocketAddrV4> = if cfg.local_ports.is_empty() {
+            vec![cfg.local; peers.len()]
+        } else if cfg.local_ports.len() == peers.len() {
+            cfg.local_ports
+                .iter()
+                .map(|&p| SocketAddrV4::new(*cfg.local.ip(), p))
+                .collect()
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} local ports for {} peers",
+                    cfg.local_ports.len(),
+                    peers.len()
+                ),
+            ));
+        };
+        let mut locals: Vec<SocketAddrV4> = vec![cfg.local];
+        for s in &sources {
+            if !locals.contains(s) {
+                locals.push(*s);
+            }
+        }
         if let Some((i, p)) = peers
             .iter()
             .enumerate()
-            .find(|(_, p)| **p != cfg.local && p.ip() == cfg.local.ip())
+            .find(|(_, p)| !locals.contains(p) && p.ip() == cfg.local.ip())
         {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -207,14 +234,19 @@ impl DpdkTransport {
             ));
         }
         let reserved = if cfg.reserve_port {
-            Some(std::net::UdpSocket::bind(cfg.local).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("reserving UDP port {} in the kernel: {e} (another program, or another member, has it)", cfg.local),
-                )
-            })?)
+            locals
+                .iter()
+                .map(|l| {
+                    std::net::UdpSocket::bind(l).map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("reserving UDP port {l} in the kernel: {e} (another program, or another member, has it)"),
+                        )
+                    })
+                })
+                .collect::<io::Result<Vec<_>>>()?
         } else {
-            None
+            Vec::new()
         };
         let pool = Pool::new(
             &format!("conveyor-{}", port.id()),
@@ -235,6 +267,8 @@ impl DpdkTransport {
             info,
             local: cfg.local,
             peers,
+            sources,
+            locals,
             by_addr,
             macs: vec![None; n],
             asked_at: vec![None; n],
@@ -269,7 +303,7 @@ impl DpdkTransport {
     }
 
     fn is_me(&self, i: usize) -> bool {
-        self.peers[i] == self.local
+        self.locals.contains(&self.peers[i])
     }
 
     /// Takes one fresh mbuf (refilling the small stock in bulk).
@@ -382,7 +416,12 @@ impl Transport for DpdkTransport {
                 self.stats.send_errors += 1;
                 continue;
             };
-            let (src_mac, src, dst, id) = (self.info.mac, self.local, self.peers[peer], self.ip_id);
+            let (src_mac, src, dst, id) = (
+                self.info.mac,
+                self.sources[peer],
+                self.peers[peer],
+                self.ip_id,
+            );
             self.ip_id = self.ip_id.wrapping_add(1);
             let Some(out) = m.set_len(HEADERS + frame.len()) else {
                 self.stats.send_errors += 1;
@@ -435,11 +474,17 @@ impl Transport for DpdkTransport {
                 self.stats.malformed += 1;
                 continue;
             };
-            if p.dst != self.local {
+            if !self.locals.contains(&p.dst) {
                 self.stats.not_for_us += 1;
                 continue;
             }
-            let peer = self.by_addr.get(&p.src).copied();
+            // A peer's frame to another of this member's ports (another group's) is not
+            // that peer's: an unknown source.
+            let peer = self
+                .by_addr
+                .get(&p.src)
+                .copied()
+                .filter(|&i| self.sources[i] == p.dst);
             match peer {
                 None => self.stats.unknown_source += 1,
                 // A peer's frame tells its MAC address (again, if it restarted on another).
@@ -661,6 +706,84 @@ mod tests {
     }
 
     const IPV4_UDP_DST: usize = 20 + 2;
+
+    /// Two members sharing their ports between two shards (`transport::shared`): each
+    /// shard's frames leave from and arrive at its own UDP port, and reach that shard only.
+    #[test]
+    fn shards_share_a_port_each_on_its_own_udp_port() {
+        start_eal(&eal()).unwrap();
+        let (pa, pb) = sys::ring_link("net_ring_sharda", "net_ring_shardb").unwrap();
+        let addr = |s: &str| SocketAddr::V4(a(s));
+        let peers = vec![
+            addr("10.9.0.1:7400"),
+            addr("10.9.0.2:7400"),
+            addr("10.9.0.1:7500"),
+            addr("10.9.0.2:7500"),
+        ];
+        let cfg = |me: &str| DpdkConfig {
+            reserve_port: false,
+            mbufs: 2047,
+            rx_descriptors: 512,
+            tx_descriptors: 512,
+            local_ports: vec![7400, 7400, 7500, 7500],
+            ..DpdkConfig::new(eal(), a(me), peers.clone())
+        };
+        let ta = DpdkTransport::on_port(pa, &cfg("10.9.0.1:7400")).unwrap();
+        let tb = DpdkTransport::on_port(pb, &cfg("10.9.0.2:7400")).unwrap();
+        let mut sa = crate::transport::shared::split(Box::new(ta), 2, 2, 2048);
+        let mut sb = crate::transport::shared::split(Box::new(tb), 2, 2, 2048);
+        let mut rb = RecvBatch::new(BATCH, 2048);
+        let mut got: Vec<Vec<(Option<usize>, Vec<u8>)>> = vec![Vec::new(), Vec::new()];
+        let mut poll = |ports: &mut Vec<crate::transport::shared::ShardPort>,
+                        got: &mut Vec<Vec<(Option<usize>, Vec<u8>)>>| {
+            for (s, p) in ports.iter_mut().enumerate() {
+                p.recv(&mut rb).unwrap();
+                got[s].extend(rb.iter().map(|(p, b)| (p, b.to_vec())));
+            }
+        };
+        // ARP (one speaker for both shards), then 500 frames in each shard, a to b.
+        let mut none = vec![Vec::new(), Vec::new()];
+        for _ in 0..4 {
+            poll(&mut sa, &mut none);
+            poll(&mut sb, &mut none);
+        }
+        for i in 0..500u32 {
+            sa[0].send(&[(1, &i.to_be_bytes())]).unwrap();
+            sa[1].send(&[(1, &(10_000 + i).to_be_bytes())]).unwrap();
+            if i % 40 == 0 {
+                poll(&mut sb, &mut got);
+            }
+        }
+        for _ in 0..100 {
+            poll(&mut sb, &mut got);
+            sa[0].send(&[]).unwrap();
+        }
+        for (s, base) in [(0usize, 0u32), (1, 10_000)] {
+            let seq: Vec<u32> = got[s]
+                .iter()
+                .map(|(p, b)| {
+                    assert_eq!(*p, Some(0), "shard {s}: from member 0 of the shard");
+                    u32::from_be_bytes(b[..4].try_into().unwrap())
+                })
+                .collect();
+            assert_eq!(seq, (base..base + 500).collect::<Vec<_>>(), "shard {s}");
+        }
+        // Shard 1 answers on its own port: b's shard 1 to a's shard 1 only.
+        sb[1].send(&[(0, b"back")]).unwrap();
+        let mut back = vec![Vec::new(), Vec::new()];
+        for _ in 0..4 {
+            poll(&mut sa, &mut back);
+        }
+        assert_eq!(back[0], vec![]);
+        assert_eq!(back[1], vec![(Some(1), b"back".to_vec())]);
+        let (s0, s1) = (sb[0].stats(), sb[1].stats());
+        assert_eq!((s0.frames_received, s1.frames_received), (500, 500));
+        assert_eq!(
+            s0.malformed + s0.unknown_source + s0.not_for_us,
+            0,
+            "{s0:?}"
+        );
+    }
 
     #[test]
     fn members_of_one_address_and_oversized_frames_are_refused() {
