@@ -248,17 +248,16 @@ fn four_shards_on_namespace_hosts_with_an_invoker_killed_and_a_queue_moved() {
     assert!(r["view_changes"].as_u64().unwrap() >= 4, "{r}");
 }
 
-/// The dpdk transport with shards: each namespace host's process drives its veth through one
-/// DPDK port (af_packet PMD) shared by its two shards, each shard on its own UDP port; an
-/// invoker killed and a queue moved mid-run, as over udp above.
-#[test]
-#[ignore = "needs root"]
-fn two_shards_share_each_hosts_dpdk_port() {
+/// The transports that own a device per process with shards: each namespace host's process
+/// drives its veth through one DPDK port (af_packet PMD), or one AF_XDP socket and one XDP
+/// program (its member filter judging by every shard's view), shared by its two shards, each
+/// shard on its own UDP port; an invoker killed and a queue moved mid-run, as over udp above.
+fn two_shards_share_each_hosts_device(transport: &str, says: &str) {
     require_root();
     let out = conveyor(&[
         "bench",
         "--transport",
-        "dpdk",
+        transport,
         "--hosts",
         "netns",
         "--shards",
@@ -284,7 +283,7 @@ fn two_shards_share_each_hosts_dpdk_port() {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let r = report(&out);
     exactly_once(&r, 1500);
-    assert_eq!(r["transport"], "dpdk", "{r}");
+    assert_eq!(r["transport"], transport, "{r}");
     assert!(r["view_changes"].as_u64().unwrap() >= 2, "{r}");
     let dir = stderr
         .lines()
@@ -294,13 +293,50 @@ fn two_shards_share_each_hosts_dpdk_port() {
     for (s, port) in [(0, 7400), (1, 7401)] {
         assert!(
             log.contains(&format!(
-                "shard {s} of 2 (group {:?}): transport dpdk (port net_af_packet0",
+                "shard {s} of 2 (group {:?}): transport {says}",
                 if s == 0 { "bench" } else { "bench#1" }
             )) && log.contains(&format!("shared by 2 shards (this one on port {port})")),
             "{log}"
         );
     }
+    if transport == "afxdp" {
+        // Both shards' frames took the socket: the program admitted shard 1's group and its
+        // member filter both shards' members, before and after the views changed.
+        let xdp = log
+            .lines()
+            .find(|l| l.contains("(shard 0): XDP: "))
+            .unwrap_or_else(|| panic!("{log}"));
+        let count = |k: &str| -> u64 {
+            xdp.split(&format!(" {k} "))
+                .nth(1)
+                .and_then(|t| t.split(',').next())
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{k}: {xdp}"))
+        };
+        assert_eq!(count("other_group"), 0, "{xdp}");
+        assert!(count("redirected") > 10_000, "{xdp}");
+        let data = log
+            .lines()
+            .find(|l| l.contains("(shard 1): transport sent"))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(!data.contains("received 0 "), "{data}");
+    }
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+#[ignore = "needs root"]
+fn two_shards_share_each_hosts_dpdk_port() {
+    two_shards_share_each_hosts_device("dpdk", "dpdk (port net_af_packet0");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn two_shards_share_each_hosts_afxdp_socket_and_xdp_program() {
+    two_shards_share_each_hosts_device(
+        "afxdp",
+        "afxdp (copy mode, eth0 queue 0), XDP member filter",
+    );
 }
 
 /// A trigger serving the gateway and two invokers, as `conveyor node` processes, in two

@@ -52,8 +52,43 @@ impl EventFd {
     }
 }
 
-/// Blocks until one of `fds` is readable or `timeout` passes.
-pub fn poll_readable(fds: &[RawFd], timeout: Duration) -> io::Result<()> {
+/// An epoll set over several descriptors: readable when any of them is (the engine parks on
+/// one descriptor; the `afxdp` transport has several, a shared device's shard its own wake-up and the device's).
+#[derive(Debug)]
+pub struct Epoll {
+    fd: OwnedFd,
+}
+
+impl Epoll {
+    pub fn new(fds: &[RawFd]) -> io::Result<Epoll> {
+        // SAFETY: plain epoll_create1 call; the result is checked.
+        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if raw < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("epoll_create1: {e}")));
+        }
+        // SAFETY: a fresh descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        for &f in fds {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: f as u64,
+            };
+            // SAFETY: `ev` is a valid event for the call; `f` is a live descriptor of the caller.
+            if unsafe { libc::epoll_ctl(fd.as_raw_fd(), libc::EPOLL_CTL_ADD, f, &mut ev) } != 0 {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(e.kind(), format!("epoll_ctl: {e}")));
+            }
+        }
+        Ok(Epoll { fd })
+    }
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Blocks until one of `fds` is readable or `timeout` passes; whether one is.
+pub fn poll_readable(fds: &[RawFd], timeout: Duration) -> io::Result<bool> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|&fd| libc::pollfd {
@@ -82,7 +117,7 @@ pub fn poll_readable(fds: &[RawFd], timeout: Duration) -> io::Result<()> {
             return Err(e);
         }
     }
-    Ok(())
+    Ok(r > 0)
 }
 
 /// Sets this thread's timer slack, so that short sleeps wake on time (the default is 50 us).

@@ -2,7 +2,7 @@
 //!
 //! [`XdpHook`] attaches `src/bpf/conveyor.bpf.c` to a member's interface. It does two jobs:
 //! - the member filter: frames of the appliance's protocol (UDP, frame header with this
-//!   group's id) from anyone who is not a member of the current view are dropped in XDP and
+//!   group's id, or another admitted with it: a sharded member's shards) from anyone who is not a member of the current view are dropped in XDP and
 //!   counted; candidates (members of the group file outside the view) may send control frames
 //!   (join requests) only. The set is double-buffered in the kernel and switched with one
 //!   4-byte write ([`XdpHook::set_members`]), so no member's frame is dropped in a window
@@ -61,6 +61,8 @@ pub enum Error {
     Permission(String),
     #[error("{0} members: the filter holds at most {MEMBERS_MAX}")]
     TooMany(usize),
+    #[error("{0} more groups: the program admits at most {GROUPS_MAX}")]
+    TooManyGroups(usize),
     #[error("queue {0}: the program serves queues 0 to {max}", max = QUEUES_MAX - 1)]
     Queue(u32),
     #[error("this kernel cannot run the XDP program ({0}); Conveyor needs BPF and XDP (CONFIG_BPF_SYSCALL, CONFIG_XDP_SOCKETS for afxdp)")]
@@ -73,6 +75,8 @@ pub enum Error {
 pub const MEMBERS_MAX: usize = 1024;
 /// Queues the steering maps cover (`QUEUES_MAX`).
 pub const QUEUES_MAX: u32 = 64;
+/// Group ids admitted beside the configured one (`GROUPS_MAX`): a sharded member's shards.
+pub const GROUPS_MAX: usize = 64;
 /// Member-map values: which frame kinds (bit `1 << kind`) a source may send.
 const KINDS_ALL: u32 = 0xe;
 const KINDS_CONTROL: u32 = 0x8;
@@ -172,6 +176,7 @@ struct Maps {
     members: [MapHandle; 2],
     active: MapHandle,
     config: MapHandle,
+    groups: MapHandle,
     ports: MapHandle,
     xsks: MapHandle,
     stats: MapHandle,
@@ -196,6 +201,9 @@ pub struct XdpHook {
     ifname: String,
     ifindex: i32,
     cfg: HookConfig,
+    /// More group ids admitted ([`admit_groups`](XdpHook::admit_groups)), written again
+    /// into a program this hook attaches when it takes over.
+    also: Vec<u32>,
     /// Which member map the program reads (0 or 1).
     active: u32,
 }
@@ -279,6 +287,7 @@ impl XdpHook {
             ],
             active: MapHandle::try_from(&skel.maps.active)?,
             config: MapHandle::try_from(&skel.maps.config)?,
+            groups: MapHandle::try_from(&skel.maps.groups)?,
             ports: MapHandle::try_from(&skel.maps.ports)?,
             xsks: MapHandle::try_from(&skel.maps.xsks)?,
             stats: MapHandle::try_from(&skel.maps.stats)?,
@@ -301,6 +310,7 @@ impl XdpHook {
             ifname: ifname.to_string(),
             ifindex: index,
             cfg,
+            also: Vec::new(),
             active: 0,
         })
     }
@@ -340,6 +350,7 @@ impl XdpHook {
             members: [take("members0")?, take("members1")?],
             active: take("active")?,
             config: take("config")?,
+            groups: take("groups")?,
             ports: take("ports")?,
             xsks: take("xsks")?,
             stats: take("stats")?,
@@ -372,6 +383,7 @@ impl XdpHook {
             ifname: ifname.to_string(),
             ifindex: index,
             cfg,
+            also: Vec::new(),
             active,
         })
     }
@@ -399,8 +411,28 @@ impl XdpHook {
                 .or_else(|_| XdpHook::attach(&self.ifname, self.cfg, members))?,
             id => XdpHook::join(&self.ifname, self.ifindex, self.cfg, id)?,
         };
+        let also = std::mem::take(&mut self.also);
         *self = next;
+        self.admit_groups(&also)?;
         Ok(true)
+    }
+
+    /// Admits frames of these group ids too, beside the configured one (a sharded member's
+    /// other shards, each a group of its own on its own ports): the member filter and the
+    /// steering then judge them as the configured group's.
+    pub fn admit_groups(&mut self, groups: &[u32]) -> Result<(), Error> {
+        if groups.len() > GROUPS_MAX {
+            return Err(Error::TooManyGroups(groups.len()));
+        }
+        for g in groups {
+            self.maps
+                .groups
+                .update(&g.to_ne_bytes(), &1u32.to_ne_bytes(), MapFlags::ANY)?;
+            if !self.also.contains(g) {
+                self.also.push(*g);
+            }
+        }
+        Ok(())
     }
 
     /// Makes `members` the set the program admits: fills the map the program is not reading,
@@ -428,6 +460,12 @@ impl XdpHook {
     /// bound to receive queue `queue` of this interface. The socket is registered before the
     /// port, so no frame is redirected to a queue without one.
     pub fn steer(&mut self, port: u16, queue: u32, xsk: RawFd) -> Result<(), Error> {
+        self.steer_ports(&[port], queue, xsk)
+    }
+
+    /// [`steer`](Self::steer) for several ports served by one socket (a sharded member's
+    /// shards, each on its own port).
+    pub fn steer_ports(&mut self, ports: &[u16], queue: u32, xsk: RawFd) -> Result<(), Error> {
         if queue >= QUEUES_MAX {
             return Err(Error::Queue(queue));
         }
@@ -437,7 +475,7 @@ impl XdpHook {
                 .get(0..4)
                 .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
                 .unwrap_or(0);
-            if other == u32::from(port) {
+            if ports.iter().any(|&p| u32::from(p) == other) {
                 continue;
             }
             let q = self.maps.ports.lookup(&k, MapFlags::ANY)?.and_then(|v| {
@@ -455,11 +493,13 @@ impl XdpHook {
         self.maps
             .xsks
             .update(&queue.to_ne_bytes(), &xsk.to_ne_bytes(), MapFlags::ANY)?;
-        self.maps.ports.update(
-            &u32::from(port).to_ne_bytes(),
-            &queue.to_ne_bytes(),
-            MapFlags::ANY,
-        )?;
+        for port in ports {
+            self.maps.ports.update(
+                &u32::from(*port).to_ne_bytes(),
+                &queue.to_ne_bytes(),
+                MapFlags::ANY,
+            )?;
+        }
         Ok(())
     }
 

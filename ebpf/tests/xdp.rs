@@ -218,6 +218,24 @@ fn non_members_frames_are_dropped_in_xdp_and_membership_changes_atomically() {
     assert_eq!(drain(&sock, Duration::from_millis(300)), (0, 0));
     assert_eq!(filter.stats().unwrap().not_member - after.not_member, 10);
 
+    // Another group's frames pass unjudged (`other_group`) until the program admits that
+    // group too (a sharded member's other shards): then they are judged as this group's.
+    let mut shard1 = frame(2);
+    shard1[4..8].copy_from_slice(&(GROUP + 1).to_le_bytes());
+    let g0 = filter.stats().unwrap();
+    send_frames(&hosts, 2, 7001, shard1.clone(), 10);
+    assert_eq!(drain(&sock, Duration::from_millis(300)), (0, 10));
+    let g1 = filter.stats().unwrap();
+    assert_eq!(g1.other_group - g0.other_group, 10, "{g1:?}");
+    filter.admit_groups(&[GROUP + 1]).unwrap();
+    send_frames(&hosts, 2, 7001, shard1.clone(), 10);
+    send_frames(&hosts, 1, 7001, shard1, 10);
+    assert_eq!(drain(&sock, Duration::from_millis(300)), (10, 0));
+    let g2 = filter.stats().unwrap();
+    assert_eq!(g2.other_group, g1.other_group, "{g2:?}");
+    assert_eq!(g2.not_member - g1.not_member, 10, "{g2:?}");
+    assert_eq!(g2.member - g1.member, 10, "{g2:?}");
+
     // Traffic that is not the appliance's protocol passes: a plain datagram from host 2.
     within(&hosts.ns(2), || {
         let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 7001)).unwrap();
@@ -310,6 +328,7 @@ fn the_afxdp_transport_receives_through_the_program_and_sends_through_its_ring()
             local: format!("10.77.0.1:{PORT}").parse().unwrap(),
             peers: peers.clone(),
             max_frame: 1400,
+            local_ports: Vec::new(),
             force_copy: false,
         })
         .expect("opening the AF_XDP socket");
@@ -453,6 +472,7 @@ fn steering_puts_each_port_on_its_own_socket() {
             local: local.parse().unwrap(),
             peers: peers.clone(),
             max_frame: 1400,
+            local_ports: Vec::new(),
             force_copy: false,
         })
         .unwrap()

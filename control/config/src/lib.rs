@@ -374,6 +374,8 @@ impl GroupConfig {
                 .iter()
                 .map(|m| usize::from(m.0))
                 .collect(),
+            local_ports: Vec::new(),
+            also_groups: Vec::new(),
         }
     }
 }

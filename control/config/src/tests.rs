@@ -362,8 +362,11 @@ fn a_sharded_group_is_one_group_per_shard() {
             "member[0].address",
         ),
         (
-            sharded.replace("name = \"g\"", "name = \"g\"\ntransport = \"afxdp\""),
-            "group.transport",
+            sharded.replace(
+                "role = \"trigger\"",
+                "role = \"trigger\"\ninterface = \"eth0\"",
+            ),
+            "member[0].interface",
         ),
         (
             sharded.replace("count = 3", "count = 3\nsize = 2"),

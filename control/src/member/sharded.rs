@@ -9,9 +9,9 @@
 //! A trigger's gateway serves every shard: a call goes to the shard owning its pipeline's
 //! entry queue, and its output comes back there.
 //!
-//! With the dpdk transport the shards share the process's one port (`transport::shared`).
-//! Not yet with shards (refused by the group file's checks): the XDP member filter and the
-//! afxdp transport. The member reports each shard to the control plane
+//! With the dpdk and afxdp transports the shards share the process's one DPDK port, or one
+//! AF_XDP socket and XDP program (`transport::open_all`, `transport::shared`). The XDP member
+//! filter over the other transports is refused with shards by the group file's checks. The member reports each shard to the control plane
 //! (and follows its shard map); `metrics_address` serves every shard's series, by shard.
 
 use super::{

@@ -106,6 +106,11 @@ pub struct TransportSpec {
     pub impair: Option<ImpairSpec>,
     /// Member indices of the first view: the XDP member set before the first install.
     pub first_view: Vec<usize>,
+    /// Several groups on one device (a sharded member's shards, see [`open_all`]): this
+    /// member's UDP port toward each peer, by index (`dpdk`, `afxdp`). Empty: its address's.
+    pub local_ports: Vec<u16>,
+    /// Several groups on one device: the other groups' ids, which the XDP program admits too.
+    pub also_groups: Vec<u32>,
 }
 
 /// An opened transport and what to log about it.
@@ -188,20 +193,16 @@ impl TransportSpec {
 
 /// Opens a sharded member's transports, one per shard (`specs[s]`: shard `s`'s, as
 /// `GroupConfig::for_shard` makes them: the same members, each shard on its own ports). Media
-/// that own a whole device per process (`dpdk`: one EAL, one port) are opened once with every
-/// shard's peers and shared among the shards ([`super::shared`]); the others are opened once
-/// per shard.
+/// that own a device per process (`dpdk`: one EAL, one port; `afxdp`: one socket per interface
+/// queue, and one XDP program per interface) are opened once, with every shard's peers and
+/// this member's port in each shard, and shared among the shards ([`super::shared`]); the
+/// others are opened once per shard.
 pub fn open_all(specs: &[TransportSpec]) -> Result<Vec<Opened>, OpenError> {
     let Some(first) = specs.first() else {
         return Ok(Vec::new());
     };
-    if specs.len() == 1 || !matches!(first.medium, Medium::Dpdk(_)) {
+    if specs.len() == 1 || !matches!(first.medium, Medium::Dpdk(_) | Medium::AfXdp { .. }) {
         return specs.iter().map(open).collect();
-    }
-    if let Some(s) = specs.iter().find(|s| s.xdp.is_some()) {
-        return Err(
-            s.invalid("the XDP member filter with a shared device (several shards) is not built")
-        );
     }
     let n = first.addresses.len();
     if specs
@@ -210,19 +211,35 @@ pub fn open_all(specs: &[TransportSpec]) -> Result<Vec<Opened>, OpenError> {
     {
         return Err(first.invalid("the shards do not have the same members"));
     }
-    let mut local_ports = Vec::with_capacity(n * specs.len());
-    let mut addresses = Vec::with_capacity(n * specs.len());
-    for s in specs {
-        let local = s.local_v4()?;
-        local_ports.extend(std::iter::repeat_n(local.port(), n));
-        addresses.extend(s.addresses.iter().copied());
-    }
-    let device = SharedSpec {
-        addresses,
-        local_ports,
+    // One spec for the device: shard s's member i is its peer s * n + i.
+    let mut device = TransportSpec {
+        addresses: Vec::with_capacity(n * specs.len()),
+        local_ports: Vec::with_capacity(n * specs.len()),
+        first_view: Vec::new(),
+        impair: None,
+        also_groups: Vec::new(),
+        ..first.clone()
     };
-    let (inner, description) = open_device(first, &device)?;
-    let ports = super::shared::split(inner, specs.len(), n, first.max_frame + 64);
+    for (s, spec) in specs.iter().enumerate() {
+        let port = spec.local_v4()?.port();
+        device.local_ports.extend(std::iter::repeat_n(port, n));
+        device.addresses.extend(spec.addresses.iter().copied());
+        device
+            .first_view
+            .extend(spec.first_view.iter().map(|i| s * n + i));
+        if let (Some(x), Some(_)) = (&spec.xdp, s.checked_sub(1)) {
+            device.also_groups.push(x.group);
+        }
+    }
+    let opened = open(&device)?;
+    let ports = super::shared::split(
+        opened.transport,
+        specs.len(),
+        n,
+        first.max_frame + 64,
+        &device.first_view,
+    )
+    .map_err(first.io("sharing the device among the shards"))?;
     Ok(ports
         .into_iter()
         .zip(specs)
@@ -234,7 +251,8 @@ pub fn open_all(specs: &[TransportSpec]) -> Result<Vec<Opened>, OpenError> {
             Opened {
                 transport: t,
                 description: format!(
-                    "{description}, shared by {} shards (this one on port {})",
+                    "{}, shared by {} shards (this one on port {})",
+                    opened.description,
                     specs.len(),
                     spec.local().port()
                 ),
@@ -243,48 +261,8 @@ pub fn open_all(specs: &[TransportSpec]) -> Result<Vec<Opened>, OpenError> {
         .collect())
 }
 
-/// Every shard's peers in one list, and this member's port toward each.
-struct SharedSpec {
-    addresses: Vec<SocketAddr>,
-    local_ports: Vec<u16>,
-}
-
-/// A device for several shards (only `dpdk` is opened this way).
-fn open_device(
-    spec: &TransportSpec,
-    shared: &SharedSpec,
-) -> Result<(Box<dyn Transport>, String), OpenError> {
-    match &spec.medium {
-        #[cfg(feature = "dpdk")]
-        Medium::Dpdk(d) => {
-            let t = dpdk(
-                spec,
-                d,
-                shared.addresses.clone(),
-                shared.local_ports.clone(),
-            )?;
-            let desc = format!("dpdk (port {})", t.describe());
-            Ok((Box::new(t), desc))
-        }
-        #[cfg(not(feature = "dpdk"))]
-        Medium::Dpdk(_) => {
-            let _ = shared;
-            Err(spec.not_built("dpdk", "dpdk"))
-        }
-        m => Err(spec.invalid(format!(
-            "the {} transport is not shared among shards",
-            m.name()
-        ))),
-    }
-}
-
 #[cfg(feature = "dpdk")]
-fn dpdk(
-    spec: &TransportSpec,
-    d: &DpdkSpec,
-    peers: Vec<SocketAddr>,
-    local_ports: Vec<u16>,
-) -> Result<super::dpdk::DpdkTransport, OpenError> {
+fn dpdk(spec: &TransportSpec, d: &DpdkSpec) -> Result<super::dpdk::DpdkTransport, OpenError> {
     use super::dpdk::{DpdkConfig, DpdkTransport};
     let dcfg = DpdkConfig {
         port: d.port.clone(),
@@ -293,8 +271,8 @@ fn dpdk(
         tx_descriptors: d.tx_descriptors,
         mbufs: d.mbufs,
         poll_us: d.poll_us,
-        local_ports,
-        ..DpdkConfig::new(d.eal.clone(), spec.local_v4()?, peers)
+        local_ports: spec.local_ports.clone(),
+        ..DpdkConfig::new(d.eal.clone(), spec.local_v4()?, spec.addresses.clone())
     };
     DpdkTransport::open(&dcfg).map_err(spec.io(format!(
         "starting the dpdk transport (member[{}].dpdk)",
@@ -350,7 +328,7 @@ pub fn open(spec: &TransportSpec) -> Result<Opened, OpenError> {
         Medium::AfXdp { .. } => return Err(spec.not_built("afxdp", "xdp")),
         #[cfg(feature = "dpdk")]
         Medium::Dpdk(d) => {
-            let t = dpdk(spec, d, spec.addresses.clone(), Vec::new())?;
+            let t = dpdk(spec, d)?;
             let d = format!("dpdk (port {})", t.describe());
             (Box::new(t), d)
         }
@@ -429,6 +407,7 @@ mod xdp {
             },
             &member_set(&spec.addresses, &spec.first_view),
         )
+        .and_then(|mut h| h.admit_groups(&spec.also_groups).map(|()| h))
         .map_err(|e| OpenError::Invalid {
             member: spec.name.clone(),
             message: format!(
@@ -438,11 +417,12 @@ mod xdp {
         })
     }
 
-    /// What the member filter re-registers when it takes over the program: the port, the
+    /// What the member filter re-registers when it takes over the program: the ports, the
     /// queue and the AF_XDP socket.
-    pub(super) type Steering = (u16, u32, RawFd);
+    pub(super) type Steering = (Vec<u16>, u32, RawFd);
 
-    /// An AF_XDP socket on `interface`'s `queue`, with the member's port steered to it.
+    /// An AF_XDP socket on `interface`'s `queue`, with the member's port (a sharded member's
+    /// port in each shard) steered to it.
     pub(super) fn afxdp(
         spec: &TransportSpec,
         interface: &str,
@@ -455,21 +435,28 @@ mod xdp {
             queue,
             local: local4,
             peers: spec.addresses.clone(),
+            local_ports: spec.local_ports.clone(),
             max_frame: spec.max_frame,
             force_copy: false,
         })
         .map_err(spec.io("starting the afxdp transport"))?;
         let h = hook.ok_or_else(|| spec.invalid("afxdp without an XDP program"))?;
-        h.steer(local4.port(), queue, t.fd())
+        let mut ports = vec![local4.port()];
+        for p in &spec.local_ports {
+            if !ports.contains(p) {
+                ports.push(*p);
+            }
+        }
+        h.steer_ports(&ports, queue, t.fd())
             .map_err(|e| OpenError::Invalid {
                 member: spec.name.clone(),
-                message: format!("steering port {} to the AF_XDP socket: {e}", local4.port()),
+                message: format!("steering ports {ports:?} to the AF_XDP socket: {e}"),
             })?;
         let d = format!(
             "afxdp ({} mode, {interface} queue {queue})",
             if t.zero_copy() { "zero-copy" } else { "copy" },
         );
-        let steering = (local4.port(), queue, t.fd());
+        let steering = (ports, queue, t.fd());
         Ok((Box::new(t), d, steering))
     }
 

@@ -1,7 +1,9 @@
-//! One device shared by several groups: a sharded member's shards over one DPDK port.
+//! One device shared by several groups: a sharded member's shards over one DPDK port or one
+//! AF_XDP socket.
 //!
-//! A medium that owns a whole device per process (a DPDK port: one EAL, one port, one ARP
-//! speaker for the host's address) cannot be opened once per shard. It is opened once, with
+//! A medium that owns a device per process (a DPDK port: one EAL, one port, one ARP speaker for
+//! the host's address; an AF_XDP socket: one per interface queue, and one XDP program per
+//! interface) cannot be opened once per shard. It is opened once, with
 //! every shard's peers in one list (shard `s`'s member `i` is peer `s * n + i`) and, toward
 //! each, this member's own address in that shard (its port plus the shard's offset): frames of
 //! shard `s` leave from and arrive at shard `s`'s port, so on the wire each shard is an
@@ -12,8 +14,13 @@
 //! device has, keeps its own shard's frames and queues the others' for their engines (bounded:
 //! past [`QUEUE_MAX`] frames, a shard whose engine does not come for them loses the oldest,
 //! counted, and the protocol retransmits). A shard with frames queued asks to be polled at once
-//! (`next_deadline_us`), so a parked engine (a poll-mode device has nothing to sleep on, the
-//! engine parks for `poll_us` at most) takes them at its next poll.
+//! (`next_deadline_us`) and does not park. A parked engine is woken for its frames: over a
+//! device with a descriptor (AF_XDP) each shard parks on an epoll set of the device's
+//! descriptor and an eventfd of its own, which the engine that queued its frames signals; a
+//! poll-mode device has nothing to sleep on, its engines park for `poll_us` at most.
+//!
+//! The XDP member filter (afxdp) judges the device's frames by the union of the shards' views:
+//! each shard's view install updates its part and hands the union to the device.
 //!
 //! Counters: each shard reports the frames it sent and received; the device's own counters
 //! (its stats, ARP, frames not for this host) are reported once, by shard 0.
@@ -29,6 +36,12 @@ pub const QUEUE_MAX: usize = 8192;
 
 struct Device {
     transport: Box<dyn Transport>,
+    /// Each shard's wake-up, when the device has a descriptor to park on.
+    wakes: Vec<crate::sys::EventFd>,
+    /// Each shard's current view, as device peer indices.
+    views: Vec<Vec<usize>>,
+    /// Shards that got frames in this pull (scratch).
+    to_wake: Vec<bool>,
     batch: RecvBatch,
     /// Frames received for each shard, not yet taken by its engine: (peer in the shard, bytes).
     queues: Vec<VecDeque<(Option<usize>, Vec<u8>)>>,
@@ -42,8 +55,9 @@ struct Device {
 }
 
 impl Device {
-    /// Receives once from the device, sorting the frames into the shards' queues.
-    fn pull(&mut self, members: usize) -> io::Result<()> {
+    /// Receives once from the device, sorting the frames into the shards' queues, and wakes
+    /// the other shards that got some.
+    fn pull(&mut self, me: usize, members: usize) -> io::Result<()> {
         let k = self.transport.recv(&mut self.batch)?;
         for r in self.batch.frames.iter().take(k) {
             // A source that is not a peer names no shard: the device counted it
@@ -63,6 +77,16 @@ impl Device {
             b.clear();
             b.extend_from_slice(&self.batch.bufs[r.buf][..r.len]);
             q.push_back((Some(i), b));
+            if s != me {
+                self.to_wake[s] = true;
+            }
+        }
+        for (s, w) in self.to_wake.iter_mut().enumerate() {
+            if std::mem::take(w) {
+                if let Some(e) = self.wakes.get(s) {
+                    e.wake();
+                }
+            }
         }
         Ok(())
     }
@@ -77,6 +101,8 @@ pub struct ShardPort {
     name: &'static str,
     /// Frames larger than the engine's buffers (never, with buffers of the device's size).
     oversized: u64,
+    /// The device's descriptor and this shard's wake-up, when the device has one.
+    poll: Option<crate::sys::Epoll>,
 }
 
 impl std::fmt::Debug for ShardPort {
@@ -90,16 +116,44 @@ impl std::fmt::Debug for ShardPort {
 
 /// Shares `device`, opened with `shards * members` peers (shard `s`'s member `i` at
 /// `s * members + i`), among `shards` engines: one [`ShardPort`] each, in shard order.
-/// `frame_size`: the largest frame the device delivers.
+/// `frame_size`: the largest frame the device delivers; `first_view`: the shards' first views
+/// as device peer indices (what the device's member filter started with).
 pub fn split(
     device: Box<dyn Transport>,
     shards: usize,
     members: usize,
     frame_size: usize,
-) -> Vec<ShardPort> {
+    first_view: &[usize],
+) -> io::Result<Vec<ShardPort>> {
     let name = device.name();
+    let fd = device.poll_fd();
+    let wakes = match fd {
+        Some(_) => (0..shards)
+            .map(|_| crate::sys::EventFd::new())
+            .collect::<io::Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    let polls = match fd {
+        Some(fd) => wakes
+            .iter()
+            .map(|w| crate::sys::Epoll::new(&[fd, w.raw()]).map(Some))
+            .collect::<io::Result<Vec<_>>>()?,
+        None => (0..shards).map(|_| None).collect(),
+    };
+    let views = (0..shards)
+        .map(|s| {
+            first_view
+                .iter()
+                .copied()
+                .filter(|p| p / members == s)
+                .collect()
+        })
+        .collect();
     let d = Arc::new(Mutex::new(Device {
         transport: device,
+        wakes,
+        views,
+        to_wake: vec![false; shards],
         batch: RecvBatch::new(64, frame_size),
         queues: (0..shards).map(|_| VecDeque::new()).collect(),
         spare: Vec::new(),
@@ -107,15 +161,18 @@ pub fn split(
         received: vec![0; shards],
         sent: vec![0; shards],
     }));
-    (0..shards)
-        .map(|shard| ShardPort {
+    Ok(polls
+        .into_iter()
+        .enumerate()
+        .map(|(shard, poll)| ShardPort {
             device: d.clone(),
             shard,
             members,
             name,
             oversized: 0,
+            poll,
         })
-        .collect()
+        .collect())
 }
 
 impl ShardPort {
@@ -154,8 +211,11 @@ impl Transport for ShardPort {
         batch.frames.clear();
         let device = self.device.clone();
         let mut d = device.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = d.wakes.get(self.shard) {
+            w.drain();
+        }
         if d.queues[self.shard].is_empty() {
-            d.pull(self.members)?;
+            d.pull(self.shard, self.members)?;
         }
         let room = batch.bufs.len();
         let Device {
@@ -179,9 +239,7 @@ impl Transport for ShardPort {
     }
 
     fn poll_fd(&self) -> Option<RawFd> {
-        // Only poll-mode devices are shared (see `open::open_shared`): the engine parks for
-        // the device's poll interval at most.
-        None
+        self.poll.as_ref().map(crate::sys::Epoll::fd)
     }
 
     fn next_deadline_us(&self) -> Option<u64> {
@@ -210,6 +268,18 @@ impl Transport for ShardPort {
         let mut d = self.lock();
         d.queues[self.shard].is_empty() && d.transport.prepare_park()
     }
+
+    fn view_installed(&mut self, members: &[usize]) {
+        let base = self.shard * self.members;
+        let mut d = self.lock();
+        d.views[self.shard] = members
+            .iter()
+            .filter(|&&i| i < self.members)
+            .map(|i| base + i)
+            .collect();
+        let all: Vec<usize> = d.views.concat();
+        d.transport.view_installed(&all);
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +294,9 @@ mod tests {
     struct Fake {
         inbox: Arc<Mutex<VecDeque<(Option<usize>, Vec<u8>)>>>,
         sent: Frames<usize>,
+        /// A descriptor to park on (readable while the inbox is not empty), if any.
+        ready: Option<Arc<crate::sys::EventFd>>,
+        views: Arc<Mutex<Vec<Vec<usize>>>>,
     }
 
     impl Transport for Fake {
@@ -242,10 +315,16 @@ mod tests {
                 let Some((p, f)) = q.pop_front() else { break };
                 assert!(batch.push(p, &f));
             }
+            if let (Some(r), true) = (&self.ready, q.is_empty()) {
+                r.drain();
+            }
             Ok(batch.frames.len())
         }
         fn poll_fd(&self) -> Option<RawFd> {
-            None
+            self.ready.as_ref().map(|r| r.raw())
+        }
+        fn view_installed(&mut self, members: &[usize]) {
+            self.views.lock().unwrap().push(members.to_vec());
         }
         fn stats(&self) -> TransportStats {
             TransportStats {
@@ -271,7 +350,7 @@ mod tests {
         let fake = Fake::default();
         let (inbox, sent) = (fake.inbox.clone(), fake.sent.clone());
         // Three shards of two members.
-        let mut ports = split(Box::new(fake), 3, 2, 64);
+        let mut ports = split(Box::new(fake), 3, 2, 64, &[0, 1, 2, 3, 4, 5]).unwrap();
         {
             let mut q = inbox.lock().unwrap();
             for k in 0..200u32 {
@@ -310,11 +389,51 @@ mod tests {
         assert_eq!((s0.not_for_us, s1.not_for_us), (7, 0));
     }
 
+    /// Over a device with a descriptor: each shard parks on the device's and its own
+    /// wake-up; frames one engine queued for another shard wake that shard's engine; the
+    /// device's member filter is given the union of the shards' views.
+    #[test]
+    fn a_parked_shard_is_woken_for_its_frames_and_the_device_follows_every_shards_view() {
+        let ready = Arc::new(crate::sys::EventFd::new().unwrap());
+        let fake = Fake {
+            ready: Some(ready.clone()),
+            ..Fake::default()
+        };
+        let (inbox, views) = (fake.inbox.clone(), fake.views.clone());
+        let mut ports = split(Box::new(fake), 2, 2, 64, &[0, 1, 2, 3]).unwrap();
+        let fds: Vec<RawFd> = ports.iter().map(|p| p.poll_fd().unwrap()).collect();
+        assert_ne!(fds[0], fds[1]);
+        let readable = |fd| crate::sys::poll_readable(&[fd], std::time::Duration::ZERO).unwrap();
+        assert!(!readable(fds[0]) && !readable(fds[1]));
+        // A frame for shard 1 arrives: both shards' descriptors are readable (the device's).
+        inbox
+            .lock()
+            .unwrap()
+            .push_back((Some(3), b"for 1".to_vec()));
+        ready.wake();
+        assert!(readable(fds[0]) && readable(fds[1]));
+        // Shard 0's engine takes it from the device, for shard 1: shard 0 goes back to sleep,
+        // shard 1 stays woken (its own wake-up) until its engine takes the frame.
+        let mut rb = RecvBatch::new(8, 64);
+        assert_eq!(ports[0].recv(&mut rb).unwrap(), 0);
+        assert!(!readable(fds[0]));
+        assert!(readable(fds[1]));
+        assert_eq!(
+            take(&mut ports[1], &mut rb),
+            vec![(Some(1), b"for 1".to_vec())]
+        );
+        assert!(!readable(fds[1]));
+        // Views: each shard's install changes its part of the union only.
+        ports[1].view_installed(&[0]);
+        ports[0].view_installed(&[1]);
+        assert_eq!(*views.lock().unwrap(), vec![vec![0, 1, 2], vec![1, 2]]);
+    }
+
     #[test]
     fn a_shard_that_does_not_poll_loses_its_oldest_frames_past_the_bound_and_says_so() {
         let fake = Fake::default();
         let inbox = fake.inbox.clone();
-        let mut ports = split(Box::new(fake), 2, 1, 64);
+        let mut ports = split(Box::new(fake), 2, 1, 64, &[0, 1]).unwrap();
         let mut rb = RecvBatch::new(64, 64);
         let extra = 10;
         for k in 0..(QUEUE_MAX + extra) as u32 {

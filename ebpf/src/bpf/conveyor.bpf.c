@@ -3,7 +3,8 @@
 // Conveyor's XDP program: one per member interface, two jobs.
 //
 // 1. Member filter. Frames of the appliance's protocol (UDP whose payload starts with the frame
-//    header: magic "CV", version 4, a kind, this group's id) pass only if their source (IPv4
+//    header: magic "CV", version 4, a kind, this group's id, or one of `groups` for a sharded
+//    member's other shards) pass only if their source (IPv4
 //    address, UDP port) may send that kind: members of the current view send every kind;
 //    candidates (members of the group file that are not in the view: joiners, and removed
 //    members that come back) send only control frames (join requests), which the protocol
@@ -12,7 +13,8 @@
 //    double-buffered: the loader fills the map that is not active, then flips `active` with
 //    one aligned 4-byte write, so a frame is judged by a complete set, the old view's or the
 //    new one's, never a half-written one.
-// 2. Steering (the `afxdp` transport). A protocol frame for a UDP port listed in `ports` is
+// 2. Steering (the `afxdp` transport). A protocol frame for a UDP port listed in `ports` (a
+//    sharded member lists one port per shard, all to one socket) is
 //    redirected to the AF_XDP socket of its receive queue (`xsks`), if it arrived on the queue
 //    the port's socket is bound to; on another queue, or with no socket registered yet, it
 //    goes to the kernel's stack, where the member's UDP socket takes it (counted: nothing is
@@ -59,6 +61,8 @@ struct config {
 
 #define MEMBERS_MAX 1024
 #define QUEUES_MAX 64
+#define GROUPS_MAX 64
+#define PORTS_MAX 256
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -88,10 +92,19 @@ struct {
 	__type(value, struct config);
 } config SEC(".maps");
 
+// More group ids admitted beside config.group (a sharded member's other shards: each shard is
+// a group of its own, on its own ports): group id -> 1.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, GROUPS_MAX);
+	__type(key, __u32);
+	__type(value, __u32);
+} groups SEC(".maps");
+
 // Destination UDP port (host byte order) -> the receive queue whose socket serves it.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, QUEUES_MAX);
+	__uint(max_entries, PORTS_MAX);
 	__type(key, __u32);
 	__type(value, __u32);
 } ports SEC(".maps");
@@ -147,7 +160,7 @@ int conveyor_xdp(struct xdp_md *ctx)
 	if (!cfg)
 		goto other;
 	__u32 group = (__u32)h[4] | ((__u32)h[5] << 8) | ((__u32)h[6] << 16) | ((__u32)h[7] << 24);
-	if (group != cfg->group) {
+	if (group != cfg->group && !bpf_map_lookup_elem(&groups, &group)) {
 		count(STAT_OTHER_GROUP);
 		return XDP_PASS;
 	}

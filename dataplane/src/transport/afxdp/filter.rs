@@ -25,9 +25,9 @@ pub struct Hooked {
     hook: XdpHook,
     /// Every member's (address, port), by index; `None` for IPv6 (the program is IPv4 only).
     addrs: Vec<Option<(Ipv4Addr, u16)>>,
-    /// The port, queue and AF_XDP socket this member steers (afxdp), registered again when
+    /// The ports, queue and AF_XDP socket this member steers (afxdp), registered again when
     /// the hook changes.
-    steering: Option<(u16, u32, RawFd)>,
+    steering: Option<(Vec<u16>, u32, RawFd)>,
     /// The last view installed (member indices).
     view: Vec<usize>,
     checked_at: Instant,
@@ -85,7 +85,7 @@ impl Hooked {
         hook: XdpHook,
         addresses: &[SocketAddr],
         view: &[usize],
-        steering: Option<(u16, u32, RawFd)>,
+        steering: Option<(Vec<u16>, u32, RawFd)>,
     ) -> Hooked {
         Hooked {
             inner,
@@ -122,9 +122,9 @@ impl Hooked {
                         "sharing another member's"
                     }
                 );
-                if let Some((port, queue, fd)) = self.steering {
-                    if let Err(e) = self.hook.steer(port, queue, fd) {
-                        tracing::error!("steering port {port} to queue {queue} again: {e}");
+                if let Some((ports, queue, fd)) = &self.steering {
+                    if let Err(e) = self.hook.steer_ports(ports, *queue, *fd) {
+                        tracing::error!("steering ports {ports:?} to queue {queue} again: {e}");
                     }
                 }
                 let view = self.view.clone();

@@ -60,6 +60,10 @@ pub struct AfXdpConfig {
     pub local: SocketAddrV4,
     /// Every member's address, by index (this member's included).
     pub peers: Vec<SocketAddr>,
+    /// Several groups on the socket (a sharded member's shards, see `transport::shared`): the
+    /// UDP port of this member that each peer talks to (sends from, receives at), by peer
+    /// index; each such port gets its kernel socket too. Empty: `local`'s port for every peer.
+    pub local_ports: Vec<u16>,
     /// The largest frame the protocol sends (`max_frame`): checked against the MTU.
     pub max_frame: usize,
     /// Do not try zero-copy (for drivers whose zero-copy mode misbehaves).
@@ -79,13 +83,19 @@ enum Route {
 
 pub struct AfXdpTransport {
     xsk: Xsk,
-    kernel: UdpTransport,
+    /// The kernel's UDP socket on each of `locals`.
+    kernels: Vec<UdpTransport>,
+    /// Which of `kernels` carries each peer's frames.
+    kernel_of: Vec<usize>,
     kernel_batch: RecvBatch,
-    poll: sys::Epoll,
+    poll: crate::sys::Epoll,
     interface: String,
     mac: [u8; 6],
-    local: SocketAddrV4,
+    /// Every address of this member (one per group on the socket; the first is `local`).
+    locals: Vec<SocketAddrV4>,
     peers: Vec<SocketAddrV4>,
+    /// This member's address toward each peer.
+    sources: Vec<SocketAddrV4>,
     routes: Vec<Route>,
     by_addr: HashMap<SocketAddrV4, usize>,
     /// UMEM chunks free for sending.
@@ -111,7 +121,7 @@ impl std::fmt::Debug for AfXdpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AfXdpTransport")
             .field("interface", &self.interface)
-            .field("local", &self.local)
+            .field("locals", &self.locals)
             .field("zero_copy", &self.xsk.zero_copy)
             .finish()
     }
@@ -168,14 +178,46 @@ impl AfXdpTransport {
                 ),
             ));
         }
-        let kernel = UdpTransport::bind(SocketAddr::V4(cfg.local), cfg.peers.clone())?;
+        let sources: Vec<SocketAddrV4> = if cfg.local_ports.is_empty() {
+            vec![cfg.local; peers.len()]
+        } else if cfg.local_ports.len() == peers.len() {
+            cfg.local_ports
+                .iter()
+                .map(|&p| SocketAddrV4::new(*cfg.local.ip(), p))
+                .collect()
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} local ports for {} peers",
+                    cfg.local_ports.len(),
+                    peers.len()
+                ),
+            ));
+        };
+        let mut locals: Vec<SocketAddrV4> = vec![cfg.local];
+        for s in &sources {
+            if !locals.contains(s) {
+                locals.push(*s);
+            }
+        }
+        let kernels = locals
+            .iter()
+            .map(|l| UdpTransport::bind(SocketAddr::V4(*l), cfg.peers.clone()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let kernel_of = sources
+            .iter()
+            .map(|s| locals.iter().position(|l| l == s).unwrap_or(0))
+            .collect();
         let xsk = Xsk::open(ifc.index, cfg.queue, SIZES, cfg.force_copy).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("afxdp on {} queue {}: {e}", cfg.interface, cfg.queue),
             )
         })?;
-        let poll = sys::Epoll::new(&[xsk.fd(), kernel.fd()])?;
+        let mut fds = vec![xsk.fd()];
+        fds.extend(kernels.iter().map(UdpTransport::fd));
+        let poll = crate::sys::Epoll::new(&fds)?;
         let by_addr = peers.iter().enumerate().map(|(i, a)| (*a, i)).collect();
         let routes = peers
             .iter()
@@ -191,13 +233,15 @@ impl AfXdpTransport {
         let chunk = u64::from(SIZES.frame_size);
         let mut t = AfXdpTransport {
             xsk,
-            kernel,
+            kernels,
+            kernel_of,
             kernel_batch: RecvBatch::new(BATCH, cfg.max_frame + 64),
             poll,
             interface: cfg.interface.clone(),
             mac: ifc.mac,
-            local: cfg.local,
+            locals,
             peers,
+            sources,
             routes,
             by_addr,
             free_tx: (half..u64::from(SIZES.frames)).map(|i| i * chunk).collect(),
@@ -321,7 +365,8 @@ impl Transport for AfXdpTransport {
                 continue;
             };
             let len = HEADERS + frame.len();
-            let (src_mac, src, dst, id) = (self.mac, self.local, self.peers[peer], self.ip_id);
+            let (src_mac, src, dst, id) =
+                (self.mac, self.sources[peer], self.peers[peer], self.ip_id);
             self.ip_id = self.ip_id.wrapping_add(1);
             match self.xsk.frame_mut(addr, len) {
                 Some(out) => {
@@ -349,13 +394,19 @@ impl Transport for AfXdpTransport {
         self.stats.frames_sent += queued as u64;
         self.flush_tx()?;
         if !self.kernel_out.is_empty() {
-            let slow: Vec<(usize, &[u8])> = self
-                .kernel_out
-                .iter()
-                .map(|&(i, p)| (p, batch[i].1))
-                .collect();
-            self.stats.kernel_path_sent += slow.len() as u64;
-            self.kernel.send(&slow)?;
+            self.stats.kernel_path_sent += self.kernel_out.len() as u64;
+            // Each through the kernel socket of this member's address toward that peer.
+            for k in 0..self.kernels.len() {
+                let slow: Vec<(usize, &[u8])> = self
+                    .kernel_out
+                    .iter()
+                    .filter(|&&(_, p)| self.kernel_of[p] == k)
+                    .map(|&(i, p)| (p, batch[i].1))
+                    .collect();
+                if !slow.is_empty() {
+                    self.kernels[k].send(&slow)?;
+                }
+            }
         }
         Ok(())
     }
@@ -376,11 +427,17 @@ impl Transport for AfXdpTransport {
                 self.stats.malformed += 1;
                 continue;
             };
-            if p.dst != self.local {
+            if !self.locals.contains(&p.dst) {
                 self.stats.malformed += 1;
                 continue;
             }
-            let peer = self.by_addr.get(&p.src).copied();
+            // A peer's frame to another of this member's ports (another group's) is not that
+            // peer's: an unknown source.
+            let peer = self
+                .by_addr
+                .get(&p.src)
+                .copied()
+                .filter(|&i| self.sources[i] == p.dst);
             match peer {
                 None => self.stats.unknown_source += 1,
                 // The peer's first frame tells its MAC address (or its router's).
@@ -403,13 +460,27 @@ impl Transport for AfXdpTransport {
         self.xsk.kick_rx();
         self.flush_tx()?;
         // The kernel's path: frames the XDP program passed to the stack.
-        if batch.frames.len() < room {
-            let k = self.kernel.recv(&mut self.kernel_batch)?;
+        for kernel in 0..self.kernels.len() {
+            if batch.frames.len() >= room {
+                break;
+            }
+            // Never take from the socket more than the batch has room for (what is taken
+            // and not delivered would be lost): the other buffers are set aside meanwhile.
+            let left = room - batch.frames.len();
+            let aside = (left < self.kernel_batch.bufs.len())
+                .then(|| self.kernel_batch.bufs.split_off(left));
+            let got = self.kernels[kernel].recv(&mut self.kernel_batch);
+            if let Some(mut a) = aside {
+                self.kernel_batch.bufs.append(&mut a);
+            }
+            let k = got?;
             for r in self.kernel_batch.frames.iter().take(k) {
-                if batch.frames.len() >= room {
-                    break;
+                let local = self.locals[kernel];
+                let peer = r.peer.filter(|&i| self.sources[i] == local);
+                if r.peer.is_some() && peer.is_none() {
+                    self.stats.unknown_source += 1;
                 }
-                if batch.push(r.peer, &self.kernel_batch.bufs[r.buf][..r.len]) {
+                if batch.push(peer, &self.kernel_batch.bufs[r.buf][..r.len]) {
                     self.stats.kernel_path_received += 1;
                 } else {
                     self.stats.oversized += 1;
@@ -429,14 +500,15 @@ impl Transport for AfXdpTransport {
     }
 
     fn stats(&self) -> TransportStats {
-        let k = self.kernel.stats();
         let mut s = self.stats.clone();
-        s.frames_sent += k.frames_sent;
-        s.frames_received += k.frames_received;
-        s.send_errors += k.send_errors;
-        s.unknown_source += k.unknown_source;
-        s.oversized += k.oversized;
-        s.syscalls += k.syscalls;
+        for k in self.kernels.iter().map(UdpTransport::stats) {
+            s.frames_sent += k.frames_sent;
+            s.frames_received += k.frames_received;
+            s.send_errors += k.send_errors;
+            s.unknown_source += k.unknown_source;
+            s.oversized += k.oversized;
+            s.syscalls += k.syscalls;
+        }
         if let Ok(x) = self.xsk.statistics() {
             s.xdp.push(("socket_rx_dropped", x.rx_dropped));
             s.xdp.push(("socket_rx_ring_full", x.rx_ring_full));

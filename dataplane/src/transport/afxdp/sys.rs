@@ -592,35 +592,3 @@ impl Interface {
         Ok(Interface { index, mac, mtu })
     }
 }
-
-/// An epoll set over several descriptors: readable when any of them is (the engine parks on
-/// one descriptor; the `afxdp` transport has two).
-pub(super) struct Epoll {
-    fd: OwnedFd,
-}
-
-impl Epoll {
-    pub fn new(fds: &[RawFd]) -> io::Result<Epoll> {
-        // SAFETY: plain epoll_create1 call; the result is checked.
-        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if raw < 0 {
-            return Err(last_error("epoll_create1"));
-        }
-        // SAFETY: a fresh descriptor owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        for &f in fds {
-            let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: f as u64,
-            };
-            // SAFETY: `ev` is a valid event for the call; `f` is a live descriptor of the caller.
-            if unsafe { libc::epoll_ctl(fd.as_raw_fd(), libc::EPOLL_CTL_ADD, f, &mut ev) } != 0 {
-                return Err(last_error("epoll_ctl"));
-            }
-        }
-        Ok(Epoll { fd })
-    }
-    pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}

@@ -730,8 +730,10 @@ mod tests {
         };
         let ta = DpdkTransport::on_port(pa, &cfg("10.9.0.1:7400")).unwrap();
         let tb = DpdkTransport::on_port(pb, &cfg("10.9.0.2:7400")).unwrap();
-        let mut sa = crate::transport::shared::split(Box::new(ta), 2, 2, 2048);
-        let mut sb = crate::transport::shared::split(Box::new(tb), 2, 2, 2048);
+        let mut sa =
+            crate::transport::shared::split(Box::new(ta), 2, 2, 2048, &[0, 1, 2, 3]).unwrap();
+        let mut sb =
+            crate::transport::shared::split(Box::new(tb), 2, 2, 2048, &[0, 1, 2, 3]).unwrap();
         let mut rb = RecvBatch::new(BATCH, 2048);
         let mut got: Vec<Vec<(Option<usize>, Vec<u8>)>> = vec![Vec::new(), Vec::new()];
         let mut poll = |ports: &mut Vec<crate::transport::shared::ShardPort>,
