@@ -2,9 +2,9 @@
 //!
 //! [`XdpHook`] attaches `src/bpf/conveyor.bpf.c` to a member's interface. It does two jobs:
 //! - the member filter: frames of the appliance's protocol (UDP, frame header with this
-//!   group's id, or another admitted with it: a sharded member's shards) from anyone who is not a member of the current view are dropped in XDP and
-//!   counted; candidates (members of the group file outside the view) may send control frames
-//!   (join requests) only. The set is double-buffered in the kernel and switched with one
+//!   group's id, or another admitted with it: a sharded member's shards) from anyone who is
+//!   not a member of the current view are dropped in XDP and counted; candidates (members
+//!   of the group file outside the view) may send control frames (join requests) only. The set is double-buffered in the kernel and switched with one
 //!   4-byte write ([`XdpHook::set_members`]), so no member's frame is dropped in a window
 //!   between two updates, and a removed member's frames are dropped from the switch on;
 //! - steering for the `afxdp` transport: protocol frames for a registered UDP port go to the

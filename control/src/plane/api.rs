@@ -62,6 +62,29 @@ pub(super) fn allowed(path: &str) -> &'static str {
     }
 }
 
+/// The `?shard=N` of a URL, checked against the group's shards; `Ok(None)` without one.
+fn shard_asked(url: &str, shards: u16) -> Result<Option<u16>, Answer> {
+    let Some(v) = url
+        .split_once('?')
+        .into_iter()
+        .flat_map(|(_, q)| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("shard="))
+    else {
+        return Ok(None);
+    };
+    match v.parse::<u16>() {
+        Ok(s) if s < shards.max(1) => Ok(Some(s)),
+        Ok(s) => Err(error(
+            404,
+            format!(
+                "shard: the group has no shard {s} (shards 0 to {})",
+                shards.max(1) - 1
+            ),
+        )),
+        Err(_) => Err(error(400, format!("shard: {v:?} is not a shard number"))),
+    }
+}
+
 pub(super) fn route(
     state: &Mutex<State>,
     token: &str,
@@ -96,7 +119,11 @@ pub(super) fn route(
             }),
         ),
         ("GET", ["v1", "view"]) => {
-            let reports = fresh(&st);
+            let shard = match shard_asked(url, st.shards) {
+                Ok(s) => s.unwrap_or(0),
+                Err(e) => return e,
+            };
+            let reports = fresh_of(&st, shard);
             let latest = reports.iter().map(|r| r.1.view).max().unwrap_or(0);
             let members = reports
                 .iter()
@@ -106,7 +133,7 @@ pub(super) fn route(
             let by: BTreeMap<&str, serde_json::Value> = st
                 .reports
                 .iter()
-                .filter(|((_, s), _)| *s == 0)
+                .filter(|((_, s), _)| *s == shard)
                 .map(|((n, _), (t, r))| {
                     (
                         n.as_str(),
@@ -118,20 +145,51 @@ pub(super) fn route(
                     )
                 })
                 .collect();
-            json(
-                200,
-                serde_json::json!({ "view": latest, "members": members, "reports": by }),
-            )
+            let mut v = serde_json::json!({ "view": latest, "members": members, "reports": by });
+            if st.shards > 1 {
+                // A sharded group: which shard's view this is (`?shard=N` for another).
+                v["shard"] = shard.into();
+                v["shards"] = st.shards.into();
+            }
+            json(200, v)
         }
         ("GET", ["v1", "queues"]) => {
-            let freshest = st
-                .reports
-                .values()
-                .filter(|(_, r)| r.status == "serving" && r.shard == 0)
-                .max_by_key(|(t, r)| (r.view, *t))
-                .map(|(_, r)| r.queues.clone())
-                .unwrap_or_default();
-            json(200, serde_json::json!({ "queues": freshest }))
+            let asked = match shard_asked(url, st.shards) {
+                Ok(s) => s,
+                Err(e) => return e,
+            };
+            let of = |shard: u16| -> BTreeMap<String, u64> {
+                st.reports
+                    .values()
+                    .filter(|(_, r)| r.status == "serving" && r.shard == shard)
+                    .max_by_key(|(t, r)| (r.view, *t))
+                    .map(|(_, r)| r.queues.clone())
+                    .unwrap_or_default()
+            };
+            match (&st.persisted.shard_map, asked) {
+                (Some(map), None) if st.shards > 1 => {
+                    // Each queue as the shard owning it (by the control plane's map) sees it:
+                    // another shard holds none of its requests.
+                    let by_shard: Vec<BTreeMap<String, u64>> = (0..st.shards).map(of).collect();
+                    let mut queues = BTreeMap::new();
+                    let mut owner = BTreeMap::new();
+                    for q in by_shard.iter().flat_map(|m| m.keys()) {
+                        let s = map.owner(q).0;
+                        let depth = by_shard
+                            .get(usize::from(s))
+                            .and_then(|m| m.get(q))
+                            .copied()
+                            .unwrap_or(0);
+                        queues.insert(q.clone(), depth);
+                        owner.insert(q.clone(), s);
+                    }
+                    json(
+                        200,
+                        serde_json::json!({ "queues": queues, "shard_of": owner, "map_version": map.version }),
+                    )
+                }
+                (_, s) => json(200, serde_json::json!({ "queues": of(s.unwrap_or(0)) })),
+            }
         }
         ("GET", ["v1", "pipelines"]) => {
             let full = token_ok(token, auth);
@@ -510,16 +568,42 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
         let map = saved.shard_map.unwrap();
         assert_eq!((map.version, map.owner("p.f0").0), (2, to));
-        // Each shard's member gets the map with the answer to its report.
+        // Each shard's member gets the map with the answer to its report. Each shard sees
+        // the depths of the queues it owns (the others' are empty there).
+        let depth = |shard: u16, q: &str| {
+            u64::from(map.owner(q).0 == shard) * (10 + q.len() as u64 + u64::from(shard))
+        };
         for shard in 0..2u16 {
             let report = serde_json::json!({"member": "trigger", "shard": shard,
-                "status": "serving", "view": 1, "members": ["trigger"], "delivered": 0,
+                "status": "serving", "view": 1 + 2 * shard, "members": ["trigger"], "delivered": 0,
                 "retransmitted_slots": 0, "view_changes": 0, "requeued": 0, "rejoins": 0,
-                "dropped": {}, "queues": {}});
+                "dropped": {}, "queues": {"p.f0": depth(shard, "p.f0"), "p.f1": depth(shard, "p.f1")}});
             let (st, v) = call("POST", "/v1/report", &report.to_string());
             assert_eq!(st, 200, "{v}");
             assert_eq!(v["shard_map"]["version"], 2, "{v}");
         }
+        // The view: shard 0's by default, saying so; another shard's by `?shard=N`.
+        let (_, v) = call("GET", "/v1/view", "");
+        assert_eq!(
+            (&v["view"], &v["shard"], &v["shards"]),
+            (&1.into(), &0.into(), &2.into()),
+            "{v}"
+        );
+        let (_, v) = call("GET", "/v1/view?shard=1", "");
+        assert_eq!((&v["view"], &v["shard"]), (&3.into(), &1.into()), "{v}");
+        assert_eq!(call("GET", "/v1/view?shard=2", "").0, 404);
+        assert_eq!(call("GET", "/v1/view?shard=x", "").0, 400);
+        // The queues: each as its owner sees it, with its owner; one shard's by `?shard=N`.
+        let (_, v) = call("GET", "/v1/queues", "");
+        for q in ["p.f0", "p.f1"] {
+            let o = map.owner(q).0;
+            assert_eq!(v["queues"][q], depth(o, q), "{q}: {v}");
+            assert_eq!(v["shard_of"][q], o, "{q}: {v}");
+        }
+        assert_eq!(v["map_version"], 2, "{v}");
+        let (_, v) = call("GET", "/v1/queues?shard=1", "");
+        assert_eq!(v["queues"]["p.f0"], depth(1, "p.f0"), "{v}");
+        assert!(v.get("shard_of").is_none(), "{v}");
         let bad = serde_json::json!({"member": "trigger", "shard": 2, "status": "serving",
             "view": 1, "members": [], "delivered": 0, "retransmitted_slots": 0,
             "view_changes": 0, "requeued": 0, "rejoins": 0, "dropped": {}, "queues": {}});
@@ -528,7 +612,7 @@ mod tests {
         let m = route(&state, token, "GET", "/metrics", None, "");
         assert!(
             m.body
-                .contains(r#"conveyor_view{member="trigger",shard="1"} 1"#),
+                .contains(r#"conveyor_view{member="trigger",shard="1"} 3"#),
             "{}",
             m.body
         );

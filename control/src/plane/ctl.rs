@@ -20,7 +20,9 @@ pub fn ctl(address: &str, token: Option<&str>, args: &[String]) -> Result<()> {
     let resp = match a.as_slice() {
         ["health"] => agent.get(&format!("{base}/health")).call(),
         ["view"] => agent.get(&format!("{base}/v1/view")).call(),
+        ["view", shard] => agent.get(&format!("{base}/v1/view?shard={shard}")).call(),
         ["queues"] => agent.get(&format!("{base}/v1/queues")).call(),
+        ["queues", shard] => agent.get(&format!("{base}/v1/queues?shard={shard}")).call(),
         ["metrics"] => agent.get(&format!("{base}/metrics")).call(),
         ["pipelines"] | ["pipelines", "list"] => {
             auth(agent.get(&format!("{base}/v1/pipelines"))).call()
@@ -44,7 +46,7 @@ pub fn ctl(address: &str, token: Option<&str>, args: &[String]) -> Result<()> {
             auth(agent.put(&format!("{base}/v1/shards/queues/{queue}"))).send_string(to)
         }
         ["leave", name] => auth(agent.post(&format!("{base}/v1/members/{name}/leave"))).call(),
-        _ => bail!("usage: conveyor ctl [--control ADDR] [--token T] health | view | queues | metrics | pipelines [list | get NAME | put FILE | delete NAME] | admissions | admit NAME | revoke NAME | leave NAME | shards | shard move QUEUE SHARD"),
+        _ => bail!("usage: conveyor ctl [--control ADDR] [--token T] health | view [SHARD] | queues [SHARD] | metrics | pipelines [list | get NAME | put FILE | delete NAME] | admissions | admit NAME | revoke NAME | leave NAME | shards | shard move QUEUE SHARD"),
     };
     match resp {
         Ok(r) => {
