@@ -245,6 +245,9 @@ MUTANTS = [
     ("rejoin-forgets-held-ends", "replica/mod.rs",
      "Some(held) => applied.min(held.saturating_sub(1)),",
      "Some(_) => applied,", "shard-sim"),
+    ("resume-forgets-unanswered", "replica/mod.rs",
+     "        before.extend(unanswered);",
+     "        let _ = unanswered;", "shard-sim"),
 ]
 
 def run(cmd, **kw):

@@ -66,11 +66,13 @@ fn many_seeds_of_sharded_deployments_hold_every_property() {
         r.iter().filter(|x| x.shards == 3).count(),
     );
     let line = format!(
-        "{line}; durable: deployments killed whole {}, restarts from disk {}, shards deciding again {}, steps taken back {}",
+        "{line}; durable: deployments killed whole {}, restarts from disk {}, shards deciding again {}, steps taken back {}; triggers resumed from their journal {} (unanswered pushes handed back {})",
         sum(|x| x.deployment_restarts),
         sum(|x| x.restarts_from_disk),
         sum(|x| x.decided),
         sum(|x| x.undone),
+        sum(|x| x.trigger_resumes),
+        sum(|x| x.journal_unanswered),
     );
     eprintln!("{line}");
     let _ = std::fs::write(
@@ -97,6 +99,14 @@ fn many_seeds_of_sharded_deployments_hold_every_property() {
         ),
         ("shards deciding again after a restart", sum(|x| x.decided)),
         ("counted steps a restart took back", sum(|x| x.undone)),
+        (
+            "triggers resumed from their journal",
+            sum(|x| x.trigger_resumes),
+        ),
+        (
+            "unanswered pushes a journal handed back",
+            sum(|x| x.journal_unanswered),
+        ),
         (
             "three-shard seeds",
             r.iter().filter(|x| x.shards == 3).count() as u64,

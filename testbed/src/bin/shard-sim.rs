@@ -94,11 +94,13 @@ fn main() {
         reports.iter().filter(|r| r.shards == 3).count(),
     );
     println!(
-        "durable: deployments killed whole {}, members restarted from their disks {}, shards that decided again {}, counted steps taken back by a restart {}",
+        "durable: deployments killed whole {}, members restarted from their disks {}, shards that decided again {}, counted steps taken back by a restart {}; triggers resumed from their journal {} (unanswered pushes handed back {})",
         sum(|r| r.deployment_restarts),
         sum(|r| r.restarts_from_disk),
         sum(|r| r.decided),
         sum(|r| r.undone),
+        sum(|r| r.trigger_resumes),
+        sum(|r| r.journal_unanswered),
     );
     if !failures.is_empty() {
         std::process::exit(1);

@@ -235,14 +235,31 @@ impl ShardSim {
                 Effect::Admitted { id, step, .. } if step == STEPS[0].0 => {
                     self.hosts[m].accepted.insert(id);
                 }
+                Effect::Rejected { id, .. } | Effect::Failed { id, .. } => {
+                    if let Some(j) = &mut self.hosts[m].journal {
+                        j.answered.insert(id);
+                    }
+                }
                 Effect::Completed {
-                    id, terminal: true, ..
+                    id,
+                    instance,
+                    terminal: true,
+                    ..
                 } => {
                     if self.ended.get(&id).copied().unwrap_or(0) == 0 {
                         return Err(self.violation(
                             "told ends happened",
                             format!("trigger {m} told {id:?} ended before the order ended it"),
                         ));
+                    }
+                    let host = &mut self.hosts[m];
+                    if let Some(j) = &mut host.journal {
+                        j.answered.insert(id);
+                    }
+                    if !host.told_instances.insert((id, instance)) && host.resumed {
+                        // Told again after the trigger resumed from its journal: the end
+                        // its journal holds (as `conveyor bench`'s tally, not counted twice).
+                        continue;
                     }
                     let n = {
                         let n = self.hosts[m].told.entry(id).or_default();
@@ -280,11 +297,17 @@ impl ShardSim {
         });
         let told = (0..self.cfg.members).all(|h| {
             let host = &self.hosts[h];
+            // A trigger whose process is gone for good is told nothing more.
             host.crashed
-                || host
+                || !self.members[0][h].alive
+                || (host
                     .accepted
                     .iter()
                     .all(|id| host.told.get(id).copied().unwrap_or(0) >= 1)
+                    && host
+                        .journal
+                        .as_ref()
+                        .is_none_or(|j| j.pushed.keys().all(|id| j.answered.contains(id))))
         });
         pushed && ended && quiet && told
     }
@@ -324,8 +347,11 @@ impl ShardSim {
                     .iter()
                     .filter(|id| host.told.get(id).copied().unwrap_or(0) == 0)
                     .count();
+                let unanswered = host.journal.as_ref().map_or(0, |j| {
+                    j.pushed.keys().filter(|id| !j.answered.contains(id)).count()
+                });
                 format!(
-                    "host {h}: {} pushes left, {untold} accepted runs' ends not told{}",
+                    "host {h}: {} pushes left, {untold} accepted runs' ends not told, {unanswered} journaled pushes unanswered{}",
                     host.pushes_left,
                     if host.crashed { " (crashed)" } else { "" }
                 )

@@ -59,6 +59,12 @@ pub struct ShardSimConfig {
     /// Durable runs: the chance that a member's disk syncs what was written, at each step
     /// (a slow disk leaves more for a crash to lose).
     pub sync_chance: f64,
+    /// Each host's trigger keeps a journal (as `conveyor bench`'s does): what it pushed, the
+    /// ends it was told, how far its member of shard 0 had told it. A new trigger process
+    /// (after a crash, or the whole deployment's restart) resumes from it
+    /// (`Replica::resume`): told the ends it missed, its pushes that never reached the order
+    /// pushed again, so that every run it pushed ends and it is told so.
+    pub journal: bool,
 }
 
 /// After the whole deployment went down, each host restarts within this long.
@@ -144,6 +150,7 @@ impl ShardSimConfig {
             durable: false,
             deployment_down: None,
             sync_chance: 0.5,
+            journal: false,
         };
         // Drawn last, so that the draws above stay what they were.
         cfg.keep_forwarders = rng.gen_bool(0.5);
@@ -159,6 +166,7 @@ impl ShardSimConfig {
             cfg.cut = None;
         }
         cfg.sync_chance = [0.05, 0.2, 0.5][rng.gen_range(0..3)];
+        cfg.journal = rng.gen_bool(0.5);
         cfg
     }
 

@@ -47,6 +47,9 @@ impl ShardSim {
         .expect("valid shard sim config");
         replica.recover_from(self.members[s][h].disk.synced_state());
         replica.set_durable(true, &configured(n));
+        if s == 0 {
+            self.resume_trigger(h, &mut replica);
+        }
         let claim = replica.claim();
         let ops = start_ops(s, me, self.cfg.capacity, true, &self.map1);
         let x = &mut self.members[s][h];

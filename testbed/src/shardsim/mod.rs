@@ -13,7 +13,11 @@
 //! queues: every member logs its shard's order to its host's disk, synced at random moments (a
 //! crash loses what was not synced), and tells its replica how far; in most of those the whole
 //! deployment is killed once and every host restarts its members from their disks, each shard's
-//! members agreeing again on a state (`conveyor_core::replica::recovery`). The forwarders read
+//! members agreeing again on a state (`conveyor_core::replica::recovery`). Half the seeds give
+//! each host's trigger a journal (as `conveyor bench`'s: what it pushed, the ends it was told,
+//! how far its member told it), which outlives its process: a new trigger process resumes from
+//! it (`Replica::resume`), is told the ends it missed and has its pushes that never reached
+//! the order pushed again. The forwarders read
 //! what the engine publishes for them (`Replica::shards_to_forward`: with durable queues, only
 //! what a majority's disks hold).
 //!
@@ -30,10 +34,12 @@
 //! their order; a step of a run completes once in the whole deployment (counted from each
 //! shard's order, not from any one replica); a run's end is told in its origin shard only; a
 //! member is told only of the runs it started (request ids are unique per shard, not across
-//! shards); a trigger is told a run's end once. At the end, once the faults stop: every run
+//! shards); a trigger is told a run's end once (a resumed one may be told again an end its
+//! journal holds: the same instance). At the end, once the faults stop: every run
 //! that shard 0 admitted has completed each of its three steps exactly once and ended once,
-//! every outbox is empty, every queue drained, and every trigger whose process survived was
-//! told the end of every run it pushed that was admitted. With durable queues, when a
+//! every outbox is empty, every queue drained, and every trigger whose process survived (or,
+//! with a journal, was restarted) was told the end of every run it pushed that was admitted;
+//! with a journal, every push it ever made was answered. With durable queues, when a
 //! restarted shard decides where its history goes on from, what was counted after that
 //! position never was (it is taken back), and nothing anyone was told may be among it: a
 //! trigger told a run accepted, or told its end.
@@ -154,10 +160,27 @@ enum Counted {
     Ended(RequestId),
 }
 
+/// A trigger's journal (see [`ShardSimConfig::journal`]): kept by the kernel, it outlives the
+/// trigger's process.
+#[derive(Debug, Default)]
+struct Journal {
+    /// Every push, written before it is submitted (encoded).
+    pushed: BTreeMap<RequestId, Vec<u8>>,
+    /// Runs whose end (or refusal) the trigger was told.
+    answered: BTreeSet<RequestId>,
+    /// How far its member of shard 0 had told it the ends of its runs.
+    told_through: u64,
+}
+
 struct Host {
     /// The trigger's process (its member of shard 0): incarnation, and whether it ever
-    /// crashed (what it was told then is gone).
+    /// crashed without a journal (what it was told then is gone).
     crashed: bool,
+    journal: Option<Journal>,
+    /// Ends it was told, by (run, instance): a process resumed from the journal may be told
+    /// again an end its journal holds (the same instance: not a second run).
+    told_instances: BTreeSet<(RequestId, u64)>,
+    resumed: bool,
     counter: u64,
     pushes_left: u64,
     /// Runs it pushed that shard 0 admitted, and how often it was told each one's end.
@@ -318,6 +341,9 @@ impl ShardSim {
         let hosts = (0..n)
             .map(|_| Host {
                 crashed: false,
+                journal: cfg.journal.then(Journal::default),
+                told_instances: BTreeSet::new(),
+                resumed: false,
                 counter: 0,
                 pushes_left: cfg.requests,
                 accepted: BTreeSet::new(),
@@ -559,10 +585,14 @@ impl ShardSim {
             meta: Meta::default(),
             http: None,
         };
-        self.members[0][h].outbox.push_back(Op::Push {
+        let op = Op::Push {
             pusher: MemberId(h as u16),
             req,
-        });
+        };
+        if let Some(j) = &mut self.hosts[h].journal {
+            j.pushed.insert(id, op.encode());
+        }
+        self.members[0][h].outbox.push_back(op);
         let _ = self.step(0, h);
         if self.hosts[h].pushes_left > 0 {
             let gap = self
@@ -619,7 +649,7 @@ impl ShardSim {
         // What was written and not synced is gone with the process.
         x.disk.crash();
         x.disk_told = 0;
-        if s == 0 {
+        if s == 0 && self.hosts[m].journal.is_none() {
             self.hosts[m].crashed = true;
         }
         self.hosts[m]
@@ -657,7 +687,11 @@ impl ShardSim {
             replica.set_rejoining(applied, unanswered);
         } else {
             x.outbox.clear();
+            if s == 0 {
+                self.resume_trigger(m, &mut replica);
+            }
         }
+        let x = &mut self.members[s][m];
         x.replica = replica;
         x.inc = inc;
         x.alive = true;
@@ -786,7 +820,36 @@ impl ShardSim {
             self.count_step(s, m, &effects)?;
             self.act(s, m, effects)?;
         }
+        // The trigger's journal notes how far its member told it (`T`), once what came
+        // before is written.
+        if s == 0 {
+            if let (Some(t), Some(j)) = (
+                self.members[0][m].replica.told_through(),
+                &mut self.hosts[m].journal,
+            ) {
+                j.told_through = t;
+            }
+        }
         Ok(())
+    }
+
+    /// A new trigger process on host `h` with a journal: its member of shard 0 (`replica`,
+    /// new) is asked to tell the ends after the journal's position and to push again the
+    /// journal's unanswered pushes the order does not hold.
+    fn resume_trigger(&mut self, h: usize, replica: &mut Replica) {
+        let Some(j) = &self.hosts[h].journal else {
+            return;
+        };
+        let unanswered: BTreeMap<RequestId, Vec<u8>> = j
+            .pushed
+            .iter()
+            .filter(|(id, _)| !j.answered.contains(id))
+            .map(|(id, op)| (*id, op.clone()))
+            .collect();
+        self.report.trigger_resumes += 1;
+        self.report.journal_unanswered += unanswered.len() as u64;
+        replica.resume(j.told_through, unanswered);
+        self.hosts[h].resumed = true;
     }
 
     fn rearm(&mut self, s: usize, m: usize) {
