@@ -200,7 +200,14 @@ impl Transport for ShardPort {
             for (out, &(p, f)) in frames.iter_mut().zip(chunk) {
                 // A peer index past the shard's members would name another shard's member:
                 // the device refuses it (counted as a send error).
-                *out = (if p < self.members { base + p } else { usize::MAX }, f);
+                *out = (
+                    if p < self.members {
+                        base + p
+                    } else {
+                        usize::MAX
+                    },
+                    f,
+                );
             }
             d.transport.send(&frames[..chunk.len()])?;
         }
