@@ -11,8 +11,10 @@
 //!
 //! With the dpdk and afxdp transports the shards share the process's one DPDK port, or one
 //! AF_XDP socket and XDP program (`transport::open_all`, `transport::shared`). The XDP member
-//! filter over the other transports is refused with shards by the group file's checks. The member reports each shard to the control plane
-//! (and follows its shard map); `metrics_address` serves every shard's series, by shard.
+//! filter over the other transports is refused with shards by the group file's checks.
+//!
+//! The member reports each shard to the control plane (and follows its shard map);
+//! `metrics_address` serves every shard's series, by shard.
 
 use super::{
     gateway_config, invoker_ids, log_transport, notify_service_manager, BeforeLeave, DRAIN_WAIT,
@@ -57,7 +59,8 @@ pub(super) fn run(
     let me = &cfg.file.members[idx];
     let inline = me.executor == Executor::Inline;
     let mut shards: Vec<Shard> = Vec::new();
-    // One transport per shard, or one device shared by them all (dpdk: one port per process).
+    // One transport per shard, or one device shared by them all (dpdk: one port per process;
+    // afxdp: one socket per interface queue and one XDP program per interface).
     let specs: Vec<_> = (0..count)
         .map(|s| cfg.for_shard(s).transport_spec(idx))
         .collect();

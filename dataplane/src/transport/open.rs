@@ -227,8 +227,10 @@ pub fn open_all(specs: &[TransportSpec]) -> Result<Vec<Opened>, OpenError> {
         device
             .first_view
             .extend(spec.first_view.iter().map(|i| s * n + i));
-        if let (Some(x), Some(_)) = (&spec.xdp, s.checked_sub(1)) {
-            device.also_groups.push(x.group);
+        // The program is attached with shard 0's group; it admits the others' too.
+        match &spec.xdp {
+            Some(x) if s > 0 => device.also_groups.push(x.group),
+            _ => {}
         }
     }
     let opened = open(&device)?;
