@@ -47,8 +47,8 @@ pub struct ShardReport {
     pub restarts_from_disk: u64,
     pub decided: u64,
     pub undone: u64,
-    /// Trigger processes that resumed from their journal, and the pushes they submitted
-    /// again then (the order never had them).
+    /// Trigger processes that resumed from their journal, and the unanswered pushes they
+    /// handed their member then (it pushes again those the order does not hold).
     pub trigger_resumes: u64,
     pub journal_unanswered: u64,
     pub end_us: u64,
