@@ -17,6 +17,38 @@ pub(super) fn ipv4(a: &SocketAddr, transport: &str) -> io::Result<SocketAddrV4> 
     }
 }
 
+/// A member's addresses on a device several groups share (a sharded member's shards, see
+/// `transport::shared`): its address toward each of `peers` peers (`local`'s address with the
+/// port `local_ports[i]` of that peer's group; `local` for every peer when `local_ports` is
+/// empty), and each distinct one, `local` first.
+#[allow(clippy::type_complexity)]
+pub(super) fn local_addresses(
+    local: SocketAddrV4,
+    local_ports: &[u16],
+    peers: usize,
+) -> io::Result<(Vec<SocketAddrV4>, Vec<SocketAddrV4>)> {
+    let sources: Vec<SocketAddrV4> = if local_ports.is_empty() {
+        vec![local; peers]
+    } else if local_ports.len() == peers {
+        local_ports
+            .iter()
+            .map(|&p| SocketAddrV4::new(*local.ip(), p))
+            .collect()
+    } else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} local ports for {peers} peers", local_ports.len()),
+        ));
+    };
+    let mut locals = vec![local];
+    for s in &sources {
+        if !locals.contains(s) {
+            locals.push(*s);
+        }
+    }
+    Ok((sources, locals))
+}
+
 pub(super) const ETH: usize = 14;
 pub(super) const IPV4: usize = 20;
 pub(super) const UDP: usize = 8;

@@ -443,12 +443,7 @@ mod xdp {
         })
         .map_err(spec.io("starting the afxdp transport"))?;
         let h = hook.ok_or_else(|| spec.invalid("afxdp without an XDP program"))?;
-        let mut ports = vec![local4.port()];
-        for p in &spec.local_ports {
-            if !ports.contains(p) {
-                ports.push(*p);
-            }
-        }
+        let ports = t.ports();
         h.steer_ports(&ports, queue, t.fd())
             .map_err(|e| OpenError::Invalid {
                 member: spec.name.clone(),

@@ -178,29 +178,8 @@ impl AfXdpTransport {
                 ),
             ));
         }
-        let sources: Vec<SocketAddrV4> = if cfg.local_ports.is_empty() {
-            vec![cfg.local; peers.len()]
-        } else if cfg.local_ports.len() == peers.len() {
-            cfg.local_ports
-                .iter()
-                .map(|&p| SocketAddrV4::new(*cfg.local.ip(), p))
-                .collect()
-        } else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{} local ports for {} peers",
-                    cfg.local_ports.len(),
-                    peers.len()
-                ),
-            ));
-        };
-        let mut locals: Vec<SocketAddrV4> = vec![cfg.local];
-        for s in &sources {
-            if !locals.contains(s) {
-                locals.push(*s);
-            }
-        }
+        let (sources, locals) =
+            crate::transport::eth::local_addresses(cfg.local, &cfg.local_ports, peers.len())?;
         let kernels = locals
             .iter()
             .map(|l| UdpTransport::bind(SocketAddr::V4(*l), cfg.peers.clone()))
@@ -273,6 +252,10 @@ impl AfXdpTransport {
     /// The AF_XDP socket, for the XDP program's socket map.
     pub fn fd(&self) -> RawFd {
         self.xsk.fd()
+    }
+    /// The UDP ports of this member the socket serves (one per group on it), to steer to it.
+    pub fn ports(&self) -> Vec<u16> {
+        self.locals.iter().map(SocketAddrV4::port).collect()
     }
     /// Whether the socket runs in zero-copy mode (else copy mode).
     pub fn zero_copy(&self) -> bool {

@@ -181,29 +181,8 @@ impl DpdkTransport {
     /// Opens the transport on a port the EAL already has (tests wire ring ports).
     fn on_port(mut port: Port, cfg: &DpdkConfig) -> io::Result<DpdkTransport> {
         let peers = cfg.peers.iter().map(v4).collect::<io::Result<Vec<_>>>()?;
-        let sources: Vec<SocketAddrV4> = if cfg.local_ports.is_empty() {
-            vec![cfg.local; peers.len()]
-        } else if cfg.local_ports.len() == peers.len() {
-            cfg.local_ports
-                .iter()
-                .map(|&p| SocketAddrV4::new(*cfg.local.ip(), p))
-                .collect()
-        } else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{} local ports for {} peers",
-                    cfg.local_ports.len(),
-                    peers.len()
-                ),
-            ));
-        };
-        let mut locals: Vec<SocketAddrV4> = vec![cfg.local];
-        for s in &sources {
-            if !locals.contains(s) {
-                locals.push(*s);
-            }
-        }
+        let (sources, locals) =
+            crate::transport::eth::local_addresses(cfg.local, &cfg.local_ports, peers.len())?;
         if let Some((i, p)) = peers
             .iter()
             .enumerate()
