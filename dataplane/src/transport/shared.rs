@@ -57,9 +57,12 @@ struct Device {
 }
 
 impl Device {
-    /// Receives once from the device, sorting the frames into the shards' queues, and wakes
-    /// the other shards that got some.
-    fn pull(&mut self, me: usize, members: usize) -> io::Result<()> {
+    /// Receives once from the device for shard `me`: its frames go straight into `out` while
+    /// it has room (its queue is empty: the caller took it first), the others' into their
+    /// shards' queues, and the shards that got some are woken. Returns how many of `me`'s
+    /// frames `out`'s buffers were too small for.
+    fn pull(&mut self, me: usize, members: usize, out: &mut RecvBatch) -> io::Result<u64> {
+        let mut oversized = 0;
         let k = self.transport.recv(&mut self.batch)?;
         for r in self.batch.frames.iter().take(k) {
             // A source that is not a peer names no shard: the device counted it
@@ -69,6 +72,13 @@ impl Device {
             let Some(q) = self.queues.get_mut(s) else {
                 continue;
             };
+            let bytes = &self.batch.bufs[r.buf][..r.len];
+            if s == me && q.is_empty() && out.frames.len() < out.bufs.len() {
+                if !out.push(Some(i), bytes) {
+                    oversized += 1;
+                }
+                continue;
+            }
             if q.len() >= QUEUE_MAX {
                 if let Some((_, old)) = q.pop_front() {
                     self.spare.push(old);
@@ -77,7 +87,7 @@ impl Device {
             }
             let mut b = self.spare.pop().unwrap_or_default();
             b.clear();
-            b.extend_from_slice(&self.batch.bufs[r.buf][..r.len]);
+            b.extend_from_slice(bytes);
             q.push_back((Some(i), b));
             if s != me {
                 self.to_wake[s] = true;
@@ -90,7 +100,7 @@ impl Device {
                 }
             }
         }
-        Ok(())
+        Ok(oversized)
     }
 }
 
@@ -221,16 +231,10 @@ impl Transport for ShardPort {
         if let Some(w) = d.wakes.get(self.shard) {
             w.drain();
         }
-        if d.queues[self.shard].is_empty() {
-            d.pull(self.shard, self.members)?;
-        }
+        // What was queued for this shard first, in order; then, if all of it fitted, the
+        // device's frames (this shard's straight into the batch).
         let room = batch.bufs.len();
-        let Device {
-            queues,
-            spare,
-            received,
-            ..
-        } = &mut *d;
+        let Device { queues, spare, .. } = &mut *d;
         let q = &mut queues[self.shard];
         while batch.frames.len() < room {
             let Some((peer, b)) = q.pop_front() else {
@@ -241,7 +245,10 @@ impl Transport for ShardPort {
             }
             spare.push(b);
         }
-        received[self.shard] += batch.frames.len() as u64;
+        if batch.frames.len() < room && q.is_empty() {
+            self.oversized += d.pull(self.shard, self.members, batch)?;
+        }
+        d.received[self.shard] += batch.frames.len() as u64;
         Ok(batch.frames.len())
     }
 
