@@ -7,6 +7,11 @@ mod common;
 use common::{conveyor, report, require_root};
 
 fn bench(extra: &[&str]) -> serde_json::Value {
+    report(&run(extra))
+}
+
+/// `conveyor bench` of a burst of 1500 requests with `extra`, its JSON report on stdout.
+fn run(extra: &[&str]) -> std::process::Output {
     let mut args = vec![
         "bench",
         "--workload",
@@ -19,8 +24,25 @@ fn bench(extra: &[&str]) -> serde_json::Value {
         "-",
     ];
     args.extend_from_slice(extra);
-    report(&conveyor(&args))
+    conveyor(&args)
 }
+
+/// Three invokers in two shards, a chain of 3; invoker-1 killed at 0.1 s and the second
+/// step's queue moved to the other shard at 0.2 s.
+const KILL_AND_MOVE: [&str; 12] = [
+    "--shards",
+    "2",
+    "--chain",
+    "3",
+    "--invokers",
+    "3",
+    "--fault",
+    "kill:invoker-1@0.1",
+    "--fault",
+    "move:bench.f1@0.2",
+    "--hosts",
+    "netns",
+];
 
 fn exactly_once(r: &serde_json::Value, sent: u64) {
     assert_eq!(r["sent"], sent, "{r}");
@@ -205,20 +227,7 @@ role = "invoker"
 #[ignore = "needs root"]
 fn two_shards_on_namespace_hosts_with_an_invoker_killed_and_a_queue_moved() {
     require_root();
-    let r = bench(&[
-        "--hosts",
-        "netns",
-        "--shards",
-        "2",
-        "--chain",
-        "3",
-        "--invokers",
-        "3",
-        "--fault",
-        "kill:invoker-1@0.1",
-        "--fault",
-        "move:bench.f1@0.2",
-    ]);
+    let r = bench(&KILL_AND_MOVE);
     exactly_once(&r, 1500);
     // The killed invoker's member of each shard was removed: a view change in each.
     assert!(r["view_changes"].as_u64().unwrap() >= 2, "{r}");
@@ -254,32 +263,9 @@ fn four_shards_on_namespace_hosts_with_an_invoker_killed_and_a_queue_moved() {
 /// shard on its own UDP port; an invoker killed and a queue moved mid-run, as over udp above.
 fn two_shards_share_each_hosts_device(transport: &str, says: &str) {
     require_root();
-    let out = conveyor(&[
-        "bench",
-        "--transport",
-        transport,
-        "--hosts",
-        "netns",
-        "--shards",
-        "2",
-        "--workload",
-        "burst",
-        "--requests",
-        "1500",
-        "--fn-us",
-        "40",
-        "--chain",
-        "3",
-        "--invokers",
-        "3",
-        "--fault",
-        "kill:invoker-1@0.1",
-        "--fault",
-        "move:bench.f1@0.2",
-        "--keep",
-        "--json",
-        "-",
-    ]);
+    let mut args = KILL_AND_MOVE.to_vec();
+    args.extend(["--transport", transport, "--keep"]);
+    let out = run(&args);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let r = report(&out);
     exactly_once(&r, 1500);
