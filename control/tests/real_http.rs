@@ -276,6 +276,14 @@ fn an_openwhisk_runtimes_port_is_reachable_from_its_invoker_only() {
         "kind": "openwhisk", "command": [python_with_gevent(), proxy], "code": ACTION,
         "timeout_ms": 5000, "keep_warm_ms": 60000}});
     let pipeline = serde_json::json!({"name": "f", "entry": "a", "steps": {"a": step}});
+    // A table as a killed invoker leaves it (its pid gone, here the largest pid there is): the
+    // next invoker's action start deletes it.
+    let stale = "conveyor_action_1_4194304";
+    let made = Command::new("ip")
+        .args(["netns", "exec", "cvfw-h0", "nft", "add", "table", "inet", stale])
+        .status()
+        .unwrap();
+    assert!(made.success());
     let (mut procs, gw) = start_group_in(&dir, &[pipeline.to_string()], Some("cvfw-h0"));
     let call = ["-d", "{}"];
     wait_for("the action to answer through the gateway", 30, || {
@@ -315,10 +323,11 @@ fn an_openwhisk_runtimes_port_is_reachable_from_its_invoker_only() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(
-        tables().contains(&format!("conveyor_action_{port}")),
+        tables().contains(&format!("conveyor_action_{port}_")),
         "{}",
         tables()
     );
+    assert!(!tables().contains(stale), "{}", tables());
     let invoker = procs.0.remove(0);
     let _ = Command::new("kill")
         .args(["-TERM", &invoker.id().to_string()])

@@ -51,25 +51,73 @@ pub struct Action {
 /// An nftables table of its own that drops TCP to `port` arriving on any interface but
 /// loopback; deleted when dropped. OpenWhisk's runtimes listen on every interface (in
 /// OpenWhisk, a container's); this keeps an action process reachable only from its invoker.
+///
+/// The table is named after the port and the invoker's pid (`conveyor_action_{port}_{pid}`):
+/// an invoker that was killed never deletes its tables, so each new one first deletes the
+/// tables of invokers that are gone ([`stale_tables`]). Left behind, they would filter every
+/// packet the host receives, for good (64 of them made loopback round trips 70% slower).
 #[derive(Debug)]
 struct LoopbackOnly {
     table: String,
 }
 
+const TABLE_PREFIX: &str = "conveyor_action_";
+
 impl LoopbackOnly {
     /// Needs `nft` and CAP_NET_ADMIN (root); the error says why not.
     fn new(port: u16) -> Result<LoopbackOnly, String> {
-        let table = format!("conveyor_action_{port}");
-        // Created empty and deleted first, so a table left by a killed invoker goes too; one
+        let table = format!("{TABLE_PREFIX}{port}_{}", std::process::id());
+        let mut rules = String::new();
+        if let Ok(listed) = nft_output(&["list", "tables"]) {
+            for stale in stale_tables(&listed, pid_alive, port_free) {
+                rules.push_str(&format!("delete table inet {stale}\n"));
+            }
+        }
+        // Created empty and deleted first, so a table of the same name goes too; one
         // transaction.
-        let rules = format!(
+        rules.push_str(&format!(
             "table inet {table} {{}}\ndelete table inet {table}\ntable inet {table} {{\n  \
              chain input {{\n    type filter hook input priority -10; policy accept;\n    \
              iifname != \"lo\" tcp dport {port} drop\n  }}\n}}\n"
-        );
+        ));
         nft(&rules)?;
         Ok(LoopbackOnly { table })
     }
+}
+
+/// The action tables of `nft list tables`'s output whose invoker is gone: named with a pid
+/// that is not `alive`, or (as earlier versions named them, without a pid) with a port that
+/// nothing listens on (`free`).
+fn stale_tables(
+    listed: &str,
+    alive: impl Fn(u32) -> bool,
+    free: impl Fn(u16) -> bool,
+) -> Vec<String> {
+    listed
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("table inet "))
+        .filter(|name| {
+            let Some(rest) = name.strip_prefix(TABLE_PREFIX) else {
+                return false;
+            };
+            match rest.split_once('_') {
+                Some((port, pid)) => {
+                    port.parse::<u16>().is_ok() && pid.parse::<u32>().is_ok_and(|p| !alive(p))
+                }
+                None => rest.parse::<u16>().is_ok_and(&free),
+            }
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Nothing listens on TCP `port` (of any address).
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
 }
 
 impl Drop for LoopbackOnly {
@@ -78,6 +126,19 @@ impl Drop for LoopbackOnly {
             tracing::warn!("nftables table {} not deleted: {e}", self.table);
         }
     }
+}
+
+/// Runs `nft ARGS` and returns what it printed.
+fn nft_output(args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("nft")
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("nft: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("nft {}: {}", args.join(" "), out.status));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs `nft -f -` on `rules`.
@@ -441,6 +502,23 @@ mod tests {
             json!({"__ow_body": "[1]", "__ow_method": "post", "__ow_headers": {"x-thing": "y"},
                    "__ow_path": "/x", "__ow_query": "a=1"})
         );
+    }
+
+    #[test]
+    fn tables_of_invokers_that_are_gone_are_stale() {
+        let listed = "table inet filter\n\
+                      table inet conveyor_action_4000_10\n\
+                      table inet conveyor_action_4001_11\n\
+                      table inet conveyor_action_4002\n\
+                      table inet conveyor_action_4003\n\
+                      table ip conveyor_action_4004_12\n\
+                      table inet conveyor_action_x_13\n";
+        let stale = stale_tables(listed, |pid| pid == 11, |port| port == 4003);
+        assert_eq!(stale, ["conveyor_action_4000_10", "conveyor_action_4003"]);
+        // This process is alive: its own tables are never stale.
+        let own = format!("table inet conveyor_action_1_{}\n", std::process::id());
+        assert!(stale_tables(&own, pid_alive, |_| true).is_empty());
+        assert!(!stale_tables("table inet conveyor_action_1_4294967295", pid_alive, |_| true).is_empty());
     }
 
     type Answer = (u16, Vec<(String, String)>, Vec<u8>);
