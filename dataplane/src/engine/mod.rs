@@ -141,3 +141,6 @@ pub(crate) const EVENT_RING: usize = 1 << 16;
 /// held completion, bookkeeping) do not.
 pub(crate) const INLINE_YIELD_AFTER: Duration = Duration::from_micros(10);
 pub(crate) const RECV_BATCH: usize = 64;
+/// How long inline functions that are ready at once run back to back before their completions
+/// are sent (one frame for several) and the loop polls again.
+pub(crate) const INLINE_BATCH: Duration = Duration::from_micros(250);

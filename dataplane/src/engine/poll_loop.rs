@@ -4,7 +4,7 @@
 use super::probe::Shared;
 use super::{
     Clock, EngineConfig, EngineError, EngineReport, Event, InlineApp, Speculation, CONTENDED_FOR,
-    CONTENDED_YIELD, INLINE_YIELD_AFTER, RECV_BATCH,
+    CONTENDED_YIELD, INLINE_BATCH, INLINE_YIELD_AFTER, RECV_BATCH,
 };
 use crate::engine::probe::Directive;
 use crate::sys::{poll_readable, EventFd};
@@ -311,7 +311,12 @@ impl Engine {
             work |= self.take_commands();
             // Acknowledgements leave before a function runs, so that peers are not held up.
             work |= self.transmit();
-            if let Some(took) = self.run_inline() {
+            if let Some(mut took) = self.run_inline() {
+                // A backlog: what is ready runs back to back (up to INLINE_BATCH of it), and
+                // the completions leave together.
+                while took < INLINE_BATCH && !self.inline_events.is_empty() {
+                    took += self.run_inline().unwrap_or_default();
+                }
                 work = true;
                 self.take_commands();
                 self.transmit();
