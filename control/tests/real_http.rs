@@ -280,7 +280,9 @@ fn an_openwhisk_runtimes_port_is_reachable_from_its_invoker_only() {
     // next invoker's action start deletes it.
     let stale = "conveyor_action_1_4194304";
     let made = Command::new("ip")
-        .args(["netns", "exec", "cvfw-h0", "nft", "add", "table", "inet", stale])
+        .args([
+            "netns", "exec", "cvfw-h0", "nft", "add", "table", "inet", stale,
+        ])
         .status()
         .unwrap();
     assert!(made.success());

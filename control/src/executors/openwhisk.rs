@@ -518,7 +518,12 @@ mod tests {
         // This process is alive: its own tables are never stale.
         let own = format!("table inet conveyor_action_1_{}\n", std::process::id());
         assert!(stale_tables(&own, pid_alive, |_| true).is_empty());
-        assert!(!stale_tables("table inet conveyor_action_1_4294967295", pid_alive, |_| true).is_empty());
+        assert!(
+            !stale_tables("table inet conveyor_action_1_4294967295", pid_alive, |_| {
+                true
+            })
+            .is_empty()
+        );
     }
 
     type Answer = (u16, Vec<(String, String)>, Vec<u8>);
