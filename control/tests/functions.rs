@@ -52,6 +52,8 @@ impl Group {
             let _ = c.kill();
             let _ = c.wait();
         }
+        let pids: Vec<u32> = self.children.iter().map(|c| c.id()).collect();
+        common::delete_action_tables_of(&pids);
     }
 }
 

@@ -10,8 +10,7 @@ struct Procs(Vec<Child>);
 impl Drop for Procs {
     fn drop(&mut self) {
         for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
+            common::stop(c);
         }
     }
 }
@@ -218,6 +217,24 @@ fn openwhisks_python_runtime_on_gevent_answers_plain_and_web_actions() {
         common::is_root(),
         "{log}"
     );
+    if common::is_root() {
+        // Stopped, the invoker took its action's table away (left, it would filter every
+        // packet this host receives).
+        let port = log
+            .split("listens on 0.0.0.0:")
+            .nth(1)
+            .and_then(|r| r.split(';').next())
+            .unwrap();
+        let out = Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap();
+        let tables = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            !tables.contains(&format!("conveyor_action_{port}_")),
+            "{tables}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -36,6 +36,42 @@ pub fn require_root() {
     );
 }
 
+/// Stops `child` as an operator would (SIGTERM, so that it cleans up after itself: an
+/// invoker deletes its actions' nftables tables), killing it if it is still there after 10 s.
+pub fn stop(child: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for _ in 0..100 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Deletes the nftables tables that the OpenWhisk executors of the processes `pids` made in
+/// this network namespace (`conveyor_action_PORT_PID`), for a test that killed them: a killed
+/// invoker cannot, and the next one to start an action would, but a test run may end first
+/// (each table filters every packet the host receives). Needs root; does nothing without.
+pub fn delete_action_tables_of(pids: &[u32]) {
+    let Ok(out) = Command::new("nft").args(["list", "tables"]).output() else {
+        return;
+    };
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(t) = l.trim().strip_prefix("table inet conveyor_action_") else {
+            continue;
+        };
+        if pids.iter().any(|p| t.ends_with(&format!("_{p}"))) {
+            let _ = Command::new("nft")
+                .args(["delete", "table", "inet", &format!("conveyor_action_{t}")])
+                .status();
+        }
+    }
+}
+
 /// Whether the tests run as root.
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
