@@ -29,8 +29,16 @@ section "the protocol core and the C library without DPDK, libibverbs, libclang 
 if [ "$(id -u)" -eq 0 ]; then
   shared=""
   [ -e target/debug ] || shared="$PWD/target"  # a fresh clone (CI): build once, here
-  CARGO_TARGET_DIR_NO_SYSTEM_LIBS="$shared" bash testbed/no-system-libs.sh 2>&1 \
-    | grep -E '^no-system-libs|^test result|^error' || { echo "no-system-libs.sh failed"; exit 1; }
+  nsl_log=$(mktemp)
+  if ! CARGO_TARGET_DIR_NO_SYSTEM_LIBS="$shared" bash testbed/no-system-libs.sh > "$nsl_log" 2>&1; then
+    # The whole error, not just cargo's last line (a failure here once showed only "could not
+    # compile").
+    grep -v '^ *Compiling ' "$nsl_log" | tail -n 60
+    echo "no-system-libs.sh failed"
+    exit 1
+  fi
+  grep -E '^no-system-libs|^test result' "$nsl_log" || true
+  rm -f "$nsl_log"
   lean_so="${shared:-$PWD/target/no-system-libs}/debug/libconveyor.so"
 else
   echo "NOT RUN: testbed/no-system-libs.sh needs root (a mount namespace)"
