@@ -357,7 +357,9 @@ impl Change {
                 t = t.min(self.suspect_at(r, cfg));
             }
         }
-        if self.frozen.is_some() || sending_state {
+        // A join waits while the state goes to an earlier joiner (see `Change::drive`): the
+        // timer looks again when it may go ahead.
+        if self.frozen.is_some() || sending_state || !self.joins.is_empty() {
             t = t.min(self.next_ctl_at);
         }
         t
