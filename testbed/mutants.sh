@@ -125,9 +125,14 @@ MUTANTS = [
     ("finish-keeps-in-flight", "queue/mod.rs",
      "                self.in_flight.remove(&instance);\n                Some(stamp)",
      "                Some(stamp)"),
+    # Liveness: a join does not start a change while the state still goes to an earlier
+    # joiner (joiners that keep coming back otherwise keep leaving each other out).
+    ("join-while-sending-state", "proto/membership/ballot.rs",
+     "|| (would_lead && admissible && !cx.st.sending());",
+     "|| (would_lead && admissible);"),
     ("credit-not-spent", "queue/mod.rs",
-     "                    self.ready.remove(i);",
-     "                    i += 1;"),
+     "                        self.ready.remove(i);",
+     "                        let _ = i;"),
     # Speculation (replica/ahead.rs): a delivery confirms only a request assigned to this member;
     # only this member's assignments are speculated; a speculation dropped at a view change is
     # told. (Not a mutant here: confirming by run id alone, not the whole request. The

@@ -347,11 +347,8 @@ fn an_openwhisk_runtimes_port_is_reachable_from_its_invoker_only() {
         tables()
     );
     assert!(!tables().contains(stale), "{}", tables());
-    let invoker = procs.0.remove(0);
-    let _ = Command::new("kill")
-        .args(["-TERM", &invoker.id().to_string()])
-        .status();
-    let _ = invoker.wait_with_output();
+    let mut invoker = procs.0.remove(0);
+    common::stop(&mut invoker);
     assert!(!tables().contains("conveyor_action_"), "{}", tables());
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);

@@ -106,8 +106,8 @@ pub struct BenchArgs {
     pub yield_us: Option<u64>,
     #[arg(long = "slice-us")]
     pub slice_us: Option<u64>,
-    /// Requests each invoker may hold at once (the next one is assigned while it runs one).
-    #[arg(long, default_value_t = 2)]
+    /// Requests each invoker may hold at once (the next ones are assigned while it runs one).
+    #[arg(long, default_value_t = conveyor_config::DEFAULT_CREDITS)]
     pub credits: u32,
     /// Inject loss, duplication and delay on every member's sends, e.g.
     /// "loss=5%,dup=1%,delay=100us,jitter=50us" (works where the kernel has no netem).

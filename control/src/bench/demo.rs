@@ -86,7 +86,7 @@ pub fn demo(transport: &str) -> Result<()> {
         },
         keep: false,
         idle: None,
-        credits: 2,
+        credits: conveyor_config::DEFAULT_CREDITS,
         executor: "inline".into(),
         pin: true,
         confine: false,

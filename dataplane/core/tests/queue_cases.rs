@@ -570,3 +570,108 @@ fn a_credit_for_one_queue_takes_only_from_it_and_try_push_never_blocks() {
     assert_eq!(s.queue_depth("a"), Some(1));
     assert_eq!(s.blocked_depth("a"), Some(1));
 }
+
+/// Who each `Assigned` effect went to, in order.
+fn assignees(fx: &[Effect]) -> Vec<u16> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Assigned { consumer, .. } => Some(consumer.0),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_request_goes_to_the_least_loaded_ready_consumer_then_the_earliest_ready() {
+    let mut s = QueueState::new();
+    let mut fx = Vec::new();
+    s.apply(
+        Op::Create(QueueSpec {
+            name: "q0".into(),
+            capacity: 100,
+            order: Order::Fifo,
+            on_full: OnFull::Reject,
+            durability: Default::default(),
+        }),
+        &mut fx,
+    );
+    for c in [1, 2, 3] {
+        s.apply(
+            Op::Subscribe {
+                consumer: MemberId(c),
+                queue: "q0".into(),
+            },
+            &mut fx,
+        );
+    }
+    // Consumer 1 became ready first, with 4 credits; then 2 with 4; then 3 with 1.
+    for (c, credits) in [(1, 4), (2, 4), (3, 1)] {
+        s.apply(
+            Op::Ready {
+                consumer: MemberId(c),
+                credits,
+            },
+            &mut fx,
+        );
+    }
+    fx.clear();
+    let push = |s: &mut QueueState, fx: &mut Vec<Effect>, id: u64| {
+        s.apply(
+            Op::Push {
+                pusher: MemberId(0),
+                req: req(id, 0),
+            },
+            fx,
+        );
+    };
+    // One at a time: 1 (earliest, idle), 2 (idle, 1 holds one), 3 (idle), then 1 and 2 again
+    // (one each held: earliest first), and 3 has no credit left.
+    for id in 1..=5 {
+        push(&mut s, &mut fx, id);
+    }
+    assert_eq!(assignees(&fx), vec![1, 2, 3, 1, 2], "{fx:?}");
+    // A completion makes 3 the idlest again; it gives no credit back, so 1 (two held, like 2,
+    // and its credits came first) takes the next.
+    let Some(Effect::Assigned { req: third, .. }) = fx
+        .iter()
+        .find(|e| matches!(e, Effect::Assigned { consumer, .. } if consumer.0 == 3))
+        .cloned()
+    else {
+        panic!("{fx:?}")
+    };
+    fx.clear();
+    s.apply(
+        Op::Complete {
+            consumer: MemberId(3),
+            id: third.id,
+            instance: third.instance,
+            step: third.step.clone(),
+            outputs: vec![],
+            result: None,
+            reply: None,
+            meta: Meta::default(),
+            credits: 0,
+        },
+        &mut fx,
+    );
+    push(&mut s, &mut fx, 6);
+    assert_eq!(assignees(&fx), vec![1], "{fx:?}");
+    // Requests that wait in the queue go out as credits come: 3 gets one back and, holding
+    // nothing, takes the waiting request before the busier consumers' remaining credits.
+    fx.clear();
+    for id in 7..=9 {
+        push(&mut s, &mut fx, id);
+    }
+    assert_eq!(assignees(&fx), vec![2, 1, 2], "{fx:?}");
+    fx.clear();
+    push(&mut s, &mut fx, 10);
+    assert!(assignees(&fx).is_empty(), "no credit left: {fx:?}");
+    s.apply(
+        Op::Ready {
+            consumer: MemberId(3),
+            credits: 1,
+        },
+        &mut fx,
+    );
+    assert_eq!(assignees(&fx), vec![3], "{fx:?}");
+}

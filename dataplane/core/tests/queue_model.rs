@@ -314,12 +314,19 @@ impl Model {
             | Op::Forwarded { .. }
             | Op::ForwardAck { .. } => {}
         }
-        // Serve ready consumers in order.
-        let mut i = 0;
-        while i < self.ready.len() {
-            let (c, only) = self.ready[i].clone();
-            match self.take(c, only.as_deref(), &mut fx) {
-                Some((stamp, r)) => {
+        // Serve ready consumers: the one holding the fewest requests first, then in the order
+        // their credits came; after each assignment, look again from the start.
+        'serve: loop {
+            let mut order: Vec<(usize, usize)> = (0..self.ready.len())
+                .map(|i| {
+                    let c = self.ready[i].0;
+                    (self.in_flight.iter().filter(|f| f.3 == c).count(), i)
+                })
+                .collect();
+            order.sort();
+            for (_, i) in order {
+                let (c, only) = self.ready[i].clone();
+                if let Some((stamp, r)) = self.take(c, only.as_deref(), &mut fx) {
                     self.ready.remove(i);
                     self.in_flight
                         .push((r.instance, r.id, r.step.clone(), c, stamp));
@@ -327,9 +334,10 @@ impl Model {
                         consumer: c,
                         req: r,
                     });
+                    continue 'serve;
                 }
-                None => i += 1,
             }
+            break;
         }
         fx
     }

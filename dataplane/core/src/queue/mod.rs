@@ -6,9 +6,12 @@
 //!
 //! Assignment without a round of ordering per take: consumers announce readiness (credits) as
 //! ordered operations; whenever a request and a ready consumer meet, every replica assigns the
-//! request to the earliest-ready consumer subscribed to its queue, and the assigned consumer
-//! starts at once. Each request goes to exactly one consumer; consumers that asked first are
-//! served first (DIFFUSE's implicit load balancing). Between the heads of the queues a consumer
+//! request to the ready consumer subscribed to its queue that holds the fewest requests, the
+//! earliest ready among equals, and the assigned consumer starts at once. Each request goes to
+//! exactly one consumer; among equally loaded consumers those that asked first are served first
+//! (DIFFUSE's implicit load balancing), and a consumer holding several credits is given a
+//! second request only when no other ready consumer is idler, so credits can cover the ordering
+//! delay without piling work on one consumer while another waits. Between the heads of the queues a consumer
 //! serves, the oldest run goes first (continuations inherit their run's admission stamp), so a
 //! pipeline's requests finish in the order they came. A completion removes the in-flight request
 //! and pushes its continuations in one step. Every pushed request gets an instance number from
@@ -889,34 +892,58 @@ impl QueueState {
         effects.push(Effect::Assigned { consumer, req });
     }
 
-    /// Serves ready consumers in the order they became ready.
+    /// Serves ready consumers: each request goes to the consumer holding the fewest requests
+    /// among those ready to take it, the earliest ready among equals.
     fn dispatch(&mut self, effects: &mut Vec<Effect>) {
-        let mut i = 0;
+        if self.ready.is_empty() {
+            return;
+        }
+        let mut load: BTreeMap<MemberId, usize> = BTreeMap::new();
+        for (c, _, _) in self.in_flight.values() {
+            *load.entry(*c).or_default() += 1;
+        }
         // A credit (a consumer, with its queue if it named one) that found nothing finds
         // nothing again in this pass: a take only removes requests, and a blocked push it
         // admits goes into the queue it took from, which that credit did not find empty. So
         // the consumer's other credits are skipped, not tried again (a consumer may hold
         // `MAX_CREDITS` of them: trying each made every push cost that many lookups).
-        let mut dry: Vec<(MemberId, Option<String>)> = Vec::new();
-        while i < self.ready.len() {
-            if dry.contains(&self.ready[i]) {
-                i += 1;
-                continue;
-            }
-            let (consumer, only) = self.ready[i].clone();
-            match self.take_for(consumer, only.as_deref(), effects) {
-                Some(req) => {
-                    self.ready.remove(i);
-                    if let Some(c) = self.credits.get_mut(&consumer) {
-                        *c = c.saturating_sub(1);
+        let mut dry: BTreeSet<(MemberId, Option<String>)> = BTreeSet::new();
+        'assign: loop {
+            // The first credit of each consumer (and queue) that may still find something,
+            // least loaded first, then in the order they became ready.
+            let order: Vec<(usize, usize)> = {
+                let mut first: BTreeMap<&(MemberId, Option<String>), usize> = BTreeMap::new();
+                for (i, credit) in self.ready.iter().enumerate() {
+                    if !dry.contains(credit) {
+                        first.entry(credit).or_insert(i);
                     }
-                    self.assign(consumer, req, effects);
                 }
-                None => {
-                    dry.push((consumer, only));
-                    i += 1;
+                let mut order: Vec<(usize, usize)> = first
+                    .into_iter()
+                    .map(|(c, i)| (load.get(&c.0).copied().unwrap_or(0), i))
+                    .collect();
+                order.sort_unstable();
+                order
+            };
+            for (_, i) in order {
+                let (consumer, only) = self.ready[i].clone();
+                match self.take_for(consumer, only.as_deref(), effects) {
+                    Some(req) => {
+                        self.ready.remove(i);
+                        if let Some(c) = self.credits.get_mut(&consumer) {
+                            *c = c.saturating_sub(1);
+                        }
+                        *load.entry(consumer).or_default() += 1;
+                        self.assign(consumer, req, effects);
+                        // Loads and positions changed: look again.
+                        continue 'assign;
+                    }
+                    None => {
+                        dry.insert((consumer, only));
+                    }
                 }
             }
+            break;
         }
     }
 
