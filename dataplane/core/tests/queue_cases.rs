@@ -656,8 +656,8 @@ fn a_request_goes_to_the_least_loaded_ready_consumer_then_the_earliest_ready() {
     );
     push(&mut s, &mut fx, 6);
     assert_eq!(assignees(&fx), vec![1], "{fx:?}");
-    // Requests that wait in the queue go out as credits come: 3 gets one back and, holding
-    // nothing, takes the waiting request before the busier consumers' remaining credits.
+    // Then the less loaded of 1 and 2 each time (2: three held against four), the earlier
+    // ready on a tie, until their credits run out.
     fx.clear();
     for id in 7..=9 {
         push(&mut s, &mut fx, id);
@@ -666,6 +666,7 @@ fn a_request_goes_to_the_least_loaded_ready_consumer_then_the_earliest_ready() {
     fx.clear();
     push(&mut s, &mut fx, 10);
     assert!(assignees(&fx).is_empty(), "no credit left: {fx:?}");
+    // The request waiting in the queue goes to the next credit that comes: 3's.
     s.apply(
         Op::Ready {
             consumer: MemberId(3),

@@ -11,13 +11,14 @@
 //! exactly one consumer; among equally loaded consumers those that asked first are served first
 //! (DIFFUSE's implicit load balancing), and a consumer holding several credits is given a
 //! second request only when no other ready consumer is idler, so credits can cover the ordering
-//! delay without piling work on one consumer while another waits. Between the heads of the queues a consumer
-//! serves, the oldest run goes first (continuations inherit their run's admission stamp), so a
-//! pipeline's requests finish in the order they came. A completion removes the in-flight request
-//! and pushes its continuations in one step. Every pushed request gets an instance number from
-//! the replicas (deterministic, unique in the group); completions name it and count only for an
-//! instance in flight at the completing consumer, which deduplicates them (by request and step
-//! instance: a step reached twice in one run has two instances).
+//! delay without piling work on one consumer while another waits. Between the heads of the
+//! queues a consumer serves, the oldest run goes first (continuations inherit their run's
+//! admission stamp), so a pipeline's requests finish in the order they came. A completion
+//! removes the in-flight request and pushes its continuations in one step. Every pushed request
+//! gets an instance number from the replicas (deterministic, unique in the group); completions
+//! name it and count only for an instance in flight at the completing consumer, which
+//! deduplicates them (by request and step instance: a step reached twice in one run has two
+//! instances).
 
 mod op;
 mod outcomes;
